@@ -1,0 +1,59 @@
+# Signalbox: `make run` starts everything, `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: run test test-fast test-browser lint format lock bench clean
+
+$(VENV)/.python-ok:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' \
+		|| { echo "Signalbox needs Python 3.11 (found: $$($(PYTHON) --version 2>&1)); set PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@touch $@
+
+$(VENV)/.installed: requirements.lock $(VENV)/.python-ok
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements.lock
+	@touch $@
+
+$(VENV)/.installed-dev: requirements-dev.lock $(VENV)/.installed
+	$(PIP) install --quiet -r requirements-dev.lock
+	@touch $@
+
+run: $(VENV)/.installed
+	@$(PY) -m orchestrator.launcher
+
+test: $(VENV)/.installed-dev
+	@$(PY) -m tests.runner
+
+# The two halves of `make test`, for a quicker loop while working.
+test-fast: $(VENV)/.installed-dev
+	@$(PY) -m tests.runner --only fast
+
+test-browser: $(VENV)/.installed-dev
+	@$(PY) -m tests.runner --only browser
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# Regenerate both lock files from the direct pins in pyproject.toml, in throwaway venvs.
+lock:
+	rm -rf var/lock && mkdir -p var/lock
+	$(PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+		open("var/lock/rt.txt", "w").write("\n".join(p["dependencies"])); \
+		open("var/lock/dev.txt", "w").write("\n".join(p["dependencies"] + p["optional-dependencies"]["test"]))'
+	$(PYTHON) -m venv var/lock/rt && var/lock/rt/bin/pip install -q -r var/lock/rt.txt
+	var/lock/rt/bin/pip freeze --all --exclude pip --exclude setuptools > requirements.lock
+	$(PYTHON) -m venv var/lock/dev && var/lock/dev/bin/pip install -q -r var/lock/dev.txt
+	var/lock/dev/bin/pip freeze --all --exclude pip --exclude setuptools > requirements-dev.lock
+	rm -rf var/lock
+
+clean:
+	rm -rf $(VENV) var/staticfiles

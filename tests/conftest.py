@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import httpx
+import pytest
+from django.conf import settings
+
+from tests.http_recorder import Recorder
+from tests.stack import make_stack
+from workflows.services.tokens import create_api_token
+
+
+@pytest.fixture(scope="session")
+def stack(django_db_setup, django_db_blocker):
+    """Every Signalbox process, running for real against this run's test database.
+
+    Tests that use it must commit their data (`transactional_db`), since the processes
+    read the database through their own connections."""
+    running = make_stack(settings.DATABASES["default"]["NAME"])
+    running.start_all()
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def recorder():
+    server = Recorder()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def api_token(transactional_db) -> str:
+    _token, plaintext = create_api_token(name="tests", role="admin")
+    return plaintext
+
+
+@pytest.fixture
+def api(stack, api_token):
+    """An HTTP client for the real ASGI server, authenticated with an admin token."""
+    with httpx.Client(
+        base_url=stack.base_url,
+        headers={"Authorization": f"Bearer {api_token}"},
+        timeout=15,
+    ) as client:
+        yield client

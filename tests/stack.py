@@ -1,0 +1,95 @@
+"""The real Signalbox processes, started against the test database for end-to-end tests:
+the ASGI server (daphne), a Celery worker, the bus consumer and the scheduler."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from orchestrator.embedded_redis import free_port
+from tests.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGS = ROOT / "var" / "test-results"
+
+
+def database_url_for(name: str) -> str:
+    """The configured DATABASE_URL, pointed at database `name` (the test database)."""
+    parts = urlsplit(os.environ["DATABASE_URL"])
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    port: int
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, name: str, args: list[str]) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        log = open(LOGS / f"{self.env['SIGNALBOX_REDIS_PREFIX']}-{name}.log", "w")  # noqa: SIM115
+        self.processes[name] = subprocess.Popen(
+            args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start_all(self) -> None:
+        python = sys.executable
+        bin_dir = Path(python).parent
+        self.start("web", [str(bin_dir / "daphne"), "-b", "127.0.0.1", "-p", str(self.port),
+                           "orchestrator.asgi:application"])
+        self.start("worker", [str(bin_dir / "celery"), "-A", "orchestrator", "worker",
+                              "--loglevel", "INFO", "--concurrency", "2", "--hostname",
+                              f"test-{os.getpid()}@%h", "--without-gossip", "--without-mingle"])
+        self.start("bus", [python, "manage.py", "consume_bus"])
+        self.start("scheduler", [python, "manage.py", "scheduler", "--interval", "0.2"])
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        def ready():
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {process.returncode}: "
+                                       f"{self.log_tail(name)}")
+            return httpx.get(f"{self.base_url}/readyz", timeout=5).status_code == 200
+
+        wait_until(ready, timeout=timeout, interval=0.25, message="the stack to be ready")
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = LOGS / f"{self.env['SIGNALBOX_REDIS_PREFIX']}-{name}.log"
+        return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self, name: str | None = None) -> None:
+        names = [name] if name else list(self.processes)
+        for each in names:
+            process = self.processes[each]
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for each in names:
+            process = self.processes[each]
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def make_stack(database_name: str) -> Stack:
+    env = dict(
+        os.environ,
+        DATABASE_URL=database_url_for(database_name),
+        PYTHONUNBUFFERED="1",
+        DJANGO_SETTINGS_MODULE="orchestrator.settings",
+    )
+    env.pop("SIGNALBOX_TEST_DB_NAME", None)
+    return Stack(env=env, port=free_port())

@@ -1,0 +1,21 @@
+"""RFC 9457 problem details: every API error is one of these, never an HTML page or a 500."""
+
+from __future__ import annotations
+
+from django.http import JsonResponse
+
+PROBLEM_TYPE_BASE = "https://signalbox.dev/problems/"
+
+
+def problem(status: int, title: str, detail: str = "", *, kind: str = "", **extra) -> JsonResponse:
+    body = {
+        "type": PROBLEM_TYPE_BASE + kind if kind else "about:blank",
+        "title": title,
+        "status": status,
+        **({"detail": detail} if detail else {}),
+        **extra,
+    }
+    response = JsonResponse(body, status=status, content_type="application/problem+json")
+    if status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="signalbox"'
+    return response

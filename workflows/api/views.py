@@ -1,0 +1,136 @@
+"""The REST API, version 1. Small views: parse, call a service, shape the answer."""
+
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from django.http import JsonResponse
+from django.views.decorators.http import require_http_methods
+
+from .. import roles, selectors
+from ..definition import InvalidDefinition
+from ..events.envelope import InvalidEvent, from_structured, loads_json
+from ..models import Workflow
+from ..services.definitions import publish_workflow, put_workflow
+from ..services.events import ingest_event
+from .auth import token_required
+from .bodies import BodyTooLarge, media_type, read_limited
+from .problems import problem
+
+STRUCTURED = "application/cloudevents+json"
+MAX_DEFINITION_BYTES = 1024 * 1024
+
+
+def _too_large(exc: BodyTooLarge):
+    return problem(413, "Body too large", f"the limit is {exc.limit} bytes", kind="too-large")
+
+
+@require_http_methods(["POST"])
+@token_required("editor")
+def events(request):
+    if media_type(request) != STRUCTURED:
+        return problem(
+            415, "Unsupported media type",
+            f"send a structured CloudEvent as Content-Type: {STRUCTURED}",
+            kind="unsupported-media-type",
+        )
+    try:
+        body = read_limited(request, settings.SIGNALBOX["MAX_EVENT_BYTES"])
+        envelope = from_structured(loads_json(body))
+    except BodyTooLarge as exc:
+        return _too_large(exc)
+    except InvalidEvent as exc:
+        return problem(400, "Invalid CloudEvent", str(exc), kind="invalid-event",
+                       errors=exc.problems)
+    event, created = ingest_event(envelope=envelope)
+    return JsonResponse(
+        {"id": event.pk, "source": event.source, "ce_id": event.ce_id, "duplicate": not created},
+        status=202 if created else 200,
+    )
+
+
+@require_http_methods(["GET", "PUT"])
+@token_required("viewer")
+def workflow(request, slug: str):
+    if request.method == "GET":
+        found = Workflow.objects.select_related("published_version").filter(slug=slug).first()
+        if found is None:
+            return problem(404, "No such workflow", slug, kind="not-found")
+        return JsonResponse(_workflow_json(found))
+    if roles.rank(request.api_token.role) < roles.rank("editor"):
+        return problem(403, "Forbidden", "changing a workflow needs the editor role",
+                       kind="forbidden")
+    try:
+        raw = loads_json(read_limited(request, MAX_DEFINITION_BYTES))
+        saved, created = put_workflow(slug=slug, raw=raw)
+    except BodyTooLarge as exc:
+        return _too_large(exc)
+    except InvalidEvent as exc:  # the body is not JSON at all
+        return problem(400, "Invalid JSON", str(exc), kind="invalid-json")
+    except InvalidDefinition as exc:
+        errors = [p.as_dict() for p in exc.problems]
+        return problem(400, "Invalid workflow definition",
+                       f"{len(errors)} problem(s) in the definition",
+                       kind="invalid-definition", errors=errors)
+    return JsonResponse(_workflow_json(saved), status=201 if created else 200)
+
+
+@require_http_methods(["POST"])
+@token_required("editor")
+def publish(request, slug: str):
+    if not Workflow.objects.filter(slug=slug).exists():
+        return problem(404, "No such workflow", slug, kind="not-found")
+    note = ""
+    if request.body:
+        try:
+            note = str(json.loads(request.body).get("note", ""))[:500]
+        except (ValueError, AttributeError):
+            return problem(400, "Invalid body", 'send {"note": "..."} or nothing',
+                           kind="invalid-body")
+    try:
+        version = publish_workflow(slug=slug, note=note, published_by=request.api_token.name)
+    except InvalidDefinition as exc:
+        return problem(400, "Invalid workflow definition", str(exc), kind="invalid-definition",
+                       errors=[p.as_dict() for p in exc.problems])
+    return JsonResponse({"workflow": slug, "version": version.number}, status=201)
+
+
+@require_http_methods(["GET"])
+@token_required("viewer")
+def runs(request):
+    try:
+        before = int(request.GET["before"]) if request.GET.get("before") else None
+        limit = min(int(request.GET.get("limit", selectors.PAGE_SIZE)), 500)
+    except ValueError:
+        return problem(400, "Invalid query", "before and limit are integers", kind="invalid-query")
+    page = selectors.runs(
+        workflow_slug=request.GET.get("workflow") or None,
+        status=request.GET.get("status") or None,
+        before_id=before,
+        limit=limit,
+    )
+    body = {"runs": [selectors.run_as_json(r) for r in page]}
+    if len(page) == limit:
+        body["next"] = f"?before={page[-1].pk}&limit={limit}"
+    return JsonResponse(body)
+
+
+@require_http_methods(["GET"])
+@token_required("viewer")
+def run(request, run_id: int):
+    found = selectors.run_detail(run_id)
+    if found is None:
+        return problem(404, "No such run", str(run_id), kind="not-found")
+    return JsonResponse(selectors.run_as_json(found))
+
+
+def _workflow_json(workflow: Workflow) -> dict:
+    version = workflow.published_version
+    return {
+        "slug": workflow.slug,
+        "name": workflow.name,
+        "draft": workflow.draft,
+        "published_version": version.number if version else None,
+        "updated_at": workflow.updated_at.isoformat(),
+    }

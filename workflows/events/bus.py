@@ -1,0 +1,140 @@
+"""The event bus: partitioned Redis Streams read by a consumer group.
+
+An entry carries only the event's database id; the database is the event store. Delivery is
+at least once; matching is idempotent (unique run per event and workflow), so a repeat is
+harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+from ..models import Event
+from ..redis_client import client, key
+
+log = logging.getLogger("signalbox.bus")
+
+
+def partitions() -> int:
+    return settings.SIGNALBOX["BUS_PARTITIONS"]
+
+
+def stream_key(partition: int) -> str:
+    return key("bus", partition)
+
+
+def partition_for(event: Event) -> int:
+    """Same key, same partition: events about one thing stay in order."""
+    ordering_key = event.extensions.get("partitionkey") or event.subject or event.ce_id
+    return zlib.crc32(str(ordering_key).encode()) % partitions()
+
+
+def publish(event: Event) -> bool:
+    """Append the event to its partition and mark it published. False if Redis is away;
+    the outbox relay will try again."""
+    try:
+        client().xadd(
+            stream_key(partition_for(event)),
+            {"event": event.pk, "type": event.type},
+            maxlen=settings.SIGNALBOX["BUS_RETENTION"],
+            approximate=True,
+        )
+    except redis.RedisError as exc:
+        log.warning("event %s not on the bus yet (%s); the outbox relay will retry", event.pk, exc)
+        return False
+    Event.objects.filter(pk=event.pk, published_at__isnull=True).update(
+        published_at=timezone.now()
+    )
+    return True
+
+
+def relay_unpublished(*, older_than_seconds: float, limit: int = 500) -> int:
+    """The outbox relay: put accepted events that never reached the bus onto it."""
+    cutoff = timezone.now() - timezone.timedelta(seconds=older_than_seconds)
+    pending = Event.objects.filter(published_at__isnull=True, received_at__lte=cutoff).order_by(
+        "received_at"
+    )[:limit]
+    sent = 0
+    for event in pending:
+        if not publish(event):
+            break
+        sent += 1
+    return sent
+
+
+@dataclass(frozen=True)
+class Delivery:
+    stream: str
+    entry_id: str
+    event_id: int
+    deliveries: int = 1
+
+
+def ensure_groups(redis_client: redis.Redis, group: str) -> None:
+    for partition in range(partitions()):
+        try:
+            redis_client.xgroup_create(stream_key(partition), group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+class Consumer:
+    """Reads the partitions as one member of a consumer group."""
+
+    def __init__(self, name: str, *, group: str | None = None):
+        self.name = name
+        self.group = group or settings.SIGNALBOX["BUS_GROUP"]
+        self.redis = redis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=30, socket_connect_timeout=2, decode_responses=True
+        )
+        self.streams = [stream_key(p) for p in range(partitions())]
+        ensure_groups(self.redis, self.group)
+
+    def read(self, *, block_ms: int = 1000, count: int = 100) -> Iterator[Delivery]:
+        reply = self.redis.xreadgroup(
+            self.group, self.name, dict.fromkeys(self.streams, ">"), count=count, block=block_ms
+        )
+        for stream, entries in reply or []:
+            for entry_id, fields in entries:
+                yield Delivery(stream, entry_id, int(fields.get("event", 0)))
+
+    def reclaim(self, *, idle_ms: int, count: int = 100) -> Iterator[Delivery]:
+        """Take over entries another consumer read but never acknowledged (it died)."""
+        for stream in self.streams:
+            _next, entries, _deleted = self.redis.xautoclaim(
+                stream, self.group, self.name, min_idle_time=idle_ms, start_id="0-0", count=count
+            )
+            if not entries:
+                continue
+            counts = {
+                p["message_id"]: p["times_delivered"]
+                for p in self.redis.xpending_range(
+                    stream, self.group, min=entries[0][0], max=entries[-1][0], count=len(entries)
+                )
+            }
+            for entry_id, fields in entries:
+                if fields is None:  # trimmed away while pending
+                    self.ack(Delivery(stream, entry_id, 0))
+                    continue
+                yield Delivery(stream, entry_id, int(fields.get("event", 0)), counts.get(entry_id, 1))
+
+    def ack(self, delivery: Delivery) -> None:
+        self.redis.xack(delivery.stream, self.group, delivery.entry_id)
+
+    def handle(self, delivery: Delivery, handler: Callable[[int], object], *, max_deliveries: int,
+               on_poison: Callable[[Delivery, str], object]) -> None:
+        """Process one entry; acknowledge it when done, or dead-letter it when it keeps failing."""
+        if delivery.deliveries > max_deliveries:
+            on_poison(delivery, f"delivered {delivery.deliveries} times without success")
+            self.ack(delivery)
+            return
+        handler(delivery.event_id)
+        self.ack(delivery)

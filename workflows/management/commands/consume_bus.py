@@ -1,0 +1,56 @@
+import logging
+import os
+import socket
+
+import redis
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from workflows import heartbeat
+from workflows.events.bus import Consumer
+from workflows.loop import Stopper
+from workflows.services.events import dead_letter_bus_entry, match_event
+
+log = logging.getLogger("signalbox.bus")
+
+
+class Command(BaseCommand):
+    help = "Read the event bus as a consumer group member and start the matching runs."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}")
+
+    def handle(self, *args, name, **options):
+        stopper = Stopper()
+        config = settings.SIGNALBOX
+        consumer = None
+        log.info("bus consumer %s starting", name)
+        while not stopper.stopped:
+            try:
+                if consumer is None:
+                    consumer = Consumer(name)
+                heartbeat.beat("bus-consumer")
+                deliveries = [
+                    *consumer.reclaim(idle_ms=config["BUS_CLAIM_IDLE_MS"]),
+                    *consumer.read(block_ms=1000),
+                ]
+                for delivery in deliveries:
+                    consumer.handle(
+                        delivery,
+                        lambda event_id: match_event(event_id=event_id),
+                        max_deliveries=config["BUS_MAX_DELIVERIES"],
+                        on_poison=lambda d, reason: dead_letter_bus_entry(
+                            event_id=d.event_id, reason=reason, stream=d.stream,
+                            entry_id=d.entry_id,
+                        ),
+                    )
+            except redis.RedisError as exc:
+                # Redis restarts must not kill the consumer: reconnect and carry on.
+                log.warning("bus unavailable (%s); retrying", exc)
+                consumer = None
+                stopper.wait(1.0)
+            except Exception:
+                # An entry that fails stays pending and is reclaimed later (counted).
+                log.exception("error while processing the bus")
+                stopper.wait(1.0)
+        log.info("bus consumer %s stopped", name)

@@ -1,0 +1,235 @@
+"""Signalbox's tables. PostgreSQL is the truth; Redis only carries work between processes."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from .states import RunStatus, StepStatus
+
+
+class ApiToken(models.Model):
+    """A bearer token for the API. Only its SHA-256 is kept; the token is shown once."""
+
+    ROLE_CHOICES = [(r, r) for r in ("viewer", "editor", "operator", "admin")]
+
+    name = models.CharField(max_length=100, unique=True)
+    prefix = models.CharField(max_length=12, help_text="first characters, to recognise a token")
+    token_hash = models.CharField(max_length=64, unique=True)
+    role = models.CharField(max_length=16, choices=ROLE_CHOICES, default="editor")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class Event(models.Model):
+    """One accepted CloudEvent: the event store, and the outbox for the bus.
+
+    `published_at` stays NULL until the event is on the bus; the outbox relay appends any
+    event left unpublished (Redis was down at commit time).
+    """
+
+    source = models.CharField(max_length=1024)
+    ce_id = models.CharField(max_length=1024)
+    type = models.CharField(max_length=255)
+    subject = models.CharField(max_length=1024, blank=True, default="")
+    specversion = models.CharField(max_length=8, default="1.0")
+    time = models.DateTimeField(null=True, blank=True)
+    datacontenttype = models.CharField(max_length=255, blank=True, default="")
+    dataschema = models.CharField(max_length=1024, blank=True, default="")
+    data = models.JSONField(null=True, blank=True)
+    extensions = models.JSONField(default=dict, blank=True)
+    correlation_id = models.CharField(max_length=255, blank=True, default="")
+    causation_id = models.CharField(max_length=255, blank=True, default="")
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source", "ce_id"], name="event_source_id_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["type", "-id"], name="event_type_recent"),
+            models.Index(
+                fields=["received_at"],
+                name="event_unpublished",
+                condition=Q(published_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.source}#{self.ce_id}"
+
+
+class Workflow(models.Model):
+    slug = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200)
+    draft = models.JSONField(help_text="the definition being edited; validated on save")
+    published_version = models.ForeignKey(
+        "WorkflowVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class WorkflowVersion(models.Model):
+    """An immutable, numbered definition. Runs are pinned to one."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    definition = models.JSONField()
+    note = models.CharField(max_length=500, blank=True, default="")
+    published_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "number"], name="version_number_unique"),
+        ]
+        ordering = ["workflow", "-number"]
+
+    def __str__(self) -> str:
+        return f"{self.workflow.slug} v{self.number}"
+
+
+class TriggerSubscription(models.Model):
+    """Which published version listens to which event type: the bus consumer's lookup table.
+
+    Rewritten on publish, so matching an event is one indexed query.
+    """
+
+    event_type = models.CharField(max_length=255, db_index=True)
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="subscriptions")
+    version = models.ForeignKey(WorkflowVersion, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["event_type", "workflow"], name="subscription_type_workflow_unique"
+            ),
+        ]
+
+
+class Run(models.Model):
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="runs")
+    version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="runs")
+    event = models.ForeignKey(Event, null=True, on_delete=models.SET_NULL, related_name="runs")
+    status = models.CharField(
+        max_length=16, choices=[(s, s) for s in RunStatus], default=RunStatus.QUEUED
+    )
+    error = models.TextField(blank=True, default="")
+    correlation_id = models.CharField(max_length=255, blank=True, default="")
+    # Bumped on every change; pushed to browsers so they can tell stale hints from new ones.
+    seq = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # The bus delivers at least once; this makes matching an event idempotent.
+            models.UniqueConstraint(
+                fields=["event", "workflow"],
+                name="run_event_workflow_unique",
+                condition=Q(event__isnull=False),
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["workflow", "-id"], name="run_workflow_recent"),
+            models.Index(fields=["status", "-id"], name="run_status_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} of {self.workflow_id}"
+
+
+class StepRun(models.Model):
+    """One attempt of one step of one run."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    step_id = models.CharField(max_length=100)
+    attempt = models.PositiveIntegerField(default=1)
+    kind = models.CharField(max_length=50)
+    status = models.CharField(
+        max_length=16, choices=[(s, s) for s in StepStatus], default=StepStatus.QUEUED
+    )
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    retryable = models.BooleanField(default=False)
+    idempotency_key = models.CharField(max_length=100, blank=True, default="")
+    worker = models.CharField(max_length=200, blank=True, default="")
+    # When a queued retry becomes due; the scheduler enqueues it then (no Celery ETA).
+    not_before = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "step_id", "attempt"], name="steprun_attempt_unique"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["not_before"],
+                name="steprun_due",
+                condition=Q(status="queued"),
+            ),
+        ]
+        ordering = ["id"]
+
+
+class RunJournal(models.Model):
+    """Append-only history of a run: every transition, in order, never updated."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="journal")
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=50)
+    data = models.JSONField(default=dict)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "seq"], name="journal_run_seq_unique"),
+        ]
+        ordering = ["run", "seq"]
+
+
+class DeadLetter(models.Model):
+    """Something that could not be processed, kept with everything needed to act on it.
+
+    Nothing leaves this table without a recorded decision (`resolution`)."""
+
+    KIND_CHOICES = [
+        ("step", "step exhausted its attempts"),
+        ("bus", "bus entry delivered too often"),
+        ("event", "invalid or undeliverable event"),
+    ]
+
+    kind = models.CharField(max_length=16, choices=KIND_CHOICES)
+    reason = models.TextField()
+    payload = models.JSONField(default=dict)
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL)
+    step_id = models.CharField(max_length=100, blank=True, default="")
+    event = models.ForeignKey(Event, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["-id"], name="deadletter_open", condition=Q(resolved_at__isnull=True)
+            ),
+        ]

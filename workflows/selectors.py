@@ -1,0 +1,79 @@
+"""Read queries shared by the API, the dashboard and the CLI."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from .models import Run, StepRun, Workflow
+
+PAGE_SIZE = 50
+
+
+def runs(*, workflow_slug: str | None = None, status: str | None = None,
+         before_id: int | None = None, limit: int = PAGE_SIZE) -> list[Run]:
+    """Newest first, keyset-paginated by id (stable and index-backed at any depth)."""
+    qs: QuerySet[Run] = Run.objects.select_related("workflow", "version").order_by("-id")
+    if workflow_slug:
+        qs = qs.filter(workflow__slug=workflow_slug)
+    if status:
+        qs = qs.filter(status=status)
+    if before_id:
+        qs = qs.filter(id__lt=before_id)
+    return list(qs[:limit])
+
+
+def run_detail(run_id: int) -> Run | None:
+    return (
+        Run.objects.select_related("workflow", "version", "event").filter(pk=run_id).first()
+    )
+
+
+def latest_attempts(run: Run) -> list[StepRun]:
+    """One row per step (its latest attempt), in the order the steps were first scheduled."""
+    latest: dict[str, StepRun] = {}
+    for step_run in run.steps.order_by("id"):
+        latest[step_run.step_id] = step_run
+    return sorted(latest.values(), key=lambda s: s.id)
+
+
+def attempts_by_step(run: Run) -> dict[str, list[StepRun]]:
+    grouped: dict[str, list[StepRun]] = {}
+    for step_run in run.steps.order_by("id"):
+        grouped.setdefault(step_run.step_id, []).append(step_run)
+    return grouped
+
+
+def workflows() -> list[Workflow]:
+    return list(Workflow.objects.select_related("published_version").order_by("slug"))
+
+
+def run_as_json(run: Run) -> dict:
+    def iso(value):
+        return value.isoformat() if value else None
+
+    return {
+        "id": run.pk,
+        "workflow": run.workflow.slug,
+        "version": run.version.number,
+        "status": run.status,
+        "error": run.error,
+        "event": run.event_id,
+        "correlation_id": run.correlation_id,
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "steps": [
+            {
+                "id": s.step_id,
+                "kind": s.kind,
+                "status": s.status,
+                "attempt": s.attempt,
+                "output": s.output,
+                "error": s.error,
+                "idempotency_key": s.idempotency_key,
+                "started_at": iso(s.started_at),
+                "finished_at": iso(s.finished_at),
+            }
+            for s in latest_attempts(run)
+        ],
+    }

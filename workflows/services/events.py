@@ -1,0 +1,90 @@
+"""Accept events and match them to workflows."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from django.db import IntegrityError, transaction
+
+from .. import engine
+from ..events import bus
+from ..events.envelope import Envelope
+from ..models import DeadLetter, Event, Run, TriggerSubscription
+from .runs import advance_locked
+
+log = logging.getLogger("signalbox.ingest")
+
+
+def ingest_event(*, envelope: Envelope) -> tuple[Event, bool]:
+    """Store the event (unique on source + id) and put it on the bus after commit.
+
+    Returns (event, created). A repeat of an accepted event returns the stored one with
+    created=False and starts nothing. The caller may answer 2xx as soon as this returns:
+    the row is committed, and if Redis is down the outbox relay delivers it later.
+    """
+    extensions = dict(envelope.extensions)
+    correlation = str(extensions.get("correlationid") or envelope.id or uuid.uuid4())
+    extensions.setdefault("correlationid", correlation)
+    try:
+        with transaction.atomic():
+            event = Event.objects.create(
+                source=envelope.source,
+                ce_id=envelope.id,
+                type=envelope.type,
+                subject=envelope.subject,
+                specversion=envelope.specversion,
+                time=envelope.time,
+                datacontenttype=envelope.datacontenttype,
+                dataschema=envelope.dataschema,
+                data=envelope.data,
+                extensions=extensions,
+                correlation_id=correlation,
+                causation_id=str(extensions.get("causationid", "")),
+            )
+            transaction.on_commit(lambda: bus.publish(event))
+    except IntegrityError:
+        existing = Event.objects.filter(source=envelope.source, ce_id=envelope.id).first()
+        if existing is None:
+            raise
+        return existing, False
+    return event, True
+
+
+def match_event(*, event_id: int) -> list[Run]:
+    """Start a run of every published workflow whose trigger names this event's type.
+
+    Idempotent: a run per (event, workflow) is unique, so a re-delivered bus entry starts
+    nothing new.
+    """
+    event = Event.objects.filter(pk=event_id).first()
+    if event is None:
+        log.warning("bus entry names event %s, which is not in the store", event_id)
+        return []
+    started = []
+    subscriptions = TriggerSubscription.objects.filter(event_type=event.type).select_related(
+        "workflow", "version"
+    )
+    for subscription in subscriptions:
+        try:
+            with transaction.atomic():
+                run = Run.objects.create(
+                    workflow=subscription.workflow,
+                    version=subscription.version,
+                    event=event,
+                    correlation_id=event.correlation_id,
+                )
+                advance_locked(run, engine.RunStarted())
+        except IntegrityError:
+            continue  # already matched by an earlier delivery
+        started.append(run)
+    return started
+
+
+def dead_letter_bus_entry(*, event_id: int, reason: str, stream: str, entry_id: str) -> None:
+    DeadLetter.objects.create(
+        kind="bus",
+        reason=reason,
+        payload={"stream": stream, "entry_id": entry_id, "event_id": event_id},
+        event=Event.objects.filter(pk=event_id).first(),
+    )

@@ -1,0 +1,36 @@
+"""API tokens: shown once, stored as a SHA-256 digest."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.utils import timezone
+
+from ..models import ApiToken
+
+TOKEN_PREFIX = "sbx_"
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_api_token(*, name: str, role: str = "editor") -> tuple[ApiToken, str]:
+    """Return the stored token row and the plaintext token (never stored)."""
+    plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(
+        name=name, prefix=plaintext[:10], token_hash=_digest(plaintext), role=role
+    )
+    return token, plaintext
+
+
+def authenticate_token(plaintext: str) -> ApiToken | None:
+    # Lookup by digest: the database index does the comparison, on a value an attacker
+    # cannot choose byte by byte, so there is no timing oracle on the secret.
+    token = ApiToken.objects.filter(
+        token_hash=_digest(plaintext), revoked_at__isnull=True
+    ).first()
+    if token is not None:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    return token

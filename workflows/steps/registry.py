@@ -1,0 +1,30 @@
+"""The step registry: one module per kind, registered by name."""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import StepKind
+
+_KINDS: dict[str, StepKind] = {}
+
+# Each module registers its kind on import; a new kind starts as a copy of a sibling.
+BUILTIN_MODULES = ("log", "http_request")
+
+
+def register(kind_class: type[StepKind]) -> type[StepKind]:
+    if kind_class.name in _KINDS:
+        raise ValueError(f"step kind {kind_class.name!r} is registered twice")
+    _KINDS[kind_class.name] = kind_class()
+    return kind_class
+
+
+def all_kinds() -> dict[str, StepKind]:
+    if not _KINDS:
+        for module in BUILTIN_MODULES:
+            importlib.import_module(f"{__package__}.{module}")
+    return dict(_KINDS)
+
+
+def get(name: str) -> StepKind:
+    return all_kinds()[name]
