@@ -174,6 +174,8 @@ SIGNALBOX = {
     # An event not on the bus this long after commit is appended again by the outbox relay.
     "OUTBOX_GRACE_SECONDS": float(os.environ.get("SIGNALBOX_OUTBOX_GRACE_SECONDS", "2")),
     "MAX_EVENT_BYTES": int(os.environ.get("SIGNALBOX_MAX_EVENT_BYTES", str(256 * 1024))),
+    "MAX_BATCH_BYTES": int(os.environ.get("SIGNALBOX_MAX_BATCH_BYTES", str(4 * 1024 * 1024))),
+    "MAX_BATCH_EVENTS": int(os.environ.get("SIGNALBOX_MAX_BATCH_EVENTS", "1000")),
     "HEARTBEAT_TTL_SECONDS": 15,
 }
 # Hosts and CIDRs that outbound HTTP steps may reach although they are not public.

@@ -82,9 +82,8 @@ def decide(definition: Definition, state: RunState, happening: Happening) -> lis
     if isinstance(happening, RunStarted):
         if state.status != RunStatus.QUEUED:
             return []
-        return [MarkRunRunning(), *_ready_steps(definition, state)] or [
-            FinishRun(RunStatus.SUCCEEDED)
-        ]
+        ready = _ready_steps(definition, state)
+        return [MarkRunRunning(), *(ready or [FinishRun(RunStatus.SUCCEEDED)])]
     return _on_step_finished(definition, state, happening)
 
 

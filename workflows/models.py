@@ -1,6 +1,5 @@
 """Signalbox's tables. PostgreSQL is the truth; Redis only carries work between processes."""
 
-from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -40,9 +39,16 @@ class Event(models.Model):
     datacontenttype = models.CharField(max_length=255, blank=True, default="")
     dataschema = models.CharField(max_length=1024, blank=True, default="")
     data = models.JSONField(null=True, blank=True)
+    # True when `data` holds base64 text of binary data (CloudEvents `data_base64`).
+    data_is_base64 = models.BooleanField(default=False)
     extensions = models.JSONField(default=dict, blank=True)
     correlation_id = models.CharField(max_length=255, blank=True, default="")
     causation_id = models.CharField(max_length=255, blank=True, default="")
+    # Schema validation: "valid" against `schema_version`, or "unvalidated" (no schema).
+    validation = models.CharField(max_length=16, default="unvalidated")
+    schema_version = models.PositiveIntegerField(null=True, blank=True)
+    # Where the event came from: "http", "webhook", "stream", "schedule", "manual", "run".
+    channel = models.CharField(max_length=16, default="http")
     received_at = models.DateTimeField(auto_now_add=True, db_index=True)
     published_at = models.DateTimeField(null=True, blank=True)
 
@@ -52,6 +58,8 @@ class Event(models.Model):
         ]
         indexes = [
             models.Index(fields=["type", "-id"], name="event_type_recent"),
+            models.Index(fields=["source", "-id"], name="event_source_recent"),
+            models.Index(fields=["correlation_id", "-id"], name="event_correlation_recent"),
             models.Index(
                 fields=["received_at"],
                 name="event_unpublished",
@@ -116,6 +124,9 @@ class TriggerSubscription(models.Model):
                 fields=["event_type", "workflow"], name="subscription_type_workflow_unique"
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} -> {self.workflow_id}"
 
 
 class Run(models.Model):
@@ -189,6 +200,9 @@ class StepRun(models.Model):
         ]
         ordering = ["id"]
 
+    def __str__(self) -> str:
+        return f"{self.step_id}#{self.attempt} of run {self.run_id}"
+
 
 class RunJournal(models.Model):
     """Append-only history of a run: every transition, in order, never updated."""
@@ -204,6 +218,9 @@ class RunJournal(models.Model):
             models.UniqueConstraint(fields=["run", "seq"], name="journal_run_seq_unique"),
         ]
         ordering = ["run", "seq"]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} #{self.seq} {self.kind}"
 
 
 class DeadLetter(models.Model):
@@ -233,3 +250,98 @@ class DeadLetter(models.Model):
                 fields=["-id"], name="deadletter_open", condition=Q(resolved_at__isnull=True)
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} dead letter {self.pk}"
+
+
+class EventType(models.Model):
+    """A registered event type: the contract producers and workflows share."""
+
+    COMPATIBILITY = [(m, m) for m in ("BACKWARD", "FORWARD", "FULL", "NONE")]
+
+    name = models.CharField(max_length=255, unique=True)
+    description = models.TextField(blank=True, default="")
+    compatibility = models.CharField(max_length=8, choices=COMPATIBILITY, default="BACKWARD")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class EventSchema(models.Model):
+    """One numbered, immutable JSON Schema version of an event type's `data`."""
+
+    event_type = models.ForeignKey(EventType, on_delete=models.CASCADE, related_name="schemas")
+    version = models.PositiveIntegerField()
+    schema = models.JSONField()
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["event_type", "version"], name="schema_type_version_unique"
+            ),
+        ]
+        ordering = ["event_type", "-version"]
+
+    def __str__(self) -> str:
+        return f"{self.event_type_id} v{self.version}"
+
+
+class Webhook(models.Model):
+    """An inbound webhook URL (/hooks/<slug>) that turns any JSON or form body into an event."""
+
+    AUTH_MODES = [
+        ("standard", "Standard Webhooks (webhook-id, webhook-timestamp, webhook-signature)"),
+        ("github", "GitHub-style X-Hub-Signature-256"),
+        ("header", "shared secret in a header"),
+        ("none", "no authentication"),
+    ]
+
+    slug = models.SlugField(max_length=100, unique=True)
+    event_type = models.CharField(max_length=255)
+    auth_mode = models.CharField(max_length=16, choices=AUTH_MODES, default="standard")
+    # The signing secret (or shared header value), encrypted at rest (workflows/crypto.py):
+    # HMAC verification needs the plaintext, so it cannot be a one-way hash.
+    secret_encrypted = models.TextField()
+    header_name = models.CharField(max_length=100, blank=True, default="X-Webhook-Secret")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Schedule(models.Model):
+    """A cron (or `@every 30s`) producer that emits one event per tick."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    cron = models.CharField(max_length=100, help_text="5-field cron or @every <duration>")
+    timezone = models.CharField(max_length=64, default="UTC")
+    event_type = models.CharField(max_length=255)
+    data = models.JSONField(default=dict, blank=True)
+    enabled = models.BooleanField(default=True)
+    # The last tick emitted; the next one is computed from it. Ticks are events with a
+    # deterministic id, so two schedulers emitting the same tick make one event.
+    last_tick = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StreamSource(models.Model):
+    """An external Redis stream that other systems XADD events to."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    stream = models.CharField(max_length=255, help_text="the Redis stream key")
+    redis_url = models.CharField(max_length=500, blank=True, default="",
+                                 help_text="empty: Signalbox's own Redis")
+    default_type = models.CharField(max_length=255, blank=True, default="")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name

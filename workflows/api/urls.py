@@ -1,9 +1,9 @@
 from django.urls import path
 
-from . import views
+from . import events, views
 
 urlpatterns = [
-    path("events", views.events, name="api-events"),
+    path("events", events.post_events, name="api-events"),
     path("workflows/<slug:slug>", views.workflow, name="api-workflow"),
     path("workflows/<slug:slug>/publish", views.publish, name="api-workflow-publish"),
     path("runs", views.runs, name="api-runs"),

@@ -4,50 +4,23 @@ from __future__ import annotations
 
 import json
 
-from django.conf import settings
 from django.http import JsonResponse
 from django.views.decorators.http import require_http_methods
 
 from .. import roles, selectors
 from ..definition import InvalidDefinition
-from ..events.envelope import InvalidEvent, from_structured, loads_json
+from ..events.envelope import InvalidEvent, loads_json
 from ..models import Workflow
 from ..services.definitions import publish_workflow, put_workflow
-from ..services.events import ingest_event
 from .auth import token_required
-from .bodies import BodyTooLarge, media_type, read_limited
+from .bodies import BodyTooLarge, read_limited
 from .problems import problem
 
-STRUCTURED = "application/cloudevents+json"
 MAX_DEFINITION_BYTES = 1024 * 1024
 
 
 def _too_large(exc: BodyTooLarge):
     return problem(413, "Body too large", f"the limit is {exc.limit} bytes", kind="too-large")
-
-
-@require_http_methods(["POST"])
-@token_required("editor")
-def events(request):
-    if media_type(request) != STRUCTURED:
-        return problem(
-            415, "Unsupported media type",
-            f"send a structured CloudEvent as Content-Type: {STRUCTURED}",
-            kind="unsupported-media-type",
-        )
-    try:
-        body = read_limited(request, settings.SIGNALBOX["MAX_EVENT_BYTES"])
-        envelope = from_structured(loads_json(body))
-    except BodyTooLarge as exc:
-        return _too_large(exc)
-    except InvalidEvent as exc:
-        return problem(400, "Invalid CloudEvent", str(exc), kind="invalid-event",
-                       errors=exc.problems)
-    event, created = ingest_event(envelope=envelope)
-    return JsonResponse(
-        {"id": event.pk, "source": event.source, "ce_id": event.ce_id, "duplicate": not created},
-        status=202 if created else 200,
-    )
 
 
 @require_http_methods(["GET", "PUT"])

@@ -1,4 +1,8 @@
-"""CloudEvents 1.0 envelopes: parse and validate, naming the attribute that is wrong."""
+"""CloudEvents 1.0 envelopes: parse and validate, naming the attribute that is wrong.
+
+Structured mode (one JSON object), binary mode (ce-* headers + any body) and batch mode (a
+JSON array of structured events) all end in the same attribute validation.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,18 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 REQUIRED = ("id", "source", "specversion", "type")
 OPTIONAL = ("datacontenttype", "dataschema", "subject", "time")
 EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 # RFC 2046 type/subtype with optional parameters; deliberately tolerant of parameter syntax.
 MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*(\s*;.*)?$")
-RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
-)
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 MAX_JSON_DEPTH = 64
 
 
@@ -32,15 +36,21 @@ class Envelope:
     datacontenttype: str = ""
     dataschema: str = ""
     data: Any = None
+    data_is_base64: bool = False
     extensions: dict[str, Any] = field(default_factory=dict)
 
 
 class InvalidEvent(Exception):
-    """`problems` is a list of {"attribute": name, "message": text}."""
+    """`problems` is a list of {"attribute": name, "message": text} (plus "index" in a batch)."""
 
-    def __init__(self, problems: list[dict[str, str]]):
+    def __init__(self, problems: list[dict[str, Any]]):
         self.problems = problems
-        super().__init__("; ".join(f"{p['attribute']}: {p['message']}" for p in problems))
+        super().__init__("; ".join(_describe(p) for p in problems))
+
+
+def _describe(problem: Mapping[str, Any]) -> str:
+    where = f"[{problem['index']}] " if "index" in problem else ""
+    return f"{where}{problem['attribute']}: {problem['message']}"
 
 
 def json_depth_ok(raw: str, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -66,91 +76,150 @@ def json_depth_ok(raw: str, limit: int = MAX_JSON_DEPTH) -> bool:
     return True
 
 
-def loads_json(body: bytes) -> Any:
+def loads_json(body: bytes, *, what: str = "(body)") -> Any:
     """Decode a JSON body, raising InvalidEvent for bad UTF-8, depth or syntax."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidEvent([{"attribute": "(body)", "message": f"not UTF-8: {exc}"}]) from exc
+        raise InvalidEvent([{"attribute": what, "message": f"not UTF-8: {exc}"}]) from exc
     if not json_depth_ok(text):
         raise InvalidEvent(
-            [{"attribute": "(body)", "message": f"JSON nested deeper than {MAX_JSON_DEPTH}"}]
+            [{"attribute": what, "message": f"JSON nested deeper than {MAX_JSON_DEPTH} levels"}]
         )
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise InvalidEvent([{"attribute": "(body)", "message": f"invalid JSON: {exc}"}]) from exc
+        raise InvalidEvent([{"attribute": what, "message": f"invalid JSON: {exc}"}]) from exc
 
 
-def from_structured(obj: Any) -> Envelope:
-    """Validate one structured-mode CloudEvent (already decoded from JSON)."""
-    if not isinstance(obj, dict):
-        raise InvalidEvent([{"attribute": "(body)", "message": "a CloudEvent is a JSON object"}])
+def validate(attributes: Mapping[str, Any], *, data: Any, data_is_base64: bool) -> Envelope:
+    """Check context attributes against the CloudEvents 1.0 spec; return the Envelope."""
     problems: list[dict[str, str]] = []
 
     def bad(attribute: str, message: str) -> None:
         problems.append({"attribute": attribute, "message": message})
 
     for name in REQUIRED:
-        value = obj.get(name)
+        value = attributes.get(name)
         if value is None:
             bad(name, "required attribute is missing")
         elif not isinstance(value, str) or not value:
             bad(name, "must be a non-empty string")
-    if isinstance(obj.get("specversion"), str) and obj["specversion"] and obj["specversion"] != "1.0":
-        bad("specversion", f"unsupported specversion {obj['specversion']!r}; expected '1.0'")
+    specversion = attributes.get("specversion")
+    if isinstance(specversion, str) and specversion and specversion != "1.0":
+        bad("specversion", f"unsupported specversion {specversion!r}; expected '1.0'")
     for name in OPTIONAL:
-        if name in obj and obj[name] is not None and (not isinstance(obj[name], str) or not obj[name]):
+        value = attributes.get(name)
+        if value is not None and (not isinstance(value, str) or not value):
             bad(name, "must be a non-empty string when present")
 
     when = None
-    if isinstance(obj.get("time"), str) and obj["time"]:
-        if not RFC3339.match(obj["time"]):
+    time_text = attributes.get("time")
+    if isinstance(time_text, str) and time_text:
+        if not RFC3339.match(time_text):
             bad("time", "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z")
         else:
             try:
-                when = datetime.fromisoformat(obj["time"].replace("z", "Z"))
+                when = datetime.fromisoformat(time_text.upper())
             except ValueError:
                 bad("time", "is not a valid date and time")
-    if isinstance(obj.get("datacontenttype"), str) and obj["datacontenttype"]:
-        if not MEDIA_TYPE.match(obj["datacontenttype"]):
-            bad("datacontenttype", "must be an RFC 2046 media type such as application/json")
-    if "data" in obj and "data_base64" in obj:
-        bad("data_base64", "data and data_base64 must not both be present")
+    content_type = attributes.get("datacontenttype")
+    if isinstance(content_type, str) and content_type and not MEDIA_TYPE.match(content_type):
+        bad("datacontenttype", "must be an RFC 2046 media type such as application/json")
 
-    data = obj.get("data")
-    if "data_base64" in obj and "data" not in obj:
-        try:
-            raw = base64.b64decode(obj["data_base64"], validate=True)
-            data = {"base64": base64.b64encode(raw).decode()}
-        except (binascii.Error, TypeError, ValueError):
-            bad("data_base64", "is not valid base64")
-
-    known = set(REQUIRED) | set(OPTIONAL) | {"data", "data_base64"}
+    known = set(REQUIRED) | set(OPTIONAL)
     extensions = {}
-    for name, value in obj.items():
+    for name, value in attributes.items():
         if name in known:
             continue
         if not EXTENSION_NAME.match(name):
             bad(name, "extension attribute names are 1-20 lowercase letters or digits")
-        elif not isinstance(value, (str, int, bool)) or isinstance(value, float):
+        elif isinstance(value, float) or not isinstance(value, (str, int, bool)):
             bad(name, "extension values must be strings, integers or booleans")
         else:
             extensions[name] = value
     if problems:
         raise InvalidEvent(problems)
     return Envelope(
-        id=obj["id"],
-        source=obj["source"],
-        type=obj["type"],
-        specversion=obj["specversion"],
-        subject=obj.get("subject") or "",
+        id=attributes["id"],
+        source=attributes["source"],
+        type=attributes["type"],
+        specversion=attributes["specversion"],
+        subject=attributes.get("subject") or "",
         time=when,
-        datacontenttype=obj.get("datacontenttype") or "",
-        dataschema=obj.get("dataschema") or "",
+        datacontenttype=attributes.get("datacontenttype") or "",
+        dataschema=attributes.get("dataschema") or "",
         data=data,
+        data_is_base64=data_is_base64,
         extensions=extensions,
     )
+
+
+def from_structured(obj: Any) -> Envelope:
+    """One structured-mode CloudEvent, already decoded from JSON."""
+    if not isinstance(obj, dict):
+        raise InvalidEvent([{"attribute": "(body)", "message": "a CloudEvent is a JSON object"}])
+    if "data" in obj and "data_base64" in obj:
+        raise InvalidEvent(
+            [{"attribute": "data_base64", "message": "data and data_base64 must not both be present"}]
+        )
+    data, is_base64 = obj.get("data"), False
+    if "data_base64" in obj:
+        encoded = obj["data_base64"]
+        try:
+            base64.b64decode(encoded, validate=True)
+        except (binascii.Error, TypeError, ValueError) as exc:
+            raise InvalidEvent(
+                [{"attribute": "data_base64", "message": "is not valid base64"}]
+            ) from exc
+        data, is_base64 = encoded, True
+    attributes = {k: v for k, v in obj.items() if k not in ("data", "data_base64")}
+    return validate(attributes, data=data, data_is_base64=is_base64)
+
+
+def from_batch(items: Any, *, max_entries: int) -> list[Envelope]:
+    """A batch (JSON array of structured events); problems carry the entry's index."""
+    if not isinstance(items, list):
+        raise InvalidEvent([{"attribute": "(body)", "message": "a batch is a JSON array"}])
+    if len(items) > max_entries:
+        raise InvalidEvent(
+            [{"attribute": "(body)", "message": f"a batch holds at most {max_entries} events"}]
+        )
+    envelopes, problems = [], []
+    for index, item in enumerate(items):
+        try:
+            envelopes.append(from_structured(item))
+        except InvalidEvent as exc:
+            problems.extend({"index": index, **p} for p in exc.problems)
+    if problems:
+        raise InvalidEvent(problems)
+    return envelopes
+
+
+def from_binary(headers: Mapping[str, str], body: bytes, content_type: str) -> Envelope:
+    """Binary mode: attributes in ce-* headers (percent-encoded), the body is the data."""
+    attributes: dict[str, Any] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower.startswith("ce-") and len(lower) > 3:
+            attributes[lower[3:]] = unquote(value)
+    if content_type:
+        attributes["datacontenttype"] = content_type
+    media = content_type.split(";", 1)[0].strip().lower()
+    data: Any
+    is_base64 = False
+    if not body:
+        data = None
+    elif media == "application/json" or media.endswith("+json"):
+        data = loads_json(body, what="data")
+    elif media.startswith("text/") or media in ("application/xml", "application/x-www-form-urlencoded"):
+        try:
+            data = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidEvent([{"attribute": "data", "message": f"not UTF-8: {exc}"}]) from exc
+    else:
+        data, is_base64 = base64.b64encode(body).decode(), True
+    return validate(attributes, data=data, data_is_base64=is_base64)
 
 
 def to_structured(event) -> dict[str, Any]:
@@ -167,5 +236,5 @@ def to_structured(event) -> dict[str, Any]:
     if event.time:
         out["time"] = event.time.isoformat().replace("+00:00", "Z")
     out.update(event.extensions or {})
-    out["data"] = event.data
+    out["data_base64" if event.data_is_base64 else "data"] = event.data
     return out

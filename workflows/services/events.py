@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 from django.db import IntegrityError, transaction
 
@@ -12,20 +11,30 @@ from ..events import bus
 from ..events.envelope import Envelope
 from ..models import DeadLetter, Event, Run, TriggerSubscription
 from .runs import advance_locked
+from .schemas import SchemaCheck, SchemaViolation, check_event_data
+
+__all__ = ["SchemaViolation", "ingest_event", "match_event"]
 
 log = logging.getLogger("signalbox.ingest")
 
 
-def ingest_event(*, envelope: Envelope) -> tuple[Event, bool]:
+def ingest_event(
+    *, envelope: Envelope, channel: str = "http", check: SchemaCheck | None = None
+) -> tuple[Event, bool]:
     """Store the event (unique on source + id) and put it on the bus after commit.
 
     Returns (event, created). A repeat of an accepted event returns the stored one with
-    created=False and starts nothing. The caller may answer 2xx as soon as this returns:
-    the row is committed, and if Redis is down the outbox relay delivers it later.
+    created=False and starts nothing. Raises SchemaViolation when the data breaks its
+    type's schema (pass `check` when it was already done). Once this returns outside a
+    transaction the row is committed: if Redis is down the outbox relay delivers it later.
     """
+    check = check or check_event_data(envelope)
     extensions = dict(envelope.extensions)
-    correlation = str(extensions.get("correlationid") or envelope.id or uuid.uuid4())
-    extensions.setdefault("correlationid", correlation)
+    # Every event gets a correlation id (its own id starts a new conversation) and a
+    # causation id (what directly caused it; for an outside event, itself).
+    correlation = str(extensions.get("correlationid") or envelope.id)
+    extensions["correlationid"] = correlation
+    extensions.setdefault("causationid", envelope.id)
     try:
         with transaction.atomic():
             event = Event.objects.create(
@@ -38,9 +47,13 @@ def ingest_event(*, envelope: Envelope) -> tuple[Event, bool]:
                 datacontenttype=envelope.datacontenttype,
                 dataschema=envelope.dataschema,
                 data=envelope.data,
+                data_is_base64=envelope.data_is_base64,
                 extensions=extensions,
                 correlation_id=correlation,
-                causation_id=str(extensions.get("causationid", "")),
+                causation_id=str(extensions["causationid"]),
+                validation=check.validation,
+                schema_version=check.version,
+                channel=channel,
             )
             transaction.on_commit(lambda: bus.publish(event))
     except IntegrityError:
