@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import transaction
 from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from ..events.envelope import InvalidEvent, from_batch, from_binary, from_structured, loads_json
@@ -73,3 +74,13 @@ def post_events(request):
     if mode == BATCH:
         return JsonResponse({"events": results}, status=202)
     return JsonResponse(results[0], status=200 if results[0]["duplicate"] else 202)
+
+
+@csrf_exempt  # token-authenticated in the views it dispatches to
+def events_endpoint(request):
+    """/api/v1/events: POST ingests, GET reads the event store."""
+    if request.method == "GET":
+        from .event_store import list_events
+
+        return list_events(request)
+    return post_events(request)
