@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ FORMAT_SCHEMA: dict[str, Any] = json.loads(
 )
 _FORMAT_VALIDATOR = jsonschema.Draft202012Validator(FORMAT_SCHEMA)
 STEP_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+FAILURE = "failure"
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,29 @@ class RetryPolicy:
     delay_seconds: float = 1.0
     max_delay_seconds: float = 300.0
     jitter: bool = True
+    retry_on: tuple[str, ...] = ()  # error-code prefixes; empty: what the step marks retryable
+
+    def retries(self, *, retryable: bool, code: str) -> bool:
+        if self.retry_on:
+            return any(code.startswith(prefix) for prefix in self.retry_on)
+        return retryable
 
 
 @dataclass(frozen=True)
 class Trigger:
-    event: str
+    event: str = ""
+    filter: str = ""
+    webhook: str = ""
+    schedule: str = ""
+    timezone: str = "UTC"
+    manual: bool = False
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+    port: str = "success"
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,14 @@ class Step:
     config: Mapping[str, Any]
     after: tuple[str, ...] = ()
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    join: str = "all"
+    timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    max_runs: int | None = None
+    ordered: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,81 +92,202 @@ class Definition:
     name: str
     triggers: tuple[Trigger, ...]
     steps: Mapping[str, Step]  # in definition order
+    edges: tuple[Edge, ...] = ()  # `after` included, as success edges
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    concurrency: Concurrency = field(default_factory=Concurrency)
+
+    def incoming(self, step_id: str) -> list[Edge]:
+        return [e for e in self.edges if e.target == step_id]
+
+    def outgoing(self, step_id: str) -> list[Edge]:
+        return [e for e in self.edges if e.source == step_id]
 
     def downstream(self, step_id: str) -> list[str]:
-        return [s.id for s in self.steps.values() if step_id in s.after]
+        return list(dict.fromkeys(e.target for e in self.outgoing(step_id)))
 
     def roots(self) -> list[str]:
-        return [s.id for s in self.steps.values() if not s.after]
+        targets = {e.target for e in self.edges}
+        return [s for s in self.steps if s not in targets]
+
+    def handles_failure(self, step_id: str) -> bool:
+        return any(e.port == FAILURE for e in self.outgoing(step_id))
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # PostgreSQL stores neither
+
+
+def _unstorable(value: Any, path: tuple):
+    """Paths of the strings (keys included) that the database cannot store."""
+    if isinstance(value, str):
+        if _UNSTORABLE.search(value):
+            yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and _UNSTORABLE.search(key):
+                yield (*path, key)
+            yield from _unstorable(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _unstorable(item, (*path, index))
 
 
 def _pointer(parts) -> str:
-    return "/" + "/".join(str(p) for p in parts) if parts else "/"
+    # RFC 6901: "~" and "/" inside a key are escaped, so a header named "a/b" stays one segment.
+    escaped = (str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+    return "/" + "/".join(escaped) if parts else "/"
 
 
-def parse(raw: Any, *, kinds: Mapping[str, Any]) -> Definition:
+ExpressionChecker = Callable[[str], str | None]  # returns an error message or None
+TemplateChecker = Callable[[Any], list[tuple[str, str]]]  # [(path, message)]
+
+
+def parse(
+    raw: Any,
+    *,
+    kinds: Mapping[str, Any],
+    check_expression: ExpressionChecker | None = None,
+    check_templates: TemplateChecker | None = None,
+) -> Definition:
     """Validate `raw` and return a Definition, or raise InvalidDefinition with every problem.
 
-    `kinds` maps a step kind name to an object with a `config_schema` (the step registry).
+    `kinds` maps a step kind name to an object with `config_schema`, `ports(config)` and
+    `expressions(config)` (the step registry). The checkers validate CEL expressions and
+    `{{ … }}` templates; without them expressions are not checked.
     """
     problems = [
         Problem(_pointer(err.absolute_path), err.message)
-        for err in sorted(_FORMAT_VALIDATOR.iter_errors(raw), key=lambda e: list(e.absolute_path))
+        for err in sorted(_FORMAT_VALIDATOR.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+    problems += [
+        Problem(_pointer(path), "text cannot contain NUL characters or unpaired surrogates")
+        for path in _unstorable(raw, ())
     ]
     if problems:
         raise InvalidDefinition(problems)
 
     steps_raw = raw["steps"]
     ids = [s["id"] for s in steps_raw]
-    seen: set[str] = set()
+    index_of: dict[str, int] = {}
     for i, step_id in enumerate(ids):
-        if step_id in seen:
+        if step_id in index_of:
             problems.append(Problem(f"/steps/{i}/id", f"duplicate step id {step_id!r}"))
-        seen.add(step_id)
+        else:
+            index_of[step_id] = i
 
+    def expression_problem(path: str, expression: str) -> None:
+        if check_expression is not None and (message := check_expression(expression)):
+            problems.append(Problem(path, message))
+
+    ports: dict[str, set[str]] = {}
     for i, s in enumerate(steps_raw):
         kind = kinds.get(s["kind"])
+        config = s.get("config", {})
         if kind is None:
             known = ", ".join(sorted(kinds))
             problems.append(
                 Problem(f"/steps/{i}/kind", f"unknown step kind {s['kind']!r} (known: {known})")
             )
-        else:
-            validator = jsonschema.Draft202012Validator(kind.config_schema)
-            for err in sorted(validator.iter_errors(s.get("config", {})), key=str):
-                path = _pointer([*["steps", i, "config"], *err.absolute_path])
-                problems.append(Problem(path, err.message))
+            continue
+        validator = jsonschema.Draft202012Validator(kind.config_schema)
+        config_errors = sorted(validator.iter_errors(config), key=str)
+        for err in config_errors:
+            problems.append(Problem(_pointer(["steps", i, "config", *err.absolute_path]), err.message))
+        if config_errors:
+            continue
+        kind_ports = getattr(kind, "ports", None)
+        ports[s["id"]] = {*(kind_ports(config) if kind_ports else ["success"]), FAILURE}
+        kind_expressions = getattr(kind, "expressions", None)
+        for path, expression in kind_expressions(config) if kind_expressions else []:
+            expression_problem(f"/steps/{i}/config{path}", expression)
+        if check_templates is not None:
+            for path, message in check_templates(config):
+                problems.append(Problem(f"/steps/{i}/config{path}", message))
+
+    for t, trigger in enumerate(raw.get("triggers", [])):
+        if "filter" in trigger:
+            expression_problem(f"/triggers/{t}/filter", trigger["filter"])
+        if "filter" in trigger and "event" not in trigger:
+            problems.append(Problem(f"/triggers/{t}/filter", "a filter needs an event trigger"))
+
+    edges: list[Edge] = []
+    for i, s in enumerate(steps_raw):
         for j, dep in enumerate(s.get("after", [])):
+            path = f"/steps/{i}/after/{j}"
             if dep == s["id"]:
-                problems.append(Problem(f"/steps/{i}/after/{j}", "a step cannot come after itself"))
-            elif dep not in seen:
-                problems.append(Problem(f"/steps/{i}/after/{j}", f"no step with id {dep!r}"))
+                problems.append(Problem(path, "a step cannot come after itself"))
+            elif dep not in index_of:
+                problems.append(Problem(path, f"no step with id {dep!r}"))
+            else:
+                edges.append(Edge(dep, s["id"], "success"))
+    for k, e in enumerate(raw.get("edges", [])):
+        edge = Edge(e["from"], e["to"], e.get("port", "success"))
+        bad = False
+        for end, name in (("from", edge.source), ("to", edge.target)):
+            if name not in index_of:
+                problems.append(Problem(f"/edges/{k}/{end}", f"no step with id {name!r}"))
+                bad = True
+        if bad:
+            continue
+        if edge.source == edge.target:
+            problems.append(Problem(f"/edges/{k}", "an edge cannot loop back to its own step"))
+        elif edge.source in ports and edge.port not in ports[edge.source]:
+            allowed = ", ".join(sorted(ports[edge.source]))
+            problems.append(Problem(
+                f"/edges/{k}/port",
+                f"step {edge.source!r} has no port {edge.port!r} (it has: {allowed})",
+            ))
+        elif edge in edges:
+            problems.append(Problem(f"/edges/{k}", "duplicate edge"))
+        else:
+            edges.append(edge)
 
     if not problems:
-        cycle = _find_cycle({s["id"]: list(s.get("after", [])) for s in steps_raw})
+        cycle = _find_cycle(ids, edges)
         if cycle:
             problems.append(Problem("/steps", "steps form a cycle: " + " -> ".join(cycle)))
+    if not problems:
+        targets = {e.target for e in edges}
+        reachable = _reachable([i for i in ids if i not in targets], edges)
+        for step_id in ids:
+            if step_id not in reachable:
+                problems.append(Problem(f"/steps/{index_of[step_id]}",
+                                        f"step {step_id!r} can never run (unreachable)"))
     if problems:
         raise InvalidDefinition(problems)
 
     return Definition(
         name=raw["name"],
-        triggers=tuple(Trigger(event=t["event"]) for t in raw.get("triggers", [])),
+        triggers=tuple(Trigger(**t) for t in raw.get("triggers", [])),
         steps={
             s["id"]: Step(
                 id=s["id"],
                 kind=s["kind"],
                 config=s.get("config", {}),
                 after=tuple(s.get("after", [])),
-                retry=RetryPolicy(**s.get("retry", {})),
+                retry=_retry(s.get("retry", {})),
+                join=s.get("join", "all"),
+                timeout_seconds=s.get("timeout_seconds"),
             )
             for s in steps_raw
         },
+        edges=tuple(edges),
+        vars=raw.get("vars", {}),
+        concurrency=Concurrency(**raw.get("concurrency", {})),
     )
 
 
-def _find_cycle(after: dict[str, list[str]]) -> list[str] | None:
+def _retry(raw: Mapping[str, Any]) -> RetryPolicy:
+    values = dict(raw)
+    if "retry_on" in values:
+        values["retry_on"] = tuple(values["retry_on"])
+    return RetryPolicy(**values)
+
+
+def _find_cycle(ids: list[str], edges: list[Edge]) -> list[str] | None:
     """Return one cycle as a list of step ids (first id repeated at the end), or None."""
+    after: dict[str, list[str]] = {i: [] for i in ids}
+    for edge in edges:
+        after[edge.target].append(edge.source)
     white, grey, black = 0, 1, 2
     colour = dict.fromkeys(after, white)
     stack: list[str] = []
@@ -160,3 +308,14 @@ def _find_cycle(after: dict[str, list[str]]) -> list[str] | None:
         if colour[node] == white and (found := visit(node)):
             return found
     return None
+
+
+def _reachable(roots: list[str], edges: list[Edge]) -> set[str]:
+    seen, todo = set(roots), list(roots)
+    while todo:
+        node = todo.pop()
+        for edge in edges:
+            if edge.source == node and edge.target not in seen:
+                seen.add(edge.target)
+                todo.append(edge.target)
+    return seen

@@ -138,6 +138,12 @@ class Run(models.Model):
     )
     error = models.TextField(blank=True, default="")
     correlation_id = models.CharField(max_length=255, blank=True, default="")
+    # Runs of an ordered workflow with the same key go one after another.
+    partition_key = models.CharField(max_length=255, blank=True, default="")
+    # A sub_workflow step's child run points at the attempt waiting for it.
+    parent_step = models.ForeignKey(
+        "StepRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="child_runs"
+    )
     # Bumped on every change; pushed to browsers so they can tell stale hints from new ones.
     seq = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -156,6 +162,11 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["workflow", "-id"], name="run_workflow_recent"),
             models.Index(fields=["status", "-id"], name="run_status_recent"),
+            models.Index(
+                fields=["workflow", "id"],
+                name="run_queued_by_workflow",
+                condition=Q(status="queued"),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -175,7 +186,12 @@ class StepRun(models.Model):
     input = models.JSONField(null=True, blank=True)
     output = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
+    error_code = models.CharField(max_length=50, blank=True, default="")
     retryable = models.BooleanField(default=False)
+    # The port a succeeded attempt took ("success", "true", a switch case…; "" for none).
+    port = models.CharField(max_length=50, blank=True, default="")
+    # A waiting attempt wakes up then: a delay's end, or a wait_for_event's timeout.
+    wake_at = models.DateTimeField(null=True, blank=True)
     idempotency_key = models.CharField(max_length=100, blank=True, default="")
     worker = models.CharField(max_length=200, blank=True, default="")
     # When a queued retry becomes due; the scheduler enqueues it then (no Celery ETA).
@@ -196,6 +212,11 @@ class StepRun(models.Model):
                 fields=["not_before"],
                 name="steprun_due",
                 condition=Q(status="queued"),
+            ),
+            models.Index(
+                fields=["wake_at"],
+                name="steprun_wake",
+                condition=Q(status="waiting"),
             ),
         ]
         ordering = ["id"]
@@ -345,3 +366,19 @@ class StreamSource(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class EventWaiter(models.Model):
+    """A waiting `wait_for_event` attempt: resumed by the first matching event."""
+
+    step_run = models.OneToOneField(StepRun, on_delete=models.CASCADE, related_name="waiter")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="waiters")
+    event_type = models.CharField(max_length=255, db_index=True)
+    match = models.TextField(default="true", help_text="CEL over `event` and the run's data")
+    # What the match expression may read besides the arriving event (run, steps, vars).
+    scope = models.JSONField(default=dict)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} waits for {self.event_type}"

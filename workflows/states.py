@@ -18,6 +18,7 @@ class RunStatus(StrEnum):
 class StepStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    WAITING = "waiting"  # parked on a timer, an event or a child run; holds no worker
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
@@ -35,7 +36,8 @@ RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
 
 STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
     StepStatus.QUEUED: frozenset({StepStatus.RUNNING, StepStatus.SKIPPED, StepStatus.FAILED}),
-    StepStatus.RUNNING: frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED}),
+    StepStatus.RUNNING: frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.WAITING}),
+    StepStatus.WAITING: frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED}),
     StepStatus.SUCCEEDED: frozenset(),
     StepStatus.FAILED: frozenset(),
     StepStatus.SKIPPED: frozenset(),
@@ -64,3 +66,5 @@ def check_step_move(current: str, new: str) -> bool:
     if StepStatus(new) not in STEP_TRANSITIONS[StepStatus(current)]:
         raise IllegalTransition(f"step cannot go from {current} to {new}")
     return True
+
+ACTIVE_STEP = frozenset({StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.WAITING})

@@ -7,13 +7,33 @@ import functools
 from django.db import transaction
 
 from .. import definition as definition_format
+from .. import expressions
 from ..models import TriggerSubscription, Workflow, WorkflowVersion
 from ..steps import registry
 
 
+def _expression_error(expression: str) -> str | None:
+    try:
+        expressions.check(expression)
+    except expressions.ExpressionError as exc:
+        return f"invalid expression {expression!r}: {exc.message}"
+    return None
+
+
+def _template_errors(config) -> list[tuple[str, str]]:
+    return [(path, f"invalid {{{{ }}}} expression: {message}")
+            for path, message in expressions.check_templates(config)]
+
+
 def parse_definition(raw) -> definition_format.Definition:
-    """Validate against the format and the step registry; raises InvalidDefinition."""
-    return definition_format.parse(raw, kinds=registry.all_kinds())
+    """Validate against the format, the step registry and the expression language;
+    raises InvalidDefinition listing every problem."""
+    return definition_format.parse(
+        raw,
+        kinds=registry.all_kinds(),
+        check_expression=_expression_error,
+        check_templates=_template_errors,
+    )
 
 
 @functools.lru_cache(maxsize=512)

@@ -1,24 +1,60 @@
 """What every step kind is: a config schema, a description, an icon, and `execute`.
 
 Step kinds run inside a Celery worker, outside any database transaction. They get plain data
-in a StepContext and return plain JSON; they never touch the ORM.
+in a StepContext and return plain JSON (or a StepResult naming a port, or asking to wait);
+they never touch the ORM. What needs the database (emitting an event, starting a child
+run) is reached through callables in the context.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
 
 class StepError(Exception):
-    """A step failed. `retryable` says whether another attempt may succeed."""
+    """A step failed. `retryable` says whether another attempt may succeed; `code` names the
+    kind of error ("http.503", "network", "timeout", …) for retry policies to match."""
 
-    def __init__(self, message: str, *, retryable: bool = False, retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        code: str = "",
+    ):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Park the step without holding a worker until something happens.
+
+    timer: until `until`. event: until an event of `event_type` for which the CEL
+    expression `match` is true arrives (or `timeout_seconds` passes: port "timeout").
+    child: until the child run of `workflow` started with `input` finishes."""
+
+    kind: str  # "timer" | "event" | "child"
+    until: datetime | None = None
+    event_type: str = ""
+    match: str = ""
+    timeout_seconds: float | None = None
+    workflow: str = ""
+    input: Any = None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    output: Any = None
+    port: str = "success"
+    wait: Wait | None = None
 
 
 @dataclass(frozen=True)
@@ -30,7 +66,26 @@ class StepContext:
     event: Mapping[str, Any]
     steps: Mapping[str, Any]  # {step_id: {"output": ...}} of the steps that already succeeded
     outbound_allow: Sequence[str] = ()
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    run: Mapping[str, Any] = field(default_factory=dict)
+    # Extra names for expressions, e.g. `item` and `index` inside a for_each.
+    scope: Mapping[str, Any] = field(default_factory=dict)
+    # Set by the services: publish a CloudEvent with this run as its cause.
+    emit: Callable[[dict], dict] | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("signalbox.steps"))
+
+    def expression_context(self, **extra: Any) -> dict[str, Any]:
+        """What expressions in this step can read."""
+        return {
+            "event": self.event,
+            "steps": self.steps,
+            "run": self.run,
+            "vars": self.vars,
+            "secrets": self.secrets,
+            **self.scope,
+            **extra,
+        }
 
 
 class StepKind:
@@ -43,6 +98,17 @@ class StepKind:
     group: ClassVar[str] = "actions"
     side_effects: ClassVar[bool] = False
     config_schema: ClassVar[dict[str, Any]]
+    # Config fields holding bare CEL expressions (checked at validation, evaluated by the
+    # kind itself); every other string may contain `{{ … }}` and is rendered beforehand.
+    expression_fields: ClassVar[tuple[str, ...]] = ()
+
+    def expressions(self, config: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(config path, CEL expression) pairs, for validation."""
+        return [(f"/{f}", config[f]) for f in self.expression_fields if isinstance(config.get(f), str)]
+
+    def ports(self, config: Mapping[str, Any]) -> list[str]:
+        """Output ports edges may leave from, besides "failure" which every step has."""
+        return ["success"]
 
     def execute(self, config: Mapping[str, Any], ctx: StepContext) -> Any:
         raise NotImplementedError

@@ -9,7 +9,18 @@ from .base import StepKind
 _KINDS: dict[str, StepKind] = {}
 
 # Each module registers its kind on import; a new kind starts as a copy of a sibling.
-BUILTIN_MODULES = ("log", "http_request")
+BUILTIN_MODULES = (
+    "log",
+    "http_request",
+    "transform",
+    "emit_event",
+    "send_email",
+    "fail",
+    "python",
+    "control",
+    "waiting",
+    "for_each",
+)
 
 
 def register(kind_class: type[StepKind]) -> type[StepKind]:
