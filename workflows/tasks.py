@@ -2,9 +2,17 @@
 
 from celery import shared_task
 
-from .services import runs
-
 
 @shared_task(name="signalbox.execute_step", acks_late=True, reject_on_worker_lost=True)
 def execute_step_task(step_run_id: int) -> None:
-    runs.execute_step(step_run_id=step_run_id)
+    from .services.execution import execute_step
+
+    execute_step(step_run_id=step_run_id)
+
+
+@shared_task(name="signalbox.run_finished", acks_late=True, reject_on_worker_lost=True)
+def run_finished_task(run_id: int) -> None:
+    """After a run finished: resume its parent step, start queued runs of its workflow."""
+    from .services.run_control import after_run_finished
+
+    after_run_finished(run_id=run_id)

@@ -1,16 +1,39 @@
-"""GET /api/v1/events and /api/v1/events/<id>: the event store (to be built)."""
+"""GET /api/v1/events and /api/v1/events/<id>: the event store."""
 
 from __future__ import annotations
 
+from django.http import JsonResponse
+from django.views.decorators.http import require_http_methods
+
+from .. import event_selectors as store
 from .auth import token_required
 from .problems import problem
 
 
+@require_http_methods(["GET"])
 @token_required("viewer")
 def list_events(request):
-    return problem(501, "Not implemented yet", "the event store API is being built")
+    """Newest first. Filters: type, source, subject, correlation_id (or correlationid),
+    after/before (received_at, ISO 8601); paging: before_id (or cursor) and limit."""
+    try:
+        query = store.parse_event_query(request.GET, strict=True)
+    except store.InvalidQuery as exc:
+        return problem(400, "Invalid query", str(exc), kind="invalid-query", errors=exc.errors)
+    page, more = store.events(query)
+    next_link = f"{request.path}?{query.page_after(page[-1].pk)}" if more else None
+    response = JsonResponse(
+        {"events": [store.event_as_json(event) for event in page], "next": next_link}
+    )
+    if next_link:
+        response["Link"] = f'<{next_link}>; rel="next"'
+    return response
 
 
+@require_http_methods(["GET"])
 @token_required("viewer")
 def event_detail(request, event_id: int):
-    return problem(501, "Not implemented yet", "the event store API is being built")
+    """The event, its validation result and the runs it started."""
+    event = store.event_detail(event_id)
+    if event is None:
+        return problem(404, "No such event", str(event_id), kind="not-found")
+    return JsonResponse(store.event_detail_as_json(event))

@@ -1,6 +1,7 @@
 from django.urls import path
 
-from . import event_store, events, views
+from . import event_store, events, schemas, views
+from .webhooks import webhooks_endpoint
 
 urlpatterns = [
     path("events", events.events_endpoint, name="api-events"),
@@ -9,4 +10,10 @@ urlpatterns = [
     path("workflows/<slug:slug>/publish", views.publish, name="api-workflow-publish"),
     path("runs", views.runs, name="api-runs"),
     path("runs/<int:run_id>", views.run, name="api-run"),
+    path("webhooks", webhooks_endpoint, name="api-webhooks"),
+    path("schemas", schemas.schema_list, name="api-schemas"),
+    path("schemas/<str:name>", schemas.event_type, name="api-schema-type"),
+    path("schemas/<str:name>/versions", schemas.versions, name="api-schema-versions"),
+    path("schemas/<str:name>/versions/latest", schemas.version, name="api-schema-latest"),
+    path("schemas/<str:name>/versions/<int:number>", schemas.version, name="api-schema-version"),
 ]

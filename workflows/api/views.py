@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
 
 from django.http import JsonResponse
 from django.views.decorators.http import require_http_methods
@@ -75,8 +76,11 @@ def runs(request):
     try:
         before = int(request.GET["before"]) if request.GET.get("before") else None
         limit = min(int(request.GET.get("limit", selectors.PAGE_SIZE)), 500)
+        if limit < 1:
+            raise ValueError("limit must be positive")
     except ValueError:
-        return problem(400, "Invalid query", "before and limit are integers", kind="invalid-query")
+        return problem(400, "Invalid query", "before and limit are positive integers",
+                       kind="invalid-query")
     page = selectors.runs(
         workflow_slug=request.GET.get("workflow") or None,
         status=request.GET.get("status") or None,
@@ -85,7 +89,9 @@ def runs(request):
     )
     body = {"runs": [selectors.run_as_json(r) for r in page]}
     if len(page) == limit:
-        body["next"] = f"?before={page[-1].pk}&limit={limit}"
+        # The next page keeps the filters, or it would list other workflows' runs.
+        kept = {k: request.GET[k] for k in ("workflow", "status") if request.GET.get(k)}
+        body["next"] = "?" + urlencode({**kept, "before": page[-1].pk, "limit": limit})
     return JsonResponse(body)
 
 

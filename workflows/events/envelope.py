@@ -23,6 +23,8 @@ EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*(\s*;.*)?$")
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 MAX_JSON_DEPTH = 64
+# PostgreSQL stores neither NUL characters nor unpaired surrogates (JSON can spell both).
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass
@@ -87,9 +89,30 @@ def loads_json(body: bytes, *, what: str = "(body)") -> Any:
             [{"attribute": what, "message": f"JSON nested deeper than {MAX_JSON_DEPTH} levels"}]
         )
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_a_number, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise InvalidEvent([{"attribute": what, "message": f"invalid JSON: {exc}"}]) from exc
+
+
+def _not_a_number(literal: str):
+    raise ValueError(f"{literal} is not a JSON number")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{literal} is too large for a JSON number")
+    return value
+
+
+def _storable(value: Any) -> bool:
+    if isinstance(value, str):
+        return not UNSTORABLE.search(value)
+    if isinstance(value, dict):
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable(v) for v in value)
+    return True
 
 
 def validate(attributes: Mapping[str, Any], *, data: Any, data_is_base64: bool) -> Envelope:
@@ -136,8 +159,13 @@ def validate(attributes: Mapping[str, Any], *, data: Any, data_is_base64: bool) 
             bad(name, "extension attribute names are 1-20 lowercase letters or digits")
         elif isinstance(value, float) or not isinstance(value, (str, int, bool)):
             bad(name, "extension values must be strings, integers or booleans")
+        elif type(value) is int and not -(2**31) <= value < 2**31:
+            bad(name, "extension integers are 32-bit signed (CloudEvents Integer)")
         else:
             extensions[name] = value
+    for name, value in [*attributes.items(), ("data", data)]:
+        if isinstance(name, str) and not _storable(value):
+            bad(name, "contains a NUL character or an unpaired surrogate")
     if problems:
         raise InvalidEvent(problems)
     return Envelope(

@@ -6,11 +6,12 @@ import logging
 
 from django.db import IntegrityError, transaction
 
-from .. import engine
 from ..events import bus
-from ..events.envelope import Envelope
+from ..events.envelope import Envelope, to_structured
+from ..expressions import ExpressionError, evaluate
 from ..models import DeadLetter, Event, Run, TriggerSubscription
-from .runs import advance_locked
+from .definitions import definition_for
+from .producers import allowed_subscriptions, correlation_extensions
 from .schemas import SchemaCheck, SchemaViolation, check_event_data
 
 __all__ = ["SchemaViolation", "ingest_event", "match_event"]
@@ -29,12 +30,11 @@ def ingest_event(
     transaction the row is committed: if Redis is down the outbox relay delivers it later.
     """
     check = check or check_event_data(envelope)
-    extensions = dict(envelope.extensions)
     # Every event gets a correlation id (its own id starts a new conversation) and a
-    # causation id (what directly caused it; for an outside event, itself).
-    correlation = str(extensions.get("correlationid") or envelope.id)
-    extensions["correlationid"] = correlation
-    extensions.setdefault("causationid", envelope.id)
+    # causation id (what directly caused it; for an outside event, itself); a malformed
+    # W3C traceparent is dropped.
+    extensions = correlation_extensions(envelope.extensions, event_id=envelope.id)
+    correlation = extensions["correlationid"]
     try:
         with transaction.atomic():
             event = Event.objects.create(
@@ -65,20 +65,28 @@ def ingest_event(
 
 
 def match_event(*, event_id: int) -> list[Run]:
-    """Start a run of every published workflow whose trigger names this event's type.
+    """Start (or queue) a run of every published workflow whose trigger takes this event,
+    and hand it to runs waiting for it.
 
     Idempotent: a run per (event, workflow) is unique, so a re-delivered bus entry starts
-    nothing new.
+    nothing new (and a waiting step is resumed once: its result is fenced).
     """
+    from .run_control import admit
+    from .waits import deliver_to_waiters
+
     event = Event.objects.filter(pk=event_id).first()
     if event is None:
         log.warning("bus entry names event %s, which is not in the store", event_id)
         return []
+    deliver_to_waiters(event)
     started = []
     subscriptions = TriggerSubscription.objects.filter(event_type=event.type).select_related(
         "workflow", "version"
     )
-    for subscription in subscriptions:
+    # Loop guards: a workflow's own run events never start it; deep causation chains stop.
+    for subscription in allowed_subscriptions(event, subscriptions):
+        if not trigger_accepts(subscription.version, event):
+            continue
         try:
             with transaction.atomic():
                 run = Run.objects.create(
@@ -86,12 +94,31 @@ def match_event(*, event_id: int) -> list[Run]:
                     version=subscription.version,
                     event=event,
                     correlation_id=event.correlation_id,
+                    partition_key=str(
+                        (event.extensions or {}).get("partitionkey") or event.subject or ""
+                    ),
                 )
-                advance_locked(run, engine.RunStarted())
+                admit(run)
         except IntegrityError:
             continue  # already matched by an earlier delivery
         started.append(run)
     return started
+
+
+def trigger_accepts(version, event: Event) -> bool:
+    """True when one of the version's triggers for this type has no filter or a filter
+    that is true for the event. A filter that fails to evaluate does not match (logged)."""
+    triggers = [t for t in definition_for(version).triggers if t.event == event.type]
+    if not triggers or any(not t.filter for t in triggers):
+        return True
+    structured = to_structured(event)
+    for trigger in triggers:
+        try:
+            if evaluate(trigger.filter, {"event": structured}, where="trigger filter") is True:
+                return True
+        except ExpressionError as exc:
+            log.warning("event %s: %s", event.pk, exc)
+    return False
 
 
 def dead_letter_bus_entry(*, event_id: int, reason: str, stream: str, entry_id: str) -> None:

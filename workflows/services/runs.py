@@ -1,39 +1,34 @@
-"""Advance runs and execute their steps.
+"""Advance runs and record their steps' results.
 
 The rules: `advance_locked` holds the run's row lock while it asks the engine what to do and
-writes the result; `execute_step` claims an attempt with a conditional UPDATE, runs the step
-outside any transaction, and records the result under the run lock. Enqueueing and pushes
-happen only after commit.
+writes the result; results are recorded once, fenced by the attempt's status; enqueueing,
+pushes and resuming a parent run happen only after commit. Every move is appended to the
+run's journal with what `rebuild_projections` needs to recreate the run and step rows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import socket
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from .. import engine, notify
-from ..events.envelope import to_structured
-from ..models import DeadLetter, Run, RunJournal, StepRun
+from ..models import DeadLetter, EventWaiter, Run, RunJournal, StepRun
 from ..states import RunStatus, StepStatus, check_run_move
-from ..steps import registry
-from ..steps.base import StepContext, StepError
 from .definitions import definition_for
+from .producers import emit_run_events
 
 log = logging.getLogger("signalbox.runs")
-WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
-# An attempt still "running" this long after it started lost its worker; it is failed
-# (retryably) so the run moves on. A late result from it is fenced out.
-ATTEMPT_LEASE = timedelta(minutes=15)
 # A queued attempt whose message has not been picked up this long is enqueued again (the
 # message was lost, e.g. Redis restarted). Duplicates are harmless: the claim is conditional.
 REENQUEUE_AFTER = timedelta(seconds=120)
+# An attempt running longer than its step's timeout (default 15 min) plus this grace lost
+# its worker or hangs: it is failed (retryably, code "timeout"); a late result is fenced out.
+LEASE_GRACE = timedelta(seconds=30)
+DEFAULT_STEP_TIMEOUT = timedelta(minutes=15)
 
 
 def idempotency_key(run_id: int, step_id: str) -> str:
@@ -43,10 +38,10 @@ def idempotency_key(run_id: int, step_id: str) -> str:
 
 def run_state(run: Run) -> engine.RunState:
     latest: dict[str, engine.StepState] = {}
-    for step_id, status, attempt, error in run.steps.order_by("attempt", "id").values_list(
-        "step_id", "status", "attempt", "error"
+    for step_id, status, attempt, error, port in run.steps.order_by("attempt", "id").values_list(
+        "step_id", "status", "attempt", "error", "port"
     ):
-        latest[step_id] = engine.StepState(StepStatus(status), attempt, error)
+        latest[step_id] = engine.StepState(StepStatus(status), attempt, error, port)
     return engine.RunState(run_id=run.pk, status=RunStatus(run.status), steps=latest)
 
 
@@ -54,6 +49,10 @@ def journal(run: Run, kind: str, **data) -> None:
     """Append to the run's journal. Caller holds the run lock, so seq is gap-free."""
     run.seq += 1
     RunJournal.objects.create(run=run, seq=run.seq, kind=kind, data=data)
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value else None
 
 
 def advance_locked(run: Run, happening: engine.Happening) -> list[engine.Command]:
@@ -66,32 +65,62 @@ def advance_locked(run: Run, happening: engine.Happening) -> list[engine.Command
         if isinstance(command, engine.MarkRunRunning):
             check_run_move(run.status, RunStatus.RUNNING)
             run.status, run.started_at = RunStatus.RUNNING, now
-            journal(run, "run.started")
+            journal(run, "run.started", at=_iso(now))
         elif isinstance(command, engine.ScheduleStep):
             _schedule_step(run, command, definition.steps[command.step_id].kind, now)
+        elif isinstance(command, engine.SkipStep):
+            StepRun.objects.create(
+                run=run, step_id=command.step_id, attempt=1, status=StepStatus.SKIPPED,
+                kind=definition.steps[command.step_id].kind, port="", finished_at=now,
+                idempotency_key=idempotency_key(run.pk, command.step_id),
+            )
+            journal(run, "step.skipped", step=command.step_id, at=_iso(now))
         elif isinstance(command, engine.FinishRun):
             check_run_move(run.status, command.status)
             run.status, run.finished_at, run.error = command.status, now, command.error
-            journal(run, f"run.{command.status}", error=command.error)
+            journal(run, f"run.{command.status}", error=command.error, at=_iso(now))
+            _wind_down(run, now)
             if command.status == RunStatus.FAILED and isinstance(happening, engine.StepFinished):
                 _dead_letter_step(run, happening)
     if commands:
         run.save(update_fields=["status", "started_at", "finished_at", "error", "seq"])
+        # The run's start/finish as events, committed with the state change (or not at all).
+        emit_run_events(run=run, commands=commands)
         notify.run_changed(
             run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug, status=run.status
         )
     return commands
 
 
+def _wind_down(run: Run, now) -> None:
+    """A finished run starts nothing more: queued attempts are skipped, waits dropped, and
+    whoever waits on this run (a parent, queued runs of the workflow) is told after commit."""
+    for step_run in run.steps.filter(status=StepStatus.QUEUED):
+        StepRun.objects.filter(pk=step_run.pk).update(status=StepStatus.SKIPPED, finished_at=now)
+        journal(run, "step.skipped", step=step_run.step_id, attempt=step_run.attempt,
+                at=_iso(now))
+    for step_run in run.steps.filter(status=StepStatus.WAITING):
+        StepRun.objects.filter(pk=step_run.pk).update(
+            status=StepStatus.FAILED, finished_at=now, error=f"run {run.status}"
+        )
+        journal(run, "step.failed", step=step_run.step_id, attempt=step_run.attempt,
+                error=f"run {run.status}", at=_iso(now))
+    EventWaiter.objects.filter(run=run).delete()
+    from ..tasks import run_finished_task
+
+    transaction.on_commit(lambda: run_finished_task.delay(run.pk), robust=True)
+
+
 def _schedule_step(run: Run, command: engine.ScheduleStep, kind: str, now) -> None:
     due_now = command.delay_seconds <= 0
+    not_before = None if due_now else now + timedelta(seconds=command.delay_seconds)
     step_run = StepRun.objects.create(
         run=run,
         step_id=command.step_id,
         attempt=command.attempt,
         kind=kind,
         idempotency_key=idempotency_key(run.pk, command.step_id),
-        not_before=None if due_now else now + timedelta(seconds=command.delay_seconds),
+        not_before=not_before,
         enqueued_at=now if due_now else None,
     )
     journal(
@@ -99,7 +128,11 @@ def _schedule_step(run: Run, command: engine.ScheduleStep, kind: str, now) -> No
         "step.scheduled",
         step=command.step_id,
         attempt=command.attempt,
+        step_kind=kind,
         delay_seconds=command.delay_seconds,
+        not_before=_iso(not_before),
+        idempotency_key=step_run.idempotency_key,
+        at=_iso(now),
     )
     if due_now:
         enqueue_on_commit(step_run.pk)
@@ -121,102 +154,71 @@ def _dead_letter_step(run: Run, happening: engine.StepFinished) -> None:
         event_id=run.event_id,
         payload={
             "run": run.pk,
-            "workflow": run.workflow_id,
-            "version": run.version_id,
+            "workflow": run.workflow.slug,
+            "version": run.version.number,
             "step": happening.step_id,
             "attempt": happening.attempt,
+            "error_code": happening.code,
             "event": run.event_id,
         },
     )
 
 
+def lock_run(run_id: int) -> Run:
+    # Lock the run row (only that row: `of=self`, not the workflow joined for its slug), so
+    # two steps finishing together cannot both start their successor.
+    return (
+        Run.objects.select_for_update(of=("self",))
+        .select_related("version", "workflow", "event")
+        .get(pk=run_id)
+    )
+
+
 def advance_run(*, run_id: int, happening: engine.Happening) -> list[engine.Command]:
     with transaction.atomic():
-        # Lock the run: two steps finishing together must not both start their successor.
-        run = Run.objects.select_for_update(of=("self",)).select_related("version", "workflow").get(pk=run_id)
-        return advance_locked(run, happening)
-
-
-def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
-    """Run one attempt. Returns False when the attempt was not ours to run (a duplicate
-    delivery, a stale attempt, or a finished run)."""
-    now = timezone.now()
-    claimed = StepRun.objects.filter(
-        pk=step_run_id,
-        status=StepStatus.QUEUED,
-        run__status__in=[RunStatus.QUEUED, RunStatus.RUNNING],
-    ).update(status=StepStatus.RUNNING, started_at=now, worker=worker)
-    if not claimed:
-        return False
-    step_run = StepRun.objects.select_related("run__version", "run__event").get(pk=step_run_id)
-    run = step_run.run
-    step = definition_for(run.version).steps[step_run.step_id]
-    event = to_structured(run.event) if run.event else {}
-    upstream = {
-        s.step_id: {"output": s.output}
-        for s in run.steps.filter(status=StepStatus.SUCCEEDED).only("step_id", "output")
-    }
-    context = StepContext(
-        run_id=run.pk,
-        step_id=step.id,
-        attempt=step_run.attempt,
-        idempotency_key=step_run.idempotency_key,
-        event=event,
-        steps=upstream,
-        outbound_allow=settings.SIGNALBOX_OUTBOUND_ALLOW,
-    )
-    try:
-        output = registry.get(step.kind).execute(step.config, context)
-        happening = engine.StepFinished(step.id, step_run.attempt, succeeded=True)
-        error = ""
-    except StepError as exc:
-        output, error = None, str(exc)
-        happening = engine.StepFinished(
-            step.id,
-            step_run.attempt,
-            succeeded=False,
-            retryable=exc.retryable,
-            error=error,
-            retry_after=exc.retry_after,
-        )
-    except Exception as exc:  # a bug in a step must fail the attempt, not the worker
-        log.exception("step %s of run %s raised", step.id, run.pk)
-        output, error = None, f"{type(exc).__name__}: {exc}"
-        happening = engine.StepFinished(step.id, step_run.attempt, succeeded=False, error=error)
-    record_result(
-        step_run_id=step_run.pk,
-        happening=happening,
-        output=output,
-        input_={"config": dict(step.config), "event_id": run.event_id},
-    )
-    return True
+        return advance_locked(lock_run(run_id), happening)
 
 
 def record_result(
-    *, step_run_id: int, happening: engine.StepFinished, output=None, input_=None
+    *,
+    step_run_id: int,
+    happening: engine.StepFinished,
+    output=None,
+    input_=None,
+    from_status: StepStatus = StepStatus.RUNNING,
 ) -> bool:
-    """Write an attempt's result and advance its run, once. False if fenced out."""
+    """Write an attempt's result and advance its run, once. False if fenced out (the
+    attempt is no longer `from_status`: a late or repeated result)."""
     with transaction.atomic():
         step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
-        # Lock the run first: the result and the decision it leads to are one step.
-        run = Run.objects.select_for_update(of=("self",)).select_related("version", "workflow").get(pk=step_run.run_id)
+        run = lock_run(step_run.run_id)
         status = StepStatus.SUCCEEDED if happening.succeeded else StepStatus.FAILED
-        written = StepRun.objects.filter(pk=step_run_id, status=StepStatus.RUNNING).update(
-            status=status,
-            output=output,
-            error=happening.error,
-            retryable=happening.retryable,
-            input=input_,
-            finished_at=timezone.now(),
-        )
+        now = timezone.now()
+        changes = {
+            "status": status,
+            "output": output,
+            "error": happening.error,
+            "error_code": happening.code,
+            "retryable": happening.retryable,
+            "port": happening.port if happening.succeeded else "",
+            "finished_at": now,
+            "wake_at": None,
+        }
+        if input_ is not None:
+            changes["input"] = input_
+        written = StepRun.objects.filter(pk=step_run_id, status=from_status).update(**changes)
         if not written:
-            return False  # a late result of an attempt already decided (lease expired)
+            return False
         journal(
             run,
             f"step.{status}",
             step=happening.step_id,
             attempt=happening.attempt,
+            port=changes["port"],
+            output=output,
             error=happening.error,
+            error_code=happening.code,
+            at=_iso(now),
         )
         if not advance_locked(run, happening):
             # Nothing followed (e.g. a parallel branch is still running): still persist the
@@ -228,11 +230,25 @@ def record_result(
     return True
 
 
+def mark_started(*, step_run: StepRun) -> None:
+    """Journal that an attempt started (the claim itself is a conditional UPDATE)."""
+    with transaction.atomic():
+        run = lock_run(step_run.run_id)
+        journal(run, "step.started", step=step_run.step_id, attempt=step_run.attempt,
+                worker=step_run.worker, at=_iso(step_run.started_at))
+        run.save(update_fields=["seq"])
+        notify.run_changed(run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug,
+                           status=run.status)
+
+
 def enqueue_due_steps(*, now=None, limit: int = 500) -> int:
     """The scheduler's timer sweep: enqueue retries whose back-off has passed, re-enqueue
-    attempts whose message was lost, and fail attempts whose worker vanished."""
+    attempts whose message was lost, wake waiting steps that are due, and fail attempts
+    that outlived their lease."""
+    from .waits import wake_due
+
     now = now or timezone.now()
-    queued = StepRun.objects.filter(status=StepStatus.QUEUED)
+    queued = StepRun.objects.filter(status=StepStatus.QUEUED, run__status=RunStatus.RUNNING)
     sweeps = [
         queued.filter(enqueued_at=None, not_before__lte=now),
         queued.filter(enqueued_at__lt=now - REENQUEUE_AFTER),
@@ -245,19 +261,29 @@ def enqueue_due_steps(*, now=None, limit: int = 500) -> int:
                 if sweep.filter(pk=pk).update(enqueued_at=now):
                     enqueue_on_commit(pk)
                     count += 1
-    for pk in StepRun.objects.filter(
-        status=StepStatus.RUNNING, started_at__lt=now - ATTEMPT_LEASE
-    ).values_list("pk", flat=True)[:limit]:
-        stale = StepRun.objects.get(pk=pk)
-        record_result(
-            step_run_id=pk,
-            happening=engine.StepFinished(
-                stale.step_id,
-                stale.attempt,
-                succeeded=False,
-                retryable=True,
-                error="attempt lost its worker (lease expired)",
-            ),
-        )
+    count += wake_due(now=now, limit=limit)
+    count += expire_leases(now=now, limit=limit)
     return count
 
+
+def expire_leases(*, now, limit: int = 500) -> int:
+    expired = 0
+    running = StepRun.objects.filter(
+        status=StepStatus.RUNNING, started_at__lt=now - LEASE_GRACE
+    ).select_related("run__version")[:limit]
+    for stale in running:
+        step = definition_for(stale.run.version).steps.get(stale.step_id)
+        timeout = timedelta(seconds=step.timeout_seconds) if step and step.timeout_seconds \
+            else DEFAULT_STEP_TIMEOUT
+        if stale.started_at > now - timeout - LEASE_GRACE:
+            continue
+        expired += record_result(
+            step_run_id=stale.pk,
+            happening=engine.StepFinished(
+                stale.step_id, stale.attempt, succeeded=False, retryable=True,
+                error=f"attempt did not finish within {timeout.total_seconds():g}s "
+                "(timed out or lost its worker)",
+                code="timeout",
+            ),
+        )
+    return expired

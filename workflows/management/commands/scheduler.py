@@ -3,9 +3,11 @@ import logging
 import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import InterfaceError, OperationalError, connections
 
 from workflows import heartbeat
 from workflows.events.bus import relay_unpublished
+from workflows.events.schedules import fire_due
 from workflows.loop import Stopper
 from workflows.services.runs import enqueue_due_steps
 
@@ -13,7 +15,7 @@ log = logging.getLogger("signalbox.scheduler")
 
 
 class Command(BaseCommand):
-    help = "Fire timers kept in the database (retries) and relay the event outbox."
+    help = "Fire timers kept in the database (retries, schedules) and relay the event outbox."
 
     def add_arguments(self, parser):
         parser.add_argument("--interval", type=float, default=0.5)
@@ -22,17 +24,29 @@ class Command(BaseCommand):
         stopper = Stopper()
         log.info("scheduler starting")
         while not stopper.stopped:
-            try:
-                heartbeat.beat("scheduler")
-                relayed = relay_unpublished(
-                    older_than_seconds=settings.SIGNALBOX["OUTBOX_GRACE_SECONDS"]
-                )
-                enqueued = enqueue_due_steps()
-                if relayed or enqueued:
-                    log.info("relayed %d event(s), enqueued %d step(s)", relayed, enqueued)
-            except redis.RedisError as exc:
-                log.warning("redis unavailable (%s); retrying", exc)
-            except Exception:
-                log.exception("scheduler tick failed")
+            # Schedules need only the database: their events wait in the outbox while
+            # Redis is away, so they fire even when the Redis part below cannot.
+            self.guarded(fire_due, "schedule ticks")
+            self.guarded(self.relay_and_enqueue, "timers")
             stopper.wait(interval)
         log.info("scheduler stopped")
+
+    @staticmethod
+    def relay_and_enqueue() -> None:
+        heartbeat.beat("scheduler")
+        relayed = relay_unpublished(older_than_seconds=settings.SIGNALBOX["OUTBOX_GRACE_SECONDS"])
+        enqueued = enqueue_due_steps()
+        if relayed or enqueued:
+            log.info("relayed %d event(s), enqueued %d step(s)", relayed, enqueued)
+
+    @staticmethod
+    def guarded(work, what: str) -> None:
+        try:
+            work()
+        except redis.RedisError as exc:
+            log.warning("redis unavailable (%s); retrying %s", exc, what)
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("database unavailable (%s); retrying %s", exc, what)
+            connections.close_all()  # reconnect on the next round
+        except Exception:
+            log.exception("%s failed", what)

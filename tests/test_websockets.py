@@ -1,0 +1,234 @@
+"""The live dashboard sockets, through the real ASGI application and the Redis channel layer."""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.test import Client
+
+from orchestrator.asgi import application
+from tests.factories import definition, log_step
+from workflows import notify
+from workflows.models import Run, Workflow
+from workflows.roles import ensure_groups
+from workflows.services.definitions import publish_workflow, put_workflow
+
+ORIGIN = (b"origin", b"http://127.0.0.1")
+TIMEOUT = 10
+
+
+def session_cookie(*, role: str | None) -> bytes:
+    ensure_groups()
+    user = get_user_model().objects.create_user(f"user-{role}", password="not-used-here")
+    if role:
+        user.groups.add(Group.objects.get(name=role))
+    browser = Client()
+    browser.force_login(user)
+    return f"sessionid={browser.cookies['sessionid'].value}".encode()
+
+
+@pytest.fixture
+def viewer(transactional_db) -> bytes:
+    return session_cookie(role="viewer")
+
+
+@pytest.fixture
+def run(transactional_db) -> Run:
+    put_workflow(slug="live", raw=definition(log_step("only")))
+    version = publish_workflow(slug="live")
+    return Run.objects.create(workflow=Workflow.objects.get(slug="live"), version=version)
+
+
+def socket(path: str, *headers: tuple[bytes, bytes]) -> WebsocketCommunicator:
+    return WebsocketCommunicator(application, path, headers=list(headers))
+
+
+async def set_status(run: Run, status: str) -> None:
+    await database_sync_to_async(Run.objects.filter(pk=run.pk).update)(status=status)
+
+
+async def test_a_viewer_gets_a_snapshot_of_the_run_list_on_connect(viewer, run):
+    ws = socket("/ws/runs/", (b"cookie", viewer), ORIGIN)
+    connected, _ = await ws.connect(timeout=TIMEOUT)
+    try:
+        assert connected
+        snapshot = await ws.receive_from(timeout=TIMEOUT)
+        assert 'id="run-rows"' in snapshot
+        assert 'hx-swap-oob="outerHTML"' in snapshot
+        assert f'id="run-{run.pk}"' in snapshot
+        assert 'data-status="queued"' in snapshot
+    finally:
+        await ws.disconnect()
+
+
+async def test_a_run_changed_message_leads_to_a_fresh_render_with_the_new_status(viewer, run):
+    ws = socket("/ws/runs/", (b"cookie", viewer), ORIGIN)
+    connected, _ = await ws.connect(timeout=TIMEOUT)
+    try:
+        assert connected
+        assert 'data-status="queued"' in await ws.receive_from(timeout=TIMEOUT)
+
+        await set_status(run, "succeeded")
+        await get_channel_layer().group_send(
+            notify.RUNS_GROUP,
+            {"type": "run.changed", "run": run.pk, "seq": 2, "workflow_slug": "live",
+             "status": "succeeded"},
+        )
+
+        fresh = await ws.receive_from(timeout=TIMEOUT)
+        assert 'id="run-rows"' in fresh
+        assert 'data-status="succeeded"' in fresh
+        assert 'data-status="queued"' not in fresh
+    finally:
+        await ws.disconnect()
+
+
+async def test_notify_after_commit_reaches_the_socket(viewer, run):
+    ws = socket("/ws/runs/", (b"cookie", viewer), ORIGIN)
+    connected, _ = await ws.connect(timeout=TIMEOUT)
+    try:
+        assert connected
+        await ws.receive_from(timeout=TIMEOUT)
+
+        def change():
+            Run.objects.filter(pk=run.pk).update(status="failed")
+            # Outside a transaction on_commit runs at once; this is the services' own path.
+            notify.run_changed(run_id=run.pk, seq=3, workflow_slug="live", status="failed")
+
+        await database_sync_to_async(change)()
+
+        assert 'data-status="failed"' in await ws.receive_from(timeout=TIMEOUT)
+    finally:
+        await ws.disconnect()
+
+
+async def test_a_burst_of_changes_is_coalesced_into_one_render(viewer, run):
+    ws = socket("/ws/runs/", (b"cookie", viewer), ORIGIN)
+    connected, _ = await ws.connect(timeout=TIMEOUT)
+    try:
+        assert connected
+        await ws.receive_from(timeout=TIMEOUT)
+        await set_status(run, "running")
+        layer = get_channel_layer()
+        for seq in range(10):
+            await layer.group_send(
+                notify.RUNS_GROUP,
+                {"type": "run.changed", "run": run.pk, "seq": seq, "workflow_slug": "live",
+                 "status": "running"},
+            )
+
+        assert 'data-status="running"' in await ws.receive_from(timeout=TIMEOUT)
+        assert await ws.receive_nothing(timeout=1.0)
+    finally:
+        await ws.disconnect()
+
+
+async def test_the_run_list_socket_ignores_other_workflows_when_filtered(viewer, run):
+    ws = socket("/ws/runs/?workflow=live", (b"cookie", viewer), ORIGIN)
+    connected, _ = await ws.connect(timeout=TIMEOUT)
+    try:
+        assert connected
+        await ws.receive_from(timeout=TIMEOUT)
+        layer = get_channel_layer()
+        await layer.group_send(
+            notify.RUNS_GROUP,
+            {"type": "run.changed", "run": 999, "seq": 1, "workflow_slug": "elsewhere",
+             "status": "running"},
+        )
+        assert await ws.receive_nothing(timeout=1.0)
+
+        await set_status(run, "succeeded")
+        await layer.group_send(
+            notify.RUNS_GROUP,
+            {"type": "run.changed", "run": run.pk, "seq": 2, "workflow_slug": "live",
+             "status": "succeeded"},
+        )
+        assert 'data-status="succeeded"' in await ws.receive_from(timeout=TIMEOUT)
+    finally:
+        await ws.disconnect()
+
+
+async def test_the_run_detail_socket_sends_the_detail_partial_and_updates(viewer, run):
+    ws = socket(f"/ws/runs/{run.pk}/", (b"cookie", viewer), ORIGIN)
+    connected, _ = await ws.connect(timeout=TIMEOUT)
+    try:
+        assert connected
+        snapshot = await ws.receive_from(timeout=TIMEOUT)
+        assert 'id="run-detail"' in snapshot
+        assert f"Run #{run.pk}" in snapshot
+        assert 'data-status="queued"' in snapshot
+
+        await set_status(run, "failed")
+        await get_channel_layer().group_send(
+            notify.run_group(run.pk),
+            {"type": "run.changed", "run": run.pk, "seq": 2, "workflow_slug": "live",
+             "status": "failed"},
+        )
+
+        fresh = await ws.receive_from(timeout=TIMEOUT)
+        assert 'id="run-detail"' in fresh and 'data-status="failed"' in fresh
+    finally:
+        await ws.disconnect()
+
+
+async def test_the_detail_socket_of_a_missing_run_says_so(viewer):
+    ws = socket("/ws/runs/987654/", (b"cookie", viewer), ORIGIN)
+    connected, _ = await ws.connect(timeout=TIMEOUT)
+    try:
+        assert connected
+        assert 'id="run-detail"' in await ws.receive_from(timeout=TIMEOUT)
+    finally:
+        await ws.disconnect()
+
+
+# --- who may connect -----------------------------------------------------------------------------
+async def test_a_socket_without_a_session_is_closed_with_4401(transactional_db):
+    ws = socket("/ws/runs/", ORIGIN)
+
+    connected, code = await ws.connect(timeout=TIMEOUT)
+
+    assert not connected
+    assert code == 4401
+
+
+async def test_a_socket_with_a_forged_session_is_closed_with_4401(transactional_db):
+    ws = socket("/ws/runs/", (b"cookie", b"sessionid=forged0123456789abcdef"), ORIGIN)
+
+    connected, code = await ws.connect(timeout=TIMEOUT)
+
+    assert not connected
+    assert code == 4401
+
+
+async def test_a_user_without_a_role_is_closed_with_4403(transactional_db):
+    cookie = await database_sync_to_async(session_cookie)(role=None)
+    ws = socket("/ws/runs/", (b"cookie", cookie), ORIGIN)
+
+    connected, code = await ws.connect(timeout=TIMEOUT)
+
+    assert not connected
+    assert code == 4403
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [b"http://evil.example", b"http://127.0.0.1.evil.example", b"null"],
+)
+async def test_a_foreign_origin_is_refused_even_with_a_session(viewer, origin):
+    ws = socket("/ws/runs/", (b"cookie", viewer), (b"origin", origin))
+
+    connected, _ = await ws.connect(timeout=TIMEOUT)
+
+    assert not connected
+
+
+async def test_a_socket_without_an_origin_is_refused(viewer):
+    ws = socket("/ws/runs/", (b"cookie", viewer))
+
+    connected, _ = await ws.connect(timeout=TIMEOUT)
+
+    assert not connected
