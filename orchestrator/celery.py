@@ -4,6 +4,9 @@ import os
 
 from celery import Celery
 
+from . import broker_recovery
+
+broker_recovery.apply()  # a worker must survive Redis going away mid-task
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
 
 app = Celery("signalbox")

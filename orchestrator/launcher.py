@@ -196,8 +196,9 @@ def main() -> int:
 
     try:
         if not env.get("REDIS_URL"):
+            redis_dir = here / "redis"
             process, url = embedded_redis.start(
-                here / "redis",
+                redis_dir,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -207,7 +208,10 @@ def main() -> int:
             )
             sup.adopt("redis", process)
             env["REDIS_URL"] = url
-            sup.say("launcher", f"started an embedded Redis at {url} (files in {here / 'redis'})")
+            binary = process.args[0]
+            sup.say(
+                "launcher", f"started an embedded Redis at {url} ({binary}, files in {redis_dir})"
+            )
         if not env.get("DATABASE_URL"):
             sup.say("launcher", f"using the embedded SQLite database {here / 'signalbox.sqlite3'}")
         prepared = (

@@ -24,7 +24,9 @@ def runs(*, workflow_slug: str | None = None, status: str | None = None,
 
 def run_detail(run_id: int) -> Run | None:
     return (
-        Run.objects.select_related("workflow", "version", "event").filter(pk=run_id).first()
+        Run.objects.select_related("workflow", "version", "event", "parent_step")
+        .filter(pk=run_id)
+        .first()
     )
 
 
@@ -59,6 +61,7 @@ def run_as_json(run: Run) -> dict:
         "error": run.error,
         "event": run.event_id,
         "correlation_id": run.correlation_id,
+        "parent_run": run.parent_step.run_id if run.parent_step_id else None,
         "created_at": iso(run.created_at),
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
@@ -71,6 +74,10 @@ def run_as_json(run: Run) -> dict:
                 "output": s.output,
                 "error": s.error,
                 "idempotency_key": s.idempotency_key,
+                "port": s.port,
+                "error_code": s.error_code,
+                "worker": s.worker,
+                "input": s.input,
                 "started_at": iso(s.started_at),
                 "finished_at": iso(s.finished_at),
             }

