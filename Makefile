@@ -10,7 +10,8 @@ PIP := $(VENV)/bin/pip
 $(VENV)/.python-ok:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' \
 		|| { echo "Signalbox needs Python 3.11 (found: $$($(PYTHON) --version 2>&1)); set PYTHON=/path/to/python3.11"; exit 1; }
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) \
+		|| { rm -rf $(VENV); echo "could not create $(VENV); on Debian: apt-get install python3.11-venv"; exit 1; }
 	@touch $@
 
 $(VENV)/.installed: requirements.lock $(VENV)/.python-ok
@@ -22,18 +23,21 @@ $(VENV)/.installed-dev: requirements-dev.lock $(VENV)/.installed
 	$(PIP) install --quiet -r requirements-dev.lock
 	@touch $@
 
+# One simple command, so make runs the launcher itself (no shell in between): make forwards
+# SIGTERM to it, and the launcher notices a SIGINT sent to make alone (see launcher.py).
 run: $(VENV)/.installed
 	@$(PY) -m orchestrator.launcher
 
+# ARGS go to pytest, e.g. `make test ARGS="-k spine -x"`. The last line is "N passed, N failed".
 test: $(VENV)/.installed-dev
-	@$(PY) -m tests.runner
+	@$(PY) -m tests.runner $(ARGS)
 
 # The two halves of `make test`, for a quicker loop while working.
 test-fast: $(VENV)/.installed-dev
-	@$(PY) -m tests.runner --only fast
+	@$(PY) -m tests.runner --only fast $(ARGS)
 
 test-browser: $(VENV)/.installed-dev
-	@$(PY) -m tests.runner --only browser
+	@$(PY) -m tests.runner --only browser $(ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

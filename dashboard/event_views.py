@@ -15,7 +15,7 @@ from django.views.decorators.http import require_http_methods
 
 from workflows import event_selectors as store
 from workflows.events.envelope import InvalidEvent, loads_json
-from workflows.models import EventType
+from workflows.models import EventType, TriggerSubscription
 from workflows.roles import has_role
 from workflows.services.manual_events import manual_source, send_manual_event
 from workflows.services.schemas import SchemaViolation
@@ -153,6 +153,14 @@ def send_event(request):
     context = {
         "form": form,
         "source": manual_source(request.user.get_username()),
-        "known_types": EventType.objects.order_by("name").values_list("name", flat=True),
+        "known_types": _known_types(),
     }
     return render(request, "dashboard/events_send.html", context, status=status)
+
+
+def _known_types() -> list[str]:
+    """Suggestions for the type field: registered types, and every type a published
+    workflow listens to (a `manual` trigger listens to signalbox.manual.<slug>)."""
+    registered = EventType.objects.values_list("name", flat=True)
+    subscribed = TriggerSubscription.objects.values_list("event_type", flat=True)
+    return sorted({*registered, *subscribed})

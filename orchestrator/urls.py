@@ -1,3 +1,5 @@
+import os
+
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
@@ -14,3 +16,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("dashboard.urls")),
 ]
+
+if os.environ.get("SIGNALBOX_BENCH_BASELINE") == "1":  # set only by `python -m bench.ingest`
+    from bench.baseline import baseline
+
+    urlpatterns.insert(0, path("bench/baseline", baseline))

@@ -63,7 +63,7 @@ def attributes_named(response) -> set[str]:
     return {problem["attribute"] for problem in body["errors"]}
 
 
-# --- who may post ------------------------------------------------------------------------------
+# --- who may post -------------------------------------------------------------------------------
 def test_a_request_without_a_token_is_refused_with_401(client, db):
     response = client.post(URL, data=json.dumps(cloudevent()), content_type=CE)
 
@@ -111,7 +111,7 @@ def test_a_body_that_is_not_a_cloudevent_media_type_is_refused_with_415(post, co
     assert not Event.objects.exists()
 
 
-# --- what a valid event is ---------------------------------------------------------------------
+# --- what a valid event is ----------------------------------------------------------------------
 @pytest.mark.parametrize("missing", ["id", "source", "type", "specversion"])
 def test_a_missing_required_attribute_is_named(post, missing):
     event = cloudevent()
@@ -227,7 +227,7 @@ def test_text_the_database_cannot_store_is_refused_by_name(post, overrides, attr
     assert not Event.objects.exists()
 
 
-# --- size ----------------------------------------------------------------------------------------
+# --- size ---------------------------------------------------------------------------------------
 def oversize_event() -> dict:
     return cloudevent(data={"blob": "x" * (settings.SIGNALBOX["MAX_EVENT_BYTES"] + 1)})
 
@@ -287,14 +287,18 @@ def test_an_understated_content_length_cannot_smuggle_an_oversize_event_in(stack
     assert httpx.get(f"{stack.base_url}/healthz", timeout=5).status_code == 200
 
 
-# --- storing -------------------------------------------------------------------------------------
+# --- storing ------------------------------------------------------------------------------------
 @pytest.mark.django_db(transaction=True)
 def test_an_accepted_event_is_committed_before_the_202(client):
     _row, plaintext = create_api_token(name="committer", role="editor")
     event = cloudevent(subject="order-7", time="2026-01-31T12:00:00Z", ext="yes")
 
-    response = client.post(URL, data=json.dumps(event), content_type=CE,
-                           headers={"Authorization": f"Bearer {plaintext}"})
+    response = client.post(
+        URL,
+        data=json.dumps(event),
+        content_type=CE,
+        headers={"Authorization": f"Bearer {plaintext}"},
+    )
 
     assert response.status_code == 202, response.content
     body = response.json()
@@ -339,7 +343,7 @@ def test_the_same_id_from_another_source_is_a_different_event(post):
     assert Event.objects.count() == 2
 
 
-# --- never HTML under /api/ ----------------------------------------------------------------------
+# --- never HTML under /api/ ---------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["/api/v1/nope", "/api/v1/runs/not-a-number", "/api/v2/events"])
 def test_an_unknown_api_path_answers_problem_json(client, db, path):
     response = client.get(path)

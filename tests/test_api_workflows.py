@@ -55,7 +55,7 @@ def make_runs(slug: str, count: int) -> list[Run]:
     ]
 
 
-# --- PUT ---------------------------------------------------------------------------------------
+# --- PUT ----------------------------------------------------------------------------------------
 def test_an_invalid_definition_is_refused_with_every_problem_listed(call):
     body = definition(
         {"id": "a", "kind": "teleport", "config": {}},
@@ -66,8 +66,12 @@ def test_an_invalid_definition_is_refused_with_every_problem_listed(call):
     problem = assert_problem(call("put", "/api/v1/workflows/broken", body), 400)
 
     paths = {error["path"] for error in problem["errors"]}
-    assert paths == {"/steps/0/kind", "/steps/1/after/0", "/steps/2/config",
-                     "/steps/2/config/method"}
+    assert paths == {
+        "/steps/0/kind",
+        "/steps/1/after/0",
+        "/steps/2/config",
+        "/steps/2/config/method",
+    }
     assert all(error["message"] for error in problem["errors"])
     assert not Workflow.objects.filter(slug="broken").exists()
 
@@ -80,7 +84,8 @@ def test_an_invalid_definition_is_refused_with_every_problem_listed(call):
         pytest.param({**definition(log_step("a")), "colour": "red"}, "/", id="unknown_key"),
         pytest.param(definition(log_step("a", after=("a",))), "/steps/0/after/0", id="self"),
         pytest.param(
-            definition(log_step("a", after=("b",)), log_step("b", after=("a",))), "/steps",
+            definition(log_step("a", after=("b",)), log_step("b", after=("a",))),
+            "/steps",
             id="cycle",
         ),
     ],
@@ -127,7 +132,7 @@ def test_an_unknown_workflow_answers_404_problem(call):
     assert_problem(call("post", "/api/v1/workflows/nobody/publish"), 404)
 
 
-# --- publish -----------------------------------------------------------------------------------
+# --- publish ------------------------------------------------------------------------------------
 def test_publishing_makes_numbered_immutable_versions(call):
     v1_body = definition(log_step("one"), name="First")
     v2_body = definition(log_step("two"), log_step("three", after=("two",)), name="Second")
@@ -184,15 +189,19 @@ def test_a_running_run_finishes_on_its_own_version_after_a_new_publish(api, reco
     # v1's first call fails (503) and is retried 3 s later: v2 is published in between.
     recorder.answer(Reply(status=503))
     v1 = definition(
-        http_step("call", recorder.url,
-                  retry={"max_attempts": 3, "delay_seconds": 3, "jitter": False}),
+        http_step(
+            "call", recorder.url, retry={"max_attempts": 3, "delay_seconds": 3, "jitter": False}
+        ),
         log_step("v1-only", after=("call",)),
         event="com.example.pinned",
     )
     assert api.put("/api/v1/workflows/live-pinned", json=v1).status_code == 201
     assert api.post("/api/v1/workflows/live-pinned/publish").json()["version"] == 1
-    sent = api.post("/api/v1/events", json=cloudevent("com.example.pinned"),
-                    headers={"Content-Type": "application/cloudevents+json"})
+    sent = api.post(
+        "/api/v1/events",
+        json=cloudevent("com.example.pinned"),
+        headers={"Content-Type": "application/cloudevents+json"},
+    )
     assert sent.status_code == 202
     wait_until(lambda: recorder.requests, message="the first attempt of v1")
 
@@ -212,7 +221,7 @@ def test_a_running_run_finishes_on_its_own_version_after_a_new_publish(api, reco
     assert [s["id"] for s in run["steps"]] == ["call", "v1-only"]
 
 
-# --- runs --------------------------------------------------------------------------------------
+# --- runs ---------------------------------------------------------------------------------------
 def test_runs_are_listed_newest_first_and_paginated_with_before_and_limit(call):
     made = make_runs("paged", 5)
     expected = [r.pk for r in reversed(made)]
@@ -281,12 +290,13 @@ def test_an_unknown_run_answers_404_problem(call):
     assert "987654321" in problem["detail"]
 
 
-# --- roles -------------------------------------------------------------------------------------
+# --- roles --------------------------------------------------------------------------------------
 def test_a_viewer_token_cannot_change_or_publish_a_workflow(call):
     put_workflow(slug="guarded", raw=definition(log_step("a")))
 
-    assert_problem(call("put", "/api/v1/workflows/guarded", definition(log_step("b")),
-                        role="viewer"), 403)
+    assert_problem(
+        call("put", "/api/v1/workflows/guarded", definition(log_step("b")), role="viewer"), 403
+    )
     assert_problem(call("post", "/api/v1/workflows/guarded/publish", role="viewer"), 403)
     assert Workflow.objects.get(slug="guarded").draft == definition(log_step("a"))
     assert not WorkflowVersion.objects.exists()

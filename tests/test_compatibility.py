@@ -482,7 +482,7 @@ def changes(draw):
     return old, draw(edits(old))
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(change=changes(), instances=st.lists(json_values, min_size=1, max_size=30))
 def test_a_change_judged_backward_compatible_never_rejects_old_data(change, instances):
     old, new = change
@@ -495,7 +495,7 @@ def test_a_change_judged_backward_compatible_never_rejects_old_data(change, inst
             assert new_ok.is_valid(instance), (old, new, instance)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(schema=schemas())
 def test_a_schema_is_fully_compatible_with_itself(schema):
     assert check_compatibility(schema, copy.deepcopy(schema), FULL) == []

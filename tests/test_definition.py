@@ -26,8 +26,12 @@ def test_a_valid_definition_parses_into_plain_dataclasses():
     parsed = parse(
         definition(
             log_step("first"),
-            http_step("call", "https://example.com/hook", after=("first",),
-                      retry={"max_attempts": 3, "backoff": "fixed"}),
+            http_step(
+                "call",
+                "https://example.com/hook",
+                after=("first",),
+                retry={"max_attempts": 3, "backoff": "fixed"},
+            ),
             log_step("last", after=("first", "call")),
         ),
         kinds=KINDS,
@@ -202,3 +206,12 @@ def test_every_reference_and_config_problem_is_listed_not_only_the_first():
         "/steps/3/config/method",
         "/steps/4/after/0",
     }
+
+
+def test_text_the_database_cannot_store_is_refused_with_its_path():
+    found = problems_of(
+        definition(log_step("a", message="nul \u0000 here"), log_step("b", message="\udc00"))
+    )
+
+    assert set(found) == {"/steps/0/config/message", "/steps/1/config/message"}
+    assert "NUL" in found["/steps/0/config/message"]

@@ -59,8 +59,13 @@ DIAMOND = flow(("a", ()), ("b", ()), ("join", ("a", "b")), ("tail", ("join",)))
 RETRYING = flow(
     ("call", ()),
     ("next", ("call",)),
-    retry={"max_attempts": 3, "backoff": "fixed", "delay_seconds": 2, "jitter": False,
-           "max_delay_seconds": 60},
+    retry={
+        "max_attempts": 3,
+        "backoff": "fixed",
+        "delay_seconds": 2,
+        "jitter": False,
+        "max_delay_seconds": 60,
+    },
 )
 
 
@@ -69,102 +74,157 @@ def won(step_id: str, attempt: int = 1) -> StepFinished:
 
 
 def lost(step_id: str, attempt: int = 1, *, retryable: bool = False, **extra) -> StepFinished:
-    return StepFinished(step_id, attempt, succeeded=False, retryable=retryable,
-                        error="boom", **extra)
+    return StepFinished(
+        step_id, attempt, succeeded=False, retryable=retryable, error="boom", **extra
+    )
 
 
 DECISIONS = [
     pytest.param(
-        CHAIN, state(RunStatus.QUEUED), RunStarted(),
+        CHAIN,
+        state(RunStatus.QUEUED),
+        RunStarted(),
         [MarkRunRunning(), ScheduleStep("a", 1)],
         id="run_started_marks_running_and_schedules_the_root",
     ),
     pytest.param(
-        DIAMOND, state(RunStatus.QUEUED), RunStarted(),
+        DIAMOND,
+        state(RunStatus.QUEUED),
+        RunStarted(),
         [MarkRunRunning(), ScheduleStep("a", 1), ScheduleStep("b", 1)],
         id="run_started_schedules_every_root_in_definition_order",
     ),
     pytest.param(
-        CHAIN, state(RunStatus.RUNNING, a=(Q, 1)), RunStarted(), [],
+        CHAIN,
+        state(RunStatus.RUNNING, a=(Q, 1)),
+        RunStarted(),
+        [],
         id="run_started_twice_does_nothing_the_second_time",
     ),
     pytest.param(
-        CHAIN, state(a=(OK, 1)), won("a"), [ScheduleStep("b", 1)],
+        CHAIN,
+        state(a=(OK, 1)),
+        won("a"),
+        [ScheduleStep("b", 1)],
         id="a_success_schedules_its_successor",
     ),
     pytest.param(
-        DIAMOND, state(a=(OK, 1), b=(R, 1)), won("a"), [],
+        DIAMOND,
+        state(a=(OK, 1), b=(R, 1)),
+        won("a"),
+        [],
         id="a_join_waits_while_one_of_its_predecessors_is_running",
     ),
     pytest.param(
-        DIAMOND, state(a=(R, 1), b=(OK, 1)), won("b"), [],
+        DIAMOND,
+        state(a=(R, 1), b=(OK, 1)),
+        won("b"),
+        [],
         id="a_join_waits_whichever_predecessor_finishes_first",
     ),
     pytest.param(
-        DIAMOND, state(a=(OK, 1), b=(OK, 1)), won("b"), [ScheduleStep("join", 1)],
+        DIAMOND,
+        state(a=(OK, 1), b=(OK, 1)),
+        won("b"),
+        [ScheduleStep("join", 1)],
         id="a_join_starts_once_all_its_predecessors_succeeded",
     ),
     pytest.param(
-        CHAIN, state(a=(OK, 1), b=(OK, 1), c=(OK, 1)), won("c"),
+        CHAIN,
+        state(a=(OK, 1), b=(OK, 1), c=(OK, 1)),
+        won("c"),
         [FinishRun(RunStatus.SUCCEEDED)],
         id="the_last_success_finishes_the_run_succeeded",
     ),
     pytest.param(
-        DIAMOND, state(a=(OK, 1), b=(OK, 1), join=(OK, 1), tail=(OK, 1)), won("tail"),
+        DIAMOND,
+        state(a=(OK, 1), b=(OK, 1), join=(OK, 1), tail=(OK, 1)),
+        won("tail"),
         [FinishRun(RunStatus.SUCCEEDED)],
         id="the_last_success_of_a_diamond_finishes_the_run",
     ),
     pytest.param(
-        RETRYING, state(call=(FAIL, 1)), lost("call", retryable=True),
+        RETRYING,
+        state(call=(FAIL, 1)),
+        lost("call", retryable=True),
         [ScheduleStep("call", 2, 2.0)],
         id="a_retryable_failure_schedules_the_next_attempt_after_the_back_off",
     ),
     pytest.param(
-        RETRYING, state(call=(FAIL, 2)), lost("call", 2, retryable=True),
+        RETRYING,
+        state(call=(FAIL, 2)),
+        lost("call", 2, retryable=True),
         [ScheduleStep("call", 3, 2.0)],
         id="a_second_retryable_failure_schedules_the_third_attempt",
     ),
     pytest.param(
-        RETRYING, state(call=(FAIL, 1)), lost("call", retryable=True, retry_after=10.0),
+        RETRYING,
+        state(call=(FAIL, 1)),
+        lost("call", retryable=True, retry_after=10.0),
         [ScheduleStep("call", 2, 10.0)],
         id="retry_after_longer_than_the_back_off_is_honoured",
     ),
     pytest.param(
-        RETRYING, state(call=(FAIL, 1)), lost("call", retryable=True, retry_after=0.5),
+        RETRYING,
+        state(call=(FAIL, 1)),
+        lost("call", retryable=True, retry_after=0.5),
         [ScheduleStep("call", 2, 2.0)],
         id="retry_after_shorter_than_the_back_off_keeps_the_back_off",
     ),
     pytest.param(
-        RETRYING, state(call=(FAIL, 1)), lost("call", retryable=True, retry_after=86400.0),
+        RETRYING,
+        state(call=(FAIL, 1)),
+        lost("call", retryable=True, retry_after=86400.0),
         [ScheduleStep("call", 2, 60.0)],
         id="retry_after_is_capped_at_the_policy_maximum_delay",
     ),
     pytest.param(
-        CHAIN, state(RunStatus.SUCCEEDED, a=(OK, 1), b=(OK, 1), c=(OK, 1)), won("c"), [],
+        CHAIN,
+        state(RunStatus.SUCCEEDED, a=(OK, 1), b=(OK, 1), c=(OK, 1)),
+        won("c"),
+        [],
         id="a_succeeded_run_yields_no_commands",
     ),
     pytest.param(
-        CHAIN, state(RunStatus.FAILED, a=(FAIL, 1)), lost("a"), [],
+        CHAIN,
+        state(RunStatus.FAILED, a=(FAIL, 1)),
+        lost("a"),
+        [],
         id="a_failed_run_yields_no_commands",
     ),
     pytest.param(
-        CHAIN, state(RunStatus.CANCELLED, a=(OK, 1)), won("a"), [],
+        CHAIN,
+        state(RunStatus.CANCELLED, a=(OK, 1)),
+        won("a"),
+        [],
         id="a_cancelled_run_does_not_schedule_successors",
     ),
     pytest.param(
-        CHAIN, state(RunStatus.CANCELLED), RunStarted(), [],
+        CHAIN,
+        state(RunStatus.CANCELLED),
+        RunStarted(),
+        [],
         id="a_cancelled_run_does_not_start",
     ),
     pytest.param(
-        RETRYING, state(call=(Q, 2)), lost("call", 1, retryable=True), [],
+        RETRYING,
+        state(call=(Q, 2)),
+        lost("call", 1, retryable=True),
+        [],
         id="a_stale_attempt_yields_no_commands",
     ),
     pytest.param(
-        RETRYING, state(call=(Q, 2)), won("call", 1), [],
+        RETRYING,
+        state(call=(Q, 2)),
+        won("call", 1),
+        [],
         id="a_stale_success_does_not_schedule_successors",
     ),
     pytest.param(
-        CHAIN, state(a=(R, 1)), won("b"), [],
+        CHAIN,
+        state(a=(R, 1)),
+        won("b"),
+        [],
         id="a_result_for_a_step_that_never_started_yields_no_commands",
     ),
 ]
@@ -179,12 +239,27 @@ def test_decide(definition, run, happening, expected):
     ("definition", "run", "happening", "attempts"),
     [
         pytest.param(CHAIN, state(a=(FAIL, 1)), lost("a"), 1, id="not_retryable"),
-        pytest.param(RETRYING, state(call=(FAIL, 1)), lost("call"), 1,
-                     id="not_retryable_despite_a_retry_policy"),
-        pytest.param(CHAIN, state(a=(FAIL, 1)), lost("a", retryable=True), 1,
-                     id="retryable_but_only_one_attempt_allowed"),
-        pytest.param(RETRYING, state(call=(FAIL, 3)), lost("call", 3, retryable=True), 3,
-                     id="retryable_but_attempts_exhausted"),
+        pytest.param(
+            RETRYING,
+            state(call=(FAIL, 1)),
+            lost("call"),
+            1,
+            id="not_retryable_despite_a_retry_policy",
+        ),
+        pytest.param(
+            CHAIN,
+            state(a=(FAIL, 1)),
+            lost("a", retryable=True),
+            1,
+            id="retryable_but_only_one_attempt_allowed",
+        ),
+        pytest.param(
+            RETRYING,
+            state(call=(FAIL, 3)),
+            lost("call", 3, retryable=True),
+            3,
+            id="retryable_but_attempts_exhausted",
+        ),
     ],
 )
 def test_a_final_failure_fails_the_run_with_an_error_naming_the_step(
@@ -211,7 +286,7 @@ def test_deciding_twice_on_the_same_input_returns_the_same_commands():
     assert first and isinstance(first[0], ScheduleStep) and first[0].attempt == 3
 
 
-# --- backoff_delay -------------------------------------------------------------------------------
+# --- backoff_delay ------------------------------------------------------------------------------
 def test_fixed_back_off_waits_the_same_delay_on_every_attempt():
     policy = RetryPolicy(backoff="fixed", delay_seconds=4, jitter=False)
 
@@ -277,7 +352,7 @@ def test_jitter_keeps_the_delay_between_half_and_all_of_the_capped_delay(
     assert full / 2 - 0.001 <= got <= full + 0.001
 
 
-# --- the run state machine, simulated --------------------------------------------------------------
+# --- the run state machine, simulated -----------------------------------------------------------
 @st.composite
 def dags(draw):
     """A random definition whose `after` lists only name earlier steps (so it is acyclic)."""
@@ -387,9 +462,14 @@ def test_the_run_state_machine_only_makes_legal_moves_and_ends_exactly_once(defi
             happening = StepFinished(step_id, attempt, succeeded=True)
         else:
             sim.move_step(step_id, StepStatus.FAILED)
-            happening = StepFinished(step_id, attempt, succeeded=False,
-                                     retryable=outcome == "retryable", error="boom",
-                                     retry_after=retry_after)
+            happening = StepFinished(
+                step_id,
+                attempt,
+                succeeded=False,
+                retryable=outcome == "retryable",
+                error="boom",
+                retry_after=retry_after,
+            )
         was_terminal = sim.run.status in TERMINAL_RUN
         commands = sim.decide_and_apply(happening)
         if was_terminal:

@@ -179,7 +179,7 @@ def test_a_bad_query_value_gets_a_400_problem_naming_the_parameter(viewer, query
     assert response["Content-Type"] == "application/problem+json"
     problem = response.json()
     assert problem["type"].endswith("/invalid-query")
-    assert parameter in problem["errors"]
+    assert parameter in [error["parameter"] for error in problem["errors"]]
 
 
 def test_reading_the_event_store_needs_a_token(client, db):

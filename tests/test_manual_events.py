@@ -214,3 +214,16 @@ def test_a_missing_type_is_shown_inline(editor):
     assert response.status_code == 400
     assert 'id="type-errors"' in response.content.decode()
     assert not Event.objects.exists()
+
+
+def test_the_send_form_suggests_the_type_a_manual_trigger_listens_to(editor):
+    raw = {"name": "Nightly", "triggers": [{"manual": True}], "steps": [log_step("only")]}
+    put_workflow(slug="nightly", raw=raw)
+    publish_workflow(slug="nightly")
+
+    html = editor.get("/events/send/").content.decode()
+    assert '<option value="signalbox.manual.nightly">' in html
+
+    editor.post("/events/send/", {"type": "signalbox.manual.nightly", "data": "{}"})
+    [run] = match_event(event_id=Event.objects.get().pk)
+    assert run.workflow.slug == "nightly"

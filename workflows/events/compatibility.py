@@ -154,10 +154,11 @@ def schema_problems(schema: Any) -> list[dict[str, str]]:
     ]
     if problems:
         return problems[:50]
-    if any(key == "$id" for _path, key, _value in _walk(schema) if _path):
+    if any("$id" in node for path, node in _schemas(schema) if path):
         return []  # nested $id changes the base URI; leave reference checks to the validator
-    for path, key, value in _walk(schema):
-        if key != "$ref" or not isinstance(value, str):
+    for path, node in _schemas(schema):
+        value = node.get("$ref")
+        if not isinstance(value, str):
             continue
         where = _pointer([*path, "$ref"])
         if not value.startswith("#"):
@@ -170,7 +171,20 @@ def schema_problems(schema: Any) -> list[dict[str, str]]:
             )
         elif _lookup(schema, value) is _MISSING:
             problems.append({"path": where, "message": f"$ref {value!r} does not resolve"})
-    return problems
+    if problems:
+        return problems
+    looping = _in_place_cycle(schema)
+    if looping is not None:
+        # e.g. {"$defs": {"a": {"$ref": "#/$defs/a"}}}: validation would recurse forever.
+        return [
+            {
+                "path": _pointer(looping),
+                "message": "this schema refers back to itself "
+                "without descending into the data ($ref, allOf, anyOf, oneOf, not, if/then/"
+                "else), so no instance could ever be validated against it",
+            }
+        ]
+    return []
 
 
 def check_schema(schema: Any) -> None:
@@ -197,9 +211,20 @@ class _Checker:
         self.keep: list[Any] = []  # keeps merged nodes alive, so their id()s stay unique
         self.same_defs = _defs(writer) == _defs(reader)
         self._validators: dict[str, Any] = {}
+        self._canonical: dict[tuple[int, bool], str] = {}
+        self._has_ref: dict[int, bool] = {}
 
     def run(self) -> list[Incompatibility]:
-        reasons = self.sub(self.w_root, self.r_root, [])
+        try:
+            reasons = self.sub(self.w_root, self.r_root, [])
+        except _TooComplex:
+            reasons = [
+                (
+                    "",
+                    "the schemas are too large or too deeply nested to compare within "
+                    "the work limit; this counts as a possible break",
+                )
+            ]
         return [
             Incompatibility(path, message, self.direction) for path, message in _dedupe(reasons)
         ]
@@ -234,9 +259,35 @@ class _Checker:
 
     def same(self, w_value: Any, r_value: Any) -> bool:
         """Equal as JSON, and any $ref inside them resolves to equal targets."""
-        if _canonical(w_value) != _canonical(r_value):
+        if self.canonical(w_value) != self.canonical(r_value):
             return False
-        return self.same_defs or not (_has_ref(w_value) or _has_ref(r_value))
+        return self.same_defs or not (self.has_ref(w_value) or self.has_ref(r_value))
+
+    def same_node(self, w: Any, r: Any) -> bool:
+        """`same`, ignoring keywords that cannot reject anything (title, description ...)."""
+        if self.canonical(w, stripped=True) != self.canonical(r, stripped=True):
+            return False
+        return self.same_defs or not (self.has_ref(w) or self.has_ref(r))
+
+    # Comparisons repeat on the same subschemas (every alternative against every other):
+    # remember each node's canonical text by id(). Every cached node is kept alive in
+    # self.keep, so no id() is reused by another object while the checker runs.
+    def canonical(self, value: Any, *, stripped: bool = False) -> str:
+        if not isinstance(value, dict | list):
+            return _canonical(_strip(value) if stripped else value)
+        key = (id(value), stripped)
+        if key not in self._canonical:
+            self._canonical[key] = _canonical(_strip(value) if stripped else value)
+            self.keep.append(value)
+        return self._canonical[key]
+
+    def has_ref(self, value: Any) -> bool:
+        if not isinstance(value, dict | list):
+            return False
+        if id(value) not in self._has_ref:
+            self._has_ref[id(value)] = _has_ref(value)
+            self.keep.append(value)
+        return self._has_ref[id(value)]
 
     def validator(self, side: str, node: Any):
         if side not in self._validators:
@@ -280,13 +331,7 @@ class _Checker:
     def _sub(self, w: Any, r: Any, path: list) -> list[Reason]:
         self.steps += 1
         if self.steps > MAX_STEPS or self.depth > MAX_DEPTH:
-            return [
-                (
-                    _pointer(path),
-                    "the schemas are too large or too deeply recursive to "
-                    "compare; this counts as a possible break",
-                )
-            ]
+            raise _TooComplex
         w = self.resolve_writer(w)
         if w is False or r is True:
             return []
@@ -352,7 +397,7 @@ class _Checker:
     def sub_objects(self, w: dict, r: dict, path: list) -> list[Reason]:
         if not _constraints(r):
             return []
-        if self.same(_strip(w), _strip(r)):
+        if self.same_node(w, r):
             return []
         if "enum" in w or "const" in w:
             return self.writer_values(w, r, path)
@@ -466,6 +511,9 @@ class _Checker:
         return reasons
 
     def reader_any_of(self, w: dict, branches: list, path: list) -> list[Reason]:
+        # Most evolutions keep most alternatives as they were: look for an identical one first.
+        if any(self.same_node(w, b) for b in branches):
+            return []
         closest: list[Reason] | None = None
         for i, branch in enumerate(branches):
             attempt = self.sub(w, branch, [*path, "anyOf", i])
@@ -933,6 +981,10 @@ class _Checker:
 # --- small pure helpers -------------------------------------------------------------------
 
 
+class _TooComplex(Exception):
+    pass
+
+
 class _Missing:
     def __repr__(self) -> str:
         return "<missing>"
@@ -990,6 +1042,79 @@ def _walk(value: Any, path: tuple = ()) -> Iterable[tuple[tuple, str, Any]]:
             yield from _walk(item, (*path, i))
 
 
+# Where subschemas sit, by the shape of the keyword's value.
+SCHEMA_VALUED = (
+    "additionalProperties",
+    "items",
+    "contains",
+    "not",
+    "if",
+    "then",
+    "else",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "contentSchema",
+)
+SCHEMA_ARRAYS = ("allOf", "anyOf", "oneOf", "prefixItems")
+SCHEMA_MAPS = ("properties", "patternProperties", "dependentSchemas", "$defs", "definitions")
+# Applicators that apply a subschema to the same instance (not to a property or an item).
+IN_PLACE = ("not", "if", "then", "else", "allOf", "anyOf", "oneOf", "dependentSchemas")
+
+
+def _children(node: dict, keywords: Iterable[str]) -> Iterable[tuple[list, Any]]:
+    for key in keywords:
+        value = node.get(key)
+        if key in SCHEMA_ARRAYS and isinstance(value, list):
+            yield from (([key, i], item) for i, item in enumerate(value))
+        elif key in SCHEMA_MAPS and isinstance(value, dict):
+            yield from (([key, name], item) for name, item in value.items())
+        elif key in SCHEMA_VALUED and key in node:
+            yield [key], value
+
+
+def _schemas(node: Any, path: tuple = ()) -> Iterable[tuple[tuple, dict]]:
+    """(path, subschema) for every object subschema, skipping data (enum, const, default)."""
+    if not isinstance(node, dict):
+        return
+    yield path, node
+    for tokens, child in _children(node, (*SCHEMA_VALUED, *SCHEMA_ARRAYS, *SCHEMA_MAPS)):
+        yield from _schemas(child, (*path, *tokens))
+
+
+def _in_place_cycle(root: dict) -> tuple | None:
+    """The path of a subschema that reaches itself through $ref and in-place applicators
+    only, or None."""
+    where = {id(node): path for path, node in _schemas(root)}
+    done: set[int] = set()
+    for path, start in _schemas(root):
+        if id(start) in done:
+            continue
+        on_path, stack = {id(start)}, [(start, iter(_in_place(root, start)))]
+        while stack:
+            node, successors = stack[-1]
+            following = next(successors, None)
+            if following is None:
+                stack.pop()
+                on_path.discard(id(node))
+                done.add(id(node))
+            elif id(following) in on_path:
+                return where.get(id(following), path)
+            elif id(following) not in done:
+                on_path.add(id(following))
+                stack.append((following, iter(_in_place(root, following))))
+    return None
+
+
+def _in_place(root: dict, node: dict) -> Iterable[dict]:
+    target = _lookup(root, node.get("$ref")) if "$ref" in node else _MISSING
+    if isinstance(target, dict):
+        yield target
+    for _tokens, child in _children(node, IN_PLACE):
+        if isinstance(child, dict):
+            yield child
+
+
 def _lookup(root: Any, ref: Any) -> Any:
     """Resolve a local reference ('#', '#/$defs/x') in `root`, or return _MISSING."""
     if not isinstance(ref, str) or not ref.startswith("#"):
@@ -1021,11 +1146,9 @@ def _ref_tokens(ref: str) -> list[str] | None:
 
 
 def _anchor(root: Any, name: str) -> Any:
-    if isinstance(root, dict) and root.get("$anchor") == name:
-        return root
-    for _path, _key, value in _walk(root):
-        if isinstance(value, dict) and value.get("$anchor") == name:
-            return value
+    for _path, node in _schemas(root):
+        if node.get("$anchor") == name:
+            return node
     return _MISSING
 
 

@@ -89,6 +89,7 @@ def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
     try:
         # Expression fields are evaluated by the kind; every other `{{ … }}` is rendered now.
         expression_keys = {path.split("/")[1] for path, _ in kind.expressions(config)}
+        expression_keys.update(kind.raw_fields)
         rendered = {
             key: value if key in expression_keys else render_value(value, context.expression_context(), where=f"step {step.id} /{key}")
             for key, value in config.items()

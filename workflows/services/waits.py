@@ -50,7 +50,10 @@ def park(*, step_run: StepRun, wait: Wait, output, context: StepContext) -> bool
                 run=run,
                 event_type=wait.event_type,
                 match=wait.match or "true",
-                scope={"run": context.run, "steps": context.steps, "vars": context.vars},
+                # The match reads the arriving `event`, and this run's `trigger` event,
+                # `run`, `steps` and `vars` (snapshot taken now; secrets never stored).
+                scope={"trigger": context.event, "run": context.run, "steps": context.steps,
+                       "vars": context.vars},
                 expires_at=wake_at,
             )
         journal(run, "step.waiting", step=step_run.step_id, attempt=step_run.attempt,

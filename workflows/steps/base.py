@@ -101,6 +101,9 @@ class StepKind:
     # Config fields holding bare CEL expressions (checked at validation, evaluated by the
     # kind itself); every other string may contain `{{ … }}` and is rendered beforehand.
     expression_fields: ClassVar[tuple[str, ...]] = ()
+    # Config fields passed to `execute` unrendered, because the kind renders them itself in
+    # a narrower scope (for_each renders its inner step per item).
+    raw_fields: ClassVar[tuple[str, ...]] = ()
 
     def expressions(self, config: Mapping[str, Any]) -> list[tuple[str, str]]:
         """(config path, CEL expression) pairs, for validation."""

@@ -25,6 +25,7 @@ class ForEach(StepKind):
     icon = "repeat"
     group = "flow"
     expression_fields = ("items",)
+    raw_fields = ("do",)
     config_schema = {
         "type": "object",
         "required": ["items", "do"],

@@ -67,7 +67,11 @@ class HttpRequest(StepKind):
 
     def execute(self, config, ctx: StepContext):
         method = config.get("method", "POST")
-        headers = {**config.get("headers", {}), "Idempotency-Key": ctx.idempotency_key}
+        # Ours replaces a configured one in any letter case; two such headers would reach the
+        # receiver, and it might deduplicate on the wrong one.
+        headers = {k: v for k, v in config.get("headers", {}).items()
+                   if k.lower() != "idempotency-key"}
+        headers["Idempotency-Key"] = ctx.idempotency_key
         kwargs: dict = {"params": config.get("query"), "headers": headers}
         if "json" in config:
             kwargs["json"] = config["json"]
