@@ -263,3 +263,58 @@ def test_a_concurrency_limit_queues_runs_and_starts_them_as_others_finish(api):
     assert all(r["status"] == "succeeded" for r in runs)
     spans = sorted((r["started_at"], r["finished_at"]) for r in runs)
     assert all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1)), spans
+
+
+def test_runs_of_the_same_partition_key_go_one_after_another_in_arrival_order(api):
+    body = definition(
+        {"id": "pause", "kind": "delay", "config": {"seconds": 0.5}},
+        {"id": "note", "kind": "transform", "config": {"output": "{{ event.data.n }}"},
+         "after": ["pause"]},
+    )
+    body["concurrency"] = {"ordered": True}
+    publish(api, "ordered", body)
+    ids = [send(api, cloudevent(subject="customer-1", data={"n": n})) for n in range(3)]
+    other = send(api, cloudevent(subject="customer-2", data={"n": 99}))
+
+    runs = [finished_run(api, "ordered", event_id, timeout=60) for event_id in ids]
+    unrelated = finished_run(api, "ordered", other, timeout=60)
+
+    spans = [(r["started_at"], r["finished_at"]) for r in runs]
+    assert all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1)), spans
+    # Another key is not held up behind customer-1's queue.
+    assert unrelated["started_at"] < runs[-1]["started_at"]
+
+
+def test_a_workflow_with_a_manual_trigger_can_be_started_by_hand(api):
+    body = definition(
+        {"id": "echo", "kind": "transform", "config": {"output": "{{ event.data.who }}"}},
+    )
+    body["triggers"] = [{"manual": True}]
+    publish(api, "by-hand", body)
+    publish(api, "not-by-hand", definition(log_step("x")))
+
+    started = api.post("/api/v1/workflows/by-hand/runs", json={"data": {"who": "ada"}})
+    refused = api.post("/api/v1/workflows/not-by-hand/runs", json={"data": {}})
+
+    assert started.status_code == 202, started.text
+    assert refused.status_code == 409
+    run = finished_run(api, "by-hand", started.json()["event"])
+    assert steps_by_id(run)["echo"]["output"] == "ada"
+
+
+def test_publishing_a_schedule_trigger_creates_its_schedule(api):
+    from workflows.models import Schedule
+
+    body = definition(log_step("tick"))
+    body["triggers"] = [{"schedule": "*/5 * * * *", "timezone": "Europe/Paris"}]
+    publish(api, "every-five", body)
+    bad = definition(log_step("tick"))
+    bad["triggers"] = [{"schedule": "not a cron"}]
+    assert api.put("/api/v1/workflows/bad-schedule", json=bad).status_code == 201
+    refused = api.post("/api/v1/workflows/bad-schedule/publish")
+
+    schedule = Schedule.objects.get(name="wf-every-five-0")
+    assert (schedule.cron, schedule.timezone) == ("*/5 * * * *", "Europe/Paris")
+    assert schedule.event_type == "signalbox.schedule.every-five"
+    assert refused.status_code == 400
+    assert refused.json()["errors"][0]["path"] == "/triggers/0/schedule"

@@ -77,6 +77,7 @@ def post_events(request):
 
 
 @csrf_exempt  # token-authenticated in the views it dispatches to
+@require_http_methods(["GET", "POST"])  # so a 405 lists both in Allow
 def events_endpoint(request):
     """/api/v1/events: POST ingests, GET reads the event store."""
     if request.method == "GET":

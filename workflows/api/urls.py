@@ -8,6 +8,7 @@ urlpatterns = [
     path("events/<int:event_id>", event_store.event_detail, name="api-event"),
     path("workflows/<slug:slug>", views.workflow, name="api-workflow"),
     path("workflows/<slug:slug>/publish", views.publish, name="api-workflow-publish"),
+    path("workflows/<slug:slug>/runs", views.start_run, name="api-workflow-start"),
     path("runs", views.runs, name="api-runs"),
     path("runs/<int:run_id>", views.run, name="api-run"),
     path("runs/<int:run_id>/cancel", views.cancel, name="api-run-cancel"),

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_http_methods
 from .. import roles, selectors
 from ..definition import InvalidDefinition
 from ..definition_files import YAML_TYPES, UnreadableDefinition, load_definition_text
+from ..events.envelope import InvalidEvent, loads_json
 from ..models import Workflow
 from ..services.definitions import publish_workflow, put_workflow
 from .auth import token_required
@@ -136,3 +137,30 @@ def cancel(request, run_id: int):
         return problem(409, "Run already finished", "only queued or running runs can be cancelled",
                        kind="run-finished")
     return JsonResponse(selectors.run_as_json(selectors.run_detail(run_id)), status=202)
+
+
+@require_http_methods(["POST"])
+@token_required("operator")
+def start_run(request, slug: str):
+    """Start a run by hand: fires `signalbox.manual.<slug>`, which a workflow with a
+    `{"manual": true}` trigger listens to. The run appears once the bus delivers it."""
+    from ..services.definitions import manual_event_type
+    from ..services.manual_events import manual_source, send_manual_event
+
+    found = Workflow.objects.select_related("published_version").filter(slug=slug).first()
+    if found is None or found.published_version is None:
+        return problem(404, "No published workflow", slug, kind="not-found")
+    if not found.subscriptions.filter(event_type=manual_event_type(slug)).exists():
+        return problem(409, "Not startable by hand",
+                       'add a {"manual": true} trigger and publish', kind="no-manual-trigger")
+    try:
+        body = loads_json(read_limited(request, MAX_DEFINITION_BYTES)) if request.body else {}
+    except (BodyTooLarge, InvalidEvent) as exc:
+        return problem(400, "Invalid body", str(exc), kind="invalid-body")
+    if not isinstance(body, dict):
+        return problem(400, "Invalid body", 'send {"data": ...}', kind="invalid-body")
+    event, _created = send_manual_event(
+        event_type=manual_event_type(slug), data=body.get("data"),
+        source=manual_source(f"token-{request.api_token.name}"), subject=slug,
+    )
+    return JsonResponse({"event": event.pk, "workflow": slug}, status=202)
