@@ -124,6 +124,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns at every start without it
 # WhiteNoise serves static files from the app and project folders directly, so neither
 # `make run` nor the tests need collectstatic; production may still run it for caching.
 WHITENOISE_USE_FINDERS = True
@@ -183,6 +184,10 @@ SIGNALBOX = {
 }
 # Hosts and CIDRs that outbound HTTP steps may reach although they are not public.
 SIGNALBOX_OUTBOUND_ALLOW = env_list("SIGNALBOX_OUTBOUND_ALLOW")
+# Circuit breaker per outbound host (workflows/circuit.py): opens after this many failures
+# in a row, fails fast for the cool-down (seconds), then lets one trial request through.
+SIGNALBOX_CIRCUIT_FAILURES = int(os.environ.get("SIGNALBOX_CIRCUIT_FAILURES", "5"))
+SIGNALBOX_CIRCUIT_COOLDOWN = float(os.environ.get("SIGNALBOX_CIRCUIT_COOLDOWN", "30"))
 
 LOGGING = {
     "version": 1,

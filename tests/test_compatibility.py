@@ -370,6 +370,12 @@ def test_a_reason_is_a_json_pointer_with_escaped_names():
             "only JSON Schema draft 2020-12",
             id="another_draft",
         ),
+        pytest.param(
+            {"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/a"}]}}, "$ref": "#/$defs/a"},
+            "/$defs/a",
+            "refers back to itself without descending into the data",
+            id="a_reference_loop_that_would_never_finish_validating",
+        ),
     ],
 )
 def test_an_invalid_json_schema_is_refused_with_the_problem(schema, path, phrase):
@@ -381,15 +387,24 @@ def test_an_invalid_json_schema_is_refused_with_the_problem(schema, path, phrase
         check_schema(schema)
 
 
-def test_a_valid_schema_with_local_refs_passes_the_check():
-    check_schema(
-        {
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$defs": {"id": {"type": "string", "format": "uuid"}},
-            "type": "object",
-            "properties": {"id": {"$ref": "#/$defs/id"}},
-        }
-    )
+def test_valid_schemas_with_local_and_recursive_refs_pass_the_check():
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$defs": {
+            "id": {"type": "string", "format": "uuid"},
+            "node": obj({"next": {"$ref": "#/$defs/node"}}),
+        },
+        "type": "object",
+        "properties": {
+            "id": {"$ref": "#/$defs/id"},
+            "list": {"$ref": "#/$defs/node"},
+            # data that merely looks like a reference is data, not a reference
+            "raw": {"const": {"$ref": "https://example.com/elsewhere"}},
+        },
+    }
+
+    assert schema_problems(schema) == []
+    check_schema(schema)
 
 
 # --- soundness: a change the checker accepts never rejects data it should accept ----------

@@ -105,8 +105,9 @@ class CircuitOpen(Exception):
             why = "half-open and its trial request is still out"
         else:
             why = f"open after {failure_threshold()} consecutive failures"
-        super().__init__(f"circuit for {host} is {why}; not calling it (retry in "
-                         f"{retry_after:.1f}s)")
+        super().__init__(
+            f"circuit for {host} is {why}; not calling it (retry in {retry_after:.1f}s)"
+        )
 
 
 @dataclass(frozen=True)
@@ -177,8 +178,12 @@ def acquire(host: str, *, probe_seconds: float = 30.0) -> Permit:
     try:
         verdict, seconds = _scripts()[0](
             keys=[_key(host)],
-            args=[repr(clock()), repr(cooldown_seconds()), repr(probe_seconds + PROBE_GRACE_SECONDS),
-                  token],
+            args=[
+                repr(clock()),
+                repr(cooldown_seconds()),
+                repr(probe_seconds + PROBE_GRACE_SECONDS),
+                token,
+            ],
         )
     except redis.RedisError as exc:
         log.warning("circuit for %s unknown, letting the request through: %s", host, exc)
@@ -195,8 +200,14 @@ def _record(permit: Permit, outcome: str, code: str = "") -> str | None:
     try:
         state = _scripts()[1](
             keys=[_key(permit.host)],
-            args=[outcome, repr(clock()), failure_threshold(), permit.token, code,
-                  int(max(MIN_TTL_SECONDS, 2 * cooldown_seconds()))],
+            args=[
+                outcome,
+                repr(clock()),
+                failure_threshold(),
+                permit.token,
+                code,
+                int(max(MIN_TTL_SECONDS, 2 * cooldown_seconds())),
+            ],
         )
     except redis.RedisError as exc:
         log.warning("circuit for %s: could not record a %s: %s", permit.host, outcome, exc)
@@ -214,11 +225,14 @@ def failed(permit: Permit, code: str) -> None:
     """The host failed us (5xx, 429, network, timeout)."""
     outcome = _record(permit, "failure", code)
     if outcome == "opened":
-        log.warning("circuit for %s opened after %s consecutive failures (last: %s)",
-                    permit.host, failure_threshold(), code)
+        log.warning(
+            "circuit for %s opened after %s consecutive failures (last: %s)",
+            permit.host,
+            failure_threshold(),
+            code,
+        )
     elif outcome == "reopened":
-        log.warning("circuit for %s opened again: the trial request failed (%s)",
-                    permit.host, code)
+        log.warning("circuit for %s opened again: the trial request failed (%s)", permit.host, code)
 
 
 def release(permit: Permit) -> None:
@@ -265,7 +279,7 @@ def circuits() -> list[CircuitStatus]:
         pipe.hgetall(name)
     now = clock()
     found = [
-        _status(name[len(prefix):], fields, now)
+        _status(name[len(prefix) :], fields, now)
         for name, fields in zip(keys, pipe.execute(), strict=True)
         if fields  # expired between SCAN and HGETALL
     ]

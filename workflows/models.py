@@ -78,6 +78,11 @@ class Workflow(models.Model):
     published_version = models.ForeignKey(
         "WorkflowVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # When set, only members of this group (and admins) see and change the workflow.
+    team = models.ForeignKey(
+        "auth.Group", null=True, blank=True, on_delete=models.SET_NULL, related_name="workflows"
+    )
+    draft_updated_by = models.CharField(max_length=150, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -89,10 +94,14 @@ class Workflow(models.Model):
 
 
 class WorkflowVersion(models.Model):
-    """An immutable, numbered definition. Runs are pinned to one."""
+    """An immutable definition. Runs are pinned to one. Published versions are numbered;
+    snapshots (a draft being tried, a shadow replay) have no number and never go live."""
+
+    KINDS = [("published", "published"), ("snapshot", "draft snapshot")]
 
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="versions")
-    number = models.PositiveIntegerField()
+    number = models.PositiveIntegerField(null=True, blank=True)
+    kind = models.CharField(max_length=16, choices=KINDS, default="published")
     definition = models.JSONField()
     note = models.CharField(max_length=500, blank=True, default="")
     published_by = models.CharField(max_length=150, blank=True, default="")
@@ -105,7 +114,7 @@ class WorkflowVersion(models.Model):
         ordering = ["workflow", "-number"]
 
     def __str__(self) -> str:
-        return f"{self.workflow.slug} v{self.number}"
+        return f"{self.workflow.slug} v{self.number or 'draft'}"
 
 
 class TriggerSubscription(models.Model):
@@ -133,10 +142,21 @@ class Run(models.Model):
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="runs")
     version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="runs")
     event = models.ForeignKey(Event, null=True, on_delete=models.SET_NULL, related_name="runs")
+    ORIGINS = [(o, o) for o in ("trigger", "child", "replay", "redrive", "shadow", "try")]
+
     status = models.CharField(
         max_length=16, choices=[(s, s) for s in RunStatus], default=RunStatus.QUEUED
     )
     error = models.TextField(blank=True, default="")
+    # Why the run exists: a trigger matched, a parent started it, or someone replayed,
+    # re-drove, shadowed or tried it.
+    origin = models.CharField(max_length=16, choices=ORIGINS, default="trigger")
+    replay_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replays"
+    )
+    replay_from_step = models.CharField(max_length=100, blank=True, default="")
+    # Edited input of a replay (recorded; the original event is left untouched).
+    input_override = models.JSONField(null=True, blank=True)
     correlation_id = models.CharField(max_length=255, blank=True, default="")
     # Runs of an ordered workflow with the same key go one after another.
     partition_key = models.CharField(max_length=255, blank=True, default="")
@@ -156,7 +176,7 @@ class Run(models.Model):
             models.UniqueConstraint(
                 fields=["event", "workflow"],
                 name="run_event_workflow_unique",
-                condition=Q(event__isnull=False),
+                condition=Q(event__isnull=False, origin="trigger"),
             ),
         ]
         indexes = [
@@ -193,6 +213,11 @@ class StepRun(models.Model):
     # A waiting attempt wakes up then: a delay's end, or a wait_for_event's timeout.
     wake_at = models.DateTimeField(null=True, blank=True)
     idempotency_key = models.CharField(max_length=100, blank=True, default="")
+    # A replay reuses the recorded output of a step that already succeeded instead of
+    # running it again; this points at the attempt whose output was reused.
+    reused_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     worker = models.CharField(max_length=200, blank=True, default="")
     # When a queued retry becomes due; the scheduler enqueues it then (no Celery ETA).
     not_before = models.DateTimeField(null=True, blank=True)
@@ -261,8 +286,11 @@ class DeadLetter(models.Model):
     run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL)
     step_id = models.CharField(max_length=100, blank=True, default="")
     event = models.ForeignKey(Event, null=True, blank=True, on_delete=models.SET_NULL)
+    # The payload as it first arrived, when someone edited `payload` (the edit is audited).
+    original_payload = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.CharField(max_length=150, blank=True, default="")
     resolution = models.CharField(max_length=500, blank=True, default="")
 
     class Meta:
@@ -395,3 +423,43 @@ class Secret(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class AuditEntry(models.Model):
+    """Who did what, when and why: replays, edits, re-drives, discards, cancels, publishes."""
+
+    actor = models.CharField(max_length=150)
+    action = models.CharField(max_length=50, db_index=True)
+    target_type = models.CharField(max_length=50)
+    target_id = models.CharField(max_length=100)
+    reason = models.TextField(blank=True, default="")
+    details = models.JSONField(default=dict, blank=True)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["target_type", "target_id"], name="audit_target")]
+
+    def __str__(self) -> str:
+        return f"{self.actor} {self.action} {self.target_type}:{self.target_id}"
+
+
+class ReplayBatch(models.Model):
+    """A bulk replay or re-drive: what was selected, how far it got, the summary."""
+
+    STATUSES = [(s, s) for s in ("pending", "running", "done", "cancelled")]
+
+    kind = models.CharField(max_length=16, default="replay")  # replay | redrive | shadow
+    selection = models.JSONField(default=dict)
+    options = models.JSONField(default=dict)
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=STATUSES, default="pending")
+    summary = models.JSONField(default=dict, blank=True)
+    created_by = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.kind} batch {self.pk} ({self.done}/{self.total})"

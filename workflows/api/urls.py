@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import event_store, events, schemas, views
+from . import circuits, event_store, events, schemas, views
 from .webhooks import webhooks_endpoint
 
 urlpatterns = [
@@ -13,6 +13,8 @@ urlpatterns = [
     path("runs/<int:run_id>", views.run, name="api-run"),
     path("runs/<int:run_id>/cancel", views.cancel, name="api-run-cancel"),
     path("webhooks", webhooks_endpoint, name="api-webhooks"),
+    path("circuits", circuits.circuit_list, name="api-circuits"),
+    path("circuits/<str:host>/reset", circuits.circuit_reset, name="api-circuit-reset"),
     path("schemas", schemas.schema_list, name="api-schemas"),
     path("schemas/<str:name>", schemas.event_type, name="api-schema-type"),
     path("schemas/<str:name>/versions", schemas.versions, name="api-schema-versions"),

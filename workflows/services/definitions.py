@@ -117,7 +117,12 @@ def publish_workflow(*, slug: str, note: str = "", published_by: str = "") -> Wo
         workflow = Workflow.objects.select_for_update().get(slug=slug)
         parsed = parse_definition(workflow.draft)
         event_types = _trigger_event_types(slug, parsed)
-        last = workflow.versions.order_by("-number").values_list("number", flat=True).first()
+        last = (
+            workflow.versions.filter(number__isnull=False)
+            .order_by("-number")
+            .values_list("number", flat=True)
+            .first()
+        )
         version = WorkflowVersion.objects.create(
             workflow=workflow,
             number=(last or 0) + 1,

@@ -103,7 +103,7 @@ def start_child_run(*, parent: Run, step_run: StepRun, slug: str, data) -> str |
         event=event,
         workflow=workflow,
         defaults={"version": workflow.published_version, "parent_step": step_run,
-                  "correlation_id": parent.correlation_id},
+                  "correlation_id": parent.correlation_id, "origin": "child"},
     )
     if created:
         advance_locked(child, engine.RunStarted())

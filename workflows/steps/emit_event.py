@@ -1,4 +1,10 @@
-"""`emit_event`: publish a CloudEvent to the bus, caused by this run."""
+"""`emit_event`: publish a CloudEvent to the bus, caused by this run.
+
+The event's id is the attempt's idempotency key (the same on every attempt), so a retried
+step emits no second event; it carries the run's correlation id, the triggering event as its
+cause, and the trace context. Other workflows' triggers and waiting steps receive it like
+any other event.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +27,12 @@ class EmitEvent(StepKind):
         "properties": {
             "type": {"type": "string", "minLength": 1, "maxLength": 255},
             "subject": {"type": "string", "maxLength": 1024},
-            "source": {"type": "string", "maxLength": 1024},
-            "data": {},
+            "source": {
+                "type": "string",
+                "maxLength": 1024,
+                "description": "default: /signalbox/runs/<run id>",
+            },
+            "data": {"description": "any JSON; {{ … }} inside strings"},
             "partitionkey": {"type": "string", "maxLength": 255},
         },
     }
@@ -30,4 +40,19 @@ class EmitEvent(StepKind):
     def execute(self, config, ctx: StepContext):
         if ctx.emit is None:
             raise StepError("emit_event needs the bus, which this context does not provide")
-        return ctx.emit(dict(config))
+        config = dict(config)
+        for field in ("type", "subject", "source", "partitionkey"):
+            # Rendered templates may give a number or nothing; attributes are strings.
+            if field in config:
+                config[field] = "" if config[field] is None else str(config[field])
+        if not config["type"].strip():
+            raise StepError(
+                "emit_event: the event type rendered to an empty string", code="invalid_event"
+            )
+        from ..services.schemas import SchemaViolation
+
+        try:
+            return ctx.emit(config)
+        except SchemaViolation as exc:
+            # Retrying cannot fix the data: fail now, naming the schema's complaints.
+            raise StepError(f"the event breaks its type's schema: {exc}", code="schema") from exc

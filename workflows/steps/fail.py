@@ -17,11 +17,19 @@ class Fail(StepKind):
         "type": "object",
         "required": ["message"],
         "additionalProperties": False,
-        "properties": {"message": {"type": "string", "maxLength": 2000}},
+        "properties": {
+            "message": {"type": "string", "maxLength": 2000},
+            "code": {
+                "type": "string",
+                "pattern": "^[a-z][a-z0-9_.-]{0,62}$",
+                "description": 'error code after "fail.", for retry policies and dead letters',
+            },
+        },
     }
 
     def ports(self, config):
         return []  # only "failure" leaves a fail step
 
     def execute(self, config, ctx: StepContext):
-        raise StepError(config["message"], retryable=False, code="fail")
+        code = f"fail.{config['code']}" if config.get("code") else "fail"
+        raise StepError(str(config["message"]), retryable=False, code=code)

@@ -1,8 +1,20 @@
 """`http_request`: call an HTTP endpoint, safely and idempotently.
 
 Sends an Idempotency-Key derived from (run, step), the same on every attempt, so a receiver
-that deduplicates sees one effect however often we retry. 5xx, 429 and network errors are
-retryable (honouring Retry-After); other 4xx are not.
+that deduplicates sees one effect however often we retry. 5xx, 429, network errors and
+timeouts are retryable (honouring Retry-After); other 4xx are not. Every error carries a
+`code` that retry policies match by prefix (`retry_on: ["http.5", "timeout"]`):
+
+    http.<status>     the server answered 4xx/5xx (e.g. http.503, http.429, http.404)
+    network           no answer: connection refused or reset, DNS failure
+    timeout           no answer within timeout_seconds
+    outbound_refused  the address guard refused the destination (or a redirect's)
+    redirects         too many redirects, or a redirect to a non-HTTP URL
+    invalid_url       the rendered URL cannot be parsed
+    circuit_open      the host's circuit breaker is open: the host was not called
+
+The circuit breaker (workflows/circuit.py) is per host:port and shared by all workers; 5xx,
+429, network errors and timeouts count as failures, any other answer as a success.
 """
 
 from __future__ import annotations
@@ -13,12 +25,14 @@ import time
 
 import httpx
 
+from .. import circuit
 from ..outbound import OutboundRefused, guarded_client
 from .base import StepContext, StepError, StepKind
 from .registry import register
 
-MAX_BODY_CHARS = 1_000_000
+MAX_BODY_BYTES = 1_000_000
 KEPT_HEADERS = ("content-type", "location", "retry-after", "etag")
+MAX_REDIRECTS = 5
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -67,10 +81,12 @@ class HttpRequest(StepKind):
 
     def execute(self, config, ctx: StepContext):
         method = config.get("method", "POST")
+        url = config["url"]
         # Ours replaces a configured one in any letter case; two such headers would reach the
         # receiver, and it might deduplicate on the wrong one.
-        headers = {k: v for k, v in config.get("headers", {}).items()
-                   if k.lower() != "idempotency-key"}
+        headers = {
+            k: v for k, v in config.get("headers", {}).items() if k.lower() != "idempotency-key"
+        }
         headers["Idempotency-Key"] = ctx.idempotency_key
         kwargs: dict = {"params": config.get("query"), "headers": headers}
         if "json" in config:
@@ -81,35 +97,98 @@ class HttpRequest(StepKind):
             kwargs["json"] = ctx.event.get("data")
         timeout = float(config.get("timeout_seconds", 30))
         try:
-            with guarded_client(ctx.outbound_allow, timeout=timeout) as client:
-                client.follow_redirects = True
-                client.max_redirects = 5
-                response = client.request(method, config["url"], **kwargs)
-        except OutboundRefused as exc:
-            raise StepError(str(exc), retryable=False) from exc
-        except httpx.TooManyRedirects as exc:
-            raise StepError(f"too many redirects: {exc}", retryable=False) from exc
-        except httpx.TransportError as exc:
-            raise StepError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
+            host = circuit.host_of(url)
+        except httpx.InvalidURL as exc:
+            raise StepError(f"invalid URL {url!r}: {exc}", code="invalid_url") from exc
 
-        if response.status_code >= 500 or response.status_code == 429:
+        try:
+            permit = circuit.acquire(host, probe_seconds=2 * timeout)
+        except circuit.CircuitOpen as exc:
             raise StepError(
-                f"{method} {config['url']} answered {response.status_code}",
+                str(exc), retryable=True, retry_after=exc.retry_after, code="circuit_open"
+            ) from exc
+        settled = False
+        try:
+            status, response_headers, body = _send(method, url, kwargs, ctx, timeout)
+            failure = status >= 500 or status == 429
+            if failure:
+                circuit.failed(permit, f"http.{status}")
+            else:
+                circuit.succeeded(permit)
+            settled = True
+        except StepError as exc:
+            if exc.code in ("network", "timeout"):
+                circuit.failed(permit, exc.code)
+                settled = True
+            elif exc.code == "redirects":
+                circuit.succeeded(permit)  # the host answered; where it sends us is the issue
+                settled = True
+            raise
+        finally:
+            if not settled:  # never reached the host (refused, a bug): no verdict on it
+                circuit.release(permit)
+
+        if failure:
+            raise StepError(
+                f"{method} {url} answered {status}",
                 retryable=True,
-                retry_after=parse_retry_after(response.headers.get("retry-after")),
+                retry_after=parse_retry_after(response_headers.get("retry-after")),
+                code=f"http.{status}",
             )
-        if response.status_code >= 400:
-            raise StepError(f"{method} {config['url']} answered {response.status_code}")
+        if status >= 400:
+            raise StepError(f"{method} {url} answered {status}", code=f"http.{status}")
         return {
-            "status": response.status_code,
-            "headers": {k: v for k, v in response.headers.items() if k.lower() in KEPT_HEADERS},
-            "body": _body(response),
+            "status": status,
+            "headers": {k: v for k, v in response_headers.items() if k.lower() in KEPT_HEADERS},
+            "body": _body(body, response_headers),
         }
 
 
-def _body(response: httpx.Response):
-    text = response.text[:MAX_BODY_CHARS]
-    if "json" in response.headers.get("content-type", ""):
+def _send(method: str, url: str, kwargs: dict, ctx: StepContext, timeout: float):
+    """One request (redirects followed, each one through the address guard); returns
+    (status, headers, body bytes up to MAX_BODY_BYTES) or raises a coded StepError."""
+    try:
+        with guarded_client(ctx.outbound_allow, timeout=timeout) as client:
+            client.follow_redirects = True
+            client.max_redirects = MAX_REDIRECTS
+            with client.stream(method, url, **kwargs) as response:
+                body = bytearray()
+                # A bounded read: a huge answer must not exhaust the worker's memory.
+                for chunk in response.iter_bytes():
+                    body += chunk[: MAX_BODY_BYTES - len(body)]
+                    if len(body) >= MAX_BODY_BYTES:
+                        break
+                return response.status_code, response.headers, _text(bytes(body), response)
+    except OutboundRefused as exc:
+        raise StepError(str(exc), code="outbound_refused") from exc
+    except httpx.TooManyRedirects as exc:
+        raise StepError(
+            f"too many redirects (over {MAX_REDIRECTS}): {exc}", code="redirects"
+        ) from exc
+    except httpx.UnsupportedProtocol as exc:
+        raise StepError(
+            f"redirected to a URL that is not http(s): {exc}", code="redirects"
+        ) from exc
+    except httpx.TimeoutException as exc:
+        raise StepError(
+            f"{method} {url}: no answer within {timeout:g}s ({type(exc).__name__})",
+            retryable=True,
+            code="timeout",
+        ) from exc
+    except httpx.TransportError as exc:
+        raise StepError(
+            f"{method} {url}: {type(exc).__name__}: {exc}", retryable=True, code="network"
+        ) from exc
+    except httpx.InvalidURL as exc:
+        raise StepError(f"invalid URL {url!r}: {exc}", code="invalid_url") from exc
+
+
+def _text(content: bytes, response: httpx.Response) -> str:
+    return content.decode(response.encoding or "utf-8", errors="replace")
+
+
+def _body(text: str, headers: httpx.Headers):
+    if "json" in headers.get("content-type", ""):
         try:
             return json.loads(text)
         except ValueError:

@@ -8,6 +8,15 @@ from .base import StepContext, StepKind
 from .registry import register
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+MASK = "••••••"
+
+
+def masked(text: str, secrets) -> str:
+    """`text` with the plaintext of every secret replaced: worker logs are not masked
+    later, unlike the run's stored output."""
+    for plain in sorted((v for v in secrets.values() if len(v) >= 4), key=len, reverse=True):
+        text = text.replace(plain, MASK)
+    return text
 
 
 @register
@@ -28,6 +37,11 @@ class Log(StepKind):
     }
 
     def execute(self, config, ctx: StepContext):
+        # A whole-string `{{ … }}` may render to a number or an object: log it as text.
+        message = config["message"]
+        text = message if isinstance(message, str) else repr(message)
         level = LEVELS[config.get("level", "info")]
-        ctx.logger.log(level, "run %s step %s: %s", ctx.run_id, ctx.step_id, config["message"])
-        return {"message": config["message"]}
+        ctx.logger.log(
+            level, "run %s step %s: %s", ctx.run_id, ctx.step_id, masked(text, ctx.secrets)
+        )
+        return {"message": message}

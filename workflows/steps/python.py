@@ -1,12 +1,18 @@
 """`python`: call a function the operator registered in code.
 
-Never code typed in the UI: the config names a function; the function is registered with
-`@step_function("name")` in a module the operator lists in SIGNALBOX_PYTHON_MODULES.
+Never code typed in the UI: the config only names a function; the function is registered
+with `@step_function("name")` in a module the operator lists in SIGNALBOX_PYTHON_MODULES
+(comma-separated dotted module paths, imported by the worker). The name cannot be a
+template, so run data cannot choose which function runs.
+
+A function takes `(input, ctx)` and returns JSON. It may raise StepError to choose whether
+the attempt is retried; any other exception fails the attempt (code "python.error").
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -30,8 +36,16 @@ def step_function(name: str):
 
 
 def registered_functions() -> dict[str, Callable]:
+    """The registered functions, after importing the modules SIGNALBOX_PYTHON_MODULES names."""
     for module in filter(None, os.environ.get("SIGNALBOX_PYTHON_MODULES", "").split(",")):
-        importlib.import_module(module.strip())
+        try:
+            importlib.import_module(module.strip())
+        except ImportError as exc:
+            raise StepError(
+                f"cannot import python step module {module.strip()!r} "
+                f"(SIGNALBOX_PYTHON_MODULES): {exc}",
+                code="python.import",
+            ) from exc
     return dict(_FUNCTIONS)
 
 
@@ -48,15 +62,39 @@ class Python(StepKind):
         "required": ["function"],
         "additionalProperties": False,
         "properties": {
-            "function": {"type": "string", "pattern": "^[A-Za-z_][\\w.]*$"},
-            "input": {},
+            "function": {
+                "type": "string",
+                "pattern": "^[A-Za-z_][\\w.]*$",
+                "maxLength": 200,
+                "description": "the name a function was registered under with @step_function",
+            },
+            "input": {"description": "any JSON; {{ … }} inside strings"},
         },
     }
 
     def execute(self, config, ctx: StepContext):
         functions = registered_functions()
-        fn = functions.get(config["function"])
+        name = config["function"]
+        fn = functions.get(name)
         if fn is None:
             known = ", ".join(sorted(functions)) or "none"
-            raise StepError(f"no python step function {config['function']!r} (registered: {known})")
-        return fn(config.get("input"), ctx)
+            raise StepError(
+                f"no python step function {name!r} (registered: {known})", code="python.unknown"
+            )
+        try:
+            output = fn(config.get("input"), ctx)
+        except StepError:
+            raise
+        except Exception as exc:  # the operator's code failed: say where, keep the worker
+            raise StepError(
+                f"python step function {name!r} raised {type(exc).__name__}: {exc}",
+                code="python.error",
+            ) from exc
+        try:
+            json.dumps(output, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise StepError(
+                f"python step function {name!r} returned something that is not JSON: {exc}",
+                code="python.output",
+            ) from exc
+        return output

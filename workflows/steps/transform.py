@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..expressions import render_value
 from .base import StepContext, StepKind
 from .registry import register
 
@@ -22,5 +21,7 @@ class Transform(StepKind):
     }
 
     def execute(self, config, ctx: StepContext):
-        # The services already rendered the config's templates; output is the result.
-        return render_value(config["output"], ctx.expression_context())
+        # The services rendered the config's `{{ … }}` already; the output is the result.
+        # Rendering it again would evaluate data as a template: an event carrying the text
+        # "{{ secrets.token }}" would be turned into the secret.
+        return config["output"]

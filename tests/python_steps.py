@@ -1,0 +1,35 @@
+"""Step functions the tests register for the `python` step, as an operator would in code.
+
+Imported by the `python` step when SIGNALBOX_PYTHON_MODULES names this module."""
+
+from __future__ import annotations
+
+from workflows.steps.base import StepError
+from workflows.steps.python import step_function
+
+
+@step_function("tests.total")
+def total(input, ctx):
+    """Sum the order lines; shows input, context and a JSON result."""
+    lines = input["lines"]
+    return {
+        "total": sum(line["price"] * line["qty"] for line in lines),
+        "lines": len(lines),
+        "run": ctx.run_id,
+        "key": ctx.idempotency_key,
+    }
+
+
+@step_function("tests.unavailable")
+def unavailable(input, ctx):
+    raise StepError("the warehouse is closed", retryable=True, retry_after=5, code="warehouse")
+
+
+@step_function("tests.broken")
+def broken(input, ctx):
+    return {"ratio": 1 / input["zero"]}
+
+
+@step_function("tests.not_json")
+def not_json(input, ctx):
+    return {"when": object()}
