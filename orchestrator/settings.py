@@ -153,8 +153,13 @@ CHANNEL_LAYERS = {
 CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "global_keyprefix": f"{REDIS_PREFIX}:celery:",
-    # Timers live in the database, not in ETA messages, so no task waits longer than this.
-    "visibility_timeout": 3600,
+    # Timers live in the database, not in ETA messages, so no message waits in Redis. With
+    # acks_late a task's message stays unacked while it runs; Redis hands it out again after
+    # this, so it must exceed the longest step timeout (86400 s in the definition schema)
+    # plus the lease grace: a step still within its lease is never delivered twice. A
+    # message lost with a dead worker does not wait for it: the scheduler re-enqueues
+    # queued attempts and expires stale leases from the database (docs/durability.md).
+    "visibility_timeout": 25 * 3600,
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Keep reconnecting however long Redis is away (the default gives up after 100 tries,

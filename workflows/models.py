@@ -157,6 +157,9 @@ class Run(models.Model):
     replay_from_step = models.CharField(max_length=100, blank=True, default="")
     # Edited input of a replay (recorded; the original event is left untouched).
     input_override = models.JSONField(null=True, blank=True)
+    # Idempotency keys derive from this run id (a replay keeps its original's, so a receiver
+    # that deduplicates sees the same key; "renew" leaves it empty: the run's own id).
+    idempotency_base = models.BigIntegerField(null=True, blank=True)
     correlation_id = models.CharField(max_length=255, blank=True, default="")
     # Runs of an ordered workflow with the same key go one after another.
     partition_key = models.CharField(max_length=255, blank=True, default="")

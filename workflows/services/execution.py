@@ -8,6 +8,7 @@ import os
 import socket
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from .. import engine
@@ -19,7 +20,7 @@ from ..states import RunStatus, StepStatus
 from ..steps import registry
 from ..steps.base import StepContext, StepError, StepResult
 from .definitions import definition_for
-from .runs import mark_started, record_result
+from .runs import lock_run, mark_started, record_result
 from .secrets import mask, secret_values
 from .waits import emit_for_step, park
 
@@ -49,6 +50,16 @@ def run_data(run: Run) -> dict:
     }
 
 
+def trigger_event(run: Run) -> dict:
+    """The run's triggering event as steps see it; a replay with edited input sees the
+    edited data (the stored event itself never changes)."""
+    event = to_structured(run.event) if run.event else {}
+    if run.input_override is not None:
+        event = {**event, "data": run.input_override}
+        event.pop("data_base64", None)
+    return event
+
+
 def build_context(run: Run, step: Step, step_run: StepRun, secrets: dict[str, str]) -> StepContext:
     upstream = {
         s.step_id: {"output": s.output, "port": s.port}
@@ -59,7 +70,7 @@ def build_context(run: Run, step: Step, step_run: StepRun, secrets: dict[str, st
         step_id=step.id,
         attempt=step_run.attempt,
         idempotency_key=step_run.idempotency_key,
-        event=to_structured(run.event) if run.event else {},
+        event=trigger_event(run),
         steps=upstream,
         outbound_allow=settings.SIGNALBOX_OUTBOUND_ALLOW,
         vars=definition_for(run.version).vars,
@@ -71,13 +82,21 @@ def build_context(run: Run, step: Step, step_run: StepRun, secrets: dict[str, st
 
 def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
     """Run one attempt. Returns False when the attempt was not ours to run."""
-    if not claim(step_run_id, worker):
+    run_id = StepRun.objects.filter(pk=step_run_id).values_list("run_id", flat=True).first()
+    if run_id is None:
         return False
-    step_run = StepRun.objects.select_related("run__version", "run__event", "run__workflow").get(
-        pk=step_run_id
-    )
+    with transaction.atomic():
+        # The claim and its `step.started` entry commit together (a worker killed between
+        # them would leave a running row the journal never heard of). The run is locked
+        # first, in the order record_result and the run's wind-down take their locks.
+        lock_run(run_id)
+        if not claim(step_run_id, worker):
+            return False
+        step_run = StepRun.objects.select_related(
+            "run__version", "run__event", "run__workflow"
+        ).get(pk=step_run_id)
+        mark_started(step_run=step_run)
     run = step_run.run
-    mark_started(step_run=step_run)
     step = definition_for(run.version).steps[step_run.step_id]
     kind = registry.get(step.kind)
     secrets = secret_values()

@@ -55,7 +55,8 @@ def project(run: Run) -> Projection:
 def _new_step(run: Run, data: dict) -> dict[str, Any]:
     return {"kind": data.get("step_kind", ""), "status": StepStatus.QUEUED, "port": "",
             "output": None, "input": None, "error": "", "error_code": "", "retryable": False,
-            "idempotency_key": data.get("idempotency_key") or idempotency_key(run.pk, data["step"]),
+            "idempotency_key": data.get("idempotency_key")
+            or idempotency_key(run.idempotency_base or run.pk, data["step"]),
             "worker": "", "not_before": None, "started_at": None, "finished_at": None,
             "wake_at": None}
 

@@ -72,7 +72,7 @@ def advance_locked(run: Run, happening: engine.Happening) -> list[engine.Command
             StepRun.objects.create(
                 run=run, step_id=command.step_id, attempt=1, status=StepStatus.SKIPPED,
                 kind=definition.steps[command.step_id].kind, port="", finished_at=now,
-                idempotency_key=idempotency_key(run.pk, command.step_id),
+                idempotency_key=idempotency_key(run.idempotency_base or run.pk, command.step_id),
             )
             journal(run, "step.skipped", step=command.step_id, attempt=1,
                     step_kind=definition.steps[command.step_id].kind, at=_iso(now))
@@ -120,7 +120,7 @@ def _schedule_step(run: Run, command: engine.ScheduleStep, kind: str, now) -> No
         step_id=command.step_id,
         attempt=command.attempt,
         kind=kind,
-        idempotency_key=idempotency_key(run.pk, command.step_id),
+        idempotency_key=idempotency_key(run.idempotency_base or run.pk, command.step_id),
         not_before=not_before,
         enqueued_at=now if due_now else None,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import unquote
 from dataclasses import dataclass
 
 import jsonschema
@@ -15,7 +16,7 @@ from ..models import EventSchema, EventType
 
 # A dataschema URI names a registry version by ending in /versions/<n>, e.g.
 # https://signalbox.example/api/v1/schemas/com.example.order.placed/versions/2
-VERSION_IN_URI = re.compile(r"/versions/(\d+)/?$")
+VERSION_IN_URI = re.compile(r"(?:/schemas/(?P<type>[^/]+))?/versions/(?P<version>\d+)/?$")
 
 
 class SchemaViolation(Exception):
@@ -50,10 +51,17 @@ def check_event_data(envelope: Envelope) -> SchemaCheck:
     schemas = EventSchema.objects.filter(event_type=event_type)
     named = VERSION_IN_URI.search(envelope.dataschema or "")
     if named:
-        schema = schemas.filter(version=int(named.group(1))).first()
+        number = int(named.group("version"))
+        if named.group("type") and unquote(named.group("type")) != envelope.type:
+            raise SchemaViolation(envelope.type, number, [{
+                "path": "/",
+                "message": f"dataschema names a schema of {unquote(named.group('type'))!r}, "
+                f"not of this event's type",
+            }])
+        schema = schemas.filter(version=number).first()
         if schema is None:
             raise SchemaViolation(
-                envelope.type, int(named.group(1)),
+                envelope.type, number,
                 [{"path": "/", "message": "dataschema names a version that is not registered"}],
             )
     else:
