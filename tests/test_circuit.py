@@ -369,7 +369,7 @@ def test_a_refused_address_is_no_verdict_on_the_host(breaker, clock):
 
 # --- visible to operators ------------------------------------------------------------------------
 def viewer_headers(role: str = "viewer") -> dict:
-    _row, token = create_api_token(name=f"{role}-circuits", role=role)
+    _row, token = create_api_token(name=f"{role}-{uuid.uuid4().hex[:8]}", role=role)
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -17,6 +17,7 @@ from .problems import problem
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
+RESERVED_SOURCES = ("/signalbox/", "/schedules/", "/hooks/")
 
 
 def _parse(request, mode: str):
@@ -47,6 +48,17 @@ def post_events(request):
     except InvalidEvent as exc:
         return problem(400, "Invalid CloudEvent", str(exc), kind="invalid-event",
                        errors=exc.problems)
+
+    # Sources Signalbox itself produces under are reserved: an outside producer must not
+    # forge run events, schedule ticks or webhook deliveries (or take their ids).
+    forged = [
+        {"index": i, "attribute": "source", "message": f"{e.source!r} is reserved for Signalbox"}
+        for i, e in enumerate(envelopes)
+        if e.source.startswith(RESERVED_SOURCES)
+    ]
+    if forged:
+        return problem(400, "Invalid CloudEvent", "reserved source", kind="invalid-event",
+                       errors=forged)
 
     # Check every entry before storing any: a batch is accepted or refused whole.
     checks, violations = [], []

@@ -117,7 +117,8 @@ def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
         if not isinstance(result, StepResult):
             result = StepResult(output=result)
         if result.wait is not None:
-            park(step_run=step_run, wait=result.wait, output=result.output, context=context)
+            park(step_run=step_run, wait=result.wait, output=mask(result.output, secrets),
+                 context=context)
             return True
         output = result.output
         happening = engine.StepFinished(step.id, step_run.attempt, succeeded=True, port=result.port)

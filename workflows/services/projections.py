@@ -68,7 +68,8 @@ def _apply_step(step: dict[str, Any], kind: str, data: dict) -> None:
         step.update(status=StepStatus.RUNNING, worker=data.get("worker", ""),
                     started_at=_time(data.get("at")))
     elif kind == "step.waiting":
-        step.update(status=StepStatus.WAITING, wake_at=_time(data.get("wake_at")))
+        step.update(status=StepStatus.WAITING, wake_at=_time(data.get("wake_at")),
+                    output=data.get("output"))
     elif kind == "step.skipped":
         step.update(status=StepStatus.SKIPPED, finished_at=_time(data.get("at")))
         if data.get("step_kind"):

@@ -101,11 +101,13 @@ def _wind_down(run: Run, now) -> None:
         journal(run, "step.skipped", step=step_run.step_id, attempt=step_run.attempt,
                 at=_iso(now))
     for step_run in run.steps.filter(status=StepStatus.WAITING):
+        # As record_result would: no wake-up left; the output parked with it is kept (and
+        # journaled, so the projection keeps it too).
         StepRun.objects.filter(pk=step_run.pk).update(
-            status=StepStatus.FAILED, finished_at=now, error=f"run {run.status}"
+            status=StepStatus.FAILED, finished_at=now, error=f"run {run.status}", wake_at=None
         )
         journal(run, "step.failed", step=step_run.step_id, attempt=step_run.attempt,
-                error=f"run {run.status}", at=_iso(now))
+                error=f"run {run.status}", output=step_run.output, at=_iso(now))
     EventWaiter.objects.filter(run=run).delete()
     from ..tasks import run_finished_task
 

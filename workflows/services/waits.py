@@ -58,7 +58,7 @@ def park(*, step_run: StepRun, wait: Wait, output, context: StepContext) -> bool
             )
         journal(run, "step.waiting", step=step_run.step_id, attempt=step_run.attempt,
                 wait=wait.kind, wake_at=wake_at.isoformat() if wake_at else None,
-                event_type=wait.event_type, workflow=wait.workflow)
+                event_type=wait.event_type, workflow=wait.workflow, output=output)
         run.save(update_fields=["seq"])
         notify.run_changed(run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug,
                            status=run.status)

@@ -21,7 +21,7 @@ class Fail(StepKind):
             "message": {"type": "string", "maxLength": 2000},
             "code": {
                 "type": "string",
-                "pattern": "^[a-z][a-z0-9_.-]{0,62}$",
+                "pattern": "^[a-z][a-z0-9_.-]{0,40}$",
                 "description": 'error code after "fail.", for retry policies and dead letters',
             },
         },
