@@ -39,9 +39,12 @@ test-fast: $(VENV)/.installed-dev
 test-browser: $(VENV)/.installed-dev
 	@$(PY) -m tests.runner --only browser $(ARGS)
 
+# Both checks always run, so one pass shows every problem; either failing fails lint.
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	@status=0; \
+	echo "ruff check ."; $(VENV)/bin/ruff check . || status=1; \
+	echo "ruff format --check ."; $(VENV)/bin/ruff format --check . || status=1; \
+	exit $$status
 
 format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check --fix .

@@ -124,7 +124,7 @@ def http_phase(
     token: str,
     path: str,
     content_type: str,
-    body: Callable[[str], bytes],
+    body: Callable[[int], bytes],
     events_per_request: int,
     clients: int,
     seconds: float,
@@ -135,36 +135,50 @@ def http_phase(
     body as soon as the previous one is answered, until the time or the requests run out."""
     headers = {"Content-Type": content_type, "Authorization": f"Bearer {token}"}
     counter = itertools.count()
+    warm_ups = itertools.count(10_000_000)  # keys of their own: unique event ids
     latencies: list[float] = []
     errors: list[str] = []
-    start = threading.Barrier(clients + 1)
+    failures: list[BaseException] = []
+    start = threading.Barrier(clients + 1, timeout=120)
     deadline = [math.inf]  # the real one is set once every client has connected
 
     def client_loop() -> None:
-        with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
-            for _ in range(warm_up // clients + 1):  # connect, and warm the server's caches
-                client.post(path, content=body(f"warm-{uuid.uuid4().hex[:8]}"))
-            start.wait()
-            while time.perf_counter() < deadline[0]:
-                n = next(counter)
-                if n >= max_requests:
-                    break
-                content = body(str(n))
-                began = time.perf_counter()
-                response = client.post(path, content=content)
-                latencies.append((time.perf_counter() - began) * 1000)
-                if response.status_code != 202:
-                    errors.append(f"{response.status_code} {response.text[:200]}")
+        try:
+            with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
+                for _ in range(warm_up // clients + 1):  # connect, warm the server's caches
+                    client.post(path, content=body(next(warm_ups)))
+                start.wait()
+                while time.perf_counter() < deadline[0]:
+                    n = next(counter)
+                    if n >= max_requests:
+                        break
+                    content = body(n)
+                    began = time.perf_counter()
+                    response = client.post(path, content=content)
+                    latencies.append((time.perf_counter() - began) * 1000)
+                    if response.status_code != 202:
+                        errors.append(f"{response.status_code} {response.text[:200]}")
+        except BaseException as exc:
+            failures.append(exc)
+            start.abort()  # do not leave the others (and the caller) waiting for us
+            raise
 
     threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(clients)]
     for thread in threads:
         thread.start()
-    start.wait()
+    try:
+        start.wait()
+    except threading.BrokenBarrierError:
+        for thread in threads:
+            thread.join(60)
+        raise RuntimeError(f"{name}: a client failed: {failures[:1]!r}") from None
     began = time.perf_counter()
     deadline[0] = began + seconds
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - began
+    if failures:
+        raise RuntimeError(f"{name}: a client failed: {failures[0]!r}")
     ok = len(latencies) - len(errors)
     if errors:
         print(f"  {name}: {len(errors)} error(s), first: {errors[0]}", flush=True)
@@ -471,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.url and not args.token:
         parser.error("--url needs --token")
 
+    # A `kill` (or the shell's job control) must still stop the stack and drop its database.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tag = uuid.uuid4().hex[:8]
     stack = None
     if args.url:
@@ -493,10 +509,10 @@ def main(argv: list[str] | None = None) -> int:
         common = {"base_url": base_url, "token": token, "clients": args.clients}
         common["seconds"] = args.seconds
 
-        def single(n: str) -> bytes:
+        def single(n: int) -> bytes:
             return json.dumps(structured_event(f"{tag}-s", n)).encode()
 
-        def batch(n: str) -> bytes:
+        def batch(n: int) -> bytes:
             return json.dumps(
                 [structured_event(f"{tag}-b{n}", k) for k in range(args.batch_size)]
             ).encode()

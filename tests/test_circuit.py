@@ -68,8 +68,15 @@ def fail(host: str, times: int = 1, code: str = "http.503") -> None:
 
 
 def context(**overrides) -> StepContext:
-    values = {"run_id": 3, "step_id": "call", "attempt": 1, "idempotency_key": "sb-circuit-1",
-              "event": {"data": {}}, "steps": {}, "outbound_allow": ("127.0.0.1/32",)}
+    values = {
+        "run_id": 3,
+        "step_id": "call",
+        "attempt": 1,
+        "idempotency_key": "sb-circuit-1",
+        "event": {"data": {}},
+        "steps": {},
+        "outbound_allow": ("127.0.0.1/32",),
+    }
     values.update(overrides)
     return StepContext(**values)
 
@@ -400,11 +407,13 @@ def test_the_api_needs_a_token_and_resetting_needs_the_operator_role(client, bre
     fail(host, THRESHOLD)
 
     assert client.get("/api/v1/circuits").status_code == 401
-    assert client.post(f"/api/v1/circuits/{host}/reset",
-                       headers=viewer_headers()).status_code == 403
+    assert (
+        client.post(f"/api/v1/circuits/{host}/reset", headers=viewer_headers()).status_code == 403
+    )
     reset = client.post(f"/api/v1/circuits/{host}/reset", headers=viewer_headers("operator"))
-    missing = client.post("/api/v1/circuits/nowhere.example:1/reset",
-                          headers=viewer_headers("operator"))
+    missing = client.post(
+        "/api/v1/circuits/nowhere.example:1/reset", headers=viewer_headers("operator")
+    )
 
     assert reset.status_code == 200 and reset.json() == {"reset": [host]}
     assert circuit.status(host) is None
@@ -460,15 +469,27 @@ def test_a_workers_failures_open_the_circuit_that_the_api_shows_and_retries_fail
     host = circuit.host_of(recorder.url)
     circuit.reset(host)
     recorder.default = Reply(status=503)
-    body = definition(http_step("call", recorder.url, retry={
-        "max_attempts": 7, "backoff": "fixed", "delay_seconds": 0.05, "max_delay_seconds": 0.2,
-        "jitter": False,
-    }))
+    body = definition(
+        http_step(
+            "call",
+            recorder.url,
+            retry={
+                "max_attempts": 7,
+                "backoff": "fixed",
+                "delay_seconds": 0.05,
+                "max_delay_seconds": 0.2,
+                "jitter": False,
+            },
+        )
+    )
     assert api.put("/api/v1/workflows/breaking", json=body).status_code in (200, 201)
     assert api.post("/api/v1/workflows/breaking/publish").status_code == 201
     try:
-        sent = api.post("/api/v1/events", json=cloudevent(),
-                        headers={"Content-Type": "application/cloudevents+json"})
+        sent = api.post(
+            "/api/v1/events",
+            json=cloudevent(),
+            headers={"Content-Type": "application/cloudevents+json"},
+        )
         assert sent.status_code == 202
 
         def finished():

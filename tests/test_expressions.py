@@ -34,8 +34,13 @@ CONTEXT = {
         "id": "e-1",
         "type": "com.example.order.placed",
         "time": "2026-01-02T03:04:05Z",
-        "data": {"order": 42, "total": 19.5, "customer": {"name": "Ann", "vip": True},
-                 "lines": [{"sku": "a", "qty": 2}, {"sku": "b", "qty": 1}], "note": None},
+        "data": {
+            "order": 42,
+            "total": 19.5,
+            "customer": {"name": "Ann", "vip": True},
+            "lines": [{"sku": "a", "qty": 2}, {"sku": "b", "qty": 1}],
+            "note": None,
+        },
     },
     "steps": {"lookup": {"output": {"status": 200, "body": {"stock": 7}}, "port": "success"}},
     "run": {"id": 9, "workflow": "orders", "version": 3},
@@ -73,8 +78,10 @@ def plain_json(value) -> bool:
         ("steps.lookup.output.body.stock", 7),
         ("run.workflow + '#' + string(run.id)", "orders#9"),
         ("vars.greeting + ', ' + event.data.customer.name", "Hello, Ann"),
-        ("{'id': event.data.order, 'skus': event.data.lines.map(l, l.sku)}",
-         {"id": 42, "skus": ["a", "b"]}),
+        (
+            "{'id': event.data.order, 'skus': event.data.lines.map(l, l.sku)}",
+            {"id": 42, "skus": ["a", "b"]},
+        ),
         ("'Ann'.startsWith('A') && 'order-42'.matches('^order-[0-9]+$')", True),
         ("timestamp(event.time) + duration('1h')", "2026-01-02T04:04:05Z"),
         ("duration('90s')", 90.0),
@@ -151,9 +158,15 @@ def test_data_that_looks_like_a_template_is_not_evaluated_again():
 
 def test_a_transform_outputs_rendered_data_as_it_is_without_a_second_evaluation():
     # The services render a step's config once, then run the kind on it.
-    ctx = StepContext(run_id=1, step_id="shape", attempt=1, idempotency_key="k",
-                      event={"data": {"note": "{{ secrets.stripe }}"}}, steps={},
-                      secrets={"stripe": SECRET})
+    ctx = StepContext(
+        run_id=1,
+        step_id="shape",
+        attempt=1,
+        idempotency_key="k",
+        event={"data": {"note": "{{ secrets.stripe }}"}},
+        steps={},
+        secrets={"stripe": SECRET},
+    )
     config = render_value({"output": {"note": "{{ event.data.note }}"}}, ctx.expression_context())
 
     output = Transform().execute(config, ctx)
@@ -183,11 +196,13 @@ def test_a_syntax_error_names_the_expression_and_where_it_is():
 
 
 def test_check_templates_lists_every_invalid_template_with_its_path():
-    problems = check_templates({
-        "ok": "{{ event.data.order }}",
-        "headers": {"X-A": "{{ event.data. }}"},
-        "lines": ["fine", "{{ ) }}"],
-    })
+    problems = check_templates(
+        {
+            "ok": "{{ event.data.order }}",
+            "headers": {"X-A": "{{ event.data. }}"},
+            "lines": ["fine", "{{ ) }}"],
+        }
+    )
 
     assert [path for path, _message in problems] == ["/headers/X-A", "/lines/1"]
     assert all("syntax error" in message for _path, message in problems)
@@ -274,8 +289,10 @@ def test_a_slow_expression_is_stopped_at_the_time_limit():
 
 def test_the_time_limit_leaves_the_next_expression_unaffected():
     with pytest.raises(ExpressionError):
-        evaluate("event.data.items.map(a, event.data.items.map(b, a * b))",
-                 {"event": {"data": {"items": list(range(200))}}})
+        evaluate(
+            "event.data.items.map(a, event.data.items.map(b, a * b))",
+            {"event": {"data": {"items": list(range(200))}}},
+        )
 
     assert evaluate("1 + 1", {}) == 2
 
@@ -333,9 +350,9 @@ PYTHON_REACH = [
     "{{ '{{ secrets.stripe }}' }}",
     "{% for c in [].__class__.__base__.__subclasses__() %}{{ c }}{% endfor %}",
     "{% import os %}{{ os.system('touch CANARY_PATH') }}",
-    "{{#with \"s\" as |string|}}{{/with}}",
+    '{{#with "s" as |string|}}{{/with}}',
     "{{=7*7}}",
-    "{{ ｅvent.data }}",
+    "{{ \uff45vent.data }}",  # a fullwidth e
     "{{ event.data\u202e }}",
     "{{ " + "(" * 900 + "1" + ")" * 900 + " }}",
     "{{ " + "[" * 900 + "]" * 900 + " }}",

@@ -154,6 +154,8 @@ def cooldown_seconds() -> float:
 def host_of(url: str | httpx.URL) -> str:
     """The breaker's name for a URL's host: "host:port", the port made explicit."""
     parsed = httpx.URL(url) if isinstance(url, str) else url
+    if not parsed.host:
+        raise httpx.InvalidURL("the URL has no host")
     port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme, 0)
     host = parsed.host.lower()
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -32,6 +32,16 @@ def run_changed(*, run_id: int, seq: int, workflow_slug: str, status: str) -> No
     transaction.on_commit(lambda: _send([RUNS_GROUP, run_group(run_id)], message))
 
 
+def replay_batch_group(batch_id: int) -> str:
+    return f"replay-batch-{batch_id}"
+
+
+def replay_batch_changed(*, batch_id: int, done: int, failed: int, status: str) -> None:
+    message = {"type": "batch.changed", "batch": batch_id, "done": done, "failed": failed,
+               "status": status}
+    transaction.on_commit(lambda: _send([replay_batch_group(batch_id)], message))
+
+
 def _send(groups: list[str], message: dict) -> None:
     layer = get_channel_layer()
     if layer is None:

@@ -16,3 +16,11 @@ def run_finished_task(run_id: int) -> None:
     from .services.run_control import after_run_finished
 
     after_run_finished(run_id=run_id)
+
+
+@shared_task(name="signalbox.process_replay_batch", acks_late=True, reject_on_worker_lost=True)
+def process_replay_batch_task(batch_id: int) -> None:
+    """Work through a bulk replay or shadow batch at its rate limit (resumes if redelivered)."""
+    from .services.replay import process_batch
+
+    process_batch(batch_id=batch_id)

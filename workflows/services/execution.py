@@ -20,6 +20,7 @@ from ..states import RunStatus, StepStatus
 from ..steps import registry
 from ..steps.base import StepContext, StepError, StepResult
 from .definitions import definition_for
+from .replay import recorded_result, side_effecting
 from .runs import lock_run, mark_started, record_result
 from .secrets import mask, secret_values
 from .waits import emit_for_step, park
@@ -113,7 +114,11 @@ def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
             key: value if key in expression_keys else render_value(value, context.expression_context(), where=f"step {step.id} /{key}")
             for key, value in config.items()
         }
-        result = kind.execute(rendered, context)
+        if run.origin == "shadow" and side_effecting(step):
+            # A shadow run never acts on the world: the original run's recorded result.
+            result = recorded_result(run=run, step_id=step.id)
+        else:
+            result = kind.execute(rendered, context)
         if not isinstance(result, StepResult):
             result = StepResult(output=result)
         if result.wait is not None:

@@ -19,7 +19,8 @@ from ..states import StepStatus
 from .runs import idempotency_key
 
 STEP_FIELDS = ("kind", "status", "port", "output", "input", "error", "error_code", "retryable",
-               "idempotency_key", "worker", "not_before", "started_at", "finished_at", "wake_at")
+               "idempotency_key", "worker", "not_before", "started_at", "finished_at", "wake_at",
+               "reused_from_id")
 RUN_FIELDS = ("status", "error", "started_at", "finished_at", "seq")
 
 
@@ -58,12 +59,16 @@ def _new_step(run: Run, data: dict) -> dict[str, Any]:
             "idempotency_key": data.get("idempotency_key")
             or idempotency_key(run.idempotency_base or run.pk, data["step"]),
             "worker": "", "not_before": None, "started_at": None, "finished_at": None,
-            "wake_at": None}
+            "wake_at": None, "reused_from_id": None}
 
 
 def _apply_step(step: dict[str, Any], kind: str, data: dict) -> None:
     if kind == "step.scheduled":
         step.update(kind=data.get("step_kind", step["kind"]), not_before=_time(data.get("not_before")))
+    elif kind == "step.reused":  # a replay copied a step that already succeeded
+        step.update(status=StepStatus.SUCCEEDED, port=data.get("port", ""),
+                    output=data.get("output"), input=data.get("input"),
+                    reused_from_id=data.get("reused_from"), finished_at=_time(data.get("at")))
     elif kind == "step.started":
         step.update(status=StepStatus.RUNNING, worker=data.get("worker", ""),
                     started_at=_time(data.get("at")))

@@ -73,6 +73,11 @@ def cancel_run(*, run_id: int, reason: str = "", by: str = "") -> bool:
         if run.status in TERMINAL_RUN:
             return False
         journal(run, "run.cancel_requested", by=by, reason=reason)
+        if by:  # a person (or their token) cancelled it; cascades to children are not
+            from .audit import record
+
+            record(actor=by, action="run.cancel", target_type="run", target_id=run.pk,
+                   reason=reason, details={"status": run.status})
         return bool(advance_locked(run, engine.CancelRequested(reason=reason or f"cancelled by {by}")))
 
 

@@ -81,12 +81,14 @@ def advance_locked(run: Run, happening: engine.Happening) -> list[engine.Command
             run.status, run.finished_at, run.error = command.status, now, command.error
             journal(run, f"run.{command.status}", error=command.error, at=_iso(now))
             _wind_down(run, now)
-            if command.status == RunStatus.FAILED and isinstance(happening, engine.StepFinished):
+            if (command.status == RunStatus.FAILED and isinstance(happening, engine.StepFinished)
+                    and run.origin != "shadow"):  # a shadow run's failure is a finding
                 _dead_letter_step(run, happening)
     if commands:
         run.save(update_fields=["status", "started_at", "finished_at", "error", "seq"])
         # The run's start/finish as events, committed with the state change (or not at all).
-        emit_run_events(run=run, commands=commands)
+        if run.origin != "shadow":  # a shadow run must start nothing elsewhere
+            emit_run_events(run=run, commands=commands)
         notify.run_changed(
             run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug, status=run.status
         )

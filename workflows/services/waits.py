@@ -99,10 +99,13 @@ def start_child_run(*, parent: Run, step_run: StepRun, slug: str, data) -> str |
         extensions=_caused_by(parent),
     )
     event, _created = ingest_event(envelope=envelope, channel="run")
+    # Looked up by the waiting attempt too: a replay that keeps its original's idempotency
+    # keys makes the same child event, and must still get a child run of its own.
     child, created = Run.objects.get_or_create(
         event=event,
         workflow=workflow,
-        defaults={"version": workflow.published_version, "parent_step": step_run,
+        parent_step=step_run,
+        defaults={"version": workflow.published_version,
                   "correlation_id": parent.correlation_id, "origin": "child"},
     )
     if created:

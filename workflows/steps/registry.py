@@ -31,9 +31,10 @@ def register(kind_class: type[StepKind]) -> type[StepKind]:
 
 
 def all_kinds() -> dict[str, StepKind]:
-    if not _KINDS:
-        for module in BUILTIN_MODULES:
-            importlib.import_module(f"{__package__}.{module}")
+    # Import every built-in module, not just "any": a caller that imported one kind's module
+    # directly (a test, a plugin) must not hide the others.
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
     return dict(_KINDS)
 
 
