@@ -43,7 +43,7 @@ test-browser: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	@status=0; \
 	echo "ruff check ."; $(VENV)/bin/ruff check . || status=1; \
-	echo "ruff format --check ."; $(VENV)/bin/ruff format --check . || status=1; \
+	echo "ruff format --check ."; $(VENV)/bin/ruff format --check --output-format concise . || status=1; \
 	exit $$status
 
 format: $(VENV)/.installed-dev
@@ -64,3 +64,5 @@ lock:
 
 clean:
 	rm -rf $(VENV) var/staticfiles
+bench-engine: $(VENV)/.installed ; @$(PY) -m bench.engine $(ARGS)
+bench-ingest: $(VENV)/.installed ; @$(PY) -m bench.ingest $(ARGS)

@@ -279,8 +279,9 @@ def with_database(url: str, name: str) -> str:
 class Stack:
     """Every Signalbox process, against a new database and a new redis-server."""
 
-    def __init__(self, tag: str, admin_url: str | None):
+    def __init__(self, tag: str, admin_url: str | None, *, settings: str):
         self.tag = tag
+        self.settings = settings
         self.admin_url = admin_url
         self.workdir = Path(tempfile.mkdtemp(prefix="signalbox-bench-"))
         self.database = f"signalbox_bench_{tag}"
@@ -335,7 +336,7 @@ class Stack:
             "REDIS_URL": self.redis_url,
             "SIGNALBOX_REDIS_PREFIX": f"bench-{self.tag}",
             "SIGNALBOX_BENCH_BASELINE": "1",
-            "DJANGO_SETTINGS_MODULE": "orchestrator.settings",
+            "DJANGO_SETTINGS_MODULE": self.settings,
             "DJANGO_DEBUG": "0",
             "SIGNALBOX_LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
@@ -477,8 +478,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=4000, help="single events, at most")
     parser.add_argument("--batches", type=int, default=150, help="batches of 100, at most")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--stream-events", type=int, default=3000, help="stream flood size")
+    parser.add_argument("--stream-events", type=int, default=2000, help="stream flood size")
     parser.add_argument("--quick", action="store_true", help="short phases (a smoke run)")
+    parser.add_argument(
+        "--settings",
+        default="orchestrator.settings",
+        help="settings module for the throwaway stack, to try a change (PYTHONPATH is passed on)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.events, args.batches, args.stream_events = 3.0, 1000, 30, 500
@@ -493,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         base_url, token = args.url.rstrip("/"), args.token
     else:
         print("starting a throwaway stack (database, redis-server, web, worker, bus, scheduler)")
-        stack = Stack(tag, args.database_url)
+        stack = Stack(tag, args.database_url, settings=args.settings)
         try:
             stack.start()
         except BaseException:

@@ -1,8 +1,14 @@
 from django.urls import path
 
-from . import consumers
+from . import consumers, editor_consumers, live_consumers, replay_consumers
 
 websocket_urlpatterns = [
     path("ws/runs/", consumers.RunListConsumer.as_asgi()),
     path("ws/runs/<int:run_id>/", consumers.RunDetailConsumer.as_asgi()),
+    path("ws/workflows/<slug:slug>/editor/", editor_consumers.EditorConsumer.as_asgi()),
+    path("ws/overview/", live_consumers.OverviewConsumer.as_asgi()),
+    path("ws/flow/", live_consumers.FlowConsumer.as_asgi()),
+    path("ws/lineage/<int:event_id>/", live_consumers.LineageConsumer.as_asgi()),
+    path("ws/system/", live_consumers.SystemConsumer.as_asgi()),
+    path("ws/replays/<int:batch_id>/", replay_consumers.ReplayBatchConsumer.as_asgi()),
 ]

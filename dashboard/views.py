@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect, render
 
+from workflows import dashboard_selectors as ds
 from workflows import selectors
+from workflows.states import RunStatus
 
 from .access import role_required
+from .live_consumers import run_detail_context
 
 
 @login_required
@@ -23,21 +27,37 @@ def workflow_list(request):
 
 @role_required("viewer")
 def run_list(request):
+    """Runs, newest first, filtered and keyset-paginated (workflows.dashboard_selectors)."""
+    query, errors = ds.parse_run_query(request.GET)
+    hidden = ds.hidden_workflow_ids(request.user)
+    if query.workflow and query.workflow in ds.hidden_slugs(hidden):
+        raise PermissionDenied("this workflow belongs to another team")
+    page = ds.run_page(query, hidden=hidden)
     context = {
-        "runs": selectors.runs(workflow_slug=request.GET.get("workflow") or None),
-        "workflow_filter": request.GET.get("workflow", ""),
+        "runs": page.runs,
+        "page": page,
+        "query": query,
+        "errors": errors,
+        "workflow_filter": query.workflow,
+        "statuses": [s.value for s in RunStatus],
+        "workflow_choices": [w.slug for w in selectors.workflows() if w.pk not in hidden],
+        "socket_url": "/ws/runs/" + (f"?{query.querystring()}" if query.filtered else ""),
     }
-    if request.htmx:
+    if query.before_id:
+        context["socket_url"] = "/ws/runs/?" + query.querystring(before_id=query.before_id)
+    if request.htmx and not request.htmx.history_restore_request:
         return render(request, "dashboard/_run_rows.html", context)
     return render(request, "dashboard/runs.html", context)
 
 
 @role_required("viewer")
 def run_detail(request, run_id: int):
-    run = selectors.run_detail(run_id)
-    if run is None:
+    view = ds.run_view(run_id)
+    if view is None:
         raise Http404("no such run")
-    context = {"run": run, "steps": selectors.latest_attempts(run)}
-    if request.htmx:
+    if not ds.can_see_workflow(request.user, view.run.workflow):
+        raise PermissionDenied("this run belongs to a workflow of another team")
+    context = run_detail_context(view)
+    if request.htmx and not request.htmx.history_restore_request:
         return render(request, "dashboard/_run_detail.html", context)
     return render(request, "dashboard/run_detail.html", context)

@@ -22,6 +22,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from orchestrator import embedded_redis
@@ -81,12 +83,12 @@ class Supervisor:
         self.names: list[str] = []
 
     def say(self, name: str, line: str) -> None:
-        if name not in self.names:
-            self.names.append(name)
-        prefix = f"{name:<{self.width}}|"
-        if self.colour:
-            prefix = f"{COLOURS[self.names.index(name) % len(COLOURS)]}{prefix}{RESET}"
         with self.lock:
+            if name not in self.names:
+                self.names.append(name)
+            prefix = f"{name:<{self.width}}|"
+            if self.colour:
+                prefix = f"{COLOURS[self.names.index(name) % len(COLOURS)]}{prefix}{RESET}"
             try:
                 sys.stdout.write(f"{prefix} {line}\n")
                 sys.stdout.flush()
@@ -94,9 +96,10 @@ class Supervisor:
                 pass  # nobody is reading our output any more; keep supervising
 
     def stop(self, reason: str) -> None:
+        """Ask for everything to stop. No output here: a signal handler calls this, and
+        writing to stdout from inside an interrupted write raises."""
         if not self.stopping.is_set():
             self.reason = reason
-            self.say("launcher", f"{reason}: stopping every process")
             self.stopping.set()
 
     def adopt(self, name: str, process: subprocess.Popen) -> subprocess.Popen:
@@ -143,6 +146,8 @@ class Supervisor:
         """SIGTERM the application processes, then Redis last (they talk to it on the way out);
         SIGKILL whatever is left of a process group after the grace period."""
         self.stopping.set()
+        if self.reason:
+            self.say("launcher", f"{self.reason}: stopping every process")
         apps = [(n, p) for n, p in self.children if n != "redis"]
         stores = [(n, p) for n, p in self.children if n == "redis"]
         for group in (apps, stores):
@@ -161,6 +166,22 @@ class Supervisor:
                 process.wait()
         for pump in self.pumps:
             pump.join(2)  # let the last lines through
+
+
+def web_answers(host: str, port: str) -> bool:
+    """True once the web process answers /healthz (on loopback when bound to every address)."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with direct.open(f"http://{host}:{port}/healthz", timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered (a 400 for a host outside DJANGO_ALLOWED_HOSTS, say)
+    except (OSError, ValueError):
+        return False
 
 
 def run_step(sup: Supervisor, name: str, args: list[str], env: dict[str, str]) -> bool:
@@ -252,10 +273,14 @@ def main() -> int:
             }
             for name, args in services.items():
                 sup.start(name, args, env)
-            sup.say(
-                "launcher", f"Signalbox is up: http://{host}:{port}/  (Ctrl-C stops everything)"
-            )
+            announced = False
             while not sup.stopping.wait(0.5):
+                if not announced and web_answers(host, port):
+                    announced = True
+                    sup.say(
+                        "launcher",
+                        f"Signalbox is up: http://{host}:{port}/  (Ctrl-C stops everything)",
+                    )
                 for name, process in sup.children:
                     if (name in services or name == "redis") and process.poll() is not None:
                         failed = True

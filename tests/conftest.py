@@ -3,10 +3,21 @@ from __future__ import annotations
 import httpx
 import pytest
 from django.conf import settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from tests.http_recorder import Recorder
 from tests.stack import make_stack
 from workflows.services.tokens import create_api_token
+
+# Property tests judge behaviour, not speed: on a loaded 2-core CI machine generation can be
+# slow, which must not fail the run.
+hypothesis_settings.register_profile(
+    "signalbox",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+hypothesis_settings.load_profile("signalbox")
 
 
 @pytest.fixture(scope="session")

@@ -393,7 +393,7 @@ def test_the_api_lists_hosts_with_state_failures_and_when_they_opened(client, br
     assert body["failure_threshold"] == THRESHOLD and body["cooldown_seconds"] == COOLDOWN
     rows = {row["host"]: row for row in body["circuits"]}
     assert rows[broken]["state"] == "open" and rows[broken]["failures"] == THRESHOLD
-    assert rows[broken]["opened_at"] == "2027-01-15T08:00:00Z"
+    assert rows[broken]["opened_at"] == "2027-01-15T08:00:00.000Z"
     assert rows[broken]["retry_in"] == COOLDOWN and rows[broken]["last_error"] == "http.503"
     assert rows[healthy]["state"] == "closed" and rows[healthy]["opened_at"] is None
     assert [r["host"] for r in body["circuits"]].index(broken) < [

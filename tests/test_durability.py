@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
+from collections import Counter
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import psutil
 import pytest
 import redis
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from tests.factories import cloudevent, definition, http_step, log_step
@@ -29,7 +32,7 @@ from tests.waiting import wait_until
 from workflows import engine, tasks
 from workflows.definition import FORMAT_SCHEMA
 from workflows.models import Run, RunJournal, StepRun
-from workflows.services import execution, runs
+from workflows.services import execution, run_control, runs
 from workflows.services.definitions import publish_workflow, put_workflow
 from workflows.services.projections import differences
 
@@ -129,18 +132,26 @@ def status_of(run_id: int, step_id: str, number: int = 1) -> str:
 
 
 def run_of(event_id: int) -> Run:
-    return wait_until(lambda: Run.objects.filter(event_id=event_id).first(),
-                      timeout=60, message=f"a run of event {event_id}")
+    return wait_until(
+        lambda: Run.objects.filter(event_id=event_id).first(),
+        timeout=60,
+        message=f"a run of event {event_id}",
+    )
 
 
 def finished(run_id: int, timeout: float = 60) -> Run:
-    return wait_until(lambda: Run.objects.filter(pk=run_id, status__in=FINISHED).first(),
-                      timeout=timeout, message=f"run {run_id} to finish")
+    return wait_until(
+        lambda: Run.objects.filter(pk=run_id, status__in=FINISHED).first(),
+        timeout=timeout,
+        message=f"run {run_id} to finish",
+    )
 
 
 def journal_kinds(run_id: int) -> list[tuple[str, str, int]]:
-    return [(e.kind, e.data.get("step", ""), e.data.get("attempt", 0))
-            for e in RunJournal.objects.filter(run_id=run_id).order_by("seq")]
+    return [
+        (e.kind, e.data.get("step", ""), e.data.get("attempt", 0))
+        for e in RunJournal.objects.filter(run_id=run_id).order_by("seq")
+    ]
 
 
 def celery_messages_in_redis() -> int:
@@ -188,26 +199,32 @@ def test_record_result_refuses_an_attempt_that_is_not_running(sent):
     row_before = StepRun.objects.filter(pk=queued.pk).values().get()
 
     assert runs.record_result(step_run_id=queued.pk, happening=late) is False  # finished
-    assert runs.record_result(step_run_id=queued.pk, happening=late,
-                              from_status="waiting") is False
+    assert runs.record_result(step_run_id=queued.pk, happening=late, from_status="waiting") is False
     assert journal_kinds(run.pk) == journal_before
     assert StepRun.objects.filter(pk=queued.pk).values().get() == row_before
     assert Run.objects.get(pk=run.pk).status == "succeeded"
 
 
 def test_an_expired_lease_fails_the_attempt_retryably_and_fences_out_its_late_result(sent):
-    run = start_run_here("leased", {
-        "id": "slow", "kind": "log", "config": {"message": "hi"}, "timeout_seconds": 5,
-        "retry": {"max_attempts": 2, "backoff": "fixed", "delay_seconds": 0},
-    })
+    run = start_run_here(
+        "leased",
+        {
+            "id": "slow",
+            "kind": "log",
+            "config": {"message": "hi"},
+            "timeout_seconds": 5,
+            "retry": {"max_attempts": 2, "backoff": "fixed", "delay_seconds": 0},
+        },
+    )
     first = attempt(run.pk, "slow")
     assert execution.claim(first.pk, "lost-worker")  # a worker took it, then vanished
 
     assert runs.expire_leases(now=timezone.now() + timedelta(seconds=5)) == 0  # still leased
     later = timezone.now() + timedelta(seconds=5) + runs.LEASE_GRACE + timedelta(seconds=1)
     assert runs.expire_leases(now=later) == 1
-    late = runs.record_result(step_run_id=first.pk,
-                              happening=engine.StepFinished("slow", 1, succeeded=True))
+    late = runs.record_result(
+        step_run_id=first.pk, happening=engine.StepFinished("slow", 1, succeeded=True)
+    )
 
     first.refresh_from_db()
     assert (first.status, first.error_code, first.retryable) == ("failed", "timeout", True)
@@ -238,7 +255,7 @@ def test_a_crash_between_claiming_an_attempt_and_journaling_it_leaves_the_attemp
     queued.refresh_from_db()
 
     assert (queued.status, queued.started_at, queued.worker) == ("queued", None, "")
-    assert differences(run) == []
+    assert differences(Run.objects.get(pk=run.pk)) == []
     monkeypatch.setattr(runs, "journal", real_journal)
     assert execution.execute_step(step_run_id=queued.pk) is True  # the redelivery runs it
 
@@ -265,7 +282,9 @@ def test_the_execute_step_task_delivered_twice_runs_the_step_once(sent, gate):
 
     assert len(gate.requests) == 1
     assert [k for k in journal_kinds(run.pk) if k[1] == "call"] == [
-        ("step.scheduled", "call", 1), ("step.started", "call", 1), ("step.succeeded", "call", 1),
+        ("step.scheduled", "call", 1),
+        ("step.started", "call", 1),
+        ("step.succeeded", "call", 1),
     ]
 
 
@@ -296,17 +315,18 @@ def test_two_deliveries_racing_for_one_attempt_run_the_step_once(sent):
     assert status_of(run.pk, "call") == "succeeded"
 
 
-def test_a_message_sent_again_through_redis_after_the_step_finished_does_nothing(
-    api, stack, gate
-):
+def test_a_message_sent_again_through_redis_after_the_step_finished_does_nothing(api, stack, gate):
     publish(api, "redelivered", definition(http_step("call", gate.url), event="com.example.again"))
     run = finished(run_of(send(api, cloudevent("com.example.again"))).pk)
     journal_before = journal_kinds(run.pk)
     call = attempt(run.pk, "call")
 
     messages = [tasks.execute_step_task.delay(call.pk).id for _ in range(2)]
-    wait_until(lambda: all(f"[{m}] succeeded" in worker_log(stack) for m in messages),
-               timeout=60, message="the worker to run both messages")
+    wait_until(
+        lambda: all(f"[{m}] succeeded" in worker_log(stack) for m in messages),
+        timeout=60,
+        message="the worker to run both messages",
+    )
 
     assert run.status == "succeeded"
     assert len(gate.requests) == 1
@@ -317,24 +337,38 @@ def test_a_message_sent_again_through_redis_after_the_step_finished_does_nothing
 def test_a_worker_killed_mid_step_loses_nothing_and_records_the_step_once(api, stack):
     gate = Gate(hold=1)
     try:
-        publish(api, "killed", definition(
-            http_step("call", gate.url, timeout_seconds=2,
-                      retry={"max_attempts": 3, "backoff": "fixed", "delay_seconds": 0.1}),
-            log_step("after", after=("call",)),
-            event="com.example.killed",
-        ))
+        publish(
+            api,
+            "killed",
+            definition(
+                http_step(
+                    "call",
+                    gate.url,
+                    timeout_seconds=2,
+                    retry={"max_attempts": 3, "backoff": "fixed", "delay_seconds": 0.1},
+                ),
+                log_step("after", after=("call",)),
+                event="com.example.killed",
+            ),
+        )
         run_id = run_of(send(api, cloudevent("com.example.killed"))).pk
         wait_until(lambda: gate.requests, timeout=60, message="the step's request")
-        victim = wait_until(lambda: pool_process_calling(stack, gate.port), timeout=30,
-                            message="the pool process making the request")
+        victim = wait_until(
+            lambda: pool_process_calling(stack, gate.port),
+            timeout=30,
+            message="the pool process making the request",
+        )
         mid_step = attempt(run_id, "call")
         assert mid_step.status == "running"
         assert mid_step.worker.endswith(f":{victim.pid}")
         assert differences(Run.objects.get(pk=run_id)) == []  # a running step agrees too
 
         os.kill(victim.pid, signal.SIGKILL)
-        wait_until(lambda: not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE,
-                   timeout=30, message="the pool process to die")
+        wait_until(
+            lambda: not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE,
+            timeout=30,
+            message="the pool process to die",
+        )
         gate.opened.set()
         # The message comes back (reject_on_worker_lost) but finds the attempt running; the
         # lease (2 s + LEASE_GRACE) expires it and attempt 2 runs.
@@ -351,16 +385,23 @@ def test_a_worker_killed_mid_step_loses_nothing_and_records_the_step_once(api, s
     assert StepRun.objects.filter(run_id=run_id, step_id="after").count() == 1
     assert len(gate.requests) == 2 and len(set(gate.keys())) == 1  # one idempotency key
     assert [k for k in journal_kinds(run_id) if k[0] in ("step.succeeded", "step.failed")] == [
-        ("step.failed", "call", 1), ("step.succeeded", "call", 2),
+        ("step.failed", "call", 1),
+        ("step.succeeded", "call", 2),
         ("step.succeeded", "after", 1),
     ]
-    assert "WorkerLostError" in log or "SIGKILL" in log
+    # reject_on_worker_lost put the killed task's message back, and it was delivered again.
+    assert "WorkerLostError" in log
+    received = Counter(re.findall(r"Task signalbox\.execute_step\[(\S+)\] received", log))
+    assert max(received.values()) == 2, received
     # The killed attempt's own result, if it ever came, is fenced out.
     late = engine.StepFinished("call", 1, succeeded=True)
     assert runs.record_result(step_run_id=first.pk, happening=late) is False
     assert differences(Run.objects.get(pk=run_id)) == []
-    wait_until(lambda: celery_messages_in_redis() == 0, timeout=60,
-               message="no message left behind in Redis")
+    wait_until(
+        lambda: celery_messages_in_redis() == 0,
+        timeout=60,
+        message="no message left behind in Redis",
+    )
 
 
 # --- timers live in the database -------------------------------------------------------------
@@ -368,25 +409,40 @@ def test_a_pending_retry_waits_in_the_database_and_survives_a_scheduler_restart(
     api, stack, recorder
 ):
     recorder.answer(Reply(status=503, body={"down": True}))
-    publish(api, "retry-later", definition(
-        http_step("call", recorder.url,
-                  retry={"max_attempts": 2, "backoff": "fixed", "delay_seconds": 3}),
-        event="com.example.later",
-    ))
+    publish(
+        api,
+        "retry-later",
+        definition(
+            http_step(
+                "call",
+                recorder.url,
+                retry={"max_attempts": 2, "backoff": "fixed", "delay_seconds": 3},
+            ),
+            event="com.example.later",
+        ),
+    )
     scheduler = stack.processes["scheduler"].args
     stack.stop("scheduler")
     try:
         run_id = run_of(send(api, cloudevent("com.example.later"))).pk
-        pending = wait_until(lambda: status_of(run_id, "call", 2) == "queued"
-                             and attempt(run_id, "call", 2), timeout=60,
-                             message="the retry to be scheduled")
-        wait_until(lambda: celery_messages_in_redis() == 0, timeout=60,
-                   message="the first attempt's message to be acknowledged")
+        pending = wait_until(
+            lambda: status_of(run_id, "call", 2) == "queued" and attempt(run_id, "call", 2),
+            timeout=60,
+            message="the retry to be scheduled",
+        )
+        wait_until(
+            lambda: celery_messages_in_redis() == 0,
+            timeout=60,
+            message="the first attempt's message to be acknowledged",
+        )
         # Nothing in Redis holds the retry: no message with an ETA, only a row with a time.
         assert pending.not_before > pending.created_at
         assert pending.enqueued_at is None
-        wait_until(lambda: timezone.now() > pending.not_before + timedelta(seconds=1),
-                   timeout=60, message="the retry to fall due")
+        wait_until(
+            lambda: timezone.now() > pending.not_before + timedelta(seconds=1),
+            timeout=60,
+            message="the retry to fall due",
+        )
         assert status_of(run_id, "call", 2) == "queued"  # no scheduler, nobody fires it
         assert celery_messages_in_redis() == 0
     finally:
@@ -398,20 +454,28 @@ def test_a_pending_retry_waits_in_the_database_and_survives_a_scheduler_restart(
 
 
 def test_a_delay_survives_a_restart_of_every_process(api, stack):
-    publish(api, "sleeper", definition(
-        {"id": "pause", "kind": "delay", "config": {"seconds": 2}},
-        log_step("after", after=("pause",)),
-        event="com.example.sleeper",
-    ))
+    publish(
+        api,
+        "sleeper",
+        definition(
+            {"id": "pause", "kind": "delay", "config": {"seconds": 2}},
+            log_step("after", after=("pause",)),
+            event="com.example.sleeper",
+        ),
+    )
     run_id = run_of(send(api, cloudevent("com.example.sleeper"))).pk
-    wait_until(lambda: status_of(run_id, "pause") == "waiting", timeout=60,
-               message="the delay to wait")
+    wait_until(
+        lambda: status_of(run_id, "pause") == "waiting", timeout=60, message="the delay to wait"
+    )
 
     stack.stop()
     try:
         wake_at = attempt(run_id, "pause").wake_at
-        wait_until(lambda: timezone.now() > wake_at + timedelta(seconds=1), timeout=60,
-                   message="the delay to fall due while everything is down")
+        wait_until(
+            lambda: timezone.now() > wake_at + timedelta(seconds=1),
+            timeout=60,
+            message="the delay to fall due while everything is down",
+        )
         assert status_of(run_id, "pause") == "waiting"
         assert attempt(run_id, "after") is None
     finally:
@@ -424,16 +488,75 @@ def test_a_delay_survives_a_restart_of_every_process(api, stack):
     assert StepRun.objects.filter(run_id=run_id, step_id="after", status="succeeded").count() == 1
 
 
+# --- lost follow-ups of a finished run -------------------------------------------------------
+def test_a_parent_step_resumes_even_when_its_finished_child_runs_message_was_lost(sent):
+    put_workflow(slug="child", raw=definition(log_step("answer"), event="com.example.unused"))
+    publish_workflow(slug="child")
+    parent = start_run_here(
+        "parent",
+        {
+            "id": "call",
+            "kind": "sub_workflow",
+            "config": {"workflow": "child", "input": {}},
+        },
+    )
+    call = attempt(parent.pk, "call")
+    assert execution.execute_step(step_run_id=call.pk)  # parks, starts the child
+    child = Run.objects.get(parent_step=call)
+    assert execution.execute_step(step_run_id=attempt(child.pk, "answer").pk)
+    # The child's run_finished message went nowhere (recorded, never delivered).
+    assert ("signalbox.run_finished", (child.pk,), {}) in sent
+    later = timezone.now() + runs.REENQUEUE_AFTER + timedelta(seconds=1)
+
+    assert runs.enqueue_due_steps() == 0  # the message may still come: leave it the chance
+    assert status_of(parent.pk, "call") == "waiting"
+    assert runs.enqueue_due_steps(now=later) == 1
+    assert runs.enqueue_due_steps(now=later) == 0
+    assert Run.objects.get(pk=parent.pk).status == "succeeded"
+    assert attempt(parent.pk, "call").output["status"] == "succeeded"
+
+
+def test_a_queued_run_whose_admission_was_lost_is_started_by_the_scheduler(sent):
+    raw = definition(log_step("only"), event="com.example.limited")
+    raw["concurrency"] = {"max_runs": 1}
+    put_workflow(slug="limited", raw=raw)
+    version = publish_workflow(slug="limited")
+    first, second = (
+        Run.objects.create(workflow=version.workflow, version=version) for _ in range(2)
+    )
+    for run in (first, second):
+        with transaction.atomic():
+            run_control.admit(runs.lock_run(run.pk))
+    assert execution.execute_step(step_run_id=attempt(first.pk, "only").pk)
+    assert ("signalbox.run_finished", (first.pk,), {}) in sent  # and lost
+    later = timezone.now() + runs.REENQUEUE_AFTER + timedelta(seconds=1)
+
+    assert Run.objects.get(pk=second.pk).status == "queued"
+    assert runs.enqueue_due_steps() == 0
+    assert runs.enqueue_due_steps(now=later) == 1
+    assert Run.objects.get(pk=second.pk).status == "running"
+    assert ("signalbox.execute_step", (attempt(second.pk, "only").pk,), {}) in sent
+
+
 # --- Celery and Redis' visibility timeout ------------------------------------------------------
 def test_steps_retries_and_finished_runs_are_sent_without_eta_or_countdown(sent):
-    run = start_run_here("no-eta", {
-        "id": "flaky", "kind": "log", "config": {"message": "hi"},
-        "retry": {"max_attempts": 2, "backoff": "fixed", "delay_seconds": 600, "jitter": False},
-    })
+    run = start_run_here(
+        "no-eta",
+        {
+            "id": "flaky",
+            "kind": "log",
+            "config": {"message": "hi"},
+            "retry": {"max_attempts": 2, "backoff": "fixed", "delay_seconds": 600, "jitter": False},
+        },
+    )
     first = attempt(run.pk, "flaky")
     assert execution.claim(first.pk, "here")
-    runs.record_result(step_run_id=first.pk, happening=engine.StepFinished(
-        "flaky", 1, succeeded=False, retryable=True, error="try again", code="network"))
+    runs.record_result(
+        step_run_id=first.pk,
+        happening=engine.StepFinished(
+            "flaky", 1, succeeded=False, retryable=True, error="try again", code="network"
+        ),
+    )
     second = attempt(run.pk, "flaky", 2)
     sent_before_due = list(sent)
 
@@ -460,6 +583,26 @@ def test_redis_visibility_timeout_outlasts_the_longest_step_lease():
     assert runs.REENQUEUE_AFTER.total_seconds() < longest_lease
 
 
-def test_step_tasks_are_acknowledged_late_and_rejected_when_their_worker_is_lost():
-    for task in (tasks.execute_step_task, tasks.run_finished_task):
-        assert (task.acks_late, task.reject_on_worker_lost) == (True, True), task.name
+def test_every_task_is_acknowledged_late_and_rejected_when_its_worker_is_lost():
+    from orchestrator.celery import app
+
+    app.loader.import_default_modules()
+    ours = {name: task for name, task in app.tasks.items() if name.startswith("signalbox.")}
+
+    assert {"signalbox.execute_step", "signalbox.run_finished"} <= set(ours)
+    for name, task in ours.items():
+        assert (task.acks_late, task.reject_on_worker_lost) == (True, True), name
+
+
+def test_no_code_sends_a_task_with_an_eta_or_a_countdown():
+    root = Path(__file__).resolve().parent.parent
+    timed = re.compile(r"\b(eta|countdown)\s*=|apply_async\(")
+    found = [
+        f"{path.relative_to(root)}:{number}: {line.strip()}"
+        for folder in ("workflows", "dashboard", "orchestrator")
+        for path in (root / folder).rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if timed.search(line)
+    ]
+
+    assert found == []

@@ -41,6 +41,8 @@ NOT_INHERITED = (
     "MFLAGS",
 )
 UP = "Signalbox is up"
+# Some tests start Signalbox twice; on a loaded machine one start can take a minute.
+pytestmark = pytest.mark.timeout(420)
 STARTUP_TIMEOUT = 150  # two shared cores, and other test runs beside us
 
 
@@ -60,11 +62,52 @@ def processes_with(var_dir: Path) -> list[str]:
     return found
 
 
+def process_table() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, start time, state) for every process, from /proc/<pid>/stat."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: the fields start after the last ')'.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        table[int(entry.name)] = (int(fields[1]), fields[19], fields[0])
+    return table
+
+
+def process_tree(root: int) -> dict[int, str]:
+    """`root` and every process below it, as pid -> start time (to tell a reused pid).
+
+    Needed beside the environment check: redis-server rewrites its environment block (for its
+    process title), so /proc/<pid>/environ no longer shows our var dir for it."""
+    table = process_table()
+    tree = {root}
+    grew = True
+    while grew:
+        below = {pid for pid, (ppid, _start, _state) in table.items() if ppid in tree}
+        grew = not below <= tree
+        tree |= below
+    return {pid: table[pid][1] for pid in tree if pid in table}
+
+
+def still_running(tree: dict[int, str]) -> list[int]:
+    table = process_table()
+    return [
+        pid
+        for pid, start in tree.items()
+        if pid in table and table[pid][1] == start and table[pid][2] != "Z"
+    ]
+
+
 class Launched:
     """One `python -m orchestrator.launcher` (or `make run`), its output collected as it comes."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.lines: list[str] = []
+        self.tree: dict[int, str] = {}
         self.process = subprocess.Popen(
             args,
             cwd=ROOT,
@@ -102,6 +145,7 @@ class Launched:
 
     def stop(self, signum: signal.Signals = signal.SIGTERM, timeout: float = 60) -> int:
         """Send `signum` to this process alone (not its group), as `kill` would."""
+        self.tree = process_tree(self.process.pid)  # everything it started, to check later
         self.process.send_signal(signum)
         code = self.process.wait(timeout)
         self.reader.join(5)
@@ -163,15 +207,20 @@ def launch():
         launched.kill()
 
 
-def assert_nothing_left(var_dir: Path) -> None:
+def assert_nothing_left(var_dir: Path, *launches: Launched) -> None:
+    """No process with this var dir in its environment, nor any the launches had started."""
     # The launcher waits for its children, so this holds at once; the wait only covers
     # the kernel taking an exiting process out of /proc.
-    wait_until(
-        lambda: not processes_with(var_dir),
-        timeout=10,
-        interval=0.1,
-        message=f"every process of {var_dir} to exit: {processes_with(var_dir)}",
-    )
+    trees = {pid: start for launched in launches for pid, start in launched.tree.items()}
+    assert all(launched.tree for launched in launches), "stop() takes the snapshot"
+
+    def left():
+        return processes_with(var_dir) + [str(pid) for pid in still_running(trees)]
+
+    try:
+        wait_until(lambda: not left(), timeout=10, interval=0.1, message="every process to exit")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; still running: {left()}") from None
 
 
 def prefixed(lines: list[str], name: str) -> list[str]:
@@ -252,7 +301,7 @@ def test_make_run_serves_the_demo_workflow_and_sigterm_stops_every_process(
 
     assert launched.stop(signal.SIGTERM) == 0, launched.output[-4000:]
 
-    assert_nothing_left(var_dir)
+    assert_nothing_left(var_dir, launched)
     assert "launcher  | stopped" in launched.lines[-1]
 
 
@@ -272,7 +321,7 @@ def test_a_second_start_is_idempotent_and_shows_no_new_password(launch, launcher
     assert "shown only this once" not in second.output
     assert "loaded demo workflow" not in second.output
     assert "No migrations to apply." in second.output
-    assert_nothing_left(var_dir)
+    assert_nothing_left(var_dir, first, second)
 
 
 def test_a_signal_during_migrate_stops_before_any_server_starts(launch, launcher_env, var_dir):
@@ -284,12 +333,12 @@ def test_a_signal_during_migrate_stops_before_any_server_starts(launch, launcher
     assert "stopped before the servers were started" in launched.output
     for server in ("web", "worker", "scheduler", "bus"):
         assert not prefixed(launched.lines, server), launched.output
-    assert_nothing_left(var_dir)
+    assert_nothing_left(var_dir, launched)
     # Migrations are atomic one by one, so the next start picks up where this one stopped.
     again = launch(launcher_env)
     again.wait_for_line(UP)
     assert again.stop(signal.SIGTERM) == 0
-    assert_nothing_left(var_dir)
+    assert_nothing_left(var_dir, launched, again)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -304,4 +353,4 @@ def test_a_signal_sent_to_make_alone_stops_every_process(launch, launcher_env, v
 
     assert launched.process.returncode == -signum, launched.output[-4000:]
     assert "launcher  | stopped" in launched.output
-    assert_nothing_left(var_dir)
+    assert_nothing_left(var_dir, launched)

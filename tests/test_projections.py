@@ -30,14 +30,16 @@ FINISHED_KINDS = tuple(f"run.{status}" for status in FINISHED)
 def run_of(event_id: int) -> Run:
     return wait_until(
         lambda: Run.objects.filter(event_id=event_id).first(),
-        timeout=60, message=f"a run of event {event_id}",
+        timeout=60,
+        message=f"a run of event {event_id}",
     )
 
 
 def finished(run_id: int) -> Run:
     return wait_until(
         lambda: Run.objects.filter(pk=run_id, status__in=FINISHED).first(),
-        timeout=60, message=f"run {run_id} to finish",
+        timeout=60,
+        message=f"run {run_id} to finish",
     )
 
 
@@ -47,7 +49,9 @@ def step(run_id: int, step_id: str, attempt: int = 1) -> StepRun | None:
 
 def snapshot(run_ids: list[int]) -> tuple[dict, dict]:
     """Every projected field of the runs and their steps, plus the step rows' ids."""
-    runs = {r.pk: {f: getattr(r, f) for f in RUN_FIELDS} for r in Run.objects.filter(pk__in=run_ids)}
+    runs = {
+        r.pk: {f: getattr(r, f) for f in RUN_FIELDS} for r in Run.objects.filter(pk__in=run_ids)
+    }
     steps = {
         (s.run_id, s.step_id, s.attempt): {"id": s.pk, **{f: getattr(s, f) for f in STEP_FIELDS}}
         for s in StepRun.objects.filter(run_id__in=run_ids)
@@ -82,22 +86,40 @@ def finished_runs(api, recorder) -> dict[str, int]:
 
 
 def _run_every_shape(api, recorder: Recorder, flaky: Recorder) -> dict[str, int]:
-    publish(api, "chain", definition(
-        log_step("first"),
-        {"id": "shape", "kind": "transform", "after": ["first"],
-         "config": {"output": {"order": "{{ event.data.order }}"}}},
-        log_step("last", after=("shape",)),
-        event="com.example.chain",
-    ))
+    publish(
+        api,
+        "chain",
+        definition(
+            log_step("first"),
+            {
+                "id": "shape",
+                "kind": "transform",
+                "after": ["first"],
+                "config": {"output": {"order": "{{ event.data.order }}"}},
+            },
+            log_step("last", after=("shape",)),
+            event="com.example.chain",
+        ),
+    )
     recorder.answer(Reply(status=503, body={"down": True}), Reply(status=200, body={"ok": 1}))
-    publish(api, "retry", definition(
-        http_step("call", f"{recorder.url}/retry", config={"send_event": True},
-                  retry={"max_attempts": 3, "delay_seconds": 0.2}),
-        event="com.example.retry",
-    ))
+    publish(
+        api,
+        "retry",
+        definition(
+            http_step(
+                "call",
+                f"{recorder.url}/retry",
+                config={"send_event": True},
+                retry={"max_attempts": 3, "delay_seconds": 0.2},
+            ),
+            event="com.example.retry",
+        ),
+    )
     branching = definition(
         {"id": "check", "kind": "condition", "config": {"expression": "event.data.order > 100"}},
-        log_step("big"), log_step("small"), log_step("done"),
+        log_step("big"),
+        log_step("small"),
+        log_step("done"),
         event="com.example.condition",
     )
     branching["edges"] = [
@@ -107,36 +129,60 @@ def _run_every_shape(api, recorder: Recorder, flaky: Recorder) -> dict[str, int]
         {"from": "small", "to": "done"},
     ]
     publish(api, "condition", branching)
-    publish(api, "failing", definition(
-        {"id": "boom", "kind": "fail", "config": {"message": "out of stock"}},
-        log_step("never", after=("boom",)),
-        event="com.example.failing",
-    ))
-    publish(api, "delay", definition(
-        {"id": "pause", "kind": "delay", "config": {"seconds": 0.5}},
-        log_step("after", after=("pause",)),
-        event="com.example.delay",
-    ))
-    publish(api, "cancelled", definition(
-        {"id": "pause", "kind": "delay", "config": {"seconds": 600}},
-        log_step("never", after=("pause",)),
-        http_step("call", flaky.url, retry={"max_attempts": 3, "backoff": "fixed",
-                                             "delay_seconds": 600, "max_delay_seconds": 600}),
-        event="com.example.cancelled",
-    ))
+    publish(
+        api,
+        "failing",
+        definition(
+            {"id": "boom", "kind": "fail", "config": {"message": "out of stock"}},
+            log_step("never", after=("boom",)),
+            event="com.example.failing",
+        ),
+    )
+    publish(
+        api,
+        "delay",
+        definition(
+            {"id": "pause", "kind": "delay", "config": {"seconds": 0.5}},
+            log_step("after", after=("pause",)),
+            event="com.example.delay",
+        ),
+    )
+    publish(
+        api,
+        "cancelled",
+        definition(
+            {"id": "pause", "kind": "delay", "config": {"seconds": 600}},
+            log_step("never", after=("pause",)),
+            http_step(
+                "call",
+                flaky.url,
+                retry={
+                    "max_attempts": 3,
+                    "backoff": "fixed",
+                    "delay_seconds": 600,
+                    "max_delay_seconds": 600,
+                },
+            ),
+            event="com.example.cancelled",
+        ),
+    )
 
     shapes = ("chain", "retry", "condition", "failing", "delay", "cancelled")
-    events = {name: send(api, cloudevent(f"com.example.{name}", data={"order": 7}))
-              for name in shapes}
+    events = {
+        name: send(api, cloudevent(f"com.example.{name}", data={"order": 7})) for name in shapes
+    }
     runs = {name: run_of(event_id).pk for name, event_id in events.items()}
 
     # Cancel once the delay waits and the failed call's retry is pending, so the run's
     # wind-down has a waiting step to fail and a queued attempt to skip.
     cancelled = runs["cancelled"]
     wait_until(
-        lambda: getattr(step(cancelled, "pause"), "status", "") == "waiting"
-        and getattr(step(cancelled, "call", 2), "status", "") == "queued",
-        timeout=60, message="the cancellable run to wait with a retry pending",
+        lambda: (
+            getattr(step(cancelled, "pause"), "status", "") == "waiting"
+            and getattr(step(cancelled, "call", 2), "status", "") == "queued"
+        ),
+        timeout=60,
+        message="the cancellable run to wait with a retry pending",
     )
     response = api.post(f"/api/v1/runs/{cancelled}/cancel", json={"reason": "changed my mind"})
     assert response.status_code == 202, response.text
@@ -150,8 +196,12 @@ def test_runs_of_every_shape_finish_as_expected(finished_runs):
     runs = {name: Run.objects.get(pk=pk) for name, pk in finished_runs.items()}
 
     assert {name: run.status for name, run in runs.items()} == {
-        "chain": "succeeded", "retry": "succeeded", "condition": "succeeded",
-        "failing": "failed", "delay": "succeeded", "cancelled": "cancelled",
+        "chain": "succeeded",
+        "retry": "succeeded",
+        "condition": "succeeded",
+        "failing": "failed",
+        "delay": "succeeded",
+        "cancelled": "cancelled",
     }
     retry = runs["retry"].pk
     assert (step(retry, "call", 1).status, step(retry, "call", 2).status) == ("failed", "succeeded")
@@ -190,17 +240,27 @@ def test_each_journal_is_numbered_from_one_without_gaps_in_the_order_it_was_writ
 
 def test_the_rows_of_runs_still_in_progress_agree_with_their_journals(api, recorder):
     recorder.default = Reply(status=503, body={"down": True})
-    publish(api, "unfinished", definition(
-        {"id": "pause", "kind": "delay", "config": {"seconds": 600}},
-        http_step("call", recorder.url, retry={"max_attempts": 2, "backoff": "fixed",
-                                                "delay_seconds": 600}),
-        event="com.example.unfinished",
-    ))
+    publish(
+        api,
+        "unfinished",
+        definition(
+            {"id": "pause", "kind": "delay", "config": {"seconds": 600}},
+            http_step(
+                "call",
+                recorder.url,
+                retry={"max_attempts": 2, "backoff": "fixed", "delay_seconds": 600},
+            ),
+            event="com.example.unfinished",
+        ),
+    )
     run_id = run_of(send(api, cloudevent("com.example.unfinished"))).pk
     wait_until(
-        lambda: getattr(step(run_id, "pause"), "status", "") == "waiting"
-        and getattr(step(run_id, "call", 2), "status", "") == "queued",
-        timeout=60, message="the run to wait with a retry pending",
+        lambda: (
+            getattr(step(run_id, "pause"), "status", "") == "waiting"
+            and getattr(step(run_id, "call", 2), "status", "") == "queued"
+        ),
+        timeout=60,
+        message="the run to wait with a retry pending",
     )
 
     assert differences(Run.objects.get(pk=run_id)) == []
@@ -211,19 +271,26 @@ def test_rebuild_projections_finds_damaged_rows_and_recreates_them_identically(f
     run_ids = list(finished_runs.values())
     runs_before, steps_before = snapshot(run_ids)
     journal_before = journal_rows(run_ids)
-    chain, retry, condition = finished_runs["chain"], finished_runs["retry"], finished_runs["condition"]
-    failing, delay, cancelled = finished_runs["failing"], finished_runs["delay"], finished_runs["cancelled"]
+    chain, retry, condition, failing, delay, cancelled = (
+        finished_runs[name]
+        for name in ("chain", "retry", "condition", "failing", "delay", "cancelled")
+    )
 
     # Lose rows, forge fields, and add a row the journal never mentions.
     step(chain, "shape").delete()
     step(retry, "call", 1).delete()
     StepRun.objects.filter(run_id=retry, step_id="call", attempt=2).update(
-        status="failed", output={"forged": True}, error="forged", retryable=True)
-    StepRun.objects.filter(run_id=condition, step_id="small").update(status="succeeded", port="true")
+        status="failed", output={"forged": True}, error="forged", retryable=True
+    )
+    StepRun.objects.filter(run_id=condition, step_id="small").update(
+        status="succeeded", port="true"
+    )
     StepRun.objects.filter(run_id=delay, step_id="pause").update(
-        wake_at=timezone.now(), worker="nobody", input={"forged": True})
+        wake_at=timezone.now(), worker="nobody", input={"forged": True}
+    )
     StepRun.objects.filter(run_id=cancelled, step_id="call", attempt=2).update(
-        not_before=None, idempotency_key="forged", finished_at=None)
+        not_before=None, idempotency_key="forged", finished_at=None
+    )
     StepRun.objects.create(run_id=chain, step_id="ghost", attempt=1, kind="log", status="succeeded")
     Run.objects.filter(pk=chain).update(started_at=None)
     Run.objects.filter(pk=failing).update(status="succeeded", error="")

@@ -138,8 +138,9 @@ def test_a_kinds_config_schema_is_a_valid_json_schema_of_a_closed_object(name):
     assert schema["type"] == "object"
     # Closed: a misspelt option is an error at validation, not silently ignored.
     assert schema.get("additionalProperties") is False
-    for field in registry.get(name).expression_fields:
-        assert field in schema["properties"], f"expression field {field!r} is not in the schema"
+    kind = registry.get(name)
+    for field in (*kind.expression_fields, *getattr(kind, "raw_fields", ())):
+        assert field in schema["properties"], f"{name}: field {field!r} is not in the schema"
 
 
 @pytest.mark.parametrize("minimal", KINDS, indirect=True)

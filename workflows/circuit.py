@@ -314,4 +314,6 @@ def _float(value: str | None) -> float | None:
 def _iso(value: float | None) -> str | None:
     if value is None:
         return None
-    return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )

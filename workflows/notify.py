@@ -32,6 +32,23 @@ def run_changed(*, run_id: int, seq: int, workflow_slug: str, status: str) -> No
     transaction.on_commit(lambda: _send([RUNS_GROUP, run_group(run_id)], message))
 
 
+EVENTS_GROUP = "events"
+
+
+def event_ingested(*, event) -> None:
+    """A new event is in the store (sent after its transaction commits). Carries what the
+    live event flow filters on, so a socket can drop it without reading the database."""
+    message = {
+        "type": "event.ingested",
+        "event": event.pk,
+        "event_type": event.type,
+        "source": event.source,
+        "correlation": event.correlation_id,
+        "channel": event.channel,
+    }
+    transaction.on_commit(lambda: _send([EVENTS_GROUP], message))
+
+
 def replay_batch_group(batch_id: int) -> str:
     return f"replay-batch-{batch_id}"
 

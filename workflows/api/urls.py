@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import circuits, event_store, events, schemas, views
+from . import circuits, event_store, events, replay, schemas, views
 from .webhooks import webhooks_endpoint
 
 urlpatterns = [
@@ -12,6 +12,22 @@ urlpatterns = [
     path("runs", views.runs, name="api-runs"),
     path("runs/<int:run_id>", views.run, name="api-run"),
     path("runs/<int:run_id>/cancel", views.cancel, name="api-run-cancel"),
+    # Recovery: replay, dead letters, re-drive, bulk and shadow replays, audit (api/replay.py).
+    path("runs/<int:run_id>/replay", replay.replay, name="api-run-replay"),
+    path("runs/<int:run_id>/replay-preview", replay.replay_preview, name="api-run-replay-preview"),
+    path("runs/<int:run_id>/compare", replay.compare, name="api-run-compare"),
+    path("dead-letters", replay.dead_letter_list, name="api-dead-letters"),
+    path("dead-letters/redrive", replay.dead_letters_redrive, name="api-dead-letters-redrive"),
+    path("dead-letters/<int:letter_id>", replay.dead_letter, name="api-dead-letter"),
+    path("dead-letters/<int:letter_id>/redrive", replay.dead_letter_redrive,
+         name="api-dead-letter-redrive"),
+    path("dead-letters/<int:letter_id>/discard", replay.dead_letter_discard,
+         name="api-dead-letter-discard"),
+    path("redrive", replay.redrive, name="api-redrive"),
+    path("replays", replay.bulk_replay, name="api-replays"),
+    path("replays/<int:batch_id>", replay.batch, name="api-replay-batch"),
+    path("workflows/<slug:slug>/shadow", replay.shadow, name="api-workflow-shadow"),
+    path("audit", replay.audit_list, name="api-audit"),
     path("webhooks", webhooks_endpoint, name="api-webhooks"),
     path("circuits", circuits.circuit_list, name="api-circuits"),
     path("circuits/<str:host>/reset", circuits.circuit_reset, name="api-circuit-reset"),

@@ -6,6 +6,7 @@ import logging
 
 from django.db import IntegrityError, transaction
 
+from .. import notify
 from ..events import bus
 from ..events.envelope import Envelope, to_structured
 from ..expressions import ExpressionError, evaluate
@@ -56,6 +57,7 @@ def ingest_event(
                 channel=channel,
             )
             transaction.on_commit(lambda: bus.publish(event))
+            notify.event_ingested(event=event)
     except IntegrityError:
         existing = Event.objects.filter(source=envelope.source, ce_id=envelope.id).first()
         if existing is None:

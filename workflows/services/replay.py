@@ -348,7 +348,8 @@ def _iso(value) -> str | None:
     return value.isoformat() if value else None
 
 
-def _event_data(run: Run) -> Any:
+def original_input(run: Run) -> Any:
+    """The event data the run's steps saw (its edited input, if it had one)."""
     if run.input_override is not None:
         return run.input_override
     return run.event.data if run.event_id else None
@@ -424,7 +425,7 @@ def replay_run(
             "rerun": [s.step_id for s in plan.rerun],
         }
         if plan.input_edited:
-            details["input"] = {"before": _event_data(original), "after": plan.input_override}
+            details["input"] = {"before": original_input(original), "after": plan.input_override}
         audit.record(actor=actor, action="run.replay", target_type="run",
                      target_id=original.pk, reason=reason, details=details)
     return run

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from .. import engine, notify
 from ..models import DeadLetter, EventWaiter, Run, RunJournal, StepRun
-from ..states import RunStatus, StepStatus, check_run_move
+from ..states import TERMINAL_RUN, RunStatus, StepStatus, check_run_move
 from .definitions import definition_for
 from .producers import emit_run_events
 
@@ -270,7 +270,39 @@ def enqueue_due_steps(*, now=None, limit: int = 500) -> int:
                     count += 1
     count += wake_due(now=now, limit=limit)
     count += expire_leases(now=now, limit=limit)
+    count += recover_lost_follow_ups(now=now, limit=limit)
     return count
+
+
+def recover_lost_follow_ups(*, now, limit: int = 500) -> int:
+    """Do what a lost `run_finished` message would have done. It is sent after commit; if
+    Redis was away then, or it died with its worker node (then Redis gives it back only
+    after the visibility timeout), a parent step would wait for a finished child forever
+    and queued runs would never start. Both match only when that work was lost for a
+    while, and both are fenced (the parent on its WAITING status, admission by locks)."""
+    from .run_control import admit_queued
+    from .waits import child_finished
+
+    settled = now - REENQUEUE_AFTER
+    recovered = 0
+    orphaned = StepRun.objects.filter(
+        status=StepStatus.WAITING,
+        child_runs__status__in=TERMINAL_RUN,
+        child_runs__finished_at__lt=settled,
+    ).values_list("child_runs", flat=True)
+    for child_run_id in list(orphaned[:limit]):
+        recovered += child_finished(child_run_id=child_run_id)
+    # Nothing of the workflow runs, yet a run has waited long to start: no finishing run
+    # is left to admit it.
+    stalled = (
+        Run.objects.filter(status=RunStatus.QUEUED, created_at__lt=settled)
+        .exclude(workflow__runs__status=RunStatus.RUNNING)
+        .values_list("workflow_id", flat=True)
+        .distinct()
+    )
+    for workflow_id in list(stalled[:limit]):
+        recovered += admit_queued(workflow_id=workflow_id)
+    return recovered
 
 
 def expire_leases(*, now, limit: int = 500) -> int:

@@ -5,7 +5,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import InterfaceError, OperationalError, connections
 
-from workflows import heartbeat
+from workflows import demo_traffic, heartbeat
 from workflows.events.bus import relay_unpublished
 from workflows.events.schedules import fire_due
 from workflows.loop import Stopper
@@ -28,6 +28,7 @@ class Command(BaseCommand):
             # Redis is away, so they fire even when the Redis part below cannot.
             self.guarded(fire_due, "schedule ticks")
             self.guarded(self.relay_and_enqueue, "timers")
+            self.guarded(demo_traffic.tick, "demo traffic")  # only while switched on
             stopper.wait(interval)
         log.info("scheduler stopped")
 

@@ -1,0 +1,124 @@
+"""The editor's WebSocket: /ws/workflows/<slug>/editor/.
+
+Pushes small JSON frames that static/js/editor.js applies to the canvas:
+
+    {"type": "runs", "runs": [{"id", "status", "origin", "version", "event", "created"}]}
+        the workflow's latest runs: on connect and whenever one of them changes;
+    {"type": "run", "id", "status", "error", "origin", "version",
+     "steps": {"<step id>": {"status", "attempt", "port", "error"}}}
+        the run the page watches, sent when it asks ({"watch": <run id>}) and on every change.
+
+Same rules as the other dashboard sockets: a signed-in user with the viewer role (else
+closed 4401/4403), who may see the workflow (a team's workflow: members and admins only);
+the origin is checked by the ASGI stack (AllowedHostsOriginValidator). Group messages are
+hints: each change re-reads the database, bursts are coalesced, and a reconnecting page gets
+a fresh snapshot, so a lost hint costs freshness, never correctness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from workflows import notify, selectors
+from workflows.models import Run, Workflow
+from workflows.services.drafts import may_view
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+COALESCE_SECONDS = 0.15
+RECENT_RUNS = 15
+
+
+class EditorConsumer(AsyncWebsocketConsumer):
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.slug = self.scope["url_route"]["kwargs"]["slug"]
+        if not await database_sync_to_async(self._may_view)(user):
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        self.watched: int | None = None
+        self.runs_dirty = self.run_dirty = False
+        self._flush: asyncio.Task | None = None
+        # Joined before the snapshot is read, so no change falls between the two.
+        await self.channel_layer.group_add(notify.RUNS_GROUP, self.channel_name)
+        self.joined = True
+        await self.accept()
+        await self.send(text_data=json.dumps(await self._runs_frame()))
+
+    def _may_view(self, user) -> bool:
+        workflow = Workflow.objects.filter(slug=self.slug).first()
+        return workflow is not None and may_view(user, workflow)
+
+    async def disconnect(self, code):
+        if getattr(self, "joined", False):
+            await self.channel_layer.group_discard(notify.RUNS_GROUP, self.channel_name)
+        if getattr(self, "_flush", None):
+            self._flush.cancel()
+
+    async def receive(self, text_data=None, bytes_data=None):
+        try:
+            message = json.loads(text_data or "{}")
+            run_id = int(message["watch"]) if message.get("watch") is not None else None
+        except (ValueError, TypeError, KeyError):
+            return
+        self.watched = run_id
+        if run_id is not None:
+            frame = await self._run_frame(run_id)
+            if frame is not None:
+                await self.send(text_data=json.dumps(frame))
+
+    async def run_changed(self, message):
+        if message.get("workflow_slug") != self.slug:
+            return
+        self.runs_dirty = True
+        if message.get("run") == self.watched:
+            self.run_dirty = True
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.ensure_future(self._send_later())
+
+    async def _send_later(self):
+        await asyncio.sleep(COALESCE_SECONDS)
+        if self.run_dirty and self.watched is not None:
+            self.run_dirty = False
+            frame = await self._run_frame(self.watched)
+            if frame is not None:
+                await self.send(text_data=json.dumps(frame))
+        if self.runs_dirty:
+            self.runs_dirty = False
+            await self.send(text_data=json.dumps(await self._runs_frame()))
+
+    @database_sync_to_async
+    def _runs_frame(self) -> dict:
+        runs = selectors.runs(workflow_slug=self.slug, limit=RECENT_RUNS)
+        return {"type": "runs", "runs": [
+            {"id": r.pk, "status": r.status, "origin": r.origin, "version": r.version.number,
+             "event": r.event_id, "created": r.created_at.isoformat()}
+            for r in runs
+        ]}
+
+    @database_sync_to_async
+    def _run_frame(self, run_id: int) -> dict | None:
+        run = (Run.objects.select_related("version", "workflow")
+               .filter(pk=run_id, workflow__slug=self.slug).first())
+        if run is None:
+            return None
+        return {
+            "type": "run",
+            "id": run.pk,
+            "status": run.status,
+            "error": run.error,
+            "origin": run.origin,
+            "version": run.version.number,
+            "steps": {
+                s.step_id: {"status": s.status, "attempt": s.attempt, "port": s.port,
+                            "error": s.error[:500]}
+                for s in selectors.latest_attempts(run)
+            },
+        }

@@ -1,0 +1,634 @@
+"""The dashboard's WebSockets: runs, one run, the overview, the live event flow, an event's
+lineage and the workers page.
+
+How a socket works
+- Connect: a session user with the viewer role (else closed 4401/4403), whose permission on
+  the subscription is checked (a workflow restricted to a team: 4403). The page then gets a
+  snapshot of what it shows now, and on every reconnect again; the event flow resumes from
+  the last event id the page saw (`after=`), so nothing is missed across a network drop.
+- Hints: services send small hints after commit (workflows/notify.py). Each web process
+  listens to the "runs" and "events" groups once (the Hub) and hands each hint to the
+  interested sockets by a function call; a socket marks itself dirty and renders at most
+  once per interval (coalescing). A render is shared by every socket of the process that
+  shows the same thing to the same visibility, and is only reused if it started after the
+  hint arrived, so a page never shows a state older than a hint it was given.
+- Flow control: a page that connects with `ack=1` acknowledges every frame with
+  {"ack": <frames received>}. While WINDOW frames are unacknowledged nothing more is sent;
+  changes meanwhile collapse into one render of the latest state, sent when the page
+  catches up. A slow browser gets fewer, fresher frames, never an unbounded queue.
+
+Frames are HTML fragments whose top-level elements carry ids (and hx-swap-oob); the page
+swaps each into the element with the same id (static/js/dashboard-live.js).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from django.db import connections
+from django.template.loader import render_to_string
+
+from workflows import dashboard_selectors as ds
+from workflows import notify
+from workflows.models import Event, Run, TriggerSubscription
+from workflows.roles import has_role
+
+from . import metrics
+
+log = logging.getLogger("signalbox.live")
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+COALESCE_SECONDS = 0.2
+WINDOW = 2  # unacknowledged frames allowed in ack mode
+HUB_GROUPS = (notify.RUNS_GROUP, notify.EVENTS_GROUP)
+HUB_REJOIN_SECONDS = 3600  # channel layer groups expire after a day; rejoin well before
+RENDER_KEEP_SECONDS = 30.0
+
+
+# --- one subscription per process ------------------------------------------------------------
+class Hub:
+    """Receives the dashboard groups once per process (per event loop) and fans hints out
+    to this process's sockets; also holds the shared renders."""
+
+    def __init__(self) -> None:
+        self.listeners: set[PushConsumer] = set()
+        self.channel: str | None = None
+        self.task: asyncio.Task | None = None
+        self.renders: dict[Any, tuple[float, asyncio.Future]] = {}
+        self.received = 0
+        self._joining: asyncio.Lock | None = None
+
+    async def join(self, consumer: PushConsumer) -> None:
+        """Subscribe `consumer`; returns once the process is in the groups, so a snapshot
+        read after this misses no change."""
+        self._joining = self._joining or asyncio.Lock()
+        async with self._joining:
+            self.listeners.add(consumer)
+            if self.task is None or self.task.done():
+                layer = get_channel_layer()
+                self.channel = await layer.new_channel(prefix="dashboard-hub")
+                for group in HUB_GROUPS:
+                    await layer.group_add(group, self.channel)
+                self.task = asyncio.ensure_future(self._listen(layer, self.channel))
+
+    async def leave(self, consumer: PushConsumer) -> None:
+        self.listeners.discard(consumer)
+        if self.listeners or self.task is None:
+            return
+        task, channel, self.task, self.channel = self.task, self.channel, None, None
+        task.cancel()
+        layer = get_channel_layer()
+        for group in HUB_GROUPS:
+            try:
+                await layer.group_discard(group, channel)
+            except Exception as exc:  # noqa: BLE001 - it expires by itself
+                log.debug("could not leave %s: %s", group, exc)
+        self.renders.clear()
+
+    async def _listen(self, layer, channel: str) -> None:
+        joined = time.monotonic()
+        while True:
+            try:
+                message = await layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis away: hints were lost
+                log.warning("dashboard hints interrupted: %s", exc)
+                await asyncio.sleep(1.0)
+                for consumer in list(self.listeners):
+                    consumer.resync()
+                continue
+            self.received += 1
+            for consumer in list(self.listeners):
+                try:
+                    consumer.hint(message)
+                except Exception:  # one broken socket must not starve the others
+                    log.exception("socket hint failed")
+            if time.monotonic() - joined > HUB_REJOIN_SECONDS:
+                joined = time.monotonic()
+                for group in HUB_GROUPS:
+                    await layer.group_add(group, channel)
+
+    async def shared(self, key: Any, fresh_after: float, compute: Callable[[], Any]) -> Any:
+        """compute() in the database thread, or the result of a computation of the same key
+        that started at or after `fresh_after`."""
+        entry = self.renders.get(key)
+        if entry is not None and entry[0] >= fresh_after:
+            return await asyncio.shield(entry[1])
+        started = time.monotonic()
+        future = asyncio.ensure_future(database_sync_to_async(compute)())
+        self.renders[key] = (started, future)
+        if len(self.renders) > 256:
+            cutoff = started - RENDER_KEEP_SECONDS
+            for stale in [k for k, (t, f) in self.renders.items() if t < cutoff and f.done()]:
+                del self.renders[stale]
+        return await asyncio.shield(future)
+
+
+_hubs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def hub() -> Hub:
+    loop = asyncio.get_running_loop()
+    found = _hubs.get(loop)
+    if found is None:
+        found = _hubs[loop] = Hub()
+    return found
+
+
+# --- the socket base -------------------------------------------------------------------------
+class PushConsumer(AsyncWebsocketConsumer):
+    hint_types: tuple[str, ...] = ("run.changed",)
+    interval = COALESCE_SECONDS
+    # Re-render this often even without hints (gauges that change without telling: queue
+    # depth, lag, workers); None: only on hints.
+    refresh_seconds: float | None = None
+
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.params = {
+            k: v[-1] for k, v in parse_qs(self.scope.get("query_string", b"").decode()).items()
+        }
+        self.ack_mode = self.params.get("ack") == "1"
+        self.sent = self.acked = 0
+        self.dirty = False
+        self.hint_at = time.monotonic()
+        self.last_frame: str | None = None
+        self._flusher: asyncio.Task | None = None
+        self._ticker: asyncio.Task | None = None
+        self._joined = False
+        refusal = await database_sync_to_async(self._authorize)(user)
+        if refusal:
+            await self.close(code=refusal)
+            return
+        await hub().join(self)
+        self._joined = True
+        await self.accept()
+        await self.push(snapshot=True)
+        if self.refresh_seconds:
+            self._ticker = asyncio.ensure_future(self._tick())
+
+    def _authorize(self, user) -> int | None:
+        if not has_role(user, "viewer"):
+            return CLOSE_FORBIDDEN
+        self.hidden = ds.hidden_workflow_ids(user)
+        self.hidden_names = ds.hidden_slugs(self.hidden)
+        return self.authorize(user)
+
+    def authorize(self, user) -> int | None:
+        """A close code when this user may not follow this subscription (database thread)."""
+        return None
+
+    async def disconnect(self, code):
+        for task in (getattr(self, "_flusher", None), getattr(self, "_ticker", None)):
+            if task:
+                task.cancel()
+        if getattr(self, "_joined", False):
+            await hub().leave(self)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        try:
+            message = json.loads(text_data or "{}")
+        except ValueError:
+            return
+        if not isinstance(message, dict):
+            return
+        if "ack" in message and isinstance(message["ack"], int):
+            self.acked = max(self.acked, min(message["ack"], self.sent))
+            if self.dirty:
+                self.schedule(0)
+        await self.command(message)
+
+    async def command(self, message: dict) -> None:
+        """Page -> server messages beyond acknowledgements (pause, resume…)."""
+
+    # hints
+    def hint(self, message: dict) -> None:
+        if message.get("type", "").replace("_", ".") not in self.hint_types:
+            return
+        if not self.concerns(message):
+            return
+        self.hint_at = time.monotonic()
+        self.dirty = True
+        self.schedule()
+
+    def resync(self) -> None:
+        self.hint_at = time.monotonic()
+        self.dirty = True
+        self.schedule()
+
+    def concerns(self, message: dict) -> bool:
+        return True
+
+    def window_full(self) -> bool:
+        return self.ack_mode and self.sent - self.acked >= WINDOW
+
+    def schedule(self, delay: float | None = None) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(
+                self._flush(self.interval if delay is None else delay)
+            )
+
+    async def _flush(self, delay: float) -> None:
+        while True:
+            await asyncio.sleep(delay)
+            # No await between these checks and giving up the task: a hint or an ack that
+            # comes later sees no flusher and starts one.
+            if not self.dirty or self.window_full():
+                self._flusher = None
+                return
+            self.dirty = False
+            try:
+                await self.push()
+            except Exception:  # keep the socket; the next hint retries
+                log.exception("render failed")
+            delay = self.interval
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            self.resync()
+
+    async def push(self, *, snapshot: bool = False) -> None:
+        frame = await self.render(snapshot=snapshot, fresh_after=self.hint_at)
+        if frame is None or (frame == self.last_frame and not snapshot):
+            return
+        self.last_frame = frame
+        self.sent += 1
+        await self.send(text_data=frame)
+
+    async def render(self, *, snapshot: bool, fresh_after: float) -> str | None:
+        raise NotImplementedError
+
+
+# --- runs ---------------------------------------------------------------------------------------
+class RunListConsumer(PushConsumer):
+    """/ws/runs/?workflow=&status=&after=&before=&correlation_id=&q=&before_id="""
+
+    def authorize(self, user):
+        self.query, _errors = ds.parse_run_query(self.params)
+        if self.query.workflow and self.query.workflow in self.hidden_names:
+            return CLOSE_FORBIDDEN
+        return None
+
+    def concerns(self, message):
+        slug = message.get("workflow_slug")
+        if slug in self.hidden_names:
+            return False
+        return not self.query.workflow or slug == self.query.workflow
+
+    async def render(self, *, snapshot, fresh_after):
+        query, hidden = self.query, self.hidden
+        return await hub().shared(
+            ("runs", query.cache_key(), hidden), fresh_after, lambda: render_run_rows(query, hidden)
+        )
+
+
+def render_run_rows(query: ds.RunQuery, hidden: frozenset[int]) -> str:
+    page = ds.run_page(query, hidden=hidden)
+    context = {"runs": page.runs, "page": page, "query": query, "oob": True}
+    return render_to_string("dashboard/_run_rows.html", context) + render_to_string(
+        "dashboard/_run_pager.html", context
+    )
+
+
+class RunDetailConsumer(PushConsumer):
+    """/ws/runs/<id>/: the run, its steps, graph, timeline, journal and links."""
+
+    def authorize(self, user):
+        self.run_id = int(self.scope["url_route"]["kwargs"]["run_id"])
+        self.related: frozenset[int] = frozenset({self.run_id})
+        run = Run.objects.select_related("workflow").filter(pk=self.run_id).first()
+        if run is not None and run.workflow_id in self.hidden:
+            return CLOSE_FORBIDDEN
+        return None
+
+    def concerns(self, message):
+        return message.get("run") in self.related
+
+    async def render(self, *, snapshot, fresh_after):
+        run_id = self.run_id
+        frame, related = await hub().shared(
+            ("run", run_id), fresh_after, lambda: render_run_detail(run_id)
+        )
+        # Child and replay runs change this page too.
+        self.related = related
+        return frame
+
+
+def render_run_detail(run_id: int) -> tuple[str, frozenset[int]]:
+    view = ds.run_view(run_id)
+    if view is None:
+        return (
+            '<section id="run-detail" hx-swap-oob="outerHTML" data-status="gone">'
+            "This run no longer exists.</section>",
+            frozenset({run_id}),
+        )
+    related = {run_id, *(r.pk for r in view.children), *(r.pk for r in view.replays)}
+    if view.parent:
+        related.add(view.parent.pk)
+    return render_to_string(
+        "dashboard/_run_detail.html", run_detail_context(view, oob=True)
+    ), frozenset(related)
+
+
+def run_detail_context(view: ds.RunView, *, oob: bool = False) -> dict[str, Any]:
+    return {"run": view.run, "steps": view.steps, "view": view, "oob": oob}
+
+
+# --- overview ---------------------------------------------------------------------------------
+class OverviewConsumer(PushConsumer):
+    """/ws/overview/?window=15m: figures and chart data, on hints (at most once a second)
+    and every few seconds for the gauges that change without hints."""
+
+    hint_types = ("run.changed", "event.ingested")
+    interval = 1.0
+    refresh_seconds = 5.0
+
+    def authorize(self, user):
+        self.window = (
+            self.params.get("window")
+            if self.params.get("window") in metrics.WINDOWS
+            else metrics.DEFAULT_WINDOW
+        )
+        self.can_switch_demo = has_role(user, "operator")
+        return None
+
+    async def render(self, *, snapshot, fresh_after):
+        window, hidden, operator = self.window, self.hidden, self.can_switch_demo
+        return await hub().shared(
+            ("overview", window, hidden, operator),
+            fresh_after,
+            lambda: render_overview(window, hidden, operator),
+        )
+
+
+def render_overview(window: str, hidden: frozenset[int], operator: bool) -> str:
+    data = metrics.overview(window, hidden=hidden)
+    return render_to_string(
+        "dashboard/_overview_figures.html", overview_context(data, operator, oob=True)
+    )
+
+
+def overview_context(
+    data: metrics.Overview, operator: bool, *, oob: bool = False
+) -> dict[str, Any]:
+    return {
+        "data": data,
+        "figures": data.figures,
+        "chart_data": data.as_dict(),
+        "can_switch_demo": operator,
+        "windows": list(metrics.WINDOWS),
+        "oob": oob,
+    }
+
+
+# --- the live event flow -------------------------------------------------------------------------
+FLOW_INTERVAL = 0.25
+FLOW_CAP = 40  # rows per frame: at most FLOW_CAP / FLOW_INTERVAL rows per second reach a page
+FLOW_SNAPSHOT = 25
+FLOW_COUNT_LIMIT = 100_000
+FLOW_AWAIT_RUNS_SECONDS = 60.0
+FLOW_AWAIT_RUNS_MAX = 200
+
+
+class FlowConsumer(PushConsumer):
+    """/ws/flow/?type=&source=&q=&after=<event id>: new events, newest first, at most
+    FLOW_CAP per frame; more than that is folded (counted and said). `after` resumes from
+    the last event the page has."""
+
+    hint_types = ("event.ingested", "run.changed")
+    interval = FLOW_INTERVAL
+
+    def authorize(self, user):
+        self.filter_type = self.params.get("type", "").strip()
+        self.filter_source = self.params.get("source", "").strip()
+        self.filter_text = self.params.get("q", "").strip()
+        after = self.params.get("after", "")
+        self.last_id = int(after) if after.isdigit() else None
+        self.paused = False
+        self.folded_total = 0
+        self.pending_hints = 0
+        self.awaiting: dict[int, float] = {}  # event id -> until when we look for its runs
+        self.runs_dirty = False
+        return None
+
+    def concerns(self, message):
+        if message.get("type") == "run.changed":
+            if self.awaiting and not self.paused:
+                self.runs_dirty = True
+                return True
+            return False
+        if self.filter_type and message.get("event_type") != self.filter_type:
+            return False
+        if self.filter_source and message.get("source") != self.filter_source:
+            return False
+        self.pending_hints += 1
+        return not self.paused
+
+    async def command(self, message):
+        if "pause" in message:
+            self.paused = bool(message["pause"])
+            # Paused: say so (events keep being counted); resumed: catch up at once.
+            self.resync()
+
+    async def render(self, *, snapshot, fresh_after):
+        return await database_sync_to_async(self.render_sync)(snapshot)
+
+    def events(self):
+        qs = Event.objects.all()
+        if self.filter_type:
+            qs = qs.filter(type=self.filter_type)
+        if self.filter_source:
+            qs = qs.filter(source=self.filter_source)
+        if self.filter_text:
+            from django.db.models import Q, TextField
+            from django.db.models.functions import Cast
+
+            qs = qs.annotate(data_text=Cast("data", TextField())).filter(
+                Q(data_text__icontains=self.filter_text) | Q(subject__icontains=self.filter_text)
+            )
+        if self.hidden_names:
+            qs = qs.exclude(
+                type__startswith="signalbox.run.", subject__in=sorted(self.hidden_names)
+            )
+        return qs
+
+    def render_sync(self, snapshot: bool) -> str:
+        now = time.monotonic()
+        parts = []
+        if self.paused:
+            return flow_status_html(self, paused=True)
+        # A first visit replaces the rows; a reconnect (after=) adds what it missed.
+        replace = self.last_id is None
+        top = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        if self.last_id is None:  # a first visit: the latest few, nothing folded
+            rows = list(self.events().filter(id__lte=top).order_by("-id")[:FLOW_SNAPSHOT])
+            folded = 0
+        else:
+            window = self.events().filter(id__gt=self.last_id, id__lte=top)
+            rows = list(window.order_by("-id")[:FLOW_CAP])
+            folded = 0
+            if len(rows) == FLOW_CAP:
+                folded = max(0, window[:FLOW_COUNT_LIMIT].count() - FLOW_CAP)
+        self.folded_total += folded
+        self.pending_hints = 0
+        if top:
+            self.last_id = max(self.last_id or 0, top)
+        updates = ""
+        if self.runs_dirty or rows:
+            updates = self.flow_run_cells(now)
+            self.runs_dirty = False
+        if rows:
+            for event in rows:
+                if len(self.awaiting) < FLOW_AWAIT_RUNS_MAX:
+                    self.awaiting[event.pk] = now + FLOW_AWAIT_RUNS_SECONDS
+            parts.append(render_flow_rows(rows, folded=folded, replace=replace, hidden=self.hidden))
+        elif replace:
+            parts.append(render_flow_rows([], folded=0, replace=True, hidden=self.hidden))
+        parts.append(updates)
+        parts.append(flow_status_html(self, paused=False, folded=folded))
+        return "".join(parts)
+
+    def flow_run_cells(self, now: float) -> str:
+        """Refresh the "runs" cell of recent events whose runs may have started since."""
+        self.awaiting = {k: until for k, until in self.awaiting.items() if until > now}
+        if not self.awaiting:
+            return ""
+        started: dict[int, list[Run]] = {}
+        for run in (
+            Run.objects.select_related("workflow")
+            .filter(event_id__in=list(self.awaiting))
+            .exclude(workflow_id__in=sorted(self.hidden))
+            .order_by("id")
+        ):
+            started.setdefault(run.event_id, []).append(run)
+        return "".join(
+            render_to_string(
+                "dashboard/_flow_runs_cell.html", {"event_id": event_id, "runs": runs, "oob": True}
+            )
+            for event_id, runs in started.items()
+        )
+
+
+def render_flow_rows(
+    rows: list[Event], *, folded: int, replace: bool, hidden: frozenset[int]
+) -> str:
+    ids = [e.pk for e in rows]
+    started: dict[int, list[Run]] = {}
+    for run in (
+        Run.objects.select_related("workflow")
+        .filter(event_id__in=ids)
+        .exclude(workflow_id__in=sorted(hidden))
+    ):
+        started.setdefault(run.event_id, []).append(run)
+    types = {e.type for e in rows}
+    subscribed: dict[str, list[str]] = {}
+    for event_type, slug in (
+        TriggerSubscription.objects.filter(event_type__in=types)
+        .exclude(workflow_id__in=sorted(hidden))
+        .values_list("event_type", "workflow__slug")
+    ):
+        subscribed.setdefault(event_type, []).append(slug)
+    items = [
+        {"event": e, "runs": started.get(e.pk, []), "subscribed": subscribed.get(e.type, [])}
+        for e in rows
+    ]
+    return render_to_string(
+        "dashboard/_flow_rows.html",
+        {"items": items, "folded": folded, "replace": replace, "oob": True},
+    )
+
+
+def flow_status_html(consumer: FlowConsumer, *, paused: bool, folded: int = 0) -> str:
+    return render_to_string(
+        "dashboard/_flow_status.html",
+        {
+            "paused": paused,
+            "folded": folded,
+            "folded_total": consumer.folded_total,
+            "waiting": consumer.pending_hints,
+            "last_id": consumer.last_id or 0,
+            "oob": True,
+        },
+    )
+
+
+# --- lineage -----------------------------------------------------------------------------------
+class LineageConsumer(PushConsumer):
+    """/ws/lineage/<event id>/: the causation graph, redrawn when a run in it changes, a
+    new run starts, or an event of the same conversation arrives."""
+
+    hint_types = ("run.changed", "event.ingested")
+    interval = 0.5
+
+    def authorize(self, user):
+        self.event_id = int(self.scope["url_route"]["kwargs"]["event_id"])
+        event = Event.objects.filter(pk=self.event_id).only("correlation_id").first()
+        self.correlation = event.correlation_id if event else None
+        self.run_ids: frozenset[int] = frozenset()
+        self.max_run_id = 0
+        return None
+
+    def concerns(self, message):
+        if message.get("type") == "event.ingested":
+            return bool(self.correlation) and message.get("correlation") == self.correlation
+        run = message.get("run") or 0
+        return run in self.run_ids or run > self.max_run_id
+
+    async def render(self, *, snapshot, fresh_after):
+        event_id, hidden = self.event_id, self.hidden
+        frame, run_ids, max_run_id = await hub().shared(
+            ("lineage", event_id, hidden), fresh_after, lambda: render_lineage(event_id, hidden)
+        )
+        self.run_ids, self.max_run_id = run_ids, max_run_id
+        return frame
+
+
+def render_lineage(event_id: int, hidden: frozenset[int]) -> tuple[str, frozenset[int], int]:
+    graph = ds.lineage(event_id, hidden=hidden)
+    html = render_to_string(
+        "dashboard/lineage_graph.html", {"lineage": graph, "event_id": event_id, "oob": True}
+    )
+    if graph is None:
+        return html, frozenset(), 0
+    return html, graph.run_ids, graph.max_run_id
+
+
+# --- workers and queues ------------------------------------------------------------------------
+class SystemConsumer(PushConsumer):
+    """/ws/system/: workers, queues, bus partitions and circuit breakers, every few seconds
+    (none of them sends hints)."""
+
+    hint_types = ()
+    refresh_seconds = 3.0
+
+    async def render(self, *, snapshot, fresh_after):
+        from . import system_views
+
+        # Not the database thread: asking the workers blocks for up to a second.
+        return await sync_to_async(_render_system, thread_sensitive=False)(system_views)
+
+
+def _render_system(system_views) -> str:
+    try:
+        return render_to_string(
+            "dashboard/_system_panels.html", {**system_views.system_context(), "oob": True}
+        )
+    finally:
+        connections.close_all()  # this pool thread's own connection

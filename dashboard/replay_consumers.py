@@ -1,0 +1,63 @@
+"""Live progress of a bulk or shadow replay: the batch's counters as the task works through
+it, and the outcomes of the runs it started as they finish. Pushed, never polled.
+
+The batch's own hints come on its group (workflows/notify.py `replay_batch_changed`); run
+hints come through the process's hub (dashboard/live_consumers.py), filtered to the runs the
+batch started.
+"""
+
+from __future__ import annotations
+
+from channels.db import database_sync_to_async
+from django.template.loader import render_to_string
+
+from workflows import notify
+from workflows import replay_selectors as recovery
+
+from .live_consumers import PushConsumer
+
+
+class ReplayBatchConsumer(PushConsumer):
+    """/ws/replays/<batch id>/"""
+
+    hint_types = ("batch.changed", "run.changed")
+
+    def batch_id(self) -> int:
+        return int(self.scope["url_route"]["kwargs"]["batch_id"])
+
+    async def connect(self):
+        # Joined before the snapshot is read, so no change falls between the two.
+        self.runs: frozenset[int] = frozenset()
+        await self.channel_layer.group_add(notify.replay_batch_group(self.batch_id()),
+                                           self.channel_name)
+        await super().connect()
+
+    async def disconnect(self, code):
+        await self.channel_layer.group_discard(notify.replay_batch_group(self.batch_id()),
+                                               self.channel_name)
+        await super().disconnect(code)
+
+    async def batch_changed(self, message):
+        self.hint(message)
+
+    def concerns(self, message) -> bool:
+        if message.get("type") == "batch.changed":
+            return message.get("batch") == self.batch_id()
+        return message.get("run") in self.runs
+
+    async def render(self, *, snapshot, fresh_after):
+        frame, runs = await database_sync_to_async(render_batch_progress)(self.batch_id())
+        self.runs = runs
+        return frame
+
+
+def render_batch_progress(batch_id: int) -> tuple[str, frozenset[int]]:
+    from .replay_views import batch_context
+
+    batch = recovery.batch(batch_id)
+    if batch is None:
+        return ('<section id="batch-progress" data-status="gone">This batch no longer '
+                "exists.</section>", frozenset())
+    context = batch_context(batch)
+    runs = frozenset(item["replay"] for item in context["items"] if item.get("replay"))
+    return render_to_string("dashboard/replay_batch_progress.html", {**context, "oob": True}), runs

@@ -1,0 +1,407 @@
+"""Recovery pages: replay a run (with a preview), cancel, the dead-letter queue, bulk and
+shadow replays, re-drive of stored events, and the audit trail.
+
+Reading is for viewers; every action needs the operator role (403 otherwise) and is
+recorded in the audit trail by the services it calls.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
+
+from workflows import replay_selectors as recovery
+from workflows import selectors
+from workflows.event_selectors import _parse_time
+from workflows.models import Run, Workflow
+from workflows.roles import has_role
+from workflows.services import audit
+from workflows.services import dead_letters as dlq
+from workflows.services import replay as replays
+from workflows.services.definitions import definition_for
+from workflows.services.redrive import EventSelection, RedriveError, redrive_events
+from workflows.services.run_control import cancel_run
+from workflows.states import TERMINAL_RUN
+
+from .access import role_required
+
+
+def _can_operate(request) -> bool:
+    return has_role(request.user, "operator")
+
+
+def _require_operator(request) -> None:
+    if not _can_operate(request):
+        raise PermissionDenied("this needs the operator role")
+
+
+def _go(request, url: str):
+    """Redirect; an htmx request is told to navigate instead of swapping the page in."""
+    if request.htmx:
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = url
+        return response
+    return redirect(url)
+
+
+def _run_or_404(run_id: int) -> Run:
+    run = selectors.run_detail(run_id)
+    if run is None:
+        raise Http404("no such run")
+    return run
+
+
+# --- the recovery panel on the run page ----------------------------------------------------------
+@role_required("viewer")
+def run_panel(request, run_id: int):
+    """Actions, lineage, comparison and audit of one run. The run page loads it into its
+    live section, so it is fetched again (with the viewer's role) whenever the run moves."""
+    run = _run_or_404(run_id)
+    context = {
+        "run": run,
+        "can_operate": _can_operate(request),
+        "terminal": run.status in TERMINAL_RUN,
+        "comparison": replays.compare_runs(run) if run.replay_of_id else [],
+        "entries": recovery.audit_for_run(run),
+        "letters": list(run.deadletter_set.order_by("id")),
+    }
+    return render(request, "dashboard/replay_run_panel.html", context)
+
+
+# --- replaying one run ---------------------------------------------------------------------------
+def _replay_choices(request, run: Run) -> dict[str, Any]:
+    source = request.POST if request.method == "POST" else request.GET
+    default_from = replays.FROM_FAILED if run.status == "failed" else replays.FROM_START
+    return {
+        "from_step": source.get("from_step") or default_from,
+        "version": source.get("version") or replays.VERSION_ORIGINAL,
+        "renew": source.get("renew_idempotency_keys") in ("on", "true", "1"),
+        "input_text": (source.get("input") or "").strip(),
+        "reason": (source.get("reason") or "").strip(),
+    }
+
+
+def _edited_input(text: str):
+    if not text:
+        return replays.UNCHANGED
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise replays.ReplayError(f"the edited input is not JSON: {exc}", status=400) from exc
+
+
+@role_required("operator")
+@require_http_methods(["GET", "POST"])
+def run_replay(request, run_id: int):
+    run = _run_or_404(run_id)
+    choices = _replay_choices(request, run)
+    plan, error, status = None, None, 200
+    try:
+        edited = _edited_input(choices["input_text"])
+        if request.method == "POST":
+            new = replays.replay_run(
+                run_id=run.pk, actor=request.user.get_username(),
+                from_step=choices["from_step"], version=choices["version"], input=edited,
+                renew_idempotency_keys=choices["renew"], reason=choices["reason"],
+            )
+            messages.success(request, f"Run #{new.pk} replays run #{run.pk}.")
+            return _go(request, reverse("dashboard:run", args=[new.pk]))
+        plan = replays.plan_replay(run=run, from_step=choices["from_step"],
+                                   version=choices["version"], input=edited,
+                                   renew_idempotency_keys=choices["renew"])
+    except replays.ReplayError as exc:
+        error = str(exc)
+        if request.method == "POST":
+            status = exc.status
+    context = {
+        "run": run,
+        "plan": plan,
+        "error": error,
+        "choices": choices,
+        "step_ids": list(definition_for(run.version).steps),
+        "original_input": json.dumps(replays.original_input(run), indent=2),
+    }
+    if request.htmx and request.method == "GET":
+        return render(request, "dashboard/replay_preview.html", context)
+    return render(request, "dashboard/replay_run.html", context, status=status)
+
+
+@role_required("operator")
+@require_POST
+def run_cancel(request, run_id: int):
+    run = _run_or_404(run_id)
+    reason = (request.POST.get("reason") or "").strip()
+    if cancel_run(run_id=run.pk, reason=reason, by=request.user.get_username()):
+        messages.success(request, f"Run #{run.pk} cancelled.")
+    else:
+        messages.error(request, f"Run #{run.pk} had already finished ({run.status}).")
+    return _go(request, reverse("dashboard:run", args=[run.pk]))
+
+
+# --- the dead-letter queue -----------------------------------------------------------------------
+@role_required("viewer")
+@require_http_methods(["GET", "POST"])
+def dead_letter_list(request):
+    if request.method == "POST":  # re-drive the selected letters
+        _require_operator(request)
+        ids = [int(i) for i in request.POST.getlist("ids") if i.isdigit()]
+        if not ids:
+            messages.error(request, "Select the dead letters to re-drive.")
+        else:
+            results = dlq.redrive_many(letter_ids=ids, actor=request.user.get_username(),
+                                       reason=(request.POST.get("reason") or "").strip())
+            for result in results:
+                if result["ok"]:
+                    messages.success(request, f"Dead letter {result['id']}: "
+                                              f"{result['resolution']}")
+                else:
+                    messages.error(request, f"Dead letter {result['id']}: {result['error']}")
+        return redirect(reverse("dashboard:dead-letters") + "?" + request.GET.urlencode())
+    state = request.GET.get("state") if request.GET.get("state") in (
+        "open", "resolved", "all") else "open"
+    kind = request.GET.get("kind") if request.GET.get("kind") in ("step", "bus", "event") else ""
+    page, more = recovery.dead_letters(state=state, kind=kind, limit=recovery.PAGE_SIZE)
+    return render(request, "dashboard/dead_letters.html", {
+        "letters": page, "more": more, "state": state, "kind": kind,
+        "open_count": recovery.open_dead_letter_count(), "can_operate": _can_operate(request),
+    })
+
+
+def _letter_or_404(letter_id: int):
+    letter = recovery.dead_letter(letter_id)
+    if letter is None:
+        raise Http404("no such dead letter")
+    return letter
+
+
+@role_required("viewer")
+def dead_letter_detail(request, letter_id: int, *, payload_text: str | None = None,
+                       error: str | None = None, status: int = 200):
+    letter = _letter_or_404(letter_id)
+    return render(request, "dashboard/dead_letters_detail.html", {
+        "letter": letter,
+        "payload_text": payload_text if payload_text is not None
+        else json.dumps(letter.payload, indent=2),
+        "error": error,
+        "entries": recovery.audit_entries(target_type="dead_letter",
+                                          target_id=str(letter.pk))[0],
+        "can_operate": _can_operate(request),
+    }, status=status)
+
+
+@role_required("operator")
+@require_POST
+def dead_letter_edit(request, letter_id: int):
+    _letter_or_404(letter_id)
+    text = request.POST.get("payload") or ""
+    try:
+        payload = json.loads(text)
+        dlq.edit_payload(letter_id=letter_id, payload=payload,
+                         actor=request.user.get_username(),
+                         reason=(request.POST.get("reason") or "").strip())
+    except ValueError as exc:
+        return dead_letter_detail(request, letter_id, payload_text=text,
+                                  error=f"The payload is not JSON: {exc}", status=400)
+    except dlq.DeadLetterError as exc:
+        return dead_letter_detail(request, letter_id, payload_text=text, error=str(exc),
+                                  status=exc.status)
+    messages.success(request, "Payload saved; the original is kept beside it.")
+    return redirect("dashboard:dead-letter", letter_id=letter_id)
+
+
+@role_required("operator")
+@require_POST
+def dead_letter_redrive(request, letter_id: int):
+    _letter_or_404(letter_id)
+    try:
+        done = dlq.redrive(letter_id=letter_id, actor=request.user.get_username(),
+                           reason=(request.POST.get("reason") or "").strip())
+    except dlq.DeadLetterError as exc:
+        return dead_letter_detail(request, letter_id, error=str(exc), status=exc.status)
+    messages.success(request, f"Re-driven: {done.resolution}.")
+    if done.runs:
+        return redirect("dashboard:run", run_id=done.runs[0])
+    return redirect("dashboard:dead-letter", letter_id=letter_id)
+
+
+@role_required("operator")
+@require_POST
+def dead_letter_discard(request, letter_id: int):
+    _letter_or_404(letter_id)
+    try:
+        dlq.discard(letter_id=letter_id, actor=request.user.get_username(),
+                    reason=request.POST.get("reason") or "")
+    except dlq.DeadLetterError as exc:
+        return dead_letter_detail(request, letter_id, error=str(exc), status=exc.status)
+    messages.success(request, "Discarded; the decision is in the audit trail.")
+    return redirect("dashboard:dead-letter", letter_id=letter_id)
+
+
+# --- bulk and shadow replays ---------------------------------------------------------------------
+@role_required("viewer")
+@require_http_methods(["GET", "POST"])
+def replay_batches(request):
+    source = request.POST if request.method == "POST" else request.GET
+    errors: dict[str, str] = {}
+    try:
+        selection = recovery.parse_failed_run_filter(source)
+    except recovery.InvalidFilter as exc:
+        selection, errors = recovery.FailedRunFilter(), exc.errors
+    matching = [] if errors else list(recovery.failed_runs(selection)[: replays.MAX_BATCH + 1])
+    if request.method == "POST" and not errors:
+        _require_operator(request)
+        try:
+            per_second = float(source.get("per_second") or replays.DEFAULT_PER_SECOND)
+            batch = replays.start_bulk_replay(
+                actor=request.user.get_username(), run_ids=[r.pk for r in matching],
+                selection=selection.as_json(),
+                from_step=replays.FROM_FAILED,
+                version=source.get("replay_version") or replays.VERSION_ORIGINAL,
+                renew_idempotency_keys=source.get("renew_idempotency_keys") == "on",
+                per_second=per_second, reason=(source.get("reason") or "").strip(),
+            )
+        except ValueError:
+            errors["per_second"] = "must be a number"
+        except replays.ReplayError as exc:
+            errors["selection"] = str(exc)
+        else:
+            return redirect("dashboard:replay-batch", batch_id=batch.pk)
+    elif request.method == "POST":
+        _require_operator(request)
+    return render(request, "dashboard/replay_batches.html", {
+        "form": {name: source.get(name, "") for name in
+                 ("workflow", "version", "error", "after", "before", "per_second", "reason",
+                  "replay_version", "renew_idempotency_keys")},
+        "errors": errors,
+        "matching": matching[:50],
+        "matching_count": len(matching),
+        "batches": recovery.batches(limit=20),
+        "workflows": Workflow.objects.order_by("slug"),
+        "can_operate": _can_operate(request),
+    }, status=400 if errors and request.method == "POST" else 200)
+
+
+def batch_context(batch) -> dict[str, Any]:
+    runs = recovery.batch_runs(batch)
+    items = []
+    for item in batch.summary.get("items", []):
+        items.append({**item, "run_obj": runs.get(item.get("replay"))})
+    percent = int(100 * (batch.done + batch.failed) / batch.total) if batch.total else 100
+    return {
+        "batch": batch,
+        "items": items,
+        "percent": percent,
+        "outcomes": recovery.batch_outcomes(batch),
+        "shadow_steps": replays.shadow_summary(batch) if batch.kind == "shadow" else [],
+    }
+
+
+@role_required("viewer")
+def replay_batch(request, batch_id: int):
+    batch = recovery.batch(batch_id)
+    if batch is None:
+        raise Http404("no such batch")
+    return render(request, "dashboard/replay_batch.html",
+                  {**batch_context(batch), "can_operate": _can_operate(request)})
+
+
+@role_required("operator")
+@require_POST
+def replay_batch_cancel(request, batch_id: int):
+    if recovery.batch(batch_id) is None:
+        raise Http404("no such batch")
+    replays.cancel_batch(batch_id=batch_id, actor=request.user.get_username(),
+                         reason=(request.POST.get("reason") or "").strip())
+    return redirect("dashboard:replay-batch", batch_id=batch_id)
+
+
+@role_required("operator")
+@require_POST
+def shadow_start(request):
+    try:
+        last = int(request.POST.get("last") or 10)
+        batch = replays.start_shadow(workflow_slug=request.POST.get("workflow", ""), last=last,
+                                     actor=request.user.get_username(),
+                                     reason=(request.POST.get("reason") or "").strip())
+    except ValueError:
+        messages.error(request, "Last must be a number of events.")
+        return redirect("dashboard:replays")
+    except replays.ReplayError as exc:
+        messages.error(request, f"Cannot start the shadow replay: {exc}")
+        return redirect("dashboard:replays")
+    return redirect("dashboard:replay-batch", batch_id=batch.pk)
+
+
+# --- re-drive stored events ----------------------------------------------------------------------
+def _time_or_none(text: str, name: str, errors: dict[str, str]) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return _parse_time(text)
+    except ValueError:
+        errors[name] = "must be an ISO 8601 time"
+        return None
+
+
+@role_required("viewer")
+@require_http_methods(["GET", "POST"])
+def redrive_page(request):
+    source = request.POST if request.method == "POST" else request.GET
+    form = {name: (source.get(name) or "").strip() for name in
+            ("type", "source", "after", "before", "workflow", "version", "limit", "reason")}
+    errors: dict[str, str] = {}
+    plan = None
+    if form["type"] or form["workflow"] or request.method == "POST":
+        after = _time_or_none(form["after"], "after", errors)
+        before = _time_or_none(form["before"], "before", errors)
+        limit = 100
+        if form["limit"]:
+            if form["limit"].isdigit():
+                limit = int(form["limit"])
+            else:
+                errors["limit"] = "must be a whole number"
+        if not errors:
+            deliver = request.method == "POST"
+            if deliver:
+                _require_operator(request)
+            try:
+                plan = redrive_events(
+                    workflow_slug=form["workflow"],
+                    selection=EventSelection(type=form["type"], source=form["source"],
+                                             after=after, before=before, limit=limit),
+                    version=form["version"] or "latest", dry_run=not deliver,
+                    actor=request.user.get_username(), reason=form["reason"],
+                )
+            except RedriveError as exc:
+                errors["redrive"] = str(exc)
+            else:
+                if deliver:
+                    messages.success(request, f"{len(plan.starting)} run(s) of "
+                                              f"{plan.workflow.slug} started.")
+    return render(request, "dashboard/redrive.html", {
+        "form": form, "errors": errors, "plan": plan,
+        "workflows": Workflow.objects.order_by("slug"),
+        "can_operate": _can_operate(request),
+    }, status=400 if errors and request.method == "POST" else 200)
+
+
+# --- the audit trail -----------------------------------------------------------------------------
+@role_required("viewer")
+def audit_list(request):
+    filters = {name: (request.GET.get(name) or "").strip()
+               for name in ("action", "actor", "target_type", "target_id")}
+    before = request.GET.get("before_id") or ""
+    page, more = recovery.audit_entries(**filters, before_id=int(before)
+                                        if before.isdigit() else None)
+    return render(request, "dashboard/audit.html", {
+        "entries": page, "more": more, "filters": filters, "actions": audit.ACTIONS,
+        "older": page[-1].pk if more else None,
+    })

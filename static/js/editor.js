@@ -1,0 +1,1217 @@
+/*
+ * The visual workflow editor (templates/dashboard/editor.html).
+ *
+ * This file owns the definition being edited (`model`: the same JSON the API stores);
+ * Drawflow only draws it. Every edit changes the model, pushes an undo entry, redraws the
+ * canvas from the model and autosaves the draft (valid or not). The server answers each
+ * save with the problems of the draft, placed on the nodes they concern.
+ *
+ * Panels (a node's config form, versions, publish, try, import/export) are server-rendered
+ * htmx partials. Requests that need the definition get the model added as the `definition`
+ * parameter, so a panel always shows what is on the canvas. A form never writes the draft
+ * itself: the server reads it and answers with an `editor:apply` event carrying the new
+ * step, trigger or settings, which this file applies like any other edit.
+ *
+ * Triggers are drawn as nodes with one output, wired to every step without incoming edges
+ * (the steps a run starts with); those wires follow from the steps and cannot be edited.
+ * The format keeps no trigger positions, so trigger nodes are placed left of the steps.
+ *
+ * Runs show on the canvas through the editor's WebSocket (/ws/workflows/<slug>/editor/):
+ * JSON frames with the latest runs, and the statuses of the run being watched.
+ */
+(function () {
+  "use strict";
+
+  var root = document.getElementById("editor-root");
+  if (!root || typeof Drawflow === "undefined") return;
+
+  var cfg = JSON.parse(document.getElementById("editor-config").textContent);
+  var canEdit = !!cfg.canEdit;
+  var canvas = document.getElementById("editor-canvas");
+  var sidePanel = document.getElementById("side-panel");
+  var COLUMN = 290;
+  var MAX_HISTORY = 100;
+
+  var model = normalize(cfg.draft);
+  var nodeProblems = cfg.nodes || {};
+  var allProblems = cfg.problems || [];
+  var past = [];
+  var future = [];
+  var pendingBefore = null;
+  var pendingRender = false;
+  var revision = 0;
+  var savedRevision = 0;
+  var triggerPos = {};
+  var selection = null; // {type: "step" | "trigger", index}
+  var nodeMap = {}; // Drawflow node id -> {type, index}
+  var stepNode = {}; // step index -> Drawflow node id
+  var triggerNode = {}; // trigger index -> Drawflow node id
+  var rendering = false;
+  var runView = null; // the run shown on the canvas: {id, status, origin, steps}
+  var latestRuns = null;
+  var knownRuns = null;
+  var lastField = null;
+
+  // --- small helpers ----------------------------------------------------------------------
+  function isObj(v) {
+    return v !== null && typeof v === "object" && !Array.isArray(v);
+  }
+  function clone(v) {
+    return JSON.parse(JSON.stringify(v));
+  }
+  function esc(text) {
+    return String(text == null ? "" : text).replace(/[&<>"']/g, function (c) {
+      return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c];
+    });
+  }
+  function num(v, fallback) {
+    return typeof v === "number" && isFinite(v) ? v : fallback;
+  }
+  function unique(list) {
+    return list.filter(function (v, i) { return list.indexOf(v) === i; });
+  }
+  function normalize(raw) {
+    var out = isObj(raw) ? clone(raw) : {};
+    if (typeof out.name !== "string") out.name = cfg.slug;
+    if (!Array.isArray(out.triggers)) out.triggers = [];
+    if (!Array.isArray(out.steps)) out.steps = [];
+    return out;
+  }
+  function stepAt(index) {
+    var s = model.steps[index];
+    return isObj(s) ? s : null;
+  }
+  function notice(text, kind) {
+    var el = document.getElementById("editor-notice");
+    if (!el) {
+      el = document.createElement("div");
+      el.id = "editor-notice";
+      el.setAttribute("role", "status");
+      root.querySelector(".canvas-wrap").appendChild(el);
+    }
+    el.className = "editor-notice " + (kind || "");
+    el.textContent = text;
+    el.hidden = false;
+    clearTimeout(notice.timer);
+    notice.timer = setTimeout(function () { el.hidden = true; }, 6000);
+  }
+
+  // --- the graph ----------------------------------------------------------------------------
+  function portsOf(index) {
+    var step = stepAt(index);
+    if (!step) return ["success", "failure"];
+    if (step.kind === "switch") {
+      var cases = isObj(step.config) && Array.isArray(step.config.cases) ? step.config.cases : [];
+      var names = cases.map(function (c) { return isObj(c) ? c.name : null; })
+        .filter(function (n) { return typeof n === "string" && n; });
+      return unique(names.concat(["default", "failure"]));
+    }
+    var kind = cfg.kinds[step.kind];
+    return kind ? kind.ports.slice() : ["success", "failure"];
+  }
+
+  function allEdges() {
+    var out = [];
+    model.steps.forEach(function (s) {
+      if (!isObj(s) || !Array.isArray(s.after)) return;
+      s.after.forEach(function (a) { out.push({from: a, to: s.id, port: "success"}); });
+    });
+    (Array.isArray(model.edges) ? model.edges : []).forEach(function (e, k) {
+      if (isObj(e)) out.push({from: e.from, to: e.to, port: e.port || "success", index: k});
+    });
+    return out;
+  }
+
+  function indexById() {
+    var map = {};
+    model.steps.forEach(function (s, i) {
+      if (isObj(s) && typeof s.id === "string" && !(s.id in map)) map[s.id] = i;
+    });
+    return map;
+  }
+
+  function predecessors() {
+    var ids = indexById();
+    var preds = model.steps.map(function () { return []; });
+    allEdges().forEach(function (e) {
+      var a = ids[e.from];
+      var b = ids[e.to];
+      if (a !== undefined && b !== undefined && a !== b && preds[b].indexOf(a) < 0) preds[b].push(a);
+    });
+    return preds;
+  }
+
+  function rootIndexes() {
+    return predecessors().map(function (p, i) { return p.length ? -1 : i; })
+      .filter(function (i) { return i >= 0 && stepAt(i); });
+  }
+
+  function nodeHeight(index) {
+    return Math.max(96, 26 * portsOf(index).length + 30);
+  }
+
+  // Columns by longest path from a root, ordered inside a column by their predecessors.
+  function layout() {
+    var preds = predecessors();
+    var layer = model.steps.map(function () { return -1; });
+    function depth(i, visiting) {
+      if (layer[i] >= 0) return layer[i];
+      if (visiting[i]) return 0; // a cycle: the server reports it, the layout just stops
+      visiting[i] = true;
+      var d = 0;
+      preds[i].forEach(function (p) { d = Math.max(d, depth(p, visiting) + 1); });
+      visiting[i] = false;
+      layer[i] = d;
+      return d;
+    }
+    model.steps.forEach(function (_s, i) { depth(i, {}); });
+    var columns = {};
+    layer.forEach(function (l, i) { (columns[l] = columns[l] || []).push(i); });
+    var pos = {};
+    Object.keys(columns).map(Number).sort(function (a, b) { return a - b; }).forEach(function (l) {
+      var column = columns[l];
+      column.sort(function (a, b) {
+        return centre(a) - centre(b) || a - b;
+      });
+      var y = 40;
+      column.forEach(function (i) {
+        pos[i] = {x: 80 + COLUMN * (l + 1), y: y};
+        y += nodeHeight(i) + 50;
+      });
+    });
+    function centre(i) {
+      if (!preds[i].length) return i * 1000;
+      var sum = 0;
+      preds[i].forEach(function (p) { sum += pos[p] ? pos[p].y : 0; });
+      return sum / preds[i].length;
+    }
+    return pos;
+  }
+
+  function triggerPosition(index, stepPositions) {
+    if (triggerPos[index]) return triggerPos[index];
+    var roots = rootIndexes();
+    var xs = roots.map(function (i) { return stepPositions[i].x; });
+    var x = (xs.length ? Math.min.apply(null, xs) : 80 + COLUMN) - COLUMN;
+    return {x: Math.max(x, -2000), y: 40 + index * 130};
+  }
+
+  // --- drawing ------------------------------------------------------------------------------
+  function summary(step) {
+    var c = isObj(step.config) ? step.config : {};
+    switch (step.kind) {
+      case "http_request": return (c.method || "POST") + " " + (c.url || "(no URL)");
+      case "log": case "fail": return c.message || "";
+      case "condition": case "filter": return c.expression || "(no expression)";
+      case "for_each": return "items: " + (c.items || "");
+      case "delay": return c.seconds != null ? c.seconds + " s" : (c.until || "");
+      case "wait_for_event": return c.event || "";
+      case "sub_workflow": return c.workflow || "";
+      case "emit_event": return c.type || "";
+      case "send_email": return c.subject || "";
+      case "python": return c.function || "";
+      case "switch": return (Array.isArray(c.cases) ? c.cases.length : 0) + " case(s)";
+      default: return "";
+    }
+  }
+
+  function icon(svg) {
+    return '<span class="sb-icon">' + (svg || "") + "</span>";
+  }
+
+  function stepHtml(step) {
+    var kind = cfg.kinds[step.kind];
+    var text = summary(step);
+    return '<div class="sb-head">' + icon(kind && kind.svg) +
+      '<span class="sb-title">' + esc(step.name || step.id || "(no id)") + "</span></div>" +
+      '<div class="sb-sub"><code>' + esc(step.id) + "</code> · " +
+      esc(kind ? kind.title : "unknown kind " + step.kind) + "</div>" +
+      (text ? '<div class="sb-summary">' + esc(text.length > 60 ? text.slice(0, 59) + "…" : text) + "</div>" : "") +
+      '<div class="sb-badges"><span class="sb-problems" hidden></span><span class="sb-status" hidden></span></div>';
+  }
+
+  function triggerKindOf(t) {
+    if (!isObj(t)) return "event";
+    return ["event", "webhook", "schedule", "manual"].filter(function (k) { return k in t; })[0] || "event";
+  }
+
+  function triggerHtml(t) {
+    var kind = triggerKindOf(t);
+    var info = cfg.triggerKinds[kind] || {};
+    var text = kind === "event" ? (t.event || "(no type)") + (t.filter ? " if " + t.filter : "")
+      : kind === "webhook" ? "/hooks/" + (t.webhook || "?")
+      : kind === "schedule" ? (t.schedule || "?") + " " + (t.timezone || "UTC")
+      : "by hand";
+    return '<div class="sb-head">' + icon(info.svg) + '<span class="sb-title">' + esc(info.title || kind) +
+      " trigger</span></div>" +
+      '<div class="sb-summary">' + esc(text.length > 60 ? text.slice(0, 59) + "…" : text) + "</div>" +
+      '<div class="sb-badges"><span class="sb-problems" hidden></span></div>';
+  }
+
+  function render() {
+    rendering = true;
+    pendingRender = false;
+    var data = {};
+    nodeMap = {};
+    stepNode = {};
+    triggerNode = {};
+    var next = 1;
+    var laid = null;
+    var positions = {};
+    model.steps.forEach(function (s, i) {
+      if (isObj(s) && isObj(s.position) && typeof s.position.x === "number") {
+        positions[i] = {x: num(s.position.x, 0), y: num(s.position.y, 0)};
+      } else {
+        laid = laid || layout();
+        positions[i] = laid[i] || {x: 80 + COLUMN, y: 40 + i * 140};
+      }
+    });
+    model.steps.forEach(function (s, i) {
+      var id = next++;
+      stepNode[i] = id;
+      nodeMap[id] = {type: "step", index: i};
+      var outputs = {};
+      portsOf(i).forEach(function (_p, k) { outputs["output_" + (k + 1)] = {connections: []}; });
+      data[id] = {
+        id: id, name: "step", data: {}, class: "sb-node sb-step kind-" + (isObj(s) ? String(s.kind).replace(/[^a-z0-9_-]/gi, "") : "x"),
+        html: isObj(s) ? stepHtml(s) : "(not a step)", typenode: false,
+        inputs: {input_1: {connections: []}}, outputs: outputs,
+        pos_x: positions[i].x, pos_y: positions[i].y,
+      };
+    });
+    var ids = indexById();
+    allEdges().forEach(function (e) {
+      var a = ids[e.from];
+      var b = ids[e.to];
+      if (a === undefined || b === undefined || a === b) return;
+      var k = portsOf(a).indexOf(e.port);
+      if (k < 0) return;
+      var out = "output_" + (k + 1);
+      var conns = data[stepNode[a]].outputs[out].connections;
+      if (conns.some(function (c) { return c.node === String(stepNode[b]); })) return;
+      conns.push({node: String(stepNode[b]), output: "input_1"});
+      data[stepNode[b]].inputs.input_1.connections.push({node: String(stepNode[a]), input: out});
+    });
+    var roots = rootIndexes();
+    model.triggers.forEach(function (t, i) {
+      var id = next++;
+      triggerNode[i] = id;
+      nodeMap[id] = {type: "trigger", index: i};
+      var pos = triggerPosition(i, positions);
+      data[id] = {
+        id: id, name: "trigger", data: {}, class: "sb-node sb-trigger trigger-" + triggerKindOf(t),
+        html: triggerHtml(t), typenode: false, inputs: {},
+        outputs: {output_1: {connections: roots.map(function (r) {
+          return {node: String(stepNode[r]), output: "input_1"};
+        })}},
+        pos_x: pos.x, pos_y: pos.y,
+      };
+      roots.forEach(function (r) {
+        data[stepNode[r]].inputs.input_1.connections.push({node: String(id), input: "output_1"});
+      });
+    });
+    df.import({drawflow: {Home: {data: data}}});
+    // Drawflow remembers the selected DOM node; after a redraw it must be the new one.
+    df.node_selected = null;
+    df.connection_selected = null;
+    decorate();
+    rendering = false;
+    var empty = document.getElementById("canvas-empty");
+    if (empty) empty.hidden = model.steps.length > 0 || model.triggers.length > 0;
+  }
+
+  // Drawflow fires its events in the middle of its own handlers: redraw once they are done.
+  function renderSoon() {
+    pendingRender = true;
+    Promise.resolve().then(function () {
+      if (pendingRender && pendingBefore === null) render();
+    });
+  }
+
+  function nodeEl(id) {
+    return document.getElementById("node-" + id);
+  }
+
+  function decorate() {
+    var stepProblems = (nodeProblems && nodeProblems.steps) || {};
+    var triggerProblems = (nodeProblems && nodeProblems.triggers) || {};
+    var edgeProblems = (nodeProblems && nodeProblems.edges) || {};
+    Object.keys(stepNode).forEach(function (i) {
+      var el = nodeEl(stepNode[i]);
+      var step = stepAt(Number(i));
+      if (!el) return;
+      el.dataset.step = step ? step.id : "";
+      el.dataset.index = i;
+      var ports = portsOf(Number(i));
+      el.querySelectorAll(".outputs .output").forEach(function (out, k) {
+        out.dataset.port = ports[k] || "";
+        out.title = "port " + (ports[k] || "") + ": drag to another step's input";
+        out.classList.toggle("port-failure", ports[k] === "failure");
+      });
+      var input = el.querySelector(".inputs .input");
+      if (input) input.title = "input";
+      markProblems(el, stepProblems[i]);
+      markRun(el, step);
+      el.classList.toggle("selected", !!selection && selection.type === "step" && selection.index === Number(i));
+      if (el.classList.contains("selected")) df.node_selected = el;
+    });
+    Object.keys(triggerNode).forEach(function (i) {
+      var el = nodeEl(triggerNode[i]);
+      if (!el) return;
+      el.dataset.trigger = i;
+      var out = el.querySelector(".outputs .output");
+      if (out) {
+        out.dataset.port = "start";
+        out.title = "starts every step without incoming edges";
+      }
+      markProblems(el, triggerProblems[i]);
+      el.dataset.runStatus = runView ? "fired" : "";
+      el.classList.toggle("selected", !!selection && selection.type === "trigger" && selection.index === Number(i));
+      if (el.classList.contains("selected")) df.node_selected = el;
+      canvas.querySelectorAll(".connection.node_out_node-" + triggerNode[i]).forEach(function (c) {
+        c.classList.add("sb-trigger-edge");
+      });
+    });
+    // Edges: problems, and the ports a shown run took.
+    var ids = indexById();
+    canvas.querySelectorAll(".connection").forEach(function (c) {
+      c.classList.remove("has-problem", "taken");
+    });
+    (Array.isArray(model.edges) ? model.edges : []).forEach(function (e, k) {
+      if (!edgeProblems[k] || !isObj(e)) return;
+      var c = connectionEl(ids[e.from], ids[e.to], e.port || "success");
+      if (c) c.classList.add("has-problem");
+    });
+    if (runView) {
+      model.steps.forEach(function (s, i) {
+        var st = isObj(s) && runView.steps[s.id];
+        if (!st || st.status !== "succeeded" || !st.port) return;
+        var k = portsOf(i).indexOf(st.port);
+        if (k < 0) return;
+        canvas.querySelectorAll(".connection.node_out_node-" + stepNode[i] + ".output_" + (k + 1))
+          .forEach(function (c) { c.classList.add("taken"); });
+      });
+    }
+    updateProblemsSummary();
+  }
+
+  function connectionEl(a, b, port) {
+    if (a === undefined || b === undefined) return null;
+    var k = portsOf(a).indexOf(port);
+    if (k < 0) return null;
+    return canvas.querySelector(".connection.node_out_node-" + stepNode[a] + ".node_in_node-" +
+      stepNode[b] + ".output_" + (k + 1));
+  }
+
+  function markProblems(el, messages) {
+    var badge = el.querySelector(".sb-problems");
+    var has = !!(messages && messages.length);
+    el.classList.toggle("has-problems", has);
+    el.dataset.problems = has ? messages.length : 0;
+    if (badge) {
+      badge.hidden = !has;
+      badge.textContent = has ? "⚠ " + messages.length : "";
+      badge.title = has ? messages.join("\n") : "";
+    }
+  }
+
+  function markRun(el, step) {
+    var badge = el.querySelector(".sb-status");
+    if (!runView || !step) {
+      el.dataset.runStatus = "";
+      if (badge) badge.hidden = true;
+      return;
+    }
+    var st = runView.steps[step.id];
+    var finished = ["succeeded", "failed", "cancelled"].indexOf(runView.status) >= 0;
+    var status = st ? st.status : (finished ? "not-run" : "pending");
+    el.dataset.runStatus = status;
+    if (badge) {
+      badge.hidden = false;
+      badge.textContent = status + (st && st.attempt > 1 ? " #" + st.attempt : "");
+      badge.title = st && st.error ? st.error : "";
+    }
+  }
+
+  // --- editing ------------------------------------------------------------------------------
+  // Every edit goes through change(): edits made while one user action is handled (Drawflow
+  // removing a node fires one event per wire, then one for the node) become one undo entry.
+  function change(mutate, opts) {
+    if (!canEdit) return false;
+    var before = JSON.stringify(model);
+    mutate();
+    if (JSON.stringify(model) === before) return false;
+    revision++;
+    if (!opts || opts.render !== false) pendingRender = true;
+    if (pendingBefore === null) {
+      pendingBefore = before;
+      Promise.resolve().then(commit);
+    }
+    return true;
+  }
+
+  function commit() {
+    if (pendingBefore === null) return;
+    past.push(pendingBefore);
+    if (past.length > MAX_HISTORY) past.shift();
+    future = [];
+    pendingBefore = null;
+    if (pendingRender) render();
+    updateHistoryButtons();
+    scheduleSave();
+  }
+
+  function replaceModel(next) {
+    model = normalize(next);
+    revision++;
+    if (selection) {
+      var list = selection.type === "step" ? model.steps : model.triggers;
+      if (selection.index >= list.length) selection = null;
+    }
+    render();
+    updateHistoryButtons();
+    scheduleSave();
+    refreshPanel();
+  }
+
+  function undo() {
+    commit();
+    if (!past.length) return;
+    future.push(JSON.stringify(model));
+    replaceModel(JSON.parse(past.pop()));
+  }
+
+  function redo() {
+    commit();
+    if (!future.length) return;
+    past.push(JSON.stringify(model));
+    replaceModel(JSON.parse(future.pop()));
+  }
+
+  function updateHistoryButtons() {
+    var u = root.querySelector('[data-action="undo"]');
+    var r = root.querySelector('[data-action="redo"]');
+    if (u) u.disabled = !past.length && pendingBefore === null;
+    if (r) r.disabled = !future.length;
+  }
+
+  function uniqueId(base) {
+    base = String(base).toLowerCase().replace(/[^a-z0-9_-]/g, "_").replace(/^[^a-z]+/, "") || "step";
+    var taken = indexById();
+    if (!(base in taken)) return base;
+    for (var n = 2; ; n++) {
+      if (!((base + "_" + n) in taken)) return base + "_" + n;
+    }
+  }
+
+  function addStep(kind, point) {
+    var id = uniqueId(kind);
+    change(function () {
+      model.steps.push({id: id, kind: kind, config: {},
+        position: {x: Math.round(point.x), y: Math.round(point.y)}});
+    });
+    select({type: "step", index: model.steps.length - 1});
+  }
+
+  function addTrigger(kind, point) {
+    var template = cfg.triggerKinds[kind] && cfg.triggerKinds[kind].template;
+    if (!template) return;
+    change(function () {
+      model.triggers.push(clone(template));
+      triggerPos[model.triggers.length - 1] = {x: Math.round(point.x), y: Math.round(point.y)};
+    });
+    select({type: "trigger", index: model.triggers.length - 1});
+  }
+
+  function addEdge(from, to, port) {
+    var ids = indexById();
+    var target = stepAt(ids[to]);
+    if (!target) return;
+    var exists = allEdges().some(function (e) { return e.from === from && e.to === to && e.port === port; });
+    if (exists) return;
+    if (port === "success") {
+      target.after = (Array.isArray(target.after) ? target.after : []).concat([from]);
+    } else {
+      if (!Array.isArray(model.edges)) model.edges = [];
+      model.edges.push({from: from, to: to, port: port});
+    }
+  }
+
+  function removeEdge(from, to, port) {
+    var ids = indexById();
+    var target = stepAt(ids[to]);
+    if (target && port === "success" && Array.isArray(target.after)) {
+      target.after = target.after.filter(function (a) { return a !== from; });
+      if (!target.after.length) delete target.after;
+    }
+    if (Array.isArray(model.edges)) {
+      model.edges = model.edges.filter(function (e) {
+        return !(isObj(e) && e.from === from && e.to === to && (e.port || "success") === port);
+      });
+      if (!model.edges.length) delete model.edges;
+    }
+  }
+
+  function deleteStep(index) {
+    var step = stepAt(index);
+    model.steps.splice(index, 1);
+    if (step) {
+      model.steps.forEach(function (s) {
+        if (isObj(s) && Array.isArray(s.after)) {
+          s.after = s.after.filter(function (a) { return a !== step.id; });
+          if (!s.after.length) delete s.after;
+        }
+      });
+      if (Array.isArray(model.edges)) {
+        model.edges = model.edges.filter(function (e) {
+          return !(isObj(e) && (e.from === step.id || e.to === step.id));
+        });
+        if (!model.edges.length) delete model.edges;
+      }
+    }
+    shiftSelection("step", index);
+  }
+
+  function deleteTrigger(index) {
+    model.triggers.splice(index, 1);
+    var moved = {};
+    Object.keys(triggerPos).forEach(function (k) {
+      k = Number(k);
+      if (k < index) moved[k] = triggerPos[k];
+      else if (k > index) moved[k - 1] = triggerPos[k];
+    });
+    triggerPos = moved;
+    shiftSelection("trigger", index);
+  }
+
+  function shiftSelection(type, index) {
+    if (!selection || selection.type !== type) return;
+    if (selection.index === index) {
+      selection = null;
+      showHelp();
+    } else if (selection.index > index) {
+      selection.index -= 1;
+    }
+  }
+
+  function renameRefs(oldId, newId) {
+    model.steps.forEach(function (s) {
+      if (isObj(s) && Array.isArray(s.after)) {
+        s.after = s.after.map(function (a) { return a === oldId ? newId : a; });
+      }
+    });
+    (Array.isArray(model.edges) ? model.edges : []).forEach(function (e) {
+      if (!isObj(e)) return;
+      if (e.from === oldId) e.from = newId;
+      if (e.to === oldId) e.to = newId;
+    });
+  }
+
+  function autoLayout() {
+    var pos = layout();
+    triggerPos = {};
+    change(function () {
+      model.steps.forEach(function (s, i) {
+        if (isObj(s) && pos[i]) s.position = {x: pos[i].x, y: pos[i].y};
+      });
+    });
+  }
+
+  function deleteSelection() {
+    if (!canEdit) return;
+    if (df.connection_selected) {
+      df.removeConnection();
+    } else if (df.node_selected && document.contains(df.node_selected)) {
+      df.removeNodeId(df.node_selected.id);
+    } else {
+      notice("Select a node or an edge first.");
+    }
+  }
+
+  // --- Drawflow ---------------------------------------------------------------------------
+  var df = new Drawflow(canvas);
+  df.curvature = 0.4;
+  df.zoom_min = 0.3;
+  df.zoom_max = 1.6;
+  df.editor_mode = canEdit ? "edit" : "view";
+  df.start();
+
+  df.on("nodeMoved", function (id) {
+    var info = nodeMap[id];
+    var node = df.drawflow.drawflow.Home.data[id];
+    if (!info || !node) return;
+    if (info.type === "trigger") {
+      triggerPos[info.index] = {x: Math.round(node.pos_x), y: Math.round(node.pos_y)};
+      return;
+    }
+    change(function () {
+      var step = stepAt(info.index);
+      if (step) step.position = {x: Math.round(node.pos_x), y: Math.round(node.pos_y)};
+    }, {render: false});
+  });
+
+  df.on("connectionCreated", function (c) {
+    if (rendering) return;
+    var src = nodeMap[c.output_id];
+    var dst = nodeMap[c.input_id];
+    if (!src || !dst || dst.type !== "step") return renderSoon();
+    if (src.type === "trigger") {
+      notice("A trigger starts every step that has no incoming edge; this one starts after the steps wired into it.");
+      return renderSoon();
+    }
+    var port = portsOf(src.index)[parseInt(c.output_class.split("_")[1], 10) - 1];
+    var from = stepAt(src.index).id;
+    var to = stepAt(dst.index).id;
+    if (!change(function () { addEdge(from, to, port); })) renderSoon();
+  });
+
+  df.on("connectionRemoved", function (c) {
+    if (rendering) return;
+    var src = nodeMap[c.output_id];
+    var dst = nodeMap[c.input_id];
+    if (!src || !dst || dst.type !== "step") return;
+    if (src.type === "trigger") {
+      // Derived from the steps: it comes back unless its step now has incoming edges.
+      return renderSoon();
+    }
+    var port = portsOf(src.index)[parseInt(c.output_class.split("_")[1], 10) - 1];
+    var from = stepAt(src.index) && stepAt(src.index).id;
+    var to = stepAt(dst.index) && stepAt(dst.index).id;
+    change(function () { removeEdge(from, to, port); });
+  });
+
+  df.on("nodeRemoved", function (id) {
+    if (rendering) return;
+    var info = nodeMap[id];
+    if (!info) return;
+    delete nodeMap[id];
+    change(function () {
+      if (info.type === "step") deleteStep(info.index);
+      else deleteTrigger(info.index);
+    });
+  });
+
+  df.on("zoom", function (z) {
+    var label = document.getElementById("zoom-level");
+    if (label) label.textContent = Math.round(z * 100) + "%";
+  });
+
+  // A click (not a drag) on a node selects it and opens its panel.
+  var downAt = null;
+  canvas.addEventListener("mousedown", function (e) { downAt = {x: e.clientX, y: e.clientY}; }, true);
+  canvas.addEventListener("click", function (e) {
+    if (downAt && Math.abs(e.clientX - downAt.x) + Math.abs(e.clientY - downAt.y) > 4) return;
+    if (e.target.closest(".output, .input")) return;
+    var el = e.target.closest(".drawflow-node");
+    if (!el) return;
+    var info = nodeMap[el.id.slice(5)];
+    if (info) select({type: info.type, index: info.index});
+  });
+
+  function select(info) {
+    selection = info;
+    Promise.resolve().then(function () {
+      decorate();
+      openNode();
+    });
+  }
+
+  // --- panels -----------------------------------------------------------------------------
+  var definitionPaths = ["step", "stepApply", "trigger", "triggerApply", "settings",
+    "settingsApply", "publish", "try"].map(function (k) { return cfg.urls[k]; });
+
+  document.body.addEventListener("htmx:configRequest", function (e) {
+    var path = String(e.detail.path || "").split("?")[0];
+    if (e.detail.verb === "post" && definitionPaths.indexOf(path) >= 0) {
+      e.detail.parameters["definition"] = JSON.stringify(model);
+    }
+  });
+
+  // Publish, try, restore and import act on the stored draft: save what is pending first.
+  document.body.addEventListener("htmx:confirm", function (e) {
+    var elt = e.detail.elt;
+    if (!elt || !elt.closest || !elt.closest("[data-flush-first]") || saveIdle()) return;
+    e.preventDefault();
+    flushSave().then(function () { e.detail.issueRequest(false); });
+  });
+
+  function panelRequest(verb, url, values) {
+    return htmx.ajax(verb, url, {source: sidePanel, target: "#side-panel", swap: "innerHTML", values: values || {}});
+  }
+
+  function openNode() {
+    if (!selection) return showHelp();
+    if (selection.type === "step") {
+      var step = stepAt(selection.index);
+      if (runView && step) {
+        return panelRequest("GET", cfg.urls.runStep + runView.id + "/" + encodeURIComponent(step.id));
+      }
+      return panelRequest("POST", cfg.urls.step, {index: selection.index});
+    }
+    return panelRequest("POST", cfg.urls.trigger, {index: selection.index});
+  }
+
+  function openConfig() {
+    if (!selection) return showHelp();
+    return panelRequest("POST", selection.type === "step" ? cfg.urls.step : cfg.urls.trigger,
+      {index: selection.index});
+  }
+
+  function refreshPanel() {
+    var current = sidePanel.querySelector(".panel");
+    if (!current) return;
+    if (current.id === "node-panel") {
+      openNode();
+    } else if (current.id === "settings-panel") {
+      panelRequest("POST", cfg.urls.settings);
+    }
+  }
+
+  function showHelp() {
+    var panel = sidePanel.querySelector(".panel");
+    if (panel && panel.id === "help-panel") return;
+    sidePanel.innerHTML = helpHtml;
+  }
+  var helpHtml = sidePanel.innerHTML;
+
+  function openPanel(name) {
+    selection = null;
+    decorate();
+    var verb = name === "settings" ? "POST" : "GET";
+    return panelRequest(verb, cfg.urls[name]);
+  }
+
+  root.querySelectorAll("[data-panel]").forEach(function (button) {
+    button.addEventListener("click", function () { openPanel(button.dataset.panel); });
+  });
+
+  document.body.addEventListener("editor:apply", function (e) {
+    var d = e.detail || {};
+    if (d.target === "step") {
+      var current = stepAt(d.index);
+      if (!current || current.id !== d.id) return; // the canvas moved on meanwhile
+      change(function () {
+        var next = clone(d.step);
+        // Position and wiring belong to the canvas, which may have changed meanwhile.
+        if (current.position) next.position = current.position; else delete next.position;
+        if (current.after) next.after = current.after; else delete next.after;
+        model.steps[d.index] = next;
+        if (d.renamed) renameRefs(d.renamed[0], d.renamed[1]);
+      });
+    } else if (d.target === "trigger") {
+      if (d.index >= model.triggers.length) return;
+      change(function () { model.triggers[d.index] = clone(d.trigger); });
+    } else if (d.target === "workflow") {
+      change(function () {
+        Object.keys(d.settings || {}).forEach(function (key) {
+          var value = d.settings[key];
+          if (value === null || value === undefined) delete model[key];
+          else model[key] = value;
+        });
+      }, {render: false});
+      var title = document.getElementById("editor-title");
+      if (title && model.name) title.textContent = model.name;
+    }
+  });
+
+  document.body.addEventListener("editor:reload", function (e) {
+    var d = e.detail || {};
+    commit();
+    past.push(JSON.stringify(model));
+    future = [];
+    selection = null;
+    model = normalize(d.definition);
+    revision++;
+    if (d.nodes) nodeProblems = d.nodes;
+    if (d.problems) allProblems = d.problems;
+    render();
+    updateHistoryButtons();
+    scheduleSave();
+    var title = document.getElementById("editor-title");
+    if (title && model.name) title.textContent = model.name;
+    if (d.message) notice(d.message, "ok");
+  });
+
+  document.body.addEventListener("editor:published", function (e) {
+    var label = document.getElementById("editor-version");
+    if (label) label.textContent = "live: v" + e.detail.version;
+    notice("Published v" + e.detail.version + ".", "ok");
+  });
+
+  document.body.addEventListener("editor:show-run", function (e) {
+    showRun(e.detail.run, e.detail.origin);
+  });
+
+  sidePanel.addEventListener("focusin", function (e) {
+    if (e.target.matches("input[type=text], textarea")) lastField = e.target;
+  });
+
+  sidePanel.addEventListener("click", function (e) {
+    var variable = e.target.closest(".var");
+    if (variable) return insertVariable(variable.dataset.insert);
+    var pick = e.target.closest(".run-pick");
+    if (pick) return showRun(Number(pick.dataset.run));
+    if (e.target.closest('[data-action="edit-node"]')) return openConfig();
+    var problem = e.target.closest("[data-problem-node]");
+    if (problem) return selectFromProblem(problem.dataset.problemNode);
+  });
+
+  sidePanel.addEventListener("change", function (e) {
+    if (e.target.id === "follow-runs") follow = e.target.checked;
+  });
+
+  function insertVariable(path) {
+    var field = lastField && document.contains(lastField) ? lastField : sidePanel.querySelector("#node-form textarea, #node-form input[type=text]");
+    if (!field || field.disabled) return notice("Click into a field first, then on a variable.");
+    var expression = !!field.closest(".field-expression");
+    var text = expression ? path : "{{ " + path + " }}";
+    var start = field.selectionStart == null ? field.value.length : field.selectionStart;
+    var end = field.selectionEnd == null ? start : field.selectionEnd;
+    field.value = field.value.slice(0, start) + text + field.value.slice(end);
+    field.focus();
+    field.setSelectionRange(start + text.length, start + text.length);
+    field.dispatchEvent(new Event("input", {bubbles: true}));
+  }
+
+  // --- problems ---------------------------------------------------------------------------
+  var problemsToggle = document.getElementById("problems-toggle");
+  var problemsList = document.getElementById("problems-list");
+
+  function updateProblemsSummary() {
+    var n = allProblems.length;
+    problemsToggle.dataset.count = n;
+    problemsToggle.textContent = n ? n + (n === 1 ? " problem" : " problems") : "No problems";
+    problemsList.innerHTML = n ? "<h3>The draft cannot be published yet</h3><ul>" + allProblems.map(function (p) {
+      var m = /^\/(steps|triggers)\/(\d+)/.exec(p.path);
+      var label = p.path;
+      if (m && m[1] === "steps" && stepAt(Number(m[2]))) label = "step " + stepAt(Number(m[2])).id + p.path.slice(m[0].length);
+      if (m && m[1] === "triggers") label = "trigger " + (Number(m[2]) + 1) + p.path.slice(m[0].length);
+      return "<li>" + (m ? '<button type="button" class="link" data-problem-node="' + m[1] + ":" + m[2] + '">' + esc(label) + "</button>" : "<code>" + esc(label) + "</code>") +
+        " " + esc(p.message) + "</li>";
+    }).join("") + "</ul>" : "<p>No problems: the draft can be published.</p>";
+  }
+
+  problemsToggle.addEventListener("click", function () {
+    problemsList.hidden = !problemsList.hidden;
+    problemsToggle.setAttribute("aria-expanded", String(!problemsList.hidden));
+  });
+  problemsList.addEventListener("click", function (e) {
+    var b = e.target.closest("[data-problem-node]");
+    if (b) selectFromProblem(b.dataset.problemNode);
+  });
+
+  function selectFromProblem(ref) {
+    var parts = ref.split(":");
+    select({type: parts[0] === "steps" ? "step" : "trigger", index: Number(parts[1])});
+  }
+
+  // --- autosave ---------------------------------------------------------------------------
+  var saveTimer = null;
+  var saving = null;
+  var lastSaveFailed = false;
+  var status = document.getElementById("save-status");
+
+  function setStatus(state, text) {
+    if (!status) return;
+    status.dataset.state = state;
+    status.textContent = text;
+  }
+
+  function saveIdle() {
+    return !canEdit || (!saveTimer && !saving && savedRevision === revision);
+  }
+
+  function scheduleSave() {
+    if (!canEdit) return;
+    setStatus("dirty", "Unsaved changes…");
+    clearTimeout(saveTimer);
+    saveTimer = setTimeout(saveNow, 500);
+  }
+
+  function saveNow() {
+    clearTimeout(saveTimer);
+    saveTimer = null;
+    if (saving) return saving;
+    var rev = revision;
+    setStatus("saving", "Saving…");
+    saving = fetch(cfg.urls.save, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "X-CSRFToken": cfg.csrf},
+      body: JSON.stringify({definition: model, revision: rev}),
+    }).then(function (response) {
+      return response.json().then(function (body) {
+        if (!response.ok) throw new Error(body.error || "HTTP " + response.status);
+        return body;
+      });
+    }).then(function (body) {
+      lastSaveFailed = false;
+      savedRevision = rev;
+      if (rev === revision) {
+        nodeProblems = body.nodes;
+        allProblems = body.problems;
+        decorate();
+        var time = new Date(body.savedAt).toLocaleTimeString();
+        setStatus("saved", "Draft saved " + time + (allProblems.length ? " · not publishable yet" : ""));
+      }
+    }).catch(function (err) {
+      lastSaveFailed = true;
+      setStatus("error", "Not saved: " + err.message + " (trying again)");
+      saveTimer = setTimeout(saveNow, 3000);
+    }).then(function () {
+      saving = null;
+      if (!lastSaveFailed && savedRevision !== revision && !saveTimer) saveNow();
+    });
+    return saving;
+  }
+
+  function flushSave() {
+    if (saveIdle()) return Promise.resolve();
+    var pending = saving || saveNow();
+    return pending.then(function () {
+      return lastSaveFailed || saveIdle() ? null : flushSave();
+    });
+  }
+
+  window.addEventListener("beforeunload", function (e) {
+    if (!saveIdle()) {
+      saveNow();
+      e.preventDefault();
+      e.returnValue = "";
+    }
+  });
+
+  // --- the palette: drag a kind onto the canvas ------------------------------------------
+  function canvasPoint(clientX, clientY) {
+    var rect = df.precanvas.getBoundingClientRect();
+    return {x: (clientX - rect.left) / df.zoom, y: (clientY - rect.top) / df.zoom};
+  }
+
+  function addFromPalette(item, point) {
+    var spot = {x: point.x - 100, y: point.y - 30};
+    if (item.dataset.paletteKind) addStep(item.dataset.paletteKind, spot);
+    else addTrigger(item.dataset.paletteTrigger, spot);
+  }
+
+  function centrePoint() {
+    var rect = canvas.getBoundingClientRect();
+    var p = canvasPoint(rect.left + rect.width / 2, rect.top + rect.height / 3);
+    return {x: p.x + (model.steps.length % 5) * 24, y: p.y + (model.steps.length % 5) * 24};
+  }
+
+  var dragging = null;
+  root.querySelectorAll(".palette-item").forEach(function (item) {
+    item.addEventListener("mousedown", function (e) {
+      if (e.button !== 0) return;
+      e.preventDefault();
+      var ghost = item.cloneNode(true);
+      ghost.classList.add("palette-ghost");
+      ghost.style.left = e.clientX + "px";
+      ghost.style.top = e.clientY + "px";
+      document.body.appendChild(ghost);
+      dragging = {item: item, ghost: ghost};
+      root.classList.add("dragging-kind");
+    });
+    item.addEventListener("keydown", function (e) {
+      if (e.key === "Enter" || e.key === " ") {
+        e.preventDefault();
+        addFromPalette(item, centrePoint());
+      }
+    });
+  });
+  document.addEventListener("mousemove", function (e) {
+    if (!dragging) return;
+    dragging.ghost.style.left = e.clientX + "px";
+    dragging.ghost.style.top = e.clientY + "px";
+  });
+  document.addEventListener("mouseup", function (e) {
+    if (!dragging) return;
+    var drag = dragging;
+    dragging = null;
+    drag.ghost.remove();
+    root.classList.remove("dragging-kind");
+    var rect = canvas.getBoundingClientRect();
+    if (e.clientX >= rect.left && e.clientX <= rect.right && e.clientY >= rect.top && e.clientY <= rect.bottom) {
+      addFromPalette(drag.item, canvasPoint(e.clientX, e.clientY));
+    }
+  });
+
+  var search = document.getElementById("palette-search");
+  if (search) {
+    search.addEventListener("input", function () {
+      var terms = search.value.toLowerCase().split(/\s+/).filter(Boolean);
+      var shown = 0;
+      root.querySelectorAll(".palette-group").forEach(function (group) {
+        var visible = 0;
+        group.querySelectorAll(".palette-item").forEach(function (item) {
+          var hit = terms.every(function (t) { return item.dataset.search.indexOf(t) >= 0; });
+          item.hidden = !hit;
+          if (hit) visible++;
+        });
+        group.hidden = !visible;
+        shown += visible;
+      });
+      root.querySelector(".palette-empty").hidden = shown > 0;
+    });
+  }
+
+  // --- the toolbar and the keyboard -------------------------------------------------------
+  var actions = {
+    "undo": undo,
+    "redo": redo,
+    "delete": deleteSelection,
+    "layout": autoLayout,
+    "zoom-in": function () { df.zoom_in(); },
+    "zoom-out": function () { df.zoom_out(); },
+    "zoom-reset": function () { df.zoom_reset(); },
+  };
+  root.querySelectorAll(".editor-toolbar [data-action]").forEach(function (button) {
+    button.addEventListener("click", function () { actions[button.dataset.action](); });
+  });
+
+  document.addEventListener("keydown", function (e) {
+    var t = e.target;
+    if (t && (t.matches("input, textarea, select") || t.isContentEditable)) return;
+    var key = e.key.toLowerCase();
+    if ((e.ctrlKey || e.metaKey) && key === "z") {
+      e.preventDefault();
+      return e.shiftKey ? redo() : undo();
+    }
+    if ((e.ctrlKey || e.metaKey) && key === "y") {
+      e.preventDefault();
+      return redo();
+    }
+    // Drawflow handles Delete itself while the canvas has the focus.
+    if (e.key === "Delete" && !canvas.contains(t)) deleteSelection();
+  });
+
+  document.querySelectorAll("[data-flush-first-link]").forEach(function (a) {
+    a.addEventListener("click", function (e) {
+      if (saveIdle()) return;
+      e.preventDefault();
+      flushSave().then(function () { window.location.href = a.href; });
+    });
+  });
+  document.body.addEventListener("htmx:afterSwap", function () {
+    sidePanel.querySelectorAll("[data-flush-first-link]").forEach(function (a) {
+      if (a.dataset.bound) return;
+      a.dataset.bound = "1";
+      a.addEventListener("click", function (e) {
+        if (saveIdle()) return;
+        e.preventDefault();
+        flushSave().then(function () { window.location.href = a.href; });
+      });
+    });
+    renderRunList();
+  });
+
+  // --- runs on the canvas -----------------------------------------------------------------
+  var socket = null;
+  var retries = 0;
+  var follow = true;
+  var live = document.getElementById("editor-live");
+  var banner = document.getElementById("run-banner");
+
+  function setLive(state, text) {
+    live.dataset.state = state;
+    live.textContent = text;
+  }
+
+  function connect() {
+    var scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    socket = new WebSocket(scheme + "//" + location.host + "/ws/workflows/" + encodeURIComponent(cfg.slug) + "/editor/");
+    setLive("connecting", "connecting…");
+    socket.onopen = function () {
+      retries = 0;
+      setLive("open", "live");
+      if (runView) socket.send(JSON.stringify({watch: runView.id}));
+    };
+    socket.onmessage = function (e) {
+      var frame = JSON.parse(e.data);
+      if (frame.type === "runs") onRuns(frame.runs);
+      else if (frame.type === "run") onRun(frame);
+    };
+    socket.onclose = function (e) {
+      if (e.code === 4401 || e.code === 4403) return setLive("closed", "not allowed");
+      setLive("closed", "reconnecting…");
+      setTimeout(connect, Math.min(10000, 500 * Math.pow(2, retries++)));
+    };
+  }
+
+  function onRuns(runs) {
+    latestRuns = runs;
+    var fresh = runs.filter(function (r) { return knownRuns && !knownRuns[r.id]; });
+    knownRuns = knownRuns || {};
+    runs.forEach(function (r) { knownRuns[r.id] = true; });
+    renderRunList();
+    var panelOpen = !!document.getElementById("runs-panel");
+    if (fresh.length && follow && panelOpen) showRun(fresh[0].id);
+  }
+
+  function renderRunList() {
+    var list = document.getElementById("editor-run-list");
+    if (!list || !latestRuns) return;
+    list.innerHTML = latestRuns.length ? latestRuns.map(function (r) {
+      return '<li><button type="button" class="run-pick' + (runView && runView.id === r.id ? " current" : "") +
+        '" data-run="' + r.id + '" data-status="' + esc(r.status) + '">#' + r.id +
+        ' <span class="status status-' + esc(r.status) + '">' + esc(r.status) + "</span>" +
+        ' <span class="muted small">' + (r.origin === "try" ? "try" : "v" + esc(r.version)) + "</span></button></li>";
+    }).join("") : '<li class="muted small empty">No runs yet. Send an event of a trigger\'s type, or use <em>Try it</em>.</li>';
+    var box = document.getElementById("follow-runs");
+    if (box) box.checked = follow;
+  }
+
+  function showRun(id) {
+    runView = {id: id, status: "queued", origin: "", steps: {}};
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({watch: id}));
+    root.classList.add("showing-run");
+    updateBanner();
+    decorate();
+    renderRunList();
+  }
+
+  function onRun(frame) {
+    if (!runView || frame.id !== runView.id) return;
+    runView = frame;
+    updateBanner();
+    decorate();
+    var panel = document.getElementById("run-step-panel");
+    if (panel && Number(panel.dataset.run) === frame.id) {
+      var st = frame.steps[panel.dataset.step];
+      var shown = document.getElementById("run-step-status");
+      if (st && (!shown || shown.textContent.trim() !== st.status)) openNode();
+    }
+  }
+
+  function clearRun() {
+    runView = null;
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({watch: null}));
+    root.classList.remove("showing-run");
+    banner.hidden = true;
+    decorate();
+    renderRunList();
+  }
+
+  function updateBanner() {
+    banner.hidden = false;
+    banner.dataset.status = runView.status;
+    banner.innerHTML = "Showing run <a href=\"/runs/" + runView.id + "/\">#" + runView.id + "</a>" +
+      (runView.origin === "try" ? " (a try of the draft)" : runView.version ? " of v" + esc(runView.version) : "") +
+      ': <span class="status status-' + esc(runView.status) + '" id="run-banner-status">' + esc(runView.status) + "</span>" +
+      (runView.error ? ' <span class="error small">' + esc(runView.error) + "</span>" : "") +
+      ' <button type="button" id="run-banner-close">Back to editing</button>';
+    document.getElementById("run-banner-close").addEventListener("click", clearRun);
+  }
+
+  // --- start ------------------------------------------------------------------------------
+  render();
+  updateHistoryButtons();
+  if (canEdit) setStatus("saved", cfg.savedBy ? "Draft saved by " + cfg.savedBy : "Draft saved");
+  connect();
+  // For tests and the curious: the definition as the canvas holds it.
+  window.signalboxEditor = {
+    definition: function () { return clone(model); },
+    saved: function () { return saveIdle(); },
+    flush: flushSave,
+  };
+})();

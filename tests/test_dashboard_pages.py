@@ -1,0 +1,233 @@
+"""The live dashboard's pages as a signed-in browser gets them before any socket speaks:
+overview, runs with filters and pages, run detail (graph, timeline, attempts, journal,
+links, masking), the live flow, lineage and the workers page; and who may see what."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.utils import timezone
+
+from tests.factories import definition, log_step
+from tests.test_replay import drive, publish, trigger
+from workflows import demo_traffic
+from workflows.models import Event, Run, Workflow
+from workflows.roles import ensure_groups
+from workflows.services.events import match_event
+from workflows.services.secrets import MASK, set_secret
+
+
+def signed_in(client, role: str | None, *, groups: tuple[str, ...] = ()):
+    ensure_groups()
+    user = get_user_model().objects.create_user(f"{role or 'nobody'}-{len(groups)}", password="x")
+    for name in ((role,) if role else ()) + groups:
+        user.groups.add(Group.objects.get_or_create(name=name)[0])
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def viewer(client, db):
+    return signed_in(client, "viewer")
+
+
+@pytest.fixture
+def operator(client, db):
+    return signed_in(client, "operator")
+
+
+def emit_step(step_id: str, event_type: str, *, after: tuple[str, ...] = ()) -> dict:
+    step = {"id": step_id, "kind": "emit_event", "config": {"type": event_type, "data": {"n": 1}}}
+    if after:
+        step["after"] = list(after)
+    return step
+
+
+@pytest.fixture
+def chain(db) -> Run:
+    """An order run that emits a payment event, which starts a second workflow's run."""
+    publish("orders", definition(log_step("received"), emit_step("announce", "com.example.paid",
+                                                                 after=("received",))))
+    publish("payments", definition(log_step("book"), event="com.example.paid"))
+    run = drive(trigger("orders", {"order": 5}))
+    paid = Event.objects.get(type="com.example.paid")
+    for started in match_event(event_id=paid.pk):  # what the bus consumer does
+        drive(started)
+    return run
+
+
+# --- overview ---------------------------------------------------------------------------------
+def test_the_overview_shows_figures_charts_and_the_live_socket(viewer, chain):
+    response = viewer.get("/overview/")
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'data-live-socket="/ws/overview/?window=15m"' in html
+    assert 'id="overview-data"' in html and 'id="chart-events"' in html
+    assert "uPlot-1.6.32.iife.min.js" in html
+    assert re.search(r'id="figure-dead-letters"><span class="value" data-value="0"', html)
+    # A viewer sees the demo state but not the switch.
+    assert 'id="demo-switch"' not in html
+
+
+def test_only_an_operator_may_switch_demo_traffic(viewer, db):
+    refused = viewer.post("/overview/demo-traffic/", {"on": "1"})
+
+    assert refused.status_code == 403
+    assert not demo_traffic.state().on
+
+
+def test_an_operator_switches_demo_traffic_on_and_off_from_the_overview(operator):
+    page = operator.get("/overview/").content.decode()
+    assert 'id="demo-switch"' in page and "Turn demo traffic on" in page
+
+    on = operator.post("/overview/demo-traffic/", {"on": "1"}, follow=True)
+    try:
+        assert demo_traffic.state().on
+        assert demo_traffic.state().by.startswith("operator")
+        assert "Turn demo traffic off" in on.content.decode()
+    finally:
+        operator.post("/overview/demo-traffic/", {"on": "0"})
+    assert not demo_traffic.state().on
+
+
+# --- runs ----------------------------------------------------------------------------------------
+def run_ids(response) -> list[int]:
+    return [int(i) for i in re.findall(r'<tr id="run-(\d+)"', response.content.decode())]
+
+
+def test_the_runs_page_filters_by_workflow_status_correlation_and_event_text(viewer, chain):
+    paid = Run.objects.get(workflow__slug="payments")
+    other = trigger("orders", {"order": 99, "note": "gift wrap"})
+
+    assert run_ids(viewer.get("/runs/")) == [other.pk, paid.pk, chain.pk]
+    assert run_ids(viewer.get("/runs/", {"workflow": "payments"})) == [paid.pk]
+    assert run_ids(viewer.get("/runs/", {"status": "succeeded"})) == [paid.pk, chain.pk]
+    assert run_ids(viewer.get("/runs/", {"correlation_id": chain.correlation_id})) == [
+        paid.pk,
+        chain.pk,
+    ]
+    assert run_ids(viewer.get("/runs/", {"q": "gift"})) == [other.pk]
+    assert run_ids(viewer.get("/runs/", {"q": "nothing like it"})) == []
+
+
+def test_the_runs_page_filters_by_creation_time(viewer, chain):
+    later = trigger("orders", {"order": 2})
+    Run.objects.filter(pk=chain.pk).update(created_at=timezone.now() - timedelta(hours=2))
+    cut = (timezone.now() - timedelta(hours=1)).isoformat()
+
+    newer = run_ids(viewer.get("/runs/", {"after": cut}))
+    older = run_ids(viewer.get("/runs/", {"before": cut}))
+
+    assert later.pk in newer and chain.pk not in newer
+    assert older == [chain.pk]
+
+
+def test_the_runs_page_pages_by_keyset_and_says_what_filter_it_left_out(viewer, chain):
+    for n in range(4):
+        trigger("orders", {"order": n})
+    first = viewer.get("/runs/", {"limit": 2})
+    ids = run_ids(first)
+    assert len(ids) == 2
+    older = re.search(r'rel="next" href="/runs/\?([^"]+)"', first.content.decode())
+    assert older, "a next page link"
+
+    second = viewer.get("/runs/?" + older.group(1).replace("&amp;", "&"))
+
+    assert run_ids(second)[0] < ids[-1]
+    assert "before_id" in second.context["socket_url"]
+    bad = viewer.get("/runs/", {"status": "sideways"})
+    assert bad.status_code == 200
+    assert 'id="run-filter-errors"' in bad.content.decode()
+
+
+def test_a_workflow_of_another_team_is_neither_listed_nor_shown(client, chain):
+    Workflow.objects.filter(slug="payments").update(team=Group.objects.create(name="finance"))
+    paid = Run.objects.get(workflow__slug="payments")
+    outsider = signed_in(client, "viewer")
+
+    assert paid.pk not in run_ids(outsider.get("/runs/"))
+    assert outsider.get(f"/runs/{paid.pk}/").status_code == 403
+    assert outsider.get("/runs/", {"workflow": "payments"}).status_code == 403
+
+
+def test_a_team_member_sees_the_team_workflow(client, chain):
+    Workflow.objects.filter(slug="payments").update(team=Group.objects.create(name="finance"))
+    paid = Run.objects.get(workflow__slug="payments")
+    member = signed_in(client, "viewer", groups=("finance",))
+
+    assert paid.pk in run_ids(member.get("/runs/"))
+    assert member.get(f"/runs/{paid.pk}/").status_code == 200
+
+
+# --- run detail ---------------------------------------------------------------------------------
+def test_the_run_detail_draws_the_graph_timeline_attempts_journal_and_links(viewer, chain):
+    response = viewer.get(f"/runs/{chain.pk}/")
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert 'data-live-socket="/ws/runs/' in html
+    assert re.search(r'id="node-received" data-state="succeeded"', html)
+    assert re.search(r'id="node-announce" data-state="succeeded"', html)
+    assert 'class="edge taken" data-from="received" data-to="announce"' in html
+    assert html.count('class="timeline-row"') == 2
+    assert 'class="bar bar-running bar-status-succeeded"' in html
+    assert 'id="step-detail-announce"' in html
+    assert f"{chain.pk}" in html and 'class="worker">tests<' in html
+    assert 'class="idempotency-key">' in html
+    journal = re.search(r'id="run-journal">(.*?)</table>', html, re.S).group(1)
+    assert "<code>run.started</code>" in journal and "<code>step.started</code>" in journal
+    paid = Run.objects.get(workflow__slug="payments")
+    emitted = re.search(r'id="run-emitted">(.*?)</div>', html, re.S).group(1)
+    assert "com.example.paid" in emitted and "signalbox.run.succeeded" in emitted
+    assert f'href="/events/{chain.event_id}/lineage/"' in html
+    assert paid.event_id != chain.event_id
+
+
+def test_secrets_are_masked_in_the_run_detail_even_when_set_after_the_run(viewer, db):
+    publish("leaky", definition({"id": "say", "kind": "log",
+                                 "config": {"message": "token {{ event.data.token }}"}}))
+    run = drive(trigger("leaky", {"token": "hunter2-secret"}))
+    set_secret(name="api-token", value="hunter2-secret")
+
+    html = viewer.get(f"/runs/{run.pk}/").content.decode()
+
+    assert "hunter2-secret" not in html
+    assert MASK in html
+
+
+# --- flow, lineage, workers -----------------------------------------------------------------------
+def test_the_flow_page_passes_its_filters_to_the_socket(viewer, db):
+    html = viewer.get("/flow/", {"type": "com.example.paid", "q": "x y"}).content.decode()
+
+    assert 'data-live-socket="/ws/flow/?type=com.example.paid&amp;q=x+y"' in html
+    assert 'data-live-resume="#flow-status"' in html
+    assert 'id="flow-pause"' in html
+
+
+def test_the_lineage_of_an_event_shows_runs_and_what_they_emitted(viewer, chain):
+    paid = Run.objects.get(workflow__slug="payments")
+
+    html = viewer.get(f"/events/{chain.event_id}/lineage/").content.decode()
+    panel = viewer.get(f"/flow/events/{chain.event_id}/").content.decode()
+
+    for page in (html, panel):
+        assert f'id="lineage-node-run-{chain.pk}"' in page
+        assert f'id="lineage-node-run-{paid.pk}"' in page
+        assert f'id="lineage-node-event-{paid.event_id}"' in page
+        assert f'data-from="run-{chain.pk}" data-to="event-{paid.event_id}"' in page
+        assert f'data-from="event-{paid.event_id}" data-to="run-{paid.pk}"' in page
+        assert f'data-live-socket="/ws/lineage/{chain.event_id}/"' in page
+
+
+def test_the_workers_page_lists_queues_partitions_and_circuits(viewer, db):
+    html = viewer.get("/system/").content.decode()
+
+    assert 'data-live-socket="/ws/system/"' in html
+    assert 'id="system-queues"' in html and 'data-queue="signalbox"' in html
+    assert html.count('data-partition="') == 4
+    assert 'id="system-circuits"' in html

@@ -1,0 +1,406 @@
+"""Recovery over the API: replay runs, the dead-letter queue, re-drive events, bulk replays,
+shadow replays and the audit trail. Reading needs a viewer token; acting needs operator.
+
+POST  /runs/<id>/replay              {"from_step": "failed"|"start"|<step>, "version":
+                                      "original"|"latest", "input": …,
+                                      "renew_idempotency_keys": false, "reason": "…"}
+GET   /runs/<id>/replay-preview      ?from_step=&version=&renew_idempotency_keys=&input_edited=
+GET   /runs/<id>/compare             the replay beside its original, step by step
+GET   /dead-letters                  ?state=open|resolved|all&kind=&before_id=&limit=
+GET   /dead-letters/<id>
+PATCH /dead-letters/<id>             {"payload": {…}, "reason": "…"}
+POST  /dead-letters/<id>/redrive     {"reason": "…", "version": …, "renew_idempotency_keys": …}
+POST  /dead-letters/<id>/discard     {"reason": "…"} (required)
+POST  /dead-letters/redrive          {"ids": [1, 2], "reason": "…"}
+POST  /redrive                       {"type", "source", "after", "before", "limit", "workflow",
+                                      "version": "latest"|<n>, "dry_run", "reason"}
+POST  /replays                       {"filter": {"workflow", "version", "error", "after",
+                                      "before"}, "from_step", "version", "per_second",
+                                      "renew_idempotency_keys", "dry_run", "reason"}
+GET   /replays/<id>                  a batch's progress and summary
+POST  /workflows/<slug>/shadow       {"last": 10, "reason": "…"}
+GET   /audit                         ?action=&actor=&target_type=&target_id=&before_id=
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import JsonResponse
+from django.views.decorators.http import require_http_methods
+
+from .. import replay_selectors as recovery
+from .. import roles, selectors
+from ..events.envelope import InvalidEvent, loads_json
+from ..models import Run
+from ..services import dead_letters as dlq
+from ..services import replay as replays
+from ..services.redrive import EventSelection, RedriveError, redrive_events
+from .auth import token_required
+from .bodies import BodyTooLarge, read_limited
+from .problems import problem
+
+MAX_BODY_BYTES = 1024 * 1024
+TRUE = ("1", "true", "yes", "on")
+
+
+class BadBody(Exception):
+    pass
+
+
+def _body(request) -> dict[str, Any]:
+    if not request.body:
+        return {}
+    try:
+        body = loads_json(read_limited(request, MAX_BODY_BYTES))
+    except (BodyTooLarge, InvalidEvent) as exc:
+        raise BadBody(str(exc)) from exc
+    if not isinstance(body, dict):
+        raise BadBody("send a JSON object")
+    return body
+
+
+def _bad(detail: str, **extra):
+    return problem(400, "Invalid body", detail, kind="invalid-body", **extra)
+
+
+def _actor(request) -> str:
+    return f"token:{request.api_token.name}"
+
+
+def _needs(request, role: str):
+    if roles.rank(request.api_token.role) < roles.rank(role):
+        return problem(403, "Forbidden", f"this needs the {role} role", kind="forbidden")
+    return None
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value or "").strip().lower() in TRUE
+
+
+def _reason(body: dict) -> str:
+    return str(body.get("reason") or "")[:2000]
+
+
+def _replay_problem(exc: replays.ReplayError):
+    titles = {404: "Not found", 400: "Invalid replay"}
+    return problem(exc.status, titles.get(exc.status, "Cannot replay"), str(exc), kind=exc.kind)
+
+
+# --- replaying one run -------------------------------------------------------------------------
+@require_http_methods(["POST"])
+@token_required("operator")
+def replay(request, run_id: int):
+    try:
+        body = _body(request)
+    except BadBody as exc:
+        return _bad(str(exc))
+    unknown = sorted(set(body) - {"from_step", "version", "input", "renew_idempotency_keys",
+                                  "reason"})
+    if unknown:
+        return _bad("unknown fields: " + ", ".join(unknown))
+    try:
+        new = replays.replay_run(
+            run_id=run_id,
+            actor=_actor(request),
+            from_step=str(body.get("from_step") or replays.FROM_FAILED),
+            version=str(body.get("version") or replays.VERSION_ORIGINAL),
+            input=body["input"] if "input" in body else replays.UNCHANGED,
+            renew_idempotency_keys=_flag(body.get("renew_idempotency_keys")),
+            reason=_reason(body),
+        )
+    except replays.ReplayError as exc:
+        return _replay_problem(exc)
+    answer = {**selectors.run_as_json(selectors.run_detail(new.pk)), "replay_of": run_id,
+              "url": f"/api/v1/runs/{new.pk}"}
+    response = JsonResponse(answer, status=201)
+    response["Location"] = answer["url"]
+    return response
+
+
+@require_http_methods(["GET"])
+@token_required("viewer")
+def replay_preview(request, run_id: int):
+    run = selectors.run_detail(run_id)
+    if run is None:
+        return problem(404, "No such run", str(run_id), kind="not-found")
+    try:
+        plan = replays.plan_replay(
+            run=run,
+            from_step=request.GET.get("from_step") or replays.FROM_FAILED,
+            version=request.GET.get("version") or replays.VERSION_ORIGINAL,
+            input={"edited": True} if _flag(request.GET.get("input_edited"))
+            else replays.UNCHANGED,
+            renew_idempotency_keys=_flag(request.GET.get("renew_idempotency_keys")),
+        )
+    except replays.ReplayError as exc:
+        return _replay_problem(exc)
+    return JsonResponse(plan.as_json())
+
+
+@require_http_methods(["GET"])
+@token_required("viewer")
+def compare(request, run_id: int):
+    run = Run.objects.select_related("version", "replay_of").filter(pk=run_id).first()
+    if run is None:
+        return problem(404, "No such run", str(run_id), kind="not-found")
+    if run.replay_of_id is None:
+        return problem(409, "Not a replay", f"run {run_id} replays no other run",
+                       kind="not-a-replay")
+    return JsonResponse({"run": run.pk, "original": run.replay_of_id, "origin": run.origin,
+                         "steps": [c.as_json() for c in replays.compare_runs(run)]})
+
+
+# --- the dead-letter queue ---------------------------------------------------------------------
+def _positive(text: str | None, default: int | None, *, maximum: int) -> int | None:
+    if not text:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= maximum:
+        raise ValueError(text)
+    return int(text)
+
+
+@require_http_methods(["GET"])
+@token_required("viewer")
+def dead_letter_list(request):
+    state = request.GET.get("state") or "open"
+    if state not in ("open", "resolved", "all"):
+        return problem(400, "Invalid query", "state is open, resolved or all",
+                       kind="invalid-query")
+    try:
+        before = _positive(request.GET.get("before_id"), None, maximum=2**62)
+        limit = _positive(request.GET.get("limit"), recovery.PAGE_SIZE,
+                          maximum=recovery.MAX_PAGE_SIZE)
+    except ValueError:
+        return problem(400, "Invalid query", "before_id and limit are positive integers",
+                       kind="invalid-query")
+    page, more = recovery.dead_letters(state=state, kind=request.GET.get("kind") or "",
+                                       before_id=before, limit=limit)
+    body: dict[str, Any] = {"dead_letters": [recovery.dead_letter_as_json(x) for x in page],
+                            "open": recovery.open_dead_letter_count()}
+    if more:
+        body["next"] = f"?state={state}&before_id={page[-1].pk}&limit={limit}"
+    return JsonResponse(body)
+
+
+def _dlq_problem(exc: dlq.DeadLetterError):
+    titles = {404: "Not found", 400: "Invalid request"}
+    return problem(exc.status, titles.get(exc.status, "Cannot do that"), str(exc),
+                   kind=exc.kind)
+
+
+@require_http_methods(["GET", "PATCH"])
+@token_required("viewer")
+def dead_letter(request, letter_id: int):
+    if request.method == "PATCH":
+        refused = _needs(request, "operator")
+        if refused:
+            return refused
+        try:
+            body = _body(request)
+        except BadBody as exc:
+            return _bad(str(exc))
+        if "payload" not in body:
+            return _bad('send {"payload": {...}, "reason": "..."}')
+        try:
+            dlq.edit_payload(letter_id=letter_id, payload=body["payload"],
+                             actor=_actor(request), reason=_reason(body))
+        except dlq.DeadLetterError as exc:
+            return _dlq_problem(exc)
+    found = recovery.dead_letter(letter_id)
+    if found is None:
+        return problem(404, "No such dead letter", str(letter_id), kind="not-found")
+    return JsonResponse(recovery.dead_letter_as_json(found))
+
+
+@require_http_methods(["POST"])
+@token_required("operator")
+def dead_letter_redrive(request, letter_id: int):
+    try:
+        body = _body(request)
+    except BadBody as exc:
+        return _bad(str(exc))
+    try:
+        done = dlq.redrive(
+            letter_id=letter_id, actor=_actor(request), reason=_reason(body),
+            version=str(body.get("version") or replays.VERSION_ORIGINAL),
+            renew_idempotency_keys=_flag(body.get("renew_idempotency_keys")),
+        )
+    except dlq.DeadLetterError as exc:
+        return _dlq_problem(exc)
+    return JsonResponse({**recovery.dead_letter_as_json(recovery.dead_letter(letter_id)),
+                         "runs": done.runs, "redriven_event": done.event})
+
+
+@require_http_methods(["POST"])
+@token_required("operator")
+def dead_letter_discard(request, letter_id: int):
+    try:
+        body = _body(request)
+    except BadBody as exc:
+        return _bad(str(exc))
+    try:
+        dlq.discard(letter_id=letter_id, actor=_actor(request), reason=_reason(body))
+    except dlq.DeadLetterError as exc:
+        return _dlq_problem(exc)
+    return JsonResponse(recovery.dead_letter_as_json(recovery.dead_letter(letter_id)))
+
+
+@require_http_methods(["POST"])
+@token_required("operator")
+def dead_letters_redrive(request):
+    try:
+        body = _body(request)
+    except BadBody as exc:
+        return _bad(str(exc))
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not ids or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in ids
+    ):
+        return _bad('send {"ids": [dead letter ids], "reason": "..."}')
+    results = dlq.redrive_many(letter_ids=ids, actor=_actor(request), reason=_reason(body))
+    status = 200 if all(r["ok"] for r in results) else 207
+    return JsonResponse({"results": results}, status=status)
+
+
+# --- re-driving stored events ------------------------------------------------------------------
+@require_http_methods(["POST"])
+@token_required("operator")
+def redrive(request):
+    try:
+        body = _body(request)
+        selection = _event_selection(body)
+    except BadBody as exc:
+        return _bad(str(exc))
+    if not body.get("workflow"):
+        return _bad("name the workflow to deliver the events to")
+    try:
+        plan = redrive_events(
+            workflow_slug=str(body["workflow"]), selection=selection,
+            version=body.get("version") or "latest", dry_run=_flag(body.get("dry_run")),
+            actor=_actor(request), reason=_reason(body),
+        )
+    except RedriveError as exc:
+        return problem(exc.status, "Cannot re-drive", str(exc), kind=exc.kind)
+    return JsonResponse(plan.as_json(), status=200 if plan.dry_run else 201)
+
+
+def _event_selection(body: dict) -> EventSelection:
+    from ..event_selectors import _parse_time
+
+    values: dict[str, Any] = {"type": str(body.get("type") or ""),
+                              "source": str(body.get("source") or "")}
+    for name in ("after", "before"):
+        if body.get(name):
+            try:
+                values[name] = _parse_time(str(body[name]))
+            except ValueError as exc:
+                raise BadBody(f"{name} must be an ISO 8601 time") from exc
+    if body.get("limit") is not None:
+        if not isinstance(body["limit"], int) or isinstance(body["limit"], bool):
+            raise BadBody("limit must be an integer")
+        values["limit"] = body["limit"]
+    return EventSelection(**values)
+
+
+# --- bulk replay and shadow replay ---------------------------------------------------------------
+@require_http_methods(["POST"])
+@token_required("operator")
+def bulk_replay(request):
+    try:
+        body = _body(request)
+    except BadBody as exc:
+        return _bad(str(exc))
+    raw_filter = body.get("filter") or {}
+    if not isinstance(raw_filter, dict):
+        return _bad('"filter" is an object: {"workflow", "version", "error", "after", "before"}')
+    try:
+        selection = recovery.parse_failed_run_filter(raw_filter)
+    except recovery.InvalidFilter as exc:
+        return _bad(str(exc), errors=exc.errors)
+    runs = recovery.failed_runs(selection)
+    if _flag(body.get("dry_run")):
+        listed = list(runs[: replays.MAX_BATCH])
+        return JsonResponse({"filter": selection.as_json(), "matched": len(listed),
+                             "runs": [{"id": r.pk, "workflow": r.workflow.slug,
+                                       "version": r.version.number, "error": r.error}
+                                      for r in listed]})
+    per_second = body.get("per_second", replays.DEFAULT_PER_SECOND)
+    if not isinstance(per_second, int | float) or isinstance(per_second, bool):
+        return _bad("per_second must be a number")
+    try:
+        batch = replays.start_bulk_replay(
+            actor=_actor(request),
+            run_ids=list(runs.values_list("pk", flat=True)[: replays.MAX_BATCH + 1]),
+            selection=selection.as_json(),
+            from_step=str(body.get("from_step") or replays.FROM_FAILED),
+            version=str(body.get("version") or replays.VERSION_ORIGINAL),
+            renew_idempotency_keys=_flag(body.get("renew_idempotency_keys")),
+            per_second=per_second,
+            reason=_reason(body),
+        )
+    except replays.ReplayError as exc:
+        return _replay_problem(exc)
+    response = JsonResponse(recovery.batch_as_json(batch), status=202)
+    response["Location"] = f"/api/v1/replays/{batch.pk}"
+    return response
+
+
+@require_http_methods(["GET"])
+@token_required("viewer")
+def batch(request, batch_id: int):
+    found = recovery.batch(batch_id)
+    if found is None:
+        return problem(404, "No such batch", str(batch_id), kind="not-found")
+    body = recovery.batch_as_json(found)
+    if found.kind == "shadow":
+        body["steps"] = [
+            {"step": s.step_id, "compared": s.compared, "same": s.same, "differ": s.differ,
+             "examples": s.examples}
+            for s in replays.shadow_summary(found)
+        ]
+    return JsonResponse(body)
+
+
+@require_http_methods(["POST"])
+@token_required("operator")
+def shadow(request, slug: str):
+    try:
+        body = _body(request)
+    except BadBody as exc:
+        return _bad(str(exc))
+    last = body.get("last", 10)
+    if not isinstance(last, int) or isinstance(last, bool):
+        return _bad("last must be an integer")
+    try:
+        found = replays.start_shadow(workflow_slug=slug, last=last, actor=_actor(request),
+                                     reason=_reason(body))
+    except replays.ReplayError as exc:
+        return _replay_problem(exc)
+    response = JsonResponse(recovery.batch_as_json(found), status=202)
+    response["Location"] = f"/api/v1/replays/{found.pk}"
+    return response
+
+
+# --- the audit trail ---------------------------------------------------------------------------
+@require_http_methods(["GET"])
+@token_required("viewer")
+def audit_list(request):
+    try:
+        before = _positive(request.GET.get("before_id"), None, maximum=2**62)
+        limit = _positive(request.GET.get("limit"), recovery.PAGE_SIZE,
+                          maximum=recovery.MAX_PAGE_SIZE)
+    except ValueError:
+        return problem(400, "Invalid query", "before_id and limit are positive integers",
+                       kind="invalid-query")
+    page, more = recovery.audit_entries(
+        action=request.GET.get("action") or "", actor=request.GET.get("actor") or "",
+        target_type=request.GET.get("target_type") or "",
+        target_id=request.GET.get("target_id") or "", before_id=before, limit=limit,
+    )
+    body: dict[str, Any] = {"entries": [recovery.audit_as_json(e) for e in page]}
+    if more:
+        body["next_before_id"] = page[-1].pk
+    return JsonResponse(body)

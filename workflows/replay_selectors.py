@@ -1,0 +1,220 @@
+"""Read queries for recovery: failed runs to replay, dead letters, audit entries, batches."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db.models import Q, QuerySet
+
+from .event_selectors import _parse_time
+from .models import AuditEntry, DeadLetter, ReplayBatch, Run
+
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+class InvalidFilter(Exception):
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("; ".join(f"{name}: {message}" for name, message in errors.items()))
+
+
+@dataclass(frozen=True)
+class FailedRunFilter:
+    """Which failed runs a bulk replay takes. Runs already replayed are left out."""
+
+    workflow: str = ""
+    version: int | None = None
+    error: str = ""  # a piece of the run's error text, any case
+    after: datetime | None = None  # the run finished at or after this
+    before: datetime | None = None  # … and before this
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "workflow": self.workflow or None,
+            "version": self.version,
+            "error": self.error or None,
+            "after": self.after.isoformat() if self.after else None,
+            "before": self.before.isoformat() if self.before else None,
+        }
+
+
+def parse_failed_run_filter(params: Mapping[str, Any]) -> FailedRunFilter:
+    """From a query string, a form or a JSON body; empty values mean "any"."""
+    errors: dict[str, str] = {}
+    values: dict[str, Any] = {}
+
+    def text(name: str) -> str:
+        value = params.get(name)
+        return "" if value is None else str(value).strip()
+
+    values["workflow"] = text("workflow")
+    values["error"] = text("error")
+    if text("version"):
+        try:
+            values["version"] = int(text("version"))
+        except ValueError:
+            errors["version"] = "must be a version number"
+    for name in ("after", "before"):
+        if text(name):
+            try:
+                values[name] = _parse_time(text(name))
+            except ValueError:
+                errors[name] = "must be an ISO 8601 time, e.g. 2026-01-31T12:00:00Z"
+    if values.get("after") and values.get("before") and values["after"] >= values["before"]:
+        errors["after"] = "must be earlier than before"
+    if errors:
+        raise InvalidFilter(errors)
+    return FailedRunFilter(**values)
+
+
+def failed_runs(selection: FailedRunFilter) -> QuerySet[Run]:
+    runs = (
+        Run.objects.filter(status="failed")
+        .exclude(origin="shadow")
+        .exclude(replays__origin="replay")
+        .select_related("workflow", "version")
+        .order_by("id")
+    )
+    if selection.workflow:
+        runs = runs.filter(workflow__slug=selection.workflow)
+    if selection.version is not None:
+        runs = runs.filter(version__number=selection.version)
+    if selection.error:
+        runs = runs.filter(error__icontains=selection.error)
+    if selection.after:
+        runs = runs.filter(finished_at__gte=selection.after)
+    if selection.before:
+        runs = runs.filter(finished_at__lt=selection.before)
+    return runs.distinct()
+
+
+def dead_letters(*, state: str = "open", kind: str = "", before_id: int | None = None,
+                 limit: int = PAGE_SIZE) -> tuple[list[DeadLetter], bool]:
+    """Newest first; `state` is open, resolved or all. Returns (page, more)."""
+    letters = DeadLetter.objects.select_related("run__workflow", "event").order_by("-id")
+    if state == "open":
+        letters = letters.filter(resolved_at__isnull=True)
+    elif state == "resolved":
+        letters = letters.filter(resolved_at__isnull=False)
+    if kind:
+        letters = letters.filter(kind=kind)
+    if before_id:
+        letters = letters.filter(pk__lt=before_id)
+    page = list(letters[: limit + 1])
+    return page[:limit], len(page) > limit
+
+
+def dead_letter(letter_id: int) -> DeadLetter | None:
+    return DeadLetter.objects.select_related("run__workflow", "event").filter(
+        pk=letter_id).first()
+
+
+def open_dead_letter_count() -> int:
+    return DeadLetter.objects.filter(resolved_at__isnull=True).count()
+
+
+def audit_entries(*, action: str = "", actor: str = "", target_type: str = "",
+                  target_id: str = "", before_id: int | None = None,
+                  limit: int = PAGE_SIZE) -> tuple[list[AuditEntry], bool]:
+    entries = AuditEntry.objects.order_by("-id")
+    if action:
+        entries = entries.filter(action=action)
+    if actor:
+        entries = entries.filter(actor=actor)
+    if target_type:
+        entries = entries.filter(target_type=target_type)
+    if target_id:
+        entries = entries.filter(target_id=str(target_id))
+    if before_id:
+        entries = entries.filter(pk__lt=before_id)
+    page = list(entries[: limit + 1])
+    return page[:limit], len(page) > limit
+
+
+def audit_for_run(run: Run) -> list[AuditEntry]:
+    """What people did to this run, or to it as a replay (the replay entry of its original
+    names it), or to its dead letters."""
+    letters = [str(pk) for pk in DeadLetter.objects.filter(run=run).values_list("pk", flat=True)]
+    query = Q(target_type="run", target_id=str(run.pk)) | Q(
+        target_type="dead_letter", target_id__in=letters)
+    if run.replay_of_id:
+        query |= Q(target_type="run", target_id=str(run.replay_of_id), details__replay=run.pk)
+    return list(AuditEntry.objects.filter(query).order_by("-id")[:100])
+
+
+def batches(*, limit: int = PAGE_SIZE) -> list[ReplayBatch]:
+    return list(ReplayBatch.objects.order_by("-id")[:limit])
+
+
+def batch(batch_id: int) -> ReplayBatch | None:
+    return ReplayBatch.objects.filter(pk=batch_id).first()
+
+
+def batch_runs(batch: ReplayBatch) -> dict[int, Run]:
+    """The runs a batch started, by id."""
+    ids = [i["replay"] for i in batch.summary.get("items", []) if i.get("replay")]
+    return {r.pk: r for r in Run.objects.filter(pk__in=ids).select_related("workflow",
+                                                                             "version")}
+
+
+def batch_outcomes(batch: ReplayBatch) -> dict[str, int]:
+    """How the runs a batch started are doing: succeeded, failed, cancelled, in flight."""
+    counts = {"succeeded": 0, "failed": 0, "cancelled": 0, "in_flight": 0}
+    for run in batch_runs(batch).values():
+        counts[run.status if run.status in counts else "in_flight"] += 1
+    return counts
+
+
+def batch_as_json(batch: ReplayBatch) -> dict[str, Any]:
+    return {
+        "id": batch.pk,
+        "kind": batch.kind,
+        "status": batch.status,
+        "selection": batch.selection,
+        "options": batch.options,
+        "total": batch.total,
+        "done": batch.done,
+        "failed": batch.failed,
+        "outcomes": batch_outcomes(batch),
+        "summary": batch.summary,
+        "created_by": batch.created_by,
+        "created_at": batch.created_at.isoformat(),
+        "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
+    }
+
+
+def dead_letter_as_json(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": letter.pk,
+        "kind": letter.kind,
+        "reason": letter.reason,
+        "payload": letter.payload,
+        "original_payload": letter.original_payload,
+        "edited": letter.original_payload is not None,
+        "run": letter.run_id,
+        "workflow": letter.run.workflow.slug if letter.run_id and letter.run else None,
+        "step": letter.step_id or None,
+        "event": letter.event_id,
+        "created_at": letter.created_at.isoformat(),
+        "resolved": letter.resolved_at is not None,
+        "resolved_at": letter.resolved_at.isoformat() if letter.resolved_at else None,
+        "resolved_by": letter.resolved_by or None,
+        "resolution": letter.resolution or None,
+    }
+
+
+def audit_as_json(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": entry.pk,
+        "actor": entry.actor,
+        "action": entry.action,
+        "target_type": entry.target_type,
+        "target_id": entry.target_id,
+        "reason": entry.reason,
+        "details": entry.details,
+        "at": entry.at.isoformat(),
+    }
