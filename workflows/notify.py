@@ -6,9 +6,11 @@ the database, so a lost hint costs freshness, never correctness.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
@@ -59,12 +61,68 @@ def replay_batch_changed(*, batch_id: int, done: int, failed: int, status: str) 
     transaction.on_commit(lambda: _send([replay_batch_group(batch_id)], message))
 
 
+class _Pusher:
+    """Sends hints from one long-lived event loop per process, in order.
+
+    `async_to_sync(group_send)` would start a new loop, and with it a new Redis connection,
+    for every hint: the largest cost of a light step. Here hints go through a bounded queue
+    to one loop thread that keeps its connections; when the queue is full hints are dropped
+    (they are only hints: pages re-read the database on their next snapshot)."""
+
+    MAX_PENDING = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
+        self._pid: int | None = None
+
+    def submit(self, groups: list[str], message: dict) -> None:
+        loop = self._ensure_loop()
+        loop.call_soon_threadsafe(self._enqueue, groups, message)
+
+    def _enqueue(self, groups: list[str], message: dict) -> None:
+        try:
+            self._queue.put_nowait((groups, message))
+        except asyncio.QueueFull:
+            log.warning("push queue full; dropping a %s hint", message.get("type"))
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        # A forked child (Celery prefork) must not reuse its parent's loop thread.
+        if self._loop is not None and self._pid == os.getpid():
+            return self._loop
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    self._queue = asyncio.Queue(maxsize=self.MAX_PENDING)
+                    loop.create_task(self._drain())
+                    ready.set()
+                    loop.run_forever()
+
+                threading.Thread(target=run, name="signalbox-push", daemon=True).start()
+                ready.wait(5)
+                self._loop, self._pid = loop, os.getpid()
+        return self._loop
+
+    async def _drain(self) -> None:
+        while True:
+            groups, message = await self._queue.get()
+            layer = get_channel_layer()
+            if layer is None:
+                continue
+            try:
+                for group in groups:
+                    await layer.group_send(group, message)
+            except Exception as exc:  # noqa: BLE001 - a missed hint must never fail anything
+                log.warning("could not push %s: %s", message["type"], exc)
+
+
+_pusher = _Pusher()
+
+
 def _send(groups: list[str], message: dict) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        for group in groups:
-            async_to_sync(layer.group_send)(group, message)
-    except Exception as exc:  # noqa: BLE001 - a missed hint must never fail the work itself
-        log.warning("could not push %s: %s", message["type"], exc)
+    _pusher.submit(groups, message)

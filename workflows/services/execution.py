@@ -64,7 +64,7 @@ def trigger_event(run: Run) -> dict:
 def build_context(run: Run, step: Step, step_run: StepRun, secrets: dict[str, str]) -> StepContext:
     upstream = {
         s.step_id: {"output": s.output, "port": s.port}
-        for s in run.steps.filter(status=StepStatus.SUCCEEDED).only("step_id", "output", "port")
+        for s in run.steps.filter(status=StepStatus.SUCCEEDED).only("run_id", "step_id", "output", "port")
     }
     return StepContext(
         run_id=run.pk,
