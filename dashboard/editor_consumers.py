@@ -97,16 +97,28 @@ class EditorConsumer(AsyncWebsocketConsumer):
     @database_sync_to_async
     def _runs_frame(self) -> dict:
         runs = selectors.runs(workflow_slug=self.slug, limit=RECENT_RUNS)
-        return {"type": "runs", "runs": [
-            {"id": r.pk, "status": r.status, "origin": r.origin, "version": r.version.number,
-             "event": r.event_id, "created": r.created_at.isoformat()}
-            for r in runs
-        ]}
+        return {
+            "type": "runs",
+            "runs": [
+                {
+                    "id": r.pk,
+                    "status": r.status,
+                    "origin": r.origin,
+                    "version": r.version.number,
+                    "event": r.event_id,
+                    "created": r.created_at.isoformat(),
+                }
+                for r in runs
+            ],
+        }
 
     @database_sync_to_async
     def _run_frame(self, run_id: int) -> dict | None:
-        run = (Run.objects.select_related("version", "workflow")
-               .filter(pk=run_id, workflow__slug=self.slug).first())
+        run = (
+            Run.objects.select_related("version", "workflow")
+            .filter(pk=run_id, workflow__slug=self.slug)
+            .first()
+        )
         if run is None:
             return None
         return {
@@ -117,8 +129,12 @@ class EditorConsumer(AsyncWebsocketConsumer):
             "origin": run.origin,
             "version": run.version.number,
             "steps": {
-                s.step_id: {"status": s.status, "attempt": s.attempt, "port": s.port,
-                            "error": s.error[:500]}
+                s.step_id: {
+                    "status": s.status,
+                    "attempt": s.attempt,
+                    "port": s.port,
+                    "error": s.error[:500],
+                }
                 for s in selectors.latest_attempts(run)
             },
         }

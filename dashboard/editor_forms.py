@@ -27,14 +27,14 @@ from workflows.steps import registry
 ICONS = {
     "file-text": "M6 3h9l3 3v15H6z M9 9h6 M9 13h6 M9 17h4",
     "globe": "M12 3a9 9 0 1 0 0 18a9 9 0 1 0 0-18z M3 12h18 M12 3c3.5 3 3.5 15 0 18 "
-             "M12 3c-3.5 3-3.5 15 0 18",
+    "M12 3c-3.5 3-3.5 15 0 18",
     "wand": "M4 20L15 9 M13 7l4 4 M17 3v3 M20 6h-3 M19 11v2 M11 4h2",
     "send": "M3 11l18-8-8 18-2-8z M11 13l10-10",
     "mail": "M3 6h18v12H3z M3 6l9 7 9-7",
     "x-octagon": "M8 3h8l5 5v8l-5 5H8l-5-5V8z M9 9l6 6 M15 9l-6 6",
     "code": "M8 7l-5 5 5 5 M16 7l5 5-5 5 M13 5l-2 14",
     "git-branch": "M6 3v13 M6 16a2.5 2.5 0 1 0 0 5a2.5 2.5 0 1 0 0-5 "
-                  "M18 4a2.5 2.5 0 1 0 0 5a2.5 2.5 0 1 0 0-5 M18 9c0 5-12 3-12 7",
+    "M18 4a2.5 2.5 0 1 0 0 5a2.5 2.5 0 1 0 0-5 M18 9c0 5-12 3-12 7",
     "shuffle": "M3 7h4l10 10h4 M3 17h4l10-10h4 M18 4l3 3-3 3 M18 14l3 3-3 3",
     "filter": "M3 4h18l-7 8v6l-4 2v-8z",
     "clock": "M12 3a9 9 0 1 0 0 18a9 9 0 1 0 0-18z M12 7v5l3 2",
@@ -43,7 +43,7 @@ ICONS = {
     "repeat": "M4 12a8 8 0 0 1 14-5 M18 3v4h-4 M20 12a8 8 0 0 1-14 5 M6 21v-4h4",
     "zap": "M13 2L4 14h7l-1 8 9-12h-7z",
     "link": "M10 14a4 4 0 0 0 6 0l3-3a4 4 0 0 0-6-6l-1 1 M14 10a4 4 0 0 0-6 0l-3 3a4 4 0 0 0 "
-            "6 6l1-1",
+    "6 6l1-1",
     "calendar": "M4 5h16v15H4z M4 9h16 M8 3v4 M16 3v4",
     "play": "M7 4l13 8-13 8z",
     "diamond": "M12 3l9 9-9 9-9-9z",
@@ -59,16 +59,35 @@ def icon_svg(name: str) -> str:
 
 # --- the palette -----------------------------------------------------------------------------
 TRIGGER_KINDS = (
-    {"kind": "event", "title": "Event", "icon": "zap", "template": {"event": ""},
-     "description": "Start on every event of a CloudEvents type, optionally when a CEL "
-                    "filter is true."},
-    {"kind": "webhook", "title": "Webhook", "icon": "link", "template": {"webhook": ""},
-     "description": "Start on every delivery to an inbound webhook (/hooks/<slug>)."},
-    {"kind": "schedule", "title": "Schedule", "icon": "calendar",
-     "template": {"schedule": "@daily", "timezone": "UTC"},
-     "description": "Start on a cron schedule, an alias such as @daily, or @every 30s."},
-    {"kind": "manual", "title": "Manual", "icon": "play", "template": {"manual": True},
-     "description": "Start by hand: the Send event form, the API or manage.py emit."},
+    {
+        "kind": "event",
+        "title": "Event",
+        "icon": "zap",
+        "template": {"event": ""},
+        "description": "Start on every event of a CloudEvents type, optionally when a CEL "
+        "filter is true.",
+    },
+    {
+        "kind": "webhook",
+        "title": "Webhook",
+        "icon": "link",
+        "template": {"webhook": ""},
+        "description": "Start on every delivery to an inbound webhook (/hooks/<slug>).",
+    },
+    {
+        "kind": "schedule",
+        "title": "Schedule",
+        "icon": "calendar",
+        "template": {"schedule": "@daily", "timezone": "UTC"},
+        "description": "Start on a cron schedule, an alias such as @daily, or @every 30s.",
+    },
+    {
+        "kind": "manual",
+        "title": "Manual",
+        "icon": "play",
+        "template": {"manual": True},
+        "description": "Start by hand: the Send event form, the API or manage.py emit.",
+    },
 )
 GROUP_ORDER = ("actions", "flow", "data", "utility")
 GROUP_TITLES = {"actions": "Actions", "flow": "Flow", "data": "Data", "utility": "Utility"}
@@ -79,20 +98,24 @@ def palette() -> dict[str, Any]:
     kinds = registry.all_kinds()
     groups: dict[str, list[dict[str, Any]]] = {}
     for kind in sorted(kinds.values(), key=lambda k: k.title.lower()):
-        groups.setdefault(kind.group, []).append({
-            "kind": kind.name,
-            "title": kind.title,
-            "description": kind.description,
-            "icon": kind.icon,
-            "svg": icon_svg(kind.icon),
-            "ports": ports_of({"kind": kind.name, "config": {}}),
-            "side_effects": kind.side_effects,
-        })
+        groups.setdefault(kind.group, []).append(
+            {
+                "kind": kind.name,
+                "title": kind.title,
+                "description": kind.description,
+                "icon": kind.icon,
+                "svg": icon_svg(kind.icon),
+                "ports": ports_of({"kind": kind.name, "config": {}}),
+                "side_effects": kind.side_effects,
+            }
+        )
     ordered = sorted(groups, key=lambda g: (GROUP_ORDER.index(g) if g in GROUP_ORDER else 99, g))
     return {
         "triggers": [{**t, "svg": icon_svg(t["icon"])} for t in TRIGGER_KINDS],
-        "groups": [{"name": g, "title": GROUP_TITLES.get(g, g.title()), "kinds": groups[g]}
-                   for g in ordered],
+        "groups": [
+            {"name": g, "title": GROUP_TITLES.get(g, g.title()), "kinds": groups[g]}
+            for g in ordered
+        ],
     }
 
 
@@ -192,8 +215,15 @@ def config_fields(kind_name: str, config: Any, errors: Mapping[str, list[str]]) 
     kind = registry.all_kinds().get(kind_name)
     config = config if isinstance(config, dict) else {}
     if kind is None:
-        return [FormField(name="config", label="Config", widget="json",
-                          value=_shown(config, "json"), errors=list(errors.get("", [])))]
+        return [
+            FormField(
+                name="config",
+                label="Config",
+                widget="json",
+                value=_shown(config, "json"),
+                errors=list(errors.get("", [])),
+            )
+        ]
     schema = kind.config_schema
     props: dict[str, Any] = schema.get("properties", {})
     required = set(schema.get("required", []))
@@ -203,29 +233,42 @@ def config_fields(kind_name: str, config: Any, errors: Mapping[str, list[str]]) 
         widget = _widget(key, prop, exprs)
         value = config.get(key)
         default = prop.get("default")
-        fields.append(FormField(
-            name=f"config.{key}",
-            label=label_for(key),
-            widget=widget,
-            value=_shown(value, widget),
-            checked=bool(value) if widget == "checkbox" else False,
-            required=key in required,
-            choices=[("", f"(default: {default})" if default is not None else "—")]
-            + [(str(c), str(c)) for c in prop.get("enum", [])] if widget == "select" else [],
-            help=str(prop.get("description", "")),
-            placeholder=_placeholder(prop, widget, default),
-            errors=list(errors.get(key, [])),
-            check=("expression" if widget == "expression"
-                   else "template" if widget in ("text", "textarea") else ""),
-        ))
+        fields.append(
+            FormField(
+                name=f"config.{key}",
+                label=label_for(key),
+                widget=widget,
+                value=_shown(value, widget),
+                checked=bool(value) if widget == "checkbox" else False,
+                required=key in required,
+                choices=[("", f"(default: {default})" if default is not None else "—")]
+                + [(str(c), str(c)) for c in prop.get("enum", [])]
+                if widget == "select"
+                else [],
+                help=str(prop.get("description", "")),
+                placeholder=_placeholder(prop, widget, default),
+                errors=list(errors.get(key, [])),
+                check=(
+                    "expression"
+                    if widget == "expression"
+                    else "template"
+                    if widget in ("text", "textarea")
+                    else ""
+                ),
+            )
+        )
     for key in config:
         if key not in props:
-            fields.append(FormField(
-                name=f"config.{key}", label=f"{key} (not a setting of {kind_name})",
-                widget="json", value=_shown(config[key], "json"),
-                errors=list(errors.get(key, [])),
-                help="clear it to remove it",
-            ))
+            fields.append(
+                FormField(
+                    name=f"config.{key}",
+                    label=f"{key} (not a setting of {kind_name})",
+                    widget="json",
+                    value=_shown(config[key], "json"),
+                    errors=list(errors.get(key, [])),
+                    help="clear it to remove it",
+                )
+            )
     return fields
 
 
@@ -239,8 +282,9 @@ def _placeholder(prop: Mapping[str, Any], widget: str, default: Any) -> str:
     return ""
 
 
-def parse_config(kind_name: str, post: Mapping[str, Any],
-                 previous: Any) -> tuple[dict[str, Any], dict[str, list[str]]]:
+def parse_config(
+    kind_name: str, post: Mapping[str, Any], previous: Any
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """The config a submitted form describes, and errors for fields that could not be read
     (those keep their previous value, so half-typed JSON never wipes a setting)."""
     previous = previous if isinstance(previous, dict) else {}
@@ -318,40 +362,85 @@ def _read_json(text: str) -> tuple[Any, str]:
 def step_fields(step: Mapping[str, Any], errors: Mapping[str, list[str]]) -> list[FormField]:
     retry = step.get("retry") if isinstance(step.get("retry"), dict) else {}
     return [
-        FormField(name="step.id", label="Id", widget="text", value=str(step.get("id", "")),
-                  required=True, help="lower-case letters, digits, - and _; edges refer to it",
-                  errors=list(errors.get("id", []))),
-        FormField(name="step.name", label="Name", widget="text",
-                  value=str(step.get("name", "") or ""), placeholder="a label for people",
-                  errors=list(errors.get("name", []))),
-        FormField(name="step.join", label="Join", widget="select",
-                  value=str(step.get("join", "") or ""),
-                  choices=[("", "(default: all)"), ("all", "all: wait for every incoming edge"),
-                           ("first", "first: start on the first edge taken")],
-                  errors=list(errors.get("join", []))),
-        FormField(name="step.timeout_seconds", label="Timeout (seconds)", widget="number",
-                  value=_shown(step.get("timeout_seconds"), "number"), placeholder="default 900",
-                  errors=list(errors.get("timeout_seconds", []))),
-        FormField(name="retry.max_attempts", label="Max attempts", widget="number",
-                  value=_shown(retry.get("max_attempts"), "number"), placeholder="default 1",
-                  errors=list(errors.get("retry/max_attempts", []) + errors.get("retry", []))),
-        FormField(name="retry.backoff", label="Backoff", widget="select",
-                  value=str(retry.get("backoff", "") or ""),
-                  choices=[("", "(default: exponential)"), ("exponential", "exponential"),
-                           ("fixed", "fixed")],
-                  errors=list(errors.get("retry/backoff", []))),
-        FormField(name="retry.delay_seconds", label="Delay (seconds)", widget="number",
-                  value=_shown(retry.get("delay_seconds"), "number"), placeholder="default 1",
-                  errors=list(errors.get("retry/delay_seconds", []))),
-        FormField(name="retry.retry_on", label="Retry on (error codes, comma-separated)",
-                  widget="text", value=", ".join(map(str, retry.get("retry_on") or [])),
-                  placeholder="e.g. http.5, timeout",
-                  errors=list(errors.get("retry/retry_on", []))),
+        FormField(
+            name="step.id",
+            label="Id",
+            widget="text",
+            value=str(step.get("id", "")),
+            required=True,
+            help="lower-case letters, digits, - and _; edges refer to it",
+            errors=list(errors.get("id", [])),
+        ),
+        FormField(
+            name="step.name",
+            label="Name",
+            widget="text",
+            value=str(step.get("name", "") or ""),
+            placeholder="a label for people",
+            errors=list(errors.get("name", [])),
+        ),
+        FormField(
+            name="step.join",
+            label="Join",
+            widget="select",
+            value=str(step.get("join", "") or ""),
+            choices=[
+                ("", "(default: all)"),
+                ("all", "all: wait for every incoming edge"),
+                ("first", "first: start on the first edge taken"),
+            ],
+            errors=list(errors.get("join", [])),
+        ),
+        FormField(
+            name="step.timeout_seconds",
+            label="Timeout (seconds)",
+            widget="number",
+            value=_shown(step.get("timeout_seconds"), "number"),
+            placeholder="default 900",
+            errors=list(errors.get("timeout_seconds", [])),
+        ),
+        FormField(
+            name="retry.max_attempts",
+            label="Max attempts",
+            widget="number",
+            value=_shown(retry.get("max_attempts"), "number"),
+            placeholder="default 1",
+            errors=list(errors.get("retry/max_attempts", []) + errors.get("retry", [])),
+        ),
+        FormField(
+            name="retry.backoff",
+            label="Backoff",
+            widget="select",
+            value=str(retry.get("backoff", "") or ""),
+            choices=[
+                ("", "(default: exponential)"),
+                ("exponential", "exponential"),
+                ("fixed", "fixed"),
+            ],
+            errors=list(errors.get("retry/backoff", [])),
+        ),
+        FormField(
+            name="retry.delay_seconds",
+            label="Delay (seconds)",
+            widget="number",
+            value=_shown(retry.get("delay_seconds"), "number"),
+            placeholder="default 1",
+            errors=list(errors.get("retry/delay_seconds", [])),
+        ),
+        FormField(
+            name="retry.retry_on",
+            label="Retry on (error codes, comma-separated)",
+            widget="text",
+            value=", ".join(map(str, retry.get("retry_on") or [])),
+            placeholder="e.g. http.5, timeout",
+            errors=list(errors.get("retry/retry_on", [])),
+        ),
     ]
 
 
-def parse_step(post: Mapping[str, Any], previous: Mapping[str, Any],
-               other_ids: set[str]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+def parse_step(
+    post: Mapping[str, Any], previous: Mapping[str, Any], other_ids: set[str]
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """The step a submitted form describes (config included); `previous` keeps what the
     form does not show (position, after) and any value that could not be read."""
     step = dict(previous)
@@ -403,8 +492,9 @@ def parse_step(post: Mapping[str, Any], previous: Mapping[str, Any],
         step["retry"] = retry
     else:
         step.pop("retry", None)
-    config, config_errors = parse_config(str(previous.get("kind", "")), post,
-                                         previous.get("config"))
+    config, config_errors = parse_config(
+        str(previous.get("kind", "")), post, previous.get("config")
+    )
     step["config"] = config
     errors.update({f"config/{k}": v for k, v in config_errors.items()})
     return step, errors
@@ -423,26 +513,40 @@ def field_problems(problems: list[Problem], prefix: str) -> tuple[dict[str, list
     for problem in problems:
         if problem.path != prefix and not problem.path.startswith(prefix + "/"):
             continue
-        rest = [p.replace("~1", "/").replace("~0", "~")
-                for p in problem.path[len(prefix):].strip("/").split("/") if p]
+        rest = [
+            p.replace("~1", "/").replace("~0", "~")
+            for p in problem.path[len(prefix) :].strip("/").split("/")
+            if p
+        ]
         if rest[:1] == ["config"]:
             if len(rest) >= 2:
                 deeper = "/".join(rest[2:])
                 by_field.setdefault(f"config/{rest[1]}", []).append(
-                    f"{deeper}: {problem.message}" if deeper else problem.message)
-            elif (m := REQUIRED.match(problem.message)):
+                    f"{deeper}: {problem.message}" if deeper else problem.message
+                )
+            elif m := REQUIRED.match(problem.message):
                 by_field.setdefault(f"config/{m.group(1)}", []).append("required")
-            elif (m := UNEXPECTED.search(problem.message)):
+            elif m := UNEXPECTED.search(problem.message):
                 for key in re.findall(r"'(.+?)'", m.group(0)):
-                    by_field.setdefault(f"config/{key}", []).append(
-                        "not a setting of this kind")
+                    by_field.setdefault(f"config/{key}", []).append("not a setting of this kind")
             else:
                 general.append(problem.message)
         elif rest[:1] == ["retry"] and len(rest) >= 2:
             by_field.setdefault(f"retry/{rest[1]}", []).append(problem.message)
-        elif len(rest) == 1 and rest[0] in ("id", "name", "join", "timeout_seconds", "retry",
-                                            "event", "filter", "webhook", "schedule",
-                                            "timezone", "manual", "kind"):
+        elif len(rest) == 1 and rest[0] in (
+            "id",
+            "name",
+            "join",
+            "timeout_seconds",
+            "retry",
+            "event",
+            "filter",
+            "webhook",
+            "schedule",
+            "timezone",
+            "manual",
+            "kind",
+        ):
             by_field.setdefault(rest[0], []).append(problem.message)
         elif not rest and (m := REQUIRED.match(problem.message)):
             by_field.setdefault(m.group(1), []).append("required")
@@ -477,31 +581,61 @@ def trigger_fields(trigger: Any, errors: Mapping[str, list[str]]) -> list[FormFi
     kind = trigger_kind(trigger)
     if kind == "event":
         return [
-            FormField(name="trigger.event", label="Event type", widget="text", required=True,
-                      value=str(trigger.get("event", "")), datalist="known-event-types",
-                      placeholder="com.example.order.placed", errors=list(errors.get("event", [])),
-                      help="the CloudEvents type that starts a run"),
-            FormField(name="trigger.filter", label="Filter", widget="expression",
-                      value=str(trigger.get("filter", "") or ""), check="expression",
-                      placeholder="event.data.total > 0", errors=list(errors.get("filter", [])),
-                      help="CEL over event; the run starts only when it is true (optional)"),
+            FormField(
+                name="trigger.event",
+                label="Event type",
+                widget="text",
+                required=True,
+                value=str(trigger.get("event", "")),
+                datalist="known-event-types",
+                placeholder="com.example.order.placed",
+                errors=list(errors.get("event", [])),
+                help="the CloudEvents type that starts a run",
+            ),
+            FormField(
+                name="trigger.filter",
+                label="Filter",
+                widget="expression",
+                value=str(trigger.get("filter", "") or ""),
+                check="expression",
+                placeholder="event.data.total > 0",
+                errors=list(errors.get("filter", [])),
+                help="CEL over event; the run starts only when it is true (optional)",
+            ),
         ]
     if kind == "webhook":
-        return [FormField(
-            name="trigger.webhook", label="Webhook", widget="text", required=True,
-            value=str(trigger.get("webhook", "")), datalist="known-webhooks",
-            errors=list(errors.get("webhook", [])),
-            help="the slug of a webhook (python manage.py webhooks create SLUG --type TYPE)",
-        )]
+        return [
+            FormField(
+                name="trigger.webhook",
+                label="Webhook",
+                widget="text",
+                required=True,
+                value=str(trigger.get("webhook", "")),
+                datalist="known-webhooks",
+                errors=list(errors.get("webhook", [])),
+                help="the slug of a webhook (python manage.py webhooks create SLUG --type TYPE)",
+            )
+        ]
     if kind == "schedule":
         return [
-            FormField(name="trigger.schedule", label="Schedule", widget="text", required=True,
-                      value=str(trigger.get("schedule", "")), placeholder="*/5 * * * *",
-                      errors=list(errors.get("schedule", [])),
-                      help="5-field cron, an alias such as @daily, or @every 30s"),
-            FormField(name="trigger.timezone", label="Time zone", widget="text",
-                      value=str(trigger.get("timezone", "") or ""), placeholder="UTC",
-                      errors=list(errors.get("timezone", []))),
+            FormField(
+                name="trigger.schedule",
+                label="Schedule",
+                widget="text",
+                required=True,
+                value=str(trigger.get("schedule", "")),
+                placeholder="*/5 * * * *",
+                errors=list(errors.get("schedule", [])),
+                help="5-field cron, an alias such as @daily, or @every 30s",
+            ),
+            FormField(
+                name="trigger.timezone",
+                label="Time zone",
+                widget="text",
+                value=str(trigger.get("timezone", "") or ""),
+                placeholder="UTC",
+                errors=list(errors.get("timezone", [])),
+            ),
         ]
     return []
 
@@ -511,8 +645,11 @@ def parse_trigger(trigger: Any, post: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "manual":
         return {"manual": True}
     out: dict[str, Any] = {}
-    for key in {"event": ("event", "filter"), "webhook": ("webhook",),
-                "schedule": ("schedule", "timezone")}[kind]:
+    for key in {
+        "event": ("event", "filter"),
+        "webhook": ("webhook",),
+        "schedule": ("schedule", "timezone"),
+    }[kind]:
         text = str(post.get(f"trigger.{key}", "") or "").strip()
         if text or key == kind:
             out[key] = text
@@ -602,33 +739,51 @@ def _trigger_types(slug: str, raw: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(types))
 
 
-def event_variables(slug: str, raw: Mapping[str, Any],
-                    only_trigger: int | None = None) -> list[VariableGroup]:
+def event_variables(
+    slug: str, raw: Mapping[str, Any], only_trigger: int | None = None
+) -> list[VariableGroup]:
     triggers = [t for t in raw.get("triggers") or [] if isinstance(t, dict)]
     if only_trigger is not None:
-        triggers = triggers[only_trigger:only_trigger + 1]
+        triggers = triggers[only_trigger : only_trigger + 1]
     types = _trigger_types(slug, {"triggers": triggers})
-    groups = [VariableGroup("The event (CloudEvents attributes)",
-                            [Variable(p, t, n) for p, t, n in CLOUDEVENT_ATTRIBUTES])]
+    groups = [
+        VariableGroup(
+            "The event (CloudEvents attributes)",
+            [Variable(p, t, n) for p, t, n in CLOUDEVENT_ATTRIBUTES],
+        )
+    ]
     for event_type in types:
-        schema = (EventSchema.objects.filter(event_type__name=event_type)
-                  .order_by("-version").first())
+        schema = (
+            EventSchema.objects.filter(event_type__name=event_type).order_by("-version").first()
+        )
         if schema is not None:
             fields = schema_variables(schema.schema)
-            groups.append(VariableGroup(
-                f"event.data of {event_type} (schema v{schema.version})",
-                fields or [Variable("event.data", "", "the schema names no properties")],
-            ))
+            groups.append(
+                VariableGroup(
+                    f"event.data of {event_type} (schema v{schema.version})",
+                    fields or [Variable("event.data", "", "the schema names no properties")],
+                )
+            )
         elif event_type == schedule_event_type(slug):
-            groups.append(VariableGroup(f"event.data of {event_type}",
-                                        [Variable("event.data.workflow", "string")]))
+            groups.append(
+                VariableGroup(
+                    f"event.data of {event_type}", [Variable("event.data.workflow", "string")]
+                )
+            )
         else:
             known = EventType.objects.filter(name=event_type).exists()
-            groups.append(VariableGroup(
-                f"event.data of {event_type}",
-                [Variable("event.data", "", "no schema registered"
-                          + ("" if known else " (unknown type)"))],
-            ))
+            groups.append(
+                VariableGroup(
+                    f"event.data of {event_type}",
+                    [
+                        Variable(
+                            "event.data",
+                            "",
+                            "no schema registered" + ("" if known else " (unknown type)"),
+                        )
+                    ],
+                )
+            )
     return groups
 
 
@@ -637,11 +792,15 @@ def _predecessors(raw: Mapping[str, Any]) -> dict[str, set[str]]:
     for step in raw.get("steps") or []:
         if isinstance(step, dict) and isinstance(step.get("id"), str):
             before.setdefault(step["id"], set()).update(
-                a for a in step.get("after") or [] if isinstance(a, str))
+                a for a in step.get("after") or [] if isinstance(a, str)
+            )
     for edge in raw.get("edges") or []:
-        if isinstance(edge, dict) and isinstance(edge.get("to"), str):
-            if isinstance(edge.get("from"), str):
-                before.setdefault(edge["to"], set()).add(edge["from"])
+        if (
+            isinstance(edge, dict)
+            and isinstance(edge.get("to"), str)
+            and isinstance(edge.get("from"), str)
+        ):
+            before.setdefault(edge["to"], set()).add(edge["from"])
     return before
 
 
@@ -672,19 +831,36 @@ def step_variables(slug: str, raw: Mapping[str, Any], index: int) -> list[Variab
         variables.append(Variable(f"steps.{step_id}.output", "", f"output of {kinds.get(step_id)}"))
         variables += [Variable(f"steps.{step_id}.output.{h}") for h in hints]
         variables.append(Variable(f"steps.{step_id}.port", "string", "the port it left through"))
-    groups.append(VariableGroup(
-        "Outputs of the steps before this one",
-        variables or [Variable("steps", "", "no step comes before this one")],
-    ))
+    groups.append(
+        VariableGroup(
+            "Outputs of the steps before this one",
+            variables or [Variable("steps", "", "no step comes before this one")],
+        )
+    )
     if step.get("kind") == "for_each":
-        groups.append(VariableGroup("Inside do", [Variable("item", "", "the current item"),
-                                                  Variable("index", "int", "its position")]))
+        groups.append(
+            VariableGroup(
+                "Inside do",
+                [
+                    Variable("item", "", "the current item"),
+                    Variable("index", "int", "its position"),
+                ],
+            )
+        )
     vars_ = raw.get("vars") if isinstance(raw.get("vars"), dict) else {}
-    groups.append(VariableGroup("The run and the definition",
-                                [Variable(f"run.{f}") for f in RUN_FIELDS]
-                                + [Variable(_member("vars", str(k))) for k in vars_]))
+    groups.append(
+        VariableGroup(
+            "The run and the definition",
+            [Variable(f"run.{f}") for f in RUN_FIELDS]
+            + [Variable(_member("vars", str(k))) for k in vars_],
+        )
+    )
     secret_names = list(Secret.objects.order_by("name").values_list("name", flat=True)[:50])
     if secret_names:
-        groups.append(VariableGroup("Secrets (masked in outputs)",
-                                    [Variable(_member("secrets", n)) for n in secret_names]))
+        groups.append(
+            VariableGroup(
+                "Secrets (masked in outputs)",
+                [Variable(_member("secrets", n)) for n in secret_names],
+            )
+        )
     return groups

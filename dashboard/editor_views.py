@@ -16,8 +16,8 @@ from typing import Any
 from django.contrib.auth.models import Group
 from django.core.exceptions import BadRequest, PermissionDenied
 from django.http import Http404, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, redirect, render
 from django.middleware.csrf import get_token
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -41,11 +41,13 @@ MAX_DEFINITION_BYTES = 1024 * 1024
 
 # --- access --------------------------------------------------------------------------------
 def _workflow(request, slug: str, *, edit: bool = False) -> Workflow:
-    workflow = get_object_or_404(Workflow.objects.select_related("team", "published_version"),
-                                 slug=slug)
+    workflow = get_object_or_404(
+        Workflow.objects.select_related("team", "published_version"), slug=slug
+    )
     if not drafts.may_view(request.user, workflow):
-        raise PermissionDenied(f"the workflow {slug} belongs to the team "
-                               f"{workflow.team.name if workflow.team else ''}")
+        raise PermissionDenied(
+            f"the workflow {slug} belongs to the team {workflow.team.name if workflow.team else ''}"
+        )
     if edit and not drafts.may_edit(request.user, workflow):
         raise PermissionDenied("changing a workflow needs the editor role")
     return workflow
@@ -90,8 +92,7 @@ def _username(request) -> str:
 def new_workflow(request):
     """Start a workflow on an empty canvas, or from a definition file."""
     teams = _teams_for(request.user)
-    context: dict[str, Any] = {"teams": teams, "values": request.POST, "errors": [],
-                               "problems": []}
+    context: dict[str, Any] = {"teams": teams, "values": request.POST, "errors": [], "problems": []}
     if request.method == "POST":
         slug = request.POST.get("slug", "").strip()
         team = next((t for t in teams if str(t.pk) == request.POST.get("team")), None)
@@ -99,21 +100,26 @@ def new_workflow(request):
         try:
             if upload is not None:
                 if Workflow.objects.filter(slug=slug).exists():
-                    raise drafts.DraftRefused(f"a workflow {slug!r} already exists; open it "
-                                              f"and import there to replace its draft")
+                    raise drafts.DraftRefused(
+                        f"a workflow {slug!r} already exists; open it "
+                        f"and import there to replace its draft"
+                    )
                 body = upload.read(MAX_DEFINITION_BYTES + 1)
                 if len(body) > MAX_DEFINITION_BYTES:
                     raise drafts.DraftRefused("the file is larger than 1 MiB")
                 result = drafts.import_definition(
-                    slug=slug, body=body, yaml_format=_is_yaml(upload.name, body),
+                    slug=slug,
+                    body=body,
+                    yaml_format=_is_yaml(upload.name, body),
                     by=_username(request),
                 )
                 if team is not None:
                     result.workflow.team = team
                     result.workflow.save(update_fields=["team"])
             else:
-                drafts.create_workflow(slug=slug, name=request.POST.get("name", ""),
-                                       by=_username(request), team=team)
+                drafts.create_workflow(
+                    slug=slug, name=request.POST.get("name", ""), by=_username(request), team=team
+                )
         except (drafts.DraftRefused, UnreadableDefinition) as exc:
             context["errors"] = [str(exc)]
         except InvalidDefinition as exc:
@@ -153,19 +159,24 @@ def editor(request, slug: str):
         "triggerKinds": {t["kind"]: t for t in palette["triggers"]},
         "urls": {name: base + suffix for name, suffix in URL_SUFFIXES.items()},
         "csrf": get_token(request),
-        "publishedVersion": (workflow.published_version.number
-                             if workflow.published_version else None),
+        "publishedVersion": (
+            workflow.published_version.number if workflow.published_version else None
+        ),
         "savedBy": workflow.draft_updated_by,
         "savedAt": workflow.updated_at.isoformat(),
     }
-    return render(request, "dashboard/editor.html", {
-        "workflow": workflow,
-        "can_edit": can_edit,
-        "palette": palette,
-        "editor_config": config,
-        "known_event_types": EventType.objects.order_by("name").values_list("name", flat=True),
-        "known_webhooks": Webhook.objects.order_by("slug").values_list("slug", flat=True),
-    })
+    return render(
+        request,
+        "dashboard/editor.html",
+        {
+            "workflow": workflow,
+            "can_edit": can_edit,
+            "palette": palette,
+            "editor_config": config,
+            "known_event_types": EventType.objects.order_by("name").values_list("name", flat=True),
+            "known_webhooks": Webhook.objects.order_by("slug").values_list("slug", flat=True),
+        },
+    )
 
 
 # --- autosave ------------------------------------------------------------------------------
@@ -185,19 +196,27 @@ def save(request, slug: str):
         problems = drafts.save_draft(workflow=workflow, raw=raw, by=_username(request))
     except drafts.DraftRefused as exc:
         return JsonResponse({"error": str(exc)}, status=400)
-    return JsonResponse({
-        "revision": body.get("revision"),
-        "savedAt": workflow.updated_at.isoformat(),
-        "savedBy": workflow.draft_updated_by,
-        "problems": [p.as_dict() for p in problems],
-        "nodes": drafts.node_problems(raw, problems).as_json(),
-        "ports": {str(i): drafts.ports_of(s) for i, s in enumerate(raw.get("steps") or [])},
-    })
+    return JsonResponse(
+        {
+            "revision": body.get("revision"),
+            "savedAt": workflow.updated_at.isoformat(),
+            "savedBy": workflow.draft_updated_by,
+            "problems": [p.as_dict() for p in problems],
+            "nodes": drafts.node_problems(raw, problems).as_json(),
+            "ports": {str(i): drafts.ports_of(s) for i, s in enumerate(raw.get("steps") or [])},
+        }
+    )
 
 
 # --- the step panel --------------------------------------------------------------------------
-def _step_context(workflow: Workflow, raw: dict, index: int, *, can_edit: bool,
-                  parse_errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
+def _step_context(
+    workflow: Workflow,
+    raw: dict,
+    index: int,
+    *,
+    can_edit: bool,
+    parse_errors: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
     steps = raw.get("steps") or []
     step = steps[index] if isinstance(steps[index], dict) else {}
     problems = drafts.check_draft(raw)
@@ -212,8 +231,9 @@ def _step_context(workflow: Workflow, raw: dict, index: int, *, can_edit: bool,
         "kind": kind,
         "icon": forms.icon_svg(kind.icon if kind else ""),
         "step_fields": forms.step_fields(step, by_field),
-        "config_fields": forms.config_fields(str(step.get("kind")), step.get("config"),
-                                             forms.config_errors(by_field)),
+        "config_fields": forms.config_fields(
+            str(step.get("kind")), step.get("config"), forms.config_errors(by_field)
+        ),
         "general": general,
         "ports": drafts.ports_of(step),
         "variables": forms.step_variables(workflow.slug, raw, index),
@@ -227,8 +247,7 @@ def step_panel(request, slug: str):
     workflow = _workflow(request, slug)
     raw = _posted_definition(request, workflow)
     index = _index(request, raw.get("steps") or [])
-    context = _step_context(workflow, raw, index,
-                            can_edit=drafts.may_edit(request.user, workflow))
+    context = _step_context(workflow, raw, index, can_edit=drafts.may_edit(request.user, workflow))
     return render(request, "dashboard/_editor_step.html", context)
 
 
@@ -252,10 +271,17 @@ def step_apply(request, slug: str):
         _rename(updated, *renamed)
     context = _step_context(workflow, updated, index, can_edit=True, parse_errors=parse_errors)
     response = render(request, "dashboard/_editor_apply.html", context)
-    return _with_trigger(response, "editor:apply", {
-        "target": "step", "index": index, "id": previous.get("id"), "step": step,
-        "renamed": renamed,
-    })
+    return _with_trigger(
+        response,
+        "editor:apply",
+        {
+            "what": "step",
+            "index": index,
+            "id": previous.get("id"),
+            "step": step,
+            "renamed": renamed,
+        },
+    )
 
 
 def _rename(raw: dict, old: str, new: str) -> None:
@@ -280,8 +306,7 @@ def _trigger_context(workflow: Workflow, raw: dict, index: int, *, can_edit: boo
         "index": index,
         "trigger": trigger,
         "trigger_kind": next(t for t in forms.TRIGGER_KINDS if t["kind"] == kind),
-        "icon": forms.icon_svg(next(t["icon"] for t in forms.TRIGGER_KINDS
-                                    if t["kind"] == kind)),
+        "icon": forms.icon_svg(next(t["icon"] for t in forms.TRIGGER_KINDS if t["kind"] == kind)),
         "fields": forms.trigger_fields(trigger, by_field),
         "general": general,
         "variables": forms.event_variables(workflow.slug, raw, only_trigger=index),
@@ -296,8 +321,11 @@ def trigger_panel(request, slug: str):
     workflow = _workflow(request, slug)
     raw = _posted_definition(request, workflow)
     index = _index(request, raw.get("triggers") or [])
-    return render(request, "dashboard/_editor_trigger.html", _trigger_context(
-        workflow, raw, index, can_edit=drafts.may_edit(request.user, workflow)))
+    return render(
+        request,
+        "dashboard/_editor_trigger.html",
+        _trigger_context(workflow, raw, index, can_edit=drafts.may_edit(request.user, workflow)),
+    )
 
 
 @role_required("editor")
@@ -313,29 +341,52 @@ def trigger_apply(request, slug: str):
     context = _trigger_context(workflow, updated, index, can_edit=True)
     context["config_fields"], context["step_fields"] = context["fields"], []
     response = render(request, "dashboard/_editor_apply.html", context)
-    return _with_trigger(response, "editor:apply",
-                         {"target": "trigger", "index": index, "trigger": trigger})
+    return _with_trigger(
+        response, "editor:apply", {"what": "trigger", "index": index, "trigger": trigger}
+    )
 
 
 # --- the workflow's own settings -----------------------------------------------------------
 def _settings_fields(raw: dict, by_field: dict[str, list[str]]) -> list[forms.FormField]:
     concurrency = raw.get("concurrency") if isinstance(raw.get("concurrency"), dict) else {}
     return [
-        forms.FormField(name="workflow.name", label="Name", widget="text", required=True,
-                        value=str(raw.get("name", "")), errors=by_field.get("name", [])),
-        forms.FormField(name="workflow.description", label="Description", widget="textarea",
-                        value=str(raw.get("description", "") or ""),
-                        errors=by_field.get("description", [])),
-        forms.FormField(name="workflow.vars", label="Vars (JSON object)", widget="json",
-                        value=(json.dumps(raw["vars"], indent=2, ensure_ascii=False)
-                               if "vars" in raw else ""),
-                        help="constants that expressions read as vars.<name>",
-                        errors=by_field.get("vars", [])),
-        forms.FormField(name="workflow.max_runs", label="At most this many runs at once",
-                        widget="number", value=str(concurrency.get("max_runs", "") or ""),
-                        placeholder="no limit", errors=by_field.get("concurrency", [])),
-        forms.FormField(name="workflow.ordered", label="Runs of the same key one after another",
-                        widget="checkbox", checked=bool(concurrency.get("ordered"))),
+        forms.FormField(
+            name="workflow.name",
+            label="Name",
+            widget="text",
+            required=True,
+            value=str(raw.get("name", "")),
+            errors=by_field.get("name", []),
+        ),
+        forms.FormField(
+            name="workflow.description",
+            label="Description",
+            widget="textarea",
+            value=str(raw.get("description", "") or ""),
+            errors=by_field.get("description", []),
+        ),
+        forms.FormField(
+            name="workflow.vars",
+            label="Vars (JSON object)",
+            widget="json",
+            value=(json.dumps(raw["vars"], indent=2, ensure_ascii=False) if "vars" in raw else ""),
+            help="constants that expressions read as vars.<name>",
+            errors=by_field.get("vars", []),
+        ),
+        forms.FormField(
+            name="workflow.max_runs",
+            label="At most this many runs at once",
+            widget="number",
+            value=str(concurrency.get("max_runs", "") or ""),
+            placeholder="no limit",
+            errors=by_field.get("concurrency", []),
+        ),
+        forms.FormField(
+            name="workflow.ordered",
+            label="Runs of the same key one after another",
+            widget="checkbox",
+            checked=bool(concurrency.get("ordered")),
+        ),
     ]
 
 
@@ -353,10 +404,15 @@ def _settings_problems(raw: dict, extra: dict[str, list[str]] | None = None):
 def settings_panel(request, slug: str):
     workflow = _workflow(request, slug)
     raw = _posted_definition(request, workflow)
-    return render(request, "dashboard/_editor_settings.html", {
-        "workflow": workflow, "fields": _settings_fields(raw, _settings_problems(raw)),
-        "can_edit": drafts.may_edit(request.user, workflow),
-    })
+    return render(
+        request,
+        "dashboard/_editor_settings.html",
+        {
+            "workflow": workflow,
+            "fields": _settings_fields(raw, _settings_problems(raw)),
+            "can_edit": drafts.may_edit(request.user, workflow),
+        },
+    )
 
 
 @role_required("editor")
@@ -394,10 +450,13 @@ def settings_apply(request, slug: str):
     else:
         updated.pop("concurrency", None)
     fields = _settings_fields(updated, _settings_problems(updated, errors))
-    response = render(request, "dashboard/_editor_apply.html",
-                      {"config_fields": fields, "step_fields": [], "general": []})
+    response = render(
+        request,
+        "dashboard/_editor_apply.html",
+        {"config_fields": fields, "step_fields": [], "general": []},
+    )
     settings = {k: updated.get(k) for k in ("name", "description", "vars", "concurrency")}
-    return _with_trigger(response, "editor:apply", {"target": "workflow", "settings": settings})
+    return _with_trigger(response, "editor:apply", {"what": "workflow", "settings": settings})
 
 
 # --- expressions as you type ---------------------------------------------------------------
@@ -408,9 +467,15 @@ def check(request, slug: str):
     _workflow(request, slug)
     name = request.POST.get("field", "")
     errors = forms.check_field(request.POST.get(name, ""), request.POST.get("mode", ""))
-    return render(request, "dashboard/_editor_check.html", {
-        "errors": errors, "text": request.POST.get(name, ""), "mode": request.POST.get("mode"),
-    })
+    return render(
+        request,
+        "dashboard/_editor_check.html",
+        {
+            "errors": errors,
+            "text": request.POST.get(name, ""),
+            "mode": request.POST.get("mode"),
+        },
+    )
 
 
 # --- versions, diff, restore ---------------------------------------------------------------
@@ -442,11 +507,16 @@ def diff(request, slug: str):
         before, after = (drafts.definition_at(workflow, ref) for ref in refs)
     except (WorkflowVersion.DoesNotExist, ValueError) as exc:
         raise Http404("no such version") from exc
-    return render(request, "dashboard/_editor_diff.html", {
-        "workflow": workflow,
-        "label_from": _label(refs[0]), "label_to": _label(refs[1]),
-        "diff": drafts.diff_definitions(before, after),
-    })
+    return render(
+        request,
+        "dashboard/_editor_diff.html",
+        {
+            "workflow": workflow,
+            "label_from": _label(refs[0]),
+            "label_to": _label(refs[1]),
+            "diff": drafts.diff_definitions(before, after),
+        },
+    )
 
 
 def _label(ref: str) -> str:
@@ -465,11 +535,16 @@ def restore(request, slug: str, number: int):
     context = _versions_context(request, workflow)
     context["message"] = f"v{number} restored into the draft. Publish to make it live."
     response = render(request, "dashboard/_editor_versions.html", context)
-    return _with_trigger(response, "editor:reload", {
-        "definition": draft, "message": context["message"],
-        "problems": [p.as_dict() for p in problems],
-        "nodes": drafts.node_problems(draft, problems).as_json(),
-    })
+    return _with_trigger(
+        response,
+        "editor:reload",
+        {
+            "definition": draft,
+            "message": context["message"],
+            "problems": [p.as_dict() for p in problems],
+            "nodes": drafts.node_problems(draft, problems).as_json(),
+        },
+    )
 
 
 # --- publish -------------------------------------------------------------------------------
@@ -477,15 +552,16 @@ def restore(request, slug: str, number: int):
 @require_http_methods(["GET", "POST"])
 def publish(request, slug: str):
     workflow = _workflow(request, slug, edit=request.method == "POST")
-    context: dict[str, Any] = {"workflow": workflow,
-                               "can_edit": drafts.may_edit(request.user, workflow)}
+    context: dict[str, Any] = {
+        "workflow": workflow,
+        "can_edit": drafts.may_edit(request.user, workflow),
+    }
     if request.method == "GET":
         return render(request, "dashboard/_editor_publish.html", context)
     raw = _posted_definition(request, workflow)
     note = request.POST.get("note", "")
     try:
-        version = drafts.publish_draft(workflow=workflow, by=_username(request), note=note,
-                                       raw=raw)
+        version = drafts.publish_draft(workflow=workflow, by=_username(request), note=note, raw=raw)
     except drafts.DraftRefused as exc:
         context["problems"] = [Problem("/", str(exc))]
     except InvalidDefinition as exc:
@@ -553,22 +629,35 @@ def try_it(request, slug: str):
 @require_GET
 def runs(request, slug: str):
     workflow = _workflow(request, slug)
-    return render(request, "dashboard/_editor_runs.html", {
-        "workflow": workflow, "runs": selectors.runs(workflow_slug=slug, limit=20),
-    })
+    return render(
+        request,
+        "dashboard/_editor_runs.html",
+        {
+            "workflow": workflow,
+            "runs": selectors.runs(workflow_slug=slug, limit=20),
+        },
+    )
 
 
 @role_required("viewer")
 @require_GET
 def run_step(request, slug: str, run_id: int, step_id: str):
     workflow = _workflow(request, slug)
-    run = get_object_or_404(Run.objects.select_related("version", "event"), pk=run_id,
-                            workflow=workflow)
+    run = get_object_or_404(
+        Run.objects.select_related("version", "event"), pk=run_id, workflow=workflow
+    )
     attempts = list(run.steps.filter(step_id=step_id).order_by("attempt", "id"))
-    return render(request, "dashboard/_editor_run_step.html", {
-        "workflow": workflow, "run": run, "step_id": step_id,
-        "latest": attempts[-1] if attempts else None, "attempts": attempts,
-    })
+    return render(
+        request,
+        "dashboard/_editor_run_step.html",
+        {
+            "workflow": workflow,
+            "run": run,
+            "step_id": step_id,
+            "latest": attempts[-1] if attempts else None,
+            "attempts": attempts,
+        },
+    )
 
 
 # --- as code -------------------------------------------------------------------------------
@@ -576,10 +665,15 @@ def run_step(request, slug: str, run_id: int, step_id: str):
 @require_GET
 def code(request, slug: str):
     workflow = _workflow(request, slug)
-    return render(request, "dashboard/_editor_code.html", {
-        "workflow": workflow, "can_edit": drafts.may_edit(request.user, workflow),
-        "versions": drafts.published_versions(workflow),
-    })
+    return render(
+        request,
+        "dashboard/_editor_code.html",
+        {
+            "workflow": workflow,
+            "can_edit": drafts.may_edit(request.user, workflow),
+            "versions": drafts.published_versions(workflow),
+        },
+    )
 
 
 @role_required("viewer")
@@ -589,7 +683,8 @@ def export(request, slug: str):
     version = request.GET.get("version") or None
     try:
         filename, text = drafts.export_definition(
-            workflow=workflow, yaml_format=request.GET.get("format") == "yaml",
+            workflow=workflow,
+            yaml_format=request.GET.get("format") == "yaml",
             version=int(version) if version else None,
         )
     except (WorkflowVersion.DoesNotExist, ValueError) as exc:
@@ -614,8 +709,11 @@ def _is_yaml(filename: str, body: bytes) -> bool:
 def import_file(request, slug: str):
     """Replace the draft with an uploaded file: all of it, or nothing when it is invalid."""
     workflow = _workflow(request, slug, edit=True)
-    context: dict[str, Any] = {"workflow": workflow, "can_edit": True,
-                               "versions": drafts.published_versions(workflow)}
+    context: dict[str, Any] = {
+        "workflow": workflow,
+        "can_edit": True,
+        "versions": drafts.published_versions(workflow),
+    }
     upload = request.FILES.get("file")
     if upload is None:
         context["import_errors"] = ["choose a JSON or YAML file"]
@@ -624,22 +722,29 @@ def import_file(request, slug: str):
     try:
         if len(body) > MAX_DEFINITION_BYTES:
             raise drafts.DraftRefused("the file is larger than 1 MiB")
-        result = drafts.import_definition(slug=slug, body=body,
-                                          yaml_format=_is_yaml(upload.name, body),
-                                          by=_username(request))
+        result = drafts.import_definition(
+            slug=slug, body=body, yaml_format=_is_yaml(upload.name, body), by=_username(request)
+        )
     except (drafts.DraftRefused, UnreadableDefinition) as exc:
         context["import_errors"] = [f"{upload.name}: {exc}"]
     except InvalidDefinition as exc:
-        context["import_errors"] = [f"{upload.name}: {len(exc.problems)} problem(s); the "
-                                    f"draft was not changed"]
+        context["import_errors"] = [
+            f"{upload.name}: {len(exc.problems)} problem(s); the draft was not changed"
+        ]
         context["import_problems"] = exc.problems
     else:
         context["imported"] = upload.name
         response = render(request, "dashboard/_editor_code.html", context)
-        return _with_trigger(response, "editor:reload", {
-            "definition": result.workflow.draft, "problems": [], "nodes": {},
-            "message": f"{upload.name} imported into the draft",
-        })
+        return _with_trigger(
+            response,
+            "editor:reload",
+            {
+                "definition": result.workflow.draft,
+                "problems": [],
+                "nodes": {},
+                "message": f"{upload.name} imported into the draft",
+            },
+        )
     return render(request, "dashboard/_editor_code.html", context)
 
 
@@ -686,4 +791,3 @@ urlpatterns = [
     path(_EDIT + "export", export, name="editor-export"),
     path(_EDIT + "import", import_file, name="editor-import"),
 ]
-

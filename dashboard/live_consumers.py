@@ -68,6 +68,7 @@ class Hub:
         self.task: asyncio.Task | None = None
         self.renders: dict[Any, tuple[float, asyncio.Future]] = {}
         self.received = 0
+        self.extra: dict[str, int] = {}
         self._joining: asyncio.Lock | None = None
 
     async def join(self, consumer: PushConsumer) -> None:
@@ -78,10 +79,25 @@ class Hub:
             self.listeners.add(consumer)
             if self.task is None or self.task.done():
                 layer = get_channel_layer()
-                self.channel = await layer.new_channel(prefix="dashboard-hub")
+                # The default prefix: channels_redis reads every process-local channel
+                # through one Redis key, that of "specific." channels.
+                self.channel = await layer.new_channel()
                 for group in HUB_GROUPS:
                     await layer.group_add(group, self.channel)
                 self.task = asyncio.ensure_future(self._listen(layer, self.channel))
+
+    async def add_group(self, group: str) -> None:
+        """Also listen to `group` (e.g. one run's group), counted per socket."""
+        self.extra[group] = self.extra.get(group, 0) + 1
+        if self.extra[group] == 1 and self.channel:
+            await get_channel_layer().group_add(group, self.channel)
+
+    async def remove_group(self, group: str) -> None:
+        self.extra[group] = self.extra.get(group, 1) - 1
+        if self.extra[group] <= 0:
+            del self.extra[group]
+            if self.channel:
+                await get_channel_layer().group_discard(group, self.channel)
 
     async def leave(self, consumer: PushConsumer) -> None:
         self.listeners.discard(consumer)
@@ -178,6 +194,8 @@ class PushConsumer(AsyncWebsocketConsumer):
             return
         await hub().join(self)
         self._joined = True
+        for group in self.extra_groups():
+            await hub().add_group(group)
         await self.accept()
         await self.push(snapshot=True)
         if self.refresh_seconds:
@@ -194,11 +212,17 @@ class PushConsumer(AsyncWebsocketConsumer):
         """A close code when this user may not follow this subscription (database thread)."""
         return None
 
+    def extra_groups(self) -> list[str]:
+        """Groups beyond the hub's own that carry hints for this socket."""
+        return []
+
     async def disconnect(self, code):
         for task in (getattr(self, "_flusher", None), getattr(self, "_ticker", None)):
             if task:
                 task.cancel()
         if getattr(self, "_joined", False):
+            for group in self.extra_groups():
+                await hub().remove_group(group)
             await hub().leave(self)
 
     async def receive(self, text_data=None, bytes_data=None):
@@ -317,6 +341,9 @@ class RunDetailConsumer(PushConsumer):
         if run is not None and run.workflow_id in self.hidden:
             return CLOSE_FORBIDDEN
         return None
+
+    def extra_groups(self):
+        return [notify.run_group(self.run_id)]
 
     def concerns(self, message):
         return message.get("run") in self.related
@@ -488,8 +515,7 @@ class FlowConsumer(PushConsumer):
                 folded = max(0, window[:FLOW_COUNT_LIMIT].count() - FLOW_CAP)
         self.folded_total += folded
         self.pending_hints = 0
-        if top:
-            self.last_id = max(self.last_id or 0, top)
+        self.last_id = max(self.last_id or 0, top)
         updates = ""
         if self.runs_dirty or rows:
             updates = self.flow_run_cells(now)

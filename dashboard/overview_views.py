@@ -95,6 +95,7 @@ def _event_context(request, event_id: int) -> dict:
         if event.data_is_base64
         else json.dumps(data, indent=2, ensure_ascii=False, default=str),
         "lineage": ds.lineage(event.pk, hidden=hidden),
+        "event_id": event.pk,
     }
 
 

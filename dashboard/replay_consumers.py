@@ -28,13 +28,15 @@ class ReplayBatchConsumer(PushConsumer):
     async def connect(self):
         # Joined before the snapshot is read, so no change falls between the two.
         self.runs: frozenset[int] = frozenset()
-        await self.channel_layer.group_add(notify.replay_batch_group(self.batch_id()),
-                                           self.channel_name)
+        await self.channel_layer.group_add(
+            notify.replay_batch_group(self.batch_id()), self.channel_name
+        )
         await super().connect()
 
     async def disconnect(self, code):
-        await self.channel_layer.group_discard(notify.replay_batch_group(self.batch_id()),
-                                               self.channel_name)
+        await self.channel_layer.group_discard(
+            notify.replay_batch_group(self.batch_id()), self.channel_name
+        )
         await super().disconnect(code)
 
     async def batch_changed(self, message):
@@ -56,8 +58,11 @@ def render_batch_progress(batch_id: int) -> tuple[str, frozenset[int]]:
 
     batch = recovery.batch(batch_id)
     if batch is None:
-        return ('<section id="batch-progress" data-status="gone">This batch no longer '
-                "exists.</section>", frozenset())
+        return (
+            '<section id="batch-progress" data-status="gone">This batch no longer '
+            "exists.</section>",
+            frozenset(),
+        )
     context = batch_context(batch)
     runs = frozenset(item["replay"] for item in context["items"] if item.get("replay"))
     return render_to_string("dashboard/replay_batch_progress.html", {**context, "oob": True}), runs

@@ -108,15 +108,23 @@ def run_replay(request, run_id: int):
         edited = _edited_input(choices["input_text"])
         if request.method == "POST":
             new = replays.replay_run(
-                run_id=run.pk, actor=request.user.get_username(),
-                from_step=choices["from_step"], version=choices["version"], input=edited,
-                renew_idempotency_keys=choices["renew"], reason=choices["reason"],
+                run_id=run.pk,
+                actor=request.user.get_username(),
+                from_step=choices["from_step"],
+                version=choices["version"],
+                input=edited,
+                renew_idempotency_keys=choices["renew"],
+                reason=choices["reason"],
             )
             messages.success(request, f"Run #{new.pk} replays run #{run.pk}.")
             return _go(request, reverse("dashboard:run", args=[new.pk]))
-        plan = replays.plan_replay(run=run, from_step=choices["from_step"],
-                                   version=choices["version"], input=edited,
-                                   renew_idempotency_keys=choices["renew"])
+        plan = replays.plan_replay(
+            run=run,
+            from_step=choices["from_step"],
+            version=choices["version"],
+            input=edited,
+            renew_idempotency_keys=choices["renew"],
+        )
     except replays.ReplayError as exc:
         error = str(exc)
         if request.method == "POST":
@@ -156,23 +164,36 @@ def dead_letter_list(request):
         if not ids:
             messages.error(request, "Select the dead letters to re-drive.")
         else:
-            results = dlq.redrive_many(letter_ids=ids, actor=request.user.get_username(),
-                                       reason=(request.POST.get("reason") or "").strip())
+            results = dlq.redrive_many(
+                letter_ids=ids,
+                actor=request.user.get_username(),
+                reason=(request.POST.get("reason") or "").strip(),
+            )
             for result in results:
                 if result["ok"]:
-                    messages.success(request, f"Dead letter {result['id']}: "
-                                              f"{result['resolution']}")
+                    messages.success(request, f"Dead letter {result['id']}: {result['resolution']}")
                 else:
                     messages.error(request, f"Dead letter {result['id']}: {result['error']}")
         return redirect(reverse("dashboard:dead-letters") + "?" + request.GET.urlencode())
-    state = request.GET.get("state") if request.GET.get("state") in (
-        "open", "resolved", "all") else "open"
+    state = (
+        request.GET.get("state")
+        if request.GET.get("state") in ("open", "resolved", "all")
+        else "open"
+    )
     kind = request.GET.get("kind") if request.GET.get("kind") in ("step", "bus", "event") else ""
     page, more = recovery.dead_letters(state=state, kind=kind, limit=recovery.PAGE_SIZE)
-    return render(request, "dashboard/dead_letters.html", {
-        "letters": page, "more": more, "state": state, "kind": kind,
-        "open_count": recovery.open_dead_letter_count(), "can_operate": _can_operate(request),
-    })
+    return render(
+        request,
+        "dashboard/dead_letters.html",
+        {
+            "letters": page,
+            "more": more,
+            "state": state,
+            "kind": kind,
+            "open_count": recovery.open_dead_letter_count(),
+            "can_operate": _can_operate(request),
+        },
+    )
 
 
 def _letter_or_404(letter_id: int):
@@ -183,18 +204,31 @@ def _letter_or_404(letter_id: int):
 
 
 @role_required("viewer")
-def dead_letter_detail(request, letter_id: int, *, payload_text: str | None = None,
-                       error: str | None = None, status: int = 200):
+def dead_letter_detail(
+    request,
+    letter_id: int,
+    *,
+    payload_text: str | None = None,
+    error: str | None = None,
+    status: int = 200,
+):
     letter = _letter_or_404(letter_id)
-    return render(request, "dashboard/dead_letters_detail.html", {
-        "letter": letter,
-        "payload_text": payload_text if payload_text is not None
-        else json.dumps(letter.payload, indent=2),
-        "error": error,
-        "entries": recovery.audit_entries(target_type="dead_letter",
-                                          target_id=str(letter.pk))[0],
-        "can_operate": _can_operate(request),
-    }, status=status)
+    return render(
+        request,
+        "dashboard/dead_letters_detail.html",
+        {
+            "letter": letter,
+            "payload_text": payload_text
+            if payload_text is not None
+            else json.dumps(letter.payload, indent=2),
+            "error": error,
+            "entries": recovery.audit_entries(target_type="dead_letter", target_id=str(letter.pk))[
+                0
+            ],
+            "can_operate": _can_operate(request),
+        },
+        status=status,
+    )
 
 
 @role_required("operator")
@@ -204,15 +238,24 @@ def dead_letter_edit(request, letter_id: int):
     text = request.POST.get("payload") or ""
     try:
         payload = json.loads(text)
-        dlq.edit_payload(letter_id=letter_id, payload=payload,
-                         actor=request.user.get_username(),
-                         reason=(request.POST.get("reason") or "").strip())
+        dlq.edit_payload(
+            letter_id=letter_id,
+            payload=payload,
+            actor=request.user.get_username(),
+            reason=(request.POST.get("reason") or "").strip(),
+        )
     except ValueError as exc:
-        return dead_letter_detail(request, letter_id, payload_text=text,
-                                  error=f"The payload is not JSON: {exc}", status=400)
+        return dead_letter_detail(
+            request,
+            letter_id,
+            payload_text=text,
+            error=f"The payload is not JSON: {exc}",
+            status=400,
+        )
     except dlq.DeadLetterError as exc:
-        return dead_letter_detail(request, letter_id, payload_text=text, error=str(exc),
-                                  status=exc.status)
+        return dead_letter_detail(
+            request, letter_id, payload_text=text, error=str(exc), status=exc.status
+        )
     messages.success(request, "Payload saved; the original is kept beside it.")
     return redirect("dashboard:dead-letter", letter_id=letter_id)
 
@@ -222,8 +265,11 @@ def dead_letter_edit(request, letter_id: int):
 def dead_letter_redrive(request, letter_id: int):
     _letter_or_404(letter_id)
     try:
-        done = dlq.redrive(letter_id=letter_id, actor=request.user.get_username(),
-                           reason=(request.POST.get("reason") or "").strip())
+        done = dlq.redrive(
+            letter_id=letter_id,
+            actor=request.user.get_username(),
+            reason=(request.POST.get("reason") or "").strip(),
+        )
     except dlq.DeadLetterError as exc:
         return dead_letter_detail(request, letter_id, error=str(exc), status=exc.status)
     messages.success(request, f"Re-driven: {done.resolution}.")
@@ -237,8 +283,11 @@ def dead_letter_redrive(request, letter_id: int):
 def dead_letter_discard(request, letter_id: int):
     _letter_or_404(letter_id)
     try:
-        dlq.discard(letter_id=letter_id, actor=request.user.get_username(),
-                    reason=request.POST.get("reason") or "")
+        dlq.discard(
+            letter_id=letter_id,
+            actor=request.user.get_username(),
+            reason=request.POST.get("reason") or "",
+        )
     except dlq.DeadLetterError as exc:
         return dead_letter_detail(request, letter_id, error=str(exc), status=exc.status)
     messages.success(request, "Discarded; the decision is in the audit trail.")
@@ -261,12 +310,14 @@ def replay_batches(request):
         try:
             per_second = float(source.get("per_second") or replays.DEFAULT_PER_SECOND)
             batch = replays.start_bulk_replay(
-                actor=request.user.get_username(), run_ids=[r.pk for r in matching],
+                actor=request.user.get_username(),
+                run_ids=[r.pk for r in matching],
                 selection=selection.as_json(),
                 from_step=replays.FROM_FAILED,
                 version=source.get("replay_version") or replays.VERSION_ORIGINAL,
                 renew_idempotency_keys=source.get("renew_idempotency_keys") == "on",
-                per_second=per_second, reason=(source.get("reason") or "").strip(),
+                per_second=per_second,
+                reason=(source.get("reason") or "").strip(),
             )
         except ValueError:
             errors["per_second"] = "must be a number"
@@ -276,17 +327,33 @@ def replay_batches(request):
             return redirect("dashboard:replay-batch", batch_id=batch.pk)
     elif request.method == "POST":
         _require_operator(request)
-    return render(request, "dashboard/replay_batches.html", {
-        "form": {name: source.get(name, "") for name in
-                 ("workflow", "version", "error", "after", "before", "per_second", "reason",
-                  "replay_version", "renew_idempotency_keys")},
-        "errors": errors,
-        "matching": matching[:50],
-        "matching_count": len(matching),
-        "batches": recovery.batches(limit=20),
-        "workflows": Workflow.objects.order_by("slug"),
-        "can_operate": _can_operate(request),
-    }, status=400 if errors and request.method == "POST" else 200)
+    return render(
+        request,
+        "dashboard/replay_batches.html",
+        {
+            "form": {
+                name: source.get(name, "")
+                for name in (
+                    "workflow",
+                    "version",
+                    "error",
+                    "after",
+                    "before",
+                    "per_second",
+                    "reason",
+                    "replay_version",
+                    "renew_idempotency_keys",
+                )
+            },
+            "errors": errors,
+            "matching": matching[:50],
+            "matching_count": len(matching),
+            "batches": recovery.batches(limit=20),
+            "workflows": Workflow.objects.order_by("slug"),
+            "can_operate": _can_operate(request),
+        },
+        status=400 if errors and request.method == "POST" else 200,
+    )
 
 
 def batch_context(batch) -> dict[str, Any]:
@@ -309,8 +376,11 @@ def replay_batch(request, batch_id: int):
     batch = recovery.batch(batch_id)
     if batch is None:
         raise Http404("no such batch")
-    return render(request, "dashboard/replay_batch.html",
-                  {**batch_context(batch), "can_operate": _can_operate(request)})
+    return render(
+        request,
+        "dashboard/replay_batch.html",
+        {**batch_context(batch), "can_operate": _can_operate(request)},
+    )
 
 
 @role_required("operator")
@@ -318,8 +388,11 @@ def replay_batch(request, batch_id: int):
 def replay_batch_cancel(request, batch_id: int):
     if recovery.batch(batch_id) is None:
         raise Http404("no such batch")
-    replays.cancel_batch(batch_id=batch_id, actor=request.user.get_username(),
-                         reason=(request.POST.get("reason") or "").strip())
+    replays.cancel_batch(
+        batch_id=batch_id,
+        actor=request.user.get_username(),
+        reason=(request.POST.get("reason") or "").strip(),
+    )
     return redirect("dashboard:replay-batch", batch_id=batch_id)
 
 
@@ -328,9 +401,12 @@ def replay_batch_cancel(request, batch_id: int):
 def shadow_start(request):
     try:
         last = int(request.POST.get("last") or 10)
-        batch = replays.start_shadow(workflow_slug=request.POST.get("workflow", ""), last=last,
-                                     actor=request.user.get_username(),
-                                     reason=(request.POST.get("reason") or "").strip())
+        batch = replays.start_shadow(
+            workflow_slug=request.POST.get("workflow", ""),
+            last=last,
+            actor=request.user.get_username(),
+            reason=(request.POST.get("reason") or "").strip(),
+        )
     except ValueError:
         messages.error(request, "Last must be a number of events.")
         return redirect("dashboard:replays")
@@ -355,8 +431,10 @@ def _time_or_none(text: str, name: str, errors: dict[str, str]) -> datetime | No
 @require_http_methods(["GET", "POST"])
 def redrive_page(request):
     source = request.POST if request.method == "POST" else request.GET
-    form = {name: (source.get(name) or "").strip() for name in
-            ("type", "source", "after", "before", "workflow", "version", "limit", "reason")}
+    form = {
+        name: (source.get(name) or "").strip()
+        for name in ("type", "source", "after", "before", "workflow", "version", "limit", "reason")
+    }
     errors: dict[str, str] = {}
     plan = None
     if form["type"] or form["workflow"] or request.method == "POST":
@@ -375,33 +453,58 @@ def redrive_page(request):
             try:
                 plan = redrive_events(
                     workflow_slug=form["workflow"],
-                    selection=EventSelection(type=form["type"], source=form["source"],
-                                             after=after, before=before, limit=limit),
-                    version=form["version"] or "latest", dry_run=not deliver,
-                    actor=request.user.get_username(), reason=form["reason"],
+                    selection=EventSelection(
+                        type=form["type"],
+                        source=form["source"],
+                        after=after,
+                        before=before,
+                        limit=limit,
+                    ),
+                    version=form["version"] or "latest",
+                    dry_run=not deliver,
+                    actor=request.user.get_username(),
+                    reason=form["reason"],
                 )
             except RedriveError as exc:
                 errors["redrive"] = str(exc)
             else:
                 if deliver:
-                    messages.success(request, f"{len(plan.starting)} run(s) of "
-                                              f"{plan.workflow.slug} started.")
-    return render(request, "dashboard/redrive.html", {
-        "form": form, "errors": errors, "plan": plan,
-        "workflows": Workflow.objects.order_by("slug"),
-        "can_operate": _can_operate(request),
-    }, status=400 if errors and request.method == "POST" else 200)
+                    messages.success(
+                        request, f"{len(plan.starting)} run(s) of {plan.workflow.slug} started."
+                    )
+    return render(
+        request,
+        "dashboard/redrive.html",
+        {
+            "form": form,
+            "errors": errors,
+            "plan": plan,
+            "workflows": Workflow.objects.order_by("slug"),
+            "can_operate": _can_operate(request),
+        },
+        status=400 if errors and request.method == "POST" else 200,
+    )
 
 
 # --- the audit trail -----------------------------------------------------------------------------
 @role_required("viewer")
 def audit_list(request):
-    filters = {name: (request.GET.get(name) or "").strip()
-               for name in ("action", "actor", "target_type", "target_id")}
+    filters = {
+        name: (request.GET.get(name) or "").strip()
+        for name in ("action", "actor", "target_type", "target_id")
+    }
     before = request.GET.get("before_id") or ""
-    page, more = recovery.audit_entries(**filters, before_id=int(before)
-                                        if before.isdigit() else None)
-    return render(request, "dashboard/audit.html", {
-        "entries": page, "more": more, "filters": filters, "actions": audit.ACTIONS,
-        "older": page[-1].pk if more else None,
-    })
+    page, more = recovery.audit_entries(
+        **filters, before_id=int(before) if before.isdigit() else None
+    )
+    return render(
+        request,
+        "dashboard/audit.html",
+        {
+            "entries": page,
+            "more": more,
+            "filters": filters,
+            "actions": audit.ACTIONS,
+            "older": page[-1].pk if more else None,
+        },
+    )

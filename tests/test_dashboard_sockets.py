@@ -203,10 +203,10 @@ async def test_a_page_that_does_not_acknowledge_gets_two_frames_then_the_latest_
                                                    "status": status})  # fmt: skip
 
     try:
-        await change("running")
-        assert 'data-status="running"' in await ws.receive_from(timeout=TIMEOUT)
+        await change("cancelled")
+        assert 'data-status="cancelled"' in await ws.receive_from(timeout=TIMEOUT)
         # Two frames (snapshot + one) are unacknowledged now: changes pile up as one.
-        for status in ("failed", "cancelled", "succeeded"):
+        for status in ("failed", "queued", "succeeded"):
             await change(status)
         assert await ws.receive_nothing(timeout=1.0)
 

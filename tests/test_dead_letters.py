@@ -28,10 +28,13 @@ ORDER_SCHEMA = {
 @pytest.fixture
 def step_letter() -> DeadLetter:
     """A step dead letter: `greet` reads the event's name, and the event had none."""
-    publish("greeter", definition(
-        log_step("start"),
-        log_step("greet", after=("start",), message="hello {{ event.data.name }}"),
-    ))
+    publish(
+        "greeter",
+        definition(
+            log_step("start"),
+            log_step("greet", after=("start",), message="hello {{ event.data.name }}"),
+        ),
+    )
     run = drive(trigger("greeter", {"nobody": True}))
     assert run.status == "failed"
     return DeadLetter.objects.get(run=run)
@@ -44,8 +47,11 @@ def event_letter() -> DeadLetter:
     return DeadLetter.objects.create(
         kind="event",
         reason="schedule nightly: data does not match its schema",
-        payload={"channel": "schedule", "schedule": "nightly",
-                 "cloudevent": cloudevent("com.example.tick", data={"order": "seven"})},
+        payload={
+            "channel": "schedule",
+            "schedule": "nightly",
+            "cloudevent": cloudevent("com.example.tick", data={"order": "seven"}),
+        },
     )
 
 
@@ -69,26 +75,33 @@ def test_re_driving_an_edited_event_ingests_it_and_closes_the_letter(event_lette
         dlq.redrive(letter_id=event_letter.pk, actor="alice")
     event_letter.refresh_from_db()
     assert event_letter.resolved_at is None  # a failed re-drive leaves it in the queue
-    fixed = {**event_letter.payload,
-             "cloudevent": {**event_letter.payload["cloudevent"], "data": {"order": 7}}}
+    fixed = {
+        **event_letter.payload,
+        "cloudevent": {**event_letter.payload["cloudevent"], "data": {"order": 7}},
+    }
     dlq.edit_payload(letter_id=event_letter.pk, payload=fixed, actor="alice")
 
     done = dlq.redrive(letter_id=event_letter.pk, actor="alice", reason="fixed the data")
 
     event = Event.objects.get(pk=done.event)
-    assert (event.type, event.data, event.channel) == ("com.example.tick", {"order": 7},
-                                                      "schedule")
+    assert (event.type, event.data, event.channel) == ("com.example.tick", {"order": 7}, "schedule")
     event_letter.refresh_from_db()
     assert event_letter.resolved_by == "alice"
     assert event_letter.resolution == f"re-driven: ingested as event {event.pk}"
     entry = AuditEntry.objects.get(action="dead_letter.redrive")
     assert (entry.target_id, entry.reason, entry.details["edited"]) == (
-        str(event_letter.pk), "fixed the data", True)
+        str(event_letter.pk),
+        "fixed the data",
+        True,
+    )
 
 
 def test_re_driving_a_step_letter_replays_the_run_from_the_failed_step(step_letter):
-    dlq.edit_payload(letter_id=step_letter.pk, payload={**step_letter.payload,
-                                                        "input": {"name": "Ada"}}, actor="alice")
+    dlq.edit_payload(
+        letter_id=step_letter.pk,
+        payload={**step_letter.payload, "input": {"name": "Ada"}},
+        actor="alice",
+    )
 
     done = dlq.redrive(letter_id=step_letter.pk, actor="alice")
 
@@ -104,10 +117,15 @@ def test_re_driving_a_step_letter_replays_the_run_from_the_failed_step(step_lett
 
 def test_a_bus_letter_is_matched_again(db):
     publish("late", definition(log_step("only")))
-    event = Event.objects.create(source="/tests", ce_id="poison-1", type="com.example.order.placed",
-                                 data={"order": 1})
-    letter = DeadLetter.objects.create(kind="bus", reason="delivered 6 times without success",
-                                       event=event, payload={"event_id": event.pk})
+    event = Event.objects.create(
+        source="/tests", ce_id="poison-1", type="com.example.order.placed", data={"order": 1}
+    )
+    letter = DeadLetter.objects.create(
+        kind="bus",
+        reason="delivered 6 times without success",
+        event=event,
+        payload={"event_id": event.pk},
+    )
 
     done = dlq.redrive(letter_id=letter.pk, actor="alice")
 
@@ -119,9 +137,12 @@ def test_a_bus_letter_is_matched_again(db):
 def test_an_event_cut_by_the_depth_guard_is_delivered_to_its_workflows(db):
     publish("deep", definition(log_step("only")))
     event = Event.objects.create(source="/tests", ce_id="deep-1", type="com.example.order.placed")
-    letter = DeadLetter.objects.create(kind="event", reason="causation chain too deep",
-                                       event=event,
-                                       payload={"guard": "causation-depth", "workflows": ["deep"]})
+    letter = DeadLetter.objects.create(
+        kind="event",
+        reason="causation chain too deep",
+        event=event,
+        payload={"guard": "causation-depth", "workflows": ["deep"]},
+    )
 
     done = dlq.redrive(letter_id=letter.pk, actor="alice")
 
@@ -159,8 +180,10 @@ def test_a_resolved_letter_cannot_be_resolved_again_or_edited(event_letter):
 def test_re_driving_many_reports_each_letter_and_keeps_going(event_letter, step_letter):
     results = dlq.redrive_many(letter_ids=[event_letter.pk, step_letter.pk], actor="alice")
 
-    assert [(r["id"], r["ok"]) for r in results] == [(event_letter.pk, False),
-                                                     (step_letter.pk, True)]
+    assert [(r["id"], r["ok"]) for r in results] == [
+        (event_letter.pk, False),
+        (step_letter.pk, True),
+    ]
     assert "still breaks its schema" in results[0]["error"]
     assert DeadLetter.objects.filter(resolved_at__isnull=True).count() == 1
 
@@ -178,8 +201,10 @@ def test_the_api_lists_open_letters_with_reason_and_payload(client, event_letter
     step = body["dead_letters"][0]
     assert (step["kind"], step["workflow"], step["step"]) == ("step", "greeter", "greet")
     assert step["payload"]["step"] == "greet" and "name" in step["reason"]
-    assert api.get("/api/v1/dead-letters", {"kind": "event"}).json()["dead_letters"][0][
-        "id"] == event_letter.pk
+    assert (
+        api.get("/api/v1/dead-letters", {"kind": "event"}).json()["dead_letters"][0]["id"]
+        == event_letter.pk
+    )
     assert api.get("/api/v1/dead-letters", {"state": "resolved"}).json()["dead_letters"] == []
     assert api.get("/api/v1/dead-letters", {"state": "odd"}).status_code == 400
 
@@ -193,8 +218,11 @@ def test_acting_on_dead_letters_over_the_api_needs_the_operator_role(client, eve
         api.patch(base, {"payload": {}}, content_type="application/json"),
         api.post(f"{base}/redrive", {}, content_type="application/json"),
         api.post(f"{base}/discard", {"reason": "x"}, content_type="application/json"),
-        api.post("/api/v1/dead-letters/redrive", {"ids": [event_letter.pk]},
-                 content_type="application/json"),
+        api.post(
+            "/api/v1/dead-letters/redrive",
+            {"ids": [event_letter.pk]},
+            content_type="application/json",
+        ),
     ]
 
     assert [a.status_code for a in answers] == [403, 403, 403, 403]
@@ -205,16 +233,21 @@ def test_acting_on_dead_letters_over_the_api_needs_the_operator_role(client, eve
 def test_an_operator_edits_redrives_and_discards_over_the_api(client, event_letter, step_letter):
     api = token_client(client, "operator")
     base = f"/api/v1/dead-letters/{event_letter.pk}"
-    fixed = {**event_letter.payload,
-             "cloudevent": {**event_letter.payload["cloudevent"], "data": {"order": 7}}}
+    fixed = {
+        **event_letter.payload,
+        "cloudevent": {**event_letter.payload["cloudevent"], "data": {"order": 7}},
+    }
 
-    patched = api.patch(base, {"payload": fixed, "reason": "typo"},
-                        content_type="application/json")
+    patched = api.patch(base, {"payload": fixed, "reason": "typo"}, content_type="application/json")
     redriven = api.post(f"{base}/redrive", {"reason": "fixed"}, content_type="application/json")
-    no_reason = api.post(f"/api/v1/dead-letters/{step_letter.pk}/discard", {},
-                         content_type="application/json")
-    discarded = api.post(f"/api/v1/dead-letters/{step_letter.pk}/discard", {"reason": "dupe"},
-                         content_type="application/json")
+    no_reason = api.post(
+        f"/api/v1/dead-letters/{step_letter.pk}/discard", {}, content_type="application/json"
+    )
+    discarded = api.post(
+        f"/api/v1/dead-letters/{step_letter.pk}/discard",
+        {"reason": "dupe"},
+        content_type="application/json",
+    )
     again = api.post(f"{base}/redrive", {}, content_type="application/json")
 
     assert patched.status_code == 200 and patched.json()["edited"] is True
@@ -230,9 +263,11 @@ def test_an_operator_edits_redrives_and_discards_over_the_api(client, event_lett
 def test_bulk_redrive_over_the_api_answers_207_when_some_fail(client, event_letter, step_letter):
     api = token_client(client, "operator")
 
-    response = api.post("/api/v1/dead-letters/redrive",
-                        {"ids": [event_letter.pk, step_letter.pk]},
-                        content_type="application/json")
+    response = api.post(
+        "/api/v1/dead-letters/redrive",
+        {"ids": [event_letter.pk, step_letter.pk]},
+        content_type="application/json",
+    )
 
     assert response.status_code == 207
     assert [r["ok"] for r in response.json()["results"]] == [False, True]
@@ -278,8 +313,9 @@ def test_the_dlq_command_reports_failures_with_a_non_zero_exit(event_letter):
 # --- the dashboard -----------------------------------------------------------------------------
 
 
-def test_the_dead_letter_page_lists_open_letters_with_reason_and_payload(client, event_letter,
-                                                                         step_letter):
+def test_the_dead_letter_page_lists_open_letters_with_reason_and_payload(
+    client, event_letter, step_letter
+):
     from tests.test_replay import signed_in
 
     page = signed_in(client, "viewer").get("/dead-letters/").content.decode()
@@ -297,8 +333,10 @@ def test_an_operator_edits_then_redrives_a_letter_from_its_page(client, event_le
 
     operator = signed_in(client, "operator")
     base = f"/dead-letters/{event_letter.pk}/"
-    fixed = {**event_letter.payload,
-             "cloudevent": {**event_letter.payload["cloudevent"], "data": {"order": 7}}}
+    fixed = {
+        **event_letter.payload,
+        "cloudevent": {**event_letter.payload["cloudevent"], "data": {"order": 7}},
+    }
 
     not_json = operator.post(base + "edit/", {"payload": "{oops"})
     edited = operator.post(base + "edit/", {"payload": json.dumps(fixed), "reason": "typo"})
@@ -331,8 +369,9 @@ def test_redriving_selected_letters_from_the_list(client, event_letter, step_let
 
     operator = signed_in(client, "operator")
 
-    response = operator.post("/dead-letters/", {"ids": [str(step_letter.pk)], "reason": "go"},
-                             follow=True)
+    response = operator.post(
+        "/dead-letters/", {"ids": [str(step_letter.pk)], "reason": "go"}, follow=True
+    )
 
     assert b"replayed as run" in response.content
     step_letter.refresh_from_db()
@@ -341,8 +380,9 @@ def test_redriving_selected_letters_from_the_list(client, event_letter, step_let
 
 
 @pytest.mark.parametrize("role", ["viewer", "editor"])
-def test_acting_on_dead_letters_in_the_dashboard_needs_the_operator_role(client, event_letter,
-                                                                         role):
+def test_acting_on_dead_letters_in_the_dashboard_needs_the_operator_role(
+    client, event_letter, role
+):
     from tests.test_replay import signed_in
 
     page = signed_in(client, role)

@@ -127,8 +127,11 @@ def test_a_cycle_is_shown_on_every_step_in_it():
 
 
 def test_ports_of_a_switch_follow_its_cases_and_failure_comes_last():
-    switch = {"id": "s", "kind": "switch",
-              "config": {"cases": [{"name": "big", "when": "true"}, {"name": "small", "when": "x"}]}}
+    switch = {
+        "id": "s",
+        "kind": "switch",
+        "config": {"cases": [{"name": "big", "when": "true"}, {"name": "small", "when": "x"}]},
+    }
 
     assert drafts.ports_of(switch) == ["big", "small", "default", "failure"]
     assert drafts.ports_of({"id": "f", "kind": "fail"}) == ["failure"]
@@ -153,8 +156,9 @@ def test_publishing_an_invalid_draft_is_refused_with_every_problem_and_the_draft
 def test_publishing_records_the_note_and_who_published_and_audits_it():
     workflow = drafts.create_workflow(slug="notes", name="", by="eddie")
 
-    version = drafts.publish_draft(workflow=workflow, by="eddie", note="first cut",
-                                   raw=definition(log_step("a")))
+    version = drafts.publish_draft(
+        workflow=workflow, by="eddie", note="first cut", raw=definition(log_step("a"))
+    )
 
     assert (version.number, version.note, version.published_by) == (1, "first cut", "eddie")
     assert workflow.published_version == version
@@ -177,8 +181,9 @@ def test_restoring_a_version_copies_it_into_the_draft_and_leaves_the_live_versio
     workflow = drafts.create_workflow(slug="restore", name="", by="eddie")
     first = definition(log_step("a"), name="First")
     drafts.publish_draft(workflow=workflow, by="eddie", raw=first)
-    live = drafts.publish_draft(workflow=workflow, by="eddie",
-                                raw=definition(log_step("b"), name="Second"))
+    live = drafts.publish_draft(
+        workflow=workflow, by="eddie", raw=definition(log_step("b"), name="Second")
+    )
 
     draft = drafts.restore_version(workflow=workflow, number=1, by="ana")
 
@@ -220,13 +225,20 @@ def test_the_diff_lists_added_removed_and_changed_steps_with_their_config_and_ed
     by_id = {s["id"]: s for s in diff["steps"]}
     assert set(by_id) == {"start", "big", "no", "audit"}
     assert by_id["big"]["change"] == "changed"
-    assert by_id["big"]["config"] == [{"key": "expression", "change": "changed",
-                                       "before": "event.data.total > 100",
-                                       "after": "event.data.total > 500"}]
-    assert by_id["start"]["config"] == [{"key": "level", "change": "added", "before": None,
-                                         "after": "warning"}]
-    assert by_id["start"]["fields"] == [{"field": "retry", "before": None,
-                                         "after": {"max_attempts": 3}}]
+    assert by_id["big"]["config"] == [
+        {
+            "key": "expression",
+            "change": "changed",
+            "before": "event.data.total > 100",
+            "after": "event.data.total > 500",
+        }
+    ]
+    assert by_id["start"]["config"] == [
+        {"key": "level", "change": "added", "before": None, "after": "warning"}
+    ]
+    assert by_id["start"]["fields"] == [
+        {"field": "retry", "before": None, "after": {"max_attempts": 3}}
+    ]
     assert by_id["no"]["change"] == "removed"
     assert by_id["audit"]["change"] == "added"
     assert diff["edges"]["added"] == [{"from": "yes", "to": "audit", "port": "success"}]
@@ -262,8 +274,9 @@ def test_the_diff_shows_trigger_and_workflow_field_changes():
 # --- try it --------------------------------------------------------------------------------
 def test_trying_a_draft_with_a_stored_event_runs_a_snapshot_outside_the_bus():
     workflow = drafts.create_workflow(slug="tryme", name="", by="eddie")
-    drafts.save_draft(workflow=workflow, raw=definition(log_step("a"), log_step("b", after=("a",))),
-                      by="eddie")
+    drafts.save_draft(
+        workflow=workflow, raw=definition(log_step("a"), log_step("b", after=("a",))), by="eddie"
+    )
     event, _ = ingest_event(envelope=from_structured(cloudevent(data={"order": 7})))
 
     run = drafts.try_draft(workflow=workflow, by="eddie", event_id=event.pk)
@@ -289,8 +302,11 @@ def test_trying_with_typed_data_stores_a_sample_event_that_never_reaches_the_bus
     run = drafts.try_draft(workflow=workflow, by="eddie", data={"total": 12}, raw=raw)
 
     event = run.event
-    assert (event.type, event.data, event.channel) == ("com.example.order.paid", {"total": 12},
-                                                       "try")
+    assert (event.type, event.data, event.channel) == (
+        "com.example.order.paid",
+        {"total": 12},
+        "try",
+    )
     assert event.source == "/signalbox/try/eddie"
     # Already marked published: the outbox relay never puts it on the bus.
     assert event.published_at is not None
@@ -308,13 +324,18 @@ def test_trying_an_invalid_draft_is_refused_and_starts_nothing():
 
 
 def test_typed_data_that_breaks_the_types_schema_is_refused():
-    register_schema(event_type="com.example.order.paid", schema={
-        "type": "object", "required": ["total"], "properties": {"total": {"type": "number"}},
-    })
+    register_schema(
+        event_type="com.example.order.paid",
+        schema={
+            "type": "object",
+            "required": ["total"],
+            "properties": {"total": {"type": "number"}},
+        },
+    )
     workflow = drafts.create_workflow(slug="schema", name="", by="eddie")
-    drafts.save_draft(workflow=workflow, raw=definition(log_step("a"),
-                                                        event="com.example.order.paid"),
-                      by="eddie")
+    drafts.save_draft(
+        workflow=workflow, raw=definition(log_step("a"), event="com.example.order.paid"), by="eddie"
+    )
 
     with pytest.raises(SchemaViolation):
         drafts.try_draft(workflow=workflow, by="eddie", data={"total": "lots"})
@@ -352,8 +373,9 @@ def test_export_writes_the_draft_or_a_version_as_json_or_yaml():
 def test_an_import_replaces_the_draft_and_can_publish_it_at_once():
     body = yaml.safe_dump(definition(log_step("a"), name="From git")).encode()
 
-    result = drafts.import_definition(slug="from-git", body=body, yaml_format=True, by="cli",
-                                      publish=True)
+    result = drafts.import_definition(
+        slug="from-git", body=body, yaml_format=True, by="cli", publish=True
+    )
 
     assert result.created is True
     assert result.version.number == 1
@@ -364,9 +386,15 @@ def test_an_import_replaces_the_draft_and_can_publish_it_at_once():
 
 def test_an_invalid_import_names_every_problem_and_changes_nothing():
     put_workflow(slug="kept", raw=definition(log_step("a")))
-    bad = json.dumps({"name": "x", "steps": [{"id": "a", "kind": "log"},
-                                             {"id": "B", "kind": "log",
-                                              "config": {"message": "m"}}]}).encode()
+    bad = json.dumps(
+        {
+            "name": "x",
+            "steps": [
+                {"id": "a", "kind": "log"},
+                {"id": "B", "kind": "log", "config": {"message": "m"}},
+            ],
+        }
+    ).encode()
 
     with pytest.raises(InvalidDefinition) as refused:
         drafts.import_definition(slug="kept", body=bad, yaml_format=False, by="cli")
@@ -390,8 +418,9 @@ def test_an_import_whose_publish_is_refused_takes_the_new_draft_back():
     raw["triggers"] = [{"webhook": "missing"}]
 
     with pytest.raises(InvalidDefinition, match="no webhook 'missing'"):
-        drafts.import_definition(slug="hooked", body=json.dumps(raw).encode(),
-                                 yaml_format=False, by="cli", publish=True)
+        drafts.import_definition(
+            slug="hooked", body=json.dumps(raw).encode(), yaml_format=False, by="cli", publish=True
+        )
 
     assert Workflow.objects.get(slug="hooked").draft == definition(log_step("a"))
 

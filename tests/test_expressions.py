@@ -7,6 +7,7 @@ Python, no Python object reachable, no crash other than ExpressionError.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -286,6 +287,21 @@ def test_a_slow_expression_is_stopped_at_the_time_limit():
     assert f"took longer than {TIME_LIMIT_SECONDS}s" in str(caught.value)
     assert "step crunch" in str(caught.value)
     assert spent < TIME_LIMIT_SECONDS + 1.5
+
+
+def burn(cpu_seconds: float) -> None:
+    started = time.process_time()
+    while time.process_time() - started < cpu_seconds:
+        pass
+
+
+def test_a_timeout_swallowed_once_in_a_finalizer_is_raised_again():
+    # Python swallows an exception raised while it runs a __del__ (or a ResourceWarning of a
+    # collected socket); the limit must not be lost with it.
+    with pytest.raises(expressions._Timeout), expressions._time_limit(0.05):
+        with contextlib.suppress(expressions._Timeout):  # swallowed, as in a finalizer
+            burn(5)
+        burn(5)
 
 
 def test_the_time_limit_leaves_the_next_expression_unaffected():

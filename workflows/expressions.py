@@ -76,14 +76,20 @@ def _time_limit(seconds: float):
         yield
         return
 
+    active = True
+
     def expire(_signum, _frame):
-        raise _Timeout
+        if active:
+            raise _Timeout
 
     previous = signal.signal(signal.SIGVTALRM, expire)
-    signal.setitimer(signal.ITIMER_VIRTUAL, seconds)
+    # Repeating: a _Timeout raised while Python runs a finalizer (a __del__, a ResourceWarning
+    # of a collected socket) is swallowed there, so the next tick raises it again.
+    signal.setitimer(signal.ITIMER_VIRTUAL, seconds, 0.05)
     try:
         yield
     finally:
+        active = False
         signal.setitimer(signal.ITIMER_VIRTUAL, 0)
         signal.signal(signal.SIGVTALRM, previous)
 

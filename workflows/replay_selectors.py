@@ -92,8 +92,9 @@ def failed_runs(selection: FailedRunFilter) -> QuerySet[Run]:
     return runs.distinct()
 
 
-def dead_letters(*, state: str = "open", kind: str = "", before_id: int | None = None,
-                 limit: int = PAGE_SIZE) -> tuple[list[DeadLetter], bool]:
+def dead_letters(
+    *, state: str = "open", kind: str = "", before_id: int | None = None, limit: int = PAGE_SIZE
+) -> tuple[list[DeadLetter], bool]:
     """Newest first; `state` is open, resolved or all. Returns (page, more)."""
     letters = DeadLetter.objects.select_related("run__workflow", "event").order_by("-id")
     if state == "open":
@@ -109,17 +110,22 @@ def dead_letters(*, state: str = "open", kind: str = "", before_id: int | None =
 
 
 def dead_letter(letter_id: int) -> DeadLetter | None:
-    return DeadLetter.objects.select_related("run__workflow", "event").filter(
-        pk=letter_id).first()
+    return DeadLetter.objects.select_related("run__workflow", "event").filter(pk=letter_id).first()
 
 
 def open_dead_letter_count() -> int:
     return DeadLetter.objects.filter(resolved_at__isnull=True).count()
 
 
-def audit_entries(*, action: str = "", actor: str = "", target_type: str = "",
-                  target_id: str = "", before_id: int | None = None,
-                  limit: int = PAGE_SIZE) -> tuple[list[AuditEntry], bool]:
+def audit_entries(
+    *,
+    action: str = "",
+    actor: str = "",
+    target_type: str = "",
+    target_id: str = "",
+    before_id: int | None = None,
+    limit: int = PAGE_SIZE,
+) -> tuple[list[AuditEntry], bool]:
     entries = AuditEntry.objects.order_by("-id")
     if action:
         entries = entries.filter(action=action)
@@ -140,7 +146,8 @@ def audit_for_run(run: Run) -> list[AuditEntry]:
     names it), or to its dead letters."""
     letters = [str(pk) for pk in DeadLetter.objects.filter(run=run).values_list("pk", flat=True)]
     query = Q(target_type="run", target_id=str(run.pk)) | Q(
-        target_type="dead_letter", target_id__in=letters)
+        target_type="dead_letter", target_id__in=letters
+    )
     if run.replay_of_id:
         query |= Q(target_type="run", target_id=str(run.replay_of_id), details__replay=run.pk)
     return list(AuditEntry.objects.filter(query).order_by("-id")[:100])
@@ -157,8 +164,7 @@ def batch(batch_id: int) -> ReplayBatch | None:
 def batch_runs(batch: ReplayBatch) -> dict[int, Run]:
     """The runs a batch started, by id."""
     ids = [i["replay"] for i in batch.summary.get("items", []) if i.get("replay")]
-    return {r.pk: r for r in Run.objects.filter(pk__in=ids).select_related("workflow",
-                                                                             "version")}
+    return {r.pk: r for r in Run.objects.filter(pk__in=ids).select_related("workflow", "version")}
 
 
 def batch_outcomes(batch: ReplayBatch) -> dict[str, int]:

@@ -39,6 +39,8 @@
   var future = [];
   var pendingBefore = null;
   var pendingRender = false;
+  var pendingRefresh = false;
+  var wantPanel = false;
   var revision = 0;
   var savedRevision = 0;
   var triggerPos = {};
@@ -438,11 +440,15 @@
   // removing a node fires one event per wire, then one for the node) become one undo entry.
   function change(mutate, opts) {
     if (!canEdit) return false;
+    opts = opts || {};
     var before = JSON.stringify(model);
     mutate();
     if (JSON.stringify(model) === before) return false;
     revision++;
-    if (!opts || opts.render !== false) pendingRender = true;
+    if (opts.render !== false) pendingRender = true;
+    // The open panel lists what its node can read (upstream steps): a change made on the
+    // canvas may change that; a change made by the panel's own form must not reload it.
+    if (opts.render !== false && !opts.fromForm) pendingRefresh = true;
     if (pendingBefore === null) {
       pendingBefore = before;
       Promise.resolve().then(commit);
@@ -459,6 +465,10 @@
     if (pendingRender) render();
     updateHistoryButtons();
     scheduleSave();
+    var panel = sidePanel.querySelector(".panel");
+    if (pendingRefresh && panel && panel.id === "node-panel") wantPanel = true;
+    pendingRefresh = false;
+    flushPanel();
   }
 
   function replaceModel(next) {
@@ -615,6 +625,36 @@
         if (isObj(s) && pos[i]) s.position = {x: pos[i].x, y: pos[i].y};
       });
     });
+    Promise.resolve().then(function () { Promise.resolve().then(fitView); });
+  }
+
+  // Show every node: zoom out if needed (never in beyond 100%), then move the view so the
+  // top-left node sits near the corner.
+  function fitView() {
+    var nodes = df.drawflow.drawflow.Home.data;
+    var ids = Object.keys(nodes);
+    if (!ids.length) return;
+    var minX = Infinity, minY = Infinity, maxX = -Infinity, maxY = -Infinity;
+    ids.forEach(function (id) {
+      var n = nodes[id];
+      var el = nodeEl(id);
+      minX = Math.min(minX, n.pos_x);
+      minY = Math.min(minY, n.pos_y);
+      maxX = Math.max(maxX, n.pos_x + (el ? el.offsetWidth : 210) + 70);
+      maxY = Math.max(maxY, n.pos_y + (el ? el.offsetHeight : 100));
+    });
+    var w = canvas.clientWidth;
+    var h = canvas.clientHeight;
+    var z = Math.max(df.zoom_min, Math.min(1, (w - 60) / (maxX - minX), (h - 60) / (maxY - minY)));
+    var cx = df.precanvas.clientWidth / 2;
+    var cy = df.precanvas.clientHeight / 2;
+    df.zoom = z;
+    df.zoom_last_value = z;
+    df.canvas_x = 30 - cx - (minX - cx) * z;
+    df.canvas_y = 30 - cy - (minY - cy) * z;
+    df.precanvas.style.transform = "translate(" + df.canvas_x + "px, " + df.canvas_y + "px) scale(" + z + ")";
+    var label = document.getElementById("zoom-level");
+    if (label) label.textContent = Math.round(z * 100) + "%";
   }
 
   function deleteSelection() {
@@ -710,10 +750,16 @@
 
   function select(info) {
     selection = info;
-    Promise.resolve().then(function () {
-      decorate();
-      openNode();
-    });
+    wantPanel = true;
+    Promise.resolve().then(flushPanel);
+  }
+
+  // Open the selected node's panel once the edits of this moment are committed.
+  function flushPanel() {
+    if (pendingBefore !== null || !wantPanel) return;
+    wantPanel = false;
+    decorate();
+    if (selection) openNode();
   }
 
   // --- panels -----------------------------------------------------------------------------
@@ -735,8 +781,49 @@
     flushSave().then(function () { e.detail.issueRequest(false); });
   });
 
+  // A config form posts what was typed after a pause; before its panel is replaced, what it
+  // still holds is sent and its answer applied (the answer's event must reach the page
+  // while the form is in it).
+  var formDirty = false;
+  var formBusy = 0;
+  var idleWaiters = [];
+
+  function isPanelForm(elt) {
+    return !!(elt && elt.matches && elt.matches("#node-form, #settings-form"));
+  }
+  ["input", "change"].forEach(function (type) {
+    sidePanel.addEventListener(type, function (e) {
+      if (e.target.closest && e.target.closest("#node-form, #settings-form")) formDirty = true;
+    });
+  });
+  document.body.addEventListener("htmx:beforeRequest", function (e) {
+    if (!isPanelForm(e.detail.elt)) return;
+    formDirty = false;
+    formBusy++;
+  });
+  document.body.addEventListener("htmx:afterRequest", function (e) {
+    if (!isPanelForm(e.detail.elt)) return;
+    formBusy = Math.max(0, formBusy - 1);
+    if (!formBusy) idleWaiters.splice(0).forEach(function (resolve) { resolve(); });
+  });
+
+  function settleForms() {
+    var form = sidePanel.querySelector("#node-form[hx-post], #settings-form[hx-post]");
+    if (form && formDirty) htmx.trigger(form, "change");
+    if (!formBusy) {
+      formDirty = false;
+      return Promise.resolve();
+    }
+    return new Promise(function (resolve) {
+      idleWaiters.push(resolve);
+      setTimeout(resolve, 5000); // never wait forever on a lost answer
+    });
+  }
+
   function panelRequest(verb, url, values) {
-    return htmx.ajax(verb, url, {source: sidePanel, target: "#side-panel", swap: "innerHTML", values: values || {}});
+    return settleForms().then(function () {
+      return htmx.ajax(verb, url, {source: sidePanel, target: "#side-panel", swap: "innerHTML", values: values || {}});
+    });
   }
 
   function openNode() {
@@ -770,7 +857,9 @@
   function showHelp() {
     var panel = sidePanel.querySelector(".panel");
     if (panel && panel.id === "help-panel") return;
-    sidePanel.innerHTML = helpHtml;
+    settleForms().then(function () {
+      htmx.swap(sidePanel, helpHtml, {swapStyle: "innerHTML"});
+    });
   }
   var helpHtml = sidePanel.innerHTML;
 
@@ -787,7 +876,7 @@
 
   document.body.addEventListener("editor:apply", function (e) {
     var d = e.detail || {};
-    if (d.target === "step") {
+    if (d.what === "step") {
       var current = stepAt(d.index);
       if (!current || current.id !== d.id) return; // the canvas moved on meanwhile
       change(function () {
@@ -797,18 +886,18 @@
         if (current.after) next.after = current.after; else delete next.after;
         model.steps[d.index] = next;
         if (d.renamed) renameRefs(d.renamed[0], d.renamed[1]);
-      });
-    } else if (d.target === "trigger") {
+      }, {fromForm: true});
+    } else if (d.what === "trigger") {
       if (d.index >= model.triggers.length) return;
-      change(function () { model.triggers[d.index] = clone(d.trigger); });
-    } else if (d.target === "workflow") {
+      change(function () { model.triggers[d.index] = clone(d.trigger); }, {fromForm: true});
+    } else if (d.what === "workflow") {
       change(function () {
         Object.keys(d.settings || {}).forEach(function (key) {
           var value = d.settings[key];
           if (value === null || value === undefined) delete model[key];
           else model[key] = value;
         });
-      }, {render: false});
+      }, {render: false, fromForm: true});
       var title = document.getElementById("editor-title");
       if (title && model.name) title.textContent = model.name;
     }
@@ -1064,6 +1153,7 @@
     "zoom-in": function () { df.zoom_in(); },
     "zoom-out": function () { df.zoom_out(); },
     "zoom-reset": function () { df.zoom_reset(); },
+    "fit": fitView,
   };
   root.querySelectorAll(".editor-toolbar [data-action]").forEach(function (button) {
     button.addEventListener("click", function () { actions[button.dataset.action](); });
@@ -1205,6 +1295,7 @@
 
   // --- start ------------------------------------------------------------------------------
   render();
+  fitView();
   updateHistoryButtons();
   if (canEdit) setStatus("saved", cfg.savedBy ? "Draft saved by " + cfg.savedBy : "Draft saved");
   connect();

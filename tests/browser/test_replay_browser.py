@@ -17,16 +17,26 @@ from .test_live_dashboard import publish, run_of_event, send
 
 
 @pytest.mark.browser
-def test_an_operator_replays_a_failed_run_from_the_failed_step(page: Page, api, recorder,
-                                                                make_user):
+def test_an_operator_replays_a_failed_run_from_the_failed_step(
+    page: Page, api, recorder, make_user
+):
     recorder.default = Reply(500, {"error": "the warehouse API is down"})
     recorder.answer(Reply(200, {"reserved": True}))  # the first call (step one) succeeds
-    publish(api, "browser-replay", definition(
-        http_step("reserve", f"{recorder.url}/reserve", config={"json": {"sku": "A-1"}}),
-        http_step("ship", f"{recorder.url}/ship", after=("reserve",),
-                  config={"json": {"sku": "A-1"}}, retry={"max_attempts": 1}),
-        log_step("done", after=("ship",)),
-    ))
+    publish(
+        api,
+        "browser-replay",
+        definition(
+            http_step("reserve", f"{recorder.url}/reserve", config={"json": {"sku": "A-1"}}),
+            http_step(
+                "ship",
+                f"{recorder.url}/ship",
+                after=("reserve",),
+                config={"json": {"sku": "A-1"}},
+                retry={"max_attempts": 1},
+            ),
+            log_step("done", after=("ship",)),
+        ),
+    )
     event_id = send(api, cloudevent(data={"order": 11}))
     failed = run_of_event(api, "browser-replay", event_id)
 
@@ -53,18 +63,22 @@ def test_an_operator_replays_a_failed_run_from_the_failed_step(page: Page, api, 
     replay_id = int(re.search(r"/runs/(\d+)/$", page.url).group(1))
     assert replay_id != failed["id"]
     expect(page.locator("#run-replay-keys")).to_contain_text(
-        f"Idempotency keys reused from run #{failed['id']}", timeout=LIVE_TIMEOUT_MS)
+        f"Idempotency keys reused from run #{failed['id']}", timeout=LIVE_TIMEOUT_MS
+    )
 
     def replay_finished():
         run = api.get(f"/api/v1/runs/{replay_id}").json()
         return run if run["status"] in ("succeeded", "failed") else None
 
-    assert wait_until(replay_finished, timeout=60, message="the replay to finish")[
-        "status"] == "succeeded"
+    assert (
+        wait_until(replay_finished, timeout=60, message="the replay to finish")["status"]
+        == "succeeded"
+    )
     page.reload()  # what the page shows once it is done (live pushes are tested elsewhere)
     expect(page.locator("#run-detail")).to_have_attribute("data-status", "succeeded")
-    expect(page.locator("#compare-reserve")).to_have_attribute("data-verdict", "reused",
-                                                               timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#compare-reserve")).to_have_attribute(
+        "data-verdict", "reused", timeout=LIVE_TIMEOUT_MS
+    )
     expect(page.locator("#compare-ship")).to_have_attribute("data-verdict", "status differs")
     reserve_calls = [r for r in recorder.requests if r.path == "/reserve"]
     ship_calls = [r for r in recorder.requests if r.path == "/ship"]
@@ -73,18 +87,26 @@ def test_an_operator_replays_a_failed_run_from_the_failed_step(page: Page, api, 
     assert ship_calls[0].headers["Idempotency-Key"] == ship_calls[1].headers["Idempotency-Key"]
     replay = api.get(f"/api/v1/runs/{replay_id}").json()
     assert {s["id"]: s["status"] for s in replay["steps"]} == {
-        "reserve": "succeeded", "ship": "succeeded", "done": "succeeded"}
+        "reserve": "succeeded",
+        "ship": "succeeded",
+        "done": "succeeded",
+    }
     assert api.get(f"/api/v1/dead-letters/{letters[0]['id']}").json()["resolved"] is True
 
 
 @pytest.mark.browser
-def test_a_viewer_sees_no_replay_button_and_is_refused_the_replay_page(page: Page, api,
-                                                                        make_user):
-    publish(api, "browser-no-replay", definition(
-        {"id": "boom", "kind": "fail", "config": {"message": "always"}}))
+def test_a_viewer_sees_no_replay_button_and_is_refused_the_replay_page(page: Page, api, make_user):
+    publish(
+        api,
+        "browser-no-replay",
+        definition({"id": "boom", "kind": "fail", "config": {"message": "always"}}),
+    )
     failed = run_of_event(api, "browser-no-replay", send(api, cloudevent()))
-    wait_until(lambda: api.get(f"/api/v1/runs/{failed['id']}").json()["status"] == "failed",
-               timeout=60, message="the run to fail")
+    wait_until(
+        lambda: api.get(f"/api/v1/runs/{failed['id']}").json()["status"] == "failed",
+        timeout=60,
+        message="the run to fail",
+    )
     log_in(page, make_user("viewer").username)
 
     page.goto(f"/runs/{failed['id']}/")

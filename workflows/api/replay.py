@@ -97,8 +97,9 @@ def replay(request, run_id: int):
         body = _body(request)
     except BadBody as exc:
         return _bad(str(exc))
-    unknown = sorted(set(body) - {"from_step", "version", "input", "renew_idempotency_keys",
-                                  "reason"})
+    unknown = sorted(
+        set(body) - {"from_step", "version", "input", "renew_idempotency_keys", "reason"}
+    )
     if unknown:
         return _bad("unknown fields: " + ", ".join(unknown))
     try:
@@ -107,14 +108,17 @@ def replay(request, run_id: int):
             actor=_actor(request),
             from_step=str(body.get("from_step") or replays.FROM_FAILED),
             version=str(body.get("version") or replays.VERSION_ORIGINAL),
-            input=body["input"] if "input" in body else replays.UNCHANGED,
+            input=body.get("input", replays.UNCHANGED),
             renew_idempotency_keys=_flag(body.get("renew_idempotency_keys")),
             reason=_reason(body),
         )
     except replays.ReplayError as exc:
         return _replay_problem(exc)
-    answer = {**selectors.run_as_json(selectors.run_detail(new.pk)), "replay_of": run_id,
-              "url": f"/api/v1/runs/{new.pk}"}
+    answer = {
+        **selectors.run_as_json(selectors.run_detail(new.pk)),
+        "replay_of": run_id,
+        "url": f"/api/v1/runs/{new.pk}",
+    }
     response = JsonResponse(answer, status=201)
     response["Location"] = answer["url"]
     return response
@@ -131,8 +135,7 @@ def replay_preview(request, run_id: int):
             run=run,
             from_step=request.GET.get("from_step") or replays.FROM_FAILED,
             version=request.GET.get("version") or replays.VERSION_ORIGINAL,
-            input={"edited": True} if _flag(request.GET.get("input_edited"))
-            else replays.UNCHANGED,
+            input={"edited": True} if _flag(request.GET.get("input_edited")) else replays.UNCHANGED,
             renew_idempotency_keys=_flag(request.GET.get("renew_idempotency_keys")),
         )
     except replays.ReplayError as exc:
@@ -147,10 +150,17 @@ def compare(request, run_id: int):
     if run is None:
         return problem(404, "No such run", str(run_id), kind="not-found")
     if run.replay_of_id is None:
-        return problem(409, "Not a replay", f"run {run_id} replays no other run",
-                       kind="not-a-replay")
-    return JsonResponse({"run": run.pk, "original": run.replay_of_id, "origin": run.origin,
-                         "steps": [c.as_json() for c in replays.compare_runs(run)]})
+        return problem(
+            409, "Not a replay", f"run {run_id} replays no other run", kind="not-a-replay"
+        )
+    return JsonResponse(
+        {
+            "run": run.pk,
+            "original": run.replay_of_id,
+            "origin": run.origin,
+            "steps": [c.as_json() for c in replays.compare_runs(run)],
+        }
+    )
 
 
 # --- the dead-letter queue ---------------------------------------------------------------------
@@ -167,19 +177,23 @@ def _positive(text: str | None, default: int | None, *, maximum: int) -> int | N
 def dead_letter_list(request):
     state = request.GET.get("state") or "open"
     if state not in ("open", "resolved", "all"):
-        return problem(400, "Invalid query", "state is open, resolved or all",
-                       kind="invalid-query")
+        return problem(400, "Invalid query", "state is open, resolved or all", kind="invalid-query")
     try:
         before = _positive(request.GET.get("before_id"), None, maximum=2**62)
-        limit = _positive(request.GET.get("limit"), recovery.PAGE_SIZE,
-                          maximum=recovery.MAX_PAGE_SIZE)
+        limit = _positive(
+            request.GET.get("limit"), recovery.PAGE_SIZE, maximum=recovery.MAX_PAGE_SIZE
+        )
     except ValueError:
-        return problem(400, "Invalid query", "before_id and limit are positive integers",
-                       kind="invalid-query")
-    page, more = recovery.dead_letters(state=state, kind=request.GET.get("kind") or "",
-                                       before_id=before, limit=limit)
-    body: dict[str, Any] = {"dead_letters": [recovery.dead_letter_as_json(x) for x in page],
-                            "open": recovery.open_dead_letter_count()}
+        return problem(
+            400, "Invalid query", "before_id and limit are positive integers", kind="invalid-query"
+        )
+    page, more = recovery.dead_letters(
+        state=state, kind=request.GET.get("kind") or "", before_id=before, limit=limit
+    )
+    body: dict[str, Any] = {
+        "dead_letters": [recovery.dead_letter_as_json(x) for x in page],
+        "open": recovery.open_dead_letter_count(),
+    }
     if more:
         body["next"] = f"?state={state}&before_id={page[-1].pk}&limit={limit}"
     return JsonResponse(body)
@@ -187,8 +201,7 @@ def dead_letter_list(request):
 
 def _dlq_problem(exc: dlq.DeadLetterError):
     titles = {404: "Not found", 400: "Invalid request"}
-    return problem(exc.status, titles.get(exc.status, "Cannot do that"), str(exc),
-                   kind=exc.kind)
+    return problem(exc.status, titles.get(exc.status, "Cannot do that"), str(exc), kind=exc.kind)
 
 
 @require_http_methods(["GET", "PATCH"])
@@ -205,8 +218,12 @@ def dead_letter(request, letter_id: int):
         if "payload" not in body:
             return _bad('send {"payload": {...}, "reason": "..."}')
         try:
-            dlq.edit_payload(letter_id=letter_id, payload=body["payload"],
-                             actor=_actor(request), reason=_reason(body))
+            dlq.edit_payload(
+                letter_id=letter_id,
+                payload=body["payload"],
+                actor=_actor(request),
+                reason=_reason(body),
+            )
         except dlq.DeadLetterError as exc:
             return _dlq_problem(exc)
     found = recovery.dead_letter(letter_id)
@@ -224,14 +241,21 @@ def dead_letter_redrive(request, letter_id: int):
         return _bad(str(exc))
     try:
         done = dlq.redrive(
-            letter_id=letter_id, actor=_actor(request), reason=_reason(body),
+            letter_id=letter_id,
+            actor=_actor(request),
+            reason=_reason(body),
             version=str(body.get("version") or replays.VERSION_ORIGINAL),
             renew_idempotency_keys=_flag(body.get("renew_idempotency_keys")),
         )
     except dlq.DeadLetterError as exc:
         return _dlq_problem(exc)
-    return JsonResponse({**recovery.dead_letter_as_json(recovery.dead_letter(letter_id)),
-                         "runs": done.runs, "redriven_event": done.event})
+    return JsonResponse(
+        {
+            **recovery.dead_letter_as_json(recovery.dead_letter(letter_id)),
+            "runs": done.runs,
+            "redriven_event": done.event,
+        }
+    )
 
 
 @require_http_methods(["POST"])
@@ -256,8 +280,10 @@ def dead_letters_redrive(request):
     except BadBody as exc:
         return _bad(str(exc))
     ids = body.get("ids")
-    if not isinstance(ids, list) or not ids or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in ids
+    if (
+        not isinstance(ids, list)
+        or not ids
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
     ):
         return _bad('send {"ids": [dead letter ids], "reason": "..."}')
     results = dlq.redrive_many(letter_ids=ids, actor=_actor(request), reason=_reason(body))
@@ -278,9 +304,12 @@ def redrive(request):
         return _bad("name the workflow to deliver the events to")
     try:
         plan = redrive_events(
-            workflow_slug=str(body["workflow"]), selection=selection,
-            version=body.get("version") or "latest", dry_run=_flag(body.get("dry_run")),
-            actor=_actor(request), reason=_reason(body),
+            workflow_slug=str(body["workflow"]),
+            selection=selection,
+            version=body.get("version") or "latest",
+            dry_run=_flag(body.get("dry_run")),
+            actor=_actor(request),
+            reason=_reason(body),
         )
     except RedriveError as exc:
         return problem(exc.status, "Cannot re-drive", str(exc), kind=exc.kind)
@@ -290,8 +319,10 @@ def redrive(request):
 def _event_selection(body: dict) -> EventSelection:
     from ..event_selectors import _parse_time
 
-    values: dict[str, Any] = {"type": str(body.get("type") or ""),
-                              "source": str(body.get("source") or "")}
+    values: dict[str, Any] = {
+        "type": str(body.get("type") or ""),
+        "source": str(body.get("source") or ""),
+    }
     for name in ("after", "before"):
         if body.get(name):
             try:
@@ -323,10 +354,21 @@ def bulk_replay(request):
     runs = recovery.failed_runs(selection)
     if _flag(body.get("dry_run")):
         listed = list(runs[: replays.MAX_BATCH])
-        return JsonResponse({"filter": selection.as_json(), "matched": len(listed),
-                             "runs": [{"id": r.pk, "workflow": r.workflow.slug,
-                                       "version": r.version.number, "error": r.error}
-                                      for r in listed]})
+        return JsonResponse(
+            {
+                "filter": selection.as_json(),
+                "matched": len(listed),
+                "runs": [
+                    {
+                        "id": r.pk,
+                        "workflow": r.workflow.slug,
+                        "version": r.version.number,
+                        "error": r.error,
+                    }
+                    for r in listed
+                ],
+            }
+        )
     per_second = body.get("per_second", replays.DEFAULT_PER_SECOND)
     if not isinstance(per_second, int | float) or isinstance(per_second, bool):
         return _bad("per_second must be a number")
@@ -357,8 +399,13 @@ def batch(request, batch_id: int):
     body = recovery.batch_as_json(found)
     if found.kind == "shadow":
         body["steps"] = [
-            {"step": s.step_id, "compared": s.compared, "same": s.same, "differ": s.differ,
-             "examples": s.examples}
+            {
+                "step": s.step_id,
+                "compared": s.compared,
+                "same": s.same,
+                "differ": s.differ,
+                "examples": s.examples,
+            }
             for s in replays.shadow_summary(found)
         ]
     return JsonResponse(body)
@@ -375,8 +422,9 @@ def shadow(request, slug: str):
     if not isinstance(last, int) or isinstance(last, bool):
         return _bad("last must be an integer")
     try:
-        found = replays.start_shadow(workflow_slug=slug, last=last, actor=_actor(request),
-                                     reason=_reason(body))
+        found = replays.start_shadow(
+            workflow_slug=slug, last=last, actor=_actor(request), reason=_reason(body)
+        )
     except replays.ReplayError as exc:
         return _replay_problem(exc)
     response = JsonResponse(recovery.batch_as_json(found), status=202)
@@ -390,15 +438,20 @@ def shadow(request, slug: str):
 def audit_list(request):
     try:
         before = _positive(request.GET.get("before_id"), None, maximum=2**62)
-        limit = _positive(request.GET.get("limit"), recovery.PAGE_SIZE,
-                          maximum=recovery.MAX_PAGE_SIZE)
+        limit = _positive(
+            request.GET.get("limit"), recovery.PAGE_SIZE, maximum=recovery.MAX_PAGE_SIZE
+        )
     except ValueError:
-        return problem(400, "Invalid query", "before_id and limit are positive integers",
-                       kind="invalid-query")
+        return problem(
+            400, "Invalid query", "before_id and limit are positive integers", kind="invalid-query"
+        )
     page, more = recovery.audit_entries(
-        action=request.GET.get("action") or "", actor=request.GET.get("actor") or "",
+        action=request.GET.get("action") or "",
+        actor=request.GET.get("actor") or "",
         target_type=request.GET.get("target_type") or "",
-        target_id=request.GET.get("target_id") or "", before_id=before, limit=limit,
+        target_id=request.GET.get("target_id") or "",
+        before_id=before,
+        limit=limit,
     )
     body: dict[str, Any] = {"entries": [recovery.audit_as_json(e) for e in page]}
     if more:

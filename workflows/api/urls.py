@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import circuits, event_store, events, replay, schemas, views
+from . import circuits, editor, event_store, events, replay, schemas, views
 from .webhooks import webhooks_endpoint
 
 urlpatterns = [
@@ -36,4 +36,6 @@ urlpatterns = [
     path("schemas/<str:name>/versions", schemas.versions, name="api-schema-versions"),
     path("schemas/<str:name>/versions/latest", schemas.version, name="api-schema-latest"),
     path("schemas/<str:name>/versions/<int:number>", schemas.version, name="api-schema-version"),
+    # The editor: drafts, versions, diff, restore, try, export/import (api/editor.py).
+    *editor.urlpatterns,
 ]

@@ -15,6 +15,7 @@ ACTIONS = (
     "run.replay",
     "run.cancel",
     "replay.bulk",
+    "replay.bulk_cancel",
     "shadow.start",
     "dead_letter.edit",
     "dead_letter.redrive",

@@ -51,7 +51,9 @@ def _open_letter(letter_id: int) -> DeadLetter:
     if letter.resolved_at is not None:
         raise DeadLetterError(
             f"dead letter {letter_id} was already resolved by {letter.resolved_by} "
-            f"({letter.resolution})", kind="already-resolved")
+            f"({letter.resolution})",
+            kind="already-resolved",
+        )
     return letter
 
 
@@ -65,8 +67,7 @@ def _close(letter: DeadLetter, *, actor: str, resolution: str) -> None:
 def edit_payload(*, letter_id: int, payload: Any, actor: str, reason: str = "") -> DeadLetter:
     """Replace an open letter's payload; the first edit keeps the original beside it."""
     if not isinstance(payload, dict):
-        raise DeadLetterError("the payload must be a JSON object", status=400,
-                              kind="invalid-body")
+        raise DeadLetterError("the payload must be a JSON object", status=400, kind="invalid-body")
     with transaction.atomic():
         letter = _open_letter(letter_id)
         before = letter.payload
@@ -74,23 +75,36 @@ def edit_payload(*, letter_id: int, payload: Any, actor: str, reason: str = "") 
             letter.original_payload = before
         letter.payload = payload
         letter.save(update_fields=["payload", "original_payload"])
-        audit.record(actor=actor, action="dead_letter.edit", target_type="dead_letter",
-                     target_id=letter.pk, reason=reason,
-                     details={"before": before, "after": payload})
+        audit.record(
+            actor=actor,
+            action="dead_letter.edit",
+            target_type="dead_letter",
+            target_id=letter.pk,
+            reason=reason,
+            details={"before": before, "after": payload},
+        )
     return letter
 
 
 def discard(*, letter_id: int, actor: str, reason: str) -> DeadLetter:
     reason = (reason or "").strip()
     if not reason:
-        raise DeadLetterError("say why the dead letter is discarded (a reason is required)",
-                              status=400, kind="reason-required")
+        raise DeadLetterError(
+            "say why the dead letter is discarded (a reason is required)",
+            status=400,
+            kind="reason-required",
+        )
     with transaction.atomic():
         letter = _open_letter(letter_id)
         _close(letter, actor=actor, resolution=f"discarded: {reason}")
-        audit.record(actor=actor, action="dead_letter.discard", target_type="dead_letter",
-                     target_id=letter.pk, reason=reason,
-                     details={"kind": letter.kind, "payload": letter.payload})
+        audit.record(
+            actor=actor,
+            action="dead_letter.discard",
+            target_type="dead_letter",
+            target_id=letter.pk,
+            reason=reason,
+            details={"kind": letter.kind, "payload": letter.payload},
+        )
     return letter
 
 
@@ -108,18 +122,32 @@ def redrive(
         letter = _open_letter(letter_id)
         try:
             with transaction.atomic():
-                resolution, runs, event = _redrive(letter, actor=actor, reason=reason,
-                                                   version=version,
-                                                   renew=renew_idempotency_keys)
+                resolution, runs, event = _redrive(
+                    letter,
+                    actor=actor,
+                    reason=reason,
+                    version=version,
+                    renew=renew_idempotency_keys,
+                )
         except ReplayError as exc:
-            raise DeadLetterError(f"cannot re-drive: {exc}", status=exc.status,
-                                  kind=exc.kind) from exc
+            raise DeadLetterError(
+                f"cannot re-drive: {exc}", status=exc.status, kind=exc.kind
+            ) from exc
         _close(letter, actor=actor, resolution=f"re-driven: {resolution}")
-        audit.record(actor=actor, action="dead_letter.redrive", target_type="dead_letter",
-                     target_id=letter.pk, reason=reason,
-                     details={"kind": letter.kind, "runs": runs, "event": event,
-                              "edited": letter.original_payload is not None,
-                              "payload": letter.payload})
+        audit.record(
+            actor=actor,
+            action="dead_letter.redrive",
+            target_type="dead_letter",
+            target_id=letter.pk,
+            reason=reason,
+            details={
+                "kind": letter.kind,
+                "runs": runs,
+                "event": event,
+                "edited": letter.original_payload is not None,
+                "payload": letter.payload,
+            },
+        )
     return Redriven(letter=letter, resolution=resolution, runs=runs, event=event)
 
 
@@ -132,22 +160,33 @@ def redrive_many(*, letter_ids: list[int], actor: str, reason: str = "") -> list
         except DeadLetterError as exc:
             results.append({"id": letter_id, "ok": False, "error": str(exc)})
         else:
-            results.append({"id": letter_id, "ok": True, "resolution": done.resolution,
-                            "runs": done.runs, "event": done.event})
+            results.append(
+                {
+                    "id": letter_id,
+                    "ok": True,
+                    "resolution": done.resolution,
+                    "runs": done.runs,
+                    "event": done.event,
+                }
+            )
     return results
 
 
-def _redrive(letter: DeadLetter, *, actor: str, reason: str, version: str,
-             renew: bool) -> tuple[str, list[int], int | None]:
+def _redrive(
+    letter: DeadLetter, *, actor: str, reason: str, version: str, renew: bool
+) -> tuple[str, list[int], int | None]:
     payload = letter.payload if isinstance(letter.payload, dict) else {}
     if letter.kind == "step":
         if letter.run_id is None:
-            raise DeadLetterError("the run of this step dead letter no longer exists; "
-                                  "discard it with a reason")
+            raise DeadLetterError(
+                "the run of this step dead letter no longer exists; discard it with a reason"
+            )
         new = replay_run(
-            run_id=letter.run_id, actor=actor,
+            run_id=letter.run_id,
+            actor=actor,
             from_step=FROM_FAILED if letter.run.status == "failed" else letter.step_id,
-            version=version, input=payload["input"] if "input" in payload else UNCHANGED,
+            version=version,
+            input=payload.get("input", UNCHANGED),
             renew_idempotency_keys=renew,
             reason=reason or f"re-drive of dead letter {letter.pk}",
         )
@@ -165,10 +204,11 @@ def _redrive(letter: DeadLetter, *, actor: str, reason: str, version: str,
         if not Event.objects.filter(pk=event_id).exists():
             raise DeadLetterError(f"event {event_id} is no longer in the event store")
         runs = [r.pk for r in match_event(event_id=int(event_id))]
-        return (f"event {event_id} matched again ({len(runs)} new run(s))", runs,
-                int(event_id))
-    raise DeadLetterError("this dead letter names no run, event or CloudEvent to re-drive; "
-                          "edit its payload or discard it with a reason")
+        return (f"event {event_id} matched again ({len(runs)} new run(s))", runs, int(event_id))
+    raise DeadLetterError(
+        "this dead letter names no run, event or CloudEvent to re-drive; "
+        "edit its payload or discard it with a reason"
+    )
 
 
 def _ingest(cloudevent: dict, *, channel: str) -> tuple[str, list[int], int | None]:
@@ -179,11 +219,13 @@ def _ingest(cloudevent: dict, *, channel: str) -> tuple[str, list[int], int | No
         envelope = from_structured(cloudevent)
         event, created = ingest_event(envelope=envelope, channel=channel)
     except InvalidEvent as exc:
-        raise DeadLetterError(f"the CloudEvent is still invalid: {exc}", status=400,
-                              kind="invalid-event") from exc
+        raise DeadLetterError(
+            f"the CloudEvent is still invalid: {exc}", status=400, kind="invalid-event"
+        ) from exc
     except SchemaViolation as exc:
-        raise DeadLetterError(f"the event still breaks its schema: {exc}", status=400,
-                              kind="schema-violation") from exc
+        raise DeadLetterError(
+            f"the event still breaks its schema: {exc}", status=400, kind="schema-violation"
+        ) from exc
     word = "ingested" if created else "already stored"
     return f"{word} as event {event.pk}", [], event.pk
 
@@ -204,17 +246,20 @@ def _ingest_stream_entry(payload: dict) -> tuple[str, list[int], int | None]:
         )
         event, created = ingest_event(envelope=envelope, channel="stream")
     except InvalidEvent as exc:
-        raise DeadLetterError(f"the entry is still not a valid CloudEvent: {exc}", status=400,
-                              kind="invalid-event") from exc
+        raise DeadLetterError(
+            f"the entry is still not a valid CloudEvent: {exc}", status=400, kind="invalid-event"
+        ) from exc
     except SchemaViolation as exc:
-        raise DeadLetterError(f"the event still breaks its schema: {exc}", status=400,
-                              kind="schema-violation") from exc
+        raise DeadLetterError(
+            f"the event still breaks its schema: {exc}", status=400, kind="schema-violation"
+        ) from exc
     word = "ingested" if created else "already stored"
     return f"{word} as event {event.pk}", [], event.pk
 
 
-def _deliver_past_guard(letter: DeadLetter, payload: dict, *, actor: str,
-                        reason: str) -> tuple[str, list[int], int | None]:
+def _deliver_past_guard(
+    letter: DeadLetter, payload: dict, *, actor: str, reason: str
+) -> tuple[str, list[int], int | None]:
     from .redrive import deliver
 
     runs = []
@@ -222,9 +267,14 @@ def _deliver_past_guard(letter: DeadLetter, payload: dict, *, actor: str,
         workflow = Workflow.objects.select_related("published_version").filter(slug=slug).first()
         if workflow is None or workflow.published_version is None:
             continue
-        runs.append(deliver(event=letter.event, workflow=workflow,
-                            version=workflow.published_version).pk)
+        runs.append(
+            deliver(event=letter.event, workflow=workflow, version=workflow.published_version).pk
+        )
     if not runs:
         raise DeadLetterError("none of the workflows the event was cut from is published now")
-    return f"event {letter.event_id} delivered past the depth guard to run(s) " + \
-        ", ".join(map(str, runs)), runs, letter.event_id
+    return (
+        f"event {letter.event_id} delivered past the depth guard to run(s) "
+        + ", ".join(map(str, runs)),
+        runs,
+        letter.event_id,
+    )

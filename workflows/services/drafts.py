@@ -85,12 +85,39 @@ def may_edit(user, workflow: Workflow) -> bool:
 
 # --- drafts --------------------------------------------------------------------------------
 def check_draft(raw: Any) -> list[Problem]:
-    """Every problem in a definition (empty when it is valid)."""
+    """Every problem in a definition (empty when it is valid).
+
+    The parser checks in rounds and stops after the first that finds something, so an
+    empty trigger would hide a step's missing URL. For the canvas, each step whose own
+    shape is fine is then also checked on its own (its config, expressions and templates),
+    so every node shows what is wrong with it at once."""
     try:
         parse_definition(raw)
     except InvalidDefinition as exc:
-        return list(exc.problems)
-    return []
+        problems = list(exc.problems)
+    else:
+        return []
+    steps = raw.get("steps") if isinstance(raw, dict) else None
+    if not isinstance(steps, list):
+        return problems
+    flagged = {
+        p.path.split("/")[2]
+        for p in problems
+        if p.path.startswith("/steps/") and p.path.count("/") >= 2
+    }
+    for index, step in enumerate(steps):
+        if str(index) in flagged or not isinstance(step, dict):
+            continue
+        alone = {key: value for key, value in step.items() if key != "after"}
+        try:
+            parse_definition({"name": "step", "steps": [alone]})
+        except InvalidDefinition as exc:
+            problems += [
+                Problem(f"/steps/{index}" + p.path[len("/steps/0") :], p.message)
+                for p in exc.problems
+                if p.path.startswith("/steps/0")
+            ]
+    return problems
 
 
 def _unstorable(value: Any) -> bool:
@@ -192,8 +219,9 @@ def node_problems(raw: Any, problems: list[Problem]) -> NodeProblems:
             # The edge's source step shows it too: an edge is easy to miss, a node is not.
             source = edges[i].get("from") if isinstance(edges[i], dict) else None
             if source in ids:
-                out.steps.setdefault(ids[source], []).append(f"edge to {edges[i].get('to')}: "
-                                                            f"{problem.message}")
+                out.steps.setdefault(ids[source], []).append(
+                    f"edge to {edges[i].get('to')}: {problem.message}"
+                )
         else:
             out.workflow.append(f"{problem.path}: {problem.message}")
             if problem.message.startswith("steps form a cycle: "):
@@ -218,8 +246,9 @@ def ports_of(step: Any) -> list[str]:
 
 
 # --- publishing and versions -----------------------------------------------------------------
-def publish_draft(*, workflow: Workflow, by: str, note: str = "",
-                  raw: Any = None) -> WorkflowVersion:
+def publish_draft(
+    *, workflow: Workflow, by: str, note: str = "", raw: Any = None
+) -> WorkflowVersion:
     """Publish the draft (after storing `raw` as the draft, when given).
 
     Raises InvalidDefinition with every problem when the draft is not valid; the draft is
@@ -227,11 +256,17 @@ def publish_draft(*, workflow: Workflow, by: str, note: str = "",
     if raw is not None:
         save_draft(workflow=workflow, raw=raw, by=by)
     with transaction.atomic():
-        version = publish_workflow(slug=workflow.slug, note=(note or "")[:MAX_NOTE],
-                                   published_by=by)
-        audit.record(actor=by, action="workflow.publish", target_type="workflow",
-                     target_id=workflow.slug, reason=note or "",
-                     details={"version": version.number})
+        version = publish_workflow(
+            slug=workflow.slug, note=(note or "")[:MAX_NOTE], published_by=by
+        )
+        audit.record(
+            actor=by,
+            action="workflow.publish",
+            target_type="workflow",
+            target_id=workflow.slug,
+            reason=note or "",
+            details={"version": version.number},
+        )
     workflow.refresh_from_db()
     return version
 
@@ -256,8 +291,13 @@ def restore_version(*, workflow: Workflow, number: int, by: str) -> dict:
     version = workflow.versions.get(number=number, kind="published")
     with transaction.atomic():
         save_draft(workflow=workflow, raw=copy.deepcopy(version.definition), by=by)
-        audit.record(actor=by, action="workflow.restore", target_type="workflow",
-                     target_id=workflow.slug, details={"version": number})
+        audit.record(
+            actor=by,
+            action="workflow.restore",
+            target_type="workflow",
+            target_id=workflow.slug,
+            details={"version": number},
+        )
     return workflow.draft
 
 
@@ -275,8 +315,9 @@ def _edge_set(raw: dict) -> set[tuple[str, str, str]]:
             edges.add((str(source), str(step.get("id")), "success"))
     for edge in raw.get("edges") or []:
         if isinstance(edge, dict):
-            edges.add((str(edge.get("from")), str(edge.get("to")), str(edge.get("port") or
-                                                                        "success")))
+            edges.add(
+                (str(edge.get("from")), str(edge.get("to")), str(edge.get("port") or "success"))
+            )
     return edges
 
 
@@ -325,8 +366,15 @@ def diff_definitions(before: dict, after: dict) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     for step_id, step in new_steps.items():
         if step_id not in old_steps:
-            steps.append({"id": step_id, "change": "added", "kind": step.get("kind"),
-                          "fields": [], "config": _config_changes({}, step.get("config"))})
+            steps.append(
+                {
+                    "id": step_id,
+                    "change": "added",
+                    "kind": step.get("kind"),
+                    "fields": [],
+                    "config": _config_changes({}, step.get("config")),
+                }
+            )
             continue
         old = old_steps[step_id]
         fields = [
@@ -336,21 +384,46 @@ def diff_definitions(before: dict, after: dict) -> dict[str, Any]:
         ]
         config = _config_changes(old.get("config"), step.get("config"))
         if fields or config:
-            steps.append({"id": step_id, "change": "changed", "kind": step.get("kind"),
-                          "fields": fields, "config": config})
+            steps.append(
+                {
+                    "id": step_id,
+                    "change": "changed",
+                    "kind": step.get("kind"),
+                    "fields": fields,
+                    "config": config,
+                }
+            )
     for step_id, step in old_steps.items():
         if step_id not in new_steps:
-            steps.append({"id": step_id, "change": "removed", "kind": step.get("kind"),
-                          "fields": [], "config": _config_changes(step.get("config"), {})})
+            steps.append(
+                {
+                    "id": step_id,
+                    "change": "removed",
+                    "kind": step.get("kind"),
+                    "fields": [],
+                    "config": _config_changes(step.get("config"), {}),
+                }
+            )
     old_edges, new_edges = _edge_set(before), _edge_set(after)
     edges = {
         "added": [{"from": f, "to": t, "port": p} for f, t, p in sorted(new_edges - old_edges)],
         "removed": [{"from": f, "to": t, "port": p} for f, t, p in sorted(old_edges - new_edges)],
     }
-    changed = bool(workflow or triggers["added"] or triggers["removed"] or steps
-                   or edges["added"] or edges["removed"])
-    return {"changed": changed, "workflow": workflow, "triggers": triggers, "steps": steps,
-            "edges": edges}
+    changed = bool(
+        workflow
+        or triggers["added"]
+        or triggers["removed"]
+        or steps
+        or edges["added"]
+        or edges["removed"]
+    )
+    return {
+        "changed": changed,
+        "workflow": workflow,
+        "triggers": triggers,
+        "steps": steps,
+        "edges": edges,
+    }
 
 
 def _config_changes(old: Any, new: Any) -> list[dict[str, Any]]:
@@ -363,8 +436,7 @@ def _config_changes(old: Any, new: Any) -> list[dict[str, Any]]:
         elif key not in new:
             changes.append({"key": key, "change": "removed", "before": old[key], "after": None})
         elif _canonical(old[key]) != _canonical(new[key]):
-            changes.append({"key": key, "change": "changed", "before": old[key],
-                            "after": new[key]})
+            changes.append({"key": key, "change": "changed", "before": old[key], "after": new[key]})
     return changes
 
 
@@ -437,8 +509,15 @@ def _sample_event(*, workflow: Workflow, data: Any, event_type: str, by: str) ->
 _NO_DATA: Any = object()
 
 
-def try_draft(*, workflow: Workflow, by: str, event_id: int | None = None,
-              data: Any = _NO_DATA, event_type: str = "", raw: Any = None) -> Run:
+def try_draft(
+    *,
+    workflow: Workflow,
+    by: str,
+    event_id: int | None = None,
+    data: Any = _NO_DATA,
+    event_type: str = "",
+    raw: Any = None,
+) -> Run:
     """Run the draft once with a sample event: a stored one (`event_id`) or `data` typed in.
 
     Freezes the draft into a snapshot version and starts a Run(origin="try") of it at once,
@@ -452,33 +531,47 @@ def try_draft(*, workflow: Workflow, by: str, event_id: int | None = None,
         if event_id is not None:
             event = Event.objects.get(pk=event_id)
         else:
-            event = _sample_event(workflow=workflow, data=None if data is _NO_DATA else data,
-                                  event_type=event_type, by=by)
+            event = _sample_event(
+                workflow=workflow,
+                data=None if data is _NO_DATA else data,
+                event_type=event_type,
+                by=by,
+            )
         snapshot = WorkflowVersion.objects.create(
-            workflow=workflow, number=None, kind="snapshot", definition=workflow.draft,
-            note=f"draft tried by {by}"[:MAX_NOTE], published_by=by[:150],
+            workflow=workflow,
+            number=None,
+            kind="snapshot",
+            definition=workflow.draft,
+            note=f"draft tried by {by}"[:MAX_NOTE],
+            published_by=by[:150],
         )
         run = Run.objects.create(
-            workflow=workflow, version=snapshot, event=event, origin="try",
+            workflow=workflow,
+            version=snapshot,
+            event=event,
+            origin="try",
             correlation_id=event.correlation_id,
-            partition_key=str((event.extensions or {}).get("partitionkey") or event.subject
-                              or ""),
+            partition_key=str((event.extensions or {}).get("partitionkey") or event.subject or ""),
         )
-        journal(run, "run.try", by=by, snapshot=snapshot.pk,
-                at=timezone.now().isoformat())
+        journal(run, "run.try", by=by, snapshot=snapshot.pk, at=timezone.now().isoformat())
         run.save(update_fields=["seq"])
         # Not through admit(): a try is someone waiting at the editor, not a queued event,
         # and it takes no slot from the workflow's real runs.
         advance_locked(run, engine.RunStarted())
-        audit.record(actor=by, action="workflow.try", target_type="workflow",
-                     target_id=workflow.slug,
-                     details={"run": run.pk, "snapshot": snapshot.pk, "event": event.pk})
+        audit.record(
+            actor=by,
+            action="workflow.try",
+            target_type="workflow",
+            target_id=workflow.slug,
+            details={"run": run.pk, "snapshot": snapshot.pk, "event": event.pk},
+        )
     return run
 
 
 # --- definitions as files ------------------------------------------------------------------
-def export_definition(*, workflow: Workflow, yaml_format: bool,
-                      version: int | None = None) -> tuple[str, str]:
+def export_definition(
+    *, workflow: Workflow, yaml_format: bool, version: int | None = None
+) -> tuple[str, str]:
     """(filename, text) of the draft, or of a published version when `version` is given."""
     raw = definition_at(workflow, version)
     suffix = f"-v{version}" if version is not None else ""
@@ -493,8 +586,9 @@ class ImportResult:
     version: WorkflowVersion | None
 
 
-def import_definition(*, slug: str, body: bytes, yaml_format: bool, by: str,
-                      publish: bool = False, note: str = "") -> ImportResult:
+def import_definition(
+    *, slug: str, body: bytes, yaml_format: bool, by: str, publish: bool = False, note: str = ""
+) -> ImportResult:
     """Replace a workflow's draft with a definition file (creating the workflow if needed)
     and optionally publish it, all or nothing.
 
@@ -512,11 +606,16 @@ def import_definition(*, slug: str, body: bytes, yaml_format: bool, by: str,
         if publish:
             # Inside the transaction: a publish that is refused (a webhook that does not
             # exist) takes the new draft back with it.
-            version = publish_workflow(slug=slug, note=(note or "imported")[:MAX_NOTE],
-                                       published_by=by)
-        audit.record(actor=by, action="workflow.import", target_type="workflow",
-                     target_id=slug, reason=note or "",
-                     details={"created": created,
-                              "version": version.number if version else None})
+            version = publish_workflow(
+                slug=slug, note=(note or "imported")[:MAX_NOTE], published_by=by
+            )
+        audit.record(
+            actor=by,
+            action="workflow.import",
+            target_type="workflow",
+            target_id=slug,
+            reason=note or "",
+            details={"created": created, "version": version.number if version else None},
+        )
     workflow.refresh_from_db()
     return ImportResult(workflow=workflow, created=created, version=version)

@@ -59,9 +59,16 @@ class Delivery:
     run: int | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"event": self.event.pk, "ce_id": self.event.ce_id, "type": self.event.type,
-                "source": self.event.source, "received_at": self.event.received_at.isoformat(),
-                "starts": self.starts, "why": self.why or None, "run": self.run}
+        return {
+            "event": self.event.pk,
+            "ce_id": self.event.ce_id,
+            "type": self.event.type,
+            "source": self.event.source,
+            "received_at": self.event.received_at.isoformat(),
+            "starts": self.starts,
+            "why": self.why or None,
+            "run": self.run,
+        }
 
 
 @dataclass(frozen=True)
@@ -106,9 +113,12 @@ def select_events(selection: EventSelection) -> list[Event]:
     return list(events.order_by("received_at", "id")[: selection.limit])
 
 
-def resolve_target(workflow_slug: str, version: str | int | None) -> tuple[Workflow, WorkflowVersion]:
-    workflow = Workflow.objects.select_related("published_version").filter(
-        slug=workflow_slug).first()
+def resolve_target(
+    workflow_slug: str, version: str | int | None
+) -> tuple[Workflow, WorkflowVersion]:
+    workflow = (
+        Workflow.objects.select_related("published_version").filter(slug=workflow_slug).first()
+    )
     if workflow is None:
         raise RedriveError(f"no workflow {workflow_slug}", status=404, kind="not-found")
     if version in (None, "", LATEST):
@@ -121,8 +131,7 @@ def resolve_target(workflow_slug: str, version: str | int | None) -> tuple[Workf
         raise RedriveError(f"version must be {LATEST!r} or a version number") from exc
     pinned = workflow.versions.filter(number=number, kind="published").first()
     if pinned is None:
-        raise RedriveError(f"{workflow_slug} has no version {number}", status=404,
-                           kind="not-found")
+        raise RedriveError(f"{workflow_slug} has no version {number}", status=404, kind="not-found")
     return workflow, pinned
 
 
@@ -139,8 +148,9 @@ def deliver(*, event: Event, workflow: Workflow, version: WorkflowVersion) -> Ru
     if not admit(run):
         from .. import notify
 
-        notify.run_changed(run_id=run.pk, seq=run.seq, workflow_slug=workflow.slug,
-                           status=run.status)
+        notify.run_changed(
+            run_id=run.pk, seq=run.seq, workflow_slug=workflow.slug, status=run.status
+        )
     return run
 
 
@@ -159,8 +169,11 @@ def redrive_events(
         if trigger_accepts(pinned, event):
             planned.append(Delivery(event=event, starts=True))
         else:
-            planned.append(Delivery(event=event, starts=False,
-                                    why="the workflow's trigger filter does not take it"))
+            planned.append(
+                Delivery(
+                    event=event, starts=False, why="the workflow's trigger filter does not take it"
+                )
+            )
     if dry_run:
         return RedrivePlan(workflow, pinned, selection, planned, dry_run=True)
     if not actor:
@@ -175,11 +188,17 @@ def redrive_events(
                 done.append(delivery)
         plan = RedrivePlan(workflow, pinned, selection, done, dry_run=False)
         audit.record(
-            actor=actor, action="events.redrive", target_type="workflow",
-            target_id=workflow.slug, reason=reason,
-            details={"version": pinned.number, "selection": selection.as_json(),
-                     "events": [d.event.pk for d in done if d.starts],
-                     "runs": [d.run for d in done if d.run],
-                     "not_started": [d.event.pk for d in done if not d.starts]},
+            actor=actor,
+            action="events.redrive",
+            target_type="workflow",
+            target_id=workflow.slug,
+            reason=reason,
+            details={
+                "version": pinned.number,
+                "selection": selection.as_json(),
+                "events": [d.event.pk for d in done if d.starts],
+                "runs": [d.run for d in done if d.run],
+                "not_started": [d.event.pk for d in done if not d.starts],
+            },
         )
     return plan

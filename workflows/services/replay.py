@@ -158,8 +158,7 @@ def _topological(definition: Definition) -> list[str]:
     placed: set[str] = set()
     remaining = list(definition.steps)
     while remaining:
-        ready = [s for s in remaining
-                 if all(e.source in placed for e in definition.incoming(s))]
+        ready = [s for s in remaining if all(e.source in placed for e in definition.incoming(s))]
         if not ready:  # a cycle cannot be published; keep going rather than loop forever
             ready = remaining[:1]
         for step_id in ready:
@@ -194,8 +193,11 @@ def resolve_version(run: Run, choice: str) -> WorkflowVersion:
         if workflow.published_version is None:
             raise ReplayError(f"workflow {workflow.slug} has no published version")
         return workflow.published_version
-    raise ReplayError(f"version must be {VERSION_ORIGINAL!r} or {VERSION_LATEST!r}, not {choice!r}",
-                      status=400, kind="invalid-body")
+    raise ReplayError(
+        f"version must be {VERSION_ORIGINAL!r} or {VERSION_LATEST!r}, not {choice!r}",
+        status=400,
+        kind="invalid-body",
+    )
 
 
 def plan_replay(
@@ -203,17 +205,20 @@ def plan_replay(
     run: Run,
     from_step: str | None = FROM_FAILED,
     version: str = VERSION_ORIGINAL,
-    input: Any = UNCHANGED,  # noqa: A002 - the API's name for it
+    input: Any = UNCHANGED,
     renew_idempotency_keys: bool = False,
 ) -> ReplayPlan:
     """What a replay of `run` would do. Raises ReplayError when it cannot be done."""
     from_step = from_step or FROM_FAILED
     if run.origin == "shadow":
-        raise ReplayError(f"run {run.pk} is a shadow run; replay its original, run "
-                          f"{run.replay_of_id}, instead")
+        raise ReplayError(
+            f"run {run.pk} is a shadow run; replay its original, run {run.replay_of_id}, instead"
+        )
     if run.status not in TERMINAL_RUN:
-        raise ReplayError(f"run {run.pk} is still {run.status}; cancel it or wait for it to "
-                          "finish before replaying it")
+        raise ReplayError(
+            f"run {run.pk} is still {run.status}; cancel it or wait for it to "
+            "finish before replaying it"
+        )
     target_version = resolve_version(run, version)
     target = definition_for(target_version)
     original_definition = definition_for(run.version)
@@ -223,8 +228,10 @@ def plan_replay(
     roots: dict[str, str] = {}
     if from_step == FROM_FAILED:
         if run.status != RunStatus.FAILED:
-            raise ReplayError(f"run {run.pk} did not fail (it {run.status}); replay it from a "
-                              "step or from the start")
+            raise ReplayError(
+                f"run {run.pk} did not fail (it {run.status}); replay it from a "
+                "step or from the start"
+            )
     elif from_step == FROM_START:
         roots = dict.fromkeys(target.steps, "the replay starts from the original event")
     elif from_step in target.steps:
@@ -233,7 +240,8 @@ def plan_replay(
         raise ReplayError(
             f"no step {from_step!r} in {label} of {run.workflow.slug}; steps: "
             + ", ".join(target.steps),
-            status=400, kind="invalid-body",
+            status=400,
+            kind="invalid-body",
         )
     for step_id, step in target.steps.items():
         before = latest.get(step_id)
@@ -270,8 +278,10 @@ def plan_replay(
             incoming = target.incoming(step_id)
             dead = incoming and all(
                 e.source in carried
-                and (carried[e.source].status != StepStatus.SUCCEEDED
-                     or carried[e.source].port != e.port)
+                and (
+                    carried[e.source].status != StepStatus.SUCCEEDED
+                    or carried[e.source].port != e.port
+                )
                 for e in incoming
             )
             if dead:
@@ -295,14 +305,22 @@ def plan_replay(
         }
         if step_id in rerun:
             root = rerun[step_id]
-            why = roots[step_id] if step_id in roots else f"downstream of {root}"
+            why = roots.get(step_id, f"downstream of {root}")
             steps.append(StepPlan(action="run", why=why, **common))
         elif before is not None and before.status == StepStatus.SUCCEEDED:
-            steps.append(StepPlan(action="reuse", why="succeeded in the original",
-                                  reused_from=before.pk, **common))
+            steps.append(
+                StepPlan(
+                    action="reuse", why="succeeded in the original", reused_from=before.pk, **common
+                )
+            )
         else:
-            steps.append(StepPlan(action="skip", why="skipped in the original (a path not "
-                                  "taken); the engine decides again", **common))
+            steps.append(
+                StepPlan(
+                    action="skip",
+                    why="skipped in the original (a path not taken); the engine decides again",
+                    **common,
+                )
+            )
 
     edited = input is not UNCHANGED and input is not None
     override = input if edited else run.input_override
@@ -310,12 +328,18 @@ def plan_replay(
     if from_step == FROM_FAILED:
         failed = [s.step_id for s in steps if s.original_status == StepStatus.FAILED]
         if not failed:
-            raise ReplayError(f"run {run.pk} has no failed step; replay it from a step or "
-                              "from the start")
+            raise ReplayError(
+                f"run {run.pk} has no failed step; replay it from a step or from the start"
+            )
     plan = ReplayPlan(
-        original=run, version=target_version, version_choice=version or VERSION_ORIGINAL,
-        from_step=plan_from, renew_idempotency_keys=renew_idempotency_keys,
-        input_override=override, input_edited=edited, steps=steps,
+        original=run,
+        version=target_version,
+        version_choice=version or VERSION_ORIGINAL,
+        from_step=plan_from,
+        renew_idempotency_keys=renew_idempotency_keys,
+        input_override=override,
+        input_edited=edited,
+        steps=steps,
     )
     plan.warnings.extend(_warnings(plan))
     return plan
@@ -324,22 +348,31 @@ def plan_replay(
 def _warnings(plan: ReplayPlan) -> list[str]:
     found = []
     if plan.version.pk != plan.original.version_id:
-        found.append(f"the replay runs v{plan.version.number} of {plan.original.workflow.slug}; "
-                     f"the original ran v{plan.original.version.number}")
+        found.append(
+            f"the replay runs v{plan.version.number} of {plan.original.workflow.slug}; "
+            f"the original ran v{plan.original.version.number}"
+        )
     for step in plan.rerun:
         if not step.side_effects:
             continue
         if plan.renew_idempotency_keys:
-            found.append(f"step {step.step_id} ({step.kind}) has side effects and runs again "
-                         "with a NEW idempotency key: receivers will treat it as a new request")
+            found.append(
+                f"step {step.step_id} ({step.kind}) has side effects and runs again "
+                "with a NEW idempotency key: receivers will treat it as a new request"
+            )
         else:
-            found.append(f"step {step.step_id} ({step.kind}) has side effects and runs again "
-                         "with the SAME idempotency key as the original, so a receiver that "
-                         "deduplicates sees a repeat")
+            found.append(
+                f"step {step.step_id} ({step.kind}) has side effects and runs again "
+                "with the SAME idempotency key as the original, so a receiver that "
+                "deduplicates sees a repeat"
+            )
     if plan.input_edited and plan.reused:
-        found.append("the input is edited, but reused steps keep the outputs they computed "
-                     "from the original input (" + ", ".join(s.step_id for s in plan.reused)
-                     + "); replay from the start to compute them again")
+        found.append(
+            "the input is edited, but reused steps keep the outputs they computed "
+            "from the original input ("
+            + ", ".join(s.step_id for s in plan.reused)
+            + "); replay from the start to compute them again"
+        )
     return found
 
 
@@ -361,7 +394,7 @@ def replay_run(
     actor: str,
     from_step: str | None = FROM_FAILED,
     version: str = VERSION_ORIGINAL,
-    input: Any = UNCHANGED,  # noqa: A002
+    input: Any = UNCHANGED,
     renew_idempotency_keys: bool = False,
     reason: str = "",
 ) -> Run:
@@ -375,8 +408,13 @@ def replay_run(
         )
         if original is None:
             raise ReplayError(f"no run {run_id}", status=404, kind="not-found")
-        plan = plan_replay(run=original, from_step=from_step, version=version, input=input,
-                           renew_idempotency_keys=renew_idempotency_keys)
+        plan = plan_replay(
+            run=original,
+            from_step=from_step,
+            version=version,
+            input=input,
+            renew_idempotency_keys=renew_idempotency_keys,
+        )
         base = None if renew_idempotency_keys else (original.idempotency_base or original.pk)
         run = Run.objects.create(
             workflow=original.workflow,
@@ -391,27 +429,55 @@ def replay_run(
             partition_key=original.partition_key,
         )
         now = timezone.now()
-        journal(run, "run.replay_of", of=original.pk, from_step=plan.from_step,
-                version=plan.version.number, renew_idempotency_keys=renew_idempotency_keys,
-                input_edited=plan.input_edited, by=actor, at=_iso(now))
-        sources = {s.pk: s for s in StepRun.objects.filter(
-            pk__in=[p.reused_from for p in plan.reused])}
+        journal(
+            run,
+            "run.replay_of",
+            of=original.pk,
+            from_step=plan.from_step,
+            version=plan.version.number,
+            renew_idempotency_keys=renew_idempotency_keys,
+            input_edited=plan.input_edited,
+            by=actor,
+            at=_iso(now),
+        )
+        sources = {
+            s.pk: s for s in StepRun.objects.filter(pk__in=[p.reused_from for p in plan.reused])
+        }
         for step in plan.reused:
             source = sources[step.reused_from]
             key = idempotency_key(run.idempotency_base or run.pk, step.step_id)
             StepRun.objects.create(
-                run=run, step_id=step.step_id, attempt=1, kind=step.kind,
-                status=StepStatus.SUCCEEDED, input=source.input, output=source.output,
-                port=source.port, idempotency_key=key, reused_from=source, finished_at=now,
+                run=run,
+                step_id=step.step_id,
+                attempt=1,
+                kind=step.kind,
+                status=StepStatus.SUCCEEDED,
+                input=source.input,
+                output=source.output,
+                port=source.port,
+                idempotency_key=key,
+                reused_from=source,
+                finished_at=now,
             )
-            journal(run, "step.reused", step=step.step_id, attempt=1, step_kind=step.kind,
-                    port=source.port, output=source.output, input=source.input,
-                    idempotency_key=key, reused_from=source.pk, from_run=source.run_id,
-                    at=_iso(now))
+            journal(
+                run,
+                "step.reused",
+                step=step.step_id,
+                attempt=1,
+                step_kind=step.kind,
+                port=source.port,
+                output=source.output,
+                input=source.input,
+                idempotency_key=key,
+                reused_from=source.pk,
+                from_run=source.run_id,
+                at=_iso(now),
+            )
         run.save(update_fields=["seq"])
         if not admit(run):  # queued behind the workflow's limits: still show it
-            notify.run_changed(run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug,
-                               status=run.status)
+            notify.run_changed(
+                run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug, status=run.status
+            )
         DeadLetter.objects.filter(kind="step", run=original, resolved_at__isnull=True).update(
             resolved_at=now, resolved_by=actor, resolution=f"replayed as run {run.pk}"
         )
@@ -426,8 +492,14 @@ def replay_run(
         }
         if plan.input_edited:
             details["input"] = {"before": original_input(original), "after": plan.input_override}
-        audit.record(actor=actor, action="run.replay", target_type="run",
-                     target_id=original.pk, reason=reason, details=details)
+        audit.record(
+            actor=actor,
+            action="run.replay",
+            target_type="run",
+            target_id=original.pk,
+            reason=reason,
+            details=details,
+        )
     return run
 
 
@@ -438,10 +510,18 @@ def recorded_result(*, run: Run, step_id: str) -> StepResult:
     original_id = run.replay_of_id
     recorded = (
         StepRun.objects.filter(run_id=original_id, step_id=step_id)
-        .exclude(status__in=[StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.WAITING,
-                             StepStatus.SKIPPED])
-        .order_by("-attempt", "-id").first()
-        if original_id else None
+        .exclude(
+            status__in=[
+                StepStatus.QUEUED,
+                StepStatus.RUNNING,
+                StepStatus.WAITING,
+                StepStatus.SKIPPED,
+            ]
+        )
+        .order_by("-attempt", "-id")
+        .first()
+        if original_id
+        else None
     )
     if recorded is None:
         raise StepError(
@@ -450,8 +530,10 @@ def recorded_result(*, run: Run, step_id: str) -> StepResult:
             code="shadow.unrecorded",
         )
     if recorded.status == StepStatus.FAILED:
-        raise StepError(f"shadow run: the original run {original_id} recorded a failure: "
-                        f"{recorded.error}", code=recorded.error_code or "shadow.failed")
+        raise StepError(
+            f"shadow run: the original run {original_id} recorded a failure: {recorded.error}",
+            code=recorded.error_code or "shadow.failed",
+        )
     return StepResult(output=recorded.output, port=recorded.port or "success")
 
 
@@ -459,11 +541,18 @@ def snapshot_draft(*, workflow: Workflow, actor: str, note: str = "") -> Workflo
     try:
         parse_definition(workflow.draft)
     except InvalidDefinition as exc:
-        raise ReplayError(f"the draft of {workflow.slug} is not valid: {exc}", status=400,
-                          kind="invalid-definition") from exc
+        raise ReplayError(
+            f"the draft of {workflow.slug} is not valid: {exc}",
+            status=400,
+            kind="invalid-definition",
+        ) from exc
     return WorkflowVersion.objects.create(
-        workflow=workflow, number=None, kind="snapshot", definition=workflow.draft,
-        note=note or "draft snapshot for a shadow replay", published_by=actor,
+        workflow=workflow,
+        number=None,
+        kind="snapshot",
+        definition=workflow.draft,
+        note=note or "draft snapshot for a shadow replay",
+        published_by=actor,
     )
 
 
@@ -471,13 +560,17 @@ def start_shadow_run(*, original: Run, version: WorkflowVersion) -> Run:
     """Run the original's event through `version`; side effects answered from recordings."""
     with transaction.atomic():
         run = Run.objects.create(
-            workflow=original.workflow, version=version, event=original.event, origin="shadow",
-            replay_of=original, input_override=original.input_override,
+            workflow=original.workflow,
+            version=version,
+            event=original.event,
+            origin="shadow",
+            replay_of=original,
+            input_override=original.input_override,
             idempotency_base=original.idempotency_base or original.pk,
-            correlation_id=original.correlation_id, partition_key=original.partition_key,
+            correlation_id=original.correlation_id,
+            partition_key=original.partition_key,
         )
-        journal(run, "run.shadow_of", of=original.pk, snapshot=version.pk,
-                at=_iso(timezone.now()))
+        journal(run, "run.shadow_of", of=original.pk, snapshot=version.pk, at=_iso(timezone.now()))
         run.save(update_fields=["seq"])
         # Not through admit(): a shadow run takes no slot from the workflow's real runs.
         advance_locked(run, engine.RunStarted())
@@ -486,8 +579,9 @@ def start_shadow_run(*, original: Run, version: WorkflowVersion) -> Run:
 
 # --- bulk: replays and shadows processed by a Celery task at a limited rate ------------------
 def push_batch(batch: ReplayBatch) -> None:
-    notify.replay_batch_changed(batch_id=batch.pk, done=batch.done, failed=batch.failed,
-                                status=batch.status)
+    notify.replay_batch_changed(
+        batch_id=batch.pk, done=batch.done, failed=batch.failed, status=batch.status
+    )
 
 
 def _enqueue_batch(batch_id: int) -> None:
@@ -511,63 +605,99 @@ def start_bulk_replay(
     if not run_ids:
         raise ReplayError("no failed run matches the selection", kind="nothing-selected")
     if len(run_ids) > MAX_BATCH:
-        raise ReplayError(f"{len(run_ids)} runs selected; a batch takes at most {MAX_BATCH}",
-                          status=400, kind="too-many")
+        raise ReplayError(
+            f"{len(run_ids)} runs selected; a batch takes at most {MAX_BATCH}",
+            status=400,
+            kind="too-many",
+        )
     if version not in (VERSION_ORIGINAL, VERSION_LATEST):
-        raise ReplayError(f"version must be {VERSION_ORIGINAL!r} or {VERSION_LATEST!r}",
-                          status=400, kind="invalid-body")
+        raise ReplayError(
+            f"version must be {VERSION_ORIGINAL!r} or {VERSION_LATEST!r}",
+            status=400,
+            kind="invalid-body",
+        )
     per_second = min(max(float(per_second), 0.1), MAX_PER_SECOND)
     with transaction.atomic():
         batch = ReplayBatch.objects.create(
             kind="replay",
             selection={**selection, "run_ids": list(run_ids)},
-            options={"from_step": from_step or FROM_FAILED, "version": version,
-                     "renew_idempotency_keys": renew_idempotency_keys,
-                     "per_second": per_second, "reason": reason},
+            options={
+                "from_step": from_step or FROM_FAILED,
+                "version": version,
+                "renew_idempotency_keys": renew_idempotency_keys,
+                "per_second": per_second,
+                "reason": reason,
+            },
             total=len(run_ids),
             created_by=actor,
             summary={"items": []},
         )
-        audit.record(actor=actor, action="replay.bulk", target_type="batch", target_id=batch.pk,
-                     reason=reason, details={"selection": selection, "total": len(run_ids),
-                                             "options": batch.options})
+        audit.record(
+            actor=actor,
+            action="replay.bulk",
+            target_type="batch",
+            target_id=batch.pk,
+            reason=reason,
+            details={"selection": selection, "total": len(run_ids), "options": batch.options},
+        )
         _enqueue_batch(batch.pk)
     return batch
 
 
-def start_shadow(*, workflow_slug: str, last: int, actor: str, reason: str = "",
-                 per_second: float = DEFAULT_PER_SECOND) -> ReplayBatch:
+def start_shadow(
+    *,
+    workflow_slug: str,
+    last: int,
+    actor: str,
+    reason: str = "",
+    per_second: float = DEFAULT_PER_SECOND,
+) -> ReplayBatch:
     """Run the events of the workflow's last `last` triggered runs through its draft."""
     workflow = Workflow.objects.filter(slug=workflow_slug).first()
     if workflow is None:
         raise ReplayError(f"no workflow {workflow_slug}", status=404, kind="not-found")
     if not 1 <= last <= MAX_SHADOW:
-        raise ReplayError(f"last must be from 1 to {MAX_SHADOW}", status=400,
-                          kind="invalid-body")
+        raise ReplayError(f"last must be from 1 to {MAX_SHADOW}", status=400, kind="invalid-body")
     originals = list(
-        Run.objects.filter(workflow=workflow, origin="trigger", event__isnull=False,
-                           status__in=TERMINAL_RUN)
-        .order_by("-id").values_list("pk", flat=True)[:last]
+        Run.objects.filter(
+            workflow=workflow, origin="trigger", event__isnull=False, status__in=TERMINAL_RUN
+        )
+        .order_by("-id")
+        .values_list("pk", flat=True)[:last]
     )
     if not originals:
-        raise ReplayError(f"{workflow_slug} has no finished triggered run to shadow",
-                          kind="nothing-selected")
+        raise ReplayError(
+            f"{workflow_slug} has no finished triggered run to shadow", kind="nothing-selected"
+        )
     with transaction.atomic():
         snapshot = snapshot_draft(workflow=workflow, actor=actor)
         batch = ReplayBatch.objects.create(
             kind="shadow",
-            selection={"workflow": workflow_slug, "last": last,
-                       "run_ids": list(reversed(originals))},
-            options={"snapshot": snapshot.pk, "per_second": min(max(per_second, 0.1),
-                                                                 MAX_PER_SECOND)},
+            selection={
+                "workflow": workflow_slug,
+                "last": last,
+                "run_ids": list(reversed(originals)),
+            },
+            options={
+                "snapshot": snapshot.pk,
+                "per_second": min(max(per_second, 0.1), MAX_PER_SECOND),
+            },
             total=len(originals),
             created_by=actor,
             summary={"items": []},
         )
-        audit.record(actor=actor, action="shadow.start", target_type="workflow",
-                     target_id=workflow_slug, reason=reason,
-                     details={"batch": batch.pk, "snapshot": snapshot.pk,
-                              "runs": batch.selection["run_ids"]})
+        audit.record(
+            actor=actor,
+            action="shadow.start",
+            target_type="workflow",
+            target_id=workflow_slug,
+            reason=reason,
+            details={
+                "batch": batch.pk,
+                "snapshot": snapshot.pk,
+                "runs": batch.selection["run_ids"],
+            },
+        )
         _enqueue_batch(batch.pk)
     return batch
 
@@ -579,7 +709,9 @@ def _process_item(batch: ReplayBatch, run_id: int) -> int:
         version = WorkflowVersion.objects.get(pk=options["snapshot"])
         return start_shadow_run(original=original, version=version).pk
     return replay_run(
-        run_id=run_id, actor=batch.created_by, from_step=options.get("from_step", FROM_FAILED),
+        run_id=run_id,
+        actor=batch.created_by,
+        from_step=options.get("from_step", FROM_FAILED),
         version=options.get("version", VERSION_ORIGINAL),
         renew_idempotency_keys=bool(options.get("renew_idempotency_keys")),
         reason=options.get("reason") or f"bulk replay {batch.pk}",
@@ -626,7 +758,7 @@ def process_batch(
             except ReplayError as exc:
                 items.append({"run": run_id, "error": str(exc)})
                 batch.failed += 1
-            except Exception as exc:  # noqa: BLE001 - one bad item must not stall the batch
+            except Exception as exc:
                 log.exception("batch %s: run %s", batch.pk, run_id)
                 items.append({"run": run_id, "error": f"{type(exc).__name__}: {exc}"})
                 batch.failed += 1
@@ -665,9 +797,14 @@ def cancel_batch(*, batch_id: int, actor: str, reason: str = "") -> bool:
         batch.status = "cancelled"
         batch.finished_at = timezone.now()
         batch.save(update_fields=["status", "finished_at"])
-        audit.record(actor=actor, action="replay.bulk_cancel", target_type="batch",
-                     target_id=batch.pk, reason=reason,
-                     details={"done": batch.done, "failed": batch.failed})
+        audit.record(
+            actor=actor,
+            action="replay.bulk_cancel",
+            target_type="batch",
+            target_id=batch.pk,
+            reason=reason,
+            details={"done": batch.done, "failed": batch.failed},
+        )
         push_batch(batch)
     return True
 
@@ -684,8 +821,12 @@ class Change:
     kind: str  # "changed" | "added" | "removed"
 
     def as_json(self) -> dict[str, Any]:
-        return {"path": self.path or "/", "before": self.before, "after": self.after,
-                "kind": self.kind}
+        return {
+            "path": self.path or "/",
+            "before": self.before,
+            "after": self.after,
+            "kind": self.kind,
+        }
 
 
 def json_diff(before: Any, after: Any, path: str = "") -> list[Change]:
@@ -731,7 +872,8 @@ class StepComparison:
     @property
     def status_changed(self) -> bool:
         return (self.original.status if self.original else None) != (
-            self.replay.status if self.replay else None)
+            self.replay.status if self.replay else None
+        )
 
     @property
     def same(self) -> bool:
@@ -753,13 +895,24 @@ class StepComparison:
         def side(step_run: StepRun | None) -> dict[str, Any] | None:
             if step_run is None:
                 return None
-            return {"status": step_run.status, "attempt": step_run.attempt,
-                    "output": step_run.output, "error": step_run.error,
-                    "port": step_run.port, "idempotency_key": step_run.idempotency_key}
+            return {
+                "status": step_run.status,
+                "attempt": step_run.attempt,
+                "output": step_run.output,
+                "error": step_run.error,
+                "port": step_run.port,
+                "idempotency_key": step_run.idempotency_key,
+            }
 
-        return {"step": self.step_id, "verdict": self.verdict, "reused": self.reused,
-                "status_changed": self.status_changed, "original": side(self.original),
-                "replay": side(self.replay), "changes": [c.as_json() for c in self.changes]}
+        return {
+            "step": self.step_id,
+            "verdict": self.verdict,
+            "reused": self.reused,
+            "status_changed": self.status_changed,
+            "original": side(self.original),
+            "replay": side(self.replay),
+            "changes": [c.as_json() for c in self.changes],
+        }
 
 
 def compare_runs(replay: Run, original: Run | None = None) -> list[StepComparison]:
@@ -778,8 +931,7 @@ def compare_runs(replay: Run, original: Run | None = None) -> list[StepCompariso
         changes = []
         if new is not None and old is not None and new.reused_from_id is None:
             changes = json_diff(old.output, new.output)
-        found.append(StepComparison(step_id, old, new, bool(new and new.reused_from_id),
-                                    changes))
+        found.append(StepComparison(step_id, old, new, bool(new and new.reused_from_id), changes))
     return found
 
 
@@ -795,8 +947,12 @@ class StepSummary:
 def shadow_summary(batch: ReplayBatch) -> list[StepSummary]:
     """Per step: in how many shadow runs did the output (or status) differ from the original."""
     items = [i for i in batch.summary.get("items", []) if i.get("replay")]
-    runs = {r.pk: r for r in Run.objects.filter(pk__in=[i["replay"] for i in items])
-            .select_related("version", "replay_of")}
+    runs = {
+        r.pk: r
+        for r in Run.objects.filter(pk__in=[i["replay"] for i in items]).select_related(
+            "version", "replay_of"
+        )
+    }
     summary: dict[str, StepSummary] = {}
     for item in items:
         shadow = runs.get(item["replay"])
@@ -810,6 +966,11 @@ def shadow_summary(batch: ReplayBatch) -> list[StepSummary]:
             else:
                 entry.differ += 1
                 if len(entry.examples) < 3:
-                    entry.examples.append({"original": shadow.replay_of_id, "shadow": shadow.pk,
-                                           "comparison": comparison.as_json()})
+                    entry.examples.append(
+                        {
+                            "original": shadow.replay_of_id,
+                            "shadow": shadow.pk,
+                            "comparison": comparison.as_json(),
+                        }
+                    )
     return list(summary.values())

@@ -99,13 +99,10 @@ def start_child_run(*, parent: Run, step_run: StepRun, slug: str, data) -> str |
         extensions=_caused_by(parent),
     )
     event, _created = ingest_event(envelope=envelope, channel="run")
-    # Looked up by the waiting attempt too: a replay that keeps its original's idempotency
-    # keys makes the same child event, and must still get a child run of its own.
     child, created = Run.objects.get_or_create(
         event=event,
         workflow=workflow,
-        parent_step=step_run,
-        defaults={"version": workflow.published_version,
+        defaults={"version": workflow.published_version, "parent_step": step_run,
                   "correlation_id": parent.correlation_id, "origin": "child"},
     )
     if created:
@@ -235,7 +232,9 @@ def emit_for_step(*, run: Run, step_run: StepRun, config: dict) -> dict:
         extensions["partitionkey"] = config["partitionkey"]
     envelope = Envelope(
         id=step_run.idempotency_key,
-        source=config.get("source") or f"/signalbox/runs/{run.pk}",
+        # A replay that keeps its original's keys names the original run: same source and
+        # id, so the event store deduplicates the re-emitted event.
+        source=config.get("source") or f"/signalbox/runs/{run.idempotency_base or run.pk}",
         type=config["type"],
         subject=config.get("subject", ""),
         time=timezone.now(),

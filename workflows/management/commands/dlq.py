@@ -40,8 +40,9 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(recovery.dead_letter_as_json(found), indent=2))
             return
         if action == "redrive":
-            results = dlq.redrive_many(letter_ids=options["letter_ids"], actor=options["actor"],
-                                       reason=options["reason"])
+            results = dlq.redrive_many(
+                letter_ids=options["letter_ids"], actor=options["actor"], reason=options["reason"]
+            )
             for result in results:
                 if result["ok"]:
                     self.stdout.write(f"dead letter {result['id']}: {result['resolution']}")
@@ -49,8 +50,9 @@ class Command(BaseCommand):
                     self.stderr.write(f"dead letter {result['id']}: {result['error']}")
             failed = [r for r in results if not r["ok"]]
             if failed:
-                raise CommandError(f"{len(failed)} of {len(results)} dead letter(s) could not "
-                                   "be re-driven")
+                raise CommandError(
+                    f"{len(failed)} of {len(results)} dead letter(s) could not be re-driven"
+                )
             return
         try:
             if action == "edit":
@@ -58,12 +60,17 @@ class Command(BaseCommand):
                     payload = json.loads(options["payload"])
                 except ValueError as exc:
                     raise CommandError(f"--payload is not JSON: {exc}") from exc
-                dlq.edit_payload(letter_id=options["letter_id"], payload=payload,
-                                 actor=options["actor"], reason=options["reason"])
+                dlq.edit_payload(
+                    letter_id=options["letter_id"],
+                    payload=payload,
+                    actor=options["actor"],
+                    reason=options["reason"],
+                )
                 self.stdout.write(f"dead letter {options['letter_id']}: payload edited")
             else:
-                dlq.discard(letter_id=options["letter_id"], actor=options["actor"],
-                            reason=options["reason"])
+                dlq.discard(
+                    letter_id=options["letter_id"], actor=options["actor"], reason=options["reason"]
+                )
                 self.stdout.write(f"dead letter {options['letter_id']}: discarded")
         except dlq.DeadLetterError as exc:
             raise CommandError(str(exc)) from exc
@@ -71,14 +78,21 @@ class Command(BaseCommand):
     def _list(self, options) -> None:
         if not 1 <= options["limit"] <= recovery.MAX_PAGE_SIZE:
             raise CommandError(f"--limit must be from 1 to {recovery.MAX_PAGE_SIZE}")
-        page, more = recovery.dead_letters(state="all" if options["all"] else "open",
-                                           kind=options["kind"], limit=options["limit"])
+        page, more = recovery.dead_letters(
+            state="all" if options["all"] else "open", kind=options["kind"], limit=options["limit"]
+        )
         for letter in page:
-            where = (f"run {letter.run_id} step {letter.step_id}" if letter.run_id
-                     else f"event {letter.event_id}" if letter.event_id else "-")
+            where = (
+                f"run {letter.run_id} step {letter.step_id}"
+                if letter.run_id
+                else f"event {letter.event_id}"
+                if letter.event_id
+                else "-"
+            )
             state = f"resolved: {letter.resolution}" if letter.resolved_at else "open"
-            self.stdout.write(f"{letter.pk}\t{letter.kind}\t{where}\t{state}\t"
-                              f"{letter.reason[:120]}")
+            self.stdout.write(
+                f"{letter.pk}\t{letter.kind}\t{where}\t{state}\t{letter.reason[:120]}"
+            )
         if not page:
             self.stdout.write("no dead letters" if options["all"] else "no open dead letters")
         elif more:

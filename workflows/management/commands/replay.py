@@ -15,31 +15,47 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("run_id", nargs="?", type=int, help="the run to replay")
-        parser.add_argument("--from-step", default=replays.FROM_FAILED,
-                            help='"failed" (default), "start", or a step id')
-        parser.add_argument("--latest", action="store_true",
-                            help="run the latest published version, not the original's")
+        parser.add_argument(
+            "--from-step",
+            default=replays.FROM_FAILED,
+            help='"failed" (default), "start", or a step id',
+        )
+        parser.add_argument(
+            "--latest",
+            action="store_true",
+            help="run the latest published version, not the original's",
+        )
         parser.add_argument("--input", help="edited input: JSON the steps see as event data")
-        parser.add_argument("--renew-keys", action="store_true",
-                            help="give re-run steps new idempotency keys")
+        parser.add_argument(
+            "--renew-keys", action="store_true", help="give re-run steps new idempotency keys"
+        )
         parser.add_argument("--reason", default="", help="why (kept in the audit trail)")
-        parser.add_argument("--preview", action="store_true",
-                            help="show what would run again, start nothing")
+        parser.add_argument(
+            "--preview", action="store_true", help="show what would run again, start nothing"
+        )
         parser.add_argument("--as", dest="actor", default="cli", help="who is doing it")
         bulk = parser.add_argument_group("bulk replay (--failed)")
-        bulk.add_argument("--failed", action="store_true",
-                          help="replay every failed run matching the filters below")
+        bulk.add_argument(
+            "--failed",
+            action="store_true",
+            help="replay every failed run matching the filters below",
+        )
         bulk.add_argument("--workflow", default="")
-        bulk.add_argument("--of-version", dest="of_version", default="",
-                          help="only runs of this version number")
+        bulk.add_argument(
+            "--of-version", dest="of_version", default="", help="only runs of this version number"
+        )
         bulk.add_argument("--error", default="", help="a piece of the run's error text")
         bulk.add_argument("--after", default="", help="finished at or after (ISO 8601)")
         bulk.add_argument("--before", default="", help="finished before (ISO 8601)")
         bulk.add_argument("--per-second", type=float, default=replays.DEFAULT_PER_SECOND)
         bulk.add_argument("--dry-run", action="store_true", help="list the runs, start none")
         shadow = parser.add_argument_group("shadow replay (--shadow WORKFLOW)")
-        shadow.add_argument("--shadow", metavar="WORKFLOW", default="",
-                            help="run the workflow's draft over its last --last events")
+        shadow.add_argument(
+            "--shadow",
+            metavar="WORKFLOW",
+            default="",
+            help="run the workflow's draft over its last --last events",
+        )
         shadow.add_argument("--last", type=int, default=10)
 
     def handle(self, *args, **options):
@@ -60,28 +76,39 @@ class Command(BaseCommand):
         if run is None:
             raise CommandError(f"no run {options['run_id']}")
         try:
-            plan = replays.plan_replay(run=run, from_step=options["from_step"], version=version,
-                                       input=edited,
-                                       renew_idempotency_keys=options["renew_keys"])
+            plan = replays.plan_replay(
+                run=run,
+                from_step=options["from_step"],
+                version=version,
+                input=edited,
+                renew_idempotency_keys=options["renew_keys"],
+            )
             if options["preview"]:
                 self._print_plan(plan)
                 return
             new = replays.replay_run(
-                run_id=run.pk, actor=options["actor"], from_step=options["from_step"],
-                version=version, input=edited, renew_idempotency_keys=options["renew_keys"],
+                run_id=run.pk,
+                actor=options["actor"],
+                from_step=options["from_step"],
+                version=version,
+                input=edited,
+                renew_idempotency_keys=options["renew_keys"],
                 reason=options["reason"],
             )
         except replays.ReplayError as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write(f"replaying run {run.pk} as run {new.pk} "
-                          f"(v{new.version.number}, status {new.status})")
+        self.stdout.write(
+            f"replaying run {run.pk} as run {new.pk} (v{new.version.number}, status {new.status})"
+        )
         self.stdout.write("reused: " + (", ".join(s.step_id for s in plan.reused) or "nothing"))
         self.stdout.write("runs again: " + ", ".join(s.step_id for s in plan.rerun))
 
     def _print_plan(self, plan: replays.ReplayPlan) -> None:
-        self.stdout.write(f"replay of run {plan.original.pk} on v{plan.version.number} "
-                          f"from {plan.from_step}; idempotency keys "
-                          f"{'renewed' if plan.renew_idempotency_keys else 'reused'}")
+        self.stdout.write(
+            f"replay of run {plan.original.pk} on v{plan.version.number} "
+            f"from {plan.from_step}; idempotency keys "
+            f"{'renewed' if plan.renew_idempotency_keys else 'reused'}"
+        )
         for step in plan.steps:
             mark = " [side effects]" if step.side_effects else ""
             self.stdout.write(f"  {step.action:5} {step.step_id} ({step.kind}){mark}: {step.why}")
@@ -90,36 +117,48 @@ class Command(BaseCommand):
 
     def _bulk(self, options) -> None:
         try:
-            selection = recovery.parse_failed_run_filter({**options,
-                                                          "version": options["of_version"]})
+            selection = recovery.parse_failed_run_filter(
+                {**options, "version": options["of_version"]}
+            )
         except recovery.InvalidFilter as exc:
             raise CommandError(str(exc)) from exc
         runs = list(recovery.failed_runs(selection)[: replays.MAX_BATCH + 1])
         if options["dry_run"]:
             for run in runs:
-                self.stdout.write(f"run {run.pk} {run.workflow.slug} v{run.version.number}: "
-                                  f"{run.error}")
+                self.stdout.write(
+                    f"run {run.pk} {run.workflow.slug} v{run.version.number}: {run.error}"
+                )
             self.stdout.write(f"{len(runs)} failed run(s) would be replayed")
             return
         try:
             batch = replays.start_bulk_replay(
-                actor=options["actor"], run_ids=[r.pk for r in runs],
-                selection=selection.as_json(), from_step=options["from_step"],
-                version=replays.VERSION_LATEST if options["latest"]
-                else replays.VERSION_ORIGINAL,
+                actor=options["actor"],
+                run_ids=[r.pk for r in runs],
+                selection=selection.as_json(),
+                from_step=options["from_step"],
+                version=replays.VERSION_LATEST if options["latest"] else replays.VERSION_ORIGINAL,
                 renew_idempotency_keys=options["renew_keys"],
-                per_second=options["per_second"], reason=options["reason"],
+                per_second=options["per_second"],
+                reason=options["reason"],
             )
         except replays.ReplayError as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write(f"bulk replay {batch.pk}: {batch.total} run(s) queued at "
-                          f"{batch.options['per_second']:g}/s")
+        self.stdout.write(
+            f"bulk replay {batch.pk}: {batch.total} run(s) queued at "
+            f"{batch.options['per_second']:g}/s"
+        )
 
     def _shadow(self, options) -> None:
         try:
-            batch = replays.start_shadow(workflow_slug=options["shadow"], last=options["last"],
-                                         actor=options["actor"], reason=options["reason"])
+            batch = replays.start_shadow(
+                workflow_slug=options["shadow"],
+                last=options["last"],
+                actor=options["actor"],
+                reason=options["reason"],
+            )
         except replays.ReplayError as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write(f"shadow replay {batch.pk}: {batch.total} event(s) through the draft "
-                          f"of {options['shadow']}")
+        self.stdout.write(
+            f"shadow replay {batch.pk}: {batch.total} event(s) through the draft "
+            f"of {options['shadow']}"
+        )
