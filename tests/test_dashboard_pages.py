@@ -50,8 +50,12 @@ def emit_step(step_id: str, event_type: str, *, after: tuple[str, ...] = ()) -> 
 @pytest.fixture
 def chain(db) -> Run:
     """An order run that emits a payment event, which starts a second workflow's run."""
-    publish("orders", definition(log_step("received"), emit_step("announce", "com.example.paid",
-                                                                 after=("received",))))
+    publish(
+        "orders",
+        definition(
+            log_step("received"), emit_step("announce", "com.example.paid", after=("received",))
+        ),
+    )
     publish("payments", definition(log_step("book"), event="com.example.paid"))
     run = drive(trigger("orders", {"order": 5}))
     paid = Event.objects.get(type="com.example.paid")
@@ -189,8 +193,12 @@ def test_the_run_detail_draws_the_graph_timeline_attempts_journal_and_links(view
 
 
 def test_secrets_are_masked_in_the_run_detail_even_when_set_after_the_run(viewer, db):
-    publish("leaky", definition({"id": "say", "kind": "log",
-                                 "config": {"message": "token {{ event.data.token }}"}}))
+    publish(
+        "leaky",
+        definition(
+            {"id": "say", "kind": "log", "config": {"message": "token {{ event.data.token }}"}}
+        ),
+    )
     run = drive(trigger("leaky", {"token": "hunter2-secret"}))
     set_secret(name="api-token", value="hunter2-secret")
 

@@ -100,8 +100,13 @@ def secret_team(transactional_db):
 
 
 # --- who may connect ---------------------------------------------------------------------------
-NEW_SOCKETS = ["/ws/overview/", "/ws/flow/", "/ws/lineage/1/", "/ws/system/",
-               "/ws/runs/?status=failed"]  # fmt: skip
+NEW_SOCKETS = [
+    "/ws/overview/",
+    "/ws/flow/",
+    "/ws/lineage/1/",
+    "/ws/system/",
+    "/ws/runs/?status=failed",
+]
 
 
 @pytest.mark.parametrize("path", NEW_SOCKETS)
@@ -146,22 +151,31 @@ async def test_a_team_member_may_follow_the_team_workflow(transactional_db, secr
     assert f"Run #{secret_team.pk}" in snapshot
 
 
-async def test_the_run_list_never_shows_or_wakes_up_for_another_teams_runs(viewer, secret_team,
-                                                                          orders):  # fmt: skip
+async def test_the_run_list_never_shows_or_wakes_up_for_another_teams_runs(
+    viewer, secret_team, orders
+):
     ws, snapshot = await connected("/ws/runs/", viewer)
     try:
         assert f'id="run-{secret_team.pk}"' not in snapshot
-        await get_channel_layer().group_send(notify.RUNS_GROUP, {
-            "type": "run.changed", "run": secret_team.pk, "seq": 9,
-            "workflow_slug": "ledger", "status": "failed"})  # fmt: skip
+        await get_channel_layer().group_send(
+            notify.RUNS_GROUP,
+            {
+                "type": "run.changed",
+                "run": secret_team.pk,
+                "seq": 9,
+                "workflow_slug": "ledger",
+                "status": "failed",
+            },
+        )
         assert await ws.receive_nothing(timeout=1.0)
     finally:
         await ws.disconnect()
 
 
 # --- snapshots and reconnects --------------------------------------------------------------------
-async def test_a_reconnecting_page_gets_a_snapshot_with_what_changed_while_it_was_away(viewer,
-                                                                                     orders):  # fmt: skip
+async def test_a_reconnecting_page_gets_a_snapshot_with_what_changed_while_it_was_away(
+    viewer, orders
+):
     run = await database_sync_to_async(trigger)("orders")
     ws, first = await connected("/ws/runs/?workflow=orders&ack=1", viewer)
     assert re.search(rf'id="run-{run.pk}" data-status="(queued|running)"', first)
@@ -190,17 +204,25 @@ async def test_the_run_detail_socket_sends_graph_and_timeline_and_follows_the_ru
 
 
 # --- flow control and sharing ---------------------------------------------------------------------
-async def test_a_page_that_does_not_acknowledge_gets_two_frames_then_the_latest_on_its_ack(viewer,
-                                                                                         orders):  # fmt: skip
+async def test_a_page_that_does_not_acknowledge_gets_two_frames_then_the_latest_on_its_ack(
+    viewer, orders
+):
     run = await database_sync_to_async(trigger)("orders")
     ws, _snapshot = await connected("/ws/runs/?ack=1", viewer)
     layer = get_channel_layer()
 
     async def change(status: str):
         await database_sync_to_async(Run.objects.filter(pk=run.pk).update)(status=status)
-        await layer.group_send(notify.RUNS_GROUP, {"type": "run.changed", "run": run.pk,
-                                                   "seq": 1, "workflow_slug": "orders",
-                                                   "status": status})  # fmt: skip
+        await layer.group_send(
+            notify.RUNS_GROUP,
+            {
+                "type": "run.changed",
+                "run": run.pk,
+                "seq": 1,
+                "workflow_slug": "orders",
+                "status": status,
+            },
+        )
 
     try:
         await change("cancelled")
@@ -240,7 +262,7 @@ async def test_sockets_showing_the_same_page_share_one_render(viewer, orders, mo
             await ws.disconnect()
 
 
-# --- the live event flow ---------------------------------------------------------------------------
+# --- the live event flow ----------------------------------------------------------------
 def row_ids(frame: str) -> list[int]:
     return [int(i) for i in re.findall(r'<tr id="flow-event-(\d+)"', frame)]
 
@@ -268,6 +290,7 @@ async def test_a_new_event_appears_in_the_flow_with_the_workflows_it_triggers(vi
 async def test_the_flow_filters_by_type_source_and_text(viewer, transactional_db):
     ws, _ = await connected("/ws/flow/?type=com.example.paid&source=/shop&q=gold", viewer)
     try:
+
         def send_all():
             send_event("com.example.paid", source="/shop", data={"tier": "silver"})
             send_event("com.example.other", source="/shop", data={"tier": "gold"})
@@ -282,8 +305,9 @@ async def test_the_flow_filters_by_type_source_and_text(viewer, transactional_db
         await ws.disconnect()
 
 
-async def test_a_burst_beyond_the_cap_is_folded_and_the_page_is_told_how_many(viewer,
-                                                                            transactional_db):  # fmt: skip
+async def test_a_burst_beyond_the_cap_is_folded_and_the_page_is_told_how_many(
+    viewer, transactional_db
+):
     ws, _ = await connected("/ws/flow/?ack=1", viewer)
     burst = live_consumers.FLOW_CAP * 3
 
@@ -355,7 +379,8 @@ async def test_the_lineage_redraws_when_the_event_starts_a_run_and_the_run_moves
 
         await database_sync_to_async(drive)(runs[0])
         done = await frames_until(
-            ws, lambda f: re.search(rf'lineage-node-run-{runs[0].pk}" [^>]*data-state="succeeded"', f)
+            ws,
+            lambda f: re.search(rf'lineage-node-run-{runs[0].pk}" [^>]*data-state="succeeded"', f),
         )
         assert "signalbox.run.succeeded" in done[-1]  # the run event it emitted
     finally:
@@ -365,16 +390,20 @@ async def test_the_lineage_redraws_when_the_event_starts_a_run_and_the_run_moves
 async def test_the_overview_socket_sends_figures_and_chart_data_then_updates(viewer, orders):
     ws, snapshot = await connected("/ws/overview/?window=1h&ack=1", viewer)
     try:
-        data = json.loads(re.search(r'id="overview-data" type="application/json">(.*?)</script>',
-                                    snapshot, re.S).group(1))  # fmt: skip
+        data = json.loads(
+            re.search(
+                r'id="overview-data" type="application/json">(.*?)</script>', snapshot, re.S
+            ).group(1)
+        )
         assert data["window"] == "1h" and len(data["times"]) == 60
         assert set(data["runs_per_minute"]) == {"started", "succeeded", "failed"}
 
         await database_sync_to_async(drive)(await database_sync_to_async(trigger)("orders"))
 
         def counts_the_run(frame: str) -> bool:
-            found = re.search(r'id="overview-data" type="application/json">(.*?)</script>', frame,
-                              re.S)  # fmt: skip
+            found = re.search(
+                r'id="overview-data" type="application/json">(.*?)</script>', frame, re.S
+            )
             figures = json.loads(found.group(1))["figures"] if found else {}
             return figures.get("runs_succeeded") == 1
 

@@ -527,7 +527,9 @@ def test_json_diff_names_each_changed_added_and_removed_path():
 # --- shadow replay ----------------------------------------------------------------------------
 
 
-def test_a_shadow_replay_answers_side_effects_from_recordings_and_compares_outputs(db, recorder):
+def test_a_shadow_replay_answers_side_effects_from_recordings_and_compares_outputs(
+    db, recorder, client
+):
     recorder.default = Reply(200, {"price": 10})
     body = definition(
         http_step("quote", f"{recorder.url}/quote"),
@@ -562,6 +564,9 @@ def test_a_shadow_replay_answers_side_effects_from_recordings_and_compares_outpu
     change = summary["total"].examples[0]["comparison"]["changes"][0]
     assert (change["before"], change["after"]) == (20, 30)
     assert not DeadLetter.objects.exists()
+    page = signed_in(client, "viewer").get(f"/replays/{batch.pk}/").content.decode()
+    assert 'id="shadow-step-total" data-differ="2"' in page
+    assert 'id="shadow-step-quote" data-differ="0"' in page
 
 
 def test_a_shadow_step_with_side_effects_and_no_recording_fails_clearly(db, recorder):

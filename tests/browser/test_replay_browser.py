@@ -12,7 +12,7 @@ from tests.factories import cloudevent, definition, http_step, log_step
 from tests.http_recorder import Reply
 from tests.waiting import wait_until
 
-from .helpers import LIVE_TIMEOUT_MS, log_in
+from .helpers import LIVE_TIMEOUT_MS, log_in, marker_survived, set_marker
 from .test_live_dashboard import publish, run_of_event, send
 
 
@@ -66,16 +66,12 @@ def test_an_operator_replays_a_failed_run_from_the_failed_step(
         f"Idempotency keys reused from run #{failed['id']}", timeout=LIVE_TIMEOUT_MS
     )
 
-    def replay_finished():
-        run = api.get(f"/api/v1/runs/{replay_id}").json()
-        return run if run["status"] in ("succeeded", "failed") else None
-
-    assert (
-        wait_until(replay_finished, timeout=60, message="the replay to finish")["status"]
-        == "succeeded"
+    set_marker(page)
+    # The replay finishes while the page is open: the status arrives over the WebSocket.
+    expect(page.locator("#run-detail")).to_have_attribute(
+        "data-status", "succeeded", timeout=LIVE_TIMEOUT_MS
     )
-    page.reload()  # what the page shows once it is done (live pushes are tested elsewhere)
-    expect(page.locator("#run-detail")).to_have_attribute("data-status", "succeeded")
+    assert marker_survived(page), "the run page was reloaded"
     expect(page.locator("#compare-reserve")).to_have_attribute(
         "data-verdict", "reused", timeout=LIVE_TIMEOUT_MS
     )

@@ -1,0 +1,200 @@
+"""The runs page stays fast at a million runs: every filter combination it offers is planned
+by PostgreSQL as index scans, never a sequential scan of the runs or events tables.
+
+A million runs (and their trigger events) are made with generate_series in the test
+database, ANALYZEd, and each query the page runs is EXPLAINed (and timed with EXPLAIN
+ANALYZE for the record in docs/dashboard.md). The rows are removed at the end."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from tests.factories import definition, log_step
+from workflows import dashboard_selectors as ds
+from workflows.models import Event, Run, Workflow
+from workflows.services.definitions import publish_workflow, put_workflow
+
+RUNS = 1_000_000
+WORKFLOWS = 4
+
+
+@pytest.fixture(scope="module")
+def million_runs(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        slugs = [f"keyset-{n}" for n in range(WORKFLOWS)]
+        versions = []
+        for slug in slugs:
+            put_workflow(slug=slug, raw=definition(log_step("only")))
+            versions.append(publish_workflow(slug=slug))
+        workflow_ids = [v.workflow_id for v in versions]
+        version_ids = [v.pk for v in versions]
+        started = time.monotonic()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                INSERT INTO workflows_event (source, ce_id, type, subject, specversion,
+                    datacontenttype, dataschema, data, data_is_base64, extensions,
+                    correlation_id, causation_id, validation, channel, received_at)
+                SELECT '/keyset', 'e' || g,
+                    CASE WHEN g %% 3 = 0 THEN 'com.example.paid' ELSE 'com.example.order' END,
+                    'order-' || (g %% 1000), '1.0', 'application/json', '',
+                    jsonb_build_object('order', g,
+                        'note', CASE WHEN g %% 50000 = 7 THEN 'needle' ELSE 'hay' END),
+                    false, '{}'::jsonb, 'conv-' || (g / 4), 'e' || g, 'unvalidated', 'http',
+                    now() - ((%(n)s - g) * interval '100 milliseconds')
+                FROM generate_series(1, %(n)s) AS g
+                """,
+                {"n": RUNS},
+            )
+            cursor.execute(
+                """
+                INSERT INTO workflows_run (workflow_id, version_id, event_id, status, error,
+                    origin, replay_from_step, correlation_id, partition_key, seq, created_at)
+                SELECT (%(workflows)s::bigint[])[1 + e.id %% %(k)s],
+                    (%(versions)s::bigint[])[1 + e.id %% %(k)s], e.id,
+                    CASE WHEN e.id %% 100 = 0 THEN 'failed'
+                         WHEN e.id %% 100 = 1 THEN 'running' ELSE 'succeeded' END,
+                    '', 'trigger', '', e.correlation_id, '', 3, e.received_at
+                FROM workflows_event e WHERE e.source = '/keyset' ORDER BY e.id
+                """,
+                {"workflows": workflow_ids, "versions": version_ids, "k": WORKFLOWS},
+            )
+            cursor.execute("ANALYZE workflows_event")
+            cursor.execute("ANALYZE workflows_run")
+        print(f"\n{RUNS:,} runs and events made in {time.monotonic() - started:.1f} s")
+        yield slugs
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM workflows_run WHERE workflow_id = ANY(%s)", [workflow_ids])
+            cursor.execute("DELETE FROM workflows_event WHERE source = '/keyset'")
+        Workflow.objects.filter(slug__in=slugs).delete()
+
+
+def plan(qs) -> str:
+    return qs.explain()
+
+
+def timed_plan(qs) -> tuple[str, float]:
+    text = qs.explain(analyze=True)
+    ms = float(text.rsplit("Execution Time: ", 1)[1].split(" ms")[0])
+    return text, ms
+
+
+def assert_index_only(text: str, what: str) -> None:
+    assert "Seq Scan" not in text, f"{what}: sequential scan\n{text}"
+    assert "Index" in text, f"{what}: no index used\n{text}"
+
+
+def cases(slugs: list[str]) -> dict[str, dict]:
+    now = timezone.now()
+    return {
+        "newest page": {},
+        "workflow": {"workflow": slugs[1]},
+        "status": {"status": "failed"},
+        "workflow and status": {"workflow": slugs[2], "status": "failed"},
+        "last hour": {"after": (now - timedelta(hours=1)).isoformat()},
+        "a day ago, one hour": {
+            "after": (now - timedelta(hours=25)).isoformat(),
+            "before": (now - timedelta(hours=24)).isoformat(),
+        },
+        "workflow in a time range": {
+            "workflow": slugs[0],
+            "after": (now - timedelta(hours=20)).isoformat(),
+            "before": (now - timedelta(hours=19)).isoformat(),
+        },
+        "status in a time range": {
+            "status": "running",
+            "before": (now - timedelta(hours=10)).isoformat(),
+        },
+        "correlation id": {"correlation_id": "conv-123456"},
+        "correlation id and status": {"correlation_id": "conv-123456", "status": "succeeded"},
+        "text in the trigger event": {"q": "needle"},
+        "text in a time range": {
+            "q": "needle",
+            "after": (now - timedelta(hours=27)).isoformat(),
+            "before": (now - timedelta(hours=2)).isoformat(),
+        },
+        "deep page": {"before_id": "500000"},
+        "deep page of a workflow": {"workflow": slugs[3], "before_id": "400000"},
+        "deep page of a status": {"status": "failed", "before_id": "300000"},
+    }
+
+
+@pytest.mark.django_db
+def test_every_run_filter_uses_indexes_at_a_million_runs(million_runs, capsys):
+    assert Run.objects.count() >= RUNS
+    timings = []
+    for name, params in cases(million_runs).items():
+        query, errors = ds.parse_run_query(params)
+        assert not errors, (name, errors)
+        with connection.execute_wrapper(_collect_plans(name)):
+            qs, _notes = ds.runs_queryset(query)
+            page = qs[: query.limit + 1]
+            text, ms = timed_plan(page)
+        assert_index_only(text, name)
+        for sub in _collected.pop(name, []):
+            assert_index_only(sub, f"{name} (helper query)")
+        timings.append((name, ms, len(list(page))))
+        assert ms < 2000, f"{name} took {ms:.0f} ms\n{text}"
+    with capsys.disabled():
+        print("\nkeyset run filters at 1,000,000 runs (EXPLAIN ANALYZE execution time):")
+        for name, ms, rows in timings:
+            print(f"  {name:<28} {ms:8.2f} ms  {rows:3d} rows")
+
+
+def test_the_text_search_and_time_bounds_find_the_rows_they_promise(million_runs, db):
+    needle_runs, _ = ds.runs_queryset(ds.parse_run_query({"q": "needle"})[0])
+    found = list(needle_runs[:10])
+    # One needle per 50,000 events; the search reads the newest TEXT_SEARCH_EVENTS.
+    assert found and all(r.event.data["note"] == "needle" for r in found)
+
+    now = timezone.now()
+    after, before = now - timedelta(hours=25), now - timedelta(hours=24)
+    window, _ = ds.runs_queryset(
+        ds.parse_run_query({"after": after.isoformat(), "before": before.isoformat()})[0]
+    )
+    rows = list(window[:60])
+    assert len(rows) == 60  # an hour holds 36,000 runs here
+    assert all(after <= r.created_at < before for r in rows)
+    assert rows[0].created_at > rows[-1].created_at  # newest first
+
+
+def test_a_time_bound_becomes_an_id_bound_in_a_few_index_lookups(million_runs, db):
+    middle = Event.objects.filter(source="/keyset").order_by("id")[RUNS // 2]
+    with connection.execute_wrapper(_count_queries):
+        _queries.clear()
+        found = ds.first_id_at_or_after(Run, "created_at", middle.received_at)
+    assert Run.objects.get(pk=found).created_at >= middle.received_at
+    assert Run.objects.filter(pk__lt=found, created_at__gte=middle.received_at).count() == 0
+    assert len(_queries) <= 25, len(_queries)
+
+
+# --- collecting the helper queries' plans --------------------------------------------------------
+_collected: dict[str, list[str]] = {}
+_queries: list[str] = []
+
+
+def _count_queries(execute, sql, params, many, context):
+    _queries.append(sql)
+    return execute(sql, params, many, context)
+
+
+def _collect_plans(name: str):
+    """Explain every SELECT the filter runs on the runs or events table before the page query
+    (id bounds, matching events), so their plans are checked too."""
+
+    def wrapper(execute, sql, params, many, context):
+        is_helper = sql.lstrip().upper().startswith("SELECT") and "EXPLAIN" not in sql.upper()
+        if is_helper and ("workflows_run" in sql or "workflows_event" in sql):
+            with context["connection"].cursor() as cursor:
+                cursor.execute("EXPLAIN " + sql, params)
+                _collected.setdefault(name, []).append(
+                    "\n".join(row[0] for row in cursor.fetchall())
+                )
+        return execute(sql, params, many, context)
+
+    return wrapper
