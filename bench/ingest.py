@@ -279,7 +279,7 @@ def with_database(url: str, name: str) -> str:
 class Stack:
     """Every Signalbox process, against a new database and a new redis-server."""
 
-    def __init__(self, tag: str, admin_url: str | None, *, settings: str):
+    def __init__(self, tag: str, admin_url: str | None, *, settings: str = "orchestrator.settings"):
         self.tag = tag
         self.settings = settings
         self.admin_url = admin_url

@@ -84,8 +84,13 @@ def timed_plan(qs) -> tuple[str, float]:
     return text, ms
 
 
+BIG_TABLES = ("workflows_run", "workflows_event")
+
+
 def assert_index_only(text: str, what: str) -> None:
-    assert "Seq Scan" not in text, f"{what}: sequential scan\n{text}"
+    """No sequential scan of a big table (a handful of workflows may be scanned whole)."""
+    for table in BIG_TABLES:
+        assert f"Seq Scan on {table}" not in text, f"{what}: sequential scan of {table}\n{text}"
     assert "Index" in text, f"{what}: no index used\n{text}"
 
 
@@ -95,7 +100,9 @@ def cases(slugs: list[str]) -> dict[str, dict]:
         "newest page": {},
         "workflow": {"workflow": slugs[1]},
         "status": {"status": "failed"},
-        "workflow and status": {"workflow": slugs[2], "status": "failed"},
+        "workflow and status": {"workflow": slugs[0], "status": "failed"},
+        # The worst case: the workflow's index is read to its end, as no run matches.
+        "workflow, a status it never has": {"workflow": slugs[2], "status": "failed"},
         "last hour": {"after": (now - timedelta(hours=1)).isoformat()},
         "a day ago, one hour": {
             "after": (now - timedelta(hours=25)).isoformat(),

@@ -29,7 +29,7 @@
   var canEdit = !!cfg.canEdit;
   var canvas = document.getElementById("editor-canvas");
   var sidePanel = document.getElementById("side-panel");
-  var COLUMN = 290;
+  var COLUMN = 320;
   var MAX_HISTORY = 100;
 
   var model = normalize(cfg.draft);
@@ -645,13 +645,14 @@
     });
     var w = canvas.clientWidth;
     var h = canvas.clientHeight;
-    var z = Math.max(df.zoom_min, Math.min(1, (w - 60) / (maxX - minX), (h - 60) / (maxY - minY)));
+    // Room at the top for the run banner.
+    var z = Math.max(df.zoom_min, Math.min(1, (w - 60) / (maxX - minX), (h - 90) / (maxY - minY)));
     var cx = df.precanvas.clientWidth / 2;
     var cy = df.precanvas.clientHeight / 2;
     df.zoom = z;
     df.zoom_last_value = z;
     df.canvas_x = 30 - cx - (minX - cx) * z;
-    df.canvas_y = 30 - cy - (minY - cy) * z;
+    df.canvas_y = 60 - cy - (minY - cy) * z;
     df.precanvas.style.transform = "translate(" + df.canvas_x + "px, " + df.canvas_y + "px) scale(" + z + ")";
     var label = document.getElementById("zoom-level");
     if (label) label.textContent = Math.round(z * 100) + "%";

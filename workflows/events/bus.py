@@ -39,20 +39,32 @@ def partition_for(event: Event) -> int:
 def publish(event: Event) -> bool:
     """Append the event to its partition and mark it published. False if Redis is away;
     the outbox relay will try again."""
-    try:
-        client().xadd(
+    return publish_many([event]) == 1
+
+
+def publish_many(events: list[Event]) -> int:
+    """Append events to their partitions in one round trip and mark them published with one
+    UPDATE. Returns how many were appended (0 if Redis is away: the relay retries)."""
+    if not events:
+        return 0
+    pipe = client().pipeline(transaction=False)
+    for event in events:
+        pipe.xadd(
             stream_key(partition_for(event)),
             {"event": event.pk, "type": event.type},
             maxlen=settings.SIGNALBOX["BUS_RETENTION"],
             approximate=True,
         )
+    try:
+        pipe.execute()
     except redis.RedisError as exc:
-        log.warning("event %s not on the bus yet (%s); the outbox relay will retry", event.pk, exc)
-        return False
-    Event.objects.filter(pk=event.pk, published_at__isnull=True).update(
+        log.warning("%d event(s) not on the bus yet (%s); the outbox relay will retry",
+                    len(events), exc)
+        return 0
+    Event.objects.filter(pk__in=[e.pk for e in events], published_at__isnull=True).update(
         published_at=timezone.now()
     )
-    return True
+    return len(events)
 
 
 def relay_unpublished(*, older_than_seconds: float, limit: int = 500) -> int:

@@ -21,7 +21,11 @@ log = logging.getLogger("signalbox.ingest")
 
 
 def ingest_event(
-    *, envelope: Envelope, channel: str = "http", check: SchemaCheck | None = None
+    *,
+    envelope: Envelope,
+    channel: str = "http",
+    check: SchemaCheck | None = None,
+    publish: bool = True,
 ) -> tuple[Event, bool]:
     """Store the event (unique on source + id) and put it on the bus after commit.
 
@@ -56,7 +60,8 @@ def ingest_event(
                 schema_version=check.version,
                 channel=channel,
             )
-            transaction.on_commit(lambda: bus.publish(event))
+            if publish:  # else the caller publishes after its commit (batches: one trip)
+                transaction.on_commit(lambda: bus.publish(event))
             notify.event_ingested(event=event)
     except IntegrityError:
         existing = Event.objects.filter(source=envelope.source, ce_id=envelope.id).first()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import timedelta
 
 from django.utils import timezone
 
 from ..models import ApiToken
 
 TOKEN_PREFIX = "sbx_"
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def _digest(token: str) -> str:
@@ -31,6 +33,11 @@ def authenticate_token(plaintext: str) -> ApiToken | None:
     token = ApiToken.objects.filter(
         token_hash=_digest(plaintext), revoked_at__isnull=True
     ).first()
-    if token is not None:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    now = timezone.now()
+    # Record use at most once a minute: a write (and its commit) on every request would
+    # cost more than the rest of the authentication.
+    if token is not None and (
+        token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION
+    ):
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token

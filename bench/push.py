@@ -1,0 +1,446 @@
+"""Push benchmark: how long from an event accepted to its run's status on a connected page,
+and how many dashboard pages one web process keeps current.
+
+    python -m bench.push             # a throwaway stack (database, redis-server, web, worker,
+                                     # bus consumer, scheduler); a few minutes on 2 cores
+    python -m bench.push --quick     # fewer probes and client counts (a smoke run)
+
+Phases, each bounded in events, clients and seconds, loopback only:
+  (a) light: one page on /ws/runs/?workflow=bench-push; probe events one at a time, paced;
+      latency = from the 202 of POST /api/v1/events to the frame in which the page sees the
+      probe's run as `succeeded` (and, separately, first sees the run at all).
+  (b) heavy: the same probes while load threads send batches of events that start runs of
+      another workflow (every one of them a hint the web process must read and filter).
+  (c) clients: C pages (C = 100, 250, 500, 750, 1000 …) on the same socket, every frame
+      acknowledged as the browser does; paced probes; p50/p95/p99 over every (page, probe)
+      pair, and pages that missed a probe. The answer is the largest C whose p95 stays
+      under one second.
+
+Clients are `websockets` connections in worker processes (asyncio), sending the session
+cookie and an Origin header like a browser. Results go to stdout and var/bench/push-*.json;
+docs/benchmarks.md ("Push") keeps the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import re
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python bench/push.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+
+from bench.ingest import OUT, Stack, machine, percentile
+
+PROBE_TYPE = "com.example.push.probe"
+LOAD_TYPE = "com.example.push.load"
+ROW = re.compile(r'<tr id="run-(\d+)" data-status="(\w+)" data-event="(\d*)"')
+PASSWORD = "bench-push-password-1"
+
+
+# --- the pages (client processes) ---------------------------------------------------------------
+async def _page(url: str, headers: dict, seen: dict, ready: list, stop: asyncio.Event) -> None:
+    from websockets.asyncio.client import connect
+
+    first_seen: dict[int, float] = {}
+    done_seen: dict[int, float] = {}
+    frames = 0
+    async with connect(
+        url,
+        additional_headers=headers,
+        compression=None,
+        max_size=2**24,
+        open_timeout=60,
+        ping_interval=None,
+    ) as ws:
+        ready.append(1)
+        while not stop.is_set():
+            try:
+                text = await asyncio.wait_for(ws.recv(), timeout=0.5)
+            except TimeoutError:
+                continue
+            now = time.time()
+            frames += 1
+            await ws.send(json.dumps({"ack": frames}))
+            for match in ROW.finditer(text):
+                if not match.group(3):
+                    continue
+                event_id = int(match.group(3))
+                first_seen.setdefault(event_id, now)
+                if match.group(2) == "succeeded":
+                    done_seen.setdefault(event_id, now)
+    seen["first"].append(first_seen)
+    seen["done"].append(done_seen)
+    seen["frames"].append(frames)
+
+
+def _client_process(url: str, headers: dict, count: int, duration: float, out, go, ready) -> None:
+    """Open `count` pages, report when connected, keep them until `duration` after `go`."""
+
+    async def main():
+        seen = {"first": [], "done": [], "frames": []}
+        opened: list[int] = []
+        stop = asyncio.Event()
+        tasks = []
+        for n in range(count):
+            tasks.append(asyncio.ensure_future(_page(url, headers, seen, opened, stop)))
+            if n % 25 == 24:  # do not storm the server's accept queue
+                await asyncio.sleep(0.2)
+        deadline = time.monotonic() + 120
+        while len(opened) < count and time.monotonic() < deadline:
+            failed = [t for t in tasks if t.done() and t.exception()]
+            if failed:
+                raise failed[0].exception()
+            await asyncio.sleep(0.1)
+        ready.put(len(opened))
+        await asyncio.get_running_loop().run_in_executor(None, go.wait, 600)
+        await asyncio.sleep(duration)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        out.put({"first": seen["first"], "done": seen["done"], "frames": seen["frames"]})
+
+    asyncio.run(main())
+
+
+@dataclass
+class Pages:
+    processes: list
+    out: object
+    go: object
+    opened: int
+
+
+def open_pages(url: str, headers: dict, count: int, *, duration: float, workers: int) -> Pages:
+    ctx = multiprocessing.get_context("spawn")
+    out, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    shares = [count // workers + (1 if i < count % workers else 0) for i in range(workers)]
+    processes = [
+        ctx.Process(
+            target=_client_process, args=(url, headers, n, duration, out, go, ready), daemon=True
+        )
+        for n in shares
+        if n
+    ]
+    for process in processes:
+        process.start()
+    opened = sum(ready.get(timeout=300) for _ in processes)
+    return Pages(processes, out, go, opened)
+
+
+def collect(pages: Pages) -> tuple[list[dict], list[dict], list[int]]:
+    firsts, dones, frames = [], [], []
+    for _ in pages.processes:
+        got = pages.out.get(timeout=900)
+        firsts += got["first"]
+        dones += got["done"]
+        frames += got["frames"]
+    for process in pages.processes:
+        process.join(30)
+    return firsts, dones, frames
+
+
+# --- events -----------------------------------------------------------------------------------
+def event(type_: str, n: int, tag: str) -> dict:
+    return {
+        "specversion": "1.0",
+        "id": f"{tag}-{n}",
+        "source": "/bench/push",
+        "type": type_,
+        "subject": f"s-{n % 16}",
+        "datacontenttype": "application/json",
+        "data": {"n": n},
+    }
+
+
+def send_probes(client: httpx.Client, count: int, interval: float, tag: str) -> dict[int, float]:
+    accepted: dict[int, float] = {}
+    for n in range(count):
+        began = time.monotonic()
+        response = client.post(
+            "/api/v1/events",
+            json=event(PROBE_TYPE, n, tag),
+            headers={"Content-Type": "application/cloudevents+json"},
+        )
+        if response.status_code == 202:
+            accepted[response.json()["id"]] = time.time()
+        time.sleep(max(0.0, interval - (time.monotonic() - began)))
+    return accepted
+
+
+class Load:
+    """Threads that keep sending batches of LOAD_TYPE events (each starts a run) at about
+    `rate` events per second until stopped."""
+
+    def __init__(self, base_url: str, token: str, rate: float, tag: str, threads: int = 2):
+        self.stop = threading.Event()
+        self.sent = 0
+        self.errors = 0
+        self.threads = [
+            threading.Thread(
+                target=self._run, args=(base_url, token, rate / threads, f"{tag}-{i}"), daemon=True
+            )
+            for i in range(threads)
+        ]
+
+    def _run(self, base_url: str, token: str, rate: float, tag: str) -> None:
+        batch = 20
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/cloudevents-batch+json",
+        }
+        with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
+            n = 0
+            while not self.stop.is_set():
+                began = time.monotonic()
+                body = [event(LOAD_TYPE, n + k, tag) for k in range(batch)]
+                response = client.post("/api/v1/events", json=body)
+                if response.status_code == 202:
+                    self.sent += batch
+                else:
+                    self.errors += 1
+                n += batch
+                time.sleep(max(0.0, batch / rate - (time.monotonic() - began)))
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+
+
+# --- results ----------------------------------------------------------------------------------
+@dataclass
+class Latency:
+    name: str
+    pages: int
+    probes: int
+    seen_ms: list[float] = field(repr=False)
+    done_ms: list[float] = field(repr=False)
+    missed: int = 0
+    frames_per_page: float = 0.0
+    load_events_per_s: float = 0.0
+    note: str = ""
+
+    def summary(self) -> dict:
+        data = asdict(self)
+        data.pop("seen_ms")
+        data.pop("done_ms")
+        for label, values in (("seen", self.seen_ms), ("succeeded", self.done_ms)):
+            for q in (50, 95, 99):
+                data[f"{label}_p{q}_ms"] = round(percentile(values, q / 100), 1)
+        return data
+
+
+def measure(
+    name: str,
+    stack_url: str,
+    cookie: str,
+    token: str,
+    *,
+    pages: int,
+    probes: int,
+    interval: float,
+    workers: int,
+    load_rate: float = 0.0,
+    tag: str,
+) -> Latency:
+    ws_url = stack_url.replace("http://", "ws://") + "/ws/runs/?workflow=bench-push&ack=1"
+    headers = {"Cookie": f"sessionid={cookie}", "Origin": stack_url}
+    duration = probes * interval + 8.0
+    opened = open_pages(ws_url, headers, pages, duration=duration, workers=workers)
+    load = Load(stack_url, token, load_rate, tag) if load_rate else None
+    with httpx.Client(
+        base_url=stack_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
+        if load:
+            load.__enter__()
+            time.sleep(3)  # let the load reach its pace
+        began = time.monotonic()
+        opened.go.set()
+        accepted = send_probes(client, probes, interval, f"{tag}-probe")
+        load_seconds = time.monotonic() - began
+        if load:
+            load.__exit__(None, None, None)
+    firsts, dones, frames = collect(opened)
+    seen_ms, done_ms, missed = [], [], 0
+    for first, done in zip(firsts, dones, strict=True):
+        for event_id, at in accepted.items():
+            if event_id in first:
+                seen_ms.append((first[event_id] - at) * 1000)
+            if event_id in done:
+                done_ms.append((done[event_id] - at) * 1000)
+            else:
+                missed += 1
+    return Latency(
+        name=name,
+        pages=opened.opened,
+        probes=len(accepted),
+        seen_ms=seen_ms,
+        done_ms=done_ms,
+        missed=missed,
+        frames_per_page=round(sum(frames) / max(1, len(frames)), 1),
+        load_events_per_s=round(load.sent / load_seconds, 1) if load else 0.0,
+    )
+
+
+def drain(redis_url: str, prefix: str, timeout: float = 600) -> None:
+    """Wait until the Celery queue is empty twice in a row: a phase's load must not delay
+    the next phase's probes."""
+    import redis
+
+    conn = redis.Redis.from_url(redis_url)
+    key = f"{prefix}:celery:signalbox"
+    deadline, empty = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline and empty < 2:
+        empty = empty + 1 if conn.llen(key) == 0 else 0
+        time.sleep(0.5)
+
+
+def login(base_url: str, username: str) -> str:
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        page = client.get("/login/")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+        done = client.post(
+            "/login/",
+            data={"username": username, "password": PASSWORD, "csrfmiddlewaretoken": token},
+            headers={"Referer": f"{base_url}/login/"},
+        )
+        if done.status_code not in (200, 302) or "sessionid" not in client.cookies:
+            raise RuntimeError(f"could not sign in: {done.status_code}")
+        return client.cookies["sessionid"]
+
+
+def publish(client: httpx.Client, slug: str, event_type: str) -> None:
+    body = {
+        "name": slug,
+        "triggers": [{"event": event_type}],
+        "steps": [{"id": "log", "kind": "log", "config": {"message": "push"}}],
+    }
+    assert client.put(f"/api/v1/workflows/{slug}", json=body).status_code in (200, 201)
+    assert client.post(f"/api/v1/workflows/{slug}/publish").status_code == 201
+
+
+def print_row(result: Latency) -> None:
+    s = result.summary()
+    print(
+        f"{result.name:<34}{result.pages:>6}{result.probes:>7}"
+        f"{s['seen_p50_ms']:>9.0f}{s['succeeded_p50_ms']:>9.0f}{s['succeeded_p95_ms']:>9.0f}"
+        f"{s['succeeded_p99_ms']:>9.0f}{result.missed:>8}{result.frames_per_page:>8}"
+        f"{result.load_events_per_s:>9}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", help="PostgreSQL server for the throwaway stack")
+    parser.add_argument("--probes", type=int, default=20)
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between probes")
+    parser.add_argument(
+        "--load-rate",
+        type=float,
+        default=60.0,
+        help="heavy phase: events/s of another workflow (each starts a run)",
+    )
+    parser.add_argument("--clients", default="100,250,500,750,1000")
+    parser.add_argument("--workers", type=int, default=2, help="client processes")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.probes, args.clients = 8, "100,500"
+    counts = [int(c) for c in args.clients.split(",") if c]
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tag = uuid.uuid4().hex[:8]
+    print("starting a throwaway stack (database, redis-server, web, worker, bus, scheduler)")
+    stack = Stack(tag, args.database_url, settings="orchestrator.settings")
+    try:
+        stack.start()
+        stack.env["DJANGO_SUPERUSER_PASSWORD"] = PASSWORD
+        stack.manage("bootstrap", "--no-demo", "--username", "bench-push")
+        info = machine(stack.database_url, stack.redis_url)
+        print(f"machine: {json.dumps(info)}", flush=True)
+        with httpx.Client(
+            base_url=stack.base_url, timeout=30, headers={"Authorization": f"Bearer {stack.token}"}
+        ) as api:
+            publish(api, "bench-push", PROBE_TYPE)
+            publish(api, "bench-load", LOAD_TYPE)
+        cookie = login(stack.base_url, "bench-push")
+        common = {
+            "stack_url": stack.base_url,
+            "cookie": cookie,
+            "token": stack.token,
+            "workers": args.workers,
+        }
+        results: list[Latency] = []
+        print(
+            f"\n{'phase':<34}{'pages':>6}{'probes':>7}{'seen50':>9}{'done50':>9}{'done95':>9}"
+            f"{'done99':>9}{'missed':>8}{'frames':>8}{'load/s':>9}"
+        )
+        for name, pages, rate in (
+            ("light: 1 page, no load", 1, 0.0),
+            (f"heavy: 1 page, load {args.load_rate:.0f} ev/s", 1, args.load_rate),
+        ):
+            results.append(
+                measure(
+                    name,
+                    pages=pages,
+                    probes=args.probes,
+                    interval=args.interval,
+                    load_rate=rate,
+                    tag=f"{tag}{len(results)}",
+                    **common,
+                )
+            )
+            print_row(results[-1])
+            drain(stack.redis_url, f"bench-{tag}")
+        capacity = 0
+        for count in counts:
+            result = measure(
+                f"clients: {count} pages",
+                pages=count,
+                probes=args.probes,
+                interval=max(args.interval, 1.0),
+                tag=f"{tag}c{count}",
+                **common,
+            )
+            results.append(result)
+            print_row(result)
+            p95 = result.summary()["succeeded_p95_ms"]
+            if p95 < 1000 and not result.missed and result.pages == count:
+                capacity = count
+            else:
+                break
+        print(f"\nlargest page count with p95 under one second: {capacity}")
+        OUT.mkdir(parents=True, exist_ok=True)
+        path = OUT / f"push-{datetime.now():%Y%m%d-%H%M%S}.json"
+        path.write_text(
+            json.dumps(
+                {"machine": info, "capacity": capacity, "results": [r.summary() for r in results]},
+                indent=2,
+            )
+        )
+        print(f"written {path}")
+    finally:
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
