@@ -9,8 +9,9 @@ Phases, each bounded in events, clients and seconds, loopback only:
   (a) light: one page on /ws/runs/?workflow=bench-push; probe events one at a time, paced;
       latency = from the 202 of POST /api/v1/events to the frame in which the page sees the
       probe's run as `succeeded` (and, separately, first sees the run at all).
-  (b) heavy: the same probes while load threads send batches of events that start runs of
-      another workflow (every one of them a hint the web process must read and filter).
+  (b) heavy: the same probes, with 100 pages open, while load threads send 200 events/s in
+      batches (each a hint every web process must read and filter); 2.5% of them start runs
+      of another workflow (each more hints), the rest start nothing.
   (c) clients: C pages (C = 100, 250, 500, 750, 1000 …) on the same socket, every frame
       acknowledged as the browser does; paced probes; p50/p95/p99 over every (page, probe)
       pair, and pages that missed a probe. The answer is the largest C whose p95 stays
@@ -45,7 +46,8 @@ import httpx
 from bench.ingest import OUT, Stack, machine, percentile
 
 PROBE_TYPE = "com.example.push.probe"
-LOAD_TYPE = "com.example.push.load"
+LOAD_TYPE = "com.example.push.load"  # starts a run of bench-load
+NOISE_TYPE = "com.example.push.noise"  # starts nothing: ingest and hints only
 ROW = re.compile(r'<tr id="run-(\d+)" data-status="(\w+)" data-event="(\d*)"')
 PASSWORD = "bench-push-password-1"
 
@@ -183,8 +185,18 @@ class Load:
     """Threads that keep sending batches of LOAD_TYPE events (each starts a run) at about
     `rate` events per second until stopped."""
 
-    def __init__(self, base_url: str, token: str, rate: float, tag: str, threads: int = 2):
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        rate: float,
+        tag: str,
+        *,
+        runs_share: float,
+        threads: int = 2,
+    ):
         self.stop = threading.Event()
+        self.every = max(1, round(1 / runs_share)) if runs_share > 0 else 0
         self.sent = 0
         self.errors = 0
         self.threads = [
@@ -204,7 +216,14 @@ class Load:
             n = 0
             while not self.stop.is_set():
                 began = time.monotonic()
-                body = [event(LOAD_TYPE, n + k, tag) for k in range(batch)]
+                body = [
+                    event(
+                        LOAD_TYPE if self.every and (n + k) % self.every == 0 else NOISE_TYPE,
+                        n + k,
+                        tag,
+                    )
+                    for k in range(batch)
+                ]
                 response = client.post("/api/v1/events", json=body)
                 if response.status_code == 202:
                     self.sent += batch
@@ -214,6 +233,7 @@ class Load:
                 time.sleep(max(0.0, batch / rate - (time.monotonic() - began)))
 
     def __enter__(self):
+        self.began = time.monotonic()
         for thread in self.threads:
             thread.start()
         return self
@@ -222,6 +242,7 @@ class Load:
         self.stop.set()
         for thread in self.threads:
             thread.join(60)
+        self.seconds = time.monotonic() - self.began
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -258,23 +279,22 @@ def measure(
     interval: float,
     workers: int,
     load_rate: float = 0.0,
+    runs_share: float = 0.0,
     tag: str,
 ) -> Latency:
     ws_url = stack_url.replace("http://", "ws://") + "/ws/runs/?workflow=bench-push&ack=1"
     headers = {"Cookie": f"sessionid={cookie}", "Origin": stack_url}
     duration = probes * interval + 8.0
     opened = open_pages(ws_url, headers, pages, duration=duration, workers=workers)
-    load = Load(stack_url, token, load_rate, tag) if load_rate else None
+    load = Load(stack_url, token, load_rate, tag, runs_share=runs_share) if load_rate else None
     with httpx.Client(
         base_url=stack_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
     ) as client:
         if load:
             load.__enter__()
             time.sleep(3)  # let the load reach its pace
-        began = time.monotonic()
         opened.go.set()
         accepted = send_probes(client, probes, interval, f"{tag}-probe")
-        load_seconds = time.monotonic() - began
         if load:
             load.__exit__(None, None, None)
     firsts, dones, frames = collect(opened)
@@ -295,7 +315,7 @@ def measure(
         done_ms=done_ms,
         missed=missed,
         frames_per_page=round(sum(frames) / max(1, len(frames)), 1),
-        load_events_per_s=round(load.sent / load_seconds, 1) if load else 0.0,
+        load_events_per_s=round(load.sent / load.seconds, 1) if load else 0.0,
     )
 
 
@@ -355,8 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--load-rate",
         type=float,
-        default=60.0,
-        help="heavy phase: events/s of another workflow (each starts a run)",
+        default=200.0,
+        help="heavy phase: events/s sent beside the probes (see --runs-share)",
+    )
+    parser.add_argument("--heavy-pages", type=int, default=100, help="pages open, heavy phase")
+    parser.add_argument(
+        "--runs-share",
+        type=float,
+        default=0.025,
+        help="heavy phase: share of the load events that start a run",
     )
     parser.add_argument("--clients", default="100,250,500,750,1000")
     parser.add_argument("--workers", type=int, default=2, help="client processes")
@@ -393,10 +420,15 @@ def main(argv: list[str] | None = None) -> int:
             f"\n{'phase':<34}{'pages':>6}{'probes':>7}{'seen50':>9}{'done50':>9}{'done95':>9}"
             f"{'done99':>9}{'missed':>8}{'frames':>8}{'load/s':>9}"
         )
-        for name, pages, rate in (
+        phases = [
             ("light: 1 page, no load", 1, 0.0),
-            (f"heavy: 1 page, load {args.load_rate:.0f} ev/s", 1, args.load_rate),
-        ):
+            (
+                f"heavy: {args.heavy_pages} pages, load {args.load_rate:.0f} ev/s",
+                args.heavy_pages,
+                args.load_rate,
+            ),
+        ]
+        for name, pages, rate in phases:
             results.append(
                 measure(
                     name,
@@ -404,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                     probes=args.probes,
                     interval=args.interval,
                     load_rate=rate,
+                    runs_share=args.runs_share,
                     tag=f"{tag}{len(results)}",
                     **common,
                 )

@@ -15,7 +15,7 @@ from workflows.definition_files import UnreadableDefinition
 from workflows.events.envelope import from_structured
 from workflows.models import AuditEntry, Event, Run, TriggerSubscription, Workflow, WorkflowVersion
 from workflows.services import drafts
-from workflows.services.definitions import publish_workflow, put_workflow
+from workflows.services.definitions import parse_definition, publish_workflow, put_workflow
 from workflows.services.events import ingest_event
 from workflows.services.schemas import SchemaViolation, register_schema
 
@@ -458,3 +458,21 @@ def test_a_url_step_without_a_url_is_still_a_draft_worth_keeping():
 
     assert [p.path for p in problems] == ["/steps/0/config/url"]
     assert Workflow.objects.get(slug="half").draft == raw
+
+
+def test_a_problem_in_the_shape_does_not_hide_each_steps_own_problems():
+    raw = {
+        "name": "x",
+        "triggers": [{"event": ""}],  # caught by the first round (the shape)
+        "steps": [
+            {"id": "call", "kind": "http_request", "config": {}},
+            {"id": "ok", "kind": "log", "config": {"message": "fine"}},
+        ],
+    }
+
+    problems = drafts.check_draft(raw)
+
+    assert [p.path for p in problems] == ["/triggers/0/event", "/steps/0/config"]
+    with pytest.raises(InvalidDefinition) as publish_sees:
+        parse_definition(raw)
+    assert [p.path for p in publish_sees.value.problems] == ["/triggers/0/event"]

@@ -690,3 +690,10 @@ async def test_the_socket_refuses_strangers_and_outsiders_of_a_team(close_socket
 
     assert await anonymous.connect(timeout=10) == (False, 4401)
     assert await outsider.connect(timeout=10) == (False, 4403)
+
+
+def test_the_workflows_page_links_to_the_editor_and_to_a_new_workflow(viewer, shop):
+    page = viewer.get("/workflows/").content.decode()
+
+    assert f'href="{EDIT.format("shop")}" class="edit-link">Edit</a>' in page
+    assert 'href="/workflows/new/" id="new-workflow"' in page

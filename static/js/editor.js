@@ -49,6 +49,7 @@
   var stepNode = {}; // step index -> Drawflow node id
   var triggerNode = {}; // trigger index -> Drawflow node id
   var rendering = false;
+  var lastStructure = null;
   var runView = null; // the run shown on the canvas: {id, status, origin, steps}
   var latestRuns = null;
   var knownRuns = null;
@@ -250,7 +251,35 @@
       '<div class="sb-badges"><span class="sb-problems" hidden></span></div>';
   }
 
+  // What Drawflow's DOM depends on: which nodes, their ports and the wires between them.
+  function structureKey() {
+    var ids = indexById();
+    return JSON.stringify({
+      steps: model.steps.map(function (s, i) { return [isObj(s) ? s.id : null, portsOf(i)]; }),
+      edges: allEdges().map(function (e) { return [ids[e.from], ids[e.to], e.port]; }),
+      triggers: model.triggers.length,
+      roots: rootIndexes(),
+    });
+  }
+
+  function busy() {
+    return !!(df.drag || df.connection || df.drag_point || df.editor_selected || dragging);
+  }
+
+  // Redraw the canvas from the model. Not in the middle of a drag (that would pull the node
+  // or the wire from under the pointer): then once the mouse is released. When only what
+  // nodes say changed (a config edit), their content is updated in place.
   function render() {
+    if (busy()) {
+      pendingRender = true;
+      return;
+    }
+    var key = structureKey();
+    if (key === lastStructure && canvas.querySelector(".drawflow-node")) {
+      pendingRender = false;
+      return refreshNodes();
+    }
+    lastStructure = key;
     rendering = true;
     pendingRender = false;
     var data = {};
@@ -328,6 +357,28 @@
     Promise.resolve().then(function () {
       if (pendingRender && pendingBefore === null) render();
     });
+  }
+
+  function refreshNodes() {
+    var data = df.drawflow.drawflow.Home.data;
+    model.steps.forEach(function (s, i) {
+      var id = stepNode[i];
+      var el = nodeEl(id);
+      if (!el || !isObj(s)) return;
+      el.querySelector(".drawflow_content_node").innerHTML = stepHtml(s);
+      if (isObj(s.position) && data[id] && (data[id].pos_x !== s.position.x || data[id].pos_y !== s.position.y)) {
+        data[id].pos_x = s.position.x;
+        data[id].pos_y = s.position.y;
+        el.style.left = s.position.x + "px";
+        el.style.top = s.position.y + "px";
+        df.updateConnectionNodes("node-" + id);
+      }
+    });
+    model.triggers.forEach(function (t, i) {
+      var el = nodeEl(triggerNode[i]);
+      if (el) el.querySelector(".drawflow_content_node").innerHTML = triggerHtml(t);
+    });
+    decorate();
   }
 
   function nodeEl(id) {
@@ -1114,6 +1165,10 @@
     dragging.ghost.style.left = e.clientX + "px";
     dragging.ghost.style.top = e.clientY + "px";
   });
+  // A redraw put off while something was being dragged happens once it is dropped.
+  document.addEventListener("mouseup", function () {
+    setTimeout(function () { if (pendingRender && pendingBefore === null) render(); }, 0);
+  });
   document.addEventListener("mouseup", function (e) {
     if (!dragging) return;
     var drag = dragging;
@@ -1300,10 +1355,4 @@
   updateHistoryButtons();
   if (canEdit) setStatus("saved", cfg.savedBy ? "Draft saved by " + cfg.savedBy : "Draft saved");
   connect();
-  // For tests and the curious: the definition as the canvas holds it.
-  window.signalboxEditor = {
-    definition: function () { return clone(model); },
-    saved: function () { return saveIdle(); },
-    flush: flushSave,
-  };
 })();
