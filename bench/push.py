@@ -253,6 +253,8 @@ class Latency:
     probes: int
     seen_ms: list[float] = field(repr=False)
     done_ms: list[float] = field(repr=False)
+    # From the run's finished_at (committed) to the page seeing it: the push path alone.
+    push_ms: list[float] = field(repr=False, default_factory=list)
     missed: int = 0
     frames_per_page: float = 0.0
     load_events_per_s: float = 0.0
@@ -262,7 +264,12 @@ class Latency:
         data = asdict(self)
         data.pop("seen_ms")
         data.pop("done_ms")
-        for label, values in (("seen", self.seen_ms), ("succeeded", self.done_ms)):
+        data.pop("push_ms")
+        for label, values in (
+            ("seen", self.seen_ms),
+            ("succeeded", self.done_ms),
+            ("push", self.push_ms),
+        ):
             for q in (50, 95, 99):
                 data[f"{label}_p{q}_ms"] = round(percentile(values, q / 100), 1)
         return data
@@ -298,13 +305,16 @@ def measure(
         if load:
             load.__exit__(None, None, None)
     firsts, dones, frames = collect(opened)
-    seen_ms, done_ms, missed = [], [], 0
+    finished = finish_times(stack_url, token, set(accepted))
+    seen_ms, done_ms, push_ms, missed = [], [], [], 0
     for first, done in zip(firsts, dones, strict=True):
         for event_id, at in accepted.items():
             if event_id in first:
                 seen_ms.append((first[event_id] - at) * 1000)
             if event_id in done:
                 done_ms.append((done[event_id] - at) * 1000)
+                if event_id in finished:
+                    push_ms.append((done[event_id] - finished[event_id]) * 1000)
             else:
                 missed += 1
     return Latency(
@@ -313,10 +323,24 @@ def measure(
         probes=len(accepted),
         seen_ms=seen_ms,
         done_ms=done_ms,
+        push_ms=push_ms,
         missed=missed,
         frames_per_page=round(sum(frames) / max(1, len(frames)), 1),
         load_events_per_s=round(load.sent / load.seconds, 1) if load else 0.0,
     )
+
+
+def finish_times(base_url: str, token: str, event_ids: set[int]) -> dict[int, float]:
+    """event id -> the probe run's finished_at (unix seconds), from the API."""
+    found: dict[int, float] = {}
+    with httpx.Client(
+        base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
+        runs = client.get("/api/v1/runs", params={"workflow": "bench-push", "limit": 500})
+        for run in runs.json().get("runs", []):
+            if run["event"] in event_ids and run.get("finished_at"):
+                found[run["event"]] = datetime.fromisoformat(run["finished_at"]).timestamp()
+    return found
 
 
 def drain(redis_url: str, prefix: str, timeout: float = 600) -> None:
@@ -359,10 +383,10 @@ def publish(client: httpx.Client, slug: str, event_type: str) -> None:
 def print_row(result: Latency) -> None:
     s = result.summary()
     print(
-        f"{result.name:<34}{result.pages:>6}{result.probes:>7}"
+        f"{result.name:<40}{result.pages:>6}{result.probes:>7}"
         f"{s['seen_p50_ms']:>9.0f}{s['succeeded_p50_ms']:>9.0f}{s['succeeded_p95_ms']:>9.0f}"
-        f"{s['succeeded_p99_ms']:>9.0f}{result.missed:>8}{result.frames_per_page:>8}"
-        f"{result.load_events_per_s:>9}",
+        f"{s['succeeded_p99_ms']:>9.0f}{s['push_p50_ms']:>9.0f}{s['push_p95_ms']:>9.0f}"
+        f"{result.missed:>8}{result.frames_per_page:>8}{result.load_events_per_s:>9}",
         flush=True,
     )
 
@@ -417,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         results: list[Latency] = []
         print(
-            f"\n{'phase':<34}{'pages':>6}{'probes':>7}{'seen50':>9}{'done50':>9}{'done95':>9}"
-            f"{'done99':>9}{'missed':>8}{'frames':>8}{'load/s':>9}"
+            f"\n{'phase':<40}{'pages':>6}{'probes':>7}{'seen50':>9}{'done50':>9}{'done95':>9}"
+            f"{'done99':>9}{'push50':>9}{'push95':>9}{'missed':>8}{'frames':>8}{'load/s':>9}"
         )
         phases = [
             ("light: 1 page, no load", 1, 0.0),

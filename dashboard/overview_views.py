@@ -43,6 +43,11 @@ def demo_switch(request):
     on = request.POST.get("on") == "1"
     state = demo_traffic.switch(on=on, by=request.user.get_username())
     metrics.cache.clear()
+    if request.htmx:  # the overview's figures, showing the new state at once
+        window = request.GET.get("window", metrics.DEFAULT_WINDOW)
+        hidden = ds.hidden_workflow_ids(request.user)
+        data = metrics.overview(window, hidden=hidden)
+        return render(request, "dashboard/_overview_figures.html", overview_context(data, True))
     if state.on:
         messages.success(
             request,

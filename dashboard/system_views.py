@@ -23,7 +23,7 @@ log = logging.getLogger("signalbox.system")
 
 INSPECT_TIMEOUT = 1.0
 SYSTEM_CACHE_SECONDS = 2.5
-COMPONENTS = ("scheduler", "bus")
+COMPONENTS = ("scheduler", "bus-consumer")
 
 
 def celery_workers(timeout: float = INSPECT_TIMEOUT) -> tuple[list[dict[str, Any]], str]:

@@ -95,8 +95,11 @@ def test_an_operator_switches_demo_traffic_on_and_off_from_the_overview(operator
         assert demo_traffic.state().by.startswith("operator")
         assert "Turn demo traffic off" in on.content.decode()
     finally:
-        operator.post("/overview/demo-traffic/", {"on": "0"})
+        # The button posts with htmx (pushed frames carry no CSRF token) and gets the figures.
+        off = operator.post("/overview/demo-traffic/", {"on": "0"}, HTTP_HX_REQUEST="true")
     assert not demo_traffic.state().on
+    assert off.content.decode().startswith('<div id="overview-figures"')
+    assert "Turn demo traffic on" in off.content.decode()
 
 
 # --- runs ----------------------------------------------------------------------------------------
@@ -230,6 +233,17 @@ def test_the_lineage_of_an_event_shows_runs_and_what_they_emitted(viewer, chain)
         assert f'data-from="run-{chain.pk}" data-to="event-{paid.event_id}"' in page
         assert f'data-from="event-{paid.event_id}" data-to="run-{paid.pk}"' in page
         assert f'data-live-socket="/ws/lineage/{chain.event_id}/"' in page
+
+
+def test_the_lineage_of_an_emitted_event_is_drawn_from_the_start_of_its_chain(viewer, chain):
+    paid = Run.objects.get(workflow__slug="payments")
+
+    html = viewer.get(f"/events/{paid.event_id}/lineage/").content.decode()
+
+    assert f'id="lineage-node-event-{chain.event_id}"' in html
+    assert f'id="lineage-node-run-{chain.pk}"' in html
+    assert f'class="node lineage-event focus" id="lineage-node-event-{paid.event_id}"' in html
+    assert "Drawn from the event that started this chain" in html
 
 
 def test_the_workers_page_lists_queues_partitions_and_circuits(viewer, db):

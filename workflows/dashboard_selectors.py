@@ -11,6 +11,7 @@ key (about twenty one-row index lookups at a million rows) instead of needing an
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,7 +26,7 @@ from .event_selectors import _parse_time
 from .models import Event, Run, RunJournal, StepRun, Workflow
 from .roles import has_role
 from .services.definitions import definition_for
-from .services.producers import RUN_SOURCE
+from .services.producers import RUN_EXTENSION, RUN_SOURCE
 from .services.secrets import mask, secret_values
 from .states import RunStatus
 
@@ -627,7 +628,7 @@ class LineageNode:
 
 @dataclass
 class Lineage:
-    root: int
+    focus: int  # the event asked about; the graph starts at its chain's first event
     nodes: list[LineageNode]
     edges: list[tuple[str, str, str]]  # (from key, to key, label)
     width: float
@@ -635,6 +636,10 @@ class Lineage:
     truncated: bool
     run_ids: frozenset[int]
     max_run_id: int
+
+    @property
+    def focus_key(self) -> str:
+        return f"event-{self.focus}"
 
     def paths(self) -> list[dict]:
         where = {n.key: n for n in self.nodes}
@@ -661,6 +666,33 @@ class Lineage:
 
 
 LINEAGE_W, LINEAGE_H = 190.0, 46.0
+RUN_EVENT_SOURCE = re.compile(r"^/signalbox/runs/(\d+)$")
+
+
+def emitting_run_id(event: Event) -> int | None:
+    """The run that emitted `event`: run events name it (sbrun), emit_event steps publish
+    from /signalbox/runs/<id> unless their config chose another source."""
+    marked = (event.extensions or {}).get(RUN_EXTENSION)
+    if isinstance(marked, int) or (isinstance(marked, str) and marked.isdigit()):
+        return int(marked)
+    found = RUN_EVENT_SOURCE.match(event.source) if event.channel == "run" else None
+    return int(found.group(1)) if found else None
+
+
+def lineage_root(event: Event, *, max_up: int = 6) -> Event:
+    """Walk up the causation chain (event <- run that emitted it <- its trigger event) to
+    the event that started it all, so any event of a conversation shows the whole tree."""
+    current = event
+    for _ in range(max_up):
+        run_id = emitting_run_id(current)
+        if run_id is None:
+            break
+        trigger = Run.objects.filter(pk=run_id).values_list("event_id", flat=True).first()
+        parent = Event.objects.filter(pk=trigger).first() if trigger else None
+        if parent is None or parent.pk == current.pk:
+            break
+        current = parent
+    return current
 
 
 def lineage(
@@ -669,9 +701,10 @@ def lineage(
     """The causation graph from one event: the runs it started, the events those runs
     emitted (run events and emit_event steps), their child runs, the runs those events
     started, and so on, breadth first, bounded in depth and size."""
-    root = Event.objects.filter(pk=event_id).first()
-    if root is None:
+    focus = Event.objects.filter(pk=event_id).first()
+    if focus is None:
         return None
+    root = lineage_root(focus)
     nodes: dict[str, LineageNode] = {}
     edges: list[tuple[str, str, str]] = []
     truncated = False
@@ -756,7 +789,7 @@ def lineage(
     for node in ordered:
         node.x, node.y = positions[node.key]
     return Lineage(
-        root.pk,
+        focus.pk,
         ordered,
         edges,
         width,

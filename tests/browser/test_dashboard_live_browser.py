@@ -10,7 +10,7 @@ from playwright.sync_api import Page, expect
 from tests.factories import cloudevent, definition, http_step, log_step
 from tests.waiting import wait_until
 
-from .helpers import LIVE_TIMEOUT_MS, marker_survived, set_marker, wait_for_live
+from .helpers import LIVE_TIMEOUT_MS, log_in, marker_survived, set_marker, wait_for_live
 from .test_live_dashboard import publish, run_of_event, send
 
 FLOW_TYPE = "com.example.flow.checked"
@@ -146,3 +146,23 @@ def test_the_live_flow_gets_the_events_it_missed_while_disconnected(viewer_page:
     )
     assert ids == [*reversed(missed), first]
     assert marker_survived(page), "the flow page was reloaded"
+
+
+@pytest.mark.browser
+def test_an_operator_turns_on_demo_traffic_and_sample_events_flow(page: Page, make_user):
+    from workflows import demo_traffic
+
+    log_in(page, make_user("operator").username)
+    page.goto("/overview/")
+    wait_for_live(page)
+    try:
+        page.locator("#demo-switch").click()
+        expect(page.locator("#demo-traffic")).to_have_attribute("data-on", "1")
+        expect(page.locator("#demo-switch")).to_have_text("Turn demo traffic off")
+
+        page.goto("/flow/")
+        wait_for_live(page)
+        sample = page.locator("#flow-rows tr.flow-row", has_text="/demo/")
+        expect(sample.first).to_be_visible(timeout=LIVE_TIMEOUT_MS)
+    finally:
+        demo_traffic.switch(on=False, by="tests")
