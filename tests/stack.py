@@ -40,18 +40,45 @@ class Stack:
         LOGS.mkdir(parents=True, exist_ok=True)
         log = open(LOGS / f"{self.env['SIGNALBOX_REDIS_PREFIX']}-{name}.log", "w")  # noqa: SIM115
         self.processes[name] = subprocess.Popen(
-            args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            args,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
     def start_all(self) -> None:
         python = sys.executable
         bin_dir = Path(python).parent
-        self.start("web", [str(bin_dir / "daphne"), "-b", "127.0.0.1", "-p", str(self.port),
-                           "orchestrator.asgi:application"])
-        self.start("worker", [str(bin_dir / "celery"), "-A", "orchestrator", "worker",
-                              "--loglevel", "INFO", "--concurrency", "2", "--hostname",
-                              f"test-{os.getpid()}@%h", "--without-gossip", "--without-mingle"])
+        self.start(
+            "web",
+            [
+                str(bin_dir / "daphne"),
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "orchestrator.asgi:application",
+            ],
+        )
+        self.start(
+            "worker",
+            [
+                str(bin_dir / "celery"),
+                "-A",
+                "orchestrator",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
+                "--hostname",
+                f"test-{os.getpid()}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        )
         self.start("bus", [python, "manage.py", "consume_bus"])
         self.start("scheduler", [python, "manage.py", "scheduler", "--interval", "0.2"])
 
@@ -59,8 +86,9 @@ class Stack:
         def ready():
             for name, process in self.processes.items():
                 if process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {process.returncode}: "
-                                       f"{self.log_tail(name)}")
+                    raise RuntimeError(
+                        f"{name} exited with {process.returncode}: {self.log_tail(name)}"
+                    )
             return httpx.get(f"{self.base_url}/readyz", timeout=5).status_code == 200
 
         wait_until(ready, timeout=timeout, interval=0.25, message="the stack to be ready")

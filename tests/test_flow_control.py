@@ -42,11 +42,19 @@ def test_a_condition_runs_only_the_branch_it_takes_and_the_join_after_it(api):
 
 def test_a_switch_follows_the_first_matching_case_else_default(api):
     body = definition(
-        {"id": "route", "kind": "switch", "config": {"cases": [
-            {"name": "eu", "when": "event.data.region == 'eu'"},
-            {"name": "us", "when": "event.data.region == 'us'"},
-        ]}},
-        log_step("europe"), log_step("america"), log_step("elsewhere"),
+        {
+            "id": "route",
+            "kind": "switch",
+            "config": {
+                "cases": [
+                    {"name": "eu", "when": "event.data.region == 'eu'"},
+                    {"name": "us", "when": "event.data.region == 'us'"},
+                ]
+            },
+        },
+        log_step("europe"),
+        log_step("america"),
+        log_step("elsewhere"),
     )
     body["edges"] = [
         {"from": "route", "to": "europe", "port": "eu"},
@@ -56,17 +64,23 @@ def test_a_switch_follows_the_first_matching_case_else_default(api):
     publish(api, "switching", body)
 
     eu = steps_by_id(finished_run(api, "switching", send(api, cloudevent(data={"region": "eu"}))))
-    other = steps_by_id(finished_run(api, "switching", send(api, cloudevent(data={"region": "jp"}))))
+    other = steps_by_id(
+        finished_run(api, "switching", send(api, cloudevent(data={"region": "jp"})))
+    )
 
     assert (eu["europe"]["status"], eu["america"]["status"]) == ("succeeded", "skipped")
     assert (other["elsewhere"]["status"], other["europe"]["status"]) == ("succeeded", "skipped")
 
 
 def test_a_filter_that_does_not_pass_stops_its_branch_quietly(api):
-    publish(api, "filtering", definition(
-        {"id": "only-paid", "kind": "filter", "config": {"expression": "event.data.paid"}},
-        log_step("ship", after=("only-paid",)),
-    ))
+    publish(
+        api,
+        "filtering",
+        definition(
+            {"id": "only-paid", "kind": "filter", "config": {"expression": "event.data.paid"}},
+            log_step("ship", after=("only-paid",)),
+        ),
+    )
 
     run = finished_run(api, "filtering", send(api, cloudevent(data={"paid": False})))
 
@@ -95,8 +109,13 @@ def test_fan_out_runs_branches_in_parallel_and_a_first_join_starts_once(api):
         log_step("start"),
         log_step("a", after=("start",)),
         log_step("b", after=("start",)),
-        {"id": "first", "kind": "log", "config": {"message": "first"}, "after": ["a", "b"],
-         "join": "first"},
+        {
+            "id": "first",
+            "kind": "log",
+            "config": {"message": "first"},
+            "after": ["a", "b"],
+            "join": "first",
+        },
     )
     publish(api, "racing", body)
 
@@ -107,13 +126,23 @@ def test_fan_out_runs_branches_in_parallel_and_a_first_join_starts_once(api):
 
 
 def test_transform_builds_json_from_the_event_and_earlier_steps(api):
-    publish(api, "shaping", definition(
-        {"id": "shape", "kind": "transform", "config": {"output": {
-            "order": "{{ event.data.order }}",
-            "label": "order #{{ event.data.order }}",
-            "double": "{{ event.data.order * 2 }}",
-        }}},
-    ))
+    publish(
+        api,
+        "shaping",
+        definition(
+            {
+                "id": "shape",
+                "kind": "transform",
+                "config": {
+                    "output": {
+                        "order": "{{ event.data.order }}",
+                        "label": "order #{{ event.data.order }}",
+                        "double": "{{ event.data.order * 2 }}",
+                    }
+                },
+            },
+        ),
+    )
 
     run = finished_run(api, "shaping", send(api, cloudevent(data={"order": 21})))
 
@@ -121,12 +150,21 @@ def test_transform_builds_json_from_the_event_and_earlier_steps(api):
 
 
 def test_for_each_runs_every_item_and_joins_the_results(api):
-    publish(api, "looping", definition(
-        {"id": "each", "kind": "for_each", "config": {
-            "items": "event.data.items", "concurrency": 2,
-            "do": {"kind": "transform", "config": {"output": "{{ item * 10 }}"}},
-        }},
-    ))
+    publish(
+        api,
+        "looping",
+        definition(
+            {
+                "id": "each",
+                "kind": "for_each",
+                "config": {
+                    "items": "event.data.items",
+                    "concurrency": 2,
+                    "do": {"kind": "transform", "config": {"output": "{{ item * 10 }}"}},
+                },
+            },
+        ),
+    )
 
     run = finished_run(api, "looping", send(api, cloudevent(data={"items": [1, 2, 3, 4]})))
 
@@ -134,10 +172,14 @@ def test_for_each_runs_every_item_and_joins_the_results(api):
 
 
 def test_a_delay_parks_the_run_in_the_database_and_resumes_it(api):
-    publish(api, "delaying", definition(
-        {"id": "pause", "kind": "delay", "config": {"seconds": 1}},
-        log_step("after", after=("pause",)),
-    ))
+    publish(
+        api,
+        "delaying",
+        definition(
+            {"id": "pause", "kind": "delay", "config": {"seconds": 1}},
+            log_step("after", after=("pause",)),
+        ),
+    )
     event_id = send(api, cloudevent())
 
     def waiting():
@@ -153,12 +195,16 @@ def test_a_delay_parks_the_run_in_the_database_and_resumes_it(api):
 
 def test_wait_for_event_resumes_on_the_matching_event_only(api):
     body = definition(
-        {"id": "await-payment", "kind": "wait_for_event", "config": {
-            "event": "com.example.payment.received",
-            # `event` is the arriving event, `trigger` the one that started this run.
-            "match": "event.data.order == trigger.data.order",
-            "timeout_seconds": 60,
-        }},
+        {
+            "id": "await-payment",
+            "kind": "wait_for_event",
+            "config": {
+                "event": "com.example.payment.received",
+                # `event` is the arriving event, `trigger` the one that started this run.
+                "match": "event.data.order == trigger.data.order",
+                "timeout_seconds": 60,
+            },
+        },
         log_step("ship"),
         log_step("cancel"),
     )
@@ -189,8 +235,11 @@ def test_wait_for_event_resumes_on_the_matching_event_only(api):
 
 def test_wait_for_event_takes_the_timeout_port_when_nothing_arrives(api):
     body = definition(
-        {"id": "await", "kind": "wait_for_event", "config": {
-            "event": "com.example.never", "timeout_seconds": 1}},
+        {
+            "id": "await",
+            "kind": "wait_for_event",
+            "config": {"event": "com.example.never", "timeout_seconds": 1},
+        },
         log_step("ship"),
         log_step("give-up"),
     )
@@ -207,14 +256,29 @@ def test_wait_for_event_takes_the_timeout_port_when_nothing_arrives(api):
 
 
 def test_a_sub_workflow_runs_as_a_child_and_returns_its_result(api):
-    publish(api, "child", definition(
-        {"id": "answer", "kind": "transform", "config": {"output": {"got": "{{ event.data.n }}"}}},
-        event="com.example.unused",
-    ))
-    publish(api, "parent", definition(
-        {"id": "call", "kind": "sub_workflow", "config": {
-            "workflow": "child", "input": {"n": "{{ event.data.n }}"}}},
-    ))
+    publish(
+        api,
+        "child",
+        definition(
+            {
+                "id": "answer",
+                "kind": "transform",
+                "config": {"output": {"got": "{{ event.data.n }}"}},
+            },
+            event="com.example.unused",
+        ),
+    )
+    publish(
+        api,
+        "parent",
+        definition(
+            {
+                "id": "call",
+                "kind": "sub_workflow",
+                "config": {"workflow": "child", "input": {"n": "{{ event.data.n }}"}},
+            },
+        ),
+    )
 
     run = finished_run(api, "parent", send(api, cloudevent(data={"n": 5})), timeout=45)
 
@@ -227,15 +291,23 @@ def test_a_sub_workflow_runs_as_a_child_and_returns_its_result(api):
 
 
 def test_cancelling_a_waiting_run_drops_its_wait_and_starts_nothing_more(api):
-    publish(api, "cancellable", definition(
-        {"id": "pause", "kind": "delay", "config": {"seconds": 600}},
-        log_step("never", after=("pause",)),
-    ))
+    publish(
+        api,
+        "cancellable",
+        definition(
+            {"id": "pause", "kind": "delay", "config": {"seconds": 600}},
+            log_step("never", after=("pause",)),
+        ),
+    )
     send(api, cloudevent())
 
     def waiting_run():
         runs = api.get("/api/v1/runs", params={"workflow": "cancellable"}).json()["runs"]
-        return runs[0] if runs and steps_by_id(runs[0]).get("pause", {}).get("status") == "waiting" else None
+        return (
+            runs[0]
+            if runs and steps_by_id(runs[0]).get("pause", {}).get("status") == "waiting"
+            else None
+        )
 
     run = wait_until(waiting_run, timeout=30, message="the run to wait")
     response = api.post(f"/api/v1/runs/{run['id']}/cancel", json={"reason": "changed my mind"})
@@ -255,7 +327,10 @@ def test_a_concurrency_limit_queues_runs_and_starts_them_as_others_finish(api):
     ids = [send(api, cloudevent()) for _ in range(3)]
 
     def statuses():
-        return [r["status"] for r in api.get("/api/v1/runs", params={"workflow": "one-at-a-time"}).json()["runs"]]
+        return [
+            r["status"]
+            for r in api.get("/api/v1/runs", params={"workflow": "one-at-a-time"}).json()["runs"]
+        ]
 
     wait_until(lambda: len(statuses()) == 3, timeout=30, message="three runs")
     assert statuses().count("running") <= 1
@@ -268,8 +343,12 @@ def test_a_concurrency_limit_queues_runs_and_starts_them_as_others_finish(api):
 def test_runs_of_the_same_partition_key_go_one_after_another_in_arrival_order(api):
     body = definition(
         {"id": "pause", "kind": "delay", "config": {"seconds": 0.5}},
-        {"id": "note", "kind": "transform", "config": {"output": "{{ event.data.n }}"},
-         "after": ["pause"]},
+        {
+            "id": "note",
+            "kind": "transform",
+            "config": {"output": "{{ event.data.n }}"},
+            "after": ["pause"],
+        },
     )
     body["concurrency"] = {"ordered": True}
     publish(api, "ordered", body)

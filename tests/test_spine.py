@@ -33,11 +33,17 @@ def finished_run(api, slug: str, event_id: int, timeout: float = 30) -> dict:
 
 @pytest.mark.django_db(transaction=True)
 def test_an_event_runs_the_published_workflow_steps_in_dependency_order(api, recorder):
-    publish(api, "orders", definition(
-        log_step("first"),
-        http_step("call", f"{recorder.url}/hook", after=("first",), config={"send_event": True}),
-        log_step("last", after=("call",)),
-    ))
+    publish(
+        api,
+        "orders",
+        definition(
+            log_step("first"),
+            http_step(
+                "call", f"{recorder.url}/hook", after=("first",), config={"send_event": True}
+            ),
+            log_step("last", after=("call",)),
+        ),
+    )
     event_id = send(api, cloudevent(data={"order": 7}))
 
     run = finished_run(api, "orders", event_id)
@@ -56,9 +62,13 @@ def test_an_event_runs_the_published_workflow_steps_in_dependency_order(api, rec
 @pytest.mark.django_db(transaction=True)
 def test_a_retryable_failure_is_retried_with_the_same_idempotency_key(api, recorder):
     recorder.answer(Reply(status=503, body={"down": True}))
-    publish(api, "retrying", definition(
-        http_step("call", recorder.url, retry={"max_attempts": 3, "delay_seconds": 0.1}),
-    ))
+    publish(
+        api,
+        "retrying",
+        definition(
+            http_step("call", recorder.url, retry={"max_attempts": 3, "delay_seconds": 0.1}),
+        ),
+    )
     event_id = send(api, cloudevent())
 
     run = finished_run(api, "retrying", event_id)
@@ -74,7 +84,11 @@ def test_a_step_that_keeps_failing_fails_the_run_and_leaves_a_dead_letter(api, r
     from workflows.models import DeadLetter
 
     recorder.default = Reply(status=400, body={"error": "bad"})
-    publish(api, "failing", definition(http_step("call", recorder.url), log_step("never", after=("call",))))
+    publish(
+        api,
+        "failing",
+        definition(http_step("call", recorder.url), log_step("never", after=("call",))),
+    )
     event_id = send(api, cloudevent())
 
     run = finished_run(api, "failing", event_id)

@@ -156,7 +156,9 @@ def parse(
     """
     problems = [
         Problem(_pointer(err.absolute_path), err.message)
-        for err in sorted(_FORMAT_VALIDATOR.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
+        for err in sorted(
+            _FORMAT_VALIDATOR.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path))
+        )
     ]
     problems += [
         Problem(_pointer(path), "text cannot contain NUL characters or unpaired surrogates")
@@ -191,7 +193,9 @@ def parse(
         validator = jsonschema.Draft202012Validator(kind.config_schema)
         config_errors = sorted(validator.iter_errors(config), key=str)
         for err in config_errors:
-            problems.append(Problem(_pointer(["steps", i, "config", *err.absolute_path]), err.message))
+            problems.append(
+                Problem(_pointer(["steps", i, "config", *err.absolute_path]), err.message)
+            )
         if config_errors:
             continue
         kind_ports = getattr(kind, "ports", None)
@@ -232,10 +236,12 @@ def parse(
             problems.append(Problem(f"/edges/{k}", "an edge cannot loop back to its own step"))
         elif edge.source in ports and edge.port not in ports[edge.source]:
             allowed = ", ".join(sorted(ports[edge.source]))
-            problems.append(Problem(
-                f"/edges/{k}/port",
-                f"step {edge.source!r} has no port {edge.port!r} (it has: {allowed})",
-            ))
+            problems.append(
+                Problem(
+                    f"/edges/{k}/port",
+                    f"step {edge.source!r} has no port {edge.port!r} (it has: {allowed})",
+                )
+            )
         elif edge in edges:
             problems.append(Problem(f"/edges/{k}", "duplicate edge"))
         else:
@@ -250,8 +256,12 @@ def parse(
         reachable = _reachable([i for i in ids if i not in targets], edges)
         for step_id in ids:
             if step_id not in reachable:
-                problems.append(Problem(f"/steps/{index_of[step_id]}",
-                                        f"step {step_id!r} can never run (unreachable)"))
+                problems.append(
+                    Problem(
+                        f"/steps/{index_of[step_id]}",
+                        f"step {step_id!r} can never run (unreachable)",
+                    )
+                )
     if problems:
         raise InvalidDefinition(problems)
 

@@ -121,7 +121,9 @@ def _on_step_finished(
         if happening.attempt < policy.max_attempts and policy.retries(
             retryable=happening.retryable, code=happening.code
         ):
-            delay = backoff_delay(policy, attempt=happening.attempt, seed=f"{state.run_id}:{step.id}")
+            delay = backoff_delay(
+                policy, attempt=happening.attempt, seed=f"{state.run_id}:{step.id}"
+            )
             if happening.retry_after is not None:
                 delay = max(delay, min(happening.retry_after, policy.max_delay_seconds))
             return [ScheduleStep(step.id, happening.attempt + 1, delay)]

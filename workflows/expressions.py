@@ -106,29 +106,34 @@ def evaluate(expression: str, context: Mapping[str, Any], *, where: str = "") ->
         with _time_limit(TIME_LIMIT_SECONDS):
             result = program.evaluate(activation)
     except _Timeout:
-        raise ExpressionError(expression, f"took longer than {TIME_LIMIT_SECONDS}s",
-                              where=where) from None
+        raise ExpressionError(
+            expression, f"took longer than {TIME_LIMIT_SECONDS}s", where=where
+        ) from None
     except celpy.CELEvalError as exc:
-        raise ExpressionError(expression, _scrub(_eval_message(exc), context),
-                              where=where) from None
+        raise ExpressionError(
+            expression, _scrub(_eval_message(exc), context), where=where
+        ) from None
     except (RecursionError, MemoryError, ValueError, TypeError, ArithmeticError) as exc:
-        raise ExpressionError(expression, _scrub(f"{type(exc).__name__}: {exc}", context),
-                              where=where) from None
+        raise ExpressionError(
+            expression, _scrub(f"{type(exc).__name__}: {exc}", context), where=where
+        ) from None
     if isinstance(result, celpy.CELEvalError):
         raise ExpressionError(expression, _scrub(_eval_message(result), context), where=where)
     value = to_json(result)
     size = len(json.dumps(value, default=str))
     if size > MAX_OUTPUT_BYTES:
-        raise ExpressionError(expression, f"result is {size} bytes, over {MAX_OUTPUT_BYTES}",
-                              where=where)
+        raise ExpressionError(
+            expression, f"result is {size} bytes, over {MAX_OUTPUT_BYTES}", where=where
+        )
     return value
 
 
 def _scrub(message: str, context: Mapping[str, Any]) -> str:
     # Some celpy errors quote the value they failed on (`secrets.token.x` quotes the token).
     secrets = context.get("secrets") or {}
-    for plain in sorted((v for v in secrets.values() if isinstance(v, str) and len(v) >= 4),
-                        key=len, reverse=True):
+    for plain in sorted(
+        (v for v in secrets.values() if isinstance(v, str) and len(v) >= 4), key=len, reverse=True
+    ):
         message = message.replace(plain, "••••••")
     return message
 
@@ -171,11 +176,18 @@ def to_json(value: Any) -> Any:
 
 
 _CEL_TYPE_NAMES = {
-    celtypes.BoolType: "bool", celtypes.IntType: "int", celtypes.UintType: "uint",
-    celtypes.DoubleType: "double", celtypes.StringType: "string", celtypes.BytesType: "bytes",
-    celtypes.ListType: "list", celtypes.MapType: "map", celtypes.NullType: "null_type",
+    celtypes.BoolType: "bool",
+    celtypes.IntType: "int",
+    celtypes.UintType: "uint",
+    celtypes.DoubleType: "double",
+    celtypes.StringType: "string",
+    celtypes.BytesType: "bytes",
+    celtypes.ListType: "list",
+    celtypes.MapType: "map",
+    celtypes.NullType: "null_type",
     celtypes.TimestampType: "google.protobuf.Timestamp",
-    celtypes.DurationType: "google.protobuf.Duration", celtypes.TypeType: "type",
+    celtypes.DurationType: "google.protobuf.Duration",
+    celtypes.TypeType: "type",
 }
 
 
@@ -201,8 +213,9 @@ def render(text: str, context: Mapping[str, Any], *, where: str = "") -> Any:
 
     rendered = TEMPLATE.sub(substitute, text)
     if len(rendered) > MAX_OUTPUT_BYTES:
-        raise ExpressionError(text[:60], f"rendered text is over {MAX_OUTPUT_BYTES} bytes",
-                              where=where)
+        raise ExpressionError(
+            text[:60], f"rendered text is over {MAX_OUTPUT_BYTES} bytes", where=where
+        )
     return rendered
 
 

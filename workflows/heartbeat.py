@@ -11,7 +11,8 @@ from .redis_client import client, key
 
 def beat(component: str) -> None:
     client().set(
-        key("heartbeat", component), str(time.time()),
+        key("heartbeat", component),
+        str(time.time()),
         ex=settings.SIGNALBOX["HEARTBEAT_TTL_SECONDS"],
     )
 

@@ -389,8 +389,9 @@ class StreamSource(models.Model):
 
     name = models.SlugField(max_length=100, unique=True)
     stream = models.CharField(max_length=255, help_text="the Redis stream key")
-    redis_url = models.CharField(max_length=500, blank=True, default="",
-                                 help_text="empty: Signalbox's own Redis")
+    redis_url = models.CharField(
+        max_length=500, blank=True, default="", help_text="empty: Signalbox's own Redis"
+    )
     default_type = models.CharField(max_length=255, blank=True, default="")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -56,8 +56,13 @@ def replay_batch_group(batch_id: int) -> str:
 
 
 def replay_batch_changed(*, batch_id: int, done: int, failed: int, status: str) -> None:
-    message = {"type": "batch.changed", "batch": batch_id, "done": done, "failed": failed,
-               "status": status}
+    message = {
+        "type": "batch.changed",
+        "batch": batch_id,
+        "done": done,
+        "failed": failed,
+        "status": status,
+    }
     transaction.on_commit(lambda: _send([replay_batch_group(batch_id)], message))
 
 
@@ -76,6 +81,7 @@ class _Pusher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue | None = None
         self._pid: int | None = None
+        self._drainer: asyncio.Task | None = None
 
     def submit(self, groups: list[str], message: dict) -> None:
         loop = self._ensure_loop()
@@ -99,7 +105,7 @@ class _Pusher:
                 def run() -> None:
                     asyncio.set_event_loop(loop)
                     self._queue = asyncio.Queue(maxsize=self.MAX_PENDING)
-                    loop.create_task(self._drain())
+                    self._drainer = loop.create_task(self._drain())  # keep a reference
                     ready.set()
                     loop.run_forever()
 

@@ -9,8 +9,13 @@ from .models import Run, StepRun, Workflow
 PAGE_SIZE = 50
 
 
-def runs(*, workflow_slug: str | None = None, status: str | None = None,
-         before_id: int | None = None, limit: int = PAGE_SIZE) -> list[Run]:
+def runs(
+    *,
+    workflow_slug: str | None = None,
+    status: str | None = None,
+    before_id: int | None = None,
+    limit: int = PAGE_SIZE,
+) -> list[Run]:
     """Newest first, keyset-paginated by id (stable and index-backed at any depth)."""
     qs: QuerySet[Run] = Run.objects.select_related("workflow", "version").order_by("-id")
     if workflow_slug:

@@ -67,4 +67,5 @@ def check_step_move(current: str, new: str) -> bool:
         raise IllegalTransition(f"step cannot go from {current} to {new}")
     return True
 
+
 ACTIVE_STEP = frozenset({StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.WAITING})

@@ -20,16 +20,18 @@ def token_required(role: str = "viewer"):
             scheme, _, credentials = header.partition(" ")
             if scheme.lower() != "bearer" or not credentials.strip():
                 return problem(
-                    401, "Authentication required", "send Authorization: Bearer <token>",
+                    401,
+                    "Authentication required",
+                    "send Authorization: Bearer <token>",
                     kind="unauthorized",
                 )
             token = authenticate_token(credentials.strip())
             if token is None:
-                return problem(401, "Invalid token", "the token is unknown or revoked",
-                               kind="unauthorized")
+                return problem(
+                    401, "Invalid token", "the token is unknown or revoked", kind="unauthorized"
+                )
             if roles.rank(token.role) < roles.rank(role):
-                return problem(403, "Forbidden", f"this needs the {role} role",
-                               kind="forbidden")
+                return problem(403, "Forbidden", f"this needs the {role} role", kind="forbidden")
             request.api_token = token
             return view(request, *args, **kwargs)
 

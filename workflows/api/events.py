@@ -38,7 +38,8 @@ def post_events(request):
     mode = media_type(request)
     if mode not in (STRUCTURED, BATCH) and "ce-specversion" not in request.headers:
         return problem(
-            415, "Unsupported media type",
+            415,
+            "Unsupported media type",
             f"send {STRUCTURED} (structured), {BATCH} (batch), or ce-* headers (binary mode)",
             kind="unsupported-media-type",
         )
@@ -47,8 +48,9 @@ def post_events(request):
     except BodyTooLarge as exc:
         return problem(413, "Body too large", f"the limit is {exc.limit} bytes", kind="too-large")
     except InvalidEvent as exc:
-        return problem(400, "Invalid CloudEvent", str(exc), kind="invalid-event",
-                       errors=exc.problems)
+        return problem(
+            400, "Invalid CloudEvent", str(exc), kind="invalid-event", errors=exc.problems
+        )
 
     # Sources Signalbox itself produces under are reserved: an outside producer must not
     # forge run events, schedule ticks or webhook deliveries (or take their ids).
@@ -58,8 +60,9 @@ def post_events(request):
         if e.source.startswith(RESERVED_SOURCES)
     ]
     if forged:
-        return problem(400, "Invalid CloudEvent", "reserved source", kind="invalid-event",
-                       errors=forged)
+        return problem(
+            400, "Invalid CloudEvent", "reserved source", kind="invalid-event", errors=forged
+        )
 
     # Check every entry before storing any: a batch is accepted or refused whole.
     checks, violations = [], []
@@ -67,16 +70,27 @@ def post_events(request):
         try:
             checks.append(check_event_data(envelope))
         except SchemaViolation as exc:
-            violations.append({"index": index, "type": exc.event_type,
-                               "schema_version": exc.version, "errors": exc.errors})
+            violations.append(
+                {
+                    "index": index,
+                    "type": exc.event_type,
+                    "schema_version": exc.version,
+                    "errors": exc.errors,
+                }
+            )
     if violations:
         detail = "; ".join(
             f"[{v['index']}] {v['type']} v{v['schema_version']}: "
             + ", ".join(f"{e['path']} {e['message']}" for e in v["errors"][:3])
             for v in violations
         )
-        return problem(400, "Event data does not match its schema", detail,
-                       kind="schema-violation", errors=violations)
+        return problem(
+            400,
+            "Event data does not match its schema",
+            detail,
+            kind="schema-violation",
+            errors=violations,
+        )
 
     with transaction.atomic():  # one commit for a whole batch; 2xx only after it
         results, created_events = [], []
@@ -86,8 +100,15 @@ def post_events(request):
             )
             if created:
                 created_events.append(event)
-            results.append({"id": event.pk, "source": event.source, "ce_id": event.ce_id,
-                            "duplicate": not created, "validation": event.validation})
+            results.append(
+                {
+                    "id": event.pk,
+                    "source": event.source,
+                    "ce_id": event.ce_id,
+                    "duplicate": not created,
+                    "validation": event.validation,
+                }
+            )
     # Committed: put them on the bus in one round trip (the outbox relay covers a failure).
     bus.publish_many(created_events)
     if mode == BATCH:

@@ -49,8 +49,10 @@ def _heartbeat(component: str) -> str | None:
     except Exception as exc:  # noqa: BLE001
         return f"cannot read heartbeat: {exc}"
     if beat is None:
-        return f"no heartbeat from the {component} in the last " \
-               f"{settings.SIGNALBOX['HEARTBEAT_TTL_SECONDS']} s"
+        return (
+            f"no heartbeat from the {component} in the last "
+            f"{settings.SIGNALBOX['HEARTBEAT_TTL_SECONDS']} s"
+        )
     return None
 
 
@@ -68,4 +70,3 @@ def readyz(request):
         "time": time.time(),
     }
     return JsonResponse(body, status=503 if failing else 200)
-

@@ -34,8 +34,9 @@ def workflow(request, slug: str):
             return problem(404, "No such workflow", slug, kind="not-found")
         return JsonResponse(_workflow_json(found))
     if roles.rank(request.api_token.role) < roles.rank("editor"):
-        return problem(403, "Forbidden", "changing a workflow needs the editor role",
-                       kind="forbidden")
+        return problem(
+            403, "Forbidden", "changing a workflow needs the editor role", kind="forbidden"
+        )
     try:
         raw = load_definition_text(
             read_limited(request, MAX_DEFINITION_BYTES),
@@ -48,9 +49,13 @@ def workflow(request, slug: str):
         return problem(400, "Unreadable definition", str(exc), kind="invalid-json")
     except InvalidDefinition as exc:
         errors = [p.as_dict() for p in exc.problems]
-        return problem(400, "Invalid workflow definition",
-                       f"{len(errors)} problem(s) in the definition",
-                       kind="invalid-definition", errors=errors)
+        return problem(
+            400,
+            "Invalid workflow definition",
+            f"{len(errors)} problem(s) in the definition",
+            kind="invalid-definition",
+            errors=errors,
+        )
     return JsonResponse(_workflow_json(saved), status=201 if created else 200)
 
 
@@ -64,13 +69,19 @@ def publish(request, slug: str):
         try:
             note = str(json.loads(request.body).get("note", ""))[:500]
         except (ValueError, AttributeError):
-            return problem(400, "Invalid body", 'send {"note": "..."} or nothing',
-                           kind="invalid-body")
+            return problem(
+                400, "Invalid body", 'send {"note": "..."} or nothing', kind="invalid-body"
+            )
     try:
         version = publish_workflow(slug=slug, note=note, published_by=request.api_token.name)
     except InvalidDefinition as exc:
-        return problem(400, "Invalid workflow definition", str(exc), kind="invalid-definition",
-                       errors=[p.as_dict() for p in exc.problems])
+        return problem(
+            400,
+            "Invalid workflow definition",
+            str(exc),
+            kind="invalid-definition",
+            errors=[p.as_dict() for p in exc.problems],
+        )
     return JsonResponse({"workflow": slug, "version": version.number}, status=201)
 
 
@@ -83,8 +94,9 @@ def runs(request):
         if limit < 1:
             raise ValueError("limit must be positive")
     except ValueError:
-        return problem(400, "Invalid query", "before and limit are positive integers",
-                       kind="invalid-query")
+        return problem(
+            400, "Invalid query", "before and limit are positive integers", kind="invalid-query"
+        )
     page = selectors.runs(
         workflow_slug=request.GET.get("workflow") or None,
         status=request.GET.get("status") or None,
@@ -131,11 +143,16 @@ def cancel(request, run_id: int):
         try:
             reason = str(json.loads(request.body).get("reason", ""))[:500]
         except (ValueError, AttributeError):
-            return problem(400, "Invalid body", 'send {"reason": "..."} or nothing',
-                           kind="invalid-body")
+            return problem(
+                400, "Invalid body", 'send {"reason": "..."} or nothing', kind="invalid-body"
+            )
     if not cancel_run(run_id=run_id, reason=reason, by=f"token:{request.api_token.name}"):
-        return problem(409, "Run already finished", "only queued or running runs can be cancelled",
-                       kind="run-finished")
+        return problem(
+            409,
+            "Run already finished",
+            "only queued or running runs can be cancelled",
+            kind="run-finished",
+        )
     return JsonResponse(selectors.run_as_json(selectors.run_detail(run_id)), status=202)
 
 
@@ -151,8 +168,12 @@ def start_run(request, slug: str):
     if found is None or found.published_version is None:
         return problem(404, "No published workflow", slug, kind="not-found")
     if not found.subscriptions.filter(event_type=manual_event_type(slug)).exists():
-        return problem(409, "Not startable by hand",
-                       'add a {"manual": true} trigger and publish', kind="no-manual-trigger")
+        return problem(
+            409,
+            "Not startable by hand",
+            'add a {"manual": true} trigger and publish',
+            kind="no-manual-trigger",
+        )
     try:
         body = loads_json(read_limited(request, MAX_DEFINITION_BYTES)) if request.body else {}
     except (BodyTooLarge, InvalidEvent) as exc:
@@ -160,7 +181,9 @@ def start_run(request, slug: str):
     if not isinstance(body, dict):
         return problem(400, "Invalid body", 'send {"data": ...}', kind="invalid-body")
     event, _created = send_manual_event(
-        event_type=manual_event_type(slug), data=body.get("data"),
-        source=manual_source(f"token-{request.api_token.name}"), subject=slug,
+        event_type=manual_event_type(slug),
+        data=body.get("data"),
+        source=manual_source(f"token-{request.api_token.name}"),
+        subject=slug,
     )
     return JsonResponse({"event": event.pk, "workflow": slug}, status=202)

@@ -58,8 +58,9 @@ def publish_many(events: list[Event]) -> int:
     try:
         pipe.execute()
     except redis.RedisError as exc:
-        log.warning("%d event(s) not on the bus yet (%s); the outbox relay will retry",
-                    len(events), exc)
+        log.warning(
+            "%d event(s) not on the bus yet (%s); the outbox relay will retry", len(events), exc
+        )
         return 0
     Event.objects.filter(pk__in=[e.pk for e in events], published_at__isnull=True).update(
         published_at=timezone.now()
@@ -137,13 +138,21 @@ class Consumer:
                 if fields is None:  # trimmed away while pending
                     self.ack(Delivery(stream, entry_id, 0))
                     continue
-                yield Delivery(stream, entry_id, int(fields.get("event", 0)), counts.get(entry_id, 1))
+                yield Delivery(
+                    stream, entry_id, int(fields.get("event", 0)), counts.get(entry_id, 1)
+                )
 
     def ack(self, delivery: Delivery) -> None:
         self.redis.xack(delivery.stream, self.group, delivery.entry_id)
 
-    def handle(self, delivery: Delivery, handler: Callable[[int], object], *, max_deliveries: int,
-               on_poison: Callable[[Delivery, str], object]) -> None:
+    def handle(
+        self,
+        delivery: Delivery,
+        handler: Callable[[int], object],
+        *,
+        max_deliveries: int,
+        on_poison: Callable[[Delivery, str], object],
+    ) -> None:
         """Process one entry; acknowledge it when done, or dead-letter it when it keeps failing."""
         if delivery.deliveries > max_deliveries:
             on_poison(delivery, f"delivered {delivery.deliveries} times without success")

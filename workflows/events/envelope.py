@@ -189,7 +189,12 @@ def from_structured(obj: Any) -> Envelope:
         raise InvalidEvent([{"attribute": "(body)", "message": "a CloudEvent is a JSON object"}])
     if "data" in obj and "data_base64" in obj:
         raise InvalidEvent(
-            [{"attribute": "data_base64", "message": "data and data_base64 must not both be present"}]
+            [
+                {
+                    "attribute": "data_base64",
+                    "message": "data and data_base64 must not both be present",
+                }
+            ]
         )
     data, is_base64 = obj.get("data"), False
     if "data_base64" in obj:
@@ -240,7 +245,10 @@ def from_binary(headers: Mapping[str, str], body: bytes, content_type: str) -> E
         data = None
     elif media == "application/json" or media.endswith("+json"):
         data = loads_json(body, what="data")
-    elif media.startswith("text/") or media in ("application/xml", "application/x-www-form-urlencoded"):
+    elif media.startswith("text/") or media in (
+        "application/xml",
+        "application/x-www-form-urlencoded",
+    ):
         try:
             data = body.decode("utf-8")
         except UnicodeDecodeError as exc:

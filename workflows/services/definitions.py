@@ -21,8 +21,10 @@ def _expression_error(expression: str) -> str | None:
 
 
 def _template_errors(config) -> list[tuple[str, str]]:
-    return [(path, f"invalid {{{{ }}}} expression: {message}")
-            for path, message in expressions.check_templates(config)]
+    return [
+        (path, f"invalid {{{{ }}}} expression: {message}")
+        for path, message in expressions.check_templates(config)
+    ]
 
 
 def parse_definition(raw) -> definition_format.Definition:
@@ -79,11 +81,13 @@ def _trigger_event_types(slug: str, parsed: definition_format.Definition) -> lis
         elif trigger.webhook:
             webhook = Webhook.objects.filter(slug=trigger.webhook).first()
             if webhook is None:
-                problems.append(definition_format.Problem(
-                    f"/triggers/{index}/webhook",
-                    f"no webhook {trigger.webhook!r}; create it first (python manage.py "
-                    f"webhooks create {trigger.webhook} --type TYPE)",
-                ))
+                problems.append(
+                    definition_format.Problem(
+                        f"/triggers/{index}/webhook",
+                        f"no webhook {trigger.webhook!r}; create it first (python manage.py "
+                        f"webhooks create {trigger.webhook} --type TYPE)",
+                    )
+                )
             else:
                 types.append(webhook.event_type)
         elif trigger.schedule:

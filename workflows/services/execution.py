@@ -64,7 +64,9 @@ def trigger_event(run: Run) -> dict:
 def build_context(run: Run, step: Step, step_run: StepRun, secrets: dict[str, str]) -> StepContext:
     upstream = {
         s.step_id: {"output": s.output, "port": s.port}
-        for s in run.steps.filter(status=StepStatus.SUCCEEDED).only("run_id", "step_id", "output", "port")
+        for s in run.steps.filter(status=StepStatus.SUCCEEDED).only(
+            "run_id", "step_id", "output", "port"
+        )
     }
     return StepContext(
         run_id=run.pk,
@@ -111,7 +113,9 @@ def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
         expression_keys = {path.split("/")[1] for path, _ in kind.expressions(config)}
         expression_keys.update(kind.raw_fields)
         rendered = {
-            key: value if key in expression_keys else render_value(value, context.expression_context(), where=f"step {step.id} /{key}")
+            key: value
+            if key in expression_keys
+            else render_value(value, context.expression_context(), where=f"step {step.id} /{key}")
             for key, value in config.items()
         }
         if run.origin == "shadow" and side_effecting(step):
@@ -122,23 +126,38 @@ def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
         if not isinstance(result, StepResult):
             result = StepResult(output=result)
         if result.wait is not None:
-            park(step_run=step_run, wait=result.wait, output=mask(result.output, secrets),
-                 context=context)
+            park(
+                step_run=step_run,
+                wait=result.wait,
+                output=mask(result.output, secrets),
+                context=context,
+            )
             return True
         output = result.output
         happening = engine.StepFinished(step.id, step_run.attempt, succeeded=True, port=result.port)
     except ExpressionError as exc:
-        happening = engine.StepFinished(step.id, step_run.attempt, succeeded=False,
-                                        error=str(exc), code="expression")
+        happening = engine.StepFinished(
+            step.id, step_run.attempt, succeeded=False, error=str(exc), code="expression"
+        )
     except StepError as exc:
         happening = engine.StepFinished(
-            step.id, step_run.attempt, succeeded=False, retryable=exc.retryable,
-            error=str(exc), retry_after=exc.retry_after, code=exc.code,
+            step.id,
+            step_run.attempt,
+            succeeded=False,
+            retryable=exc.retryable,
+            error=str(exc),
+            retry_after=exc.retry_after,
+            code=exc.code,
         )
     except Exception as exc:  # a bug in a step must fail the attempt, not the worker
         log.exception("step %s of run %s raised", step.id, run.pk)
-        happening = engine.StepFinished(step.id, step_run.attempt, succeeded=False,
-                                        error=f"{type(exc).__name__}: {exc}", code="crash")
+        happening = engine.StepFinished(
+            step.id,
+            step_run.attempt,
+            succeeded=False,
+            error=f"{type(exc).__name__}: {exc}",
+            code="crash",
+        )
     record_result(
         step_run_id=step_run.pk,
         happening=mask_happening(happening, secrets),
@@ -154,4 +173,3 @@ def mask_happening(happening: engine.StepFinished, secrets: dict[str, str]) -> e
     from dataclasses import replace
 
     return replace(happening, error=mask(happening.error, secrets))
-

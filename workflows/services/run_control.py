@@ -24,16 +24,19 @@ def admit(run: Run) -> bool:
         # Lock the workflow row so two consumers admitting at once cannot both take the
         # last free slot (or both start the next run of one key).
         Workflow.objects.select_for_update().filter(pk=run.workflow_id).first()
-        active = Run.objects.filter(workflow_id=run.workflow_id).exclude(
-            status__in=TERMINAL_RUN
-        ).exclude(pk=run.pk)
+        active = (
+            Run.objects.filter(workflow_id=run.workflow_id)
+            .exclude(status__in=TERMINAL_RUN)
+            .exclude(pk=run.pk)
+        )
         if concurrency.max_runs and active.filter(status=RunStatus.RUNNING).count() >= (
             concurrency.max_runs
         ):
             return False
-        if concurrency.ordered and active.filter(
-            partition_key=run.partition_key, pk__lt=run.pk
-        ).exists():
+        if (
+            concurrency.ordered
+            and active.filter(partition_key=run.partition_key, pk__lt=run.pk).exists()
+        ):
             return False
     advance_locked(run, engine.RunStarted())
     return True
@@ -58,9 +61,11 @@ def after_run_finished(*, run_id: int) -> None:
     if run.parent_step_id:
         child_finished(child_run_id=run.pk)
     if run.status == RunStatus.CANCELLED:
-        for child_id in Run.objects.filter(parent_step__run=run).exclude(
-            status__in=TERMINAL_RUN
-        ).values_list("pk", flat=True):
+        for child_id in (
+            Run.objects.filter(parent_step__run=run)
+            .exclude(status__in=TERMINAL_RUN)
+            .values_list("pk", flat=True)
+        ):
             cancel_run(run_id=child_id, reason=f"parent run {run.pk} was cancelled")
     admit_queued(workflow_id=run.workflow_id)
 
@@ -76,9 +81,17 @@ def cancel_run(*, run_id: int, reason: str = "", by: str = "") -> bool:
         if by:  # a person (or their token) cancelled it; cascades to children are not
             from .audit import record
 
-            record(actor=by, action="run.cancel", target_type="run", target_id=run.pk,
-                   reason=reason, details={"status": run.status})
-        return bool(advance_locked(run, engine.CancelRequested(reason=reason or f"cancelled by {by}")))
+            record(
+                actor=by,
+                action="run.cancel",
+                target_type="run",
+                target_id=run.pk,
+                reason=reason,
+                details={"status": run.status},
+            )
+        return bool(
+            advance_locked(run, engine.CancelRequested(reason=reason or f"cancelled by {by}"))
+        )
 
 
 __all__ = ["admit", "admit_queued", "advance_run", "after_run_finished", "cancel_run"]

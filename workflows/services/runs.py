@@ -70,19 +70,33 @@ def advance_locked(run: Run, happening: engine.Happening) -> list[engine.Command
             _schedule_step(run, command, definition.steps[command.step_id].kind, now)
         elif isinstance(command, engine.SkipStep):
             StepRun.objects.create(
-                run=run, step_id=command.step_id, attempt=1, status=StepStatus.SKIPPED,
-                kind=definition.steps[command.step_id].kind, port="", finished_at=now,
+                run=run,
+                step_id=command.step_id,
+                attempt=1,
+                status=StepStatus.SKIPPED,
+                kind=definition.steps[command.step_id].kind,
+                port="",
+                finished_at=now,
                 idempotency_key=idempotency_key(run.idempotency_base or run.pk, command.step_id),
             )
-            journal(run, "step.skipped", step=command.step_id, attempt=1,
-                    step_kind=definition.steps[command.step_id].kind, at=_iso(now))
+            journal(
+                run,
+                "step.skipped",
+                step=command.step_id,
+                attempt=1,
+                step_kind=definition.steps[command.step_id].kind,
+                at=_iso(now),
+            )
         elif isinstance(command, engine.FinishRun):
             check_run_move(run.status, command.status)
             run.status, run.finished_at, run.error = command.status, now, command.error
             journal(run, f"run.{command.status}", error=command.error, at=_iso(now))
             _wind_down(run, now)
-            if (command.status == RunStatus.FAILED and isinstance(happening, engine.StepFinished)
-                    and run.origin != "shadow"):  # a shadow run's failure is a finding
+            if (
+                command.status == RunStatus.FAILED
+                and isinstance(happening, engine.StepFinished)
+                and run.origin != "shadow"
+            ):  # a shadow run's failure is a finding
                 _dead_letter_step(run, happening)
     if commands:
         run.save(update_fields=["status", "started_at", "finished_at", "error", "seq"])
@@ -100,16 +114,22 @@ def _wind_down(run: Run, now) -> None:
     whoever waits on this run (a parent, queued runs of the workflow) is told after commit."""
     for step_run in run.steps.filter(status=StepStatus.QUEUED):
         StepRun.objects.filter(pk=step_run.pk).update(status=StepStatus.SKIPPED, finished_at=now)
-        journal(run, "step.skipped", step=step_run.step_id, attempt=step_run.attempt,
-                at=_iso(now))
+        journal(run, "step.skipped", step=step_run.step_id, attempt=step_run.attempt, at=_iso(now))
     for step_run in run.steps.filter(status=StepStatus.WAITING):
         # As record_result would: no wake-up left; the output parked with it is kept (and
         # journaled, so the projection keeps it too).
         StepRun.objects.filter(pk=step_run.pk).update(
             status=StepStatus.FAILED, finished_at=now, error=f"run {run.status}", wake_at=None
         )
-        journal(run, "step.failed", step=step_run.step_id, attempt=step_run.attempt,
-                error=f"run {run.status}", output=step_run.output, at=_iso(now))
+        journal(
+            run,
+            "step.failed",
+            step=step_run.step_id,
+            attempt=step_run.attempt,
+            error=f"run {run.status}",
+            output=step_run.output,
+            at=_iso(now),
+        )
     EventWaiter.objects.filter(run=run).delete()
     from ..tasks import run_finished_task
 
@@ -241,11 +261,18 @@ def mark_started(*, step_run: StepRun) -> None:
     """Journal that an attempt started (the claim itself is a conditional UPDATE)."""
     with transaction.atomic():
         run = lock_run(step_run.run_id)
-        journal(run, "step.started", step=step_run.step_id, attempt=step_run.attempt,
-                worker=step_run.worker, at=_iso(step_run.started_at))
+        journal(
+            run,
+            "step.started",
+            step=step_run.step_id,
+            attempt=step_run.attempt,
+            worker=step_run.worker,
+            at=_iso(step_run.started_at),
+        )
         run.save(update_fields=["seq"])
-        notify.run_changed(run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug,
-                           status=run.status)
+        notify.run_changed(
+            run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug, status=run.status
+        )
 
 
 def enqueue_due_steps(*, now=None, limit: int = 500) -> int:
@@ -312,14 +339,20 @@ def expire_leases(*, now, limit: int = 500) -> int:
     ).select_related("run__version")[:limit]
     for stale in running:
         step = definition_for(stale.run.version).steps.get(stale.step_id)
-        timeout = timedelta(seconds=step.timeout_seconds) if step and step.timeout_seconds \
+        timeout = (
+            timedelta(seconds=step.timeout_seconds)
+            if step and step.timeout_seconds
             else DEFAULT_STEP_TIMEOUT
+        )
         if stale.started_at > now - timeout - LEASE_GRACE:
             continue
         expired += record_result(
             step_run_id=stale.pk,
             happening=engine.StepFinished(
-                stale.step_id, stale.attempt, succeeded=False, retryable=True,
+                stale.step_id,
+                stale.attempt,
+                succeeded=False,
+                retryable=True,
                 error=f"attempt did not finish within {timeout.total_seconds():g}s "
                 "(timed out or lost its worker)",
                 code="timeout",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from urllib.parse import unquote
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import jsonschema
 from django.db import transaction
@@ -38,7 +38,9 @@ def schema_errors(schema: dict, data) -> list[dict[str, str]]:
     validator = jsonschema.Draft202012Validator(schema)
     return [
         {"path": "/" + "/".join(map(str, err.absolute_path)), "message": err.message}
-        for err in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+        for err in sorted(
+            validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))
+        )
     ][:50]
 
 
@@ -52,16 +54,24 @@ def check_event_data(envelope: Envelope) -> SchemaCheck:
     named = VERSION_IN_URI.search(envelope.dataschema or "")
     if named:
         number = int(named.group("version"))
-        if named.group("type") and unquote(named.group("type")) != envelope.type:
-            raise SchemaViolation(envelope.type, number, [{
-                "path": "/",
-                "message": f"dataschema names a schema of {unquote(named.group('type'))!r}, "
-                f"not of this event's type",
-            }])
+        named_type = unquote(named.group("type") or "")
+        if named_type and named_type != envelope.type:
+            raise SchemaViolation(
+                envelope.type,
+                number,
+                [
+                    {
+                        "path": "/",
+                        "message": f"dataschema names a schema of {named_type!r}, "
+                        "not of this event's type",
+                    }
+                ],
+            )
         schema = schemas.filter(version=number).first()
         if schema is None:
             raise SchemaViolation(
-                envelope.type, number,
+                envelope.type,
+                number,
                 [{"path": "/", "message": "dataschema names a version that is not registered"}],
             )
     else:
@@ -69,8 +79,11 @@ def check_event_data(envelope: Envelope) -> SchemaCheck:
     if schema is None:
         return SchemaCheck("unvalidated")
     if envelope.data_is_base64:
-        raise SchemaViolation(envelope.type, schema.version,
-                              [{"path": "/", "message": "binary data cannot match a JSON Schema"}])
+        raise SchemaViolation(
+            envelope.type,
+            schema.version,
+            [{"path": "/", "message": "binary data cannot match a JSON Schema"}],
+        )
     errors = schema_errors(schema.schema, envelope.data)
     if errors:
         raise SchemaViolation(envelope.type, schema.version, errors)

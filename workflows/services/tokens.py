@@ -30,9 +30,7 @@ def create_api_token(*, name: str, role: str = "editor") -> tuple[ApiToken, str]
 def authenticate_token(plaintext: str) -> ApiToken | None:
     # Lookup by digest: the database index does the comparison, on a value an attacker
     # cannot choose byte by byte, so there is no timing oracle on the secret.
-    token = ApiToken.objects.filter(
-        token_hash=_digest(plaintext), revoked_at__isnull=True
-    ).first()
+    token = ApiToken.objects.filter(token_hash=_digest(plaintext), revoked_at__isnull=True).first()
     now = timezone.now()
     # Record use at most once a minute: a write (and its commit) on every request would
     # cost more than the rest of the authentication.

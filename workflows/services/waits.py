@@ -31,9 +31,11 @@ def park(*, step_run: StepRun, wait: Wait, output, context: StepContext) -> bool
     now = timezone.now()
     with transaction.atomic():
         # Lock the run: parking and the run's other moves must not interleave.
-        run = Run.objects.select_for_update(of=("self",)).select_related(
-            "workflow", "version", "event"
-        ).get(pk=step_run.run_id)
+        run = (
+            Run.objects.select_for_update(of=("self",))
+            .select_related("workflow", "version", "event")
+            .get(pk=step_run.run_id)
+        )
         wake_at = None
         if wait.kind == "timer":
             wake_at = wait.until
@@ -52,19 +54,33 @@ def park(*, step_run: StepRun, wait: Wait, output, context: StepContext) -> bool
                 match=wait.match or "true",
                 # The match reads the arriving `event`, and this run's `trigger` event,
                 # `run`, `steps` and `vars` (snapshot taken now; secrets never stored).
-                scope={"trigger": context.event, "run": context.run, "steps": context.steps,
-                       "vars": context.vars},
+                scope={
+                    "trigger": context.event,
+                    "run": context.run,
+                    "steps": context.steps,
+                    "vars": context.vars,
+                },
                 expires_at=wake_at,
             )
-        journal(run, "step.waiting", step=step_run.step_id, attempt=step_run.attempt,
-                wait=wait.kind, wake_at=wake_at.isoformat() if wake_at else None,
-                event_type=wait.event_type, workflow=wait.workflow, output=output)
+        journal(
+            run,
+            "step.waiting",
+            step=step_run.step_id,
+            attempt=step_run.attempt,
+            wait=wait.kind,
+            wake_at=wake_at.isoformat() if wake_at else None,
+            event_type=wait.event_type,
+            workflow=wait.workflow,
+            output=output,
+        )
         run.save(update_fields=["seq"])
-        notify.run_changed(run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug,
-                           status=run.status)
+        notify.run_changed(
+            run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug, status=run.status
+        )
         if wait.kind == "child":
-            error = start_child_run(parent=run, step_run=step_run, slug=wait.workflow,
-                                    data=wait.input)
+            error = start_child_run(
+                parent=run, step_run=step_run, slug=wait.workflow, data=wait.input
+            )
             if error:
                 transaction.on_commit(lambda: _fail_waiting(step_run.pk, error))
     return True
@@ -74,8 +90,9 @@ def _fail_waiting(step_run_id: int, error: str) -> None:
     step_run = StepRun.objects.get(pk=step_run_id)
     record_result(
         step_run_id=step_run_id,
-        happening=engine.StepFinished(step_run.step_id, step_run.attempt, succeeded=False,
-                                      error=error, code="sub_workflow"),
+        happening=engine.StepFinished(
+            step_run.step_id, step_run.attempt, succeeded=False, error=error, code="sub_workflow"
+        ),
         from_status=StepStatus.WAITING,
     )
 
@@ -102,8 +119,12 @@ def start_child_run(*, parent: Run, step_run: StepRun, slug: str, data) -> str |
     child, created = Run.objects.get_or_create(
         event=event,
         workflow=workflow,
-        defaults={"version": workflow.published_version, "parent_step": step_run,
-                  "correlation_id": parent.correlation_id, "origin": "child"},
+        defaults={
+            "version": workflow.published_version,
+            "parent_step": step_run,
+            "correlation_id": parent.correlation_id,
+            "origin": "child",
+        },
     )
     if created:
         advance_locked(child, engine.RunStarted())
@@ -149,12 +170,17 @@ def child_finished(*, child_run_id: int) -> bool:
     return record_result(
         step_run_id=parent_step.pk,
         happening=engine.StepFinished(
-            parent_step.step_id, parent_step.attempt, succeeded=succeeded,
+            parent_step.step_id,
+            parent_step.attempt,
+            succeeded=succeeded,
             error="" if succeeded else f"sub_workflow run {child.pk} {child.status}: {child.error}",
             code="" if succeeded else "sub_workflow",
         ),
-        output={"run": child.pk, "status": child.status,
-                "output": run_output(child) if succeeded else None},
+        output={
+            "run": child.pk,
+            "status": child.status,
+            "output": run_output(child) if succeeded else None,
+        },
         from_status=StepStatus.WAITING,
     )
 
@@ -173,8 +199,11 @@ def deliver_to_waiters(event: Event) -> int:
     resumed = 0
     for waiter in waiters:
         try:
-            matched = evaluate(waiter.match, {**waiter.scope, "event": structured},
-                               where=f"wait_for_event of run {waiter.run_id}")
+            matched = evaluate(
+                waiter.match,
+                {**waiter.scope, "event": structured},
+                where=f"wait_for_event of run {waiter.run_id}",
+            )
         except ExpressionError as exc:
             log.warning("%s", exc)
             continue
@@ -183,8 +212,9 @@ def deliver_to_waiters(event: Event) -> int:
         step_run = waiter.step_run
         done = record_result(
             step_run_id=step_run.pk,
-            happening=engine.StepFinished(step_run.step_id, step_run.attempt, succeeded=True,
-                                          port="success"),
+            happening=engine.StepFinished(
+                step_run.step_id, step_run.attempt, succeeded=True, port="success"
+            ),
             output=structured,
             from_status=StepStatus.WAITING,
         )
@@ -204,19 +234,29 @@ def wake_due(*, now=None, limit: int = 500) -> int:
     for step_run in due:
         waiter = getattr(step_run, "waiter", None)
         if waiter is not None or step_run.kind == "wait_for_event":
-            happening = engine.StepFinished(step_run.step_id, step_run.attempt, succeeded=True,
-                                            port="timeout")
+            happening = engine.StepFinished(
+                step_run.step_id, step_run.attempt, succeeded=True, port="timeout"
+            )
             output = {"timed_out": True}
         elif step_run.kind == "delay":
             happening = engine.StepFinished(step_run.step_id, step_run.attempt, succeeded=True)
             output = step_run.output
         else:
-            happening = engine.StepFinished(step_run.step_id, step_run.attempt, succeeded=False,
-                                            retryable=True, error="timed out while waiting",
-                                            code="timeout")
+            happening = engine.StepFinished(
+                step_run.step_id,
+                step_run.attempt,
+                succeeded=False,
+                retryable=True,
+                error="timed out while waiting",
+                code="timeout",
+            )
             output = None
-        if record_result(step_run_id=step_run.pk, happening=happening, output=output,
-                         from_status=StepStatus.WAITING):
+        if record_result(
+            step_run_id=step_run.pk,
+            happening=happening,
+            output=output,
+            from_status=StepStatus.WAITING,
+        ):
             EventWaiter.objects.filter(step_run=step_run).delete()
             woken += 1
     return woken

@@ -107,7 +107,9 @@ class StepKind:
 
     def expressions(self, config: Mapping[str, Any]) -> list[tuple[str, str]]:
         """(config path, CEL expression) pairs, for validation."""
-        return [(f"/{f}", config[f]) for f in self.expression_fields if isinstance(config.get(f), str)]
+        return [
+            (f"/{f}", config[f]) for f in self.expression_fields if isinstance(config.get(f), str)
+        ]
 
     def ports(self, config: Mapping[str, Any]) -> list[str]:
         """Output ports edges may leave from, besides "failure" which every step has."""

@@ -58,7 +58,9 @@ class ForEach(StepKind):
                 idempotency_key=f"{ctx.idempotency_key}-{index}",
                 scope={**ctx.scope, "item": items[index], "index": index},
             )
-            item_config = render_value(config["do"].get("config", {}), item_ctx.expression_context())
+            item_config = render_value(
+                config["do"].get("config", {}), item_ctx.expression_context()
+            )
             result = inner.execute(item_config, item_ctx)
             return result.output if isinstance(result, StepResult) else result
 
@@ -74,7 +76,7 @@ class ForEach(StepKind):
         if errors:
             retryable = all(exc.retryable for _, exc in errors)
             summary = "; ".join(f"[{i}] {exc}" for i, exc in errors[:5])
-            raise StepError(f"{len(errors)} of {len(items)} items failed: {summary}",
-                            retryable=retryable)
+            raise StepError(
+                f"{len(errors)} of {len(items)} items failed: {summary}", retryable=retryable
+            )
         return {"results": results, "count": len(results)}
-

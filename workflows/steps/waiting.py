@@ -99,4 +99,6 @@ class SubWorkflow(StepKind):
     }
 
     def execute(self, config, ctx: StepContext):
-        return StepResult(wait=Wait("child", workflow=config["workflow"], input=config.get("input")))
+        return StepResult(
+            wait=Wait("child", workflow=config["workflow"], input=config.get("input"))
+        )

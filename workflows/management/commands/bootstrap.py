@@ -45,9 +45,11 @@ class Command(BaseCommand):
         if given:
             self.stdout.write(f"created admin {username!r} with DJANGO_SUPERUSER_PASSWORD")
         else:
-            self.stdout.write(self.style.WARNING(
-                f"created admin {username!r} with password {password} (shown only this once)"
-            ))
+            self.stdout.write(
+                self.style.WARNING(
+                    f"created admin {username!r} with password {password} (shown only this once)"
+                )
+            )
 
     def _load_demo(self) -> None:
         for path in sorted(DEMO_DIR.glob("*.json")):

@@ -8,10 +8,12 @@ class Command(BaseCommand):
     help = "Recreate run and step rows from the runs' journals (or --check them)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--run", type=int, action="append", dest="runs",
-                            help="only this run (repeatable)")
-        parser.add_argument("--check", action="store_true",
-                            help="report differences without writing; exit 1 if any")
+        parser.add_argument(
+            "--run", type=int, action="append", dest="runs", help="only this run (repeatable)"
+        )
+        parser.add_argument(
+            "--check", action="store_true", help="report differences without writing; exit 1 if any"
+        )
 
     def handle(self, *args, runs, check, **options):
         queryset = Run.objects.order_by("pk")
