@@ -185,6 +185,8 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["workflow", "-id"], name="run_workflow_recent"),
             models.Index(fields=["status", "-id"], name="run_status_recent"),
+            # A workflow filtered by a status it rarely has must not read all its runs.
+            models.Index(fields=["workflow", "status", "-id"], name="run_workflow_status_recent"),
             models.Index(
                 fields=["workflow", "id"],
                 name="run_queued_by_workflow",

@@ -11,7 +11,8 @@ import logging
 import os
 import threading
 
-from channels.layers import get_channel_layer
+from channels import DEFAULT_CHANNEL_LAYER
+from channels.layers import channel_layers
 from django.db import transaction
 
 log = logging.getLogger("signalbox.notify")
@@ -115,11 +116,11 @@ class _Pusher:
         return self._loop
 
     async def _drain(self) -> None:
+        # A layer of our own: the process's shared one may be in use on another loop (an
+        # ASGI server, or tests), and channels_redis binds its locks to one loop.
+        layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
         while True:
             groups, message = await self._queue.get()
-            layer = get_channel_layer()
-            if layer is None:
-                continue
             try:
                 for group in groups:
                     await layer.group_send(group, message)
