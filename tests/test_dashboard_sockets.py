@@ -16,11 +16,12 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import connections, transaction
 from django.test import Client
+from django.utils import timezone
 
 from dashboard import live_consumers
 from orchestrator.asgi import application
 from tests.factories import cloudevent, definition, log_step
-from tests.test_replay import drive, publish, trigger
+from tests.test_replay import drive, in_this_process, publish, trigger
 from workflows import notify
 from workflows.events.envelope import from_structured
 from workflows.models import Event, Run, Workflow
@@ -80,8 +81,17 @@ async def frames_until(ws: WebsocketCommunicator, done, *, limit: int = 50) -> l
     raise AssertionError(f"no frame matched in {limit}: {frames[-1][:300]}")
 
 
+def match_here(*, event_id: int):
+    """Match in this process, its steps left for `drive` rather than a stack's worker."""
+    with in_this_process():
+        return match_event(event_id=event_id)
+
+
 def send_event(type_: str = "com.example.order.placed", **overrides) -> Event:
-    event, _ = ingest_event(envelope=from_structured(cloudevent(type_, **overrides)))
+    # Kept off the bus (marked published, never sent): the tests match events themselves,
+    # and a stack another test started must not match them first or add its run events.
+    event, _ = ingest_event(envelope=from_structured(cloudevent(type_, **overrides)), publish=False)
+    Event.objects.filter(pk=event.pk).update(published_at=timezone.now())
     return event
 
 
@@ -280,7 +290,7 @@ async def test_a_new_event_appears_in_the_flow_with_the_workflows_it_triggers(vi
         assert event.correlation_id[:10] in frame and "unvalidated" in frame
         assert "orders…" in frame  # subscribed; the run starts when the bus matches it
 
-        await database_sync_to_async(match_event)(event_id=event.pk)
+        await database_sync_to_async(match_here)(event_id=event.pk)
         cell = await frames_until(ws, lambda f: f'id="flow-runs-{event.pk}"' in f)
         assert re.search(r'class="run-tag status-\w+" data-run="\d+">orders #', cell[-1])
     finally:
@@ -373,7 +383,7 @@ async def test_the_lineage_redraws_when_the_event_starts_a_run_and_the_run_moves
         assert f'id="lineage-node-event-{event.pk}"' in snapshot
         assert "lineage-node-run-" not in snapshot
 
-        runs = await database_sync_to_async(match_event)(event_id=event.pk)
+        runs = await database_sync_to_async(match_here)(event_id=event.pk)
         frame = (await frames_until(ws, lambda f: "lineage-node-run-" in f))[-1]
         assert f'data-from="event-{event.pk}" data-to="run-{runs[0].pk}"' in frame
 

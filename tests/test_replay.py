@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import io
 import json
+from contextlib import contextmanager
+from unittest import mock
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.utils import timezone
 
 from tests.factories import cloudevent, definition, http_step, log_step
 from tests.http_recorder import Recorder, Reply
 from tests.waiting import wait_until
 from workflows.events.envelope import from_structured
-from workflows.models import AuditEntry, DeadLetter, ReplayBatch, Run, RunJournal, StepRun
+from workflows.models import AuditEntry, DeadLetter, Event, ReplayBatch, Run, RunJournal, StepRun
 from workflows.services import replay as replays
 from workflows.services.definitions import publish_workflow, put_workflow
 from workflows.services.events import ingest_event, match_event
@@ -36,12 +39,26 @@ def publish(slug: str, body: dict):
     return publish_workflow(slug=slug, published_by="tests")
 
 
+@contextmanager
+def in_this_process():
+    """Keep work out of the session's stack, if another test started it: its worker would
+    otherwise race this process for the steps it drives."""
+    with mock.patch("workflows.services.runs.enqueue_on_commit", lambda step_run_id: None):
+        yield
+
+
 def trigger(slug: str, data=None, **overrides) -> Run:
-    """Store an event and match it (what the bus consumer does); return the run it started."""
+    """Store an event and match it (what the bus consumer does); return the run it started.
+
+    The event is kept off the bus (marked published without being sent), so a running
+    stack's bus consumer cannot match it first."""
     event, _created = ingest_event(
-        envelope=from_structured(cloudevent(data=data or {"order": 1}, **overrides))
+        envelope=from_structured(cloudevent(data=data or {"order": 1}, **overrides)),
+        publish=False,
     )
-    runs = [r for r in match_event(event_id=event.pk) if r.workflow.slug == slug]
+    Event.objects.filter(pk=event.pk).update(published_at=timezone.now())
+    with in_this_process():
+        runs = [r for r in match_event(event_id=event.pk) if r.workflow.slug == slug]
     assert len(runs) == 1, runs
     return runs[0]
 
@@ -52,7 +69,8 @@ def drive(run: Run) -> Run:
         queued = StepRun.objects.filter(run=run, status="queued").order_by("id").first()
         if queued is None:
             break
-        execute_step(step_run_id=queued.pk, worker="tests")
+        with in_this_process():
+            execute_step(step_run_id=queued.pk, worker="tests")
     run.refresh_from_db()
     return run
 
