@@ -102,10 +102,15 @@ def test_a_workflow_built_with_the_mouse_is_published_and_its_run_lights_up_the_
 
     drop_kind(page, '[data-palette-kind="condition"]', 380, 320)
     expression = panel_of(page, "condition").get_by_label("Expression")
+    # The panel arrives by htmx: type only once htmx has wired its live check, or the
+    # first input event goes unheard (seen on a loaded CI machine).
+    page.wait_for_function("el => !!el['htmx-internal-data']", arg=expression.element_handle())
     expression.fill("steps.http_request.output.status ==")
-    expect(page.locator("#chk-config-expression")).to_contain_text("syntax error")
+    expect(page.locator("#chk-config-expression")).to_contain_text("syntax error", timeout=15_000)
     expression.fill("steps.http_request.output.status == 200")
-    expect(page.locator("#chk-config-expression")).to_contain_text("valid expression")
+    expect(page.locator("#chk-config-expression")).to_contain_text(
+        "valid expression", timeout=15_000
+    )
 
     drop_kind(page, '[data-palette-kind="log"]', 680, 250)
     panel_of(page, "log").get_by_label("Message").fill("order {{ event.data.order }} accepted")
