@@ -72,14 +72,18 @@ def _time_limit(seconds: float):
     # elsewhere CEL's lack of unbounded loops and our input limits are the bound.
     # CPU time (ITIMER_VIRTUAL), not wall time: on a busy machine a cheap expression can
     # wait longer than the limit for a CPU, and must not fail for it.
+    state = {"fired": False}
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield state
         return
 
     active = True
 
     def expire(_signum, _frame):
         if active:
+            # Remembered too: cel-python may catch the exception mid-evaluation and report
+            # some other error instead; the caller still knows the limit was hit.
+            state["fired"] = True
             raise _Timeout
 
     previous = signal.signal(signal.SIGVTALRM, expire)
@@ -87,7 +91,7 @@ def _time_limit(seconds: float):
     # of a collected socket) is swallowed there, so the next tick raises it again.
     signal.setitimer(signal.ITIMER_VIRTUAL, seconds, 0.05)
     try:
-        yield
+        yield state
     finally:
         active = False
         signal.setitimer(signal.ITIMER_VIRTUAL, 0)
@@ -102,21 +106,27 @@ def evaluate(expression: str, context: Mapping[str, Any], *, where: str = "") ->
     except ExpressionError as exc:
         raise ExpressionError(exc.expression, exc.message, where=where) from None
     activation = {name: celpy.json_to_cel(context.get(name)) for name in ROOTS if name in context}
+    timed_out = ExpressionError(expression, f"took longer than {TIME_LIMIT_SECONDS}s", where=where)
+    limit: dict = {"fired": False}
     try:
-        with _time_limit(TIME_LIMIT_SECONDS):
+        with _time_limit(TIME_LIMIT_SECONDS) as limit:
             result = program.evaluate(activation)
     except _Timeout:
-        raise ExpressionError(
-            expression, f"took longer than {TIME_LIMIT_SECONDS}s", where=where
-        ) from None
+        raise timed_out from None
     except celpy.CELEvalError as exc:
+        if limit["fired"]:
+            raise timed_out from None
         raise ExpressionError(
             expression, _scrub(_eval_message(exc), context), where=where
         ) from None
     except (RecursionError, MemoryError, ValueError, TypeError, ArithmeticError) as exc:
+        if limit["fired"]:
+            raise timed_out from None
         raise ExpressionError(
             expression, _scrub(f"{type(exc).__name__}: {exc}", context), where=where
         ) from None
+    if limit["fired"]:
+        raise timed_out
     if isinstance(result, celpy.CELEvalError):
         raise ExpressionError(expression, _scrub(_eval_message(result), context), where=where)
     value = to_json(result)
