@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -13,6 +12,7 @@ from django.contrib.auth.models import Group
 from django.db import connection, transaction
 
 from tests.factories import cloudevent
+from tests.waiting import wait_until
 from workflows.models import Event, EventSchema, EventType
 from workflows.roles import ensure_groups
 from workflows.services.schemas import IncompatibleSchema, register_schema
@@ -370,7 +370,18 @@ def test_a_registration_waits_for_one_in_progress_and_is_checked_against_it():
         EventType.objects.select_for_update().get(name=TYPE)
         racer = threading.Thread(target=second)
         racer.start()
-        time.sleep(0.5)
+
+        def racer_waits_on_a_lock() -> bool:
+            with connection.cursor() as cursor:
+                # Inside a transaction the statistics views are a snapshot: refresh it.
+                cursor.execute("SELECT pg_stat_clear_snapshot()")
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+                return cursor.fetchone()[0] > 0
+
+        wait_until(racer_waits_on_a_lock, timeout=15, message="the second registration to wait")
         assert racer.is_alive(), "the second registration did not wait for the lock"
         EventSchema.objects.create(
             event_type=EventType.objects.get(name=TYPE), version=2, schema=V2
