@@ -43,6 +43,27 @@ def counts(junit: Path) -> dict[str, int]:
     return totals
 
 
+def failures(junit: Path) -> list[str]:
+    """One line per failed or errored test: its id and the first line of why, so the
+    summary at the very end (all a CI log's tail may show) names what broke."""
+    if not junit.exists():
+        return []
+    try:
+        root = ET.parse(junit).getroot()
+    except ET.ParseError:
+        return []
+    lines = []
+    for case in root.iter("testcase"):
+        for outcome in ("failure", "error"):
+            found = case.find(outcome)
+            if found is None:
+                continue
+            name = f"{case.get('classname', '')}::{case.get('name', '')}"
+            why = (found.get("message") or "").strip().splitlines()
+            lines.append(f"{outcome.upper()} {name}: {why[0][:300] if why else ''}")
+    return lines
+
+
 def stop_on_sigterm() -> None:
     """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the throwaway servers we
     started are stopped on the way out."""
@@ -69,6 +90,7 @@ def main() -> int:
     run_id = uuid.uuid4().hex[:8]
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     broken: list[str] = []
+    failed_tests: list[str] = []
     try:
         for part in parts:
             # Named per run: other checkouts' runs may write beside ours.
@@ -87,6 +109,7 @@ def main() -> int:
                 env=env,
             )
             found = counts(junit)
+            failed_tests += failures(junit)
             for name, value in found.items():
                 totals[name] += value
             # 0: all passed; 5: nothing selected in this part (fine if the other part ran).
@@ -99,6 +122,8 @@ def main() -> int:
 
     failed = totals["failures"] + totals["errors"] + len(broken)
     passed = totals["tests"] - totals["failures"] - totals["errors"] - totals["skipped"]
+    for line in failed_tests:
+        print(line, flush=True)
     for reason in broken:
         print(f"\n{reason}", flush=True)
     if totals["tests"] == 0:
