@@ -6,6 +6,7 @@ from django.conf import settings
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
+from tests import db_teardown
 from tests.http_recorder import Recorder
 from tests.stack import make_stack
 from workflows.services.tokens import create_api_token
@@ -18,6 +19,8 @@ hypothesis_settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 hypothesis_settings.load_profile("signalbox")
+
+db_teardown.install()
 
 
 @pytest.fixture(scope="session")

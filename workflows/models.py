@@ -27,7 +27,9 @@ class Event(models.Model):
     """One accepted CloudEvent: the event store, and the outbox for the bus.
 
     `published_at` stays NULL until the event is on the bus; the outbox relay appends any
-    event left unpublished (Redis was down at commit time).
+    event left unpublished (Redis was down at commit time). `matched_at` is set once the bus
+    consumer has matched it to workflows and waiters; an event published but never matched
+    (its entry was lost with a Redis restart) is published again by the relay.
     """
 
     source = models.CharField(max_length=1024)
@@ -51,6 +53,7 @@ class Event(models.Model):
     channel = models.CharField(max_length=16, default="http")
     received_at = models.DateTimeField(auto_now_add=True, db_index=True)
     published_at = models.DateTimeField(null=True, blank=True)
+    matched_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -64,6 +67,11 @@ class Event(models.Model):
                 fields=["received_at"],
                 name="event_unpublished",
                 condition=Q(published_at__isnull=True),
+            ),
+            models.Index(
+                fields=["published_at"],
+                name="event_unmatched",
+                condition=Q(matched_at__isnull=True, published_at__isnull=False),
             ),
         ]
 
@@ -83,6 +91,9 @@ class Workflow(models.Model):
         "auth.Group", null=True, blank=True, on_delete=models.SET_NULL, related_name="workflows"
     )
     draft_updated_by = models.CharField(max_length=150, blank=True, default="")
+    # Bumped by every draft save: a save based on an older revision is a conflict, not a
+    # silent overwrite of a colleague's edit.
+    draft_revision = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -229,6 +240,9 @@ class StepRun(models.Model):
     enqueued_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    # Renewed by the executing worker while the attempt runs; a stale heartbeat means the
+    # worker died, so the attempt is retried long before its timeout.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -465,6 +479,8 @@ class ReplayBatch(models.Model):
     summary = models.JSONField(default=dict, blank=True)
     created_by = models.CharField(max_length=150)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Renewed while a worker drives the batch; a stale one is resumed by the scheduler.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
