@@ -190,6 +190,11 @@ SIGNALBOX = {
     "BUS_MAX_DELIVERIES": int(os.environ.get("SIGNALBOX_BUS_MAX_DELIVERIES", "5")),
     # An event not on the bus this long after commit is appended again by the outbox relay.
     "OUTBOX_GRACE_SECONDS": float(os.environ.get("SIGNALBOX_OUTBOX_GRACE_SECONDS", "2")),
+    # An event published this long ago and still unmatched, on a partition the consumers have
+    # drained, lost its bus entry (Redis restarted empty): the relay publishes it again.
+    "REDELIVER_UNMATCHED_SECONDS": float(
+        os.environ.get("SIGNALBOX_REDELIVER_UNMATCHED_SECONDS", "60")
+    ),
     "MAX_EVENT_BYTES": int(os.environ.get("SIGNALBOX_MAX_EVENT_BYTES", str(256 * 1024))),
     "MAX_BATCH_BYTES": int(os.environ.get("SIGNALBOX_MAX_BATCH_BYTES", str(4 * 1024 * 1024))),
     "MAX_BATCH_EVENTS": int(os.environ.get("SIGNALBOX_MAX_BATCH_EVENTS", "1000")),

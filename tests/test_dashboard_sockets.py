@@ -91,7 +91,7 @@ def send_event(type_: str = "com.example.order.placed", **overrides) -> Event:
     # Kept off the bus (marked published, never sent): the tests match events themselves,
     # and a stack another test started must not match them first or add its run events.
     event, _ = ingest_event(envelope=from_structured(cloudevent(type_, **overrides)), publish=False)
-    Event.objects.filter(pk=event.pk).update(published_at=timezone.now())
+    Event.objects.filter(pk=event.pk).update(published_at=timezone.now(), matched_at=timezone.now())
     return event
 
 

@@ -154,6 +154,7 @@ def lonely_stack():
             REDIS_URL=redis_server.url,
             SIGNALBOX_REDIS_PREFIX=f"{os.environ['SIGNALBOX_REDIS_PREFIX']}-outbox",
             SIGNALBOX_OUTBOX_GRACE_SECONDS="0.5",
+            SIGNALBOX_REDELIVER_UNMATCHED_SECONDS="1",
         )
         manage(stack, "migrate", "-v0")
         token = manage(stack, "create_api_token", "outbox-test", "--role", "admin")
@@ -305,6 +306,40 @@ def test_events_accepted_while_redis_is_down_are_each_processed_once_when_it_ret
     ) == [(event_id, 1) for event_id in sorted(accepted)]
     print(f"all {len(accepted)} events ran {recovered_in:.1f} s after Redis came back")
 
+    # Published, then lost: the entries are on the bus when Redis restarts empty, before
+    # any consumer read them. The relay sees them unmatched on drained partitions.
+    stack.stop("bus")
+    lost = [send("com.example.outbox", data={"lost": n}) for n in range(3)]
+    wait_until(
+        lambda: (
+            query(
+                "SELECT count(*) FROM workflows_event "
+                "WHERE id = ANY(%s) AND published_at IS NOT NULL",
+                lost,
+            )
+            == [(len(lost),)]
+        ),
+        timeout=30,
+        message="the events to be on the bus",
+    )
+    redis_server.kill()
+    redis_server.start()
+    stack.start("bus", [sys.executable, "manage.py", "consume_bus"])
+    wait_until(
+        lambda: runs_of(lost) == [(event_id, "succeeded") for event_id in sorted(lost)],
+        timeout=90,
+        interval=0.25,
+        message="the events whose bus entries were lost to run",
+    )
+    alive()
+    assert query(
+        "SELECT count(*) FROM workflows_event WHERE id = ANY(%s) AND matched_at IS NOT NULL",
+        lost,
+    ) == [(len(lost),)]
+    assert query("SELECT count(*) FROM workflows_run WHERE event_id = ANY(%s)", lost) == [
+        (len(lost),)
+    ]
+
 
 # --- the relay, in process --------------------------------------------------------------------
 
@@ -378,3 +413,85 @@ def test_with_redis_unreachable_ingest_still_stores_the_event_and_the_relay_wait
     finally:
         client.cache_clear()
     assert on_the_bus() == [event.pk]
+
+
+# --- entries lost from the bus ------------------------------------------------------------
+
+
+def published(*, age_seconds: float, matched: bool = False) -> Event:
+    event = stored(published=True, age_seconds=age_seconds)
+    when = timezone.now() - timedelta(seconds=age_seconds)
+    Event.objects.filter(pk=event.pk).update(
+        published_at=when, matched_at=when if matched else None
+    )
+    return event
+
+
+@pytest.mark.django_db
+def test_a_partition_is_drained_only_when_its_group_read_and_acknowledged_everything(
+    private_bus,
+):
+    group = private_bus.SIGNALBOX["BUS_GROUP"]
+    redis_client = client()
+    everything = set(range(bus.partitions()))
+    assert bus.caught_up_partitions(redis_client, group) == everything  # no streams at all
+
+    event = published(age_seconds=0)
+    partition = bus.partition_for(event)
+    assert bus._append([event])
+    # The stream exists but no consumer created the group yet: it will read from the start.
+    assert partition not in bus.caught_up_partitions(redis_client, group)
+
+    consumer = bus.Consumer("drain-test", group=group)
+    assert partition not in bus.caught_up_partitions(redis_client, group)
+    deliveries = list(consumer.read(block_ms=100))
+    assert [d.event_id for d in deliveries] == [event.pk]
+    assert partition not in bus.caught_up_partitions(redis_client, group)  # still pending
+    consumer.ack(deliveries[0])
+    assert bus.caught_up_partitions(redis_client, group) == everything
+
+
+@pytest.mark.django_db
+def test_events_whose_entries_were_lost_are_published_again_and_only_they(private_bus):
+    lost = [published(age_seconds=120) for _ in range(3)]
+    matched = published(age_seconds=120, matched=True)
+    recent = published(age_seconds=0)  # its entry may still be on its way to a consumer
+
+    # Redis holds no stream: every entry is gone.
+    assert bus.relay_unmatched(older_than_seconds=60) == 3
+    assert on_the_bus() == sorted(e.pk for e in lost)
+    for event in lost:
+        event.refresh_from_db()
+        assert timezone.now() - event.published_at < timedelta(seconds=30)
+    assert Event.objects.get(pk=matched.pk).published_at < timezone.now() - timedelta(seconds=60)
+
+    # Published again just now: not again until the consumers had their chance.
+    assert bus.relay_unmatched(older_than_seconds=60) == 0
+    assert on_the_bus() == sorted(e.pk for e in lost)
+    assert Event.objects.get(pk=recent.pk).matched_at is None
+
+
+@pytest.mark.django_db
+def test_a_backlog_the_consumers_have_not_reached_is_not_published_twice(private_bus):
+    group = private_bus.SIGNALBOX["BUS_GROUP"]
+    waiting = published(age_seconds=120)
+    assert bus._append([waiting])
+    bus.ensure_groups(client(), group)  # the group exists and has not read the entry yet
+
+    assert bus.relay_unmatched(older_than_seconds=60) == 0
+    assert on_the_bus() == [waiting.pk]
+
+
+@pytest.mark.django_db
+def test_matching_and_dead_lettering_mark_the_event_so_it_is_never_sent_again(private_bus):
+    from workflows.services.events import dead_letter_bus_entry, match_event
+
+    event, poison = published(age_seconds=120), published(age_seconds=120)
+    match_event(event_id=event.pk)
+    dead_letter_bus_entry(
+        event_id=poison.pk, reason="delivered 6 times", stream="s", entry_id="1-0"
+    )
+
+    assert Event.objects.filter(pk__in=[event.pk, poison.pk], matched_at__isnull=True).count() == 0
+    assert bus.relay_unmatched(older_than_seconds=60) == 0
+    assert on_the_bus() == []

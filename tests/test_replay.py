@@ -56,7 +56,7 @@ def trigger(slug: str, data=None, **overrides) -> Run:
         envelope=from_structured(cloudevent(data=data or {"order": 1}, **overrides)),
         publish=False,
     )
-    Event.objects.filter(pk=event.pk).update(published_at=timezone.now())
+    Event.objects.filter(pk=event.pk).update(published_at=timezone.now(), matched_at=timezone.now())
     with in_this_process():
         runs = [r for r in match_event(event_id=event.pk) if r.workflow.slug == slug]
     assert len(runs) == 1, runs

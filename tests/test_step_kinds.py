@@ -89,7 +89,9 @@ def by_hand(transactional_db, monkeypatch):
     monkeypatch.setattr("workflows.services.runs.enqueue_on_commit", queued.append)
 
     def on_the_bus(event):
-        Event.objects.filter(pk=event.pk).update(published_at=timezone.now())
+        # Marked matched as well, so a stack's outbox relay never takes it either.
+        now = timezone.now()
+        Event.objects.filter(pk=event.pk).update(published_at=now, matched_at=now)
         return True
 
     monkeypatch.setattr("workflows.events.bus.publish", on_the_bus)

@@ -45,8 +45,17 @@ def publish(event: Event) -> bool:
 def publish_many(events: list[Event]) -> int:
     """Append events to their partitions in one round trip and mark them published with one
     UPDATE. Returns how many were appended (0 if Redis is away: the relay retries)."""
-    if not events:
+    if not _append(events):
         return 0
+    Event.objects.filter(pk__in=[e.pk for e in events], published_at__isnull=True).update(
+        published_at=timezone.now()
+    )
+    return len(events)
+
+
+def _append(events: list[Event]) -> bool:
+    if not events:
+        return False
     pipe = client().pipeline(transaction=False)
     for event in events:
         pipe.xadd(
@@ -61,11 +70,8 @@ def publish_many(events: list[Event]) -> int:
         log.warning(
             "%d event(s) not on the bus yet (%s); the outbox relay will retry", len(events), exc
         )
-        return 0
-    Event.objects.filter(pk__in=[e.pk for e in events], published_at__isnull=True).update(
-        published_at=timezone.now()
-    )
-    return len(events)
+        return False
+    return True
 
 
 def relay_unpublished(*, older_than_seconds: float, limit: int = 500) -> int:
@@ -80,6 +86,59 @@ def relay_unpublished(*, older_than_seconds: float, limit: int = 500) -> int:
             break
         sent += 1
     return sent
+
+
+def relay_unmatched(
+    *, older_than_seconds: float, limit: int = 500, group: str | None = None
+) -> int:
+    """Publish again the events whose bus entries were lost before they were matched (a
+    Redis restart without persistence, a failover to a replica that lagged).
+
+    An entry is acknowledged only after its event is marked matched, so once a partition's
+    consumer group has been handed every entry and holds none pending, an event published
+    to it before that moment and still unmatched can only have been lost. Partitions still
+    catching up are left alone: their backlog is not sent twice."""
+    group = group or settings.SIGNALBOX["BUS_GROUP"]
+    unmatched = Event.objects.filter(matched_at__isnull=True, published_at__isnull=False)
+    grace = timezone.timedelta(seconds=older_than_seconds)
+    if not unmatched.filter(published_at__lt=timezone.now() - grace).exists():
+        return 0  # the usual case, answered by the partial index without asking Redis
+    checked_at = timezone.now()
+    settled = caught_up_partitions(client(), group)
+    if not settled:
+        return 0
+    # Only what was published before the partitions were seen drained.
+    cutoff = min(checked_at, timezone.now() - grace)
+    candidates = unmatched.filter(published_at__lt=cutoff).order_by("published_at")[:limit]
+    lost = [event for event in candidates if partition_for(event) in settled]
+    if not _append(lost):
+        return 0
+    Event.objects.filter(pk__in=[e.pk for e in lost]).update(published_at=timezone.now())
+    log.warning("published %d event(s) again: their bus entries were lost", len(lost))
+    return len(lost)
+
+
+def caught_up_partitions(redis_client: redis.Redis, group: str) -> set[int]:
+    """Partitions whose consumer group has been handed every entry and acknowledged all."""
+    settled = set()
+    for partition in range(partitions()):
+        stream = stream_key(partition)
+        try:
+            last_added = _text(redis_client.xinfo_stream(stream)["last-generated-id"])
+            groups = redis_client.xinfo_groups(stream)
+        except redis.ResponseError:  # no such stream: whatever was on it is gone
+            settled.add(partition)
+            continue
+        ours = next((g for g in groups if _text(g["name"]) == group), None)
+        if ours is None:
+            continue  # the consumer will create it and read the stream from the start
+        if not ours["pending"] and _text(ours["last-delivered-id"]) == last_added:
+            settled.add(partition)
+    return settled
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)

@@ -502,7 +502,9 @@ def _sample_event(*, workflow: Workflow, data: Any, event_type: str, by: str) ->
         validation=checked.validation,
         schema_version=checked.version,
         channel=TRY_CHANNEL,
+        # Kept off the bus: the try run is started directly, nothing else may match it.
         published_at=timezone.now(),
+        matched_at=timezone.now(),
     )
 
 

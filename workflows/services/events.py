@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from .. import notify
 from ..events import bus
@@ -109,7 +110,14 @@ def match_event(*, event_id: int) -> list[Run]:
         except IntegrityError:
             continue  # already matched by an earlier delivery
         started.append(run)
+    mark_matched(event.pk)
     return started
+
+
+def mark_matched(event_id: int) -> None:
+    """Before the bus entry is acknowledged: an event left unmatched once its partition is
+    drained was lost from the bus, and the relay publishes it again."""
+    Event.objects.filter(pk=event_id, matched_at__isnull=True).update(matched_at=timezone.now())
 
 
 def trigger_accepts(version, event: Event) -> bool:
@@ -129,9 +137,11 @@ def trigger_accepts(version, event: Event) -> bool:
 
 
 def dead_letter_bus_entry(*, event_id: int, reason: str, stream: str, entry_id: str) -> None:
-    DeadLetter.objects.create(
-        kind="bus",
-        reason=reason,
-        payload={"stream": stream, "entry_id": entry_id, "event_id": event_id},
-        event=Event.objects.filter(pk=event_id).first(),
-    )
+    with transaction.atomic():
+        DeadLetter.objects.create(
+            kind="bus",
+            reason=reason,
+            payload={"stream": stream, "entry_id": entry_id, "event_id": event_id},
+            event=Event.objects.filter(pk=event_id).first(),
+        )
+        mark_matched(event_id)  # decided: the dead letter holds it; the relay must not resend

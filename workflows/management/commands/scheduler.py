@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand
 from django.db import InterfaceError, OperationalError, connections
 
 from workflows import demo_traffic, heartbeat
-from workflows.events.bus import relay_unpublished
+from workflows.events.bus import relay_unmatched, relay_unpublished
 from workflows.events.schedules import fire_due
 from workflows.loop import Stopper
 from workflows.services.runs import enqueue_due_steps
@@ -35,7 +35,9 @@ class Command(BaseCommand):
     @staticmethod
     def relay_and_enqueue() -> None:
         heartbeat.beat("scheduler")
-        relayed = relay_unpublished(older_than_seconds=settings.SIGNALBOX["OUTBOX_GRACE_SECONDS"])
+        config = settings.SIGNALBOX
+        relayed = relay_unpublished(older_than_seconds=config["OUTBOX_GRACE_SECONDS"])
+        relayed += relay_unmatched(older_than_seconds=config["REDELIVER_UNMATCHED_SECONDS"])
         enqueued = enqueue_due_steps()
         if relayed or enqueued:
             log.info("relayed %d event(s), enqueued %d step(s)", relayed, enqueued)
