@@ -175,6 +175,7 @@ def event_as_json(event: Event) -> dict[str, Any]:
         "schema_version": event.schema_version,
         "published": event.published_at is not None,
         "published_at": _iso(event.published_at),
+        "matched_at": _iso(event.matched_at),
         "correlation_id": event.correlation_id,
         "causation_id": event.causation_id,
         "cloudevent": to_structured(event),
