@@ -212,43 +212,39 @@ def _redrive(
 
 
 def _ingest(cloudevent: dict, *, channel: str) -> tuple[str, list[int], int | None]:
-    from .events import ingest_event
-    from .schemas import SchemaViolation
-
-    try:
-        envelope = from_structured(cloudevent)
-        event, created = ingest_event(envelope=envelope, channel=channel)
-    except InvalidEvent as exc:
-        raise DeadLetterError(
-            f"the CloudEvent is still invalid: {exc}", status=400, kind="invalid-event"
-        ) from exc
-    except SchemaViolation as exc:
-        raise DeadLetterError(
-            f"the event still breaks its schema: {exc}", status=400, kind="schema-violation"
-        ) from exc
-    word = "ingested" if created else "already stored"
-    return f"{word} as event {event.pk}", [], event.pk
+    return _ingest_envelope(
+        lambda: from_structured(cloudevent),
+        channel=channel,
+        invalid="the CloudEvent is still invalid",
+    )
 
 
 def _ingest_stream_entry(payload: dict) -> tuple[str, list[int], int | None]:
     from ..events.external_streams import envelope_from_fields
     from ..models import StreamSource
-    from .events import ingest_event
-    from .schemas import SchemaViolation
 
     source = StreamSource.objects.filter(name=payload.get("source", "")).first()
-    try:
-        envelope = envelope_from_fields(
+    return _ingest_envelope(
+        lambda: envelope_from_fields(
             {str(k): str(v) for k, v in payload["fields"].items()},
             stream=str(payload.get("stream", "")),
             entry_id=str(payload.get("entry_id", "")),
             default_type=source.default_type if source else "",
-        )
-        event, created = ingest_event(envelope=envelope, channel="stream")
+        ),
+        channel="stream",
+        invalid="the entry is still not a valid CloudEvent",
+    )
+
+
+def _ingest_envelope(build, *, channel: str, invalid: str) -> tuple[str, list[int], int | None]:
+    """Ingest what a dead letter held, as new; still-bad input stays in the queue (400)."""
+    from .events import ingest_event
+    from .schemas import SchemaViolation
+
+    try:
+        event, created = ingest_event(envelope=build(), channel=channel)
     except InvalidEvent as exc:
-        raise DeadLetterError(
-            f"the entry is still not a valid CloudEvent: {exc}", status=400, kind="invalid-event"
-        ) from exc
+        raise DeadLetterError(f"{invalid}: {exc}", status=400, kind="invalid-event") from exc
     except SchemaViolation as exc:
         raise DeadLetterError(
             f"the event still breaks its schema: {exc}", status=400, kind="schema-violation"

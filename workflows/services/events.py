@@ -27,6 +27,7 @@ def ingest_event(
     channel: str = "http",
     check: SchemaCheck | None = None,
     publish: bool = True,
+    off_bus: bool = False,
 ) -> tuple[Event, bool]:
     """Store the event (unique on source + id) and put it on the bus after commit.
 
@@ -34,6 +35,9 @@ def ingest_event(
     created=False and starts nothing. Raises SchemaViolation when the data breaks its
     type's schema (pass `check` when it was already done). Once this returns outside a
     transaction the row is committed: if Redis is down the outbox relay delivers it later.
+    `off_bus` stores an event that must never reach the bus (a try run's sample: its run is
+    started directly, no trigger or waiting run may hear of it), marked delivered so the
+    relays leave it alone.
     """
     check = check or check_event_data(envelope)
     # Every event gets a correlation id (its own id starts a new conversation) and a
@@ -60,7 +64,11 @@ def ingest_event(
                 validation=check.validation,
                 schema_version=check.version,
                 channel=channel,
+                published_at=timezone.now() if off_bus else None,
+                matched_at=timezone.now() if off_bus else None,
             )
+            if off_bus:
+                return event, True
             if publish:  # else the caller publishes after its commit (batches: one trip)
                 transaction.on_commit(lambda: bus.publish(event))
             notify.event_ingested(event=event)
