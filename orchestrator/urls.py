@@ -4,11 +4,12 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from workflows.api import health
+from workflows.api import health, metrics
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics, name="metrics"),
     path("api/v1/", include("workflows.api.urls")),
     path("hooks/", include("workflows.api.hook_urls")),
     path("login/", auth_views.LoginView.as_view(), name="login"),

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from ..models import Event
+from ..prometheus import count_published
 from ..redis_client import client, key
 
 log = logging.getLogger("signalbox.bus")
@@ -45,7 +46,7 @@ def publish(event: Event) -> bool:
 def publish_many(events: list[Event]) -> int:
     """Append events to their partitions in one round trip and mark them published with one
     UPDATE. Returns how many were appended (0 if Redis is away: the relay retries)."""
-    if not _append(events):
+    if not _append(events, first_time=True):
         return 0
     Event.objects.filter(pk__in=[e.pk for e in events], published_at__isnull=True).update(
         published_at=timezone.now()
@@ -53,7 +54,7 @@ def publish_many(events: list[Event]) -> int:
     return len(events)
 
 
-def _append(events: list[Event]) -> bool:
+def _append(events: list[Event], *, first_time: bool = False) -> bool:
     if not events:
         return False
     pipe = client().pipeline(transaction=False)
@@ -64,6 +65,8 @@ def _append(events: list[Event]) -> bool:
             maxlen=settings.SIGNALBOX["BUS_RETENTION"],
             approximate=True,
         )
+    if first_time:  # a relay's second try is not a new event
+        count_published(pipe, events)
     try:
         pipe.execute()
     except redis.RedisError as exc:

@@ -1,0 +1,28 @@
+"""`GET /metrics`: the Prometheus exposition of workflows.prometheus, for any API token
+(Prometheus sends it with `authorization: {credentials: <token>}` in its scrape config)."""
+
+from __future__ import annotations
+
+import redis
+from django.db import DatabaseError
+from django.http import HttpResponse
+from django.views.decorators.http import require_http_methods
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from ..prometheus import SignalboxCollector
+from .auth import token_required
+from .problems import problem
+
+registry = CollectorRegistry(auto_describe=False)
+registry.register(SignalboxCollector())
+
+
+@require_http_methods(["GET"])
+@token_required("viewer")
+def metrics(request):
+    try:
+        body = generate_latest(registry)
+    except (DatabaseError, redis.RedisError) as exc:
+        # A scrape that cannot see the truth says so, rather than report zeros.
+        return problem(503, "Metrics unavailable", str(exc), kind="unavailable")
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
