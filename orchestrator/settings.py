@@ -199,6 +199,17 @@ SIGNALBOX = {
     "MAX_BATCH_BYTES": int(os.environ.get("SIGNALBOX_MAX_BATCH_BYTES", str(4 * 1024 * 1024))),
     "MAX_BATCH_EVENTS": int(os.environ.get("SIGNALBOX_MAX_BATCH_EVENTS", "1000")),
     "HEARTBEAT_TTL_SECONDS": 15,
+    # A worker renews a running attempt's heartbeat this often; an attempt whose heartbeat is
+    # older than the timeout lost its worker and is retried (docs/durability.md). Keep the
+    # timeout several beats long, so a slow, loaded worker is not declared lost.
+    "STEP_HEARTBEAT_SECONDS": float(os.environ.get("SIGNALBOX_STEP_HEARTBEAT_SECONDS", "10")),
+    "STEP_HEARTBEAT_TIMEOUT_SECONDS": float(
+        os.environ.get("SIGNALBOX_STEP_HEARTBEAT_TIMEOUT_SECONDS", "60")
+    ),
+    # A pending or running replay batch with no heartbeat for this long is resumed.
+    "REPLAY_BATCH_STALE_SECONDS": float(
+        os.environ.get("SIGNALBOX_REPLAY_BATCH_STALE_SECONDS", "120")
+    ),
 }
 # Hosts and CIDRs that outbound HTTP steps may reach although they are not public.
 SIGNALBOX_OUTBOUND_ALLOW = env_list("SIGNALBOX_OUTBOUND_ALLOW")

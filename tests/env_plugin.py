@@ -23,3 +23,6 @@ if not os.environ.get("SIGNALBOX_TEST_DB_NAME"):
 
 # Steps in tests call loopback servers that the tests start; they allowlist exactly that.
 os.environ.setdefault("SIGNALBOX_OUTBOUND_ALLOW", "127.0.0.1/32")
+# Running attempts beat every second, here and in the stack's workers, so the stack's
+# shorter worker-lost limit (tests/stack.py) never takes a live attempt for a dead one.
+os.environ.setdefault("SIGNALBOX_STEP_HEARTBEAT_SECONDS", "1")

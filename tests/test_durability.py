@@ -370,8 +370,8 @@ def test_a_worker_killed_mid_step_loses_nothing_and_records_the_step_once(api, s
             message="the pool process to die",
         )
         gate.opened.set()
-        # The message comes back (reject_on_worker_lost) but finds the attempt running; the
-        # lease (2 s + LEASE_GRACE) expires it and attempt 2 runs.
+        # The message comes back (reject_on_worker_lost) but finds the attempt running; its
+        # heartbeat stops, the scheduler fails it as timeout.heartbeat, and attempt 2 runs.
         run = finished(run_id, timeout=60 + runs.LEASE_GRACE.total_seconds())
         log = worker_log(stack)
     finally:
@@ -379,7 +379,11 @@ def test_a_worker_killed_mid_step_loses_nothing_and_records_the_step_once(api, s
 
     first, second = attempt(run_id, "call", 1), attempt(run_id, "call", 2)
     assert run.status == "succeeded", run.error
-    assert (first.status, first.error_code, first.retryable) == ("failed", "timeout", True)
+    assert (first.status, first.error_code, first.retryable) == (
+        "failed",
+        "timeout.heartbeat",
+        True,
+    )
     assert second.status == "succeeded"
     assert StepRun.objects.filter(run_id=run_id, step_id="call", status="succeeded").count() == 1
     assert StepRun.objects.filter(run_id=run_id, step_id="after").count() == 1

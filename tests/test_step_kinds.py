@@ -460,7 +460,7 @@ def test_a_retried_emit_after_a_lost_worker_publishes_no_second_event(by_hand):
     run.refresh_from_db()
     second = step_of(run, "announce", attempt=2)
     assert run.status == "succeeded"
-    assert step_of(run, "announce", attempt=1).error_code == "timeout"
+    assert step_of(run, "announce", attempt=1).error_code == "timeout.heartbeat"  # no heartbeat
     assert Event.objects.filter(type="com.example.order.checked").count() == 1
     assert second.output == {**emitted, "duplicate": True}
 

@@ -262,6 +262,13 @@ class StepRun(models.Model):
                 name="steprun_wake",
                 condition=Q(status="waiting"),
             ),
+            # The lease sweep (every scheduler tick) and the metrics scrape read only the
+            # attempts in flight: a small set in a table that grows without end.
+            models.Index(
+                fields=["status", "started_at"],
+                name="steprun_in_flight",
+                condition=Q(status__in=["queued", "running", "waiting"]),
+            ),
         ]
         ordering = ["id"]
 

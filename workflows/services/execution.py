@@ -23,6 +23,7 @@ from .definitions import definition_for
 from .replay import recorded_result, side_effecting
 from .runs import lock_run, mark_started, record_result
 from .secrets import mask, secret_values
+from .step_heartbeats import heartbeating
 from .waits import emit_for_step, park
 
 log = logging.getLogger("signalbox.runs")
@@ -31,13 +32,15 @@ WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
 def claim(step_run_id: int, worker: str) -> bool:
     """Take the attempt with a conditional UPDATE: 0 rows means a duplicate delivery, a
-    stale attempt or a finished run, and the caller must do nothing."""
+    stale attempt or a finished run, and the caller must do nothing. The claim is the
+    attempt's first heartbeat (a worker dying before the next one is still noticed)."""
+    now = timezone.now()
     return bool(
         StepRun.objects.filter(
             pk=step_run_id,
             status=StepStatus.QUEUED,
             run__status__in=[RunStatus.QUEUED, RunStatus.RUNNING],
-        ).update(status=StepStatus.RUNNING, started_at=timezone.now(), worker=worker)
+        ).update(status=StepStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker)
     )
 
 
@@ -122,7 +125,9 @@ def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
             # A shadow run never acts on the world: the original run's recorded result.
             result = recorded_result(run=run, step_id=step.id)
         else:
-            result = kind.execute(rendered, context)
+            # The only part that may take long: the worker says it is alive meanwhile.
+            with heartbeating(step_run.pk):
+                result = kind.execute(rendered, context)
         if not isinstance(result, StepResult):
             result = StepResult(output=result)
         if result.wait is not None:

@@ -13,11 +13,13 @@ import logging
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from .. import engine, notify
 from ..models import DeadLetter, EventWaiter, Run, RunJournal, StepRun
 from ..states import TERMINAL_RUN, RunStatus, StepStatus, check_run_move
+from . import step_heartbeats
 from .definitions import definition_for
 from .producers import emit_run_events
 
@@ -25,8 +27,9 @@ log = logging.getLogger("signalbox.runs")
 # A queued attempt whose message has not been picked up this long is enqueued again (the
 # message was lost, e.g. Redis restarted). Duplicates are harmless: the claim is conditional.
 REENQUEUE_AFTER = timedelta(seconds=120)
-# An attempt running longer than its step's timeout (default 15 min) plus this grace lost
-# its worker or hangs: it is failed (retryably, code "timeout"); a late result is fenced out.
+# An attempt running longer than its step's timeout (default 15 min) plus this grace hangs
+# (or, without heartbeats, lost its worker): it is failed (retryably, code "timeout"); a
+# late result is fenced out. A dead worker is noticed sooner, by its heartbeat.
 LEASE_GRACE = timedelta(seconds=30)
 DEFAULT_STEP_TIMEOUT = timedelta(minutes=15)
 
@@ -333,11 +336,41 @@ def recover_lost_follow_ups(*, now, limit: int = 500) -> int:
 
 
 def expire_leases(*, now, limit: int = 500) -> int:
+    """Fail (retryably) the running attempts presumed lost, so their retry can run: those
+    whose worker stopped heartbeating (code `timeout.heartbeat`), and those that outlived their
+    step's timeout plus LEASE_GRACE although their worker still beats — a hung step — or
+    that have no heartbeat at all, from before heartbeats (code `timeout`). A late result
+    from either is fenced out by record_result."""
     expired = 0
-    running = StepRun.objects.filter(
-        status=StepStatus.RUNNING, started_at__lt=now - LEASE_GRACE
-    ).select_related("run__version")[:limit]
-    for stale in running:
+    silence = step_heartbeats.timeout()
+    running = StepRun.objects.filter(status=StepStatus.RUNNING)
+    lost = running.filter(heartbeat_at__lt=now - silence).order_by("heartbeat_at")
+    for stale in lost.only("run", "step_id", "attempt", "worker", "heartbeat_at")[:limit]:
+        quiet = (now - stale.heartbeat_at).total_seconds()
+        error = (
+            f"worker {stale.worker or '(unknown)'} stopped heartbeating (last beat {quiet:.0f}s "
+            f"ago, limit {silence.total_seconds():g}s); the attempt is presumed lost"
+        )
+        if record_result(
+            step_run_id=stale.pk,
+            happening=engine.StepFinished(
+                stale.step_id,
+                stale.attempt,
+                succeeded=False,
+                retryable=True,
+                error=error,
+                code="timeout.heartbeat",
+            ),
+        ):
+            log.warning("step %s of run %s: %s", stale.step_id, stale.run_id, error)
+            expired += 1
+    overdue = (
+        running.filter(started_at__lt=now - LEASE_GRACE)
+        .filter(Q(heartbeat_at__isnull=True) | Q(heartbeat_at__gte=now - silence))
+        .order_by("started_at")
+        .select_related("run__version")
+    )
+    for stale in overdue[:limit]:
         step = definition_for(stale.run.version).steps.get(stale.step_id)
         timeout = (
             timedelta(seconds=step.timeout_seconds)
