@@ -276,6 +276,29 @@ class StepRun(models.Model):
         return f"{self.step_id}#{self.attempt} of run {self.run_id}"
 
 
+class StepItemResult(models.Model):
+    """A checkpoint of a `for_each` step: one item's output, kept as soon as the item
+    succeeded, so a retried attempt (a failed item, a lost worker) runs only the items
+    that have no result yet."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="item_results")
+    step_id = models.CharField(max_length=100)
+    index = models.PositiveIntegerField()
+    output = models.JSONField(null=True, blank=True)
+    attempt = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "step_id", "index"], name="stepitemresult_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.step_id}[{self.index}] of run {self.run_id}"
+
+
 class RunJournal(models.Model):
     """Append-only history of a run: every transition, in order, never updated."""
 
