@@ -43,6 +43,7 @@ from workflows import dashboard_selectors as ds
 from workflows import notify
 from workflows.models import Event, Run, TriggerSubscription
 from workflows.roles import has_role
+from workflows.selectors import SHADOW
 
 from . import metrics
 
@@ -540,6 +541,7 @@ class FlowConsumer(PushConsumer):
         for run in (
             Run.objects.select_related("workflow")
             .filter(event_id__in=list(self.awaiting))
+            .exclude(origin=SHADOW)
             .exclude(workflow_id__in=sorted(self.hidden))
             .order_by("id")
         ):
@@ -560,6 +562,7 @@ def render_flow_rows(
     for run in (
         Run.objects.select_related("workflow")
         .filter(event_id__in=ids)
+        .exclude(origin=SHADOW)  # a draft tried on the event; the event started no such run
         .exclude(workflow_id__in=sorted(hidden))
     ):
         started.setdefault(run.event_id, []).append(run)

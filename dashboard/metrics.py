@@ -188,7 +188,8 @@ def step_durations(
     base = (
         "FROM workflows_steprun s JOIN workflows_run r ON r.id = s.run_id "
         "WHERE s.id >= %s AND s.finished_at >= %s AND s.started_at IS NOT NULL "
-        f"AND s.status IN ('succeeded', 'failed'){hide}"
+        # Shadow runs answer side effects from recordings: their timings are not the system's.
+        f"AND s.status IN ('succeeded', 'failed') AND r.origin <> 'shadow'{hide}"
     )
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":

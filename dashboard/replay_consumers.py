@@ -13,8 +13,9 @@ from django.template.loader import render_to_string
 
 from workflows import notify
 from workflows import replay_selectors as recovery
+from workflows.models import ReplayBatch
 
-from .live_consumers import PushConsumer
+from .live_consumers import CLOSE_FORBIDDEN, PushConsumer
 
 
 class ReplayBatchConsumer(PushConsumer):
@@ -24,6 +25,13 @@ class ReplayBatchConsumer(PushConsumer):
 
     def batch_id(self) -> int:
         return int(self.scope["url_route"]["kwargs"]["batch_id"])
+
+    def authorize(self, user):
+        # A batch over another team's workflow is not this user's to follow.
+        found = ReplayBatch.objects.filter(pk=self.batch_id()).first()
+        if found is not None and recovery.foreign_batch_ids([found], self.hidden):
+            return CLOSE_FORBIDDEN
+        return None
 
     async def connect(self):
         # Joined before the snapshot is read, so no change falls between the two.

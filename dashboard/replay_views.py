@@ -18,6 +18,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
+from workflows import dashboard_selectors as ds
 from workflows import replay_selectors as recovery
 from workflows import selectors
 from workflows.event_selectors import _parse_time
@@ -52,11 +53,21 @@ def _go(request, url: str):
     return redirect(url)
 
 
-def _run_or_404(run_id: int) -> Run:
+def _run_or_404(request, run_id: int) -> Run:
     run = selectors.run_detail(run_id)
     if run is None:
         raise Http404("no such run")
+    if not ds.can_see_workflow(request.user, run.workflow):
+        raise PermissionDenied("this run belongs to a workflow of another team")
     return run
+
+
+def _batch_or_404(request, batch_id: int):
+    """A batch over a workflow of another team is not there for this user."""
+    batch = recovery.batch(batch_id, hidden=ds.hidden_workflow_ids(request.user))
+    if batch is None:
+        raise Http404("no such batch")
+    return batch
 
 
 # --- the recovery panel on the run page ----------------------------------------------------------
@@ -64,7 +75,7 @@ def _run_or_404(run_id: int) -> Run:
 def run_panel(request, run_id: int):
     """Actions, lineage, comparison and audit of one run. The run page loads it into its
     live section, so it is fetched again (with the viewer's role) whenever the run moves."""
-    run = _run_or_404(run_id)
+    run = _run_or_404(request, run_id)
     context = {
         "run": run,
         "can_operate": _can_operate(request),
@@ -101,7 +112,7 @@ def _edited_input(text: str):
 @role_required("operator")
 @require_http_methods(["GET", "POST"])
 def run_replay(request, run_id: int):
-    run = _run_or_404(run_id)
+    run = _run_or_404(request, run_id)
     choices = _replay_choices(request, run)
     plan, error, status = None, None, 200
     try:
@@ -145,7 +156,7 @@ def run_replay(request, run_id: int):
 @role_required("operator")
 @require_POST
 def run_cancel(request, run_id: int):
-    run = _run_or_404(run_id)
+    run = _run_or_404(request, run_id)
     reason = (request.POST.get("reason") or "").strip()
     if cancel_run(run_id=run.pk, reason=reason, by=request.user.get_username()):
         messages.success(request, f"Run #{run.pk} cancelled.")
@@ -304,7 +315,12 @@ def replay_batches(request):
         selection = recovery.parse_failed_run_filter(source)
     except recovery.InvalidFilter as exc:
         selection, errors = recovery.FailedRunFilter(), exc.errors
-    matching = [] if errors else list(recovery.failed_runs(selection)[: replays.MAX_BATCH + 1])
+    hidden = ds.hidden_workflow_ids(request.user)
+    matching = (
+        []
+        if errors
+        else list(recovery.failed_runs(selection, hidden=hidden)[: replays.MAX_BATCH + 1])
+    )
     if request.method == "POST" and not errors:
         _require_operator(request)
         try:
@@ -348,8 +364,8 @@ def replay_batches(request):
             "errors": errors,
             "matching": matching[:50],
             "matching_count": len(matching),
-            "batches": recovery.batches(limit=20),
-            "workflows": Workflow.objects.order_by("slug"),
+            "batches": recovery.batches(limit=20, hidden=hidden),
+            "workflows": Workflow.objects.exclude(id__in=sorted(hidden)).order_by("slug"),
             "can_operate": _can_operate(request),
         },
         status=400 if errors and request.method == "POST" else 200,
@@ -373,9 +389,7 @@ def batch_context(batch) -> dict[str, Any]:
 
 @role_required("viewer")
 def replay_batch(request, batch_id: int):
-    batch = recovery.batch(batch_id)
-    if batch is None:
-        raise Http404("no such batch")
+    batch = _batch_or_404(request, batch_id)
     return render(
         request,
         "dashboard/replay_batch.html",
@@ -386,8 +400,7 @@ def replay_batch(request, batch_id: int):
 @role_required("operator")
 @require_POST
 def replay_batch_cancel(request, batch_id: int):
-    if recovery.batch(batch_id) is None:
-        raise Http404("no such batch")
+    _batch_or_404(request, batch_id)
     replays.cancel_batch(
         batch_id=batch_id,
         actor=request.user.get_username(),
@@ -399,10 +412,13 @@ def replay_batch_cancel(request, batch_id: int):
 @role_required("operator")
 @require_POST
 def shadow_start(request):
+    slug = request.POST.get("workflow", "")
+    if slug in ds.hidden_slugs(ds.hidden_workflow_ids(request.user)):
+        raise PermissionDenied("this workflow belongs to another team")
     try:
         last = int(request.POST.get("last") or 10)
         batch = replays.start_shadow(
-            workflow_slug=request.POST.get("workflow", ""),
+            workflow_slug=slug,
             last=last,
             actor=request.user.get_username(),
             reason=(request.POST.get("reason") or "").strip(),

@@ -78,6 +78,19 @@ def process_table() -> dict[int, tuple[int, str, str]]:
     return table
 
 
+def describe(pid: int) -> str:
+    """A process's name, state and blocked signals, for a diagnosis."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return "gone"
+    wanted = [
+        line.split(":", 1)[1].strip() for line in status if line.startswith(("State", "SigBlk"))
+    ]
+    return f"{name} {' '.join(wanted)}"
+
+
 def process_tree(root: int) -> dict[int, str]:
     """`root` and every process below it, as pid -> start time (to tell a reused pid).
 
@@ -147,7 +160,15 @@ class Launched:
         """Send `signum` to this process alone (not its group), as `kill` would."""
         self.tree = process_tree(self.process.pid)  # everything it started, to check later
         self.process.send_signal(signum)
-        code = self.process.wait(timeout)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # Say what the launcher was doing: a bare timeout tells nothing in a CI log.
+            left = {pid: describe(pid) for pid in process_tree(self.process.pid)}
+            raise AssertionError(
+                f"still running {timeout} s after {signum.name}; processes: {left}\n"
+                f"--- output ---\n{self.output[-6000:]}"
+            ) from None
         self.reader.join(5)
         return code
 

@@ -25,6 +25,7 @@ from django.utils import timezone
 from .event_selectors import _parse_time
 from .models import Event, Run, RunJournal, StepRun, Workflow
 from .roles import has_role
+from .selectors import SHADOW
 from .services.definitions import definition_for
 from .services.producers import RUN_EXTENSION, RUN_SOURCE
 from .services.secrets import mask, secret_values
@@ -233,7 +234,8 @@ def first_event_id_at_or_after(when: datetime) -> int | None:
 def runs_queryset(query: RunQuery, *, hidden: frozenset[int] = frozenset()):
     """The filtered runs, newest first, before any page limit; plus notes."""
     notes: list[str] = []
-    qs = Run.objects.select_related("workflow", "version").order_by("-id")
+    # Shadow runs are findings of their batch (its page lists them), not the workflow's work.
+    qs = Run.objects.select_related("workflow", "version").exclude(origin=SHADOW).order_by("-id")
     if hidden:
         qs = qs.exclude(workflow_id__in=sorted(hidden))
     if query.workflow:
@@ -602,7 +604,12 @@ def run_view(run_id: int, *, now: datetime | None = None) -> RunView | None:
         children=list(
             Run.objects.select_related("workflow").filter(parent_step__run_id=run.pk).order_by("id")
         ),
-        replays=list(Run.objects.select_related("workflow").filter(replay_of=run).order_by("id")),
+        replays=list(
+            Run.objects.select_related("workflow")
+            .filter(replay_of=run)
+            .exclude(origin=SHADOW)
+            .order_by("id")
+        ),
     )
 
 
@@ -748,6 +755,7 @@ def lineage(
         runs = list(
             Run.objects.select_related("workflow")
             .filter(event_id__in=frontier_events)
+            .exclude(origin=SHADOW)  # a draft tried on the event, not something it caused
             .exclude(workflow_id__in=sorted(hidden))
             .order_by("id")[: max_nodes + 1]
         )

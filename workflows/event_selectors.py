@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from .events.envelope import to_structured
 from .models import Event, Run
@@ -147,7 +147,8 @@ def events(query: EventQuery, *, with_run_counts: bool = False) -> tuple[list[Ev
     if query.before_id is not None:
         qs = qs.filter(id__lt=query.before_id)
     if with_run_counts:
-        qs = qs.annotate(run_count=Count("runs"))
+        # Shadow runs reuse the event to try a draft; the event did not start them.
+        qs = qs.annotate(run_count=Count("runs", filter=~Q(runs__origin="shadow")))
     # One extra row tells whether there is an older page without counting.
     page = list(qs[: query.limit + 1])
     return page[: query.limit], len(page) > query.limit
@@ -158,7 +159,9 @@ def event_detail(event_id: int) -> Event | None:
 
 
 def runs_started(event: Event) -> list[Run]:
-    return list(event.runs.select_related("workflow", "version").order_by("id"))
+    return list(
+        event.runs.select_related("workflow", "version").exclude(origin="shadow").order_by("id")
+    )
 
 
 def _iso(value: datetime | None) -> str | None:

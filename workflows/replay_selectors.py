@@ -71,7 +71,10 @@ def parse_failed_run_filter(params: Mapping[str, Any]) -> FailedRunFilter:
     return FailedRunFilter(**values)
 
 
-def failed_runs(selection: FailedRunFilter) -> QuerySet[Run]:
+def failed_runs(
+    selection: FailedRunFilter, *, hidden: frozenset[int] = frozenset()
+) -> QuerySet[Run]:
+    """`hidden`: workflows the asker may not see (dashboard_selectors.hidden_workflow_ids)."""
     runs = (
         Run.objects.filter(status="failed")
         .exclude(origin="shadow")
@@ -79,6 +82,8 @@ def failed_runs(selection: FailedRunFilter) -> QuerySet[Run]:
         .select_related("workflow", "version")
         .order_by("id")
     )
+    if hidden:
+        runs = runs.exclude(workflow_id__in=sorted(hidden))
     if selection.workflow:
         runs = runs.filter(workflow__slug=selection.workflow)
     if selection.version is not None:
@@ -153,12 +158,48 @@ def audit_for_run(run: Run) -> list[AuditEntry]:
     return list(AuditEntry.objects.filter(query).order_by("-id")[:100])
 
 
-def batches(*, limit: int = PAGE_SIZE) -> list[ReplayBatch]:
-    return list(ReplayBatch.objects.order_by("-id")[:limit])
+# A batch is shown only to people who may see every run it selected: its counts, errors and
+# comparisons describe those runs, so a batch touching a team's workflow is that team's.
+def _selected(batch: ReplayBatch) -> list[int]:
+    return [i for i in batch.selection.get("run_ids") or [] if isinstance(i, int)]
 
 
-def batch(batch_id: int) -> ReplayBatch | None:
-    return ReplayBatch.objects.filter(pk=batch_id).first()
+def foreign_batch_ids(found: list[ReplayBatch], hidden: frozenset[int]) -> set[int]:
+    """Which of `found` select a run of a workflow in `hidden` (one query)."""
+    if not hidden or not found:
+        return set()
+    selected = {i for b in found for i in _selected(b)}
+    foreign = set(
+        Run.objects.filter(pk__in=sorted(selected), workflow_id__in=sorted(hidden)).values_list(
+            "pk", flat=True
+        )
+    )
+    return {b.pk for b in found if foreign.intersection(_selected(b))}
+
+
+def batches(*, limit: int = PAGE_SIZE, hidden: frozenset[int] = frozenset()) -> list[ReplayBatch]:
+    """Newest first, leaving out batches over workflows in `hidden`."""
+    shown: list[ReplayBatch] = []
+    before: int | None = None
+    for _ in range(20):  # bounded: a user hidden from most batches gets a shorter page
+        page = ReplayBatch.objects.order_by("-id")
+        if before is not None:
+            page = page.filter(id__lt=before)
+        found = list(page[: max(limit, 1) * 2])
+        foreign = foreign_batch_ids(found, hidden)
+        shown += [b for b in found if b.pk not in foreign]
+        if len(shown) >= limit or not found:
+            break
+        before = found[-1].pk
+    return shown[:limit]
+
+
+def batch(batch_id: int, *, hidden: frozenset[int] = frozenset()) -> ReplayBatch | None:
+    """The batch, or None when it does not exist or selects runs of a workflow in `hidden`."""
+    found = ReplayBatch.objects.filter(pk=batch_id).first()
+    if found is None or foreign_batch_ids([found], hidden):
+        return None
+    return found
 
 
 def batch_runs(batch: ReplayBatch) -> dict[int, Run]:

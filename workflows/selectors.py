@@ -7,21 +7,29 @@ from django.db.models import QuerySet
 from .models import Run, StepRun, Workflow
 
 PAGE_SIZE = 50
+# A shadow run tries a draft on a recorded event: a finding of its batch, not work the
+# workflow did. Run lists and figures leave shadow runs out unless asked for by origin;
+# the shadow batch's page lists its own.
+SHADOW = "shadow"
+ORIGINS = tuple(origin for origin, _label in Run.ORIGINS)
 
 
 def runs(
     *,
     workflow_slug: str | None = None,
     status: str | None = None,
+    origin: str | None = None,
     before_id: int | None = None,
     limit: int = PAGE_SIZE,
 ) -> list[Run]:
-    """Newest first, keyset-paginated by id (stable and index-backed at any depth)."""
+    """Newest first, keyset-paginated by id (stable and index-backed at any depth).
+    Every origin but shadow unless `origin` names one."""
     qs: QuerySet[Run] = Run.objects.select_related("workflow", "version").order_by("-id")
     if workflow_slug:
         qs = qs.filter(workflow__slug=workflow_slug)
     if status:
         qs = qs.filter(status=status)
+    qs = qs.filter(origin=origin) if origin else qs.exclude(origin=SHADOW)
     if before_id:
         qs = qs.filter(id__lt=before_id)
     return list(qs[:limit])
@@ -63,6 +71,8 @@ def run_as_json(run: Run) -> dict:
         "workflow": run.workflow.slug,
         "version": run.version.number,
         "status": run.status,
+        "origin": run.origin,
+        "replay_of": run.replay_of_id,
         "error": run.error,
         "event": run.event_id,
         "correlation_id": run.correlation_id,

@@ -38,6 +38,7 @@ from ..services import replay as replays
 from ..services.redrive import EventSelection, RedriveError, redrive_events
 from .auth import token_required
 from .bodies import BodyTooLarge, read_limited
+from .pagination import InvalidPage, page_params
 from .problems import problem
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -164,14 +165,6 @@ def compare(request, run_id: int):
 
 
 # --- the dead-letter queue ---------------------------------------------------------------------
-def _positive(text: str | None, default: int | None, *, maximum: int) -> int | None:
-    if not text:
-        return default
-    if not text.isdigit() or not 1 <= int(text) <= maximum:
-        raise ValueError(text)
-    return int(text)
-
-
 @require_http_methods(["GET"])
 @token_required("viewer")
 def dead_letter_list(request):
@@ -179,23 +172,23 @@ def dead_letter_list(request):
     if state not in ("open", "resolved", "all"):
         return problem(400, "Invalid query", "state is open, resolved or all", kind="invalid-query")
     try:
-        before = _positive(request.GET.get("before_id"), None, maximum=2**62)
-        limit = _positive(
-            request.GET.get("limit"), recovery.PAGE_SIZE, maximum=recovery.MAX_PAGE_SIZE
+        page_at = page_params(
+            request.GET, default=recovery.PAGE_SIZE, maximum=recovery.MAX_PAGE_SIZE
         )
-    except ValueError:
-        return problem(
-            400, "Invalid query", "before_id and limit are positive integers", kind="invalid-query"
-        )
+    except InvalidPage as exc:
+        return exc.response()
     page, more = recovery.dead_letters(
-        state=state, kind=request.GET.get("kind") or "", before_id=before, limit=limit
+        state=state,
+        kind=request.GET.get("kind") or "",
+        before_id=page_at.before,
+        limit=page_at.limit,
     )
     body: dict[str, Any] = {
         "dead_letters": [recovery.dead_letter_as_json(x) for x in page],
         "open": recovery.open_dead_letter_count(),
     }
     if more:
-        body["next"] = f"?state={state}&before_id={page[-1].pk}&limit={limit}"
+        body["next"] = f"?state={state}&before_id={page[-1].pk}&limit={page_at.limit}"
     return JsonResponse(body)
 
 
@@ -437,21 +430,18 @@ def shadow(request, slug: str):
 @token_required("viewer")
 def audit_list(request):
     try:
-        before = _positive(request.GET.get("before_id"), None, maximum=2**62)
-        limit = _positive(
-            request.GET.get("limit"), recovery.PAGE_SIZE, maximum=recovery.MAX_PAGE_SIZE
+        page_at = page_params(
+            request.GET, default=recovery.PAGE_SIZE, maximum=recovery.MAX_PAGE_SIZE
         )
-    except ValueError:
-        return problem(
-            400, "Invalid query", "before_id and limit are positive integers", kind="invalid-query"
-        )
+    except InvalidPage as exc:
+        return exc.response()
     page, more = recovery.audit_entries(
         action=request.GET.get("action") or "",
         actor=request.GET.get("actor") or "",
         target_type=request.GET.get("target_type") or "",
         target_id=request.GET.get("target_id") or "",
-        before_id=before,
-        limit=limit,
+        before_id=page_at.before,
+        limit=page_at.limit,
     )
     body: dict[str, Any] = {"entries": [recovery.audit_as_json(e) for e in page]}
     if more:

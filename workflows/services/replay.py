@@ -25,16 +25,28 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from .. import engine, notify
 from ..definition import Definition, InvalidDefinition, Step
-from ..models import DeadLetter, ReplayBatch, Run, StepRun, Workflow, WorkflowVersion
+from ..models import (
+    DeadLetter,
+    ReplayBatch,
+    Run,
+    RunJournal,
+    StepRun,
+    Workflow,
+    WorkflowVersion,
+)
 from ..states import TERMINAL_RUN, RunStatus, StepStatus
 from ..steps import registry
 from ..steps.base import StepError, StepResult
@@ -397,11 +409,13 @@ def replay_run(
     input: Any = UNCHANGED,
     renew_idempotency_keys: bool = False,
     reason: str = "",
+    batch_id: int | None = None,
 ) -> Run:
     """Start a replay of run `run_id` and return the new run (queued or running).
 
     The replay run, its reused steps, the resolution of the original's open step dead
-    letters and the audit entry commit together."""
+    letters and the audit entry commit together. `batch_id` names the bulk replay that
+    made it (kept in its journal, so the batch recognises the runs it already replayed)."""
     with transaction.atomic():
         original = (
             Run.objects.select_related("workflow", "version", "event").filter(pk=run_id).first()
@@ -439,6 +453,7 @@ def replay_run(
             input_edited=plan.input_edited,
             by=actor,
             at=_iso(now),
+            **({"batch": batch_id} if batch_id else {}),
         )
         sources = {
             s.pk: s for s in StepRun.objects.filter(pk__in=[p.reused_from for p in plan.reused])
@@ -490,6 +505,8 @@ def replay_run(
             "reused": [s.step_id for s in plan.reused],
             "rerun": [s.step_id for s in plan.rerun],
         }
+        if batch_id:
+            details["batch"] = batch_id
         if plan.input_edited:
             details["input"] = {"before": original_input(original), "after": plan.input_override}
         audit.record(
@@ -556,7 +573,9 @@ def snapshot_draft(*, workflow: Workflow, actor: str, note: str = "") -> Workflo
     )
 
 
-def start_shadow_run(*, original: Run, version: WorkflowVersion) -> Run:
+def start_shadow_run(
+    *, original: Run, version: WorkflowVersion, batch_id: int | None = None
+) -> Run:
     """Run the original's event through `version`; side effects answered from recordings."""
     with transaction.atomic():
         run = Run.objects.create(
@@ -570,7 +589,14 @@ def start_shadow_run(*, original: Run, version: WorkflowVersion) -> Run:
             correlation_id=original.correlation_id,
             partition_key=original.partition_key,
         )
-        journal(run, "run.shadow_of", of=original.pk, snapshot=version.pk, at=_iso(timezone.now()))
+        journal(
+            run,
+            "run.shadow_of",
+            of=original.pk,
+            snapshot=version.pk,
+            at=_iso(timezone.now()),
+            **({"batch": batch_id} if batch_id else {}),
+        )
         run.save(update_fields=["seq"])
         # Not through admit(): a shadow run takes no slot from the workflow's real runs.
         advance_locked(run, engine.RunStarted())
@@ -707,7 +733,7 @@ def _process_item(batch: ReplayBatch, run_id: int) -> int:
     if batch.kind == "shadow":
         original = Run.objects.select_related("workflow").get(pk=run_id)
         version = WorkflowVersion.objects.get(pk=options["snapshot"])
-        return start_shadow_run(original=original, version=version).pk
+        return start_shadow_run(original=original, version=version, batch_id=batch.pk).pk
     return replay_run(
         run_id=run_id,
         actor=batch.created_by,
@@ -715,7 +741,20 @@ def _process_item(batch: ReplayBatch, run_id: int) -> int:
         version=options.get("version", VERSION_ORIGINAL),
         renew_idempotency_keys=bool(options.get("renew_idempotency_keys")),
         reason=options.get("reason") or f"bulk replay {batch.pk}",
+        batch_id=batch.pk,
     ).pk
+
+
+def run_made_by_batch(batch: ReplayBatch, run_id: int) -> int | None:
+    """The replay (or shadow run) of `run_id` this batch already started, if any: its
+    journal's first entry names the batch."""
+    kind = "run.shadow_of" if batch.kind == "shadow" else "run.replay_of"
+    return (
+        RunJournal.objects.filter(run__replay_of_id=run_id, kind=kind, data__batch=batch.pk)
+        .order_by("run_id")
+        .values_list("run_id", flat=True)
+        .first()
+    )
 
 
 def process_batch(
@@ -726,15 +765,21 @@ def process_batch(
 ) -> ReplayBatch:
     """Work through a batch, one item per transaction, at most `per_second` items a second.
 
-    Safe to run again (a redelivered task): each item commits with the batch's progress, so
-    a second run continues after the last committed item."""
+    Safe to run again (a redelivered task, or one the scheduler re-enqueued for a batch
+    whose worker died): each item commits with the batch's progress and heartbeat, so a
+    second run continues after the last committed item, and an item whose run the batch
+    already started is recorded, not replayed again. The latest delivery to start drives
+    the batch; an earlier one still alive stops at its next item."""
+    driver = uuid.uuid4().hex
     with transaction.atomic():
         # Lock the batch: two deliveries of the task must not both start it.
         batch = ReplayBatch.objects.select_for_update().get(pk=batch_id)
         if batch.status in ("done", "cancelled"):
             return batch
         batch.status = "running"
-        batch.save(update_fields=["status"])
+        batch.heartbeat_at = timezone.now()
+        batch.summary = {**batch.summary, "driver": driver}
+        batch.save(update_fields=["status", "heartbeat_at", "summary"])
         push_batch(batch)
     interval = 1.0 / float(batch.options.get("per_second") or DEFAULT_PER_SECOND)
     started = clock()
@@ -743,7 +788,7 @@ def process_batch(
         with transaction.atomic():
             # Lock the batch while one item is processed and counted.
             batch = ReplayBatch.objects.select_for_update().get(pk=batch_id)
-            if batch.status != "running":
+            if batch.status != "running" or batch.summary.get("driver") != driver:
                 return batch
             index = batch.done + batch.failed
             run_ids = batch.selection.get("run_ids", [])
@@ -754,7 +799,7 @@ def process_batch(
             items = list(batch.summary.get("items", []))
             try:
                 with transaction.atomic():
-                    new_id = _process_item(batch, run_id)
+                    new_id = run_made_by_batch(batch, run_id) or _process_item(batch, run_id)
             except ReplayError as exc:
                 items.append({"run": run_id, "error": str(exc)})
                 batch.failed += 1
@@ -766,13 +811,47 @@ def process_batch(
                 items.append({"run": run_id, "replay": new_id})
                 batch.done += 1
             batch.summary = {**batch.summary, "items": items}
-            batch.save(update_fields=["done", "failed", "summary"])
+            batch.heartbeat_at = timezone.now()
+            batch.save(update_fields=["done", "failed", "summary", "heartbeat_at"])
             push_batch(batch)
         processed += 1
         # The rate limit: item n starts no earlier than n intervals after the first.
         wait = started + processed * interval - clock()
         if wait > 0 and batch.done + batch.failed < len(run_ids):
             sleep(wait)
+
+
+def stale_after() -> timedelta:
+    return timedelta(seconds=float(settings.SIGNALBOX.get("REPLAY_BATCH_STALE_SECONDS", 120)))
+
+
+def resume_stranded_batches(*, now: datetime | None = None) -> list[int]:
+    """Re-enqueue pending or running batches nobody is driving: their heartbeat (or, never
+    started, their creation) is older than REPLAY_BATCH_STALE_SECONDS, as when the worker
+    processing one died or its task was lost. Returns the ids resumed.
+
+    Each is claimed with a conditional UPDATE of the heartbeat it was seen with, so two
+    schedulers never both resume one; the task it gets continues after the last item the
+    lost worker committed."""
+    now = now or timezone.now()
+    cutoff = now - stale_after()
+    stranded = list(
+        ReplayBatch.objects.filter(status__in=("pending", "running"))
+        .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff))
+        .order_by("id")
+        .values_list("pk", "heartbeat_at")[:100]
+    )
+    resumed = []
+    for batch_id, seen in stranded:
+        claim = ReplayBatch.objects.filter(pk=batch_id, status__in=("pending", "running"))
+        claim = claim.filter(heartbeat_at=seen) if seen else claim.filter(heartbeat_at__isnull=True)
+        with transaction.atomic():
+            if claim.update(heartbeat_at=now) != 1:
+                continue  # another scheduler resumed it, or it moved on
+            _enqueue_batch(batch_id)
+        log.warning("batch %s: no heartbeat since %s; resumed", batch_id, seen or "it was made")
+        resumed.append(batch_id)
+    return resumed
 
 
 def _finish(batch: ReplayBatch) -> None:

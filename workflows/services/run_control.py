@@ -28,6 +28,7 @@ def admit(run: Run) -> bool:
             Run.objects.filter(workflow_id=run.workflow_id)
             .exclude(status__in=TERMINAL_RUN)
             .exclude(pk=run.pk)
+            .exclude(origin="shadow")  # a shadow run takes no slot (nor key) from real runs
         )
         if concurrency.max_runs and active.filter(status=RunStatus.RUNNING).count() >= (
             concurrency.max_runs

@@ -9,6 +9,7 @@ from workflows import demo_traffic, heartbeat
 from workflows.events.bus import relay_unmatched, relay_unpublished
 from workflows.events.schedules import fire_due
 from workflows.loop import Stopper
+from workflows.services.replay import resume_stranded_batches
 from workflows.services.runs import enqueue_due_steps
 
 log = logging.getLogger("signalbox.scheduler")
@@ -29,6 +30,7 @@ class Command(BaseCommand):
             self.guarded(fire_due, "schedule ticks")
             self.guarded(self.relay_and_enqueue, "timers")
             self.guarded(demo_traffic.tick, "demo traffic")  # only while switched on
+            self.guarded(resume_stranded_batches, "stranded replay batches")
             stopper.wait(interval)
         log.info("scheduler stopped")
 
