@@ -6,7 +6,11 @@ Pushes small JSON frames that static/js/editor.js applies to the canvas:
         the workflow's latest runs: on connect and whenever one of them changes;
     {"type": "run", "id", "status", "error", "origin", "version",
      "steps": {"<step id>": {"status", "attempt", "port", "error"}}}
-        the run the page watches, sent when it asks ({"watch": <run id>}) and on every change.
+        the run the page watches, sent when it asks ({"watch": <run id>}) and on every change;
+    {"type": "draft", "revision", "by", "at", "client"}
+        the draft's revision: when anyone saves it (`client` names the page that saved, so
+        a page can tell its own saves), and when the page asks ({"draft": <its revision>}),
+        which it does on every (re)connect, so a save missed while away is still seen.
 
 Same rules as the other dashboard sockets: a signed-in user with the viewer role (else
 closed 4401/4403), who may see the workflow (a team's workflow: members and admins only);
@@ -48,23 +52,35 @@ class EditorConsumer(AsyncWebsocketConsumer):
         self._flush: asyncio.Task | None = None
         # Joined before the snapshot is read, so no change falls between the two.
         await self.channel_layer.group_add(notify.RUNS_GROUP, self.channel_name)
+        await self.channel_layer.group_add(notify.draft_group(self.workflow_id), self.channel_name)
         self.joined = True
         await self.accept()
         await self.send(text_data=json.dumps(await self._runs_frame()))
 
     def _may_view(self, user) -> bool:
         workflow = Workflow.objects.filter(slug=self.slug).first()
+        self.workflow_id = workflow.pk if workflow is not None else None
         return workflow is not None and may_view(user, workflow)
 
     async def disconnect(self, code):
         if getattr(self, "joined", False):
             await self.channel_layer.group_discard(notify.RUNS_GROUP, self.channel_name)
+            await self.channel_layer.group_discard(
+                notify.draft_group(self.workflow_id), self.channel_name
+            )
         if getattr(self, "_flush", None):
             self._flush.cancel()
 
     async def receive(self, text_data=None, bytes_data=None):
         try:
             message = json.loads(text_data or "{}")
+            if not isinstance(message, dict):
+                return
+            if "draft" in message and "watch" not in message:
+                frame = await self._draft_frame()
+                if frame is not None:
+                    await self.send(text_data=json.dumps(frame))
+                return
             run_id = int(message["watch"]) if message.get("watch") is not None else None
         except (ValueError, TypeError, KeyError):
             return
@@ -82,6 +98,35 @@ class EditorConsumer(AsyncWebsocketConsumer):
             self.run_dirty = True
         if self._flush is None or self._flush.done():
             self._flush = asyncio.ensure_future(self._send_later())
+
+    async def draft_changed(self, message):
+        if message.get("workflow") != self.workflow_id:
+            return
+        frame = {
+            "type": "draft",
+            "revision": message.get("revision"),
+            "by": message.get("by", ""),
+            "at": message.get("at", ""),
+            "client": message.get("client", ""),
+        }
+        await self.send(text_data=json.dumps(frame))
+
+    @database_sync_to_async
+    def _draft_frame(self) -> dict | None:
+        workflow = (
+            Workflow.objects.filter(pk=self.workflow_id)
+            .only("draft_revision", "draft_updated_by", "updated_at")
+            .first()
+        )
+        if workflow is None:
+            return None
+        return {
+            "type": "draft",
+            "revision": workflow.draft_revision,
+            "by": workflow.draft_updated_by,
+            "at": workflow.updated_at.isoformat(),
+            "client": "",
+        }
 
     async def _send_later(self):
         await asyncio.sleep(COALESCE_SECONDS)

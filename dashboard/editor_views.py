@@ -5,6 +5,13 @@ to autosave it as the draft, and with every panel request (`definition`), so a p
 always rendered from what is on the canvas. Panels are htmx partials; forms answer with
 out-of-band fragments (field errors) and an `HX-Trigger` event carrying what the canvas
 should apply, so the page never reloads and the canvas stays the one writer of the draft.
+
+Two pages may edit the same draft. The page knows the draft revision it holds
+(`draftRevision`) and sends it with every write: autosave as `baseRevision` in its JSON
+body, the htmx panels that write the draft (publish, try, restore, import) as the
+`X-Draft-Revision` header. A write based on an older revision is refused with 409 (JSON
+problem details for autosave; for a panel, the panel saying who saved last and when, and an
+`editor:conflict` event) and the page offers to reload or to overwrite (`force`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from workflows import selectors
 from workflows.api.bodies import BodyTooLarge, read_limited
+from workflows.api.problems import problem as problem_details
 from workflows.definition import InvalidDefinition, Problem
 from workflows.definition_files import UnreadableDefinition
 from workflows.events.envelope import InvalidEvent, loads_json
@@ -77,9 +85,47 @@ def _index(request, items: list) -> int:
     return index
 
 
-def _with_trigger(response: HttpResponse, name: str, detail: dict) -> HttpResponse:
-    response["HX-Trigger"] = json.dumps({name: detail})
+def _with_trigger(
+    response: HttpResponse, name: str, detail: dict, more: dict | None = None
+) -> HttpResponse:
+    """Send the event `name` to the page (and the events in `more`, after it)."""
+    response["HX-Trigger"] = json.dumps({name: detail, **(more or {})})
     return response
+
+
+# --- who saved the draft last: revisions and conflicts -------------------------------------
+def _base_revision(request) -> int | None:
+    """The draft revision the page's write is based on (none: write whatever is stored)."""
+    value = request.headers.get("X-Draft-Revision", "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise BadRequest("X-Draft-Revision is a revision number") from exc
+
+
+def _client(request) -> str:
+    """The editor page that writes (it recognises its own saves among the socket's)."""
+    return request.headers.get("X-Editor-Client", "")[:64]
+
+
+def _draft_state(workflow: Workflow) -> dict[str, Any]:
+    return {
+        "revision": workflow.draft_revision,
+        "savedBy": workflow.draft_updated_by,
+        "savedAt": workflow.updated_at.isoformat(),
+    }
+
+
+def _conflict_panel(
+    request, template: str, context: dict, conflict: drafts.DraftConflict
+) -> HttpResponse:
+    """A panel refused because the draft changed: 409, the panel naming who saved last and
+    when, and `editor:conflict` for the canvas to offer reload or overwrite."""
+    context["conflict"] = conflict
+    response = render(request, template, context, status=409)
+    return _with_trigger(response, "editor:conflict", conflict.as_dict())
 
 
 def _username(request) -> str:
@@ -164,6 +210,7 @@ def editor(request, slug: str):
         ),
         "savedBy": workflow.draft_updated_by,
         "savedAt": workflow.updated_at.isoformat(),
+        "draftRevision": workflow.draft_revision,
     }
     return render(
         request,
@@ -180,10 +227,34 @@ def editor(request, slug: str):
 
 
 # --- autosave ------------------------------------------------------------------------------
+@require_http_methods(["GET", "POST"])
+def draft(request, slug: str):
+    """GET: the stored draft (what Reload shows after a conflict); POST: autosave."""
+    return current_draft(request, slug) if request.method == "GET" else save(request, slug)
+
+
+@role_required("viewer")
+def current_draft(request, slug: str):
+    workflow = _workflow(request, slug)
+    raw = workflow.draft if isinstance(workflow.draft, dict) else {}
+    problems = drafts.check_draft(raw)
+    return JsonResponse(
+        {
+            "definition": raw,
+            **_draft_state(workflow),
+            "problems": [p.as_dict() for p in problems],
+            "nodes": drafts.node_problems(raw, problems).as_json(),
+        }
+    )
+
+
 @role_required("editor")
-@require_POST
 def save(request, slug: str):
-    """Store the canvas as the draft, valid or not; answer with its problems per node."""
+    """Store the canvas as the draft, valid or not; answer with its problems per node.
+
+    The body is {"definition", "revision" (the page's own edit counter, echoed),
+    "baseRevision" (the draft revision the canvas holds), "force", "client"}. A base that
+    is not the stored revision is refused with 409 unless `force`."""
     workflow = _workflow(request, slug, edit=True)
     try:
         body = loads_json(read_limited(request, MAX_DEFINITION_BYTES))
@@ -191,14 +262,36 @@ def save(request, slug: str):
         return JsonResponse({"error": str(exc)}, status=413)
     except InvalidEvent as exc:
         return JsonResponse({"error": str(exc)}, status=400)
-    raw = body.get("definition") if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        body = {}
+    raw = body.get("definition")
+    base = body.get("baseRevision")
+    if base is not None and (not isinstance(base, int) or isinstance(base, bool)):
+        return JsonResponse({"error": "baseRevision is a revision number"}, status=400)
     try:
-        problems = drafts.save_draft(workflow=workflow, raw=raw, by=_username(request))
+        problems = drafts.save_draft(
+            workflow=workflow,
+            raw=raw,
+            by=_username(request),
+            base_revision=base,
+            force=body.get("force") is True,
+            client=str(body.get("client") or "")[:64],
+        )
     except drafts.DraftRefused as exc:
         return JsonResponse({"error": str(exc)}, status=400)
+    except drafts.DraftConflict as exc:
+        return problem_details(
+            409,
+            "The draft was changed by someone else",
+            f"{exc.message}. Reload to see their version, or save again with force to "
+            "overwrite it.",
+            kind="draft-conflict",
+            **exc.as_dict(),
+        )
     return JsonResponse(
         {
             "revision": body.get("revision"),
+            "draftRevision": workflow.draft_revision,
             "savedAt": workflow.updated_at.isoformat(),
             "savedBy": workflow.draft_updated_by,
             "problems": [p.as_dict() for p in problems],
@@ -528,21 +621,35 @@ def _label(ref: str) -> str:
 def restore(request, slug: str, number: int):
     workflow = _workflow(request, slug, edit=True)
     try:
-        draft = drafts.restore_version(workflow=workflow, number=number, by=_username(request))
+        draft = drafts.restore_version(
+            workflow=workflow,
+            number=number,
+            by=_username(request),
+            base_revision=_base_revision(request),
+            client=_client(request),
+        )
     except WorkflowVersion.DoesNotExist as exc:
         raise Http404("no such version") from exc
+    except drafts.DraftConflict as exc:
+        return _conflict_panel(
+            request, "dashboard/_editor_versions.html", _versions_context(request, workflow), exc
+        )
     problems = drafts.check_draft(draft)
     context = _versions_context(request, workflow)
     context["message"] = f"v{number} restored into the draft. Publish to make it live."
     response = render(request, "dashboard/_editor_versions.html", context)
     return _with_trigger(
         response,
-        "editor:reload",
+        "editor:draft",
+        _draft_state(workflow),
         {
-            "definition": draft,
-            "message": context["message"],
-            "problems": [p.as_dict() for p in problems],
-            "nodes": drafts.node_problems(draft, problems).as_json(),
+            "editor:reload": {
+                "definition": draft,
+                "message": context["message"],
+                "problems": [p.as_dict() for p in problems],
+                "nodes": drafts.node_problems(draft, problems).as_json(),
+                "draftRevision": workflow.draft_revision,
+            }
         },
     )
 
@@ -561,17 +668,34 @@ def publish(request, slug: str):
     raw = _posted_definition(request, workflow)
     note = request.POST.get("note", "")
     try:
-        version = drafts.publish_draft(workflow=workflow, by=_username(request), note=note, raw=raw)
+        version = drafts.publish_draft(
+            workflow=workflow,
+            by=_username(request),
+            note=note,
+            raw=raw,
+            base_revision=_base_revision(request),
+            client=_client(request),
+        )
     except drafts.DraftRefused as exc:
         context["problems"] = [Problem("/", str(exc))]
+    except drafts.DraftConflict as exc:
+        context["note"] = note
+        return _conflict_panel(request, "dashboard/_editor_publish.html", context, exc)
     except InvalidDefinition as exc:
         context["problems"] = exc.problems
         context["note"] = note
     else:
         context["published"] = version
         response = render(request, "dashboard/_editor_publish.html", context)
-        return _with_trigger(response, "editor:published", {"version": version.number})
-    return render(request, "dashboard/_editor_publish.html", context)
+        return _with_trigger(
+            response,
+            "editor:draft",
+            _draft_state(workflow),
+            {"editor:published": {"version": version.number}},
+        )
+    # An invalid draft is still stored: the page learns its new revision.
+    response = render(request, "dashboard/_editor_publish.html", context)
+    return _with_trigger(response, "editor:draft", _draft_state(workflow))
 
 
 # --- try it --------------------------------------------------------------------------------
@@ -606,7 +730,16 @@ def try_it(request, slug: str):
     if context["errors"]:
         return render(request, "dashboard/_editor_try.html", context)
     try:
-        run = drafts.try_draft(workflow=workflow, by=_username(request), raw=raw, **kwargs)
+        run = drafts.try_draft(
+            workflow=workflow,
+            by=_username(request),
+            raw=raw,
+            base_revision=_base_revision(request),
+            client=_client(request),
+            **kwargs,
+        )
+    except drafts.DraftConflict as exc:
+        return _conflict_panel(request, "dashboard/_editor_try.html", context, exc)
     except drafts.DraftRefused as exc:
         context["errors"] = [str(exc)]
     except InvalidDefinition as exc:
@@ -620,8 +753,14 @@ def try_it(request, slug: str):
     else:
         context["run"] = run
         response = render(request, "dashboard/_editor_try.html", context)
-        return _with_trigger(response, "editor:show-run", {"run": run.pk, "origin": "try"})
-    return render(request, "dashboard/_editor_try.html", context)
+        return _with_trigger(
+            response,
+            "editor:draft",
+            _draft_state(workflow),
+            {"editor:show-run": {"run": run.pk, "origin": "try"}},
+        )
+    response = render(request, "dashboard/_editor_try.html", context)
+    return _with_trigger(response, "editor:draft", _draft_state(workflow))
 
 
 # --- runs on the canvas --------------------------------------------------------------------
@@ -723,8 +862,15 @@ def import_file(request, slug: str):
         if len(body) > MAX_DEFINITION_BYTES:
             raise drafts.DraftRefused("the file is larger than 1 MiB")
         result = drafts.import_definition(
-            slug=slug, body=body, yaml_format=_is_yaml(upload.name, body), by=_username(request)
+            slug=slug,
+            body=body,
+            yaml_format=_is_yaml(upload.name, body),
+            by=_username(request),
+            base_revision=_base_revision(request),
+            client=_client(request),
         )
+    except drafts.DraftConflict as exc:
+        return _conflict_panel(request, "dashboard/_editor_code.html", context, exc)
     except (drafts.DraftRefused, UnreadableDefinition) as exc:
         context["import_errors"] = [f"{upload.name}: {exc}"]
     except InvalidDefinition as exc:
@@ -737,12 +883,16 @@ def import_file(request, slug: str):
         response = render(request, "dashboard/_editor_code.html", context)
         return _with_trigger(
             response,
-            "editor:reload",
+            "editor:draft",
+            _draft_state(result.workflow),
             {
-                "definition": result.workflow.draft,
-                "problems": [],
-                "nodes": {},
-                "message": f"{upload.name} imported into the draft",
+                "editor:reload": {
+                    "definition": result.workflow.draft,
+                    "problems": [],
+                    "nodes": {},
+                    "message": f"{upload.name} imported into the draft",
+                    "draftRevision": result.workflow.draft_revision,
+                }
             },
         )
     return render(request, "dashboard/_editor_code.html", context)
@@ -772,7 +922,7 @@ _EDIT = "workflows/<slug:slug>/edit/"
 urlpatterns = [
     path("workflows/new/", new_workflow, name="workflow-new"),
     path(_EDIT, editor, name="editor"),
-    path(_EDIT + "draft", save, name="editor-save"),
+    path(_EDIT + "draft", draft, name="editor-save"),
     path(_EDIT + "step", step_panel, name="editor-step"),
     path(_EDIT + "step/apply", step_apply, name="editor-step-apply"),
     path(_EDIT + "trigger", trigger_panel, name="editor-trigger"),

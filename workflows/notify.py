@@ -67,6 +67,24 @@ def replay_batch_changed(*, batch_id: int, done: int, failed: int, status: str) 
     transaction.on_commit(lambda: _send([replay_batch_group(batch_id)], message))
 
 
+def draft_group(workflow_id: int) -> str:
+    return f"workflow-{workflow_id}-draft"
+
+
+def draft_changed(*, workflow_id: int, revision: int, by: str, at: str, client: str = "") -> None:
+    """A workflow's draft was saved (open editors warn before anyone overwrites it).
+    `client` names the editor page that saved it, so that page can tell its own save."""
+    message = {
+        "type": "draft.changed",
+        "workflow": workflow_id,
+        "revision": revision,
+        "by": by,
+        "at": at,
+        "client": client,
+    }
+    transaction.on_commit(lambda: _send([draft_group(workflow_id)], message))
+
+
 class _Pusher:
     """Sends hints from one long-lived event loop per process, in order.
 

@@ -18,6 +18,13 @@
  *
  * Runs show on the canvas through the editor's WebSocket (/ws/workflows/<slug>/editor/):
  * JSON frames with the latest runs, and the statuses of the run being watched.
+ *
+ * Two people may edit the same draft. The page holds the draft revision its canvas is
+ * based on (`draftRevision`) and sends it with every write; a write based on an older
+ * revision is refused (409), and so is, proactively, a canvas that hears over the socket
+ * that someone else saved. Then saving pauses (no retries) and a banner offers Reload (the
+ * stored draft replaces the canvas; Undo brings the local version back) or Overwrite (save
+ * again with `force`). Viewers have nothing to lose: their canvas just follows the draft.
  */
 (function () {
   "use strict";
@@ -54,6 +61,11 @@
   var latestRuns = null;
   var knownRuns = null;
   var lastField = null;
+  var draftRevision = num(cfg.draftRevision, 0); // the stored revision the canvas is based on
+  var conflict = null; // {revision, by, at}: someone else saved; saving waits for the person
+  var clientId = Math.random().toString(36).slice(2) + Date.now().toString(36);
+  var writes = 0; // draft writes of this page awaiting their answer
+  var remoteLater = null; // a revision heard of while a write was out, judged once it is back
 
   // --- small helpers ----------------------------------------------------------------------
   function isObj(v) {
@@ -818,11 +830,44 @@
   var definitionPaths = ["step", "stepApply", "trigger", "triggerApply", "settings",
     "settingsApply", "publish", "try"].map(function (k) { return cfg.urls[k]; });
 
+  var writePaths = ["publish", "try", "import"].map(function (k) { return cfg.urls[k]; });
+
+  function isDraftWrite(detail) {
+    var path = String((detail.requestConfig || detail).path || "").split("?")[0];
+    var verb = String((detail.requestConfig || detail).verb || "").toLowerCase();
+    return verb === "post" && (writePaths.indexOf(path) >= 0 || /\/versions\/\d+\/restore$/.test(path));
+  }
+
   document.body.addEventListener("htmx:configRequest", function (e) {
     var path = String(e.detail.path || "").split("?")[0];
     if (e.detail.verb === "post" && definitionPaths.indexOf(path) >= 0) {
       e.detail.parameters["definition"] = JSON.stringify(model);
     }
+    // What a panel that writes the draft (publish, try, restore, import) is based on.
+    e.detail.headers["X-Draft-Revision"] = String(draftRevision);
+    e.detail.headers["X-Editor-Client"] = clientId;
+  });
+  document.body.addEventListener("htmx:beforeRequest", function (e) {
+    if (isDraftWrite(e.detail)) writes++;
+  });
+  document.body.addEventListener("htmx:afterRequest", function (e) {
+    if (!isDraftWrite(e.detail)) return;
+    writes = Math.max(0, writes - 1);
+    judgeRemote();
+  });
+  // A panel refused because the draft changed answers 409 with the panel saying so.
+  document.body.addEventListener("htmx:beforeSwap", function (e) {
+    if (e.detail.xhr && e.detail.xhr.status === 409) {
+      e.detail.shouldSwap = true;
+      e.detail.isError = false;
+    }
+  });
+  document.body.addEventListener("editor:conflict", function (e) {
+    var d = e.detail || {};
+    onConflict({revision: d.revision, by: d.saved_by, at: d.saved_at});
+  });
+  document.body.addEventListener("editor:draft", function (e) {
+    if (typeof e.detail.revision === "number") draftRevision = e.detail.revision;
   });
 
   // Publish, try, restore and import act on the stored draft: save what is pending first.
@@ -963,6 +1008,8 @@
     selection = null;
     model = normalize(d.definition);
     revision++;
+    if (typeof d.draftRevision === "number") draftRevision = d.draftRevision;
+    clearConflict();
     if (d.nodes) nodeProblems = d.nodes;
     if (d.problems) allProblems = d.problems;
     render();
@@ -1064,30 +1111,48 @@
 
   function scheduleSave() {
     if (!canEdit) return;
+    if (conflict) return setStatus("conflict", "Not saved: " + whoOf(conflict) + " changed the draft");
     setStatus("dirty", "Unsaved changes…");
     clearTimeout(saveTimer);
     saveTimer = setTimeout(saveNow, 500);
   }
 
-  function saveNow() {
+  // `force` (only from the conflict banner's Overwrite) saves over someone else's revision.
+  function saveNow(force) {
+    force = force === true;
     clearTimeout(saveTimer);
     saveTimer = null;
     if (saving) return saving;
+    // While the draft is someone else's newer revision, nothing is saved over it unasked.
+    if (conflict && !force) return Promise.resolve();
     var rev = revision;
-    setStatus("saving", "Saving…");
+    setStatus("saving", force ? "Overwriting…" : "Saving…");
+    writes++;
     saving = fetch(cfg.urls.save, {
       method: "POST",
       credentials: "same-origin",
       headers: {"Content-Type": "application/json", "X-CSRFToken": cfg.csrf},
-      body: JSON.stringify({definition: model, revision: rev}),
+      body: JSON.stringify({definition: model, revision: rev, baseRevision: draftRevision,
+        force: force, client: clientId}),
     }).then(function (response) {
       return response.json().then(function (body) {
+        if (response.status === 409) {
+          var refused = new Error(body.detail || "changed by someone else");
+          refused.conflict = {revision: body.revision, by: body.saved_by, at: body.saved_at};
+          throw refused;
+        }
         if (!response.ok) throw new Error(body.error || "HTTP " + response.status);
         return body;
       });
     }).then(function (body) {
       lastSaveFailed = false;
       savedRevision = rev;
+      draftRevision = body.draftRevision;
+      if (force) {
+        var over = conflict;
+        clearConflict();
+        if (over) notice("Saved: your version replaced " + whoOf(over) + "'s.", "ok");
+      }
       if (rev === revision) {
         nodeProblems = body.nodes;
         allProblems = body.problems;
@@ -1097,20 +1162,124 @@
       }
     }).catch(function (err) {
       lastSaveFailed = true;
+      // A conflict is for the person to settle: retrying would only be refused again.
+      if (err.conflict) return onConflict(err.conflict);
       setStatus("error", "Not saved: " + err.message + " (trying again)");
       saveTimer = setTimeout(saveNow, 3000);
     }).then(function () {
       saving = null;
-      if (!lastSaveFailed && savedRevision !== revision && !saveTimer) saveNow();
+      writes--;
+      judgeRemote();
+      if (!lastSaveFailed && !conflict && savedRevision !== revision && !saveTimer) saveNow();
     });
     return saving;
   }
 
   function flushSave() {
-    if (saveIdle()) return Promise.resolve();
+    if (conflict || saveIdle()) return Promise.resolve();
     var pending = saving || saveNow();
     return pending.then(function () {
-      return lastSaveFailed || saveIdle() ? null : flushSave();
+      return lastSaveFailed || conflict || saveIdle() ? null : flushSave();
+    });
+  }
+
+  // --- someone else saved the draft ---------------------------------------------------------
+  var conflictBanner = document.getElementById("conflict-banner");
+
+  function whoOf(info) {
+    return (info && info.by) || "Someone";
+  }
+
+  function clock(iso) {
+    var d = new Date(iso);
+    return isNaN(d.getTime()) ? "" : d.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", hourCycle: "h23"});
+  }
+
+  function onConflict(info) {
+    if (!canEdit) return;
+    if (conflict && info.revision < conflict.revision) return;
+    conflict = info;
+    clearTimeout(saveTimer);
+    saveTimer = null;
+    var at = clock(info.at);
+    document.getElementById("conflict-message").textContent = whoOf(info) + " changed this workflow" +
+      (at ? " at " + at : "") + ". Reload to see their version, or overwrite with yours.";
+    conflictBanner.dataset.revision = info.revision;
+    conflictBanner.hidden = false;
+    setStatus("conflict", saveIdle() ? whoOf(info) + " changed the draft" : "Not saved: " + whoOf(info) + " changed the draft");
+  }
+
+  function clearConflict() {
+    conflict = null;
+    if (conflictBanner) conflictBanner.hidden = true;
+  }
+
+  // A revision someone else saved (heard over the socket): the next save would be refused,
+  // so say so now. Never judged while a write of this page is out: it may be our own.
+  function onDraftFrame(frame) {
+    if (frame.client && frame.client === clientId) return;
+    if (!(frame.revision > draftRevision)) return;
+    if (writes > 0) {
+      remoteLater = frame;
+      return;
+    }
+    if (!canEdit) return reloadDraft();
+    onConflict({revision: frame.revision, by: frame.by, at: frame.at});
+  }
+
+  function judgeRemote() {
+    if (writes > 0 || !remoteLater) return;
+    var frame = remoteLater;
+    remoteLater = null;
+    onDraftFrame(frame);
+  }
+
+  // Reload: the stored draft replaces the canvas (an undo entry keeps the local version).
+  function reloadDraft() {
+    return (saving || Promise.resolve()).then(function () {
+      return fetch(cfg.urls.save, {credentials: "same-origin", headers: {Accept: "application/json"}});
+    }).then(function (response) {
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      return response.json();
+    }).then(function (body) {
+      commit();
+      clearTimeout(saveTimer);
+      saveTimer = null;
+      if (canEdit) {
+        past.push(JSON.stringify(model));
+        if (past.length > MAX_HISTORY) past.shift();
+        future = [];
+      }
+      model = normalize(body.definition);
+      revision++;
+      savedRevision = revision;
+      draftRevision = body.revision;
+      lastSaveFailed = false;
+      clearConflict();
+      nodeProblems = body.nodes;
+      allProblems = body.problems;
+      if (selection) {
+        var list = selection.type === "step" ? model.steps : model.triggers;
+        if (selection.index >= list.length) selection = null;
+      }
+      render();
+      updateHistoryButtons();
+      refreshPanel();
+      var title = document.getElementById("editor-title");
+      if (title && model.name) title.textContent = model.name;
+      if (canEdit) {
+        setStatus("saved", "Draft saved" + (body.savedBy ? " by " + body.savedBy : "") + " " + clock(body.savedAt));
+      }
+    }).catch(function (err) {
+      notice("Could not load the draft: " + err.message);
+    });
+  }
+
+  if (conflictBanner) {
+    document.getElementById("conflict-reload").addEventListener("click", function () { reloadDraft(); });
+    document.getElementById("conflict-overwrite").addEventListener("click", function () {
+      commit();
+      (saving || Promise.resolve()).then(function () { saveNow(true); });
     });
   }
 
@@ -1270,12 +1439,15 @@
     socket.onopen = function () {
       retries = 0;
       setLive("open", "live");
+      // Saves made while the socket was away are heard of in the answer.
+      socket.send(JSON.stringify({draft: draftRevision}));
       if (runView) socket.send(JSON.stringify({watch: runView.id}));
     };
     socket.onmessage = function (e) {
       var frame = JSON.parse(e.data);
       if (frame.type === "runs") onRuns(frame.runs);
       else if (frame.type === "run") onRun(frame);
+      else if (frame.type === "draft") onDraftFrame(frame);
     };
     socket.onclose = function (e) {
       if (e.code === 4401 || e.code === 4403) return setLive("closed", "not allowed");

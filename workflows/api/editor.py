@@ -12,10 +12,19 @@ POST  /workflows/<slug>/try               {"event": <id>} or {"data": …, "type
 An import is all or nothing: an unreadable or invalid file is refused (400, every problem
 with its JSON pointer) and nothing changes; with ?publish=true a publish that is refused
 takes the new draft back with it.
+
+Every write of a draft bumps its revision, sent as the `ETag` (`"7"`) and as
+`draft_revision`. A write may name the revision it is based on: `If-Match: "7"` (refused
+with 412 when the draft is at another revision) or `?base_revision=7` (refused with 409).
+Either way the refusal is a `draft-conflict` problem naming who saved last and when, and
+nothing changes. Without either, the write replaces whatever is stored, as it always did.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.db import transaction
 from django.http import HttpResponse, JsonResponse
 from django.urls import path
 from django.views.decorators.http import require_http_methods
@@ -25,6 +34,7 @@ from ..definition_files import YAML_TYPES, UnreadableDefinition, load_definition
 from ..events.envelope import InvalidEvent, loads_json
 from ..models import Event, Workflow, WorkflowVersion
 from ..services import drafts
+from ..services.definitions import publish_workflow
 from ..services.schemas import SchemaViolation
 from .auth import token_required
 from .bodies import BodyTooLarge, media_type, read_limited
@@ -35,6 +45,113 @@ MAX_DEFINITION_BYTES = 1024 * 1024
 
 def _actor(request) -> str:
     return f"token:{request.api_token.name}"
+
+
+# --- revisions: ETag, If-Match and base_revision ---------------------------------------------
+class BadPrecondition(ValueError):
+    pass
+
+
+def etag(workflow: Workflow) -> str:
+    return f'"{workflow.draft_revision}"'
+
+
+def with_etag(response, workflow: Workflow):
+    response["ETag"] = etag(workflow)
+    return response
+
+
+def precondition(request, body_revision: Any = None) -> tuple[int | None, bool]:
+    """The draft revision a write is based on, and whether it came as `If-Match` (else from
+    `?base_revision=` or the body). (None, …) means: write whatever is stored. Raises
+    BadPrecondition for a malformed one."""
+    header = request.headers.get("If-Match")
+    if header is not None:
+        tags = [t.strip() for t in header.split(",") if t.strip()]
+        if tags == ["*"]:
+            return None, True
+        if len(tags) != 1:
+            raise BadPrecondition('If-Match takes one ETag, like "7"')
+        tag = tags[0].removeprefix("W/").strip('"')
+        # An ETag that is not one of ours matches no revision: a conflict, not an error.
+        return (int(tag) if tag.isdigit() else -1), True
+    value = request.GET.get("base_revision", body_revision)
+    if value is None or value == "":
+        return None, False
+    if isinstance(value, bool) or not str(value).isdigit():
+        raise BadPrecondition("base_revision is a draft revision number")
+    return int(value), False
+
+
+def bad_precondition(exc: BadPrecondition):
+    return problem(400, "Invalid precondition", str(exc), kind="invalid-precondition")
+
+
+def no_revision(slug: str):
+    """If-Match on a workflow that does not exist: nothing can match (RFC 9110)."""
+    return problem(
+        412, "Precondition failed", f"no workflow {slug!r} to match", kind="precondition-failed"
+    )
+
+
+class Refused(Exception):
+    """A write refused with `response` (a problem)."""
+
+    def __init__(self, response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def put_definition(request, *, slug: str, raw: Any) -> tuple[Workflow, bool]:
+    """PUT /workflows/<slug>: create the workflow or replace its draft with a valid
+    definition, under the request's precondition if it has one. Raises InvalidDefinition,
+    or Refused with the answer."""
+    try:
+        base, if_match = precondition(request)
+    except BadPrecondition as exc:
+        raise Refused(bad_precondition(exc)) from exc
+    if if_match and not Workflow.objects.filter(slug=slug).exists():
+        raise Refused(no_revision(slug))
+    try:
+        return drafts.replace_draft(slug=slug, raw=raw, by=_actor(request), base_revision=base)
+    except drafts.DraftConflict as exc:
+        raise Refused(conflict(exc, if_match=if_match)) from exc
+
+
+def publish_seen(request, *, slug: str, note: str, published_by: str) -> WorkflowVersion:
+    """POST /workflows/<slug>/publish: publish the draft, refused (Refused) when the
+    request names a revision (If-Match, or `base_revision` in its body) that is not the
+    draft's: nobody publishes a draft they have not seen. Raises InvalidDefinition."""
+    try:
+        body = loads_json(request.body) if request.body else {}
+    except InvalidEvent:
+        body = {}
+    try:
+        base, if_match = precondition(
+            request, body.get("base_revision") if isinstance(body, dict) else None
+        )
+    except BadPrecondition as exc:
+        raise Refused(bad_precondition(exc)) from exc
+    try:
+        with transaction.atomic():
+            if base is not None:
+                drafts.expect_revision(slug=slug, base_revision=base)
+            return publish_workflow(slug=slug, note=note, published_by=published_by)
+    except drafts.DraftConflict as exc:
+        raise Refused(conflict(exc, if_match=if_match)) from exc
+
+
+def conflict(exc: drafts.DraftConflict, *, if_match: bool):
+    response = problem(
+        412 if if_match else 409,
+        "The draft was changed by someone else",
+        f"{exc.message}. GET the workflow for the current draft and its revision (ETag), "
+        "or send the write without a precondition to overwrite it.",
+        kind="draft-conflict",
+        **exc.as_dict(),
+    )
+    response["ETag"] = f'"{exc.revision}"'
+    return response
 
 
 def _found(slug: str) -> Workflow | None:
@@ -98,6 +215,12 @@ def export(request, slug: str):
 def import_(request, slug: str):
     publish = request.GET.get("publish", "").lower() in ("1", "true", "yes")
     try:
+        base, if_match = precondition(request)
+    except BadPrecondition as exc:
+        return bad_precondition(exc)
+    if if_match and not Workflow.objects.filter(slug=slug).exists():
+        return no_revision(slug)
+    try:
         body = read_limited(request, MAX_DEFINITION_BYTES)
         result = drafts.import_definition(
             slug=slug,
@@ -106,7 +229,10 @@ def import_(request, slug: str):
             by=_actor(request),
             publish=publish,
             note=request.GET.get("note", ""),
+            base_revision=base,
         )
+    except drafts.DraftConflict as exc:
+        return conflict(exc, if_match=if_match)
     except BodyTooLarge as exc:
         return problem(413, "Body too large", f"the limit is {exc.limit} bytes", kind="too-large")
     except UnreadableDefinition as exc:
@@ -116,11 +242,12 @@ def import_(request, slug: str):
     except InvalidDefinition as exc:
         return _invalid(exc)
     workflow = result.workflow
-    return JsonResponse(
+    response = JsonResponse(
         {
             "slug": workflow.slug,
             "name": workflow.name,
             "draft": workflow.draft,
+            "draft_revision": workflow.draft_revision,
             "published_version": workflow.published_version.number
             if workflow.published_version
             else None,
@@ -128,12 +255,17 @@ def import_(request, slug: str):
         },
         status=201 if result.created else 200,
     )
+    return with_etag(response, workflow)
 
 
 @require_http_methods(["PUT"])
 @token_required("editor")
 def draft(request, slug: str):
     """Store a draft whether or not it is valid (what an editor saves as it goes)."""
+    try:
+        base, if_match = precondition(request)
+    except BadPrecondition as exc:
+        return bad_precondition(exc)
     try:
         raw = load_definition_text(
             read_limited(request, MAX_DEFINITION_BYTES),
@@ -145,24 +277,35 @@ def draft(request, slug: str):
         return problem(400, "Unreadable definition", str(exc), kind="invalid-json")
     workflow = _found(slug)
     created = workflow is None
+    if created and if_match:
+        return no_revision(slug)
     try:
         if created:
             name = raw.get("name") if isinstance(raw, dict) else ""
             workflow = drafts.create_workflow(slug=slug, name=str(name or slug), by=_actor(request))
-        problems = drafts.save_draft(workflow=workflow, raw=raw, by=_actor(request))
+        problems = drafts.save_draft(
+            workflow=workflow,
+            raw=raw,
+            by=_actor(request),
+            base_revision=None if created else base,
+        )
     except drafts.DraftRefused as exc:
         if created and workflow is not None:
             workflow.delete()
         return problem(400, "Draft refused", str(exc), kind="draft-refused")
-    return JsonResponse(
+    except drafts.DraftConflict as exc:
+        return conflict(exc, if_match=if_match)
+    response = JsonResponse(
         {
             "slug": slug,
             "valid": not problems,
             "problems": [p.as_dict() for p in problems],
+            "draft_revision": workflow.draft_revision,
             "updated_at": workflow.updated_at.isoformat(),
         },
         status=201 if created else 200,
     )
+    return with_etag(response, workflow)
 
 
 @require_http_methods(["GET"])
@@ -211,10 +354,25 @@ def restore(request, slug: str, number: int):
     if workflow is None:
         return _not_found(slug)
     try:
-        restored = drafts.restore_version(workflow=workflow, number=number, by=_actor(request))
+        base, if_match = precondition(request)
+        restored = drafts.restore_version(
+            workflow=workflow, number=number, by=_actor(request), base_revision=base
+        )
+    except BadPrecondition as exc:
+        return bad_precondition(exc)
     except WorkflowVersion.DoesNotExist:
         return problem(404, "No such version", str(number), kind="not-found")
-    return JsonResponse({"workflow": slug, "restored": number, "draft": restored})
+    except drafts.DraftConflict as exc:
+        return conflict(exc, if_match=if_match)
+    response = JsonResponse(
+        {
+            "workflow": slug,
+            "restored": number,
+            "draft": restored,
+            "draft_revision": workflow.draft_revision,
+        }
+    )
+    return with_etag(response, workflow)
 
 
 @require_http_methods(["POST"])

@@ -13,9 +13,10 @@ from ..definition import InvalidDefinition
 from ..definition_files import YAML_TYPES, UnreadableDefinition, load_definition_text
 from ..events.envelope import InvalidEvent, loads_json
 from ..models import Workflow
-from ..services.definitions import publish_workflow, put_workflow
+from . import editor as drafts_api
 from .auth import token_required
 from .bodies import BodyTooLarge, media_type, read_limited
+from .pagination import InvalidPage, page_params
 from .problems import problem
 
 MAX_DEFINITION_BYTES = 1024 * 1024
@@ -32,7 +33,7 @@ def workflow(request, slug: str):
         found = Workflow.objects.select_related("published_version").filter(slug=slug).first()
         if found is None:
             return problem(404, "No such workflow", slug, kind="not-found")
-        return JsonResponse(_workflow_json(found))
+        return drafts_api.with_etag(JsonResponse(_workflow_json(found)), found)
     if roles.rank(request.api_token.role) < roles.rank("editor"):
         return problem(
             403, "Forbidden", "changing a workflow needs the editor role", kind="forbidden"
@@ -42,7 +43,10 @@ def workflow(request, slug: str):
             read_limited(request, MAX_DEFINITION_BYTES),
             yaml_format=media_type(request) in YAML_TYPES,
         )
-        saved, created = put_workflow(slug=slug, raw=raw)
+        # Optional optimistic concurrency: If-Match (the ETag) or ?base_revision=.
+        saved, created = drafts_api.put_definition(request, slug=slug, raw=raw)
+    except drafts_api.Refused as exc:
+        return exc.response
     except BodyTooLarge as exc:
         return _too_large(exc)
     except UnreadableDefinition as exc:  # not JSON/YAML at all
@@ -56,7 +60,8 @@ def workflow(request, slug: str):
             kind="invalid-definition",
             errors=errors,
         )
-    return JsonResponse(_workflow_json(saved), status=201 if created else 200)
+    response = JsonResponse(_workflow_json(saved), status=201 if created else 200)
+    return drafts_api.with_etag(response, saved)
 
 
 @require_http_methods(["POST"])
@@ -73,7 +78,12 @@ def publish(request, slug: str):
                 400, "Invalid body", 'send {"note": "..."} or nothing', kind="invalid-body"
             )
     try:
-        version = publish_workflow(slug=slug, note=note, published_by=request.api_token.name)
+        # Refused when If-Match / base_revision names a revision that is not the draft's.
+        version = drafts_api.publish_seen(
+            request, slug=slug, note=note, published_by=request.api_token.name
+        )
+    except drafts_api.Refused as exc:
+        return exc.response
     except InvalidDefinition as exc:
         return problem(
             400,
@@ -88,26 +98,34 @@ def publish(request, slug: str):
 @require_http_methods(["GET"])
 @token_required("viewer")
 def runs(request):
+    """Newest first; filters workflow, status and origin (shadow runs only when asked for);
+    paging: before (a run id) and limit (at most 500; more is read as 500)."""
     try:
-        before = int(request.GET["before"]) if request.GET.get("before") else None
-        limit = min(int(request.GET.get("limit", selectors.PAGE_SIZE)), 500)
-        if limit < 1:
-            raise ValueError("limit must be positive")
-    except ValueError:
+        page_at = page_params(
+            request.GET, cursor="before", default=selectors.PAGE_SIZE, maximum=500, clamp=True
+        )
+    except InvalidPage as exc:
+        return exc.response()
+    origin = request.GET.get("origin") or None
+    if origin is not None and origin not in selectors.ORIGINS:
         return problem(
-            400, "Invalid query", "before and limit are positive integers", kind="invalid-query"
+            400,
+            "Invalid query",
+            "origin is one of " + ", ".join(selectors.ORIGINS),
+            kind="invalid-query",
         )
     page = selectors.runs(
         workflow_slug=request.GET.get("workflow") or None,
         status=request.GET.get("status") or None,
-        before_id=before,
-        limit=limit,
+        origin=origin,
+        before_id=page_at.before,
+        limit=page_at.limit,
     )
     body = {"runs": [selectors.run_as_json(r) for r in page]}
-    if len(page) == limit:
+    if len(page) == page_at.limit:
         # The next page keeps the filters, or it would list other workflows' runs.
-        kept = {k: request.GET[k] for k in ("workflow", "status") if request.GET.get(k)}
-        body["next"] = "?" + urlencode({**kept, "before": page[-1].pk, "limit": limit})
+        kept = {k: request.GET[k] for k in ("workflow", "status", "origin") if request.GET.get(k)}
+        body["next"] = "?" + urlencode({**kept, "before": page[-1].pk, "limit": page_at.limit})
     return JsonResponse(body)
 
 
@@ -126,6 +144,7 @@ def _workflow_json(workflow: Workflow) -> dict:
         "slug": workflow.slug,
         "name": workflow.name,
         "draft": workflow.draft,
+        "draft_revision": workflow.draft_revision,
         "published_version": version.number if version else None,
         "updated_at": workflow.updated_at.isoformat(),
     }

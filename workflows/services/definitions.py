@@ -51,11 +51,11 @@ def definition_for(version: WorkflowVersion) -> definition_format.Definition:
 
 def put_workflow(*, slug: str, raw: dict) -> tuple[Workflow, bool]:
     """Create or replace a workflow's draft. Raises InvalidDefinition and changes nothing."""
-    parsed = parse_definition(raw)
-    workflow, created = Workflow.objects.update_or_create(
-        slug=slug, defaults={"name": parsed.name, "draft": raw}
-    )
-    return workflow, created
+    # Through the one writer of drafts, which bumps the draft revision and tells open
+    # editors (imported here: drafts builds on this module).
+    from .drafts import replace_draft
+
+    return replace_draft(slug=slug, raw=raw)
 
 
 def schedule_event_type(slug: str) -> str:

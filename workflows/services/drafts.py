@@ -6,6 +6,12 @@ not, and shows the problems on the nodes they concern. Only publishing needs a v
 it freezes the draft into an immutable numbered version (`definitions.publish_workflow`).
 Trying a draft freezes it into an unnumbered *snapshot* version and starts a run of it
 directly, not through the bus, so nothing else hears about the sample event.
+
+Two people may edit the same draft. Every write of a draft goes through `_write_draft`,
+which bumps `Workflow.draft_revision`; a write that names the revision it was based on
+(`base_revision`) is refused with DraftConflict when someone else saved since, instead of
+silently replacing their edit. `force=True` overwrites anyway and is audited. Open editors
+hear of every new revision over their socket (`notify.draft_changed`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from .. import engine
+from .. import engine, notify
 from ..definition import InvalidDefinition, Problem
 from ..definition_files import UnreadableDefinition, dump_definition, load_definition_text
 from ..events.envelope import validate
@@ -32,14 +38,13 @@ from .definitions import (
     manual_event_type,
     parse_definition,
     publish_workflow,
-    put_workflow,
     schedule_event_type,
 )
-from .producers import correlation_extensions
+from .events import ingest_event
 from .runs import advance_locked, journal
-from .schemas import check_event_data
 
 __all__ = [
+    "DraftConflict",
     "DraftRefused",
     "ImportResult",
     "InvalidDefinition",
@@ -48,12 +53,14 @@ __all__ = [
     "check_draft",
     "create_workflow",
     "diff_definitions",
+    "expect_revision",
     "export_definition",
     "import_definition",
     "may_edit",
     "may_view",
     "node_problems",
     "publish_draft",
+    "replace_draft",
     "restore_version",
     "save_draft",
     "try_draft",
@@ -67,6 +74,40 @@ RECENT_SAMPLES = 10
 
 class DraftRefused(ValueError):
     """A draft that cannot even be stored (not an object, text the database cannot hold)."""
+
+
+class DraftConflict(Exception):
+    """The draft was saved by someone else since the revision a change was based on.
+
+    Carries who saved last and when, so the person refused can decide: look at their
+    version, or overwrite it with theirs."""
+
+    def __init__(self, *, base_revision: int, revision: int, saved_by: str, saved_at) -> None:
+        self.base_revision = base_revision
+        self.revision = revision
+        self.saved_by = saved_by or ""
+        self.saved_at = saved_at
+        super().__init__(self.message)
+
+    @property
+    def who(self) -> str:
+        return self.saved_by or "Someone"
+
+    @property
+    def message(self) -> str:
+        at = timezone.localtime(self.saved_at).strftime("%H:%M")
+        return (
+            f"{self.who} changed this workflow at {at} (revision {self.revision}); "
+            f"this change was based on revision {self.base_revision}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "base_revision": self.base_revision,
+            "saved_by": self.saved_by,
+            "saved_at": self.saved_at.isoformat(),
+        }
 
 
 # --- who may do what ---------------------------------------------------------------------------
@@ -147,22 +188,150 @@ def create_workflow(*, slug: str, name: str, by: str, team=None) -> Workflow:
     )
 
 
-def save_draft(*, workflow: Workflow, raw: Any, by: str) -> list[Problem]:
+def _conflict(current: Workflow, base_revision: int) -> DraftConflict:
+    return DraftConflict(
+        base_revision=base_revision,
+        revision=current.draft_revision,
+        saved_by=current.draft_updated_by,
+        saved_at=current.updated_at,
+    )
+
+
+def _write_draft(
+    *,
+    workflow: Workflow,
+    raw: dict,
+    by: str,
+    base_revision: int | None = None,
+    force: bool = False,
+    client: str = "",
+) -> bool:
+    """Store `raw` as the draft: the one place a draft is written. Returns whether it
+    changed (a draft equal to the stored one is not a new revision).
+
+    With `base_revision`, refuses with DraftConflict when the stored draft is another
+    revision, unless `force`. Updates `workflow` to what is stored."""
+    with transaction.atomic():
+        # Locked so that the revision checked is the one replaced: a concurrent save of the
+        # same draft waits here, then finds the revision this one wrote (a conflict),
+        # instead of both passing the check and the later silently replacing the earlier.
+        current = Workflow.objects.select_for_update().get(pk=workflow.pk)
+        # The same content is no change whatever it was based on: nothing to lose.
+        if current.draft == raw:
+            _copy_draft_fields(current, workflow)
+            return False
+        stale = base_revision is not None and current.draft_revision != base_revision
+        if stale and not force:
+            raise _conflict(current, base_revision)
+        replaced = (current.draft_revision, current.draft_updated_by)
+        name = raw.get("name")
+        if isinstance(name, str) and name.strip():
+            current.name = name.strip()[:200]
+        current.draft = raw
+        current.draft_updated_by = (by or "")[:150]
+        current.draft_revision += 1
+        current.save(
+            update_fields=["name", "draft", "draft_updated_by", "draft_revision", "updated_at"]
+        )
+        if force:
+            audit.record(
+                actor=by,
+                action="workflow.draft_overwrite",
+                target_type="workflow",
+                target_id=current.slug,
+                details={
+                    "revision": current.draft_revision,
+                    "base_revision": base_revision,
+                    "overwrote_revision": replaced[0],
+                    "overwrote_by": replaced[1],
+                },
+            )
+        _draft_changed(current, client=client)
+    _copy_draft_fields(current, workflow)
+    return True
+
+
+def _copy_draft_fields(source: Workflow, target: Workflow) -> None:
+    if target is source:
+        return
+    for name in ("name", "draft", "draft_updated_by", "draft_revision", "updated_at"):
+        setattr(target, name, getattr(source, name))
+
+
+def _draft_changed(workflow: Workflow, *, client: str = "") -> None:
+    notify.draft_changed(
+        workflow_id=workflow.pk,
+        revision=workflow.draft_revision,
+        by=workflow.draft_updated_by,
+        at=workflow.updated_at.isoformat(),
+        client=client,
+    )
+
+
+def save_draft(
+    *,
+    workflow: Workflow,
+    raw: Any,
+    by: str,
+    base_revision: int | None = None,
+    force: bool = False,
+    client: str = "",
+) -> list[Problem]:
     """Store `raw` as the draft whether or not it is valid; return its problems.
 
-    Raises DraftRefused for what cannot be stored at all. Changes nothing that runs."""
+    Raises DraftRefused for what cannot be stored at all, DraftConflict when
+    `base_revision` is not the stored revision (and not `force`). Changes nothing that
+    runs. `workflow.draft_revision` is the stored revision afterwards."""
     if not isinstance(raw, dict):
         raise DraftRefused("a workflow definition is a JSON object")
     if _unstorable(raw):
         raise DraftRefused("text cannot contain NUL characters or unpaired surrogates")
     problems = check_draft(raw)
-    name = raw.get("name")
-    if isinstance(name, str) and name.strip():
-        workflow.name = name.strip()[:200]
-    workflow.draft = raw
-    workflow.draft_updated_by = by[:150]
-    workflow.save(update_fields=["name", "draft", "draft_updated_by", "updated_at"])
+    _write_draft(
+        workflow=workflow,
+        raw=raw,
+        by=by,
+        base_revision=base_revision,
+        force=force,
+        client=client,
+    )
     return problems
+
+
+def replace_draft(
+    *, slug: str, raw: Any, by: str = "", base_revision: int | None = None, client: str = ""
+) -> tuple[Workflow, bool]:
+    """Create a workflow or replace its draft with a *valid* definition; (workflow, created).
+
+    Raises InvalidDefinition and changes nothing; DraftConflict when the workflow exists
+    and `base_revision` is not its revision (a workflow that does not exist yet has no
+    revision anyone can have seen but 0)."""
+    parsed = parse_definition(raw)
+    with transaction.atomic():
+        workflow, created = Workflow.objects.get_or_create(
+            slug=slug,
+            defaults={"name": parsed.name[:200], "draft": raw, "draft_updated_by": by[:150]},
+        )
+        if created:
+            if base_revision not in (None, 0):
+                raise _conflict(workflow, base_revision)
+            _draft_changed(workflow, client=client)
+        else:
+            _write_draft(
+                workflow=workflow, raw=raw, by=by, base_revision=base_revision, client=client
+            )
+    return workflow, created
+
+
+def expect_revision(*, slug: str, base_revision: int) -> Workflow:
+    """Lock the workflow until the end of the transaction, refusing with DraftConflict
+    when its draft is not at `base_revision`: what is published then is what was seen."""
+    # Locked so that no save lands between this check and the publish that follows it in
+    # the same transaction.
+    current = Workflow.objects.select_for_update().get(slug=slug)
+    if current.draft_revision != base_revision:
+        raise _conflict(current, base_revision)
+    return current
 
 
 @dataclass
@@ -247,15 +416,26 @@ def ports_of(step: Any) -> list[str]:
 
 # --- publishing and versions -----------------------------------------------------------------
 def publish_draft(
-    *, workflow: Workflow, by: str, note: str = "", raw: Any = None
+    *,
+    workflow: Workflow,
+    by: str,
+    note: str = "",
+    raw: Any = None,
+    base_revision: int | None = None,
+    client: str = "",
 ) -> WorkflowVersion:
     """Publish the draft (after storing `raw` as the draft, when given).
 
     Raises InvalidDefinition with every problem when the draft is not valid; the draft is
-    kept either way."""
+    kept either way. Raises DraftConflict, publishing nothing, when `base_revision` is not
+    the stored revision, or when someone saves between storing `raw` and publishing it:
+    nobody publishes a draft they have not seen."""
     if raw is not None:
-        save_draft(workflow=workflow, raw=raw, by=by)
+        save_draft(workflow=workflow, raw=raw, by=by, base_revision=base_revision, client=client)
+        base_revision = workflow.draft_revision
     with transaction.atomic():
+        if base_revision is not None:
+            expect_revision(slug=workflow.slug, base_revision=base_revision)
         version = publish_workflow(
             slug=workflow.slug, note=(note or "")[:MAX_NOTE], published_by=by
         )
@@ -286,11 +466,25 @@ def definition_at(workflow: Workflow, ref: str | int | None) -> dict:
     return workflow.versions.get(number=int(ref), kind="published").definition
 
 
-def restore_version(*, workflow: Workflow, number: int, by: str) -> dict:
-    """Copy a published version into the draft (runs are unaffected until a publish)."""
+def restore_version(
+    *,
+    workflow: Workflow,
+    number: int,
+    by: str,
+    base_revision: int | None = None,
+    client: str = "",
+) -> dict:
+    """Copy a published version into the draft (runs are unaffected until a publish).
+    Raises DraftConflict when `base_revision` is not the stored revision."""
     version = workflow.versions.get(number=number, kind="published")
     with transaction.atomic():
-        save_draft(workflow=workflow, raw=copy.deepcopy(version.definition), by=by)
+        save_draft(
+            workflow=workflow,
+            raw=copy.deepcopy(version.definition),
+            by=by,
+            base_revision=base_revision,
+            client=client,
+        )
         audit.record(
             actor=by,
             action="workflow.restore",
@@ -486,26 +680,8 @@ def _sample_event(*, workflow: Workflow, data: Any, event_type: str, by: str) ->
     if data is not None:
         attributes["datacontenttype"] = "application/json"
     envelope = validate(attributes, data=data, data_is_base64=False)
-    checked = check_event_data(envelope)
-    extensions = correlation_extensions(envelope.extensions, event_id=envelope.id)
-    return Event.objects.create(
-        source=envelope.source,
-        ce_id=envelope.id,
-        type=envelope.type,
-        subject=envelope.subject,
-        time=envelope.time,
-        datacontenttype=envelope.datacontenttype,
-        data=envelope.data,
-        extensions=extensions,
-        correlation_id=extensions["correlationid"],
-        causation_id=str(extensions["causationid"]),
-        validation=checked.validation,
-        schema_version=checked.version,
-        channel=TRY_CHANNEL,
-        # Kept off the bus: the try run is started directly, nothing else may match it.
-        published_at=timezone.now(),
-        matched_at=timezone.now(),
-    )
+    event, _created = ingest_event(envelope=envelope, channel=TRY_CHANNEL, off_bus=True)
+    return event
 
 
 _NO_DATA: Any = object()
@@ -519,15 +695,18 @@ def try_draft(
     data: Any = _NO_DATA,
     event_type: str = "",
     raw: Any = None,
+    base_revision: int | None = None,
+    client: str = "",
 ) -> Run:
     """Run the draft once with a sample event: a stored one (`event_id`) or `data` typed in.
 
     Freezes the draft into a snapshot version and starts a Run(origin="try") of it at once,
     outside the bus and outside the workflow's concurrency limits. Its steps really run
     (an HTTP step calls its URL). Raises InvalidDefinition when the draft is not valid,
-    Event.DoesNotExist, InvalidEvent or SchemaViolation for a bad sample."""
+    Event.DoesNotExist, InvalidEvent or SchemaViolation for a bad sample; DraftConflict
+    when `raw` is stored on a `base_revision` that is not the stored one."""
     if raw is not None:
-        save_draft(workflow=workflow, raw=raw, by=by)
+        save_draft(workflow=workflow, raw=raw, by=by, base_revision=base_revision, client=client)
     parse_definition(workflow.draft)
     with transaction.atomic():
         if event_id is not None:
@@ -589,21 +768,30 @@ class ImportResult:
 
 
 def import_definition(
-    *, slug: str, body: bytes, yaml_format: bool, by: str, publish: bool = False, note: str = ""
+    *,
+    slug: str,
+    body: bytes,
+    yaml_format: bool,
+    by: str,
+    publish: bool = False,
+    note: str = "",
+    base_revision: int | None = None,
+    client: str = "",
 ) -> ImportResult:
     """Replace a workflow's draft with a definition file (creating the workflow if needed)
     and optionally publish it, all or nothing.
 
     Raises UnreadableDefinition (neither JSON nor YAML), InvalidDefinition (every problem,
-    with its JSON pointer) or DraftRefused (a bad slug); then nothing has changed."""
+    with its JSON pointer), DraftRefused (a bad slug) or DraftConflict (`base_revision` is
+    not the stored revision); then nothing has changed."""
     if not SLUG.match(slug or ""):
         raise DraftRefused(f"{slug!r} is not a workflow slug (letters, digits, '-' and '_')")
     raw = load_definition_text(body, yaml_format=yaml_format)
     parse_definition(raw)
     with transaction.atomic():
-        workflow, created = put_workflow(slug=slug, raw=raw)
-        workflow.draft_updated_by = by[:150]
-        workflow.save(update_fields=["draft_updated_by"])
+        workflow, created = replace_draft(
+            slug=slug, raw=raw, by=by, base_revision=base_revision, client=client
+        )
         version = None
         if publish:
             # Inside the transaction: a publish that is refused (a webhook that does not
