@@ -5,8 +5,8 @@ Everything is read from the truth: event counts and run outcomes from the event 
 (a run's start and finish are `signalbox.run.*` events ingested with the state change, and
 `received_at` is indexed), step latencies from StepRun (an id range found from the window's
 start, see workflows.dashboard_selectors.first_id_at_or_after), queue depth and bus lag from
-Redis. Results are cached per process for a few seconds, so a hundred open overview pages
-cost one computation, not a hundred.
+Redis (workflows.gauges). Results are cached per process for a few seconds, so a hundred
+open overview pages cost one computation, not a hundred.
 """
 
 from __future__ import annotations
@@ -19,16 +19,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-import redis
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
 from workflows import dashboard_selectors as ds
 from workflows import demo_traffic
-from workflows.events import bus
+from workflows.gauges import bus_partitions, queue_lengths
 from workflows.models import DeadLetter, StepRun
-from workflows.redis_client import client
 
 T = TypeVar("T")
 
@@ -41,7 +39,6 @@ WINDOWS: dict[str, tuple[timedelta, int]] = {
 DEFAULT_WINDOW = "15m"
 TOP_TYPES = 6
 CACHE_SECONDS = 2.0
-LAG_SCAN_LIMIT = 10_000
 RUN_PREFIX = "signalbox.run."
 
 
@@ -75,74 +72,6 @@ class TTLCache:
 
 
 cache = TTLCache()
-
-
-# --- Redis gauges ----------------------------------------------------------------------------
-def celery_queue_key(queue: str | None = None) -> str:
-    """The list Celery's Redis transport keeps a queue in (the transport prefixes every key
-    with global_keyprefix)."""
-    prefix = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
-    return f"{prefix}{queue or settings.CELERY_TASK_DEFAULT_QUEUE}"
-
-
-def queue_lengths(queues: list[str] | None = None) -> dict[str, int | None]:
-    names = queues or [settings.CELERY_TASK_DEFAULT_QUEUE]
-    try:
-        pipe = client().pipeline(transaction=False)
-        for name in names:
-            pipe.llen(celery_queue_key(name))
-        return dict(zip(names, pipe.execute(), strict=True))
-    except redis.RedisError:
-        return dict.fromkeys(names)
-
-
-@dataclass
-class PartitionLag:
-    partition: int
-    stream: str
-    length: int | None = None
-    pending: int | None = None
-    lag: int | None = None
-    lag_capped: bool = False
-    consumers: int | None = None
-    last_delivered: str = ""
-    error: str = ""
-
-
-def bus_partitions() -> list[PartitionLag]:
-    """Per partition: entries in the stream, entries the group read but did not acknowledge
-    (pending) and entries it has not read yet (lag; counted when the server cannot say)."""
-    group = settings.SIGNALBOX["BUS_GROUP"]
-    out = []
-    conn = client()
-    for partition in range(bus.partitions()):
-        stream = bus.stream_key(partition)
-        row = PartitionLag(partition, stream)
-        try:
-            row.length = conn.xlen(stream)
-            for info in conn.xinfo_groups(stream):
-                if info.get("name") != group:
-                    continue
-                row.pending = int(info.get("pending") or 0)
-                row.consumers = int(info.get("consumers") or 0)
-                row.last_delivered = str(info.get("last-delivered-id") or "")
-                lag = info.get("lag")
-                if lag is not None:
-                    row.lag = int(lag)
-                else:  # Redis < 7, or trimmed entries make the server unsure: count them
-                    newer = conn.xrange(
-                        stream, min=f"({row.last_delivered}", count=LAG_SCAN_LIMIT + 1
-                    )
-                    row.lag, row.lag_capped = (
-                        min(len(newer), LAG_SCAN_LIMIT),
-                        len(newer) > LAG_SCAN_LIMIT,
-                    )
-        except redis.ResponseError as exc:  # no such stream yet: nothing published
-            row.error = str(exc)
-        except redis.RedisError as exc:
-            row.error = f"Redis unavailable: {exc}"
-        out.append(row)
-    return out
 
 
 # --- series from the database ------------------------------------------------------------------

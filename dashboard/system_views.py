@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.shortcuts import render
 
-from workflows import circuit, heartbeat
+from workflows import circuit, gauges, heartbeat
 
 from . import metrics
 from .access import role_required
@@ -94,8 +94,8 @@ def compute_system() -> dict[str, Any]:
     return {
         "workers": workers,
         "worker_error": worker_error,
-        "queues": metrics.queue_lengths(queue_names),
-        "partitions": metrics.bus_partitions(),
+        "queues": gauges.queue_lengths(queue_names),
+        "partitions": gauges.bus_partitions(),
         "bus_group": settings.SIGNALBOX["BUS_GROUP"],
         "components": _component_beats(),
         "circuits": circuits,

@@ -13,7 +13,7 @@ from django.utils import timezone
 from dashboard import metrics
 from tests.factories import definition, log_step
 from tests.test_replay import drive, publish, trigger
-from workflows import demo_traffic
+from workflows import demo_traffic, gauges
 from workflows.events import bus
 from workflows.models import DeadLetter, Event, Run
 from workflows.redis_client import client
@@ -65,7 +65,7 @@ def test_the_overview_leaves_out_runs_of_workflows_the_user_may_not_see(outcomes
 
 
 def test_queue_depth_bus_lag_and_dead_letters_are_read_from_redis_and_the_store(db):
-    queue = metrics.celery_queue_key()
+    queue = gauges.celery_queue_key()
     assert queue == f"{settings.REDIS_PREFIX}:celery:signalbox"
     redis = client()
     stream = bus.stream_key(1)
@@ -77,7 +77,7 @@ def test_queue_depth_bus_lag_and_dead_letters_are_read_from_redis_and_the_store(
         DeadLetter.objects.create(kind="event", reason="test")
 
         figures = metrics.compute_overview("15m").figures
-        partition = next(p for p in metrics.bus_partitions() if p.partition == 1)
+        partition = next(p for p in gauges.bus_partitions() if p.partition == 1)
 
         assert figures["queue_depth"] == 3
         assert partition.lag >= 2 and partition.length >= 2 and partition.pending == 0

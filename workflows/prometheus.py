@@ -19,7 +19,7 @@ from django.db.models import Count
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import circuit, heartbeat
+from . import circuit, gauges, heartbeat
 from .models import DeadLetter, Event, Run, StepRun
 from .redis_client import client, key
 from .states import RunStatus, StepStatus
@@ -80,8 +80,6 @@ class SignalboxCollector(Collector):
         yield runs
 
     def _bus_and_queues(self) -> Iterator[Metric]:
-        from dashboard.metrics import bus_partitions, queue_lengths
-
         lag = GaugeMetricFamily(
             "signalbox_bus_lag",
             "Bus entries the consumer group has not read yet, per partition.",
@@ -95,7 +93,7 @@ class SignalboxCollector(Collector):
         length = GaugeMetricFamily(
             "signalbox_bus_stream_length", "Entries kept in each partition.", labels=["partition"]
         )
-        for row in bus_partitions():
+        for row in gauges.bus_partitions():
             label = [str(row.partition)]
             for family, value in ((lag, row.lag), (pending, row.pending), (length, row.length)):
                 if value is not None:
@@ -103,7 +101,7 @@ class SignalboxCollector(Collector):
         queue = GaugeMetricFamily(
             "signalbox_queue_depth", "Celery messages waiting in each queue.", labels=["queue"]
         )
-        for name, depth in queue_lengths().items():
+        for name, depth in gauges.queue_lengths().items():
             if depth is not None:
                 queue.add_metric([name], float(depth))
         yield from (lag, pending, length, queue)
