@@ -1,18 +1,18 @@
 """Prometheus metrics, read from the same truth as the dashboard at scrape time.
 
-Counters live in Redis hashes that every process increments (the web process, workers and
-the bus consumer all publish events), so any web process can serve the whole installation's
-figures and none has to aggregate its siblings. Counters start again from zero when Redis
-loses its data; Prometheus reads a drop as a counter reset, which `rate()` handles.
-Gauges are read when scraped: queue depth and bus lag from Redis, runs in flight and dead
-letters waiting from the database (small, indexed sets), breaker states, component
-heartbeats.
+Counters live in Redis hashes that every process increments (workflows.counters: the web
+process, workers and the bus consumer all publish events), so any web process can serve the
+whole installation's figures and none has to aggregate its siblings. Counters start again
+from zero when Redis loses its data; Prometheus reads a drop as a counter reset, which
+`rate()` handles. Gauges are read when scraped: queue depth and bus lag from Redis, runs in
+flight and dead letters waiting from the database (small, indexed sets), breaker states,
+component heartbeats.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import redis
 from django.db.models import Count
@@ -20,28 +20,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from . import circuit, gauges, heartbeat
-from .models import DeadLetter, Event, Run, StepRun
+from .counters import EVENTS_KEY, RUNS_KEY
+from .models import DeadLetter, Run, StepRun
 from .redis_client import client, key
 from .states import RunStatus, StepStatus
 
-EVENTS_KEY = ("metrics", "events")  # field: channel
-RUNS_KEY = ("metrics", "runs")  # field: workflow \t outcome
-RUN_TYPE_PREFIX = "signalbox.run."
 COMPONENTS = ("bus-consumer", "scheduler")
 IN_FLIGHT_RUNS = (RunStatus.QUEUED, RunStatus.RUNNING)
 IN_FLIGHT_STEPS = (StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.WAITING)
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
-
-
-def count_published(pipe: redis.client.Pipeline, events: Iterable[Event]) -> None:
-    """Add the counter increments for events published for the first time to `pipe`, so
-    they cost no round trip of their own."""
-    for event in events:
-        pipe.hincrby(key(*EVENTS_KEY), event.channel or "unknown", 1)
-        if event.channel == "run" and event.type.startswith(RUN_TYPE_PREFIX):
-            workflow = str((event.extensions or {}).get("sbworkflow") or "")
-            outcome = event.type[len(RUN_TYPE_PREFIX) :]
-            pipe.hincrby(key(*RUNS_KEY), f"{workflow}\t{outcome}", 1)
 
 
 class SignalboxCollector(Collector):

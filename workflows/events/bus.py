@@ -16,8 +16,8 @@ import redis
 from django.conf import settings
 from django.utils import timezone
 
+from ..counters import count_published
 from ..models import Event
-from ..prometheus import count_published
 from ..redis_client import client, key
 
 log = logging.getLogger("signalbox.bus")
