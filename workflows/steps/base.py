@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 
 class StepError(Exception):
@@ -57,6 +57,20 @@ class StepResult:
     wait: Wait | None = None
 
 
+class ItemCheckpoints(Protocol):
+    """What the earlier attempts of a step that runs many items (`for_each`) already did in
+    this run: each item's output by index, kept as soon as the item succeeded. The services
+    implement it over the database; a kind only sees these two calls."""
+
+    def done(self) -> dict[int, Any]:
+        """The outputs recorded so far, by item index."""
+        ...
+
+    def record(self, index: int, output: Any) -> None:
+        """Keep one item's output; recording an index a second time changes nothing."""
+        ...
+
+
 @dataclass(frozen=True)
 class StepContext:
     run_id: int
@@ -73,6 +87,8 @@ class StepContext:
     scope: Mapping[str, Any] = field(default_factory=dict)
     # Set by the services: publish a CloudEvent with this run as its cause.
     emit: Callable[[dict], dict] | None = None
+    # Set by the services: per-item checkpoints of this step in this run (for_each).
+    checkpoints: ItemCheckpoints | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("signalbox.steps"))
 
     def expression_context(self, **extra: Any) -> dict[str, Any]:

@@ -3,12 +3,19 @@
 Each item runs the inner step kind with `item` and `index` in its expression context and its
 own idempotency key (the step's key + index), so a retried loop does not repeat effects on
 receivers that deduplicate.
+
+Each item's output is checkpointed as soon as it succeeds (through `ctx.checkpoints`, when
+the services give one), and a later attempt of the step in the same run runs only the items
+that have no checkpoint: one failed item out of a thousand costs one call on retry, not a
+thousand. Checkpoints are positional: item `i` of this attempt's list is taken to be item `i`
+of the earlier attempt's.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
+from typing import Any
 
 from ..expressions import evaluate, render_value
 from .base import StepContext, StepError, StepKind, StepResult
@@ -57,6 +64,7 @@ class ForEach(StepKind):
                 ctx,
                 idempotency_key=f"{ctx.idempotency_key}-{index}",
                 scope={**ctx.scope, "item": items[index], "index": index},
+                checkpoints=None,  # the loop's checkpoints are the loop's, not the item's
             )
             item_config = render_value(
                 config["do"].get("config", {}), item_ctx.expression_context()
@@ -64,19 +72,63 @@ class ForEach(StepKind):
             result = inner.execute(item_config, item_ctx)
             return result.output if isinstance(result, StepResult) else result
 
-        with ThreadPoolExecutor(max_workers=config.get("concurrency", 4)) as pool:
-            futures = [pool.submit(run_one, i) for i in range(len(items))]
-            results, errors = [], []
-            for index, future in enumerate(futures):
-                try:
-                    results.append(future.result())
-                except StepError as exc:
-                    results.append(None)
-                    errors.append((index, exc))
+        checkpoints = ctx.checkpoints
+        # Positional: a checkpoint past the end of this attempt's list (the expression now
+        # gives a shorter one) belongs to no item and is ignored.
+        outputs: dict[int, Any] = {
+            index: output
+            for index, output in (checkpoints.done() if checkpoints else {}).items()
+            if 0 <= index < len(items)
+        }
+        reused = len(outputs)
+        if reused:
+            ctx.logger.info(
+                "run %s step %s: %d of %d items kept from earlier attempts",
+                ctx.run_id,
+                ctx.step_id,
+                reused,
+                len(items),
+            )
+        errors: dict[int, StepError] = {}
+        crash: BaseException | None = None
+        pool = ThreadPoolExecutor(max_workers=config.get("concurrency", 4))
+        try:
+            pending: dict[Future, int] = {
+                pool.submit(run_one, i): i for i in range(len(items)) if i not in outputs
+            }
+            # Results are taken (and checkpointed) here, in the calling thread, as they come:
+            # the item threads never touch the database.
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    index = pending.pop(future)
+                    if future.cancelled():
+                        continue
+                    try:
+                        output = future.result()
+                    except StepError as exc:
+                        errors[index] = exc
+                        continue
+                    except BaseException as exc:  # noqa: BLE001 - re-raised below
+                        # Start no more items; keep what the running ones finish, then fail.
+                        if crash is None:
+                            crash = exc
+                            for other in pending:
+                                other.cancel()
+                        continue
+                    outputs[index] = output
+                    if checkpoints is not None:
+                        checkpoints.record(index, output)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if crash is not None:
+            raise crash
         if errors:
-            retryable = all(exc.retryable for _, exc in errors)
-            summary = "; ".join(f"[{i}] {exc}" for i, exc in errors[:5])
+            retryable = all(exc.retryable for exc in errors.values())
+            first = sorted(errors.items())[:5]
+            summary = "; ".join(f"[{i}] {exc}" for i, exc in first)
             raise StepError(
                 f"{len(errors)} of {len(items)} items failed: {summary}", retryable=retryable
             )
+        results = [outputs[i] for i in range(len(items))]
         return {"results": results, "count": len(results)}
