@@ -166,21 +166,35 @@ def run_cancel(request, run_id: int):
 
 
 # --- the dead-letter queue -----------------------------------------------------------------------
+# A letter that belongs to a workflow of another team (replay_selectors.letters_touching) is
+# not there for this user: left out of the list, 404 on its pages and actions, refused (as an
+# unknown id) in a bulk re-drive.
+def _redrive_selected(request, ids: list[int], hidden: frozenset[int]) -> list[dict[str, Any]]:
+    allowed = recovery.visible_dead_letter_ids(ids, hidden=hidden)
+    done = {
+        result["id"]: result
+        for result in dlq.redrive_many(
+            letter_ids=[i for i in ids if i in allowed],
+            actor=request.user.get_username(),
+            reason=(request.POST.get("reason") or "").strip(),
+        )
+    }
+    # The same answer as for an id that does not exist: nothing tells the two apart.
+    unknown = {"ok": False, "error": "no such dead letter"}
+    return [done.get(i) or {"id": i, **unknown} for i in ids]
+
+
 @role_required("viewer")
 @require_http_methods(["GET", "POST"])
 def dead_letter_list(request):
+    hidden = ds.hidden_workflow_ids(request.user)
     if request.method == "POST":  # re-drive the selected letters
         _require_operator(request)
-        ids = [int(i) for i in request.POST.getlist("ids") if i.isdigit()]
+        ids = list(dict.fromkeys(int(i) for i in request.POST.getlist("ids") if i.isdigit()))
         if not ids:
             messages.error(request, "Select the dead letters to re-drive.")
         else:
-            results = dlq.redrive_many(
-                letter_ids=ids,
-                actor=request.user.get_username(),
-                reason=(request.POST.get("reason") or "").strip(),
-            )
-            for result in results:
+            for result in _redrive_selected(request, ids, hidden):
                 if result["ok"]:
                     messages.success(request, f"Dead letter {result['id']}: {result['resolution']}")
                 else:
@@ -192,7 +206,9 @@ def dead_letter_list(request):
         else "open"
     )
     kind = request.GET.get("kind") if request.GET.get("kind") in ("step", "bus", "event") else ""
-    page, more = recovery.dead_letters(state=state, kind=kind, limit=recovery.PAGE_SIZE)
+    page, more = recovery.dead_letters(
+        state=state, kind=kind, limit=recovery.PAGE_SIZE, hidden=hidden
+    )
     return render(
         request,
         "dashboard/dead_letters.html",
@@ -201,14 +217,14 @@ def dead_letter_list(request):
             "more": more,
             "state": state,
             "kind": kind,
-            "open_count": recovery.open_dead_letter_count(),
+            "open_count": recovery.open_dead_letter_count(hidden=hidden),
             "can_operate": _can_operate(request),
         },
     )
 
 
-def _letter_or_404(letter_id: int):
-    letter = recovery.dead_letter(letter_id)
+def _letter_or_404(request, letter_id: int):
+    letter = recovery.dead_letter(letter_id, hidden=ds.hidden_workflow_ids(request.user))
     if letter is None:
         raise Http404("no such dead letter")
     return letter
@@ -223,7 +239,7 @@ def dead_letter_detail(
     error: str | None = None,
     status: int = 200,
 ):
-    letter = _letter_or_404(letter_id)
+    letter = _letter_or_404(request, letter_id)
     return render(
         request,
         "dashboard/dead_letters_detail.html",
@@ -245,7 +261,7 @@ def dead_letter_detail(
 @role_required("operator")
 @require_POST
 def dead_letter_edit(request, letter_id: int):
-    _letter_or_404(letter_id)
+    _letter_or_404(request, letter_id)
     text = request.POST.get("payload") or ""
     try:
         payload = json.loads(text)
@@ -274,7 +290,7 @@ def dead_letter_edit(request, letter_id: int):
 @role_required("operator")
 @require_POST
 def dead_letter_redrive(request, letter_id: int):
-    _letter_or_404(letter_id)
+    _letter_or_404(request, letter_id)
     try:
         done = dlq.redrive(
             letter_id=letter_id,
@@ -284,15 +300,22 @@ def dead_letter_redrive(request, letter_id: int):
     except dlq.DeadLetterError as exc:
         return dead_letter_detail(request, letter_id, error=str(exc), status=exc.status)
     messages.success(request, f"Re-driven: {done.resolution}.")
-    if done.runs:
-        return redirect("dashboard:run", run_id=done.runs[0])
+    # Matching an event again may start runs of another team's workflow, and so make the
+    # letter theirs too: go where this user may look.
+    hidden = ds.hidden_workflow_ids(request.user)
+    shown = Run.objects.filter(pk__in=done.runs).exclude(workflow_id__in=sorted(hidden))
+    first = shown.order_by("id").values_list("pk", flat=True).first()
+    if first is not None:
+        return redirect("dashboard:run", run_id=first)
+    if recovery.dead_letter(letter_id, hidden=hidden) is None:
+        return redirect("dashboard:dead-letters")
     return redirect("dashboard:dead-letter", letter_id=letter_id)
 
 
 @role_required("operator")
 @require_POST
 def dead_letter_discard(request, letter_id: int):
-    _letter_or_404(letter_id)
+    _letter_or_404(request, letter_id)
     try:
         dlq.discard(
             letter_id=letter_id,
@@ -453,6 +476,11 @@ def redrive_page(request):
     }
     errors: dict[str, str] = {}
     plan = None
+    hidden = ds.hidden_workflow_ids(request.user)
+    # As the shadow replay does: another team's workflow is neither offered, previewed nor
+    # delivered to.
+    if form["workflow"] and form["workflow"] in ds.hidden_slugs(hidden):
+        raise PermissionDenied("this workflow belongs to another team")
     if form["type"] or form["workflow"] or request.method == "POST":
         after = _time_or_none(form["after"], "after", errors)
         before = _time_or_none(form["before"], "before", errors)
@@ -495,7 +523,7 @@ def redrive_page(request):
             "form": form,
             "errors": errors,
             "plan": plan,
-            "workflows": Workflow.objects.order_by("slug"),
+            "workflows": Workflow.objects.exclude(id__in=sorted(hidden)).order_by("slug"),
             "can_operate": _can_operate(request),
         },
         status=400 if errors and request.method == "POST" else 200,
@@ -510,17 +538,20 @@ def audit_list(request):
         for name in ("action", "actor", "target_type", "target_id")
     }
     before = request.GET.get("before_id") or ""
-    page, more = recovery.audit_entries(
-        **filters, before_id=int(before) if before.isdigit() else None
+    # Entries about another team's workflows, runs, batches or dead letters are left out.
+    page, older = recovery.visible_audit_entries(
+        **filters,
+        hidden=ds.hidden_workflow_ids(request.user),
+        before_id=int(before) if before.isdigit() else None,
     )
     return render(
         request,
         "dashboard/audit.html",
         {
             "entries": page,
-            "more": more,
+            "more": older is not None,
             "filters": filters,
             "actions": audit.ACTIONS,
-            "older": page[-1].pk if more else None,
+            "older": older,
         },
     )

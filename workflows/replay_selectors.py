@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db import connection
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
+from .dashboard_selectors import hidden_slugs
 from .event_selectors import _parse_time
 from .models import AuditEntry, DeadLetter, ReplayBatch, Run
+from .services.producers import RUN_TYPE_PREFIX, WORKFLOW_EXTENSION
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -97,10 +100,58 @@ def failed_runs(
     return runs.distinct()
 
 
+# --- dead letters, and whom they belong to ---------------------------------------------------
+# A dead letter belongs to every workflow it names or touches, by kind:
+# - step: the run's workflow (and the `workflow` its payload names, kept if the run is gone);
+# - event: the run whose run event broke its schema (`run`, or the CloudEvent's sbworkflow
+#   extension), the workflows a depth-guard letter was cut from (`workflows`), the runs its
+#   event started, and the workflow whose run event it is;
+# - bus: the runs its event started, and the workflow whose run event it is.
+# A letter touching a workflow the asker may not see is not there for them; a bus, stream or
+# schedule letter touching no workflow is everyone's.
+def _payload_lists_any(key: str, slugs: list[str]) -> Q:
+    """payload[key] is a JSON list naming one of `slugs`."""
+    found = Q(pk__in=[])
+    for slug in slugs:
+        if connection.features.supports_json_field_contains:
+            found |= Q(**{f"payload__{key}__contains": slug})  # PostgreSQL: list @> "slug"
+        else:  # SQLite: the list's JSON text holds the quoted slug
+            found |= Q(**{f"payload__{key}__icontains": f'"{slug}"'})
+    return found
+
+
+def letters_touching(hidden: frozenset[int]) -> QuerySet[DeadLetter]:
+    """Dead letters that belong to (name or touch) one of the workflows in `hidden`."""
+    if not hidden:
+        return DeadLetter.objects.none()
+    ids, slugs = sorted(hidden), sorted(hidden_slugs(hidden))
+    own_run = Q(run__workflow_id__in=ids) | Q(payload__workflow__in=slugs)
+    through_event = ~Q(kind="step") & (
+        Q(event__runs__workflow_id__in=ids)
+        | Q(event__type__startswith=RUN_TYPE_PREFIX, event__subject__in=slugs)
+        | Q(**{f"payload__cloudevent__{WORKFLOW_EXTENSION}__in": slugs})
+        | _payload_lists_any("workflows", slugs)
+    )
+    return DeadLetter.objects.filter(own_run | through_event)
+
+
+def _visible_letters(letters: QuerySet[DeadLetter], hidden: frozenset[int]) -> QuerySet[DeadLetter]:
+    if not hidden:
+        return letters
+    # Per row (EXISTS on the letter's own id), so a page read along the -id index stops early.
+    return letters.filter(~Exists(letters_touching(hidden).filter(pk=OuterRef("pk"))))
+
+
 def dead_letters(
-    *, state: str = "open", kind: str = "", before_id: int | None = None, limit: int = PAGE_SIZE
+    *,
+    state: str = "open",
+    kind: str = "",
+    before_id: int | None = None,
+    limit: int = PAGE_SIZE,
+    hidden: frozenset[int] = frozenset(),
 ) -> tuple[list[DeadLetter], bool]:
-    """Newest first; `state` is open, resolved or all. Returns (page, more)."""
+    """Newest first; `state` is open, resolved or all; letters of workflows in `hidden`
+    (dashboard_selectors.hidden_workflow_ids) are left out. Returns (page, more)."""
     letters = DeadLetter.objects.select_related("run__workflow", "event").order_by("-id")
     if state == "open":
         letters = letters.filter(resolved_at__isnull=True)
@@ -110,16 +161,40 @@ def dead_letters(
         letters = letters.filter(kind=kind)
     if before_id:
         letters = letters.filter(pk__lt=before_id)
-    page = list(letters[: limit + 1])
+    page = list(_visible_letters(letters, hidden)[: limit + 1])
     return page[:limit], len(page) > limit
 
 
-def dead_letter(letter_id: int) -> DeadLetter | None:
-    return DeadLetter.objects.select_related("run__workflow", "event").filter(pk=letter_id).first()
+def dead_letter(letter_id: int, *, hidden: frozenset[int] = frozenset()) -> DeadLetter | None:
+    """The letter, or None when it does not exist or belongs to a workflow in `hidden`."""
+    letters = DeadLetter.objects.select_related("run__workflow", "event").filter(pk=letter_id)
+    return _visible_letters(letters, hidden).first()
 
 
-def open_dead_letter_count() -> int:
-    return DeadLetter.objects.filter(resolved_at__isnull=True).count()
+def visible_dead_letter_ids(letter_ids: list[int], *, hidden: frozenset[int]) -> set[int]:
+    """Which of `letter_ids` exist and belong to no workflow in `hidden`."""
+    letters = DeadLetter.objects.filter(pk__in=letter_ids)
+    return set(_visible_letters(letters, hidden).values_list("pk", flat=True))
+
+
+def open_dead_letter_count(*, hidden: frozenset[int] = frozenset()) -> int:
+    return _visible_letters(DeadLetter.objects.filter(resolved_at__isnull=True), hidden).count()
+
+
+# --- the audit trail -----------------------------------------------------------------------------
+def _audit_queryset(
+    *, action: str = "", actor: str = "", target_type: str = "", target_id: str = ""
+) -> QuerySet[AuditEntry]:
+    entries = AuditEntry.objects.order_by("-id")
+    if action:
+        entries = entries.filter(action=action)
+    if actor:
+        entries = entries.filter(actor=actor)
+    if target_type:
+        entries = entries.filter(target_type=target_type)
+    if target_id:
+        entries = entries.filter(target_id=str(target_id))
+    return entries
 
 
 def audit_entries(
@@ -131,19 +206,78 @@ def audit_entries(
     before_id: int | None = None,
     limit: int = PAGE_SIZE,
 ) -> tuple[list[AuditEntry], bool]:
-    entries = AuditEntry.objects.order_by("-id")
-    if action:
-        entries = entries.filter(action=action)
-    if actor:
-        entries = entries.filter(actor=actor)
-    if target_type:
-        entries = entries.filter(target_type=target_type)
-    if target_id:
-        entries = entries.filter(target_id=str(target_id))
+    entries = _audit_queryset(
+        action=action, actor=actor, target_type=target_type, target_id=target_id
+    )
     if before_id:
         entries = entries.filter(pk__lt=before_id)
     page = list(entries[: limit + 1])
     return page[:limit], len(page) > limit
+
+
+def foreign_audit_ids(found: list[AuditEntry], hidden: frozenset[int]) -> set[int]:
+    """Which of `found` are about a workflow in `hidden`: the workflow itself (drafts,
+    publishes, shadow replays, re-drives of events), one of its runs (replays, cancels), a
+    batch over its runs, or one of its dead letters. A target that no longer exists, or of a
+    type not listed here, is attributed to no workflow. A few queries per call."""
+    if not hidden or not found:
+        return set()
+    targets: dict[str, set[str]] = {}
+    for entry in found:
+        targets.setdefault(entry.target_type, set()).add(entry.target_id)
+
+    def numbers(target_type: str) -> list[int]:
+        return sorted(int(i) for i in targets.get(target_type, ()) if i.isdigit())
+
+    slugs = hidden_slugs(hidden)
+    foreign = {("workflow", slug) for slug in targets.get("workflow", ()) if slug in slugs}
+    if numbers("run"):
+        runs = Run.objects.filter(pk__in=numbers("run"), workflow_id__in=sorted(hidden))
+        foreign |= {("run", str(pk)) for pk in runs.values_list("pk", flat=True)}
+    if numbers("dead_letter"):
+        letters = letters_touching(hidden).filter(pk__in=numbers("dead_letter"))
+        foreign |= {("dead_letter", str(pk)) for pk in letters.values_list("pk", flat=True)}
+    if numbers("batch"):
+        batches_found = list(ReplayBatch.objects.filter(pk__in=numbers("batch")))
+        foreign |= {("batch", str(pk)) for pk in foreign_batch_ids(batches_found, hidden)}
+    return {e.pk for e in found if (e.target_type, e.target_id) in foreign}
+
+
+AUDIT_SCAN_ROUNDS = 20
+
+
+def visible_audit_entries(
+    *,
+    hidden: frozenset[int],
+    action: str = "",
+    actor: str = "",
+    target_type: str = "",
+    target_id: str = "",
+    before_id: int | None = None,
+    limit: int = PAGE_SIZE,
+) -> tuple[list[AuditEntry], int | None]:
+    """A page of entries (newest first) leaving out those about workflows in `hidden`, and
+    the `before_id` of the next page (None at the end). Reading is bounded: a user hidden
+    from most entries may get a shorter page, and the next one goes on from where the
+    reading stopped, never skipping an entry."""
+    entries = _audit_queryset(
+        action=action, actor=actor, target_type=target_type, target_id=target_id
+    )
+    shown: list[AuditEntry] = []
+    cursor = before_id
+    for _ in range(AUDIT_SCAN_ROUNDS):
+        found = list((entries.filter(pk__lt=cursor) if cursor else entries)[: limit + 1])
+        foreign = foreign_audit_ids(found, hidden)
+        for entry in found:
+            if entry.pk in foreign:
+                continue
+            shown.append(entry)
+            if len(shown) > limit:
+                return shown[:limit], shown[limit - 1].pk
+        if len(found) <= limit:
+            return shown, None
+        cursor = found[-1].pk
+    return shown, cursor
 
 
 def audit_for_run(run: Run) -> list[AuditEntry]:
