@@ -25,8 +25,9 @@ from django.utils import timezone
 
 from workflows import dashboard_selectors as ds
 from workflows import demo_traffic
+from workflows import replay_selectors as recovery
 from workflows.gauges import bus_partitions, queue_lengths
-from workflows.models import DeadLetter, StepRun
+from workflows.models import StepRun
 
 T = TypeVar("T")
 
@@ -262,7 +263,7 @@ def compute_overview(
         "queue_depth": queue.get(settings.CELERY_TASK_DEFAULT_QUEUE),
         "bus_lag": sum(p.lag or 0 for p in partitions),
         "bus_pending": sum(p.pending or 0 for p in partitions),
-        "dead_letters": DeadLetter.objects.filter(resolved_at__isnull=True).count(),
+        "dead_letters": recovery.open_dead_letter_count(hidden=hidden),
     }
     return Overview(
         window=window,

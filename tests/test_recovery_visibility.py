@@ -383,3 +383,19 @@ def test_an_audit_page_is_filled_past_hidden_entries_and_the_next_page_skips_non
     monkeypatch.setattr(recovery, "AUDIT_SCAN_ROUNDS", 1)
     assert [pk for page in pages() for pk in page] == [newer.pk, older.pk]
     assert pages()[0] == []
+
+
+def test_the_overview_counts_only_the_dead_letters_the_user_may_see(world):
+    from dashboard import metrics
+    from workflows.dashboard_selectors import hidden_workflow_ids
+
+    ensure_groups()
+    outsider = get_user_model().objects.create_user("counted", password="not-used")
+    outsider.groups.add(Group.objects.get(name="operator"))
+    everything = len(world["public"]) + len(world["hidden"])
+
+    hidden = hidden_workflow_ids(outsider)
+    assert metrics.compute_overview("15m", hidden=hidden).figures["dead_letters"] == len(
+        world["public"]
+    )
+    assert metrics.compute_overview("15m").figures["dead_letters"] == everything
