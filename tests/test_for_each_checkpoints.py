@@ -405,3 +405,76 @@ def test_no_step_kind_imports_the_models_or_the_services():
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+# --- replays ---------------------------------------------------------------------------------
+def http_loop(ok_url: str, flaky_url: str, *, flaky_index: int) -> dict:
+    url = f"{{{{ index == {flaky_index} ? '{flaky_url}' : '{ok_url}' }}}}/items/{{{{ index }}}}"
+    return definition(
+        {
+            "id": "each",
+            "kind": "for_each",
+            "config": {
+                "items": "event.data.items",
+                "concurrency": 2,
+                "do": {"kind": "http_request", "config": {"url": url, "json": "{{ item }}"}},
+            },
+        }
+    )
+
+
+def test_a_replay_that_keeps_keys_and_input_calls_only_the_items_that_never_succeeded(
+    by_hand, hosts
+):
+    from workflows.services import replay as replays
+
+    ok, flaky = hosts
+    flaky.answer(Reply(status=500, body={"error": "down"}), Reply(body={"item": 1}))
+    body = http_loop(ok.url, flaky.url, flaky_index=1)
+    run = by_hand.run("looping", body, cloudevent(data={"items": ["a", "b", "c"]}))
+    assert run.status == "failed"  # one attempt only: item 1 failed it
+    assert sorted(r.path for r in ok.requests) == ["/items/0", "/items/2"]
+
+    replay = replays.replay_run(run_id=run.pk, actor="tests")
+    by_hand.drain()
+    replay.refresh_from_db()
+
+    assert replay.status == "succeeded"
+    # Items 0 and 2 were done by the original with the very keys the replay would send.
+    assert sorted(r.path for r in ok.requests) == ["/items/0", "/items/2"]
+    assert [r.path for r in flaky.requests] == ["/items/1", "/items/1"]
+    original_key = step_of(run, "each").idempotency_key
+    assert [r.headers["Idempotency-Key"] for r in flaky.requests] == [f"{original_key}-1"] * 2
+    output = step_of(replay, "each").output
+    assert [r["body"] for r in output["results"]] == [{"ok": True}, {"item": 1}, {"ok": True}]
+    assert recorded_items(run_id=replay.pk, step_id="each").keys() == {1}
+
+
+def test_a_replay_with_renewed_keys_or_edited_input_runs_every_item_again(by_hand, hosts):
+    from workflows.services import replay as replays
+
+    ok, flaky = hosts
+    flaky.answer(Reply(status=500, body={"error": "down"}))
+    body = http_loop(ok.url, flaky.url, flaky_index=1)
+    run = by_hand.run("looping", body, cloudevent(data={"items": ["a", "b", "c"]}))
+    assert run.status == "failed"
+    ok.requests.clear()
+    flaky.requests.clear()
+
+    # New keys: the receiver would not recognise the earlier calls, so nothing is skipped.
+    renewed = replays.replay_run(run_id=run.pk, actor="tests", renew_idempotency_keys=True)
+    by_hand.drain()
+    renewed.refresh_from_db()
+    assert renewed.status == "succeeded"
+    assert sorted(r.path for r in ok.requests) == ["/items/0", "/items/2"]
+    assert [r.path for r in flaky.requests] == ["/items/1"]
+
+    # Edited input: other items, so the original's outputs say nothing about them.
+    ok.requests.clear()
+    flaky.requests.clear()
+    edited = replays.replay_run(run_id=run.pk, actor="tests", input={"items": ["x", "y", "z"]})
+    by_hand.drain()
+    edited.refresh_from_db()
+    assert edited.status == "succeeded"
+    assert sorted(r.json() for r in ok.requests) == ["x", "z"]
+    assert [r.json() for r in flaky.requests] == ["y"]

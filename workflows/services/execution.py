@@ -20,7 +20,7 @@ from ..states import RunStatus, StepStatus
 from ..steps import registry
 from ..steps.base import StepContext, StepError, StepResult
 from .definitions import definition_for
-from .item_checkpoints import StepItemCheckpoints
+from .item_checkpoints import StepItemCheckpoints, inherited_runs
 from .replay import recorded_result, side_effecting
 from .runs import lock_run, mark_started, record_result
 from .secrets import mask, secret_values
@@ -85,7 +85,11 @@ def build_context(run: Run, step: Step, step_run: StepRun, secrets: dict[str, st
         run=run_data(run),
         emit=lambda config: emit_for_step(run=run, step_run=step_run, config=config),
         checkpoints=StepItemCheckpoints(
-            run_id=run.pk, step_id=step.id, attempt=step_run.attempt, secrets=secrets
+            run_id=run.pk,
+            step_id=step.id,
+            attempt=step_run.attempt,
+            secrets=secrets,
+            inherited=inherited_runs(run, step.id) if step.kind == "for_each" else (),
         ),
     )
 
