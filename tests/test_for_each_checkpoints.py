@@ -478,3 +478,17 @@ def test_a_replay_with_renewed_keys_or_edited_input_runs_every_item_again(by_han
     assert edited.status == "succeeded"
     assert sorted(r.json() for r in ok.requests) == ["x", "z"]
     assert [r.json() for r in flaky.requests] == ["y"]
+
+
+def test_the_replay_preview_says_how_many_items_the_original_finished(by_hand, hosts):
+    from workflows.services import replay as replays
+
+    ok, flaky = hosts
+    flaky.answer(Reply(status=500, body={"error": "down"}))
+    body = http_loop(ok.url, flaky.url, flaky_index=1)
+    run = by_hand.run("looping", body, cloudevent(data={"items": ["a", "b", "c"]}))
+
+    kept = "step each (for_each) keeps the 2 item(s) the original finished"
+    assert any(w.startswith(kept) for w in replays.plan_replay(run=run).warnings)
+    renewed = replays.plan_replay(run=run, renew_idempotency_keys=True)
+    assert not any(w.startswith(kept) for w in renewed.warnings)

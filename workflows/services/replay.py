@@ -52,6 +52,7 @@ from ..steps import registry
 from ..steps.base import StepError, StepResult
 from . import audit
 from .definitions import definition_for, parse_definition
+from .item_checkpoints import StepItemCheckpoints, inherited_runs
 from .run_control import admit
 from .runs import advance_locked, idempotency_key, journal
 
@@ -378,6 +379,7 @@ def _warnings(plan: ReplayPlan) -> list[str]:
                 "with the SAME idempotency key as the original, so a receiver that "
                 "deduplicates sees a repeat"
             )
+    found.extend(_kept_items(plan))
     if plan.input_edited and plan.reused:
         found.append(
             "the input is edited, but reused steps keep the outputs they computed "
@@ -386,6 +388,31 @@ def _warnings(plan: ReplayPlan) -> list[str]:
             + "); replay from the start to compute them again"
         )
     return found
+
+
+def _kept_items(plan: ReplayPlan) -> list[str]:
+    """A for_each that runs again with the original's keys and input calls only the items the
+    original never finished (services/item_checkpoints.py): say how many it keeps."""
+    if plan.renew_idempotency_keys or plan.input_override is not None:
+        return []
+    before, after = definition_for(plan.original.version), definition_for(plan.version)
+    notes = []
+    for step in plan.rerun:
+        if step.kind != "for_each" or before.steps.get(step.step_id) != after.steps[step.step_id]:
+            continue
+        kept = StepItemCheckpoints(
+            run_id=plan.original.pk,
+            step_id=step.step_id,
+            attempt=0,
+            secrets={},
+            inherited=inherited_runs(plan.original, step.step_id),
+        ).done()
+        if kept:
+            notes.append(
+                f"step {step.step_id} (for_each) keeps the {len(kept)} item(s) the original "
+                "finished; only the others are called again"
+            )
+    return notes
 
 
 # --- doing it ----------------------------------------------------------------------------------
