@@ -15,6 +15,11 @@ class ApiToken(models.Model):
     prefix = models.CharField(max_length=12, help_text="first characters, to recognise a token")
     token_hash = models.CharField(max_length=64, unique=True)
     role = models.CharField(max_length=16, choices=ROLE_CHOICES, default="editor")
+    # A team's token sees that team's workflows and those of no team, like a team member in
+    # the dashboard; a token without a team sees every workflow.
+    team = models.ForeignKey(
+        "auth.Group", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
