@@ -16,7 +16,8 @@ class ApiToken(models.Model):
     token_hash = models.CharField(max_length=64, unique=True)
     role = models.CharField(max_length=16, choices=ROLE_CHOICES, default="editor")
     # A team's token sees that team's workflows and those of no team, like a team member in
-    # the dashboard; a token without a team sees every workflow.
+    # the dashboard; a token without a team sees every workflow. Deleting the team deletes
+    # its tokens: they must never fall back to seeing everything.
     team = models.ForeignKey(
         "auth.Group", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
     )
