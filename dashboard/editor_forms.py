@@ -358,84 +358,112 @@ def _read_json(text: str) -> tuple[Any, str]:
         return None, f"not valid JSON: {exc}"
 
 
+# --- fixed fields: a step's own, a trigger's (not from a kind's config schema) -------------
+NODE_FIELDS = ("step", "trigger")  # POST name prefixes of a node's own keys
+
+
+@dataclass(frozen=True)
+class FixedField:
+    """A field the editor always shows (not one of a kind's config settings).
+
+    `name` is the POST name `<where>.<key>`: `step.` and `trigger.` name a key of the node
+    itself, any other `<where>` (`retry.`) a key of the object the node holds under that
+    name. Problems are looked up as field_problems keys them: "id",
+    "retry/max_attempts"."""
+
+    name: str
+    label: str
+    widget: str = "text"
+    required: bool = False
+    choices: tuple[tuple[str, str], ...] = ()
+    help: str = ""
+    placeholder: str = ""
+    check: str = ""
+    datalist: str = ""
+    listed: bool = False  # a list of strings, shown and typed comma-separated
+    errors_also_from: tuple[str, ...] = ()
+
+    def shown(self, value: Any) -> str:
+        if self.widget == "number":
+            return _shown(value, "number")
+        if self.listed:
+            return ", ".join(map(str, value or []))
+        # A required field shows whatever it holds, a null or 0 included (its problem says
+        # why); an optional one shows a null, 0 or "" as left empty.
+        return str(value) if self.required else str(value or "")
+
+    def form_field(self, node: Mapping[str, Any], errors: Mapping[str, list[str]]) -> FormField:
+        where, key = self.name.split(".", 1)
+        values = node if where in NODE_FIELDS else node.get(where)
+        values = values if isinstance(values, dict) else {}
+        messages = [*errors.get(key if where in NODE_FIELDS else f"{where}/{key}", [])]
+        for also in self.errors_also_from:
+            messages += errors.get(also, [])
+        return FormField(
+            name=self.name,
+            label=self.label,
+            widget=self.widget,
+            value=self.shown(values.get(key, "")),
+            required=self.required,
+            choices=list(self.choices),
+            help=self.help,
+            placeholder=self.placeholder,
+            errors=messages,
+            check=self.check,
+            datalist=self.datalist,
+        )
+
+
 # --- the step's own fields -------------------------------------------------------------------
+STEP_FIELDS = (
+    FixedField(
+        "step.id",
+        "Id",
+        required=True,
+        help="lower-case letters, digits, - and _; edges refer to it",
+    ),
+    FixedField("step.name", "Name", placeholder="a label for people"),
+    FixedField(
+        "step.join",
+        "Join",
+        "select",
+        choices=(
+            ("", "(default: all)"),
+            ("all", "all: wait for every incoming edge"),
+            ("first", "first: start on the first edge taken"),
+        ),
+    ),
+    FixedField("step.timeout_seconds", "Timeout (seconds)", "number", placeholder="default 900"),
+    # Problems with the retry object as a whole show on its first field.
+    FixedField(
+        "retry.max_attempts",
+        "Max attempts",
+        "number",
+        placeholder="default 1",
+        errors_also_from=("retry",),
+    ),
+    FixedField(
+        "retry.backoff",
+        "Backoff",
+        "select",
+        choices=(
+            ("", "(default: exponential)"),
+            ("exponential", "exponential"),
+            ("fixed", "fixed"),
+        ),
+    ),
+    FixedField("retry.delay_seconds", "Delay (seconds)", "number", placeholder="default 1"),
+    FixedField(
+        "retry.retry_on",
+        "Retry on (error codes, comma-separated)",
+        placeholder="e.g. http.5, timeout",
+        listed=True,
+    ),
+)
+
+
 def step_fields(step: Mapping[str, Any], errors: Mapping[str, list[str]]) -> list[FormField]:
-    retry = step.get("retry") if isinstance(step.get("retry"), dict) else {}
-    return [
-        FormField(
-            name="step.id",
-            label="Id",
-            widget="text",
-            value=str(step.get("id", "")),
-            required=True,
-            help="lower-case letters, digits, - and _; edges refer to it",
-            errors=list(errors.get("id", [])),
-        ),
-        FormField(
-            name="step.name",
-            label="Name",
-            widget="text",
-            value=str(step.get("name", "") or ""),
-            placeholder="a label for people",
-            errors=list(errors.get("name", [])),
-        ),
-        FormField(
-            name="step.join",
-            label="Join",
-            widget="select",
-            value=str(step.get("join", "") or ""),
-            choices=[
-                ("", "(default: all)"),
-                ("all", "all: wait for every incoming edge"),
-                ("first", "first: start on the first edge taken"),
-            ],
-            errors=list(errors.get("join", [])),
-        ),
-        FormField(
-            name="step.timeout_seconds",
-            label="Timeout (seconds)",
-            widget="number",
-            value=_shown(step.get("timeout_seconds"), "number"),
-            placeholder="default 900",
-            errors=list(errors.get("timeout_seconds", [])),
-        ),
-        FormField(
-            name="retry.max_attempts",
-            label="Max attempts",
-            widget="number",
-            value=_shown(retry.get("max_attempts"), "number"),
-            placeholder="default 1",
-            errors=list(errors.get("retry/max_attempts", []) + errors.get("retry", [])),
-        ),
-        FormField(
-            name="retry.backoff",
-            label="Backoff",
-            widget="select",
-            value=str(retry.get("backoff", "") or ""),
-            choices=[
-                ("", "(default: exponential)"),
-                ("exponential", "exponential"),
-                ("fixed", "fixed"),
-            ],
-            errors=list(errors.get("retry/backoff", [])),
-        ),
-        FormField(
-            name="retry.delay_seconds",
-            label="Delay (seconds)",
-            widget="number",
-            value=_shown(retry.get("delay_seconds"), "number"),
-            placeholder="default 1",
-            errors=list(errors.get("retry/delay_seconds", [])),
-        ),
-        FormField(
-            name="retry.retry_on",
-            label="Retry on (error codes, comma-separated)",
-            widget="text",
-            value=", ".join(map(str, retry.get("retry_on") or [])),
-            placeholder="e.g. http.5, timeout",
-            errors=list(errors.get("retry/retry_on", [])),
-        ),
-    ]
+    return [spec.form_field(step, errors) for spec in STEP_FIELDS]
 
 
 def parse_step(
@@ -576,68 +604,53 @@ def check_field(text: str, mode: str) -> list[str]:
 
 
 # --- triggers --------------------------------------------------------------------------------
+# The fields of each trigger kind (a manual trigger has none); the first is the one that
+# names the kind, kept in the trigger even when left empty.
+TRIGGER_FIELDS = {
+    "event": (
+        FixedField(
+            "trigger.event",
+            "Event type",
+            required=True,
+            datalist="known-event-types",
+            placeholder="com.example.order.placed",
+            help="the CloudEvents type that starts a run",
+        ),
+        FixedField(
+            "trigger.filter",
+            "Filter",
+            "expression",
+            check="expression",
+            placeholder="event.data.total > 0",
+            help="CEL over event; the run starts only when it is true (optional)",
+        ),
+    ),
+    "webhook": (
+        FixedField(
+            "trigger.webhook",
+            "Webhook",
+            required=True,
+            datalist="known-webhooks",
+            help="the slug of a webhook (python manage.py webhooks create SLUG --type TYPE)",
+        ),
+    ),
+    "schedule": (
+        FixedField(
+            "trigger.schedule",
+            "Schedule",
+            required=True,
+            placeholder="*/5 * * * *",
+            help="5-field cron, an alias such as @daily, or @every 30s",
+        ),
+        FixedField("trigger.timezone", "Time zone", placeholder="UTC"),
+    ),
+}
+
+
 def trigger_fields(trigger: Any, errors: Mapping[str, list[str]]) -> list[FormField]:
     trigger = trigger if isinstance(trigger, dict) else {}
-    kind = trigger_kind(trigger)
-    if kind == "event":
-        return [
-            FormField(
-                name="trigger.event",
-                label="Event type",
-                widget="text",
-                required=True,
-                value=str(trigger.get("event", "")),
-                datalist="known-event-types",
-                placeholder="com.example.order.placed",
-                errors=list(errors.get("event", [])),
-                help="the CloudEvents type that starts a run",
-            ),
-            FormField(
-                name="trigger.filter",
-                label="Filter",
-                widget="expression",
-                value=str(trigger.get("filter", "") or ""),
-                check="expression",
-                placeholder="event.data.total > 0",
-                errors=list(errors.get("filter", [])),
-                help="CEL over event; the run starts only when it is true (optional)",
-            ),
-        ]
-    if kind == "webhook":
-        return [
-            FormField(
-                name="trigger.webhook",
-                label="Webhook",
-                widget="text",
-                required=True,
-                value=str(trigger.get("webhook", "")),
-                datalist="known-webhooks",
-                errors=list(errors.get("webhook", [])),
-                help="the slug of a webhook (python manage.py webhooks create SLUG --type TYPE)",
-            )
-        ]
-    if kind == "schedule":
-        return [
-            FormField(
-                name="trigger.schedule",
-                label="Schedule",
-                widget="text",
-                required=True,
-                value=str(trigger.get("schedule", "")),
-                placeholder="*/5 * * * *",
-                errors=list(errors.get("schedule", [])),
-                help="5-field cron, an alias such as @daily, or @every 30s",
-            ),
-            FormField(
-                name="trigger.timezone",
-                label="Time zone",
-                widget="text",
-                value=str(trigger.get("timezone", "") or ""),
-                placeholder="UTC",
-                errors=list(errors.get("timezone", [])),
-            ),
-        ]
-    return []
+    specs = TRIGGER_FIELDS.get(trigger_kind(trigger), ())
+    return [spec.form_field(trigger, errors) for spec in specs]
 
 
 def parse_trigger(trigger: Any, post: Mapping[str, Any]) -> dict[str, Any]:
@@ -645,12 +658,9 @@ def parse_trigger(trigger: Any, post: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "manual":
         return {"manual": True}
     out: dict[str, Any] = {}
-    for key in {
-        "event": ("event", "filter"),
-        "webhook": ("webhook",),
-        "schedule": ("schedule", "timezone"),
-    }[kind]:
-        text = str(post.get(f"trigger.{key}", "") or "").strip()
+    for spec in TRIGGER_FIELDS[kind]:
+        key = spec.name.removeprefix("trigger.")
+        text = str(post.get(spec.name, "") or "").strip()
         if text or key == kind:
             out[key] = text
     return out

@@ -118,6 +118,15 @@ def _draft_state(workflow: Workflow) -> dict[str, Any]:
     }
 
 
+def _draft_written(
+    request, template: str, context: dict, workflow: Workflow, more: dict | None = None
+) -> HttpResponse:
+    """A panel that wrote the draft (even when it refused the rest of what was asked):
+    `editor:draft` tells the page the revision it now holds, then the events in `more`."""
+    response = render(request, template, context)
+    return _with_trigger(response, "editor:draft", _draft_state(workflow), more)
+
+
 def _conflict_panel(
     request, template: str, context: dict, conflict: drafts.DraftConflict
 ) -> HttpResponse:
@@ -150,15 +159,7 @@ def new_workflow(request):
                         f"a workflow {slug!r} already exists; open it "
                         f"and import there to replace its draft"
                     )
-                body = upload.read(MAX_DEFINITION_BYTES + 1)
-                if len(body) > MAX_DEFINITION_BYTES:
-                    raise drafts.DraftRefused("the file is larger than 1 MiB")
-                result = drafts.import_definition(
-                    slug=slug,
-                    body=body,
-                    yaml_format=_is_yaml(upload.name, body),
-                    by=_username(request),
-                )
+                result = _import_upload(request, slug, upload, new=True)
                 if team is not None:
                     result.workflow.team = team
                     result.workflow.save(update_fields=["team"])
@@ -637,11 +638,11 @@ def restore(request, slug: str, number: int):
     problems = drafts.check_draft(draft)
     context = _versions_context(request, workflow)
     context["message"] = f"v{number} restored into the draft. Publish to make it live."
-    response = render(request, "dashboard/_editor_versions.html", context)
-    return _with_trigger(
-        response,
-        "editor:draft",
-        _draft_state(workflow),
+    return _draft_written(
+        request,
+        "dashboard/_editor_versions.html",
+        context,
+        workflow,
         {
             "editor:reload": {
                 "definition": draft,
@@ -686,16 +687,15 @@ def publish(request, slug: str):
         context["note"] = note
     else:
         context["published"] = version
-        response = render(request, "dashboard/_editor_publish.html", context)
-        return _with_trigger(
-            response,
-            "editor:draft",
-            _draft_state(workflow),
+        return _draft_written(
+            request,
+            "dashboard/_editor_publish.html",
+            context,
+            workflow,
             {"editor:published": {"version": version.number}},
         )
     # An invalid draft is still stored: the page learns its new revision.
-    response = render(request, "dashboard/_editor_publish.html", context)
-    return _with_trigger(response, "editor:draft", _draft_state(workflow))
+    return _draft_written(request, "dashboard/_editor_publish.html", context, workflow)
 
 
 # --- try it --------------------------------------------------------------------------------
@@ -752,15 +752,14 @@ def try_it(request, slug: str):
         context["errors"] = [f"the data breaks the type's schema: {exc}"]
     else:
         context["run"] = run
-        response = render(request, "dashboard/_editor_try.html", context)
-        return _with_trigger(
-            response,
-            "editor:draft",
-            _draft_state(workflow),
+        return _draft_written(
+            request,
+            "dashboard/_editor_try.html",
+            context,
+            workflow,
             {"editor:show-run": {"run": run.pk, "origin": "try"}},
         )
-    response = render(request, "dashboard/_editor_try.html", context)
-    return _with_trigger(response, "editor:draft", _draft_state(workflow))
+    return _draft_written(request, "dashboard/_editor_try.html", context, workflow)
 
 
 # --- runs on the canvas --------------------------------------------------------------------
@@ -804,15 +803,16 @@ def run_step(request, slug: str, run_id: int, step_id: str):
 @require_GET
 def code(request, slug: str):
     workflow = _workflow(request, slug)
-    return render(
-        request,
-        "dashboard/_editor_code.html",
-        {
-            "workflow": workflow,
-            "can_edit": drafts.may_edit(request.user, workflow),
-            "versions": drafts.published_versions(workflow),
-        },
-    )
+    context = _code_context(workflow, can_edit=drafts.may_edit(request.user, workflow))
+    return render(request, "dashboard/_editor_code.html", context)
+
+
+def _code_context(workflow: Workflow, *, can_edit: bool) -> dict[str, Any]:
+    return {
+        "workflow": workflow,
+        "can_edit": can_edit,
+        "versions": drafts.published_versions(workflow),
+    }
 
 
 @role_required("viewer")
@@ -834,6 +834,22 @@ def export(request, slug: str):
     return response
 
 
+def _import_upload(request, slug: str, upload, *, new: bool) -> drafts.ImportResult:
+    """Import an uploaded definition file (at most 1 MiB) as the draft of `slug`. A new
+    workflow has no draft the page could hold an older revision of."""
+    body = upload.read(MAX_DEFINITION_BYTES + 1)
+    if len(body) > MAX_DEFINITION_BYTES:
+        raise drafts.DraftRefused("the file is larger than 1 MiB")
+    revision = {} if new else {"base_revision": _base_revision(request), "client": _client(request)}
+    return drafts.import_definition(
+        slug=slug,
+        body=body,
+        yaml_format=_is_yaml(upload.name, body),
+        by=_username(request),
+        **revision,
+    )
+
+
 def _is_yaml(filename: str, body: bytes) -> bool:
     name = (filename or "").lower()
     if name.endswith((".yaml", ".yml")):
@@ -848,27 +864,13 @@ def _is_yaml(filename: str, body: bytes) -> bool:
 def import_file(request, slug: str):
     """Replace the draft with an uploaded file: all of it, or nothing when it is invalid."""
     workflow = _workflow(request, slug, edit=True)
-    context: dict[str, Any] = {
-        "workflow": workflow,
-        "can_edit": True,
-        "versions": drafts.published_versions(workflow),
-    }
+    context = _code_context(workflow, can_edit=True)
     upload = request.FILES.get("file")
     if upload is None:
         context["import_errors"] = ["choose a JSON or YAML file"]
         return render(request, "dashboard/_editor_code.html", context)
-    body = upload.read(MAX_DEFINITION_BYTES + 1)
     try:
-        if len(body) > MAX_DEFINITION_BYTES:
-            raise drafts.DraftRefused("the file is larger than 1 MiB")
-        result = drafts.import_definition(
-            slug=slug,
-            body=body,
-            yaml_format=_is_yaml(upload.name, body),
-            by=_username(request),
-            base_revision=_base_revision(request),
-            client=_client(request),
-        )
+        result = _import_upload(request, slug, upload, new=False)
     except drafts.DraftConflict as exc:
         return _conflict_panel(request, "dashboard/_editor_code.html", context, exc)
     except (drafts.DraftRefused, UnreadableDefinition) as exc:
@@ -880,11 +882,11 @@ def import_file(request, slug: str):
         context["import_problems"] = exc.problems
     else:
         context["imported"] = upload.name
-        response = render(request, "dashboard/_editor_code.html", context)
-        return _with_trigger(
-            response,
-            "editor:draft",
-            _draft_state(result.workflow),
+        return _draft_written(
+            request,
+            "dashboard/_editor_code.html",
+            context,
+            result.workflow,
             {
                 "editor:reload": {
                     "definition": result.workflow.draft,

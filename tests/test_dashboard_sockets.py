@@ -10,7 +10,6 @@ import re
 import pytest
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -21,6 +20,7 @@ from django.utils import timezone
 from dashboard import live_consumers
 from orchestrator.asgi import application
 from tests.factories import cloudevent, definition, log_step
+from tests.sockets import send_run_changed
 from tests.test_replay import drive, in_this_process, publish, trigger
 from workflows import notify
 from workflows.events.envelope import from_structured
@@ -167,15 +167,8 @@ async def test_the_run_list_never_shows_or_wakes_up_for_another_teams_runs(
     ws, snapshot = await connected("/ws/runs/", viewer)
     try:
         assert f'id="run-{secret_team.pk}"' not in snapshot
-        await get_channel_layer().group_send(
-            notify.RUNS_GROUP,
-            {
-                "type": "run.changed",
-                "run": secret_team.pk,
-                "seq": 9,
-                "workflow_slug": "ledger",
-                "status": "failed",
-            },
+        await send_run_changed(
+            notify.RUNS_GROUP, run=secret_team.pk, seq=9, status="failed", workflow="ledger"
         )
         assert await ws.receive_nothing(timeout=1.0)
     finally:
@@ -219,19 +212,11 @@ async def test_a_page_that_does_not_acknowledge_gets_two_frames_then_the_latest_
 ):
     run = await database_sync_to_async(trigger)("orders")
     ws, _snapshot = await connected("/ws/runs/?ack=1", viewer)
-    layer = get_channel_layer()
 
     async def change(status: str):
         await database_sync_to_async(Run.objects.filter(pk=run.pk).update)(status=status)
-        await layer.group_send(
-            notify.RUNS_GROUP,
-            {
-                "type": "run.changed",
-                "run": run.pk,
-                "seq": 1,
-                "workflow_slug": "orders",
-                "status": status,
-            },
+        await send_run_changed(
+            notify.RUNS_GROUP, run=run.pk, seq=1, status=status, workflow="orders"
         )
 
     try:

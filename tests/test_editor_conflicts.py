@@ -14,13 +14,13 @@ import yaml
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.contrib.auth.models import Group, User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection, connections, transaction
 from django.test import Client
 from django.utils import timezone
 
 from orchestrator.asgi import application
+from tests.accounts import sign_in
 from tests.factories import definition, log_step
 from tests.waiting import wait_until
 from workflows.models import AuditEntry, Run, Workflow, WorkflowVersion
@@ -30,14 +30,6 @@ from workflows.services.tokens import create_api_token
 
 EDIT = "/workflows/{}/edit/"
 PROBLEM_JSON = "application/problem+json"
-
-
-def sign_in(client: Client, username: str, *groups: str) -> Client:
-    user = User.objects.create_user(username, password="pw")
-    for group in groups:
-        user.groups.add(Group.objects.get_or_create(name=group)[0])
-    client.force_login(user)
-    return client
 
 
 def saved(slug: str = "shop") -> Workflow:

@@ -11,15 +11,16 @@ import pytest
 import yaml
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connections
 from django.test import Client
 
 from orchestrator.asgi import application
+from tests.accounts import sign_in
 from tests.factories import definition, http_step, log_step
+from tests.sockets import send_run_changed
 from workflows import notify
 from workflows.models import Run, StepRun, Workflow, WorkflowVersion
 from workflows.services import drafts
@@ -28,14 +29,6 @@ from workflows.services.schemas import register_schema
 from workflows.services.tokens import create_api_token
 
 EDIT = "/workflows/{}/edit/"
-
-
-def sign_in(client: Client, username: str, *groups: str) -> Client:
-    user = User.objects.create_user(username, password="pw")
-    for group in groups:
-        user.groups.add(Group.objects.get_or_create(name=group)[0])
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
@@ -62,6 +55,11 @@ def post(client: Client, path: str, raw: dict | None = None, **data):
     if raw is not None:
         data["definition"] = json.dumps(raw)
     return client.post(path, data, HTTP_HX_REQUEST="true")
+
+
+def apply_first_step(client: Client, workflow: Workflow, form: dict[str, str]):
+    """Submit the step form of the draft's first step with the `form` fields."""
+    return post(client, EDIT.format(workflow.slug) + "step/apply", workflow.draft, index=0, **form)
 
 
 def trigger_of(response, name: str):
@@ -238,12 +236,10 @@ def test_expression_fields_list_event_fields_from_the_schema_and_upstream_output
 
 
 def test_applying_the_form_returns_the_step_and_inline_errors(editor, shop):
-    response = post(
+    response = apply_first_step(
         editor,
-        EDIT.format("shop") + "step/apply",
-        shop.draft,
-        index=0,
-        **{
+        shop,
+        {
             "config.url": "ftp://nope",
             "config.method": "PUT",
             "config.headers": '{"X-A": "1"',
@@ -263,25 +259,15 @@ def test_applying_the_form_returns_the_step_and_inline_errors(editor, shop):
 
 
 def test_a_required_field_left_empty_is_marked_required(editor, shop):
-    response = post(
-        editor,
-        EDIT.format("shop") + "step/apply",
-        shop.draft,
-        index=0,
-        **{"config.url": "", "step.id": "charge"},
-    )
+    response = apply_first_step(editor, shop, {"config.url": "", "step.id": "charge"})
 
     assert error_box(response.content.decode(), "config-url") == "required"
     assert "url" not in trigger_of(response, "editor:apply")["step"]["config"]
 
 
 def test_renaming_a_step_in_the_form_is_reported_for_the_canvas_to_follow(editor, shop):
-    response = post(
-        editor,
-        EDIT.format("shop") + "step/apply",
-        shop.draft,
-        index=0,
-        **{"config.url": "https://pay.example.com/charge", "step.id": "pay"},
+    response = apply_first_step(
+        editor, shop, {"config.url": "https://pay.example.com/charge", "step.id": "pay"}
     )
 
     applied = trigger_of(response, "editor:apply")
@@ -290,12 +276,8 @@ def test_renaming_a_step_in_the_form_is_reported_for_the_canvas_to_follow(editor
 
 
 def test_a_step_id_taken_by_another_step_is_refused(editor, shop):
-    response = post(
-        editor,
-        EDIT.format("shop") + "step/apply",
-        shop.draft,
-        index=0,
-        **{"config.url": "https://pay.example.com/charge", "step.id": "done"},
+    response = apply_first_step(
+        editor, shop, {"config.url": "https://pay.example.com/charge", "step.id": "done"}
     )
 
     assert "already called 'done'" in error_box(response.content.decode(), "step-id")
@@ -303,29 +285,13 @@ def test_a_step_id_taken_by_another_step_is_refused(editor, shop):
 
 
 def test_cel_errors_show_as_you_type(editor, shop):
-    url = EDIT.format("shop") + "check"
+    def check(field: str, mode: str, text: str) -> str:
+        url = EDIT.format("shop") + "check"
+        return post(editor, url, field=field, mode=mode, **{field: text}).content.decode()
 
-    bad = post(
-        editor,
-        url,
-        field="config.expression",
-        mode="expression",
-        **{"config.expression": "event.data.total >"},
-    ).content.decode()
-    good = post(
-        editor,
-        url,
-        field="config.expression",
-        mode="expression",
-        **{"config.expression": "event.data.total > 1"},
-    ).content.decode()
-    template = post(
-        editor,
-        url,
-        field="config.message",
-        mode="template",
-        **{"config.message": "order {{ event.data. }}"},
-    ).content.decode()
+    bad = check("config.expression", "expression", "event.data.total >")
+    good = check("config.expression", "expression", "event.data.total > 1")
+    template = check("config.message", "template", "order {{ event.data. }}")
 
     assert "✗ syntax error" in bad
     assert "✓ valid expression" in good
@@ -658,15 +624,8 @@ async def test_the_socket_sends_the_runs_then_the_watched_runs_steps(close_socke
         assert frame["steps"]["a"]["status"] == "running"
 
         await database_sync_to_async(StepRun.objects.filter(run=run).update)(status="succeeded")
-        await get_channel_layer().group_send(
-            notify.RUNS_GROUP,
-            {
-                "type": "run.changed",
-                "run": run.pk,
-                "seq": 2,
-                "workflow_slug": "live",
-                "status": "running",
-            },
+        await send_run_changed(
+            notify.RUNS_GROUP, run=run.pk, seq=2, status="running", workflow="live"
         )
         frame = await ws.receive_json_from(timeout=10)
         assert frame["type"] == "run"

@@ -158,27 +158,6 @@ DECISIONS = [
         id="a_second_retryable_failure_schedules_the_third_attempt",
     ),
     pytest.param(
-        RETRYING,
-        state(call=(FAIL, 1)),
-        lost("call", retryable=True, retry_after=10.0),
-        [ScheduleStep("call", 2, 10.0)],
-        id="retry_after_longer_than_the_back_off_is_honoured",
-    ),
-    pytest.param(
-        RETRYING,
-        state(call=(FAIL, 1)),
-        lost("call", retryable=True, retry_after=0.5),
-        [ScheduleStep("call", 2, 2.0)],
-        id="retry_after_shorter_than_the_back_off_keeps_the_back_off",
-    ),
-    pytest.param(
-        RETRYING,
-        state(call=(FAIL, 1)),
-        lost("call", retryable=True, retry_after=86400.0),
-        [ScheduleStep("call", 2, 60.0)],
-        id="retry_after_is_capped_at_the_policy_maximum_delay",
-    ),
-    pytest.param(
         CHAIN,
         state(RunStatus.SUCCEEDED, a=(OK, 1), b=(OK, 1), c=(OK, 1)),
         won("c"),
@@ -233,6 +212,20 @@ DECISIONS = [
 @pytest.mark.parametrize(("definition", "run", "happening", "expected"), DECISIONS)
 def test_decide(definition, run, happening, expected):
     assert decide(definition, run, happening) == expected
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "delay"),
+    [
+        pytest.param(10.0, 10.0, id="retry_after_longer_than_the_back_off_is_honoured"),
+        pytest.param(0.5, 2.0, id="retry_after_shorter_than_the_back_off_keeps_the_back_off"),
+        pytest.param(86400.0, 60.0, id="retry_after_is_capped_at_the_policy_maximum_delay"),
+    ],
+)
+def test_a_retry_after_hint_is_weighed_against_the_back_off(retry_after, delay):
+    happening = lost("call", retryable=True, retry_after=retry_after)
+
+    assert decide(RETRYING, state(call=(FAIL, 1)), happening) == [ScheduleStep("call", 2, delay)]
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,6 @@ execute_step, record_result, the scheduler's sweeps called directly."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
@@ -17,7 +15,6 @@ from django.utils import timezone
 
 from tests.factories import cloudevent, definition
 from tests.http_recorder import Recorder, Reply
-from tests.test_purity import PROBE, ROOT
 from tests.test_step_kinds import ByHand, context, step_of
 from workflows import circuit
 from workflows.models import Event, Run, StepItemResult
@@ -369,42 +366,6 @@ def test_without_checkpoints_the_kind_runs_every_item():
         "results": [1, 2],
         "count": 2,
     }
-
-
-# --- the steps stay pure ----------------------------------------------------------------------
-def test_the_loop_and_the_step_context_import_neither_django_nor_celery():
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE.format(module="workflows.steps.for_each")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
-
-
-def test_no_step_kind_imports_the_models_or_the_services():
-    probe = (
-        "import json, sys\n"
-        "from workflows.steps import registry\n"
-        "registry.all_kinds()\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m == 'django.db' "
-        "or m.startswith(('django.db.', 'workflows.models', 'workflows.services')))))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
 
 
 # --- replays ---------------------------------------------------------------------------------

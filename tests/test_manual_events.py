@@ -6,8 +6,8 @@ import re
 import uuid
 
 import pytest
-from django.contrib.auth.models import Group, User
 
+from tests.accounts import sign_in
 from tests.factories import cloudevent, definition, log_step
 from workflows.events.envelope import from_structured
 from workflows.models import Event, EventSchema, EventType
@@ -17,13 +17,6 @@ from workflows.services.events import ingest_event, match_event
 
 def store(type_: str = "com.example.order.placed", **overrides) -> Event:
     return ingest_event(envelope=from_structured(cloudevent(type_, **overrides)))[0]
-
-
-def sign_in(client, username: str, role: str):
-    user = User.objects.create_user(username, password="pw")
-    user.groups.add(Group.objects.get_or_create(name=role)[0])
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture

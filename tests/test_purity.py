@@ -1,4 +1,5 @@
-"""The engine core and the definition format stay free of Django and Celery."""
+"""The engine core, the definition format and the step kinds stay free of Django and Celery;
+no step kind reaches into the models or the services."""
 
 from __future__ import annotations
 
@@ -12,15 +13,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
 import json, sys
-import {module}
-print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("django", "celery"))))
+{imports}
+print(json.dumps(sorted(m for m in sys.modules if {which})))
 """
+DJANGO_OR_CELERY = 'm.split(".")[0] in ("django", "celery")'
+MODELS_OR_SERVICES = (
+    'm == "django.db" or m.startswith(("django.db.", "workflows.models", "workflows.services"))'
+)
 
 
-@pytest.mark.parametrize("module", ["workflows.engine", "workflows.definition"])
-def test_the_module_imports_neither_django_nor_celery(module):
+def imported(imports: str, which: str = DJANGO_OR_CELERY) -> list[str]:
+    """The modules matching `which` that a fresh interpreter holds after running `imports`."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE.format(module=module)],
+        [sys.executable, "-c", PROBE.format(imports=imports, which=which)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -29,18 +34,27 @@ def test_the_module_imports_neither_django_nor_celery(module):
     )
 
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "workflows.engine",
+        "workflows.definition",
+        # the loop, and the step context it hands each item
+        "workflows.steps.for_each",
+    ],
+)
+def test_the_module_imports_neither_django_nor_celery(module):
+    assert imported(f"import {module}") == []
+
+
+def test_no_step_kind_imports_the_models_or_the_services():
+    every_kind = "from workflows.steps import registry\nregistry.all_kinds()"
+
+    assert imported(every_kind, MODELS_OR_SERVICES) == []
 
 
 def test_the_probe_would_notice_a_django_import():
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE.format(module="django.conf")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-    assert result.returncode == 0, result.stderr
-    assert "django.conf" in json.loads(result.stdout.strip().splitlines()[-1])
+    assert "django.conf" in imported("import django.conf")

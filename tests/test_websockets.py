@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
+from contextlib import asynccontextmanager
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -17,6 +17,7 @@ from django.test import Client
 from dashboard import consumers
 from orchestrator.asgi import application
 from tests.factories import definition, log_step
+from tests.sockets import send_run_changed
 from workflows import notify
 from workflows.models import Run, Workflow
 from workflows.roles import ensure_groups
@@ -60,56 +61,48 @@ def socket(path: str, *headers: tuple[bytes, bytes]) -> WebsocketCommunicator:
     return WebsocketCommunicator(application, path, headers=list(headers))
 
 
+@asynccontextmanager
+async def open_socket(path: str, cookie: bytes):
+    """A socket connected with the session `cookie` from the dashboard's origin."""
+    ws = socket(path, (b"cookie", cookie), ORIGIN)
+    connected, _ = await ws.connect(timeout=TIMEOUT)
+    try:
+        assert connected
+        yield ws
+    finally:
+        await ws.disconnect()
+
+
 async def set_status(run: Run, status: str) -> None:
     await database_sync_to_async(Run.objects.filter(pk=run.pk).update)(status=status)
 
 
 async def test_a_viewer_gets_a_snapshot_of_the_run_list_on_connect(viewer, run):
-    ws = socket("/ws/runs/", (b"cookie", viewer), ORIGIN)
-    connected, _ = await ws.connect(timeout=TIMEOUT)
-    try:
-        assert connected
+    async with open_socket("/ws/runs/", viewer) as ws:
         snapshot = await ws.receive_from(timeout=TIMEOUT)
         assert 'id="run-rows"' in snapshot
         assert 'hx-swap-oob="outerHTML"' in snapshot
         assert f'id="run-{run.pk}"' in snapshot
         assert 'data-status="queued"' in snapshot
-    finally:
-        await ws.disconnect()
 
 
 async def test_a_run_changed_message_leads_to_a_fresh_render_with_the_new_status(viewer, run):
-    ws = socket("/ws/runs/", (b"cookie", viewer), ORIGIN)
-    connected, _ = await ws.connect(timeout=TIMEOUT)
-    try:
-        assert connected
+    async with open_socket("/ws/runs/", viewer) as ws:
         assert 'data-status="queued"' in await ws.receive_from(timeout=TIMEOUT)
 
         await set_status(run, "succeeded")
-        await get_channel_layer().group_send(
-            notify.RUNS_GROUP,
-            {
-                "type": "run.changed",
-                "run": run.pk,
-                "seq": 2,
-                "workflow_slug": "live",
-                "status": "succeeded",
-            },
+        await send_run_changed(
+            notify.RUNS_GROUP, run=run.pk, seq=2, status="succeeded", workflow="live"
         )
 
         fresh = await ws.receive_from(timeout=TIMEOUT)
         assert 'id="run-rows"' in fresh
         assert 'data-status="succeeded"' in fresh
         assert 'data-status="queued"' not in fresh
-    finally:
-        await ws.disconnect()
 
 
 async def test_notify_after_commit_reaches_the_socket(viewer, run):
-    ws = socket("/ws/runs/", (b"cookie", viewer), ORIGIN)
-    connected, _ = await ws.connect(timeout=TIMEOUT)
-    try:
-        assert connected
+    async with open_socket("/ws/runs/", viewer) as ws:
         await ws.receive_from(timeout=TIMEOUT)
 
         def change():
@@ -120,30 +113,17 @@ async def test_notify_after_commit_reaches_the_socket(viewer, run):
         await database_sync_to_async(change)()
 
         assert 'data-status="failed"' in await ws.receive_from(timeout=TIMEOUT)
-    finally:
-        await ws.disconnect()
 
 
 async def test_a_burst_of_changes_is_coalesced_into_few_renders(viewer, run):
-    ws = socket("/ws/runs/", (b"cookie", viewer), ORIGIN)
-    connected, _ = await ws.connect(timeout=TIMEOUT)
-    try:
-        assert connected
+    async with open_socket("/ws/runs/", viewer) as ws:
         await ws.receive_from(timeout=TIMEOUT)
         await set_status(run, "running")
-        layer = get_channel_layer()
         burst = 20
         started = time.monotonic()
         for seq in range(burst):
-            await layer.group_send(
-                notify.RUNS_GROUP,
-                {
-                    "type": "run.changed",
-                    "run": run.pk,
-                    "seq": seq,
-                    "workflow_slug": "live",
-                    "status": "running",
-                },
+            await send_run_changed(
+                notify.RUNS_GROUP, run=run.pk, seq=seq, status="running", workflow="live"
             )
         sending = time.monotonic() - started
 
@@ -155,81 +135,42 @@ async def test_a_burst_of_changes_is_coalesced_into_few_renders(viewer, run):
         # At most one render per coalescing interval while the burst lasted, plus the last.
         allowed = 2 + int(sending / consumers.COALESCE_SECONDS)
         assert len(frames) <= min(allowed, burst - 1), (len(frames), sending)
-    finally:
-        await ws.disconnect()
 
 
 async def test_the_run_list_socket_ignores_other_workflows_when_filtered(viewer, run):
-    ws = socket("/ws/runs/?workflow=live", (b"cookie", viewer), ORIGIN)
-    connected, _ = await ws.connect(timeout=TIMEOUT)
-    try:
-        assert connected
+    async with open_socket("/ws/runs/?workflow=live", viewer) as ws:
         await ws.receive_from(timeout=TIMEOUT)
-        layer = get_channel_layer()
-        await layer.group_send(
-            notify.RUNS_GROUP,
-            {
-                "type": "run.changed",
-                "run": 999,
-                "seq": 1,
-                "workflow_slug": "elsewhere",
-                "status": "running",
-            },
+        await send_run_changed(
+            notify.RUNS_GROUP, run=999, seq=1, status="running", workflow="elsewhere"
         )
         assert await ws.receive_nothing(timeout=1.0)
 
         await set_status(run, "succeeded")
-        await layer.group_send(
-            notify.RUNS_GROUP,
-            {
-                "type": "run.changed",
-                "run": run.pk,
-                "seq": 2,
-                "workflow_slug": "live",
-                "status": "succeeded",
-            },
+        await send_run_changed(
+            notify.RUNS_GROUP, run=run.pk, seq=2, status="succeeded", workflow="live"
         )
         assert 'data-status="succeeded"' in await ws.receive_from(timeout=TIMEOUT)
-    finally:
-        await ws.disconnect()
 
 
 async def test_the_run_detail_socket_sends_the_detail_partial_and_updates(viewer, run):
-    ws = socket(f"/ws/runs/{run.pk}/", (b"cookie", viewer), ORIGIN)
-    connected, _ = await ws.connect(timeout=TIMEOUT)
-    try:
-        assert connected
+    async with open_socket(f"/ws/runs/{run.pk}/", viewer) as ws:
         snapshot = await ws.receive_from(timeout=TIMEOUT)
         assert 'id="run-detail"' in snapshot
         assert f"Run #{run.pk}" in snapshot
         assert 'data-status="queued"' in snapshot
 
         await set_status(run, "failed")
-        await get_channel_layer().group_send(
-            notify.run_group(run.pk),
-            {
-                "type": "run.changed",
-                "run": run.pk,
-                "seq": 2,
-                "workflow_slug": "live",
-                "status": "failed",
-            },
+        await send_run_changed(
+            notify.run_group(run.pk), run=run.pk, seq=2, status="failed", workflow="live"
         )
 
         fresh = await ws.receive_from(timeout=TIMEOUT)
         assert 'id="run-detail"' in fresh and 'data-status="failed"' in fresh
-    finally:
-        await ws.disconnect()
 
 
 async def test_the_detail_socket_of_a_missing_run_says_so(viewer):
-    ws = socket("/ws/runs/987654/", (b"cookie", viewer), ORIGIN)
-    connected, _ = await ws.connect(timeout=TIMEOUT)
-    try:
-        assert connected
+    async with open_socket("/ws/runs/987654/", viewer) as ws:
         assert 'id="run-detail"' in await ws.receive_from(timeout=TIMEOUT)
-    finally:
-        await ws.disconnect()
 
 
 # --- who may connect ----------------------------------------------------------------------------

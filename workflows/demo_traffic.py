@@ -76,30 +76,23 @@ def sample(rng: random.Random) -> Envelope:
     n = rng.randrange(1, 10_000)
     if rng.random() < 0.35:
         amount = round(rng.uniform(5, 1000), 2)
-        return Envelope(
-            id=str(uuid.uuid4()),
-            source="/demo/checkout",
-            type="com.example.payment.requested",
-            subject=f"order-{n}",
-            datacontenttype="application/json",
-            data={
-                "order": n,
-                "amount": amount,
-                "currency": "EUR",
-                "card": rng.choice(["visa", "mastercard", "amex"]),
-            },
-        )
+        card = rng.choice(["visa", "mastercard", "amex"])
+        data = {"order": n, "amount": amount, "currency": "EUR", "card": card}
+        return _order_event("/demo/checkout", "com.example.payment.requested", data)
+    items = rng.randrange(1, 6)
+    customer = rng.choice(["ada", "grace", "linus", "margaret", "ken"])
+    data = {"order": n, "items": items, "customer": customer}
+    return _order_event("/demo/shop", "com.example.order.placed", data)
+
+
+def _order_event(source: str, type_: str, data: dict) -> Envelope:
     return Envelope(
         id=str(uuid.uuid4()),
-        source="/demo/shop",
-        type="com.example.order.placed",
-        subject=f"order-{n}",
+        source=source,
+        type=type_,
+        subject=f"order-{data['order']}",
         datacontenttype="application/json",
-        data={
-            "order": n,
-            "items": rng.randrange(1, 6),
-            "customer": rng.choice(["ada", "grace", "linus", "margaret", "ken"]),
-        },
+        data=data,
     )
 
 

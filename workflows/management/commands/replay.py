@@ -59,10 +59,17 @@ class Command(BaseCommand):
         shadow.add_argument("--last", type=int, default=10)
 
     def handle(self, *args, **options):
-        if options["shadow"]:
-            return self._shadow(options)
-        if options["failed"]:
-            return self._bulk(options)
+        # Whatever the replay service refuses is the command's error: its message, exit 1.
+        try:
+            if options["shadow"]:
+                return self._shadow(options)
+            if options["failed"]:
+                return self._bulk(options)
+            return self._replay(options)
+        except replays.ReplayError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _replay(self, options) -> None:
         if options["run_id"] is None:
             raise CommandError("name a run to replay, or use --failed or --shadow")
         edited = replays.UNCHANGED
@@ -75,28 +82,25 @@ class Command(BaseCommand):
         run = selectors.run_detail(options["run_id"])
         if run is None:
             raise CommandError(f"no run {options['run_id']}")
-        try:
-            plan = replays.plan_replay(
-                run=run,
-                from_step=options["from_step"],
-                version=version,
-                input=edited,
-                renew_idempotency_keys=options["renew_keys"],
-            )
-            if options["preview"]:
-                self._print_plan(plan)
-                return
-            new = replays.replay_run(
-                run_id=run.pk,
-                actor=options["actor"],
-                from_step=options["from_step"],
-                version=version,
-                input=edited,
-                renew_idempotency_keys=options["renew_keys"],
-                reason=options["reason"],
-            )
-        except replays.ReplayError as exc:
-            raise CommandError(str(exc)) from exc
+        plan = replays.plan_replay(
+            run=run,
+            from_step=options["from_step"],
+            version=version,
+            input=edited,
+            renew_idempotency_keys=options["renew_keys"],
+        )
+        if options["preview"]:
+            self._print_plan(plan)
+            return
+        new = replays.replay_run(
+            run_id=run.pk,
+            actor=options["actor"],
+            from_step=options["from_step"],
+            version=version,
+            input=edited,
+            renew_idempotency_keys=options["renew_keys"],
+            reason=options["reason"],
+        )
         self.stdout.write(
             f"replaying run {run.pk} as run {new.pk} (v{new.version.number}, status {new.status})"
         )
@@ -130,34 +134,28 @@ class Command(BaseCommand):
                 )
             self.stdout.write(f"{len(runs)} failed run(s) would be replayed")
             return
-        try:
-            batch = replays.start_bulk_replay(
-                actor=options["actor"],
-                run_ids=[r.pk for r in runs],
-                selection=selection.as_json(),
-                from_step=options["from_step"],
-                version=replays.VERSION_LATEST if options["latest"] else replays.VERSION_ORIGINAL,
-                renew_idempotency_keys=options["renew_keys"],
-                per_second=options["per_second"],
-                reason=options["reason"],
-            )
-        except replays.ReplayError as exc:
-            raise CommandError(str(exc)) from exc
+        batch = replays.start_bulk_replay(
+            actor=options["actor"],
+            run_ids=[r.pk for r in runs],
+            selection=selection.as_json(),
+            from_step=options["from_step"],
+            version=replays.VERSION_LATEST if options["latest"] else replays.VERSION_ORIGINAL,
+            renew_idempotency_keys=options["renew_keys"],
+            per_second=options["per_second"],
+            reason=options["reason"],
+        )
         self.stdout.write(
             f"bulk replay {batch.pk}: {batch.total} run(s) queued at "
             f"{batch.options['per_second']:g}/s"
         )
 
     def _shadow(self, options) -> None:
-        try:
-            batch = replays.start_shadow(
-                workflow_slug=options["shadow"],
-                last=options["last"],
-                actor=options["actor"],
-                reason=options["reason"],
-            )
-        except replays.ReplayError as exc:
-            raise CommandError(str(exc)) from exc
+        batch = replays.start_shadow(
+            workflow_slug=options["shadow"],
+            last=options["last"],
+            actor=options["actor"],
+            reason=options["reason"],
+        )
         self.stdout.write(
             f"shadow replay {batch.pk}: {batch.total} event(s) through the draft "
             f"of {options['shadow']}"
