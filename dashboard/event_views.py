@@ -14,6 +14,7 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_http_methods
 
 from workflows import event_selectors as store
+from workflows.dashboard_selectors import hidden_workflow_ids
 from workflows.events.envelope import InvalidEvent, loads_json
 from workflows.models import EventType, TriggerSubscription
 from workflows.roles import has_role
@@ -42,7 +43,8 @@ def event_list(request):
         query = store.parse_event_query(request.GET)
     except store.InvalidQuery as exc:
         query, error = store.EventQuery(), exc.errors
-    page, more = ([], False) if error else store.events(query, with_run_counts=True)
+    hidden = hidden_workflow_ids(request.user)
+    page, more = ([], False) if error else store.events(query, with_run_counts=True, hidden=hidden)
     raw = {name: request.GET.get(name, "") for name in (*store.TEXT_FILTERS, "after", "before")}
     if not raw["correlation_id"]:
         raw["correlation_id"] = request.GET.get("correlationid", "")
@@ -67,7 +69,9 @@ def event_list(request):
 
 @role_required("viewer")
 def event_detail(request, event_id: int):
-    event = store.event_detail(event_id)
+    hidden = hidden_workflow_ids(request.user)
+    # A hidden workflow's run events are not shown at all, as in the list and the live flow.
+    event = store.event_detail(event_id, hidden=hidden)
     if event is None:
         raise Http404("no such event")
     extensions = dict(event.extensions or {})
@@ -82,7 +86,7 @@ def event_detail(request, event_id: int):
         ],
         "payload": _pretty(event.data) if not event.data_is_base64 else event.data,
         "structured": _pretty(store.event_as_json(event)["cloudevent"]),
-        "runs": store.runs_started(event),
+        "runs": store.runs_started(event, hidden=hidden),
     }
     return render(request, "dashboard/events_detail.html", context)
 

@@ -49,14 +49,30 @@ def sees_every_workflow(user) -> bool:
     return bool(getattr(user, "is_superuser", False)) or has_role(user, "admin")
 
 
+def _restricted_to_others(teams) -> frozenset[int]:
+    """Workflows restricted to a team not among `teams` (group ids or a group queryset)."""
+    restricted = Workflow.objects.exclude(team=None)
+    if teams is not None:
+        restricted = restricted.exclude(team__in=teams)
+    return frozenset(restricted.values_list("id", flat=True))
+
+
 def hidden_workflow_ids(user) -> frozenset[int]:
     """Workflows restricted to a team the user is not in (admins see everything)."""
     if sees_every_workflow(user):
         return frozenset()
-    restricted = Workflow.objects.exclude(team=None)
-    if getattr(user, "is_authenticated", False):
-        restricted = restricted.exclude(team__in=user.groups.all())
-    return frozenset(restricted.values_list("id", flat=True))
+    return _restricted_to_others(
+        user.groups.all() if getattr(user, "is_authenticated", False) else None
+    )
+
+
+def hidden_for_team(team_id: int | None) -> frozenset[int]:
+    """What an API token of team `team_id` may not see: workflows restricted to another
+    team, the rule a team member meets in the dashboard. A token of no team sees every
+    workflow (tokens predate teams; an installation without teams must not change)."""
+    if team_id is None:
+        return frozenset()
+    return _restricted_to_others([team_id])
 
 
 def can_see_workflow(user, workflow: Workflow | None) -> bool:

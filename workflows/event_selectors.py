@@ -12,7 +12,8 @@ from urllib.parse import urlencode
 from django.db.models import Count, Q, QuerySet
 
 from .events.envelope import to_structured
-from .models import Event, Run
+from .models import Event, Run, Workflow
+from .services.producers import RUN_TYPE_PREFIX
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -131,11 +132,22 @@ def _positive_int(text: str, *, maximum: int | None = None) -> int:
     return number
 
 
-def events(query: EventQuery, *, with_run_counts: bool = False) -> tuple[list[Event], bool]:
-    """One page, newest first, keyset-paginated by id (index-backed at any depth).
+def _hidden_slugs(hidden: frozenset[int]) -> QuerySet[Workflow]:
+    return Workflow.objects.filter(id__in=sorted(hidden)).values("slug")
+
+
+def events(
+    query: EventQuery, *, with_run_counts: bool = False, hidden: frozenset[int] = frozenset()
+) -> tuple[list[Event], bool]:
+    """One page, newest first, keyset-paginated by id (index-backed at any depth). The
+    run events (signalbox.run.*, their subject the workflow's slug) of the workflows in
+    `hidden` are left out, and so are their runs from the counts, as the dashboard's live
+    flow does; every other event is everyone's.
 
     Returns (events, more): `more` is true when an older page exists."""
     qs: QuerySet[Event] = Event.objects.order_by("-id")
+    if hidden:
+        qs = qs.exclude(type__startswith=RUN_TYPE_PREFIX, subject__in=_hidden_slugs(hidden))
     for name in TEXT_FILTERS:
         value = getattr(query, name)
         if value:
@@ -148,20 +160,30 @@ def events(query: EventQuery, *, with_run_counts: bool = False) -> tuple[list[Ev
         qs = qs.filter(id__lt=query.before_id)
     if with_run_counts:
         # Shadow runs reuse the event to try a draft; the event did not start them.
-        qs = qs.annotate(run_count=Count("runs", filter=~Q(runs__origin="shadow")))
+        counted = ~Q(runs__origin="shadow")
+        if hidden:
+            counted &= ~Q(runs__workflow_id__in=sorted(hidden))
+        qs = qs.annotate(run_count=Count("runs", filter=counted))
     # One extra row tells whether there is an older page without counting.
     page = list(qs[: query.limit + 1])
     return page[: query.limit], len(page) > query.limit
 
 
-def event_detail(event_id: int) -> Event | None:
-    return Event.objects.filter(pk=event_id).first()
+def event_detail(event_id: int, *, hidden: frozenset[int] = frozenset()) -> Event | None:
+    """The event, or None when there is none or it is a run event of a workflow in
+    `hidden` (the same events `events` leaves out)."""
+    found = Event.objects.filter(pk=event_id)
+    if hidden:
+        found = found.exclude(type__startswith=RUN_TYPE_PREFIX, subject__in=_hidden_slugs(hidden))
+    return found.first()
 
 
-def runs_started(event: Event) -> list[Run]:
-    return list(
-        event.runs.select_related("workflow", "version").exclude(origin="shadow").order_by("id")
-    )
+def runs_started(event: Event, *, hidden: frozenset[int] = frozenset()) -> list[Run]:
+    """The runs the event started, but those of the workflows in `hidden`."""
+    runs = event.runs.select_related("workflow", "version").exclude(origin="shadow")
+    if hidden:
+        runs = runs.exclude(workflow_id__in=sorted(hidden))
+    return list(runs.order_by("id"))
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -196,8 +218,8 @@ def run_started_as_json(run: Run) -> dict[str, Any]:
     }
 
 
-def event_detail_as_json(event: Event) -> dict[str, Any]:
+def event_detail_as_json(event: Event, *, hidden: frozenset[int] = frozenset()) -> dict[str, Any]:
     return {
         **event_as_json(event),
-        "runs": [run_started_as_json(run) for run in runs_started(event)],
+        "runs": [run_started_as_json(run) for run in runs_started(event, hidden=hidden)],
     }

@@ -21,10 +21,14 @@ def runs(
     origin: str | None = None,
     before_id: int | None = None,
     limit: int = PAGE_SIZE,
+    hidden: frozenset[int] = frozenset(),
 ) -> list[Run]:
     """Newest first, keyset-paginated by id (stable and index-backed at any depth).
-    Every origin but shadow unless `origin` names one."""
+    Every origin but shadow unless `origin` names one. Runs of the workflows in `hidden`
+    (dashboard_selectors.hidden_workflow_ids / hidden_for_team) are left out."""
     qs: QuerySet[Run] = Run.objects.select_related("workflow", "version").order_by("-id")
+    if hidden:
+        qs = qs.exclude(workflow_id__in=sorted(hidden))
     if workflow_slug:
         qs = qs.filter(workflow__slug=workflow_slug)
     if status:

@@ -1,4 +1,8 @@
-"""Bearer-token authentication for the API, with a role per token."""
+"""Bearer-token authentication for the API, with a role per token and, optionally, a team.
+
+After authentication the request carries `api_token` and `hidden_workflows`: the ids of
+the workflows the token may not see (those restricted to another team than the token's).
+A view treats a hidden workflow, and what belongs to it, as if it did not exist."""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import functools
 from django.views.decorators.csrf import csrf_exempt
 
 from .. import roles
+from ..dashboard_selectors import hidden_for_team
+from ..models import Run, Workflow
 from ..services.tokens import authenticate_token
 from .problems import problem
 
@@ -33,8 +39,42 @@ def token_required(role: str = "viewer"):
             if roles.rank(token.role) < roles.rank(role):
                 return problem(403, "Forbidden", f"this needs the {role} role", kind="forbidden")
             request.api_token = token
+            # Computed once per request: every view filters with it (empty: sees everything).
+            request.hidden_workflows = hidden_for_team(token.team_id)
             return view(request, *args, **kwargs)
 
         return wrapper
 
     return decorator
+
+
+def hides(request, workflow_id: int | None) -> bool:
+    """Whether the request's token may not see the workflow with this id."""
+    return workflow_id is not None and workflow_id in request.hidden_workflows
+
+
+def hides_slug(request, slug: str) -> bool:
+    """Whether `slug` names a workflow the request's token may not see."""
+    if not request.hidden_workflows:
+        return False
+    return Workflow.objects.filter(slug=slug, id__in=sorted(request.hidden_workflows)).exists()
+
+
+def hides_run(request, run_id: int) -> bool:
+    """Whether `run_id` is a run of a workflow the request's token may not see."""
+    if not request.hidden_workflows:
+        return False
+    return Run.objects.filter(pk=run_id, workflow_id__in=sorted(request.hidden_workflows)).exists()
+
+
+def shown_runs(request, run_ids: list[int]) -> list[int]:
+    """`run_ids` without the runs of workflows the request's token may not see (a re-drive
+    may start runs of every workflow the event matches)."""
+    if not request.hidden_workflows or not run_ids:
+        return list(run_ids)
+    hidden = set(
+        Run.objects.filter(
+            pk__in=run_ids, workflow_id__in=sorted(request.hidden_workflows)
+        ).values_list("pk", flat=True)
+    )
+    return [pk for pk in run_ids if pk not in hidden]

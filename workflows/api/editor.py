@@ -36,7 +36,7 @@ from ..models import Event, Workflow, WorkflowVersion
 from ..services import drafts
 from ..services.definitions import publish_workflow
 from ..services.schemas import SchemaViolation
-from .auth import token_required
+from .auth import hides, hides_slug, token_required
 from .bodies import BodyTooLarge, media_type, read_limited
 from .problems import problem
 
@@ -113,7 +113,13 @@ def put_definition(request, *, slug: str, raw: Any) -> tuple[Workflow, bool]:
     if if_match and not Workflow.objects.filter(slug=slug).exists():
         raise Refused(no_revision(slug))
     try:
-        return drafts.replace_draft(slug=slug, raw=raw, by=_actor(request), base_revision=base)
+        return drafts.replace_draft(
+            slug=slug,
+            raw=raw,
+            by=_actor(request),
+            base_revision=base,
+            team=request.api_token.team,
+        )
     except drafts.DraftConflict as exc:
         raise Refused(conflict(exc, if_match=if_match)) from exc
 
@@ -154,8 +160,10 @@ def conflict(exc: drafts.DraftConflict, *, if_match: bool):
     return response
 
 
-def _found(slug: str) -> Workflow | None:
-    return Workflow.objects.select_related("published_version").filter(slug=slug).first()
+def _found(request, slug: str) -> Workflow | None:
+    """The workflow, or None when there is none or the request's token may not see it."""
+    workflow = Workflow.objects.select_related("published_version").filter(slug=slug).first()
+    return None if workflow is None or hides(request, workflow.pk) else workflow
 
 
 def _not_found(slug: str):
@@ -186,7 +194,7 @@ def _version_json(version: WorkflowVersion, live: int | None) -> dict:
 @require_http_methods(["GET"])
 @token_required("viewer")
 def export(request, slug: str):
-    workflow = _found(slug)
+    workflow = _found(request, slug)
     if workflow is None:
         return _not_found(slug)
     fmt = request.GET.get("format", "json")
@@ -218,6 +226,8 @@ def import_(request, slug: str):
         base, if_match = precondition(request)
     except BadPrecondition as exc:
         return bad_precondition(exc)
+    if hides_slug(request, slug):
+        return _not_found(slug)
     if if_match and not Workflow.objects.filter(slug=slug).exists():
         return no_revision(slug)
     try:
@@ -230,6 +240,7 @@ def import_(request, slug: str):
             publish=publish,
             note=request.GET.get("note", ""),
             base_revision=base,
+            team=request.api_token.team,
         )
     except drafts.DraftConflict as exc:
         return conflict(exc, if_match=if_match)
@@ -275,14 +286,18 @@ def draft(request, slug: str):
         return problem(413, "Body too large", f"the limit is {exc.limit} bytes", kind="too-large")
     except UnreadableDefinition as exc:
         return problem(400, "Unreadable definition", str(exc), kind="invalid-json")
-    workflow = _found(slug)
+    if hides_slug(request, slug):
+        return _not_found(slug)
+    workflow = _found(request, slug)
     created = workflow is None
     if created and if_match:
         return no_revision(slug)
     try:
         if created:
             name = raw.get("name") if isinstance(raw, dict) else ""
-            workflow = drafts.create_workflow(slug=slug, name=str(name or slug), by=_actor(request))
+            workflow = drafts.create_workflow(
+                slug=slug, name=str(name or slug), by=_actor(request), team=request.api_token.team
+            )
         problems = drafts.save_draft(
             workflow=workflow,
             raw=raw,
@@ -311,7 +326,7 @@ def draft(request, slug: str):
 @require_http_methods(["GET"])
 @token_required("viewer")
 def versions(request, slug: str):
-    workflow = _found(slug)
+    workflow = _found(request, slug)
     if workflow is None:
         return _not_found(slug)
     live = workflow.published_version.number if workflow.published_version else None
@@ -326,7 +341,7 @@ def versions(request, slug: str):
 @require_http_methods(["GET"])
 @token_required("viewer")
 def diff(request, slug: str):
-    workflow = _found(slug)
+    workflow = _found(request, slug)
     if workflow is None:
         return _not_found(slug)
     refs = (request.GET.get("from", ""), request.GET.get("to", "draft"))
@@ -350,7 +365,7 @@ def diff(request, slug: str):
 @require_http_methods(["POST"])
 @token_required("editor")
 def restore(request, slug: str, number: int):
-    workflow = _found(slug)
+    workflow = _found(request, slug)
     if workflow is None:
         return _not_found(slug)
     try:
@@ -378,7 +393,7 @@ def restore(request, slug: str, number: int):
 @require_http_methods(["POST"])
 @token_required("editor")
 def try_(request, slug: str):
-    workflow = _found(slug)
+    workflow = _found(request, slug)
     if workflow is None:
         return _not_found(slug)
     try:

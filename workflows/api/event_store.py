@@ -20,7 +20,7 @@ def list_events(request):
     except store.InvalidQuery as exc:
         errors = [{"parameter": name, "message": text} for name, text in exc.errors.items()]
         return problem(400, "Invalid query", str(exc), kind="invalid-query", errors=errors)
-    page, more = store.events(query)
+    page, more = store.events(query, hidden=request.hidden_workflows)
     next_link = f"{request.path}?{query.page_after(page[-1].pk)}" if more else None
     response = JsonResponse(
         {"events": [store.event_as_json(event) for event in page], "next": next_link}
@@ -33,8 +33,10 @@ def list_events(request):
 @require_http_methods(["GET"])
 @token_required("viewer")
 def event_detail(request, event_id: int):
-    """The event, its validation result and the runs it started."""
-    event = store.event_detail(event_id)
+    """The event, its validation result and the runs it started (those the token may see;
+    a run event of a workflow it may not see is not there for it)."""
+    hidden = request.hidden_workflows
+    event = store.event_detail(event_id, hidden=hidden)
     if event is None:
         return problem(404, "No such event", str(event_id), kind="not-found")
-    return JsonResponse(store.event_detail_as_json(event))
+    return JsonResponse(store.event_detail_as_json(event, hidden=hidden))

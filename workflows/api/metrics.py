@@ -1,5 +1,9 @@
-"""`GET /metrics`: the Prometheus exposition of workflows.prometheus, for any API token
-(Prometheus sends it with `authorization: {credentials: <token>}` in its scrape config)."""
+"""`GET /metrics`: the Prometheus exposition of workflows.prometheus, for any API token of
+no team (Prometheus sends it with `authorization: {credentials: <token>}` in its scrape
+config).
+
+A team's token is refused: the figures describe the whole installation (runs by workflow,
+dead letters, queues, steps), so there is no subset of them that is only its team's."""
 
 from __future__ import annotations
 
@@ -20,6 +24,13 @@ registry.register(SignalboxCollector())
 @require_http_methods(["GET"])
 @token_required("viewer")
 def metrics(request):
+    if request.api_token.team_id is not None:
+        return problem(
+            403,
+            "Forbidden",
+            "metrics cover every team's workflows: scrape with a token of no team",
+            kind="forbidden",
+        )
     try:
         body = generate_latest(registry)
     except (DatabaseError, redis.RedisError) as exc:

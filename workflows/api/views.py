@@ -14,7 +14,7 @@ from ..definition_files import YAML_TYPES, UnreadableDefinition, load_definition
 from ..events.envelope import InvalidEvent, loads_json
 from ..models import Workflow
 from . import editor as drafts_api
-from .auth import token_required
+from .auth import hides, hides_slug, token_required
 from .bodies import BodyTooLarge, media_type, read_limited
 from .pagination import InvalidPage, page_params
 from .problems import problem
@@ -31,13 +31,15 @@ def _too_large(exc: BodyTooLarge):
 def workflow(request, slug: str):
     if request.method == "GET":
         found = Workflow.objects.select_related("published_version").filter(slug=slug).first()
-        if found is None:
+        if found is None or hides(request, found.pk):
             return problem(404, "No such workflow", slug, kind="not-found")
         return drafts_api.with_etag(JsonResponse(_workflow_json(found)), found)
     if roles.rank(request.api_token.role) < roles.rank("editor"):
         return problem(
             403, "Forbidden", "changing a workflow needs the editor role", kind="forbidden"
         )
+    if hides_slug(request, slug):
+        return problem(404, "No such workflow", slug, kind="not-found")
     try:
         raw = load_definition_text(
             read_limited(request, MAX_DEFINITION_BYTES),
@@ -67,7 +69,7 @@ def workflow(request, slug: str):
 @require_http_methods(["POST"])
 @token_required("editor")
 def publish(request, slug: str):
-    if not Workflow.objects.filter(slug=slug).exists():
+    if not Workflow.objects.filter(slug=slug).exists() or hides_slug(request, slug):
         return problem(404, "No such workflow", slug, kind="not-found")
     note = ""
     if request.body:
@@ -120,6 +122,7 @@ def runs(request):
         origin=origin,
         before_id=page_at.before,
         limit=page_at.limit,
+        hidden=request.hidden_workflows,
     )
     body = {"runs": [selectors.run_as_json(r) for r in page]}
     if len(page) == page_at.limit:
@@ -133,7 +136,7 @@ def runs(request):
 @token_required("viewer")
 def run(request, run_id: int):
     found = selectors.run_detail(run_id)
-    if found is None:
+    if found is None or hides(request, found.workflow_id):
         return problem(404, "No such run", str(run_id), kind="not-found")
     return JsonResponse(selectors.run_as_json(found))
 
@@ -155,7 +158,8 @@ def _workflow_json(workflow: Workflow) -> dict:
 def cancel(request, run_id: int):
     from ..services.run_control import cancel_run
 
-    if selectors.run_detail(run_id) is None:
+    found = selectors.run_detail(run_id)
+    if found is None or hides(request, found.workflow_id):
         return problem(404, "No such run", str(run_id), kind="not-found")
     reason = ""
     if request.body:
@@ -184,7 +188,7 @@ def start_run(request, slug: str):
     from ..services.manual_events import manual_source, send_manual_event
 
     found = Workflow.objects.select_related("published_version").filter(slug=slug).first()
-    if found is None or found.published_version is None:
+    if found is None or found.published_version is None or hides(request, found.pk):
         return problem(404, "No published workflow", slug, kind="not-found")
     if not found.subscriptions.filter(event_type=manual_event_type(slug)).exists():
         return problem(

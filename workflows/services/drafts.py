@@ -299,9 +299,17 @@ def save_draft(
 
 
 def replace_draft(
-    *, slug: str, raw: Any, by: str = "", base_revision: int | None = None, client: str = ""
+    *,
+    slug: str,
+    raw: Any,
+    by: str = "",
+    base_revision: int | None = None,
+    client: str = "",
+    team=None,
 ) -> tuple[Workflow, bool]:
     """Create a workflow or replace its draft with a *valid* definition; (workflow, created).
+    A workflow created here belongs to `team` (a Group, or None for no team); an existing
+    one keeps its team.
 
     Raises InvalidDefinition and changes nothing; DraftConflict when the workflow exists
     and `base_revision` is not its revision (a workflow that does not exist yet has no
@@ -310,7 +318,12 @@ def replace_draft(
     with transaction.atomic():
         workflow, created = Workflow.objects.get_or_create(
             slug=slug,
-            defaults={"name": parsed.name[:200], "draft": raw, "draft_updated_by": by[:150]},
+            defaults={
+                "name": parsed.name[:200],
+                "draft": raw,
+                "draft_updated_by": by[:150],
+                "team": team,
+            },
         )
         if created:
             if base_revision not in (None, 0):
@@ -777,9 +790,10 @@ def import_definition(
     note: str = "",
     base_revision: int | None = None,
     client: str = "",
+    team=None,
 ) -> ImportResult:
-    """Replace a workflow's draft with a definition file (creating the workflow if needed)
-    and optionally publish it, all or nothing.
+    """Replace a workflow's draft with a definition file (creating the workflow if needed,
+    in `team`) and optionally publish it, all or nothing.
 
     Raises UnreadableDefinition (neither JSON nor YAML), InvalidDefinition (every problem,
     with its JSON pointer), DraftRefused (a bad slug) or DraftConflict (`base_revision` is
@@ -790,7 +804,7 @@ def import_definition(
     parse_definition(raw)
     with transaction.atomic():
         workflow, created = replace_draft(
-            slug=slug, raw=raw, by=by, base_revision=base_revision, client=client
+            slug=slug, raw=raw, by=by, base_revision=base_revision, client=client, team=team
         )
         version = None
         if publish:

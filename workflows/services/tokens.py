@@ -6,6 +6,7 @@ import hashlib
 import secrets
 from datetime import timedelta
 
+from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from ..models import ApiToken
@@ -18,11 +19,14 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_api_token(*, name: str, role: str = "editor") -> tuple[ApiToken, str]:
-    """Return the stored token row and the plaintext token (never stored)."""
+def create_api_token(
+    *, name: str, role: str = "editor", team: Group | None = None
+) -> tuple[ApiToken, str]:
+    """Return the stored token row and the plaintext token (never stored). A token of a
+    `team` sees that team's workflows and those of no team; without one, every workflow."""
     plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
-        name=name, prefix=plaintext[:10], token_hash=_digest(plaintext), role=role
+        name=name, prefix=plaintext[:10], token_hash=_digest(plaintext), role=role, team=team
     )
     return token, plaintext
 
