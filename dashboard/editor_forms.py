@@ -387,7 +387,11 @@ class FixedField:
         if self.widget == "number":
             return _shown(value, "number")
         if self.listed:
-            return ", ".join(map(str, value or []))
+            # A hand-edited draft may hold anything here (its problem says what is wrong):
+            # show it as it is rather than fail to render the panel.
+            if isinstance(value, list | tuple):
+                return ", ".join(map(str, value))
+            return "" if value in (None, "") else str(value)
         # A required field shows whatever it holds, a null or 0 included (its problem says
         # why); an optional one shows a null, 0 or "" as left empty.
         return str(value) if self.required else str(value or "")

@@ -656,3 +656,17 @@ def test_the_workflows_page_links_to_the_editor_and_to_a_new_workflow(viewer, sh
 
     assert f'href="{EDIT.format("shop")}" class="edit-link">Edit</a>' in page
     assert 'href="/workflows/new/" id="new-workflow"' in page
+
+
+@pytest.mark.parametrize("retry_on", [5, True, "timeout", None])
+def test_a_hand_edited_retry_on_of_the_wrong_type_still_opens_the_step_panel(
+    editor, shop, retry_on
+):
+    raw = json.loads(json.dumps(shop.draft))
+    raw["steps"][0]["retry"] = {"max_attempts": 2, "retry_on": retry_on}
+
+    response = post(editor, EDIT.format("shop") + "step", raw, index=0)
+
+    assert response.status_code == 200
+    shown = re.search(r'name="retry.retry_on"[^>]*value="([^"]*)"', response.content.decode())
+    assert shown and shown.group(1) == ("" if retry_on is None else str(retry_on))
