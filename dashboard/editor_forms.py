@@ -658,15 +658,18 @@ def trigger_fields(trigger: Any, errors: Mapping[str, list[str]]) -> list[FormFi
 
 
 def parse_trigger(trigger: Any, post: Mapping[str, Any]) -> dict[str, Any]:
+    """The trigger a submitted form describes; its position (not in the form) is kept."""
     kind = trigger_kind(trigger)
-    if kind == "manual":
-        return {"manual": True}
     out: dict[str, Any] = {}
-    for spec in TRIGGER_FIELDS[kind]:
+    if kind == "manual":
+        out["manual"] = True
+    for spec in TRIGGER_FIELDS.get(kind, ()):
         key = spec.name.removeprefix("trigger.")
         text = str(post.get(spec.name, "") or "").strip()
         if text or key == kind:
             out[key] = text
+    if isinstance(trigger, dict) and "position" in trigger:
+        out["position"] = trigger["position"]
     return out
 
 

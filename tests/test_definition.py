@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import definition, http_step, log_step
-from workflows.definition import Definition, InvalidDefinition, RetryPolicy, parse
+from workflows.definition import Definition, InvalidDefinition, RetryPolicy, Trigger, parse
 from workflows.steps import registry
 
 KINDS = registry.all_kinds()
@@ -151,6 +151,41 @@ def test_an_unknown_step_key_is_refused():
 
     assert list(found) == ["/steps/0"]
     assert "'when'" in found["/steps/0"]
+
+
+def test_a_trigger_may_keep_where_the_editor_draws_it_and_the_engine_ignores_it():
+    raw = definition(log_step("a", message="hi"))
+    raw["triggers"][0]["position"] = {"x": -120.5, "y": 40}
+    raw["steps"][0]["position"] = {"x": 200, "y": 40}
+
+    parsed = parse(raw, kinds=KINDS)
+
+    assert parsed.triggers == (Trigger(event="com.example.order.placed"),)
+    assert raw["triggers"][0]["position"] == {"x": -120.5, "y": 40}  # the document keeps it
+
+
+def test_a_trigger_position_that_is_not_numbers_is_refused_with_its_pointer():
+    raw = definition(log_step("a"))
+    raw["triggers"] = [
+        {"event": "com.example.order.placed", "position": {"x": "left", "y": 10}},
+        {"manual": True, "position": "top left"},
+    ]
+
+    found = problems_of(raw)
+
+    assert list(found) == ["/triggers/0/position/x", "/triggers/1/position"]
+    assert "'left' is not of type 'number'" in found["/triggers/0/position/x"]
+    assert "is not of type 'object'" in found["/triggers/1/position"]
+
+
+def test_a_trigger_with_only_a_position_is_refused():
+    raw = definition(log_step("a"))
+    raw["triggers"] = [{"position": {"x": 0, "y": 0}}]
+
+    found = problems_of(raw)
+
+    assert list(found) == ["/triggers/0"]
+    assert "needs an event, webhook, schedule or manual" in found["/triggers/0"]
 
 
 def test_a_definition_without_steps_is_refused():

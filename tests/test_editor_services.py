@@ -257,6 +257,21 @@ def test_an_after_list_and_the_same_success_edge_are_no_change():
     assert diff["steps"] == []
 
 
+def test_a_trigger_or_step_that_only_moved_is_no_change():
+    before = branching()
+    before["triggers"].append({"webhook": "shop"})
+    after = json.loads(json.dumps(before))
+    after["triggers"][0]["position"] = {"x": -240, "y": 40}
+    after["triggers"][1]["position"] = {"x": -240, "y": 170}
+    after["steps"][0]["position"] = {"x": 80, "y": 40}
+
+    diff = drafts.diff_definitions(before, after)
+
+    assert diff["changed"] is False
+    assert diff["triggers"] == {"added": [], "removed": []}
+    assert diff["steps"] == []
+
+
 def test_the_diff_shows_trigger_and_workflow_field_changes():
     before = definition(log_step("a"), name="Old")
     after = definition(log_step("a"), name="New", event="com.example.order.paid")
@@ -382,6 +397,38 @@ def test_an_import_replaces_the_draft_and_can_publish_it_at_once():
     assert result.workflow.name == "From git"
     assert result.workflow.published_version == result.version
     assert AuditEntry.objects.filter(action="workflow.import", target_id="from-git").exists()
+
+
+def placed() -> dict:
+    """A definition whose every node has a place on the canvas."""
+    raw = branching()
+    raw["triggers"] = [
+        {"event": "com.example.order.placed", "position": {"x": -240, "y": 40}},
+        {"manual": True, "position": {"x": -240.5, "y": 170}},
+    ]
+    for index, step in enumerate(raw["steps"]):
+        step["position"] = {"x": 80 + 320 * index, "y": 40}
+    return raw
+
+
+@pytest.mark.parametrize("yaml_format", [False, True], ids=["json", "yaml"])
+def test_trigger_positions_survive_import_publish_and_export(yaml_format):
+    raw = placed()
+    body = (yaml.safe_dump(raw) if yaml_format else json.dumps(raw)).encode()
+
+    result = drafts.import_definition(
+        slug="placed", body=body, yaml_format=yaml_format, by="cli", publish=True
+    )
+
+    assert result.workflow.draft == raw
+    assert result.version.definition == raw
+    for version in (None, 1):
+        _name, text = drafts.export_definition(
+            workflow=result.workflow, yaml_format=yaml_format, version=version
+        )
+        exported = yaml.safe_load(text) if yaml_format else json.loads(text)
+        assert exported["triggers"] == raw["triggers"]
+        assert exported == raw
 
 
 def test_an_invalid_import_names_every_problem_and_changes_nothing():

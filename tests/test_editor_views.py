@@ -319,6 +319,19 @@ def test_a_trigger_panel_and_its_form(editor, shop):
     assert "invalid expression" in error_box(response.content.decode(), "trigger-filter")
 
 
+def test_the_trigger_form_keeps_where_the_trigger_is_drawn(editor, shop):
+    raw = {**shop.draft, "triggers": [{"event": "a.b", "position": {"x": -300, "y": 60}}]}
+
+    response = post(
+        editor, EDIT.format("shop") + "trigger/apply", raw, index=0, **{"trigger.event": "c.d"}
+    )
+
+    assert trigger_of(response, "editor:apply")["trigger"] == {
+        "event": "c.d",
+        "position": {"x": -300, "y": 60},
+    }
+
+
 def test_the_workflow_settings_form(editor, shop):
     response = post(
         editor,

@@ -290,6 +290,28 @@ def test_replay_on_the_latest_version_reruns_what_changed_and_reuses_the_rest(db
     assert steps_of(replay)["a"].reused_from_id is not None
 
 
+def test_nodes_that_only_moved_in_the_latest_version_are_no_change_for_a_replay(db):
+    first = definition(
+        {"id": "a", "kind": "transform", "config": {"output": "{{ event.data.order }}"}},
+        {"id": "b", "kind": "fail", "config": {"message": "down"}, "after": ["a"]},
+    )
+    publish("moved", first)
+    original = drive(trigger("moved"))
+    assert original.status == "failed"
+    moved = json.loads(json.dumps(first))
+    moved["triggers"][0]["position"] = {"x": -240, "y": 40}
+    for index, step in enumerate(moved["steps"]):
+        step["position"] = {"x": 80 + 320 * index, "y": 40}
+    publish("moved", moved)
+
+    plan = replays.plan_replay(run=original, version="latest")
+
+    assert [(s.step_id, s.action, s.why) for s in plan.steps] == [
+        ("a", "reuse", "succeeded in the original"),
+        ("b", "run", "failed in the original"),
+    ]
+
+
 def test_a_step_the_failed_run_never_got_to_runs_in_the_replay(db, recorder):
     recorder.answer(Reply(500, {"error": "down"}))
     publish(

@@ -21,6 +21,8 @@ FORMAT_SCHEMA: dict[str, Any] = json.loads(
 _FORMAT_VALIDATOR = jsonschema.Draft202012Validator(FORMAT_SCHEMA)
 STEP_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 FAILURE = "failure"
+# Where an editor draws a node: kept in the document, never read by the engine.
+LAYOUT_KEYS = frozenset({"position"})
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,12 @@ def parse(
                 problems.append(Problem(f"/steps/{i}/config{path}", message))
 
     for t, trigger in enumerate(raw.get("triggers", [])):
+        if not set(trigger) - LAYOUT_KEYS:
+            # The schema refuses an empty trigger; one that only has a place on the canvas
+            # starts nothing either.
+            problems.append(
+                Problem(f"/triggers/{t}", "a trigger needs an event, webhook, schedule or manual")
+            )
         if "filter" in trigger:
             expression_problem(f"/triggers/{t}/filter", trigger["filter"])
         if "filter" in trigger and "event" not in trigger:
@@ -267,7 +275,10 @@ def parse(
 
     return Definition(
         name=raw["name"],
-        triggers=tuple(Trigger(**t) for t in raw.get("triggers", [])),
+        triggers=tuple(
+            Trigger(**{k: v for k, v in t.items() if k not in LAYOUT_KEYS})
+            for t in raw.get("triggers", [])
+        ),
         steps={
             s["id"]: Step(
                 id=s["id"],

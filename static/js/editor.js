@@ -14,7 +14,8 @@
  *
  * Triggers are drawn as nodes with one output, wired to every step without incoming edges
  * (the steps a run starts with); those wires follow from the steps and cannot be edited.
- * The format keeps no trigger positions, so trigger nodes are placed left of the steps.
+ * Every node keeps its place in the definition: `steps[].position`, `triggers[].position`.
+ * A node without one is placed by the layout (a trigger left of the steps it starts).
  *
  * Runs show on the canvas through the editor's WebSocket (/ws/workflows/<slug>/editor/):
  * JSON frames with the latest runs, and the statuses of the run being watched.
@@ -50,7 +51,6 @@
   var wantPanel = false;
   var revision = 0;
   var savedRevision = 0;
-  var triggerPos = {};
   var selection = null; // {type: "step" | "trigger", index}
   var nodeMap = {}; // Drawflow node id -> {type, index}
   var stepNode = {}; // step index -> Drawflow node id
@@ -203,12 +203,37 @@
     return pos;
   }
 
+  // Where a trigger without a stored position goes: left of the steps a run starts with.
   function triggerPosition(index, stepPositions) {
-    if (triggerPos[index]) return triggerPos[index];
     var roots = rootIndexes();
     var xs = roots.map(function (i) { return stepPositions[i].x; });
     var x = (xs.length ? Math.min.apply(null, xs) : 80 + COLUMN) - COLUMN;
     return {x: Math.max(x, -2000), y: 40 + index * 130};
+  }
+
+  function storedPosition(item) {
+    if (!isObj(item) || !isObj(item.position) || typeof item.position.x !== "number") return null;
+    return {x: num(item.position.x, 0), y: num(item.position.y, 0)};
+  }
+
+  // Where every node goes: its stored position, else where the layout puts it.
+  function placement() {
+    var laid = null;
+    var steps = {};
+    model.steps.forEach(function (s, i) {
+      var stored = storedPosition(s);
+      if (stored) {
+        steps[i] = stored;
+      } else {
+        laid = laid || layout();
+        steps[i] = laid[i] || {x: 80 + COLUMN, y: 40 + i * 140};
+      }
+    });
+    var triggers = {};
+    model.triggers.forEach(function (t, i) {
+      triggers[i] = storedPosition(t) || triggerPosition(i, steps);
+    });
+    return {steps: steps, triggers: triggers};
   }
 
   // --- drawing ------------------------------------------------------------------------------
@@ -299,16 +324,8 @@
     stepNode = {};
     triggerNode = {};
     var next = 1;
-    var laid = null;
-    var positions = {};
-    model.steps.forEach(function (s, i) {
-      if (isObj(s) && isObj(s.position) && typeof s.position.x === "number") {
-        positions[i] = {x: num(s.position.x, 0), y: num(s.position.y, 0)};
-      } else {
-        laid = laid || layout();
-        positions[i] = laid[i] || {x: 80 + COLUMN, y: 40 + i * 140};
-      }
-    });
+    var place = placement();
+    var positions = place.steps;
     model.steps.forEach(function (s, i) {
       var id = next++;
       stepNode[i] = id;
@@ -340,7 +357,7 @@
       var id = next++;
       triggerNode[i] = id;
       nodeMap[id] = {type: "trigger", index: i};
-      var pos = triggerPosition(i, positions);
+      var pos = place.triggers[i];
       data[id] = {
         id: id, name: "trigger", data: {}, class: "sb-node sb-trigger trigger-" + triggerKindOf(t),
         html: triggerHtml(t), typenode: false, inputs: {},
@@ -372,25 +389,32 @@
   }
 
   function refreshNodes() {
-    var data = df.drawflow.drawflow.Home.data;
+    var place = placement();
     model.steps.forEach(function (s, i) {
-      var id = stepNode[i];
-      var el = nodeEl(id);
+      var el = nodeEl(stepNode[i]);
       if (!el || !isObj(s)) return;
       el.querySelector(".drawflow_content_node").innerHTML = stepHtml(s);
-      if (isObj(s.position) && data[id] && (data[id].pos_x !== s.position.x || data[id].pos_y !== s.position.y)) {
-        data[id].pos_x = s.position.x;
-        data[id].pos_y = s.position.y;
-        el.style.left = s.position.x + "px";
-        el.style.top = s.position.y + "px";
-        df.updateConnectionNodes("node-" + id);
-      }
+      moveNode(stepNode[i], place.steps[i]);
     });
     model.triggers.forEach(function (t, i) {
       var el = nodeEl(triggerNode[i]);
-      if (el) el.querySelector(".drawflow_content_node").innerHTML = triggerHtml(t);
+      if (!el) return;
+      el.querySelector(".drawflow_content_node").innerHTML = triggerHtml(t);
+      moveNode(triggerNode[i], place.triggers[i]);
     });
     decorate();
+  }
+
+  // A node whose place in the model changed (undo, redo, auto-layout, a reload) goes there.
+  function moveNode(id, pos) {
+    var node = df.drawflow.drawflow.Home.data[id];
+    var el = nodeEl(id);
+    if (!node || !el || !pos || (node.pos_x === pos.x && node.pos_y === pos.y)) return;
+    node.pos_x = pos.x;
+    node.pos_y = pos.y;
+    el.style.left = pos.x + "px";
+    el.style.top = pos.y + "px";
+    df.updateConnectionNodes("node-" + id);
   }
 
   function nodeEl(id) {
@@ -590,8 +614,9 @@
     var template = cfg.triggerKinds[kind] && cfg.triggerKinds[kind].template;
     if (!template) return;
     change(function () {
-      model.triggers.push(clone(template));
-      triggerPos[model.triggers.length - 1] = {x: Math.round(point.x), y: Math.round(point.y)};
+      var trigger = clone(template);
+      trigger.position = {x: Math.round(point.x), y: Math.round(point.y)};
+      model.triggers.push(trigger);
     });
     select({type: "trigger", index: model.triggers.length - 1});
   }
@@ -647,13 +672,6 @@
 
   function deleteTrigger(index) {
     model.triggers.splice(index, 1);
-    var moved = {};
-    Object.keys(triggerPos).forEach(function (k) {
-      k = Number(k);
-      if (k < index) moved[k] = triggerPos[k];
-      else if (k > index) moved[k - 1] = triggerPos[k];
-    });
-    triggerPos = moved;
     shiftSelection("trigger", index);
   }
 
@@ -682,10 +700,12 @@
 
   function autoLayout() {
     var pos = layout();
-    triggerPos = {};
     change(function () {
       model.steps.forEach(function (s, i) {
         if (isObj(s) && pos[i]) s.position = {x: pos[i].x, y: pos[i].y};
+      });
+      model.triggers.forEach(function (t, i) {
+        if (isObj(t)) t.position = triggerPosition(i, pos);
       });
     });
     Promise.resolve().then(function () { Promise.resolve().then(fitView); });
@@ -744,13 +764,16 @@
     var info = nodeMap[id];
     var node = df.drawflow.drawflow.Home.data[id];
     if (!info || !node) return;
-    if (info.type === "trigger") {
-      triggerPos[info.index] = {x: Math.round(node.pos_x), y: Math.round(node.pos_y)};
-      return;
-    }
+    // Drawflow 0.0.60 records pos_x/pos_y one mouse move off the place it draws the node
+    // at (it subtracts the last move twice): keep the drawn place, which is what was seen.
+    var el = nodeEl(id);
+    var x = el ? num(parseFloat(el.style.left), node.pos_x) : node.pos_x;
+    var y = el ? num(parseFloat(el.style.top), node.pos_y) : node.pos_y;
+    node.pos_x = x;
+    node.pos_y = y;
     change(function () {
-      var step = stepAt(info.index);
-      if (step) step.position = {x: Math.round(node.pos_x), y: Math.round(node.pos_y)};
+      var moved = info.type === "trigger" ? model.triggers[info.index] : stepAt(info.index);
+      if (isObj(moved)) moved.position = {x: Math.round(x), y: Math.round(y)};
     }, {render: false});
   });
 
@@ -986,7 +1009,13 @@
       }, {fromForm: true});
     } else if (d.what === "trigger") {
       if (d.index >= model.triggers.length) return;
-      change(function () { model.triggers[d.index] = clone(d.trigger); }, {fromForm: true});
+      change(function () {
+        var was = model.triggers[d.index];
+        var trigger = clone(d.trigger);
+        // Its place belongs to the canvas, which may have moved it meanwhile.
+        if (isObj(was) && was.position) trigger.position = was.position; else delete trigger.position;
+        model.triggers[d.index] = trigger;
+      }, {fromForm: true});
     } else if (d.what === "workflow") {
       change(function () {
         Object.keys(d.settings || {}).forEach(function (key) {

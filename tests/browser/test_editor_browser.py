@@ -11,6 +11,7 @@ import yaml
 from playwright.sync_api import Locator, Page, expect
 
 from tests.factories import cloudevent, definition, http_step, log_step
+from tests.waiting import wait_until
 
 from .helpers import LIVE_TIMEOUT_MS, log_in
 
@@ -38,6 +39,12 @@ def drag_to(page: Page, source: Locator, x: float, y: float) -> None:
     page.mouse.move((sx + x) / 2, (sy + y) / 2, steps=8)
     page.mouse.move(x, y, steps=8)
     page.mouse.up()
+
+
+def canvas_place(locator: Locator) -> tuple[float, float]:
+    """Where Drawflow draws a node on its canvas (style left/top), whatever the zoom and pan."""
+    x, y = locator.evaluate("el => [parseFloat(el.style.left), parseFloat(el.style.top)]")
+    return x, y
 
 
 def drop_kind(page: Page, palette_item: str, dx: float, dy: float) -> None:
@@ -128,7 +135,8 @@ def test_a_workflow_built_with_the_mouse_is_published_and_its_run_lights_up_the_
     expect_saved_without_problems(page)
 
     stored = api.get("/api/v1/workflows/mouse-built").json()["draft"]
-    assert stored["triggers"] == [{"event": "com.example.order.placed"}]
+    assert [t["event"] for t in stored["triggers"]] == ["com.example.order.placed"]
+    assert set(stored["triggers"][0]["position"]) == {"x", "y"}  # kept through its form
     assert [(s["id"], s["kind"], s.get("after")) for s in stored["steps"]] == [
         ("http_request", "http_request", None),
         ("condition", "condition", ["http_request"]),
@@ -283,3 +291,44 @@ def test_a_viewer_sees_the_canvas_and_the_config_but_cannot_change_them(page: Pa
     message = panel_of(page, "only").get_by_label("Message")
     expect(message).to_have_value("hello")
     expect(message).to_be_disabled()
+
+
+@pytest.mark.browser
+def test_a_moved_trigger_is_stored_in_the_draft_and_stays_there_after_a_reload(
+    page: Page, make_user, api
+):
+    publish(api, "placed", definition(log_step("first")))
+    open_editor(page, make_user, "placed")
+    trigger = page.locator('.drawflow-node[data-trigger="0"]')
+    start = canvas_place(trigger)
+
+    x, y = centre(trigger.locator(".sb-title"))
+    drag_to(page, trigger.locator(".sb-title"), x + 150, y + 120)
+    dragged = canvas_place(trigger)
+    assert dragged[0] > start[0] + 50 and dragged[1] > start[1] + 50
+    # A move is an edit like any other: undone, redone.
+    page.locator('[data-action="undo"]').click()
+    expect(trigger).to_have_css("left", f"{start[0]:g}px")
+    page.locator('[data-action="redo"]').click()
+    moved = canvas_place(trigger)
+    assert abs(moved[0] - dragged[0]) <= 1 and abs(moved[1] - dragged[1]) <= 1
+
+    def stored_place():
+        return api.get("/api/v1/workflows/placed").json()["draft"]["triggers"][0].get("position")
+
+    wanted = {"x": moved[0], "y": moved[1]}
+    wait_until(lambda: stored_place() == wanted, message=f"the draft to store {wanted}")
+    expect(page.locator("#save-status")).to_have_attribute("data-state", "saved")
+
+    page.reload()
+    expect(page.locator("#editor-live")).to_have_attribute(
+        "data-state", "open", timeout=LIVE_TIMEOUT_MS
+    )
+    after = canvas_place(trigger)
+    assert abs(after[0] - moved[0]) <= 1 and abs(after[1] - moved[1]) <= 1, (after, moved)
+
+    # Auto-layout places (and stores) the trigger too: left of the step it starts.
+    page.locator('[data-action="layout"]').click()
+    expect(trigger).to_have_css("left", f"{start[0]:g}px")
+    laid = {"x": start[0], "y": start[1]}
+    wait_until(lambda: stored_place() == laid, message=f"the draft to store {laid}")

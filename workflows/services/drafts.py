@@ -27,7 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from .. import engine, notify
-from ..definition import InvalidDefinition, Problem
+from ..definition import LAYOUT_KEYS, InvalidDefinition, Problem
 from ..definition_files import UnreadableDefinition, dump_definition, load_definition_text
 from ..events.envelope import validate
 from ..models import Event, Run, Webhook, Workflow, WorkflowVersion
@@ -544,14 +544,15 @@ def describe_trigger(trigger: Any) -> str:
         return f"schedule {trigger['schedule']} ({trigger.get('timezone') or 'UTC'})"
     if trigger.get("manual"):
         return "manual"
-    return _canonical(trigger)
+    # Where the node is drawn is layout, not behaviour (as for steps, see diff_definitions).
+    return _canonical({k: v for k, v in trigger.items() if k not in LAYOUT_KEYS})
 
 
 def diff_definitions(before: dict, after: dict) -> dict[str, Any]:
     """What changed from `before` to `after`: workflow fields, triggers, each step (added,
     removed, or changed: its kind, name, join, timeout, retry and each config key) and the
-    edges (`after` lists included). Node positions are layout, not behaviour: a step that
-    only moved counts as unchanged."""
+    edges (`after` lists included). Node positions are layout, not behaviour: a step or a
+    trigger that only moved counts as unchanged."""
     before = before if isinstance(before, dict) else {}
     after = after if isinstance(after, dict) else {}
     workflow = [
