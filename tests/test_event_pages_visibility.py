@@ -7,25 +7,19 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.test import Client
 
+from tests.accounts import sign_in
 from tests.factories import definition, log_step
 from tests.test_replay import drive, publish, trigger
 from workflows.models import Event, Workflow
-from workflows.roles import ensure_groups
 
 ORDER = "com.example.order.placed"
 
 
-def signed_in(name: str, *groups: Group) -> Client:
-    ensure_groups()
-    user = get_user_model().objects.create_user(name, password="not-used")
-    user.groups.add(Group.objects.get(name="viewer"), *groups)
-    client = Client()
-    client.force_login(user)
-    return client
+def signed_in(name: str, *teams: Group) -> Client:
+    return sign_in(Client(), name, "viewer", *teams)
 
 
 @pytest.fixture

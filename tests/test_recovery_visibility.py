@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.test import Client
 
+from tests.accounts import sign_in
 from tests.factories import cloudevent, definition
 from tests.test_replay import drive, publish, trigger
 from workflows import replay_selectors as recovery
@@ -31,13 +32,8 @@ ORDERS = "com.example.order.placed"  # only the shop (everyone's) takes it
 FAIL = {"id": "boom", "kind": "fail", "config": {"message": "broken"}}
 
 
-def user_client(name: str, role: str, *groups: Group) -> Client:
-    ensure_groups()
-    user = get_user_model().objects.create_user(name, password="not-used")
-    user.groups.add(Group.objects.get(name=role), *groups)
-    client = Client()
-    client.force_login(user)
-    return client
+def user_client(name: str, role: str, *teams: Group) -> Client:
+    return sign_in(Client(), name, role, *teams)
 
 
 def unmatched_event() -> Event:

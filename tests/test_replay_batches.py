@@ -11,18 +11,17 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.test import Client
 from django.utils import timezone
 
 from dashboard import metrics
+from tests.accounts import sign_in
 from tests.factories import definition, log_step
 from tests.test_replay import drive, in_this_process, publish, trigger
 from tests.waiting import wait_until
 from workflows import selectors
 from workflows.models import ReplayBatch, Run, StepRun, Workflow
-from workflows.roles import ensure_groups
 from workflows.services import replay as replays
 from workflows.services.definitions import put_workflow
 from workflows.services.tokens import create_api_token
@@ -267,13 +266,8 @@ def test_the_scheduler_resumes_a_stranded_batch_and_a_worker_finishes_it(stack):
 # --- batches respect team visibility -----------------------------------------------------------
 
 
-def user_client(name: str, role: str, *groups: Group) -> Client:
-    ensure_groups()
-    user = get_user_model().objects.create_user(name, password="not-used")
-    user.groups.add(Group.objects.get(name=role), *groups)
-    client = Client()
-    client.force_login(user)
-    return client
+def user_client(name: str, role: str, *teams: Group) -> Client:
+    return sign_in(Client(), name, role, *teams)
 
 
 @pytest.fixture
