@@ -21,6 +21,7 @@ ACTIONS = (
     "dead_letter.redrive",
     "dead_letter.discard",
     "events.redrive",
+    "api_token.revoke",
 )
 
 

@@ -10,6 +10,7 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from ..models import ApiToken
+from . import audit
 
 TOKEN_PREFIX = "sbx_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -42,4 +43,29 @@ def authenticate_token(plaintext: str) -> ApiToken | None:
         token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION
     ):
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token
+
+
+class UnknownToken(LookupError):
+    pass
+
+
+def revoke_api_token(*, name: str, actor: str, reason: str = "") -> ApiToken:
+    """Revoke the token named `name` at once (its next request gets 401); audited. Revoking
+    a revoked token changes nothing. Raises UnknownToken."""
+    token = ApiToken.objects.filter(name=name).first()
+    if token is None:
+        raise UnknownToken(name)
+    if token.revoked_at is None and ApiToken.objects.filter(
+        pk=token.pk, revoked_at__isnull=True
+    ).update(revoked_at=timezone.now()):
+        token.refresh_from_db()
+        audit.record(
+            actor=actor,
+            action="api_token.revoke",
+            target_type="api_token",
+            target_id=token.name,
+            reason=reason,
+            details={"prefix": token.prefix, "role": token.role},
+        )
     return token
