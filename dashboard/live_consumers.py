@@ -40,6 +40,7 @@ from django.db import connections
 from django.template.loader import render_to_string
 
 from workflows import dashboard_selectors as ds
+from workflows import event_selectors as store
 from workflows import notify
 from workflows.models import Event, Run, TriggerSubscription
 from workflows.roles import has_role
@@ -466,6 +467,9 @@ class FlowConsumer(PushConsumer):
             return False
         if self.filter_source and message.get("source") != self.filter_source:
             return False
+        # An event of a workflow this user may not see is neither shown nor counted.
+        if message.get("workflow") in self.hidden_names:
+            return False
         self.pending_hints += 1
         return not self.paused
 
@@ -491,11 +495,7 @@ class FlowConsumer(PushConsumer):
             qs = qs.annotate(data_text=Cast("data", TextField())).filter(
                 Q(data_text__icontains=self.filter_text) | Q(subject__icontains=self.filter_text)
             )
-        if self.hidden_names:
-            qs = qs.exclude(
-                type__startswith="signalbox.run.", subject__in=sorted(self.hidden_names)
-            )
-        return qs
+        return store.visible_events(qs, hidden=self.hidden)
 
     def render_sync(self, snapshot: bool) -> str:
         now = time.monotonic()
@@ -609,6 +609,8 @@ class LineageConsumer(PushConsumer):
     def authorize(self, user):
         self.event_id = int(self.scope["url_route"]["kwargs"]["event_id"])
         event = Event.objects.filter(pk=self.event_id).only("correlation_id").first()
+        if event is not None and store.is_hidden(event, hidden=self.hidden):
+            return CLOSE_FORBIDDEN  # as the lineage page answers 403
         self.correlation = event.correlation_id if event else None
         self.run_ids: frozenset[int] = frozenset()
         self.max_run_id = 0

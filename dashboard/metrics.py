@@ -21,13 +21,16 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Count
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from workflows import dashboard_selectors as ds
 from workflows import demo_traffic
+from workflows import event_selectors as store
 from workflows import replay_selectors as recovery
 from workflows.gauges import bus_partitions, queue_lengths
-from workflows.models import StepRun
+from workflows.models import Event, StepRun
 
 T = TypeVar("T")
 
@@ -83,24 +86,19 @@ def _bucket_sql(column: str, bucket: int) -> str:
 
 
 def event_counts(
-    since: datetime, bucket: int, hidden: frozenset[str]
+    since: datetime, bucket: int, hidden: frozenset[int]
 ) -> list[tuple[int, str, int]]:
     """(bucket number, type, count) of events received since `since` (the received_at
-    index bounds the scan). Run events of workflows the user may not see are left out."""
-    table = "workflows_event"
-    params: list[Any] = [since]
-    hide = ""
-    if hidden:
-        marks = ", ".join(["%s"] * len(hidden))
-        hide = f" AND NOT (type LIKE %s AND subject IN ({marks}))"
-        params += [RUN_PREFIX + "%", *sorted(hidden)]
-    sql = (
-        f"SELECT {_bucket_sql('received_at', bucket)} AS b, type, count(*) FROM {table} "
-        f"WHERE received_at >= %s{hide} GROUP BY 1, 2"
+    index bounds the scan). Events of workflows the user may not see (their run events and
+    what their steps emitted, event_selectors.hidden_events) are left out."""
+    events = store.visible_events(Event.objects.filter(received_at__gte=since), hidden=hidden)
+    rows = (
+        events.annotate(b=RawSQL(_bucket_sql(f"{Event._meta.db_table}.received_at", bucket), ()))
+        .values_list("b", "type")
+        .annotate(n=Count("id"))
+        .order_by()
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return [(int(b), t, int(n)) for b, t, n in cursor.fetchall()]
+    return [(int(b), t, int(n)) for b, t, n in rows]
 
 
 def step_durations(
@@ -200,9 +198,7 @@ def compute_overview(
     since = datetime.fromtimestamp(first_bucket * bucket, tz=now.tzinfo)
     buckets = list(range(first_bucket, last_bucket + 1))
     index = {b: i for i, b in enumerate(buckets)}
-    hidden_names = ds.hidden_slugs(hidden)
-
-    counts = event_counts(since, bucket, hidden_names)
+    counts = event_counts(since, bucket, hidden)
     totals: dict[str, int] = {}
     for _b, event_type, n in counts:
         if not event_type.startswith(RUN_PREFIX):
@@ -236,7 +232,7 @@ def compute_overview(
     succeeded = sum(n for b, t, n in counts if t == RUN_PREFIX + "succeeded")
     failed = sum(n for b, t, n in counts if t == RUN_PREFIX + "failed")
     minute_ago = now - timedelta(seconds=60)
-    recent = event_counts(minute_ago, 60, hidden_names) if bucket != 60 else None
+    recent = event_counts(minute_ago, 60, hidden) if bucket != 60 else None
     last_minute = (
         recent
         if recent is not None

@@ -82,8 +82,7 @@ def _event_context(request, event_id: int) -> dict:
     if event is None:
         raise Http404("no such event")
     hidden = ds.hidden_workflow_ids(request.user)
-    names = ds.hidden_slugs(hidden)
-    if event.type.startswith("signalbox.run.") and event.subject in names:
+    if store.is_hidden(event, hidden=hidden):
         raise PermissionDenied("this event belongs to a workflow of another team")
     extensions = dict(event.extensions or {})
     attributes = [(name, getattr(event, "ce_id" if name == "id" else name)) for name in ATTRIBUTES]

@@ -188,6 +188,73 @@ def test_a_time_bound_becomes_an_id_bound_in_a_few_index_lookups(million_runs, d
     assert len(_queries) <= 25, len(_queries)
 
 
+EMITTED = 100_000
+
+
+@pytest.fixture
+def emitted_events(million_runs, db):
+    """Events the newest runs emitted, newer than the million: half say whose they are
+    (sbworkflow), half are known by their source only (emitted before steps said so)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO workflows_event (source, ce_id, type, subject, specversion,
+                datacontenttype, dataschema, data, data_is_base64, extensions,
+                correlation_id, causation_id, validation, channel, received_at)
+            SELECT '/signalbox/runs/' || r.id, 'emitted-' || r.id, 'com.example.shipped', '',
+                '1.0', 'application/json', '', '{}'::jsonb, false,
+                CASE WHEN r.id %% 2 = 0 THEN jsonb_build_object('sbworkflow', w.slug)
+                     ELSE '{}'::jsonb END,
+                r.correlation_id, '', 'unvalidated', 'run', now()
+            FROM workflows_run r JOIN workflows_workflow w ON w.id = r.workflow_id
+            WHERE w.slug = ANY(%(slugs)s) ORDER BY r.id DESC LIMIT %(n)s
+            """,
+            {"slugs": million_runs, "n": EMITTED},
+        )
+        cursor.execute("ANALYZE workflows_event")
+    yield million_runs
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM workflows_event WHERE ce_id LIKE 'emitted-%%'")
+
+
+def test_the_event_list_hiding_a_teams_events_reads_along_indexes(emitted_events, capsys):
+    """One team's workflow is hidden: its run-emitted events are left out per row as the
+    id (or type, source, correlation) index is read, never by scanning the table."""
+    from workflows import event_selectors as store
+
+    hidden = frozenset(Workflow.objects.filter(slug=emitted_events[1]).values_list("pk", flat=True))
+    newest_run = Run.objects.filter(workflow__slug=emitted_events[1]).latest("id")
+    timings = []
+    for name, params in {
+        "newest page": {},
+        "a type": {"type": "com.example.shipped"},
+        "a hidden run's source": {"source": f"/signalbox/runs/{newest_run.pk}"},
+        "a correlation id": {"correlation_id": newest_run.correlation_id},
+        "deep page": {"before_id": "500000"},
+    }.items():
+        with connection.execute_wrapper(_collect_plans(name)):
+            rows, _more = store.events(store.parse_event_query(params), hidden=hidden)
+        (text,) = _collected.pop(name)  # the page query, explained and timed
+        ms = _execution_ms(text)
+        assert_index_only(text, name)
+        # An event's run is found by its primary key, row by row; never a hash built from
+        # every run of the hidden workflow (which grows with that workflow's history).
+        runs_read = [line for line in text.splitlines() if " on workflows_run " in line]
+        assert all("workflows_run_pkey" in line for line in runs_read), f"{name}\n{text}"
+        assert ms < 2000, f"{name} took {ms:.0f} ms\n{text}"
+        assert not any(e.source == f"/signalbox/runs/{newest_run.pk}" for e in rows)
+        timings.append((name, ms, len(rows)))
+    shown, _more = store.events(store.parse_event_query({}), hidden=hidden)
+    assert len(shown) == store.PAGE_SIZE
+    assert not Run.objects.filter(
+        workflow_id__in=hidden, pk__in=[int(e.source.rsplit("/", 1)[1]) for e in shown]
+    ).exists()
+    with capsys.disabled():
+        print(f"\nthe event list hiding one of {WORKFLOWS} workflows (EXPLAIN ANALYZE):")
+        for name, ms, rows in timings:
+            print(f"  {name:<24} {ms:8.2f} ms  {rows:3d} rows")
+
+
 # --- collecting the helper queries' plans --------------------------------------------------------
 _collected: dict[str, list[str]] = {}
 _queries: list[str] = []

@@ -22,7 +22,7 @@ from django.db.models import Max, Min, Model, Q, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from .event_selectors import _parse_time
+from .event_selectors import _parse_time, visible_events
 from .models import Event, Run, RunJournal, StepRun, Workflow
 from .roles import has_role
 from .selectors import SHADOW
@@ -702,16 +702,20 @@ def emitting_run_id(event: Event) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def lineage_root(event: Event, *, max_up: int = 6) -> Event:
+def lineage_root(event: Event, *, hidden: frozenset[int] = frozenset(), max_up: int = 6) -> Event:
     """Walk up the causation chain (event <- run that emitted it <- its trigger event) to
-    the event that started it all, so any event of a conversation shows the whole tree."""
+    the event that started it all, so any event of a conversation shows the whole tree.
+    The walk stops below a run or an event of a workflow in `hidden`: the tree is drawn
+    from the highest event the asker may see."""
     current = event
     for _ in range(max_up):
         run_id = emitting_run_id(current)
         if run_id is None:
             break
-        trigger = Run.objects.filter(pk=run_id).values_list("event_id", flat=True).first()
-        parent = Event.objects.filter(pk=trigger).first() if trigger else None
+        emitter = Run.objects.filter(pk=run_id).values_list("event_id", "workflow_id").first()
+        if emitter is None or emitter[1] in hidden or emitter[0] is None:
+            break
+        parent = visible_events(Event.objects.filter(pk=emitter[0]), hidden=hidden).first()
         if parent is None or parent.pk == current.pk:
             break
         current = parent
@@ -723,11 +727,13 @@ def lineage(
 ) -> Lineage | None:
     """The causation graph from one event: the runs it started, the events those runs
     emitted (run events and emit_event steps), their child runs, the runs those events
-    started, and so on, breadth first, bounded in depth and size."""
-    focus = Event.objects.filter(pk=event_id).first()
+    started, and so on, breadth first, bounded in depth and size. None when there is no
+    such event or it belongs to a workflow in `hidden` (event_selectors.hidden_events);
+    runs of those workflows, and so what they emitted, are left out of the graph."""
+    focus = visible_events(Event.objects.filter(pk=event_id), hidden=hidden).first()
     if focus is None:
         return None
-    root = lineage_root(focus)
+    root = lineage_root(focus, hidden=hidden)
     nodes: dict[str, LineageNode] = {}
     edges: list[tuple[str, str, str]] = []
     truncated = False

@@ -9,11 +9,26 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import (
+    BigIntegerField,
+    BooleanField,
+    Case,
+    Count,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    TextField,
+    Value,
+    When,
+)
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Coalesce, Substr
+from django.db.models.lookups import In
 
 from .events.envelope import to_structured
 from .models import Event, Run, Workflow
-from .services.producers import RUN_TYPE_PREFIX
+from .services.producers import RUN_SOURCE, WORKFLOW_EXTENSION
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -132,22 +147,75 @@ def _positive_int(text: str, *, maximum: int | None = None) -> int:
     return number
 
 
-def _hidden_slugs(hidden: frozenset[int]) -> QuerySet[Workflow]:
-    return Workflow.objects.filter(id__in=sorted(hidden)).values("slug")
+# --- team visibility ---------------------------------------------------------------------------
+# An event belongs to a workflow when one of its runs produced it: its run events
+# (signalbox.run.*), what its emit_event steps published, a sub_workflow step's trigger
+# event. Signalbox ingests all of those on the `run` channel (nothing from outside arrives
+# there) with the workflow's slug in the `sbworkflow` extension. Events that steps emitted
+# before they carried sbworkflow are known by their default source instead,
+# /signalbox/runs/<run id> (a step that chose another source then cannot be attributed).
+# Every other event (HTTP, webhooks, streams, schedules, manual) belongs to no workflow and
+# is everyone's.
+_RUN_PATH = RUN_SOURCE + "/"
+_RUN_PATH_WITH_ID = r"^/signalbox/runs/[0-9]{1,18}$"  # 18 digits always fit a bigint
+
+
+def hidden_events(hidden: frozenset[int], *, via: str = "") -> Q:
+    """The events that belong to a workflow in `hidden` (dashboard_selectors.
+    hidden_workflow_ids / hidden_for_team), as a condition on Event, or on a model that
+    reaches it through `via` (e.g. "event__"). Never NULL, so it can be negated: every
+    check is made per row on the row itself (one primary-key probe of the runs table for a
+    legacy emitted event), so a page read along the id index stays a page's worth of work."""
+    if not hidden:
+        return Q(pk__in=[])
+    ids = sorted(hidden)
+    slugs = Workflow.objects.filter(id__in=ids).order_by().values("slug")
+    extensions = f"{via}extensions"
+    marked = Q(**{f"{extensions}__has_key": WORKFLOW_EXTENSION})
+    by_mark = In(
+        Coalesce(
+            KeyTextTransform(WORKFLOW_EXTENSION, extensions), Value(""), output_field=TextField()
+        ),
+        slugs,
+    )
+    # The emitting run's workflow, a scalar subquery: one primary-key probe per row (an
+    # EXISTS would be planned as a hash of every run of the hidden workflows). CASE, not
+    # AND: only a source known to end in digits may be cast to a run id.
+    run_id = Cast(Substr(OuterRef(f"{via}source"), len(_RUN_PATH) + 1), BigIntegerField())
+    emitter = Subquery(Run.objects.filter(pk=run_id).order_by().values("workflow_id")[:1])
+    by_source = Case(
+        When(
+            Q(**{f"{via}source__regex": _RUN_PATH_WITH_ID}),
+            then=In(Coalesce(emitter, Value(0), output_field=BigIntegerField()), ids),
+        ),
+        default=Value(False),
+        output_field=BooleanField(),
+    )
+    return Q(**{f"{via}channel": "run"}) & ((marked & Q(by_mark)) | (~marked & Q(by_source)))
+
+
+def visible_events(
+    events: QuerySet[Event], *, hidden: frozenset[int], via: str = ""
+) -> QuerySet[Event]:
+    """`events` without those that belong to a workflow in `hidden`."""
+    return events.filter(~hidden_events(hidden, via=via)) if hidden else events
+
+
+def is_hidden(event: Event, *, hidden: frozenset[int]) -> bool:
+    """Whether `event` belongs to a workflow in `hidden` (one query, the same rule)."""
+    return bool(hidden) and Event.objects.filter(pk=event.pk).filter(hidden_events(hidden)).exists()
 
 
 def events(
     query: EventQuery, *, with_run_counts: bool = False, hidden: frozenset[int] = frozenset()
 ) -> tuple[list[Event], bool]:
     """One page, newest first, keyset-paginated by id (index-backed at any depth). The
-    run events (signalbox.run.*, their subject the workflow's slug) of the workflows in
-    `hidden` are left out, and so are their runs from the counts, as the dashboard's live
-    flow does; every other event is everyone's.
+    events of the workflows in `hidden` (hidden_events: their run events and what their
+    steps emitted) are left out, and so are their runs from the counts, as the dashboard's
+    live flow does; every other event is everyone's.
 
     Returns (events, more): `more` is true when an older page exists."""
-    qs: QuerySet[Event] = Event.objects.order_by("-id")
-    if hidden:
-        qs = qs.exclude(type__startswith=RUN_TYPE_PREFIX, subject__in=_hidden_slugs(hidden))
+    qs: QuerySet[Event] = visible_events(Event.objects.order_by("-id"), hidden=hidden)
     for name in TEXT_FILTERS:
         value = getattr(query, name)
         if value:
@@ -170,12 +238,9 @@ def events(
 
 
 def event_detail(event_id: int, *, hidden: frozenset[int] = frozenset()) -> Event | None:
-    """The event, or None when there is none or it is a run event of a workflow in
-    `hidden` (the same events `events` leaves out)."""
-    found = Event.objects.filter(pk=event_id)
-    if hidden:
-        found = found.exclude(type__startswith=RUN_TYPE_PREFIX, subject__in=_hidden_slugs(hidden))
-    return found.first()
+    """The event, or None when there is none or it belongs to a workflow in `hidden` (the
+    same events `events` leaves out)."""
+    return visible_events(Event.objects.filter(pk=event_id), hidden=hidden).first()
 
 
 def runs_started(event: Event, *, hidden: frozenset[int] = frozenset()) -> list[Run]:

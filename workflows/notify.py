@@ -15,6 +15,8 @@ from channels import DEFAULT_CHANNEL_LAYER
 from channels.layers import channel_layers
 from django.db import transaction
 
+from .services.producers import emitting_workflow
+
 log = logging.getLogger("signalbox.notify")
 
 RUNS_GROUP = "runs"
@@ -48,6 +50,10 @@ def event_ingested(*, event) -> None:
         "source": event.source,
         "correlation": event.correlation_id,
         "channel": event.channel,
+        # Whose it is (None for an outside event), so a socket of someone outside the
+        # workflow's team drops the hint (the frames themselves are read through
+        # event_selectors.visible_events).
+        "workflow": emitting_workflow(event),
     }
     transaction.on_commit(lambda: _send([EVENTS_GROUP], message))
 

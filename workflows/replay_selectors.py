@@ -11,9 +11,9 @@ from django.db import connection
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from .dashboard_selectors import hidden_slugs
-from .event_selectors import _parse_time
+from .event_selectors import _parse_time, hidden_events
 from .models import AuditEntry, DeadLetter, ReplayBatch, Run
-from .services.producers import RUN_TYPE_PREFIX, WORKFLOW_EXTENSION
+from .services.producers import WORKFLOW_EXTENSION
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -105,8 +105,9 @@ def failed_runs(
 # - step: the run's workflow (and the `workflow` its payload names, kept if the run is gone);
 # - event: the run whose run event broke its schema (`run`, or the CloudEvent's sbworkflow
 #   extension), the workflows a depth-guard letter was cut from (`workflows`), the runs its
-#   event started, and the workflow whose run event it is;
-# - bus: the runs its event started, and the workflow whose run event it is.
+#   event started, and the workflow whose event it is (event_selectors.hidden_events: its
+#   run events and what its steps emitted);
+# - bus: the runs its event started, and the workflow whose event it is.
 # A letter touching a workflow the asker may not see is not there for them; a bus, stream or
 # schedule letter touching no workflow is everyone's.
 def _payload_lists_any(key: str, slugs: list[str]) -> Q:
@@ -128,7 +129,7 @@ def letters_touching(hidden: frozenset[int]) -> QuerySet[DeadLetter]:
     own_run = Q(run__workflow_id__in=ids) | Q(payload__workflow__in=slugs)
     through_event = ~Q(kind="step") & (
         Q(event__runs__workflow_id__in=ids)
-        | Q(event__type__startswith=RUN_TYPE_PREFIX, event__subject__in=slugs)
+        | hidden_events(hidden, via="event__")
         | Q(**{f"payload__cloudevent__{WORKFLOW_EXTENSION}__in": slugs})
         | _payload_lists_any("workflows", slugs)
     )

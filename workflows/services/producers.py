@@ -5,8 +5,14 @@ failed|cancelled`) in the same transaction as the run's state change, so the eve
 exactly when the new state does. They continue the triggering event's conversation: same
 correlation id, causation id = the triggering event's id, and the same W3C `traceparent`.
 
+Every event a run produces (its run events, what its `emit_event` steps publish, a
+`sub_workflow` step's trigger event) names the run's workflow in the `sbworkflow` extension
+and arrives on the `run` channel: that is how the event store knows whose it is (see
+workflows.event_selectors.hidden_events).
+
 Two guards stop workflows from feeding each other forever:
-- an event carrying `sbworkflow=<slug>` never starts a run of that workflow;
+- a workflow's own run event (`signalbox.run.*` carrying `sbworkflow=<slug>`) never starts
+  a run of that workflow;
 - an event `sbdepth` steps down a causation chain starts nothing once the depth reaches
   MAX_CAUSATION_DEPTH (the cut is recorded as a dead letter so it can be seen).
 """
@@ -72,6 +78,17 @@ def correlation_extensions(extensions: dict[str, Any], *, event_id: str) -> dict
     return out
 
 
+def emitting_workflow(event: Event) -> str | None:
+    """The slug of the workflow whose run produced `event`, as the event says: the
+    `sbworkflow` extension of an event on the `run` channel (only Signalbox itself ingests
+    on that channel, so an outside producer cannot claim a workflow's events). None for
+    everything else, and for events emitted by steps before they carried the extension."""
+    if event.channel != "run":
+        return None
+    slug = (event.extensions or {}).get(WORKFLOW_EXTENSION)
+    return slug if isinstance(slug, str) and slug else None
+
+
 def causation_depth(event: Event) -> int:
     try:
         return max(0, int((event.extensions or {}).get(DEPTH_EXTENSION, 0)))
@@ -84,7 +101,13 @@ def allowed_subscriptions(
 ) -> list[TriggerSubscription]:
     """The subscriptions this event may start runs for, after the loop guards."""
     candidates = list(subscriptions)
-    emitter = (event.extensions or {}).get(WORKFLOW_EXTENSION)
+    # Only run events: an emit_event step may start its own workflow again (the depth guard
+    # bounds that), as it could before emitted events carried sbworkflow.
+    emitter = (
+        (event.extensions or {}).get(WORKFLOW_EXTENSION)
+        if event.type.startswith(RUN_TYPE_PREFIX)
+        else None
+    )
     allowed = [s for s in candidates if s.workflow.slug != emitter]
     depth = causation_depth(event)
     if allowed and depth >= max_causation_depth():

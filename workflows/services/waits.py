@@ -20,7 +20,13 @@ from ..expressions import ExpressionError, evaluate
 from ..models import Event, EventWaiter, Run, StepRun, Workflow
 from ..states import StepStatus
 from ..steps.base import StepContext, Wait
-from .producers import DEPTH_EXTENSION, TRACEPARENT, causation_depth, valid_traceparent
+from .producers import (
+    DEPTH_EXTENSION,
+    TRACEPARENT,
+    WORKFLOW_EXTENSION,
+    causation_depth,
+    valid_traceparent,
+)
 from .runs import advance_locked, journal, record_result
 
 log = logging.getLogger("signalbox.waits")
@@ -132,10 +138,14 @@ def start_child_run(*, parent: Run, step_run: StepRun, slug: str, data) -> str |
 
 
 def _caused_by(run: Run) -> dict:
+    """The extensions of an event this run emits (emit_event, a sub_workflow's trigger):
+    its conversation, its cause, its depth, and its workflow (`sbworkflow`, which the event
+    store's team visibility reads; see workflows.event_selectors.hidden_events)."""
     trigger = run.event
     extensions = {
         "correlationid": run.correlation_id or (trigger.correlation_id if trigger else ""),
         DEPTH_EXTENSION: (causation_depth(trigger) if trigger else 0) + 1,
+        WORKFLOW_EXTENSION: run.workflow.slug,
     }
     if trigger is not None:
         extensions["causationid"] = trigger.ce_id
