@@ -31,6 +31,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from workflows import selectors
 from workflows.api.bodies import BodyTooLarge, read_limited
 from workflows.api.problems import problem as problem_details
+from workflows.dashboard_selectors import hidden_workflow_ids
 from workflows.definition import InvalidDefinition, Problem
 from workflows.definition_files import UnreadableDefinition
 from workflows.events.envelope import InvalidEvent, loads_json
@@ -706,7 +707,9 @@ def try_it(request, slug: str):
     raw = _posted_definition(request, workflow) if request.method == "POST" else workflow.draft
     context: dict[str, Any] = {
         "workflow": workflow,
-        "samples": drafts.recent_samples(slug=slug, raw=raw),
+        "samples": drafts.recent_samples(
+            slug=slug, raw=raw, hidden=hidden_workflow_ids(request.user)
+        ),
         "types": drafts.trigger_event_types(slug=slug, raw=raw),
         "values": request.POST,
         "errors": [],
@@ -736,6 +739,7 @@ def try_it(request, slug: str):
             raw=raw,
             base_revision=_base_revision(request),
             client=_client(request),
+            hidden=hidden_workflow_ids(request.user),
             **kwargs,
         )
     except drafts.DraftConflict as exc:

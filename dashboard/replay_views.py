@@ -508,6 +508,7 @@ def redrive_page(request):
                     dry_run=not deliver,
                     actor=request.user.get_username(),
                     reason=form["reason"],
+                    hidden=hidden,
                 )
             except RedriveError as exc:
                 errors["redrive"] = str(exc)

@@ -416,7 +416,9 @@ def try_(request, slug: str):
         kwargs["data"] = body["data"]
         kwargs["event_type"] = str(body.get("type") or "")
     try:
-        run = drafts.try_draft(workflow=workflow, by=_actor(request), **kwargs)
+        run = drafts.try_draft(
+            workflow=workflow, by=_actor(request), hidden=request.hidden_workflows, **kwargs
+        )
     except InvalidDefinition as exc:
         return _invalid(exc)
     except Event.DoesNotExist:

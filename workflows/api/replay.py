@@ -356,6 +356,7 @@ def redrive(request):
         dry_run=_flag(body.get("dry_run")),
         actor=_actor(request),
         reason=_reason(body),
+        hidden=request.hidden_workflows,
     )
     return JsonResponse(plan.as_json(), status=200 if plan.dry_run else 201)
 

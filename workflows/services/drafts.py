@@ -29,6 +29,7 @@ from django.utils import timezone
 from .. import engine, notify
 from ..definition import LAYOUT_KEYS, InvalidDefinition, Problem
 from ..definition_files import UnreadableDefinition, dump_definition, load_definition_text
+from ..event_selectors import visible_events
 from ..events.envelope import validate
 from ..models import Event, Run, Webhook, Workflow, WorkflowVersion
 from ..roles import has_role, role_of
@@ -669,12 +670,16 @@ def trigger_event_types(*, slug: str, raw: Any) -> list[str]:
     return list(dict.fromkeys(types))
 
 
-def recent_samples(*, slug: str, raw: Any, limit: int = RECENT_SAMPLES) -> list[Event]:
-    """Recent stored events of the types the draft's triggers listen to, newest first."""
+def recent_samples(
+    *, slug: str, raw: Any, limit: int = RECENT_SAMPLES, hidden: frozenset[int] = frozenset()
+) -> list[Event]:
+    """Recent stored events of the types the draft's triggers listen to, newest first; none
+    that belongs to a workflow in `hidden` (its data is not the editor's to read)."""
     types = trigger_event_types(slug=slug, raw=raw)
     if not types:
         return []
-    return list(Event.objects.filter(type__in=types).order_by("-id")[:limit])
+    samples = visible_events(Event.objects.filter(type__in=types), hidden=hidden)
+    return list(samples.order_by("-id")[:limit])
 
 
 def _sample_event(*, workflow: Workflow, data: Any, event_type: str, by: str) -> Event:
@@ -711,8 +716,10 @@ def try_draft(
     raw: Any = None,
     base_revision: int | None = None,
     client: str = "",
+    hidden: frozenset[int] = frozenset(),
 ) -> Run:
-    """Run the draft once with a sample event: a stored one (`event_id`) or `data` typed in.
+    """Run the draft once with a sample event: a stored one (`event_id`, not one of a
+    workflow in `hidden`: as if it did not exist) or `data` typed in.
 
     Freezes the draft into a snapshot version and starts a Run(origin="try") of it at once,
     outside the bus and outside the workflow's concurrency limits. Its steps really run
@@ -724,7 +731,7 @@ def try_draft(
     parse_definition(workflow.draft)
     with transaction.atomic():
         if event_id is not None:
-            event = Event.objects.get(pk=event_id)
+            event = visible_events(Event.objects.all(), hidden=hidden).get(pk=event_id)
         else:
             event = _sample_event(
                 workflow=workflow,

@@ -16,6 +16,7 @@ from typing import Any
 
 from django.db import transaction
 
+from ..event_selectors import visible_events
 from ..models import Event, Run, Workflow, WorkflowVersion
 from . import audit
 from .events import trigger_accepts
@@ -96,7 +97,11 @@ class RedrivePlan:
         }
 
 
-def select_events(selection: EventSelection) -> list[Event]:
+def select_events(
+    selection: EventSelection, *, hidden: frozenset[int] = frozenset()
+) -> list[Event]:
+    """The stored events the selection names, oldest first; none that belongs to a workflow
+    in `hidden` (another team's run events and emitted events)."""
     if not selection.type:
         raise RedriveError("pick the events by type (and optionally source and time range)")
     if not 1 <= selection.limit <= MAX_LIMIT:
@@ -110,6 +115,7 @@ def select_events(selection: EventSelection) -> list[Event]:
         events = events.filter(received_at__gte=selection.after)
     if selection.before:
         events = events.filter(received_at__lt=selection.before)
+    events = visible_events(events, hidden=hidden)
     return list(events.order_by("received_at", "id")[: selection.limit])
 
 
@@ -162,10 +168,11 @@ def redrive_events(
     dry_run: bool = False,
     actor: str = "",
     reason: str = "",
+    hidden: frozenset[int] = frozenset(),
 ) -> RedrivePlan:
     workflow, pinned = resolve_target(workflow_slug, version)
     planned = []
-    for event in select_events(selection):
+    for event in select_events(selection, hidden=hidden):
         if trigger_accepts(pinned, event):
             planned.append(Delivery(event=event, starts=True))
         else:
