@@ -342,7 +342,15 @@ def row_ids(frame: str) -> list[int]:
 
 
 @pytest.fixture
-def live_world(transactional_db):
+def live_world(transactional_db, monkeypatch):
+    # Committed data, and maybe a session stack running: what the runs emit must not reach
+    # its bus consumer, which would match it before this test does (as tests/test_step_kinds).
+    def kept_off_the_bus(event):
+        now = timezone.now()
+        Event.objects.filter(pk=event.pk).update(published_at=now, matched_at=now)
+        return True
+
+    monkeypatch.setattr("workflows.events.bus.publish", kept_off_the_bus)
     world = build_world()
     return {**world, "outsider": session_cookie(), "member": session_cookie("finance")}
 
