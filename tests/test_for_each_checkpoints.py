@@ -13,16 +13,20 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
+from tests import test_step_kinds
 from tests.factories import cloudevent, definition
 from tests.http_recorder import Recorder, Reply
 from tests.test_step_kinds import ByHand, context, step_of
 from workflows import circuit
-from workflows.models import Event, Run, StepItemResult
+from workflows.models import Run, StepItemResult
 from workflows.services.item_checkpoints import StepItemCheckpoints, recorded_items
 from workflows.services.runs import enqueue_due_steps, expire_leases
 from workflows.steps import registry
 from workflows.steps.base import StepError
 from workflows.steps.python import step_function
+
+# Every queued attempt is executed by the test; no running stack takes one.
+by_hand = test_step_kinds.by_hand
 
 
 class WorkerLost(BaseException):
@@ -46,22 +50,6 @@ def visit(input, ctx):
     if input["index"] == input.get("fail_always_at"):
         raise StepError("still not", retryable=True, code="later")
     return {"index": input["index"], "item": input["item"], "attempt": ctx.attempt}
-
-
-@pytest.fixture
-def by_hand(transactional_db, monkeypatch):
-    """As in tests/test_step_kinds.py: every queued attempt is executed by the test, and
-    no running stack can take one."""
-    queued: list[int] = []
-    monkeypatch.setattr("workflows.services.runs.enqueue_on_commit", queued.append)
-
-    def on_the_bus(event):
-        now = timezone.now()
-        Event.objects.filter(pk=event.pk).update(published_at=now, matched_at=now)
-        return True
-
-    monkeypatch.setattr("workflows.events.bus.publish", on_the_bus)
-    return ByHand(queued)
 
 
 @pytest.fixture
