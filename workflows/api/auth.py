@@ -53,6 +53,12 @@ def hides(request, workflow_id: int | None) -> bool:
     return workflow_id is not None and workflow_id in request.hidden_workflows
 
 
+def visible_workflow(request, slug: str) -> Workflow | None:
+    """The workflow, or None when there is none or the request's token may not see it."""
+    workflow = Workflow.objects.select_related("published_version").filter(slug=slug).first()
+    return None if workflow is None or hides(request, workflow.pk) else workflow
+
+
 def hides_slug(request, slug: str) -> bool:
     """Whether `slug` names a workflow the request's token may not see."""
     if not request.hidden_workflows:

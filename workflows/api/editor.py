@@ -36,7 +36,7 @@ from ..models import Event, Workflow, WorkflowVersion
 from ..services import drafts
 from ..services.definitions import publish_workflow
 from ..services.schemas import SchemaViolation
-from .auth import hides, hides_slug, token_required
+from .auth import hides_slug, token_required, visible_workflow
 from .bodies import BodyTooLarge, media_type, read_limited
 from .problems import problem
 
@@ -160,12 +160,6 @@ def conflict(exc: drafts.DraftConflict, *, if_match: bool):
     return response
 
 
-def _found(request, slug: str) -> Workflow | None:
-    """The workflow, or None when there is none or the request's token may not see it."""
-    workflow = Workflow.objects.select_related("published_version").filter(slug=slug).first()
-    return None if workflow is None or hides(request, workflow.pk) else workflow
-
-
 def _not_found(slug: str):
     return problem(404, "No such workflow", slug, kind="not-found")
 
@@ -194,7 +188,7 @@ def _version_json(version: WorkflowVersion, live: int | None) -> dict:
 @require_http_methods(["GET"])
 @token_required("viewer")
 def export(request, slug: str):
-    workflow = _found(request, slug)
+    workflow = visible_workflow(request, slug)
     if workflow is None:
         return _not_found(slug)
     fmt = request.GET.get("format", "json")
@@ -288,7 +282,7 @@ def draft(request, slug: str):
         return problem(400, "Unreadable definition", str(exc), kind="invalid-json")
     if hides_slug(request, slug):
         return _not_found(slug)
-    workflow = _found(request, slug)
+    workflow = visible_workflow(request, slug)
     created = workflow is None
     if created and if_match:
         return no_revision(slug)
@@ -326,7 +320,7 @@ def draft(request, slug: str):
 @require_http_methods(["GET"])
 @token_required("viewer")
 def versions(request, slug: str):
-    workflow = _found(request, slug)
+    workflow = visible_workflow(request, slug)
     if workflow is None:
         return _not_found(slug)
     live = workflow.published_version.number if workflow.published_version else None
@@ -341,7 +335,7 @@ def versions(request, slug: str):
 @require_http_methods(["GET"])
 @token_required("viewer")
 def diff(request, slug: str):
-    workflow = _found(request, slug)
+    workflow = visible_workflow(request, slug)
     if workflow is None:
         return _not_found(slug)
     refs = (request.GET.get("from", ""), request.GET.get("to", "draft"))
@@ -365,7 +359,7 @@ def diff(request, slug: str):
 @require_http_methods(["POST"])
 @token_required("editor")
 def restore(request, slug: str, number: int):
-    workflow = _found(request, slug)
+    workflow = visible_workflow(request, slug)
     if workflow is None:
         return _not_found(slug)
     try:
@@ -393,7 +387,7 @@ def restore(request, slug: str, number: int):
 @require_http_methods(["POST"])
 @token_required("editor")
 def try_(request, slug: str):
-    workflow = _found(request, slug)
+    workflow = visible_workflow(request, slug)
     if workflow is None:
         return _not_found(slug)
     try:

@@ -14,7 +14,7 @@ from ..definition_files import YAML_TYPES, UnreadableDefinition, load_definition
 from ..events.envelope import InvalidEvent, loads_json
 from ..models import Workflow
 from . import editor as drafts_api
-from .auth import hides, hides_slug, token_required
+from .auth import hides, hides_slug, token_required, visible_workflow
 from .bodies import BodyTooLarge, media_type, read_limited
 from .pagination import InvalidPage, page_params
 from .problems import problem
@@ -30,8 +30,8 @@ def _too_large(exc: BodyTooLarge):
 @token_required("viewer")
 def workflow(request, slug: str):
     if request.method == "GET":
-        found = Workflow.objects.select_related("published_version").filter(slug=slug).first()
-        if found is None or hides(request, found.pk):
+        found = visible_workflow(request, slug)
+        if found is None:
             return problem(404, "No such workflow", slug, kind="not-found")
         return drafts_api.with_etag(JsonResponse(_workflow_json(found)), found)
     if roles.rank(request.api_token.role) < roles.rank("editor"):
@@ -69,7 +69,7 @@ def workflow(request, slug: str):
 @require_http_methods(["POST"])
 @token_required("editor")
 def publish(request, slug: str):
-    if not Workflow.objects.filter(slug=slug).exists() or hides_slug(request, slug):
+    if visible_workflow(request, slug) is None:
         return problem(404, "No such workflow", slug, kind="not-found")
     note = ""
     if request.body:
