@@ -129,11 +129,12 @@ class Hub:
                     consumer.resync()
                 continue
             self.received += 1
-            for consumer in list(self.listeners):
-                try:
-                    consumer.hint(message)
-                except Exception:  # one broken socket must not starve the others
-                    log.exception("socket hint failed")
+            for hint in unpacked(message):
+                for consumer in list(self.listeners):
+                    try:
+                        consumer.hint(hint)
+                    except Exception:  # one broken socket must not starve the others
+                        log.exception("socket hint failed")
             if time.monotonic() - joined > HUB_REJOIN_SECONDS:
                 joined = time.monotonic()
                 for group in HUB_GROUPS:
@@ -153,6 +154,13 @@ class Hub:
             for stale in [k for k, (t, f) in self.renders.items() if t < cutoff and f.done()]:
                 del self.renders[stale]
         return await asyncio.shield(future)
+
+
+def unpacked(message: dict) -> list[dict]:
+    """One hint per event of an `events.ingested` message (notify.events_ingested)."""
+    if message.get("type") == "events.ingested":
+        return [{"type": "event.ingested", **item} for item in message.get("events", [])]
+    return [message]
 
 
 _hubs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP goes to Django, WebSockets to the dashboard's consumers."""
+"""ASGI entry point: HTTP goes to Django (event POSTs by a fast path), WebSockets to the
+dashboard's consumers."""
 
 import os
 
@@ -12,10 +13,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
+from workflows.api.fast_events import FastEventIngest  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Event POSTs that will be accepted skip Django's request cycle (api/fast_events.py).
+        "http": FastEventIngest(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

@@ -41,10 +41,23 @@ EVENTS_GROUP = "events"
 
 
 def event_ingested(*, event) -> None:
-    """A new event is in the store (sent after its transaction commits). Carries what the
-    live event flow filters on, so a socket can drop it without reading the database."""
-    message = {
-        "type": "event.ingested",
+    """A new event is in the store (sent after its transaction commits)."""
+    message = {"type": "event.ingested", **_ingested(event)}
+    transaction.on_commit(lambda: _send([EVENTS_GROUP], message))
+
+
+def events_ingested(*, events) -> None:
+    """Many new events in one hint, for a caller that just committed them together (the
+    ingest group committer): one Redis round trip, not one per event. The Hub hands each
+    socket one `event.ingested` hint per event."""
+    if events:
+        _send([EVENTS_GROUP], {"type": "events.ingested", "events": [_ingested(e) for e in events]})
+
+
+def _ingested(event) -> dict:
+    # What the live event flow filters on, so a socket can drop it without reading the
+    # database.
+    return {
         "event": event.pk,
         "event_type": event.type,
         "source": event.source,
@@ -55,7 +68,6 @@ def event_ingested(*, event) -> None:
         # event_selectors.visible_events).
         "workflow": emitting_workflow(event),
     }
-    transaction.on_commit(lambda: _send([EVENTS_GROUP], message))
 
 
 def replay_batch_group(batch_id: int) -> str:

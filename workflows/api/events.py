@@ -8,10 +8,17 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
+from .. import notify
 from ..events import bus
-from ..events.envelope import InvalidEvent, from_batch, from_binary, from_structured, loads_json
-from ..services.events import ingest_event
-from ..services.schemas import SchemaViolation, check_event_data
+from ..events.envelope import (
+    Envelope,
+    InvalidEvent,
+    from_batch,
+    from_binary,
+    from_structured,
+    loads_json,
+)
+from ..services import event_intake
 from .auth import token_required
 from .bodies import BodyTooLarge, media_type, read_limited
 from .problems import problem
@@ -21,20 +28,43 @@ BATCH = "application/cloudevents-batch+json"
 RESERVED_SOURCES = ("/signalbox/", "/schedules/", "/hooks/")
 
 
-def _parse(request, mode: str):
+def body_limit(mode: str) -> int:
     limits = settings.SIGNALBOX
+    return limits["MAX_BATCH_BYTES"] if mode == BATCH else limits["MAX_EVENT_BYTES"]
+
+
+def parse_events(mode: str, headers, body: bytes) -> list[Envelope]:
+    """The envelopes of a request body in `mode`. Raises InvalidEvent."""
     if mode == BATCH:
-        body = read_limited(request, limits["MAX_BATCH_BYTES"])
-        return from_batch(loads_json(body), max_entries=limits["MAX_BATCH_EVENTS"])
-    body = read_limited(request, limits["MAX_EVENT_BYTES"])
+        return from_batch(loads_json(body), max_entries=settings.SIGNALBOX["MAX_BATCH_EVENTS"])
     if mode == STRUCTURED:
         return [from_structured(loads_json(body))]
-    return [from_binary(request.headers, body, request.headers.get("Content-Type", ""))]
+    return [from_binary(headers, body, headers.get("Content-Type", ""))]
+
+
+def forged_sources(envelopes: list[Envelope]) -> list[dict]:
+    """Sources Signalbox itself produces under are reserved: an outside producer must not
+    forge run events, schedule ticks or webhook deliveries (or take their ids)."""
+    return [
+        {"index": i, "attribute": "source", "message": f"{e.source!r} is reserved for Signalbox"}
+        for i, e in enumerate(envelopes)
+        if e.source.startswith(RESERVED_SOURCES)
+    ]
+
+
+def accepted_response(mode: str, submission: event_intake.Submission) -> tuple[int, dict]:
+    """Status and JSON body for stored events: 202, or 200 for a lone duplicate."""
+    results = [accepted.as_json() for accepted in submission.accepted]
+    if mode == BATCH:
+        return 202, {"events": results}
+    return (200 if results[0]["duplicate"] else 202), results[0]
 
 
 @require_http_methods(["POST"])
 @token_required("editor")
 def post_events(request):
+    """The whole of POST /api/v1/events. The web server's fast path (api.fast_events) takes
+    the requests it can answer 2xx without this view, and hands every other one here."""
     mode = media_type(request)
     if mode not in (STRUCTURED, BATCH) and "ce-specversion" not in request.headers:
         return problem(
@@ -44,76 +74,46 @@ def post_events(request):
             kind="unsupported-media-type",
         )
     try:
-        envelopes = _parse(request, mode)
+        envelopes = parse_events(mode, request.headers, read_limited(request, body_limit(mode)))
     except BodyTooLarge as exc:
         return problem(413, "Body too large", f"the limit is {exc.limit} bytes", kind="too-large")
     except InvalidEvent as exc:
         return problem(
             400, "Invalid CloudEvent", str(exc), kind="invalid-event", errors=exc.problems
         )
-
-    # Sources Signalbox itself produces under are reserved: an outside producer must not
-    # forge run events, schedule ticks or webhook deliveries (or take their ids).
-    forged = [
-        {"index": i, "attribute": "source", "message": f"{e.source!r} is reserved for Signalbox"}
-        for i, e in enumerate(envelopes)
-        if e.source.startswith(RESERVED_SOURCES)
-    ]
+    forged = forged_sources(envelopes)
     if forged:
         return problem(
             400, "Invalid CloudEvent", "reserved source", kind="invalid-event", errors=forged
         )
 
-    # Check every entry before storing any: a batch is accepted or refused whole.
-    checks, violations = [], []
-    for index, envelope in enumerate(envelopes):
-        try:
-            checks.append(check_event_data(envelope))
-        except SchemaViolation as exc:
-            violations.append(
-                {
-                    "index": index,
-                    "type": exc.event_type,
-                    "schema_version": exc.version,
-                    "errors": exc.errors,
-                }
-            )
-    if violations:
-        detail = "; ".join(
-            f"[{v['index']}] {v['type']} v{v['schema_version']}: "
-            + ", ".join(f"{e['path']} {e['message']}" for e in v["errors"][:3])
-            for v in violations
-        )
-        return problem(
-            400,
-            "Event data does not match its schema",
-            detail,
-            kind="schema-violation",
-            errors=violations,
-        )
-
-    with transaction.atomic():  # one commit for a whole batch; 2xx only after it
-        results, created_events = [], []
-        for envelope, check in zip(envelopes, checks, strict=True):
-            event, created = ingest_event(
-                envelope=envelope, channel="http", check=check, publish=False
-            )
-            if created:
-                created_events.append(event)
-            results.append(
-                {
-                    "id": event.pk,
-                    "source": event.source,
-                    "ce_id": event.ce_id,
-                    "duplicate": not created,
-                    "validation": event.validation,
-                }
-            )
+    # A batch is accepted or refused whole; one commit for all of it, 2xx only after it.
+    submission = event_intake.Submission(envelopes)
+    with transaction.atomic():
+        created = event_intake.store([submission])
+    if isinstance(submission.error, event_intake.SchemaViolations):
+        return schema_problem(submission.error)
     # Committed: put them on the bus in one round trip (the outbox relay covers a failure).
-    bus.publish_many(created_events)
-    if mode == BATCH:
-        return JsonResponse({"events": results}, status=202)
-    return JsonResponse(results[0], status=200 if results[0]["duplicate"] else 202)
+    bus.publish_many(created)
+    notify.events_ingested(events=created)
+    status, body = accepted_response(mode, submission)
+    return JsonResponse(body, status=status)
+
+
+def schema_problem(violations: event_intake.SchemaViolations):
+    """Every entry whose data breaks its type's schema (the batch is refused whole)."""
+    errors = [
+        {"index": i, "type": v.event_type, "schema_version": v.version, "errors": v.errors}
+        for i, v in violations.found
+    ]
+    detail = "; ".join(
+        f"[{v['index']}] {v['type']} v{v['schema_version']}: "
+        + ", ".join(f"{e['path']} {e['message']}" for e in v["errors"][:3])
+        for v in errors
+    )
+    return problem(
+        400, "Event data does not match its schema", detail, kind="schema-violation", errors=errors
+    )
 
 
 @csrf_exempt  # token-authenticated in the views it dispatches to

@@ -46,12 +46,24 @@ def publish(event: Event) -> bool:
 def publish_many(events: list[Event]) -> int:
     """Append events to their partitions in one round trip and mark them published with one
     UPDATE. Returns how many were appended (0 if Redis is away: the relay retries)."""
-    if not _append(events, first_time=True):
+    if not append_new(events):
         return 0
-    Event.objects.filter(pk__in=[e.pk for e in events], published_at__isnull=True).update(
-        published_at=timezone.now()
-    )
+    mark_published([e.pk for e in events])
     return len(events)
+
+
+def append_new(events: list[Event]) -> bool:
+    """Append newly stored events to their partitions in one round trip, counting them;
+    the caller marks them published (the group committer folds that into its next commit).
+    False if Redis is away: the outbox relay appends them later."""
+    return _append(events, first_time=True)
+
+
+def mark_published(event_ids: list[int]) -> None:
+    if event_ids:
+        Event.objects.filter(pk__in=event_ids, published_at__isnull=True).update(
+            published_at=timezone.now()
+        )
 
 
 def _append(events: list[Event], *, first_time: bool = False) -> bool:

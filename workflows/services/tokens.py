@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.contrib.auth.models import Group
@@ -44,6 +46,43 @@ def authenticate_token(plaintext: str) -> ApiToken | None:
     ):
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token
+
+
+@dataclass(frozen=True)
+class TokenIdentity:
+    """What the ingest fast path needs of a token, kept in a short-lived per-process cache:
+    the database confirms the token is unrevoked in the same transaction that stores the
+    events (services.event_intake), so a revocation still takes effect at once."""
+
+    pk: int
+    role: str
+    team_id: int | None
+
+
+IDENTITY_CACHE_SECONDS = 30.0
+IDENTITY_CACHE_SIZE = 1000
+_identities: dict[str, tuple[float, TokenIdentity]] = {}
+
+
+def cached_identity(plaintext: str) -> TokenIdentity | None:
+    """The identity of a token authenticated in the last IDENTITY_CACHE_SECONDS, else None
+    (then call `identify`). Pure: no database."""
+    hit = _identities.get(_digest(plaintext))
+    if hit is not None and hit[0] > time.monotonic():
+        return hit[1]
+    return None
+
+
+def identify(plaintext: str) -> TokenIdentity | None:
+    """Authenticate against the database and remember the answer for a while."""
+    token = authenticate_token(plaintext)
+    if token is None:
+        return None
+    identity = TokenIdentity(token.pk, token.role, token.team_id)
+    if len(_identities) >= IDENTITY_CACHE_SIZE:
+        _identities.clear()
+    _identities[_digest(plaintext)] = (time.monotonic() + IDENTITY_CACHE_SECONDS, identity)
+    return identity
 
 
 class UnknownToken(LookupError):

@@ -1,0 +1,177 @@
+"""The fast path of POST /api/v1/events, in front of Django's request cycle.
+
+Under an ASGI server every Django request runs its middleware and view through thread
+hand-offs, and the view would then wait for a commit of its own. This path answers the
+requests that will be accepted without either: on the server's event loop it reads the
+body within its limit, authenticates the bearer token (a per-process cache, confirmed
+unrevoked in the storing transaction), parses and validates the CloudEvents, and hands them
+to this process's group committer (events.group_commit), whose one commit is shared by
+every request queued meanwhile. The answer goes out once that commit is done.
+
+Everything else is handed to Django unchanged (its body replayed): a missing, unknown or
+under-privileged token, an unsupported media type, an oversized or invalid body, a reserved
+source, a schema violation, a token revoked a moment ago. The view in api.events is the
+one place those answers are written, so both paths answer alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError
+from django.http.request import split_domain_port, validate_host
+
+from .. import roles
+from ..events.envelope import InvalidEvent
+from ..events.group_commit import committer
+from ..services import event_intake
+from ..services.tokens import cached_identity, identify
+from .events import BATCH, STRUCTURED, accepted_response, body_limit, forged_sources, parse_events
+from .problems import PROBLEM_TYPE_BASE
+
+log = logging.getLogger("signalbox.ingest")
+
+PATH = "/api/v1/events"
+REQUIRED_ROLE = "editor"
+# What Django's SecurityMiddleware and XFrameOptionsMiddleware add to every API answer.
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+class Headers(dict):
+    """Request headers by lower-case name, read as Django's `request.headers` is."""
+
+    def get(self, name, default=None):
+        return super().get(name.lower(), default)
+
+    def __contains__(self, name):
+        return super().__contains__(name.lower())
+
+
+class FastEventIngest:
+    """ASGI middleware: takes acceptable event POSTs, passes the rest to `app`."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
+            return await self.app(scope, receive, send)
+        headers = Headers(
+            (name.decode("latin-1").lower(), value.decode("latin-1"))
+            for name, value in scope["headers"]
+        )
+        mode = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        eligible = (mode in (STRUCTURED, BATCH) or "ce-specversion" in headers) and _host_allowed(
+            headers.get("host", "")
+        )
+        if not eligible:
+            return await self.app(scope, receive, send)
+        body, ended, within_limit = await _read(receive, body_limit(mode))
+        answer = await self._accept(headers, mode, body) if within_limit else None
+        if answer is None:  # Django answers it, from the same bytes
+            return await self.app(scope, _replay(body, receive, ended), send)
+        status, payload, extra = answer
+        await _respond(send, status, payload, extra)
+
+    async def _accept(self, headers: Headers, mode: str, body: bytes):
+        identity = await _identity(headers.get("authorization", ""))
+        if identity is None or roles.rank(identity.role) < roles.rank(REQUIRED_ROLE):
+            return None
+        try:
+            envelopes = parse_events(mode, headers, body)
+        except InvalidEvent:
+            return None
+        if forged_sources(envelopes):
+            return None
+        submission = event_intake.Submission(envelopes, token_id=identity.pk)
+        try:
+            await asyncio.wrap_future(committer().submit(submission))
+        except DatabaseError as exc:
+            log.warning("events not stored, answering 503: %s", exc)
+            return 503, _unavailable(), [(b"retry-after", b"1")]
+        if submission.error is not None:  # a schema violation, a revoked token
+            return None
+        status, payload = accepted_response(mode, submission)
+        return status, payload, []
+
+
+async def _identity(authorization: str):
+    scheme, _, credentials = authorization.partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() != "bearer" or not credentials:
+        return None
+    return cached_identity(credentials) or await sync_to_async(identify)(credentials)
+
+
+def _host_allowed(host: str) -> bool:
+    domain, _port = split_domain_port(host)
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    return bool(domain) and validate_host(domain, allowed)
+
+
+async def _read(receive, limit: int) -> tuple[bytes, bool, bool]:
+    """(body, ended, within_limit): the whole body if it is at most `limit` bytes; else
+    what was read, stopping once past the limit (`ended` says whether the stream was)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            return b"".join(chunks), True, False
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        ended = not message.get("more_body", False)
+        if size > limit or ended:
+            return b"".join(chunks), ended, size <= limit
+
+
+def _replay(body: bytes, receive, ended: bool):
+    """A `receive` that hands over what was already read, then the rest of the stream."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": not ended}
+        return await receive()
+
+    return replayed
+
+
+def _unavailable() -> dict:
+    return {
+        "type": PROBLEM_TYPE_BASE + "unavailable",
+        "title": "Service unavailable",
+        "status": 503,
+        "detail": "the event store cannot be reached; nothing was stored, send it again",
+    }
+
+
+async def _respond(send, status: int, payload: dict, extra: list) -> None:
+    body = json.dumps(payload).encode()
+    content_type = b"application/problem+json" if status >= 400 else b"application/json"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *SECURITY_HEADERS,
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
