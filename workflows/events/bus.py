@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import redis
 from django.conf import settings
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from ..counters import count_published
@@ -60,9 +62,13 @@ def append_new(events: list[Event]) -> bool:
 
 
 def mark_published(event_ids: list[int]) -> None:
+    # COALESCE rather than `published_at IS NULL` in the WHERE clause: with that condition
+    # PostgreSQL's planner ANDs the primary key with the partial "unpublished" index, whose
+    # dead entries (every event published since the last vacuum) it then reads: 3 ms, not
+    # 0.05, per UPDATE under steady ingest.
     if event_ids:
-        Event.objects.filter(pk__in=event_ids, published_at__isnull=True).update(
-            published_at=timezone.now()
+        Event.objects.filter(pk__in=event_ids).update(
+            published_at=Coalesce(F("published_at"), Value(timezone.now()))
         )
 
 

@@ -18,6 +18,7 @@ requests of a whole web process. Publication to the bus is the caller's, after t
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
+from ..events import bus
 from ..events.envelope import Envelope
 from ..models import ApiToken, Event, EventType
 from .producers import correlation_extensions
@@ -181,15 +183,14 @@ def _settle(submissions: Sequence[Submission]) -> list[Event]:
 def _mark_published(event_ids: Sequence[int], cursor=None) -> None:
     if not event_ids:
         return
-    sql = (
-        f"UPDATE {_table(Event)} SET published_at = %s WHERE id = ANY(%s) AND published_at IS NULL"
-    )
     if connection.vendor != "postgresql":
-        Event.objects.filter(pk__in=event_ids, published_at__isnull=True).update(
-            published_at=timezone.now()
-        )
+        bus.mark_published(list(event_ids))
         return
-    cursor.execute(sql, [timezone.now(), list(event_ids)])
+    # By primary key alone (see bus.mark_published for why).
+    cursor.execute(
+        f"UPDATE {_table(Event)} SET published_at = COALESCE(published_at, %s) WHERE id = ANY(%s)",
+        [timezone.now(), list(event_ids)],
+    )
 
 
 def _table(model) -> str:
@@ -258,31 +259,84 @@ def _event(envelope: Envelope, check: SchemaCheck | None, channel: str) -> Event
 
 
 def _insert(events: Sequence[Event]) -> None:
-    """INSERT them, ROWS_PER_STATEMENT at a time, skipping (source, id) pairs already
-    stored, and give each inserted one its id. PostgreSQL and SQLite both return only the
-    rows the statement inserted (the first of two equal pairs in one statement)."""
+    """INSERT them, skipping (source, id) pairs already stored, and give each inserted one
+    its id. PostgreSQL and SQLite both return only the rows the statement inserted (the
+    first of two equal pairs in one statement)."""
     now = timezone.now()
-    fields = [Event._meta.get_field(name) for name in COLUMNS]
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    for event in events:
+        event.received_at = now
     # In key order: two committers inserting the same keys wait for each other, never
     # deadlock (each would otherwise hold a key the other needs).
     events = sorted(events, key=lambda e: (e.source, e.ce_id))
+    insert = _insert_recordset if connection.vendor == "postgresql" else _insert_values
     for start in range(0, len(events), ROWS_PER_STATEMENT):
         chunk = events[start : start + ROWS_PER_STATEMENT]
-        values: list[Any] = []
-        for event in chunk:
-            event.received_at = now
-            values.extend(f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields)
-        sql = (
-            f"INSERT INTO {_table(Event)} ({columns}) VALUES {', '.join([row] * len(chunk))} "
-            "ON CONFLICT (source, ce_id) DO NOTHING RETURNING id, source, ce_id"
-        )
         with connection.cursor() as cursor:
-            cursor.execute(sql, values)
+            insert(cursor, chunk)
             ids = {(source, ce_id): pk for pk, source, ce_id in cursor.fetchall()}
         for event in chunk:
             event.pk = ids.pop((event.source, event.ce_id), None)
+
+
+def _insert_values(cursor, events: Sequence[Event]) -> None:
+    fields = [Event._meta.get_field(name) for name in COLUMNS]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    values: list[Any] = []
+    for event in events:
+        values.extend(f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields)
+    cursor.execute(
+        f"INSERT INTO {_table(Event)} ({columns}) VALUES {', '.join([row] * len(events))} "
+        "ON CONFLICT (source, ce_id) DO NOTHING RETURNING id, source, ce_id",
+        values,
+    )
+
+
+# PostgreSQL: the rows travel as one JSON document, so the statement text never changes
+# (psycopg parses it once) and no value is adapted one by one in Python.
+_RECORD_TYPES = {
+    "time": "timestamptz",
+    "data": "jsonb",
+    "data_is_base64": "boolean",
+    "extensions": "jsonb",
+    "schema_version": "integer",
+    "received_at": "timestamptz",
+}
+_RECORDSET_SQL = (
+    "INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_to_recordset(%s::jsonb) "
+    "AS r({record}) ON CONFLICT (source, ce_id) DO NOTHING RETURNING id, source, ce_id"
+)
+
+
+def _insert_recordset(cursor, events: Sequence[Event]) -> None:
+    rows = [
+        {
+            "source": e.source,
+            "ce_id": e.ce_id,
+            "type": e.type,
+            "subject": e.subject,
+            "specversion": e.specversion,
+            "time": e.time.isoformat() if e.time else None,
+            "datacontenttype": e.datacontenttype,
+            "dataschema": e.dataschema,
+            "data": e.data,
+            "data_is_base64": e.data_is_base64,
+            "extensions": e.extensions,
+            "correlation_id": e.correlation_id,
+            "causation_id": e.causation_id,
+            "validation": e.validation,
+            "schema_version": e.schema_version,
+            "channel": e.channel,
+            "received_at": e.received_at.isoformat(),
+        }
+        for e in events
+    ]
+    sql = _RECORDSET_SQL.format(
+        table=_table(Event),
+        columns=", ".join(COLUMNS),
+        record=", ".join(f"{name} {_RECORD_TYPES.get(name, 'text')}" for name in COLUMNS),
+    )
+    cursor.execute(sql, [json.dumps(rows)])
 
 
 def _existing(events: Sequence[Event]) -> dict[tuple[str, str], Event]:
