@@ -55,27 +55,23 @@ def _describe(problem: Mapping[str, Any]) -> str:
     return f"{where}{problem['attribute']}: {problem['message']}"
 
 
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_INNERMOST = re.compile(r"\{\}|\[\]")
+
+
 def json_depth_ok(raw: str, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Check nesting before json.loads, which recurses and can blow the stack."""
-    depth = 0
-    in_string = escaped = False
-    for char in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return False
-        elif char in "]}":
-            depth -= 1
-    return True
+    """Check nesting before json.loads, which recurses and can blow the stack. Done with
+    regular expressions (C speed) rather than a loop over every character: strings are
+    cut out, then innermost bracket pairs removed, one nesting level per pass."""
+    if raw.count("{") + raw.count("[") <= limit:
+        return True
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", raw))
+    for _ in range(limit):
+        brackets, removed = _INNERMOST.subn("", brackets)
+        if not brackets or not removed:  # all levels removed, or not JSON (loads says why)
+            return True
+    return not brackets
 
 
 def loads_json(body: bytes, *, what: str = "(body)") -> Any:
