@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from orchestrator import embedded_redis
+from orchestrator import embedded_redis, servers
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PR_SET_PDEATHSIG = 1
@@ -244,15 +244,7 @@ def main() -> int:
         )
         if prepared:
             services = {
-                "web": [
-                    str(bin_dir / "daphne"),
-                    "-b",
-                    host,
-                    "-p",
-                    port,
-                    "--proxy-headers",
-                    "orchestrator.asgi:application",
-                ],
+                "web": servers.web_command(python, host=host, port=port),
                 "worker": [
                     str(bin_dir / "celery"),
                     "-A",
@@ -272,7 +264,7 @@ def main() -> int:
                 "bus": [python, "manage.py", "consume_bus"],
             }
             for name, args in services.items():
-                sup.start(name, args, env)
+                sup.start(name, args, servers.web_env(env) if name == "web" else env)
             announced = False
             while not sup.stopping.wait(0.5):
                 if not announced and web_answers(host, port):

@@ -85,7 +85,17 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
-if DATABASE_URL:
+if DATABASE_URL and env_bool("SIGNALBOX_DB_POOL"):
+    # Web processes (the launcher sets this): an ASGI server runs each request's sync code
+    # on a fresh thread, and Django's connections are per thread, so without a pool every
+    # request would open a new PostgreSQL connection. The pool keeps them across threads.
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 2,
+        "max_size": int(os.environ.get("SIGNALBOX_DB_POOL_SIZE", "16")),
+        "timeout": 10,
+    }
+elif DATABASE_URL:
     # Persistent connections (checked before reuse): a worker would otherwise open a new
     # PostgreSQL connection for every step it runs.
     DATABASES = {

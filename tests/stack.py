@@ -1,5 +1,6 @@
 """The real Signalbox processes, started against the test database for end-to-end tests:
-the ASGI server (daphne), a Celery worker, the bus consumer and the scheduler."""
+the web server `make run` uses (uvicorn, orchestrator/servers.py), a Celery worker, the bus
+consumer and the scheduler."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from orchestrator import servers
 from orchestrator.embedded_redis import free_port
 from tests.waiting import wait_until
 
@@ -42,7 +44,7 @@ class Stack:
         self.processes[name] = subprocess.Popen(
             args,
             cwd=ROOT,
-            env=self.env,
+            env=servers.web_env(self.env) if name == "web" else self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -51,17 +53,8 @@ class Stack:
     def start_all(self) -> None:
         python = sys.executable
         bin_dir = Path(python).parent
-        self.start(
-            "web",
-            [
-                str(bin_dir / "daphne"),
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "orchestrator.asgi:application",
-            ],
-        )
+        # The server `make run` uses, with its web environment (orchestrator/servers.py).
+        self.start("web", servers.web_command(python, host="127.0.0.1", port=self.port))
         self.start(
             "worker",
             [

@@ -25,7 +25,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future
 
-from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from .. import notify
 from ..services import event_intake
@@ -84,13 +84,15 @@ class GroupCommitter:
             return group
 
     def _commit(self, group: list[tuple[event_intake.Submission, Future]]) -> None:
-        close_old_connections()  # a connection broken by the last group is replaced
+        # The thread keeps its connection (and a pooled one stays checked out) for good;
+        # one that failed is closed, and the next statement opens a new one.
         submissions = [submission for submission, _ in group]
         try:
             marks, self._marks = self._marks, []
             with transaction.atomic():
                 created = event_intake.store(submissions, mark_published=marks)
         except DatabaseError as exc:
+            connection.close()
             self._marks = marks + self._marks
             log.warning("a group of %d request(s) failed (%s); storing each alone", len(group), exc)
             created = self._commit_each(group)
@@ -104,10 +106,10 @@ class GroupCommitter:
         for submission, future in group:
             submission.accepted, submission.created, submission.error = [], [], None
             try:
-                close_old_connections()
                 with transaction.atomic():
                     created.extend(event_intake.store([submission]))
             except DatabaseError as exc:
+                connection.close()
                 future.set_exception(exc)
             else:
                 future.set_result(submission)
@@ -123,7 +125,6 @@ class GroupCommitter:
     def _write_marks_alone(self) -> None:
         marks, self._marks = self._marks, []
         try:
-            close_old_connections()
             bus.mark_published(marks)
         except DatabaseError as exc:
             log.warning("could not mark %d event(s) published yet: %s", len(marks), exc)

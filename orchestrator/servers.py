@@ -1,0 +1,51 @@
+"""The command that serves Signalbox's web process, shared by `make run`, the test stack
+and the benchmarks so that all three measure and test the same server.
+
+uvicorn with uvloop and httptools, several worker processes: measured against daphne,
+granian and gunicorn on these machines (docs/architecture.md, "The web server"), it served
+both the event-ingest fast path and ordinary Django pages fastest, and it speaks
+WebSockets on the same port (the dashboard's live pushes).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_WORKERS = 2
+
+
+def web_workers() -> int:
+    return max(1, int(os.environ.get("SIGNALBOX_WEB_WORKERS", str(DEFAULT_WORKERS))))
+
+
+def web_command(
+    python: str, *, host: str, port: int | str, workers: int | None = None
+) -> list[str]:
+    return [
+        str(Path(python).parent / "uvicorn"),
+        "orchestrator.asgi:application",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers or web_workers()),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--ws",
+        "websockets-sansio",
+        "--proxy-headers",
+        "--no-access-log",
+        # Let a worker finish its answers on SIGTERM, but never hang a stop for long.
+        "--timeout-graceful-shutdown",
+        "5",
+    ]
+
+
+def web_env(env: dict[str, str]) -> dict[str, str]:
+    """The web processes' environment: pooled PostgreSQL connections (each request's sync
+    code runs on a fresh thread under ASGI; see settings.py)."""
+    return dict(env, SIGNALBOX_DB_POOL="1")
