@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -52,7 +53,7 @@ import psycopg
 import redis
 from psycopg import sql
 
-from orchestrator import embedded_redis
+from orchestrator import embedded_redis, servers
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "var" / "bench"
@@ -81,6 +82,8 @@ class Result:
     latencies_ms: list[float] = field(repr=False)
     errors: int = 0
     note: str = ""
+    # Percentiles a load generator reported itself (wrk), when there are no latencies.
+    reported: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -88,11 +91,11 @@ class Result:
 
     @property
     def p50(self) -> float:
-        return percentile(self.latencies_ms, 0.50)
+        return self.reported.get("p50", percentile(self.latencies_ms, 0.50))
 
     @property
     def p99(self) -> float:
-        return percentile(self.latencies_ms, 0.99)
+        return self.reported.get("p99", percentile(self.latencies_ms, 0.99))
 
     def summary(self) -> dict:
         data = asdict(self)
@@ -183,6 +186,59 @@ def http_phase(
     if errors:
         print(f"  {name}: {len(errors)} error(s), first: {errors[0]}", flush=True)
     return Result(name, ok * events_per_request, len(latencies), elapsed, latencies, len(errors))
+
+
+WRK_SCRIPT = ROOT / "bench" / "wrk" / "cloudevents.lua"
+WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk_phase(
+    name: str,
+    url: str,
+    *,
+    token: str | None,
+    seconds: float,
+    batch: int = 0,
+    connections: int = 10,
+    event_type: str = EVENT_TYPE,
+) -> Result:
+    """wrk, 2 threads and `connections` keep-alive connections, POSTing structured
+    CloudEvents with ids no other request uses (bench/wrk/cloudevents.lua)."""
+    env = dict(os.environ, BATCH=str(batch), TYPE=event_type)
+    if token:
+        env["TOKEN"] = token
+    done = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+         "-s", str(WRK_SCRIPT), url],
+        capture_output=True, text=True, env=env, timeout=seconds + 60, check=False,
+    )  # fmt: skip
+    out = done.stdout
+    requests = int(_wrk_field(out, r"(\d+) requests in") or 0)
+    elapsed = _wrk_field(out, r"requests in ([\d.]+\w+),") or "0s"
+    errors = int(_wrk_field(out, r"Non-2xx or 3xx responses: (\d+)") or 0)
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    percentiles = {
+        f"p{q}": _wrk_ms(_wrk_field(out, rf"^\s+{q}%\s+(\S+)") or "nan") for q in (50, 99)
+    }
+    per_request = batch or 1
+    ok = max(0, requests - errors)
+    return Result(
+        name, ok * per_request, requests, _wrk_ms(elapsed) / 1000, [], errors,
+        reported=percentiles,
+    )  # fmt: skip
+
+
+def _wrk_field(text: str, pattern: str) -> str | None:
+    found = re.search(pattern, text, re.MULTILINE)
+    return found.group(1) if found else None
+
+
+def _wrk_ms(value: str) -> float:
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value.strip())
+    if not found:
+        return float("nan")
+    number, unit = float(found.group(1)), found.group(2)
+    return number * (60_000.0 if unit == "m" else WRK_UNITS[unit])
 
 
 def xadd_phase(
@@ -279,7 +335,16 @@ def with_database(url: str, name: str) -> str:
 class Stack:
     """Every Signalbox process, against a new database and a new redis-server."""
 
-    def __init__(self, tag: str, admin_url: str | None, *, settings: str = "orchestrator.settings"):
+    def __init__(
+        self,
+        tag: str,
+        admin_url: str | None,
+        *,
+        settings: str = "orchestrator.settings",
+        embedded: bool = False,
+    ):
+        # embedded: the `make run` default, SQLite under a throwaway var dir.
+        self.embedded = embedded
         self.tag = tag
         self.settings = settings
         self.admin_url = admin_url
@@ -325,14 +390,18 @@ class Stack:
             stderr=subprocess.DEVNULL,
         )
         self.cleanups.append(lambda: (redis_process.terminate(), redis_process.wait(10)))
-        admin_url = self._admin_url()
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
-        self.cleanups.append(lambda: self._drop_database(admin_url))
-        self.database_url = with_database(admin_url, self.database)
+        if self.embedded:
+            self.database_url = ""
+        else:
+            admin_url = self._admin_url()
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
+            self.cleanups.append(lambda: self._drop_database(admin_url))
+            self.database_url = with_database(admin_url, self.database)
         self.env = {
             **os.environ,
             "DATABASE_URL": self.database_url,
+            "SIGNALBOX_VAR_DIR": str(self.workdir / "var"),
             "REDIS_URL": self.redis_url,
             "SIGNALBOX_REDIS_PREFIX": f"bench-{self.tag}",
             "SIGNALBOX_BENCH_BASELINE": "1",
@@ -344,11 +413,16 @@ class Stack:
         self.env.pop("SIGNALBOX_TEST_DB_NAME", None)
         self.manage("migrate", "-v0")
         self.token = self.manage("create_api_token", "bench", "--role", "editor")
-        self.manage("streams", "add", "bench", self.stream, "--type", EVENT_TYPE)
+        if not self.embedded:
+            self.manage("streams", "add", "bench", self.stream, "--type", EVENT_TYPE)
 
         bin_dir = Path(sys.executable).parent
-        self._spawn("web", [str(bin_dir / "daphne"), "-b", "127.0.0.1", "-p", str(self.port),
-                            "orchestrator.asgi:application"])  # fmt: skip
+        # The server and web environment `make run` uses (orchestrator/servers.py).
+        self._spawn(
+            "web",
+            servers.web_command(sys.executable, host="127.0.0.1", port=self.port),
+            env=servers.web_env(self.env),
+        )
         self._spawn("worker", [str(bin_dir / "celery"), "-A", "orchestrator", "worker",
                                "--concurrency", "1", "--loglevel", "WARNING", "--hostname",
                                f"bench-{self.tag}@%h", "--without-gossip",
@@ -357,13 +431,33 @@ class Stack:
         self._spawn("scheduler", [sys.executable, "manage.py", "scheduler"])
         self._wait_ready()
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def start_durable_baseline(self) -> str:
+        """gunicorn, 2 sync workers, serving bench/durable_baseline.py against this stack's
+        database and Redis; returns its URL."""
+        port = embedded_redis.free_port()
+        env = {**self.env, "BASELINE_PG": self.database_url, "BASELINE_REDIS": self.redis_url}
+        self._spawn(
+            "durable-baseline",
+            [str(Path(sys.executable).parent / "gunicorn"), "-w", "2", "--preload", "-b",
+             f"127.0.0.1:{port}", "--log-level", "warning", "bench.durable_baseline:application"],
+            env=env,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}/durable"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.post(url, content=b"{}", timeout=5).status_code == 202:
+                    return url
+            time.sleep(0.25)
+        raise RuntimeError("the durable baseline did not start; see its log under var/bench")
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         OUT.mkdir(parents=True, exist_ok=True)
         log = open(OUT / f"{self.tag}-{name}.log", "w")  # noqa: SIM115 - the child keeps it
         self.processes[name] = subprocess.Popen(
             args,
             cwd=ROOT,
-            env=self.env,
+            env=env or self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -434,7 +528,7 @@ def machine(database_url: str | None, redis_url: str | None) -> dict:
     import django
 
     info["django"] = django.get_version()
-    for package in ("daphne", "redis", "psycopg", "httpx"):
+    for package in ("uvicorn", "uvloop", "gunicorn", "redis", "psycopg", "httpx"):
         with contextlib.suppress(Exception):
             from importlib.metadata import version
 
@@ -481,6 +575,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream-events", type=int, default=2000, help="stream flood size")
     parser.add_argument("--quick", action="store_true", help="short phases (a smoke run)")
     parser.add_argument(
+        "--python-clients", action="store_true", help="Python client threads instead of wrk"
+    )
+    parser.add_argument(
+        "--no-embedded", action="store_true", help="skip the embedded-default (SQLite) phase"
+    )
+    parser.add_argument(
         "--settings",
         default="orchestrator.settings",
         help="settings module for the throwaway stack, to try a change (PYTHONPATH is passed on)",
@@ -510,131 +610,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {json.dumps(info)}", flush=True)
 
     rows: list[tuple[Result, Result | None]] = []
+    use_wrk = shutil.which("wrk") is not None and not args.python_clients
+    if not use_wrk:
+        print("wrk not found (apt-get install wrk): Python clients, which saturate first")
     try:
-        has_baseline = httpx.post(f"{base_url}/bench/baseline", content=b"{}").status_code == 202
-        common = {"base_url": base_url, "token": token, "clients": args.clients}
-        common["seconds"] = args.seconds
-
-        def single(n: int) -> bytes:
-            return json.dumps(structured_event(f"{tag}-s", n)).encode()
-
-        def batch(n: int) -> bytes:
-            return json.dumps(
-                [structured_event(f"{tag}-b{n}", k) for k in range(args.batch_size)]
-            ).encode()
-
-        for label, path, mode, body, per, limit in (
-            ("single structured event", "/api/v1/events", STRUCTURED, single, 1, args.events),
-            (f"batch of {args.batch_size}", "/api/v1/events", BATCH, batch, args.batch_size,
-             args.batches),
-        ):  # fmt: skip
-            base = None
-            if has_baseline:
-                print(f"baseline, {label} ...", flush=True)
-                base = http_phase(
-                    f"HTTP baseline (bare 202), {label}",
-                    path="/bench/baseline",
-                    content_type=mode,
-                    body=body,
-                    events_per_request=per,
-                    max_requests=limit,
-                    **common,
-                )
-                rows.append((base, None))
-            print(f"ingest, {label} ...", flush=True)
-            rows.append(
-                (
-                    http_phase(
-                        f"HTTP ingest, {label}",
-                        path=path,
-                        content_type=mode,
-                        body=body,
-                        events_per_request=per,
-                        max_requests=limit,
-                        **common,
-                    ),
-                    base,
-                )
-            )
-
+        if use_wrk:
+            rows += wrk_rows(stack, base_url, token, args)
+        else:
+            rows += python_client_rows(base_url, token, tag, args)
         if stack is not None:
-            producer = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-            print("raw XADD ...", flush=True)
-            raw, _sent = xadd_phase(
-                "raw XADD (baseline), one producer",
-                producer,
-                f"bench-raw-{tag}",
-                lambda n: {
-                    "type": EVENT_TYPE,
-                    "source": "/bench/raw",
-                    "id": f"raw-{n}",
-                    "subject": f"order-{n % 64}",
-                    "data": json.dumps({"order": n, "amount": 12.5, "currency": "EUR"}),
-                },
-                args.stream_events,
-            )
-            producer.delete(f"bench-raw-{tag}")
-            rows.append((raw, None))
-            print("external stream ingest: warm-up ...", flush=True)
-            warm = stream_ingest_phase(
-                "warm-up",
-                producer=producer,
-                stream=stack.stream,
-                database_url=stack.database_url,
-                tag=f"{tag}-w",
-                count=20,
-                pace_per_s=None,
-                timeout=60,
-            )
-            if warm.errors:
-                raise RuntimeError(f"the external stream is not being ingested: {warm.note}")
-            print("external stream ingest: flood ...", flush=True)
-            rows.append(
-                (
-                    stream_ingest_phase(
-                        f"stream ingest, flood of {args.stream_events}",
-                        producer=producer,
-                        stream=stack.stream,
-                        database_url=stack.database_url,
-                        tag=f"{tag}-f",
-                        count=args.stream_events,
-                        pace_per_s=None,
-                        timeout=180,
-                    ),
-                    raw,
-                )
-            )
-            print("external stream ingest: paced, 25 entries/s ...", flush=True)
-            rows.append(
-                (
-                    stream_ingest_phase(
-                        "stream ingest, paced 25/s (latency)",
-                        producer=producer,
-                        stream=stack.stream,
-                        database_url=stack.database_url,
-                        tag=f"{tag}-p",
-                        count=100,
-                        pace_per_s=25,
-                        timeout=60,
-                    ),
-                    None,
-                )
-            )
-            with psycopg.connect(stack.database_url) as conn:
-                stored = conn.execute(
-                    "SELECT count(*) FROM workflows_event WHERE source = '/bench/http'"
-                ).fetchone()[0]
-            measured = sum(r.events for r, _b in rows if r.name.startswith("HTTP ingest"))
-            print(f"\nstored over HTTP: {stored} events ({measured} measured, + warm-ups)")
-            if stored < measured:
-                raise RuntimeError("fewer events stored than answered 202")
+            rows += stream_rows(stack, tag, args)
+            check_stored(stack, rows)
     finally:
         if stack is not None:
             stack.stop()
+    if use_wrk and not args.url and not args.no_embedded:
+        rows += embedded_rows(tag, args)
 
     info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print_table(rows)
     print(f"\nload average before/after: {info['load_average']} / {info['load_average_after']}")
+    targets = check_targets(rows)
     OUT.mkdir(parents=True, exist_ok=True)
     report = OUT / f"ingest-{datetime.now():%Y%m%d-%H%M%S}.json"
     report.write_text(
@@ -643,12 +639,223 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": info,
                 "options": vars(args),
                 "results": [{**r.summary(), "baseline": b.name if b else None} for r, b in rows],
+                "targets": targets,
             },
             indent=2,
         )
     )
     print(f"written to {report.relative_to(ROOT)}")
     return 0
+
+
+DURABLE = "durable baseline: bare Django view, INSERT+commit+XADD (gunicorn, 2 sync workers)"
+SINGLE = "HTTP ingest, single structured event"
+BATCHES = "HTTP ingest, batch of {n}"
+EMBEDDED = "HTTP ingest, single event, embedded default (SQLite)"
+
+
+def wrk_rows(stack, base_url: str, token: str, args) -> list[tuple[Result, Result | None]]:
+    rows: list[tuple[Result, Result | None]] = []
+    events_url = f"{base_url}/api/v1/events"
+    wrk_phase("warm-up", events_url, token=token, seconds=2)  # token cache, connections
+    durable = None
+    if stack is not None:
+        print("durable baseline (gunicorn, 2 sync workers) ...", flush=True)
+        durable_url = stack.start_durable_baseline()
+        wrk_phase("warm-up", durable_url, token=None, seconds=1)
+        durable = wrk_phase(DURABLE, durable_url, token=None, seconds=args.seconds)
+        rows.append((durable, None))
+    print("ingest, single events ...", flush=True)
+    rows.append((wrk_phase(SINGLE, events_url, token=token, seconds=args.seconds), durable))
+    if httpx.post(f"{base_url}/bench/baseline", content=b"{}").status_code == 202:
+        print("bare 202 view on the same server ...", flush=True)
+        bare = wrk_phase(
+            "HTTP baseline: bare 202 view, same server and middleware",
+            f"{base_url}/bench/baseline",
+            token=token,
+            seconds=args.seconds,
+        )
+        rows.append((bare, None))
+    print(f"ingest, batches of {args.batch_size} ...", flush=True)
+    rows.append(
+        (
+            wrk_phase(
+                BATCHES.format(n=args.batch_size),
+                events_url,
+                token=token,
+                seconds=args.seconds,
+                batch=args.batch_size,
+            ),
+            None,
+        )
+    )
+    return rows
+
+
+def embedded_rows(tag: str, args) -> list[tuple[Result, Result | None]]:
+    """`make run`'s default: SQLite and every process, single events."""
+    print("starting an embedded-default stack (SQLite) ...", flush=True)
+    stack = Stack(f"{tag}e", None, settings=args.settings, embedded=True)
+    try:
+        stack.start()
+        url = f"{stack.base_url}/api/v1/events"
+        wrk_phase("warm-up", url, token=stack.token, seconds=2)
+        return [(wrk_phase(EMBEDDED, url, token=stack.token, seconds=args.seconds), None)]
+    finally:
+        stack.stop()
+
+
+def check_stored(stack, rows) -> None:
+    """Every event answered 2xx is in the store."""
+    with psycopg.connect(stack.database_url) as conn:
+        stored = conn.execute(
+            "SELECT count(*) FROM workflows_event WHERE source LIKE '/bench%%'"
+        ).fetchone()[0]
+    measured = sum(r.events for r, _b in rows if r.name.startswith("HTTP ingest"))
+    print(f"\nstored over HTTP: {stored} events ({measured} measured, + warm-ups)")
+    if stored < measured:
+        raise RuntimeError("fewer events stored than answered 2xx")
+
+
+def check_targets(rows) -> dict[str, dict]:
+    """The performance issue's goals for ingest, each with what this run measured."""
+    by_name = {r.name: (r, b) for r, b in rows}
+    goals = {}
+    if SINGLE in by_name and by_name[SINGLE][1] is not None:
+        single, durable = by_name[SINGLE]
+        goals["single >= 1.5x durable baseline"] = (single.rate / durable.rate, 1.5)
+        goals["single p99 <= 25 ms"] = (25.0 / single.p99 if single.p99 else 0.0, 1.0)
+    for name, (result, _b) in by_name.items():
+        if name.startswith("HTTP ingest, batch"):
+            goals["batches >= 10,000 events/s"] = (result.rate / 10_000, 1.0)
+    if EMBEDDED in by_name:
+        embedded = by_name[EMBEDDED][0]
+        goals["embedded >= 1,000 events/s"] = (embedded.rate / 1000, 1.0)
+        goals["embedded p99 <= 50 ms"] = (50.0 / embedded.p99 if embedded.p99 else 0.0, 1.0)
+    print("\ngoals (value/goal >= 1 is met):")
+    out = {}
+    for goal, (value, need) in goals.items():
+        met = value >= need
+        print(f"  {'met    ' if met else 'NOT MET'}  {goal}  ({value:.2f})")
+        out[goal] = {"value": round(value, 3), "met": met}
+    return out
+
+
+def python_client_rows(base_url: str, token: str, tag: str, args):
+    rows: list[tuple[Result, Result | None]] = []
+    has_baseline = httpx.post(f"{base_url}/bench/baseline", content=b"{}").status_code == 202
+    common = {"base_url": base_url, "token": token, "clients": args.clients}
+    common["seconds"] = args.seconds
+
+    def single(n: int) -> bytes:
+        return json.dumps(structured_event(f"{tag}-s", n)).encode()
+
+    def batch(n: int) -> bytes:
+        return json.dumps(
+            [structured_event(f"{tag}-b{n}", k) for k in range(args.batch_size)]
+        ).encode()
+
+    for label, path, mode, body, per, limit in (
+        ("single structured event", "/api/v1/events", STRUCTURED, single, 1, args.events),
+        (f"batch of {args.batch_size}", "/api/v1/events", BATCH, batch, args.batch_size,
+         args.batches),
+    ):  # fmt: skip
+        base = None
+        if has_baseline:
+            print(f"baseline, {label} ...", flush=True)
+            base = http_phase(
+                f"HTTP baseline (bare 202), {label}",
+                path="/bench/baseline",
+                content_type=mode,
+                body=body,
+                events_per_request=per,
+                max_requests=limit,
+                **common,
+            )
+            rows.append((base, None))
+        print(f"ingest, {label} ...", flush=True)
+        rows.append(
+            (
+                http_phase(
+                    f"HTTP ingest, {label}",
+                    path=path,
+                    content_type=mode,
+                    body=body,
+                    events_per_request=per,
+                    max_requests=limit,
+                    **common,
+                ),
+                base,
+            )
+        )
+    return rows
+
+
+def stream_rows(stack, tag: str, args) -> list[tuple[Result, Result | None]]:
+    rows: list[tuple[Result, Result | None]] = []
+    producer = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    print("raw XADD ...", flush=True)
+    raw, _sent = xadd_phase(
+        "raw XADD (baseline), one producer",
+        producer,
+        f"bench-raw-{tag}",
+        lambda n: {
+            "type": EVENT_TYPE,
+            "source": "/bench/raw",
+            "id": f"raw-{n}",
+            "subject": f"order-{n % 64}",
+            "data": json.dumps({"order": n, "amount": 12.5, "currency": "EUR"}),
+        },
+        args.stream_events,
+    )
+    producer.delete(f"bench-raw-{tag}")
+    rows.append((raw, None))
+    print("external stream ingest: warm-up ...", flush=True)
+    warm = stream_ingest_phase(
+        "warm-up",
+        producer=producer,
+        stream=stack.stream,
+        database_url=stack.database_url,
+        tag=f"{tag}-w",
+        count=20,
+        pace_per_s=None,
+        timeout=60,
+    )
+    if warm.errors:
+        raise RuntimeError(f"the external stream is not being ingested: {warm.note}")
+    print("external stream ingest: flood ...", flush=True)
+    rows.append(
+        (
+            stream_ingest_phase(
+                f"stream ingest, flood of {args.stream_events}",
+                producer=producer,
+                stream=stack.stream,
+                database_url=stack.database_url,
+                tag=f"{tag}-f",
+                count=args.stream_events,
+                pace_per_s=None,
+                timeout=180,
+            ),
+            raw,
+        )
+    )
+    print("external stream ingest: paced, 25 entries/s ...", flush=True)
+    rows.append(
+        (
+            stream_ingest_phase(
+                "stream ingest, paced 25/s (latency)",
+                producer=producer,
+                stream=stack.stream,
+                database_url=stack.database_url,
+                tag=f"{tag}-p",
+                count=100,
+                pace_per_s=25,
+                timeout=60,
+            ),
+            None,
+        )
+    )
+    return rows
 
 
 if __name__ == "__main__":
