@@ -23,6 +23,18 @@ EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*(\s*;.*)?$")
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 MAX_JSON_DEPTH = 64
+# What the event store's columns hold (workflows.models.Event): longer is refused, not cut.
+# The id is also the correlation and causation id of an event that names none (255).
+MAX_LENGTHS = {
+    "id": 255,
+    "correlationid": 255,
+    "causationid": 255,
+    "source": 1024,
+    "type": 255,
+    "subject": 1024,
+    "datacontenttype": 255,
+    "dataschema": 1024,
+}
 # PostgreSQL stores neither NUL characters nor unpaired surrogates (JSON can spell both).
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
@@ -131,6 +143,10 @@ def validate(attributes: Mapping[str, Any], *, data: Any, data_is_base64: bool) 
         value = attributes.get(name)
         if value is not None and (not isinstance(value, str) or not value):
             bad(name, "must be a non-empty string when present")
+    for name, longest in MAX_LENGTHS.items():
+        value = attributes.get(name)
+        if isinstance(value, str) and len(value) > longest:
+            bad(name, f"is longer than {longest} characters")
 
     when = None
     time_text = attributes.get("time")

@@ -109,9 +109,12 @@ def store(submissions: Sequence[Submission], *, mark_published: Sequence[int] = 
     one's `accepted` or `error` (TokenRevoked, SchemaViolations). Returns the new events,
     in order, to publish once the transaction has committed. `mark_published` names
     events (of earlier groups) now on the bus, marked in the same transaction."""
-    if connection.vendor == "postgresql" and _store_optimistically(submissions, mark_published):
-        return _settle(submissions)
-    _mark_published(mark_published)
+    if connection.vendor == "postgresql":
+        # The marks are written either way (before the optimistic insert's savepoint).
+        if _store_optimistically(submissions, mark_published):
+            return _settle(submissions)
+    else:
+        bus.mark_published(list(mark_published))
     _refuse_revoked(submissions)
     checks = _schema_checks([s for s in submissions if s.error is None])
     _insert_rows(submissions, checks)
@@ -180,17 +183,14 @@ def _settle(submissions: Sequence[Submission]) -> list[Event]:
     return created
 
 
-def _mark_published(event_ids: Sequence[int], cursor=None) -> None:
-    if not event_ids:
-        return
-    if connection.vendor != "postgresql":
-        bus.mark_published(list(event_ids))
-        return
+def _mark_published(event_ids: Sequence[int], cursor) -> None:
     # By primary key alone (see bus.mark_published for why).
-    cursor.execute(
-        f"UPDATE {_table(Event)} SET published_at = COALESCE(published_at, %s) WHERE id = ANY(%s)",
-        [timezone.now(), list(event_ids)],
-    )
+    if event_ids:
+        cursor.execute(
+            f"UPDATE {_table(Event)} SET published_at = COALESCE(published_at, %s) "
+            "WHERE id = ANY(%s)",
+            [timezone.now(), list(event_ids)],
+        )
 
 
 def _table(model) -> str:

@@ -1,0 +1,141 @@
+"""Group commit: the events of many requests share one transaction, and nothing accepted
+is lost or wrongly refused because it shared it."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+import pytest
+from django.db import DataError, connection
+from django.test.utils import CaptureQueriesContext
+
+from tests.factories import cloudevent
+from workflows.events import bus
+from workflows.events.envelope import from_structured
+from workflows.events.group_commit import GroupCommitter
+from workflows.models import Event, EventSchema, EventType
+from workflows.services import event_intake
+from workflows.services.tokens import create_api_token, revoke_api_token
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def token_id() -> int:
+    token, _plaintext = create_api_token(name="group", role="editor")
+    return token.pk
+
+
+def submission(token_id: int | None, *ids: str, channel: str = "http", **fields):
+    envelopes = [from_structured(cloudevent(id=i, **fields)) for i in ids]
+    return event_intake.Submission(envelopes, token_id=token_id, channel=channel)
+
+
+def commit_once(committer: GroupCommitter, *submissions) -> list[Future]:
+    """Queue the submissions and run one cycle of the committer on this thread."""
+    futures = [committer.submit(s) for s in submissions]
+    committer._commit(committer._take())
+    return futures
+
+
+def test_queued_requests_are_stored_with_as_many_statements_as_a_single_one(token_id):
+    one, many = GroupCommitter(), GroupCommitter()
+    with CaptureQueriesContext(connection) as alone:
+        commit_once(one, submission(token_id, "a-0"))
+    with CaptureQueriesContext(connection) as grouped:
+        futures = commit_once(many, *(submission(token_id, f"b-{n}") for n in range(20)))
+
+    assert len(grouped.captured_queries) == len(alone.captured_queries)
+    assert [f.result().accepted[0].duplicate for f in futures] == [False] * 20
+    assert Event.objects.filter(ce_id__startswith="b-").count() == 20
+
+
+def test_the_next_group_marks_the_last_groups_events_published(token_id):
+    committer = GroupCommitter()
+    [first] = commit_once(committer, submission(token_id, "m-1"))
+    event_id = first.result().accepted[0].id
+    assert Event.objects.get(pk=event_id).published_at is None  # on the bus, not yet marked
+
+    commit_once(committer, submission(token_id, "m-2"))
+
+    assert Event.objects.get(pk=event_id).published_at is not None
+
+
+def test_idle_marks_are_written_alone(token_id):
+    committer = GroupCommitter()
+    [first] = commit_once(committer, submission(token_id, "idle-1"))
+
+    committer._write_marks_alone()
+
+    assert Event.objects.get(pk=first.result().accepted[0].id).published_at is not None
+
+
+def test_a_request_the_database_refuses_fails_alone(token_id):
+    committer = GroupCommitter()
+    # A channel longer than its column: the group's INSERT fails, each is tried alone.
+    bad = submission(token_id, "x-bad", channel="c" * 40)
+    good = [submission(token_id, f"x-{n}") for n in range(3)]
+
+    futures = commit_once(committer, good[0], bad, *good[1:])
+
+    with pytest.raises(DataError):
+        futures[1].result()
+    assert all(not f.result().error for f in futures[:1] + futures[2:])
+    assert sorted(Event.objects.values_list("ce_id", flat=True)) == ["x-0", "x-1", "x-2"]
+
+
+def test_a_token_revoked_after_authentication_stores_nothing(token_id):
+    revoke_api_token(name="group", actor="test")
+    committer = GroupCommitter()
+    other, _plaintext = create_api_token(name="other", role="editor")
+
+    refused, accepted = commit_once(
+        committer, submission(token_id, "r-1"), submission(other.pk, "r-2")
+    )
+
+    assert isinstance(refused.result().error, event_intake.TokenRevoked)
+    assert not accepted.result().error
+    assert list(Event.objects.values_list("ce_id", flat=True)) == ["r-2"]
+
+
+def test_a_schema_violation_refuses_its_request_and_no_other(token_id):
+    event_type = EventType.objects.create(name="com.example.checked")
+    EventSchema.objects.create(
+        event_type=event_type,
+        version=1,
+        schema={"type": "object", "required": ["order"]},
+    )
+    committer = GroupCommitter()
+
+    broken, valid, untyped = commit_once(
+        committer,
+        submission(token_id, "s-1", type="com.example.checked", data={"no": "order"}),
+        submission(token_id, "s-2", type="com.example.checked", data={"order": 1}),
+        submission(token_id, "s-3"),
+    )
+
+    assert isinstance(broken.result().error, event_intake.SchemaViolations)
+    assert valid.result().accepted[0].validation == "valid"
+    assert untyped.result().accepted[0].validation == "unvalidated"
+    assert sorted(Event.objects.values_list("ce_id", flat=True)) == ["s-2", "s-3"]
+
+
+def test_a_repeat_in_the_same_group_is_answered_as_a_duplicate_of_the_first(token_id):
+    committer = GroupCommitter()
+
+    first, again = commit_once(committer, submission(token_id, "d-1"), submission(token_id, "d-1"))
+
+    assert first.result().accepted[0].duplicate is False
+    assert again.result().accepted[0].duplicate is True
+    assert again.result().accepted[0].id == first.result().accepted[0].id
+    assert Event.objects.filter(ce_id="d-1").count() == 1
+
+
+def test_new_events_reach_the_bus(token_id, settings):
+    committer = GroupCommitter()
+    [future] = commit_once(committer, submission(token_id, "bus-1"))
+    event = Event.objects.get(pk=future.result().accepted[0].id)
+
+    entries = bus.client().xrevrange(bus.stream_key(bus.partition_for(event)), count=50)
+
+    assert any(int(f.get(b"event") or f.get("event")) == event.pk for _id, f in entries)
