@@ -631,6 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     print(f"\nload average before/after: {info['load_average']} / {info['load_average_after']}")
     targets = check_targets(rows)
+    if Profile.summary:
+        print("\nwhere a web process's time goes, single events (py-spy samples):")
+        for inclusive, own, name in Profile.summary:
+            print(f"  {inclusive:6.1%} on stack {own:6.1%} own  {name}")
     OUT.mkdir(parents=True, exist_ok=True)
     report = OUT / f"ingest-{datetime.now():%Y%m%d-%H%M%S}.json"
     report.write_text(
@@ -640,6 +644,10 @@ def main(argv: list[str] | None = None) -> int:
                 "options": vars(args),
                 "results": [{**r.summary(), "baseline": b.name if b else None} for r, b in rows],
                 "targets": targets,
+                "profile": [
+                    {"on_stack": round(a, 4), "own": round(b, 4), "function": c}
+                    for a, b, c in Profile.summary
+                ],
             },
             indent=2,
         )
@@ -666,7 +674,10 @@ def wrk_rows(stack, base_url: str, token: str, args) -> list[tuple[Result, Resul
         durable = wrk_phase(DURABLE, durable_url, token=None, seconds=args.seconds)
         rows.append((durable, None))
     print("ingest, single events ...", flush=True)
+    sampler = Profile.start(stack, args.seconds) if stack is not None else None
     rows.append((wrk_phase(SINGLE, events_url, token=token, seconds=args.seconds), durable))
+    if sampler is not None:
+        sampler.finish()
     if httpx.post(f"{base_url}/bench/baseline", content=b"{}").status_code == 202:
         print("bare 202 view on the same server ...", flush=True)
         bare = wrk_phase(
@@ -690,6 +701,73 @@ def wrk_rows(stack, base_url: str, token: str, args) -> list[tuple[Result, Resul
         )
     )
     return rows
+
+
+class Profile:
+    """py-spy (when installed) sampling the web processes during the single-event phase:
+    where the hot path's time goes, summarised as the functions seen in most samples."""
+
+    TOP = 15
+    summary: list[tuple[float, float, str]] = []
+
+    def __init__(self, process: subprocess.Popen, out: Path):
+        self.process, self.out = process, out
+
+    @classmethod
+    def start(cls, stack, seconds: float) -> Profile | None:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        web = stack.processes.get("web")
+        if not Path(spy).exists() or web is None:
+            return None
+        out = OUT / f"{stack.tag}-ingest-profile.txt"
+        process = subprocess.Popen(
+            [spy, "record", "--pid", str(web.pid), "--subprocesses", "--nonblocking",
+             "--duration", str(max(1, round(seconds) - 1)), "--format", "raw",
+             "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        return cls(process, out)
+
+    def finish(self) -> None:
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return
+        if self.out.exists():
+            Profile.summary = summarise_profile(self.out.read_text(), self.TOP)
+
+
+def summarise_profile(raw: str, top: int) -> list[tuple[float, float, str]]:
+    """(share of samples in which the function is on the stack, share at the top, name)."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [
+            f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].rstrip(")").split(":")[0]
+            for f in stack.split(";")
+        ]
+        frames = [f for f in frames if "(" not in f.split(" ")[0]]  # drop "process (pid)" roots
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+    if not total:
+        return []
+    # The frames every sample of a thread starts with (thread start, server start-up).
+    boring = ("_bootstrap", "Thread.run", "<module>", "Runner.run", "run_forever", "_run_once",
+              "core.py", "main.py", "_compat.py", "server.py", "Handle._run")  # fmt: skip
+    ranked = sorted(
+        ((count, name) for name, count in inclusive.items() if not any(b in name for b in boring)),
+        reverse=True,
+    )[:top]
+    return [(count / total, own.get(name, 0) / total, name) for count, name in ranked]
 
 
 def embedded_rows(tag: str, args) -> list[tuple[Result, Result | None]]:
