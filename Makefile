@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test test-fast test-browser lint format lock bench clean
+.PHONY: run test test-fast test-browser lint format lock bench bench-engine bench-ingest bench-push bench-growth clean
 
 $(VENV)/.python-ok:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' \
@@ -64,5 +64,10 @@ lock:
 
 clean:
 	rm -rf $(VENV) var/staticfiles
-bench-engine: $(VENV)/.installed ; @$(PY) -m bench.engine $(ARGS)
-bench-ingest: $(VENV)/.installed ; @$(PY) -m bench.ingest $(ARGS)
+# Every benchmark beside its same-run baselines; rewrites the results in docs/benchmarks.md.
+# ARGS=--quick for a smoke run. Never part of `make test`.
+bench: $(VENV)/.installed-dev ; @$(PY) -m bench.all $(ARGS)
+bench-engine: $(VENV)/.installed-dev ; @$(PY) -m bench.engine $(ARGS)
+bench-ingest: $(VENV)/.installed-dev ; @$(PY) -m bench.ingest $(ARGS)
+bench-push: $(VENV)/.installed-dev ; @$(PY) -m bench.push $(ARGS)
+bench-growth: $(VENV)/.installed-dev ; @$(PY) -m bench.growth $(ARGS)
