@@ -753,7 +753,8 @@ def summarise_profile(raw: str, top: int) -> list[tuple[float, float, str]]:
             f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].rstrip(")").split(":")[0]
             for f in stack.split(";")
         ]
-        frames = [f for f in frames if "(" not in f.split(" ")[0]]  # drop "process (pid)" roots
+        # py-spy's "process N: command line" roots and the worker start-up frames.
+        frames = [f for f in frames if not f.startswith("process ") and "spawn_main" not in f]
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + n
         if frames:
@@ -762,7 +763,8 @@ def summarise_profile(raw: str, top: int) -> list[tuple[float, float, str]]:
         return []
     # The frames every sample of a thread starts with (thread start, server start-up).
     boring = ("_bootstrap", "Thread.run", "<module>", "Runner.run", "run_forever", "_run_once",
-              "core.py", "main.py", "_compat.py", "server.py", "Handle._run")  # fmt: skip
+              "core.py", "main.py", "_compat.py", "server.py", "Handle._run", "spawn.py",
+              "process.py", "multiprocess.py", "_subprocess.py")  # fmt: skip
     ranked = sorted(
         ((count, name) for name, count in inclusive.items() if not any(b in name for b in boring)),
         reverse=True,
