@@ -190,3 +190,24 @@ def test_the_subscription_lookup_reads_the_event_type_index_at_ten_thousand_work
     assert "Seq Scan on workflows_triggersubscription" not in plan, plan
     assert "Index" in plan and "triggersubscription" in plan, plan
     assert lookup.count() == 1 + 20
+
+
+def test_a_filter_shared_by_many_workflows_is_evaluated_once_per_event(monkeypatch):
+    for n in range(5):
+        publish(f"shared-{n}", filter="event.data.order > 1000")
+    publish("own", filter="event.subject == 'nope'")
+    calls: list[str] = []
+    real = event_services.evaluate
+
+    def counting(expression, context, **kwargs):
+        calls.append(expression)
+        return real(expression, context, **kwargs)
+
+    monkeypatch.setattr(event_services, "evaluate", counting)
+    events = stored(3)
+    outcome = match_events(event_ids=[e.pk for e in events])
+
+    assert outcome.started == [] and outcome.done == {e.pk for e in events}
+    assert sorted(calls) == sorted(
+        ["event.data.order > 1000", "event.subject == 'nope'"] * len(events)
+    )

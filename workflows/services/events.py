@@ -12,7 +12,7 @@ from django.utils import timezone
 from .. import notify
 from ..events import bus
 from ..events.envelope import Envelope, to_structured
-from ..expressions import ExpressionError, evaluate
+from ..expressions import ExpressionError, bind, evaluate
 from ..models import DeadLetter, Event, Run, TriggerSubscription
 from .definitions import definition_for
 from .producers import allowed_subscriptions, correlation_extensions
@@ -175,10 +175,10 @@ def _start_runs(event: Event, subscriptions: list[TriggerSubscription]) -> list[
     started = []
     if not subscriptions:
         return started
-    structured = to_structured(event)
+    filters = EventFilters(event)
     # Loop guards: a workflow's own run events never start it; deep causation chains stop.
     for subscription in allowed_subscriptions(event, subscriptions):
-        if not trigger_accepts(subscription.version, event, structured=structured):
+        if not trigger_accepts(subscription.version, event, filters=filters):
             continue
         try:
             with transaction.atomic():
@@ -206,21 +206,45 @@ def mark_matched(*event_ids: int) -> None:
     )
 
 
-def trigger_accepts(version, event: Event, *, structured: dict | None = None) -> bool:
+class EventFilters:
+    """Trigger filters over one event: the event is converted for CEL once, and each
+    distinct filter is evaluated once, however many workflows listening to its type use it."""
+
+    def __init__(self, event: Event):
+        self.event = event
+        self._context: dict | None = None
+        self._bound: dict | None = None
+        self._results: dict[str, bool] = {}
+
+    def passes(self, expression: str) -> bool:
+        """True when the filter is true for the event; a filter that fails to evaluate does
+        not match (logged)."""
+        if expression in self._results:
+            return self._results[expression]
+        if self._context is None:
+            self._context = {"event": to_structured(self.event)}
+            self._bound = bind(self._context)
+        try:
+            result = (
+                evaluate(expression, self._context, where="trigger filter", bound=self._bound)
+                is True
+            )
+        except ExpressionError as exc:
+            log.warning("event %s: %s", self.event.pk, exc)
+            result = False
+        self._results[expression] = result
+        return result
+
+
+def trigger_accepts(version, event: Event, *, filters: EventFilters | None = None) -> bool:
     """True when one of the version's triggers for this type has no filter or a filter
     that is true for the event. A filter that fails to evaluate does not match (logged).
-    `structured` is the event as a CloudEvent dict, when the caller already made it."""
+    Pass `filters` to share the event's conversion and results between versions."""
     triggers = [t for t in definition_for(version).triggers if t.event == event.type]
     if not triggers or any(not t.filter for t in triggers):
         return True
-    structured = structured if structured is not None else to_structured(event)
-    for trigger in triggers:
-        try:
-            if evaluate(trigger.filter, {"event": structured}, where="trigger filter") is True:
-                return True
-        except ExpressionError as exc:
-            log.warning("event %s: %s", event.pk, exc)
-    return False
+    filters = filters or EventFilters(event)
+    return any(filters.passes(trigger.filter) for trigger in triggers)
 
 
 def dead_letter_bus_entry(*, event_id: int, reason: str, stream: str, entry_id: str) -> None:
