@@ -568,7 +568,7 @@ class PageResult:
     scans: list[str] = field(default_factory=list)
     seq_scans: list[str] = field(default_factory=list)
     counts: list[str] = field(default_factory=list)
-    rows: str = ""
+    rows_read: int = 0
 
     @property
     def p50(self) -> float:
@@ -596,12 +596,16 @@ SCAN = re.compile(
 BITMAP_INDEX = re.compile(r"Bitmap Index Scan on (\S+)")
 
 
-def explain_queries(
-    client, url: str, headers: dict
-) -> tuple[int, float, list[str], list[str], list[str]]:
+ACTUAL_ROWS = re.compile(r"actual time=\S+ rows=(\d+) loops=(\d+)")
+# A page that reads more rows than this from a big table grows with the data.
+ROWS_READ_LIMIT = 10_000
+
+
+def explain_queries(client, url: str, headers: dict) -> dict:
     """Request the page once, EXPLAIN ANALYZE every SELECT it ran; return the query count,
-    the SQL execution time, the scans of big tables, the Seq Scans of big tables, and any
-    count(*) over them."""
+    the SQL execution time, the scans of big tables, the Seq Scans of big tables, the rows
+    the scans of big tables returned, and the count()s that read more than ROWS_READ_LIMIT
+    rows (a count over a page's rows is fine; over all runs it is not)."""
     from django.db import connection
 
     captured: list[tuple[str, object]] = []
@@ -617,28 +621,44 @@ def explain_queries(
     seq: list[str] = []
     counts: list[str] = []
     total_ms = 0.0
+    rows_read = 0
     with connection.cursor() as cursor:
         for sql_, params in captured:
             if not sql_.lstrip().upper().startswith("SELECT"):
                 continue
             cursor.execute("EXPLAIN ANALYZE " + sql_, params)
-            text = "\n".join(row[0] for row in cursor.fetchall())
+            lines = [row[0] for row in cursor.fetchall()]
+            text = "\n".join(lines)
             total_ms += float(text.rsplit("Execution Time: ", 1)[1].split(" ms")[0])
-            big = [t for t in BIG_TABLES if t in sql_]
-            if big and re.search(r"COUNT\(", sql_, re.IGNORECASE):
-                counts.append(sql_[:160])
-            for match in SCAN.finditer(text):
-                whole, index, table = match.groups()
+            query_rows = 0
+            for line in lines:
+                scan = SCAN.search(line)
+                if scan is None:
+                    continue
+                whole, index, table = scan.groups()
                 table = table.strip('"')
+                actual = ACTUAL_ROWS.search(line)
                 if table in BIG_TABLES:
-                    label = f"{whole.split(' on ')[0]} {table}" if not index else whole
-                    scans.append(label)
+                    scans.append(f"{whole.split(' on ')[0]} {table}" if not index else whole)
                     if "Seq Scan" in whole:
                         seq.append(table)
-            for index in BITMAP_INDEX.findall(text):
-                if any(t.split("_", 1)[1] in index for t in BIG_TABLES):
-                    scans.append(f"Bitmap Index Scan on {index}")
-    return len(captured), total_ms, list(dict.fromkeys(scans)), sorted(set(seq)), counts
+                    if actual:
+                        query_rows += int(actual.group(1)) * int(actual.group(2))
+                elif whole.startswith("Bitmap Index Scan") and any(
+                    t.split("_", 1)[1] in table for t in BIG_TABLES
+                ):
+                    scans.append(whole)
+            rows_read += query_rows
+            if re.search(r"COUNT\(", sql_, re.IGNORECASE) and query_rows > ROWS_READ_LIMIT:
+                counts.append(sql_[:160])
+    return {
+        "queries": len(captured),
+        "sql_ms": total_ms,
+        "scans": list(dict.fromkeys(scans)),
+        "seq_scans": sorted(set(seq)),
+        "rows_read": rows_read,
+        "counts": counts,
+    }
 
 
 def time_page(client, name: str, urls: list[str], requests: int, headers: dict) -> PageResult:
@@ -655,9 +675,8 @@ def time_page(client, name: str, urls: list[str], requests: int, headers: dict) 
         if response.status_code != 200:
             raise RuntimeError(f"{name}: {url} answered {response.status_code}")
     result = PageResult(name, urls[0], times, cpu)
-    result.queries, result.sql_ms, result.scans, result.seq_scans, result.counts = explain_queries(
-        client, urls[0], headers
-    )
+    for key, value in explain_queries(client, urls[0], headers).items():
+        setattr(result, key, value)
     return result
 
 
@@ -694,6 +713,8 @@ def run_list_part(args, tag: str) -> tuple[dict, list[PageResult]]:
             {"HTTP_HX_REQUEST": "true"},
         ),
         ("run page", browser, runs, {}),
+        ("events: first page", browser, ["/events/"], {}),
+        ("events: deep page", browser, [f"/events/?before_id={deep}"], {}),
         ("API runs: first page", api, ["/api/v1/runs"], bearer),
         ("API runs: one workflow", api, [f"/api/v1/runs?workflow={hot}"], bearer),
         ("API runs: failed", api, ["/api/v1/runs?status=failed"], bearer),
@@ -717,11 +738,13 @@ def _page_line(r: PageResult) -> str:
     flags = ""
     if r.seq_scans:
         flags += f"  SEQ SCAN on {', '.join(r.seq_scans)}"
+    if r.rows_read > ROWS_READ_LIMIT:
+        flags += f"  READS {r.rows_read:,} ROWS"
     if r.counts:
-        flags += f"  COUNT over a big table x{len(r.counts)}"
+        flags += f"  COUNT over {len(r.counts)} big table(s)"
     return (
         f"{r.name:<30}{r.p50:>9.1f}{r.p99:>9.1f}{percentile(r.cpu_ms, 0.5):>9.1f}"
-        f"{percentile(r.cpu_ms, 0.99):>9.1f}{r.queries:>9}{r.sql_ms:>9.1f}{flags}"
+        f"{percentile(r.cpu_ms, 0.99):>9.1f}{r.queries:>9}{r.sql_ms:>9.1f}{r.rows_read:>8}{flags}"
     )
 
 
@@ -776,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nrun list and run page at {args.runs:,} runs (server time, ms):")
             print(
                 f"  {'page':<30}{'p50':>9}{'p99':>9}{'cpu p50':>9}{'cpu p99':>9}"
-                f"{'queries':>9}{'SQL ms':>9}"
+                f"{'queries':>9}{'SQL ms':>9}{'rows':>8}"
             )
             report["runs_loaded"], pages = run_list_part(args, tag)
     finally:
@@ -808,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\npages at {report['runs_loaded']['runs']:,} runs ({args.requests} requests each):")
         print(
             f"  {'page':<30}{'p50 ms':>9}{'p99 ms':>9}{'cpu p50':>9}{'cpu p99':>9}"
-            f"{'queries':>9}{'SQL ms':>9}"
+            f"{'queries':>9}{'SQL ms':>9}{'rows':>8}"
         )
         for p in pages:
             print(f"  {_page_line(p)}")
