@@ -40,13 +40,14 @@ def run_list(request):
         "errors": errors,
         "workflow_filter": query.workflow,
         "statuses": [s.value for s in RunStatus],
-        "workflow_choices": [w.slug for w in selectors.workflows() if w.pk not in hidden],
         "socket_url": "/ws/runs/" + (f"?{query.querystring()}" if query.filtered else ""),
     }
     if query.before_id:
         context["socket_url"] = "/ws/runs/?" + query.querystring(before_id=query.before_id)
     if request.htmx and not request.htmx.history_restore_request:
         return render(request, "dashboard/_run_rows.html", context)
+    # Only the full page has the filter form.
+    context["workflow_choices"] = ds.workflow_choices(hidden)
     return render(request, "dashboard/runs.html", context)
 
 

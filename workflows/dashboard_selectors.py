@@ -81,6 +81,22 @@ def can_see_workflow(user, workflow: Workflow | None) -> bool:
     return user.groups.filter(pk=workflow.team_id).exists()
 
 
+# The run list's workflow picker lists at most this many; with more, it is a text field
+# (a page must not grow with the number of workflows: 10,000 <option>s are read on every
+# page load and no one scrolls through them).
+WORKFLOW_CHOICES = 200
+
+
+def workflow_choices(hidden: frozenset[int] = frozenset()) -> list[str] | None:
+    """The slugs of the workflows one may pick in the run list, or None when there are more
+    than WORKFLOW_CHOICES (one bounded query of slugs, never whole workflows)."""
+    workflows = Workflow.objects.order_by("slug")
+    if hidden:
+        workflows = workflows.exclude(id__in=sorted(hidden))
+    slugs = list(workflows.values_list("slug", flat=True)[: WORKFLOW_CHOICES + 1])
+    return None if len(slugs) > WORKFLOW_CHOICES else slugs
+
+
 def hidden_slugs(hidden: frozenset[int]) -> frozenset[str]:
     if not hidden:
         return frozenset()

@@ -98,14 +98,28 @@ def _time_limit(seconds: float):
         signal.signal(signal.SIGVTALRM, previous)
 
 
-def evaluate(expression: str, context: Mapping[str, Any], *, where: str = "") -> Any:
-    """Evaluate one CEL expression over `context`; return plain JSON."""
+def bind(context: Mapping[str, Any]) -> dict[str, Any]:
+    """`context`'s roots as CEL values: pass it as `bound` to evaluate several expressions
+    over one context without converting the context again for each (the trigger filters
+    of every workflow listening to an event's type)."""
+    return {name: celpy.json_to_cel(context.get(name)) for name in ROOTS if name in context}
+
+
+def evaluate(
+    expression: str,
+    context: Mapping[str, Any],
+    *,
+    where: str = "",
+    bound: Mapping[str, Any] | None = None,
+) -> Any:
+    """Evaluate one CEL expression over `context`; return plain JSON. `bound` is
+    `bind(context)`, when the caller keeps it for several expressions."""
     expression = expression.strip()
     try:
         program = _program(expression)
     except ExpressionError as exc:
         raise ExpressionError(exc.expression, exc.message, where=where) from None
-    activation = {name: celpy.json_to_cel(context.get(name)) for name in ROOTS if name in context}
+    activation = dict(bound) if bound is not None else bind(context)
     timed_out = ExpressionError(expression, f"took longer than {TIME_LIMIT_SECONDS}s", where=where)
     limit: dict = {"fired": False}
     try:

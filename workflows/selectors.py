@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 
 from .models import Run, StepRun, Workflow
 
@@ -26,11 +26,19 @@ def runs(
     """Newest first, keyset-paginated by id (stable and index-backed at any depth).
     Every origin but shadow unless `origin` names one. Runs of the workflows in `hidden`
     (dashboard_selectors.hidden_workflow_ids / hidden_for_team) are left out."""
-    qs: QuerySet[Run] = Run.objects.select_related("workflow", "version").order_by("-id")
+    # The page's steps come in one query (run_as_json reads them), not one per run.
+    qs: QuerySet[Run] = (
+        Run.objects.select_related("workflow", "version", "parent_step")
+        .prefetch_related(Prefetch("steps", queryset=StepRun.objects.order_by("id")))
+        .order_by("-id")
+    )
     if hidden:
         qs = qs.exclude(workflow_id__in=sorted(hidden))
     if workflow_slug:
-        qs = qs.filter(workflow__slug=workflow_slug)
+        # By id, not through a join on the slug: the planner then reads the
+        # (workflow, -id) index from the cursor down instead of every run of the workflow.
+        found = Workflow.objects.filter(slug=workflow_slug).values_list("id", flat=True).first()
+        qs = qs.filter(workflow_id=found if found is not None else -1)
     if status:
         qs = qs.filter(status=status)
     qs = qs.filter(origin=origin) if origin else qs.exclude(origin=SHADOW)
@@ -47,17 +55,25 @@ def run_detail(run_id: int) -> Run | None:
     )
 
 
+def _attempts(run: Run) -> list[StepRun]:
+    """The run's attempts in id order: the prefetched ones (a page of runs) or one query."""
+    prefetched = getattr(run, "_prefetched_objects_cache", {}).get("steps")
+    if prefetched is not None:
+        return sorted(prefetched, key=lambda s: s.id)
+    return list(run.steps.order_by("id"))
+
+
 def latest_attempts(run: Run) -> list[StepRun]:
     """One row per step (its latest attempt), in the order the steps were first scheduled."""
     latest: dict[str, StepRun] = {}
-    for step_run in run.steps.order_by("id"):
+    for step_run in _attempts(run):
         latest[step_run.step_id] = step_run
     return sorted(latest.values(), key=lambda s: s.id)
 
 
 def attempts_by_step(run: Run) -> dict[str, list[StepRun]]:
     grouped: dict[str, list[StepRun]] = {}
-    for step_run in run.steps.order_by("id"):
+    for step_run in _attempts(run):
         grouped.setdefault(step_run.step_id, []).append(step_run)
     return grouped
 

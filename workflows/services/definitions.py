@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import functools
+import threading
+from collections import OrderedDict
 
 from django.db import transaction
 
@@ -38,15 +39,36 @@ def parse_definition(raw) -> definition_format.Definition:
     )
 
 
-@functools.lru_cache(maxsize=512)
-def _parsed_version(version_id: int) -> definition_format.Definition:
-    version = WorkflowVersion.objects.get(pk=version_id)
-    return parse_definition(version.definition)
+# Versions are immutable, so a parsed definition is kept by version id for the process:
+# matching an event parses each listening version once, not once per event. Sized for the
+# versions one process works with at a time (the live ones of busy workflows); the least
+# recently used goes first.
+PARSED_CACHE_SIZE = 4096
+_parsed: OrderedDict[int, definition_format.Definition] = OrderedDict()
+_parsed_lock = threading.Lock()
 
 
 def definition_for(version: WorkflowVersion) -> definition_format.Definition:
-    # Versions are immutable, so the parsed definition can be cached by id for the process.
-    return _parsed_version(version.pk)
+    if version.pk is None:  # not saved: nothing to key a cache entry by
+        return parse_definition(version.definition)
+    with _parsed_lock:
+        found = _parsed.get(version.pk)
+        if found is not None:
+            _parsed.move_to_end(version.pk)
+            return found
+    # A version loaded with its definition (select_related) is parsed as it is; one loaded
+    # without it (only()/defer()) is read once.
+    raw = (
+        version.definition
+        if "definition" in version.__dict__
+        else WorkflowVersion.objects.values_list("definition", flat=True).get(pk=version.pk)
+    )
+    parsed = parse_definition(raw)
+    with _parsed_lock:
+        _parsed[version.pk] = parsed
+        while len(_parsed) > PARSED_CACHE_SIZE:
+            _parsed.popitem(last=False)
+    return parsed
 
 
 def put_workflow(*, slug: str, raw: dict) -> tuple[Workflow, bool]:

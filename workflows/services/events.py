@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from .. import notify
 from ..events import bus
 from ..events.envelope import Envelope, to_structured
-from ..expressions import ExpressionError, evaluate
+from ..expressions import ExpressionError, bind, evaluate
 from ..models import DeadLetter, Event, Run, TriggerSubscription
 from .definitions import definition_for
 from .producers import allowed_subscriptions, correlation_extensions
 from .schemas import SchemaCheck, SchemaViolation, check_event_data
 
-__all__ = ["SchemaViolation", "ingest_event", "match_event"]
+__all__ = ["MatchOutcome", "SchemaViolation", "ingest_event", "match_event", "match_events"]
 
 log = logging.getLogger("signalbox.ingest")
 
@@ -85,23 +87,98 @@ def match_event(*, event_id: int) -> list[Run]:
     and hand it to runs waiting for it.
 
     Idempotent: a run per (event, workflow) is unique, so a re-delivered bus entry starts
-    nothing new (and a waiting step is resumed once: its result is fenced).
+    nothing new (and a waiting step is resumed once: its result is fenced). Raises what
+    matching raised (the event is then left unmatched).
     """
-    from .run_control import admit
+    outcome = match_events(event_ids=[event_id])
+    for error in outcome.failed.values():
+        raise error
+    return outcome.started
+
+
+@dataclass
+class MatchOutcome:
+    """What `match_events` did: the events it settled (matched, or not in the store: either
+    way their bus entries may be acknowledged), the runs it started, and the events whose
+    matching raised (left unmatched, so their entries stay pending and are retried)."""
+
+    done: set[int] = field(default_factory=set)
+    started: list[Run] = field(default_factory=list)
+    failed: dict[int, Exception] = field(default_factory=dict)
+
+
+def match_events(*, event_ids: Sequence[int]) -> MatchOutcome:
+    """`match_event` for the entries of one bus read, with a fixed number of queries per
+    read besides each started run's own: one SELECT of the events, one of the
+    subscriptions of their types (through the event_type index: never a scan of the
+    workflows), one to learn which types have waiting runs, one UPDATE marking them matched.
+
+    Each event is matched on its own: one that raises is left out of `done` and unmatched
+    (retried, then dead-lettered, alone) while the others go on. Database outages
+    (OperationalError, InterfaceError) are raised: every entry stays pending.
+    """
     from .waits import deliver_to_waiters
 
-    event = Event.objects.filter(pk=event_id).first()
-    if event is None:
-        log.warning("bus entry names event %s, which is not in the store", event_id)
-        return []
-    deliver_to_waiters(event)
-    started = []
-    subscriptions = TriggerSubscription.objects.filter(event_type=event.type).select_related(
+    outcome = MatchOutcome()
+    wanted = list(dict.fromkeys(event_ids))
+    if not wanted:
+        return outcome
+    events = Event.objects.in_bulk(wanted)
+    for missing in (pk for pk in wanted if pk not in events):
+        log.warning("bus entry names event %s, which is not in the store", missing)
+        outcome.done.add(missing)  # nothing to match, nothing to retry
+    if not events:
+        return outcome
+    types = sorted({event.type for event in events.values()})
+    by_type: dict[str, list[TriggerSubscription]] = {t: [] for t in types}
+    for subscription in TriggerSubscription.objects.filter(event_type__in=types).select_related(
         "workflow", "version"
+    ):
+        by_type[subscription.event_type].append(subscription)
+    waited_for = waiting_types(types)
+    matched: list[int] = []
+    for pk in wanted:  # in bus order: runs of one partition key start in order
+        event = events.get(pk)
+        if event is None:
+            continue
+        try:
+            if event.type in waited_for:
+                deliver_to_waiters(event)
+            outcome.started += _start_runs(event, by_type[event.type])
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as exc:
+            log.exception("matching event %s failed; its entry stays pending", pk)
+            outcome.failed[pk] = exc
+            continue
+        matched.append(pk)
+    if matched:
+        mark_matched(*matched)
+        outcome.done.update(matched)
+    return outcome
+
+
+def waiting_types(types: Sequence[str]) -> set[str]:
+    """The event types some run is waiting for right now (EventWaiter.event_type index)."""
+    from ..models import EventWaiter
+
+    return set(
+        EventWaiter.objects.filter(event_type__in=types, expires_at__gt=timezone.now())
+        .values_list("event_type", flat=True)
+        .distinct()
     )
+
+
+def _start_runs(event: Event, subscriptions: list[TriggerSubscription]) -> list[Run]:
+    from .run_control import admit
+
+    started = []
+    if not subscriptions:
+        return started
+    filters = EventFilters(event)
     # Loop guards: a workflow's own run events never start it; deep causation chains stop.
     for subscription in allowed_subscriptions(event, subscriptions):
-        if not trigger_accepts(subscription.version, event):
+        if not trigger_accepts(subscription.version, event, filters=filters):
             continue
         try:
             with transaction.atomic():
@@ -118,30 +195,56 @@ def match_event(*, event_id: int) -> list[Run]:
         except IntegrityError:
             continue  # already matched by an earlier delivery
         started.append(run)
-    mark_matched(event.pk)
     return started
 
 
-def mark_matched(event_id: int) -> None:
-    """Before the bus entry is acknowledged: an event left unmatched once its partition is
-    drained was lost from the bus, and the relay publishes it again."""
-    Event.objects.filter(pk=event_id, matched_at__isnull=True).update(matched_at=timezone.now())
+def mark_matched(*event_ids: int) -> None:
+    """Before the bus entries are acknowledged: an event left unmatched once its partition
+    is drained was lost from the bus, and the relay publishes it again."""
+    Event.objects.filter(pk__in=event_ids, matched_at__isnull=True).update(
+        matched_at=timezone.now()
+    )
 
 
-def trigger_accepts(version, event: Event) -> bool:
+class EventFilters:
+    """Trigger filters over one event: the event is converted for CEL once, and each
+    distinct filter is evaluated once, however many workflows listening to its type use it."""
+
+    def __init__(self, event: Event):
+        self.event = event
+        self._context: dict | None = None
+        self._bound: dict | None = None
+        self._results: dict[str, bool] = {}
+
+    def passes(self, expression: str) -> bool:
+        """True when the filter is true for the event; a filter that fails to evaluate does
+        not match (logged)."""
+        if expression in self._results:
+            return self._results[expression]
+        if self._context is None:
+            self._context = {"event": to_structured(self.event)}
+            self._bound = bind(self._context)
+        try:
+            result = (
+                evaluate(expression, self._context, where="trigger filter", bound=self._bound)
+                is True
+            )
+        except ExpressionError as exc:
+            log.warning("event %s: %s", self.event.pk, exc)
+            result = False
+        self._results[expression] = result
+        return result
+
+
+def trigger_accepts(version, event: Event, *, filters: EventFilters | None = None) -> bool:
     """True when one of the version's triggers for this type has no filter or a filter
-    that is true for the event. A filter that fails to evaluate does not match (logged)."""
+    that is true for the event. A filter that fails to evaluate does not match (logged).
+    Pass `filters` to share the event's conversion and results between versions."""
     triggers = [t for t in definition_for(version).triggers if t.event == event.type]
     if not triggers or any(not t.filter for t in triggers):
         return True
-    structured = to_structured(event)
-    for trigger in triggers:
-        try:
-            if evaluate(trigger.filter, {"event": structured}, where="trigger filter") is True:
-                return True
-        except ExpressionError as exc:
-            log.warning("event %s: %s", event.pk, exc)
-    return False
+    filters = filters or EventFilters(event)
+    return any(filters.passes(trigger.filter) for trigger in triggers)
 
 
 def dead_letter_bus_entry(*, event_id: int, reason: str, stream: str, entry_id: str) -> None:

@@ -1,0 +1,213 @@
+"""The bus consumer matches the entries of one read together: a fixed number of queries
+per read (not per event, not per workflow), one XACK, and a failing entry left pending on
+its own. The subscription lookup is an index scan by event type at 10,000 workflows."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from tests.factories import cloudevent, definition, log_step
+from workflows.events import bus
+from workflows.events.envelope import from_structured
+from workflows.models import DeadLetter, Event, Run, TriggerSubscription
+from workflows.redis_client import client
+from workflows.services import events as event_services
+from workflows.services.definitions import publish_workflow, put_workflow
+from workflows.services.events import dead_letter_bus_entry, ingest_event, match_events
+
+pytestmark = pytest.mark.django_db
+
+QUIET = "com.example.nobody.listens"
+PLACED = "com.example.order.placed"
+
+
+@pytest.fixture
+def bus_settings(settings):
+    settings.REDIS_PREFIX = f"{settings.REDIS_PREFIX}-match-{uuid.uuid4().hex[:8]}"
+    settings.SIGNALBOX = {**settings.SIGNALBOX, "BUS_PARTITIONS": 2, "BUS_MAX_DELIVERIES": 2}
+    yield settings
+    redis = client()
+    for name in redis.scan_iter(match=f"{settings.REDIS_PREFIX}:*", count=1000):
+        redis.delete(name)
+
+
+def stored(count: int, type_: str = PLACED, **attributes) -> list[Event]:
+    return [
+        ingest_event(envelope=from_structured(cloudevent(type_, **attributes)), publish=False)[0]
+        for _ in range(count)
+    ]
+
+
+def publish(slug: str, **trigger) -> None:
+    raw = definition(log_step("only"))
+    raw["triggers"] = [{"event": PLACED, **trigger}]
+    put_workflow(slug=slug, raw=raw)
+    publish_workflow(slug=slug)
+
+
+def queries_to_match(events: list[Event]) -> CaptureQueriesContext:
+    with CaptureQueriesContext(connection) as captured:
+        outcome = match_events(event_ids=[e.pk for e in events])
+    assert outcome.done == {e.pk for e in events} and not outcome.failed
+    return captured
+
+
+def test_matching_a_read_takes_the_same_few_queries_for_one_event_or_forty():
+    for n in range(30):  # workflows listening to other types are never read
+        put_workflow(slug=f"other-{n}", raw=definition(log_step("only"), event=f"other.{n}"))
+        publish_workflow(slug=f"other-{n}")
+    one = queries_to_match(stored(1, QUIET))
+    forty = queries_to_match(stored(40, QUIET))
+
+    assert len(one) == len(forty) <= 4, [q["sql"] for q in forty]
+    assert not any(
+        "workflows_workflow" in q["sql"]
+        for q in forty.captured_queries
+        if "subscription" not in q["sql"]
+    )
+    assert Event.objects.filter(matched_at__isnull=True).count() == 0
+
+
+def test_subscriptions_are_read_once_per_read_and_definitions_are_not_read_again():
+    publish("plain")
+    publish("filtered", filter="event.data.amount > 1000")
+    events = stored(10)
+    captured = queries_to_match(events)
+
+    sqls = [q["sql"] for q in captured.captured_queries]
+    assert sum("workflows_triggersubscription" in s for s in sqls) == 1
+    assert sum(s.startswith("UPDATE") and "matched_at" in s for s in sqls) == 1
+    # The versions came with the subscriptions; their definitions are parsed once, not read.
+    assert not any(s.startswith("SELECT") and 'FROM "workflows_workflowversion"' in s for s in sqls)
+    runs = Run.objects.filter(event__in=events)
+    assert sorted(runs.values_list("workflow__slug", flat=True)) == ["plain"] * 10
+
+
+def test_a_repeated_event_in_one_read_starts_one_run():
+    publish("once")
+    [event] = stored(1)
+    outcome = match_events(event_ids=[event.pk, event.pk])
+    assert outcome.done == {event.pk}
+    assert len(outcome.started) == 1
+    assert match_events(event_ids=[event.pk]).started == []  # a later re-delivery: nothing
+    assert Run.objects.filter(event=event).count() == 1
+
+
+def test_an_event_missing_from_the_store_is_settled_and_the_others_are_matched():
+    publish("present")
+    [event] = stored(1)
+    outcome = match_events(event_ids=[10**12, event.pk])
+    assert outcome.done == {10**12, event.pk}
+    assert [r.event_id for r in outcome.started] == [event.pk]
+
+
+def test_a_failing_entry_stays_pending_alone_and_is_dead_lettered_alone(bus_settings, monkeypatch):
+    publish("flaky")
+    events = stored(5)
+    for event in events:
+        assert bus.publish(event)
+    bad = events[2]
+    real = event_services._start_runs
+
+    def start_runs(event, subscriptions):
+        if event.pk == bad.pk:
+            raise RuntimeError("this one breaks")
+        return real(event, subscriptions)
+
+    monkeypatch.setattr(event_services, "_start_runs", start_runs)
+    consumer = bus.Consumer("batch")
+
+    def poison(delivery, reason):
+        dead_letter_bus_entry(
+            event_id=delivery.event_id,
+            reason=reason,
+            stream=delivery.stream,
+            entry_id=delivery.entry_id,
+        )
+
+    def one_round() -> int:
+        deliveries = [*consumer.reclaim(idle_ms=0), *consumer.read(block_ms=10)]
+        return consumer.handle_batch(
+            deliveries,
+            lambda ids: match_events(event_ids=ids).done,
+            max_deliveries=2,
+            on_poison=poison,
+        )
+
+    assert one_round() == 4
+    pending = [
+        p["message_id"]
+        for stream in consumer.streams
+        for p in consumer.redis.xpending_range(stream, consumer.group, "-", "+", 10)
+    ]
+    assert len(pending) == 1
+    assert set(Run.objects.values_list("event_id", flat=True)) == {
+        e.pk for e in events if e.pk != bad.pk
+    }
+    bad.refresh_from_db()
+    assert bad.matched_at is None
+
+    assert one_round() == 0  # second delivery fails again
+    assert one_round() == 1  # third: over the limit, dead-lettered and acknowledged
+    letter = DeadLetter.objects.get(kind="bus")
+    assert letter.event_id == bad.pk
+    assert not any(
+        consumer.redis.xpending(stream, consumer.group)["pending"] for stream in consumer.streams
+    )
+    bad.refresh_from_db()
+    assert bad.matched_at is not None  # the dead letter holds it; the relay leaves it alone
+
+
+def test_the_subscription_lookup_reads_the_event_type_index_at_ten_thousand_workflows():
+    publish("seed")
+    version = TriggerSubscription.objects.get(workflow__slug="seed").version
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO workflows_workflow (slug, name, draft, draft_updated_by, draft_revision,
+                created_at, updated_at)
+            SELECT 'many-' || g, 'many', '{}'::jsonb, '', 0, now(), now()
+            FROM generate_series(1, 10000) AS g
+            """
+        )
+        cursor.execute(
+            """
+            INSERT INTO workflows_triggersubscription (event_type, workflow_id, version_id)
+            SELECT 'com.example.type-' || (w.id %% 500), w.id, %s
+            FROM workflows_workflow w WHERE w.slug LIKE 'many-%%'
+            """,
+            [version.pk],
+        )
+        cursor.execute("ANALYZE workflows_triggersubscription")
+    lookup = TriggerSubscription.objects.filter(
+        event_type__in=[PLACED, "com.example.type-7"]
+    ).select_related("workflow", "version")
+    plan = lookup.explain()
+    assert "Seq Scan on workflows_triggersubscription" not in plan, plan
+    assert "Index" in plan and "triggersubscription" in plan, plan
+    assert lookup.count() == 1 + 20
+
+
+def test_a_filter_shared_by_many_workflows_is_evaluated_once_per_event(monkeypatch):
+    for n in range(5):
+        publish(f"shared-{n}", filter="event.data.order > 1000")
+    publish("own", filter="event.subject == 'nope'")
+    calls: list[str] = []
+    real = event_services.evaluate
+
+    def counting(expression, context, **kwargs):
+        calls.append(expression)
+        return real(expression, context, **kwargs)
+
+    monkeypatch.setattr(event_services, "evaluate", counting)
+    events = stored(3)
+    outcome = match_events(event_ids=[e.pk for e in events])
+
+    assert outcome.started == [] and outcome.done == {e.pk for e in events}
+    assert sorted(calls) == sorted(
+        ["event.data.order > 1000", "event.subject == 'nope'"] * len(events)
+    )
