@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from django.db import transaction
@@ -49,18 +51,73 @@ def run_state(run: Run) -> engine.RunState:
 
 
 def journal(run: Run, kind: str, **data) -> None:
-    """Append to the run's journal. Caller holds the run lock, so seq is gap-free."""
+    """Append to the run's journal. Caller holds the run lock, so seq is gap-free. Inside
+    `journal_batch` the entry is written with the others of the batch, in one INSERT."""
     run.seq += 1
-    RunJournal.objects.create(run=run, seq=run.seq, kind=kind, data=data)
+    entry = RunJournal(run=run, seq=run.seq, kind=kind, data=data)
+    pending = getattr(run, "_journal_pending", None)
+    if pending is None:
+        entry.save(force_insert=True)
+    else:
+        pending.append(entry)
+
+
+@contextmanager
+def journal_batch(run: Run) -> Iterator[None]:
+    """Collect the journal entries appended inside into one INSERT at the end of the block
+    (still inside the caller's transaction). Nested batches join the outermost one."""
+    if getattr(run, "_journal_pending", None) is not None:
+        yield
+        return
+    run._journal_pending = []  # type: ignore[attr-defined]
+    try:
+        yield
+        if run._journal_pending:  # type: ignore[attr-defined]
+            RunJournal.objects.bulk_create(run._journal_pending)  # type: ignore[attr-defined]
+    finally:
+        run._journal_pending = None  # type: ignore[attr-defined]
 
 
 def _iso(value) -> str | None:
     return value.isoformat() if value else None
 
 
-def advance_locked(run: Run, happening: engine.Happening) -> list[engine.Command]:
+class Continuation:
+    """Offered to `advance_locked` by a worker that may run one more light step itself, in
+    the same task. The first step scheduled due now is kept here, instead of being sent as
+    a Celery message, when it is light (the worker runs it after commit); the others go to
+    the queue as usual, and are not overtaken: when the first is not light, none is kept."""
+
+    def __init__(self) -> None:
+        self.step_run_id: int | None = None
+        self.offered = False
+
+    def take(self, step_run_id: int, kind: str) -> bool:
+        from ..steps import registry
+
+        if self.offered:
+            return False
+        self.offered = True
+        known = registry.all_kinds().get(kind)
+        if known is None or not known.light:
+            return False
+        self.step_run_id = step_run_id
+        return True
+
+
+def advance_locked(
+    run: Run, happening: engine.Happening, *, continuation: Continuation | None = None
+) -> list[engine.Command]:
     """Ask the engine what follows `happening` and carry it out. The caller holds the run's
-    row lock (or created the row in this transaction)."""
+    row lock (or created the row in this transaction). The journal entries it appends are
+    written together, in one INSERT."""
+    with journal_batch(run):
+        return _advance_locked(run, happening, continuation)
+
+
+def _advance_locked(
+    run: Run, happening: engine.Happening, continuation: Continuation | None
+) -> list[engine.Command]:
     definition = definition_for(run.version)
     commands = engine.decide(definition, run_state(run), happening)
     now = timezone.now()
@@ -70,7 +127,7 @@ def advance_locked(run: Run, happening: engine.Happening) -> list[engine.Command
             run.status, run.started_at = RunStatus.RUNNING, now
             journal(run, "run.started", at=_iso(now))
         elif isinstance(command, engine.ScheduleStep):
-            _schedule_step(run, command, definition.steps[command.step_id].kind, now)
+            _schedule_step(run, command, definition.steps[command.step_id].kind, now, continuation)
         elif isinstance(command, engine.SkipStep):
             StepRun.objects.create(
                 run=run,
@@ -139,7 +196,13 @@ def _wind_down(run: Run, now) -> None:
     transaction.on_commit(lambda: run_finished_task.delay(run.pk), robust=True)
 
 
-def _schedule_step(run: Run, command: engine.ScheduleStep, kind: str, now) -> None:
+def _schedule_step(
+    run: Run,
+    command: engine.ScheduleStep,
+    kind: str,
+    now,
+    continuation: Continuation | None = None,
+) -> None:
     due_now = command.delay_seconds <= 0
     not_before = None if due_now else now + timedelta(seconds=command.delay_seconds)
     step_run = StepRun.objects.create(
@@ -162,7 +225,7 @@ def _schedule_step(run: Run, command: engine.ScheduleStep, kind: str, now) -> No
         idempotency_key=step_run.idempotency_key,
         at=_iso(now),
     )
-    if due_now:
+    if due_now and not (continuation and continuation.take(step_run.pk, kind)):
         enqueue_on_commit(step_run.pk)
 
 
@@ -202,6 +265,17 @@ def lock_run(run_id: int) -> Run:
     )
 
 
+def lock_attempt(step_run_id: int) -> StepRun | None:
+    """An attempt with its run, the run's row locked (only that row, as `lock_run` does),
+    in one statement. None when there is no such attempt."""
+    return (
+        StepRun.objects.select_for_update(of=("run",))
+        .select_related("run__version", "run__workflow", "run__event")
+        .filter(pk=step_run_id)
+        .first()
+    )
+
+
 def advance_run(*, run_id: int, happening: engine.Happening) -> list[engine.Command]:
     with transaction.atomic():
         return advance_locked(lock_run(run_id), happening)
@@ -214,29 +288,69 @@ def record_result(
     output=None,
     input_=None,
     from_status: StepStatus = StepStatus.RUNNING,
+    continuation: Continuation | None = None,
 ) -> bool:
     """Write an attempt's result and advance its run, once. False if fenced out (the
     attempt is no longer `from_status`: a late or repeated result)."""
     with transaction.atomic():
-        step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
-        run = lock_run(step_run.run_id)
-        status = StepStatus.SUCCEEDED if happening.succeeded else StepStatus.FAILED
-        now = timezone.now()
-        changes = {
-            "status": status,
-            "output": output,
-            "error": happening.error,
-            "error_code": happening.code,
-            "retryable": happening.retryable,
-            "port": happening.port if happening.succeeded else "",
-            "finished_at": now,
-            "wake_at": None,
-        }
-        if input_ is not None:
-            changes["input"] = input_
-        written = StepRun.objects.filter(pk=step_run_id, status=from_status).update(**changes)
-        if not written:
-            return False
+        step_run = lock_attempt(step_run_id)
+        if step_run is None:
+            raise StepRun.DoesNotExist(f"no attempt {step_run_id}")
+        return write_result(
+            run=step_run.run,
+            step_run_id=step_run_id,
+            happening=happening,
+            output=output,
+            input_=input_,
+            from_status=from_status,
+            continuation=continuation,
+        )
+
+
+def write_result(
+    *,
+    run: Run,
+    step_run_id: int,
+    happening: engine.StepFinished,
+    output=None,
+    input_=None,
+    from_status: StepStatus = StepStatus.RUNNING,
+    started: dict | None = None,
+    continuation: Continuation | None = None,
+) -> bool:
+    """`record_result` inside the caller's transaction, which holds the run's lock. With
+    `started` (the claim's columns), the attempt goes from `from_status` (queued) to its
+    result in one conditional UPDATE and its `step.started` entry is journaled first: a
+    light step claimed, run and recorded in one transaction, never seen running."""
+    status = StepStatus.SUCCEEDED if happening.succeeded else StepStatus.FAILED
+    now = timezone.now()
+    changes = {
+        "status": status,
+        "output": output,
+        "error": happening.error,
+        "error_code": happening.code,
+        "retryable": happening.retryable,
+        "port": happening.port if happening.succeeded else "",
+        "finished_at": now,
+        "wake_at": None,
+    }
+    if input_ is not None:
+        changes["input"] = input_
+    if started:
+        changes.update(started)
+    written = StepRun.objects.filter(pk=step_run_id, status=from_status).update(**changes)
+    if not written:
+        return False
+    with journal_batch(run):
+        if started:
+            journal(
+                run,
+                "step.started",
+                step=happening.step_id,
+                attempt=happening.attempt,
+                worker=started.get("worker", ""),
+                at=_iso(started.get("started_at")),
+            )
         journal(
             run,
             f"step.{status}",
@@ -250,7 +364,7 @@ def record_result(
             retryable=happening.retryable,
             at=_iso(now),
         )
-        if not advance_locked(run, happening):
+        if not advance_locked(run, happening, continuation=continuation):
             # Nothing followed (e.g. a parallel branch is still running): still persist the
             # journal position and tell browsers the step moved.
             run.save(update_fields=["seq"])
@@ -260,22 +374,25 @@ def record_result(
     return True
 
 
-def mark_started(*, step_run: StepRun) -> None:
-    """Journal that an attempt started (the claim itself is a conditional UPDATE)."""
-    with transaction.atomic():
-        run = lock_run(step_run.run_id)
-        journal(
-            run,
-            "step.started",
-            step=step_run.step_id,
-            attempt=step_run.attempt,
-            worker=step_run.worker,
-            at=_iso(step_run.started_at),
-        )
-        run.save(update_fields=["seq"])
-        notify.run_changed(
-            run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug, status=run.status
-        )
+def mark_started(*, step_run: StepRun, run: Run | None = None) -> None:
+    """Journal that an attempt started (the claim itself is a conditional UPDATE). Pass
+    the run when the caller already holds its lock in its transaction."""
+    if run is None:
+        with transaction.atomic():
+            mark_started(step_run=step_run, run=lock_run(step_run.run_id))
+        return
+    journal(
+        run,
+        "step.started",
+        step=step_run.step_id,
+        attempt=step_run.attempt,
+        worker=step_run.worker,
+        at=_iso(step_run.started_at),
+    )
+    run.save(update_fields=["seq"])
+    notify.run_changed(
+        run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug, status=run.status
+    )
 
 
 def enqueue_due_steps(*, now=None, limit: int = 500) -> int:
