@@ -337,6 +337,7 @@ def _run_light(
     continuation: Continuation | None,
 ) -> bool:
     """Claim, run and record a light step inside the caller's transaction (run locked)."""
+    started_at = timezone.now()
     references = references_of(run, step)
     secrets = step_secrets(references)
     context = build_context(
@@ -357,7 +358,6 @@ def _run_light(
         if not isinstance(exc, ExpressionError | StepError):
             log.exception("step %s of run %s raised", step.id, run.pk)
         happening = failure(step, step_run.attempt, exc)
-    now = timezone.now()
     return write_result(
         run=run,
         step_run_id=step_run.pk,
@@ -365,7 +365,7 @@ def _run_light(
         output=mask(output, secrets),
         input_=mask({"config": rendered, "event_id": run.event_id}, secrets),
         from_status=StepStatus.QUEUED,
-        started={"started_at": now, "heartbeat_at": now, "worker": worker},
+        started={"started_at": started_at, "heartbeat_at": started_at, "worker": worker},
         continuation=continuation,
     )
 

@@ -119,7 +119,8 @@ def _advance_locked(
     run: Run, happening: engine.Happening, continuation: Continuation | None
 ) -> list[engine.Command]:
     definition = definition_for(run.version)
-    commands = engine.decide(definition, run_state(run), happening)
+    state = run_state(run)
+    commands = engine.decide(definition, state, happening)
     now = timezone.now()
     for command in commands:
         if isinstance(command, engine.MarkRunRunning):
@@ -151,7 +152,7 @@ def _advance_locked(
             check_run_move(run.status, command.status)
             run.status, run.finished_at, run.error = command.status, now, command.error
             journal(run, f"run.{command.status}", error=command.error, at=_iso(now))
-            _wind_down(run, now)
+            _wind_down(run, now, state)
             if (
                 command.status == RunStatus.FAILED
                 and isinstance(happening, engine.StepFinished)
@@ -169,27 +170,41 @@ def _advance_locked(
     return commands
 
 
-def _wind_down(run: Run, now) -> None:
+def _wind_down(run: Run, now, state: engine.RunState | None = None) -> None:
     """A finished run starts nothing more: queued attempts are skipped, waits dropped, and
-    whoever waits on this run (a parent, queued runs of the workflow) is told after commit."""
-    for step_run in run.steps.filter(status=StepStatus.QUEUED):
-        StepRun.objects.filter(pk=step_run.pk).update(status=StepStatus.SKIPPED, finished_at=now)
-        journal(run, "step.skipped", step=step_run.step_id, attempt=step_run.attempt, at=_iso(now))
-    for step_run in run.steps.filter(status=StepStatus.WAITING):
-        # As record_result would: no wake-up left; the output parked with it is kept (and
-        # journaled, so the projection keeps it too).
-        StepRun.objects.filter(pk=step_run.pk).update(
-            status=StepStatus.FAILED, finished_at=now, error=f"run {run.status}", wake_at=None
-        )
-        journal(
-            run,
-            "step.failed",
-            step=step_run.step_id,
-            attempt=step_run.attempt,
-            error=f"run {run.status}",
-            output=step_run.output,
-            at=_iso(now),
-        )
+    whoever waits on this run (a parent, queued runs of the workflow) is told after commit.
+    `state` (read under this lock) spares the look for attempts when none is pending."""
+    pending = (StepStatus.QUEUED, StepStatus.WAITING)
+    if state is None or any(s.status in pending for s in state.steps.values()):
+        found = list(run.steps.filter(status__in=pending).order_by("id"))
+        # Queued attempts first, then waiting ones (the order the journal always had).
+        for step_run in sorted(found, key=lambda s: s.status != StepStatus.QUEUED):
+            if step_run.status == StepStatus.QUEUED:
+                StepRun.objects.filter(pk=step_run.pk).update(
+                    status=StepStatus.SKIPPED, finished_at=now
+                )
+                journal(
+                    run,
+                    "step.skipped",
+                    step=step_run.step_id,
+                    attempt=step_run.attempt,
+                    at=_iso(now),
+                )
+                continue
+            # As record_result would: no wake-up left; the output parked with it is kept
+            # (and journaled, so the projection keeps it too).
+            StepRun.objects.filter(pk=step_run.pk).update(
+                status=StepStatus.FAILED, finished_at=now, error=f"run {run.status}", wake_at=None
+            )
+            journal(
+                run,
+                "step.failed",
+                step=step_run.step_id,
+                attempt=step_run.attempt,
+                error=f"run {run.status}",
+                output=step_run.output,
+                at=_iso(now),
+            )
     EventWaiter.objects.filter(run=run).delete()
     from ..tasks import run_finished_task
 
@@ -255,12 +270,18 @@ def _dead_letter_step(run: Run, happening: engine.StepFinished) -> None:
     )
 
 
+# Whole definitions (the version's, the workflow's draft) joined with a run and never read
+# from it: the parsed definition comes from the cache by version id (definition_for).
+BULKY = ("version__definition", "workflow__draft")
+
+
 def lock_run(run_id: int) -> Run:
     # Lock the run row (only that row: `of=self`, not the workflow joined for its slug), so
     # two steps finishing together cannot both start their successor.
     return (
         Run.objects.select_for_update(of=("self",))
         .select_related("version", "workflow", "event")
+        .defer(*BULKY)
         .get(pk=run_id)
     )
 
@@ -271,6 +292,7 @@ def lock_attempt(step_run_id: int) -> StepRun | None:
     return (
         StepRun.objects.select_for_update(of=("run",))
         .select_related("run__version", "run__workflow", "run__event")
+        .defer(*(f"run__{field}" for field in BULKY))
         .filter(pk=step_run_id)
         .first()
     )
