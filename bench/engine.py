@@ -388,10 +388,12 @@ class Baseline:
 def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dict:
     """Run one chain's steps here, one after another, timing the parts of each step.
 
-    No worker is running: the bus consumer creates the run, then this loop claims and runs
-    every queued attempt itself (the Celery messages sent on commit are left unread). Parts
-    nest: record_result includes advance_locked; SQL, COMMIT, Channels pushes and Celery
-    sends are counted wherever they happen.
+    No worker is running: the bus consumer creates the run, then this loop calls
+    execute_step for every queued attempt as a worker task would (the Celery messages sent on
+    commit are left unread); a light chain runs inside one such call, a step per
+    transaction. Parts nest: write_result includes advance_locked; SQL, COMMIT, Channels
+    pushes and Celery sends are counted wherever they happen. A step is counted at each
+    lock_attempt (every step's transaction starts with it).
     """
     from celery.app.task import Task
     from django.db import DEFAULT_DB_ALIAS, connection, connections
@@ -407,7 +409,7 @@ def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dic
     statements: dict[str, int] = collections.defaultdict(int)  # SQL issued inside each part
     inside: list[str] = []  # the innermost part running now (empty: between steps)
     one_step: list[str] = []  # the statements of one step in the middle of the chain
-    steps = 0
+    steps = [0]  # steps begun (each begins with lock_attempt)
 
     def timed(part: str, function: Callable) -> Callable:
         @functools.wraps(function)
@@ -433,15 +435,26 @@ def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dic
             totals["SQL statements"] += time.perf_counter() - began
             counts["SQL statements"] += 1
             statements[inside[-1]] += 1
-            if steps == shape.steps // 2:
+            if steps[0] == shape.steps // 2:
                 one_step.append(f"[{inside[-1].split(' (')[0].strip()}] {sql_shape(query)}")
 
+    def counting(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            steps[0] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
     patches: list[tuple[Any, str, Any]] = [
-        (execution, "claim", "claim (conditional UPDATE)"),
+        (execution, "lock_attempt", "lock_attempt (attempt + run, run row locked)"),
+        (execution, "claim", "claim (conditional UPDATE; side-effecting kinds)"),
         (execution, "mark_started", "mark_started (journal step.started, push)"),
-        (execution, "build_context", "build_context (upstream outputs)"),
-        (execution, "secret_values", "secret_values"),
+        (execution, "build_context", "build_context"),
+        (execution, "upstream_outputs", "upstream_outputs (referenced steps only)"),
+        (execution, "secret_values", "secret_values (referenced secrets only)"),
         (execution, "record_result", "record_result (txn: result, journal, advance)"),
+        (execution, "write_result", "write_result (claim+result, journal, advance)"),
         (runs, "advance_locked", "  advance_locked (decide, next step, run events)"),
         (runs, "emit_run_events", "  emit_run_events"),
         (notify, "_send", "Channels push (a group_send to 2 groups)"),
@@ -467,6 +480,7 @@ def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dic
     try:
         for owner, name, part in patches:
             setattr(owner, name, timed(part, getattr(owner, name)))
+        execution.lock_attempt = counting(execution.lock_attempt)
         with connection.execute_wrapper(sql_timer):
             while True:
                 queued = StepRun.objects.filter(run=run, status=StepStatus.QUEUED).order_by("id")
@@ -479,10 +493,9 @@ def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dic
                 connection.ensure_connection()
                 totals["new database connection"] += time.perf_counter() - t0
                 counts["new database connection"] += 1
-                timed("execute_step (whole step)", execution.execute_step)(
+                timed("execute_step (whole task)", execution.execute_step)(
                     step_run_id=step_run_id, worker="bench-profile"
                 )
-                steps += 1
     finally:
         for owner, name, original in originals:
             if original is None:
@@ -497,15 +510,15 @@ def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dic
     statements["step kinds (log/transform)"] = sum(statements.pop(k, 0) for k in kinds)
     per_step = {
         part: {
-            "ms_per_step": round(totals[part] * 1000 / max(steps, 1), 2),
-            "calls_per_step": round(counts[part] / max(steps, 1), 2),
-            "own_sql_per_step": round(statements.get(part, 0) / max(steps, 1), 2),
+            "ms_per_step": round(totals[part] * 1000 / max(steps[0], 1), 2),
+            "calls_per_step": round(counts[part] / max(steps[0], 1), 2),
+            "own_sql_per_step": round(statements.get(part, 0) / max(steps[0], 1), 2),
         }
         for part in totals
     }
     return {
         "shape": shape.key,
-        "steps": steps,
+        "steps": steps[0],
         "run_status": run.status,
         "wall_s": round(elapsed, 3),
         "parts": per_step,

@@ -273,8 +273,9 @@ def failure(step: Step, attempt: int, exc: BaseException) -> engine.StepFinished
 class Budget:
     """How many light steps one task may still run inline, and until when."""
 
-    def __init__(self, steps: int = INLINE_MAX_STEPS, seconds: float = INLINE_MAX_SECONDS):
-        self.steps = steps
+    def __init__(self, steps: int | None = None, seconds: float | None = None):
+        self.steps = INLINE_MAX_STEPS if steps is None else steps
+        seconds = INLINE_MAX_SECONDS if seconds is None else seconds
         self.deadline = time.monotonic() + seconds
 
     def left(self) -> bool:
