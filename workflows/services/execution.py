@@ -288,12 +288,12 @@ def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
     from ..tasks import execute_step_task
 
     budget = Budget()
-    ran, follow_up = _execute_one(step_run_id, worker, budget)
+    ran, follow_up, known = _execute_one(step_run_id, worker, budget, None)
     while follow_up is not None:
         budget.steps -= 1
         current, follow_up = follow_up, None
         try:
-            _done, follow_up = _execute_one(current, worker, budget)
+            _done, follow_up, known = _execute_one(current, worker, budget, known)
         except Exception:
             # It was kept for this task and is queued without a message: send one, so a
             # failure here (the database went away) costs no more than a redelivery.
@@ -302,31 +302,40 @@ def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
     return ran
 
 
-def _execute_one(step_run_id: int, worker: str, budget: Budget) -> tuple[bool, int | None]:
-    """(whether the attempt was ours, a light step kept for this task to run next)."""
-    continuation = Continuation() if budget.left() else None
+def _execute_one(
+    step_run_id: int, worker: str, budget: Budget, known: tuple | None
+) -> tuple[bool, int | None, tuple | None]:
+    """(whether the attempt was ours, a light step kept for this task to run next, what
+    this transaction left the run's seq and state at, for the next one)."""
+    continuation = Continuation(known=known) if budget.left() else None
     with transaction.atomic():
         # One statement: the attempt, its run and the run's row lock (taken first, in the
         # order record_result and the run's wind-down take it).
         step_run = lock_attempt(step_run_id)
         if step_run is None or step_run.status != StepStatus.QUEUED:
-            return False, None
+            return False, None, None
         run = step_run.run
         if run.status not in ACTIVE_RUN:
-            return False, None
+            return False, None, None
         step = definition_for(run.version).steps[step_run.step_id]
         kind = registry.get(step.kind)
         if kind.light:
             ran = _run_light(run, step, kind, step_run, worker, continuation)
-            return ran, continuation.step_run_id if continuation else None
+            return ran, *_follow_up(continuation)
         # The claim and its `step.started` entry commit together (a worker killed between
         # them would leave a running row the journal never heard of).
         if not claim(step_run_id, worker, step_run=step_run):
-            return False, None
+            return False, None, None
         mark_started(step_run=step_run, run=run)
-    return _run_claimed(run, step, kind, step_run, continuation), (
-        continuation.step_run_id if continuation else None
-    )
+    if continuation is not None:
+        continuation.known = None  # the effect ran outside the lock: the run may have moved
+    return _run_claimed(run, step, kind, step_run, continuation), *_follow_up(continuation)
+
+
+def _follow_up(continuation: Continuation | None) -> tuple[int | None, tuple | None]:
+    if continuation is None:
+        return None, None
+    return continuation.step_run_id, continuation.after
 
 
 def _run_light(

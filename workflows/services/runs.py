@@ -88,9 +88,14 @@ class Continuation:
     a Celery message, when it is light (the worker runs it after commit); the others go to
     the queue as usual, and are not overtaken: when the first is not light, none is kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, known: tuple[int, engine.RunState] | None = None) -> None:
         self.step_run_id: int | None = None
         self.offered = False
+        # (run.seq, state) as this worker's last transaction on the run left them: when the
+        # run's seq is still that under the next lock, nothing else moved the run (every
+        # move is journaled under the lock, bumping seq) and the state need not be re-read.
+        self.known = known
+        self.after: tuple[int, engine.RunState] | None = None
 
     def take(self, step_run_id: int, kind: str) -> bool:
         from ..steps import registry
@@ -106,20 +111,65 @@ class Continuation:
 
 
 def advance_locked(
-    run: Run, happening: engine.Happening, *, continuation: Continuation | None = None
+    run: Run,
+    happening: engine.Happening,
+    *,
+    continuation: Continuation | None = None,
+    state: engine.RunState | None = None,
 ) -> list[engine.Command]:
     """Ask the engine what follows `happening` and carry it out. The caller holds the run's
     row lock (or created the row in this transaction). The journal entries it appends are
     written together, in one INSERT."""
     with journal_batch(run):
-        return _advance_locked(run, happening, continuation)
+        commands, state = _advance_locked(run, happening, continuation, state)
+    if continuation is not None and run.status not in TERMINAL_RUN:
+        continuation.after = (run.seq, state_after(state, run, commands))
+    return commands
+
+
+def state_after(
+    state: engine.RunState, run: Run, commands: list[engine.Command]
+) -> engine.RunState:
+    """The state `run_state` would read after `commands` were carried out on `state`."""
+    steps = dict(state.steps)
+    for command in commands:
+        if isinstance(command, engine.ScheduleStep):
+            steps[command.step_id] = engine.StepState(StepStatus.QUEUED, command.attempt, "", "")
+        elif isinstance(command, engine.SkipStep):
+            steps[command.step_id] = engine.StepState(StepStatus.SKIPPED, 1, "", "")
+    return engine.RunState(run_id=run.pk, status=RunStatus(run.status), steps=steps)
+
+
+def known_state(
+    run: Run, continuation: Continuation | None, finished: engine.StepFinished
+) -> engine.RunState | None:
+    """The run's state with `finished` recorded, from what this worker's last transaction on
+    the run left (None when the run moved since: it is read again)."""
+    if continuation is None or continuation.known is None:
+        return None
+    seq, state = continuation.known
+    if seq != run.seq or state.steps.get(finished.step_id) is None:
+        return None
+    if state.steps[finished.step_id].attempt != finished.attempt:
+        return None
+    steps = dict(state.steps)
+    steps[finished.step_id] = engine.StepState(
+        StepStatus.SUCCEEDED if finished.succeeded else StepStatus.FAILED,
+        finished.attempt,
+        finished.error,
+        finished.port if finished.succeeded else "",
+    )
+    return engine.RunState(run_id=run.pk, status=RunStatus(run.status), steps=steps)
 
 
 def _advance_locked(
-    run: Run, happening: engine.Happening, continuation: Continuation | None
-) -> list[engine.Command]:
+    run: Run,
+    happening: engine.Happening,
+    continuation: Continuation | None,
+    state: engine.RunState | None,
+) -> tuple[list[engine.Command], engine.RunState]:
     definition = definition_for(run.version)
-    state = run_state(run)
+    state = state or run_state(run)
     commands = engine.decide(definition, state, happening)
     now = timezone.now()
     for command in commands:
@@ -167,7 +217,7 @@ def _advance_locked(
         notify.run_changed(
             run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug, status=run.status
         )
-    return commands
+    return commands, state
 
 
 def _wind_down(run: Run, now, state: engine.RunState | None = None) -> None:
@@ -344,6 +394,7 @@ def write_result(
     `started` (the claim's columns), the attempt goes from `from_status` (queued) to its
     result in one conditional UPDATE and its `step.started` entry is journaled first: a
     light step claimed, run and recorded in one transaction, never seen running."""
+    known = known_state(run, continuation, happening)  # before this transaction's entries
     status = StepStatus.SUCCEEDED if happening.succeeded else StepStatus.FAILED
     now = timezone.now()
     changes = {
@@ -386,7 +437,7 @@ def write_result(
             retryable=happening.retryable,
             at=_iso(now),
         )
-        if not advance_locked(run, happening, continuation=continuation):
+        if not advance_locked(run, happening, continuation=continuation, state=known):
             # Nothing followed (e.g. a parallel branch is still running): still persist the
             # journal position and tell browsers the step moved.
             run.save(update_fields=["seq"])
