@@ -430,3 +430,24 @@ def test_a_failing_partition_stops_only_its_own_rest():
         consume_bus.handle_partitions(groups, handle, pool)
 
     assert sorted(handled) == [2, 4]  # p0's 3 stays pending behind its failed 1
+
+
+# --- workers keep their database connection ----------------------------------------------------
+def test_workers_keep_their_database_connection_between_tasks():
+    from orchestrator.celery import app
+
+    # Celery's Django fixup closes every connection around every task unless this is set.
+    assert app.conf.get("CELERY_DB_REUSE_MAX")
+
+
+def test_an_eagerly_applied_task_leaves_its_callers_connection_alone(sent):
+    from workflows import tasks
+
+    run = start_run_here("eager", log_step("only"))
+    execution.execute_step(step_run_id=first_attempt(run, "only").pk)
+    connection.ensure_connection()
+    before = connection.connection
+
+    tasks.run_finished_task.apply(args=[run.pk]).get()
+
+    assert connection.connection is before

@@ -7,10 +7,13 @@ from django.db import close_old_connections
 
 @task_prerun.connect
 @task_postrun.connect
-def _connection_hygiene(**_kwargs) -> None:
+def _connection_hygiene(task=None, **_kwargs) -> None:
     """Around every task, what Django does around every request: drop a connection that
     errored and is no longer usable or that outlived CONN_MAX_AGE, and health-check the
-    kept one before its next use (settings.CELERY_DB_REUSE_MAX keeps it between tasks)."""
+    kept one before its next use (settings.CELERY_DB_REUSE_MAX keeps it between tasks).
+    Not for a task applied eagerly: it runs inside its caller's connection and transaction."""
+    if task is not None and getattr(task.request, "is_eager", False):
+        return
     close_old_connections()
 
 
