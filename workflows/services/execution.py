@@ -307,11 +307,11 @@ def _execute_one(
 ) -> tuple[bool, int | None, tuple | None]:
     """(whether the attempt was ours, a light step kept for this task to run next, what
     this transaction left the run's seq and state at, for the next one)."""
-    continuation = Continuation(known=known) if budget.left() else None
+    continuation = Continuation(known=known[:2] if known else None) if budget.left() else None
     with transaction.atomic():
         # One statement: the attempt, its run and the run's row lock (taken first, in the
         # order record_result and the run's wind-down take it).
-        step_run = lock_attempt(step_run_id)
+        step_run = lock_attempt(step_run_id, joined=known[2] if known else None)
         if step_run is None or step_run.status != StepStatus.QUEUED:
             return False, None, None
         run = step_run.run
@@ -319,6 +319,8 @@ def _execute_one(
             return False, None, None
         step = definition_for(run.version).steps[step_run.step_id]
         kind = registry.get(step.kind)
+        if continuation is not None:
+            continuation.run = run
         if kind.light:
             ran = _run_light(run, step, kind, step_run, worker, continuation)
             return ran, *_follow_up(continuation)
@@ -333,9 +335,10 @@ def _execute_one(
 
 
 def _follow_up(continuation: Continuation | None) -> tuple[int | None, tuple | None]:
-    if continuation is None:
-        return None, None
-    return continuation.step_run_id, continuation.after
+    if continuation is None or continuation.after is None:
+        return (continuation.step_run_id if continuation else None), None
+    seq, state = continuation.after
+    return continuation.step_run_id, (seq, state, continuation.run)
 
 
 def _run_light(

@@ -96,6 +96,7 @@ class Continuation:
         # move is journaled under the lock, bumping seq) and the state need not be re-read.
         self.known = known
         self.after: tuple[int, engine.RunState] | None = None
+        self.run: Run | None = None  # the run as this transaction read it (for the next)
 
     def take(self, step_run_id: int, kind: str) -> bool:
         from ..steps import registry
@@ -336,12 +337,26 @@ def lock_run(run_id: int) -> Run:
     )
 
 
-def lock_attempt(step_run_id: int) -> StepRun | None:
+def lock_attempt(step_run_id: int, *, joined: Run | None = None) -> StepRun | None:
     """An attempt with its run, the run's row locked (only that row, as `lock_run` does),
-    in one statement. None when there is no such attempt."""
+    in one statement. None when there is no such attempt. `joined`: the same run as read
+    by an earlier transaction of this task, whose version, workflow and event (which a run
+    never changes) are taken instead of being joined and read again."""
+    attempts = StepRun.objects.select_for_update(of=("run",))
+    if joined is not None:
+        step_run = attempts.select_related("run").filter(pk=step_run_id).first()
+        run = step_run.run if step_run is not None else None
+        if run is None or (run.pk, run.version_id, run.workflow_id, run.event_id) != (
+            joined.pk,
+            joined.version_id,
+            joined.workflow_id,
+            joined.event_id,
+        ):
+            return step_run if run is None else lock_attempt(step_run_id)
+        run.version, run.workflow, run.event = joined.version, joined.workflow, joined.event
+        return step_run
     return (
-        StepRun.objects.select_for_update(of=("run",))
-        .select_related("run__version", "run__workflow", "run__event")
+        attempts.select_related("run__version", "run__workflow", "run__event")
         .defer(*(f"run__{field}" for field in BULKY))
         .filter(pk=step_run_id)
         .first()
