@@ -22,9 +22,9 @@ with no-op tasks under its own key prefix, sent the same shapes (a `celery.chain
 no-ops; a group of 100 no-ops counting in Redis, the last one triggering the join). Our
 per-step overhead against it is the figure we track.
 
-Last, unless --no-profile, one chain of 40 is executed step by step inside this process with
-timers around the parts of a step (no Celery hop; each step on a new database connection, as
-a worker has with CONN_MAX_AGE=0), to show where a step's time goes.
+Last, unless --no-profile, one chain of 40 is executed inside this process with timers around
+the parts of a step (no Celery hop: execute_step is called as a worker task would, and runs
+the light chain itself, a transaction per step), to show where a step's time goes.
 
 Results go to stdout and var/bench/engine-<time>.json; docs/benchmarks.md keeps the record.
 """
@@ -487,7 +487,8 @@ def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dic
                 step_run_id = queued.values_list("pk", flat=True).first()
                 if step_run_id is None:
                     break
-                # A worker task starts on a new connection (CONN_MAX_AGE=0): do the same.
+                # Counted once per task: workers keep their connection between tasks now, but
+                # a task may be the first on a new one (CONN_MAX_AGE, a recycled process).
                 connections.close_all()
                 t0 = time.perf_counter()
                 connection.ensure_connection()
