@@ -14,16 +14,17 @@ Shapes (light step = `log` or `transform`): 1 step; a chain of 3; a start step, 
 steps and a join; a chain of 40. For each shape and worker count, N runs are sent at once:
 runs/s = N / (first accepted -> last finished), and p50/p99 of accepted -> Run.finished_at.
 The chain of 40 is also run alone, one run at a time (the shape of a published orchestrator
-benchmark, in which the fastest peers take 1.2-3 s on 2 vCPUs).
+benchmark, in which the fastest peers take 1.2-3 s on 2 vCPUs), and so is the 1 step (its
+latency with nothing queued ahead: the 10 sent at once also measure the queue they form).
 
 Baseline, in the same run on the same Redis: bench/engine_baseline.py, a plain Celery app
 with no-op tasks under its own key prefix, sent the same shapes (a `celery.chain` of as many
 no-ops; a group of 100 no-ops counting in Redis, the last one triggering the join). Our
 per-step overhead against it is the figure we track.
 
-Last, unless --no-profile, one chain of 40 is executed step by step inside this process with
-timers around the parts of a step (no Celery hop; each step on a new database connection, as
-a worker has with CONN_MAX_AGE=0), to show where a step's time goes.
+Last, unless --no-profile, one chain of 40 is executed inside this process with timers around
+the parts of a step (no Celery hop: execute_step is called as a worker task would, and runs
+the light chain itself, a transaction per step), to show where a step's time goes.
 
 Results go to stdout and var/bench/engine-<time>.json; docs/benchmarks.md keeps the record.
 """
@@ -140,6 +141,9 @@ class Shape:
 SHAPES = [
     Shape("1-step", "1 step", "bench-1-step", 1, 30, 10,
           lambda: chain_definition("1", 1), lambda run: _baseline().chain_of(run, 1)),
+    Shape("1-step-alone", "1 step, one at a time", "bench-1-step", 1, 10, 5,
+          lambda: chain_definition("1", 1), lambda run: _baseline().chain_of(run, 1),
+          one_at_a_time=True),
     Shape("3-step", "chain of 3", "bench-3-step", 3, 30, 10,
           lambda: chain_definition("3", 3), lambda run: _baseline().chain_of(run, 3)),
     Shape("fan-out", f"fan-out {FAN_WIDTH} + join", "bench-fan-out", FAN_WIDTH + 2, 2, 1,
@@ -384,10 +388,12 @@ class Baseline:
 def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dict:
     """Run one chain's steps here, one after another, timing the parts of each step.
 
-    No worker is running: the bus consumer creates the run, then this loop claims and runs
-    every queued attempt itself (the Celery messages sent on commit are left unread). Parts
-    nest: record_result includes advance_locked; SQL, COMMIT, Channels pushes and Celery
-    sends are counted wherever they happen.
+    No worker is running: the bus consumer creates the run, then this loop calls
+    execute_step for every queued attempt as a worker task would (the Celery messages sent on
+    commit are left unread); a light chain runs inside one such call, a step per
+    transaction. Parts nest: write_result includes advance_locked; SQL, COMMIT, Channels
+    pushes and Celery sends are counted wherever they happen. A step is counted at each
+    lock_attempt (every step's transaction starts with it).
     """
     from celery.app.task import Task
     from django.db import DEFAULT_DB_ALIAS, connection, connections
@@ -403,7 +409,7 @@ def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dic
     statements: dict[str, int] = collections.defaultdict(int)  # SQL issued inside each part
     inside: list[str] = []  # the innermost part running now (empty: between steps)
     one_step: list[str] = []  # the statements of one step in the middle of the chain
-    steps = 0
+    steps = [0]  # steps begun (each begins with lock_attempt)
 
     def timed(part: str, function: Callable) -> Callable:
         @functools.wraps(function)
@@ -429,15 +435,26 @@ def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dic
             totals["SQL statements"] += time.perf_counter() - began
             counts["SQL statements"] += 1
             statements[inside[-1]] += 1
-            if steps == shape.steps // 2:
+            if steps[0] == shape.steps // 2:
                 one_step.append(f"[{inside[-1].split(' (')[0].strip()}] {sql_shape(query)}")
 
+    def counting(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            steps[0] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
     patches: list[tuple[Any, str, Any]] = [
-        (execution, "claim", "claim (conditional UPDATE)"),
+        (execution, "lock_attempt", "lock_attempt (attempt + run, run row locked)"),
+        (execution, "claim", "claim (conditional UPDATE; side-effecting kinds)"),
         (execution, "mark_started", "mark_started (journal step.started, push)"),
-        (execution, "build_context", "build_context (upstream outputs)"),
-        (execution, "secret_values", "secret_values"),
+        (execution, "build_context", "build_context"),
+        (execution, "upstream_outputs", "upstream_outputs (referenced steps only)"),
+        (execution, "secret_values", "secret_values (referenced secrets only)"),
         (execution, "record_result", "record_result (txn: result, journal, advance)"),
+        (execution, "write_result", "write_result (claim+result, journal, advance)"),
         (runs, "advance_locked", "  advance_locked (decide, next step, run events)"),
         (runs, "emit_run_events", "  emit_run_events"),
         (notify, "_send", "Channels push (a group_send to 2 groups)"),
@@ -463,22 +480,23 @@ def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dic
     try:
         for owner, name, part in patches:
             setattr(owner, name, timed(part, getattr(owner, name)))
+        execution.lock_attempt = counting(execution.lock_attempt)
         with connection.execute_wrapper(sql_timer):
             while True:
                 queued = StepRun.objects.filter(run=run, status=StepStatus.QUEUED).order_by("id")
                 step_run_id = queued.values_list("pk", flat=True).first()
                 if step_run_id is None:
                     break
-                # A worker task starts on a new connection (CONN_MAX_AGE=0): do the same.
+                # Counted once per task: workers keep their connection between tasks now, but
+                # a task may be the first on a new one (CONN_MAX_AGE, a recycled process).
                 connections.close_all()
                 t0 = time.perf_counter()
                 connection.ensure_connection()
                 totals["new database connection"] += time.perf_counter() - t0
                 counts["new database connection"] += 1
-                timed("execute_step (whole step)", execution.execute_step)(
+                timed("execute_step (whole task)", execution.execute_step)(
                     step_run_id=step_run_id, worker="bench-profile"
                 )
-                steps += 1
     finally:
         for owner, name, original in originals:
             if original is None:
@@ -493,15 +511,15 @@ def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dic
     statements["step kinds (log/transform)"] = sum(statements.pop(k, 0) for k in kinds)
     per_step = {
         part: {
-            "ms_per_step": round(totals[part] * 1000 / max(steps, 1), 2),
-            "calls_per_step": round(counts[part] / max(steps, 1), 2),
-            "own_sql_per_step": round(statements.get(part, 0) / max(steps, 1), 2),
+            "ms_per_step": round(totals[part] * 1000 / max(steps[0], 1), 2),
+            "calls_per_step": round(counts[part] / max(steps[0], 1), 2),
+            "own_sql_per_step": round(statements.get(part, 0) / max(steps[0], 1), 2),
         }
         for part in totals
     }
     return {
         "shape": shape.key,
-        "steps": steps,
+        "steps": steps[0],
         "run_status": run.status,
         "wall_s": round(elapsed, 3),
         "parts": per_step,
@@ -706,7 +724,7 @@ def warm_up(system, workers: int, label: str) -> None:
     at once, so every process of the pool gets some. The big shapes are not warmed: parsing
     their definition once per process costs milliseconds against their seconds."""
     pending = []
-    for shape in SHAPES[:2]:
+    for shape in (s for s in SHAPES if s.key in ("1-step", "3-step")):
         count = 3 * workers if shape.steps == 1 else workers
         pending.append((shape, system.send(shape, f"{label}-{shape.key}", range(count))))
     for shape, sent in pending:

@@ -190,6 +190,13 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "signalbox"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = True
+# Celery's Django fixup closes every database connection before and after each task unless
+# this is set: a new PostgreSQL connection per step (several ms, the largest part of a light
+# step's hop). With it, workers keep their connection as web processes do, under
+# CONN_MAX_AGE, and workflows/tasks.py checks it at every task start the way Django checks
+# it at every request (close_old_connections: a broken or too old connection is replaced,
+# with the health check before reuse). The fixup still recycles it every this many tasks.
+CELERY_DB_REUSE_MAX = 1000
 
 # --- Signalbox -------------------------------------------------------------------------------
 SIGNALBOX = {

@@ -1,6 +1,20 @@
 """Celery tasks: ids in, one service call, explicit names. Idempotent by construction."""
 
 from celery import shared_task
+from celery.signals import task_postrun, task_prerun
+from django.db import close_old_connections
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _connection_hygiene(task=None, **_kwargs) -> None:
+    """Around every task, what Django does around every request: drop a connection that
+    errored and is no longer usable or that outlived CONN_MAX_AGE, and health-check the
+    kept one before its next use (settings.CELERY_DB_REUSE_MAX keeps it between tasks).
+    Not for a task applied eagerly: it runs inside its caller's connection and transaction."""
+    if task is not None and getattr(task.request, "is_eager", False):
+        return
+    close_old_connections()
 
 
 @shared_task(name="signalbox.execute_step", acks_late=True, reject_on_worker_lost=True)

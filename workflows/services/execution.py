@@ -1,11 +1,34 @@
-"""Execute one step attempt in a worker: claim it, build its context, run the kind outside
-any transaction, then record the result (or park the step if it asked to wait)."""
+"""Execute step attempts in a worker.
+
+Two paths, chosen by the step kind's `light` flag (steps/base.py):
+
+- A side-effecting or waiting kind is claimed first (a conditional UPDATE, committed with
+  its `step.started` entry), run outside any transaction with a heartbeat, and its result
+  recorded in a second short transaction, which advances the run (or the step is parked).
+- A light kind is pure: it acts on nothing outside the run and never waits. It is claimed,
+  run, recorded and the run advanced in one transaction holding the run's lock once; the
+  claim and the result are one conditional UPDATE from `queued` (0 rows: not ours). Running
+  it twice could change nothing outside, and only the transaction that commits counts.
+
+After a step, the first light step it made ready is run by the same task, without a new
+Celery message, up to a budget of steps and time per task (so one long chain cannot keep a
+worker from every other run); past it, the step is sent as a message as usual.
+
+Only what a step references is loaded: the outputs of the `steps.<id>` it names and the
+`secrets.<name>` it names (everything, when a reference cannot be read statically or the
+kind hands the whole context to user code).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -14,35 +37,148 @@ from django.utils import timezone
 from .. import engine
 from ..definition import Step
 from ..events.envelope import to_structured
-from ..expressions import ExpressionError, render_value
+from ..expressions import TEMPLATE, ExpressionError, render_value
 from ..models import Run, StepRun
 from ..states import RunStatus, StepStatus
 from ..steps import registry
-from ..steps.base import StepContext, StepError, StepResult
+from ..steps.base import StepContext, StepError, StepKind, StepResult
 from .definitions import definition_for
 from .item_checkpoints import StepItemCheckpoints, inherited_runs
 from .replay import recorded_result, side_effecting
-from .runs import lock_run, mark_started, record_result
+from .runs import Continuation, lock_attempt, mark_started, record_result, write_result
 from .secrets import mask, secret_values
 from .step_heartbeats import heartbeating
 from .waits import emit_for_step, park
 
 log = logging.getLogger("signalbox.runs")
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)
+# One task runs at most this many light steps of a run one after another, for at most this
+# long; then the next step goes back to the queue behind the other runs' work.
+INLINE_MAX_STEPS = 100
+INLINE_MAX_SECONDS = 0.5
 
 
-def claim(step_run_id: int, worker: str) -> bool:
+# --- what a step references ------------------------------------------------------------------
+ALL = None  # "every one": a reference that cannot be read statically
+
+
+@dataclass(frozen=True)
+class References:
+    steps: frozenset[str] | None  # ids of the steps whose output it reads, or ALL
+    secrets: frozenset[str] | None  # names of the secrets it reads, or ALL
+
+
+_ROOT = re.compile(r"(?<![\w.])(steps|secrets)\b")
+_NAMED = re.compile(r"""\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*(?:"([^"\\]*)"|'([^'\\]*)')\s*\])""")
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+
+
+def references_in(texts: Iterable[str]) -> References:
+    """The `steps.<id>` / `steps["id"]` and `secrets.<name>` that CEL texts read. A root
+    used any other way (`steps[x]`, `steps` alone) reads everything. Over-approximates (a
+    name in a string literal counts), never under: what is not named is not readable."""
+    found: dict[str, set[str] | None] = {"steps": set(), "secrets": set()}
+    for text in texts:
+        for root in _ROOT.finditer(text):
+            names = found[root.group(1)]
+            if names is None:
+                continue
+            named = _NAMED.match(text, root.end())
+            name = named and next((g for g in named.groups() if g is not None), None)
+            if name is None:
+                found[root.group(1)] = None
+            else:
+                names.add(name)
+    return References(
+        steps=None if found["steps"] is None else frozenset(found["steps"]),
+        secrets=None if found["secrets"] is None else frozenset(found["secrets"]),
+    )
+
+
+def step_references(step: Step, kind: StepKind) -> References:
+    """What a step's config can read: bare CEL fields and fields the kind renders itself
+    are read whole, every other string only inside its `{{ … }}`."""
+    if kind.needs_whole_context(step.config):
+        return References(steps=ALL, secrets=ALL)
+    whole = {path.split("/")[1] for path, _ in kind.expressions(step.config)}
+    whole.update(kind.raw_fields)
+    texts: list[str] = []
+    for key, value in step.config.items():
+        for text in _strings(value):
+            if key in whole:
+                texts.append(text)
+            else:
+                texts.extend(match.group(1) for match in TEMPLATE.finditer(text))
+    return references_in(texts)
+
+
+_REFERENCES: dict[tuple[int, str], tuple[Step, References]] = {}
+
+
+def references_of(run: Run, step: Step) -> References:
+    # Versions are immutable: a step's references are kept by (version, step), checked
+    # against the very Step object the definition cache handed out.
+    key = (run.version_id, step.id)
+    cached = _REFERENCES.get(key)
+    if cached is not None and cached[0] is step:
+        return cached[1]
+    if len(_REFERENCES) > 4096:
+        _REFERENCES.clear()
+    found = step_references(step, registry.get(step.kind))
+    _REFERENCES[key] = (step, found)
+    return found
+
+
+def upstream_outputs(run: Run, wanted: frozenset[str] | None) -> dict[str, dict]:
+    """{step_id: {"output", "port"}} of the succeeded steps among `wanted` (ALL: every one)."""
+    if wanted is not None and not wanted:
+        return {}
+    succeeded = StepRun.objects.filter(run_id=run.pk, status=StepStatus.SUCCEEDED)
+    if wanted is not None:
+        succeeded = succeeded.filter(step_id__in=sorted(wanted))
+    return {
+        step_id: {"output": output, "port": port}
+        for step_id, output, port in succeeded.order_by("attempt", "id").values_list(
+            "step_id", "output", "port"
+        )
+    }
+
+
+def step_secrets(references: References) -> dict[str, str]:
+    if references.secrets is not None and not references.secrets:
+        return {}
+    return secret_values(names=references.secrets)
+
+
+# --- the context a step runs in -------------------------------------------------------------
+def claim(step_run_id: int, worker: str, *, step_run: StepRun | None = None) -> bool:
     """Take the attempt with a conditional UPDATE: 0 rows means a duplicate delivery, a
     stale attempt or a finished run, and the caller must do nothing. The claim is the
-    attempt's first heartbeat (a worker dying before the next one is still noticed)."""
+    attempt's first heartbeat (a worker dying before the next one is still noticed).
+    `step_run`, when given, is updated to what was written."""
     now = timezone.now()
-    return bool(
+    claimed = bool(
         StepRun.objects.filter(
             pk=step_run_id,
             status=StepStatus.QUEUED,
-            run__status__in=[RunStatus.QUEUED, RunStatus.RUNNING],
+            run__status__in=ACTIVE_RUN,
         ).update(status=StepStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker)
     )
+    if claimed and step_run is not None:
+        step_run.status, step_run.worker = StepStatus.RUNNING, worker
+        step_run.started_at = step_run.heartbeat_at = now
+    return claimed
 
 
 def run_data(run: Run) -> dict:
@@ -65,13 +201,17 @@ def trigger_event(run: Run) -> dict:
     return event
 
 
-def build_context(run: Run, step: Step, step_run: StepRun, secrets: dict[str, str]) -> StepContext:
-    upstream = {
-        s.step_id: {"output": s.output, "port": s.port}
-        for s in run.steps.filter(status=StepStatus.SUCCEEDED).only(
-            "run_id", "step_id", "output", "port"
-        )
-    }
+def build_context(
+    run: Run,
+    step: Step,
+    step_run: StepRun,
+    secrets: dict[str, str],
+    *,
+    upstream: dict[str, dict] | None = None,
+) -> StepContext:
+    """The context of one attempt. `upstream` defaults to the outputs the step references."""
+    if upstream is None:
+        upstream = upstream_outputs(run, references_of(run, step).steps)
     return StepContext(
         run_id=run.pk,
         step_id=step.id,
@@ -94,41 +234,170 @@ def build_context(run: Run, step: Step, step_run: StepRun, secrets: dict[str, st
     )
 
 
-def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
-    """Run one attempt. Returns False when the attempt was not ours to run."""
-    run_id = StepRun.objects.filter(pk=step_run_id).values_list("run_id", flat=True).first()
-    if run_id is None:
-        return False
-    with transaction.atomic():
-        # The claim and its `step.started` entry commit together (a worker killed between
-        # them would leave a running row the journal never heard of). The run is locked
-        # first, in the order record_result and the run's wind-down take their locks.
-        lock_run(run_id)
-        if not claim(step_run_id, worker):
-            return False
-        step_run = StepRun.objects.select_related(
-            "run__version", "run__event", "run__workflow"
-        ).get(pk=step_run_id)
-        mark_started(step_run=step_run)
-    run = step_run.run
-    step = definition_for(run.version).steps[step_run.step_id]
-    kind = registry.get(step.kind)
-    secrets = secret_values()
-    context = build_context(run, step, step_run, secrets)
+def render_config(step: Step, kind: StepKind, context: StepContext) -> dict:
+    """Expression fields are evaluated by the kind; every other `{{ … }}` is rendered now."""
     config = dict(step.config)
-    happening: engine.StepFinished
+    expression_keys = {path.split("/")[1] for path, _ in kind.expressions(config)}
+    expression_keys.update(kind.raw_fields)
+    return {
+        key: value
+        if key in expression_keys
+        else render_value(value, context.expression_context(), where=f"step {step.id} /{key}")
+        for key, value in config.items()
+    }
+
+
+def failure(step: Step, attempt: int, exc: BaseException) -> engine.StepFinished:
+    """What a raised exception means for the attempt."""
+    if isinstance(exc, ExpressionError):
+        return engine.StepFinished(
+            step.id, attempt, succeeded=False, error=str(exc), code="expression"
+        )
+    if isinstance(exc, StepError):
+        return engine.StepFinished(
+            step.id,
+            attempt,
+            succeeded=False,
+            retryable=exc.retryable,
+            error=str(exc),
+            retry_after=exc.retry_after,
+            code=exc.code,
+        )
+    # A bug in a step must fail the attempt, not the worker.
+    return engine.StepFinished(
+        step.id, attempt, succeeded=False, error=f"{type(exc).__name__}: {exc}", code="crash"
+    )
+
+
+# --- running attempts ---------------------------------------------------------------------------
+class Budget:
+    """How many light steps one task may still run inline, and until when."""
+
+    def __init__(self, steps: int | None = None, seconds: float | None = None):
+        self.steps = INLINE_MAX_STEPS if steps is None else steps
+        seconds = INLINE_MAX_SECONDS if seconds is None else seconds
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> bool:
+        return self.steps > 0 and time.monotonic() < self.deadline
+
+
+def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
+    """Run one attempt, then the light steps it makes ready, within a budget. Returns False
+    when the attempt was not ours to run."""
+    from ..tasks import execute_step_task
+
+    budget = Budget()
+    ran, follow_up, known = _execute_one(step_run_id, worker, budget, None)
+    while follow_up is not None:
+        budget.steps -= 1
+        current, follow_up = follow_up, None
+        try:
+            _done, follow_up, known = _execute_one(current, worker, budget, known)
+        except Exception:
+            # It was kept for this task and is queued without a message: send one, so a
+            # failure here (the database went away) costs no more than a redelivery.
+            transaction.on_commit(lambda c=current: execute_step_task.delay(c), robust=True)
+            raise
+    return ran
+
+
+def _execute_one(
+    step_run_id: int, worker: str, budget: Budget, known: tuple | None
+) -> tuple[bool, int | None, tuple | None]:
+    """(whether the attempt was ours, a light step kept for this task to run next, what
+    this transaction left the run's seq and state at, for the next one)."""
+    continuation = Continuation(known=known[:2] if known else None) if budget.left() else None
+    with transaction.atomic():
+        # One statement: the attempt, its run and the run's row lock (taken first, in the
+        # order record_result and the run's wind-down take it).
+        step_run = lock_attempt(step_run_id, joined=known[2] if known else None)
+        if step_run is None or step_run.status != StepStatus.QUEUED:
+            return False, None, None
+        run = step_run.run
+        if run.status not in ACTIVE_RUN:
+            return False, None, None
+        step = definition_for(run.version).steps[step_run.step_id]
+        kind = registry.get(step.kind)
+        if continuation is not None:
+            continuation.run = run
+        if kind.light:
+            ran = _run_light(run, step, kind, step_run, worker, continuation)
+            return ran, *_follow_up(continuation)
+        # The claim and its `step.started` entry commit together (a worker killed between
+        # them would leave a running row the journal never heard of).
+        if not claim(step_run_id, worker, step_run=step_run):
+            return False, None, None
+        mark_started(step_run=step_run, run=run)
+    if continuation is not None:
+        continuation.known = None  # the effect ran outside the lock: the run may have moved
+    return _run_claimed(run, step, kind, step_run, continuation), *_follow_up(continuation)
+
+
+def _follow_up(continuation: Continuation | None) -> tuple[int | None, tuple | None]:
+    if continuation is None or continuation.after is None:
+        return (continuation.step_run_id if continuation else None), None
+    seq, state = continuation.after
+    return continuation.step_run_id, (seq, state, continuation.run)
+
+
+def _run_light(
+    run: Run,
+    step: Step,
+    kind: StepKind,
+    step_run: StepRun,
+    worker: str,
+    continuation: Continuation | None,
+) -> bool:
+    """Claim, run and record a light step inside the caller's transaction (run locked)."""
+    started_at = timezone.now()
+    references = references_of(run, step)
+    secrets = step_secrets(references)
+    context = build_context(
+        run, step, step_run, secrets, upstream=upstream_outputs(run, references.steps)
+    )
     output = None
-    rendered = config
+    rendered: dict = dict(step.config)
     try:
-        # Expression fields are evaluated by the kind; every other `{{ … }}` is rendered now.
-        expression_keys = {path.split("/")[1] for path, _ in kind.expressions(config)}
-        expression_keys.update(kind.raw_fields)
-        rendered = {
-            key: value
-            if key in expression_keys
-            else render_value(value, context.expression_context(), where=f"step {step.id} /{key}")
-            for key, value in config.items()
-        }
+        rendered = render_config(step, kind, context)
+        result = kind.execute(rendered, context)
+        if not isinstance(result, StepResult):
+            result = StepResult(output=result)
+        if result.wait is not None:  # a light kind must not wait: its contract says so
+            raise StepError(f"step kind {step.kind!r} is light and cannot wait")
+        output = result.output
+        happening = engine.StepFinished(step.id, step_run.attempt, succeeded=True, port=result.port)
+    except Exception as exc:
+        if not isinstance(exc, ExpressionError | StepError):
+            log.exception("step %s of run %s raised", step.id, run.pk)
+        happening = failure(step, step_run.attempt, exc)
+    return write_result(
+        run=run,
+        step_run_id=step_run.pk,
+        happening=mask_happening(happening, secrets),
+        output=mask(output, secrets),
+        input_=mask({"config": rendered, "event_id": run.event_id}, secrets),
+        from_status=StepStatus.QUEUED,
+        started={"started_at": started_at, "heartbeat_at": started_at, "worker": worker},
+        continuation=continuation,
+    )
+
+
+def _run_claimed(
+    run: Run,
+    step: Step,
+    kind: StepKind,
+    step_run: StepRun,
+    continuation: Continuation | None,
+) -> bool:
+    """Run a claimed attempt outside any transaction, then record its result (or park it)."""
+    references = references_of(run, step)
+    secrets = step_secrets(references)
+    context = build_context(run, step, step_run, secrets)
+    output = None
+    rendered: dict = dict(step.config)
+    try:
+        rendered = render_config(step, kind, context)
         if run.origin == "shadow" and side_effecting(step):
             # A shadow run never acts on the world: the original run's recorded result.
             result = recorded_result(run=run, step_id=step.id)
@@ -148,34 +417,16 @@ def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
             return True
         output = result.output
         happening = engine.StepFinished(step.id, step_run.attempt, succeeded=True, port=result.port)
-    except ExpressionError as exc:
-        happening = engine.StepFinished(
-            step.id, step_run.attempt, succeeded=False, error=str(exc), code="expression"
-        )
-    except StepError as exc:
-        happening = engine.StepFinished(
-            step.id,
-            step_run.attempt,
-            succeeded=False,
-            retryable=exc.retryable,
-            error=str(exc),
-            retry_after=exc.retry_after,
-            code=exc.code,
-        )
-    except Exception as exc:  # a bug in a step must fail the attempt, not the worker
-        log.exception("step %s of run %s raised", step.id, run.pk)
-        happening = engine.StepFinished(
-            step.id,
-            step_run.attempt,
-            succeeded=False,
-            error=f"{type(exc).__name__}: {exc}",
-            code="crash",
-        )
+    except Exception as exc:
+        if not isinstance(exc, ExpressionError | StepError):
+            log.exception("step %s of run %s raised", step.id, run.pk)
+        happening = failure(step, step_run.attempt, exc)
     record_result(
         step_run_id=step_run.pk,
         happening=mask_happening(happening, secrets),
         output=mask(output, secrets),
         input_=mask({"config": rendered, "event_id": run.event_id}, secrets),
+        continuation=continuation,
     )
     return True
 
@@ -183,6 +434,4 @@ def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
 def mask_happening(happening: engine.StepFinished, secrets: dict[str, str]) -> engine.StepFinished:
     if not happening.error:
         return happening
-    from dataclasses import replace
-
     return replace(happening, error=mask(happening.error, secrets))

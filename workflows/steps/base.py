@@ -113,6 +113,15 @@ class StepKind:
     icon: ClassVar[str]
     group: ClassVar[str] = "actions"
     side_effects: ClassVar[bool] = False
+    # Pure and quick: acts on nothing outside the run (no I/O, no events, no child runs),
+    # never waits, and reads only the context it is given. The worker runs a light step
+    # inside the run's transaction (claim, run, result and what follows in one commit)
+    # and runs the next light step in the same task. A kind with side effects never is.
+    light: ClassVar[bool] = False
+    # The kind hands the whole context to code the definition cannot show (a `python`
+    # function may read any step's output or any secret): everything is loaded for it.
+    # Every other kind gets only the upstream outputs and secrets its config names.
+    reads_whole_context: ClassVar[bool] = False
     config_schema: ClassVar[dict[str, Any]]
     # Config fields holding bare CEL expressions (checked at validation, evaluated by the
     # kind itself); every other string may contain `{{ … }}` and is rendered beforehand.
@@ -126,6 +135,11 @@ class StepKind:
         return [
             (f"/{f}", config[f]) for f in self.expression_fields if isinstance(config.get(f), str)
         ]
+
+    def needs_whole_context(self, config: Mapping[str, Any]) -> bool:
+        """True when a step of this kind with this config may read any upstream output or
+        secret, not just those its config names."""
+        return self.reads_whole_context
 
     def ports(self, config: Mapping[str, Any]) -> list[str]:
         """Output ports edges may leave from, besides "failure" which every step has."""

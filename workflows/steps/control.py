@@ -17,6 +17,7 @@ def _truth(expression: str, ctx: StepContext, where: str) -> bool:
 @register
 class Condition(StepKind):
     name = "condition"
+    light = True
     title = "If / else"
     description = "Follow the true or the false edge, by a CEL expression."
     icon = "git-branch"
@@ -40,6 +41,7 @@ class Condition(StepKind):
 @register
 class Switch(StepKind):
     name = "switch"
+    light = True
     title = "Switch"
     description = "Follow the first case whose expression is true, else `default`."
     icon = "shuffle"
@@ -81,6 +83,7 @@ class Switch(StepKind):
 @register
 class Filter(StepKind):
     name = "filter"
+    light = True
     title = "Filter"
     description = "Stop this branch quietly unless the expression is true."
     icon = "filter"

@@ -9,6 +9,7 @@ from .registry import register
 @register
 class Fail(StepKind):
     name = "fail"
+    light = True
     title = "Fail"
     description = "Stop with an error message."
     icon = "x-octagon"

@@ -49,6 +49,13 @@ class ForEach(StepKind):
         },
     }
 
+    def needs_whole_context(self, config):
+        # Each item runs the inner kind with this step's context.
+        inner = all_kinds().get(str((config.get("do") or {}).get("kind", "")))
+        return inner is None or inner.needs_whole_context(
+            (config.get("do") or {}).get("config") or {}
+        )
+
     def execute(self, config, ctx: StepContext):
         items = evaluate(config["items"], ctx.expression_context(), where=f"step {ctx.step_id}")
         if not isinstance(items, list):

@@ -22,6 +22,7 @@ def masked(text: str, secrets) -> str:
 @register
 class Log(StepKind):
     name = "log"
+    light = True
     title = "Log"
     description = "Write a message to the run's log."
     icon = "file-text"

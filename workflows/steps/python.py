@@ -57,6 +57,7 @@ class Python(StepKind):
     icon = "code"
     group = "actions"
     side_effects = True
+    reads_whole_context = True  # the function gets the context, not just what it names
     config_schema = {
         "type": "object",
         "required": ["function"],

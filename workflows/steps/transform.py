@@ -9,6 +9,7 @@ from .registry import register
 @register
 class Transform(StepKind):
     name = "transform"
+    light = True
     title = "Transform"
     description = "Build new JSON; strings may hold {{ expressions }} over the run's data."
     icon = "wand"

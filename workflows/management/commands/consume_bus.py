@@ -1,6 +1,9 @@
 import logging
 import os
 import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 from django.conf import settings
@@ -8,12 +11,56 @@ from django.core.management.base import BaseCommand
 from django.db import InterfaceError, OperationalError, connections
 
 from workflows import heartbeat
-from workflows.events.bus import Consumer
+from workflows.events.bus import Consumer, Delivery
 from workflows.events.external_streams import StreamIngestThread
 from workflows.loop import Stopper
 from workflows.services.events import dead_letter_bus_entry, match_events
 
 log = logging.getLogger("signalbox.bus")
+# Entries become reclaimable only after BUS_CLAIM_IDLE_MS (30 s by default), and the
+# component heartbeat lives 15 s: neither needs a look at every read. Each look costs a
+# round trip per partition, which every event arriving alone used to pay.
+HOUSEKEEPING_SECONDS = 1.0
+# Partitions are matched side by side, each in order on its own thread (and database
+# connection): matching waits on the database most of the time, and one partition's
+# backlog must not hold the others up. Within a partition order is kept (per-key order).
+MAX_MATCH_THREADS = 4
+
+
+def by_partition(deliveries: list[Delivery]) -> list[list[Delivery]]:
+    """The deliveries grouped by stream, each group in the order read."""
+    groups: dict[str, list[Delivery]] = {}
+    for delivery in deliveries:
+        groups.setdefault(delivery.stream, []).append(delivery)
+    return list(groups.values())
+
+
+def handle_in_order(deliveries: list[Delivery], handle: Callable[[list[Delivery]], None]) -> None:
+    """One partition's deliveries, handled in the order read."""
+    try:
+        handle(deliveries)
+    except (OperationalError, InterfaceError):
+        # This thread's connection is broken: drop it so its next try reconnects.
+        connections.close_all()
+        raise
+
+
+def handle_partitions(
+    groups: list[list[Delivery]],
+    handle: Callable[[list[Delivery]], None],
+    pool: ThreadPoolExecutor | None,
+) -> None:
+    """Handle every partition's deliveries, side by side when there are several; wait for
+    all, then raise the first failure (a Redis error first: the consumer reconnects)."""
+    if pool is None or len(groups) < 2:
+        for group in groups:
+            handle_in_order(group, handle)
+        return
+    futures = [pool.submit(handle_in_order, group, handle) for group in groups]
+    errors = [f.exception() for f in futures]
+    errors = [e for e in errors if e is not None]
+    if errors:
+        raise next((e for e in errors if isinstance(e, redis.RedisError)), errors[0])
 
 
 class Command(BaseCommand):
@@ -40,27 +87,37 @@ class Command(BaseCommand):
         streams = None if no_external_streams else StreamIngestThread(name, stopper)
         if streams is not None:
             streams.start()
+        threads = max(1, min(config["BUS_PARTITIONS"], MAX_MATCH_THREADS))
+        pool = ThreadPoolExecutor(threads, "bus-match") if threads > 1 else None
+        housekept = 0.0
         while not stopper.stopped:
             try:
                 if consumer is None:
                     consumer = Consumer(name)
-                heartbeat.beat("bus-consumer")
-                deliveries = [
-                    *consumer.reclaim(idle_ms=config["BUS_CLAIM_IDLE_MS"]),
-                    *consumer.read(block_ms=1000),
-                ]
-                # The whole read at once: a few queries and one XACK per read, not per
-                # entry; an entry whose matching fails stays pending on its own.
-                consumer.handle_batch(
-                    deliveries,
-                    lambda event_ids: match_events(event_ids=event_ids).done,
-                    max_deliveries=config["BUS_MAX_DELIVERIES"],
-                    on_poison=lambda d, reason: dead_letter_bus_entry(
-                        event_id=d.event_id,
-                        reason=reason,
-                        stream=d.stream,
-                        entry_id=d.entry_id,
+                    housekept = 0.0
+                deliveries = []
+                if time.monotonic() - housekept >= HOUSEKEEPING_SECONDS:
+                    heartbeat.beat("bus-consumer")
+                    deliveries += consumer.reclaim(idle_ms=config["BUS_CLAIM_IDLE_MS"])
+                    housekept = time.monotonic()
+                deliveries += consumer.read(block_ms=1000)
+                # Each partition's part of the read at once: a few queries and one XACK,
+                # not a round of each per entry; an entry whose matching fails stays
+                # pending on its own.
+                handle_partitions(
+                    by_partition(deliveries),
+                    lambda group, consumer=consumer: consumer.handle_batch(
+                        group,
+                        lambda event_ids: match_events(event_ids=event_ids).done,
+                        max_deliveries=config["BUS_MAX_DELIVERIES"],
+                        on_poison=lambda d, reason: dead_letter_bus_entry(
+                            event_id=d.event_id,
+                            reason=reason,
+                            stream=d.stream,
+                            entry_id=d.entry_id,
+                        ),
                     ),
+                    pool,
                 )
             except redis.RedisError as exc:
                 # Redis restarts must not kill the consumer: reconnect and carry on.
@@ -77,6 +134,8 @@ class Command(BaseCommand):
                 # An entry that fails stays pending and is reclaimed later (counted).
                 log.exception("error while processing the bus")
                 stopper.wait(1.0)
+        if pool is not None:
+            pool.shutdown(wait=True)
         if streams is not None:
             streams.join(timeout=35)
         log.info("bus consumer %s stopped", name)
