@@ -34,15 +34,18 @@ import asyncio
 import json
 import logging
 import time
+import types
 import weakref
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
+from channels.sessions import InstanceSessionWrapper
 from django.db import connections
 from django.template.loader import render_to_string
 
@@ -91,6 +94,9 @@ class Hub:
         self.serving: dict[Any, list[PushConsumer]] = {}
         self.frames_rendered = 0
         self.tasks: set[asyncio.Task] = set()
+        # Busy pages waiting out their gap, by deadline (ms): one timer per deadline, not
+        # one per page.
+        self.later: dict[int, list[PushConsumer]] = {}
 
     async def join(self, consumer: PushConsumer) -> None:
         """Subscribe `consumer`; returns once the process is in the groups, so a snapshot
@@ -130,6 +136,9 @@ class Hub:
             return
         task, channel, self.task, self.channel = self.task, self.channel, None, None
         task.cancel()
+        # Wait for it to unwind: a receive cut off with its loop would keep the layer's
+        # receive lock, bound to a loop that is gone, and the next loop could not receive.
+        await asyncio.gather(task, return_exceptions=True)
         layer = get_channel_layer()
         for group in HUB_GROUPS:
             try:
@@ -187,6 +196,21 @@ class Hub:
             self._pump_scheduled = True
             asyncio.get_running_loop().call_soon(self._pump)
 
+    def enqueue_at(self, consumer: PushConsumer, when: float) -> None:
+        """`consumer` is due at monotonic time `when` (rounded up to the millisecond)."""
+        slot = int(when * 1000) + 1
+        waiting = self.later.get(slot)
+        if waiting is None:
+            waiting = self.later[slot] = []
+            loop = asyncio.get_running_loop()
+            loop.call_at(loop.time() + max(0.0, slot / 1000 - time.monotonic()), self._at, slot)
+        waiting.append(consumer)
+
+    def _at(self, slot: int) -> None:
+        for consumer in self.later.pop(slot, ()):
+            if not consumer.closed:
+                self.enqueue(consumer)
+
     def _pump(self) -> None:
         self._pump_scheduled = False
         due, self.due = self.due, []
@@ -230,11 +254,14 @@ class Hub:
                         consumer.scheduled = False
                     continue
                 self.frames_rendered += 1
-                # The same frame string to every page; each send is its own task, so a
-                # page whose transport pushes back never holds up the others.
+                # The same frame to every page, sent from this loop: no task per page.
                 shared = key[0] == "shared"
+                message = None
                 for consumer in ready:
-                    consumer.deliver(consumer.frame_of(result) if shared else result, started)
+                    frame = consumer.frame_of(result) if shared else result
+                    if message is None or message["text"] is not frame:
+                        message = {"type": "websocket.send", "text": frame}
+                    start_eagerly(consumer.deliver(message, started), self.tasks)
         finally:
             leftover = self.serving.pop(key, [])
             for consumer in leftover:  # cancelled mid-way: let them ask again
@@ -243,7 +270,56 @@ class Hub:
                     consumer.schedule()
 
 
+def start_eagerly(coro, tasks: set[asyncio.Task]) -> None:
+    """Run `coro` now, up to its first real suspension; only then make it a task.
+
+    A send to a page usually completes without suspending (the server buffers the bytes),
+    so 500 pages cost 500 calls instead of 500 tasks and 500 turns of the loop. A page
+    whose transport pushes back (a server that awaits its drain) suspends, and the rest of
+    its send goes on as a task of its own without holding up the other pages. (Python
+    3.12's eager tasks do the same; this is 3.11.)"""
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return
+    except Exception:  # deliver() keeps its own errors; nothing may stop the fan-out
+        log.exception("send failed")
+        return
+    task = asyncio.ensure_future(_finish(coro, yielded))
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+@types.coroutine
+def _finish(coro, yielded):
+    # Hands what `coro` awaits to the task driving this generator, and the outcome back:
+    # what `await` does, for a coroutine that was started by hand.
+    while True:
+        try:
+            value = yield yielded
+        except BaseException as exc:  # noqa: BLE001 - cancellation too goes to the coroutine
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+
+
 _hubs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def frame_sender(send):
+    """The server's own send beneath channels' session wrapper, which on every message
+    checks whether the session changed; it only saves sessions on HTTP responses, never
+    on a WebSocket frame."""
+    wrapper = getattr(send, "__self__", None)
+    if isinstance(wrapper, InstanceSessionWrapper) and send == wrapper.send:
+        return wrapper.real_send
+    return send
 
 
 def hub() -> Hub:
@@ -285,8 +361,7 @@ class PushConsumer(AsyncWebsocketConsumer):
         self.streak = 0
         self.hint_at = time.monotonic()
         self.last_frame: str | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._sending: asyncio.Task | None = None
+        self._serve_key: Any = None
         self._ticker: asyncio.Task | None = None
         self._joined = False
         refusal = await database_sync_to_async(self._authorize)(user)
@@ -298,6 +373,7 @@ class PushConsumer(AsyncWebsocketConsumer):
         for group in self.extra_groups():
             await hub().add_group(group)
         await self.accept()
+        self._send_frame = frame_sender(self.base_send)
         self.dirty = False  # the snapshot's render starts after every hint so far
         try:
             await self.push(snapshot=True)
@@ -324,15 +400,27 @@ class PushConsumer(AsyncWebsocketConsumer):
         return []
 
     async def disconnect(self, code):
-        self.closed = True
-        if getattr(self, "_timer", None):
-            self._timer.cancel()
+        self.closed = True  # the hub drops it from its queues and timers
         if getattr(self, "_ticker", None):
             self._ticker.cancel()
         if getattr(self, "_joined", False):
             for group in self.extra_groups():
                 await hub().remove_group(group)
             await hub().leave(self)
+
+    async def dispatch(self, message):
+        # Channels closes stale database connections before every message it dispatches:
+        # a hop to the database thread (where renders run) and back. A page acknowledges
+        # every frame, so with 500 pages that was 500 hops queued in front of the next
+        # render, per frame. Past connect nothing here touches the database outside
+        # database_sync_to_async, which closes stale connections around each call anyway.
+        if message["type"] == "websocket.connect":
+            await super().dispatch(message)
+            return
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def receive(self, text_data=None, bytes_data=None):
         try:
@@ -376,18 +464,13 @@ class PushConsumer(AsyncWebsocketConsumer):
         waiting for (or in) a render is not asked twice: its dirty flag brings the next."""
         if self.scheduled or self.closed:
             return
-        if delay is None:
-            delay = self.next_at - time.monotonic()
+        now = time.monotonic()
+        when = self.next_at if delay is None else now + delay
         self.scheduled = True
-        if delay <= 0:
+        if when <= now:
             hub().enqueue(self)
         else:
-            self._timer = asyncio.get_running_loop().call_later(delay, self._due)
-
-    def _due(self) -> None:
-        self._timer = None
-        if not self.closed:
-            hub().enqueue(self)
+            hub().enqueue_at(self, when)
 
     # what the hub renders
     def share(self) -> tuple[Any, Callable[[], Any]] | None:
@@ -400,8 +483,11 @@ class PushConsumer(AsyncWebsocketConsumer):
         return result
 
     def serve_key(self) -> Any:
-        shared = self.share()
-        return ("shared", shared[0]) if shared else ("own", id(self))
+        # What a page shows is fixed when it connects (filters, visibility): asked once.
+        if self._serve_key is None:
+            shared = self.share()
+            self._serve_key = ("shared", shared[0]) if shared else ("own", id(self))
+        return self._serve_key
 
     async def render_for(self, pages: list[PushConsumer], fresh_after: float) -> Any:
         """One render for `pages` (all with this page's serve key)."""
@@ -411,15 +497,15 @@ class PushConsumer(AsyncWebsocketConsumer):
         key, compute = shared
         return await hub().shared(key, fresh_after, compute)
 
-    def deliver(self, frame: str | None, started: float) -> None:
-        self._sending = asyncio.ensure_future(self._deliver(frame, started))
-
-    async def _deliver(self, frame: str | None, started: float) -> None:
+    async def deliver(self, message: dict, started: float) -> None:
+        """Send `message` ({"type": "websocket.send", "text": frame}, one dict for all the
+        pages of a render) unless this page has that frame already."""
+        frame = message["text"]
         try:
             if frame is not None and frame != self.last_frame and not self.closed:
                 self.last_frame = frame
                 self.sent += 1
-                await self.send(text_data=frame)
+                await self._send_frame(message)
         except Exception:  # keep the socket; the next hint retries
             log.exception("send failed")
         finally:

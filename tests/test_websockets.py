@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 import pytest
@@ -212,3 +213,43 @@ async def test_a_socket_without_an_origin_is_refused(viewer):
     connected, _ = await ws.connect(timeout=TIMEOUT)
 
     assert not connected
+
+
+# --- how hints travel ---------------------------------------------------------------------------
+async def test_a_hint_to_two_groups_reaches_each_channel_once_in_one_redis_round_trip(
+    transactional_db, monkeypatch
+):
+    from channels import DEFAULT_CHANNEL_LAYER
+    from channels.layers import channel_layers
+
+    layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
+    in_both, in_one = await layer.new_channel(), await layer.new_channel()
+    general = "general-hints"  # not process-local: its own key
+    for group, channel in (("hints-a", in_both), ("hints-b", in_both), ("hints-b", in_one)):
+        await layer.group_add(group, channel)
+    await layer.group_add("hints-a", general)
+    hint = {"type": "run.changed", "run": 7, "seq": 3, "workflow_slug": "w", "status": None}
+    await notify.group_send(layer, ["hints-a", "hints-b"], {"type": "warm.up"})  # loads it
+    for channel in (in_both, in_one, general):
+        assert (await asyncio.wait_for(layer.receive(channel), TIMEOUT))["type"] == "warm.up"
+    connection = layer.connection(0)
+    commands = []
+    real = connection.execute_command
+
+    async def counted(*args, **options):
+        commands.append(args[0])
+        return await real(*args, **options)
+
+    monkeypatch.setattr(connection, "execute_command", counted)
+
+    await notify.group_send(layer, ["hints-a", "hints-b"], hint)
+
+    assert commands == ["EVALSHA"]
+    for channel in (in_both, in_one, general):
+        assert await asyncio.wait_for(layer.receive(channel), TIMEOUT) == hint
+    # Once only: the next message in_both gets is the next one sent.
+    await layer.send(in_both, {"type": "after"})
+    assert (await asyncio.wait_for(layer.receive(in_both), TIMEOUT))["type"] == "after"
+    for group, channel in (("hints-a", in_both), ("hints-b", in_both), ("hints-b", in_one)):
+        await layer.group_discard(group, channel)
+    await layer.group_discard("hints-a", general)
