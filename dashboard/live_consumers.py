@@ -695,7 +695,9 @@ class FlowConsumer(PushConsumer):
 
     def concerns(self, message):
         if message.get("type") == "run.changed":
-            if self.awaiting and not self.paused:
+            # While a render is on its way, the event it shows may be one this run belongs
+            # to (its rows are not in `awaiting` yet): look again after it.
+            if (self.awaiting or self.scheduled) and not self.paused:
                 self.runs_dirty = True
                 return True
             return False
@@ -738,6 +740,8 @@ class FlowConsumer(PushConsumer):
         parts = []
         if self.paused:
             return flow_status_html(self, paused=True)
+        # Taken before reading: a run hint that comes during this render asks for another.
+        runs_dirty, self.runs_dirty = self.runs_dirty, False
         # A first visit replaces the rows; a reconnect (after=) adds what it missed.
         replace = self.last_id is None
         top = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
@@ -754,9 +758,8 @@ class FlowConsumer(PushConsumer):
         self.pending_hints = 0
         self.last_id = max(self.last_id or 0, top)
         updates = ""
-        if self.runs_dirty or rows:
+        if runs_dirty or rows:
             updates = self.flow_run_cells(now)
-            self.runs_dirty = False
         if rows:
             for event in rows:
                 if len(self.awaiting) < FLOW_AWAIT_RUNS_MAX:

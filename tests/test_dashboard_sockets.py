@@ -523,3 +523,21 @@ async def test_the_workers_socket_sends_queues_partitions_and_circuits(viewer):
 
     assert 'id="system-panels" hx-swap-oob="outerHTML"' in snapshot
     assert 'data-queue="signalbox"' in snapshot and snapshot.count('data-partition="') == 4
+
+
+async def test_a_run_that_starts_right_after_its_event_reaches_the_flow_row(viewer, orders):
+    ws, _ = await connected("/ws/flow/?ack=1", viewer)
+    try:
+
+        def event_then_run():
+            event = send_event(subject="order-8", data={"order": 8})
+            match_here(event_id=event.pk)
+            return event
+
+        event = await database_sync_to_async(event_then_run)()
+
+        await frames_until(
+            ws, lambda f: re.search(rf'id="flow-runs-{event.pk}"[^>]*>.*?class="run-tag', f)
+        )
+    finally:
+        await ws.disconnect()
