@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import re
@@ -83,6 +84,7 @@ class PushStack(Stack):
 # --- the pages (client processes) ---------------------------------------------------------------
 async def _page(url: str, headers: dict, seen: dict, ready: list, stop: asyncio.Event) -> None:
     from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
 
     first_seen: dict[int, float] = {}
     done_seen: dict[int, float] = {}
@@ -96,24 +98,31 @@ async def _page(url: str, headers: dict, seen: dict, ready: list, stop: asyncio.
         ping_interval=None,
     ) as ws:
         ready.append(1)
-        while not stop.is_set():
-            try:
-                text = await asyncio.wait_for(ws.recv(), timeout=0.5)
-            except TimeoutError:
-                continue
-            now = time.time()
-            frames += 1
-            await ws.send(json.dumps({"ack": frames}))
-            for match in ROW.finditer(text):
-                if not match.group(3):
-                    continue
-                event_id = int(match.group(3))
-                first_seen.setdefault(event_id, now)
-                if match.group(2) == "succeeded":
-                    done_seen.setdefault(event_id, now)
+        # Closed from outside when the phase ends (no per-frame timeout: a wait_for per
+        # frame is a task and a timer per frame, in a client process that holds hundreds of
+        # pages and whose delays count in the figures).
+        closer = asyncio.ensure_future(_close_on(stop, ws))
+        with contextlib.suppress(ConnectionClosed):  # counted as missed probes, if any
+            async for text in ws:
+                now = time.time()
+                frames += 1
+                await ws.send(json.dumps({"ack": frames}))
+                for match in ROW.finditer(text):
+                    if not match.group(3):
+                        continue
+                    event_id = int(match.group(3))
+                    first_seen.setdefault(event_id, now)
+                    if match.group(2) == "succeeded":
+                        done_seen.setdefault(event_id, now)
+        await closer
     seen["first"].append(first_seen)
     seen["done"].append(done_seen)
     seen["frames"].append(frames)
+
+
+async def _close_on(stop: asyncio.Event, ws) -> None:
+    await stop.wait()
+    await ws.close()
 
 
 def _client_process(url: str, headers: dict, count: int, duration: float, out, go, ready) -> None:
