@@ -4,6 +4,8 @@ and how many dashboard pages one web process keeps current.
     python -m bench.push             # a throwaway stack (database, redis-server, web, worker,
                                      # bus consumer, scheduler); a few minutes on 2 cores
     python -m bench.push --quick     # fewer probes and client counts (a smoke run)
+    python -m bench.push --web-command "{bin}/uvicorn --port {port} orchestrator.asgi:application"
+                                     # another web server (web_command() is the default)
 
 Phases, each bounded in events, clients and seconds, loopback only:
   (a) light: one page on /ws/runs/?workflow=bench-push; probe events one at a time, paced;
@@ -26,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -52,9 +56,35 @@ ROW = re.compile(r'<tr id="run-(\d+)" data-status="(\w+)" data-event="(\d*)"')
 PASSWORD = "bench-push-password-1"
 
 
+# --- the web server -----------------------------------------------------------------------------
+def web_command(port: int, template: str | None = None) -> list[str]:
+    """The web process's command: the one place to change it. `template` (--web-command) is a
+    shell-like command line with {port} and {bin} (the virtualenv's bin directory), e.g.
+    "{bin}/uvicorn --port {port} --loop uvloop orchestrator.asgi:application"."""
+    bin_dir = Path(sys.executable).parent
+    if template:
+        return shlex.split(template.format(port=port, bin=bin_dir))
+    return [str(bin_dir / "daphne"), "-b", "127.0.0.1", "-p", str(port),
+            "orchestrator.asgi:application"]  # fmt: skip
+
+
+class PushStack(Stack):
+    """bench.ingest's stack with the web process started by web_command()."""
+
+    def __init__(self, *args, web: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.web = web
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        if name == "web":
+            args = web_command(self.port, self.web)
+        super()._spawn(name, args)
+
+
 # --- the pages (client processes) ---------------------------------------------------------------
 async def _page(url: str, headers: dict, seen: dict, ready: list, stop: asyncio.Event) -> None:
     from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
 
     first_seen: dict[int, float] = {}
     done_seen: dict[int, float] = {}
@@ -68,24 +98,31 @@ async def _page(url: str, headers: dict, seen: dict, ready: list, stop: asyncio.
         ping_interval=None,
     ) as ws:
         ready.append(1)
-        while not stop.is_set():
-            try:
-                text = await asyncio.wait_for(ws.recv(), timeout=0.5)
-            except TimeoutError:
-                continue
-            now = time.time()
-            frames += 1
-            await ws.send(json.dumps({"ack": frames}))
-            for match in ROW.finditer(text):
-                if not match.group(3):
-                    continue
-                event_id = int(match.group(3))
-                first_seen.setdefault(event_id, now)
-                if match.group(2) == "succeeded":
-                    done_seen.setdefault(event_id, now)
+        # Closed from outside when the phase ends (no per-frame timeout: a wait_for per
+        # frame is a task and a timer per frame, in a client process that holds hundreds of
+        # pages and whose delays count in the figures).
+        closer = asyncio.ensure_future(_close_on(stop, ws))
+        with contextlib.suppress(ConnectionClosed):  # counted as missed probes, if any
+            async for text in ws:
+                now = time.time()
+                frames += 1
+                await ws.send(json.dumps({"ack": frames}))
+                for match in ROW.finditer(text):
+                    if not match.group(3):
+                        continue
+                    event_id = int(match.group(3))
+                    first_seen.setdefault(event_id, now)
+                    if match.group(2) == "succeeded":
+                        done_seen.setdefault(event_id, now)
+        await closer
     seen["first"].append(first_seen)
     seen["done"].append(done_seen)
     seen["frames"].append(frames)
+
+
+async def _close_on(stop: asyncio.Event, ws) -> None:
+    await stop.wait()
+    await ws.close()
 
 
 def _client_process(url: str, headers: dict, count: int, duration: float, out, go, ready) -> None:
@@ -255,6 +292,10 @@ class Latency:
     done_ms: list[float] = field(repr=False)
     # From the run's finished_at (committed) to the page seeing it: the push path alone.
     push_ms: list[float] = field(repr=False, default_factory=list)
+    # Per probe, where the time before the push goes: the 202 to the run's created_at
+    # (ingest, bus, match), and created_at to finished_at (queue and engine).
+    match_ms: list[float] = field(repr=False, default_factory=list)
+    engine_ms: list[float] = field(repr=False, default_factory=list)
     missed: int = 0
     frames_per_page: float = 0.0
     load_events_per_s: float = 0.0
@@ -265,10 +306,14 @@ class Latency:
         data.pop("seen_ms")
         data.pop("done_ms")
         data.pop("push_ms")
+        data.pop("match_ms")
+        data.pop("engine_ms")
         for label, values in (
             ("seen", self.seen_ms),
             ("succeeded", self.done_ms),
             ("push", self.push_ms),
+            ("match", self.match_ms),
+            ("engine", self.engine_ms),
         ):
             for q in (50, 95, 99):
                 data[f"{label}_p{q}_ms"] = round(percentile(values, q / 100), 1)
@@ -305,7 +350,18 @@ def measure(
         if load:
             load.__exit__(None, None, None)
     firsts, dones, frames = collect(opened)
-    finished = finish_times(stack_url, token, set(accepted))
+    times = run_times(stack_url, token, set(accepted))
+    finished = {event_id: t["finished_at"] for event_id, t in times.items() if t["finished_at"]}
+    match_ms = [
+        (t["created_at"] - accepted[event_id]) * 1000
+        for event_id, t in times.items()
+        if t["created_at"]
+    ]
+    engine_ms = [
+        (t["finished_at"] - t["created_at"]) * 1000
+        for t in times.values()
+        if t["created_at"] and t["finished_at"]
+    ]
     seen_ms, done_ms, push_ms, missed = [], [], [], 0
     for first, done in zip(firsts, dones, strict=True):
         for event_id, at in accepted.items():
@@ -324,22 +380,28 @@ def measure(
         seen_ms=seen_ms,
         done_ms=done_ms,
         push_ms=push_ms,
+        match_ms=match_ms,
+        engine_ms=engine_ms,
         missed=missed,
         frames_per_page=round(sum(frames) / max(1, len(frames)), 1),
         load_events_per_s=round(load.sent / load.seconds, 1) if load else 0.0,
     )
 
 
-def finish_times(base_url: str, token: str, event_ids: set[int]) -> dict[int, float]:
-    """event id -> the probe run's finished_at (unix seconds), from the API."""
-    found: dict[int, float] = {}
+def run_times(base_url: str, token: str, event_ids: set[int]) -> dict[int, dict]:
+    """event id -> the probe run's created_at and finished_at (unix seconds or None), from
+    the API."""
+    found: dict[int, dict] = {}
     with httpx.Client(
         base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
     ) as client:
         runs = client.get("/api/v1/runs", params={"workflow": "bench-push", "limit": 500})
         for run in runs.json().get("runs", []):
-            if run["event"] in event_ids and run.get("finished_at"):
-                found[run["event"]] = datetime.fromisoformat(run["finished_at"]).timestamp()
+            if run["event"] in event_ids:
+                found[run["event"]] = {
+                    name: datetime.fromisoformat(run[name]).timestamp() if run.get(name) else None
+                    for name in ("created_at", "finished_at")
+                }
     return found
 
 
@@ -386,7 +448,8 @@ def print_row(result: Latency) -> None:
         f"{result.name:<40}{result.pages:>6}{result.probes:>7}"
         f"{s['seen_p50_ms']:>9.0f}{s['succeeded_p50_ms']:>9.0f}{s['succeeded_p95_ms']:>9.0f}"
         f"{s['succeeded_p99_ms']:>9.0f}{s['push_p50_ms']:>9.0f}{s['push_p95_ms']:>9.0f}"
-        f"{result.missed:>8}{result.frames_per_page:>8}{result.load_events_per_s:>9}",
+        f"{s['push_p99_ms']:>9.0f}{result.missed:>8}{result.frames_per_page:>8}"
+        f"{result.load_events_per_s:>9}{s['match_p50_ms']:>9.0f}{s['engine_p50_ms']:>9.0f}",
         flush=True,
     )
 
@@ -412,6 +475,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="100,250,500,750,1000")
     parser.add_argument("--workers", type=int, default=2, help="client processes")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--web-command",
+        help="the web server's command line instead of daphne's; {port} and {bin} are "
+        'filled in, e.g. "{bin}/uvicorn --port {port} orchestrator.asgi:application"',
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.probes, args.clients = 8, "100,500"
@@ -420,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tag = uuid.uuid4().hex[:8]
     print("starting a throwaway stack (database, redis-server, web, worker, bus, scheduler)")
-    stack = Stack(tag, args.database_url, settings="orchestrator.settings")
+    stack = PushStack(
+        tag, args.database_url, settings="orchestrator.settings", web=args.web_command
+    )
     try:
         stack.start()
         stack.env["DJANGO_SUPERUSER_PASSWORD"] = PASSWORD
@@ -442,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         results: list[Latency] = []
         print(
             f"\n{'phase':<40}{'pages':>6}{'probes':>7}{'seen50':>9}{'done50':>9}{'done95':>9}"
-            f"{'done99':>9}{'push50':>9}{'push95':>9}{'missed':>8}{'frames':>8}{'load/s':>9}"
+            f"{'done99':>9}{'push50':>9}{'push95':>9}{'push99':>9}{'missed':>8}{'frames':>8}"
+            f"{'load/s':>9}{'match50':>9}{'engine50':>9}"
         )
         phases = [
             ("light: 1 page, no load", 1, 0.0),
@@ -485,6 +556,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 break
         print(f"\nlargest page count with p95 under one second: {capacity}")
+        for result in results:
+            s = result.summary()
+            if result.load_events_per_s:
+                print(
+                    f"{result.name}: accepted -> done p50 {s['succeeded_p50_ms']:.0f} ms = "
+                    f"match p50 {s['match_p50_ms']:.0f} + engine p50 {s['engine_p50_ms']:.0f} "
+                    f"+ push p50 {s['push_p50_ms']:.0f} ms (per-part medians)"
+                )
+            elif result.pages == 500:
+                print(f"{result.name}: commit -> frame p99 {s['push_p99_ms']:.0f} ms")
         OUT.mkdir(parents=True, exist_ok=True)
         path = OUT / f"push-{datetime.now():%Y%m%d-%H%M%S}.json"
         path.write_text(

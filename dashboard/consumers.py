@@ -2,7 +2,9 @@
 
 Group messages are hints ("run N changed"); each consumer re-reads the database and sends
 what the page should show now. On connect a consumer sends a full snapshot, so a page that
-reconnects after a drop catches up. Bursts are coalesced: at most one render per interval.
+reconnects after a drop catches up. Bursts are coalesced without a fixed window: an idle
+socket renders at once, and changes that arrive while a render is in flight become one more
+render of the latest state when it is done.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from workflows.roles import has_role
 
-COALESCE_SECONDS = 0.2
+# Least gap between two renders of one busy socket.
+COALESCE_SECONDS = 0.005
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 
@@ -31,6 +34,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self._flush: asyncio.Task | None = None
+        self._dirty = False
         for group in self.group_names():
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
@@ -45,13 +49,17 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def run_changed(self, message):
         if not self.concerns(message):
             return
-        # Coalesce: many changes within the interval become one render of the current state.
+        # Coalesce: changes during a render become one more render of the current state.
+        self._dirty = True
         if self._flush is None or self._flush.done():
-            self._flush = asyncio.ensure_future(self._render_later())
+            self._flush = asyncio.ensure_future(self._render_while_dirty())
 
-    async def _render_later(self):
-        await asyncio.sleep(COALESCE_SECONDS)
-        await self.send(text_data=await self.render())
+    async def _render_while_dirty(self):
+        while self._dirty:
+            self._dirty = False
+            await self.send(text_data=await self.render())
+            if self._dirty:
+                await asyncio.sleep(COALESCE_SECONDS)
 
     def group_names(self) -> list[str]:
         raise NotImplementedError

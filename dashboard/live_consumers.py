@@ -8,10 +8,17 @@ How a socket works
   the last event id the page saw (`after=`), so nothing is missed across a network drop.
 - Hints: services send small hints after commit (workflows/notify.py). Each web process
   listens to the "runs" and "events" groups once (the Hub) and hands each hint to the
-  interested sockets by a function call; a socket marks itself dirty and renders at most
-  once per interval (coalescing). A render is shared by every socket of the process that
-  shows the same thing to the same visibility, and is only reused if it started after the
-  hint arrived, so a page never shows a state older than a hint it was given.
+  interested sockets (indexed by hint type) by a function call; a socket marks itself dirty.
+- Coalescing is adaptive: an idle page is rendered at once (on the next turn of the loop, so
+  the hints that came in the same read are one render). While a render of its page is in
+  flight, further hints only mark it dirty: one more render follows when the frame is out,
+  no sooner than `interval` after it (a few ms for runs; the overview, flow and lineage keep
+  their longer gaps). A page that stays busy frame after frame (load) waits as long as its
+  last render and send took, so pushing never takes more than about half of the process.
+- Sharing: pages that show the same thing to the same visibility are served together by
+  the Hub: one render in the database thread, the same frame string handed to every page.
+  A render is only used for a page if it started after the page's last hint, so a page
+  never shows a state older than a hint it was given.
 - Flow control: a page that connects with `ack=1` acknowledges every frame with
   {"ack": <frames received>}. While WINDOW frames are unacknowledged nothing more is sent;
   changes meanwhile collapse into one render of the latest state, sent when the page
@@ -27,15 +34,18 @@ import asyncio
 import json
 import logging
 import time
+import types
 import weakref
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
+from channels.sessions import InstanceSessionWrapper
 from django.db import connections
 from django.template.loader import render_to_string
 
@@ -52,7 +62,8 @@ log = logging.getLogger("signalbox.live")
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
-COALESCE_SECONDS = 0.2
+# Least gap between two frames of one busy page (an idle page is served at once).
+COALESCE_SECONDS = 0.005
 WINDOW = 2  # unacknowledged frames allowed in ack mode
 HUB_GROUPS = (notify.RUNS_GROUP, notify.EVENTS_GROUP)
 HUB_REJOIN_SECONDS = 3600  # channel layer groups expire after a day; rejoin well before
@@ -66,12 +77,26 @@ class Hub:
 
     def __init__(self) -> None:
         self.listeners: set[PushConsumer] = set()
+        # hint type -> the sockets that want it: a hint nobody wants costs one lookup, not
+        # one call per socket (200 events/s x 500 pages would be 100,000 calls a second).
+        self.by_type: dict[str, set[PushConsumer]] = {}
         self.channel: str | None = None
         self.task: asyncio.Task | None = None
         self.renders: dict[Any, tuple[float, asyncio.Future]] = {}
         self.received = 0
         self.extra: dict[str, int] = {}
         self._joining: asyncio.Lock | None = None
+        # Pages due for a frame, served together on the next turn of the loop.
+        self.due: list[PushConsumer] = []
+        self._pump_scheduled = False
+        # share key -> pages waiting for the next render of that key; a key is present
+        # while a task serves it (one render of a key in flight at a time).
+        self.serving: dict[Any, list[PushConsumer]] = {}
+        self.frames_rendered = 0
+        self.tasks: set[asyncio.Task] = set()
+        # Busy pages waiting out their gap, by deadline (ms): one timer per deadline, not
+        # one per page.
+        self.later: dict[int, list[PushConsumer]] = {}
 
     async def join(self, consumer: PushConsumer) -> None:
         """Subscribe `consumer`; returns once the process is in the groups, so a snapshot
@@ -79,6 +104,8 @@ class Hub:
         self._joining = self._joining or asyncio.Lock()
         async with self._joining:
             self.listeners.add(consumer)
+            for kind in consumer.hint_types:
+                self.by_type.setdefault(kind, set()).add(consumer)
             if self.task is None or self.task.done():
                 layer = get_channel_layer()
                 # The default prefix: channels_redis reads every process-local channel
@@ -103,10 +130,15 @@ class Hub:
 
     async def leave(self, consumer: PushConsumer) -> None:
         self.listeners.discard(consumer)
+        for kind in consumer.hint_types:
+            self.by_type.get(kind, set()).discard(consumer)
         if self.listeners or self.task is None:
             return
         task, channel, self.task, self.channel = self.task, self.channel, None, None
         task.cancel()
+        # Wait for it to unwind: a receive cut off with its loop would keep the layer's
+        # receive lock, bound to a loop that is gone, and the next loop could not receive.
+        await asyncio.gather(task, return_exceptions=True)
         layer = get_channel_layer()
         for group in HUB_GROUPS:
             try:
@@ -130,7 +162,8 @@ class Hub:
                 continue
             self.received += 1
             for hint in unpacked(message):
-                for consumer in list(self.listeners):
+                kind = str(hint.get("type", "")).replace("_", ".")
+                for consumer in list(self.by_type.get(kind, ())):
                     try:
                         consumer.hint(hint)
                     except Exception:  # one broken socket must not starve the others
@@ -155,6 +188,127 @@ class Hub:
                 del self.renders[stale]
         return await asyncio.shield(future)
 
+    # serving pages: the fan-out
+    def enqueue(self, consumer: PushConsumer) -> None:
+        """`consumer` is due for a frame: serve it on the next turn of the loop, together
+        with every page that becomes due before then."""
+        self.due.append(consumer)
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def enqueue_at(self, consumer: PushConsumer, when: float) -> None:
+        """`consumer` is due at monotonic time `when` (rounded up to the millisecond)."""
+        slot = int(when * 1000) + 1
+        waiting = self.later.get(slot)
+        if waiting is None:
+            waiting = self.later[slot] = []
+            loop = asyncio.get_running_loop()
+            loop.call_at(loop.time() + max(0.0, slot / 1000 - time.monotonic()), self._at, slot)
+        waiting.append(consumer)
+
+    def _at(self, slot: int) -> None:
+        for consumer in self.later.pop(slot, ()):
+            if not consumer.closed:
+                self.enqueue(consumer)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        due, self.due = self.due, []
+        for consumer in due:
+            if consumer.closed:
+                continue
+            key = consumer.serve_key()
+            waiting = self.serving.get(key)
+            if waiting is not None:  # a render of this key is in flight: the next one
+                waiting.append(consumer)
+            else:
+                self.serving[key] = [consumer]
+                task = asyncio.ensure_future(self._serve(key))
+                self.tasks.add(task)  # a reference, or the loop may drop it
+                task.add_done_callback(self.tasks.discard)
+
+    async def _serve(self, key: Any) -> None:
+        """Render `key` for the pages waiting on it, send them the frame, and again while
+        pages came due meanwhile."""
+        try:
+            while self.serving.get(key):
+                batch, self.serving[key] = self.serving[key], []
+                ready = []
+                for consumer in batch:
+                    if consumer.closed:
+                        continue
+                    if consumer.window_full():  # it stays dirty; its next ack asks again
+                        consumer.scheduled = False
+                        continue
+                    consumer.dirty = False  # the render below starts after its hints
+                    ready.append(consumer)
+                if not ready:
+                    continue
+                started = time.monotonic()
+                fresh_after = max(c.hint_at for c in ready)
+                try:
+                    result = await ready[0].render_for(ready, fresh_after)
+                except Exception:  # keep the sockets; the next hint retries
+                    log.exception("render failed")
+                    for consumer in ready:
+                        consumer.scheduled = False
+                    continue
+                self.frames_rendered += 1
+                # The same frame to every page, sent from this loop: no task per page.
+                shared = key[0] == "shared"
+                message = None
+                for consumer in ready:
+                    frame = consumer.frame_of(result) if shared else result
+                    if message is None or message["text"] is not frame:
+                        message = {"type": "websocket.send", "text": frame}
+                    start_eagerly(consumer.deliver(message, started), self.tasks)
+        finally:
+            leftover = self.serving.pop(key, [])
+            for consumer in leftover:  # cancelled mid-way: let them ask again
+                consumer.scheduled = False
+                if consumer.dirty and not consumer.closed:
+                    consumer.schedule()
+
+
+def start_eagerly(coro, tasks: set[asyncio.Task]) -> None:
+    """Run `coro` now, up to its first real suspension; only then make it a task.
+
+    A send to a page usually completes without suspending (the server buffers the bytes),
+    so 500 pages cost 500 calls instead of 500 tasks and 500 turns of the loop. A page
+    whose transport pushes back (a server that awaits its drain) suspends, and the rest of
+    its send goes on as a task of its own without holding up the other pages. (Python
+    3.12's eager tasks do the same; this is 3.11.)"""
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return
+    except Exception:  # deliver() keeps its own errors; nothing may stop the fan-out
+        log.exception("send failed")
+        return
+    task = asyncio.ensure_future(_finish(coro, yielded))
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+@types.coroutine
+def _finish(coro, yielded):
+    # Hands what `coro` awaits to the task driving this generator, and the outcome back:
+    # what `await` does, for a coroutine that was started by hand.
+    while True:
+        try:
+            value = yield yielded
+        except BaseException as exc:  # noqa: BLE001 - cancellation too goes to the coroutine
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+
 
 def unpacked(message: dict) -> list[dict]:
     """One hint per event of an `events.ingested` message (notify.events_ingested)."""
@@ -164,6 +318,16 @@ def unpacked(message: dict) -> list[dict]:
 
 
 _hubs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def frame_sender(send):
+    """The server's own send beneath channels' session wrapper, which on every message
+    checks whether the session changed; it only saves sessions on HTTP responses, never
+    on a WebSocket frame."""
+    wrapper = getattr(send, "__self__", None)
+    if isinstance(wrapper, InstanceSessionWrapper) and send == wrapper.send:
+        return wrapper.real_send
+    return send
 
 
 def hub() -> Hub:
@@ -177,12 +341,17 @@ def hub() -> Hub:
 # --- the socket base -------------------------------------------------------------------------
 class PushConsumer(AsyncWebsocketConsumer):
     hint_types: tuple[str, ...] = ("run.changed",)
+    # Least gap between two frames while busy; an idle page is served at once.
     interval = COALESCE_SECONDS
     # Re-render this often even without hints (gauges that change without telling: queue
     # depth, lag, workers); None: only on hints.
     refresh_seconds: float | None = None
+    # A page served back to back this many times in a row is under load: it then waits as
+    # long as its last render and send took.
+    BUSY_STREAK = 2
 
     async def connect(self):
+        self.closed = False
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
@@ -193,9 +362,14 @@ class PushConsumer(AsyncWebsocketConsumer):
         self.ack_mode = self.params.get("ack") == "1"
         self.sent = self.acked = 0
         self.dirty = False
+        # Waiting for, or in, a render and send. Until the snapshot is out hints only mark
+        # the page dirty, so no frame overtakes the snapshot.
+        self.scheduled = True
+        self.next_at = 0.0  # monotonic: no frame before this while busy
+        self.streak = 0
         self.hint_at = time.monotonic()
         self.last_frame: str | None = None
-        self._flusher: asyncio.Task | None = None
+        self._serve_key: Any = None
         self._ticker: asyncio.Task | None = None
         self._joined = False
         refusal = await database_sync_to_async(self._authorize)(user)
@@ -207,7 +381,14 @@ class PushConsumer(AsyncWebsocketConsumer):
         for group in self.extra_groups():
             await hub().add_group(group)
         await self.accept()
-        await self.push(snapshot=True)
+        self._send_frame = frame_sender(self.base_send)
+        self.dirty = False  # the snapshot's render starts after every hint so far
+        try:
+            await self.push(snapshot=True)
+        finally:
+            self.scheduled = False
+            if self.dirty:
+                self.schedule()
         if self.refresh_seconds:
             self._ticker = asyncio.ensure_future(self._tick())
 
@@ -227,13 +408,27 @@ class PushConsumer(AsyncWebsocketConsumer):
         return []
 
     async def disconnect(self, code):
-        for task in (getattr(self, "_flusher", None), getattr(self, "_ticker", None)):
-            if task:
-                task.cancel()
+        self.closed = True  # the hub drops it from its queues and timers
+        if getattr(self, "_ticker", None):
+            self._ticker.cancel()
         if getattr(self, "_joined", False):
             for group in self.extra_groups():
                 await hub().remove_group(group)
             await hub().leave(self)
+
+    async def dispatch(self, message):
+        # Channels closes stale database connections before every message it dispatches:
+        # a hop to the database thread (where renders run) and back. A page acknowledges
+        # every frame, so with 500 pages that was 500 hops queued in front of the next
+        # render, per frame. Past connect nothing here touches the database outside
+        # database_sync_to_async, which closes stale connections around each call anyway.
+        if message["type"] == "websocket.connect":
+            await super().dispatch(message)
+            return
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def receive(self, text_data=None, bytes_data=None):
         try:
@@ -273,25 +468,64 @@ class PushConsumer(AsyncWebsocketConsumer):
         return self.ack_mode and self.sent - self.acked >= WINDOW
 
     def schedule(self, delay: float | None = None) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(
-                self._flush(self.interval if delay is None else delay)
-            )
+        """Ask the hub for a frame: now when idle, after the gap when busy. A page already
+        waiting for (or in) a render is not asked twice: its dirty flag brings the next."""
+        if self.scheduled or self.closed:
+            return
+        now = time.monotonic()
+        when = self.next_at if delay is None else now + delay
+        self.scheduled = True
+        if when <= now:
+            hub().enqueue(self)
+        else:
+            hub().enqueue_at(self, when)
 
-    async def _flush(self, delay: float) -> None:
-        while True:
-            await asyncio.sleep(delay)
-            # No await between these checks and giving up the task: a hint or an ack that
-            # comes later sees no flusher and starts one.
-            if not self.dirty or self.window_full():
-                self._flusher = None
-                return
-            self.dirty = False
-            try:
-                await self.push()
-            except Exception:  # keep the socket; the next hint retries
-                log.exception("render failed")
-            delay = self.interval
+    # what the hub renders
+    def share(self) -> tuple[Any, Callable[[], Any]] | None:
+        """(key, compute) when this page shows the same as every page with that key:
+        compute() runs once in the database thread for all of them and `frame_of` turns its
+        result into this page's frame. None: the page renders alone (`render`)."""
+        return None
+
+    def frame_of(self, result: Any) -> str | None:
+        return result
+
+    def serve_key(self) -> Any:
+        # What a page shows is fixed when it connects (filters, visibility): asked once.
+        if self._serve_key is None:
+            shared = self.share()
+            self._serve_key = ("shared", shared[0]) if shared else ("own", id(self))
+        return self._serve_key
+
+    async def render_for(self, pages: list[PushConsumer], fresh_after: float) -> Any:
+        """One render for `pages` (all with this page's serve key)."""
+        shared = self.share()
+        if shared is None:
+            return await self.render(snapshot=False, fresh_after=fresh_after)
+        key, compute = shared
+        return await hub().shared(key, fresh_after, compute)
+
+    async def deliver(self, message: dict, started: float) -> None:
+        """Send `message` ({"type": "websocket.send", "text": frame}, one dict for all the
+        pages of a render) unless this page has that frame already."""
+        frame = message["text"]
+        try:
+            if frame is not None and frame != self.last_frame and not self.closed:
+                self.last_frame = frame
+                self.sent += 1
+                await self._send_frame(message)
+        except Exception:  # keep the socket; the next hint retries
+            log.exception("send failed")
+        finally:
+            now = time.monotonic()
+            self.streak = self.streak + 1 if self.dirty else 0
+            gap = self.interval
+            if self.streak >= self.BUSY_STREAK:
+                gap = max(gap, now - started)
+            self.next_at = now + gap
+            self.scheduled = False
+            if self.dirty:
+                self.schedule()
 
     async def _tick(self) -> None:
         while True:
@@ -307,7 +541,11 @@ class PushConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=frame)
 
     async def render(self, *, snapshot: bool, fresh_after: float) -> str | None:
-        raise NotImplementedError
+        shared = self.share()
+        if shared is None:
+            raise NotImplementedError
+        key, compute = shared
+        return self.frame_of(await hub().shared(key, fresh_after, compute))
 
 
 # --- runs ---------------------------------------------------------------------------------------
@@ -326,11 +564,9 @@ class RunListConsumer(PushConsumer):
             return False
         return not self.query.workflow or slug == self.query.workflow
 
-    async def render(self, *, snapshot, fresh_after):
+    def share(self):
         query, hidden = self.query, self.hidden
-        return await hub().shared(
-            ("runs", query.cache_key(), hidden), fresh_after, lambda: render_run_rows(query, hidden)
-        )
+        return ("runs", query.cache_key(), hidden), lambda: render_run_rows(query, hidden)
 
 
 def render_run_rows(query: ds.RunQuery, hidden: frozenset[int]) -> str:
@@ -358,11 +594,12 @@ class RunDetailConsumer(PushConsumer):
     def concerns(self, message):
         return message.get("run") in self.related
 
-    async def render(self, *, snapshot, fresh_after):
+    def share(self):
         run_id = self.run_id
-        frame, related = await hub().shared(
-            ("run", run_id), fresh_after, lambda: render_run_detail(run_id)
-        )
+        return ("run", run_id), lambda: render_run_detail(run_id)
+
+    def frame_of(self, result):
+        frame, related = result
         # Child and replay runs change this page too.
         self.related = related
         return frame
@@ -406,11 +643,10 @@ class OverviewConsumer(PushConsumer):
         self.can_switch_demo = has_role(user, "operator")
         return None
 
-    async def render(self, *, snapshot, fresh_after):
+    def share(self):
         window, hidden, operator = self.window, self.hidden, self.can_switch_demo
-        return await hub().shared(
+        return (
             ("overview", window, hidden, operator),
-            fresh_after,
             lambda: render_overview(window, hidden, operator),
         )
 
@@ -467,7 +703,9 @@ class FlowConsumer(PushConsumer):
 
     def concerns(self, message):
         if message.get("type") == "run.changed":
-            if self.awaiting and not self.paused:
+            # While a render is on its way, the event it shows may be one this run belongs
+            # to (its rows are not in `awaiting` yet): look again after it.
+            if (self.awaiting or self.scheduled) and not self.paused:
                 self.runs_dirty = True
                 return True
             return False
@@ -510,6 +748,8 @@ class FlowConsumer(PushConsumer):
         parts = []
         if self.paused:
             return flow_status_html(self, paused=True)
+        # Taken before reading: a run hint that comes during this render asks for another.
+        runs_dirty, self.runs_dirty = self.runs_dirty, False
         # A first visit replaces the rows; a reconnect (after=) adds what it missed.
         replace = self.last_id is None
         top = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
@@ -526,9 +766,8 @@ class FlowConsumer(PushConsumer):
         self.pending_hints = 0
         self.last_id = max(self.last_id or 0, top)
         updates = ""
-        if self.runs_dirty or rows:
+        if runs_dirty or rows:
             updates = self.flow_run_cells(now)
-            self.runs_dirty = False
         if rows:
             for event in rows:
                 if len(self.awaiting) < FLOW_AWAIT_RUNS_MAX:
@@ -630,12 +869,12 @@ class LineageConsumer(PushConsumer):
         run = message.get("run") or 0
         return run in self.run_ids or run > self.max_run_id
 
-    async def render(self, *, snapshot, fresh_after):
+    def share(self):
         event_id, hidden = self.event_id, self.hidden
-        frame, run_ids, max_run_id = await hub().shared(
-            ("lineage", event_id, hidden), fresh_after, lambda: render_lineage(event_id, hidden)
-        )
-        self.run_ids, self.max_run_id = run_ids, max_run_id
+        return ("lineage", event_id, hidden), lambda: render_lineage(event_id, hidden)
+
+    def frame_of(self, result):
+        frame, self.run_ids, self.max_run_id = result
         return frame
 
 

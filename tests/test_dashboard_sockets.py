@@ -4,12 +4,15 @@ pause, resume after a drop), lineage, overview, workers, flow control and shared
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import threading
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -257,6 +260,113 @@ async def test_sockets_showing_the_same_page_share_one_render(viewer, orders, mo
             await ws.disconnect()
 
 
+async def test_an_idle_page_gets_its_frame_without_waiting_for_a_coalescing_window(
+    viewer, orders, monkeypatch
+):
+    # A window this long would hold the frame past the test's timeout.
+    monkeypatch.setattr(live_consumers.RunListConsumer, "interval", 3600.0)
+    run = await database_sync_to_async(trigger)("orders")
+    ws, _snapshot = await connected("/ws/runs/?ack=1", viewer)
+    try:
+        await database_sync_to_async(Run.objects.filter(pk=run.pk).update)(status="failed")
+        await send_run_changed(
+            notify.RUNS_GROUP, run=run.pk, seq=1, status="failed", workflow="orders"
+        )
+
+        assert f'id="run-{run.pk}" data-status="failed"' in await ws.receive_from(timeout=TIMEOUT)
+    finally:
+        await ws.disconnect()
+
+
+async def wait_for(condition, what: str) -> None:
+    """Wait on the test's own loop (the sockets run on it) until `condition()` holds."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_hints_that_arrive_while_a_render_is_in_flight_become_one_more_frame(
+    viewer, orders, monkeypatch
+):
+    run = await database_sync_to_async(trigger)("orders")
+    real = live_consumers.render_run_rows
+    renders, hold, holding, release = [], [False], threading.Event(), threading.Event()
+
+    def held(query, hidden):
+        frame = real(query, hidden)
+        if holding.is_set():
+            renders.append(frame)
+        # The first render that sees the run failed is done but not handed back yet: it is
+        # in flight. (Renders for the trigger's own hints may come before it.)
+        if hold[0] and 'data-status="failed"' in frame:
+            hold[0] = False
+            holding.set()
+            release.wait(TIMEOUT)
+        return frame
+
+    monkeypatch.setattr(live_consumers, "render_run_rows", held)
+    pages = [(await connected("/ws/runs/?ack=1", viewer))[0] for _ in range(3)]
+
+    def set_status(status: str) -> None:
+        Run.objects.filter(pk=run.pk).update(status=status)
+        connections.close_all()  # this thread's own connection
+
+    # Not the database thread: the held render occupies it.
+    elsewhere = sync_to_async(set_status, thread_sensitive=False)
+    try:
+        hold[0] = True
+        await elsewhere("failed")
+        await send_run_changed(
+            notify.RUNS_GROUP, run=run.pk, seq=1, status="failed", workflow="orders"
+        )
+        await wait_for(holding.is_set, "the render to be in flight")
+        hub = live_consumers.hub()
+        received = hub.received
+        await elsewhere("succeeded")
+        for seq in range(2, 12):
+            await send_run_changed(
+                notify.RUNS_GROUP, run=run.pk, seq=seq, status="succeeded", workflow="orders"
+            )
+        await wait_for(lambda: hub.received >= received + 10, "the hints to reach the hub")
+
+        release.set()
+
+        for ws in pages:
+            frames = await frames_until(ws, lambda f: 'data-status="succeeded"' in f)
+            # The render in flight (its older state), then one render for all ten hints.
+            assert len(frames) == 2, [f[:120] for f in frames]
+            assert f'id="run-{run.pk}" data-status="failed"' in frames[0]
+            assert f'id="run-{run.pk}" data-status="succeeded"' in frames[1]
+        assert len(renders) == 1, len(renders)  # after the one in flight
+        for ws in pages:
+            assert await ws.receive_nothing(timeout=0.5)
+    finally:
+        release.set()
+        for ws in pages:
+            await ws.disconnect()
+
+
+async def test_a_hint_nobody_listens_for_wakes_no_socket(viewer, orders, monkeypatch):
+    woken = []
+    real = live_consumers.RunListConsumer.hint
+    monkeypatch.setattr(
+        live_consumers.RunListConsumer, "hint", lambda self, m: (woken.append(m), real(self, m))
+    )
+    ws, _snapshot = await connected("/ws/runs/", viewer)
+    try:
+        hub = live_consumers.hub()
+        received = hub.received
+        await get_channel_layer().group_send(
+            notify.EVENTS_GROUP, {"type": "event.ingested", "event": 1, "workflow": None}
+        )
+        await wait_for(lambda: hub.received > received, "the hint to reach the hub")
+
+        assert woken == []
+    finally:
+        await ws.disconnect()
+
+
 # --- the live event flow ----------------------------------------------------------------
 def row_ids(frame: str) -> list[int]:
     return [int(i) for i in re.findall(r'<tr id="flow-event-(\d+)"', frame)]
@@ -413,3 +523,21 @@ async def test_the_workers_socket_sends_queues_partitions_and_circuits(viewer):
 
     assert 'id="system-panels" hx-swap-oob="outerHTML"' in snapshot
     assert 'data-queue="signalbox"' in snapshot and snapshot.count('data-partition="') == 4
+
+
+async def test_a_run_that_starts_right_after_its_event_reaches_the_flow_row(viewer, orders):
+    ws, _ = await connected("/ws/flow/?ack=1", viewer)
+    try:
+
+        def event_then_run():
+            event = send_event(subject="order-8", data={"order": 8})
+            match_here(event_id=event.pk)
+            return event
+
+        event = await database_sync_to_async(event_then_run)()
+
+        await frames_until(
+            ws, lambda f: re.search(rf'id="flow-runs-{event.pk}"[^>]*>.*?class="run-tag', f)
+        )
+    finally:
+        await ws.disconnect()

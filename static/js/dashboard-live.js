@@ -33,11 +33,23 @@
     while (target.children.length > max) target.removeChild(target.lastElementChild);
   }
 
+  // The elements of a frame to swap: its top-level elements with an id. A table cell or
+  // row that follows a <tbody> in a frame (the flow's run cells after its new rows) is
+  // wrapped by the HTML parser in a <tbody>/<tr> of its own, without an id: look inside.
+  function parts(container) {
+    var found = [];
+    Array.prototype.slice.call(container.children).forEach(function (el) {
+      if (el.id) found.push(el);
+      else if (/^(TABLE|TBODY|THEAD|TFOOT|TR)$/.test(el.tagName)) found = found.concat(parts(el));
+    });
+    return found;
+  }
+
   function apply(html) {
     var template = document.createElement("template");
     template.innerHTML = html;
     var swapped = [];
-    Array.prototype.slice.call(template.content.children).forEach(function (incoming) {
+    parts(template.content).forEach(function (incoming) {
       var id = incoming.id;
       var target = id && document.getElementById(id);
       if (!target) return;
