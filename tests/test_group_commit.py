@@ -139,3 +139,18 @@ def test_new_events_reach_the_bus(token_id, settings):
     entries = bus.client().xrevrange(bus.stream_key(bus.partition_for(event)), count=50)
 
     assert any(int(f.get(b"event") or f.get("event")) == event.pk for _id, f in entries)
+
+
+def test_one_hint_for_a_group_reaches_the_sockets_as_one_hint_per_event(token_id):
+    from dashboard.live_consumers import unpacked
+
+    message = {
+        "type": "events.ingested",
+        "events": [{"event": 1, "event_type": "a"}, {"event": 2, "event_type": "b"}],
+    }
+
+    assert unpacked(message) == [
+        {"type": "event.ingested", "event": 1, "event_type": "a"},
+        {"type": "event.ingested", "event": 2, "event_type": "b"},
+    ]
+    assert unpacked({"type": "run.changed", "run": 3}) == [{"type": "run.changed", "run": 3}]
