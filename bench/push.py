@@ -48,6 +48,7 @@ if __package__ in (None, ""):  # `python bench/push.py`
 import httpx
 
 from bench.ingest import OUT, Stack, machine, percentile
+from orchestrator import servers
 
 PROBE_TYPE = "com.example.push.probe"
 LOAD_TYPE = "com.example.push.load"  # starts a run of bench-load
@@ -64,8 +65,8 @@ def web_command(port: int, template: str | None = None) -> list[str]:
     bin_dir = Path(sys.executable).parent
     if template:
         return shlex.split(template.format(port=port, bin=bin_dir))
-    return [str(bin_dir / "daphne"), "-b", "127.0.0.1", "-p", str(port),
-            "orchestrator.asgi:application"]  # fmt: skip
+    # The server `make run` uses, with one process: the goal is stated per web process.
+    return servers.web_command(sys.executable, host="127.0.0.1", port=port, workers=1)
 
 
 class PushStack(Stack):
@@ -75,10 +76,10 @@ class PushStack(Stack):
         super().__init__(*args, **kwargs)
         self.web = web
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         if name == "web":
             args = web_command(self.port, self.web)
-        super()._spawn(name, args)
+        super()._spawn(name, args, env)
 
 
 # --- the pages (client processes) ---------------------------------------------------------------
@@ -477,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
         "--web-command",
-        help="the web server's command line instead of daphne's; {port} and {bin} are "
+        help="the web server's command line instead of make run's; {port} and {bin} are "
         'filled in, e.g. "{bin}/uvicorn --port {port} orchestrator.asgi:application"',
     )
     args = parser.parse_args(argv)
