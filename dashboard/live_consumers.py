@@ -41,10 +41,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
+from channels import DEFAULT_CHANNEL_LAYER
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import get_channel_layer
+from channels.layers import channel_layers
 from channels.sessions import InstanceSessionWrapper
 from django.db import connections
 from django.template.loader import render_to_string
@@ -97,6 +98,17 @@ class Hub:
         # Busy pages waiting out their gap, by deadline (ms): one timer per deadline, not
         # one per page.
         self.later: dict[int, list[PushConsumer]] = {}
+        self._layer = None
+
+    @property
+    def layer(self):
+        """A channel layer of this Hub's own (a Hub is per event loop): channels_redis binds
+        its receive lock to the loop that first waits on it, so a layer shared with other
+        loops (the process's default one, which other consumers use) would be left unusable
+        by a listener cut off with its loop, as tests that each run their own loop do."""
+        if self._layer is None:
+            self._layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
+        return self._layer
 
     async def join(self, consumer: PushConsumer) -> None:
         """Subscribe `consumer`; returns once the process is in the groups, so a snapshot
@@ -107,7 +119,7 @@ class Hub:
             for kind in consumer.hint_types:
                 self.by_type.setdefault(kind, set()).add(consumer)
             if self.task is None or self.task.done():
-                layer = get_channel_layer()
+                layer = self.layer
                 # The default prefix: channels_redis reads every process-local channel
                 # through one Redis key, that of "specific." channels.
                 self.channel = await layer.new_channel()
@@ -119,14 +131,14 @@ class Hub:
         """Also listen to `group` (e.g. one run's group), counted per socket."""
         self.extra[group] = self.extra.get(group, 0) + 1
         if self.extra[group] == 1 and self.channel:
-            await get_channel_layer().group_add(group, self.channel)
+            await self.layer.group_add(group, self.channel)
 
     async def remove_group(self, group: str) -> None:
         self.extra[group] = self.extra.get(group, 1) - 1
         if self.extra[group] <= 0:
             del self.extra[group]
             if self.channel:
-                await get_channel_layer().group_discard(group, self.channel)
+                await self.layer.group_discard(group, self.channel)
 
     async def leave(self, consumer: PushConsumer) -> None:
         self.listeners.discard(consumer)
@@ -139,7 +151,7 @@ class Hub:
         # Wait for it to unwind: a receive cut off with its loop would keep the layer's
         # receive lock, bound to a loop that is gone, and the next loop could not receive.
         await asyncio.gather(task, return_exceptions=True)
-        layer = get_channel_layer()
+        layer = self.layer
         for group in HUB_GROUPS:
             try:
                 await layer.group_discard(group, channel)
