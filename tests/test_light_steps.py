@@ -17,6 +17,7 @@ from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
 from tests.factories import definition, http_step, log_step
+from tests.test_durability import start_run_here
 from workflows import crypto, engine
 from workflows.definition import Step
 from workflows.events.bus import Delivery
@@ -47,14 +48,6 @@ def sent(monkeypatch) -> list[tuple[str, tuple]]:
 
         monkeypatch.setattr(task, "apply_async", apply_async)
     return recorded
-
-
-def start_run_here(slug: str, *steps: dict) -> Run:
-    put_workflow(slug=slug, raw=definition(*steps, event=f"com.example.{slug}"))
-    version = publish_workflow(slug=slug)
-    run = Run.objects.create(workflow=version.workflow, version=version)
-    runs.advance_run(run_id=run.pk, happening=engine.RunStarted())
-    return run
 
 
 def chain(length: int) -> list[dict]:

@@ -31,7 +31,7 @@ from ..events.group_commit import committer
 from ..services import event_intake
 from ..services.tokens import cached_identity, identify
 from .events import BATCH, STRUCTURED, accepted_response, body_limit, forged_sources, parse_events
-from .problems import PROBLEM_TYPE_BASE
+from .problems import problem_body
 
 log = logging.getLogger("signalbox.ingest")
 
@@ -97,7 +97,13 @@ class FastEventIngest:
             await asyncio.wrap_future(committer().submit(submission))
         except DatabaseError as exc:
             log.warning("events not stored, answering 503: %s", exc)
-            return 503, _unavailable(), [(b"retry-after", b"1")]
+            unavailable = problem_body(
+                503,
+                "Service unavailable",
+                "the event store cannot be reached; nothing was stored, send it again",
+                kind="unavailable",
+            )
+            return 503, unavailable, [(b"retry-after", b"1")]
         except Exception:  # noqa: BLE001 - logged by the committer; the view tries alone
             return None
         if submission.error is not None:  # a schema violation, a revoked token
@@ -150,15 +156,6 @@ def _replay(body: bytes, receive, ended: bool):
         return await receive()
 
     return replayed
-
-
-def _unavailable() -> dict:
-    return {
-        "type": PROBLEM_TYPE_BASE + "unavailable",
-        "title": "Service unavailable",
-        "status": 503,
-        "detail": "the event store cannot be reached; nothing was stored, send it again",
-    }
 
 
 async def _respond(send, status: int, payload: dict, extra: list) -> None:

@@ -7,14 +7,18 @@ from django.http import JsonResponse
 PROBLEM_TYPE_BASE = "https://signalbox.dev/problems/"
 
 
-def problem(status: int, title: str, detail: str = "", *, kind: str = "", **extra) -> JsonResponse:
-    body = {
+def problem_body(status: int, title: str, detail: str = "", *, kind: str = "", **extra) -> dict:
+    return {
         "type": PROBLEM_TYPE_BASE + kind if kind else "about:blank",
         "title": title,
         "status": status,
         **({"detail": detail} if detail else {}),
         **extra,
     }
+
+
+def problem(status: int, title: str, detail: str = "", *, kind: str = "", **extra) -> JsonResponse:
+    body = problem_body(status, title, detail, kind=kind, **extra)
     response = JsonResponse(body, status=status, content_type="application/problem+json")
     if status == 401:
         response["WWW-Authenticate"] = 'Bearer realm="signalbox"'

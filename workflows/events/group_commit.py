@@ -104,7 +104,7 @@ class GroupCommitter:
     def _commit_each(self, group) -> list:
         created = []
         for submission, future in group:
-            submission.accepted, submission.created, submission.error = [], [], None
+            submission.accepted, submission.error = [], None
             try:
                 with transaction.atomic():
                     created.extend(event_intake.store([submission]))

@@ -98,8 +98,6 @@ class Submission:
     # Filled by `store`: exactly one of these.
     accepted: list[Accepted] = field(default_factory=list)
     error: Exception | None = None
-    # The events this submission created, for publication after the commit.
-    created: list[Event] = field(default_factory=list)
     # Its rows as written (pk None for a repeat of a stored event).
     rows: list[Event] = field(default_factory=list)
 
@@ -170,7 +168,6 @@ def _settle(submissions: Sequence[Submission]) -> list[Event]:
     created: list[Event] = []
     for submission, event in rows:
         if event.pk is not None:  # inserted: ours
-            submission.created.append(event)
             created.append(event)
             submission.accepted.append(
                 Accepted(event.pk, event.source, event.ce_id, False, event.validation)
