@@ -211,3 +211,57 @@ def test_a_filter_shared_by_many_workflows_is_evaluated_once_per_event(monkeypat
     assert sorted(calls) == sorted(
         ["event.data.order > 1000", "event.subject == 'nope'"] * len(events)
     )
+
+
+def test_entries_of_types_nobody_listens_to_are_settled_without_loading_their_events(
+    bus_settings,
+):
+    from workflows.management.commands.consume_bus import settle_unheard
+
+    publish("listener")
+    quiet, heard = stored(3, QUIET), stored(2)
+    for event in quiet + heard:
+        assert bus.publish(event)
+    consumer = bus.Consumer("unheard")
+    deliveries = list(consumer.read(block_ms=10))
+    assert {d.type for d in deliveries} == {QUIET, PLACED}
+
+    with CaptureQueriesContext(connection) as captured:
+        rest = settle_unheard(consumer, deliveries)
+
+    assert sorted(d.event_id for d in rest) == sorted(e.pk for e in heard)
+    sqls = [q["sql"] for q in captured.captured_queries]
+    assert len(sqls) == 2, sqls  # which types are listened to; the UPDATE marking them
+    assert not any('FROM "workflows_event"' in s and s.startswith("SELECT") for s in sqls)
+    assert Event.objects.filter(pk__in=[e.pk for e in quiet], matched_at__isnull=True).count() == 0
+    assert Event.objects.filter(pk__in=[e.pk for e in heard], matched_at__isnull=True).count() == 2
+    pending = sum(consumer.redis.xpending(s, consumer.group)["pending"] for s in consumer.streams)
+    assert pending == len(heard)  # only the heard entries wait for matching
+
+
+def test_a_type_a_run_waits_for_is_not_settled_unheard(bus_settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from workflows.management.commands.consume_bus import settle_unheard
+    from workflows.models import EventWaiter, StepRun
+
+    waiting_type = "com.example.awaited"
+    assert event_services.listened_types([waiting_type, QUIET]) == set()
+    publish("waiter-host")
+    [trigger] = stored(1)
+    match_events(event_ids=[trigger.pk])
+    run = Run.objects.get(event=trigger)
+    EventWaiter.objects.create(
+        step_run=StepRun.objects.create(run=run, step_id="wait", kind="wait_for_event"),
+        run=run,
+        event_type=waiting_type,
+        expires_at=timezone.now() + timedelta(minutes=5),
+    )
+    assert event_services.listened_types([waiting_type, QUIET]) == {waiting_type}
+    [awaited] = stored(1, waiting_type)
+    assert bus.publish(awaited)
+    consumer = bus.Consumer("waits")
+    deliveries = list(consumer.read(block_ms=10))
+    assert [d.event_id for d in settle_unheard(consumer, deliveries)] == [awaited.pk]

@@ -168,6 +168,8 @@ class Delivery:
     entry_id: str
     event_id: int
     deliveries: int = 1
+    # The event's type, as appended (entries written before it was carried have none).
+    type: str = ""
 
 
 def ensure_groups(redis_client: redis.Redis, group: str) -> None:
@@ -197,7 +199,9 @@ class Consumer:
         )
         for stream, entries in reply or []:
             for entry_id, fields in entries:
-                yield Delivery(stream, entry_id, int(fields.get("event", 0)))
+                yield Delivery(
+                    stream, entry_id, int(fields.get("event", 0)), type=fields.get("type", "")
+                )
 
     def reclaim(self, *, idle_ms: int, count: int = 100) -> Iterator[Delivery]:
         """Take over entries another consumer read but never acknowledged (it died). Every
@@ -223,7 +227,11 @@ class Consumer:
                     self.ack(Delivery(stream, entry_id, 0))
                     continue
                 yield Delivery(
-                    stream, entry_id, int(fields.get("event", 0)), counts.get(entry_id, 1)
+                    stream,
+                    entry_id,
+                    int(fields.get("event", 0)),
+                    counts.get(entry_id, 1),
+                    type=fields.get("type", ""),
                 )
 
     def ack(self, delivery: Delivery) -> None:

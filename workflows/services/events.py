@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from .. import notify
@@ -137,6 +139,24 @@ def match_events(*, event_ids: Sequence[int]) -> MatchOutcome:
     return outcome
 
 
+def listened_types(types: Collection[str]) -> set[str]:
+    """The types among `types` that a published workflow subscribes to or a run waits for
+    right now, in one query: the bus consumer settles the entries of every other type
+    without loading their events."""
+    from ..models import EventWaiter
+
+    types = sorted(set(types))
+    if not types:
+        return set()
+    subscribed = TriggerSubscription.objects.filter(event_type__in=types).values_list(
+        "event_type", flat=True
+    )
+    waited = EventWaiter.objects.filter(
+        event_type__in=types, expires_at__gt=timezone.now()
+    ).values_list("event_type", flat=True)
+    return set(subscribed.union(waited))
+
+
 def waiting_types(types: Sequence[str]) -> set[str]:
     """The event types some run is waiting for right now (EventWaiter.event_type index)."""
     from ..models import EventWaiter
@@ -180,8 +200,9 @@ def _start_runs(event: Event, subscriptions: list[TriggerSubscription]) -> list[
 def mark_matched(*event_ids: int) -> None:
     """Before the bus entries are acknowledged: an event left unmatched once its partition
     is drained was lost from the bus, and the relay publishes it again."""
-    Event.objects.filter(pk__in=event_ids, matched_at__isnull=True).update(
-        matched_at=timezone.now()
+    # COALESCE, not `matched_at IS NULL` in the WHERE clause: see bus.mark_published.
+    Event.objects.filter(pk__in=event_ids).update(
+        matched_at=Coalesce(F("matched_at"), Value(timezone.now()))
     )
 
 

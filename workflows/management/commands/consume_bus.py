@@ -14,7 +14,12 @@ from workflows import heartbeat
 from workflows.events.bus import Consumer, Delivery
 from workflows.events.external_streams import StreamIngestThread
 from workflows.loop import Stopper
-from workflows.services.events import dead_letter_bus_entry, match_events
+from workflows.services.events import (
+    dead_letter_bus_entry,
+    listened_types,
+    mark_matched,
+    match_events,
+)
 
 log = logging.getLogger("signalbox.bus")
 # Entries become reclaimable only after BUS_CLAIM_IDLE_MS (30 s by default), and the
@@ -33,6 +38,24 @@ def by_partition(deliveries: list[Delivery]) -> list[list[Delivery]]:
     for delivery in deliveries:
         groups.setdefault(delivery.stream, []).append(delivery)
     return list(groups.values())
+
+
+def settle_unheard(consumer: Consumer, deliveries: list[Delivery]) -> list[Delivery]:
+    """Settle the entries whose event type nobody listens to (no subscribed workflow, no
+    waiting run): one query for the whole read, one UPDATE marking them matched, one XACK,
+    and no event loaded. Returns the rest, for matching. Under steady ingest of types no
+    workflow uses, this is most of what the consumer reads."""
+    typed = [d for d in deliveries if d.type]
+    if not typed:
+        return deliveries
+    heard = listened_types({d.type for d in typed})
+    unheard = [d for d in typed if d.type not in heard]
+    if not unheard:
+        return deliveries
+    mark_matched(*{d.event_id for d in unheard})  # before the ack, as match_events does
+    consumer.ack_many(unheard)
+    settled = {(d.stream, d.entry_id) for d in unheard}
+    return [d for d in deliveries if (d.stream, d.entry_id) not in settled]
 
 
 def handle_in_order(deliveries: list[Delivery], handle: Callable[[list[Delivery]], None]) -> None:
@@ -101,6 +124,7 @@ class Command(BaseCommand):
                     deliveries += consumer.reclaim(idle_ms=config["BUS_CLAIM_IDLE_MS"])
                     housekept = time.monotonic()
                 deliveries += consumer.read(block_ms=1000)
+                deliveries = settle_unheard(consumer, deliveries)
                 # Each partition's part of the read at once: a few queries and one XACK,
                 # not a round of each per entry; an entry whose matching fails stays
                 # pending on its own.
