@@ -426,7 +426,7 @@ class Stack:
         # The server and web environment `make run` uses (orchestrator/servers.py).
         self._spawn(
             "web",
-            servers.web_command(sys.executable, host="127.0.0.1", port=self.port),
+            servers.web_command(sys.executable, host="127.0.0.1", port=self.port, env=self.env),
             env=servers.web_env(self.env),
         )
         self._spawn("worker", [str(bin_dir / "celery"), "-A", "orchestrator", "worker",

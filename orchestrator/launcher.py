@@ -244,7 +244,7 @@ def main() -> int:
         )
         if prepared:
             services = {
-                "web": servers.web_command(python, host=host, port=port),
+                "web": servers.web_command(python, host=host, port=port, env=env),
                 "worker": [
                     str(bin_dir / "celery"),
                     "-A",
