@@ -93,7 +93,9 @@ if DATABASE_URL and env_bool("SIGNALBOX_DB_POOL"):
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 2,
         "max_size": int(os.environ.get("SIGNALBOX_DB_POOL_SIZE", "16")),
-        "timeout": 10,
+        # How long a request waits for a connection: while the database is away, ingest
+        # answers 503 with Retry-After after this, rather than holding the client.
+        "timeout": float(os.environ.get("SIGNALBOX_DB_POOL_TIMEOUT", "3")),
     }
 elif DATABASE_URL:
     # Persistent connections (checked before reuse): a worker would otherwise open a new
@@ -121,6 +123,10 @@ else:
             },
         }
     }
+if DATABASE_URL:
+    # A database that does not answer (a host gone, a black-holed network) fails a connect in
+    # seconds, not at the operating system's TCP timeout of minutes.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 # Each test run gets its own database (see tests/services.py).
 if os.environ.get("SIGNALBOX_TEST_DB_NAME"):
     DATABASES["default"].setdefault("TEST", {})["NAME"] = os.environ["SIGNALBOX_TEST_DB_NAME"]
@@ -212,6 +218,9 @@ SIGNALBOX = {
     "REDELIVER_UNMATCHED_SECONDS": float(
         os.environ.get("SIGNALBOX_REDELIVER_UNMATCHED_SECONDS", "60")
     ),
+    # A queued attempt whose message nobody picked up this long is sent again (the message
+    # was lost: Redis restarted empty, or it was prefetched by a worker that died).
+    "REENQUEUE_AFTER_SECONDS": float(os.environ.get("SIGNALBOX_REENQUEUE_AFTER_SECONDS", "120")),
     "MAX_EVENT_BYTES": int(os.environ.get("SIGNALBOX_MAX_EVENT_BYTES", str(256 * 1024))),
     "MAX_BATCH_BYTES": int(os.environ.get("SIGNALBOX_MAX_BATCH_BYTES", str(4 * 1024 * 1024))),
     "MAX_BATCH_EVENTS": int(os.environ.get("SIGNALBOX_MAX_BATCH_EVENTS", "1000")),

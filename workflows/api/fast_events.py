@@ -22,7 +22,7 @@ import logging
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.http.request import split_domain_port, validate_host
 
 from .. import roles
@@ -83,7 +83,10 @@ class FastEventIngest:
         await _respond(send, status, payload, extra)
 
     async def _accept(self, headers: Headers, mode: str, body: bytes):
-        identity = await _identity(headers.get("authorization", ""))
+        try:
+            identity = await _identity(headers.get("authorization", ""))
+        except DatabaseError as exc:
+            return _unavailable(exc)
         if identity is None or roles.rank(identity.role) < roles.rank(REQUIRED_ROLE):
             return None
         try:
@@ -96,14 +99,7 @@ class FastEventIngest:
         try:
             await asyncio.wrap_future(committer().submit(submission))
         except DatabaseError as exc:
-            log.warning("events not stored, answering 503: %s", exc)
-            unavailable = problem_body(
-                503,
-                "Service unavailable",
-                "the event store cannot be reached; nothing was stored, send it again",
-                kind="unavailable",
-            )
-            return 503, unavailable, [(b"retry-after", b"1")]
+            return _unavailable(exc)
         except Exception:  # noqa: BLE001 - logged by the committer; the view tries alone
             return None
         if submission.error is not None:  # a schema violation, a revoked token
@@ -112,12 +108,34 @@ class FastEventIngest:
         return status, payload, []
 
 
+def _unavailable(exc: DatabaseError):
+    log.warning("events not stored, answering 503: %s", exc)
+    unavailable = problem_body(
+        503,
+        "Service unavailable",
+        "the event store cannot be reached; nothing was stored, send it again",
+        kind="unavailable",
+    )
+    return 503, unavailable, [(b"retry-after", b"1")]
+
+
 async def _identity(authorization: str):
     scheme, _, credentials = authorization.partition(" ")
     credentials = credentials.strip()
     if scheme.lower() != "bearer" or not credentials:
         return None
-    return cached_identity(credentials) or await sync_to_async(identify)(credentials)
+    return cached_identity(credentials) or await sync_to_async(_identify)(credentials)
+
+
+def _identify(credentials: str):
+    """`identify` on Django's sync thread. No request signals run on this path, so nothing
+    else would drop this thread's connection once the database broke it (a restart): drop
+    it here, and the next lookup connects afresh."""
+    try:
+        return identify(credentials)
+    except DatabaseError:
+        connection.close()
+        raise
 
 
 def _host_allowed(host: str) -> bool:

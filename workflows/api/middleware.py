@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from django.db import InterfaceError, OperationalError
+
 from .problems import problem
 
 log = logging.getLogger("signalbox.api")
@@ -32,5 +34,16 @@ class ApiProblemMiddleware:
     def process_exception(self, request, exception):
         if not request.path.startswith("/api/"):
             return None
+        if isinstance(exception, OperationalError | InterfaceError):
+            # The database is away (restarting, unreachable): say so, and when to try again.
+            log.warning("database unavailable: %s %s: %s", request.method, request.path, exception)
+            response = problem(
+                503,
+                "Service unavailable",
+                "the database cannot be reached; nothing was changed, try again",
+                kind="unavailable",
+            )
+            response["Retry-After"] = "1"
+            return response
         log.exception("API error on %s %s", request.method, request.path)
         return problem(500, "Internal error", "the error was logged", kind="internal")

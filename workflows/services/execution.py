@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from .. import engine
@@ -51,6 +51,9 @@ from .step_heartbeats import heartbeating
 from .waits import emit_for_step, park
 
 log = logging.getLogger("signalbox.runs")
+# How long a finished step's worker keeps trying to store its result while the database is
+# away, before it gives the attempt up to the lease sweep.
+RECORD_PATIENCE_SECONDS = 600
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)
 # One task runs at most this many light steps of a run one after another, for at most this
@@ -421,7 +424,7 @@ def _run_claimed(
         if not isinstance(exc, ExpressionError | StepError):
             log.exception("step %s of run %s raised", step.id, run.pk)
         happening = failure(step, step_run.attempt, exc)
-    record_result(
+    record_until_stored(
         step_run_id=step_run.pk,
         happening=mask_happening(happening, secrets),
         output=mask(output, secrets),
@@ -429,6 +432,25 @@ def _run_claimed(
         continuation=continuation,
     )
     return True
+
+
+def record_until_stored(**result) -> bool:
+    """record_result, tried again while the database is away. The step has run (its effect
+    may have happened): giving up would leave the attempt to the lease sweep, which fails it
+    and may run the effect again. The scheduler judges no lease until the database has
+    been back a whole heartbeat timeout, so a result stored soon after is not fenced out."""
+    deadline = time.monotonic() + RECORD_PATIENCE_SECONDS
+    pause = 0.2
+    while True:
+        try:
+            return record_result(**result)
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("attempt %s: result not stored (%s); retrying", result["step_run_id"], exc)
+            connection.close()  # broken: the next try connects afresh
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def mask_happening(happening: engine.StepFinished, secrets: dict[str, str]) -> engine.StepFinished:

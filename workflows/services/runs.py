@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -28,7 +29,7 @@ from .producers import emit_run_events
 log = logging.getLogger("signalbox.runs")
 # A queued attempt whose message has not been picked up this long is enqueued again (the
 # message was lost, e.g. Redis restarted). Duplicates are harmless: the claim is conditional.
-REENQUEUE_AFTER = timedelta(seconds=120)
+REENQUEUE_AFTER = timedelta(seconds=settings.SIGNALBOX["REENQUEUE_AFTER_SECONDS"])
 # An attempt running longer than its step's timeout (default 15 min) plus this grace hangs
 # (or, without heartbeats, lost its worker): it is failed (retryably, code "timeout"); a
 # late result is fenced out. A dead worker is noticed sooner, by its heartbeat.
@@ -428,6 +429,13 @@ def write_result(
         changes.update(started)
     written = StepRun.objects.filter(pk=step_run_id, status=from_status).update(**changes)
     if not written:
+        # Fenced: a late result (its worker was frozen past the lease) or a repeated one.
+        log.warning(
+            "result of attempt %s (run %s) refused: the attempt is no longer %s",
+            step_run_id,
+            run.pk,
+            from_status,
+        )
         return False
     with journal_batch(run):
         if started:
@@ -483,10 +491,11 @@ def mark_started(*, step_run: StepRun, run: Run | None = None) -> None:
     )
 
 
-def enqueue_due_steps(*, now=None, limit: int = 500) -> int:
+def enqueue_due_steps(*, now=None, limit: int = 500, judge_leases: bool = True) -> int:
     """The scheduler's timer sweep: enqueue retries whose back-off has passed, re-enqueue
     attempts whose message was lost, wake waiting steps that are due, and fail attempts
-    that outlived their lease."""
+    that outlived their lease (unless `judge_leases` is false: right after a database
+    outage every heartbeat looks old, because no worker could write one)."""
     from .waits import wake_due
 
     now = now or timezone.now()
@@ -504,7 +513,8 @@ def enqueue_due_steps(*, now=None, limit: int = 500) -> int:
                     enqueue_on_commit(pk)
                     count += 1
     count += wake_due(now=now, limit=limit)
-    count += expire_leases(now=now, limit=limit)
+    if judge_leases:
+        count += expire_leases(now=now, limit=limit)
     count += recover_lost_follow_ups(now=now, limit=limit)
     return count
 

@@ -113,17 +113,23 @@ class Command(BaseCommand):
         threads = max(1, min(config["BUS_PARTITIONS"], MAX_MATCH_THREADS))
         pool = ThreadPoolExecutor(threads, "bus-match") if threads > 1 else None
         housekept = 0.0
+        # Entries read when the database was away, tried again by this consumer until it is
+        # back rather than reclaimed from Redis: each reclaim counts a delivery, and an
+        # outage of a few minutes would otherwise dead-letter every entry it held.
+        carried: list[Delivery] = []
         while not stopper.stopped:
+            deliveries, carried = carried, []
             try:
                 if consumer is None:
                     consumer = Consumer(name)
                     housekept = 0.0
-                deliveries = []
                 if time.monotonic() - housekept >= HOUSEKEEPING_SECONDS:
                     heartbeat.beat("bus-consumer")
-                    deliveries += consumer.reclaim(idle_ms=config["BUS_CLAIM_IDLE_MS"])
+                    if not deliveries:
+                        deliveries += consumer.reclaim(idle_ms=config["BUS_CLAIM_IDLE_MS"])
                     housekept = time.monotonic()
-                deliveries += consumer.read(block_ms=1000)
+                if not deliveries:
+                    deliveries += consumer.read(block_ms=1000)
                 deliveries = settle_unheard(consumer, deliveries)
                 # Each partition's part of the read at once: a few queries and one XACK,
                 # not a round of each per entry; an entry whose matching fails stays
@@ -149,10 +155,11 @@ class Command(BaseCommand):
                 consumer = None
                 stopper.wait(1.0)
             except (OperationalError, InterfaceError) as exc:
-                # The entry stays pending. Drop the broken connection so the next try
-                # reconnects once the database is back.
+                # The entries stay pending, and this consumer tries them again (matching is
+                # idempotent). Drop the broken connections so the next try reconnects.
                 log.warning("database unavailable (%s); retrying", exc)
                 connections.close_all()
+                carried = deliveries
                 stopper.wait(1.0)
             except Exception:
                 # An entry that fails stays pending and is reclaimed later (counted).

@@ -1,4 +1,5 @@
 import logging
+import time
 
 import redis
 from django.conf import settings
@@ -9,6 +10,7 @@ from workflows import demo_traffic, heartbeat
 from workflows.events.bus import relay_unmatched, relay_unpublished
 from workflows.events.schedules import fire_due
 from workflows.loop import Stopper
+from workflows.services import step_heartbeats
 from workflows.services.replay import resume_stranded_batches
 from workflows.services.runs import enqueue_due_steps
 
@@ -23,6 +25,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, interval, **options):
         stopper = Stopper()
+        # When the database was last found away (None: not since the start). Workers cannot
+        # write heartbeats while it is away, so leases are judged again only once it has
+        # been back for a whole heartbeat timeout.
+        self.database_lost_at: float | None = None
         log.info("scheduler starting")
         while not stopper.stopped:
             # Schedules need only the database: their events wait in the outbox while
@@ -34,24 +40,32 @@ class Command(BaseCommand):
             stopper.wait(interval)
         log.info("scheduler stopped")
 
-    @staticmethod
-    def relay_and_enqueue() -> None:
+    def relay_and_enqueue(self) -> None:
         heartbeat.beat("scheduler")
         config = settings.SIGNALBOX
         relayed = relay_unpublished(older_than_seconds=config["OUTBOX_GRACE_SECONDS"])
         relayed += relay_unmatched(older_than_seconds=config["REDELIVER_UNMATCHED_SECONDS"])
-        enqueued = enqueue_due_steps()
+        enqueued = enqueue_due_steps(judge_leases=self.leases_judgeable())
         if relayed or enqueued:
             log.info("relayed %d event(s), enqueued %d step(s)", relayed, enqueued)
 
-    @staticmethod
-    def guarded(work, what: str) -> None:
+    def leases_judgeable(self) -> bool:
+        if self.database_lost_at is None:
+            return True
+        back_for = time.monotonic() - self.database_lost_at
+        if back_for < step_heartbeats.timeout().total_seconds():
+            return False
+        self.database_lost_at = None
+        return True
+
+    def guarded(self, work, what: str) -> None:
         try:
             work()
         except redis.RedisError as exc:
             log.warning("redis unavailable (%s); retrying %s", exc, what)
         except (OperationalError, InterfaceError) as exc:
             log.warning("database unavailable (%s); retrying %s", exc, what)
+            self.database_lost_at = time.monotonic()
             connections.close_all()  # reconnect on the next round
         except Exception:
             log.exception("%s failed", what)

@@ -1,0 +1,438 @@
+"""The stack under faults: Signalbox's real processes against a PostgreSQL and a Redis of
+the suite's own, each behind a fault proxy, a loopback sink for side effects, a load
+generator, and the check every scenario ends with."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import psycopg
+
+from orchestrator import servers
+from orchestrator.embedded_redis import free_port
+from tests.chaos.proxy import FaultProxy
+from tests.chaos.services import PrivatePostgres, PrivateRedis
+from tests.chaos.sink import Sink
+from tests.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per event is noise here
+LOGS = ROOT / "var" / "chaos"
+EVENT_TYPE = "com.example.chaos.order"
+DELAYED_TYPE = "com.example.chaos.delayed"
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def workflow(sink_url: str) -> dict:
+    """A light step, a side effect with an idempotency key, a light step."""
+    return {
+        "name": "Chaos orders",
+        "triggers": [{"event": EVENT_TYPE}],
+        "steps": [
+            {"id": "prepare", "kind": "transform",
+             "config": {"output": {"n": "{{ event.data.n }}"}}},
+            # Retried with the same idempotency key when its worker is lost: the receiver
+            # keeps one effect per key (the way a payment API does).
+            {"id": "charge", "kind": "http_request", "after": ["prepare"],
+             "config": {"url": sink_url, "method": "POST", "send_event": True,
+                        "timeout_seconds": 20},
+             "retry": {"max_attempts": 5, "delay_seconds": 0.2, "jitter": False}},
+            {"id": "done", "kind": "log", "after": ["charge"], "config": {"message": "charged"}},
+        ],
+    }  # fmt: skip
+
+
+def delayed_workflow(sink_url: str, seconds: float) -> dict:
+    """A delay, then a side effect: a wait that falls due while everything is stopped."""
+    return {
+        "name": "Chaos delayed",
+        "triggers": [{"event": DELAYED_TYPE}],
+        "steps": [
+            {"id": "wait", "kind": "delay", "config": {"seconds": seconds}},
+            {"id": "charge", "kind": "http_request", "after": ["wait"],
+             "config": {"url": sink_url, "method": "POST", "send_event": True},
+             "retry": {"max_attempts": 5, "delay_seconds": 0.2, "jitter": False}},
+        ],
+    }  # fmt: skip
+
+
+class ChaosStack:
+    """Start with `start()`, stop with `stop()`; processes by name: web, worker, bus,
+    scheduler."""
+
+    def __init__(self, *, tag: str | None = None, delay_seconds: float = 4.0):
+        self.tag = tag or uuid.uuid4().hex[:8]
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"signalbox-chaos-{self.tag}-"))
+        self.postgres = PrivatePostgres(self.workdir)
+        self.redis = PrivateRedis(self.workdir)
+        self.sink = Sink()
+        self.delay_seconds = delay_seconds
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.port = free_port()
+        self.pg_proxy: FaultProxy | None = None
+        self.redis_proxy: FaultProxy | None = None
+        self.token = ""
+        self.faults: Counter[str] = Counter()
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> ChaosStack:
+        self.postgres.init()
+        self.redis.start()
+        self.pg_proxy = FaultProxy(self.postgres.port, name="postgres")
+        self.redis_proxy = FaultProxy(self.redis.port, name="redis")
+        pg_port, redis_port = self.pg_proxy.start(), self.redis_proxy.start()
+        self.sink.start()
+        with psycopg.connect(self.postgres.url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE signalbox")
+        self.database_url = f"postgresql://postgres@127.0.0.1:{self.postgres.port}/signalbox"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("SIGNALBOX_TEST")},
+            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg_port}/signalbox",
+            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "SIGNALBOX_REDIS_PREFIX": f"chaos-{self.tag}",
+            "SIGNALBOX_VAR_DIR": str(self.workdir / "var"),
+            "DJANGO_SETTINGS_MODULE": "orchestrator.settings",
+            "DJANGO_DEBUG": "0",
+            "PYTHONUNBUFFERED": "1",
+            "SIGNALBOX_LOG_LEVEL": "WARNING",
+            "SIGNALBOX_OUTBOUND_ALLOW": "127.0.0.1/32",
+            # Faults are found in seconds, not the production minute: a silent attempt is
+            # lost after 6 s, a pending bus entry is reclaimed after 3 s, an event
+            # unmatched after 5 s (its entry lost with Redis) is published again.
+            "SIGNALBOX_STEP_HEARTBEAT_SECONDS": "1",
+            "SIGNALBOX_STEP_HEARTBEAT_TIMEOUT_SECONDS": "6",
+            "SIGNALBOX_BUS_CLAIM_IDLE_MS": "3000",
+            "SIGNALBOX_OUTBOX_GRACE_SECONDS": "2",
+            "SIGNALBOX_REDELIVER_UNMATCHED_SECONDS": "5",
+            # A step message lost with Redis or with a killed worker is sent again after 8 s.
+            "SIGNALBOX_REENQUEUE_AFTER_SECONDS": "8",
+        }
+        direct = {**self.env, "DATABASE_URL": self.database_url}
+        self.manage(["migrate", "-v0"], env=direct)
+        self.token = self.manage(
+            ["create_api_token", "chaos", "--role", "editor"], env=direct
+        ).strip()
+        for slug, definition in (
+            ("chaos-orders", workflow(self.sink.url)),
+            ("chaos-delayed", delayed_workflow(self.sink.url, self.delay_seconds)),
+        ):
+            path = self.workdir / f"{slug}.json"
+            path.write_text(json.dumps(definition))
+            self.manage(["workflows", "import", str(path), "--slug", slug, "--publish"], env=direct)
+        for name in ("web", "worker", "bus", "scheduler"):
+            self.start_process(name)
+        self.wait_ready()
+        return self
+
+    def manage(self, args: list[str], *, env: dict[str, str]) -> str:
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
+            text=True, timeout=300, check=False,
+        )  # fmt: skip
+        if done.returncode:
+            raise RuntimeError(f"manage.py {' '.join(args)}: {done.stderr[-2000:]}")
+        return done.stdout
+
+    def command(self, name: str) -> list[str]:
+        python = sys.executable
+        if name == "web":
+            return servers.web_command(python, host="127.0.0.1", port=self.port, env=self.env)
+        if name.startswith("worker"):
+            return [str(Path(python).parent / "celery"), "-A", "orchestrator", "worker",
+                    "--loglevel", "WARNING", "--concurrency", "2", "--hostname",
+                    f"chaos-{self.tag}-{uuid.uuid4().hex[:4]}@%h", "--without-gossip",
+                    "--without-mingle"]  # fmt: skip
+        if name == "bus":
+            return [python, "manage.py", "consume_bus", "--no-external-streams"]
+        return [python, "manage.py", "scheduler", "--interval", "0.2"]
+
+    def start_process(self, name: str) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        log = open(LOGS / f"{self.tag}-{name}.log", "a")  # noqa: SIM115 - the child keeps it
+        env = servers.web_env(self.env) if name == "web" else self.env
+        self.processes[name] = subprocess.Popen(
+            self.command(name), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        def ready() -> bool:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited; see {LOGS / f'{self.tag}-{name}.log'}")
+            try:
+                return httpx.get(f"{self.base_url}/readyz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout=timeout, interval=0.25, message="the chaos stack to be ready")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the process and its children (a whole process group)."""
+        process = self.processes[name]
+        if process.poll() is None:
+            os.killpg(process.pid, sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            process.wait(30)
+
+    def restart(self, name: str) -> None:
+        self.kill(name, signal.SIGKILL)
+        self.start_process(name)
+
+    def pool_processes(self) -> list[psutil.Process]:
+        """The Celery worker's pool processes (the ones that run steps)."""
+        try:
+            return psutil.Process(self.processes["worker"].pid).children()
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(30)
+        for proxy in (self.pg_proxy, self.redis_proxy):
+            if proxy is not None:
+                proxy.stop()
+        self.sink.stop()
+        self.redis.destroy()
+        self.postgres.destroy()
+
+    # --- what the database holds -------------------------------------------------------------
+
+    def log(self, name: str) -> str:
+        path = LOGS / f"{self.tag}-{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def query(self, sql: str, params=()) -> list[tuple]:
+        with psycopg.connect(self.database_url, connect_timeout=10) as conn:
+            return conn.execute(sql, params).fetchall()
+
+
+@dataclass
+class Load:
+    """Posts events at a steady rate on a thread of its own; remembers what was accepted."""
+
+    stack: ChaosStack
+    rate: float
+    event_type: str = EVENT_TYPE
+    source: str = "/chaos"
+    accepted: list[str] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    refusals_without_retry_after: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Load:
+        self._thread = threading.Thread(target=self._run, name="chaos-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        headers = {
+            "Authorization": f"Bearer {self.stack.token}",
+            "Content-Type": "application/cloudevents+json",
+        }
+        interval, n = 1.0 / self.rate, 0
+        next_at = time.monotonic()
+        with httpx.Client(base_url=self.stack.base_url, timeout=15) as http:
+            while not self._stop.is_set():
+                self.send(http, headers, n)
+                n += 1
+                next_at += interval
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def send(self, http: httpx.Client, headers: dict, n: int, data: dict | None = None) -> None:
+        event_id = f"{self.source.strip('/')}-{uuid.uuid4().hex}"
+        event = {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": self.source,
+            "type": self.event_type,
+            "data": {"event": event_id, "n": n, **(data or {})},
+        }
+        try:
+            answer = http.post("/api/v1/events", content=json.dumps(event), headers=headers)
+        except httpx.HTTPError as exc:
+            self.statuses[type(exc).__name__] += 1
+            return
+        self.statuses[answer.status_code] += 1
+        if answer.status_code // 100 == 2:
+            self.accepted.append(event_id)
+        elif answer.status_code == 503 and "retry-after" not in answer.headers:
+            self.refusals_without_retry_after += 1
+
+    def sent_since(self, mark: Counter, status) -> int:
+        return self.statuses[status] - mark[status]
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+
+@dataclass
+class Outcome:
+    """What a scenario's final check found."""
+
+    accepted: int
+    stored: int
+    runs: int
+    runs_final: int
+    succeeded: int
+    effects: int  # distinct idempotency keys the sink saw
+    deliveries: int  # requests the sink received, repeats included
+    lost: list[str]
+    unfinished: list[int]
+    journal_gaps: list[int]
+    missing_effects: list[int]
+    duplicated_effects: list[str]  # events whose effect arrived under two keys (two runs)
+    duplicate_runs: list[str]
+    unexplained_dead_letters: list[str]
+    statuses: dict
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.lost
+            or self.unfinished
+            or self.journal_gaps
+            or self.missing_effects
+            or self.duplicated_effects
+            or self.duplicate_runs
+            or self.unexplained_dead_letters
+        )
+
+    def summary(self) -> str:
+        return (
+            f"accepted {self.accepted}, stored {self.stored}, runs {self.runs} "
+            f"({self.runs_final} final, {self.succeeded} succeeded), effects {self.effects} "
+            f"(deliveries {self.deliveries}), lost {len(self.lost)}, unfinished "
+            f"{len(self.unfinished)}, journal gaps {len(self.journal_gaps)}, missing effects "
+            f"{len(self.missing_effects)}, duplicated effects {len(self.duplicated_effects)}, "
+            f"duplicate runs {len(self.duplicate_runs)}, unexplained dead letters "
+            f"{len(self.unexplained_dead_letters)}; answers {dict(self.statuses)}"
+            + "".join(f"\n       {letter}" for letter in self.unexplained_dead_letters[:5])
+        )
+
+
+def settle(
+    stack: ChaosStack,
+    accepted: list[str],
+    *,
+    timeout: float = 180,
+    explained=lambda reason: False,
+    statuses: dict | None = None,
+) -> Outcome:
+    """Wait until every accepted event has been matched and every run is final (or the
+    timeout passes), then check what the scenario promised."""
+    ids = list(accepted)
+
+    def counts() -> tuple[int, int, int]:
+        [(stored, matched)] = stack.query(
+            "SELECT count(*), count(matched_at) FROM workflows_event WHERE ce_id = ANY(%s)",
+            (ids,),
+        )
+        [(open_runs,)] = stack.query(
+            "SELECT count(*) FROM workflows_run WHERE status <> ALL(%s)", (list(FINAL),)
+        )
+        return stored, matched, open_runs
+
+    def settled() -> bool:
+        stored, matched, open_runs = counts()
+        return stored == matched == len(ids) and open_runs == 0
+
+    with contextlib.suppress(AssertionError):  # the checks below say what is missing
+        wait_until(settled, timeout=timeout, interval=0.5, message="every accepted event to settle")
+    stored_ids = {
+        ce
+        for (ce,) in stack.query("SELECT ce_id FROM workflows_event WHERE ce_id = ANY(%s)", (ids,))
+    }
+    runs = stack.query(
+        "SELECT r.id, r.status FROM workflows_run r JOIN workflows_event e ON e.id = r.event_id"
+        " WHERE e.ce_id = ANY(%s)",
+        (ids,),
+    )
+    unmatched = {
+        ce
+        for (ce,) in stack.query(
+            "SELECT e.ce_id FROM workflows_event e WHERE e.ce_id = ANY(%s) AND NOT EXISTS"
+            " (SELECT 1 FROM workflows_run r WHERE r.event_id = e.id)",
+            (ids,),
+        )
+    }
+    gaps = [
+        run_id
+        for (run_id,) in stack.query(
+            "SELECT run_id FROM workflows_runjournal GROUP BY run_id"
+            " HAVING min(seq) <> 1 OR max(seq) <> count(*)"
+        )
+    ]
+    keys = stack.query(
+        "SELECT s.run_id, s.idempotency_key FROM workflows_steprun s"
+        " WHERE s.step_id = 'charge' AND s.status = 'succeeded'"
+    )
+    seen, bodies = stack.sink.snapshot()
+    missing = sorted({run_id for run_id, key in keys if not seen.get(key)})
+    wanted = set(ids)
+    keys_by_event: dict[str, set[str]] = {}
+    for key, body in bodies.items():
+        event = json.loads(body or b"{}").get("event", "")
+        if event in wanted:
+            keys_by_event.setdefault(event, set()).add(key)
+    mine = {key for keys in keys_by_event.values() for key in keys}
+    duplicate_runs = [
+        ce
+        for (ce,) in stack.query(
+            "SELECT e.ce_id FROM workflows_run r JOIN workflows_event e ON e.id = r.event_id"
+            " WHERE e.ce_id = ANY(%s) AND r.replay_of_id IS NULL GROUP BY e.ce_id"
+            " HAVING count(*) > 1",
+            (ids,),
+        )
+    ]
+    letters = stack.query("SELECT id, kind, reason FROM workflows_deadletter")
+    unexplained = [
+        f"{kind} #{pk}: {reason}" for pk, kind, reason in letters if not explained(reason)
+    ]
+    return Outcome(
+        accepted=len(ids),
+        stored=len(stored_ids),
+        runs=len(runs),
+        runs_final=sum(status in FINAL for _, status in runs),
+        succeeded=sum(status == "succeeded" for _, status in runs),
+        effects=len(mine),
+        deliveries=sum(seen[key] for key in mine),
+        lost=sorted((set(ids) - stored_ids) | unmatched),
+        unfinished=sorted(run_id for run_id, status in runs if status not in FINAL),
+        journal_gaps=gaps,
+        missing_effects=missing,
+        duplicated_effects=sorted(e for e, k in keys_by_event.items() if len(k) > 1),
+        duplicate_runs=sorted(duplicate_runs),
+        unexplained_dead_letters=unexplained,
+        statuses=dict(statuses or {}),
+    )
+
+
+def pick(rng: random.Random, items: list):
+    return items[rng.randrange(len(items))] if items else None

@@ -1,0 +1,122 @@
+"""A TCP proxy with faults, in front of one service (Redis or PostgreSQL).
+
+The processes under test reach the service only through it, so a scenario can add
+latency, reset every open connection, refuse new ones (the service is "down" as far as
+they can tell) or black-hole them (accepted, then silence: the worst kind of network
+fault, where only timeouts help). It runs its own event loop on a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+
+class FaultProxy:
+    def __init__(self, target_port: int, *, name: str = "proxy"):
+        self.target_port = target_port
+        self.name = name
+        self.port = 0
+        self.latency = 0.0
+        self.refusing = False
+        self.black_hole = False
+        self._loop = asyncio.new_event_loop()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"fault-proxy-{name}", daemon=True)
+
+    def start(self) -> int:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError(f"the {self.name} proxy did not start")
+        return self.port
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        self.port = listener.getsockname()[1]
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, sock=listener, backlog=512)
+        )
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+            self._loop.run_until_complete(asyncio.sleep(0))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+        try:
+            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        finally:
+            for each in (writer, up_writer):
+                self._writers.discard(each)
+                each.transport.abort()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                if self.black_hole:
+                    continue  # swallowed: the peer waits for an answer that never comes
+                if self.latency:
+                    await asyncio.sleep(self.latency)
+                writer.write(chunk)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    def _call(self, fn) -> None:
+        done = threading.Event()
+
+        def run():
+            fn()
+            done.set()
+
+        self._loop.call_soon_threadsafe(run)
+        done.wait(10)
+
+    def reset(self) -> int:
+        """Abort every open connection (both sides); returns how many there were."""
+        count = len(self._writers) // 2
+
+        def abort_all():
+            for writer in list(self._writers):
+                writer.transport.abort()
+
+        self._call(abort_all)
+        return count
+
+    def down(self) -> None:
+        """Refuse new connections and reset the open ones: the service is gone."""
+        self.refusing = True
+        self.reset()
+
+    def up(self) -> None:
+        self.refusing = False
+        self.black_hole = False
+        self.latency = 0.0
+
+    def set_black_hole(self, on: bool) -> None:
+        self.black_hole = on
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.reset()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)

@@ -1,0 +1,295 @@
+"""The fault scenarios. Each runs against a started ChaosStack, injects its faults under
+steady load, and returns what it did and what the final check found (harness.settle).
+
+Every loop is bounded in count and in time; every wait is on a condition with a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import httpx
+
+from tests.chaos.harness import DELAYED_TYPE, ChaosStack, Load, Outcome, settle
+from tests.waiting import wait_until
+
+
+@dataclass(frozen=True)
+class Size:
+    rate: float  # events per second of steady load
+    faults: int  # faults of each kind a scenario injects
+    between: int  # events accepted between two faults
+
+
+BOUNDED = Size(rate=15, faults=3, between=10)
+FULL = Size(rate=40, faults=12, between=60)
+
+
+@dataclass
+class Result:
+    name: str
+    faults: Counter = field(default_factory=Counter)
+    outcome: Outcome | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _accepted_meanwhile(load: Load, count: int, timeout: float = 60) -> None:
+    start = len(load.accepted)
+    wait_until(
+        lambda: len(load.accepted) - start >= count,
+        timeout=timeout,
+        interval=0.05,
+        message=f"{count} more events accepted",
+    )
+
+
+def worker_kills(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
+    """kill -9 step-running processes under load, in turn: every pool process right after
+    a side effect reached the sink (the effect happened, its result is not recorded yet),
+    one pool process at a random moment (Celery starts another), and the whole worker
+    with the messages it had prefetched (restarted)."""
+    result = Result("worker killed (kill -9) under load")
+    load = Load(stack, size.rate).start()
+    try:
+        for n in range(size.faults):
+            _accepted_meanwhile(load, size.between)
+            wait_until(lambda: stack.pool_processes(), timeout=60, message="a pool process")
+            if n % 3 == 0:
+                before = sum(stack.sink.snapshot()[0].values())
+                wait_until(
+                    lambda before=before: sum(stack.sink.snapshot()[0].values()) > before,
+                    timeout=60,
+                    interval=0.005,
+                    message="a side effect to reach the sink",
+                )
+                for victim in stack.pool_processes():
+                    victim.send_signal(signal.SIGKILL)
+                result.faults["pool processes killed after an effect"] += 1
+            elif n % 3 == 1:
+                rng.choice(stack.pool_processes()).send_signal(signal.SIGKILL)
+                result.faults["pool process killed at random"] += 1
+            else:
+                stack.restart("worker")
+                result.faults["worker killed and restarted"] += 1
+        _accepted_meanwhile(load, size.between)
+    finally:
+        load.stop()
+    result.outcome = settle(stack, load.accepted, statuses=load.statuses)
+    return result
+
+
+def bus_kills(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
+    """kill -9 the bus consumer with entries pending, events arriving while it is gone;
+    the new consumer reclaims what the dead one had read but not acknowledged."""
+    result = Result("bus consumer killed (kill -9) with entries pending")
+    load = Load(stack, size.rate).start()
+    try:
+        for _ in range(size.faults):
+            _accepted_meanwhile(load, size.between)
+            stack.kill("bus", signal.SIGKILL)
+            result.faults["bus consumer killed"] += 1
+            _accepted_meanwhile(load, max(3, size.between // 3))  # queued while it is gone
+            stack.start_process("bus")
+        _accepted_meanwhile(load, size.between)
+    finally:
+        load.stop()
+    result.outcome = settle(stack, load.accepted, statuses=load.statuses)
+    return result
+
+
+def redis_restarts(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
+    """Redis stopped cleanly, killed, and killed with its files wiped, under load: events
+    are still accepted (PostgreSQL holds them), the outbox relay and the lost-task sweep
+    put back what Redis lost, and work resumes."""
+    result = Result("Redis restarted (clean, kill -9, wiped) under load")
+    load = Load(stack, size.rate).start()
+    modes = ["clean", "kill", "wipe"]
+    try:
+        for n in range(max(size.faults, len(modes))):
+            mode = modes[n % len(modes)]
+            _accepted_meanwhile(load, size.between)
+            stack.redis.stop(mode)
+            result.faults[f"Redis {mode}"] += 1
+            _accepted_meanwhile(load, 3)  # accepted while Redis is away
+            stack.redis.start()
+        _accepted_meanwhile(load, size.between, timeout=120)
+    finally:
+        load.stop()
+    result.outcome = settle(stack, load.accepted, statuses=load.statuses, timeout=240)
+    return result
+
+
+def postgres_restarts(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
+    """PostgreSQL stopped (fast, then immediate: a crash) under load. While it is down,
+    ingest answers 503 with Retry-After and never a 2xx for an event it did not store;
+    every process recovers by itself once it is back."""
+    result = Result("PostgreSQL restarted (fast, immediate) under load")
+    load = Load(stack, size.rate).start()
+    modes = ["fast", "immediate"]
+    try:
+        for n in range(max(size.faults, len(modes))):
+            mode = modes[n % len(modes)]
+            _accepted_meanwhile(load, size.between)
+            mark = Counter(load.statuses)
+            stack.postgres.stop(mode)
+            result.faults[f"PostgreSQL {mode}"] += 1
+            wait_until(
+                lambda mark=mark: load.sent_since(mark, 503) >= 3,
+                timeout=60,
+                interval=0.05,
+                message="ingest to answer 503 while PostgreSQL is down",
+            )
+            stack.postgres.start()
+        _accepted_meanwhile(load, size.between, timeout=120)
+    finally:
+        load.stop()
+    result.outcome = settle(stack, load.accepted, statuses=load.statuses, timeout=240)
+    if load.refusals_without_retry_after:
+        result.notes.append(f"{load.refusals_without_retry_after} 503s without Retry-After")
+    return result
+
+
+def frozen_worker(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
+    """A worker frozen (SIGSTOP) mid-step past its lease: another worker takes the step
+    over; thawed (SIGCONT), the frozen one's late result is refused and its effect is not
+    repeated (the receiver sees the same idempotency key twice and keeps one)."""
+    result = Result("worker frozen past its lease (SIGSTOP, then SIGCONT)")
+    accepted: list[str] = []
+    for n in range(size.faults):
+        marker = f"freeze-{n}-{rng.randrange(10**9)}"
+        gate = stack.sink.hold(marker)
+        load = Load(stack, 1)
+        with httpx.Client(base_url=stack.base_url, timeout=15) as http:
+            load.send(http, _headers(stack), n, data={"marker": marker})
+        accepted += load.accepted
+        wait_until(
+            lambda marker=marker: _deliveries_with(stack, marker) >= 1,
+            timeout=60,
+            message="the step to reach the sink",
+        )
+        stack.kill("worker", signal.SIGSTOP)
+        result.faults["worker frozen"] += 1
+        stack.start_process("worker2")  # the worker that takes over
+        wait_until(
+            lambda marker=marker: _deliveries_with(stack, marker) >= 2,
+            timeout=90,
+            message="another worker to take over",
+        )
+        gate.set()
+        [(run_id,)] = stack.query(
+            "SELECT r.id FROM workflows_run r JOIN workflows_event e"
+            " ON e.id = r.event_id WHERE e.ce_id = %s",
+            (load.accepted[0],),
+        )
+        wait_until(
+            lambda run_id=run_id: (
+                stack.query("SELECT status FROM workflows_run WHERE id = %s", (run_id,))[0][0]
+                == "succeeded"
+            ),
+            timeout=60,
+            message="the run to succeed on the other worker",
+        )
+        stack.kill("worker", signal.SIGCONT)
+        # The thawed worker finishes its call and tries to record it: refused (fenced).
+        wait_until(
+            lambda run_id=run_id: _fenced(stack, run_id),
+            timeout=60,
+            message="the thawed worker's late result to be refused",
+        )
+        stack.kill("worker2", signal.SIGKILL)
+        del stack.processes["worker2"]
+        result.faults["late result refused"] += 1
+    result.outcome = settle(stack, accepted)
+    return result
+
+
+def delays_across_restart(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
+    """Delays fall due while every process is stopped; after the restart each fires once."""
+    result = Result("delays due during a full restart")
+    load = Load(stack, 1, event_type=DELAYED_TYPE)
+    with httpx.Client(base_url=stack.base_url, timeout=15) as http:
+        for n in range(size.between):
+            load.send(http, _headers(stack), n)
+    count = len(load.accepted)
+    wait_until(
+        lambda: (
+            stack.query(
+                "SELECT count(*) FROM workflows_steprun"
+                " WHERE step_id = 'wait' AND status = 'waiting'"
+            )[0][0]
+            >= count
+        ),
+        timeout=60,
+        message="every delay to be waiting",
+    )
+    names = list(stack.processes)
+    for name in names:
+        stack.kill(name, signal.SIGTERM)
+    result.faults["every process stopped"] += 1
+    wait_until(
+        lambda: (
+            stack.query(
+                "SELECT count(*) FROM workflows_steprun"
+                " WHERE step_id = 'wait' AND status = 'waiting' AND wake_at > now()"
+            )[0][0]
+            == 0
+        ),
+        timeout=60,
+        message="every delay to fall due while stopped",
+    )
+    for name in names:
+        stack.start_process(name)
+    stack.wait_ready()
+    result.outcome = settle(stack, load.accepted)
+    return result
+
+
+def _headers(stack: ChaosStack) -> dict:
+    return {
+        "Authorization": f"Bearer {stack.token}",
+        "Content-Type": "application/cloudevents+json",
+    }
+
+
+def _deliveries_with(stack: ChaosStack, marker: str) -> int:
+    seen, bodies = stack.sink.snapshot()
+    return sum(n for key, n in seen.items() if marker.encode() in bodies.get(key, b""))
+
+
+def _fenced(stack: ChaosStack, run_id: int) -> bool:
+    """The thawed worker logged that its late result was refused (runs.write_result)."""
+    return f"(run {run_id}) refused" in stack.log("worker")
+
+
+SCENARIOS = {
+    "worker-kills": worker_kills,
+    "bus-kills": bus_kills,
+    "redis-restarts": redis_restarts,
+    "postgres-restarts": postgres_restarts,
+    "frozen-worker": frozen_worker,
+    "delays-across-restart": delays_across_restart,
+}
+
+
+def describe(result: Result) -> dict:
+    outcome = result.outcome
+    return {
+        "scenario": result.name,
+        "faults": dict(result.faults),
+        "ok": bool(outcome and outcome.ok),
+        "summary": outcome.summary() if outcome else "not run",
+        "notes": result.notes,
+    }
+
+
+def as_json(results: list[Result]) -> str:
+    return json.dumps([describe(r) for r in results], indent=2)
+
+
+def elapsed_since(start: float) -> float:
+    return round(time.monotonic() - start, 1)
