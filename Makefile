@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test test-fast test-browser lint format lock bench bench-engine bench-ingest bench-push bench-growth clean
+.PHONY: run test test-fast test-browser lint format lock bench bench-engine bench-ingest bench-push bench-growth chaos soak clean
 
 $(VENV)/.python-ok:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' \
@@ -67,6 +67,10 @@ clean:
 # Every benchmark beside its same-run baselines; rewrites the results in docs/benchmarks.md.
 # ARGS=--quick for a smoke run. Never part of `make test`.
 bench: $(VENV)/.installed-dev ; @$(PY) -m bench.all $(ARGS)
+# Every fault scenario at full size (minutes); `make test` runs each at a bounded size.
+chaos: $(VENV)/.installed-dev ; @$(PY) -m tests.chaos $(ARGS)
+# Ten minutes of steady load with 200 dashboard pages open; `make test` runs a short one.
+soak: $(VENV)/.installed-dev ; @$(PY) -m tests.chaos.soak $(ARGS)
 bench-engine: $(VENV)/.installed-dev ; @$(PY) -m bench.engine $(ARGS)
 bench-ingest: $(VENV)/.installed-dev ; @$(PY) -m bench.ingest $(ARGS)
 bench-push: $(VENV)/.installed-dev ; @$(PY) -m bench.push $(ARGS)

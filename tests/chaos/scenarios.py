@@ -26,7 +26,7 @@ class Size:
     between: int  # events accepted between two faults
 
 
-BOUNDED = Size(rate=15, faults=3, between=10)
+BOUNDED = Size(rate=15, faults=1, between=6)
 FULL = Size(rate=40, faults=12, between=60)
 
 
@@ -56,7 +56,7 @@ def worker_kills(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
     result = Result("worker killed (kill -9) under load")
     load = Load(stack, size.rate).start()
     try:
-        for n in range(size.faults):
+        for n in range(max(size.faults, 3)):  # each kind of kill at least once
             _accepted_meanwhile(load, size.between)
             wait_until(lambda: stack.pool_processes(), timeout=60, message="a pool process")
             if n % 3 == 0:
