@@ -33,3 +33,9 @@ def broken(input, ctx):
 @step_function("tests.not_json")
 def not_json(input, ctx):
     return {"when": object()}
+
+
+@step_function("tests.not_a_number")
+def not_a_number(input, ctx):
+    """JSON, to Python's encoder; not to JSON itself or to PostgreSQL's jsonb."""
+    return {"ratio": float("nan")}

@@ -449,3 +449,36 @@ def test_an_eagerly_applied_task_leaves_its_callers_connection_alone(sent):
     tasks.run_finished_task.apply(args=[run.pk]).get()
 
     assert connection.connection is before
+
+
+def test_an_output_the_database_cannot_hold_fails_the_attempt_at_once(sent, monkeypatch):
+    monkeypatch.setenv("SIGNALBOX_PYTHON_MODULES", "tests.python_steps")
+    run = start_run_here(
+        "unstorable", {"id": "s0", "kind": "python", "config": {"function": "tests.not_a_number"}}
+    )
+
+    execution.execute_step(step_run_id=first_attempt(run).pk)
+
+    attempt = first_attempt(run)
+    run.refresh_from_db()
+    # The python step refuses it itself (python.output); other kinds meet storable().
+    assert (attempt.status, attempt.error_code, attempt.output) == ("failed", "python.output", None)
+    assert run.status == "failed"
+
+
+def test_a_light_step_whose_output_cannot_be_stored_fails_in_its_own_transaction(sent):
+    run = start_run_here(
+        "unstorable-light",
+        {"id": "s0", "kind": "transform", "config": {"output": {"n": 1}}},
+    )
+    real = registry.get("transform").execute
+
+    def infinite(config, ctx):
+        return {**real(config, ctx), "too_big": float("inf")}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(registry.get("transform"), "execute", infinite)
+        execution.execute_step(step_run_id=first_attempt(run).pk)
+
+    attempt = first_attempt(run)
+    assert (attempt.status, attempt.error_code) == ("failed", "output.unstorable")

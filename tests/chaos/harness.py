@@ -36,6 +36,11 @@ logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per event is no
 LOGS = ROOT / "var" / "chaos"
 EVENT_TYPE = "com.example.chaos.order"
 DELAYED_TYPE = "com.example.chaos.delayed"
+POISON_TYPES = {
+    "unstorable": "com.example.chaos.poison.unstorable",
+    "crash": "com.example.chaos.poison.crash",
+    "filter": "com.example.chaos.poison.filter",
+}
 FINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -70,6 +75,30 @@ def delayed_workflow(sink_url: str, seconds: float) -> dict:
              "retry": {"max_attempts": 5, "delay_seconds": 0.2, "jitter": False}},
         ],
     }  # fmt: skip
+
+
+def poison_workflows() -> dict[str, dict]:
+    """A step whose result cannot be stored, a step that kills its worker every time (two
+    attempts), and a trigger filter over data the expression layer cannot convert."""
+    python = lambda fn: {"id": "poison", "kind": "python", "config": {"function": fn}}  # noqa: E731
+    crash = {**python("chaos.crash_worker"), "retry": {"max_attempts": 2, "delay_seconds": 0.2}}
+    return {
+        "chaos-unstorable": {
+            "name": "Poison: unstorable result",
+            "triggers": [{"event": POISON_TYPES["unstorable"]}],
+            "steps": [python("chaos.not_a_number")],
+        },
+        "chaos-crash": {
+            "name": "Poison: crashes its worker",
+            "triggers": [{"event": POISON_TYPES["crash"]}],
+            "steps": [crash],
+        },
+        "chaos-filter": {
+            "name": "Poison: filter over odd data",
+            "triggers": [{"event": POISON_TYPES["filter"], "filter": "event.data.big > 1"}],
+            "steps": [{"id": "never", "kind": "log", "config": {"message": "matched"}}],
+        },
+    }
 
 
 class ChaosStack:
@@ -123,6 +152,7 @@ class ChaosStack:
             "SIGNALBOX_REDELIVER_UNMATCHED_SECONDS": "5",
             # A step message lost with Redis or with a killed worker is sent again after 8 s.
             "SIGNALBOX_REENQUEUE_AFTER_SECONDS": "8",
+            "SIGNALBOX_PYTHON_MODULES": "tests.chaos.python_steps",
         }
         direct = {**self.env, "DATABASE_URL": self.database_url}
         self.manage(["migrate", "-v0"], env=direct)
@@ -132,6 +162,7 @@ class ChaosStack:
         for slug, definition in (
             ("chaos-orders", workflow(self.sink.url)),
             ("chaos-delayed", delayed_workflow(self.sink.url, self.delay_seconds)),
+            *poison_workflows().items(),
         ):
             path = self.workdir / f"{slug}.json"
             path.write_text(json.dumps(definition))
@@ -342,7 +373,7 @@ def settle(
     accepted: list[str],
     *,
     timeout: float = 180,
-    explained=lambda reason: False,
+    explained=lambda event_id, reason: False,
     statuses: dict | None = None,
 ) -> Outcome:
     """Wait until every accepted event has been matched and every run is final (or the
@@ -411,9 +442,14 @@ def settle(
             (ids,),
         )
     ]
-    letters = stack.query("SELECT id, kind, reason FROM workflows_deadletter")
+    letters = stack.query(
+        "SELECT d.id, d.kind, d.reason, e.ce_id FROM workflows_deadletter d"
+        " LEFT JOIN workflows_event e ON e.id = d.event_id"
+    )
     unexplained = [
-        f"{kind} #{pk}: {reason}" for pk, kind, reason in letters if not explained(reason)
+        f"{kind} #{pk}: {reason}"
+        for pk, kind, reason, ce_id in letters
+        if not explained(ce_id, reason)
     ]
     return Outcome(
         accepted=len(ids),

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from tests.chaos.harness import DELAYED_TYPE, ChaosStack, Load, Outcome, settle
+from tests.chaos.harness import (
+    DELAYED_TYPE,
+    EVENT_TYPE,
+    POISON_TYPES,
+    ChaosStack,
+    Load,
+    Outcome,
+    settle,
+)
 from tests.waiting import wait_until
 
 
@@ -249,6 +257,89 @@ def delays_across_restart(stack: ChaosStack, size: Size, rng: random.Random) -> 
     return result
 
 
+def poison(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
+    """Poison beside steady load: a step result that cannot be stored, a step that kills its
+    worker process every time, event data a trigger filter cannot convert, an event larger
+    than any limit. Each fails fast with a clear error, or lands in the dead-letter queue
+    after its attempts, while everything else flows."""
+    result = Result("poison under load")
+    load = Load(stack, size.rate).start()
+    sent: dict[str, str] = {}
+    try:
+        _accepted_meanwhile(load, size.between)
+        with httpx.Client(base_url=stack.base_url, timeout=30) as http:
+            for kind, event_type in POISON_TYPES.items():
+                sender = Load(stack, 1, event_type=event_type, source="/chaos/poison")
+                data = {"big": 10**40} if kind == "filter" else None
+                sender.send(http, _headers(stack), 0, data=data)
+                if not sender.accepted:
+                    result.notes.append(f"poison {kind} refused: {dict(sender.statuses)}")
+                    continue
+                sent[kind] = sender.accepted[0]
+                result.faults[f"poison: {kind}"] += 1
+            oversize = {"specversion": "1.0", "id": f"oversize-{rng.randrange(10**9)}",
+                        "source": "/chaos/poison", "type": EVENT_TYPE,
+                        "data": {"pad": "x" * (1024 * 1024)}}  # fmt: skip
+            answer = http.post(
+                "/api/v1/events", content=json.dumps(oversize), headers=_headers(stack)
+            )
+            result.faults["oversize event"] += 1
+            if answer.status_code != 413 or "problem+json" not in answer.headers["content-type"]:
+                result.notes.append(f"oversize event answered {answer.status_code}")
+        _accepted_meanwhile(load, size.between)
+    finally:
+        load.stop()
+    poisoned = set(sent.values())
+    result.outcome = settle(
+        stack,
+        load.accepted,
+        statuses=load.statuses,
+        explained=lambda event_id, reason: event_id in poisoned and event_id != sent.get("filter"),
+    )
+    result.notes += _poison_findings(stack, sent)
+    return result
+
+
+def _poison_findings(stack: ChaosStack, sent: dict[str, str]) -> list[str]:
+    """What each poison event should have come to; a line per one that did not."""
+    notes = []
+
+    def runs_of(event_id: str) -> list[tuple]:
+        return stack.query(
+            "SELECT r.status, coalesce(s.error_code, ''), s.attempt FROM workflows_run r"
+            " JOIN workflows_event e ON e.id = r.event_id"
+            " LEFT JOIN workflows_steprun s ON s.run_id = r.id"
+            " WHERE e.ce_id = %s ORDER BY s.attempt",
+            (event_id,),
+        )
+
+    def final() -> bool:
+        return all(
+            runs_of(sent[k]) and all(row[0] in ("failed", "succeeded") for row in runs_of(sent[k]))
+            for k in ("unstorable", "crash")
+            if k in sent
+        )
+
+    wait_until(final, timeout=120, message="the poison runs to end")
+    if "unstorable" in sent:
+        rows = runs_of(sent["unstorable"])
+        if rows[-1][0] != "failed" or rows[-1][1].startswith("timeout"):
+            notes.append(f"unstorable result: {rows} (should fail at once, not by a lease)")
+    if "crash" in sent:
+        rows = runs_of(sent["crash"])
+        if rows[-1][0] != "failed" or len(rows) != 2:
+            notes.append(f"crashing step: {rows} (should fail after its 2 attempts)")
+    if "filter" in sent:
+        [(matched, runs)] = stack.query(
+            "SELECT e.matched_at IS NOT NULL, (SELECT count(*) FROM workflows_run r"
+            " WHERE r.event_id = e.id) FROM workflows_event e WHERE e.ce_id = %s",
+            (sent["filter"],),
+        )
+        if not matched or runs:
+            notes.append(f"filter over odd data: matched {matched}, runs {runs}")
+    return notes
+
+
 def _headers(stack: ChaosStack) -> dict:
     return {
         "Authorization": f"Bearer {stack.token}",
@@ -273,6 +364,7 @@ SCENARIOS = {
     "postgres-restarts": postgres_restarts,
     "frozen-worker": frozen_worker,
     "delays-across-restart": delays_across_restart,
+    "poison": poison,
 }
 
 

@@ -21,6 +21,7 @@ kind hands the whole context to user code).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -250,6 +251,25 @@ def render_config(step: Step, kind: StepKind, context: StepContext) -> dict:
     }
 
 
+def storable(output: Any) -> Any:
+    """The output, if the database can hold it: JSON, with finite numbers only. Checked
+    here so the attempt fails at once with a clear error, rather than its result failing to
+    store and the attempt waiting for the lease sweep."""
+    try:
+        json.dumps(output, allow_nan=False)
+    except ValueError as exc:
+        raise StepError(
+            "the step's output cannot be stored: it holds NaN or Infinity, which JSON cannot carry",
+            code="output.unstorable",
+        ) from exc
+    except (TypeError, RecursionError) as exc:
+        raise StepError(
+            "the step's output cannot be stored: it holds a value that is not JSON",
+            code="output.unstorable",
+        ) from exc
+    return output
+
+
 def failure(step: Step, attempt: int, exc: BaseException) -> engine.StepFinished:
     """What a raised exception means for the attempt."""
     if isinstance(exc, ExpressionError):
@@ -368,7 +388,7 @@ def _run_light(
             result = StepResult(output=result)
         if result.wait is not None:  # a light kind must not wait: its contract says so
             raise StepError(f"step kind {step.kind!r} is light and cannot wait")
-        output = result.output
+        output = storable(result.output)
         happening = engine.StepFinished(step.id, step_run.attempt, succeeded=True, port=result.port)
     except Exception as exc:
         if not isinstance(exc, ExpressionError | StepError):
@@ -418,7 +438,7 @@ def _run_claimed(
                 context=context,
             )
             return True
-        output = result.output
+        output = storable(result.output)
         happening = engine.StepFinished(step.id, step_run.attempt, succeeded=True, port=result.port)
     except Exception as exc:
         if not isinstance(exc, ExpressionError | StepError):
