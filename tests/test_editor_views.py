@@ -123,12 +123,12 @@ def test_a_team_workflow_is_refused_to_others_and_open_to_members(client, db):
     outsider = sign_in(Client(), "olga", "editor")
     admin = sign_in(Client(), "adam", "admin")
 
-    assert outsider.get(EDIT.format("secret")).status_code == 403
+    assert outsider.get(EDIT.format("secret")).status_code == 404
     assert (
         outsider.post(
             EDIT.format("secret") + "draft", "{}", content_type="application/json"
         ).status_code
-        == 403
+        == 404
     )
     assert member.get(EDIT.format("secret")).status_code == 200
     assert admin.get(EDIT.format("secret")).status_code == 200
