@@ -276,3 +276,17 @@ def test_a_denied_page_is_logged_as_one_line_without_a_traceback(db, console_log
     assert "Invalid HTTP_HOST header" in output
     assert "Traceback" not in output
     assert len([line for line in output.splitlines() if "/overview/demo-traffic/" in line]) == 1
+
+
+# --- sockets -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/ws/nothing/", "/ws/runs/not-a-number/", "/elsewhere"])
+async def test_an_unknown_socket_path_is_refused_with_4404_not_a_server_error(path):
+    from channels.testing import WebsocketCommunicator
+
+    from orchestrator.asgi import application
+
+    ws = WebsocketCommunicator(application, path, headers=[(b"origin", b"http://127.0.0.1")])
+
+    connected, code = await ws.connect(timeout=10)
+
+    assert (connected, code) == (False, 4404)
