@@ -1,6 +1,6 @@
 """What a team's workflow emits is as hidden as the team's runs: the events its `emit_event`
 steps publish (and a `sub_workflow` step's trigger event) are left out of the event list,
-answer 404 (4403 for the lineage socket), never
+answer 404 (4404 for the lineage socket), never
 reach the live flow and are not drawn in lineage graphs, for a dashboard user outside the
 team and an API token of another team, by the same rule that hides the team's run events.
 A team member and a token of no team see them.
@@ -425,7 +425,7 @@ async def test_an_outsider_may_not_follow_the_lineage_of_the_teams_event(live_wo
         headers=[ORIGIN, (b"cookie", live_world["outsider"])],
     )
     ok, code = await ws.connect(timeout=TIMEOUT)
-    assert (ok, code) == (False, live_consumers.CLOSE_FORBIDDEN)
+    assert (ok, code) == (False, live_consumers.CLOSE_NOT_FOUND)
 
     ws, snapshot = await connected(f"/ws/lineage/{paid.pk}/", live_world["member"])
     await ws.disconnect()

@@ -369,7 +369,7 @@ async def test_the_batch_socket_is_refused_to_users_outside_the_team():
         batch, sessions = await sync_to_async(prepare)()
         outsider = socket(sessions["ws-outsider"])
         connected, code = await outsider.connect(timeout=10)
-        assert not connected and code == 4403
+        assert not connected and code == 4404
         member = socket(sessions["ws-member"])
         connected, _ = await member.connect(timeout=10)
         assert connected
