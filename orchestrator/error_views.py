@@ -9,6 +9,7 @@ through ApiProblemMiddleware, so without these an API client got Django's bare H
 
 from __future__ import annotations
 
+from django.core.exceptions import PermissionDenied
 from django.views import defaults
 
 from workflows.api.problems import is_api_path, problem
@@ -36,3 +37,17 @@ def server_error(request):
     if is_api_path(request.path):
         return problem(500, "Internal error", "the error was logged", kind="internal")
     return defaults.server_error(request)
+
+
+def csrf_failure(request, reason=""):
+    """A form posted without a valid CSRF token (an expired page, cookies off, or a forged
+    request from another site): the site's own 403 page says what to do."""
+    if is_api_path(request.path):
+        return problem(403, "Forbidden", "CSRF verification failed", kind="forbidden")
+    return defaults.permission_denied(
+        request,
+        PermissionDenied(
+            "This form could not be verified (its CSRF token is missing or expired). "
+            "Reload the page and send it again."
+        ),
+    )

@@ -37,6 +37,7 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
+CSRF_FAILURE_VIEW = "orchestrator.error_views.csrf_failure"
 
 # --- HTTPS: one switch for a deployment served over TLS (docs/security.md) ------------------
 # Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and overwrites any value the

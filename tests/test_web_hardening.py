@@ -290,3 +290,14 @@ async def test_an_unknown_socket_path_is_refused_with_4404_not_a_server_error(pa
     connected, code = await ws.connect(timeout=10)
 
     assert (connected, code) == (False, 4404)
+
+
+def test_a_form_without_its_csrf_token_gets_the_sites_403_page(alice):
+    response = Client(enforce_csrf_checks=True, REMOTE_ADDR=ATTACKER).post(
+        "/login/", {"username": "alice", "password": "the-right-one"}
+    )
+
+    assert response.status_code == 403
+    page = response.content.decode()
+    assert "Reload the page and send it again" in page
+    assert 'name="htmx-config"' in page  # the site's own layout, under its CSP
