@@ -50,6 +50,7 @@ class ThrottledAuthenticationForm(AuthenticationForm):
     def clean(self):
         username = self.cleaned_data.get("username") or ""
         wait = login_throttle.locked_for(username=username, address=client_address(self.request))
+        self.locked_seconds = wait
         if wait:
             raise ValidationError(
                 self.error_messages["locked"],
@@ -66,6 +67,7 @@ class LoginView(auth_views.LoginView):
         response = super().form_invalid(form)
         if form.has_error("__all__", code="locked"):
             response.status_code = 429
+            response["Retry-After"] = str(form.locked_seconds)
         return response
 
 

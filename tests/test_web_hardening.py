@@ -64,6 +64,7 @@ def test_forty_wrong_passwords_lock_the_account_and_the_right_one_is_then_refuse
     client, right = sign_in_form("alice", "the-right-one")
 
     assert right.status_code == 429
+    assert 0 < int(right["Retry-After"]) <= settings.SIGNALBOX_LOGIN_WINDOW_SECONDS
     assert not signed_in_as(client, "alice")
     assert "Too many failed sign-ins" in right.content.decode()
 
