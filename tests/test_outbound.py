@@ -152,6 +152,23 @@ def dial_trap(monkeypatch):
     return dialled
 
 
+@pytest.fixture
+def loopback_only_dials(monkeypatch):
+    """Connections to 127.0.0.1 go through (the test's own servers); any other is recorded
+    and never made."""
+    real = socket.create_connection
+    elsewhere: list[tuple] = []
+
+    def dial(address, *args, **kwargs):
+        if address[0] == "127.0.0.1":
+            return real(address, *args, **kwargs)
+        elsewhere.append(address)
+        raise ConnectionRefusedError(f"dial trap: {address!r} was not dialled")
+
+    monkeypatch.setattr(socket, "create_connection", dial)
+    return elsewhere
+
+
 @pytest.mark.parametrize(
     "host",
     [
@@ -210,6 +227,22 @@ def test_an_ipv6_address_embedding_a_private_ipv4_is_refused_before_any_connecti
     assert caught.value.retryable is False
     assert dial_trap == []
     assert ipaddress.IPv4Address(embedded) in embedded_ipv4(ipaddress.ip_address(host[1:-1]))
+
+
+@pytest.mark.parametrize(
+    "target", ["[64:ff9b::7f00:2]", "[2002:7f00:2::]", "[::127.0.0.2]", "[::ffff:127.0.0.2]"]
+)
+def test_a_redirect_to_an_ipv6_form_of_an_internal_address_is_refused(
+    recorder, target, loopback_only_dials
+):
+    recorder.answer(Reply(status=302, headers={"Location": f"http://{target}:{free_port()}/"}))
+
+    with pytest.raises(StepError) as caught:
+        call(recorder.url, method="GET")
+
+    assert "refusing to connect" in str(caught.value)
+    assert len(recorder.requests) == 1
+    assert loopback_only_dials == []
 
 
 def test_the_dial_trap_sees_an_address_the_guard_lets_through(dial_trap):
