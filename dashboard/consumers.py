@@ -76,3 +76,14 @@ class LiveConsumer(AsyncWebsocketConsumer):
 from .live_consumers import RunDetailConsumer, RunListConsumer  # noqa: E402
 
 __all__ = ["LiveConsumer", "RunDetailConsumer", "RunListConsumer"]
+
+
+CLOSE_NOT_FOUND = 4404
+
+
+class NoSuchSocket(AsyncWebsocketConsumer):
+    """Any other /ws/ path: refused with 4404. Without a route for it Channels raised
+    ValueError, and the server answered the handshake with a 500."""
+
+    async def connect(self):
+        await self.close(code=CLOSE_NOT_FOUND)

@@ -13,7 +13,8 @@ Pushes small JSON frames that static/js/editor.js applies to the canvas:
         which it does on every (re)connect, so a save missed while away is still seen.
 
 Same rules as the other dashboard sockets: a signed-in user with the viewer role (else
-closed 4401/4403), who may see the workflow (a team's workflow: members and admins only);
+closed 4401/4403), who may see the workflow (a team's workflow: members and admins only;
+anyone else, like a missing workflow, closed 4404);
 the origin is checked by the ASGI stack (AllowedHostsOriginValidator). Group messages are
 hints: each change re-reads the database, bursts are coalesced, and a reconnecting page gets
 a fresh snapshot, so a lost hint costs freshness, never correctness.
@@ -29,10 +30,13 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from workflows import notify, selectors
 from workflows.models import Run, Workflow
+from workflows.roles import has_role
 from workflows.services.drafts import may_view
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+# A missing workflow and another team's close alike (the page answers both with 404).
+CLOSE_NOT_FOUND = 4404
 COALESCE_SECONDS = 0.15
 RECENT_RUNS = 15
 
@@ -44,8 +48,9 @@ class EditorConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.slug = self.scope["url_route"]["kwargs"]["slug"]
-        if not await database_sync_to_async(self._may_view)(user):
-            await self.close(code=CLOSE_FORBIDDEN)
+        refusal = await database_sync_to_async(self._refusal)(user)
+        if refusal:
+            await self.close(code=refusal)
             return
         self.watched: int | None = None
         self.runs_dirty = self.run_dirty = False
@@ -57,10 +62,14 @@ class EditorConsumer(AsyncWebsocketConsumer):
         await self.accept()
         await self.send(text_data=json.dumps(await self._runs_frame()))
 
-    def _may_view(self, user) -> bool:
+    def _refusal(self, user) -> int | None:
+        if not has_role(user, "viewer"):
+            return CLOSE_FORBIDDEN
         workflow = Workflow.objects.filter(slug=self.slug).first()
         self.workflow_id = workflow.pk if workflow is not None else None
-        return workflow is not None and may_view(user, workflow)
+        if workflow is None or not may_view(user, workflow):
+            return CLOSE_NOT_FOUND
+        return None
 
     async def disconnect(self, code):
         if getattr(self, "joined", False):

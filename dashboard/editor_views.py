@@ -54,9 +54,7 @@ def _workflow(request, slug: str, *, edit: bool = False) -> Workflow:
         Workflow.objects.select_related("team", "published_version"), slug=slug
     )
     if not drafts.may_view(request.user, workflow):
-        raise PermissionDenied(
-            f"the workflow {slug} belongs to the team {workflow.team.name if workflow.team else ''}"
-        )
+        raise Http404("no such workflow")
     if edit and not drafts.may_edit(request.user, workflow):
         raise PermissionDenied("changing a workflow needs the editor role")
     return workflow

@@ -3,7 +3,8 @@ lineage and the workers page.
 
 How a socket works
 - Connect: a session user with the viewer role (else closed 4401/4403), whose permission on
-  the subscription is checked (a workflow restricted to a team: 4403). The page then gets a
+  the subscription is checked (another team's workflow, run, event or batch: 4404, as a
+  missing one, so that the close code does not reveal it exists). The page then gets a
   snapshot of what it shows now, and on every reconnect again; the event flow resumes from
   the last event id the page saw (`after=`), so nothing is missed across a network drop.
 - Hints: services send small hints after commit (workflows/notify.py). Each web process
@@ -63,6 +64,8 @@ log = logging.getLogger("signalbox.live")
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+# Another team's object closes as a missing one does: 4403 would reveal that it exists.
+CLOSE_NOT_FOUND = 4404
 # Least gap between two frames of one busy page (an idle page is served at once).
 COALESCE_SECONDS = 0.005
 WINDOW = 2  # unacknowledged frames allowed in ack mode
@@ -567,7 +570,7 @@ class RunListConsumer(PushConsumer):
     def authorize(self, user):
         self.query, _errors = ds.parse_run_query(self.params)
         if self.query.workflow and self.query.workflow in self.hidden_names:
-            return CLOSE_FORBIDDEN
+            return CLOSE_NOT_FOUND
         return None
 
     def concerns(self, message):
@@ -596,8 +599,8 @@ class RunDetailConsumer(PushConsumer):
         self.run_id = int(self.scope["url_route"]["kwargs"]["run_id"])
         self.related: frozenset[int] = frozenset({self.run_id})
         run = Run.objects.select_related("workflow").filter(pk=self.run_id).first()
-        if run is not None and run.workflow_id in self.hidden:
-            return CLOSE_FORBIDDEN
+        if run is None or run.workflow_id in self.hidden:
+            return CLOSE_NOT_FOUND
         return None
 
     def extra_groups(self):
@@ -868,8 +871,8 @@ class LineageConsumer(PushConsumer):
     def authorize(self, user):
         self.event_id = int(self.scope["url_route"]["kwargs"]["event_id"])
         event = Event.objects.filter(pk=self.event_id).only("correlation_id").first()
-        if event is not None and store.is_hidden(event, hidden=self.hidden):
-            return CLOSE_FORBIDDEN  # as the lineage page answers 403
+        if event is None or store.is_hidden(event, hidden=self.hidden):
+            return CLOSE_NOT_FOUND  # as the lineage page answers 404
         self.correlation = event.correlation_id if event else None
         self.run_ids: frozenset[int] = frozenset()
         self.max_run_id = 0

@@ -8,7 +8,6 @@ import json
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -83,7 +82,7 @@ def _event_context(request, event_id: int) -> dict:
         raise Http404("no such event")
     hidden = ds.hidden_workflow_ids(request.user)
     if store.is_hidden(event, hidden=hidden):
-        raise PermissionDenied("this event belongs to a workflow of another team")
+        raise Http404("no such event")
     extensions = dict(event.extensions or {})
     attributes = [(name, getattr(event, "ce_id" if name == "id" else name)) for name in ATTRIBUTES]
     attributes += sorted(extensions.items())

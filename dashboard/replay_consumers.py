@@ -15,7 +15,7 @@ from workflows import notify
 from workflows import replay_selectors as recovery
 from workflows.models import ReplayBatch
 
-from .live_consumers import CLOSE_FORBIDDEN, PushConsumer
+from .live_consumers import CLOSE_NOT_FOUND, PushConsumer
 
 
 class ReplayBatchConsumer(PushConsumer):
@@ -29,8 +29,8 @@ class ReplayBatchConsumer(PushConsumer):
     def authorize(self, user):
         # A batch over another team's workflow is not this user's to follow.
         found = ReplayBatch.objects.filter(pk=self.batch_id()).first()
-        if found is not None and recovery.foreign_batch_ids([found], self.hidden):
-            return CLOSE_FORBIDDEN
+        if found is None or recovery.foreign_batch_ids([found], self.hidden):
+            return CLOSE_NOT_FOUND
         return None
 
     async def connect(self):

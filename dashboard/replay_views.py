@@ -2,7 +2,8 @@
 shadow replays, re-drive of stored events, and the audit trail.
 
 Reading is for viewers; every action needs the operator role (403 otherwise) and is
-recorded in the audit trail by the services it calls.
+recorded in the audit trail by the services it calls. What belongs to another team answers 404,
+as if it did not exist (403 would say that it does).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _run_or_404(request, run_id: int) -> Run:
     if run is None:
         raise Http404("no such run")
     if not ds.can_see_workflow(request.user, run.workflow):
-        raise PermissionDenied("this run belongs to a workflow of another team")
+        raise Http404("no such run")
     return run
 
 
@@ -437,7 +438,7 @@ def replay_batch_cancel(request, batch_id: int):
 def shadow_start(request):
     slug = request.POST.get("workflow", "")
     if slug in ds.hidden_slugs(ds.hidden_workflow_ids(request.user)):
-        raise PermissionDenied("this workflow belongs to another team")
+        raise Http404("no such workflow")
     try:
         last = int(request.POST.get("last") or 10)
         batch = replays.start_shadow(
@@ -480,7 +481,7 @@ def redrive_page(request):
     # As the shadow replay does: another team's workflow is neither offered, previewed nor
     # delivered to.
     if form["workflow"] and form["workflow"] in ds.hidden_slugs(hidden):
-        raise PermissionDenied("this workflow belongs to another team")
+        raise Http404("no such workflow")
     if form["type"] or form["workflow"] or request.method == "POST":
         after = _time_or_none(form["after"], "after", errors)
         before = _time_or_none(form["before"], "before", errors)

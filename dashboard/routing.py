@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from . import consumers, editor_consumers, live_consumers, replay_consumers
 
@@ -11,4 +11,6 @@ websocket_urlpatterns = [
     path("ws/lineage/<int:event_id>/", live_consumers.LineageConsumer.as_asgi()),
     path("ws/system/", live_consumers.SystemConsumer.as_asgi()),
     path("ws/replays/<int:batch_id>/", replay_consumers.ReplayBatchConsumer.as_asgi()),
+    # Last: any other path is refused with 4404 instead of crashing the router (a 500).
+    re_path(r"", consumers.NoSuchSocket.as_asgi()),
 ]

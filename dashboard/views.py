@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect, render
 
@@ -31,7 +30,7 @@ def run_list(request):
     query, errors = ds.parse_run_query(request.GET)
     hidden = ds.hidden_workflow_ids(request.user)
     if query.workflow and query.workflow in ds.hidden_slugs(hidden):
-        raise PermissionDenied("this workflow belongs to another team")
+        raise Http404("no such workflow")
     page = ds.run_page(query, hidden=hidden)
     context = {
         "runs": page.runs,
@@ -57,7 +56,7 @@ def run_detail(request, run_id: int):
     if view is None:
         raise Http404("no such run")
     if not ds.can_see_workflow(request.user, view.run.workflow):
-        raise PermissionDenied("this run belongs to a workflow of another team")
+        raise Http404("no such run")
     context = run_detail_context(view)
     if request.htmx and not request.htmx.history_restore_request:
         return render(request, "dashboard/_run_detail.html", context)

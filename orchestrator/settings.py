@@ -37,6 +37,40 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
+CSRF_FAILURE_VIEW = "orchestrator.error_views.csrf_failure"
+
+# --- HTTPS: one switch for a deployment served over TLS (docs/security.md) ------------------
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and overwrites any value the
+# client sent); the app's own port must then be reachable only through that proxy.
+SIGNALBOX_HTTPS = env_bool("SIGNALBOX_HTTPS")
+if SIGNALBOX_HTTPS:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    # Probes and scrapers inside the network may speak plain HTTP to these.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = int(os.environ.get("SIGNALBOX_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SIGNALBOX_HSTS_INCLUDE_SUBDOMAINS", True)
+    # The directive alone enrols nothing: a domain joins browsers' preload lists only when
+    # its owner submits it at hstspreload.org.
+    SECURE_HSTS_PRELOAD = env_bool("SIGNALBOX_HSTS_PRELOAD", True)
+
+# Sent on every response (orchestrator/csp.py). No inline script and no eval anywhere: the
+# pages load their scripts from static files and htmx runs with allowEval off. Inline style
+# attributes stay allowed (they cannot run script).
+SECURE_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'", "'unsafe-inline'"],
+    "img-src": ["'self'", "data:"],
+    "connect-src": ["'self'"],
+    "font-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
 
 INSTALLED_APPS = [
     "daphne",
@@ -54,6 +88,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "orchestrator.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -136,6 +171,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# The model backend, refusing accounts and addresses locked by too many failed sign-ins.
+AUTHENTICATION_BACKENDS = ["dashboard.login.ThrottledModelBackend"]
+SIGNALBOX_LOGIN_FAILURES_PER_ACCOUNT = int(
+    os.environ.get("SIGNALBOX_LOGIN_FAILURES_PER_ACCOUNT", "5")
+)
+SIGNALBOX_LOGIN_FAILURES_PER_ADDRESS = int(
+    os.environ.get("SIGNALBOX_LOGIN_FAILURES_PER_ADDRESS", "20")
+)
+SIGNALBOX_LOGIN_WINDOW_SECONDS = int(os.environ.get("SIGNALBOX_LOGIN_WINDOW_SECONDS", "900"))
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard:runs"
 LOGOUT_REDIRECT_URL = "login"
@@ -248,7 +292,14 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"one_line_client_errors": {"()": "orchestrator.log_filters.OneLineClientErrors"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["one_line_client_errors"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("SIGNALBOX_LOG_LEVEL", "INFO")},
     "loggers": {
         "django.channels.server": {"level": "WARNING"},

@@ -148,11 +148,13 @@ async def test_a_user_without_a_role_is_refused_the_overview_with_4403(transacti
     assert code == live_consumers.CLOSE_FORBIDDEN
 
 
-async def test_following_another_teams_workflow_or_run_is_refused_with_4403(viewer, secret_team):
-    for path in ("/ws/runs/?workflow=ledger", f"/ws/runs/{secret_team.pk}/"):
+async def test_following_another_teams_workflow_or_run_is_refused_with_4404_as_a_missing_one(
+    viewer, secret_team
+):
+    for path in ("/ws/runs/?workflow=ledger", f"/ws/runs/{secret_team.pk}/", "/ws/runs/987654/"):
         connected_, code = await socket(path, viewer).connect(timeout=TIMEOUT)
         assert not connected_, path
-        assert code == live_consumers.CLOSE_FORBIDDEN
+        assert code == live_consumers.CLOSE_NOT_FOUND, path
 
 
 async def test_a_team_member_may_follow_the_team_workflow(transactional_db, secret_team):

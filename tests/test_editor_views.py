@@ -123,12 +123,12 @@ def test_a_team_workflow_is_refused_to_others_and_open_to_members(client, db):
     outsider = sign_in(Client(), "olga", "editor")
     admin = sign_in(Client(), "adam", "admin")
 
-    assert outsider.get(EDIT.format("secret")).status_code == 403
+    assert outsider.get(EDIT.format("secret")).status_code == 404
     assert (
         outsider.post(
             EDIT.format("secret") + "draft", "{}", content_type="application/json"
         ).status_code
-        == 403
+        == 404
     )
     assert member.get(EDIT.format("secret")).status_code == 200
     assert admin.get(EDIT.format("secret")).status_code == 200
@@ -659,9 +659,14 @@ async def test_the_socket_refuses_strangers_and_outsiders_of_a_team(close_socket
     outsider = WebsocketCommunicator(
         application, "/ws/workflows/secret/editor/", headers=[(b"cookie", cookie), ORIGIN]
     )
+    missing = WebsocketCommunicator(
+        application, "/ws/workflows/nothing/editor/", headers=[(b"cookie", cookie), ORIGIN]
+    )
 
     assert await anonymous.connect(timeout=10) == (False, 4401)
-    assert await outsider.connect(timeout=10) == (False, 4403)
+    # 4404 for another team's workflow, as for a missing one: 4403 would reveal it.
+    assert await outsider.connect(timeout=10) == (False, 4404)
+    assert await missing.connect(timeout=10) == (False, 4404)
 
 
 def test_the_workflows_page_links_to_the_editor_and_to_a_new_workflow(viewer, shop):

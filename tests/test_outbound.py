@@ -3,8 +3,9 @@ http_request step's retry and idempotency contract, against real loopback server
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +15,13 @@ import pytest
 
 from orchestrator.embedded_redis import free_port
 from tests.http_recorder import Reply
-from workflows.outbound import Allowlist, OutboundRefused, guarded_client, is_public
+from workflows.outbound import (
+    Allowlist,
+    OutboundRefused,
+    embedded_ipv4,
+    guarded_client,
+    is_public,
+)
 from workflows.steps.base import StepContext, StepError
 from workflows.steps.http_request import HttpRequest, parse_retry_after
 
@@ -131,6 +138,37 @@ def test_a_redirect_within_the_allowlist_is_followed(recorder, elsewhere):
     assert elsewhere.hits == 1
 
 
+@pytest.fixture
+def dial_trap(monkeypatch):
+    """Every TCP connection attempt, recorded and never made: had the guard let a refused
+    address through, the test sees it here instead of dialling it."""
+    dialled: list[tuple] = []
+
+    def trapped(address, *args, **kwargs):
+        dialled.append(address)
+        raise ConnectionRefusedError(f"dial trap: {address!r} was not dialled")
+
+    monkeypatch.setattr(socket, "create_connection", trapped)
+    return dialled
+
+
+@pytest.fixture
+def loopback_only_dials(monkeypatch):
+    """Connections to 127.0.0.1 go through (the test's own servers); any other is recorded
+    and never made."""
+    real = socket.create_connection
+    elsewhere: list[tuple] = []
+
+    def dial(address, *args, **kwargs):
+        if address[0] == "127.0.0.1":
+            return real(address, *args, **kwargs)
+        elsewhere.append(address)
+        raise ConnectionRefusedError(f"dial trap: {address!r} was not dialled")
+
+    monkeypatch.setattr(socket, "create_connection", dial)
+    return elsewhere
+
+
 @pytest.mark.parametrize(
     "host",
     [
@@ -151,16 +189,68 @@ def test_a_redirect_within_the_allowlist_is_followed(recorder, elsewhere):
         "224.0.0.1",
     ],
 )
-def test_a_non_public_address_is_refused_before_any_connection(host):
-    # A closed port: had the guard let it through, this would be "connection refused".
-    started = time.monotonic()
-
+def test_a_non_public_address_is_refused_before_any_connection(host, dial_trap):
     with pytest.raises(StepError) as caught:
         call(f"http://{host}:{free_port()}/", allow=(), method="GET", timeout_seconds=5)
 
     assert "refusing to connect" in str(caught.value)
     assert caught.value.retryable is False
-    assert time.monotonic() - started < 4  # refused, not timed out
+    assert dial_trap == []
+
+
+@pytest.mark.parametrize(
+    ("host", "embedded"),
+    [
+        ("[64:ff9b::7f00:1]", "127.0.0.1"),  # NAT64 well-known prefix
+        ("[64:ff9b::a9fe:a9fe]", "169.254.169.254"),
+        ("[64:ff9b::10.1.2.3]", "10.1.2.3"),
+        ("[64:ff9b:1::10.1.2.3]", "10.1.2.3"),  # NAT64 local-use prefix, /96 layout
+        ("[64:ff9b:1:a00:1::]", "10.0.1.0"),  # local-use, /48 layout (around the u octet)
+        ("[2002:a00:1::1]", "10.0.0.1"),  # 6to4
+        ("[2002:7f00:1::]", "127.0.0.1"),
+        ("[2002:a9fe:a9fe::]", "169.254.169.254"),
+        ("[::127.0.0.1]", "127.0.0.1"),  # IPv4-compatible
+        ("[::10.0.0.1]", "10.0.0.1"),
+        ("[::192.168.1.1]", "192.168.1.1"),
+        ("[::ffff:192.168.1.1]", "192.168.1.1"),  # IPv4-mapped
+        ("[::ffff:100.64.0.1]", "100.64.0.1"),
+        ("[2001:0:4136:e378:8000:63bf:f5ff:fffe]", "10.0.0.1"),  # Teredo, client 10.0.0.1
+    ],
+)
+def test_an_ipv6_address_embedding_a_private_ipv4_is_refused_before_any_connection(
+    host, embedded, dial_trap
+):
+    with pytest.raises(StepError) as caught:
+        call(f"http://{host}:{free_port()}/", allow=(), method="GET", timeout_seconds=5)
+
+    assert "refusing to connect" in str(caught.value)
+    assert caught.value.retryable is False
+    assert dial_trap == []
+    assert ipaddress.IPv4Address(embedded) in embedded_ipv4(ipaddress.ip_address(host[1:-1]))
+
+
+@pytest.mark.parametrize(
+    "target", ["[64:ff9b::7f00:2]", "[2002:7f00:2::]", "[::127.0.0.2]", "[::ffff:127.0.0.2]"]
+)
+def test_a_redirect_to_an_ipv6_form_of_an_internal_address_is_refused(
+    recorder, target, loopback_only_dials
+):
+    recorder.answer(Reply(status=302, headers={"Location": f"http://{target}:{free_port()}/"}))
+
+    with pytest.raises(StepError) as caught:
+        call(recorder.url, method="GET")
+
+    assert "refusing to connect" in str(caught.value)
+    assert len(recorder.requests) == 1
+    assert loopback_only_dials == []
+
+
+def test_the_dial_trap_sees_an_address_the_guard_lets_through(dial_trap):
+    # The trap itself works: an address the guard lets through reaches create_connection.
+    with pytest.raises(StepError):
+        call(f"http://127.0.0.1:{free_port()}/", method="GET", timeout_seconds=5)
+
+    assert [address[0] for address in dial_trap] == ["127.0.0.1"]
 
 
 @pytest.mark.parametrize(
@@ -172,17 +262,28 @@ def test_a_non_public_address_is_refused_before_any_connection(host):
         ("::ffff:10.1.2.3", False),
         ("169.254.169.254", False),
         ("239.1.1.1", False),
+        # IPv6 forms that carry an IPv4 are judged as that IPv4.
+        ("64:ff9b::808:808", True),
+        ("64:ff9b::a00:1", False),
+        ("64:ff9b:1:808:8:808:808:808", True),  # 8.8.8.8 in every local-use layout
+        ("64:ff9b:1::a00:1", False),
+        ("2002:808:808::1", True),
+        ("2002:c0a8:101::1", False),
+        ("::8.8.8.8", True),
+        ("::a00:1", False),
+        ("::", False),
+        ("::1", False),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo, client 192.0.2.45
+        ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", True),  # Teredo, client 8.8.8.8
+        ("fe80::1", False),
+        ("ff02::1", False),
     ],
 )
 def test_is_public_tells_public_from_internal_addresses(address, public):
-    import ipaddress
-
     assert is_public(ipaddress.ip_address(address)) is public
 
 
 def test_an_allowlist_takes_hosts_and_cidrs_and_ignores_blanks():
-    import ipaddress
-
     allow = Allowlist(["127.0.0.1/32", " Example.INTERNAL ", "", "10.0.0.0/8"])
 
     assert allow.allows_host("example.internal") and allow.allows_host("example.internal.")

@@ -1,5 +1,5 @@
 """The recovery pages keep a team's work to the team: dead letters, the re-drive page and the
-audit trail leave out (or answer 404/403 for) what belongs to a workflow of another team,
+audit trail leave out (or answer 404 for) what belongs to a workflow of another team,
 while the team's members and admins see and act on everything as before.
 
 Every outsider here holds the operator role, so the role checks pass and only visibility is
@@ -269,7 +269,7 @@ def test_the_redrive_page_offers_previews_and_delivers_only_workflows_the_user_m
     own = outsider.get("/redrive/", {"type": ORDERS, "workflow": "shop"}).content.decode()
 
     assert '<option value="shop"' in form and '<option value="payroll"' not in form
-    assert preview.status_code == 403 and delivered.status_code == 403
+    assert preview.status_code == 404 and delivered.status_code == 404
     assert not Run.objects.filter(origin="redrive").exists()
     assert not AuditEntry.objects.filter(action="events.redrive").exists()
     assert 'id="redrive-plan"' in own and "1 run(s) of <code>shop</code>" in own

@@ -302,8 +302,8 @@ def test_a_batch_over_a_team_workflow_is_hidden_from_users_outside_the_team(team
     assert page.status_code == 404 and cancel.status_code == 404
     assert ReplayBatch.objects.get(pk=batch.pk).status == "pending"
     assert "<strong>0</strong> failed run(s) match" in matching
-    assert shadow.status_code == 403 and not ReplayBatch.objects.filter(kind="shadow").exists()
-    assert panel.status_code == 403
+    assert shadow.status_code == 404 and not ReplayBatch.objects.filter(kind="shadow").exists()
+    assert panel.status_code == 404
 
 
 def test_a_team_member_and_an_admin_see_the_teams_batch(team_batch):
@@ -369,7 +369,7 @@ async def test_the_batch_socket_is_refused_to_users_outside_the_team():
         batch, sessions = await sync_to_async(prepare)()
         outsider = socket(sessions["ws-outsider"])
         connected, code = await outsider.connect(timeout=10)
-        assert not connected and code == 4403
+        assert not connected and code == 4404
         member = socket(sessions["ws-member"])
         connected, _ = await member.connect(timeout=10)
         assert connected

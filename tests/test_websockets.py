@@ -161,9 +161,13 @@ async def test_the_run_detail_socket_sends_the_detail_partial_and_updates(viewer
         assert 'id="run-detail"' in fresh and 'data-status="failed"' in fresh
 
 
-async def test_the_detail_socket_of_a_missing_run_says_so(viewer):
-    async with open_socket("/ws/runs/987654/", viewer) as ws:
-        assert 'id="run-detail"' in await ws.receive_from(timeout=TIMEOUT)
+async def test_the_detail_socket_of_a_missing_run_is_closed_with_4404(viewer):
+    # As another team's run is: the close code must not tell the two apart.
+    connected, code = await socket("/ws/runs/987654/", (b"cookie", viewer), ORIGIN).connect(
+        timeout=TIMEOUT
+    )
+
+    assert (connected, code) == (False, 4404)
 
 
 # --- who may connect ----------------------------------------------------------------------------

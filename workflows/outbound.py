@@ -1,7 +1,8 @@
 """Outbound HTTP that cannot be pointed at our own network.
 
 Every connection, including each one a redirect opens, resolves the host and refuses
-loopback, private, link-local, multicast, reserved and cloud-metadata addresses unless the
+loopback, private, link-local, multicast, reserved and cloud-metadata addresses (also when an
+IPv6 address embeds one: NAT64, 6to4, Teredo, IPv4-compatible or -mapped) unless the
 operator allowlisted the host or a CIDR (SIGNALBOX_OUTBOUND_ALLOW). The check happens in the
 connection itself, on the address actually dialled, so DNS rebinding between a check and the
 connect gains nothing.
@@ -41,9 +42,52 @@ class Allowlist:
         return any(address in net for net in self.networks)
 
 
+# IPv6 ranges that carry an IPv4 address inside: a connection to one of them reaches (through
+# a translator or tunnel) the IPv4 it embeds, so they are judged as that IPv4. Python's
+# `is_global` calls most of them public whatever they embed.
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052
+NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # RFC 4291, deprecated (also :: and ::1)
+# RFC 6052 places the IPv4 right after the translator's prefix, whose length we cannot know
+# inside the local-use /48: every layout it allows there must embed a public IPv4.
+LOCAL_USE_PREFIX_LENGTHS = (48, 56, 64, 96)
+
+
+def _rfc6052_ipv4(address: ipaddress.IPv6Address, prefix_length: int) -> ipaddress.IPv4Address:
+    packed = address.packed
+    if prefix_length == 96:
+        return ipaddress.IPv4Address(packed[12:])
+    # Byte 8 (bits 64-71, the "u" octet) is reserved and skipped: the IPv4 may straddle it.
+    without_u = packed[:8] + packed[9:]
+    start = prefix_length // 8
+    return ipaddress.IPv4Address(without_u[start : start + 4])
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address stands for (several when the layout is
+    ambiguous, two for Teredo: server and client); empty for a plain IPv6 address."""
+    if address.ipv4_mapped:
+        return [address.ipv4_mapped]
+    if address.sixtofour:  # 2002::/16
+        return [address.sixtofour]
+    if address.teredo:  # 2001::/32
+        return list(address.teredo)
+    if address in NAT64_WELL_KNOWN or address in IPV4_COMPATIBLE:
+        return [ipaddress.IPv4Address(address.packed[12:])]
+    if address in NAT64_LOCAL_USE:
+        return [_rfc6052_ipv4(address, length) for length in LOCAL_USE_PREFIX_LENGTHS]
+    return []
+
+
+def _is_public_ipv4(address: ipaddress.IPv4Address) -> bool:
+    return address.is_global and not address.is_multicast
+
+
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = embedded_ipv4(address)
+        if embedded:
+            return all(_is_public_ipv4(ipv4) for ipv4 in embedded)
     return address.is_global and not address.is_multicast
 
 

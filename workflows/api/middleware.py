@@ -1,14 +1,19 @@
-"""Under /api/, every error is problem+json: unknown paths, wrong methods, even crashes."""
+"""Every 4xx and 5xx says what went wrong in the caller's language: under /api/ and /hooks/
+problem+json (unknown paths, wrong methods, even crashes); elsewhere a page, where Django
+would send an empty body (a 405 from require_POST, a bare status)."""
 
 from __future__ import annotations
 
 import logging
 
 from django.db import InterfaceError, OperationalError
+from django.template.loader import render_to_string
 
-from .problems import problem
+from .problems import is_api_path, problem
 
 log = logging.getLogger("signalbox.api")
+
+TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}
 
 
 class ApiProblemMiddleware:
@@ -17,22 +22,37 @@ class ApiProblemMiddleware:
 
     def __call__(self, request):
         response = self.get_response(request)
-        if not request.path.startswith("/api/") or response.status_code < 400:
+        if response.status_code < 400:
             return response
+        if not is_api_path(request.path):
+            return self._page_for_empty_error(request, response)
         if response.get("Content-Type", "").startswith("application/problem+json"):
             return response
-        titles = {404: "Not found", 405: "Method not allowed", 400: "Bad request"}
         replacement = problem(
             response.status_code,
-            titles.get(response.status_code, response.reason_phrase),
+            TITLES.get(response.status_code, response.reason_phrase),
             f"{request.method} {request.path}",
         )
-        if response.has_header("Allow"):
-            replacement["Allow"] = response["Allow"]
+        for header in ("Allow", "Retry-After"):
+            if response.has_header(header):
+                replacement[header] = response[header]
         return replacement
 
+    @staticmethod
+    def _page_for_empty_error(request, response):
+        # htmx requests keep their bare status: the page's script shows it in place.
+        if response.streaming or response.content or getattr(request, "htmx", False):
+            return response
+        response.content = render_to_string(
+            "error.html",
+            {"status": response.status_code, "title": response.reason_phrase.capitalize()},
+            request=request,
+        )
+        response["Content-Type"] = "text/html; charset=utf-8"
+        return response
+
     def process_exception(self, request, exception):
-        if not request.path.startswith("/api/"):
+        if not is_api_path(request.path):
             return None
         if isinstance(exception, OperationalError | InterfaceError):
             # The database is away (restarting, unreachable): say so, and when to try again.

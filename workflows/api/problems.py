@@ -5,6 +5,12 @@ from __future__ import annotations
 from django.http import JsonResponse
 
 PROBLEM_TYPE_BASE = "https://signalbox.dev/problems/"
+# Paths whose callers are programs: every error there is problem+json, never a page.
+MACHINE_PATH_PREFIXES = ("/api/", "/hooks/")
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(MACHINE_PATH_PREFIXES)
 
 
 def problem_body(status: int, title: str, detail: str = "", *, kind: str = "", **extra) -> dict:
