@@ -542,6 +542,22 @@ def test_a_queued_run_whose_admission_was_lost_is_started_by_the_scheduler(sent)
     assert ("signalbox.execute_step", (attempt(second.pk, "only").pk,), {}) in sent
 
 
+def test_attempts_behind_a_backlog_are_not_sent_again_until_it_drains(sent, monkeypatch):
+    run = start_run_here("backlogged", log_step("only"))
+    only = attempt(run.pk, "only")
+    StepRun.objects.filter(pk=only.pk).update(enqueued_at=timezone.now())
+    later = timezone.now() + runs.REENQUEUE_AFTER + timedelta(seconds=1)
+    sent.clear()
+
+    monkeypatch.setattr(runs, "messages_waiting", lambda: 2000)  # a backlog: it may come yet
+    assert runs.enqueue_due_steps(now=later) == 0
+    monkeypatch.setattr(runs, "messages_waiting", lambda: None)  # Redis cannot say
+    assert runs.enqueue_due_steps(now=later) == 0
+    monkeypatch.setattr(runs, "messages_waiting", lambda: 0)  # drained: it was lost
+    assert runs.enqueue_due_steps(now=later) == 1
+    assert sent == [("signalbox.execute_step", (only.pk,), {})]
+
+
 # --- Celery and Redis' visibility timeout ------------------------------------------------------
 def test_steps_retries_and_finished_runs_are_sent_without_eta_or_countdown(sent):
     run = start_run_here(

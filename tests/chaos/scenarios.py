@@ -35,7 +35,7 @@ class Size:
 
 
 BOUNDED = Size(rate=15, faults=1, between=6)
-FULL = Size(rate=40, faults=12, between=60)
+FULL = Size(rate=20, faults=10, between=40)
 
 
 @dataclass

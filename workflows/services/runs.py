@@ -500,10 +500,12 @@ def enqueue_due_steps(*, now=None, limit: int = 500, judge_leases: bool = True) 
 
     now = now or timezone.now()
     queued = StepRun.objects.filter(status=StepStatus.QUEUED, run__status=RunStatus.RUNNING)
-    sweeps = [
-        queued.filter(enqueued_at=None, not_before__lte=now),
-        queued.filter(enqueued_at__lt=now - REENQUEUE_AFTER),
-    ]
+    sweeps = [queued.filter(enqueued_at=None, not_before__lte=now)]
+    if messages_waiting() == 0:
+        # Only while no message waits: a queued attempt sent long ago is then lost, not
+        # behind a backlog. Re-sending behind a backlog fed it (every waiting attempt sent
+        # again each REENQUEUE_AFTER, each a task to run for nothing: seen at 2,000 queued).
+        sweeps.append(queued.filter(enqueued_at__lt=now - REENQUEUE_AFTER))
     count = 0
     for sweep in sweeps:
         for pk in list(sweep.values_list("pk", flat=True)[:limit]):
@@ -517,6 +519,13 @@ def enqueue_due_steps(*, now=None, limit: int = 500, judge_leases: bool = True) 
         count += expire_leases(now=now, limit=limit)
     count += recover_lost_follow_ups(now=now, limit=limit)
     return count
+
+
+def messages_waiting() -> int | None:
+    """Step messages waiting in the Celery queue (None: Redis cannot say)."""
+    from ..gauges import queue_lengths
+
+    return queue_lengths().get(settings.CELERY_TASK_DEFAULT_QUEUE)
 
 
 def recover_lost_follow_ups(*, now, limit: int = 500) -> int:
