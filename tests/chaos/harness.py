@@ -26,6 +26,7 @@ import psycopg
 
 from orchestrator import servers
 from orchestrator.embedded_redis import free_port
+from orchestrator.launcher import die_with_parent
 from tests.chaos.proxy import FaultProxy
 from tests.chaos.services import PrivatePostgres, PrivateRedis
 from tests.chaos.sink import Sink
@@ -99,6 +100,11 @@ def poison_workflows() -> dict[str, dict]:
             "steps": [{"id": "never", "kind": "log", "config": {"message": "matched"}}],
         },
     }
+
+
+def _own_group_and_die_with_parent() -> None:
+    os.setsid()  # kill() signals the whole group (a worker and its pool)
+    die_with_parent()
 
 
 class ChaosStack:
@@ -200,7 +206,7 @@ class ChaosStack:
         env = servers.web_env(self.env) if name == "web" else self.env
         self.processes[name] = subprocess.Popen(
             self.command(name), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            preexec_fn=_own_group_and_die_with_parent,
         )  # fmt: skip
 
     def wait_ready(self, timeout: float = 120) -> None:

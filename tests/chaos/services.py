@@ -15,6 +15,7 @@ import psycopg
 
 from orchestrator import embedded_redis
 from orchestrator.embedded_redis import free_port
+from orchestrator.launcher import die_with_parent
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
@@ -121,7 +122,7 @@ class PrivateRedis:
             [embedded_redis.find_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec",
              "--save", "", "--logfile", str(self.dir / "log"), "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
         )  # fmt: skip
         _wait(lambda: embedded_redis.answers(self.port), 30, "Redis did not answer")
 

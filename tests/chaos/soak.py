@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import sys
 import threading
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=30, help="seconds per sample")
     args = parser.parse_args(argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still clean up (finally below)
     stack = ChaosStack().start()
     try:
         report = soak(
