@@ -1,9 +1,11 @@
-"""`make test`: find or start the services, then run the suite in two pytest processes.
+"""`make test`: find or start the services, then run the suite in three pytest processes.
 
 Browser tests run in their own process (pytest-playwright's event loop breaks
-pytest-asyncio tests that run after it in the same process). Each test run gets its own
-PostgreSQL database and its own Redis key prefix, so it never meets another run's data or
-a developer's `make run`.
+pytest-asyncio tests that run after it in the same process), and so does the fault suite
+(tests/test_chaos.py: its own servers and processes, mostly waiting on them). Two lanes run
+side by side: the fast tests, and the browser tests then the fault suite; each part's
+output is printed when it ends. Each part gets its own PostgreSQL database and its own
+Redis key prefix, so it never meets another run's data or a developer's `make run`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -23,9 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "var" / "test-results"
 
 PARTS = {
-    "fast": ["-m", "not browser"],
+    "fast": ["-m", "not browser and not chaos"],
     "browser": ["-m", "browser", "-p", "no:randomly"],
+    "chaos": ["-m", "chaos", "-p", "no:randomly"],
 }
+LANES = [["fast"], ["browser", "chaos"]]
 
 
 def counts(junit: Path) -> dict[str, int]:
@@ -88,37 +93,71 @@ def main() -> int:
         return 2
     RESULTS.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:8]
+    lanes = [[args.only]] if args.only else LANES
+    outcomes: dict[str, tuple[int, Path]] = {}
+    children: list[subprocess.Popen] = []
+    printing = threading.Lock()
+
+    def run_part(part: str, stream: bool) -> None:
+        # Named per run: other checkouts' runs may write beside ours.
+        junit = RESULTS / f"{part}-{run_id}.xml"
+        log = RESULTS / f"{part}-{run_id}.log"
+        env = dict(
+            os.environ,
+            DATABASE_URL=services.database_url,
+            REDIS_URL=services.redis_url,
+            SIGNALBOX_TEST_DB_NAME=f"test_signalbox_{run_id}_{part}",
+            SIGNALBOX_REDIS_PREFIX=f"sbxtest-{run_id}-{part}",
+        )
+        header = f"\n=== {part} tests (database test_signalbox_{run_id}_{part}) ==="
+        command = [sys.executable, "-m", "pytest", *PARTS[part], f"--junitxml={junit}"]
+        with open(log, "w") as out:
+            if stream:
+                print(header, flush=True)
+            child = subprocess.Popen(
+                [*command, *pytest_args],
+                cwd=ROOT,
+                env=env,
+                stdout=None if stream else out,
+                stderr=None if stream else subprocess.STDOUT,
+            )
+            children.append(child)
+            code = child.wait()
+        if not stream:
+            with printing:
+                print(header, flush=True)
+                print(log.read_text(errors="replace"), end="", flush=True)
+        outcomes[part] = (code, junit)
+
+    def run_lane(parts: list[str]) -> None:
+        for part in parts:
+            run_part(part, stream=len(lanes) == 1)
+
+    try:
+        threads = [threading.Thread(target=run_lane, args=(lane,)) for lane in lanes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        services.close()
+
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     broken: list[str] = []
     failed_tests: list[str] = []
-    try:
-        for part in parts:
-            # Named per run: other checkouts' runs may write beside ours.
-            junit = RESULTS / f"{part}-{run_id}.xml"
-            env = dict(
-                os.environ,
-                DATABASE_URL=services.database_url,
-                REDIS_URL=services.redis_url,
-                SIGNALBOX_TEST_DB_NAME=f"test_signalbox_{run_id}_{part}",
-                SIGNALBOX_REDIS_PREFIX=f"sbxtest-{run_id}-{part}",
-            )
-            print(f"\n=== {part} tests (database test_signalbox_{run_id}_{part}) ===", flush=True)
-            code = subprocess.call(
-                [sys.executable, "-m", "pytest", *PARTS[part], f"--junitxml={junit}", *pytest_args],
-                cwd=ROOT,
-                env=env,
-            )
-            found = counts(junit)
-            failed_tests += failures(junit)
-            for name, value in found.items():
-                totals[name] += value
-            # 0: all passed; 5: nothing selected in this part (fine if the other part ran).
-            # Anything else without a failed test to show for it (an internal error, a crash,
-            # an interrupted run) still fails the run, and counts as one failure.
-            if code not in (0, 5) and not (found["failures"] or found["errors"]):
-                broken.append(f"{part} tests: pytest exited with code {code}")
-    finally:
-        services.close()
+    for part, (code, junit) in outcomes.items():
+        found = counts(junit)
+        failed_tests += failures(junit)
+        for name, value in found.items():
+            totals[name] += value
+        # 0: all passed; 5: nothing selected in this part (fine if another part ran).
+        # Anything else without a failed test to show for it (an internal error, a crash,
+        # an interrupted run) still fails the run, and counts as one failure.
+        if code not in (0, 5) and not (found["failures"] or found["errors"]):
+            broken.append(f"{part} tests: pytest exited with code {code}")
 
     failed = totals["failures"] + totals["errors"] + len(broken)
     passed = totals["tests"] - totals["failures"] - totals["errors"] - totals["skipped"]
