@@ -393,7 +393,9 @@ def bulk_replay(request):
     try:
         selection = recovery.parse_failed_run_filter(raw_filter)
     except recovery.InvalidFilter as exc:
-        return _bad(str(exc), errors=exc.errors)
+        # A list like every other problem's `errors` (docs/api.md), one entry per field.
+        errors = [{"field": name, "message": text} for name, text in exc.errors.items()]
+        return _bad(str(exc), errors=errors)
     runs = recovery.failed_runs(selection, hidden=request.hidden_workflows)
     if _flag(body.get("dry_run")):
         listed = list(runs[: replays.MAX_BATCH])
