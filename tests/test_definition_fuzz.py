@@ -21,9 +21,13 @@ KINDS = sorted(registry.all_kinds())
 BOUNDED = hypothesis_settings(max_examples=150, derandomize=True, database=None)
 
 # Numbers at and past every range a field, a database column or a JSON reader cares about.
-EXTREME_NUMBERS = st.sampled_from(
-    [0, -1, 1, 2**31, 2**53 + 1, 2**63, -(2**63) - 1, 2**64, 10**400, 1e308, -0.0, 5e-324]
-) | st.integers() | st.floats(allow_nan=True, allow_infinity=True)
+EXTREME_NUMBERS = (
+    st.sampled_from(
+        [0, -1, 1, 2**31, 2**53 + 1, 2**63, -(2**63) - 1, 2**64, 10**400, 1e308, -0.0, 5e-324]
+    )
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+)
 # Text a person would not type: control characters, NUL, lone surrogates, BOMs, combining
 # marks, right-to-left overrides, a "{{" that never closes, CEL and Python look-alikes.
 HOSTILE_TEXT = st.sampled_from(
@@ -53,8 +57,10 @@ HOSTILE_TEXT = st.sampled_from(
 SCALARS = st.none() | st.booleans() | EXTREME_NUMBERS | HOSTILE_TEXT
 JSON_LIKE = st.recursive(
     SCALARS,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=12) | HOSTILE_TEXT, inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=12) | HOSTILE_TEXT, inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -135,7 +141,9 @@ def test_any_json_value_is_parsed_or_refused_with_problems(raw):
     raw={
         "name": "n",
         "concurrency": {"max_runs": 2**64},
-        "steps": [{"id": "a", "kind": "log", "config": {"message": "hi"}, "timeout_seconds": 1e999}],
+        "steps": [
+            {"id": "a", "kind": "log", "config": {"message": "hi"}, "timeout_seconds": 1e999}
+        ],
     }
 )
 @example(
@@ -163,7 +171,9 @@ def test_a_definition_with_hostile_values_is_parsed_or_refused_with_problems(raw
 @example(body=b"\xef\xbb\xbf{}", yaml_format=False)
 @example(body='{"name": "x"}'.encode("utf-16"), yaml_format=False)
 @example(body=b"name: !!python/object/apply:os.system ['id']\nsteps: []", yaml_format=True)
-@example(body=b"name: 2026-12-06\nsteps: [{id: a, kind: log, config: {message: .nan}}]", yaml_format=True)
+@example(
+    body=b"name: 2026-12-06\nsteps: [{id: a, kind: log, config: {message: .nan}}]", yaml_format=True
+)
 @example(body=b"name: x\nsteps: [{id: a, kind: delay, config: {seconds: .inf}}]", yaml_format=True)
 @example(body=b"name: !!binary aGk=\nsteps: []", yaml_format=True)
 @example(body=b"a: &x [1]\nb: *x", yaml_format=True)

@@ -23,9 +23,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.factories import cloudevent, log_step
 from workflows.api import urls as api_urls
 from workflows.api.openapi import description
+from workflows.models import DeadLetter, Run
+from workflows.services.definitions import publish_workflow, put_workflow
+from workflows.services.schemas import register_schema
 from workflows.services.tokens import create_api_token
+from workflows.services.webhooks import create_webhook
 
 PREFIX = "/api/v1/"
 METHODS = ("get", "put", "post", "patch", "delete")
@@ -33,8 +38,9 @@ METHODS = ("get", "put", "post", "patch", "delete")
 # pattern in the description must accept no more than its converter does).
 CONVERTER = re.compile(r"<(?:(\w+):)?(\w+)>")
 
-# Bounded and repeatable: a fixed number of examples per operation, derandomized (one seed).
-EXAMPLES_PER_OPERATION = 25
+# Bounded and repeatable: a fixed number of examples per operation and mode, derandomized
+# (one seed).
+EXAMPLES = ((GenerationMode.POSITIVE, 20), (GenerationMode.NEGATIVE, 15))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -122,39 +128,89 @@ def test_the_description_is_served_to_a_token_and_refused_without_one(client, ad
 
 
 # --- schemathesis against the real server ---------------------------------------------------------
-def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_description(stack, api_token):
+@pytest.fixture
+def known(api) -> dict[str, object]:
+    """Things that exist, so that half of the examples reach past "404 no such …": a published
+    workflow with a manual trigger, a failed run of it, a stored event, a dead letter, an event
+    type with a schema version and a webhook. Returned as path parameter values."""
+    slug, event_type = "openapi-flow", "com.example.openapi"
+    put_workflow(
+        slug=slug,
+        raw={
+            "name": "OpenAPI",
+            "triggers": [{"event": event_type}, {"manual": True}],
+            "steps": [log_step("only")],
+        },
+    )
+    version = publish_workflow(slug=slug)
+    run = Run.objects.create(
+        workflow=version.workflow, version=version, status="failed", error="boom"
+    )
+    letter = DeadLetter.objects.create(kind="event", reason="test", payload={"data": {"n": 1}})
+    register_schema(event_type=event_type, schema={"type": "object"})
+    create_webhook(slug="openapi-hook", event_type=event_type)
+    sent = api.post(
+        "/api/v1/events",
+        json=cloudevent(event_type, id="openapi-1", data={"n": 1}),
+        headers={"Content-Type": "application/cloudevents+json"},
+    )
+    assert sent.status_code == 202, sent.text
+    return {
+        "slug": slug,
+        "run_id": run.pk,
+        "event_id": sent.json()["id"],
+        "letter_id": letter.pk,
+        "name": event_type,
+        "number": 1,
+        "batch_id": 1,
+        "host": "127.0.0.1:9",
+    }
+
+
+def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_description(
+    stack, api_token, known
+):
     """Every operation, with positive and negative examples, against the running server (its
-    own database and Redis) with an admin token. Failures are collected over all operations
-    so that one run names every mismatch."""
+    own database and Redis) with an admin token; path parameters are random or name what
+    exists. Failures are collected over all operations so that one run names every mismatch."""
     schema = schemathesis.openapi.from_dict(description())
     headers = {"Authorization": f"Bearer {api_token}"}
     failures: list[str] = []
     for result in schema.get_all_operations():
         operation = result.ok()
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            failures.extend(_exercise(operation, mode, stack.base_url, headers))
+        names = re.findall(r"\{(\w+)\}", operation.path)
+        for mode, examples in EXAMPLES:
+            strategy = operation.as_strategy(generation_mode=mode)
+            if names:
+                path_parameters = {name: known[name] for name in names}
+                strategy |= operation.as_strategy(
+                    generation_mode=mode, path_parameters=path_parameters
+                )
+            failures.extend(
+                _exercise(operation.label, mode, strategy, examples, stack.base_url, headers)
+            )
     assert failures == [], "\n\n".join(failures[:20])
 
 
-def _exercise(operation, mode, base_url: str, headers: dict[str, str]) -> list[str]:
+def _exercise(label, mode, strategy, examples: int, base_url, headers) -> list[str]:
     found: list[str] = []
 
     @hypothesis_settings(
-        max_examples=EXAMPLES_PER_OPERATION,
+        max_examples=examples,
         derandomize=True,
         database=None,
         deadline=None,
         phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    @given(case=operation.as_strategy(generation_mode=mode))
+    @given(case=strategy)
     def exercise(case):
         response = case.call(base_url=base_url, headers=headers, timeout=30)
         try:
             case.validate_response(response, checks=CHECKS, headers=headers)
         except (AssertionError, FailureGroup) as exc:
             if len(found) < 3:
-                found.append(f"{operation.label} ({mode.value}): {exc}")
+                found.append(f"{label} ({mode.value}): {exc}")
 
     exercise()
     return found
