@@ -12,6 +12,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -125,6 +126,24 @@ def test_the_description_is_served_to_a_token_and_refused_without_one(client, ad
     served = client.get("/api/v1/openapi.json", headers=admin_headers)
     assert served.status_code == 200
     assert served.json() == description()
+
+
+def test_a_try_run_is_a_run_as_described(client, admin_headers):
+    """A try run's version is an unnumbered snapshot: `version` is null (schemathesis found
+    the description saying integer)."""
+    put_workflow(slug="tried", raw={"name": "Tried", "steps": [log_step("only")]})
+    started = client.post(
+        "/api/v1/workflows/tried/try",
+        data=b'{"data": {"n": 1}}',
+        content_type="application/json",
+        headers=admin_headers,
+    )
+    assert started.status_code == 202, started.content
+    run = client.get(f"/api/v1/runs/{started.json()['run']}", headers=admin_headers).json()
+
+    assert run["origin"] == "try" and run["version"] is None
+    run_schema = Draft202012Validator({**description(), "$ref": "#/components/schemas/Run"})
+    assert list(run_schema.iter_errors(run)) == []
 
 
 # --- schemathesis against the real server ---------------------------------------------------------
