@@ -41,7 +41,7 @@ CONVERTER = re.compile(r"<(?:(\w+):)?(\w+)>")
 
 # Bounded and repeatable: a fixed number of examples per operation and mode, derandomized
 # (one seed).
-EXAMPLES = ((GenerationMode.POSITIVE, 20), (GenerationMode.NEGATIVE, 15))
+EXAMPLES = ((GenerationMode.POSITIVE, 15), (GenerationMode.NEGATIVE, 10))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
