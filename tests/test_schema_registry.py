@@ -237,14 +237,14 @@ def test_put_creates_a_type_then_updates_its_compatibility_and_description(edito
 def test_put_refuses_an_unknown_mode_or_a_bad_description(editor, body, field):
     problem = problem_of(editor.put(BASE, body), 400)
 
-    assert field in problem["errors"]
+    assert field in [error["field"] for error in problem["errors"]]
     assert not EventType.objects.exists()
 
 
 def test_put_refuses_a_type_name_that_is_not_url_safe(editor):
     problem = problem_of(editor.put("/api/v1/schemas/bad%20name", {}), 400)
 
-    assert "name" in problem["errors"]
+    assert [error["field"] for error in problem["errors"]] == ["name"]
 
 
 def test_listing_shows_every_type_with_its_latest_version(editor):

@@ -116,6 +116,23 @@ class Definition:
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # PostgreSQL stores neither
+# As deep as the JSON reader lets a body nest (events.envelope): deeper values reach the
+# validators' recursion limit, and no workflow needs them.
+MAX_DEPTH = 64
+
+
+def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether lists and objects nest deeper than `limit`; iterative, so that no depth can
+    exhaust the stack while asking."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _unstorable(value: Any, path: tuple):
@@ -156,6 +173,8 @@ def parse(
     `expressions(config)` (the step registry). The checkers validate CEL expressions and
     `{{ … }}` templates; without them expressions are not checked.
     """
+    if _too_deep(raw):
+        raise InvalidDefinition([Problem("/", f"nested deeper than {MAX_DEPTH} levels")])
     problems = [
         Problem(_pointer(err.absolute_path), err.message)
         for err in sorted(

@@ -37,6 +37,9 @@ def load_definition_text(body: bytes, *, yaml_format: bool) -> object:
             loader.dispose()
     except yaml.YAMLError as exc:
         raise UnreadableDefinition(f"invalid YAML: {exc}") from exc
+    except RecursionError:
+        # PyYAML composes nested collections recursively: "[[[[…" thousands deep ends here.
+        raise UnreadableDefinition("invalid YAML: nested too deep") from None
 
 
 def _has_alias(node, seen=None) -> bool:

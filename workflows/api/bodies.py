@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..events.envelope import UNSTORABLE
+
+UNSTORABLE_TEXT = "text cannot contain NUL characters or unpaired surrogates"
+
 
 class BodyTooLarge(Exception):
     def __init__(self, limit: int):
@@ -23,3 +29,20 @@ def read_limited(request, limit: int) -> bytes:
 
 def media_type(request) -> str:
     return request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+
+def storable(value: Any) -> bool:
+    """Whether PostgreSQL can store every string of a decoded JSON body (keys included): JSON
+    can spell NUL (\\u0000) and unpaired surrogates, which text and jsonb columns refuse."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if UNSTORABLE.search(item):
+                return False
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return True

@@ -37,7 +37,7 @@ from ..services import drafts
 from ..services.definitions import publish_workflow
 from ..services.schemas import SchemaViolation
 from .auth import hides_slug, token_required, visible_workflow
-from .bodies import BodyTooLarge, media_type, read_limited
+from .bodies import UNSTORABLE_TEXT, BodyTooLarge, media_type, read_limited, storable
 from .problems import problem
 
 MAX_DEFINITION_BYTES = 1024 * 1024
@@ -401,6 +401,8 @@ def try_(request, slug: str):
             'send {"event": <stored event id>} or {"data": ..., "type": "..."}',
             kind="invalid-body",
         )
+    if not storable(body):
+        return problem(400, "Invalid body", UNSTORABLE_TEXT, kind="invalid-body")
     kwargs: dict = {}
     if "event" in body:
         if not isinstance(body["event"], int):

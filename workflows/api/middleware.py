@@ -16,11 +16,26 @@ log = logging.getLogger("signalbox.api")
 TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}
 
 
+def _unstorable_query(request) -> bool:
+    return any(
+        "\x00" in key or any("\x00" in value for value in values)
+        for key, values in request.GET.lists()
+    )
+
+
 class ApiProblemMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
+        if request.path.startswith("/api/") and _unstorable_query(request):
+            # Every filter ends in a SQL parameter, and PostgreSQL text cannot hold NUL.
+            return problem(
+                400,
+                "Invalid query",
+                "query parameters cannot contain NUL characters",
+                kind="invalid-query",
+            )
         response = self.get_response(request)
         if response.status_code < 400:
             return response

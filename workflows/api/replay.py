@@ -39,7 +39,7 @@ from ..services import dead_letters as dlq
 from ..services import replay as replays
 from ..services.redrive import EventSelection, RedriveError, redrive_events
 from .auth import hides, hides_run, hides_slug, shown_runs, token_required
-from .bodies import BodyTooLarge, read_limited
+from .bodies import UNSTORABLE_TEXT, BodyTooLarge, read_limited, storable
 from .pagination import InvalidPage, page_params
 from .problems import problem
 
@@ -60,6 +60,8 @@ def _body(request) -> dict[str, Any]:
         raise BadBody(str(exc)) from exc
     if not isinstance(body, dict):
         raise BadBody("send a JSON object")
+    if not storable(body):  # payloads and inputs are stored as jsonb
+        raise BadBody(UNSTORABLE_TEXT)
     return body
 
 
@@ -393,7 +395,9 @@ def bulk_replay(request):
     try:
         selection = recovery.parse_failed_run_filter(raw_filter)
     except recovery.InvalidFilter as exc:
-        return _bad(str(exc), errors=exc.errors)
+        # A list like every other problem's `errors` (docs/api.md), one entry per field.
+        errors = [{"field": name, "message": text} for name, text in exc.errors.items()]
+        return _bad(str(exc), errors=errors)
     runs = recovery.failed_runs(selection, hidden=request.hidden_workflows)
     if _flag(body.get("dry_run")):
         listed = list(runs[: replays.MAX_BATCH])

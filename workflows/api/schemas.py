@@ -68,6 +68,11 @@ def _version_json(request, version: EventSchema, name: str) -> dict:
     }
 
 
+def _field_errors(exc: InvalidEventType) -> list[dict]:
+    """A list like every other problem's `errors` (docs/api.md), one entry per field."""
+    return [{"field": name, "message": text} for name, text in exc.errors.items()]
+
+
 def _no_type(name: str):
     return problem(404, "No such event type", name, kind="not-found")
 
@@ -136,7 +141,11 @@ def event_type(request, name: str):
         )
     except InvalidEventType as exc:
         return problem(
-            400, "Invalid event type", str(exc), kind="invalid-event-type", errors=exc.errors
+            400,
+            "Invalid event type",
+            str(exc),
+            kind="invalid-event-type",
+            errors=_field_errors(exc),
         )
     return JsonResponse(
         _type_json(request, schema_selectors.event_type(name)), status=201 if created else 200
@@ -182,7 +191,11 @@ def versions(request, name: str):
         )
     except InvalidEventType as exc:
         return problem(
-            400, "Invalid event type", str(exc), kind="invalid-event-type", errors=exc.errors
+            400,
+            "Invalid event type",
+            str(exc),
+            kind="invalid-event-type",
+            errors=_field_errors(exc),
         )
     except InvalidSchema as exc:
         return problem(

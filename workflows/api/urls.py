@@ -1,9 +1,10 @@
 from django.urls import path
 
-from . import circuits, editor, event_store, events, replay, schemas, views
+from . import circuits, editor, event_store, events, openapi, replay, schemas, views
 from .webhooks import webhooks_endpoint
 
 urlpatterns = [
+    path("openapi.json", openapi.openapi_json, name="api-openapi"),
     path("events", events.events_endpoint, name="api-events"),
     path("events/<int:event_id>", event_store.event_detail, name="api-event"),
     path("workflows/<slug:slug>", views.workflow, name="api-workflow"),

@@ -15,7 +15,7 @@ from ..events.envelope import InvalidEvent, loads_json
 from ..models import Workflow
 from . import editor as drafts_api
 from .auth import hides, hides_slug, token_required, visible_workflow
-from .bodies import BodyTooLarge, media_type, read_limited
+from .bodies import UNSTORABLE_TEXT, BodyTooLarge, media_type, read_limited, storable
 from .pagination import InvalidPage, page_params
 from .problems import problem
 
@@ -203,6 +203,8 @@ def start_run(request, slug: str):
         return problem(400, "Invalid body", str(exc), kind="invalid-body")
     if not isinstance(body, dict):
         return problem(400, "Invalid body", 'send {"data": ...}', kind="invalid-body")
+    if not storable(body):
+        return problem(400, "Invalid body", UNSTORABLE_TEXT, kind="invalid-body")
     event, _created = send_manual_event(
         event_type=manual_event_type(slug),
         data=body.get("data"),
