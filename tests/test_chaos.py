@@ -12,7 +12,6 @@ from tests.chaos.harness import ChaosStack
 from tests.chaos.scenarios import BOUNDED, SCENARIOS
 from tests.chaos.soak import soak
 
-
 # Each scenario waits for its whole backlog to settle: longer than the suite's 180 s default.
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
