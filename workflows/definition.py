@@ -15,6 +15,8 @@ from typing import Any
 
 import jsonschema
 
+from .secret_places import mentions_secrets, misplaced_secrets
+
 FORMAT_SCHEMA: dict[str, Any] = json.loads(
     (Path(__file__).parent / "schemas" / "workflow-definition.schema.json").read_text()
 )
@@ -208,6 +210,9 @@ def parse(
         if check_templates is not None:
             for path, message in check_templates(config):
                 problems.append(Problem(f"/steps/{i}/config{path}", message))
+        if hasattr(kind, "secret_capable"):
+            for path, message in misplaced_secrets(kind, config):
+                problems.append(Problem(f"/steps/{i}/config{path}", message))
 
     for t, trigger in enumerate(raw.get("triggers", [])):
         if not set(trigger) - LAYOUT_KEYS:
@@ -218,6 +223,14 @@ def parse(
             )
         if "filter" in trigger:
             expression_problem(f"/triggers/{t}/filter", trigger["filter"])
+            if mentions_secrets(trigger["filter"]):
+                problems.append(
+                    Problem(
+                        f"/triggers/{t}/filter",
+                        "secrets cannot be used in a trigger filter: a secret may only go "
+                        "into a secret-capable step field",
+                    )
+                )
         if "filter" in trigger and "event" not in trigger:
             problems.append(Problem(f"/triggers/{t}/filter", "a filter needs an event trigger"))
 

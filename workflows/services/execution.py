@@ -34,7 +34,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .. import engine
+from .. import engine, secret_places
 from ..definition import Step
 from ..events.envelope import to_structured
 from ..expressions import TEMPLATE, ExpressionError, render_value
@@ -108,9 +108,11 @@ def references_in(texts: Iterable[str]) -> References:
 
 def step_references(step: Step, kind: StepKind) -> References:
     """What a step's config can read: bare CEL fields and fields the kind renders itself
-    are read whole, every other string only inside its `{{ … }}`."""
+    are read whole, every other string only inside its `{{ … }}`. Secrets: only those its
+    secret-capable fields name (a use anywhere else is refused before rendering)."""
+    secrets = capable_secret_names(step, kind)
     if kind.needs_whole_context(step.config):
-        return References(steps=ALL, secrets=ALL)
+        return References(steps=ALL, secrets=secrets)
     whole = {path.split("/")[1] for path, _ in kind.expressions(step.config)}
     whole.update(kind.raw_fields)
     texts: list[str] = []
@@ -120,7 +122,19 @@ def step_references(step: Step, kind: StepKind) -> References:
                 texts.append(text)
             else:
                 texts.extend(match.group(1) for match in TEMPLATE.finditer(text))
-    return references_in(texts)
+    return References(steps=references_in(texts).steps, secrets=secrets)
+
+
+def capable_secret_names(step: Step, kind: StepKind) -> frozenset[str] | None:
+    names: set[str] = set()
+    for path, text in secret_places.secret_uses(kind, step.config):
+        if not kind.secret_capable(step.config, path):
+            continue
+        found = secret_places.names_in(text)
+        if found is None:  # `secrets[x]` in a secret-capable field: any may be meant
+            return ALL
+        names |= found
+    return frozenset(names)
 
 
 _REFERENCES: dict[tuple[int, str], tuple[Step, References]] = {}
@@ -235,7 +249,13 @@ def build_context(
 
 
 def render_config(step: Step, kind: StepKind, context: StepContext) -> dict:
-    """Expression fields are evaluated by the kind; every other `{{ … }}` is rendered now."""
+    """Expression fields are evaluated by the kind; every other `{{ … }}` is rendered now.
+    A secret named outside a secret-capable field (a version saved before the rule) fails
+    the step before anything is rendered."""
+    misplaced = secret_places.misplaced_secrets(kind, step.config)
+    if misplaced:
+        path, message = misplaced[0]
+        raise StepError(f"step {step.id} /config{path}: {message}", code="secret_misplaced")
     config = dict(step.config)
     expression_keys = {path.split("/")[1] for path, _ in kind.expressions(config)}
     expression_keys.update(kind.raw_fields)
@@ -376,7 +396,7 @@ def _run_light(
         step_run_id=step_run.pk,
         happening=mask_happening(happening, secrets),
         output=mask(output, secrets),
-        input_=mask({"config": rendered, "event_id": run.event_id}, secrets),
+        input_=stored_input(step, kind, rendered, run, secrets),
         from_status=StepStatus.QUEUED,
         started={"started_at": started_at, "heartbeat_at": started_at, "worker": worker},
         continuation=continuation,
@@ -425,10 +445,19 @@ def _run_claimed(
         step_run_id=step_run.pk,
         happening=mask_happening(happening, secrets),
         output=mask(output, secrets),
-        input_=mask({"config": rendered, "event_id": run.event_id}, secrets),
+        input_=stored_input(step, kind, rendered, run, secrets),
         continuation=continuation,
     )
     return True
+
+
+def stored_input(
+    step: Step, kind: StepKind, rendered: dict, run: Run, secrets: dict[str, str]
+) -> dict:
+    """The step input kept with the attempt: secret-capable fields that named a secret stay
+    unrendered (`{{ secrets.token }}`), and what is left is masked once more."""
+    config = secret_places.unrendered_secret_fields(kind, step.config, rendered)
+    return mask({"config": config, "event_id": run.event_id}, secrets)
 
 
 def mask_happening(happening: engine.StepFinished, secrets: dict[str, str]) -> engine.StepFinished:

@@ -74,10 +74,24 @@ class HttpRequest(StepKind):
                 "type": "boolean",
                 "description": "send the triggering event's data as the JSON body",
             },
+            "auth": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "basic (username and password) or bearer (token)",
+                "properties": {
+                    "username": {"type": "string", "maxLength": 1024},
+                    "password": {"type": "string", "maxLength": 4096},
+                    "token": {"type": "string", "maxLength": 8192},
+                },
+                "oneOf": [{"required": ["username", "password"]}, {"required": ["token"]}],
+            },
             "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
         },
         "not": {"required": ["json", "form"]},
     }
+    # Headers and credentials leave with the request and are never stored (the stored input
+    # keeps them unrendered; the output keeps only a few response headers).
+    secret_fields = ("/headers/*", "/auth/username", "/auth/password", "/auth/token")
 
     def execute(self, config, ctx: StepContext):
         method = config.get("method", "POST")
@@ -88,7 +102,12 @@ class HttpRequest(StepKind):
             k: v for k, v in config.get("headers", {}).items() if k.lower() != "idempotency-key"
         }
         headers["Idempotency-Key"] = ctx.idempotency_key
+        auth = config.get("auth") or {}
+        if "token" in auth:
+            headers["Authorization"] = f"Bearer {auth['token']}"
         kwargs: dict = {"params": config.get("query"), "headers": headers}
+        if "username" in auth:
+            kwargs["auth"] = httpx.BasicAuth(str(auth["username"]), str(auth["password"]))
         if "json" in config:
             kwargs["json"] = config["json"]
         elif "form" in config:
