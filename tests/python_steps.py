@@ -33,3 +33,9 @@ def broken(input, ctx):
 @step_function("tests.not_json")
 def not_json(input, ctx):
     return {"when": object()}
+
+
+@step_function("tests.secret_length")
+def secret_length(input, ctx):
+    """Uses an argument marked secret without returning it."""
+    return {"length": len(ctx.secret_input["key"]), "named": sorted(ctx.secrets)}

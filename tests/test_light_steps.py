@@ -392,9 +392,7 @@ def test_a_step_loads_only_the_outputs_and_secrets_it_names(sent, monkeypatch):
             "after": ["b"],
         },
     )
-    calls = Step(
-        "h", "http_request", {"url": "http://x", "headers": {"A": "{{ secrets.used }}"}}
-    )
+    calls = Step("h", "http_request", {"url": "http://x", "headers": {"A": "{{ secrets.used }}"}})
 
     with CaptureQueriesContext(connection) as captured:
         execution.execute_step(step_run_id=first_attempt(run, "a").pk)

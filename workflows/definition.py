@@ -151,12 +151,15 @@ def parse(
     kinds: Mapping[str, Any],
     check_expression: ExpressionChecker | None = None,
     check_templates: TemplateChecker | None = None,
+    check_secrets: bool = True,
 ) -> Definition:
     """Validate `raw` and return a Definition, or raise InvalidDefinition with every problem.
 
     `kinds` maps a step kind name to an object with `config_schema`, `ports(config)` and
     `expressions(config)` (the step registry). The checkers validate CEL expressions and
-    `{{ … }}` templates; without them expressions are not checked.
+    `{{ … }}` templates; without them expressions are not checked. `check_secrets` refuses
+    a `secrets.` use outside the secret-capable fields of its step kind (off only to load a
+    version stored before the rule: its step then fails when it would render one).
     """
     problems = [
         Problem(_pointer(err.absolute_path), err.message)
@@ -210,7 +213,7 @@ def parse(
         if check_templates is not None:
             for path, message in check_templates(config):
                 problems.append(Problem(f"/steps/{i}/config{path}", message))
-        if hasattr(kind, "secret_capable"):
+        if check_secrets and hasattr(kind, "secret_capable"):
             for path, message in misplaced_secrets(kind, config):
                 problems.append(Problem(f"/steps/{i}/config{path}", message))
 
@@ -223,7 +226,7 @@ def parse(
             )
         if "filter" in trigger:
             expression_problem(f"/triggers/{t}/filter", trigger["filter"])
-            if mentions_secrets(trigger["filter"]):
+            if check_secrets and mentions_secrets(trigger["filter"]):
                 problems.append(
                     Problem(
                         f"/triggers/{t}/filter",

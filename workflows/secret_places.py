@@ -58,7 +58,9 @@ def secret_uses(kind: Any, config: Mapping[str, Any]) -> list[tuple[tuple, str]]
 def matches(pattern: str, path: tuple) -> bool:
     """Whether a config path matches a declared pattern ("/headers/*", "/auth/password")."""
     parts = pattern.strip("/").split("/")
-    return len(parts) == len(path) and all(p == "*" or p == str(k) for p, k in zip(parts, path))
+    return len(parts) == len(path) and all(
+        p == "*" or p == str(k) for p, k in zip(parts, path, strict=True)
+    )
 
 
 def pointer(path: tuple) -> str:
@@ -128,4 +130,3 @@ def _put(target: dict, path: tuple, value: Any) -> None:
         node = child
     if isinstance(node, dict) or (isinstance(node, list) and path[-1] < len(node)):
         node[path[-1]] = value
-

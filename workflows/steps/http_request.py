@@ -98,8 +98,11 @@ class HttpRequest(StepKind):
         url = config["url"]
         # Ours replaces a configured one in any letter case; two such headers would reach the
         # receiver, and it might deduplicate on the wrong one.
+        # A whole-string template renders a number or null: header values are text.
         headers = {
-            k: v for k, v in config.get("headers", {}).items() if k.lower() != "idempotency-key"
+            k: "" if v is None else str(v)
+            for k, v in config.get("headers", {}).items()
+            if k.lower() != "idempotency-key"
         }
         headers["Idempotency-Key"] = ctx.idempotency_key
         auth = config.get("auth") or {}

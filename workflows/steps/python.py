@@ -76,8 +76,8 @@ class Python(StepKind):
             "secret_input": {
                 "type": "object",
                 "additionalProperties": {"type": "string"},
-                "description": "arguments marked secret, e.g. {\"api_key\": "
-                "\"{{ secrets.stripe }}\"}; the function reads ctx.secret_input",
+                "description": 'arguments marked secret, e.g. {"api_key": '
+                '"{{ secrets.stripe }}"}; the function reads ctx.secret_input',
             },
         },
     }
