@@ -27,11 +27,12 @@ MAX_VALUE_CHARS = 64 * 1024
 
 
 class SecretError(Exception):
-    """A refused change; `status` is what an HTTP answer would say (400, 404, 409)."""
+    """A refused change; `status` is what an HTTP answer would say (400, 404, 409), `field`
+    the input at fault ("name" or "value")."""
 
-    def __init__(self, message: str, *, status: int = 400):
+    def __init__(self, message: str, *, status: int = 400, field: str = "name"):
         super().__init__(message)
-        self.message, self.status = message, status
+        self.message, self.status, self.field = message, status, field
 
 
 def hint(value: str) -> str:
@@ -56,17 +57,17 @@ def list_secrets() -> list[dict[str, Any]]:
 
 def _check_value(value: Any) -> str:
     if not isinstance(value, str):
-        raise SecretError("the value must be a string")
+        raise SecretError("the value must be a string", field="value")
     if not value.strip():
-        raise SecretError("the value is empty")
+        raise SecretError("the value is empty", field="value")
     if len(value) > MAX_VALUE_CHARS:
-        raise SecretError(f"the value is longer than {MAX_VALUE_CHARS} characters")
+        raise SecretError(f"the value is longer than {MAX_VALUE_CHARS} characters", field="value")
     if "\x00" in value:
-        raise SecretError("the value cannot contain NUL characters")
+        raise SecretError("the value cannot contain NUL characters", field="value")
     return value
 
 
-def _check_name(name: Any) -> str:
+def check_name(name: Any) -> str:
     if not isinstance(name, str) or not NAME.match(name):
         raise SecretError(
             "a secret name is a letter or _ then letters, digits or _ (at most 100), "
@@ -77,7 +78,7 @@ def _check_name(name: Any) -> str:
 
 def create_secret(*, name: str, value: str, actor: str) -> Secret:
     """A new secret; refuses a name already taken (409)."""
-    name, value = _check_name(name), _check_value(value)
+    name, value = check_name(name), _check_value(value)
     with transaction.atomic():
         if Secret.objects.filter(name=name).exists():
             raise SecretError(f"a secret named {name!r} exists; rotate it instead", status=409)
