@@ -204,7 +204,7 @@ def test_the_cli_exits_non_zero_on_error_without_a_traceback():
     assert "no secret named 'missing'" in result.stderr and "Traceback" not in result.stderr
 
 
-# --- the encryption key ----------------------------------------------------------------------------
+# --- the encryption key ---------------------------------------------------------------------
 def test_rotating_the_key_re_encrypts_every_secret_and_webhook_secret(monkeypatch):
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     monkeypatch.setenv("SIGNALBOX_ENCRYPTION_KEY", old)
@@ -247,7 +247,7 @@ def test_rotating_without_the_old_key_changes_nothing_and_says_why(monkeypatch):
         crypto.reset()
 
 
-# --- the dashboard ---------------------------------------------------------------------------------
+# --- the dashboard -----------------------------------------------------------------------------
 def test_an_admin_manages_secrets_on_the_page_and_never_sees_a_value_again():
     client = sign_in(Client(), "ada", "admin")
 
