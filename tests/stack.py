@@ -117,4 +117,6 @@ def make_stack(database_name: str) -> Stack:
     # tests/env_plugin.py), not 60: a killed worker's attempt is retried within seconds.
     # Only the stack: in-process tests keep the default and move `now` themselves.
     env.setdefault("SIGNALBOX_STEP_HEARTBEAT_TIMEOUT_SECONDS", "10")
+    # The stack's workers can run the functions tests register for the `python` step.
+    env.setdefault("SIGNALBOX_PYTHON_MODULES", "tests.python_steps")
     return Stack(env=env, port=free_port())
