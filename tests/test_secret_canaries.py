@@ -63,7 +63,7 @@ def postgres_dump() -> str:
         tables = [row[0] for row in cursor.fetchall()]
         parts = []
         for table in tables:
-            cursor.execute(f'SELECT t::text FROM "{table}" AS t')  # noqa: S608 - catalog names
+            cursor.execute(f'SELECT t::text FROM "{table}" AS t')
             parts.extend(f"{table}: {row[0]}" for row in cursor.fetchall())
     return "\n".join(parts)
 
@@ -113,7 +113,7 @@ class Frames:
         try:
             for message in self.socket:
                 self.frames.append(message if isinstance(message, str) else message.decode())
-        except Exception:  # noqa: BLE001,S110 - closed by close() below
+        except Exception:  # noqa: BLE001 - closed by close() below
             pass
 
     def close(self) -> None:
