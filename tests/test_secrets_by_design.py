@@ -95,6 +95,77 @@ def test_a_secret_outside_a_secret_capable_field_is_refused_naming_the_field(ste
     assert "secret-capable field" in problem.message
 
 
+@pytest.mark.parametrize(
+    ("step", "path", "words"),
+    [
+        (
+            {
+                "kind": "http_request",
+                "config": {"url": HTTP, "headers": {"A": "{{ secrets[event.data.k] }}"}},
+            },
+            "/headers/A",
+            "name the secret",
+        ),
+        (
+            {
+                "kind": "http_request",
+                "config": {
+                    "url": "https://{{ event.data.host }}/x",
+                    "headers": {"A": "{{ secrets.api }}"},
+                },
+            },
+            "/url",
+            "fixed scheme, host and port",
+        ),
+        (
+            {
+                "kind": "http_request",
+                "config": {
+                    "url": "https://api.example.com{{ event.data.at }}",
+                    "auth": {"token": "{{ secrets.api }}"},
+                },
+            },
+            "/url",
+            "fixed scheme, host and port",
+        ),
+        (
+            {
+                "kind": "for_each",
+                "config": {
+                    "items": "[1]",
+                    "do": {
+                        "kind": "http_request",
+                        "config": {"url": "{{ item }}", "headers": {"A": "{{ secrets.api }}"}},
+                    },
+                },
+            },
+            "/do/config/url",
+            "fixed scheme, host and port",
+        ),
+    ],
+)
+def test_data_can_choose_neither_the_secret_nor_the_host_it_goes_to(step, path, words):
+    with pytest.raises(InvalidDefinition) as refused:
+        parse_definition(one_step(step))
+
+    (problem,) = refused.value.problems
+    assert problem.path == f"/steps/0/config{path}" and words in problem.message
+
+
+def test_a_templated_path_after_a_fixed_host_may_go_with_a_secret():
+    parse_definition(
+        one_step(
+            {
+                "kind": "http_request",
+                "config": {
+                    "url": "https://api.example.com:8443/orders/{{ event.data.order }}?q={{ run.id }}",
+                    "headers": {"A": "{{ secrets['api'] }}"},
+                },
+            }
+        )
+    )
+
+
 @pytest.mark.parametrize("step", CAPABLE)
 def test_a_secret_in_a_secret_capable_field_is_accepted(step):
     parse_definition(one_step(step))

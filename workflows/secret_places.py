@@ -68,10 +68,21 @@ def pointer(path: tuple) -> str:
 
 
 def misplaced_secrets(kind: Any, config: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(config pointer, message) for every use of a secret outside a secret-capable field."""
+    """(config pointer, message) for every use of a secret outside a secret-capable field,
+    every secret not named statically, and what the kind refuses around a secret (an HTTP
+    destination that data could choose)."""
     problems = []
-    for path, _text in secret_uses(kind, config):
+    uses = secret_uses(kind, config)
+    for path, text in uses:
         if kind.secret_capable(config, path):
+            if names_in(text) is None:
+                problems.append(
+                    (
+                        pointer(path),
+                        'name the secret (secrets.<name> or secrets["name"]): data must '
+                        "not choose which secret is sent",
+                    )
+                )
             continue
         allowed = kind.secret_places(config)
         where = ", ".join(allowed) if allowed else "none in this step kind"
@@ -82,6 +93,8 @@ def misplaced_secrets(kind: Any, config: Mapping[str, Any]) -> list[tuple[str, s
                 f"field ({where}), so that it never ends up in stored data",
             )
         )
+    if uses and hasattr(kind, "secret_destination_problems"):
+        problems += kind.secret_destination_problems(config)
     return problems
 
 

@@ -153,6 +153,11 @@ class StepKind:
         """The secret-capable fields, as shown in messages."""
         return list(self.secret_fields)
 
+    def secret_destination_problems(self, config: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(config pointer, message) for what makes sending this step's secrets unsafe (an
+        HTTP host that data could choose); asked only when the config names a secret."""
+        return []
+
     def needs_whole_context(self, config: Mapping[str, Any]) -> bool:
         """True when a step of this kind with this config may read any upstream output or
         secret, not just those its config names."""

@@ -65,6 +65,16 @@ class ForEach(StepKind):
         inner_config = (config.get("do") or {}).get("config") or {}
         return [f"/do/config{p}" for p in inner.secret_places(inner_config)] if inner else []
 
+    def secret_destination_problems(self, config):
+        inner = self._inner(config)
+        if inner is None:
+            return []
+        inner_config = (config.get("do") or {}).get("config") or {}
+        return [
+            (f"/do/config{path}", message)
+            for path, message in inner.secret_destination_problems(inner_config)
+        ]
+
     def needs_whole_context(self, config):
         # Each item runs the inner kind with this step's context.
         inner = all_kinds().get(str((config.get("do") or {}).get("kind", "")))

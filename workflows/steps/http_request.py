@@ -94,6 +94,26 @@ class HttpRequest(StepKind):
     # keeps them unrendered; the output keeps only a few response headers).
     secret_fields = ("/headers/*", "/auth/username", "/auth/password", "/auth/token")
 
+    def secret_destination_problems(self, config):
+        # A secret goes only to a host the definition fixes: a template before the path
+        # would let an event's data send the credential to a host of its choosing.
+        url = config.get("url", "")
+        start = url.find("{{")
+        if start == -1:
+            return []
+        authority = url.split("://", 1)[-1]
+        offset = len(url) - len(authority)
+        slash = min((i for i in (authority.find(c) for c in "/?#") if i != -1), default=-1)
+        if slash == -1 or start < offset + slash:
+            return [
+                (
+                    "/url",
+                    "a step that sends a secret needs a fixed scheme, host and port: "
+                    "templates may only follow them (in the path or query)",
+                )
+            ]
+        return []
+
     def execute(self, config, ctx: StepContext):
         method = config.get("method", "POST")
         url = config["url"]
