@@ -370,3 +370,13 @@ def test_masking_catches_the_plaintext_and_its_base64_hex_and_url_encodings():
 
     assert all(MASK in v for v in masked.values()), masked
     assert "canary" not in json.dumps(masked)
+
+
+def test_every_declared_secret_field_is_a_field_of_its_kind():
+    from workflows.steps import registry
+
+    for name, kind in registry.all_kinds().items():
+        properties = kind.config_schema.get("properties", {})
+        for pattern in kind.secret_fields:
+            field = pattern.strip("/").split("/")[0]
+            assert field in properties, f"{name}: {pattern} names no config field"
