@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -20,6 +21,7 @@ from .. import crypto
 from ..models import Secret, Webhook
 from . import audit
 
+log = logging.getLogger("signalbox.secrets")
 MASK = "••••••"
 # A name expressions can write as `secrets.<name>`: a CEL identifier.
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
@@ -43,9 +45,15 @@ def hint(value: str) -> str:
 
 
 def describe(secret: Secret) -> dict[str, Any]:
+    try:
+        shown = hint(crypto.decrypt(secret.value_encrypted))
+        readable = True
+    except crypto.InvalidToken:  # the key changed without a rotation: say so, not a 500
+        shown, readable = "", False
     return {
         "name": secret.name,
-        "hint": hint(crypto.decrypt(secret.value_encrypted)),
+        "hint": shown,
+        "readable": readable,
         "created_at": secret.created_at.isoformat(),
         "updated_at": secret.updated_at.isoformat(),
     }
@@ -160,9 +168,18 @@ def secret_values(*, names: Iterable[str] | None = None) -> dict[str, str]:
         if not names:
             return {}
         secrets = secrets.filter(name__in=names)
-    return {
-        s.name: crypto.decrypt(s.value_encrypted) for s in secrets.only("name", "value_encrypted")
-    }
+    values = {}
+    for secret in secrets.only("name", "value_encrypted"):
+        try:
+            values[secret.name] = crypto.decrypt(secret.value_encrypted)
+        except crypto.InvalidToken:
+            # Left out: a step naming it fails on the missing name, like a deleted secret.
+            log.error(
+                "secret %s cannot be decrypted with SIGNALBOX_ENCRYPTION_KEY (was the key "
+                "replaced without `manage.py secrets rotate-key`?)",
+                secret.name,
+            )
+    return values
 
 
 def encodings(plain: str) -> set[str]:
