@@ -380,3 +380,26 @@ def test_every_declared_secret_field_is_a_field_of_its_kind():
         for pattern in kind.secret_fields:
             field = pattern.strip("/").split("/")[0]
             assert field in properties, f"{name}: {pattern} names no config field"
+
+
+@pytest.mark.django_db
+def test_the_editor_shows_a_misplaced_secret_under_its_field_and_publish_refuses_it():
+    from tests.accounts import sign_in
+    from tests.test_editor_views import EDIT, apply_first_step, error_box, post
+
+    workflow, _ = put_workflow(
+        slug="leaky-editor",
+        raw=definition({"id": "s", "kind": "log", "config": {"message": "hi"}}),
+    )
+    editor = sign_in(Client(), "eddie", "editor")
+
+    response = apply_first_step(
+        editor, workflow, {"config.message": "key {{ secrets.api }}", "step.id": "s"}
+    )
+    assert "secrets cannot be used here" in error_box(response.content.decode(), "config-message")
+
+    leaky = one_step(MISPLACED[0][0])
+    page = post(editor, EDIT.format(workflow.slug) + "publish", leaky, note="n").content.decode()
+    assert 'id="publish-refused"' in page and "/steps/0/config/data/k" in page
+    workflow.refresh_from_db()
+    assert workflow.published_version is None
