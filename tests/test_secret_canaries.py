@@ -153,7 +153,6 @@ def workflow(echo: Recorder, failing: Recorder) -> dict:
                     "timeout_seconds": 5,
                 },
             },
-            # No SMTP server is configured for the stack: the login fails, the run goes on.
             {"id": "mail_noted", "kind": "log", "config": {"message": "mail failed"}},
             {
                 "id": "py",
@@ -248,6 +247,8 @@ def test_no_canary_secret_is_found_anywhere_after_running_every_secret_capable_s
         assert canaries["header"] in seen and canaries["token"] in seen
         assert canaries["loop"] in seen and canaries["failing"] in seen
         steps = {s.step_id: s for s in run.steps.all()}
+        assert steps["mail"].status == "succeeded", steps["mail"].error
+        assert (b"relay", canaries["smtp"].encode()) in stack.mail.logins
         assert steps["py"].output == {"length": len(canaries["python"]), "named": ["c_python"]}
         assert steps["fails"].status == "failed" and steps["fails"].error_code == "http.500"
         assert steps["call"].status == "succeeded" and steps["emit"].status == "succeeded"
