@@ -12,9 +12,12 @@ Pure Python (no Django): the definition validator and the worker both use it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from .expressions import TEMPLATE
 
@@ -143,3 +146,19 @@ def _put(target: dict, path: tuple, value: Any) -> None:
         node = child
     if isinstance(node, dict) or (isinstance(node, list) and path[-1] < len(node)):
         node[path[-1]] = value
+
+
+def encodings(plain: str) -> set[str]:
+    """The plaintext and the common encodings of it a server or a function might echo."""
+    raw = plain.encode()
+    forms = {
+        plain,
+        base64.b64encode(raw).decode(),
+        base64.urlsafe_b64encode(raw).decode(),
+        binascii.hexlify(raw).decode(),
+        binascii.hexlify(raw).decode().upper(),
+        quote(plain, safe=""),
+        quote_plus(plain),
+    }
+    forms |= {f.rstrip("=") for f in forms}
+    return {f for f in forms if len(f) >= 4}

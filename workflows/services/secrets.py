@@ -7,18 +7,16 @@ characters (only when long enough to spare them) and when it last changed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import re
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote, quote_plus
 
 from django.db import transaction
 
 from .. import crypto
 from ..models import Secret, Webhook
+from ..secret_places import encodings
 from . import audit
 
 log = logging.getLogger("signalbox.secrets")
@@ -180,22 +178,6 @@ def secret_values(*, names: Iterable[str] | None = None) -> dict[str, str]:
                 secret.name,
             )
     return values
-
-
-def encodings(plain: str) -> set[str]:
-    """The plaintext and the common encodings of it a server or a function might echo."""
-    raw = plain.encode()
-    forms = {
-        plain,
-        base64.b64encode(raw).decode(),
-        base64.urlsafe_b64encode(raw).decode(),
-        binascii.hexlify(raw).decode(),
-        binascii.hexlify(raw).decode().upper(),
-        quote(plain, safe=""),
-        quote_plus(plain),
-    }
-    forms |= {f.rstrip("=") for f in forms}
-    return {f for f in forms if len(f) >= 4}
 
 
 def mask(value: Any, secrets: dict[str, str] | None = None) -> Any:
