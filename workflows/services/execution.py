@@ -472,6 +472,8 @@ def stored_input(
 ) -> dict:
     """The step input kept with the attempt: secret-capable fields that named a secret stay
     unrendered (`{{ secrets.token }}`), and what is left is masked once more."""
+    if not secrets:  # nothing named a secret (or its rendering failed): nothing to undo
+        return {"config": rendered, "event_id": run.event_id}
     config = secret_places.unrendered_secret_fields(kind, step.config, rendered)
     return mask({"config": config, "event_id": run.event_id}, secrets)
 
