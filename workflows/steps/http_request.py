@@ -118,8 +118,8 @@ class HttpRequest(StepKind):
         method = config.get("method", "POST")
         url = config["url"]
         # Ours replaces a configured one in any letter case; two such headers would reach the
-        # receiver, and it might deduplicate on the wrong one.
-        # A whole-string template renders a number or null: header values are text.
+        # receiver, and it might deduplicate on the wrong one. Values are text (a whole-string
+        # template may render a number or null).
         headers = {
             k: "" if v is None else str(v)
             for k, v in config.get("headers", {}).items()
