@@ -315,3 +315,28 @@ def test_a_secret_no_configured_key_reads_is_listed_as_unreadable_not_a_500(monk
     finally:
         monkeypatch.delenv("SIGNALBOX_ENCRYPTION_KEY")
         crypto.reset()
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_at_a_terminal_the_value_is_asked_twice_without_echo(monkeypatch):
+    answers = iter(["typed-at-the-prompt-123", "typed-at-the-prompt-123"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt: next(answers))
+    out = io.StringIO()
+
+    call_command("secrets", "create", "typed", stdin=Terminal(), stdout=out)
+
+    assert secret_values(names=["typed"]) == {"typed": "typed-at-the-prompt-123"}
+    assert "typed-at-the-prompt" not in out.getvalue()
+
+
+def test_two_different_answers_at_the_prompt_change_nothing(monkeypatch):
+    answers = iter(["first-answer-0001", "second-answer-002"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt: next(answers))
+
+    with pytest.raises(CommandError, match="the two values differ"):
+        call_command("secrets", "create", "typed", stdin=Terminal(), stdout=io.StringIO())
+    assert not Secret.objects.exists()
