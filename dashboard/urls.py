@@ -6,6 +6,7 @@ from . import (
     overview_views,
     replay_views,
     schema_views,
+    secret_views,
     system_views,
     views,
 )
@@ -53,6 +54,9 @@ urlpatterns = [
     ),
     path("redrive/", replay_views.redrive_page, name="redrive"),
     path("audit/", replay_views.audit_list, name="audit"),
+    path("secrets/", secret_views.secret_list, name="secrets"),
+    path("secrets/<str:name>/rotate/", secret_views.secret_rotate, name="secret-rotate"),
+    path("secrets/<str:name>/delete/", secret_views.secret_delete, name="secret-delete"),
     path("events/", event_views.event_list, name="events"),
     path("events/send/", event_views.send_event, name="event-send"),
     path("events/<int:event_id>/", event_views.event_detail, name="event"),

@@ -28,24 +28,37 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def body_text(body: bytes) -> str:
+    return body.decode("utf-8", errors="replace")
+
+
 class Recorder:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.script: deque[Reply] = deque()
         self.default = Reply()
+        self.echo = False  # answer with the request (its status still from the script)
         self.lock = threading.Lock()
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body_bytes = self.rfile.read(length) if length else b""
                 with recorder.lock:
                     recorder.requests.append(
-                        Recorded(self.command, self.path, dict(self.headers.items()), body)
+                        Recorded(self.command, self.path, dict(self.headers.items()), body_bytes)
                     )
                     reply = recorder.script.popleft() if recorder.script else recorder.default
-                payload = json.dumps(reply.body).encode()
+                body = reply.body
+                if recorder.echo:  # a server that answers with the request it received
+                    body = {
+                        "method": self.command,
+                        "path": self.path,
+                        "headers": dict(self.headers.items()),
+                        "body": body_text(body_bytes),
+                    }
+                payload = json.dumps(body).encode()
                 self.send_response(reply.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

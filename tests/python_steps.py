@@ -39,3 +39,24 @@ def not_json(input, ctx):
 def not_a_number(input, ctx):
     """JSON, to Python's encoder; not to JSON itself or to PostgreSQL's jsonb."""
     return {"ratio": float("nan")}
+
+
+@step_function("tests.secret_length")
+def secret_length(input, ctx):
+    """Uses an argument marked secret without returning it."""
+    return {"length": len(ctx.secret_input["key"]), "named": sorted(ctx.secrets)}
+
+
+@step_function("tests.leaky")
+def leaky(input, ctx):
+    """Careless operator code: hands back its secret argument encoded. The stored output
+    must still not hold it (the services' last guard masks the encodings too)."""
+    import base64
+    from urllib.parse import quote
+
+    value = ctx.secret_input["key"]
+    return {
+        "b64": base64.b64encode(value.encode()).decode(),
+        "hex": value.encode().hex(),
+        "url": quote(value, safe=""),
+    }

@@ -4,6 +4,7 @@ consumer and the scheduler."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -28,11 +29,45 @@ def database_url_for(name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+class MailSink:
+    """A loopback SMTP server for the stack's workers: accepts any login (recording it, as a
+    relay would check it) and every message."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.logins: list[tuple[bytes, bytes]] = []
+        self.messages: list[bytes] = []
+        self.controller = Controller(
+            self,
+            hostname="127.0.0.1",
+            port=free_port(),
+            authenticator=self._authenticate,
+            auth_require_tls=False,
+        )
+        self.controller.start()
+        self.port = self.controller.port
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data):
+        from aiosmtpd.smtp import AuthResult
+
+        self.logins.append((auth_data.login, auth_data.password))
+        return AuthResult(success=True)
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(envelope.content)
+        return "250 OK"
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
 @dataclass
 class Stack:
     env: dict[str, str]
     port: int
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    mail: MailSink | None = None
 
     @property
     def base_url(self) -> str:
@@ -117,4 +152,11 @@ def make_stack(database_name: str) -> Stack:
     # tests/env_plugin.py), not 60: a killed worker's attempt is retried within seconds.
     # Only the stack: in-process tests keep the default and move `now` themselves.
     env.setdefault("SIGNALBOX_STEP_HEARTBEAT_TIMEOUT_SECONDS", "10")
-    return Stack(env=env, port=free_port())
+    # The stack's workers can run the functions tests register for the `python` step.
+    env.setdefault("SIGNALBOX_PYTHON_MODULES", "tests.python_steps")
+    # The workers' send_email steps reach a loopback mail server, not whatever is on :25.
+    # It outlives stop() (a test may restart every process) and ends with the test process.
+    mail = MailSink()
+    atexit.register(mail.stop)
+    env["EMAIL_HOST"], env["EMAIL_PORT"] = "127.0.0.1", str(mail.port)
+    return Stack(env=env, port=free_port(), mail=mail)

@@ -344,7 +344,15 @@ def test_a_step_reads_its_templates_and_expression_fields_but_not_plain_text():
     log = Step(
         "l", "log", {"message": "3 steps and secrets done, {{ steps.a.output }} {{ secrets.k }}"}
     )
-    assert step_references(log, registry.get("log")) == References(
+    # A log message is not secret-capable: the secret it names is not loaded (and the step
+    # is refused before rendering, see test_secrets_by_design.py).
+    assert step_references(log, registry.get("log")) == References(frozenset({"a"}), frozenset())
+    http = Step(
+        "h",
+        "http_request",
+        {"url": "http://x/{{ steps.a.output }}", "headers": {"A": "{{ secrets.k }}"}},
+    )
+    assert step_references(http, registry.get("http_request")) == References(
         frozenset({"a"}), frozenset({"k"})
     )
     condition = Step("c", "condition", {"expression": "steps.b.output.ok"})
@@ -354,11 +362,15 @@ def test_a_step_reads_its_templates_and_expression_fields_but_not_plain_text():
     assert step_references(loop, registry.get("for_each")).steps == {"d", "e"}
 
 
-def test_code_steps_get_every_output_and_secret():
+def test_code_steps_get_every_output_but_only_the_secrets_marked_for_them():
     python = Step("p", "python", {"function": "tests.anything"})
-    assert step_references(python, registry.get("python")) == References(ALL, ALL)
+    assert step_references(python, registry.get("python")) == References(ALL, frozenset())
+    marked = Step(
+        "p", "python", {"function": "tests.anything", "secret_input": {"k": "{{ secrets.s }}"}}
+    )
+    assert step_references(marked, registry.get("python")) == References(ALL, frozenset({"s"}))
     loop = Step("f", "for_each", {"items": "[1]", "do": {"kind": "python", "config": {}}})
-    assert step_references(loop, registry.get("for_each")) == References(ALL, ALL)
+    assert step_references(loop, registry.get("for_each")) == References(ALL, frozenset())
 
 
 def test_a_step_loads_only_the_outputs_and_secrets_it_names(sent, monkeypatch):
@@ -376,16 +388,19 @@ def test_a_step_loads_only_the_outputs_and_secrets_it_names(sent, monkeypatch):
         {
             "id": "c",
             "kind": "transform",
-            "config": {"output": {"a": "{{ steps.a.output.v }}", "n": "{{ size(secrets.used) }}"}},
+            "config": {"output": {"a": "{{ steps.a.output.v }}"}},
             "after": ["b"],
         },
     )
+    calls = Step("h", "http_request", {"url": "http://x", "headers": {"A": "{{ secrets.used }}"}})
 
     with CaptureQueriesContext(connection) as captured:
         execution.execute_step(step_run_id=first_attempt(run, "a").pk)
 
-    assert first_attempt(run, "c").output == {"a": "from a", "n": 17}
-    assert len(decrypted) == 1  # `used` only, and only for c
+    assert first_attempt(run, "c").output == {"a": "from a"}
+    assert decrypted == []  # no step named a secret
+    loaded = execution.step_secrets(step_references(calls, registry.get("http_request")))
+    assert loaded == {"used": "used-secret-value"} and len(decrypted) == 1
     upstream = [
         q["sql"]
         for q in captured.captured_queries

@@ -550,9 +550,11 @@ def test_an_expression_error_fails_the_step_naming_the_expression_and_the_step(b
         definition(
             {
                 "id": "shape",
-                "kind": "transform",
+                "kind": "http_request",
+                # Rendering fails before any call: port 9 on loopback is never dialled.
                 "config": {
-                    "output": {"x": "{{ secrets.token.nope }}", "y": "{{ event.data.nope }}"}
+                    "url": "http://127.0.0.1:9/",
+                    "headers": {"X": "{{ secrets.token.nope }}"},
                 },
             },
         ),
@@ -560,7 +562,7 @@ def test_an_expression_error_fails_the_step_naming_the_expression_and_the_step(b
 
     step = step_of(run, "shape")
     assert run.status == "failed" and step.error_code == "expression"
-    assert "secrets.token.nope" in step.error and "step shape /output/x" in step.error
+    assert "secrets.token.nope" in step.error and "step shape /headers" in step.error
     assert "tok_3f9a8c7e6d5b" not in step.error + run.error
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import jsonschema
 
+from .secret_places import mentions_secrets, misplaced_secrets
+
 FORMAT_SCHEMA: dict[str, Any] = json.loads(
     (Path(__file__).parent / "schemas" / "workflow-definition.schema.json").read_text()
 )
@@ -166,12 +168,15 @@ def parse(
     kinds: Mapping[str, Any],
     check_expression: ExpressionChecker | None = None,
     check_templates: TemplateChecker | None = None,
+    check_secrets: bool = True,
 ) -> Definition:
     """Validate `raw` and return a Definition, or raise InvalidDefinition with every problem.
 
     `kinds` maps a step kind name to an object with `config_schema`, `ports(config)` and
     `expressions(config)` (the step registry). The checkers validate CEL expressions and
-    `{{ … }}` templates; without them expressions are not checked.
+    `{{ … }}` templates; without them expressions are not checked. `check_secrets` refuses
+    a `secrets.` use outside the secret-capable fields of its step kind (off only to load a
+    version stored before the rule: its step then fails when it would render one).
     """
     if _too_deep(raw):
         raise InvalidDefinition([Problem("/", f"nested deeper than {MAX_DEPTH} levels")])
@@ -227,6 +232,9 @@ def parse(
         if check_templates is not None:
             for path, message in check_templates(config):
                 problems.append(Problem(f"/steps/{i}/config{path}", message))
+        if check_secrets and hasattr(kind, "secret_capable"):
+            for path, message in misplaced_secrets(kind, config):
+                problems.append(Problem(f"/steps/{i}/config{path}", message))
 
     for t, trigger in enumerate(raw.get("triggers", [])):
         if not set(trigger) - LAYOUT_KEYS:
@@ -237,6 +245,14 @@ def parse(
             )
         if "filter" in trigger:
             expression_problem(f"/triggers/{t}/filter", trigger["filter"])
+            if check_secrets and mentions_secrets(trigger["filter"]):
+                problems.append(
+                    Problem(
+                        f"/triggers/{t}/filter",
+                        "secrets cannot be used in a trigger filter: a secret may only go "
+                        "into a secret-capable step field",
+                    )
+                )
         if "filter" in trigger and "event" not in trigger:
             problems.append(Problem(f"/triggers/{t}/filter", "a filter needs an event trigger"))
 

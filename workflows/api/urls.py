@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import circuits, editor, event_store, events, openapi, replay, schemas, views
+from . import circuits, editor, event_store, events, openapi, replay, schemas, secrets, views
 from .webhooks import webhooks_endpoint
 
 urlpatterns = [
@@ -36,6 +36,8 @@ urlpatterns = [
     path("workflows/<slug:slug>/shadow", replay.shadow, name="api-workflow-shadow"),
     path("audit", replay.audit_list, name="api-audit"),
     path("webhooks", webhooks_endpoint, name="api-webhooks"),
+    path("secrets", secrets.secret_list, name="api-secrets"),
+    path("secrets/<str:name>", secrets.secret_detail, name="api-secret"),
     path("circuits", circuits.circuit_list, name="api-circuits"),
     path("circuits/<str:host>/reset", circuits.circuit_reset, name="api-circuit-reset"),
     path("schemas", schemas.schema_list, name="api-schemas"),

@@ -22,6 +22,10 @@ ACTIONS = (
     "dead_letter.discard",
     "events.redrive",
     "api_token.revoke",
+    "secret.create",
+    "secret.rotate",
+    "secret.delete",
+    "secrets.rekey",
 )
 
 

@@ -28,14 +28,17 @@ def _template_errors(config) -> list[tuple[str, str]]:
     ]
 
 
-def parse_definition(raw) -> definition_format.Definition:
+def parse_definition(raw, *, stored: bool = False) -> definition_format.Definition:
     """Validate against the format, the step registry and the expression language;
-    raises InvalidDefinition listing every problem."""
+    raises InvalidDefinition listing every problem. `stored`: a version already saved,
+    loaded to run, which may predate the rule that secrets go only into secret-capable
+    fields (its step then fails before rendering one, see execution.render_config)."""
     return definition_format.parse(
         raw,
         kinds=registry.all_kinds(),
         check_expression=_expression_error,
         check_templates=_template_errors,
+        check_secrets=not stored,
     )
 
 
@@ -50,7 +53,7 @@ _parsed_lock = threading.Lock()
 
 def definition_for(version: WorkflowVersion) -> definition_format.Definition:
     if version.pk is None:  # not saved: nothing to key a cache entry by
-        return parse_definition(version.definition)
+        return parse_definition(version.definition, stored=True)
     with _parsed_lock:
         found = _parsed.get(version.pk)
         if found is not None:
@@ -63,7 +66,7 @@ def definition_for(version: WorkflowVersion) -> definition_format.Definition:
         if "definition" in version.__dict__
         else WorkflowVersion.objects.values_list("definition", flat=True).get(pk=version.pk)
     )
-    parsed = parse_definition(raw)
+    parsed = parse_definition(raw, stored=True)
     with _parsed_lock:
         _parsed[version.pk] = parsed
         while len(_parsed) > PARSED_CACHE_SIZE:

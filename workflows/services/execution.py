@@ -35,7 +35,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from .. import engine
+from .. import engine, secret_places
 from ..definition import Step
 from ..events.envelope import to_structured
 from ..expressions import TEMPLATE, ExpressionError, render_value
@@ -112,9 +112,11 @@ def references_in(texts: Iterable[str]) -> References:
 
 def step_references(step: Step, kind: StepKind) -> References:
     """What a step's config can read: bare CEL fields and fields the kind renders itself
-    are read whole, every other string only inside its `{{ … }}`."""
+    are read whole, every other string only inside its `{{ … }}`. Secrets: only those its
+    secret-capable fields name (a use anywhere else is refused before rendering)."""
+    secrets = capable_secret_names(step, kind)
     if kind.needs_whole_context(step.config):
-        return References(steps=ALL, secrets=ALL)
+        return References(steps=ALL, secrets=secrets)
     whole = {path.split("/")[1] for path, _ in kind.expressions(step.config)}
     whole.update(kind.raw_fields)
     texts: list[str] = []
@@ -124,7 +126,19 @@ def step_references(step: Step, kind: StepKind) -> References:
                 texts.append(text)
             else:
                 texts.extend(match.group(1) for match in TEMPLATE.finditer(text))
-    return references_in(texts)
+    return References(steps=references_in(texts).steps, secrets=secrets)
+
+
+def capable_secret_names(step: Step, kind: StepKind) -> frozenset[str] | None:
+    names: set[str] = set()
+    for path, text in secret_places.secret_uses(kind, step.config):
+        if not kind.secret_capable(step.config, path):
+            continue
+        found = secret_places.names_in(text)
+        if found is None:  # `secrets[x]` in a secret-capable field: any may be meant
+            return ALL
+        names |= found
+    return frozenset(names)
 
 
 _REFERENCES: dict[tuple[int, str], tuple[Step, References]] = {}
@@ -238,8 +252,30 @@ def build_context(
     )
 
 
+_MISPLACED: dict[int, tuple[Step, list[tuple[str, str]]]] = {}
+
+
+def misplaced_secrets_of(step: Step, kind: StepKind) -> list[tuple[str, str]]:
+    # Kept per Step object (the definition cache hands out one per version and step, and
+    # holding it here keeps its id from being reused): scanning costs tens of µs a step.
+    cached = _MISPLACED.get(id(step))
+    if cached is not None and cached[0] is step:
+        return cached[1]
+    if len(_MISPLACED) > 4096:
+        _MISPLACED.clear()
+    found = secret_places.misplaced_secrets(kind, step.config)
+    _MISPLACED[id(step)] = (step, found)
+    return found
+
+
 def render_config(step: Step, kind: StepKind, context: StepContext) -> dict:
-    """Expression fields are evaluated by the kind; every other `{{ … }}` is rendered now."""
+    """Expression fields are evaluated by the kind; every other `{{ … }}` is rendered now.
+    A secret named outside a secret-capable field (a version saved before the rule) fails
+    the step before anything is rendered."""
+    misplaced = misplaced_secrets_of(step, kind)
+    if misplaced:
+        path, message = misplaced[0]
+        raise StepError(f"step {step.id} /config{path}: {message}", code="secret_misplaced")
     config = dict(step.config)
     expression_keys = {path.split("/")[1] for path, _ in kind.expressions(config)}
     expression_keys.update(kind.raw_fields)
@@ -399,7 +435,7 @@ def _run_light(
         step_run_id=step_run.pk,
         happening=mask_happening(happening, secrets),
         output=mask(output, secrets),
-        input_=mask({"config": rendered, "event_id": run.event_id}, secrets),
+        input_=stored_input(step, kind, rendered, run, secrets),
         from_status=StepStatus.QUEUED,
         started={"started_at": started_at, "heartbeat_at": started_at, "worker": worker},
         continuation=continuation,
@@ -448,7 +484,7 @@ def _run_claimed(
         step_run_id=step_run.pk,
         happening=mask_happening(happening, secrets),
         output=mask(output, secrets),
-        input_=mask({"config": rendered, "event_id": run.event_id}, secrets),
+        input_=stored_input(step, kind, rendered, run, secrets),
         continuation=continuation,
     )
     return True
@@ -471,6 +507,17 @@ def record_until_stored(**result) -> bool:
             connection.close()  # broken: the next try connects afresh
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
+
+
+def stored_input(
+    step: Step, kind: StepKind, rendered: dict, run: Run, secrets: dict[str, str]
+) -> dict:
+    """The step input kept with the attempt: secret-capable fields that named a secret stay
+    unrendered (`{{ secrets.token }}`), and what is left is masked once more."""
+    if not secrets:  # nothing named a secret (or its rendering failed): nothing to undo
+        return {"config": rendered, "event_id": run.event_id}
+    config = secret_places.unrendered_secret_fields(kind, step.config, rendered)
+    return mask({"config": config, "event_id": run.event_id}, secrets)
 
 
 def mask_happening(happening: engine.StepFinished, secrets: dict[str, str]) -> engine.StepFinished:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
+from ..secret_places import matches
+
 
 class StepError(Exception):
     """A step failed. `retryable` says whether another attempt may succeed; `code` names the
@@ -81,7 +83,10 @@ class StepContext:
     steps: Mapping[str, Any]  # {step_id: {"output": ...}} of the steps that already succeeded
     outbound_allow: Sequence[str] = ()
     vars: Mapping[str, Any] = field(default_factory=dict)
+    # Only the secrets the step's secret-capable fields name (workflows/secret_places.py).
     secrets: Mapping[str, str] = field(default_factory=dict)
+    # A `python` step's arguments marked secret, rendered.
+    secret_input: Mapping[str, str] = field(default_factory=dict)
     run: Mapping[str, Any] = field(default_factory=dict)
     # Extra names for expressions, e.g. `item` and `index` inside a for_each.
     scope: Mapping[str, Any] = field(default_factory=dict)
@@ -119,8 +124,8 @@ class StepKind:
     # and runs the next light step in the same task. A kind with side effects never is.
     light: ClassVar[bool] = False
     # The kind hands the whole context to code the definition cannot show (a `python`
-    # function may read any step's output or any secret): everything is loaded for it.
-    # Every other kind gets only the upstream outputs and secrets its config names.
+    # function may read any step's output): every upstream output is loaded for it. Secrets
+    # are never loaded wholesale: every kind gets only those its secret-capable fields name.
     reads_whole_context: ClassVar[bool] = False
     config_schema: ClassVar[dict[str, Any]]
     # Config fields holding bare CEL expressions (checked at validation, evaluated by the
@@ -129,12 +134,29 @@ class StepKind:
     # Config fields passed to `execute` unrendered, because the kind renders them itself in
     # a narrower scope (for_each renders its inner step per item).
     raw_fields: ClassVar[tuple[str, ...]] = ()
+    # Config paths a `secrets.<name>` may be rendered into ("/headers/*", "/auth/password"):
+    # values that only leave the system, never stored or shown. A definition naming a
+    # secret anywhere else is refused (workflows/secret_places.py).
+    secret_fields: ClassVar[tuple[str, ...]] = ()
 
     def expressions(self, config: Mapping[str, Any]) -> list[tuple[str, str]]:
         """(config path, CEL expression) pairs, for validation."""
         return [
             (f"/{f}", config[f]) for f in self.expression_fields if isinstance(config.get(f), str)
         ]
+
+    def secret_capable(self, config: Mapping[str, Any], path: tuple) -> bool:
+        """Whether a secret may be rendered into the config value at `path`."""
+        return any(matches(pattern, path) for pattern in self.secret_fields)
+
+    def secret_places(self, config: Mapping[str, Any]) -> list[str]:
+        """The secret-capable fields, as shown in messages."""
+        return list(self.secret_fields)
+
+    def secret_destination_problems(self, config: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(config pointer, message) for what makes sending this step's secrets unsafe (an
+        HTTP host that data could choose); asked only when the config names a secret."""
+        return []
 
     def needs_whole_context(self, config: Mapping[str, Any]) -> bool:
         """True when a step of this kind with this config may read any upstream output or

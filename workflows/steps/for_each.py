@@ -49,6 +49,32 @@ class ForEach(StepKind):
         },
     }
 
+    def _inner(self, config):
+        inner = all_kinds().get(str((config.get("do") or {}).get("kind", "")))
+        return None if inner is None or inner.name == self.name else inner
+
+    def secret_capable(self, config, path):
+        # The inner step's secret-capable fields, under /do/config.
+        inner = self._inner(config)
+        if inner is None or tuple(path[:2]) != ("do", "config"):
+            return False
+        return inner.secret_capable((config.get("do") or {}).get("config") or {}, path[2:])
+
+    def secret_places(self, config):
+        inner = self._inner(config)
+        inner_config = (config.get("do") or {}).get("config") or {}
+        return [f"/do/config{p}" for p in inner.secret_places(inner_config)] if inner else []
+
+    def secret_destination_problems(self, config):
+        inner = self._inner(config)
+        if inner is None:
+            return []
+        inner_config = (config.get("do") or {}).get("config") or {}
+        return [
+            (f"/do/config{path}", message)
+            for path, message in inner.secret_destination_problems(inner_config)
+        ]
+
     def needs_whole_context(self, config):
         # Each item runs the inner kind with this step's context.
         inner = all_kinds().get(str((config.get("do") or {}).get("kind", "")))

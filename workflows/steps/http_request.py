@@ -19,6 +19,7 @@ The circuit breaker (workflows/circuit.py) is per host:port and shared by all wo
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
 import time
@@ -74,20 +75,66 @@ class HttpRequest(StepKind):
                 "type": "boolean",
                 "description": "send the triggering event's data as the JSON body",
             },
+            "auth": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "basic (username and password) or bearer (token)",
+                "properties": {
+                    "username": {"type": "string", "maxLength": 1024},
+                    "password": {"type": "string", "maxLength": 4096},
+                    "token": {"type": "string", "maxLength": 8192},
+                },
+                "oneOf": [{"required": ["username", "password"]}, {"required": ["token"]}],
+            },
             "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
         },
         "not": {"required": ["json", "form"]},
     }
+    # Headers and credentials leave with the request and are never stored (the stored input
+    # keeps them unrendered; the output keeps only a few response headers).
+    secret_fields = ("/headers/*", "/auth/username", "/auth/password", "/auth/token")
+
+    def secret_destination_problems(self, config):
+        # A secret goes only to a host the definition fixes: a template before the path
+        # would let an event's data send the credential to a host of its choosing.
+        url = config.get("url", "")
+        start = url.find("{{")
+        if start == -1:
+            return []
+        authority = url.split("://", 1)[-1]
+        offset = len(url) - len(authority)
+        slash = min((i for i in (authority.find(c) for c in "/?#") if i != -1), default=-1)
+        if slash == -1 or start < offset + slash:
+            return [
+                (
+                    "/url",
+                    "a step that sends a secret needs a fixed scheme, host and port: "
+                    "templates may only follow them (in the path or query)",
+                )
+            ]
+        return []
 
     def execute(self, config, ctx: StepContext):
         method = config.get("method", "POST")
         url = config["url"]
         # Ours replaces a configured one in any letter case; two such headers would reach the
-        # receiver, and it might deduplicate on the wrong one.
+        # receiver, and it might deduplicate on the wrong one. Values are text (a whole-string
+        # template may render a number or null).
         headers = {
-            k: v for k, v in config.get("headers", {}).items() if k.lower() != "idempotency-key"
+            k: "" if v is None else str(v)
+            for k, v in config.get("headers", {}).items()
+            if k.lower() != "idempotency-key"
         }
         headers["Idempotency-Key"] = ctx.idempotency_key
+        auth = config.get("auth") or {}
+        sent_credentials: list[str] = []
+        if "token" in auth:
+            headers["Authorization"] = f"Bearer {auth['token']}"
+        elif "username" in auth:
+            pair = f"{auth['username']}:{auth['password']}".encode()
+            # The encoded pair is no secret's plaintext: kept out of an echo by hand below.
+            sent_credentials.append(base64.b64encode(pair).decode())
+            headers["Authorization"] = f"Basic {sent_credentials[-1]}"
         kwargs: dict = {"params": config.get("query"), "headers": headers}
         if "json" in config:
             kwargs["json"] = config["json"]
@@ -137,11 +184,29 @@ class HttpRequest(StepKind):
             )
         if status >= 400:
             raise StepError(f"{method} {url} answered {status}", code=f"http.{status}")
-        return {
-            "status": status,
-            "headers": {k: v for k, v in response_headers.items() if k.lower() in KEPT_HEADERS},
-            "body": _body(body, response_headers),
-        }
+        return _without(
+            {
+                "status": status,
+                "headers": {k: v for k, v in response_headers.items() if k.lower() in KEPT_HEADERS},
+                "body": _body(body, response_headers),
+            },
+            sent_credentials,
+        )
+
+
+def _without(value, texts: list[str]):
+    """`value` with each of `texts` (credentials a server may echo) replaced by a mask."""
+    if not texts:
+        return value
+    if isinstance(value, str):
+        for text in texts:
+            value = value.replace(text, "••••••")
+        return value
+    if isinstance(value, list):
+        return [_without(v, texts) for v in value]
+    if isinstance(value, dict):
+        return {k: _without(v, texts) for k, v in value.items()}
+    return value
 
 
 def _send(method: str, url: str, kwargs: dict, ctx: StepContext, timeout: float):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ..secret_places import encodings
 from .base import StepContext, StepKind
 from .registry import register
 
@@ -14,8 +15,9 @@ MASK = "••••••"
 def masked(text: str, secrets) -> str:
     """`text` with the plaintext of every secret replaced: worker logs are not masked
     later, unlike the run's stored output."""
-    for plain in sorted((v for v in secrets.values() if len(v) >= 4), key=len, reverse=True):
-        text = text.replace(plain, MASK)
+    forms = {form for v in secrets.values() if len(v) >= 4 for form in encodings(v)}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, MASK)
     return text
 
 

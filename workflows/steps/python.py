@@ -5,7 +5,9 @@ with `@step_function("name")` in a module the operator lists in SIGNALBOX_PYTHON
 (comma-separated dotted module paths, imported by the worker). The name cannot be a
 template, so run data cannot choose which function runs.
 
-A function takes `(input, ctx)` and returns JSON. It may raise StepError to choose whether
+A function takes `(input, ctx)` and returns JSON. Secrets reach it only through the config's
+`secret_input` (arguments marked secret), as `ctx.secret_input`; `ctx.secrets` holds the
+secrets those arguments name. It may raise StepError to choose whether
 the attempt is retried; any other exception fails the attempt (code "python.error").
 """
 
@@ -15,6 +17,7 @@ import importlib
 import json
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from .base import StepContext, StepError, StepKind
@@ -70,8 +73,17 @@ class Python(StepKind):
                 "description": "the name a function was registered under with @step_function",
             },
             "input": {"description": "any JSON; {{ … }} inside strings"},
+            "secret_input": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": 'arguments marked secret, e.g. {"api_key": '
+                '"{{ secrets.stripe }}"}; the function reads ctx.secret_input',
+            },
         },
     }
+    # Arguments marked secret reach the function as ctx.secret_input and are never stored;
+    # `input` is stored with the step, so it may not hold a secret.
+    secret_fields = ("/secret_input/*",)
 
     def execute(self, config, ctx: StepContext):
         functions = registered_functions()
@@ -82,6 +94,7 @@ class Python(StepKind):
             raise StepError(
                 f"no python step function {name!r} (registered: {known})", code="python.unknown"
             )
+        ctx = replace(ctx, secret_input=dict(config.get("secret_input") or {}))
         try:
             output = fn(config.get("input"), ctx)
         except StepError:

@@ -86,9 +86,21 @@ class SendEmail(StepKind):
             "body": {"type": "string", "maxLength": 100000, "description": "plain text"},
             "html": {"type": "string", "maxLength": 500000, "description": "optional HTML part"},
             "from": {"type": "string", "description": "default: DEFAULT_FROM_EMAIL"},
+            "smtp_username": {
+                "type": "string",
+                "maxLength": 1024,
+                "description": "default: EMAIL_HOST_USER",
+            },
+            "smtp_password": {
+                "type": "string",
+                "maxLength": 4096,
+                "description": "default: EMAIL_HOST_PASSWORD; may be {{ secrets.<name> }}",
+            },
             "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
         },
     }
+    # Credentials only go to the mail server; the message and the output never hold them.
+    secret_fields = ("/smtp_username", "/smtp_password")
 
     def execute(self, config, ctx: StepContext):
         sender = _addresses(config["from"], "from")[0] if config.get("from") else None
@@ -103,7 +115,13 @@ class SendEmail(StepKind):
             reply_to=_addresses(config.get("reply_to", []), "reply_to"),
             headers={"Idempotency-Key": ctx.idempotency_key, "Message-ID": message_id},
             connection=get_connection(
-                fail_silently=False, timeout=float(config.get("timeout_seconds", 30))
+                fail_silently=False,
+                timeout=float(config.get("timeout_seconds", 30)),
+                **{
+                    option: str(config[f"smtp_{option}"])
+                    for option in ("username", "password")
+                    if config.get(f"smtp_{option}")
+                },
             ),
         )
         if config.get("html"):
