@@ -1,0 +1,224 @@
+"""Plain JSON to CEL values and back, with the limits the database and CEL share.
+
+Into CEL: a value CEL cannot hold (an integer beyond 64 bits, a non-finite number, nesting
+deeper than MAX_DEPTH, a type JSON does not have) becomes an *error value* at its place
+rather than failing the conversion: an expression that never reads it is unaffected, one
+that does fails with a message naming the path. Event data is not ours to refuse.
+
+Out of CEL: only JSON's own types, finite numbers and at most `limit` bytes of JSON, counted
+while converting so that a result of many references to one large string (cheap to build)
+is stopped before it is ever written out in full.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from celpy import celtypes
+from celpy.evaluation import CELEvalError
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+UINT64_MAX = 2**64 - 1
+MAX_DEPTH = 64
+
+
+class ValueTooLarge(Exception):
+    """A result is bigger than the limit it is converted under."""
+
+
+class NotStorable(Exception):
+    """A result holds a value JSON (and PostgreSQL's jsonb) cannot store."""
+
+
+def kind(value: Any) -> str:
+    """A value's CEL type name, for messages ("strings have no field …")."""
+    if value is None or isinstance(value, celtypes.NullType):
+        return "null"
+    if isinstance(value, (celtypes.BoolType, bool)):
+        return "bool"
+    if isinstance(value, celtypes.UintType):
+        return "uint"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (bytes, bytearray)):
+        return "bytes"
+    if isinstance(value, (celtypes.TimestampType, datetime)):
+        return "timestamp"
+    if isinstance(value, (celtypes.DurationType, timedelta)):
+        return "duration"
+    if isinstance(value, Mapping):
+        return "map"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, type):
+        return "type"
+    if isinstance(value, CELEvalError):
+        return "error"
+    return "unknown value"
+
+
+def plural(value: Any) -> str:
+    name = kind(value)
+    return {"null": "null values", "bytes": "bytes values", "unknown value": "values"}.get(
+        name, name + "s"
+    )
+
+
+def _bad(path: list[str], what: str) -> CELEvalError:
+    where = "".join(path) or "the value"
+    return CELEvalError(f"{where}: {what}")
+
+
+def to_cel(value: Any, root: str = "") -> Any:
+    """A JSON value (from an event, a step output, vars) as CEL values; never raises."""
+    return _to_cel(value, [root] if root else [], 0)
+
+
+def _to_cel(value: Any, path: list[str], depth: int) -> Any:
+    # bool before int: True is an int to Python.
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return celtypes.BoolType(value)
+    if isinstance(value, int):
+        if INT64_MIN <= value <= INT64_MAX:
+            return celtypes.IntType(value)
+        return _bad(path, "the integer is beyond the 64-bit range of CEL")
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return celtypes.DoubleType(value)
+        return _bad(path, "the number is not finite")
+    if isinstance(value, str):
+        return celtypes.StringType(value)
+    if depth >= MAX_DEPTH:
+        return _bad(path, f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, Mapping):
+        converted = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return _bad(path, "a map key is not a string")
+            path.append(f".{key}" if key.isidentifier() else f"[{key!r}]")
+            converted[celtypes.StringType(key)] = _to_cel(item, path, depth + 1)
+            path.pop()
+        return celtypes.MapType(converted)
+    if isinstance(value, (list, tuple)):
+        items = []
+        for index, item in enumerate(value):
+            path.append(f"[{index}]")
+            items.append(_to_cel(item, path, depth + 1))
+            path.pop()
+        return celtypes.ListType(items)
+    return _bad(path, "the value is not JSON")
+
+
+class _Counter:
+    __slots__ = ("left",)
+
+    def __init__(self, limit: int):
+        self.left = limit
+
+    def spend(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise ValueTooLarge
+
+
+def to_json(value: Any, *, limit: int) -> Any:
+    """CEL values back to plain JSON. Raises ValueTooLarge past about `limit` bytes of JSON,
+    NotStorable for a non-finite number, and CELEvalError for an error value inside."""
+    return _to_json(value, _Counter(limit), 0)
+
+
+def _to_json(value: Any, counter: _Counter, depth: int) -> Any:
+    if value is None or isinstance(value, celtypes.NullType):
+        counter.spend(4)
+        return None
+    if isinstance(value, CELEvalError):
+        raise value
+    if isinstance(value, (celtypes.BoolType, bool)):
+        counter.spend(5)
+        return bool(value)
+    if isinstance(value, int):
+        counter.spend(20)
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise NotStorable(f"{value} is not a finite number (JSON cannot hold it)")
+        counter.spend(24)
+        return float(value)
+    if isinstance(value, str):
+        counter.spend(len(value) + 2)
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        counter.spend(len(value) * 4 // 3 + 4)
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, (celtypes.TimestampType, datetime)):
+        counter.spend(32)
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, (celtypes.DurationType, timedelta)):
+        counter.spend(24)
+        return value.total_seconds()
+    if isinstance(value, type):  # `type(x)` gives a celpy class: answer with its CEL name
+        counter.spend(12)
+        return _CEL_TYPE_NAMES.get(value, "type")
+    if depth >= MAX_DEPTH:
+        raise NotStorable(f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, Mapping):
+        counter.spend(2)
+        result = {}
+        for key, item in value.items():
+            name = _key(key)
+            counter.spend(len(name) + 4)
+            result[name] = _to_json(item, counter, depth + 1)
+        return result
+    if isinstance(value, (list, tuple)):
+        counter.spend(2)
+        return [_to_json(item, counter, depth + 1) for item in value]
+    raise NotStorable(f"a {kind(value)} cannot be turned into JSON")
+
+
+def _key(key: Any) -> str:
+    # JSON object keys are strings: CEL's int, uint and bool keys are written as text.
+    if isinstance(key, (celtypes.BoolType, bool)):
+        return "true" if key else "false"
+    return str(int(key)) if isinstance(key, int) else str(key)
+
+
+_CEL_TYPE_NAMES = {
+    celtypes.BoolType: "bool",
+    celtypes.IntType: "int",
+    celtypes.UintType: "uint",
+    celtypes.DoubleType: "double",
+    celtypes.StringType: "string",
+    celtypes.BytesType: "bytes",
+    celtypes.ListType: "list",
+    celtypes.MapType: "map",
+    celtypes.NullType: "null_type",
+    type(None): "null_type",
+    celtypes.TimestampType: "google.protobuf.Timestamp",
+    celtypes.DurationType: "google.protobuf.Duration",
+    celtypes.TypeType: "type",
+}
+
+
+def unstorable(value: Any, *, where: str = "") -> str | None:
+    """Why `value` (a step's output, plain Python) cannot be stored as jsonb, with its
+    path, or None when it can: non-finite numbers, which JSON and jsonb refuse."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"{path or '/'} is {item}, not a finite number (JSON cannot hold it)"
+        if isinstance(item, Mapping):
+            stack.extend((v, f"{path}/{k}") for k, v in item.items())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{path}/{i}") for i, v in enumerate(item))
+    return None
