@@ -362,6 +362,24 @@ class BoundedEvaluator(Evaluator):
                 return error(f"no key `{name}` in the map")
         return error(f"{plural(member)} have no field `{name}`")
 
+    def macro_has_eval(self, exprlist: lark.Tree) -> Any:
+        # has(e.f) is whether the map e has the key f (cel-python answered whether e.f
+        # reads without error: false for a key holding a value CEL cannot represent).
+        node = exprlist
+        while node.data != "member_dot" and len(node.children) == 1:
+            if not isinstance(node.children[0], lark.Tree):
+                break
+            node = node.children[0]
+        if node.data != "member_dot":
+            return error("has() takes a field selection, such as has(event.data.name)")
+        member_tree, name_token = node.children
+        member = self.visit(member_tree)
+        if isinstance(member, CELEvalError):
+            return member
+        if isinstance(member, Mapping):
+            return celtypes.BoolType(name_token.value in member)
+        return error(f"{plural(member)} have no field `{name_token.value}`")
+
     def member_dot_arg(self, tree: lark.Tree) -> Any:
         name = tree.children[1].value
         if name in MACROS:

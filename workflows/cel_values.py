@@ -65,6 +65,14 @@ def kind(value: Any) -> str:
     return "unknown value"
 
 
+def json_kind(value: Any) -> str:
+    """A plain JSON value's kind for messages: null, bool, number, string, list or map."""
+    name = kind(value)
+    return {"int": "a number", "double": "a number", "uint": "a number", "null": "null"}.get(
+        name, f"a {name}"
+    )
+
+
 def plural(value: Any) -> str:
     name = kind(value)
     return {"null": "null values", "bytes": "bytes values", "unknown value": "values"}.get(
@@ -72,51 +80,78 @@ def plural(value: Any) -> str:
     )
 
 
-def _bad(path: list[str], what: str) -> CELEvalError:
-    where = "".join(path) or "the value"
-    return CELEvalError(f"{where}: {what}")
+def _bad(path: tuple | None, what: str) -> CELEvalError:
+    # `path` is a linked list (parent, key), built cheaply while converting and spelled
+    # out only here, when a value is refused.
+    parts: list[str] = []
+    while path is not None:
+        path, key = path
+        if isinstance(key, int):
+            parts.append(f"[{key}]")
+        elif key.isidentifier():
+            parts.append(f".{key}")
+        else:
+            parts.append(f"[{key!r}]")
+    where = "".join(reversed(parts)).lstrip(".") or "the value"
+    if len(where) > 120:
+        where = where[:40] + "…" + where[-80:]
+    exc = CELEvalError(f"{where}: {what}")
+    exc.friendly = True  # type: ignore[attr-defined] - our words, shown as they are
+    return exc
 
 
 def to_cel(value: Any, root: str = "") -> Any:
     """A JSON value (from an event, a step output, vars) as CEL values; never raises."""
-    return _to_cel(value, [root] if root else [], 0)
+    return _to_cel(value, (None, root) if root else None, 0)
 
 
-def _to_cel(value: Any, path: list[str], depth: int) -> Any:
-    # bool before int: True is an int to Python.
+_String, _Int, _Double, _Bool = (
+    celtypes.StringType,
+    celtypes.IntType,
+    celtypes.DoubleType,
+    celtypes.BoolType,
+)
+
+
+def _to_cel(value: Any, path: tuple | None, depth: int) -> Any:
+    kind_of = type(value)
+    if kind_of is str:
+        return _String(value)
+    if kind_of is bool:  # before int: True is an int to Python
+        return _Bool(value)
+    if kind_of is int:
+        if INT64_MIN <= value <= INT64_MAX:
+            return _Int(value)
+        return _bad(path, "the integer is beyond the 64-bit range of CEL")
     if value is None:
         return None
-    if isinstance(value, bool):
-        return celtypes.BoolType(value)
-    if isinstance(value, int):
-        if INT64_MIN <= value <= INT64_MAX:
-            return celtypes.IntType(value)
-        return _bad(path, "the integer is beyond the 64-bit range of CEL")
-    if isinstance(value, float):
+    if kind_of is float:
         if math.isfinite(value):
-            return celtypes.DoubleType(value)
+            return _Double(value)
         return _bad(path, "the number is not finite")
-    if isinstance(value, str):
-        return celtypes.StringType(value)
     if depth >= MAX_DEPTH:
         return _bad(path, f"nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, Mapping):
         converted = {}
         for key, item in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str:
                 return _bad(path, "a map key is not a string")
-            path.append(f".{key}" if key.isidentifier() else f"[{key!r}]")
-            converted[celtypes.StringType(key)] = _to_cel(item, path, depth + 1)
-            path.pop()
+            converted[_String(key)] = _to_cel(item, (path, key), depth + 1)
         return celtypes.MapType(converted)
     if isinstance(value, (list, tuple)):
-        items = []
-        for index, item in enumerate(value):
-            path.append(f"[{index}]")
-            items.append(_to_cel(item, path, depth + 1))
-            path.pop()
-        return celtypes.ListType(items)
+        return celtypes.ListType(
+            [_to_cel(item, (path, index), depth + 1) for index, item in enumerate(value)]
+        )
+    if isinstance(value, (str, bool, int, float)):  # subclasses: as their JSON type
+        return _to_cel(json_scalar(value), path, depth)
     return _bad(path, "the value is not JSON")
+
+
+def json_scalar(value: Any) -> Any:
+    for base in (bool, int, float, str):
+        if isinstance(value, base):
+            return base(value)
+    return value
 
 
 class _Counter:

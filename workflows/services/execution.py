@@ -37,6 +37,7 @@ from django.utils import timezone
 from .. import engine
 from ..definition import Step
 from ..events.envelope import to_structured
+from ..cel_values import unstorable
 from ..expressions import TEMPLATE, ExpressionError, render_value
 from ..models import Run, StepRun
 from ..states import RunStatus, StepStatus
@@ -247,6 +248,18 @@ def render_config(step: Step, kind: StepKind, context: StepContext) -> dict:
     }
 
 
+def storable(result: Any) -> StepResult:
+    """The kind's result as a StepResult whose output the database can store: a non-finite
+    number (which jsonb refuses) fails the step now, with its path, rather than failing the
+    write and leaving the attempt to the heartbeat sweep a minute later."""
+    if not isinstance(result, StepResult):
+        result = StepResult(output=result)
+    problem = unstorable(result.output, where="output")
+    if problem:
+        raise StepError(problem, code="output")
+    return result
+
+
 def failure(step: Step, attempt: int, exc: BaseException) -> engine.StepFinished:
     """What a raised exception means for the attempt."""
     if isinstance(exc, ExpressionError):
@@ -360,9 +373,7 @@ def _run_light(
     rendered: dict = dict(step.config)
     try:
         rendered = render_config(step, kind, context)
-        result = kind.execute(rendered, context)
-        if not isinstance(result, StepResult):
-            result = StepResult(output=result)
+        result = storable(kind.execute(rendered, context))
         if result.wait is not None:  # a light kind must not wait: its contract says so
             raise StepError(f"step kind {step.kind!r} is light and cannot wait")
         output = result.output
@@ -405,8 +416,7 @@ def _run_claimed(
             # The only part that may take long: the worker says it is alive meanwhile.
             with heartbeating(step_run.pk):
                 result = kind.execute(rendered, context)
-        if not isinstance(result, StepResult):
-            result = StepResult(output=result)
+        result = storable(result)
         if result.wait is not None:
             park(
                 step_run=step_run,
