@@ -186,7 +186,7 @@ def _to_json(value: Any, counter: _Counter, depth: int) -> Any:
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise NotStorable(f"{value} is not a finite number (JSON cannot hold it)")
+            raise NotStorable(f"{_spelled(value)} is not a finite number (JSON cannot hold it)")
         counter.spend(24)
         return float(value)
     if isinstance(value, str):
@@ -251,9 +251,13 @@ def unstorable(value: Any, *, where: str = "") -> str | None:
     while stack:
         item, path = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
-            return f"{path or '/'} is {item}, not a finite number (JSON cannot hold it)"
+            return f"{path or '/'} is {_spelled(item)}, not a finite number (JSON cannot hold it)"
         if isinstance(item, Mapping):
             stack.extend((v, f"{path}/{k}") for k, v in item.items())
         elif isinstance(item, (list, tuple)):
             stack.extend((v, f"{path}/{i}") for i, v in enumerate(item))
     return None
+
+
+def _spelled(number: float) -> str:
+    return "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
