@@ -54,6 +54,11 @@ def error_of(expression: str, context=CONTEXT) -> str:
         ("[1] < [2]", "no operator `<` for list and list"),
         ("9223372036854775807 + 1", "`+` overflows the range of int"),
         ("1 / 0", "division by zero"),
+        ("[1].filter(x, 1)", "the predicate of `filter` must give a bool, not int"),
+        ("[1].all(x, 'yes')", "the predicate of `all` must give a bool, not string"),
+        ("[1].exists(x, 1)", "the predicate of `exists` must give a bool, not int"),
+        ("[1].exists_one(x, 1)", "the predicate of `exists_one` must give a bool, not int"),
+        ("[0, 1].all(x, 1 / x > 0)", "division by zero"),
     ],
 )
 def test_what_the_cel_spec_refuses_is_refused_with_a_clear_message(expression, message):
@@ -87,6 +92,8 @@ def test_what_the_cel_spec_refuses_is_refused_with_a_clear_message(expression, m
         ("1.0 / 0.0 > 1.0", True),  # Infinity is a double in CEL; only a result must be finite
         ("string(b'ok')", "ok"),
         ("{'a': 1}.exists(k, k == 'a')", True),
+        ("[0, 1].exists(x, 1 / x > 0)", True),  # one true item outweighs another's error
+        ("[1, 2].exists_one(x, x == 2)", True),
     ],
 )
 def test_what_the_cel_spec_defines_gives_the_specs_value(expression, value):

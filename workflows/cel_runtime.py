@@ -34,6 +34,7 @@ MAX_STRING_BYTES = 1024 * 1024  # any intermediate string or bytes value
 MAX_LIST_ITEMS = 100_000  # any intermediate list built by `+`
 _CHECK_EVERY = 64  # nodes between two looks at the clock
 MACROS = {"map", "filter", "all", "exists", "exists_one"}
+PREDICATES = {"filter", "all", "exists", "exists_one"}
 NOT_CEL = {"reduce", "min"}  # cel-python extras, not CEL: refused when compiled
 
 
@@ -361,6 +362,36 @@ class BoundedEvaluator(Evaluator):
             except KeyError:
                 return error(f"no key `{name}` in the map")
         return error(f"{plural(member)} have no field `{name}`")
+
+    def build_macro_eval(self, child: lark.Tree):
+        # filter and exists_one keep the items their predicate is *truthy* for in
+        # cel-python (`[1].filter(x, 1)` kept 1): CEL wants a bool.
+        evaluate_item = super().build_macro_eval(child)
+        name = child.children[1].value
+        if name not in PREDICATES:
+            return evaluate_item
+
+        def predicate(item: Any) -> Any:
+            result = evaluate_item(item)
+            if not isinstance(result, celtypes.BoolType):
+                raise error(f"the predicate of `{name}` must give a bool, not {kind(result)}")
+            return result
+
+        return predicate
+
+    def build_ss_macro_eval(self, child: lark.Tree):
+        # all and exists: an error on one item may be outweighed by another item, so a
+        # non-bool is turned into an error value, which their reduction then weighs.
+        evaluate_item = super().build_ss_macro_eval(child)
+        name = child.children[1].value
+
+        def predicate(item: Any) -> Any:
+            result = evaluate_item(item)
+            if isinstance(result, (celtypes.BoolType, CELEvalError)):
+                return result
+            return error(f"the predicate of `{name}` must give a bool, not {kind(result)}")
+
+        return predicate
 
     def macro_has_eval(self, exprlist: lark.Tree) -> Any:
         # has(e.f) is whether the map e has the key f (cel-python answered whether e.f
