@@ -53,6 +53,7 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
     django.setup()
     import celpy
+    from celpy import json_to_cel
 
     from workflows.expressions import bind, evaluate
 
@@ -70,12 +71,12 @@ def main() -> None:
             (
                 "each",
                 lambda e=expression: evaluate(e, CONTEXT),
-                lambda b=baseline: b.evaluate({k: celpy.json_to_cel(v) for k, v in CONTEXT.items()}),
+                lambda b=baseline: b.evaluate({k: json_to_cel(v) for k, v in CONTEXT.items()}),
             ),
             (
                 "bound",
-                lambda e=expression: evaluate(e, CONTEXT, bound=bound_ours),
-                lambda b=baseline: b.evaluate(dict(bound_base)),
+                lambda e=expression, o=bound_ours: evaluate(e, CONTEXT, bound=o),
+                lambda b=baseline, c=bound_base: b.evaluate(dict(c)),
             ),
         ]
         for context, ours, theirs in rows:

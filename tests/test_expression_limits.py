@@ -158,9 +158,7 @@ def test_a_result_of_many_references_to_one_big_string_is_stopped_while_converti
     # 300 references to one 1 MiB string are cheap to hold; written out they are 300 MiB.
     context = {"event": {"data": {"big": "y" * (1024 * 1024), "items": list(range(300))}}}
 
-    outcome, peak = peak_bytes(
-        lambda: evaluate("event.data.items.map(i, event.data.big)", context)
-    )
+    outcome, peak = peak_bytes(lambda: evaluate("event.data.items.map(i, event.data.big)", context))
 
     assert isinstance(outcome, ExpressionError)
     assert f"over {MAX_OUTPUT_BYTES} bytes" in outcome.message

@@ -102,7 +102,7 @@ def test_what_the_cel_spec_defines_gives_the_specs_value(expression, value):
     assert result == value and type(result) is type(value)
 
 
-# --- messages read as a user would want ------------------------------------------------------------
+# --- messages read as a user would want ---------------------------------------------------------
 @pytest.mark.parametrize(
     ("expression", "message"),
     [
@@ -144,7 +144,7 @@ def test_no_error_message_shows_python(text):
     assert not PYTHONIC.search(caught.value.message), caught.value.message
 
 
-# --- non-finite numbers -----------------------------------------------------------------------------
+# --- non-finite numbers -------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "expression",
     [

@@ -80,9 +80,7 @@ def test_an_http_answer_holding_nan_fails_the_step_at_once_with_its_path(no_mess
     assert step.output is None
 
 
-def test_a_for_each_item_output_holding_nan_fails_its_item_not_the_worker(
-    no_messages, nan_server
-):
+def test_a_for_each_item_output_holding_nan_fails_its_item_not_the_worker(no_messages, nan_server):
     run = start_run_here(
         "nan-items",
         {

@@ -44,7 +44,7 @@ class LimitExceeded(BaseException):
 
 
 class Budget:
-    __slots__ = ("deadline", "countdown", "fired")
+    __slots__ = ("countdown", "deadline", "fired")
 
     def __init__(self, seconds: float):
         self.deadline = time.thread_time() + seconds
@@ -114,18 +114,17 @@ def _arithmetic(symbol: str, function):
             and isinstance(right, (celtypes.TimestampType, celtypes.DurationType))
         ):
             return _no_operator(symbol, left, right)
-        if isinstance(left, Mapping) or isinstance(left, (celtypes.BoolType, bool)):
+        if isinstance(left, (Mapping, celtypes.BoolType, bool)):
             return _no_operator(symbol, left, right)
         if symbol == "%" and not isinstance(left, int):
             return _no_operator(symbol, left, right)  # `'%s' % x` is Python, not CEL
         if symbol != "+" and isinstance(left, (str, bytes, list)):
             return _no_operator(symbol, left, right)
-        if symbol == "+" and isinstance(left, (str, bytes, list)):
-            # Check before building: the sum of the sizes is known in advance.
-            if len(left) + len(right) > (
-                MAX_LIST_ITEMS if isinstance(left, list) else MAX_STRING_BYTES
-            ):
-                return _oversized(left)
+        # `+` on strings, bytes and lists: the size of the sum is known before building it.
+        if isinstance(left, (str, bytes, list)) and len(left) + len(right) > (
+            MAX_LIST_ITEMS if isinstance(left, list) else MAX_STRING_BYTES
+        ):
+            return _oversized(left)
         try:
             return _checked_size(function(left, right))
         except ZeroDivisionError:
@@ -216,7 +215,9 @@ def equal(left: Any, right: Any) -> bool:
     if _is_number(left) and _is_number(right):
         return _plain(left) == _plain(right)
     if isinstance(left, list) and isinstance(right, list):
-        return len(left) == len(right) and all(equal(a, b) for a, b in zip(left, right))
+        return len(left) == len(right) and all(
+            equal(a, b) for a, b in zip(left, right, strict=True)
+        )
     if isinstance(left, Mapping) and isinstance(right, Mapping):
         if len(left) != len(right):
             return False

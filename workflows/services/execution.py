@@ -35,9 +35,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from .. import engine
+from ..cel_values import unstorable
 from ..definition import Step
 from ..events.envelope import to_structured
-from ..cel_values import unstorable
 from ..expressions import TEMPLATE, ExpressionError, render_value
 from ..models import Run, StepRun
 from ..states import RunStatus, StepStatus
