@@ -160,6 +160,22 @@ def test_a_result_holding_a_non_finite_number_is_refused(expression):
     assert "not a finite number" in error_of(expression)
 
 
+@pytest.mark.parametrize(
+    ("expression", "problem"),
+    [
+        ("'a\\x00b'", "holds a NUL character"),
+        ("['\\ud800']", "holds an unpaired surrogate"),
+        ("{'k\\x00': 1}", "holds a NUL character"),
+    ],
+)
+def test_a_result_holding_text_the_database_cannot_store_is_refused(expression, problem):
+    assert problem in error_of(expression)
+
+
+def test_text_the_database_cannot_store_is_fine_on_the_way_to_a_result():
+    assert evaluate("size('a\\x00b') + size('\\ud800')", {}) == 4
+
+
 def test_a_template_rendering_a_non_finite_number_into_text_is_refused_too():
     with pytest.raises(ExpressionError, match="not a finite number"):
         render("ratio: {{ 1.0 / 0.0 }}", CONTEXT)

@@ -30,12 +30,20 @@ def no_messages(monkeypatch):
         monkeypatch.setattr(task, "apply_async", lambda *args, **kwargs: None)
 
 
+BODIES = {
+    "ratio": b'{"ratio": NaN, "rows": [1, Infinity]}',
+    "nul": b'{"text": "a\\u0000b"}',
+    "surrogate": b'{"names": ["\\ud800"]}',
+    "nul-key": b'{"a\\u0000": 1}',
+}
+
+
 @pytest.fixture
 def nan_server():
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = b'{"ratio": NaN, "rows": [1, Infinity]}'
+            body = BODIES[self.path.rsplit("/", 1)[-1]]
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -78,6 +86,27 @@ def test_an_http_answer_holding_nan_fails_the_step_at_once_with_its_path(no_mess
     assert (step.status, step.error_code) == ("failed", "output")
     assert "not a finite number" in step.error and "output/body/" in step.error
     assert step.output is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ("nul", "output/body/text holds a NUL character"),
+        ("surrogate", "output/body/names/0 holds an unpaired surrogate"),
+        ("nul-key", "output/body has a key that holds a NUL character"),
+    ],
+)
+def test_an_http_answer_holding_text_jsonb_refuses_fails_the_step_at_once(
+    no_messages, nan_server, answer, problem
+):
+    url = nan_server.rsplit("/", 1)[0] + "/" + answer
+    run = start_run_here(f"text-{answer}", http_step("call", url))
+
+    execution.execute_step(step_run_id=attempt_of(run, "call").pk)
+
+    step = attempt_of(run, "call")
+    assert (step.status, step.error_code) == ("failed", "output")
+    assert problem in step.error
 
 
 def test_a_for_each_item_output_holding_nan_fails_its_item_not_the_worker(no_messages, nan_server):

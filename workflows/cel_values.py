@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +25,9 @@ from celpy.evaluation import CELEvalError
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UINT64_MAX = 2**64 - 1
 MAX_DEPTH = 64
+# PostgreSQL's jsonb stores neither NUL characters nor unpaired surrogates (and JSON text
+# with a lone surrogate is not UTF-8).
+UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
 class ValueTooLarge(Exception):
@@ -191,6 +195,7 @@ def _to_json(value: Any, counter: _Counter, depth: int) -> Any:
         return float(value)
     if isinstance(value, str):
         counter.spend(len(value) + 2)
+        _check_text(value)
         return str(value)
     if isinstance(value, (bytes, bytearray)):
         counter.spend(len(value) * 4 // 3 + 4)
@@ -212,12 +217,24 @@ def _to_json(value: Any, counter: _Counter, depth: int) -> Any:
         for key, item in value.items():
             name = _key(key)
             counter.spend(len(name) + 4)
+            _check_text(name)
             result[name] = _to_json(item, counter, depth + 1)
         return result
     if isinstance(value, (list, tuple)):
         counter.spend(2)
         return [_to_json(item, counter, depth + 1) for item in value]
     raise NotStorable(f"a {kind(value)} cannot be turned into JSON")
+
+
+def _check_text(text: str) -> None:
+    if UNSTORABLE_TEXT.search(text):
+        raise NotStorable(f"a string {_text_problem(text)}")
+
+
+def _text_problem(text: str) -> str:
+    if "\x00" in text:
+        return "holds a NUL character (the database cannot store it)"
+    return "holds an unpaired surrogate (it is not valid Unicode)"
 
 
 def _key(key: Any) -> str:
@@ -246,13 +263,19 @@ _CEL_TYPE_NAMES = {
 
 def unstorable(value: Any, *, where: str = "") -> str | None:
     """Why `value` (a step's output, plain Python) cannot be stored as jsonb, with its
-    path, or None when it can: non-finite numbers, which JSON and jsonb refuse."""
+    path, or None when it can: non-finite numbers, which JSON and jsonb refuse, and text
+    with NUL characters or unpaired surrogates, which jsonb refuses."""
     stack: list[tuple[Any, str]] = [(value, where)]
     while stack:
         item, path = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
             return f"{path or '/'} is {_spelled(item)}, not a finite number (JSON cannot hold it)"
+        if isinstance(item, str) and UNSTORABLE_TEXT.search(item):
+            return f"{path or '/'} {_text_problem(item)}"
         if isinstance(item, Mapping):
+            for key in item:
+                if isinstance(key, str) and UNSTORABLE_TEXT.search(key):
+                    return f"{path or '/'} has a key that {_text_problem(key)}"
             stack.extend((v, f"{path}/{k}") for k, v in item.items())
         elif isinstance(item, (list, tuple)):
             stack.extend((v, f"{path}/{i}") for i, v in enumerate(item))
