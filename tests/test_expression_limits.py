@@ -22,6 +22,7 @@ from tests.test_expressions import CONTEXT, plain_json
 from workflows.cel_runtime import MAX_LIST_ITEMS, MAX_STRING_BYTES
 from workflows.expressions import (
     MAX_OUTPUT_BYTES,
+    MAX_RENDERED_BYTES,
     TIME_LIMIT_SECONDS,
     ExpressionError,
     check,
@@ -271,3 +272,26 @@ def test_hostile_template_text_renders_or_is_refused_with_an_expression_error(te
         except ExpressionError:
             continue
         check_result(rendered)
+
+
+# --- rendered text and configs ------------------------------------------------------------------
+def test_a_text_of_many_templates_stops_at_the_limit_while_it_grows():
+    # 1,000 templates of 200 KB each would be 200 MB of text before a check at the end.
+    context = {"event": {"data": {"chunk": "z" * 200_000}}}
+    text = "{{ event.data.chunk }}," * 1000
+
+    outcome, peak = peak_bytes(lambda: render(text, context))
+
+    assert isinstance(outcome, ExpressionError)
+    assert f"rendered text is over {MAX_OUTPUT_BYTES} bytes" in outcome.message
+    assert peak < 8 * 1024 * 1024
+
+
+def test_a_config_rendering_to_more_than_the_limit_altogether_is_refused():
+    # Each field is within the result limit; together they are not.
+    context = {"event": {"data": {"chunk": "z" * 200_000}}}
+    config = {f"field{n}": "{{ event.data.chunk }}" for n in range(10)}
+
+    with pytest.raises(ExpressionError, match=f"over {MAX_RENDERED_BYTES} bytes"):
+        render_value(config, context)
+    assert render_value(dict(list(config.items())[:5]), context)["field4"] == "z" * 200_000

@@ -25,6 +25,7 @@ from .cel_runtime import MAX_LIST_ITEMS, MAX_STRING_BYTES  # noqa: F401 - docume
 
 MAX_EXPRESSION_CHARS = 2000
 MAX_OUTPUT_BYTES = 256 * 1024
+MAX_RENDERED_BYTES = 1024 * 1024  # all the templates of one step's config together
 TIME_LIMIT_SECONDS = 0.5
 TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 ROOTS = ("event", "trigger", "steps", "run", "vars", "secrets", "item", "index")
@@ -88,6 +89,17 @@ def evaluate(
     """Evaluate one CEL expression over `context`; return plain JSON. `bound` is
     `bind(context)`, when the caller keeps it for several expressions. Raises only
     ExpressionError."""
+    return _evaluate(expression, context, where=where, bound=bound)[0]
+
+
+def _evaluate(
+    expression: str,
+    context: Mapping[str, Any],
+    *,
+    where: str = "",
+    bound: Mapping[str, Any] | None = None,
+) -> tuple[Any, int]:
+    """(the value, the size of its JSON)."""
     expression = expression.strip()
     try:
         program = _program(expression)
@@ -126,7 +138,7 @@ def evaluate(
     size = len(json.dumps(value))
     if size > MAX_OUTPUT_BYTES:
         raise fail(f"result is {size} bytes, over {MAX_OUTPUT_BYTES}")
-    return value
+    return value, size
 
 
 def _scrub(message: str, context: Mapping[str, Any]) -> str:
@@ -180,38 +192,66 @@ def is_template(text: str) -> bool:
     return isinstance(text, str) and "{{" in text
 
 
-def render(text: str, context: Mapping[str, Any], *, where: str = "") -> Any:
+def render(
+    text: str, context: Mapping[str, Any], *, where: str = "", budget: list[int] | None = None
+) -> Any:
     """Interpolate `{{ expr }}` in a string. A string that is exactly one `{{ expr }}`
     yields the value itself (a number stays a number); otherwise values are stringified
-    (objects and lists as JSON)."""
+    (objects and lists as JSON). `budget` ([bytes left]) is shared by the strings of one
+    config (see `render_value`)."""
     if not is_template(text):
         return text
+    budget = budget if budget is not None else [MAX_RENDERED_BYTES]
     whole = TEMPLATE.fullmatch(text.strip())
     if whole and text.strip().count("{{") == 1:
-        return evaluate(whole.group(1), context, where=where)
+        value, size = _evaluate(whole.group(1), context, where=where)
+        _spend(budget, size, text, where)
+        return value
+    total = 0
 
     def substitute(match: re.Match) -> str:
-        value = evaluate(match.group(1), context, where=where)
-        if isinstance(value, str):
-            return value
-        return json.dumps(value, separators=(",", ":"))
+        nonlocal total
+        value, _size = _evaluate(match.group(1), context, where=where)
+        piece = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        # Counted as it grows: a text of many templates stops at the limit, not after.
+        total += len(piece)
+        if total > MAX_OUTPUT_BYTES:
+            raise ExpressionError(
+                text[:60], f"rendered text is over {MAX_OUTPUT_BYTES} bytes", where=where
+            )
+        return piece
 
     rendered = TEMPLATE.sub(substitute, text)
-    if len(rendered) > MAX_OUTPUT_BYTES:
-        raise ExpressionError(
-            text[:60], f"rendered text is over {MAX_OUTPUT_BYTES} bytes", where=where
-        )
+    _spend(budget, len(rendered), text, where)
     return rendered
 
 
-def render_value(value: Any, context: Mapping[str, Any], *, where: str = "") -> Any:
-    """Render every string inside a JSON value (a step's config)."""
+def _spend(budget: list[int], size: int, text: str, where: str) -> None:
+    budget[0] -= size
+    if budget[0] < 0:
+        raise ExpressionError(
+            text[:60], f"the rendered config is over {MAX_RENDERED_BYTES} bytes", where=where
+        )
+
+
+def render_value(
+    value: Any, context: Mapping[str, Any], *, where: str = "", budget: list[int] | None = None
+) -> Any:
+    """Render every string inside a JSON value (a step's config); all of it together may
+    render to at most MAX_RENDERED_BYTES (pass one `budget` to share it across calls)."""
+    budget = budget if budget is not None else [MAX_RENDERED_BYTES]
     if isinstance(value, str):
-        return render(value, context, where=where)
+        return render(value, context, where=where, budget=budget)
     if isinstance(value, list):
-        return [render_value(v, context, where=f"{where}/{i}") for i, v in enumerate(value)]
+        return [
+            render_value(v, context, where=f"{where}/{i}", budget=budget)
+            for i, v in enumerate(value)
+        ]
     if isinstance(value, Mapping):
-        return {k: render_value(v, context, where=f"{where}/{k}") for k, v in value.items()}
+        return {
+            k: render_value(v, context, where=f"{where}/{k}", budget=budget)
+            for k, v in value.items()
+        }
     return value
 
 

@@ -38,7 +38,7 @@ from .. import engine
 from ..cel_values import unstorable
 from ..definition import Step
 from ..events.envelope import to_structured
-from ..expressions import TEMPLATE, ExpressionError, render_value
+from ..expressions import MAX_RENDERED_BYTES, TEMPLATE, ExpressionError, render_value
 from ..models import Run, StepRun
 from ..states import RunStatus, StepStatus
 from ..steps import registry
@@ -240,10 +240,13 @@ def render_config(step: Step, kind: StepKind, context: StepContext) -> dict:
     config = dict(step.config)
     expression_keys = {path.split("/")[1] for path, _ in kind.expressions(config)}
     expression_keys.update(kind.raw_fields)
+    budget = [MAX_RENDERED_BYTES]  # one for the whole config
     return {
         key: value
         if key in expression_keys
-        else render_value(value, context.expression_context(), where=f"step {step.id} /{key}")
+        else render_value(
+            value, context.expression_context(), where=f"step {step.id} /{key}", budget=budget
+        )
         for key, value in config.items()
     }
 
