@@ -16,7 +16,7 @@ import pytest
 
 from tests.test_expressions import CONTEXT, PYTHON_REACH, plain_json
 from workflows.cel_values import MAX_DEPTH
-from workflows.expressions import ExpressionError, bind, evaluate, render
+from workflows.expressions import ExpressionError, bind, check, evaluate, render
 
 
 def error_of(expression: str, context=CONTEXT) -> str:
@@ -242,3 +242,22 @@ def test_results_are_plain_finite_json():
         result = evaluate(expression, POISON)
         assert plain_json(result)
         assert not any(isinstance(v, float) and not math.isfinite(v) for v in [result])
+
+
+# --- refused when the workflow is stored ------------------------------------------------------
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("[1, 2].reduce(a, b, 0, a + b)", "unknown function `reduce` (not CEL)"),
+        ("[3, 1].min()", "unknown function `min` (not CEL)"),
+        ("event.data.order >", "syntax error at column 18, near `ata.order >`"),
+        ("event.data.total > 1 &&\n  event.data.x ==", "syntax error at line 2, column 16"),
+        ("'a' + \x00", "syntax error at column 7"),
+    ],
+)
+def test_a_check_says_what_is_wrong_and_where(expression, message):
+    with pytest.raises(ExpressionError) as caught:
+        check(expression)
+
+    assert caught.value.message.startswith(message)
+    assert caught.value.message.isprintable()

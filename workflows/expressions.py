@@ -50,7 +50,7 @@ def _program(expression: str):
     try:
         ast = _env.compile(expression)
     except celpy.CELParseError as exc:
-        raise ExpressionError(expression, f"syntax error: {_first_line(exc)}") from exc
+        raise ExpressionError(expression, _syntax_message(exc, expression)) from None
     except RecursionError:
         raise ExpressionError(expression, "syntax error: nested too deeply") from None
     refused = cel_runtime.refused_names(ast)
@@ -59,8 +59,17 @@ def _program(expression: str):
     return _env.program(ast, functions=cel_runtime.FUNCTIONS)
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid expression"
+def _syntax_message(exc: Exception, expression: str) -> str:
+    line, column = getattr(exc, "line", None), getattr(exc, "column", None)
+    if not isinstance(line, int) or not isinstance(column, int):
+        return "syntax error"
+    where = f"column {column}" if "\n" not in expression else f"line {line}, column {column}"
+    text = expression.splitlines()[line - 1] if 0 < line <= len(expression.splitlines()) else ""
+    near = "".join(
+        c if c.isprintable() else "\ufffd" for c in text[max(column - 11, 0) : column + 10]
+    )
+    near = near.strip()
+    return f"syntax error at {where}" + (f", near `{near}`" if near else "")
 
 
 def check(expression: str, *, where: str = "") -> None:
