@@ -295,3 +295,17 @@ def test_a_config_rendering_to_more_than_the_limit_altogether_is_refused():
     with pytest.raises(ExpressionError, match=f"over {MAX_RENDERED_BYTES} bytes"):
         render_value(config, context)
     assert render_value(dict(list(config.items())[:5]), context)["field4"] == "z" * 200_000
+
+
+def test_comparing_large_maps_takes_time_in_proportion_to_their_size():
+    # Comparing every key with every key would be 10^8 comparisons in our own loop, where
+    # the interpreter's budget is not looked at.
+    keys = {f"k{n}": n for n in range(10_000)}
+    context = {"event": {"data": {"a": keys, "b": dict(keys)}}}
+
+    outcome = outcome_on_a_thread(
+        lambda: evaluate("event.data.a == event.data.b && 'k9999' in event.data.a", context),
+        timeout=20,
+    )
+
+    assert outcome is True

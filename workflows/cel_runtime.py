@@ -221,9 +221,14 @@ def equal(left: Any, right: Any) -> bool:
     if isinstance(left, Mapping) and isinstance(right, Mapping):
         if len(left) != len(right):
             return False
+        # By hash lookup: comparing every key with every key is quadratic, and this loop
+        # is ours, between two of the interpreter's budget checks.
         for key, value in left.items():
-            matches = [k for k in right if equal(k, key)]
-            if not matches or not equal(value, right[matches[0]]):
+            try:
+                other = right[key]
+            except (KeyError, TypeError):
+                return False
+            if not equal(value, other):
                 return False
         return True
     if kind(left) != kind(right):
@@ -278,7 +283,10 @@ def _in(item: Any, container: Any) -> Any:
     if isinstance(container, list):
         return celtypes.BoolType(any(equal(item, member) for member in container))
     if isinstance(container, Mapping):
-        return celtypes.BoolType(any(equal(item, key) for key in container))
+        try:
+            return celtypes.BoolType(item in container)
+        except TypeError:  # an int key asked of a map by a double: no such key
+            return celtypes.BoolType(False)
     return _no_operator("in", item, container)
 
 
