@@ -83,6 +83,8 @@ def test_what_the_cel_spec_refuses_is_refused_with_a_clear_message(expression, m
         ("1 in [1.0, 2.0]", True),
         ("'a' in {'a': 1}", True),
         ("[1, 2, 3][2]", 3),
+        ("-duration('90s')", -90.0),
+        ("-(-5)", 5),
         ("[1, 2, 3][1u]", 2),
         ("-7 / 2", -3),  # integer division truncates toward zero
         ("-7 % 3", -1),

@@ -140,13 +140,16 @@ def _arithmetic(symbol: str, function):
 def _oversized(sample: Any) -> CELEvalError:
     if isinstance(sample, list):
         return error(f"a list would have over {MAX_LIST_ITEMS} items")
-    return error(f"a {kind(sample)} value would be over {MAX_STRING_BYTES} characters")
+    if isinstance(sample, bytes):
+        return error(f"a bytes value would be over {MAX_STRING_BYTES} bytes")
+    return error(f"a string would be over {MAX_STRING_BYTES} characters")
 
 
 def _negate(value: Any) -> Any:
     if isinstance(value, CELEvalError):
         return value
-    if not _is_number(value) or isinstance(value, celtypes.UintType):
+    negatable = _is_number(value) or isinstance(value, celtypes.DurationType)
+    if not negatable or isinstance(value, celtypes.UintType):
         return error(f"no operator `-` for {kind(value)}")
     try:
         return operator.neg(value)
