@@ -44,17 +44,17 @@ class LimitExceeded(BaseException):
 
 
 class Budget:
-    __slots__ = ("countdown", "deadline", "fired")
+    __slots__ = ("ticks_left", "deadline", "fired")
 
     def __init__(self, seconds: float):
         self.deadline = time.thread_time() + seconds
-        self.countdown = _CHECK_EVERY
+        self.ticks_left = _CHECK_EVERY
         self.fired = False
 
     def tick(self) -> None:
-        self.countdown -= 1
-        if self.countdown <= 0:
-            self.countdown = _CHECK_EVERY
+        self.ticks_left -= 1
+        if self.ticks_left <= 0:
+            self.ticks_left = _CHECK_EVERY
             # Sticky: once over, every later tick raises again, so a swallowed raise
             # (in a finalizer, say) cannot let the evaluation run on.
             if self.fired or time.thread_time() > self.deadline:
