@@ -44,7 +44,7 @@ class LimitExceeded(BaseException):
 
 
 class Budget:
-    __slots__ = ("ticks_left", "deadline", "fired")
+    __slots__ = ("deadline", "fired", "ticks_left")
 
     def __init__(self, seconds: float):
         self.deadline = time.thread_time() + seconds
@@ -196,8 +196,11 @@ def _index(container: Any, index: Any) -> Any:
     if isinstance(container, list):
         if not isinstance(index, int) or isinstance(index, celtypes.BoolType):
             return error(f"a list index must be an int, not {kind(index)}")
-        if not 0 <= index < len(container):
-            return error(f"index {int(index)} is out of range for a list of {len(container)}")
+        # The index is not shown: it may be computed from a secret (`[0][int(secrets.pin)]`).
+        if index < 0:
+            return error("a list index cannot be negative (CEL counts from the start only)")
+        if index >= len(container):
+            return error(f"index out of range (the list has {len(container)} items)")
         return container[index]
     if isinstance(container, Mapping):
         if isinstance(index, (list, Mapping)) or index is None:
