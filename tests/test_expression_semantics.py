@@ -129,6 +129,11 @@ def test_what_the_cel_spec_defines_gives_the_specs_value(expression, value):
         ("'x'.matches('[')", "invalid regular expression"),
         ("{[1]: 2}", "a map key must be a string, int, uint or bool"),
         ("{'a': 1, 'a': 2}", "a map literal repeats a key"),
+        (
+            "timestamp('2020-01-01T00:00:00Z').getHours('Nowhere/Zone')",
+            "invalid argument for `getHours`",
+        ),
+        ("event{b: 1}", "invalid operation"),  # cel-python's own words would name a class
     ],
 )
 def test_an_error_says_what_went_wrong_in_cels_words(expression, message):

@@ -35,6 +35,7 @@ MAX_LIST_ITEMS = 100_000  # any intermediate list built by `+`
 _CHECK_EVERY = 64  # nodes between two looks at the clock
 MACROS = {"map", "filter", "all", "exists", "exists_one"}
 PREDICATES = {"filter", "all", "exists", "exists_one"}
+CONVERSIONS = {"int", "uint", "double", "string", "bytes", "bool", "timestamp", "duration"}
 NOT_CEL = {"reduce", "min"}  # cel-python extras, not CEL: refused when compiled
 
 
@@ -470,7 +471,9 @@ class BoundedEvaluator(Evaluator):
         if text.startswith("undeclared reference"):
             return error(f"unknown {'method' if method else 'function'} `{name}`")
         if text == "return error for overflow" and args:
-            return error(f"cannot convert this {kind(args[0])} to {name}")
+            if name in CONVERSIONS:
+                return error(f"cannot convert this {kind(args[0])} to {name}")
+            return error(f"invalid argument for `{name}`")
         if text == "match error":
             return error("invalid regular expression")
         if method:

@@ -173,7 +173,6 @@ _CELPY_MESSAGES = (
     ("invalid_argument", "index out of range"),
     ("match error", "invalid regular expression"),
 )
-_PYTHONIC = re.compile(r"<class|celpy|Type\(|Token\(|0x[0-9a-f]{6,}|Error\b|\(in activation")
 
 
 def message_of(exc: BaseException) -> str:
@@ -187,8 +186,8 @@ def message_of(exc: BaseException) -> str:
                 name = re.match(r"undeclared reference to '([^']{1,100})'", text)
                 return f"undeclared reference to `{name.group(1)}`" if name else "unknown name"
             return replacement
-    if text and not _PYTHONIC.search(text) and len(text) <= 300:
-        return text
+    # Anything else is cel-python's own text: it may quote a Python class, a repr or a value.
+    log.debug("cel-python error not translated: %.200r", text)
     return "invalid operation"
 
 
