@@ -291,3 +291,25 @@ def test_no_message_shows_a_value_computed_from_a_secret(expression):
     message = caught.value.message
     for shown in (pin, str(int(pin) + 1), pin + "x", pin[:4]):
         assert shown not in message, message
+
+
+# --- the steps that evaluate expressions say what they got in JSON's words --------------------
+@pytest.mark.parametrize(
+    ("kind", "config", "said"),
+    [
+        ("condition", {"expression": "'yes'"}, "got a string"),
+        ("filter", {"expression": "{'a': 1}"}, "got a map"),
+        ("for_each", {"items": "{'a': 1}", "do": {"kind": "log"}}, "got a map"),
+        ("for_each", {"items": "null", "do": {"kind": "log"}}, "got null"),
+    ],
+)
+def test_a_step_given_the_wrong_kind_of_value_names_its_kind_not_a_python_repr(kind, config, said):
+    from workflows.steps import registry
+    from workflows.steps.base import StepContext, StepError
+
+    ctx = StepContext(run_id=1, step_id="s", attempt=1, idempotency_key="k", event={}, steps={})
+    with pytest.raises(StepError) as caught:
+        registry.get(kind).execute(config, ctx)
+
+    assert said in str(caught.value)
+    assert not PYTHONIC.search(str(caught.value)) and "'yes'" not in str(caught.value)
