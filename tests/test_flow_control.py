@@ -233,6 +233,49 @@ def test_wait_for_event_resumes_on_the_matching_event_only(api):
     assert (steps["ship"]["status"], steps["cancel"]["status"]) == ("succeeded", "skipped")
 
 
+def test_an_event_with_data_cel_cannot_hold_neither_resumes_a_wait_nor_stops_the_next(api):
+    # A 30-digit order number: the match cannot read it, so it does not match (no retries,
+    # no dead letter), and the right event after it still resumes the wait.
+    from workflows.models import DeadLetter, Event
+
+    body = definition(
+        {
+            "id": "await-payment",
+            "kind": "wait_for_event",
+            "config": {
+                "event": "com.example.payment.received",
+                "match": "event.data.order == trigger.data.order",
+                "timeout_seconds": 60,
+            },
+        },
+        log_step("ship", after=("await-payment",)),
+    )
+    publish(api, "awaiting-poison", body)
+    event_id = send(api, cloudevent(data={"order": 7}))
+
+    def waiting():
+        runs = api.get("/api/v1/runs", params={"workflow": "awaiting-poison"}).json()["runs"]
+        return runs and steps_by_id(runs[0]).get("await-payment", {}).get("status") == "waiting"
+
+    wait_until(waiting, timeout=30, message="the run to wait for the payment")
+    poison = cloudevent("com.example.payment.received", data={"order": 10**30})
+    assert api.post("/api/v1/events", json=poison, headers=CE_JSON).status_code == 202
+    matching = cloudevent("com.example.payment.received", data={"order": 7})
+    assert api.post("/api/v1/events", json=matching, headers=CE_JSON).status_code == 202
+
+    run = finished_run(api, "awaiting-poison", event_id)
+
+    assert run["status"] == "succeeded"
+    assert steps_by_id(run)["await-payment"]["output"]["data"] == {"order": 7}
+    # Settled at its first delivery: matched, not left pending for retries.
+    wait_until(
+        lambda: Event.objects.filter(ce_id=poison["id"], matched_at__isnull=False).exists(),
+        timeout=30,
+        message="the event holding a 30-digit number to be matched",
+    )
+    assert not DeadLetter.objects.exists()
+
+
 def test_wait_for_event_takes_the_timeout_port_when_nothing_arrives(api):
     body = definition(
         {

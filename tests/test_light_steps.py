@@ -496,4 +496,4 @@ def test_a_light_step_whose_output_cannot_be_stored_fails_in_its_own_transaction
         execution.execute_step(step_run_id=first_attempt(run).pk)
 
     attempt = first_attempt(run)
-    assert (attempt.status, attempt.error_code) == ("failed", "output.unstorable")
+    assert (attempt.status, attempt.error_code) == ("failed", "output")

@@ -265,3 +265,47 @@ def test_a_type_a_run_waits_for_is_not_settled_unheard(bus_settings):
     consumer = bus.Consumer("waits")
     deliveries = list(consumer.read(block_ms=10))
     assert [d.event_id for d in settle_unheard(consumer, deliveries)] == [awaited.pk]
+
+
+def nested(depth: int) -> dict:
+    value: dict = {"bottom": True}
+    for _ in range(depth):
+        value = {"down": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"amount": 10**30},
+        {"amount": 5, "noise": [-(10**40)]},
+        {"amount": 5, "noise": nested(200)},
+    ],
+    ids=["huge-integer", "huge-integer-elsewhere", "deep-nesting"],
+)
+def test_event_data_cel_cannot_hold_fails_only_the_filters_that_read_it(bus_settings, data):
+    # A filter that fails does not match, as documented: the entry is matched and acked at
+    # the first delivery, never retried into a dead letter.
+    publish("reads-amount", filter="event.data.amount > 1")
+    publish("reads-type", filter="event.type == 'com.example.order.placed'")
+    publish("unfiltered")
+    [event] = stored(1, data=data)
+    assert bus.publish(event)
+    consumer = bus.Consumer("poison")
+
+    deliveries = consumer.read(block_ms=10)
+    handled = consumer.handle_batch(
+        deliveries,
+        lambda ids: match_events(event_ids=ids).done,
+        max_deliveries=2,
+        on_poison=pytest.fail,
+    )
+
+    assert handled == 1
+    assert not any(
+        consumer.redis.xpending(stream, consumer.group)["pending"] for stream in consumer.streams
+    )
+    assert not DeadLetter.objects.exists()
+    started = set(Run.objects.filter(event=event).values_list("workflow__slug", flat=True))
+    reads_amount = isinstance(data["amount"], int) and data["amount"] < 2**63
+    assert started == {"reads-type", "unfiltered"} | ({"reads-amount"} if reads_amount else set())

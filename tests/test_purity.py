@@ -42,6 +42,10 @@ def imported(imports: str, which: str = DJANGO_OR_CELERY) -> list[str]:
     [
         "workflows.engine",
         "workflows.definition",
+        # the expression language, its bounded interpreter and its value conversions
+        "workflows.expressions",
+        "workflows.cel_runtime",
+        "workflows.cel_values",
         # the loop, and the step context it hands each item
         "workflows.steps.for_each",
     ],

@@ -21,7 +21,6 @@ kind hands the whole context to user code).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -36,9 +35,10 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from .. import engine, secret_places
+from ..cel_values import unstorable
 from ..definition import Step
 from ..events.envelope import to_structured
-from ..expressions import TEMPLATE, ExpressionError, render_value
+from ..expressions import MAX_RENDERED_BYTES, TEMPLATE, ExpressionError, render_value
 from ..models import Run, StepRun
 from ..states import RunStatus, StepStatus
 from ..steps import registry
@@ -279,31 +279,27 @@ def render_config(step: Step, kind: StepKind, context: StepContext) -> dict:
     config = dict(step.config)
     expression_keys = {path.split("/")[1] for path, _ in kind.expressions(config)}
     expression_keys.update(kind.raw_fields)
+    budget = [MAX_RENDERED_BYTES]  # one for the whole config
     return {
         key: value
         if key in expression_keys
-        else render_value(value, context.expression_context(), where=f"step {step.id} /{key}")
+        else render_value(
+            value, context.expression_context(), where=f"step {step.id} /{key}", budget=budget
+        )
         for key, value in config.items()
     }
 
 
-def storable(output: Any) -> Any:
-    """The output, if the database can hold it: JSON, with finite numbers only. Checked
-    here so the attempt fails at once with a clear error, rather than its result failing to
-    store and the attempt waiting for the lease sweep."""
-    try:
-        json.dumps(output, allow_nan=False)
-    except ValueError as exc:
-        raise StepError(
-            "the step's output cannot be stored: it holds NaN or Infinity, which JSON cannot carry",
-            code="output.unstorable",
-        ) from exc
-    except (TypeError, RecursionError) as exc:
-        raise StepError(
-            "the step's output cannot be stored: it holds a value that is not JSON",
-            code="output.unstorable",
-        ) from exc
-    return output
+def storable(result: Any) -> StepResult:
+    """The kind's result as a StepResult whose output the database can store: a non-finite
+    number (which jsonb refuses) fails the step now, with its path, rather than failing the
+    write and leaving the attempt to the heartbeat sweep a minute later."""
+    if not isinstance(result, StepResult):
+        result = StepResult(output=result)
+    problem = unstorable(result.output, where="output")
+    if problem:
+        raise StepError(problem, code="output")
+    return result
 
 
 def failure(step: Step, attempt: int, exc: BaseException) -> engine.StepFinished:
@@ -419,12 +415,10 @@ def _run_light(
     rendered: dict = dict(step.config)
     try:
         rendered = render_config(step, kind, context)
-        result = kind.execute(rendered, context)
-        if not isinstance(result, StepResult):
-            result = StepResult(output=result)
+        result = storable(kind.execute(rendered, context))
         if result.wait is not None:  # a light kind must not wait: its contract says so
             raise StepError(f"step kind {step.kind!r} is light and cannot wait")
-        output = storable(result.output)
+        output = result.output
         happening = engine.StepFinished(step.id, step_run.attempt, succeeded=True, port=result.port)
     except Exception as exc:
         if not isinstance(exc, ExpressionError | StepError):
@@ -464,8 +458,7 @@ def _run_claimed(
             # The only part that may take long: the worker says it is alive meanwhile.
             with heartbeating(step_run.pk):
                 result = kind.execute(rendered, context)
-        if not isinstance(result, StepResult):
-            result = StepResult(output=result)
+        result = storable(result)
         if result.wait is not None:
             park(
                 step_run=step_run,
@@ -474,7 +467,7 @@ def _run_claimed(
                 context=context,
             )
             return True
-        output = storable(result.output)
+        output = result.output
         happening = engine.StepFinished(step.id, step_run.attempt, succeeded=True, port=result.port)
     except Exception as exc:
         if not isinstance(exc, ExpressionError | StepError):

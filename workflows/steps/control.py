@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..cel_values import json_kind
 from ..expressions import evaluate
 from .base import StepContext, StepError, StepKind, StepResult
 from .registry import register
@@ -10,7 +11,7 @@ from .registry import register
 def _truth(expression: str, ctx: StepContext, where: str) -> bool:
     value = evaluate(expression, ctx.expression_context(), where=where)
     if not isinstance(value, bool):
-        raise StepError(f"{where}: expression must be true or false, got {value!r}")
+        raise StepError(f"{where}: expression must be true or false, got {json_kind(value)}")
     return value
 
 

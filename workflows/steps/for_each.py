@@ -17,6 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any
 
+from ..cel_values import json_kind, unstorable
 from ..expressions import evaluate, render_value
 from .base import StepContext, StepError, StepKind, StepResult
 from .registry import all_kinds, register
@@ -85,7 +86,7 @@ class ForEach(StepKind):
     def execute(self, config, ctx: StepContext):
         items = evaluate(config["items"], ctx.expression_context(), where=f"step {ctx.step_id}")
         if not isinstance(items, list):
-            raise StepError(f"items must evaluate to a list, got {type(items).__name__}")
+            raise StepError(f"items must evaluate to a list, got {json_kind(items)}")
         if len(items) > MAX_ITEMS:
             raise StepError(f"{len(items)} items is over the limit of {MAX_ITEMS}")
         inner = all_kinds().get(config["do"]["kind"])
@@ -103,7 +104,12 @@ class ForEach(StepKind):
                 config["do"].get("config", {}), item_ctx.expression_context()
             )
             result = inner.execute(item_config, item_ctx)
-            return result.output if isinstance(result, StepResult) else result
+            output = result.output if isinstance(result, StepResult) else result
+            # Checked here: the output is checkpointed to the database as soon as it comes.
+            problem = unstorable(output, where=f"item {index} output")
+            if problem:
+                raise StepError(problem, code="output")
+            return output
 
         checkpoints = ctx.checkpoints
         # Positional: a checkpoint past the end of this attempt's list (the expression now
