@@ -35,7 +35,7 @@ class Size:
 
 
 BOUNDED = Size(rate=15, faults=1, between=6)
-FULL = Size(rate=20, faults=10, between=40)
+FULL = Size(rate=10, faults=10, between=30)
 
 
 @dataclass
@@ -128,7 +128,7 @@ def redis_restarts(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
         _accepted_meanwhile(load, size.between, timeout=120)
     finally:
         load.stop()
-    result.outcome = settle(stack, load.accepted, statuses=load.statuses, timeout=240)
+    result.outcome = settle(stack, load.accepted, statuses=load.statuses)
     return result
 
 
@@ -156,7 +156,7 @@ def postgres_restarts(stack: ChaosStack, size: Size, rng: random.Random) -> Resu
         _accepted_meanwhile(load, size.between, timeout=120)
     finally:
         load.stop()
-    result.outcome = settle(stack, load.accepted, statuses=load.statuses, timeout=240)
+    result.outcome = settle(stack, load.accepted, statuses=load.statuses)
     if load.refusals_without_retry_after:
         result.notes.append(f"{load.refusals_without_retry_after} 503s without Retry-After")
     return result
