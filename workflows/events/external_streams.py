@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from django.conf import settings
@@ -98,6 +99,12 @@ def decode_fields(raw: dict[bytes, bytes]) -> tuple[dict[str, str], tuple[str, .
     return fields, tuple(bad)
 
 
+def default_source(stream: str) -> str:
+    """redis://<stream>, the stream name percent-encoded where a URI's host could not hold
+    it (Redis names often hold colons: erp:out gives redis://erp%3Aout)."""
+    return "redis://" + quote(stream, safe="!$&'()*+,;=-._~")
+
+
 def envelope_from_fields(
     fields: dict[str, str], *, stream: str, entry_id: str, default_type: str = ""
 ) -> Envelope:
@@ -137,7 +144,7 @@ def envelope_from_fields(
             attributes["datacontenttype"] = "application/json"  # how `data` was read
     if "type" not in attributes and default_type:
         attributes["type"] = default_type
-    attributes.setdefault("source", f"redis://{stream}")
+    attributes.setdefault("source", default_source(stream))
     attributes.setdefault("id", entry_id)
     too_long = [
         {"attribute": name, "message": f"longer than {limit} characters"}
