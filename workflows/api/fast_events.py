@@ -11,7 +11,9 @@ every request queued meanwhile. The answer goes out once that commit is done.
 Everything else is handed to Django unchanged (its body replayed): a missing, unknown or
 under-privileged token, an unsupported media type, an oversized or invalid body, a reserved
 source, a schema violation, a token revoked a moment ago. The view in api.events is the
-one place those answers are written, so both paths answer alike.
+one place those answers are written, so both paths answer alike. Two answers are written
+here, from the bodies api.events builds: 503 when the store is down, and 429 when the
+token is over its rate (events.rate_limit), so that a flood never reaches the slow path.
 """
 
 from __future__ import annotations
@@ -26,11 +28,20 @@ from django.db import DatabaseError
 from django.http.request import split_domain_port, validate_host
 
 from .. import roles
+from ..events import rate_limit
 from ..events.envelope import InvalidEvent
 from ..events.group_commit import committer
 from ..services import event_intake
 from ..services.tokens import cached_identity, identify
-from .events import BATCH, STRUCTURED, accepted_response, body_limit, forged_sources, parse_events
+from .events import (
+    BATCH,
+    STRUCTURED,
+    accepted_response,
+    body_limit,
+    forged_sources,
+    parse_events,
+    rate_limited,
+)
 from .problems import problem_body
 
 log = logging.getLogger("signalbox.ingest")
@@ -92,6 +103,9 @@ class FastEventIngest:
             return None
         if forged_sources(envelopes):
             return None
+        verdict = await rate_limit.acheck(token_id=identity.pk, cost=len(envelopes))
+        if not verdict.allowed:  # answered here: a flood must not reach the slow path
+            return 429, *rate_limited(verdict)
         submission = event_intake.Submission(envelopes, token_id=identity.pk)
         try:
             await asyncio.wrap_future(committer().submit(submission))
