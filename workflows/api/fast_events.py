@@ -66,6 +66,17 @@ class Headers(dict):
     def __contains__(self, name):
         return super().__contains__(name.lower())
 
+    @classmethod
+    def of(cls, scope) -> Headers:
+        """As Django's ASGIRequest reads them, so both paths see the same attributes: names
+        with an underscore dropped, a repeated header's values joined with commas."""
+        headers = cls()
+        for raw_name, raw_value in scope["headers"]:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            if "_" not in name:
+                headers[name] = f"{headers[name]},{value}" if name in headers else value
+        return headers
+
 
 class FastEventIngest:
     """ASGI middleware: takes acceptable event POSTs, passes the rest to `app`."""
@@ -76,10 +87,7 @@ class FastEventIngest:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
             return await self.app(scope, receive, send)
-        headers = Headers(
-            (name.decode("latin-1").lower(), value.decode("latin-1"))
-            for name, value in scope["headers"]
-        )
+        headers = Headers.of(scope)
         mode = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         eligible = (mode in (STRUCTURED, BATCH) or "ce-specversion" in headers) and _host_allowed(
             headers.get("host", "")
