@@ -151,3 +151,17 @@ def test_an_emitted_source_that_is_no_uri_reference_fails_the_step(by_hand):
 
     step = step_of(run, "emit")
     assert step.error_code == "invalid_event" and "source" in step.error
+
+
+# --- sources Signalbox builds from names ------------------------------------------------
+
+
+def test_manual_events_from_names_with_spaces_or_accents_get_a_valid_source(db):
+    from workflows.services.manual_events import manual_source, send_manual_event
+
+    event, created = send_manual_event(
+        event_type="t.manual", data={}, source=manual_source("token-CI bot ü"), subject="x"
+    )
+
+    assert created and event.source == "/signalbox/manual/token-CI%20bot%20%C3%BC"
+    assert manual_source("eddie@example.com") == "/signalbox/manual/eddie@example.com"

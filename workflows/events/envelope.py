@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from rfc3986_validator import validate_rfc3986
 
@@ -26,6 +27,8 @@ EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*(\s*;.*)?$")
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 MAX_JSON_DEPTH = 64
+# What RFC 3986 lets a path segment hold unencoded (unreserved, sub-delims, ":" and "@").
+PATH_SEGMENT = "-._~!$&'()*+,;=:@"
 TEXT_MEDIA = ("application/xml", "application/x-www-form-urlencoded")
 # What the event store's columns hold (workflows.models.Event): longer is refused, not cut.
 # The id is also the correlation and causation id of an event that names none (255).
@@ -233,6 +236,12 @@ def check_storable(envelope: Envelope) -> None:
         problems.append({"attribute": "source", "message": "must be a URI-reference (RFC 3986)"})
     if problems:
         raise InvalidEvent(problems)
+
+
+def path_segment(name: str) -> str:
+    """A name (a user, a token) made fit for a path segment of a source, which must be a
+    URI-reference: "CI bot" gives CI%20bot; names of plain characters read as they are."""
+    return quote(name, safe=PATH_SEGMENT)
 
 
 def _instant(text: str) -> datetime | None:
