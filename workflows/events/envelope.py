@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -152,9 +153,8 @@ def validate(attributes: Mapping[str, Any], *, data: Any, data_is_base64: bool) 
         value = attributes.get(name)
         if value is not None and (not isinstance(value, str) or not value):
             bad(name, "must be a non-empty string when present")
-    problems.extend(length_problems(attributes))
     source = attributes.get("source")
-    if isinstance(source, str) and source and not validate_rfc3986(source, "URI_reference"):
+    if isinstance(source, str) and source and not is_uri_reference(source):
         bad("source", "must be a URI-reference (RFC 3986), e.g. /orders or https://shop.example")
     dataschema = attributes.get("dataschema")
     if isinstance(dataschema, str) and dataschema and not validate_rfc3986(dataschema, "URI"):
@@ -186,12 +186,19 @@ def validate(attributes: Mapping[str, Any], *, data: Any, data_is_base64: bool) 
             bad(name, "extension integers are 32-bit signed (CloudEvents Integer)")
         else:
             extensions[name] = value
-    controlled = {n for n, v in attributes.items() if isinstance(v, str) and CONTROL.search(v)}
-    for name in controlled:
-        bad(name, "must not contain control characters (U+0000-U+001F, U+007F-U+009F)")
-    for name, value in [*attributes.items(), ("data", data)]:
-        if isinstance(name, str) and name not in controlled and not _storable(value):
+    # One pass over the string attributes: length, control characters, storability.
+    for name, value in attributes.items():
+        if type(value) is not str:
+            continue  # non-strings are refused above, by type
+        longest = MAX_LENGTHS.get(name)
+        if longest and len(value) > longest:
+            bad(name, f"is longer than {longest} characters")
+        if CONTROL.search(value):
+            bad(name, "must not contain control characters (U+0000-U+001F, U+007F-U+009F)")
+        elif UNSTORABLE.search(value):
             bad(name, "contains a NUL character or an unpaired surrogate")
+    if not _storable(data):
+        bad("data", "contains a NUL character or an unpaired surrogate")
     if problems:
         raise InvalidEvent(problems)
     return Envelope(
@@ -207,6 +214,13 @@ def validate(attributes: Mapping[str, Any], *, data: Any, data_is_base64: bool) 
         data_is_base64=data_is_base64,
         extensions=extensions,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def is_uri_reference(text: str) -> bool:
+    """RFC 3986 URI-reference. Cached: producers reuse a few sources, and the validator's
+    regular expression costs ~8 µs on an absolute URL."""
+    return validate_rfc3986(text, "URI_reference") is not None
 
 
 def length_problems(attributes: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -232,7 +246,7 @@ def check_storable(envelope: Envelope) -> None:
         **envelope.extensions,
     }
     problems = length_problems(attributes)
-    if not validate_rfc3986(envelope.source, "URI_reference"):
+    if not is_uri_reference(envelope.source):
         problems.append({"attribute": "source", "message": "must be a URI-reference (RFC 3986)"})
     if problems:
         raise InvalidEvent(problems)
