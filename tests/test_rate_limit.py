@@ -228,3 +228,37 @@ def test_the_fast_path_answers_429_with_retry_after_and_stores_only_what_it_acce
     stored = set(Event.objects.filter(source="/tests").values_list("ce_id", flat=True))
     assert {e["id"] for e in events[:BURST]} <= stored
     assert not stored & {e["id"] for e in events[BURST:]}
+
+
+def test_a_busy_token_asks_redis_once_per_lease_not_once_per_request(db, monkeypatch):
+    calls = []
+    script = rate_limit._sync_script()
+
+    def counted(**kwargs):
+        calls.append(kwargs["args"])
+        return script(**kwargs)
+
+    monkeypatch.setattr(rate_limit, "_sync_script", lambda: counted)
+    token_id = 10**9 + uuid.uuid4().int % 10**6
+    with limits(rate=200, burst=100):  # a lease of 200 x 50 ms = 10 events beyond the cost
+        verdicts = [rate_limit.check(token_id=token_id, cost=1) for _ in range(22)]
+
+    assert all(v.allowed for v in verdicts)
+    assert len(calls) == 2  # 11 events granted per round trip
+
+
+def test_the_fast_path_check_also_lets_requests_through_when_redis_fails(monkeypatch):
+    import asyncio
+
+    import redis
+
+    async def down(**kwargs):
+        raise redis.ConnectionError("connection refused")
+
+    monkeypatch.setattr(rate_limit, "_async_script", lambda: down)
+    monkeypatch.setattr(rate_limit, "_unchecked_until", 0.0)
+    with limits(rate=0.05, burst=1):
+        verdicts = [asyncio.run(rate_limit.acheck(token_id=1, cost=1)) for _ in range(3)]
+
+    assert all(v.allowed for v in verdicts)
+    assert rate_limit._unchecked_until > 0  # and Redis is left alone for a while
