@@ -262,3 +262,28 @@ def test_the_fast_path_check_also_lets_requests_through_when_redis_fails(monkeyp
 
     assert all(v.allowed for v in verdicts)
     assert rate_limit._unchecked_until > 0  # and Redis is left alone for a while
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_the_fast_path_hands_to_the_view_is_counted_once(limited_server):
+    from workflows.models import EventSchema, EventType
+
+    kind = EventType.objects.create(name=f"com.example.limited.{uuid.uuid4().hex[:6]}")
+    EventSchema.objects.create(
+        event_type=kind, version=1, schema={"type": "object", "required": ["order"]}
+    )
+    _row, plaintext = create_api_token(name="handed-over", role="editor")
+    with httpx.Client(
+        base_url=limited_server, headers={"Authorization": f"Bearer {plaintext}"}, timeout=15
+    ) as api:
+
+        def send(event):
+            return api.post(URL, content=json.dumps(event), headers={"Content-Type": CE})
+
+        # Valid CloudEvents whose data breaks the schema: the fast path counts them, then
+        # hands them to the view, which answers the schema violation without counting again.
+        violations = [send(cloudevent(type_=kind.name, data={})) for _ in range(2)]
+        valid = [send(cloudevent()) for _ in range(BURST - 2)]
+
+    assert [r.status_code for r in violations] == [400, 400]
+    assert [r.status_code for r in valid] == [202] * (BURST - 2)

@@ -95,13 +95,13 @@ class FastEventIngest:
         if not eligible:
             return await self.app(scope, receive, send)
         body, ended, within_limit = await _read(receive, body_limit(mode))
-        answer = await self._accept(headers, mode, body) if within_limit else None
+        answer = await self._accept(scope, headers, mode, body) if within_limit else None
         if answer is None:  # Django answers it, from the same bytes
             return await self.app(scope, _replay(body, receive, ended), send)
         status, payload, extra = answer
         await _respond(send, status, payload, extra)
 
-    async def _accept(self, headers: Headers, mode: str, body: bytes):
+    async def _accept(self, scope, headers: Headers, mode: str, body: bytes):
         identity = await _identity(headers.get("authorization", ""))
         if identity is None or roles.rank(identity.role) < roles.rank(REQUIRED_ROLE):
             return None
@@ -114,6 +114,7 @@ class FastEventIngest:
         verdict = await rate_limit.acheck(token_id=identity.pk, cost=len(envelopes))
         if not verdict.allowed:  # answered here: a flood must not reach the slow path
             return 429, *rate_limited(verdict)
+        scope[rate_limit.CHECKED] = True  # if handed to the view now, it does not count again
         submission = event_intake.Submission(envelopes, token_id=identity.pk)
         try:
             await asyncio.wrap_future(committer().submit(submission))

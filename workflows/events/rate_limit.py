@@ -56,6 +56,8 @@ return granted
 # than the rate. A lease left unspent this long is dropped.
 LEASE_SECONDS = 0.05
 LEASE_LIFETIME_SECONDS = 1.0
+# Set in the ASGI scope of a request whose events the fast path has counted.
+CHECKED = "signalbox.rate_limit_checked"
 # After a Redis error, requests pass unchecked this long before Redis is asked again.
 OPEN_AFTER_ERROR_SECONDS = 5.0
 
