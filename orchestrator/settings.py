@@ -277,6 +277,11 @@ SIGNALBOX = {
     "MAX_EVENT_BYTES": int(os.environ.get("SIGNALBOX_MAX_EVENT_BYTES", str(256 * 1024))),
     "MAX_BATCH_BYTES": int(os.environ.get("SIGNALBOX_MAX_BATCH_BYTES", str(4 * 1024 * 1024))),
     "MAX_BATCH_EVENTS": int(os.environ.get("SIGNALBOX_MAX_BATCH_EVENTS", "1000")),
+    # Events per second each API token may send, and the burst it may send at once
+    # (workflows/events/rate_limit.py); beyond them POST /api/v1/events answers 429.
+    # Generous by default: well above what one web tier stores. 0 turns the limit off.
+    "INGEST_RATE_PER_TOKEN": float(os.environ.get("SIGNALBOX_INGEST_RATE_PER_TOKEN", "10000")),
+    "INGEST_BURST_PER_TOKEN": int(os.environ.get("SIGNALBOX_INGEST_BURST_PER_TOKEN", "20000")),
     "HEARTBEAT_TTL_SECONDS": 15,
     # A worker renews a running attempt's heartbeat this often; an attempt whose heartbeat is
     # older than the timeout lost its worker and is retried (docs/durability.md). Keep the

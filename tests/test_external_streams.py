@@ -14,7 +14,7 @@ from orchestrator.embedded_redis import free_port
 from tests.factories import definition, log_step
 from tests.waiting import wait_until
 from workflows.events import external_streams
-from workflows.events.external_streams import GROUP, Source, StreamReader
+from workflows.events.external_streams import GROUP, Source, StreamReader, default_source
 from workflows.models import DeadLetter, Event, EventSchema, EventType, Run, StreamSource
 from workflows.redis_client import client, key
 
@@ -55,7 +55,7 @@ def test_flat_fields_xadded_to_an_external_stream_start_a_run(api):
         stream, {"data": json.dumps({"sku": "A-1", "left": 2}), "subject": "A-1", "site": "lyon"}
     )
 
-    event = event_from(f"redis://{stream}", entry_id)
+    event = event_from(default_source(stream), entry_id)
     run = wait_until(
         lambda: Run.objects.filter(event=event, status="succeeded").first(),
         message="the run the stream entry started",
@@ -132,7 +132,7 @@ def test_poison_entries_become_dead_letters_with_their_raw_fields_and_do_not_blo
     not_utf8 = producer.xadd(stream, {"data": b"\xff\xfe"})
     good = producer.xadd(stream, {"data": json.dumps({"celsius": 21.5})})
 
-    event_from(f"redis://{stream}", good)
+    event_from(default_source(stream), good)
 
     def four_letters():
         found = DeadLetter.objects.filter(kind="event", payload__stream=stream)
@@ -147,7 +147,7 @@ def test_poison_entries_become_dead_letters_with_their_raw_fields_and_do_not_blo
     assert letters[off_schema].payload["problems"][0]["path"] == "/celsius"
     assert "not UTF-8" in letters[not_utf8].reason
     assert letters[not_utf8].payload["fields"]["data"] == "\\xff\\xfe"
-    assert Event.objects.filter(channel="stream", source=f"redis://{stream}").count() == 1
+    assert Event.objects.filter(channel="stream", source=default_source(stream)).count() == 1
     wait_until(lambda: pending(stream) == 0, message="every entry to be acknowledged")
 
 
@@ -180,12 +180,12 @@ def test_an_entry_stays_pending_while_the_database_is_down_and_is_ingested_after
         reader.poll(block_ms=100)
 
     assert pending(stream) == 1
-    assert not Event.objects.filter(source=f"redis://{stream}").exists()
+    assert not Event.objects.filter(source=default_source(stream)).exists()
     wait_until(
         lambda: reader.poll(block_ms=10) and pending(stream) == 0,
         message="the pending entry to be reclaimed and ingested",
     )
-    event = Event.objects.get(source=f"redis://{stream}", ce_id=entry_id)
+    event = Event.objects.get(source=default_source(stream), ce_id=entry_id)
     assert event.data == {"n": 1}
     assert not DeadLetter.objects.filter(payload__stream=stream).exists()
 
@@ -206,7 +206,7 @@ def test_a_dead_consumers_pending_entry_is_reclaimed_by_another():
         message="the survivor to reclaim the entry",
     )
 
-    assert Event.objects.filter(source=f"redis://{stream}", ce_id=entry_id).exists()
+    assert Event.objects.filter(source=default_source(stream), ce_id=entry_id).exists()
 
 
 def test_an_entry_that_keeps_failing_is_quarantined_after_its_delivery_limit(monkeypatch):

@@ -9,7 +9,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from .. import notify
-from ..events import bus
+from ..events import bus, rate_limit
 from ..events.envelope import (
     Envelope,
     InvalidEvent,
@@ -21,7 +21,7 @@ from ..events.envelope import (
 from ..services import event_intake
 from .auth import token_required
 from .bodies import BodyTooLarge, media_type, read_limited
-from .problems import problem
+from .problems import problem, problem_body
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
@@ -50,6 +50,21 @@ def forged_sources(envelopes: list[Envelope]) -> list[dict]:
         for i, e in enumerate(envelopes)
         if e.source.startswith(RESERVED_SOURCES)
     ]
+
+
+def rate_limited(verdict: rate_limit.Verdict) -> tuple[dict, list[tuple[bytes, bytes]]]:
+    """The 429 problem body and its Retry-After header, for the view and the fast path."""
+    limits = settings.SIGNALBOX
+    body = problem_body(
+        429,
+        "Too many events",
+        f"this token may send {limits['INGEST_RATE_PER_TOKEN']:g} events per second "
+        f"(bursts of {limits['INGEST_BURST_PER_TOKEN']}); nothing was stored, "
+        f"send it again in {verdict.retry_after} s",
+        kind="rate-limited",
+        retry_after=verdict.retry_after,
+    )
+    return body, [(b"retry-after", str(verdict.retry_after).encode())]
 
 
 def accepted_response(mode: str, submission: event_intake.Submission) -> tuple[int, dict]:
@@ -86,6 +101,20 @@ def post_events(request):
         return problem(
             400, "Invalid CloudEvent", "reserved source", kind="invalid-event", errors=forged
         )
+
+    # The fast path may have counted these events already (it hands over a schema
+    # violation, or a commit it could not make); the ASGI scope says so, no client can.
+    already = getattr(request, "scope", {}).get(rate_limit.CHECKED, False)
+    verdict = (
+        rate_limit.ALLOWED
+        if already
+        else rate_limit.check(token_id=request.api_token.pk, cost=len(envelopes))
+    )
+    if not verdict.allowed:
+        body, _headers = rate_limited(verdict)
+        response = JsonResponse(body, status=429, content_type="application/problem+json")
+        response["Retry-After"] = str(verdict.retry_after)
+        return response
 
     # A batch is accepted or refused whole; one commit for all of it, 2xx only after it.
     submission = event_intake.Submission(envelopes)

@@ -11,7 +11,9 @@ every request queued meanwhile. The answer goes out once that commit is done.
 Everything else is handed to Django unchanged (its body replayed): a missing, unknown or
 under-privileged token, an unsupported media type, an oversized or invalid body, a reserved
 source, a schema violation, a token revoked a moment ago. The view in api.events is the
-one place those answers are written, so both paths answer alike.
+one place those answers are written, so both paths answer alike. Two answers are written
+here, from the bodies api.events builds: 503 when the store is down, and 429 when the
+token is over its rate (events.rate_limit), so that a flood never reaches the slow path.
 """
 
 from __future__ import annotations
@@ -26,11 +28,20 @@ from django.db import DatabaseError, connection
 from django.http.request import split_domain_port, validate_host
 
 from .. import roles
+from ..events import rate_limit
 from ..events.envelope import InvalidEvent
 from ..events.group_commit import committer
 from ..services import event_intake
 from ..services.tokens import cached_identity, identify
-from .events import BATCH, STRUCTURED, accepted_response, body_limit, forged_sources, parse_events
+from .events import (
+    BATCH,
+    STRUCTURED,
+    accepted_response,
+    body_limit,
+    forged_sources,
+    parse_events,
+    rate_limited,
+)
 from .problems import problem_body
 
 log = logging.getLogger("signalbox.ingest")
@@ -55,6 +66,17 @@ class Headers(dict):
     def __contains__(self, name):
         return super().__contains__(name.lower())
 
+    @classmethod
+    def of(cls, scope) -> Headers:
+        """As Django's ASGIRequest reads them, so both paths see the same attributes: names
+        with an underscore dropped, a repeated header's values joined with commas."""
+        headers = cls()
+        for raw_name, raw_value in scope["headers"]:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            if "_" not in name:
+                headers[name] = f"{headers[name]},{value}" if name in headers else value
+        return headers
+
 
 class FastEventIngest:
     """ASGI middleware: takes acceptable event POSTs, passes the rest to `app`."""
@@ -65,10 +87,7 @@ class FastEventIngest:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
             return await self.app(scope, receive, send)
-        headers = Headers(
-            (name.decode("latin-1").lower(), value.decode("latin-1"))
-            for name, value in scope["headers"]
-        )
+        headers = Headers.of(scope)
         mode = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         eligible = (mode in (STRUCTURED, BATCH) or "ce-specversion" in headers) and _host_allowed(
             headers.get("host", "")
@@ -76,13 +95,13 @@ class FastEventIngest:
         if not eligible:
             return await self.app(scope, receive, send)
         body, ended, within_limit = await _read(receive, body_limit(mode))
-        answer = await self._accept(headers, mode, body) if within_limit else None
+        answer = await self._accept(scope, headers, mode, body) if within_limit else None
         if answer is None:  # Django answers it, from the same bytes
             return await self.app(scope, _replay(body, receive, ended), send)
         status, payload, extra = answer
         await _respond(send, status, payload, extra)
 
-    async def _accept(self, headers: Headers, mode: str, body: bytes):
+    async def _accept(self, scope, headers: Headers, mode: str, body: bytes):
         try:
             identity = await _identity(headers.get("authorization", ""))
         except DatabaseError as exc:
@@ -95,6 +114,10 @@ class FastEventIngest:
             return None
         if forged_sources(envelopes):
             return None
+        verdict = await rate_limit.acheck(token_id=identity.pk, cost=len(envelopes))
+        if not verdict.allowed:  # answered here: a flood must not reach the slow path
+            return 429, *rate_limited(verdict)
+        scope[rate_limit.CHECKED] = True  # if handed to the view now, it does not count again
         submission = event_intake.Submission(envelopes, token_id=identity.pk)
         try:
             await asyncio.wrap_future(committer().submit(submission))

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote
+
+from rfc3986_validator import validate_rfc3986
+
+from . import binary_headers
 
 REQUIRED = ("id", "source", "specversion", "type")
 OPTIONAL = ("datacontenttype", "dataschema", "subject", "time")
@@ -23,6 +28,9 @@ EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*(\s*;.*)?$")
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 MAX_JSON_DEPTH = 64
+# What RFC 3986 lets a path segment hold unencoded (unreserved, sub-delims, ":" and "@").
+PATH_SEGMENT = "-._~!$&'()*+,;=:@"
+TEXT_MEDIA = ("application/xml", "application/x-www-form-urlencoded")
 # What the event store's columns hold (workflows.models.Event): longer is refused, not cut.
 # The id is also the correlation and causation id of an event that names none (255).
 MAX_LENGTHS = {
@@ -37,6 +45,8 @@ MAX_LENGTHS = {
 }
 # PostgreSQL stores neither NUL characters nor unpaired surrogates (JSON can spell both).
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# CloudEvents String (spec 1.0.2, type system): no control characters in attribute values.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -143,10 +153,12 @@ def validate(attributes: Mapping[str, Any], *, data: Any, data_is_base64: bool) 
         value = attributes.get(name)
         if value is not None and (not isinstance(value, str) or not value):
             bad(name, "must be a non-empty string when present")
-    for name, longest in MAX_LENGTHS.items():
-        value = attributes.get(name)
-        if isinstance(value, str) and len(value) > longest:
-            bad(name, f"is longer than {longest} characters")
+    source = attributes.get("source")
+    if isinstance(source, str) and source and not is_uri_reference(source):
+        bad("source", "must be a URI-reference (RFC 3986), e.g. /orders or https://shop.example")
+    dataschema = attributes.get("dataschema")
+    if isinstance(dataschema, str) and dataschema and not validate_rfc3986(dataschema, "URI"):
+        bad("dataschema", "must be an absolute URI (RFC 3986)")
 
     when = None
     time_text = attributes.get("time")
@@ -154,10 +166,9 @@ def validate(attributes: Mapping[str, Any], *, data: Any, data_is_base64: bool) 
         if not RFC3339.match(time_text):
             bad("time", "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z")
         else:
-            try:
-                when = datetime.fromisoformat(time_text.upper())
-            except ValueError:
-                bad("time", "is not a valid date and time")
+            when = _instant(time_text)
+            if when is None:
+                bad("time", "is not a date and time between years 1 and 9999 in UTC")
     content_type = attributes.get("datacontenttype")
     if isinstance(content_type, str) and content_type and not MEDIA_TYPE.match(content_type):
         bad("datacontenttype", "must be an RFC 2046 media type such as application/json")
@@ -175,9 +186,19 @@ def validate(attributes: Mapping[str, Any], *, data: Any, data_is_base64: bool) 
             bad(name, "extension integers are 32-bit signed (CloudEvents Integer)")
         else:
             extensions[name] = value
-    for name, value in [*attributes.items(), ("data", data)]:
-        if isinstance(name, str) and not _storable(value):
+    # One pass over the string attributes: length, control characters, storability.
+    for name, value in attributes.items():
+        if type(value) is not str:
+            continue  # non-strings are refused above, by type
+        longest = MAX_LENGTHS.get(name)
+        if longest and len(value) > longest:
+            bad(name, f"is longer than {longest} characters")
+        if CONTROL.search(value):
+            bad(name, "must not contain control characters (U+0000-U+001F, U+007F-U+009F)")
+        elif UNSTORABLE.search(value):
             bad(name, "contains a NUL character or an unpaired surrogate")
+    if not _storable(data):
+        bad("data", "contains a NUL character or an unpaired surrogate")
     if problems:
         raise InvalidEvent(problems)
     return Envelope(
@@ -193,6 +214,60 @@ def validate(attributes: Mapping[str, Any], *, data: Any, data_is_base64: bool) 
         data_is_base64=data_is_base64,
         extensions=extensions,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def is_uri_reference(text: str) -> bool:
+    """RFC 3986 URI-reference. Cached: producers reuse a few sources, and the validator's
+    regular expression costs ~8 µs on an absolute URL."""
+    return validate_rfc3986(text, "URI_reference") is not None
+
+
+def length_problems(attributes: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Attributes longer than their column: refused here, so that SQLite (which does not
+    enforce varchar lengths) and PostgreSQL behave alike."""
+    return [
+        {"attribute": name, "message": f"is longer than {longest} characters"}
+        for name, longest in MAX_LENGTHS.items()
+        if isinstance(attributes.get(name), str) and len(attributes[name]) > longest
+    ]
+
+
+def check_storable(envelope: Envelope) -> None:
+    """For envelopes built in code (emit_event, schedules, sub-workflows) rather than
+    parsed: the same length and source rules as validate(). Raises InvalidEvent."""
+    attributes = {
+        "id": envelope.id,
+        "source": envelope.source,
+        "type": envelope.type,
+        "subject": envelope.subject,
+        "datacontenttype": envelope.datacontenttype,
+        "dataschema": envelope.dataschema,
+        **envelope.extensions,
+    }
+    problems = length_problems(attributes)
+    if not is_uri_reference(envelope.source):
+        problems.append({"attribute": "source", "message": "must be a URI-reference (RFC 3986)"})
+    if problems:
+        raise InvalidEvent(problems)
+
+
+def path_segment(name: str) -> str:
+    """A name (a user, a token) made fit for a path segment of a source, which must be a
+    URI-reference: "CI bot" gives CI%20bot; names of plain characters read as they are."""
+    return quote(name, safe=PATH_SEGMENT)
+
+
+def _instant(text: str) -> datetime | None:
+    """The RFC 3339 text as an aware datetime, or None when it is no date or falls outside
+    what datetime holds once converted to UTC (0001-01-01T00:00:00+01:00 parses, yet is
+    year 0 in UTC: the database would fail on it)."""
+    try:
+        when = datetime.fromisoformat(text.upper())
+        when.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+    return when
 
 
 def from_structured(obj: Any) -> Envelope:
@@ -242,25 +317,36 @@ def from_batch(items: Any, *, max_entries: int) -> list[Envelope]:
 
 
 def from_binary(headers: Mapping[str, str], body: bytes, content_type: str) -> Envelope:
-    """Binary mode: attributes in ce-* headers (percent-encoded), the body is the data."""
+    """Binary mode (HTTP binding 3.1): attributes in ce-* headers, decoded as
+    binary_headers says; datacontenttype is the Content-Type; the body is the data."""
     attributes: dict[str, Any] = {}
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower.startswith("ce-") and len(lower) > 3:
-            attributes[lower[3:]] = unquote(value)
+    problems = []
+    for name, raw in binary_headers.attribute_headers(headers).items():
+        try:
+            attributes[name] = binary_headers.decode_value(raw)
+        except binary_headers.BadHeaderValue as exc:
+            problems.append({"attribute": name, "message": f"ce-{name} header: {exc}"})
+    if "datacontenttype" in attributes:
+        problems.append(
+            {
+                "attribute": "datacontenttype",
+                "message": "in binary mode it is the Content-Type header; "
+                "a ce-datacontenttype header must not be sent",
+            }
+        )
+    if problems:
+        raise InvalidEvent(problems)
     if content_type:
         attributes["datacontenttype"] = content_type
-    media = content_type.split(";", 1)[0].strip().lower()
+    media, _, parameters = content_type.partition(";")
+    media = media.strip().lower()
     data: Any
     is_base64 = False
     if not body:
         data = None
     elif media == "application/json" or media.endswith("+json"):
         data = loads_json(body, what="data")
-    elif media.startswith("text/") or media in (
-        "application/xml",
-        "application/x-www-form-urlencoded",
-    ):
+    elif _utf8_text(media, parameters):
         try:
             data = body.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -268,6 +354,14 @@ def from_binary(headers: Mapping[str, str], body: bytes, content_type: str) -> E
     else:
         data, is_base64 = base64.b64encode(body).decode(), True
     return validate(attributes, data=data, data_is_base64=is_base64)
+
+
+def _utf8_text(media: str, parameters: str) -> bool:
+    """Text stored as a string; text in another charset keeps its exact bytes (base64)."""
+    if not (media.startswith("text/") or media in TEXT_MEDIA):
+        return False
+    charset = re.search(r"charset\s*=\s*\"?([\w.:-]+)", parameters, re.IGNORECASE)
+    return charset is None or charset.group(1).lower() in ("utf-8", "utf8", "us-ascii")
 
 
 def to_structured(event) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from .. import engine, notify
 from ..definition import LAYOUT_KEYS, InvalidDefinition, Problem
 from ..definition_files import UnreadableDefinition, dump_definition, load_definition_text
 from ..event_selectors import visible_events
-from ..events.envelope import validate
+from ..events.envelope import path_segment, validate
 from ..models import Event, Run, Webhook, Workflow, WorkflowVersion
 from ..roles import has_role, role_of
 from ..steps import registry
@@ -691,7 +691,7 @@ def _sample_event(*, workflow: Workflow, data: Any, event_type: str, by: str) ->
     attributes = {
         "specversion": "1.0",
         "id": str(uuid.uuid4()),
-        "source": f"/signalbox/try/{by or 'someone'}",
+        "source": f"/signalbox/try/{path_segment(by or 'someone')}",
         "type": event_type,
         "subject": workflow.slug,
         "time": timezone.now().isoformat(timespec="milliseconds").replace("+00:00", "Z"),

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from .. import notify
 from ..events import bus
-from ..events.envelope import Envelope, to_structured
+from ..events.envelope import Envelope, check_storable, to_structured
 from ..expressions import ExpressionError, bind, evaluate
 from ..models import DeadLetter, Event, Run, TriggerSubscription
 from .definitions import definition_for
@@ -38,12 +38,14 @@ def ingest_event(
 
     Returns (event, created). A repeat of an accepted event returns the stored one with
     created=False and starts nothing. Raises SchemaViolation when the data breaks its
-    type's schema (pass `check` when it was already done). Once this returns outside a
+    type's schema (pass `check` when it was already done), InvalidEvent when an attribute
+    is longer than its column or the source is no URI-reference. Once this returns outside a
     transaction the row is committed: if Redis is down the outbox relay delivers it later.
     `off_bus` stores an event that must never reach the bus (a try run's sample: its run is
     started directly, no trigger or waiting run may hear of it), marked delivered so the
     relays leave it alone.
     """
+    check_storable(envelope)  # built in code (emit_event) or parsed: the same limits
     event = new_event(envelope, check or check_event_data(envelope), channel)
     if off_bus:
         event.published_at = event.matched_at = timezone.now()

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from ..events.envelope import validate
+from ..events.envelope import path_segment, validate
 from ..models import Event
 from .events import ingest_event
 
@@ -15,7 +15,7 @@ MANUAL_CHANNEL = "manual"
 
 
 def manual_source(username: str) -> str:
-    return f"/signalbox/manual/{username}"
+    return f"/signalbox/manual/{path_segment(username)}"
 
 
 def send_manual_event(

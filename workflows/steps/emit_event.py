@@ -49,10 +49,13 @@ class EmitEvent(StepKind):
             raise StepError(
                 "emit_event: the event type rendered to an empty string", code="invalid_event"
             )
+        from ..events.envelope import InvalidEvent
         from ..services.schemas import SchemaViolation
 
         try:
             return ctx.emit(config)
+        except InvalidEvent as exc:  # a rendered attribute too long, a source with spaces
+            raise StepError(f"emit_event: invalid event: {exc}", code="invalid_event") from exc
         except SchemaViolation as exc:
             # Retrying cannot fix the data: fail now, naming the schema's complaints.
             raise StepError(f"the event breaks its type's schema: {exc}", code="schema") from exc

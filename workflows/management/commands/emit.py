@@ -3,7 +3,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workflows.events.envelope import InvalidEvent, loads_json
+from workflows.events.envelope import InvalidEvent, loads_json, path_segment
 from workflows.services.manual_events import send_manual_event
 from workflows.services.schemas import SchemaViolation
 
@@ -13,7 +13,7 @@ def default_source() -> str:
         user = getpass.getuser()
     except (KeyError, OSError):  # no login name (e.g. an arbitrary container uid)
         user = "unknown"
-    return f"/signalbox/cli/{user}"
+    return f"/signalbox/cli/{path_segment(user)}"
 
 
 class Command(BaseCommand):
