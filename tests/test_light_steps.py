@@ -497,3 +497,19 @@ def test_a_light_step_whose_output_cannot_be_stored_fails_in_its_own_transaction
 
     attempt = first_attempt(run)
     assert (attempt.status, attempt.error_code) == ("failed", "output")
+
+
+def test_a_step_that_crashes_shows_no_python_internals(sent):
+    run = start_run_here("crashing", {"id": "s0", "kind": "transform", "config": {"output": 1}})
+
+    def crash(config, ctx):
+        raise TypeError("<function secret_helper at 0x7f00> got an unexpected keyword")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(registry.get("transform"), "execute", crash)
+        execution.execute_step(step_run_id=first_attempt(run).pk)
+
+    attempt = first_attempt(run)
+    assert (attempt.status, attempt.error_code) == ("failed", "crash")
+    assert "TypeError" not in attempt.error and "0x7f00" not in attempt.error
+    assert "transform step failed unexpectedly" in attempt.error

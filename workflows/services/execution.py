@@ -318,9 +318,15 @@ def failure(step: Step, attempt: int, exc: BaseException) -> engine.StepFinished
             retry_after=exc.retry_after,
             code=exc.code,
         )
-    # A bug in a step must fail the attempt, not the worker.
+    # A bug in a step must fail the attempt, not the worker. Its text may hold Python
+    # internals (reprs, class names): those go to the worker's log (logged by the caller),
+    # the run shows what a user can act on.
     return engine.StepFinished(
-        step.id, attempt, succeeded=False, error=f"{type(exc).__name__}: {exc}", code="crash"
+        step.id,
+        attempt,
+        succeeded=False,
+        error=f"the {step.kind} step failed unexpectedly (an internal error, in the worker's log)",
+        code="crash",
     )
 
 
