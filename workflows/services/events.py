@@ -9,14 +9,17 @@ from dataclasses import dataclass, field
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
-from .. import notify
+from .. import engine, notify
 from ..events import bus
 from ..events.envelope import Envelope, to_structured
 from ..expressions import ExpressionError, bind, evaluate
 from ..models import DeadLetter, Event, Run, TriggerSubscription
+from ..states import RunStatus
 from .definitions import definition_for
 from .event_intake import new_event
+from .execution import WORKER_NAME, Budget, run_follow_ups, run_kept_step
 from .producers import allowed_subscriptions
+from .runs import Continuation
 from .schemas import SchemaCheck, SchemaViolation, check_event_data
 
 __all__ = ["MatchOutcome", "SchemaViolation", "ingest_event", "match_event", "match_events"]
@@ -86,7 +89,7 @@ class MatchOutcome:
     failed: dict[int, Exception] = field(default_factory=dict)
 
 
-def match_events(*, event_ids: Sequence[int]) -> MatchOutcome:
+def match_events(*, event_ids: Sequence[int], inline: Budget | None = None) -> MatchOutcome:
     """`match_event` for the entries of one bus read, with a fixed number of queries per
     read besides each started run's own: one SELECT of the events, one of the
     subscriptions of their types (through the event_type index: never a scan of the
@@ -95,6 +98,10 @@ def match_events(*, event_ids: Sequence[int]) -> MatchOutcome:
     Each event is matched on its own: one that raises is left out of `done` and unmatched
     (retried, then dead-lettered, alone) while the others go on. Database outages
     (OperationalError, InterfaceError) are raised: every entry stays pending.
+
+    With an `inline` budget (the bus consumer's), a started run's first step, when light,
+    is run here in the transaction that creates the run, and the light steps after it
+    while the budget lasts: no Celery hop for a light run. Other work goes to the queue.
     """
     from .waits import deliver_to_waiters
 
@@ -123,7 +130,7 @@ def match_events(*, event_ids: Sequence[int]) -> MatchOutcome:
         try:
             if event.type in waited_for:
                 deliver_to_waiters(event)
-            outcome.started += _start_runs(event, by_type[event.type])
+            outcome.started += _start_runs(event, by_type[event.type], inline)
         except (OperationalError, InterfaceError):
             raise
         except Exception as exc:
@@ -148,7 +155,9 @@ def waiting_types(types: Sequence[str]) -> set[str]:
     )
 
 
-def _start_runs(event: Event, subscriptions: list[TriggerSubscription]) -> list[Run]:
+def _start_runs(
+    event: Event, subscriptions: list[TriggerSubscription], inline: Budget | None = None
+) -> list[Run]:
     from .run_control import admit
 
     started = []
@@ -159,6 +168,8 @@ def _start_runs(event: Event, subscriptions: list[TriggerSubscription]) -> list[
     for subscription in allowed_subscriptions(event, subscriptions):
         if not trigger_accepts(subscription.version, event, filters=filters):
             continue
+        kept = Continuation() if inline is not None and inline.left() else None
+        follow_up = known = None
         try:
             with transaction.atomic():
                 run = Run.objects.create(
@@ -170,10 +181,18 @@ def _start_runs(event: Event, subscriptions: list[TriggerSubscription]) -> list[
                         (event.extensions or {}).get("partitionkey") or event.subject or ""
                     ),
                 )
-                admit(run)
+                # A new run has no steps yet: its state need not be read.
+                fresh = engine.RunState(run.pk, RunStatus(run.status), {})
+                admit(run, continuation=kept, state=fresh)
+                if kept is not None and kept.step_run is not None:
+                    # Committed with the run, or not at all (the entry is then retried):
+                    # no moment where the run exists and its kept step has no message.
+                    follow_up, known = run_kept_step(run=run, kept=kept, budget=inline)
         except IntegrityError:
             continue  # already matched by an earlier delivery
         started.append(run)
+        if follow_up is not None:
+            run_follow_ups(follow_up, known, worker=WORKER_NAME, budget=inline)
     return started
 
 

@@ -57,6 +57,11 @@ ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)
 # long; then the next step goes back to the queue behind the other runs' work.
 INLINE_MAX_STEPS = 100
 INLINE_MAX_SECONDS = 0.5
+# The bus consumer runs the light steps of the runs it starts, up to this many steps and
+# this long per partition's share of a read (the rest goes to the workers): a light run
+# then finishes without a Celery hop, and a long chain cannot hold the partition up.
+BUS_INLINE_MAX_STEPS = 20
+BUS_INLINE_MAX_SECONDS = 0.05
 
 
 # --- what a step references ------------------------------------------------------------------
@@ -281,14 +286,28 @@ class Budget:
     def left(self) -> bool:
         return self.steps > 0 and time.monotonic() < self.deadline
 
+    @classmethod
+    def for_bus_read(cls) -> Budget:
+        """What the bus consumer may run inline for one partition's share of a read."""
+        return cls(BUS_INLINE_MAX_STEPS, BUS_INLINE_MAX_SECONDS)
+
 
 def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
     """Run one attempt, then the light steps it makes ready, within a budget. Returns False
     when the attempt was not ours to run."""
-    from ..tasks import execute_step_task
-
     budget = Budget()
     ran, follow_up, known = _execute_one(step_run_id, worker, budget, None)
+    run_follow_ups(follow_up, known, worker=worker, budget=budget)
+    return ran
+
+
+def run_follow_ups(
+    follow_up: int | None, known: tuple | None, *, worker: str, budget: Budget
+) -> None:
+    """Run the light step kept for this caller, and the ones each makes ready, a
+    transaction each, while `budget` lasts (past it, the next is sent as a message)."""
+    from ..tasks import execute_step_task
+
     while follow_up is not None:
         budget.steps -= 1
         current, follow_up = follow_up, None
@@ -299,7 +318,25 @@ def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
             # failure here (the database went away) costs no more than a redelivery.
             transaction.on_commit(lambda c=current: execute_step_task.delay(c), robust=True)
             raise
-    return ran
+
+
+def run_kept_step(
+    *, run: Run, kept: Continuation, worker: str = WORKER_NAME, budget: Budget
+) -> tuple[int | None, tuple | None]:
+    """Run the light first step `kept` holds, inside the transaction that created `run`
+    and its attempt (nobody else can see either before commit: no lock to take), as
+    `execute_step` would: claimed, run and recorded in one conditional UPDATE. Returns
+    the light step it made ready and kept for the caller (run it after commit with
+    `run_follow_ups`), with what this transaction left the run at."""
+    step_run = kept.step_run
+    assert step_run is not None and step_run.run_id == run.pk
+    budget.steps -= 1
+    continuation = Continuation(known=kept.after) if budget.left() else None
+    if continuation is not None:
+        continuation.run = run
+    step = definition_for(run.version).steps[step_run.step_id]
+    _run_light(run, step, registry.get(step.kind), step_run, worker, continuation)
+    return _follow_up(continuation)
 
 
 def _execute_one(

@@ -90,6 +90,7 @@ class Continuation:
 
     def __init__(self, known: tuple[int, engine.RunState] | None = None) -> None:
         self.step_run_id: int | None = None
+        self.step_run: StepRun | None = None  # the kept attempt as written
         self.offered = False
         # (run.seq, state) as this worker's last transaction on the run left them: when the
         # run's seq is still that under the next lock, nothing else moved the run (every
@@ -98,7 +99,7 @@ class Continuation:
         self.after: tuple[int, engine.RunState] | None = None
         self.run: Run | None = None  # the run as this transaction read it (for the next)
 
-    def take(self, step_run_id: int, kind: str) -> bool:
+    def take(self, step_run: StepRun, kind: str) -> bool:
         from ..steps import registry
 
         if self.offered:
@@ -107,7 +108,7 @@ class Continuation:
         known = registry.all_kinds().get(kind)
         if known is None or not known.light:
             return False
-        self.step_run_id = step_run_id
+        self.step_run_id, self.step_run = step_run.pk, step_run
         return True
 
 
@@ -291,7 +292,7 @@ def _schedule_step(
         idempotency_key=step_run.idempotency_key,
         at=_iso(now),
     )
-    if due_now and not (continuation and continuation.take(step_run.pk, kind)):
+    if due_now and not (continuation and continuation.take(step_run, kind)):
         enqueue_on_commit(step_run.pk)
 
 
