@@ -17,7 +17,7 @@ from ..models import DeadLetter, Event, Run, TriggerSubscription
 from ..states import RunStatus
 from .definitions import definition_for
 from .event_intake import new_event
-from .execution import WORKER_NAME, Budget, run_follow_ups, run_kept_step
+from .execution import Budget, run_follow_ups, run_kept_step, worker_name
 from .producers import allowed_subscriptions
 from .runs import Continuation
 from .schemas import SchemaCheck, SchemaViolation, check_event_data
@@ -192,7 +192,7 @@ def _start_runs(
             continue  # already matched by an earlier delivery
         started.append(run)
         if follow_up is not None:
-            run_follow_ups(follow_up, known, worker=WORKER_NAME, budget=inline)
+            run_follow_ups(follow_up, known, worker=worker_name(), budget=inline)
     return started
 
 

@@ -51,7 +51,14 @@ from .step_heartbeats import heartbeating
 from .waits import emit_for_step, park
 
 log = logging.getLogger("signalbox.runs")
-WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_name() -> str:
+    # Asked each time, not fixed at import: a Celery pool process is forked from a parent
+    # that may have imported this module, and its attempts must name the child's pid.
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)
 # One task runs at most this many light steps of a run one after another, for at most this
 # long; then the next step goes back to the queue behind the other runs' work.
@@ -292,9 +299,10 @@ class Budget:
         return cls(BUS_INLINE_MAX_STEPS, BUS_INLINE_MAX_SECONDS)
 
 
-def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
+def execute_step(*, step_run_id: int, worker: str | None = None) -> bool:
     """Run one attempt, then the light steps it makes ready, within a budget. Returns False
     when the attempt was not ours to run."""
+    worker = worker or worker_name()
     budget = Budget()
     ran, follow_up, known = _execute_one(step_run_id, worker, budget, None)
     run_follow_ups(follow_up, known, worker=worker, budget=budget)
@@ -321,7 +329,7 @@ def run_follow_ups(
 
 
 def run_kept_step(
-    *, run: Run, kept: Continuation, worker: str = WORKER_NAME, budget: Budget
+    *, run: Run, kept: Continuation, worker: str | None = None, budget: Budget
 ) -> tuple[int | None, tuple | None]:
     """Run the light first step `kept` holds, inside the transaction that created `run`
     and its attempt (nobody else can see either before commit: no lock to take), as
@@ -335,7 +343,8 @@ def run_kept_step(
     if continuation is not None:
         continuation.run = run
     step = definition_for(run.version).steps[step_run.step_id]
-    _run_light(run, step, registry.get(step.kind), step_run, worker, continuation)
+    kind = registry.get(step.kind)
+    _run_light(run, step, kind, step_run, worker or worker_name(), continuation)
     return _follow_up(continuation)
 
 
