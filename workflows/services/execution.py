@@ -286,12 +286,16 @@ class Budget:
     """How many light steps one task may still run inline, and until when."""
 
     def __init__(self, steps: int | None = None, seconds: float | None = None):
-        self.steps = INLINE_MAX_STEPS if steps is None else steps
+        self.steps = self.granted = INLINE_MAX_STEPS if steps is None else steps
         seconds = INLINE_MAX_SECONDS if seconds is None else seconds
         self.deadline = time.monotonic() + seconds
 
     def left(self) -> bool:
-        return self.steps > 0 and time.monotonic() < self.deadline
+        # The first step is always granted: the time bounds how long inline work goes on
+        # (a slow start, e.g. a cold definition cache, must not send a lone light run away).
+        if self.steps <= 0:
+            return False
+        return self.steps == self.granted or time.monotonic() < self.deadline
 
     @classmethod
     def for_bus_read(cls) -> Budget:

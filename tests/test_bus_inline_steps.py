@@ -1,0 +1,217 @@
+"""The bus consumer runs a new run's light steps itself: the first one in the transaction that
+creates the run, the next ones after it while its budget per read lasts. A light run then
+finishes with no Celery hop, with the journal, rows and run events a worker would leave;
+anything else, or past the budget, goes to the workers as before."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import OperationalError, connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from tests import test_light_steps
+from tests.factories import cloudevent, definition, http_step, log_step
+from tests.test_durability import finished, run_of
+from tests.test_light_steps import chain, journal_kinds
+from tests.test_spine import publish, send
+from workflows.events.envelope import from_structured
+from workflows.models import Event, Run, StepRun
+from workflows.services import execution, runs
+from workflows.services.definitions import publish_workflow, put_workflow
+from workflows.services.events import ingest_event, match_events
+from workflows.services.execution import Budget
+from workflows.services.projections import differences
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+sent = test_light_steps.sent  # the Celery messages this process would send, recorded
+
+
+def published(slug: str, *steps: dict) -> str:
+    event_type = f"com.example.{slug}"
+    put_workflow(slug=slug, raw=definition(*steps, event=event_type))
+    publish_workflow(slug=slug)
+    return event_type
+
+
+def accepted(event_type: str) -> Event:
+    return ingest_event(envelope=from_structured(cloudevent(event_type)), publish=False)[0]
+
+
+def matched_by_the_consumer(event: Event) -> Run:
+    """What consume_bus does with one read holding this event."""
+    outcome = match_events(event_ids=[event.pk], inline=Budget.for_bus_read())
+    assert outcome.done == {event.pk} and not outcome.failed
+    [run] = outcome.started
+    run.refresh_from_db()
+    return run
+
+
+def run_events(run: Run) -> list[str]:
+    return list(
+        Event.objects.filter(ce_id__startswith=f"run-{run.pk}-")
+        .order_by("pk")
+        .values_list("type", flat=True)
+    )
+
+
+def steps_of(run: Run) -> list[tuple[str, str]]:
+    return list(StepRun.objects.filter(run=run).order_by("id").values_list("step_id", "status"))
+
+
+def test_a_light_one_step_run_finishes_in_the_consumer_with_no_celery_task(sent):
+    event_type = published("inline-one", log_step("only", message="run {{ run.id }}"))
+
+    run = matched_by_the_consumer(accepted(event_type))
+
+    assert run.status == "succeeded"
+    assert sent == [("signalbox.run_finished", (run.pk,))]  # no execute_step message
+    only = StepRun.objects.get(run=run)
+    assert (only.status, only.worker) == ("succeeded", execution.worker_name())
+    assert only.output == {"message": f"run {run.pk}"}
+    assert journal_kinds(run) == [
+        ("run.started", ""),
+        ("step.scheduled", "only"),
+        ("step.started", "only"),
+        ("step.succeeded", "only"),
+        ("run.succeeded", ""),
+    ]
+    assert differences(run) == []  # the rows are what the journal rebuilds
+    assert run_events(run) == ["signalbox.run.started", "signalbox.run.succeeded"]
+
+
+def test_the_consumer_leaves_the_journal_and_run_events_a_worker_would(sent):
+    event_type = published("inline-same", *chain(3))
+    by_consumer = matched_by_the_consumer(accepted(event_type))
+
+    [by_worker] = match_events(event_ids=[accepted(event_type).pk]).started  # no budget
+    queued = StepRun.objects.get(run=by_worker)
+    assert sent[-1] == ("signalbox.execute_step", (queued.pk,))  # as before
+    execution.execute_step(step_run_id=queued.pk)
+    by_worker.refresh_from_db()
+
+    assert by_consumer.status == by_worker.status == "succeeded"
+    assert journal_kinds(by_consumer) == journal_kinds(by_worker)
+    assert steps_of(by_consumer) == steps_of(by_worker)
+    assert run_events(by_consumer) == run_events(by_worker)
+    assert differences(by_consumer) == []
+
+
+def test_the_run_and_its_first_light_step_commit_together(sent):
+    event_type = published("inline-once", log_step("only"))
+    event = accepted(event_type)
+
+    with CaptureQueriesContext(connection) as captured:
+        run = matched_by_the_consumer(event)
+
+    statements = [q["sql"] for q in captured.captured_queries]
+    assert sum(sql.startswith("COMMIT") for sql in statements) == 1, statements
+    assert sum("FOR UPDATE" in sql for sql in statements) == 0  # the new run is ours alone
+    assert run.status == "succeeded"
+
+
+def test_a_side_effecting_first_step_goes_to_the_workers(sent):
+    event_type = published("inline-http", http_step("call", "http://127.0.0.1:9/"))
+
+    run = matched_by_the_consumer(accepted(event_type))
+
+    call = StepRun.objects.get(run=run)
+    assert (run.status, call.status) == ("running", "queued")
+    assert sent == [("signalbox.execute_step", (call.pk,))]
+
+
+def test_past_its_budget_the_consumer_hands_the_rest_of_a_chain_to_the_workers(sent, monkeypatch):
+    monkeypatch.setattr(execution, "BUS_INLINE_MAX_STEPS", 2)
+    event_type = published("inline-budget", *chain(5))
+
+    run = matched_by_the_consumer(accepted(event_type))
+
+    assert steps_of(run) == [("s0", "succeeded"), ("s1", "succeeded"), ("s2", "queued")]
+    s2 = StepRun.objects.get(run=run, step_id="s2")
+    assert sent == [("signalbox.execute_step", (s2.pk,))]
+    execution.execute_step(step_run_id=s2.pk)
+    run.refresh_from_db()
+    assert run.status == "succeeded"
+    assert differences(run) == []
+
+
+def test_a_spent_budget_starts_the_next_runs_the_usual_way(sent, monkeypatch):
+    monkeypatch.setattr(execution, "BUS_INLINE_MAX_STEPS", 1)
+    event_type = published("inline-spent", log_step("only"))
+    events = [accepted(event_type) for _ in range(2)]
+
+    outcome = match_events(event_ids=[e.pk for e in events], inline=Budget.for_bus_read())
+
+    first, second = sorted(outcome.started, key=lambda r: r.pk)
+    first.refresh_from_db()
+    assert first.status == "succeeded"
+    queued = StepRun.objects.get(run=second)
+    assert queued.status == "queued"
+    assert ("signalbox.execute_step", (queued.pk,)) in sent
+
+
+class Died(BaseException):
+    """The consumer process dying (nothing catches it, no message is sent on the way out)."""
+
+
+def test_a_consumer_dying_after_the_run_committed_leaves_work_the_scheduler_sends_again(
+    sent, monkeypatch
+):
+    event_type = published("inline-died", *chain(2))
+    event = accepted(event_type)
+
+    def die(*args, **kwargs):
+        raise Died
+
+    with monkeypatch.context() as patch, pytest.raises(Died):
+        patch.setattr(execution, "_execute_one", die)  # the follow-up, after commit
+        match_events(event_ids=[event.pk], inline=Budget.for_bus_read())
+
+    run = Run.objects.get(event=event)
+    assert steps_of(run) == [("s0", "succeeded"), ("s1", "queued")]  # committed together
+    assert sent == []  # s1 was kept for the consumer: no message
+    # The entry was not acknowledged: its redelivery starts nothing new.
+    again = match_events(event_ids=[event.pk], inline=Budget.for_bus_read())
+    assert again.done == {event.pk} and again.started == []
+
+    s1 = StepRun.objects.get(run=run, step_id="s1")
+    later = timezone.now() + runs.REENQUEUE_AFTER + timedelta(seconds=1)
+    assert runs.enqueue_due_steps(now=later) >= 1
+    assert ("signalbox.execute_step", (s1.pk,)) in sent
+    execution.execute_step(step_run_id=s1.pk)
+    run.refresh_from_db()
+    assert run.status == "succeeded"
+    assert differences(run) == []
+
+
+def test_a_database_error_in_the_inline_step_leaves_no_run_and_the_event_unmatched(
+    sent, monkeypatch
+):
+    event_type = published("inline-db-error", log_step("only"))
+    event = accepted(event_type)
+
+    def broken(*args, **kwargs):
+        raise OperationalError("the database went away")
+
+    with monkeypatch.context() as patch, pytest.raises(OperationalError):
+        patch.setattr(execution, "_run_light", broken)
+        match_events(event_ids=[event.pk], inline=Budget.for_bus_read())
+
+    assert not Run.objects.filter(event=event).exists()  # rolled back with its step
+    event.refresh_from_db()
+    assert event.matched_at is None  # its entry stays pending and is read again
+    run = matched_by_the_consumer(event)
+    assert run.status == "succeeded"
+
+
+def test_the_bus_consumer_process_runs_a_light_run_itself(api, stack):
+    publish(api, "inline-stack", definition(log_step("only"), event="com.example.inline-stack"))
+
+    run = finished(run_of(send(api, cloudevent("com.example.inline-stack"))).pk)
+
+    only = StepRun.objects.get(run=run)
+    assert run.status == "succeeded"
+    assert only.worker.endswith(f":{stack.processes['bus'].pid}")
