@@ -17,9 +17,9 @@ from ..models import DeadLetter, Event, Run, TriggerSubscription
 from ..states import RunStatus
 from .definitions import definition_for
 from .event_intake import new_event
-from .execution import Budget, run_follow_ups, run_kept_step, worker_name
+from .execution import Budget, run_kept_steps
 from .producers import allowed_subscriptions
-from .runs import Continuation
+from .runs import Continuation, journal_batch
 from .schemas import SchemaCheck, SchemaViolation, check_event_data
 
 __all__ = ["MatchOutcome", "SchemaViolation", "ingest_event", "match_event", "match_events"]
@@ -169,7 +169,6 @@ def _start_runs(
         if not trigger_accepts(subscription.version, event, filters=filters):
             continue
         kept = Continuation() if inline is not None and inline.left() else None
-        follow_up = known = None
         try:
             with transaction.atomic():
                 run = Run.objects.create(
@@ -181,18 +180,17 @@ def _start_runs(
                         (event.extensions or {}).get("partitionkey") or event.subject or ""
                     ),
                 )
-                # A new run has no steps yet: its state need not be read.
-                fresh = engine.RunState(run.pk, RunStatus(run.status), {})
-                admit(run, continuation=kept, state=fresh)
-                if kept is not None and kept.step_run is not None:
-                    # Committed with the run, or not at all (the entry is then retried):
-                    # no moment where the run exists and its kept step has no message.
-                    follow_up, known = run_kept_step(run=run, kept=kept, budget=inline)
+                with journal_batch(run):  # every entry of this transaction in one INSERT
+                    # A new run has no steps yet: its state need not be read.
+                    fresh = engine.RunState(run.pk, RunStatus(run.status), {})
+                    admit(run, continuation=kept, state=fresh)
+                    if kept is not None and kept.step_run is not None:
+                        # Committed with the run, or not at all (the entry is then
+                        # retried): never a run whose kept step has no message.
+                        run_kept_steps(run=run, kept=kept, budget=inline)
         except IntegrityError:
             continue  # already matched by an earlier delivery
         started.append(run)
-        if follow_up is not None:
-            run_follow_ups(follow_up, known, worker=worker_name(), budget=inline)
     return started
 
 

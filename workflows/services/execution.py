@@ -306,20 +306,11 @@ class Budget:
 def execute_step(*, step_run_id: int, worker: str | None = None) -> bool:
     """Run one attempt, then the light steps it makes ready, within a budget. Returns False
     when the attempt was not ours to run."""
+    from ..tasks import execute_step_task
+
     worker = worker or worker_name()
     budget = Budget()
     ran, follow_up, known = _execute_one(step_run_id, worker, budget, None)
-    run_follow_ups(follow_up, known, worker=worker, budget=budget)
-    return ran
-
-
-def run_follow_ups(
-    follow_up: int | None, known: tuple | None, *, worker: str, budget: Budget
-) -> None:
-    """Run the light step kept for this caller, and the ones each makes ready, a
-    transaction each, while `budget` lasts (past it, the next is sent as a message)."""
-    from ..tasks import execute_step_task
-
     while follow_up is not None:
         budget.steps -= 1
         current, follow_up = follow_up, None
@@ -330,26 +321,30 @@ def run_follow_ups(
             # failure here (the database went away) costs no more than a redelivery.
             transaction.on_commit(lambda c=current: execute_step_task.delay(c), robust=True)
             raise
+    return ran
 
 
-def run_kept_step(
+def run_kept_steps(
     *, run: Run, kept: Continuation, worker: str | None = None, budget: Budget
-) -> tuple[int | None, tuple | None]:
-    """Run the light first step `kept` holds, inside the transaction that created `run`
-    and its attempt (nobody else can see either before commit: no lock to take), as
-    `execute_step` would: claimed, run and recorded in one conditional UPDATE. Returns
-    the light step it made ready and kept for the caller (run it after commit with
-    `run_follow_ups`), with what this transaction left the run at."""
-    step_run = kept.step_run
-    assert step_run is not None and step_run.run_id == run.pk
-    budget.steps -= 1
-    continuation = Continuation(known=kept.after) if budget.left() else None
-    if continuation is not None:
-        continuation.run = run
-    step = definition_for(run.version).steps[step_run.step_id]
-    kind = registry.get(step.kind)
-    _run_light(run, step, kind, step_run, worker or worker_name(), continuation)
-    return _follow_up(continuation)
+) -> None:
+    """Run the light first step `kept` holds, and the light steps it makes ready one after
+    another while `budget` lasts, all inside the transaction that created `run` and its
+    attempts (nobody else can see them before commit: no lock to take). Each is claimed,
+    run and recorded as `execute_step` records a light step, with one conditional UPDATE;
+    they commit with the run, or not at all. Past the budget, the next step is sent to the
+    workers on commit as usual."""
+    worker = worker or worker_name()
+    definition = definition_for(run.version)
+    while kept is not None and kept.step_run is not None:
+        step_run = kept.step_run
+        assert step_run.run_id == run.pk
+        budget.steps -= 1
+        follow = Continuation(known=kept.after) if budget.left() else None
+        if follow is not None:
+            follow.run = run
+        step = definition.steps[step_run.step_id]
+        _run_light(run, step, registry.get(step.kind), step_run, worker, follow)
+        kept = follow
 
 
 def _execute_one(
