@@ -6,7 +6,7 @@ to the workers as before."""
 from __future__ import annotations
 
 import pytest
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from tests import test_light_steps
@@ -14,6 +14,8 @@ from tests.factories import cloudevent, definition, http_step, log_step
 from tests.test_durability import finished, run_of
 from tests.test_light_steps import chain, journal_kinds
 from tests.test_spine import publish, send
+from workflows import notify
+from workflows.events import bus
 from workflows.events.envelope import from_structured
 from workflows.models import Event, Run, RunJournal, StepRun
 from workflows.services import execution
@@ -217,3 +219,39 @@ def test_the_bus_consumer_process_runs_a_light_run_itself(api, stack):
     only = StepRun.objects.get(run=run)
     assert run.status == "succeeded"
     assert only.worker.endswith(f":{stack.processes['bus'].pid}")
+
+
+def test_the_run_events_of_a_read_reach_the_bus_in_one_round_trip(sent, monkeypatch):
+    event_type = published("inline-outbox", log_step("only"))
+    events = [accepted(event_type) for _ in range(3)]
+    calls = []
+    real = bus.publish_many
+
+    def counting(batch):
+        calls.append(sorted(e.type for e in batch))
+        return real(batch)
+
+    monkeypatch.setattr(bus, "publish_many", counting)
+    outcome = match_events(event_ids=[e.pk for e in events], inline=Budget.for_bus_read())
+
+    assert len(outcome.started) == 3
+    assert calls == [["signalbox.run.started"] * 3 + ["signalbox.run.succeeded"] * 3]
+    for run in outcome.started:
+        published_at = Event.objects.filter(ce_id__startswith=f"run-{run.pk}-").values_list(
+            "published_at", flat=True
+        )
+        assert len(published_at) == 2 and all(published_at)
+
+
+def test_a_run_moved_several_times_in_one_transaction_sends_one_hint_the_last(monkeypatch):
+    hints = []
+    monkeypatch.setattr(notify, "_send", lambda groups, message: hints.append(message))
+
+    with transaction.atomic():
+        for seq in (2, 3, 5):
+            notify.run_changed(run_id=7, seq=seq, workflow_slug="w", status="running")
+        notify.run_changed(run_id=8, seq=1, workflow_slug="w", status="running")
+        assert hints == []  # nothing before commit
+    notify.run_changed(run_id=7, seq=6, workflow_slug="w", status="succeeded")
+
+    assert [(h["run"], h["seq"]) for h in hints] == [(7, 5), (8, 1), (7, 6)]

@@ -138,6 +138,12 @@ def match_events(*, event_ids: Sequence[int], inline: Budget | None = None) -> M
             outcome.failed[pk] = exc
             continue
         matched.append(pk)
+    # The run events of the runs started (committed with them): on the bus in one round
+    # trip (after the caller's own commit, if it holds a transaction). Were this process to
+    # die first, the outbox relay would publish them.
+    emitted = [e for run in outcome.started for e in getattr(run, "_outbox", ())]
+    if emitted:
+        transaction.on_commit(lambda: bus.publish_many(emitted), robust=True)
     if matched:
         mark_matched(*matched)
         outcome.done.update(matched)
@@ -180,6 +186,7 @@ def _start_runs(
                         (event.extensions or {}).get("partitionkey") or event.subject or ""
                     ),
                 )
+                run._outbox = []  # type: ignore[attr-defined]  # its run events, see above
                 with journal_batch(run):  # every entry of this transaction in one INSERT
                     # A new run has no steps yet: its state need not be read.
                     fresh = engine.RunState(run.pk, RunStatus(run.status), {})

@@ -181,8 +181,13 @@ def emit_run_event(*, run: Run, status: str) -> Event | None:
     from .events import ingest_event  # services.events imports runs, which imports us
 
     envelope = run_event_envelope(run, status)
+    # A caller that starts many runs at once publishes their events together after its
+    # commits (the bus consumer: one round trip per read, not two per run).
+    outbox: list[Event] | None = getattr(run, "_outbox", None)
     try:
-        event, _created = ingest_event(envelope=envelope, channel="run")
+        event, created = ingest_event(envelope=envelope, channel="run", publish=outbox is None)
+        if outbox is not None and created:
+            outbox.append(event)
     except SchemaViolation as exc:
         # Someone registered a schema for signalbox.run.* that our events break: the run
         # must still move, so the event is kept as a dead letter instead.
