@@ -19,7 +19,7 @@ from .definitions import definition_for
 from .event_intake import new_event
 from .execution import Budget, run_kept_steps
 from .producers import allowed_subscriptions
-from .runs import Continuation, journal_batch
+from .runs import Continuation, one_run_write
 from .schemas import SchemaCheck, SchemaViolation, check_event_data
 
 __all__ = ["MatchOutcome", "SchemaViolation", "ingest_event", "match_event", "match_events"]
@@ -187,7 +187,7 @@ def _start_runs(
                     ),
                 )
                 run._outbox = []  # type: ignore[attr-defined]  # its run events, see above
-                with journal_batch(run):  # every entry of this transaction in one INSERT
+                with one_run_write(run):  # one UPDATE of the run, one journal INSERT
                     # A new run has no steps yet: its state need not be read.
                     fresh = engine.RunState(run.pk, RunStatus(run.status), {})
                     admit(run, continuation=kept, state=fresh)
