@@ -116,7 +116,7 @@ def test_the_run_and_its_light_steps_commit_together_with_one_journal_insert(sen
     statements = [q["sql"] for q in captured.captured_queries]
     assert sum(sql.startswith("COMMIT") for sql in statements) == 1, statements
     assert sum("FOR UPDATE" in sql for sql in statements) == 0  # the new run is ours alone
-    assert sum("INSERT INTO \"workflows_runjournal\"" in sql for sql in statements) == 1
+    assert sum('INSERT INTO "workflows_runjournal"' in sql for sql in statements) == 1
     assert run.status == "succeeded"
     assert RunJournal.objects.filter(run=run).count() == run.seq == 11
 
@@ -131,8 +131,8 @@ def test_a_side_effecting_first_step_goes_to_the_workers(sent):
     assert sent == [("signalbox.execute_step", (call.pk,))]
 
 
-def test_past_its_budget_the_consumer_hands_the_rest_of_a_chain_to_the_workers(sent, monkeypatch):
-    monkeypatch.setattr(execution, "BUS_INLINE_MAX_STEPS", 2)
+def test_past_its_budget_the_consumer_hands_the_rest_of_a_chain_to_the_workers(sent, settings):
+    settings.SIGNALBOX = {**settings.SIGNALBOX, "BUS_INLINE_STEPS": 2}
     event_type = published("inline-budget", *chain(5))
 
     run = matched_by_the_consumer(accepted(event_type))
@@ -146,8 +146,8 @@ def test_past_its_budget_the_consumer_hands_the_rest_of_a_chain_to_the_workers(s
     assert differences(run) == []
 
 
-def test_a_spent_budget_starts_the_next_runs_the_usual_way(sent, monkeypatch):
-    monkeypatch.setattr(execution, "BUS_INLINE_MAX_STEPS", 1)
+def test_a_spent_budget_starts_the_next_runs_the_usual_way(sent, settings):
+    settings.SIGNALBOX = {**settings.SIGNALBOX, "BUS_INLINE_STEPS": 1}
     event_type = published("inline-spent", log_step("only"))
     events = [accepted(event_type) for _ in range(2)]
 
@@ -255,3 +255,25 @@ def test_a_run_moved_several_times_in_one_transaction_sends_one_hint_the_last(mo
     notify.run_changed(run_id=7, seq=6, workflow_slug="w", status="succeeded")
 
     assert [(h["run"], h["seq"]) for h in hints] == [(7, 5), (8, 1), (7, 6)]
+
+
+def test_with_no_inline_steps_configured_the_workers_run_every_step(sent, settings):
+    settings.SIGNALBOX = {**settings.SIGNALBOX, "BUS_INLINE_STEPS": 0}
+    event_type = published("inline-off", log_step("only"))
+
+    run = matched_by_the_consumer(accepted(event_type))
+
+    only = StepRun.objects.get(run=run)
+    assert (run.status, only.status) == ("running", "queued")
+    assert sent == [("signalbox.execute_step", (only.pk,))]
+
+
+def test_a_read_looks_up_once_that_a_run_event_type_has_no_schema(sent):
+    event_type = published("inline-schemas", log_step("only"))
+    events = [accepted(event_type) for _ in range(4)]
+
+    with CaptureQueriesContext(connection) as captured:
+        match_events(event_ids=[e.pk for e in events], inline=Budget.for_bus_read())
+
+    lookups = [q for q in captured.captured_queries if 'FROM "workflows_eventtype"' in q["sql"]]
+    assert len(lookups) == 2  # signalbox.run.started, signalbox.run.succeeded: once each

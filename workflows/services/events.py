@@ -20,7 +20,12 @@ from .event_intake import new_event
 from .execution import Budget, run_kept_steps
 from .producers import allowed_subscriptions
 from .runs import Continuation, one_run_write
-from .schemas import SchemaCheck, SchemaViolation, check_event_data
+from .schemas import (
+    SchemaCheck,
+    SchemaViolation,
+    check_event_data,
+    unschemed_types_remembered,
+)
 
 __all__ = ["MatchOutcome", "SchemaViolation", "ingest_event", "match_event", "match_events"]
 
@@ -103,7 +108,6 @@ def match_events(*, event_ids: Sequence[int], inline: Budget | None = None) -> M
     is run here in the transaction that creates the run, and the light steps after it
     while the budget lasts: no Celery hop for a light run. Other work goes to the queue.
     """
-    from .waits import deliver_to_waiters
 
     outcome = MatchOutcome()
     wanted = list(dict.fromkeys(event_ids))
@@ -122,8 +126,34 @@ def match_events(*, event_ids: Sequence[int], inline: Budget | None = None) -> M
     ):
         by_type[subscription.event_type].append(subscription)
     waited_for = waiting_types(types)
+    with unschemed_types_remembered():  # the run events of this read share a few types
+        matched = _match_each(wanted, events, by_type, waited_for, inline, outcome)
+    # The run events of the runs started (committed with them): on the bus in one round
+    # trip (after the caller's own commit, if it holds a transaction). Were this process to
+    # die first, the outbox relay would publish them.
+    emitted = [e for run in outcome.started for e in getattr(run, "_outbox", ())]
+    if emitted:
+        transaction.on_commit(lambda: bus.publish_many(emitted), robust=True)
+    if matched:
+        mark_matched(*matched)
+        outcome.done.update(matched)
+    return outcome
+
+
+def _match_each(
+    wanted: list[int],
+    events: dict[int, Event],
+    by_type: dict[str, list[TriggerSubscription]],
+    waited_for: set[str],
+    inline: Budget | None,
+    outcome: MatchOutcome,
+) -> list[int]:
+    """Match the events one by one, in bus order (runs of one partition key start in
+    order); the ids of those matched, the others' errors in `outcome.failed`."""
+    from .waits import deliver_to_waiters
+
     matched: list[int] = []
-    for pk in wanted:  # in bus order: runs of one partition key start in order
+    for pk in wanted:
         event = events.get(pk)
         if event is None:
             continue
@@ -138,16 +168,7 @@ def match_events(*, event_ids: Sequence[int], inline: Budget | None = None) -> M
             outcome.failed[pk] = exc
             continue
         matched.append(pk)
-    # The run events of the runs started (committed with them): on the bus in one round
-    # trip (after the caller's own commit, if it holds a transaction). Were this process to
-    # die first, the outbox relay would publish them.
-    emitted = [e for run in outcome.started for e in getattr(run, "_outbox", ())]
-    if emitted:
-        transaction.on_commit(lambda: bus.publish_many(emitted), robust=True)
-    if matched:
-        mark_matched(*matched)
-        outcome.done.update(matched)
-    return outcome
+    return matched
 
 
 def waiting_types(types: Sequence[str]) -> set[str]:

@@ -64,10 +64,10 @@ ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)
 # long; then the next step goes back to the queue behind the other runs' work.
 INLINE_MAX_STEPS = 100
 INLINE_MAX_SECONDS = 0.5
-# The bus consumer runs the light steps of the runs it starts, up to this many steps and
-# this long per partition's share of a read (the rest goes to the workers): a light run
-# then finishes without a Celery hop, and a long chain cannot hold the partition up.
-BUS_INLINE_MAX_STEPS = 20
+# The bus consumer runs the light steps of the runs it starts, up to SIGNALBOX
+# ["BUS_INLINE_STEPS"] steps and this long per partition's share of a read (the rest goes
+# to the workers): a light run then finishes without a Celery hop, and a long chain cannot
+# hold the partition up.
 BUS_INLINE_MAX_SECONDS = 0.05
 
 
@@ -300,7 +300,7 @@ class Budget:
     @classmethod
     def for_bus_read(cls) -> Budget:
         """What the bus consumer may run inline for one partition's share of a read."""
-        return cls(BUS_INLINE_MAX_STEPS, BUS_INLINE_MAX_SECONDS)
+        return cls(settings.SIGNALBOX.get("BUS_INLINE_STEPS", 20), BUS_INLINE_MAX_SECONDS)
 
 
 def execute_step(*, step_run_id: int, worker: str | None = None) -> bool:
