@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 
 from tests import test_light_steps
 from tests.factories import cloudevent, definition, http_step, log_step
-from tests.test_durability import finished, run_of
+from tests.test_durability import finished, run_of, start_run_here
 from tests.test_light_steps import chain, journal_kinds
 from tests.test_spine import publish, send
 from workflows import notify
@@ -22,6 +22,7 @@ from workflows.services import execution
 from workflows.services.definitions import publish_workflow, put_workflow
 from workflows.services.events import ingest_event, match_events
 from workflows.services.execution import Budget
+from workflows.services.producers import RUN_SOURCE
 from workflows.services.projections import differences
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -117,6 +118,9 @@ def test_the_run_and_its_light_steps_commit_together_with_one_journal_insert(sen
     assert sum(sql.startswith("COMMIT") for sql in statements) == 1, statements
     assert sum("FOR UPDATE" in sql for sql in statements) == 0  # the new run is ours alone
     assert sum('INSERT INTO "workflows_runjournal"' in sql for sql in statements) == 1
+    assert sum('INSERT INTO "workflows_event"' in sql for sql in statements) == 1
+    assert sum(sql.startswith('UPDATE "workflows_run" ') for sql in statements) == 1
+    assert not [sql for sql in statements if sql.startswith("SAVEPOINT")]
     assert run.status == "succeeded"
     assert RunJournal.objects.filter(run=run).count() == run.seq == 11
 
@@ -277,3 +281,19 @@ def test_a_read_looks_up_once_that_a_run_event_type_has_no_schema(sent):
 
     lookups = [q for q in captured.captured_queries if 'FROM "workflows_eventtype"' in q["sql"]]
     assert len(lookups) == 2  # signalbox.run.started, signalbox.run.succeeded: once each
+
+
+def test_a_run_event_id_already_taken_is_skipped_and_the_run_still_moves(sent):
+    run = start_run_here("inline-forged", log_step("only"))
+    forged = ingest_event(
+        envelope=from_structured(
+            cloudevent("signalbox.run.succeeded", source=RUN_SOURCE, id=f"run-{run.pk}-succeeded")
+        ),
+        publish=False,
+    )[0]
+
+    assert execution.execute_step(step_run_id=StepRun.objects.get(run=run).pk) is True
+
+    run.refresh_from_db()
+    assert run.status == "succeeded"
+    assert Event.objects.get(source=RUN_SOURCE, ce_id=f"run-{run.pk}-succeeded") == forged

@@ -23,7 +23,7 @@ from ..models import DeadLetter, EventWaiter, Run, RunJournal, StepRun
 from ..states import TERMINAL_RUN, RunStatus, StepStatus, check_run_move
 from . import step_heartbeats
 from .definitions import definition_for
-from .producers import emit_run_events
+from .producers import emit_run_events, store_run_events
 
 log = logging.getLogger("signalbox.runs")
 # A queued attempt whose message has not been picked up this long is enqueued again (the
@@ -90,18 +90,20 @@ def save_run(run: Run, fields: list[str]) -> None:
 @contextmanager
 def one_run_write(run: Run) -> Iterator[None]:
     """For a run created in the caller's transaction and moved several times in it (the bus
-    consumer running its light steps): the run row is written once, at the end, with the
-    journal entries in one INSERT. Nothing reads the row in between (nobody else can see
-    it; the light path reads the run from memory)."""
+    consumer running its light steps): the run row is written once, at the end, its
+    journal entries in one INSERT and its run events in another. Nothing reads the row in
+    between (nobody else can see it; the light path reads the run from memory)."""
     run._deferred_fields = set()  # type: ignore[attr-defined]
+    run._unsaved_events = []  # type: ignore[attr-defined]
     try:
         with journal_batch(run):
             yield
         fields = run._deferred_fields  # type: ignore[attr-defined]
         if fields:
             run.save(update_fields=sorted(fields))
+        store_run_events(run, run._unsaved_events)  # type: ignore[attr-defined]
     finally:
-        run._deferred_fields = None  # type: ignore[attr-defined]
+        run._deferred_fields = run._unsaved_events = None  # type: ignore[attr-defined]
 
 
 def written_once(run: Run) -> bool:
