@@ -255,6 +255,23 @@ class Signalbox:
             ids.append(event.pk)
         return ids
 
+    def wait_for_worker(self, timeout: float) -> None:
+        """Until the worker started last answers a ping, then send each of its processes a
+        no-op step task (an attempt that does not exist): imports and a connection."""
+        from orchestrator.celery import app
+        from workflows.tasks import execute_step_task
+
+        name = f"{self.stack.worker}-{self.stack.tag}@"
+
+        def answered() -> bool:
+            replies = app.control.ping(timeout=0.5)
+            return any(host.startswith(name) for reply in replies for host in reply)
+
+        if not wait_until(answered, timeout=timeout, alive=self.stack.check_alive):
+            raise RuntimeError(f"the worker {name} did not answer a ping in {timeout:.0f} s")
+        for _ in range(4):
+            execute_step_task.delay(0)
+
     def wait(self, event_ids: list[int], timeout: float) -> bool:
         from workflows.models import Run
         from workflows.states import TERMINAL_RUN
@@ -723,6 +740,11 @@ def warm_up(system, workers: int, label: str) -> None:
     """Wait for the worker and warm its processes (imports, connections): a few short runs
     at once, so every process of the pool gets some. The big shapes are not warmed: parsing
     their definition once per process costs milliseconds against their seconds."""
+    if isinstance(system, Signalbox):
+        # The bus consumer runs light runs itself: their finishing says nothing of the
+        # worker, which must be up before the clock starts (it takes what passes the
+        # consumer's budget).
+        system.wait_for_worker(timeout=180)
     pending = []
     for shape in (s for s in SHAPES if s.key in ("1-step", "3-step")):
         count = 3 * workers if shape.steps == 1 else workers

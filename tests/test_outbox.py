@@ -337,7 +337,8 @@ def test_events_accepted_while_redis_is_down_are_each_processed_once_when_it_ret
     wait_until(
         lambda: (
             query(
-                "SELECT count(*) FROM workflows_event WHERE id = ANY(%s) AND matched_at IS NOT NULL",
+                "SELECT count(*) FROM workflows_event "
+                "WHERE id = ANY(%s) AND matched_at IS NOT NULL",
                 lost,
             )
             == [(len(lost),)]
