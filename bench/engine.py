@@ -17,6 +17,12 @@ The chain of 40 is also run alone, one run at a time (the shape of a published o
 benchmark, in which the fastest peers take 1.2-3 s on 2 vCPUs), and so is the 1 step (its
 latency with nothing queued ahead: the 10 sent at once also measure the queue they form).
 
+The bus consumer runs the light steps of the runs it starts itself, in the transaction that
+creates each run (within its budget per read): a light run may finish with no Celery hop,
+and the "step hop" column then mixes the consumer's steps with the workers'. To measure the
+workers' path alone, run with SIGNALBOX_BUS_INLINE_STEPS=0. Before each Signalbox pass the
+worker must answer a ping (light warm-up runs no longer prove it is up).
+
 Baseline, in the same run on the same Redis: bench/engine_baseline.py, a plain Celery app
 with no-op tasks under its own key prefix, sent the same shapes (a `celery.chain` of as many
 no-ops; a group of 100 no-ops counting in Redis, the last one triggering the join). Our
