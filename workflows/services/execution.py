@@ -67,8 +67,9 @@ INLINE_MAX_SECONDS = 0.5
 # The bus consumer runs the light steps of the runs it starts, up to SIGNALBOX
 # ["BUS_INLINE_STEPS"] steps and this long per partition's share of a read (the rest goes
 # to the workers): a light run then finishes without a Celery hop, and a long chain cannot
-# hold the partition up.
-BUS_INLINE_MAX_SECONDS = 0.05
+# hold the partition up. Not much less: on a loaded machine a tight clock sends the work
+# to the workers, which costs more in all (a hop, more statements), making it worse.
+BUS_INLINE_MAX_SECONDS = 0.2
 
 
 # --- what a step references ------------------------------------------------------------------
