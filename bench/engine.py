@@ -411,8 +411,9 @@ class Baseline:
 def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dict:
     """Run one chain's steps here, one after another, timing the parts of each step.
 
-    No worker is running: the bus consumer creates the run, then this loop calls
-    execute_step for every queued attempt as a worker task would (the Celery messages sent on
+    No worker is running: the bus consumer creates the run (and runs its first light steps
+    itself, within its budget), then this loop calls execute_step for every queued attempt
+    left as a worker task would (the Celery messages sent on
     commit are left unread); a light chain runs inside one such call, a step per
     transaction. Parts nest: write_result includes advance_locked; SQL, COMMIT, Channels
     pushes and Celery sends are counted wherever they happen. A step is counted at each
