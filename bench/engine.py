@@ -17,6 +17,12 @@ The chain of 40 is also run alone, one run at a time (the shape of a published o
 benchmark, in which the fastest peers take 1.2-3 s on 2 vCPUs), and so is the 1 step (its
 latency with nothing queued ahead: the 10 sent at once also measure the queue they form).
 
+The bus consumer runs the light steps of the runs it starts itself, in the transaction that
+creates each run (within its budget per read): a light run may finish with no Celery hop,
+and the "step hop" column then mixes the consumer's steps with the workers'. To measure the
+workers' path alone, run with SIGNALBOX_BUS_INLINE_STEPS=0. Before each Signalbox pass the
+worker must answer a ping (light warm-up runs no longer prove it is up).
+
 Baseline, in the same run on the same Redis: bench/engine_baseline.py, a plain Celery app
 with no-op tasks under its own key prefix, sent the same shapes (a `celery.chain` of as many
 no-ops; a group of 100 no-ops counting in Redis, the last one triggering the join). Our
@@ -255,6 +261,23 @@ class Signalbox:
             ids.append(event.pk)
         return ids
 
+    def wait_for_worker(self, timeout: float) -> None:
+        """Until the worker started last answers a ping, then send each of its processes a
+        no-op step task (an attempt that does not exist): imports and a connection."""
+        from orchestrator.celery import app
+        from workflows.tasks import execute_step_task
+
+        name = f"{self.stack.worker}-{self.stack.tag}@"
+
+        def answered() -> bool:
+            replies = app.control.ping(timeout=0.5)
+            return any(host.startswith(name) for reply in replies for host in reply)
+
+        if not wait_until(answered, timeout=timeout, alive=self.stack.check_alive):
+            raise RuntimeError(f"the worker {name} did not answer a ping in {timeout:.0f} s")
+        for _ in range(4):
+            execute_step_task.delay(0)
+
     def wait(self, event_ids: list[int], timeout: float) -> bool:
         from workflows.models import Run
         from workflows.states import TERMINAL_RUN
@@ -388,8 +411,9 @@ class Baseline:
 def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dict:
     """Run one chain's steps here, one after another, timing the parts of each step.
 
-    No worker is running: the bus consumer creates the run, then this loop calls
-    execute_step for every queued attempt as a worker task would (the Celery messages sent on
+    No worker is running: the bus consumer creates the run (and runs its first light steps
+    itself, within its budget), then this loop calls execute_step for every queued attempt
+    left as a worker task would (the Celery messages sent on
     commit are left unread); a light chain runs inside one such call, a step per
     transaction. Parts nest: write_result includes advance_locked; SQL, COMMIT, Channels
     pushes and Celery sends are counted wherever they happen. A step is counted at each
@@ -723,6 +747,11 @@ def warm_up(system, workers: int, label: str) -> None:
     """Wait for the worker and warm its processes (imports, connections): a few short runs
     at once, so every process of the pool gets some. The big shapes are not warmed: parsing
     their definition once per process costs milliseconds against their seconds."""
+    if isinstance(system, Signalbox):
+        # The bus consumer runs light runs itself: their finishing says nothing of the
+        # worker, which must be up before the clock starts (it takes what passes the
+        # consumer's budget).
+        system.wait_for_worker(timeout=180)
     pending = []
     for shape in (s for s in SHAPES if s.key in ("1-step", "3-step")):
         count = 3 * workers if shape.steps == 1 else workers

@@ -264,6 +264,9 @@ SIGNALBOX = {
     "BUS_RETENTION": int(os.environ.get("SIGNALBOX_BUS_RETENTION", "100000")),
     "BUS_CLAIM_IDLE_MS": int(os.environ.get("SIGNALBOX_BUS_CLAIM_IDLE_MS", "30000")),
     "BUS_MAX_DELIVERIES": int(os.environ.get("SIGNALBOX_BUS_MAX_DELIVERIES", "5")),
+    # The bus consumer runs the light steps of the runs it starts, up to this many per
+    # partition's share of a read (0: every step goes to the workers).
+    "BUS_INLINE_STEPS": int(os.environ.get("SIGNALBOX_BUS_INLINE_STEPS", "20")),
     # An event not on the bus this long after commit is appended again by the outbox relay.
     "OUTBOX_GRACE_SECONDS": float(os.environ.get("SIGNALBOX_OUTBOX_GRACE_SECONDS", "2")),
     # An event published this long ago and still unmatched, on a partition the consumers have

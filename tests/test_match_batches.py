@@ -113,10 +113,10 @@ def test_a_failing_entry_stays_pending_alone_and_is_dead_lettered_alone(bus_sett
     bad = events[2]
     real = event_services._start_runs
 
-    def start_runs(event, subscriptions):
+    def start_runs(event, subscriptions, *rest):
         if event.pk == bad.pk:
             raise RuntimeError("this one breaks")
-        return real(event, subscriptions)
+        return real(event, subscriptions, *rest)
 
     monkeypatch.setattr(event_services, "_start_runs", start_runs)
     consumer = bus.Consumer("batch")

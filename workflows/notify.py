@@ -28,6 +28,13 @@ def run_group(run_id: int) -> str:
     return f"run-{run_id}"
 
 
+# Per thread (commit hooks run on the committing thread): the latest run.changed hint
+# registered for each run. A transaction that moves a run several times (a light chain run
+# by the bus consumer) sends one hint after commit, the last: the moves between were never
+# visible to anyone, and a page re-reads the run anyway.
+_latest_run_hints = threading.local()
+
+
 def run_changed(*, run_id: int, seq: int, workflow_slug: str, status: str) -> None:
     message = {
         "type": "run.changed",
@@ -36,7 +43,17 @@ def run_changed(*, run_id: int, seq: int, workflow_slug: str, status: str) -> No
         "workflow_slug": workflow_slug,
         "status": status,
     }
-    transaction.on_commit(lambda: _send([RUNS_GROUP, run_group(run_id)], message))
+    latest = _latest_run_hints.__dict__.setdefault("runs", {})
+    if len(latest) > 10_000:  # left by rolled-back transactions (a hint is only a hint)
+        latest.clear()
+    token = latest[run_id] = object()
+
+    def send() -> None:
+        if latest.get(run_id) is token:
+            del latest[run_id]
+            _send([RUNS_GROUP, run_group(run_id)], message)
+
+    transaction.on_commit(send)
 
 
 EVENTS_GROUP = "events"

@@ -256,6 +256,12 @@ def new_event(envelope: Envelope, check: SchemaCheck | None, channel: str) -> Ev
     )
 
 
+def insert_new(events: Sequence[Event]) -> None:
+    """INSERT the events in one statement, no savepoint needed: those whose (source, id)
+    is already stored are skipped and keep no pk; the others get theirs."""
+    _insert(events)
+
+
 def _insert(events: Sequence[Event]) -> None:
     """INSERT them, skipping (source, id) pairs already stored, and give each inserted one
     its id. PostgreSQL and SQLite both return only the rows the statement inserted (the

@@ -11,15 +11,23 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from .. import notify
+from .. import engine, notify
 from ..events import bus
 from ..events.envelope import Envelope, check_storable, to_structured
 from ..expressions import ExpressionError, bind, evaluate
 from ..models import DeadLetter, Event, Run, TriggerSubscription
+from ..states import RunStatus
 from .definitions import definition_for
 from .event_intake import new_event
+from .execution import Budget, run_kept_steps
 from .producers import allowed_subscriptions
-from .schemas import SchemaCheck, SchemaViolation, check_event_data
+from .runs import Continuation, one_run_write
+from .schemas import (
+    SchemaCheck,
+    SchemaViolation,
+    check_event_data,
+    unschemed_types_remembered,
+)
 
 __all__ = ["MatchOutcome", "SchemaViolation", "ingest_event", "match_event", "match_events"]
 
@@ -90,7 +98,7 @@ class MatchOutcome:
     failed: dict[int, Exception] = field(default_factory=dict)
 
 
-def match_events(*, event_ids: Sequence[int]) -> MatchOutcome:
+def match_events(*, event_ids: Sequence[int], inline: Budget | None = None) -> MatchOutcome:
     """`match_event` for the entries of one bus read, with a fixed number of queries per
     read besides each started run's own: one SELECT of the events, one of the
     subscriptions of their types (through the event_type index: never a scan of the
@@ -99,8 +107,11 @@ def match_events(*, event_ids: Sequence[int]) -> MatchOutcome:
     Each event is matched on its own: one that raises is left out of `done` and unmatched
     (retried, then dead-lettered, alone) while the others go on. Database outages
     (OperationalError, InterfaceError) are raised: every entry stays pending.
+
+    With an `inline` budget (the bus consumer's), a started run's first step, when light,
+    is run here in the transaction that creates the run, and the light steps after it
+    while the budget lasts: no Celery hop for a light run. Other work goes to the queue.
     """
-    from .waits import deliver_to_waiters
 
     outcome = MatchOutcome()
     wanted = list(dict.fromkeys(event_ids))
@@ -119,15 +130,41 @@ def match_events(*, event_ids: Sequence[int]) -> MatchOutcome:
     ):
         by_type[subscription.event_type].append(subscription)
     waited_for = waiting_types(types)
+    with unschemed_types_remembered():  # the run events of this read share a few types
+        matched = _match_each(wanted, events, by_type, waited_for, inline, outcome)
+    # The run events of the runs started (committed with them): on the bus in one round
+    # trip (after the caller's own commit, if it holds a transaction). Were this process to
+    # die first, the outbox relay would publish them.
+    emitted = [e for run in outcome.started for e in getattr(run, "_outbox", ())]
+    if emitted:
+        transaction.on_commit(lambda: bus.publish_many(emitted), robust=True)
+    if matched:
+        mark_matched(*matched)
+        outcome.done.update(matched)
+    return outcome
+
+
+def _match_each(
+    wanted: list[int],
+    events: dict[int, Event],
+    by_type: dict[str, list[TriggerSubscription]],
+    waited_for: set[str],
+    inline: Budget | None,
+    outcome: MatchOutcome,
+) -> list[int]:
+    """Match the events one by one, in bus order (runs of one partition key start in
+    order); the ids of those matched, the others' errors in `outcome.failed`."""
+    from .waits import deliver_to_waiters
+
     matched: list[int] = []
-    for pk in wanted:  # in bus order: runs of one partition key start in order
+    for pk in wanted:
         event = events.get(pk)
         if event is None:
             continue
         try:
             if event.type in waited_for:
                 deliver_to_waiters(event)
-            outcome.started += _start_runs(event, by_type[event.type])
+            outcome.started += _start_runs(event, by_type[event.type], inline)
         except (OperationalError, InterfaceError):
             raise
         except Exception as exc:
@@ -135,10 +172,7 @@ def match_events(*, event_ids: Sequence[int]) -> MatchOutcome:
             outcome.failed[pk] = exc
             continue
         matched.append(pk)
-    if matched:
-        mark_matched(*matched)
-        outcome.done.update(matched)
-    return outcome
+    return matched
 
 
 def listened_types(types: Collection[str]) -> set[str]:
@@ -170,7 +204,9 @@ def waiting_types(types: Sequence[str]) -> set[str]:
     )
 
 
-def _start_runs(event: Event, subscriptions: list[TriggerSubscription]) -> list[Run]:
+def _start_runs(
+    event: Event, subscriptions: list[TriggerSubscription], inline: Budget | None = None
+) -> list[Run]:
     from .run_control import admit
 
     started = []
@@ -181,6 +217,7 @@ def _start_runs(event: Event, subscriptions: list[TriggerSubscription]) -> list[
     for subscription in allowed_subscriptions(event, subscriptions):
         if not trigger_accepts(subscription.version, event, filters=filters):
             continue
+        kept = Continuation() if inline is not None and inline.left() else None
         try:
             with transaction.atomic():
                 run = Run.objects.create(
@@ -192,7 +229,15 @@ def _start_runs(event: Event, subscriptions: list[TriggerSubscription]) -> list[
                         (event.extensions or {}).get("partitionkey") or event.subject or ""
                     ),
                 )
-                admit(run)
+                run._outbox = []  # type: ignore[attr-defined]  # its run events, see above
+                with one_run_write(run):  # one UPDATE of the run, one journal INSERT
+                    # A new run has no steps yet: its state need not be read.
+                    fresh = engine.RunState(run.pk, RunStatus(run.status), {})
+                    admit(run, continuation=kept, state=fresh)
+                    if kept is not None and kept.step_run is not None:
+                        # Committed with the run, or not at all (the entry is then
+                        # retried): never a run whose kept step has no message.
+                        run_kept_steps(run=run, kept=kept, budget=inline)
         except IntegrityError:
             continue  # already matched by an earlier delivery
         started.append(run)

@@ -55,12 +55,25 @@ log = logging.getLogger("signalbox.runs")
 # How long a finished step's worker keeps trying to store its result while the database is
 # away, before it gives the attempt up to the lease sweep.
 RECORD_PATIENCE_SECONDS = 600
-WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_name() -> str:
+    # Asked each time, not fixed at import: a Celery pool process is forked from a parent
+    # that may have imported this module, and its attempts must name the child's pid.
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)
 # One task runs at most this many light steps of a run one after another, for at most this
 # long; then the next step goes back to the queue behind the other runs' work.
 INLINE_MAX_STEPS = 100
 INLINE_MAX_SECONDS = 0.5
+# The bus consumer runs the light steps of the runs it starts, up to SIGNALBOX
+# ["BUS_INLINE_STEPS"] steps and this long per partition's share of a read (the rest goes
+# to the workers): a light run then finishes without a Celery hop, and a long chain cannot
+# hold the partition up. Not much less: on a loaded machine a tight clock sends the work
+# to the workers, which costs more in all (a hop, more statements), making it worse.
+BUS_INLINE_MAX_SECONDS = 0.2
 
 
 # --- what a step references ------------------------------------------------------------------
@@ -335,19 +348,29 @@ class Budget:
     """How many light steps one task may still run inline, and until when."""
 
     def __init__(self, steps: int | None = None, seconds: float | None = None):
-        self.steps = INLINE_MAX_STEPS if steps is None else steps
+        self.steps = self.granted = INLINE_MAX_STEPS if steps is None else steps
         seconds = INLINE_MAX_SECONDS if seconds is None else seconds
         self.deadline = time.monotonic() + seconds
 
     def left(self) -> bool:
-        return self.steps > 0 and time.monotonic() < self.deadline
+        # The first step is always granted: the time bounds how long inline work goes on
+        # (a slow start, e.g. a cold definition cache, must not send a lone light run away).
+        if self.steps <= 0:
+            return False
+        return self.steps == self.granted or time.monotonic() < self.deadline
+
+    @classmethod
+    def for_bus_read(cls) -> Budget:
+        """What the bus consumer may run inline for one partition's share of a read."""
+        return cls(settings.SIGNALBOX.get("BUS_INLINE_STEPS", 20), BUS_INLINE_MAX_SECONDS)
 
 
-def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
+def execute_step(*, step_run_id: int, worker: str | None = None) -> bool:
     """Run one attempt, then the light steps it makes ready, within a budget. Returns False
     when the attempt was not ours to run."""
     from ..tasks import execute_step_task
 
+    worker = worker or worker_name()
     budget = Budget()
     ran, follow_up, known = _execute_one(step_run_id, worker, budget, None)
     while follow_up is not None:
@@ -361,6 +384,29 @@ def execute_step(*, step_run_id: int, worker: str = WORKER_NAME) -> bool:
             transaction.on_commit(lambda c=current: execute_step_task.delay(c), robust=True)
             raise
     return ran
+
+
+def run_kept_steps(
+    *, run: Run, kept: Continuation, worker: str | None = None, budget: Budget
+) -> None:
+    """Run the light first step `kept` holds, and the light steps it makes ready one after
+    another while `budget` lasts, all inside the transaction that created `run` and its
+    attempts (nobody else can see them before commit: no lock to take). Each is claimed,
+    run and recorded as `execute_step` records a light step, with one conditional UPDATE;
+    they commit with the run, or not at all. Past the budget, the next step is sent to the
+    workers on commit as usual."""
+    worker = worker or worker_name()
+    definition = definition_for(run.version)
+    while kept is not None and kept.step_run is not None:
+        step_run = kept.step_run
+        assert step_run.run_id == run.pk
+        budget.steps -= 1
+        follow = Continuation(known=kept.after) if budget.left() else None
+        if follow is not None:
+            follow.run = run
+        step = definition.steps[step_run.step_id]
+        _run_light(run, step, registry.get(step.kind), step_run, worker, follow)
+        kept = follow
 
 
 def _execute_one(

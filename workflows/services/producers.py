@@ -25,12 +25,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from .. import engine
 from ..events.envelope import Envelope
 from ..models import DeadLetter, Event, Run, TriggerSubscription
-from .schemas import SchemaViolation
+from .schemas import SchemaViolation, check_event_data
 
 log = logging.getLogger("signalbox.producers")
 
@@ -178,11 +179,11 @@ def emit_run_events(*, run: Run, commands: Iterable[engine.Command]) -> None:
 
 
 def emit_run_event(*, run: Run, status: str) -> Event | None:
-    from .events import ingest_event  # services.events imports runs, which imports us
+    from .event_intake import new_event  # event_intake imports us
 
     envelope = run_event_envelope(run, status)
     try:
-        event, _created = ingest_event(envelope=envelope, channel="run")
+        check = check_event_data(envelope)
     except SchemaViolation as exc:
         # Someone registered a schema for signalbox.run.* that our events break: the run
         # must still move, so the event is kept as a dead letter instead.
@@ -193,7 +194,40 @@ def emit_run_event(*, run: Run, status: str) -> Event | None:
             payload={"channel": "run", "errors": exc.errors, "cloudevent": envelope_json(envelope)},
         )
         return None
-    return event
+    event = new_event(envelope, check, "run")
+    unsaved = getattr(run, "_unsaved_events", None)
+    if unsaved is not None:  # inside runs.one_run_write: stored with the others at its end
+        unsaved.append(event)
+        return event
+    store_run_events(run, [event])
+    return event if event.pk is not None else None
+
+
+def store_run_events(run: Run, events: list[Event]) -> None:
+    """INSERT a run's events in one statement, in the run's transaction, and publish them
+    after commit. No savepoint: an (source, id) already taken (only a forged event could
+    hold one: a run reaches each status once) is skipped, as `ingest_event` skips a repeat.
+    A caller that starts many runs at once (the bus consumer) collects them in the run's
+    `_outbox` and publishes its read's together: one round trip, not one per event."""
+    from .. import notify  # notify imports us
+    from ..events import bus
+    from .event_intake import insert_new
+
+    if not events:
+        return
+    insert_new(events)
+    for event in events:
+        if event.pk is None:
+            log.warning("run event %s %s was already stored", event.source, event.ce_id)
+    created = [event for event in events if event.pk is not None]
+    if not created:
+        return
+    outbox: list[Event] | None = getattr(run, "_outbox", None)
+    if outbox is not None:
+        outbox.extend(created)
+    else:
+        transaction.on_commit(lambda: bus.publish_many(created), robust=True)
+    transaction.on_commit(lambda: notify.events_ingested(events=created))
 
 
 def envelope_json(envelope: Envelope) -> dict[str, Any]:

@@ -10,15 +10,22 @@ from .. import engine
 from ..models import Run, Workflow
 from ..states import TERMINAL_RUN, RunStatus
 from .definitions import definition_for
-from .runs import advance_locked, advance_run, journal, lock_run
+from .runs import Continuation, advance_locked, advance_run, journal, lock_run
 
 log = logging.getLogger("signalbox.runs")
 ADMIT_BATCH = 200
 
 
-def admit(run: Run) -> bool:
+def admit(
+    run: Run,
+    *,
+    continuation: Continuation | None = None,
+    state: engine.RunState | None = None,
+) -> bool:
     """Start a queued run if its workflow's limits allow it now; else it stays queued and
-    is started when a run of the workflow finishes. Call inside a transaction."""
+    is started when a run of the workflow finishes. Call inside a transaction. With a
+    `continuation`, a first step that is light is kept there for the caller to run;
+    `state`: the run's, when the caller knows it (a run created in this transaction)."""
     concurrency = definition_for(run.version).concurrency
     if concurrency.max_runs or concurrency.ordered:
         # Lock the workflow row so two consumers admitting at once cannot both take the
@@ -39,7 +46,7 @@ def admit(run: Run) -> bool:
             and active.filter(partition_key=run.partition_key, pk__lt=run.pk).exists()
         ):
             return False
-    advance_locked(run, engine.RunStarted())
+    advance_locked(run, engine.RunStarted(), continuation=continuation, state=state)
     return True
 
 

@@ -24,7 +24,7 @@ from ..models import DeadLetter, EventWaiter, Run, RunJournal, StepRun
 from ..states import TERMINAL_RUN, RunStatus, StepStatus, check_run_move
 from . import step_heartbeats
 from .definitions import definition_for
-from .producers import emit_run_events
+from .producers import emit_run_events, store_run_events
 
 log = logging.getLogger("signalbox.runs")
 # A queued attempt whose message has not been picked up this long is enqueued again (the
@@ -79,6 +79,39 @@ def journal_batch(run: Run) -> Iterator[None]:
         run._journal_pending = None  # type: ignore[attr-defined]
 
 
+def save_run(run: Run, fields: list[str]) -> None:
+    """Write the run's changed columns now, or, inside `one_run_write`, once at its end."""
+    deferred = getattr(run, "_deferred_fields", None)
+    if deferred is None:
+        run.save(update_fields=fields)
+    else:
+        deferred.update(fields)
+
+
+@contextmanager
+def one_run_write(run: Run) -> Iterator[None]:
+    """For a run created in the caller's transaction and moved several times in it (the bus
+    consumer running its light steps): the run row is written once, at the end, its
+    journal entries in one INSERT and its run events in another. Nothing reads the row in
+    between (nobody else can see it; the light path reads the run from memory)."""
+    run._deferred_fields = set()  # type: ignore[attr-defined]
+    run._unsaved_events = []  # type: ignore[attr-defined]
+    try:
+        with journal_batch(run):
+            yield
+        fields = run._deferred_fields  # type: ignore[attr-defined]
+        if fields:
+            run.save(update_fields=sorted(fields))
+        store_run_events(run, run._unsaved_events)  # type: ignore[attr-defined]
+    finally:
+        run._deferred_fields = run._unsaved_events = None  # type: ignore[attr-defined]
+
+
+def written_once(run: Run) -> bool:
+    """Inside `one_run_write`: the run was created in this transaction."""
+    return getattr(run, "_deferred_fields", None) is not None
+
+
 def _iso(value) -> str | None:
     return value.isoformat() if value else None
 
@@ -91,6 +124,7 @@ class Continuation:
 
     def __init__(self, known: tuple[int, engine.RunState] | None = None) -> None:
         self.step_run_id: int | None = None
+        self.step_run: StepRun | None = None  # the kept attempt as written
         self.offered = False
         # (run.seq, state) as this worker's last transaction on the run left them: when the
         # run's seq is still that under the next lock, nothing else moved the run (every
@@ -99,7 +133,7 @@ class Continuation:
         self.after: tuple[int, engine.RunState] | None = None
         self.run: Run | None = None  # the run as this transaction read it (for the next)
 
-    def take(self, step_run_id: int, kind: str) -> bool:
+    def take(self, step_run: StepRun, kind: str) -> bool:
         from ..steps import registry
 
         if self.offered:
@@ -108,7 +142,7 @@ class Continuation:
         known = registry.all_kinds().get(kind)
         if known is None or not known.light:
             return False
-        self.step_run_id = step_run_id
+        self.step_run_id, self.step_run = step_run.pk, step_run
         return True
 
 
@@ -212,7 +246,7 @@ def _advance_locked(
             ):  # a shadow run's failure is a finding
                 _dead_letter_step(run, happening)
     if commands:
-        run.save(update_fields=["status", "started_at", "finished_at", "error", "seq"])
+        save_run(run, ["status", "started_at", "finished_at", "error", "seq"])
         # The run's start/finish as events, committed with the state change (or not at all).
         if run.origin != "shadow":  # a shadow run must start nothing elsewhere
             emit_run_events(run=run, commands=commands)
@@ -257,7 +291,8 @@ def _wind_down(run: Run, now, state: engine.RunState | None = None) -> None:
                 output=step_run.output,
                 at=_iso(now),
             )
-    EventWaiter.objects.filter(run=run).delete()
+    if not written_once(run):  # a run created in this transaction has no waits yet
+        EventWaiter.objects.filter(run=run).delete()
     from ..tasks import run_finished_task
 
     transaction.on_commit(lambda: run_finished_task.delay(run.pk), robust=True)
@@ -292,7 +327,7 @@ def _schedule_step(
         idempotency_key=step_run.idempotency_key,
         at=_iso(now),
     )
-    if due_now and not (continuation and continuation.take(step_run.pk, kind)):
+    if due_now and not (continuation and continuation.take(step_run, kind)):
         enqueue_on_commit(step_run.pk)
 
 
@@ -463,7 +498,7 @@ def write_result(
         if not advance_locked(run, happening, continuation=continuation, state=known):
             # Nothing followed (e.g. a parallel branch is still running): still persist the
             # journal position and tell browsers the step moved.
-            run.save(update_fields=["seq"])
+            save_run(run, ["seq"])
             notify.run_changed(
                 run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug, status=run.status
             )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -44,11 +47,31 @@ def schema_errors(schema: dict, data) -> list[dict[str, str]]:
     ][:50]
 
 
+# The types found to have no schema, remembered only inside `unschemed_types_remembered`:
+# the bus consumer handling one read, whose runs ingest their run events by the dozen with
+# a few types between them. A schema registered meanwhile counts from the next read.
+_UNSCHEMED: ContextVar[set[str] | None] = ContextVar("unschemed_types", default=None)
+
+
+@contextmanager
+def unschemed_types_remembered() -> Iterator[None]:
+    token = _UNSCHEMED.set(set())
+    try:
+        yield
+    finally:
+        _UNSCHEMED.reset(token)
+
+
 def check_event_data(envelope: Envelope) -> SchemaCheck:
     """Validate against the version named by `dataschema`, else the latest. Raises
     SchemaViolation; types without a registered schema are accepted as unvalidated."""
+    unschemed = _UNSCHEMED.get()
+    if unschemed is not None and envelope.type in unschemed:
+        return SchemaCheck("unvalidated")
     event_type = EventType.objects.filter(name=envelope.type).first()
     if event_type is None:
+        if unschemed is not None:
+            unschemed.add(envelope.type)
         return SchemaCheck("unvalidated")
     schemas = EventSchema.objects.filter(event_type=event_type)
     named = VERSION_IN_URI.search(envelope.dataschema or "")

@@ -20,6 +20,7 @@ from workflows.services.events import (
     mark_matched,
     match_events,
 )
+from workflows.services.execution import Budget
 
 log = logging.getLogger("signalbox.bus")
 # Entries become reclaimable only after BUS_CLAIM_IDLE_MS (30 s by default), and the
@@ -138,7 +139,9 @@ class Command(BaseCommand):
                     by_partition(deliveries),
                     lambda group, consumer=consumer: consumer.handle_batch(
                         group,
-                        lambda event_ids: match_events(event_ids=event_ids).done,
+                        lambda event_ids: (
+                            match_events(event_ids=event_ids, inline=Budget.for_bus_read()).done
+                        ),
                         max_deliveries=config["BUS_MAX_DELIVERIES"],
                         on_poison=lambda d, reason: dead_letter_bus_entry(
                             event_id=d.event_id,

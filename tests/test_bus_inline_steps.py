@@ -1,0 +1,299 @@
+"""The bus consumer runs a new run's light steps itself, in the transaction that creates the
+run, while its budget per read lasts. A light run then finishes with no Celery hop, with the
+journal, rows and run events a worker would leave; anything else, or past the budget, goes
+to the workers as before."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import OperationalError, connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from tests import test_light_steps
+from tests.factories import cloudevent, definition, http_step, log_step
+from tests.test_durability import finished, run_of, start_run_here
+from tests.test_light_steps import chain, journal_kinds
+from tests.test_spine import publish, send
+from workflows import notify
+from workflows.events import bus
+from workflows.events.envelope import from_structured
+from workflows.models import Event, Run, RunJournal, StepRun
+from workflows.services import execution
+from workflows.services.definitions import publish_workflow, put_workflow
+from workflows.services.events import ingest_event, match_events
+from workflows.services.execution import Budget
+from workflows.services.producers import RUN_SOURCE
+from workflows.services.projections import differences
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+sent = test_light_steps.sent  # the Celery messages this process would send, recorded
+
+
+@pytest.fixture(autouse=True)
+def unhurried(monkeypatch):
+    """No time limit on the consumer's inline budget (a loaded machine must not change what
+    these tests see); the step limit stays, and one test lowers it."""
+    monkeypatch.setattr(execution, "BUS_INLINE_MAX_SECONDS", 3600)
+
+
+def published(slug: str, *steps: dict) -> str:
+    event_type = f"com.example.{slug}"
+    put_workflow(slug=slug, raw=definition(*steps, event=event_type))
+    publish_workflow(slug=slug)
+    return event_type
+
+
+def accepted(event_type: str) -> Event:
+    return ingest_event(envelope=from_structured(cloudevent(event_type)), publish=False)[0]
+
+
+def matched_by_the_consumer(event: Event) -> Run:
+    """What consume_bus does with one read holding this event."""
+    outcome = match_events(event_ids=[event.pk], inline=Budget.for_bus_read())
+    assert outcome.done == {event.pk} and not outcome.failed
+    [run] = outcome.started
+    run.refresh_from_db()
+    return run
+
+
+def run_events(run: Run) -> list[str]:
+    return list(
+        Event.objects.filter(ce_id__startswith=f"run-{run.pk}-")
+        .order_by("pk")
+        .values_list("type", flat=True)
+    )
+
+
+def steps_of(run: Run) -> list[tuple[str, str]]:
+    return list(StepRun.objects.filter(run=run).order_by("id").values_list("step_id", "status"))
+
+
+def test_a_light_one_step_run_finishes_in_the_consumer_with_no_celery_task(sent):
+    event_type = published("inline-one", log_step("only", message="run {{ run.id }}"))
+
+    run = matched_by_the_consumer(accepted(event_type))
+
+    assert run.status == "succeeded"
+    assert sent == [("signalbox.run_finished", (run.pk,))]  # no execute_step message
+    only = StepRun.objects.get(run=run)
+    assert (only.status, only.worker) == ("succeeded", execution.worker_name())
+    assert only.output == {"message": f"run {run.pk}"}
+    assert journal_kinds(run) == [
+        ("run.started", ""),
+        ("step.scheduled", "only"),
+        ("step.started", "only"),
+        ("step.succeeded", "only"),
+        ("run.succeeded", ""),
+    ]
+    assert differences(run) == []  # the rows are what the journal rebuilds
+    assert run_events(run) == ["signalbox.run.started", "signalbox.run.succeeded"]
+
+
+def test_the_consumer_leaves_the_journal_and_run_events_a_worker_would(sent):
+    event_type = published("inline-same", *chain(3))
+    by_consumer = matched_by_the_consumer(accepted(event_type))
+
+    [by_worker] = match_events(event_ids=[accepted(event_type).pk]).started  # no budget
+    queued = StepRun.objects.get(run=by_worker)
+    assert sent[-1] == ("signalbox.execute_step", (queued.pk,))  # as before
+    execution.execute_step(step_run_id=queued.pk)
+    by_worker.refresh_from_db()
+
+    assert by_consumer.status == by_worker.status == "succeeded"
+    assert journal_kinds(by_consumer) == journal_kinds(by_worker)
+    assert steps_of(by_consumer) == steps_of(by_worker)
+    assert run_events(by_consumer) == run_events(by_worker)
+    assert differences(by_consumer) == []
+
+
+def test_the_run_and_its_light_steps_commit_together_with_one_journal_insert(sent):
+    event_type = published("inline-once", *chain(3))
+    event = accepted(event_type)
+
+    with CaptureQueriesContext(connection) as captured:
+        run = matched_by_the_consumer(event)
+
+    statements = [q["sql"] for q in captured.captured_queries]
+    assert sum(sql.startswith("COMMIT") for sql in statements) == 1, statements
+    assert sum("FOR UPDATE" in sql for sql in statements) == 0  # the new run is ours alone
+    assert sum('INSERT INTO "workflows_runjournal"' in sql for sql in statements) == 1
+    assert sum('INSERT INTO "workflows_event"' in sql for sql in statements) == 1
+    assert sum(sql.startswith('UPDATE "workflows_run" ') for sql in statements) == 1
+    assert not [sql for sql in statements if sql.startswith("SAVEPOINT")]
+    assert run.status == "succeeded"
+    assert RunJournal.objects.filter(run=run).count() == run.seq == 11
+
+
+def test_a_side_effecting_first_step_goes_to_the_workers(sent):
+    event_type = published("inline-http", http_step("call", "http://127.0.0.1:9/"))
+
+    run = matched_by_the_consumer(accepted(event_type))
+
+    call = StepRun.objects.get(run=run)
+    assert (run.status, call.status) == ("running", "queued")
+    assert sent == [("signalbox.execute_step", (call.pk,))]
+
+
+def test_past_its_budget_the_consumer_hands_the_rest_of_a_chain_to_the_workers(sent, settings):
+    settings.SIGNALBOX = {**settings.SIGNALBOX, "BUS_INLINE_STEPS": 2}
+    event_type = published("inline-budget", *chain(5))
+
+    run = matched_by_the_consumer(accepted(event_type))
+
+    assert steps_of(run) == [("s0", "succeeded"), ("s1", "succeeded"), ("s2", "queued")]
+    s2 = StepRun.objects.get(run=run, step_id="s2")
+    assert sent == [("signalbox.execute_step", (s2.pk,))]
+    execution.execute_step(step_run_id=s2.pk)
+    run.refresh_from_db()
+    assert run.status == "succeeded"
+    assert differences(run) == []
+
+
+def test_a_spent_budget_starts_the_next_runs_the_usual_way(sent, settings):
+    settings.SIGNALBOX = {**settings.SIGNALBOX, "BUS_INLINE_STEPS": 1}
+    event_type = published("inline-spent", log_step("only"))
+    events = [accepted(event_type) for _ in range(2)]
+
+    outcome = match_events(event_ids=[e.pk for e in events], inline=Budget.for_bus_read())
+
+    first, second = sorted(outcome.started, key=lambda r: r.pk)
+    first.refresh_from_db()
+    assert first.status == "succeeded"
+    queued = StepRun.objects.get(run=second)
+    assert queued.status == "queued"
+    assert ("signalbox.execute_step", (queued.pk,)) in sent
+
+
+class Died(BaseException):
+    """The consumer process dying (nothing catches it, no message is sent on the way out)."""
+
+
+def test_a_consumer_dying_inside_a_chain_leaves_nothing_and_the_redelivery_runs_it(
+    sent, monkeypatch
+):
+    event_type = published("inline-died", *chain(3))
+    event = accepted(event_type)
+    real = execution._run_light
+
+    def dies_at_the_second_step(run, step, *args):
+        if step.id == "s1":
+            raise Died
+        return real(run, step, *args)
+
+    with monkeypatch.context() as patch, pytest.raises(Died):
+        patch.setattr(execution, "_run_light", dies_at_the_second_step)
+        match_events(event_ids=[event.pk], inline=Budget.for_bus_read())
+
+    assert not Run.objects.filter(event=event).exists()  # s0 went with its transaction
+    assert sent == []
+    event.refresh_from_db()
+    assert event.matched_at is None  # the entry was never acknowledged: it is read again
+    run = matched_by_the_consumer(event)
+    assert run.status == "succeeded"
+    assert steps_of(run) == [("s0", "succeeded"), ("s1", "succeeded"), ("s2", "succeeded")]
+    assert differences(run) == []
+
+
+def test_a_database_error_in_the_inline_step_leaves_no_run_and_the_event_unmatched(
+    sent, monkeypatch
+):
+    event_type = published("inline-db-error", log_step("only"))
+    event = accepted(event_type)
+
+    def broken(*args, **kwargs):
+        raise OperationalError("the database went away")
+
+    with monkeypatch.context() as patch, pytest.raises(OperationalError):
+        patch.setattr(execution, "_run_light", broken)
+        match_events(event_ids=[event.pk], inline=Budget.for_bus_read())
+
+    assert not Run.objects.filter(event=event).exists()  # rolled back with its step
+    event.refresh_from_db()
+    assert event.matched_at is None  # its entry stays pending and is read again
+    run = matched_by_the_consumer(event)
+    assert run.status == "succeeded"
+
+
+def test_the_bus_consumer_process_runs_a_light_run_itself(api, stack):
+    publish(api, "inline-stack", definition(log_step("only"), event="com.example.inline-stack"))
+
+    run = finished(run_of(send(api, cloudevent("com.example.inline-stack"))).pk)
+
+    only = StepRun.objects.get(run=run)
+    assert run.status == "succeeded"
+    assert only.worker.endswith(f":{stack.processes['bus'].pid}")
+
+
+def test_the_run_events_of_a_read_reach_the_bus_in_one_round_trip(sent, monkeypatch):
+    event_type = published("inline-outbox", log_step("only"))
+    events = [accepted(event_type) for _ in range(3)]
+    calls = []
+    real = bus.publish_many
+
+    def counting(batch):
+        calls.append(sorted(e.type for e in batch))
+        return real(batch)
+
+    monkeypatch.setattr(bus, "publish_many", counting)
+    outcome = match_events(event_ids=[e.pk for e in events], inline=Budget.for_bus_read())
+
+    assert len(outcome.started) == 3
+    assert calls == [["signalbox.run.started"] * 3 + ["signalbox.run.succeeded"] * 3]
+    for run in outcome.started:
+        published_at = Event.objects.filter(ce_id__startswith=f"run-{run.pk}-").values_list(
+            "published_at", flat=True
+        )
+        assert len(published_at) == 2 and all(published_at)
+
+
+def test_a_run_moved_several_times_in_one_transaction_sends_one_hint_the_last(monkeypatch):
+    hints = []
+    monkeypatch.setattr(notify, "_send", lambda groups, message: hints.append(message))
+
+    with transaction.atomic():
+        for seq in (2, 3, 5):
+            notify.run_changed(run_id=7, seq=seq, workflow_slug="w", status="running")
+        notify.run_changed(run_id=8, seq=1, workflow_slug="w", status="running")
+        assert hints == []  # nothing before commit
+    notify.run_changed(run_id=7, seq=6, workflow_slug="w", status="succeeded")
+
+    assert [(h["run"], h["seq"]) for h in hints] == [(7, 5), (8, 1), (7, 6)]
+
+
+def test_with_no_inline_steps_configured_the_workers_run_every_step(sent, settings):
+    settings.SIGNALBOX = {**settings.SIGNALBOX, "BUS_INLINE_STEPS": 0}
+    event_type = published("inline-off", log_step("only"))
+
+    run = matched_by_the_consumer(accepted(event_type))
+
+    only = StepRun.objects.get(run=run)
+    assert (run.status, only.status) == ("running", "queued")
+    assert sent == [("signalbox.execute_step", (only.pk,))]
+
+
+def test_a_read_looks_up_once_that_a_run_event_type_has_no_schema(sent):
+    event_type = published("inline-schemas", log_step("only"))
+    events = [accepted(event_type) for _ in range(4)]
+
+    with CaptureQueriesContext(connection) as captured:
+        match_events(event_ids=[e.pk for e in events], inline=Budget.for_bus_read())
+
+    lookups = [q for q in captured.captured_queries if 'FROM "workflows_eventtype"' in q["sql"]]
+    assert len(lookups) == 2  # signalbox.run.started, signalbox.run.succeeded: once each
+
+
+def test_a_run_event_id_already_taken_is_skipped_and_the_run_still_moves(sent):
+    run = start_run_here("inline-forged", log_step("only"))
+    forged = ingest_event(
+        envelope=from_structured(
+            cloudevent("signalbox.run.succeeded", source=RUN_SOURCE, id=f"run-{run.pk}-succeeded")
+        ),
+        publish=False,
+    )[0]
+
+    assert execution.execute_step(step_run_id=StepRun.objects.get(run=run).pk) is True
+
+    run.refresh_from_db()
+    assert run.status == "succeeded"
+    assert Event.objects.get(source=RUN_SOURCE, ce_id=f"run-{run.pk}-succeeded") == forged
