@@ -43,6 +43,7 @@ from urllib.parse import parse_qs
 from asgiref.sync import sync_to_async
 from channels import DEFAULT_CHANNEL_LAYER
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import channel_layers
@@ -58,6 +59,7 @@ from workflows.roles import has_role
 from workflows.selectors import SHADOW
 
 from . import metrics
+from .run_list_frames import RunRows
 
 log = logging.getLogger("signalbox.live")
 
@@ -362,6 +364,21 @@ class PushConsumer(AsyncWebsocketConsumer):
     # long as its last render and send took.
     BUSY_STREAK = 2
 
+    async def __call__(self, scope, receive, send):
+        # A plain loop over the socket's own messages. Hints come through the Hub, so a
+        # socket needs no channel of its own: channels would give each one a channel-layer
+        # receive and every message (each page acknowledges every frame) a new task and an
+        # asyncio.wait; with 500 pages that was a third of the process's time per frame.
+        self.scope = scope
+        self.channel_layer = None
+        self.channel_name = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+
     async def connect(self):
         self.closed = False
         user = self.scope.get("user")
@@ -528,6 +545,7 @@ class PushConsumer(AsyncWebsocketConsumer):
                 await self._send_frame(message)
         except Exception:  # keep the socket; the next hint retries
             log.exception("send failed")
+            self.frame_lost()
         finally:
             now = time.monotonic()
             self.streak = self.streak + 1 if self.dirty else 0
@@ -538,6 +556,10 @@ class PushConsumer(AsyncWebsocketConsumer):
             self.scheduled = False
             if self.dirty:
                 self.schedule()
+
+    def frame_lost(self) -> None:
+        """A send failed: what the page shows is unknown, so its next frame is whole."""
+        self.last_frame = None
 
     async def _tick(self) -> None:
         while True:
@@ -568,6 +590,7 @@ class RunListConsumer(PushConsumer):
         self.query, _errors = ds.parse_run_query(self.params)
         if self.query.workflow and self.query.workflow in self.hidden_names:
             return CLOSE_FORBIDDEN
+        self.shown: RunRows | None = None  # the render this page shows
         return None
 
     def concerns(self, message):
@@ -580,12 +603,28 @@ class RunListConsumer(PushConsumer):
         query, hidden = self.query, self.hidden
         return ("runs", query.cache_key(), hidden), lambda: render_run_rows(query, hidden)
 
+    async def render(self, *, snapshot, fresh_after):
+        if snapshot:
+            self.shown = None  # the whole page
+        return await super().render(snapshot=snapshot, fresh_after=fresh_after)
 
-def render_run_rows(query: ds.RunQuery, hidden: frozenset[int]) -> str:
+    def frame_of(self, result: RunRows) -> str | None:
+        # Only what changed since the render this page shows (run_list_frames.py).
+        shown, self.shown = self.shown, result
+        return result.since(shown)
+
+    def frame_lost(self) -> None:
+        super().frame_lost()
+        self.shown = None
+
+
+def render_run_rows(query: ds.RunQuery, hidden: frozenset[int]) -> RunRows:
     page = ds.run_page(query, hidden=hidden)
     context = {"runs": page.runs, "page": page, "query": query, "oob": True}
-    return render_to_string("dashboard/_run_rows.html", context) + render_to_string(
-        "dashboard/_run_pager.html", context
+    return RunRows(
+        rows_html=render_to_string("dashboard/_run_rows.html", context),
+        pager_html=render_to_string("dashboard/_run_pager.html", context),
+        limit=query.limit,
     )
 
 
