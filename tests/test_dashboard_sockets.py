@@ -299,7 +299,7 @@ async def test_hints_that_arrive_while_a_render_is_in_flight_become_one_more_fra
             renders.append(frame)
         # The first render that sees the run failed is done but not handed back yet: it is
         # in flight. (Renders for the trigger's own hints may come before it.)
-        if hold[0] and 'data-status="failed"' in frame:
+        if hold[0] and 'data-status="failed"' in frame.full:
             hold[0] = False
             holding.set()
             release.wait(TIMEOUT)
