@@ -32,7 +32,7 @@ KEEP_DELTAS = 8
 class RunRows:
     """One render of a run list page."""
 
-    __slots__ = ("full", "ids", "rows", "pager", "limit", "_deltas", "__weakref__")
+    __slots__ = ("__weakref__", "_deltas", "full", "ids", "limit", "pager", "rows")
 
     def __init__(self, *, rows_html: str, pager_html: str, limit: int) -> None:
         self.full = rows_html + pager_html
