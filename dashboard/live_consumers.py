@@ -59,7 +59,7 @@ from workflows.roles import has_role
 from workflows.selectors import SHADOW
 
 from . import metrics
-from .run_list_frames import RunRows
+from .run_list_frames import RunRows, row_html
 
 log = logging.getLogger("signalbox.live")
 
@@ -621,8 +621,9 @@ class RunListConsumer(PushConsumer):
 def render_run_rows(query: ds.RunQuery, hidden: frozenset[int]) -> RunRows:
     page = ds.run_page(query, hidden=hidden)
     context = {"runs": page.runs, "page": page, "query": query, "oob": True}
+    rows = {**context, "runs": [row_html(run) for run in page.runs], "prerendered": True}
     return RunRows(
-        rows_html=render_to_string("dashboard/_run_rows.html", context),
+        rows_html=render_to_string("dashboard/_run_rows.html", rows),
         pager_html=render_to_string("dashboard/_run_pager.html", context),
         limit=query.limit,
     )

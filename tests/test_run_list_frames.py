@@ -136,3 +136,37 @@ def test_a_delta_keeps_no_earlier_render_alive():
     gc.collect()
 
     assert gone() is None
+
+
+def test_the_live_render_is_the_run_pages_own_markup_before_and_after_a_change(
+    transactional_db,
+):
+    from django.template.loader import render_to_string
+    from django.utils import timezone
+
+    from dashboard.live_consumers import render_run_rows
+    from tests.factories import definition, log_step
+    from tests.test_replay import publish, trigger
+    from workflows import dashboard_selectors as ds
+    from workflows.models import Run
+
+    publish("orders", definition(log_step("received")))
+    runs = [trigger("orders") for _ in range(3)]
+    query, _errors = ds.parse_run_query({})
+
+    def page_markup() -> str:
+        page = ds.run_page(query)
+        context = {"runs": page.runs, "page": page, "query": query, "oob": True}
+        return render_to_string("dashboard/_run_rows.html", context) + render_to_string(
+            "dashboard/_run_pager.html", context
+        )
+
+    first = render_run_rows(query, frozenset())
+    assert first.full == page_markup()
+
+    # Rows come from the process's row cache now: a changed run is rendered anew.
+    Run.objects.filter(pk=runs[1].pk).update(status="failed", finished_at=timezone.now())
+    second = render_run_rows(query, frozenset())
+
+    assert second.full == page_markup()
+    assert f'<tr id="run-{runs[1].pk}" data-status="failed"' in second.since(first)
