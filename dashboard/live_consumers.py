@@ -59,6 +59,7 @@ from workflows.roles import has_role
 from workflows.selectors import SHADOW
 
 from . import metrics
+from .frame_writer import direct_writer, encoded
 from .run_list_frames import RunRows, row_html
 
 log = logging.getLogger("signalbox.live")
@@ -269,13 +270,20 @@ class Hub:
                         consumer.scheduled = False
                     continue
                 self.frames_rendered += 1
-                # The same frame to every page, sent from this loop: no task per page.
+                # The same frame to every page, sent from this loop: no task per page,
+                # and encoded once for every page whose socket can take it as bytes.
                 shared = key[0] == "shared"
-                message = None
+                message = wire = None
                 for consumer in ready:
                     frame = consumer.frame_of(result) if shared else result
                     if message is None or message["text"] is not frame:
                         message = {"type": "websocket.send", "text": frame}
+                        wire = None
+                    if consumer.write is not None and frame is not None:
+                        if wire is None:
+                            wire = encoded(frame)
+                        if consumer.deliver_encoded(frame, wire, started):
+                            continue
                     start_eagerly(consumer.deliver(message, started), self.tasks)
         finally:
             leftover = self.serving.pop(key, [])
@@ -399,6 +407,7 @@ class PushConsumer(AsyncWebsocketConsumer):
         self.hint_at = time.monotonic()
         self.last_frame: str | None = None
         self._serve_key: Any = None
+        self.write = None  # frame_writer.direct_writer, once accepted
         self._ticker: asyncio.Task | None = None
         self._joined = False
         refusal = await database_sync_to_async(self._authorize)(user)
@@ -411,6 +420,7 @@ class PushConsumer(AsyncWebsocketConsumer):
             await hub().add_group(group)
         await self.accept()
         self._send_frame = frame_sender(self.base_send)
+        self.write = direct_writer(self._send_frame)
         self.dirty = False  # the snapshot's render starts after every hint so far
         try:
             await self.push(snapshot=True)
@@ -547,15 +557,35 @@ class PushConsumer(AsyncWebsocketConsumer):
             log.exception("send failed")
             self.frame_lost()
         finally:
-            now = time.monotonic()
-            self.streak = self.streak + 1 if self.dirty else 0
-            gap = self.interval
-            if self.streak >= self.BUSY_STREAK:
-                gap = max(gap, now - started)
-            self.next_at = now + gap
-            self.scheduled = False
-            if self.dirty:
-                self.schedule()
+            self.delivered(started)
+
+    def deliver_encoded(self, frame: str, wire: bytes, started: float) -> bool:
+        """deliver() without a coroutine: `wire` (`frame` encoded, frame_writer.encoded)
+        written straight to the socket. False when the socket cannot take it now (nothing
+        done: deliver() sends it through the server)."""
+        if frame != self.last_frame and not self.closed:
+            try:
+                if not self.write(wire):
+                    return False
+            except Exception:  # the server's own send will say what is wrong
+                log.debug("direct write failed", exc_info=True)
+                return False
+            self.last_frame = frame
+            self.sent += 1
+        self.delivered(started)
+        return True
+
+    def delivered(self, started: float) -> None:
+        """A frame is out (or was not needed): the gap before this page's next one."""
+        now = time.monotonic()
+        self.streak = self.streak + 1 if self.dirty else 0
+        gap = self.interval
+        if self.streak >= self.BUSY_STREAK:
+            gap = max(gap, now - started)
+        self.next_at = now + gap
+        self.scheduled = False
+        if self.dirty:
+            self.schedule()
 
     def frame_lost(self) -> None:
         """A send failed: what the page shows is unknown, so its next frame is whole."""
