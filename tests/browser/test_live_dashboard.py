@@ -144,6 +144,8 @@ def test_new_runs_arrive_on_top_of_a_full_runs_page_which_keeps_its_size(viewer_
     expect(rows).to_have_count(2)
     expect(rows.nth(1)).to_have_attribute("data-event", str(second_newest))
     expect(page.locator("#run-pager a[rel=next]")).to_have_count(1)
+    # The older run may still be finishing: its change comes as a frame of its own.
+    expect(rows.nth(1)).to_have_attribute("data-status", "succeeded", timeout=LIVE_TIMEOUT_MS)
     assert marker_survived(page), "the runs page was reloaded"
     # What the live frames built is what the page itself renders.
     live = rows.evaluate_all("rows => rows.map(r => r.id + ':' + r.dataset.status)")
