@@ -9,6 +9,8 @@ How a socket works
 - Hints: services send small hints after commit (workflows/notify.py). Each web process
   listens to the "runs" and "events" groups once (the Hub) and hands each hint to the
   interested sockets (indexed by hint type) by a function call; a socket marks itself dirty.
+  A socket has no channel of its own (groups it needs beyond those, a run's or a replay
+  batch's, the Hub joins for it).
 - Coalescing is adaptive: an idle page is rendered at once (on the next turn of the loop, so
   the hints that came in the same read are one render). While a render of its page is in
   flight, further hints only mark it dirty: one more render follows when the frame is out,
@@ -18,7 +20,9 @@ How a socket works
 - Sharing: pages that show the same thing to the same visibility are served together by
   the Hub: one render in the database thread, the same frame string handed to every page.
   A render is only used for a page if it started after the page's last hint, so a page
-  never shows a state older than a hint it was given.
+  never shows a state older than a hint it was given. The run list sends a page only what
+  changed since its last frame (run_list_frames.py), and a frame is encoded once and
+  written as the same bytes to every socket that can take them (frame_writer.py).
 - Flow control: a page that connects with `ack=1` acknowledges every frame with
   {"ack": <frames received>}. While WINDOW frames are unacknowledged nothing more is sent;
   changes meanwhile collapse into one render of the latest state, sent when the page
