@@ -10,6 +10,8 @@ How a socket works
 - Hints: services send small hints after commit (workflows/notify.py). Each web process
   listens to the "runs" and "events" groups once (the Hub) and hands each hint to the
   interested sockets (indexed by hint type) by a function call; a socket marks itself dirty.
+  A socket has no channel of its own (groups it needs beyond those, a run's or a replay
+  batch's, the Hub joins for it).
 - Coalescing is adaptive: an idle page is rendered at once (on the next turn of the loop, so
   the hints that came in the same read are one render). While a render of its page is in
   flight, further hints only mark it dirty: one more render follows when the frame is out,
@@ -19,7 +21,9 @@ How a socket works
 - Sharing: pages that show the same thing to the same visibility are served together by
   the Hub: one render in the database thread, the same frame string handed to every page.
   A render is only used for a page if it started after the page's last hint, so a page
-  never shows a state older than a hint it was given.
+  never shows a state older than a hint it was given. The run list sends a page only what
+  changed since its last frame (run_list_frames.py), and a frame is encoded once and
+  written as the same bytes to every socket that can take them (frame_writer.py).
 - Flow control: a page that connects with `ack=1` acknowledges every frame with
   {"ack": <frames received>}. While WINDOW frames are unacknowledged nothing more is sent;
   changes meanwhile collapse into one render of the latest state, sent when the page
@@ -45,6 +49,7 @@ from asgiref.sync import sync_to_async
 from channels import DEFAULT_CHANNEL_LAYER
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import channel_layers
 from channels.sessions import InstanceSessionWrapper
@@ -59,6 +64,8 @@ from workflows.roles import has_role
 from workflows.selectors import SHADOW
 
 from . import metrics
+from .frame_writer import direct_writer, encoded
+from .run_list_frames import RunRows, row_html
 
 log = logging.getLogger("signalbox.live")
 
@@ -270,13 +277,20 @@ class Hub:
                         consumer.scheduled = False
                     continue
                 self.frames_rendered += 1
-                # The same frame to every page, sent from this loop: no task per page.
+                # The same frame to every page, sent from this loop: no task per page,
+                # and encoded once for every page whose socket can take it as bytes.
                 shared = key[0] == "shared"
-                message = None
+                message = wire = None
                 for consumer in ready:
                     frame = consumer.frame_of(result) if shared else result
                     if message is None or message["text"] is not frame:
                         message = {"type": "websocket.send", "text": frame}
+                        wire = None
+                    if consumer.write is not None and frame is not None:
+                        if wire is None:
+                            wire = encoded(frame)
+                        if consumer.deliver_encoded(frame, wire, started):
+                            continue
                     start_eagerly(consumer.deliver(message, started), self.tasks)
         finally:
             leftover = self.serving.pop(key, [])
@@ -365,6 +379,21 @@ class PushConsumer(AsyncWebsocketConsumer):
     # long as its last render and send took.
     BUSY_STREAK = 2
 
+    async def __call__(self, scope, receive, send):
+        # A plain loop over the socket's own messages. Hints come through the Hub, so a
+        # socket needs no channel of its own: channels would give each one a channel-layer
+        # receive and every message (each page acknowledges every frame) a new task and an
+        # asyncio.wait; with 500 pages that was a third of the process's time per frame.
+        self.scope = scope
+        self.channel_layer = None
+        self.channel_name = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+
     async def connect(self):
         self.closed = False
         user = self.scope.get("user")
@@ -385,6 +414,7 @@ class PushConsumer(AsyncWebsocketConsumer):
         self.hint_at = time.monotonic()
         self.last_frame: str | None = None
         self._serve_key: Any = None
+        self.write = None  # frame_writer.direct_writer, once accepted
         self._ticker: asyncio.Task | None = None
         self._joined = False
         refusal = await database_sync_to_async(self._authorize)(user)
@@ -397,6 +427,7 @@ class PushConsumer(AsyncWebsocketConsumer):
             await hub().add_group(group)
         await self.accept()
         self._send_frame = frame_sender(self.base_send)
+        self.write = direct_writer(self._send_frame)
         self.dirty = False  # the snapshot's render starts after every hint so far
         try:
             await self.push(snapshot=True)
@@ -531,16 +562,41 @@ class PushConsumer(AsyncWebsocketConsumer):
                 await self._send_frame(message)
         except Exception:  # keep the socket; the next hint retries
             log.exception("send failed")
+            self.frame_lost()
         finally:
-            now = time.monotonic()
-            self.streak = self.streak + 1 if self.dirty else 0
-            gap = self.interval
-            if self.streak >= self.BUSY_STREAK:
-                gap = max(gap, now - started)
-            self.next_at = now + gap
-            self.scheduled = False
-            if self.dirty:
-                self.schedule()
+            self.delivered(started)
+
+    def deliver_encoded(self, frame: str, wire: bytes, started: float) -> bool:
+        """deliver() without a coroutine: `wire` (`frame` encoded, frame_writer.encoded)
+        written straight to the socket. False when the socket cannot take it now (nothing
+        done: deliver() sends it through the server)."""
+        if frame != self.last_frame and not self.closed:
+            try:
+                if not self.write(wire):
+                    return False
+            except Exception:  # the server's own send will say what is wrong
+                log.debug("direct write failed", exc_info=True)
+                return False
+            self.last_frame = frame
+            self.sent += 1
+        self.delivered(started)
+        return True
+
+    def delivered(self, started: float) -> None:
+        """A frame is out (or was not needed): the gap before this page's next one."""
+        now = time.monotonic()
+        self.streak = self.streak + 1 if self.dirty else 0
+        gap = self.interval
+        if self.streak >= self.BUSY_STREAK:
+            gap = max(gap, now - started)
+        self.next_at = now + gap
+        self.scheduled = False
+        if self.dirty:
+            self.schedule()
+
+    def frame_lost(self) -> None:
+        """A send failed: what the page shows is unknown, so its next frame is whole."""
+        self.last_frame = None
 
     async def _tick(self) -> None:
         while True:
@@ -571,6 +627,7 @@ class RunListConsumer(PushConsumer):
         self.query, _errors = ds.parse_run_query(self.params)
         if self.query.workflow and self.query.workflow in self.hidden_names:
             return CLOSE_NOT_FOUND
+        self.shown: RunRows | None = None  # the render this page shows
         return None
 
     def concerns(self, message):
@@ -583,12 +640,29 @@ class RunListConsumer(PushConsumer):
         query, hidden = self.query, self.hidden
         return ("runs", query.cache_key(), hidden), lambda: render_run_rows(query, hidden)
 
+    async def render(self, *, snapshot, fresh_after):
+        if snapshot:
+            self.shown = None  # the whole page
+        return await super().render(snapshot=snapshot, fresh_after=fresh_after)
 
-def render_run_rows(query: ds.RunQuery, hidden: frozenset[int]) -> str:
+    def frame_of(self, result: RunRows) -> str | None:
+        # Only what changed since the render this page shows (run_list_frames.py).
+        shown, self.shown = self.shown, result
+        return result.since(shown)
+
+    def frame_lost(self) -> None:
+        super().frame_lost()
+        self.shown = None
+
+
+def render_run_rows(query: ds.RunQuery, hidden: frozenset[int]) -> RunRows:
     page = ds.run_page(query, hidden=hidden)
     context = {"runs": page.runs, "page": page, "query": query, "oob": True}
-    return render_to_string("dashboard/_run_rows.html", context) + render_to_string(
-        "dashboard/_run_pager.html", context
+    rows = {**context, "runs": [row_html(run) for run in page.runs], "prerendered": True}
+    return RunRows(
+        rows_html=render_to_string("dashboard/_run_rows.html", rows),
+        pager_html=render_to_string("dashboard/_run_pager.html", context),
+        limit=query.limit,
     )
 
 

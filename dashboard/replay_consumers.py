@@ -1,9 +1,9 @@
 """Live progress of a bulk or shadow replay: the batch's counters as the task works through
 it, and the outcomes of the runs it started as they finish. Pushed, never polled.
 
-The batch's own hints come on its group (workflows/notify.py `replay_batch_changed`); run
-hints come through the process's hub (dashboard/live_consumers.py), filtered to the runs the
-batch started.
+The batch's own hints come on its group (workflows/notify.py `replay_batch_changed`), which
+the process's hub (dashboard/live_consumers.py) joins for the page; run hints come through
+the same hub, filtered to the runs the batch started.
 """
 
 from __future__ import annotations
@@ -34,21 +34,12 @@ class ReplayBatchConsumer(PushConsumer):
         return None
 
     async def connect(self):
-        # Joined before the snapshot is read, so no change falls between the two.
         self.runs: frozenset[int] = frozenset()
-        await self.channel_layer.group_add(
-            notify.replay_batch_group(self.batch_id()), self.channel_name
-        )
         await super().connect()
 
-    async def disconnect(self, code):
-        await self.channel_layer.group_discard(
-            notify.replay_batch_group(self.batch_id()), self.channel_name
-        )
-        await super().disconnect(code)
-
-    async def batch_changed(self, message):
-        self.hint(message)
+    def extra_groups(self):
+        # Joined (through the Hub) before the snapshot is read, so no change falls between.
+        return [notify.replay_batch_group(self.batch_id())]
 
     def concerns(self, message) -> bool:
         if message.get("type") == "batch.changed":

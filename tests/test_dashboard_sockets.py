@@ -262,6 +262,37 @@ async def test_sockets_showing_the_same_page_share_one_render(viewer, orders, mo
             await ws.disconnect()
 
 
+async def test_a_status_change_reaches_every_page_as_one_small_frame_with_only_that_row(
+    viewer, orders
+):
+    changed, other = [await database_sync_to_async(trigger)("orders") for _ in range(2)]
+    pages = []
+    for _ in range(3):
+        ws, snapshot = await connected("/ws/runs/?ack=1", viewer)
+        assert f'id="run-{other.pk}"' in snapshot and 'id="run-pager"' in snapshot
+        pages.append(ws)
+    try:
+        await database_sync_to_async(Run.objects.filter(pk=changed.pk).update)(status="failed")
+        await send_run_changed(
+            notify.RUNS_GROUP, run=changed.pk, seq=1, status="failed", workflow="orders"
+        )
+
+        frames = [
+            (await frames_until(ws, lambda f: 'data-status="failed"' in f))[-1] for ws in pages
+        ]
+
+        assert frames[0] == frames[1] == frames[2]
+        assert re.fullmatch(
+            rf'<tbody><tr id="run-{changed.pk}" data-status="failed".*</tr></tbody>',
+            frames[0],
+            re.S,
+        )
+        assert f'id="run-{other.pk}"' not in frames[0]
+    finally:
+        for ws in pages:
+            await ws.disconnect()
+
+
 async def test_an_idle_page_gets_its_frame_without_waiting_for_a_coalescing_window(
     viewer, orders, monkeypatch
 ):
@@ -301,7 +332,7 @@ async def test_hints_that_arrive_while_a_render_is_in_flight_become_one_more_fra
             renders.append(frame)
         # The first render that sees the run failed is done but not handed back yet: it is
         # in flight. (Renders for the trigger's own hints may come before it.)
-        if hold[0] and 'data-status="failed"' in frame:
+        if hold[0] and 'data-status="failed"' in frame.full:
             hold[0] = False
             holding.set()
             release.wait(TIMEOUT)

@@ -94,9 +94,9 @@ async def test_a_run_changed_message_leads_to_a_fresh_render_with_the_new_status
             notify.RUNS_GROUP, run=run.pk, seq=2, status="succeeded", workflow="live"
         )
 
+        # Only the row that changed (the snapshot had the whole page).
         fresh = await ws.receive_from(timeout=TIMEOUT)
-        assert 'id="run-rows"' in fresh
-        assert 'data-status="succeeded"' in fresh
+        assert f'<tr id="run-{run.pk}" data-status="succeeded"' in fresh
         assert 'data-status="queued"' not in fresh
 
 

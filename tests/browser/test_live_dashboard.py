@@ -120,3 +120,34 @@ def test_a_signed_in_user_without_a_role_is_refused_the_runs_page(page: Page, ma
 
     expect(page.get_by_role("heading", name="Forbidden")).to_be_visible()
     expect(page.locator("#run-rows")).to_have_count(0)
+
+
+@pytest.mark.browser
+def test_new_runs_arrive_on_top_of_a_full_runs_page_which_keeps_its_size(viewer_page: Page, api):
+    # Frames after the snapshot carry only new and changed rows (dashboard/run_list_frames.py):
+    # the page prepends new runs and drops the rows past its page size itself.
+    page = viewer_page
+    publish(api, "browser-paged", definition(log_step("received"), event="com.example.paged"))
+    first = [send(api, cloudevent("com.example.paged", data={"n": n})) for n in range(2)]
+    runs = [run_of_event(api, "browser-paged", event_id) for event_id in first]
+    second_newest = max(runs, key=lambda run: run["id"])["event"]
+    page.goto("/runs/?workflow=browser-paged&limit=2")
+    rows = page.locator("#run-rows tr[data-event]")
+    expect(rows).to_have_count(2)
+    wait_for_live(page)
+    set_marker(page)
+
+    newest = send(api, cloudevent("com.example.paged", data={"n": 2}))
+
+    expect(rows.first).to_have_attribute("data-event", str(newest), timeout=LIVE_TIMEOUT_MS)
+    expect(rows.first).to_have_attribute("data-status", "succeeded", timeout=LIVE_TIMEOUT_MS)
+    expect(rows).to_have_count(2)
+    expect(rows.nth(1)).to_have_attribute("data-event", str(second_newest))
+    expect(page.locator("#run-pager a[rel=next]")).to_have_count(1)
+    # The older run may still be finishing: its change comes as a frame of its own.
+    expect(rows.nth(1)).to_have_attribute("data-status", "succeeded", timeout=LIVE_TIMEOUT_MS)
+    assert marker_survived(page), "the runs page was reloaded"
+    # What the live frames built is what the page itself renders.
+    live = rows.evaluate_all("rows => rows.map(r => r.id + ':' + r.dataset.status)")
+    page.reload()
+    assert rows.evaluate_all("rows => rows.map(r => r.id + ':' + r.dataset.status)") == live
