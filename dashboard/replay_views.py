@@ -93,7 +93,8 @@ def _replay_choices(request, run: Run) -> dict[str, Any]:
     default_from = replays.FROM_FAILED if run.status == "failed" else replays.FROM_START
     return {
         "from_step": source.get("from_step") or default_from,
-        "version": source.get("version") or replays.VERSION_ORIGINAL,
+        # A replay right after a fix wants the fix: the latest version when it is newer.
+        "version": source.get("version") or replays.default_version(run),
         "renew": source.get("renew_idempotency_keys") in ("on", "true", "1"),
         "input_text": (source.get("input") or "").strip(),
         "reason": (source.get("reason") or "").strip(),
@@ -107,6 +108,14 @@ def _edited_input(text: str):
         return json.loads(text)
     except ValueError as exc:
         raise replays.ReplayError(f"the edited input is not JSON: {exc}", status=400) from exc
+
+
+def _step_ids(run: Run, version: str) -> list[str]:
+    """The steps of the version the replay runs (a chosen step must be one of them)."""
+    try:
+        return list(definition_for(replays.resolve_version(run, version)).steps)
+    except replays.ReplayError:
+        return list(definition_for(run.version).steps)
 
 
 @role_required("operator")
@@ -144,8 +153,11 @@ def run_replay(request, run_id: int):
         "run": run,
         "plan": plan,
         "error": error,
+        # A replay that cannot start offers what can (and its Confirm stays disabled).
+        "alternatives": replays.replays_that_can_start(run) if error else [],
         "choices": choices,
-        "step_ids": list(definition_for(run.version).steps),
+        "versions": replays.version_choices(run),
+        "step_ids": _step_ids(run, choices["version"]),
         "original_input": json.dumps(replays.original_input(run), indent=2),
     }
     if request.htmx and request.method == "GET":
