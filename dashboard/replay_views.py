@@ -27,6 +27,7 @@ from workflows.roles import has_role
 from workflows.services import audit
 from workflows.services import dead_letters as dlq
 from workflows.services import replay as replays
+from workflows.services.dead_letter_preview import preview_redrive
 from workflows.services.definitions import definition_for
 from workflows.services.redrive import EventSelection, RedriveError, redrive_events
 from workflows.services.run_control import cancel_run
@@ -181,6 +182,11 @@ def run_cancel(request, run_id: int):
 # A letter that belongs to a workflow of another team (replay_selectors.letters_touching) is
 # not there for this user: left out of the list, 404 on its pages and actions, refused (as an
 # unknown id) in a bulk re-drive.
+def _redrive_version(request) -> str:
+    chosen = request.POST.get("version")
+    return chosen if chosen in (replays.VERSION_ORIGINAL, replays.VERSION_LATEST) else "original"
+
+
 def _redrive_selected(request, ids: list[int], hidden: frozenset[int]) -> list[dict[str, Any]]:
     allowed = recovery.visible_dead_letter_ids(ids, hidden=hidden)
     done = {
@@ -189,11 +195,44 @@ def _redrive_selected(request, ids: list[int], hidden: frozenset[int]) -> list[d
             letter_ids=[i for i in ids if i in allowed],
             actor=request.user.get_username(),
             reason=(request.POST.get("reason") or "").strip(),
+            version=_redrive_version(request),
         )
     }
     # The same answer as for an id that does not exist: nothing tells the two apart.
     unknown = {"ok": False, "error": "no such dead letter"}
     return [done.get(i) or {"id": i, **unknown} for i in ids]
+
+
+def _preview_selected(request, ids: list[int], hidden: frozenset[int]):
+    allowed = recovery.visible_dead_letter_ids(ids, hidden=hidden)
+    # Another team's letter previews as an unknown id does, as the re-drive answers it.
+    return preview_redrive(
+        letter_ids=ids, version=_redrive_version(request), unknown=set(ids) - allowed
+    )
+
+
+def _bulk_redrive(request, hidden: frozenset[int]):
+    """Selected letters: first a preview (what each re-drive does, to which workflow and
+    version, which cannot be re-driven and why) to confirm; then each letter's outcome."""
+    ids = list(dict.fromkeys(int(i) for i in request.POST.getlist("ids") if i.isdigit()))
+    if not ids:
+        messages.error(request, "Select the dead letters to re-drive.")
+        return redirect(reverse("dashboard:dead-letters") + "?" + request.GET.urlencode())
+    context: dict[str, Any] = {
+        "ids": ids,
+        "reason": (request.POST.get("reason") or "").strip(),
+        "version": _redrive_version(request),
+        "back": reverse("dashboard:dead-letters") + "?" + request.GET.urlencode(),
+    }
+    if request.POST.get("confirm") != "yes":
+        previews = _preview_selected(request, ids, hidden)
+        context["previews"] = previews
+        context["can_count"] = sum(1 for p in previews if p.can)
+        return render(request, "dashboard/dead_letters_redrive.html", context)
+    results = _redrive_selected(request, ids, hidden)
+    context["results"] = results
+    context["ok_count"] = sum(1 for r in results if r["ok"])
+    return render(request, "dashboard/dead_letters_redrive.html", context)
 
 
 @role_required("viewer")
@@ -202,16 +241,7 @@ def dead_letter_list(request):
     hidden = ds.hidden_workflow_ids(request.user)
     if request.method == "POST":  # re-drive the selected letters
         _require_operator(request)
-        ids = list(dict.fromkeys(int(i) for i in request.POST.getlist("ids") if i.isdigit()))
-        if not ids:
-            messages.error(request, "Select the dead letters to re-drive.")
-        else:
-            for result in _redrive_selected(request, ids, hidden):
-                if result["ok"]:
-                    messages.success(request, f"Dead letter {result['id']}: {result['resolution']}")
-                else:
-                    messages.error(request, f"Dead letter {result['id']}: {result['error']}")
-        return redirect(reverse("dashboard:dead-letters") + "?" + request.GET.urlencode())
+        return _bulk_redrive(request, hidden)
     state = (
         request.GET.get("state")
         if request.GET.get("state") in ("open", "resolved", "all")

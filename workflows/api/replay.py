@@ -36,6 +36,7 @@ from .. import roles, selectors
 from ..events.envelope import InvalidEvent, loads_json
 from ..models import Run
 from ..services import dead_letters as dlq
+from ..services.dead_letter_preview import preview_redrive
 from ..services import replay as replays
 from ..services.redrive import EventSelection, RedriveError, redrive_events
 from .auth import hides, hides_run, hides_slug, shown_runs, token_required
@@ -99,14 +100,19 @@ def _seen_letter(request, letter_id: int) -> None:
         raise dlq.DeadLetterError(f"no dead letter {letter_id}", status=404, kind="not-found")
 
 
-def _redrive_seen(request, ids: list[int], *, reason: str) -> list[dict[str, Any]]:
+def _redrive_seen(
+    request, ids: list[int], *, reason: str, version: str = replays.VERSION_ORIGINAL
+) -> list[dict[str, Any]]:
     """dlq.redrive_many over the letters the token may see; the others get the answer an
     unknown id gets, and runs started in workflows it may not see are left out."""
     hidden = request.hidden_workflows
     seen = recovery.visible_dead_letter_ids(ids, hidden=hidden) if hidden else set(ids)
     done = iter(
         dlq.redrive_many(
-            letter_ids=[i for i in ids if i in seen], actor=_actor(request), reason=reason
+            letter_ids=[i for i in ids if i in seen],
+            actor=_actor(request),
+            reason=reason,
+            version=version,
         )
     )
     results = []
@@ -333,7 +339,21 @@ def dead_letters_redrive(request):
         or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
     ):
         return _bad('send {"ids": [dead letter ids], "reason": "..."}')
-    results = _redrive_seen(request, ids, reason=_reason(body))
+    version = str(body.get("version") or replays.VERSION_ORIGINAL)
+    if version not in (replays.VERSION_ORIGINAL, replays.VERSION_LATEST):
+        return _bad('version is "original" or "latest"')
+    if _flag(body.get("dry_run")):
+        hidden = request.hidden_workflows
+        seen = recovery.visible_dead_letter_ids(ids, hidden=hidden) if hidden else set(ids)
+        previews = preview_redrive(letter_ids=ids, version=version, unknown=set(ids) - seen)
+        return JsonResponse(
+            {
+                "dry_run": True,
+                "can_redrive": sum(1 for p in previews if p.can),
+                "letters": [p.as_json() for p in previews],
+            }
+        )
+    results = _redrive_seen(request, ids, reason=_reason(body), version=version)
     status = 200 if all(r["ok"] for r in results) else 207
     return JsonResponse({"results": results}, status=status)
 

@@ -1,0 +1,121 @@
+"""Bulk re-drive of selected dead letters: a preview to confirm (how many, to which workflow
+and version, which cannot be re-driven and why), then each letter's outcome — never a
+server error half-way, even with a poison letter among them."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_dead_letters import event_letter, step_letter  # noqa: F401 (fixtures)
+from tests.test_replay import signed_in, token_client
+from workflows.models import DeadLetter, Run
+from workflows.services import dead_letters as dlq
+from workflows.services.dead_letter_preview import preview_redrive
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def poison() -> DeadLetter:
+    """A bus letter whose (edited) payload names an event id that is not a number."""
+    return DeadLetter.objects.create(
+        kind="bus", reason="delivered too often", payload={"event_id": "abc"}
+    )
+
+
+def test_a_poison_letter_is_reported_and_the_others_are_re_driven(poison, step_letter):  # noqa: F811
+    results = dlq.redrive_many(letter_ids=[poison.pk, step_letter.pk], actor="alice")
+
+    assert [(r["id"], r["ok"]) for r in results] == [(poison.pk, False), (step_letter.pk, True)]
+    assert "event_id must be a whole number" in results[0]["error"]
+    poison.refresh_from_db()
+    assert poison.resolved_at is None
+
+
+def test_an_unforeseen_error_in_one_letter_does_not_stop_the_others(step_letter, event_letter):  # noqa: F811
+    real = dlq._redrive
+
+    def breaks_on_the_event_letter(letter, **kwargs):
+        if letter.pk == event_letter.pk:
+            raise KeyError("surprise")
+        return real(letter, **kwargs)
+
+    from unittest import mock
+
+    with mock.patch.object(dlq, "_redrive", breaks_on_the_event_letter):
+        results = dlq.redrive_many(letter_ids=[event_letter.pk, step_letter.pk], actor="alice")
+
+    assert [r["ok"] for r in results] == [False, True]
+    assert "unexpected error (KeyError)" in results[0]["error"]
+    event_letter.refresh_from_db()
+    assert event_letter.resolved_at is None
+
+
+def test_the_preview_says_what_each_letter_would_do_and_starts_nothing(
+    step_letter,
+    event_letter,
+    poison,  # noqa: F811
+):
+    previews = {
+        p.letter_id: p
+        for p in preview_redrive(letter_ids=[step_letter.pk, event_letter.pk, poison.pk, 999_999])
+    }
+
+    step = previews[step_letter.pk]
+    assert step.can and step.workflow == "greeter" and step.version == 1
+    assert step.action.startswith(f"replays run {step_letter.run_id} from the failed step")
+    assert previews[event_letter.pk].can  # it is re-ingested; its schema decides then
+    assert not previews[poison.pk].can and "whole number" in previews[poison.pk].action
+    assert previews[999_999].action == "no such dead letter"
+    assert not Run.objects.filter(origin="replay").exists()
+    assert DeadLetter.objects.filter(resolved_at__isnull=False).count() == 0
+
+
+def test_re_driving_selected_letters_in_the_dashboard_asks_first_then_shows_each_outcome(
+    client,
+    step_letter,
+    poison,  # noqa: F811
+):
+    operator = signed_in(client, "operator")
+    ids = [str(step_letter.pk), str(poison.pk)]
+
+    preview = operator.post("/dead-letters/", {"ids": ids, "reason": "go"})
+
+    text = preview.content.decode()
+    assert preview.status_code == 200
+    assert "Re-drive 1 of 2 selected dead letters?" in text
+    assert f'id="redrive-preview-{step_letter.pk}" data-can="true"' in text
+    assert f'id="redrive-preview-{poison.pk}" data-can="false"' in text
+    assert "<code>greeter</code>" in text and "v1" in text
+    assert not Run.objects.filter(origin="replay").exists()  # nothing done yet
+
+    done = operator.post("/dead-letters/", {"ids": ids, "reason": "go", "confirm": "yes"})
+
+    text = done.content.decode()
+    assert done.status_code == 200
+    assert "1 of 2 re-driven" in text
+    assert f'id="redrive-result-{step_letter.pk}" data-ok="true"' in text
+    assert f'id="redrive-result-{poison.pk}" data-ok="false"' in text
+    assert "event_id must be a whole number" in text
+    assert Run.objects.filter(origin="replay").count() == 1
+
+
+def test_the_api_dry_runs_a_bulk_re_drive_and_answers_207_with_a_poison_letter(
+    client,
+    step_letter,
+    poison,  # noqa: F811
+):
+    api = token_client(client, "operator")
+    ids = [step_letter.pk, poison.pk]
+
+    dry = api.post(
+        "/api/v1/dead-letters/redrive",
+        {"ids": ids, "dry_run": True},
+        content_type="application/json",
+    )
+    done = api.post("/api/v1/dead-letters/redrive", {"ids": ids}, content_type="application/json")
+
+    assert dry.status_code == 200 and dry.json()["can_redrive"] == 1
+    assert [x["can_redrive"] for x in dry.json()["letters"]] == [True, False]
+    assert done.status_code == 207
+    assert [r["ok"] for r in done.json()["results"]] == [True, False]
