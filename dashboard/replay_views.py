@@ -386,6 +386,14 @@ def replay_batches(request):
         if errors
         else list(recovery.failed_runs(selection, hidden=hidden)[: replays.MAX_BATCH + 1])
     )
+    from_step = (source.get("from_step") or replays.FROM_FAILED).strip()
+    replay_version = source.get("replay_version") or replays.VERSION_ORIGINAL
+    # The dry run: which of the matching runs would start, and why the others would not.
+    checks = (
+        replays.check_bulk_replay(runs=matching, from_step=from_step, version=replay_version)
+        if source.get("dry_run") and not errors
+        else None
+    )
     if request.method == "POST" and not errors:
         _require_operator(request)
         try:
@@ -394,8 +402,8 @@ def replay_batches(request):
                 actor=request.user.get_username(),
                 run_ids=[r.pk for r in matching],
                 selection=selection.as_json(),
-                from_step=replays.FROM_FAILED,
-                version=source.get("replay_version") or replays.VERSION_ORIGINAL,
+                from_step=from_step,
+                version=replay_version,
                 renew_idempotency_keys=source.get("renew_idempotency_keys") == "on",
                 per_second=per_second,
                 reason=(source.get("reason") or "").strip(),
@@ -426,6 +434,11 @@ def replay_batches(request):
                     "renew_idempotency_keys",
                 )
             },
+            "from_step": from_step,
+            "step_ids": _workflow_step_ids(selection.workflow),
+            "checks": checks,
+            "will_start": sum(1 for c in checks or [] if c.can),
+            "will_not_start": sum(1 for c in checks or [] if not c.can),
             "errors": errors,
             "matching": matching[:50],
             "matching_count": len(matching),
@@ -435,6 +448,18 @@ def replay_batches(request):
         },
         status=400 if errors and request.method == "POST" else 200,
     )
+
+
+def _workflow_step_ids(slug: str) -> list[str]:
+    """The steps a bulk replay can start from: those of the workflow's published version."""
+    workflow = (
+        Workflow.objects.select_related("published_version").filter(slug=slug).first()
+        if slug
+        else None
+    )
+    if workflow is None or workflow.published_version is None:
+        return []
+    return list(definition_for(workflow.published_version).steps)
 
 
 def batch_context(batch) -> dict[str, Any]:
@@ -471,7 +496,7 @@ def replay_batch_cancel(request, batch_id: int):
         actor=request.user.get_username(),
         reason=(request.POST.get("reason") or "").strip(),
     )
-    return redirect("dashboard:replay-batch", batch_id=batch_id)
+    return _go(request, reverse("dashboard:replay-batch", args=[batch_id]))
 
 
 @role_required("operator")

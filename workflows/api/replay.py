@@ -415,21 +415,20 @@ def bulk_replay(request):
     except recovery.InvalidFilter as exc:
         return _bad(str(exc), errors=exc.errors)
     runs = recovery.failed_runs(selection, hidden=request.hidden_workflows)
+    from_step = str(body.get("from_step") or replays.FROM_FAILED)
+    version = str(body.get("version") or replays.VERSION_ORIGINAL)
     if _flag(body.get("dry_run")):
-        listed = list(runs[: replays.MAX_BATCH])
+        # Which runs will start and which will not, and why, before anything starts.
+        checks = replays.check_bulk_replay(
+            runs=runs[: replays.MAX_BATCH], from_step=from_step, version=version
+        )
         return JsonResponse(
             {
                 "filter": selection.as_json(),
-                "matched": len(listed),
-                "runs": [
-                    {
-                        "id": r.pk,
-                        "workflow": r.workflow.slug,
-                        "version": r.version.number,
-                        "error": r.error,
-                    }
-                    for r in listed
-                ],
+                "matched": len(checks),
+                "will_start": sum(1 for c in checks if c.can),
+                "will_not_start": sum(1 for c in checks if not c.can),
+                "runs": [c.as_json() for c in checks],
             }
         )
     per_second = body.get("per_second", replays.DEFAULT_PER_SECOND)
@@ -439,8 +438,8 @@ def bulk_replay(request):
         actor=_actor(request),
         run_ids=list(runs.values_list("pk", flat=True)[: replays.MAX_BATCH + 1]),
         selection=selection.as_json(),
-        from_step=str(body.get("from_step") or replays.FROM_FAILED),
-        version=str(body.get("version") or replays.VERSION_ORIGINAL),
+        from_step=from_step,
+        version=version,
         renew_idempotency_keys=_flag(body.get("renew_idempotency_keys")),
         per_second=per_second,
         reason=_reason(body),

@@ -776,6 +776,47 @@ def start_bulk_replay(
     return batch
 
 
+@dataclass(frozen=True)
+class BulkCheck:
+    """Whether one run of a bulk selection would start, and why not."""
+
+    run: Run
+    can: bool
+    why: str  # what the replay does, or why it cannot start
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.run.pk,
+            "workflow": self.run.workflow.slug,
+            "version": self.run.version.number,
+            "error": self.run.error,
+            "will_start": self.can,
+            "why": self.why,
+        }
+
+
+def check_bulk_replay(
+    *, runs: Iterable[Run], from_step: str = FROM_FAILED, version: str = VERSION_ORIGINAL
+) -> list[BulkCheck]:
+    """A dry run of a bulk replay: for each run, whether its replay would start (planned as
+    the batch task will plan it) and, if not, why. Starts nothing."""
+    checks = []
+    for run in runs:
+        try:
+            plan = plan_replay(run=run, from_step=from_step, version=version)
+        except ReplayError as exc:
+            checks.append(BulkCheck(run, False, str(exc)))
+            continue
+        why = (
+            f"v{plan.version.number}: {len(plan.reused)} step(s) reused, "
+            f"{len(plan.rerun)} run again"
+        )
+        if plan.removed:
+            why += "; not in this version: " + ", ".join(r.step_id for r in plan.removed)
+        checks.append(BulkCheck(run, True, why))
+    return checks
+
+
 def start_shadow(
     *,
     workflow_slug: str,

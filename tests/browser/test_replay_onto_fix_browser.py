@@ -1,0 +1,92 @@
+"""Recovery the way people do it: a run fails, the workflow is fixed by removing the failing
+step, and an operator replays the run from its page onto the fixed version, which it offers
+first; the preview says step by step what is reused, what runs and what is gone."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.factories import cloudevent, definition, log_step
+from tests.waiting import wait_until
+
+from .helpers import LIVE_TIMEOUT_MS, log_in, marker_survived, set_marker
+from .test_live_dashboard import publish, run_of_event, send
+
+PREPARE = {"id": "prepare", "kind": "transform", "config": {"output": "{{ event.data.order }}"}}
+BROKEN = {"id": "broken", "kind": "fail", "config": {"message": "bug"}, "after": ["prepare"]}
+
+
+@pytest.mark.browser
+def test_a_run_failed_by_a_step_the_fix_removed_is_replayed_onto_the_fix(
+    page: Page, api, make_user
+):
+    slug = "browser-fix"
+    publish(api, slug, definition(PREPARE, BROKEN, log_step("notify", after=("broken",))))
+    failed = run_of_event(api, slug, send(api, cloudevent(data={"order": 4})))
+    wait_until(
+        lambda: api.get(f"/api/v1/runs/{failed['id']}").json()["status"] == "failed",
+        timeout=60,
+        message="the run to fail",
+    )
+    # The fix: the failing step is removed; notify now follows prepare.
+    publish(api, slug, definition(PREPARE, log_step("notify", after=("prepare",))))
+
+    log_in(page, make_user("operator").username)
+    page.goto(f"/runs/{failed['id']}/")
+    page.get_by_role("button", name="Replay from failed step").click()
+
+    expect(page).to_have_url(re.compile(rf"/runs/{failed['id']}/replay/"))
+    latest = page.get_by_role("radio", name=re.compile("latest published: v2"))
+    expect(latest).to_be_checked()  # the fix is offered first and chosen
+    expect(page.locator("#plan-prepare")).to_have_attribute("data-action", "reuse")
+    expect(page.locator("#plan-notify")).to_have_attribute("data-action", "run")
+    expect(page.locator("#plan-notify")).to_contain_text("broken is no longer there")
+    expect(page.locator("#plan-removed-broken")).to_contain_text("not in v2")
+    expect(page.locator("#replay-error")).to_have_count(0)
+
+    # The original version is offered beside it; choosing it previews the broken step again.
+    page.get_by_role("radio", name=re.compile("original: v1")).check()
+    expect(page.locator("#plan-broken")).to_have_attribute("data-action", "run")
+    latest.check()
+    expect(page.locator("#plan-removed-broken")).to_be_visible()
+    page.get_by_role("button", name="Confirm replay").click()
+
+    expect(page).to_have_url(re.compile(r"/runs/(\d+)/$"))
+    replay_id = int(re.search(r"/runs/(\d+)/$", page.url).group(1))
+    assert replay_id != failed["id"]
+    set_marker(page)
+    expect(page.locator("#run-detail")).to_have_attribute(
+        "data-status", "succeeded", timeout=LIVE_TIMEOUT_MS
+    )
+    assert marker_survived(page), "the run page was reloaded"
+    replay = api.get(f"/api/v1/runs/{replay_id}").json()
+    assert {s["id"]: s["status"] for s in replay["steps"]} == {
+        "prepare": "succeeded",
+        "notify": "succeeded",
+    }
+
+
+@pytest.mark.browser
+def test_a_replay_that_cannot_start_disables_confirm_and_offers_what_can(
+    page: Page, api, make_user
+):
+    slug = "browser-fine"
+    publish(api, slug, definition(PREPARE, log_step("notify", after=("prepare",))))
+    run = run_of_event(api, slug, send(api, cloudevent(data={"order": 5})))
+    wait_until(
+        lambda: api.get(f"/api/v1/runs/{run['id']}").json()["status"] == "succeeded",
+        timeout=60,
+        message="the run to succeed",
+    )
+    log_in(page, make_user("operator").username)
+
+    page.goto(f"/runs/{run['id']}/replay/?from_step=failed")
+
+    expect(page.locator("#replay-error")).to_contain_text("did not fail")
+    expect(page.get_by_role("button", name="Confirm replay")).to_be_disabled()
+    page.locator(".replay-alternative").first.click()
+    expect(page.get_by_role("button", name="Confirm replay")).to_be_enabled()
+    expect(page.locator("#plan-prepare")).to_have_attribute("data-action", "run")
