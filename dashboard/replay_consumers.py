@@ -66,7 +66,9 @@ class ReplayBatchConsumer(PushConsumer):
         return frame
 
 
-def render_batch_progress(batch_id: int, *, can_operate: bool = False) -> tuple[str, frozenset[int]]:
+def render_batch_progress(
+    batch_id: int, *, can_operate: bool = False
+) -> tuple[str, frozenset[int]]:
     from .replay_views import batch_context
 
     batch = recovery.batch(batch_id)

@@ -1,3 +1,4 @@
+# ruff: noqa: F811
 """Bulk re-drive of selected dead letters: a preview to confirm (how many, to which workflow
 and version, which cannot be re-driven and why), then each letter's outcome — never a
 server error half-way, even with a poison letter among them."""
@@ -6,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_dead_letters import event_letter, step_letter  # noqa: F401 (fixtures)
+# The dead-letter fixtures are shared with test_dead_letters (pytest finds them by name).
+from tests.test_dead_letters import event_letter, step_letter  # noqa: F401
 from tests.test_replay import signed_in, token_client
 from workflows.models import DeadLetter, Run
 from workflows.services import dead_letters as dlq
@@ -23,7 +25,7 @@ def poison() -> DeadLetter:
     )
 
 
-def test_a_poison_letter_is_reported_and_the_others_are_re_driven(poison, step_letter):  # noqa: F811
+def test_a_poison_letter_is_reported_and_the_others_are_re_driven(poison, step_letter):
     results = dlq.redrive_many(letter_ids=[poison.pk, step_letter.pk], actor="alice")
 
     assert [(r["id"], r["ok"]) for r in results] == [(poison.pk, False), (step_letter.pk, True)]
@@ -32,7 +34,7 @@ def test_a_poison_letter_is_reported_and_the_others_are_re_driven(poison, step_l
     assert poison.resolved_at is None
 
 
-def test_an_unforeseen_error_in_one_letter_does_not_stop_the_others(step_letter, event_letter):  # noqa: F811
+def test_an_unforeseen_error_in_one_letter_does_not_stop_the_others(step_letter, event_letter):
     real = dlq._redrive
 
     def breaks_on_the_event_letter(letter, **kwargs):
@@ -54,7 +56,7 @@ def test_an_unforeseen_error_in_one_letter_does_not_stop_the_others(step_letter,
 def test_the_preview_says_what_each_letter_would_do_and_starts_nothing(
     step_letter,
     event_letter,
-    poison,  # noqa: F811
+    poison,
 ):
     previews = {
         p.letter_id: p
@@ -74,7 +76,7 @@ def test_the_preview_says_what_each_letter_would_do_and_starts_nothing(
 def test_re_driving_selected_letters_in_the_dashboard_asks_first_then_shows_each_outcome(
     client,
     step_letter,
-    poison,  # noqa: F811
+    poison,
 ):
     operator = signed_in(client, "operator")
     ids = [str(step_letter.pk), str(poison.pk)]
@@ -103,7 +105,7 @@ def test_re_driving_selected_letters_in_the_dashboard_asks_first_then_shows_each
 def test_the_api_dry_runs_a_bulk_re_drive_and_answers_207_with_a_poison_letter(
     client,
     step_letter,
-    poison,  # noqa: F811
+    poison,
 ):
     api = token_client(client, "operator")
     ids = [step_letter.pk, poison.pk]

@@ -36,8 +36,8 @@ from .. import roles, selectors
 from ..events.envelope import InvalidEvent, loads_json
 from ..models import Run
 from ..services import dead_letters as dlq
-from ..services.dead_letter_preview import preview_redrive
 from ..services import replay as replays
+from ..services.dead_letter_preview import preview_redrive
 from ..services.redrive import EventSelection, RedriveError, redrive_events
 from .auth import hides, hides_run, hides_slug, shown_runs, token_required
 from .bodies import BodyTooLarge, read_limited

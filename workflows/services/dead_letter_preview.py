@@ -7,8 +7,8 @@ here writes; the same checks run again when the re-drive is confirmed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Set
+from dataclasses import dataclass
 from typing import Any
 
 from ..events.envelope import InvalidEvent, from_structured

@@ -28,7 +28,6 @@ from ..models import DeadLetter, Event, Workflow
 from . import audit
 from .replay import FROM_FAILED, UNCHANGED, VERSION_ORIGINAL, ReplayError, replay_run
 
-
 log = logging.getLogger("signalbox.dead_letters")
 
 

@@ -280,9 +280,7 @@ def plan_replay(
         elif replace(step, after=()) != replace(original_definition.steps[step_id], after=()):
             roots[step_id] = f"changed in {label}"
         elif _edges_into(target, step_id) != _edges_into(original_definition, step_id):
-            gone = sorted(
-                {e.source for e in original_definition.incoming(step_id)} & set(dropped)
-            )
+            gone = sorted({e.source for e in original_definition.incoming(step_id)} & set(dropped))
             roots[step_id] = (
                 f"its inputs changed in {label}: {', '.join(gone)} "
                 f"{'is' if len(gone) == 1 else 'are'} no longer there"
