@@ -81,11 +81,18 @@ def run_panel(request, run_id: int):
         "run": run,
         "can_operate": _can_operate(request),
         "terminal": run.status in TERMINAL_RUN,
+        # A fix published since the run: the replay page offers it first.
+        "newer_version": _newer_version(run),
         "comparison": replays.compare_runs(run) if run.replay_of_id else [],
         "entries": recovery.audit_for_run(run),
         "letters": list(run.deadletter_set.order_by("id")),
     }
     return render(request, "dashboard/replay_run_panel.html", context)
+
+
+def _newer_version(run: Run) -> int | None:
+    first = replays.version_choices(run)[0]
+    return first["number"] if first["value"] == replays.VERSION_LATEST else None
 
 
 # --- replaying one run ---------------------------------------------------------------------------
@@ -229,6 +236,23 @@ def _bulk_redrive(request, hidden: frozenset[int]):
         context["previews"] = previews
         context["can_count"] = sum(1 for p in previews if p.can)
         return render(request, "dashboard/dead_letters_redrive.html", context)
+    if request.htmx:
+        # Live: the page lists the letters at once and re-drives them one by one, each row
+        # showing its outcome as it comes (dead_letter_redrive_row).
+        context["live"] = [
+            {
+                "id": letter_id,
+                "vals": json.dumps(
+                    {
+                        "reason": context["reason"],
+                        "version": context["version"],
+                        "next": ids[i + 1] if i + 1 < len(ids) else "",
+                    }
+                ),
+            }
+            for i, letter_id in enumerate(ids)
+        ]
+        return render(request, "dashboard/dead_letters_redrive.html", context)
     results = _redrive_selected(request, ids, hidden)
     context["results"] = results
     context["ok_count"] = sum(1 for r in results if r["ok"])
@@ -263,6 +287,21 @@ def dead_letter_list(request):
             "can_operate": _can_operate(request),
         },
     )
+
+
+@role_required("operator")
+@require_POST
+def dead_letter_redrive_row(request, letter_id: int):
+    """Re-drive one letter of a live bulk re-drive; answer its outcome row and start the
+    next letter's (a client event, so the letters go one after the other)."""
+    [result] = _redrive_selected(request, [letter_id], ds.hidden_workflow_ids(request.user))
+    response = render(request, "dashboard/_redrive_result_row.html", {"result": result})
+    following = request.POST.get("next") or ""
+    if following.isdigit():
+        response["HX-Trigger"] = json.dumps({f"redrive-go-{following}": True})
+    else:
+        response["HX-Trigger"] = json.dumps({"redrive-finished": True})
+    return response
 
 
 def _letter_or_404(request, letter_id: int):

@@ -121,3 +121,44 @@ def test_the_api_dry_runs_a_bulk_re_drive_and_answers_207_with_a_poison_letter(
     assert [x["can_redrive"] for x in dry.json()["letters"]] == [True, False]
     assert done.status_code == 207
     assert [r["ok"] for r in done.json()["results"]] == [True, False]
+
+
+def test_a_live_re_drive_lists_the_letters_then_re_drives_them_one_after_the_other(
+    client, step_letter, poison
+):
+    operator = signed_in(client, "operator")
+    ids = [str(poison.pk), str(step_letter.pk)]
+
+    page = operator.post(
+        "/dead-letters/", {"ids": ids, "confirm": "yes", "reason": "go"}, HTTP_HX_REQUEST="true"
+    ).content.decode()
+
+    assert f'id="redrive-result-{poison.pk}" data-ok="pending"' in page
+    assert (
+        'hx-trigger="load"' in page
+        and f'hx-trigger="redrive-go-{step_letter.pk} from:body"' in page
+    )
+    assert not Run.objects.filter(origin="replay").exists()  # nothing done until the rows ask
+
+    first = operator.post(
+        f"/dead-letters/{poison.pk}/redrive-row/",
+        {"reason": "go", "version": "original", "next": str(step_letter.pk)},
+        HTTP_HX_REQUEST="true",
+    )
+    last = operator.post(
+        f"/dead-letters/{step_letter.pk}/redrive-row/",
+        {"reason": "go", "version": "original", "next": ""},
+        HTTP_HX_REQUEST="true",
+    )
+
+    assert 'data-ok="false"' in first.content.decode()
+    assert first["HX-Trigger"] == f'{{"redrive-go-{step_letter.pk}": true}}'
+    assert 'data-ok="true"' in last.content.decode() and "replayed as run" in last.content.decode()
+    assert last["HX-Trigger"] == '{"redrive-finished": true}'
+    assert Run.objects.filter(origin="replay").count() == 1
+
+
+def test_a_viewer_cannot_re_drive_a_row(client, poison):
+    viewer = signed_in(client, "viewer")
+
+    assert viewer.post(f"/dead-letters/{poison.pk}/redrive-row/").status_code == 403

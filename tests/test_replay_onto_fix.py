@@ -130,3 +130,9 @@ def test_a_replay_page_that_cannot_start_disables_confirm_and_offers_what_can(db
     assert 'class="replay-alternative"' in text and "from_step=start" in text
     assert refused.status_code == 409 and 'id="confirm-replay" disabled' in refused.content.decode()
     assert not Run.objects.filter(origin="replay").exists()
+
+
+def test_the_run_page_says_a_fix_is_published_since_the_run(fixed_by_removing_the_step, client):
+    panel = signed_in(client, "operator").get(f"/runs/{fixed_by_removing_the_step.pk}/recovery/")
+
+    assert "v2 is published since this run ran" in panel.content.decode()

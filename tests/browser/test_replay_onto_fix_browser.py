@@ -90,3 +90,54 @@ def test_a_replay_that_cannot_start_disables_confirm_and_offers_what_can(
     page.locator(".replay-alternative").first.click()
     expect(page.get_by_role("button", name="Confirm replay")).to_be_enabled()
     expect(page.locator("#plan-prepare")).to_have_attribute("data-action", "run")
+
+
+@pytest.mark.browser
+def test_re_driving_selected_dead_letters_asks_first_and_shows_each_outcome(
+    page: Page, api, make_user
+):
+    from workflows.models import DeadLetter
+
+    slug = "browser-letters"
+    publish(api, slug, definition(PREPARE, BROKEN))
+    failed = run_of_event(api, slug, send(api, cloudevent(data={"order": 6})))
+    wait_until(
+        lambda: api.get(f"/api/v1/runs/{failed['id']}").json()["status"] == "failed",
+        timeout=60,
+        message="the run to fail",
+    )
+    step_letter = DeadLetter.objects.get(run_id=failed["id"])
+    poison = DeadLetter.objects.create(
+        kind="bus", reason="delivered too often", payload={"event_id": "abc"}
+    )
+    # The fix removes the failing step and notifies instead.
+    publish(api, slug, definition(PREPARE, log_step("notify", after=("prepare",))))
+
+    log_in(page, make_user("operator").username)
+    page.goto("/dead-letters/")
+    page.get_by_label(f"select dead letter {step_letter.pk}").check()
+    page.get_by_label(f"select dead letter {poison.pk}").check()
+    page.get_by_role("button", name="Re-drive selected").click()
+
+    expect(page.get_by_role("heading", level=1)).to_have_text(
+        "Re-drive 1 of 2 selected dead letters?"
+    )
+    expect(page.locator(f"#redrive-preview-{step_letter.pk}")).to_contain_text(slug)
+    expect(page.locator(f"#redrive-preview-{poison.pk}")).to_contain_text("will not start")
+    page.get_by_label("the latest published version").check()
+    page.get_by_role("button", name="Preview again").click()
+    expect(page.locator(f"#redrive-preview-{step_letter.pk}")).to_contain_text("v2")
+    page.get_by_role("button", name="Re-drive 1 letter").click()
+
+    expect(page.locator(f"#redrive-result-{step_letter.pk}")).to_have_attribute(
+        "data-ok", "true", timeout=LIVE_TIMEOUT_MS
+    )
+    expect(page.locator(f"#redrive-result-{poison.pk}")).to_have_attribute("data-ok", "false")
+    expect(page.locator(f"#redrive-result-{poison.pk}")).to_contain_text(
+        "event_id must be a whole number"
+    )
+    replay_link = page.locator(f"#redrive-result-{step_letter.pk} a[href^='/runs/']")
+    replay_link.click()
+    expect(page.locator("#run-detail")).to_have_attribute(
+        "data-status", "succeeded", timeout=LIVE_TIMEOUT_MS
+    )
