@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import definition, log_step
-from tests.test_replay import drive, publish, signed_in, token_client, trigger
+from tests.test_replay import command, drive, publish, signed_in, token_client, trigger
 from workflows import replay_selectors as recovery
 from workflows.models import ReplayBatch, Run
 from workflows.services import replay as replays
@@ -84,3 +84,20 @@ def test_the_api_dry_run_counts_what_will_and_will_not_start(two_failed_then_fix
     assert onto_fix["runs"][0]["will_start"] is True
     assert on_original_from_a_gone_step["will_not_start"] == 2
     assert "no step 'nope'" in on_original_from_a_gone_step["runs"][0]["why"]
+
+
+def test_the_cli_dry_run_says_which_runs_would_not_start_and_why(two_failed_then_fixed):
+    out = command(
+        "replay",
+        "--failed",
+        "--workflow",
+        "bulkfix",
+        "--from-step",
+        "broken",
+        "--latest",
+        "--dry-run",
+    )
+
+    assert "will not start: no step 'broken' in v2" in out
+    assert "0 would start, 2 would not" in out
+    assert not Run.objects.filter(origin="replay").exists()
