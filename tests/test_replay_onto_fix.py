@@ -136,3 +136,40 @@ def test_the_run_page_says_a_fix_is_published_since_the_run(fixed_by_removing_th
     panel = signed_in(client, "operator").get(f"/runs/{fixed_by_removing_the_step.pk}/recovery/")
 
     assert "v2 is published since this run ran" in panel.content.decode()
+
+
+def test_the_api_says_why_a_replay_cannot_start_and_offers_what_can(db, client):
+    from tests.test_replay import token_client
+
+    publish("fine", definition(PREPARE, log_step("after", after=("prepare",))))
+    succeeded = drive(trigger("fine"))
+    api = token_client(client, "operator")
+
+    preview = api.get(f"/api/v1/runs/{succeeded.pk}/replay-preview", {"from_step": "failed"})
+    refused = api.post(
+        f"/api/v1/runs/{succeeded.pk}/replay",
+        {"from_step": "failed"},
+        content_type="application/json",
+    )
+
+    for answer in (preview, refused):
+        assert answer.status_code == 409
+        assert answer["Content-Type"] == "application/problem+json"
+        assert "did not fail" in answer.json()["detail"]
+        assert answer.json()["can_start"] == [
+            {"from_step": "start", "version": "original", "version_number": 1}
+        ]
+    assert not Run.objects.filter(origin="replay").exists()
+
+
+def test_the_api_preview_lists_the_steps_the_fix_removed(fixed_by_removing_the_step, client):
+    from tests.test_replay import token_client
+
+    api = token_client(client, "viewer")
+
+    plan = api.get(
+        f"/api/v1/runs/{fixed_by_removing_the_step.pk}/replay-preview", {"version": "latest"}
+    ).json()
+
+    assert plan["removed"] == [{"step": "broken", "kind": "fail", "original_status": "failed"}]
+    assert plan["reused"] == ["prepare"] and plan["rerun"] == ["notify"]

@@ -24,6 +24,7 @@ GET   /audit                         ?action=&actor=&target_type=&target_id=&bef
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -127,9 +128,42 @@ def _redrive_seen(
     return results
 
 
-def _replay_problem(exc: replays.ReplayError):
+class ReplayRefused(Exception):
+    """A replay that cannot start, with the replays of the same run that can."""
+
+    def __init__(self, error: replays.ReplayError, can_start: list[dict[str, Any]]):
+        super().__init__(str(error))
+        self.error = error
+        self.can_start = can_start
+
+
+@contextlib.contextmanager
+def _offering_what_can_start(run_id: int):
+    """A replay that cannot be done as asked says what can: the (from_step, version) pairs
+    that would start, in the problem body's `can_start`."""
+    try:
+        yield
+    except replays.ReplayError as exc:
+        if exc.status == 404:
+            raise
+        run = selectors.run_detail(run_id)
+        options = replays.replays_that_can_start(run) if run is not None else []
+        can_start = [
+            {"from_step": o["from_step"], "version": o["version"], "version_number": o["number"]}
+            for o in options
+        ]
+        raise ReplayRefused(exc, can_start) from exc
+
+
+def _replay_problem(exc: replays.ReplayError, **extra):
     titles = {404: "Not found", 400: "Invalid replay"}
-    return problem(exc.status, titles.get(exc.status, "Cannot replay"), str(exc), kind=exc.kind)
+    return problem(
+        exc.status, titles.get(exc.status, "Cannot replay"), str(exc), kind=exc.kind, **extra
+    )
+
+
+def _refused_problem(exc):
+    return _replay_problem(exc.error, can_start=exc.can_start)
 
 
 def _dlq_problem(exc: dlq.DeadLetterError):
@@ -147,6 +181,7 @@ PROBLEMS: dict[type[Exception], Callable[[Any], JsonResponse]] = {
     BadBody: lambda exc: _bad(str(exc)),
     InvalidPage: lambda exc: exc.response(),
     replays.ReplayError: _replay_problem,
+    ReplayRefused: _refused_problem,
     dlq.DeadLetterError: _dlq_problem,
     RedriveError: _redrive_problem,
 }
@@ -190,15 +225,16 @@ def replay(request, run_id: int):
         return _bad("unknown fields: " + ", ".join(unknown))
     if hides_run(request, run_id):
         raise replays.ReplayError(f"no run {run_id}", status=404, kind="not-found")
-    new = replays.replay_run(
-        run_id=run_id,
-        actor=_actor(request),
-        from_step=str(body.get("from_step") or replays.FROM_FAILED),
-        version=str(body.get("version") or replays.VERSION_ORIGINAL),
-        input=body.get("input", replays.UNCHANGED),
-        renew_idempotency_keys=_flag(body.get("renew_idempotency_keys")),
-        reason=_reason(body),
-    )
+    with _offering_what_can_start(run_id):
+        new = replays.replay_run(
+            run_id=run_id,
+            actor=_actor(request),
+            from_step=str(body.get("from_step") or replays.FROM_FAILED),
+            version=str(body.get("version") or replays.VERSION_ORIGINAL),
+            input=body.get("input", replays.UNCHANGED),
+            renew_idempotency_keys=_flag(body.get("renew_idempotency_keys")),
+            reason=_reason(body),
+        )
     answer = {
         **selectors.run_as_json(selectors.run_detail(new.pk)),
         "replay_of": run_id,
@@ -216,13 +252,14 @@ def replay_preview(request, run_id: int):
     run = selectors.run_detail(run_id)
     if run is None or hides(request, run.workflow_id):
         return _not_found("run", run_id)
-    plan = replays.plan_replay(
-        run=run,
-        from_step=request.GET.get("from_step") or replays.FROM_FAILED,
-        version=request.GET.get("version") or replays.VERSION_ORIGINAL,
-        input={"edited": True} if _flag(request.GET.get("input_edited")) else replays.UNCHANGED,
-        renew_idempotency_keys=_flag(request.GET.get("renew_idempotency_keys")),
-    )
+    with _offering_what_can_start(run_id):
+        plan = replays.plan_replay(
+            run=run,
+            from_step=request.GET.get("from_step") or replays.FROM_FAILED,
+            version=request.GET.get("version") or replays.VERSION_ORIGINAL,
+            input={"edited": True} if _flag(request.GET.get("input_edited")) else replays.UNCHANGED,
+            renew_idempotency_keys=_flag(request.GET.get("renew_idempotency_keys")),
+        )
     return JsonResponse(plan.as_json())
 
 
