@@ -4,7 +4,9 @@ first; the preview says step by step what is reused, what runs and what is gone.
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -14,6 +16,15 @@ from tests.waiting import wait_until
 
 from .helpers import LIVE_TIMEOUT_MS, log_in, marker_survived, set_marker
 from .test_live_dashboard import publish, run_of_event, send
+
+
+def screenshot(page: Page, name: str) -> None:
+    """Save the page for the docs when SIGNALBOX_SCREENSHOTS names a folder (never in a
+    normal run): `SIGNALBOX_SCREENSHOTS=docs/screenshots` regenerates docs/replay.md's."""
+    folder = os.environ.get("SIGNALBOX_SCREENSHOTS")
+    if folder:
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
 
 PREPARE = {"id": "prepare", "kind": "transform", "config": {"output": "{{ event.data.order }}"}}
 BROKEN = {"id": "broken", "kind": "fail", "config": {"message": "bug"}, "after": ["prepare"]}
@@ -52,6 +63,7 @@ def test_a_run_failed_by_a_step_the_fix_removed_is_replayed_onto_the_fix(
     expect(page.locator("#plan-broken")).to_have_attribute("data-action", "run")
     latest.check()
     expect(page.locator("#plan-removed-broken")).to_be_visible()
+    screenshot(page, "replay-onto-fix")
     page.get_by_role("button", name="Confirm replay").click()
 
     expect(page).to_have_url(re.compile(r"/runs/(\d+)/$"))
@@ -123,10 +135,11 @@ def test_re_driving_selected_dead_letters_asks_first_and_shows_each_outcome(
         "Re-drive 1 of 2 selected dead letters?"
     )
     expect(page.locator(f"#redrive-preview-{step_letter.pk}")).to_contain_text(slug)
-    expect(page.locator(f"#redrive-preview-{poison.pk}")).to_contain_text("will not start")
+    expect(page.locator(f"#redrive-preview-{poison.pk}")).to_contain_text("will not be re-driven")
     page.get_by_label("the latest published version").check()
     page.get_by_role("button", name="Preview again").click()
     expect(page.locator(f"#redrive-preview-{step_letter.pk}")).to_contain_text("v2")
+    screenshot(page, "redrive-preview")
     page.get_by_role("button", name="Re-drive 1 letter").click()
 
     expect(page.locator(f"#redrive-result-{step_letter.pk}")).to_have_attribute(
