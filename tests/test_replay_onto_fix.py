@@ -173,3 +173,14 @@ def test_the_api_preview_lists_the_steps_the_fix_removed(fixed_by_removing_the_s
 
     assert plan["removed"] == [{"step": "broken", "kind": "fail", "original_status": "failed"}]
     assert plan["reused"] == ["prepare"] and plan["rerun"] == ["notify"]
+
+
+def test_a_fix_that_removes_the_last_step_replays_to_success_reusing_everything(db):
+    publish("tail", definition(PREPARE, BROKEN))
+    original = drive(trigger("tail"))
+    publish("tail", definition(PREPARE))
+
+    replay = drive(replays.replay_run(run_id=original.pk, actor="alice", version="latest"))
+
+    assert replay.status == "succeeded", replay.error
+    assert steps_of(replay)["prepare"].reused_from_id == steps_of(original)["prepare"].pk
