@@ -154,3 +154,42 @@ def test_re_driving_selected_dead_letters_asks_first_and_shows_each_outcome(
     expect(page.locator("#run-detail")).to_have_attribute(
         "data-status", "succeeded", timeout=LIVE_TIMEOUT_MS
     )
+
+
+@pytest.mark.browser
+def test_the_rest_are_bulk_replayed_onto_the_fix_after_a_dry_run(page: Page, api, make_user):
+    slug = "browser-bulk-fix"
+    publish(api, slug, definition(PREPARE, BROKEN, log_step("notify", after=("broken",))))
+    failed = [run_of_event(api, slug, send(api, cloudevent(data={"order": n}))) for n in (1, 2)]
+    for run in failed:
+        wait_until(
+            lambda run=run: api.get(f"/api/v1/runs/{run['id']}").json()["status"] == "failed",
+            timeout=60,
+            message="the runs to fail",
+        )
+    publish(api, slug, definition(PREPARE, log_step("notify", after=("prepare",))))
+
+    log_in(page, make_user("operator").username)
+    page.goto("/replays/")
+    page.get_by_label("Workflow").first.select_option(slug)
+    page.get_by_role("button", name="Show matching runs").click()
+    expect(page.locator("#matching-count")).to_contain_text("2 failed run(s) match")
+    page.get_by_label("the latest published version").check()
+    page.get_by_role("button", name="Dry run: which will start?").click()
+
+    expect(page.locator("#bulk-will-start")).to_have_text("2")
+    expect(page.locator("#bulk-will-not-start")).to_have_text("0")
+    expect(page.locator(f"#bulk-check-{failed[0]['id']}")).to_contain_text(
+        "not in this version: broken"
+    )
+    screenshot(page, "bulk-replay-dry-run")
+    page.get_by_role("button", name="Replay 2 run(s)").click()
+
+    expect(page).to_have_url(re.compile(r"/replays/\d+/$"))
+    set_marker(page)
+    expect(page.locator("#batch-progress")).to_have_attribute(
+        "data-status", "done", timeout=LIVE_TIMEOUT_MS
+    )
+    expect(page.locator("#batch-summary")).to_contain_text("2 replay(s) started")
+    expect(page.get_by_role("button", name="Stop the batch")).to_have_count(0)
+    assert marker_survived(page), "the batch page was reloaded"
