@@ -14,6 +14,7 @@ from django.template.loader import render_to_string
 from workflows import notify
 from workflows import replay_selectors as recovery
 from workflows.models import ReplayBatch
+from workflows.roles import has_role
 
 from .live_consumers import CLOSE_NOT_FOUND, PushConsumer
 
@@ -27,6 +28,8 @@ class ReplayBatchConsumer(PushConsumer):
         return int(self.scope["url_route"]["kwargs"]["batch_id"])
 
     def authorize(self, user):
+        # The Stop control is pushed with the progress, so it follows the batch's state.
+        self.can_operate = has_role(user, "operator")
         # A batch over another team's workflow is not this user's to follow.
         found = ReplayBatch.objects.filter(pk=self.batch_id()).first()
         if found is None or recovery.foreign_batch_ids([found], self.hidden):
@@ -47,12 +50,16 @@ class ReplayBatchConsumer(PushConsumer):
         return message.get("run") in self.runs
 
     async def render(self, *, snapshot, fresh_after):
-        frame, runs = await database_sync_to_async(render_batch_progress)(self.batch_id())
+        frame, runs = await database_sync_to_async(render_batch_progress)(
+            self.batch_id(), can_operate=getattr(self, "can_operate", False)
+        )
         self.runs = runs
         return frame
 
 
-def render_batch_progress(batch_id: int) -> tuple[str, frozenset[int]]:
+def render_batch_progress(
+    batch_id: int, *, can_operate: bool = False
+) -> tuple[str, frozenset[int]]:
     from .replay_views import batch_context
 
     batch = recovery.batch(batch_id)
@@ -64,4 +71,8 @@ def render_batch_progress(batch_id: int) -> tuple[str, frozenset[int]]:
         )
     context = batch_context(batch)
     runs = frozenset(item["replay"] for item in context["items"] if item.get("replay"))
-    return render_to_string("dashboard/replay_batch_progress.html", {**context, "oob": True}), runs
+    frame = render_to_string(
+        "dashboard/replay_batch_progress.html",
+        {**context, "oob": True, "can_operate": can_operate},
+    )
+    return frame, runs

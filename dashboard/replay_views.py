@@ -28,6 +28,7 @@ from workflows.roles import has_role
 from workflows.services import audit
 from workflows.services import dead_letters as dlq
 from workflows.services import replay as replays
+from workflows.services.dead_letter_preview import preview_redrive
 from workflows.services.definitions import definition_for
 from workflows.services.redrive import EventSelection, RedriveError, redrive_events
 from workflows.services.run_control import cancel_run
@@ -81,11 +82,18 @@ def run_panel(request, run_id: int):
         "run": run,
         "can_operate": _can_operate(request),
         "terminal": run.status in TERMINAL_RUN,
+        # A fix published since the run: the replay page offers it first.
+        "newer_version": _newer_version(run),
         "comparison": replays.compare_runs(run) if run.replay_of_id else [],
         "entries": recovery.audit_for_run(run),
         "letters": list(run.deadletter_set.order_by("id")),
     }
     return render(request, "dashboard/replay_run_panel.html", context)
+
+
+def _newer_version(run: Run) -> int | None:
+    first = replays.version_choices(run)[0]
+    return first["number"] if first["value"] == replays.VERSION_LATEST else None
 
 
 # --- replaying one run ---------------------------------------------------------------------------
@@ -94,7 +102,8 @@ def _replay_choices(request, run: Run) -> dict[str, Any]:
     default_from = replays.FROM_FAILED if run.status == "failed" else replays.FROM_START
     return {
         "from_step": source.get("from_step") or default_from,
-        "version": source.get("version") or replays.VERSION_ORIGINAL,
+        # A replay right after a fix wants the fix: the latest version when it is newer.
+        "version": source.get("version") or replays.default_version(run),
         "renew": source.get("renew_idempotency_keys") in ("on", "true", "1"),
         "input_text": (source.get("input") or "").strip(),
         "reason": (source.get("reason") or "").strip(),
@@ -108,6 +117,14 @@ def _edited_input(text: str):
         return json.loads(text)
     except ValueError as exc:
         raise replays.ReplayError(f"the edited input is not JSON: {exc}", status=400) from exc
+
+
+def _step_ids(run: Run, version: str) -> list[str]:
+    """The steps of the version the replay runs (a chosen step must be one of them)."""
+    try:
+        return list(definition_for(replays.resolve_version(run, version)).steps)
+    except replays.ReplayError:
+        return list(definition_for(run.version).steps)
 
 
 @role_required("operator")
@@ -145,8 +162,11 @@ def run_replay(request, run_id: int):
         "run": run,
         "plan": plan,
         "error": error,
+        # A replay that cannot start offers what can (and its Confirm stays disabled).
+        "alternatives": replays.replays_that_can_start(run) if error else [],
         "choices": choices,
-        "step_ids": list(definition_for(run.version).steps),
+        "versions": replays.version_choices(run),
+        "step_ids": _step_ids(run, choices["version"]),
         "original_input": json.dumps(replays.original_input(run), indent=2),
     }
     if request.htmx and request.method == "GET":
@@ -170,6 +190,11 @@ def run_cancel(request, run_id: int):
 # A letter that belongs to a workflow of another team (replay_selectors.letters_touching) is
 # not there for this user: left out of the list, 404 on its pages and actions, refused (as an
 # unknown id) in a bulk re-drive.
+def _redrive_version(request) -> str:
+    chosen = request.POST.get("version")
+    return chosen if chosen in (replays.VERSION_ORIGINAL, replays.VERSION_LATEST) else "original"
+
+
 def _redrive_selected(request, ids: list[int], hidden: frozenset[int]) -> list[dict[str, Any]]:
     allowed = recovery.visible_dead_letter_ids(ids, hidden=hidden)
     done = {
@@ -178,11 +203,61 @@ def _redrive_selected(request, ids: list[int], hidden: frozenset[int]) -> list[d
             letter_ids=[i for i in ids if i in allowed],
             actor=request.user.get_username(),
             reason=(request.POST.get("reason") or "").strip(),
+            version=_redrive_version(request),
         )
     }
     # The same answer as for an id that does not exist: nothing tells the two apart.
     unknown = {"ok": False, "error": "no such dead letter"}
     return [done.get(i) or {"id": i, **unknown} for i in ids]
+
+
+def _preview_selected(request, ids: list[int], hidden: frozenset[int]):
+    allowed = recovery.visible_dead_letter_ids(ids, hidden=hidden)
+    # Another team's letter previews as an unknown id does, as the re-drive answers it.
+    return preview_redrive(
+        letter_ids=ids, version=_redrive_version(request), unknown=set(ids) - allowed
+    )
+
+
+def _bulk_redrive(request, hidden: frozenset[int]):
+    """Selected letters: first a preview (what each re-drive does, to which workflow and
+    version, which cannot be re-driven and why) to confirm; then each letter's outcome."""
+    ids = list(dict.fromkeys(int(i) for i in request.POST.getlist("ids") if i.isdigit()))
+    if not ids:
+        messages.error(request, "Select the dead letters to re-drive.")
+        return redirect(reverse("dashboard:dead-letters") + "?" + request.GET.urlencode())
+    context: dict[str, Any] = {
+        "ids": ids,
+        "reason": (request.POST.get("reason") or "").strip(),
+        "version": _redrive_version(request),
+        "back": reverse("dashboard:dead-letters") + "?" + request.GET.urlencode(),
+    }
+    if request.POST.get("confirm") != "yes":
+        previews = _preview_selected(request, ids, hidden)
+        context["previews"] = previews
+        context["can_count"] = sum(1 for p in previews if p.can)
+        return render(request, "dashboard/dead_letters_redrive.html", context)
+    if request.htmx:
+        # Live: the page lists the letters at once and re-drives them one by one, each row
+        # showing its outcome as it comes (dead_letter_redrive_row).
+        context["live"] = [
+            {
+                "id": letter_id,
+                "vals": json.dumps(
+                    {
+                        "reason": context["reason"],
+                        "version": context["version"],
+                        "next": ids[i + 1] if i + 1 < len(ids) else "",
+                    }
+                ),
+            }
+            for i, letter_id in enumerate(ids)
+        ]
+        return render(request, "dashboard/dead_letters_redrive.html", context)
+    results = _redrive_selected(request, ids, hidden)
+    context["results"] = results
+    context["ok_count"] = sum(1 for r in results if r["ok"])
+    return render(request, "dashboard/dead_letters_redrive.html", context)
 
 
 @role_required("viewer")
@@ -191,16 +266,7 @@ def dead_letter_list(request):
     hidden = ds.hidden_workflow_ids(request.user)
     if request.method == "POST":  # re-drive the selected letters
         _require_operator(request)
-        ids = list(dict.fromkeys(int(i) for i in request.POST.getlist("ids") if i.isdigit()))
-        if not ids:
-            messages.error(request, "Select the dead letters to re-drive.")
-        else:
-            for result in _redrive_selected(request, ids, hidden):
-                if result["ok"]:
-                    messages.success(request, f"Dead letter {result['id']}: {result['resolution']}")
-                else:
-                    messages.error(request, f"Dead letter {result['id']}: {result['error']}")
-        return redirect(reverse("dashboard:dead-letters") + "?" + request.GET.urlencode())
+        return _bulk_redrive(request, hidden)
     state = (
         request.GET.get("state")
         if request.GET.get("state") in ("open", "resolved", "all")
@@ -222,6 +288,21 @@ def dead_letter_list(request):
             "can_operate": _can_operate(request),
         },
     )
+
+
+@role_required("operator")
+@require_POST
+def dead_letter_redrive_row(request, letter_id: int):
+    """Re-drive one letter of a live bulk re-drive; answer its outcome row and start the
+    next letter's (a client event, so the letters go one after the other)."""
+    [result] = _redrive_selected(request, [letter_id], ds.hidden_workflow_ids(request.user))
+    response = render(request, "dashboard/_redrive_result_row.html", {"result": result})
+    following = request.POST.get("next") or ""
+    if following.isdigit():
+        response["HX-Trigger"] = json.dumps({f"redrive-go-{following}": True})
+    else:
+        response["HX-Trigger"] = json.dumps({"redrive-finished": True})
+    return response
 
 
 def _letter_or_404(request, letter_id: int):
@@ -345,6 +426,14 @@ def replay_batches(request):
         if errors
         else list(recovery.failed_runs(selection, hidden=hidden)[: replays.MAX_BATCH + 1])
     )
+    from_step = (source.get("from_step") or replays.FROM_FAILED).strip()
+    replay_version = source.get("replay_version") or replays.VERSION_ORIGINAL
+    # The dry run: which of the matching runs would start, and why the others would not.
+    checks = (
+        replays.check_bulk_replay(runs=matching, from_step=from_step, version=replay_version)
+        if source.get("dry_run") and not errors
+        else None
+    )
     if request.method == "POST" and not errors:
         _require_operator(request)
         try:
@@ -353,8 +442,8 @@ def replay_batches(request):
                 actor=request.user.get_username(),
                 run_ids=[r.pk for r in matching],
                 selection=selection.as_json(),
-                from_step=replays.FROM_FAILED,
-                version=source.get("replay_version") or replays.VERSION_ORIGINAL,
+                from_step=from_step,
+                version=replay_version,
                 renew_idempotency_keys=source.get("renew_idempotency_keys") == "on",
                 per_second=per_second,
                 reason=(source.get("reason") or "").strip(),
@@ -385,6 +474,11 @@ def replay_batches(request):
                     "renew_idempotency_keys",
                 )
             },
+            "from_step": from_step,
+            "step_ids": _workflow_step_ids(selection.workflow),
+            "checks": checks,
+            "will_start": sum(1 for c in checks or [] if c.can),
+            "will_not_start": sum(1 for c in checks or [] if not c.can),
             "errors": errors,
             "matching": matching[:50],
             "matching_count": len(matching),
@@ -394,6 +488,18 @@ def replay_batches(request):
         },
         status=400 if errors and request.method == "POST" else 200,
     )
+
+
+def _workflow_step_ids(slug: str) -> list[str]:
+    """The steps a bulk replay can start from: those of the workflow's published version."""
+    workflow = (
+        Workflow.objects.select_related("published_version").filter(slug=slug).first()
+        if slug
+        else None
+    )
+    if workflow is None or workflow.published_version is None:
+        return []
+    return list(definition_for(workflow.published_version).steps)
 
 
 def batch_context(batch) -> dict[str, Any]:
@@ -430,7 +536,7 @@ def replay_batch_cancel(request, batch_id: int):
         actor=request.user.get_username(),
         reason=(request.POST.get("reason") or "").strip(),
     )
-    return redirect("dashboard:replay-batch", batch_id=batch_id)
+    return _go(request, reverse("dashboard:replay-batch", args=[batch_id]))
 
 
 @role_required("operator")

@@ -53,6 +53,7 @@ def row_html(run) -> SafeString:
         run.event_id,
         run.workflow.slug,
         run.version.number,
+        run.origin,  # a try shows a badge, not a version
         run.started_at,
         run.finished_at,
     )

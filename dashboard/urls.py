@@ -40,6 +40,11 @@ urlpatterns = [
         name="dead-letter-redrive",
     ),
     path(
+        "dead-letters/<int:letter_id>/redrive-row/",
+        replay_views.dead_letter_redrive_row,
+        name="dead-letter-redrive-row",
+    ),
+    path(
         "dead-letters/<int:letter_id>/discard/",
         replay_views.dead_letter_discard,
         name="dead-letter-discard",

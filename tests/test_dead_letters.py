@@ -370,7 +370,7 @@ def test_redriving_selected_letters_from_the_list(client, event_letter, step_let
     operator = signed_in(client, "operator")
 
     response = operator.post(
-        "/dead-letters/", {"ids": [str(step_letter.pk)], "reason": "go"}, follow=True
+        "/dead-letters/", {"ids": [str(step_letter.pk)], "reason": "go", "confirm": "yes"}
     )
 
     assert b"replayed as run" in response.content

@@ -196,13 +196,25 @@ def test_a_bulk_re_drive_refuses_the_teams_letters_like_unknown_ones_and_does_th
     quiet = world["public"]["bus entry of an event no workflow takes"]
     ids = [hidden[0].pk, quiet.pk, hidden[1].pk, 10**9]
 
-    page = outsider.post(
-        "/dead-letters/", {"ids": [str(i) for i in ids], "reason": "bulk"}, follow=True
-    ).content.decode()
+    selected = {"ids": [str(i) for i in ids], "reason": "bulk"}
+    preview = outsider.post("/dead-letters/", selected).content.decode()
+    page = outsider.post("/dead-letters/", {**selected, "confirm": "yes"}).content.decode()
+
+    def row(prefix: str, letter_id: int, text: str) -> str:
+        start = text.index(f'id="{prefix}-{letter_id}"')
+        return text[start : text.index("</tr>", start)]
 
     for letter_id in (hidden[0].pk, hidden[1].pk, 10**9):
-        assert f"Dead letter {letter_id}: no such dead letter" in page
-    assert f"Dead letter {quiet.pk}: event {quiet.event_id} matched again (0 new run(s))" in page
+        # The preview and the outcome tell a team's letter apart from no letter at all.
+        assert row("redrive-preview", letter_id, preview).count("no such dead letter") == 1
+        assert "payroll" not in row("redrive-preview", letter_id, preview)
+        assert 'data-can="false"' in row("redrive-preview", letter_id, preview)
+        assert "no such dead letter" in row("redrive-result", letter_id, page)
+        assert 'data-ok="false"' in row("redrive-result", letter_id, page)
+    assert 'data-can="true"' in row("redrive-preview", quiet.pk, preview)
+    assert f"event {quiet.event_id} matched again (0 new run(s))" in row(
+        "redrive-result", quiet.pk, page
+    )
     assert DeadLetter.objects.get(pk=quiet.pk).resolved_at is not None
     assert not DeadLetter.objects.filter(pk__in=[h.pk for h in hidden], resolved_at__isnull=False)
     assert not Run.objects.filter(replay_of=world["payroll_run"]).exists()

@@ -25,7 +25,7 @@ from django.utils import timezone
 from .event_selectors import _parse_time, visible_events
 from .models import Event, Run, RunJournal, StepRun, Workflow
 from .roles import has_role
-from .selectors import SHADOW
+from .selectors import SHADOW, TRY
 from .services.definitions import definition_for
 from .services.producers import RUN_EXTENSION, RUN_SOURCE
 from .services.secrets import mask, secret_values
@@ -124,7 +124,7 @@ def first_id_at_or_after(model: type[Model], field_name: str, when: datetime) ->
 
 
 # --- the run list ----------------------------------------------------------------------------
-RUN_FILTERS = ("workflow", "status", "after", "before", "correlation_id", "q")
+RUN_FILTERS = ("workflow", "status", "after", "before", "correlation_id", "q", "tries")
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,7 @@ class RunQuery:
     before: datetime | None = None
     correlation_id: str = ""
     q: str = ""
+    tries: bool = False  # show the editor's tries of the draft too
     before_id: int | None = None
     limit: int = PAGE_SIZE
 
@@ -144,6 +145,8 @@ class RunQuery:
             value = getattr(self, name)
             if isinstance(value, datetime):
                 value = value.isoformat().replace("+00:00", "Z")
+            elif value is True:
+                value = "1"
             if value:
                 params[name] = value
         return params
@@ -177,6 +180,8 @@ def parse_run_query(params: Mapping[str, Any]) -> tuple[RunQuery, dict[str, str]
     for name in ("workflow", "correlation_id", "q"):
         if get(name):
             values[name] = get(name)[:255]
+    if get("tries") in ("1", "on", "true"):
+        values["tries"] = True
     if get("status"):
         if get("status") in set(RunStatus):
             values["status"] = get("status")
@@ -266,8 +271,11 @@ def first_event_id_at_or_after(when: datetime) -> int | None:
 def runs_queryset(query: RunQuery, *, hidden: frozenset[int] = frozenset()):
     """The filtered runs, newest first, before any page limit; plus notes."""
     notes: list[str] = []
-    # Shadow runs are findings of their batch (its page lists them), not the workflow's work.
-    qs = Run.objects.select_related("workflow", "version").exclude(origin=SHADOW).order_by("-id")
+    # Shadow runs are findings of their batch (its page lists them), not the workflow's work;
+    # tries of the draft are the editor's, shown here only when asked for.
+    unlisted = [SHADOW] if query.tries else [SHADOW, TRY]
+    qs = Run.objects.select_related("workflow", "version").exclude(origin__in=unlisted)
+    qs = qs.order_by("-id")
     if hidden:
         qs = qs.exclude(workflow_id__in=sorted(hidden))
     if query.workflow:

@@ -80,7 +80,7 @@ def failed_runs(
     """`hidden`: workflows the asker may not see (dashboard_selectors.hidden_workflow_ids)."""
     runs = (
         Run.objects.filter(status="failed")
-        .exclude(origin="shadow")
+        .exclude(origin__in=["shadow", "try"])  # a try is the editor's, not the workflow's
         .exclude(replays__origin="replay")
         .select_related("workflow", "version")
         .order_by("id")

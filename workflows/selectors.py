@@ -11,6 +11,11 @@ PAGE_SIZE = 50
 # workflow did. Run lists and figures leave shadow runs out unless asked for by origin;
 # the shadow batch's page lists its own.
 SHADOW = "shadow"
+# A try runs a snapshot of the draft from the editor: the editor's own runs list shows it;
+# run lists leave it out unless asked for (by origin, or the run list's "tries" filter),
+# and bulk replay never selects it.
+TRY = "try"
+UNLISTED = (SHADOW, TRY)
 ORIGINS = tuple(origin for origin, _label in Run.ORIGINS)
 
 
@@ -24,7 +29,7 @@ def runs(
     hidden: frozenset[int] = frozenset(),
 ) -> list[Run]:
     """Newest first, keyset-paginated by id (stable and index-backed at any depth).
-    Every origin but shadow unless `origin` names one. Runs of the workflows in `hidden`
+    Every origin but shadow and try unless `origin` names one. Runs of the workflows in `hidden`
     (dashboard_selectors.hidden_workflow_ids / hidden_for_team) are left out."""
     # The page's steps come in one query (run_as_json reads them), not one per run.
     qs: QuerySet[Run] = (
@@ -41,7 +46,7 @@ def runs(
         qs = qs.filter(workflow_id=found if found is not None else -1)
     if status:
         qs = qs.filter(status=status)
-    qs = qs.filter(origin=origin) if origin else qs.exclude(origin=SHADOW)
+    qs = qs.filter(origin=origin) if origin else qs.exclude(origin__in=UNLISTED)
     if before_id:
         qs = qs.filter(id__lt=before_id)
     return list(qs[:limit])

@@ -24,3 +24,21 @@ def holds_role(user, role: str) -> bool:
     if not hasattr(user, "_signalbox_role"):
         user._signalbox_role = role_of(user)
     return rank(user._signalbox_role) >= rank(role)
+
+
+@register.filter
+def run_version(run) -> str:
+    """Which version a run ran, as a person reads it: a try runs a snapshot of the draft
+    and a shadow run a draft under test (no number), so neither reads "vNone"."""
+    if run.origin == "try":
+        return "try of the draft"
+    number = run.version.number
+    if number is None:
+        return "draft snapshot"
+    return f"v{number}"
+
+
+@register.inclusion_tag("dashboard/_run_version.html")
+def run_version_badge(run):
+    """The version cell of a run: marked as a try, so it never reads as a published run."""
+    return {"run": run, "label": run_version(run)}

@@ -24,6 +24,7 @@ GET   /audit                         ?action=&actor=&target_type=&target_id=&bef
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,7 @@ from ..events.envelope import InvalidEvent, loads_json
 from ..models import Run
 from ..services import dead_letters as dlq
 from ..services import replay as replays
+from ..services.dead_letter_preview import preview_redrive
 from ..services.redrive import EventSelection, RedriveError, redrive_events
 from .auth import hides, hides_run, hides_slug, shown_runs, token_required
 from .bodies import UNSTORABLE_TEXT, BodyTooLarge, read_limited, storable
@@ -101,14 +103,19 @@ def _seen_letter(request, letter_id: int) -> None:
         raise dlq.DeadLetterError(f"no dead letter {letter_id}", status=404, kind="not-found")
 
 
-def _redrive_seen(request, ids: list[int], *, reason: str) -> list[dict[str, Any]]:
+def _redrive_seen(
+    request, ids: list[int], *, reason: str, version: str = replays.VERSION_ORIGINAL
+) -> list[dict[str, Any]]:
     """dlq.redrive_many over the letters the token may see; the others get the answer an
     unknown id gets, and runs started in workflows it may not see are left out."""
     hidden = request.hidden_workflows
     seen = recovery.visible_dead_letter_ids(ids, hidden=hidden) if hidden else set(ids)
     done = iter(
         dlq.redrive_many(
-            letter_ids=[i for i in ids if i in seen], actor=_actor(request), reason=reason
+            letter_ids=[i for i in ids if i in seen],
+            actor=_actor(request),
+            reason=reason,
+            version=version,
         )
     )
     results = []
@@ -123,9 +130,42 @@ def _redrive_seen(request, ids: list[int], *, reason: str) -> list[dict[str, Any
     return results
 
 
-def _replay_problem(exc: replays.ReplayError):
+class ReplayRefused(Exception):
+    """A replay that cannot start, with the replays of the same run that can."""
+
+    def __init__(self, error: replays.ReplayError, can_start: list[dict[str, Any]]):
+        super().__init__(str(error))
+        self.error = error
+        self.can_start = can_start
+
+
+@contextlib.contextmanager
+def _offering_what_can_start(run_id: int):
+    """A replay that cannot be done as asked says what can: the (from_step, version) pairs
+    that would start, in the problem body's `can_start`."""
+    try:
+        yield
+    except replays.ReplayError as exc:
+        if exc.status == 404:
+            raise
+        run = selectors.run_detail(run_id)
+        options = replays.replays_that_can_start(run) if run is not None else []
+        can_start = [
+            {"from_step": o["from_step"], "version": o["version"], "version_number": o["number"]}
+            for o in options
+        ]
+        raise ReplayRefused(exc, can_start) from exc
+
+
+def _replay_problem(exc: replays.ReplayError, **extra):
     titles = {404: "Not found", 400: "Invalid replay"}
-    return problem(exc.status, titles.get(exc.status, "Cannot replay"), str(exc), kind=exc.kind)
+    return problem(
+        exc.status, titles.get(exc.status, "Cannot replay"), str(exc), kind=exc.kind, **extra
+    )
+
+
+def _refused_problem(exc):
+    return _replay_problem(exc.error, can_start=exc.can_start)
 
 
 def _dlq_problem(exc: dlq.DeadLetterError):
@@ -143,6 +183,7 @@ PROBLEMS: dict[type[Exception], Callable[[Any], JsonResponse]] = {
     BadBody: lambda exc: _bad(str(exc)),
     InvalidPage: lambda exc: exc.response(),
     replays.ReplayError: _replay_problem,
+    ReplayRefused: _refused_problem,
     dlq.DeadLetterError: _dlq_problem,
     RedriveError: _redrive_problem,
 }
@@ -186,15 +227,16 @@ def replay(request, run_id: int):
         return _bad("unknown fields: " + ", ".join(unknown))
     if hides_run(request, run_id):
         raise replays.ReplayError(f"no run {run_id}", status=404, kind="not-found")
-    new = replays.replay_run(
-        run_id=run_id,
-        actor=_actor(request),
-        from_step=str(body.get("from_step") or replays.FROM_FAILED),
-        version=str(body.get("version") or replays.VERSION_ORIGINAL),
-        input=body.get("input", replays.UNCHANGED),
-        renew_idempotency_keys=_flag(body.get("renew_idempotency_keys")),
-        reason=_reason(body),
-    )
+    with _offering_what_can_start(run_id):
+        new = replays.replay_run(
+            run_id=run_id,
+            actor=_actor(request),
+            from_step=str(body.get("from_step") or replays.FROM_FAILED),
+            version=str(body.get("version") or replays.VERSION_ORIGINAL),
+            input=body.get("input", replays.UNCHANGED),
+            renew_idempotency_keys=_flag(body.get("renew_idempotency_keys")),
+            reason=_reason(body),
+        )
     answer = {
         **selectors.run_as_json(selectors.run_detail(new.pk)),
         "replay_of": run_id,
@@ -212,13 +254,14 @@ def replay_preview(request, run_id: int):
     run = selectors.run_detail(run_id)
     if run is None or hides(request, run.workflow_id):
         return _not_found("run", run_id)
-    plan = replays.plan_replay(
-        run=run,
-        from_step=request.GET.get("from_step") or replays.FROM_FAILED,
-        version=request.GET.get("version") or replays.VERSION_ORIGINAL,
-        input={"edited": True} if _flag(request.GET.get("input_edited")) else replays.UNCHANGED,
-        renew_idempotency_keys=_flag(request.GET.get("renew_idempotency_keys")),
-    )
+    with _offering_what_can_start(run_id):
+        plan = replays.plan_replay(
+            run=run,
+            from_step=request.GET.get("from_step") or replays.FROM_FAILED,
+            version=request.GET.get("version") or replays.VERSION_ORIGINAL,
+            input={"edited": True} if _flag(request.GET.get("input_edited")) else replays.UNCHANGED,
+            renew_idempotency_keys=_flag(request.GET.get("renew_idempotency_keys")),
+        )
     return JsonResponse(plan.as_json())
 
 
@@ -335,7 +378,21 @@ def dead_letters_redrive(request):
         or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
     ):
         return _bad('send {"ids": [dead letter ids], "reason": "..."}')
-    results = _redrive_seen(request, ids, reason=_reason(body))
+    version = str(body.get("version") or replays.VERSION_ORIGINAL)
+    if version not in (replays.VERSION_ORIGINAL, replays.VERSION_LATEST):
+        return _bad('version is "original" or "latest"')
+    if _flag(body.get("dry_run")):
+        hidden = request.hidden_workflows
+        seen = recovery.visible_dead_letter_ids(ids, hidden=hidden) if hidden else set(ids)
+        previews = preview_redrive(letter_ids=ids, version=version, unknown=set(ids) - seen)
+        return JsonResponse(
+            {
+                "dry_run": True,
+                "can_redrive": sum(1 for p in previews if p.can),
+                "letters": [p.as_json() for p in previews],
+            }
+        )
+    results = _redrive_seen(request, ids, reason=_reason(body), version=version)
     status = 200 if all(r["ok"] for r in results) else 207
     return JsonResponse({"results": results}, status=status)
 
@@ -399,21 +456,20 @@ def bulk_replay(request):
         errors = [{"field": name, "message": text} for name, text in exc.errors.items()]
         return _bad(str(exc), errors=errors)
     runs = recovery.failed_runs(selection, hidden=request.hidden_workflows)
+    from_step = str(body.get("from_step") or replays.FROM_FAILED)
+    version = str(body.get("version") or replays.VERSION_ORIGINAL)
     if _flag(body.get("dry_run")):
-        listed = list(runs[: replays.MAX_BATCH])
+        # Which runs will start and which will not, and why, before anything starts.
+        checks = replays.check_bulk_replay(
+            runs=runs[: replays.MAX_BATCH], from_step=from_step, version=version
+        )
         return JsonResponse(
             {
                 "filter": selection.as_json(),
-                "matched": len(listed),
-                "runs": [
-                    {
-                        "id": r.pk,
-                        "workflow": r.workflow.slug,
-                        "version": r.version.number,
-                        "error": r.error,
-                    }
-                    for r in listed
-                ],
+                "matched": len(checks),
+                "will_start": sum(1 for c in checks if c.can),
+                "will_not_start": sum(1 for c in checks if not c.can),
+                "runs": [c.as_json() for c in checks],
             }
         )
     per_second = body.get("per_second", replays.DEFAULT_PER_SECOND)
@@ -423,8 +479,8 @@ def bulk_replay(request):
         actor=_actor(request),
         run_ids=list(runs.values_list("pk", flat=True)[: replays.MAX_BATCH + 1]),
         selection=selection.as_json(),
-        from_step=str(body.get("from_step") or replays.FROM_FAILED),
-        version=str(body.get("version") or replays.VERSION_ORIGINAL),
+        from_step=from_step,
+        version=version,
         renew_idempotency_keys=_flag(body.get("renew_idempotency_keys")),
         per_second=per_second,
         reason=_reason(body),

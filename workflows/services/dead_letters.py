@@ -16,6 +16,7 @@ transaction; rows are never deleted. What re-driving means depends on what died:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ from ..events.envelope import InvalidEvent, from_structured
 from ..models import DeadLetter, Event, Workflow
 from . import audit
 from .replay import FROM_FAILED, UNCHANGED, VERSION_ORIGINAL, ReplayError, replay_run
+
+log = logging.getLogger("signalbox.dead_letters")
 
 
 class DeadLetterError(Exception):
@@ -151,14 +154,34 @@ def redrive(
     return Redriven(letter=letter, resolution=resolution, runs=runs, event=event)
 
 
-def redrive_many(*, letter_ids: list[int], actor: str, reason: str = "") -> list[dict[str, Any]]:
-    """Re-drive each letter on its own: one failing leaves the others done."""
+def redrive_many(
+    *,
+    letter_ids: list[int],
+    actor: str,
+    reason: str = "",
+    version: str = VERSION_ORIGINAL,
+) -> list[dict[str, Any]]:
+    """Re-drive each letter on its own: one failing leaves the others done, and every
+    letter gets an outcome. Even a letter that breaks in a way nobody foresaw (a poison
+    payload) is reported as not re-driven instead of failing the whole request half-way:
+    each re-drive commits or rolls back by itself, so an error page would hide which
+    letters were already re-driven."""
     results = []
     for letter_id in letter_ids:
         try:
-            done = redrive(letter_id=letter_id, actor=actor, reason=reason)
+            done = redrive(letter_id=letter_id, actor=actor, reason=reason, version=version)
         except DeadLetterError as exc:
             results.append({"id": letter_id, "ok": False, "error": str(exc)})
+        except Exception as exc:
+            log.exception("re-drive of dead letter %s", letter_id)
+            results.append(
+                {
+                    "id": letter_id,
+                    "ok": False,
+                    "error": f"cannot re-drive: an unexpected error ({type(exc).__name__}); "
+                    "it is logged, the letter stays open",
+                }
+            )
         else:
             results.append(
                 {
@@ -201,6 +224,8 @@ def _redrive(
     if event_id:
         from .events import match_event
 
+        event_id = event_id_of(event_id)
+
         if not Event.objects.filter(pk=event_id).exists():
             raise DeadLetterError(f"event {event_id} is no longer in the event store")
         runs = [r.pk for r in match_event(event_id=int(event_id))]
@@ -209,6 +234,19 @@ def _redrive(
         "this dead letter names no run, event or CloudEvent to re-drive; "
         "edit its payload or discard it with a reason"
     )
+
+
+def event_id_of(value: Any) -> int:
+    """An event id from an (edited) payload; anything but a whole number is refused."""
+    if isinstance(value, bool) or not (
+        isinstance(value, int) or (isinstance(value, str) and value.isdigit())
+    ):
+        raise DeadLetterError(
+            f"event_id must be a whole number, not {value!r}; edit the payload",
+            status=400,
+            kind="invalid-payload",
+        )
+    return int(value)
 
 
 def _ingest(cloudevent: dict, *, channel: str) -> tuple[str, list[int], int | None]:

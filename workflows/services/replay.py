@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -122,6 +122,18 @@ class StepPlan:
 
 
 @dataclass(frozen=True)
+class RemovedStep:
+    """A step of the original's version that the replay's version no longer has."""
+
+    step_id: str
+    kind: str
+    original_status: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"step": self.step_id, "kind": self.kind, "original_status": self.original_status}
+
+
+@dataclass(frozen=True)
 class ReplayPlan:
     original: Run
     version: WorkflowVersion
@@ -132,6 +144,7 @@ class ReplayPlan:
     input_edited: bool
     steps: list[StepPlan]
     warnings: list[str] = field(default_factory=list)
+    removed: list[RemovedStep] = field(default_factory=list)
 
     @property
     def reused(self) -> list[StepPlan]:
@@ -154,6 +167,7 @@ class ReplayPlan:
             "steps": [s.as_json(renew=self.renew_idempotency_keys) for s in self.steps],
             "reused": [s.step_id for s in self.reused],
             "rerun": [s.step_id for s in self.rerun],
+            "removed": [s.as_json() for s in self.removed],
             "warnings": self.warnings,
         }
 
@@ -256,16 +270,23 @@ def plan_replay(
             status=400,
             kind="invalid-body",
         )
+    dropped = [s for s in original_definition.steps if s not in target.steps]
     for step_id, step in target.steps.items():
         before = latest.get(step_id)
         if step_id in roots:
             continue
         if step_id not in original_definition.steps:
             roots[step_id] = f"new in {label}"
-        elif step != original_definition.steps[step_id] or _edges_into(
-            target, step_id
-        ) != _edges_into(original_definition, step_id):
+        elif replace(step, after=()) != replace(original_definition.steps[step_id], after=()):
             roots[step_id] = f"changed in {label}"
+        elif _edges_into(target, step_id) != _edges_into(original_definition, step_id):
+            gone = sorted({e.source for e in original_definition.incoming(step_id)} & set(dropped))
+            roots[step_id] = (
+                f"its inputs changed in {label}: {', '.join(gone)} "
+                f"{'is' if len(gone) == 1 else 'are'} no longer there"
+                if gone
+                else f"its inputs changed in {label}"
+            )
         elif before is None:
             roots[step_id] = "not reached in the original"
         elif before.status == StepStatus.FAILED:
@@ -338,8 +359,18 @@ def plan_replay(
     edited = input is not UNCHANGED and input is not None
     override = input if edited else run.input_override
     plan_from = from_step
+    removed = [
+        RemovedStep(
+            step_id=step_id,
+            kind=original_definition.steps[step_id].kind,
+            original_status=latest[step_id].status if step_id in latest else None,
+        )
+        for step_id in dropped
+    ]
     if from_step == FROM_FAILED:
-        failed = [s.step_id for s in steps if s.original_status == StepStatus.FAILED]
+        # The failed step may be gone from the target version (the usual fix removes or
+        # renames it): the run is then mapped onto the new version, which the plan shows.
+        failed = [s for s, r in latest.items() if r.status == StepStatus.FAILED]
         if not failed:
             raise ReplayError(
                 f"run {run.pk} has no failed step; replay it from a step or from the start"
@@ -353,9 +384,47 @@ def plan_replay(
         input_override=override,
         input_edited=edited,
         steps=steps,
+        removed=removed,
     )
     plan.warnings.extend(_warnings(plan))
     return plan
+
+
+def version_choices(run: Run) -> list[dict[str, Any]]:
+    """The versions a replay of `run` may run, offered side by side: the latest published
+    one first when it is newer than the original's (a replay right after a fix wants it)."""
+    original = {"value": VERSION_ORIGINAL, "number": run.version.number, "label": "original"}
+    published = run.workflow.published_version
+    if published is None or published.pk == run.version_id:
+        return [original]
+    latest = {"value": VERSION_LATEST, "number": published.number, "label": "latest published"}
+    newer = (published.number or 0) > (run.version.number or 0)
+    return [latest, original] if newer else [original, latest]
+
+
+def default_version(run: Run) -> str:
+    return version_choices(run)[0]["value"]
+
+
+def replays_that_can_start(run: Run) -> list[dict[str, Any]]:
+    """The (start, version) pairs a replay of `run` can be made with, for a page that has
+    to say what can be done instead of what was asked."""
+    found = []
+    starts = [FROM_FAILED, FROM_START] if run.status == RunStatus.FAILED else [FROM_START]
+    for choice in version_choices(run):
+        for start in starts:
+            try:
+                plan_replay(run=run, from_step=start, version=choice["value"])
+            except ReplayError as exc:
+                if exc.status == 404:
+                    raise
+                continue
+            found.append({"from_step": start, "version": choice["value"], **_named(choice)})
+    return found
+
+
+def _named(choice: dict[str, Any]) -> dict[str, Any]:
+    return {"number": choice["number"], "version_label": choice["label"]}
 
 
 def _warnings(plan: ReplayPlan) -> list[str]:
@@ -365,6 +434,14 @@ def _warnings(plan: ReplayPlan) -> list[str]:
             f"the replay runs v{plan.version.number} of {plan.original.workflow.slug}; "
             f"the original ran v{plan.original.version.number}"
         )
+    for gone in plan.removed:
+        if gone.original_status == StepStatus.FAILED:
+            found.append(
+                f"step {gone.step_id}, which failed in the original, is not in "
+                f"v{plan.version.number}: the run is mapped onto v{plan.version.number}, "
+                "reusing what succeeded unchanged and running everything after the first "
+                "changed or missing step"
+            )
     for step in plan.rerun:
         if not step.side_effects:
             continue
@@ -695,6 +772,47 @@ def start_bulk_replay(
         )
         _enqueue_batch(batch.pk)
     return batch
+
+
+@dataclass(frozen=True)
+class BulkCheck:
+    """Whether one run of a bulk selection would start, and why not."""
+
+    run: Run
+    can: bool
+    why: str  # what the replay does, or why it cannot start
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.run.pk,
+            "workflow": self.run.workflow.slug,
+            "version": self.run.version.number,
+            "error": self.run.error,
+            "will_start": self.can,
+            "why": self.why,
+        }
+
+
+def check_bulk_replay(
+    *, runs: Iterable[Run], from_step: str = FROM_FAILED, version: str = VERSION_ORIGINAL
+) -> list[BulkCheck]:
+    """A dry run of a bulk replay: for each run, whether its replay would start (planned as
+    the batch task will plan it) and, if not, why. Starts nothing."""
+    checks = []
+    for run in runs:
+        try:
+            plan = plan_replay(run=run, from_step=from_step, version=version)
+        except ReplayError as exc:
+            checks.append(BulkCheck(run, False, str(exc)))
+            continue
+        why = (
+            f"v{plan.version.number}: {len(plan.reused)} step(s) reused, "
+            f"{len(plan.rerun)} run again"
+        )
+        if plan.removed:
+            why += "; not in this version: " + ", ".join(r.step_id for r in plan.removed)
+        checks.append(BulkCheck(run, True, why))
+    return checks
 
 
 def start_shadow(

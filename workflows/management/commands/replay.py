@@ -128,11 +128,22 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         runs = list(recovery.failed_runs(selection)[: replays.MAX_BATCH + 1])
         if options["dry_run"]:
-            for run in runs:
+            # Planned as the batch will plan each run: which will start, which not and why.
+            checks = replays.check_bulk_replay(
+                runs=runs[: replays.MAX_BATCH],
+                from_step=options["from_step"],
+                version=replays.VERSION_LATEST if options["latest"] else replays.VERSION_ORIGINAL,
+            )
+            for check in checks:
+                run = check.run
+                verdict = "starts" if check.can else "will not start"
                 self.stdout.write(
                     f"run {run.pk} {run.workflow.slug} v{run.version.number}: {run.error}"
+                    f" -> {verdict}: {check.why}"
                 )
             self.stdout.write(f"{len(runs)} failed run(s) would be replayed")
+            started = sum(1 for c in checks if c.can)
+            self.stdout.write(f"{started} would start, {len(checks) - started} would not")
             return
         batch = replays.start_bulk_replay(
             actor=options["actor"],
