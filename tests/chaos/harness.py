@@ -125,6 +125,8 @@ class ChaosStack:
         self.redis_proxy: FaultProxy | None = None
         self.token = ""
         self.faults: Counter[str] = Counter()
+        # Dead letters up to this id were judged by an earlier scenario's check.
+        self.judged_letters = 0
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -465,8 +467,11 @@ def settle(
     ]
     letters = stack.query(
         "SELECT d.id, d.kind, d.reason, e.ce_id FROM workflows_deadletter d"
-        " LEFT JOIN workflows_event e ON e.id = d.event_id"
+        " LEFT JOIN workflows_event e ON e.id = d.event_id WHERE d.id > %s ORDER BY d.id",
+        (stack.judged_letters,),
     )
+    if letters:
+        stack.judged_letters = letters[-1][0]
     unexplained = [
         f"{kind} #{pk}: {reason}"
         for pk, kind, reason, ce_id in letters

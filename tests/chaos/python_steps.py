@@ -11,7 +11,7 @@ from workflows.steps.python import step_function
 @step_function("chaos.not_a_number")
 def not_a_number(input, ctx):
     """A result that cannot be stored: JSON has no NaN, and PostgreSQL's jsonb refuses it."""
-    return {"ratio": float("nan"), "n": input.get("n")}
+    return {"ratio": float("nan"), "n": (input or {}).get("n")}
 
 
 @step_function("chaos.crash_worker")
