@@ -303,7 +303,9 @@ class Load:
                 next_at += interval
                 self._stop.wait(max(0.0, next_at - time.monotonic()))
 
-    def send(self, http: httpx.Client, headers: dict, n: int, data: dict | None = None) -> None:
+    def send(
+        self, http: httpx.Client, headers: dict, n: int, data: dict | None = None, retries: int = 0
+    ) -> None:
         event_id = f"{self.source.strip('/')}-{uuid.uuid4().hex}"
         event = {
             "specversion": "1.0",
@@ -312,16 +314,21 @@ class Load:
             "type": self.event_type,
             "data": {"event": event_id, "n": n, **(data or {})},
         }
-        try:
-            answer = http.post("/api/v1/events", content=json.dumps(event), headers=headers)
-        except httpx.HTTPError as exc:
-            self.statuses[type(exc).__name__] += 1
-            return
-        self.statuses[answer.status_code] += 1
-        if answer.status_code // 100 == 2:
-            self.accepted.append(event_id)
-        elif answer.status_code == 503 and "retry-after" not in answer.headers:
-            self.refusals_without_retry_after += 1
+        for _attempt in range(retries + 1):  # a producer sends a refused event again
+            try:
+                answer = http.post("/api/v1/events", content=json.dumps(event), headers=headers)
+            except httpx.HTTPError as exc:
+                self.statuses[type(exc).__name__] += 1
+                continue
+            self.statuses[answer.status_code] += 1
+            if answer.status_code // 100 == 2:
+                self.accepted.append(event_id)
+                return
+            if answer.status_code == 503 and "retry-after" not in answer.headers:
+                self.refusals_without_retry_after += 1
+            if answer.status_code != 503:
+                return
+            self._stop.wait(float(answer.headers.get("retry-after", "1")))
 
     def sent_since(self, mark: Counter, status) -> int:
         return self.statuses[status] - mark[status]

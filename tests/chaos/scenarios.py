@@ -173,7 +173,7 @@ def frozen_worker(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
         gate = stack.sink.hold(marker)
         load = Load(stack, 1)
         with httpx.Client(base_url=stack.base_url, timeout=15) as http:
-            load.send(http, _headers(stack), n, data={"marker": marker})
+            load.send(http, _headers(stack), n, data={"marker": marker}, retries=10)
         accepted += load.accepted
         wait_until(
             lambda marker=marker: _deliveries_with(stack, marker) >= 1,
@@ -222,7 +222,7 @@ def delays_across_restart(stack: ChaosStack, size: Size, rng: random.Random) -> 
     load = Load(stack, 1, event_type=DELAYED_TYPE)
     with httpx.Client(base_url=stack.base_url, timeout=15) as http:
         for n in range(size.between):
-            load.send(http, _headers(stack), n)
+            load.send(http, _headers(stack), n, retries=10)
     count = len(load.accepted)
     wait_until(
         lambda: (
@@ -271,7 +271,7 @@ def poison(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
             for kind, event_type in POISON_TYPES.items():
                 sender = Load(stack, 1, event_type=event_type, source="/chaos/poison")
                 data = {"big": 10**40} if kind == "filter" else None
-                sender.send(http, _headers(stack), 0, data=data)
+                sender.send(http, _headers(stack), 0, data=data, retries=10)
                 if not sender.accepted:
                     result.notes.append(f"poison {kind} refused: {dict(sender.statuses)}")
                     continue
