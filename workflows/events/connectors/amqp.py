@@ -10,12 +10,16 @@ partition key; the `message_id` property is the id of an event that names none.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pika
 
 from .base import Connector, InvalidConnection, Message
 from .registry import register
+
+# pika logs every connection step at INFO: keep the logs to what matters.
+logging.getLogger("pika").setLevel(logging.WARNING)
 
 PREFIXES = ("cloudEvents_", "cloudEvents:", "ce-", "ce_")
 

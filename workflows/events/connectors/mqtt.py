@@ -51,6 +51,7 @@ class MqttConnector(Connector):
         self.version = PROTOCOLS[str(options.get("protocol", "5"))]
         self.inbox: queue.Queue = queue.Queue()
         self.connected = threading.Event()
+        self.subscribed = threading.Event()
         self.failure: str = ""
         client_id = options.get("client_id") or f"signalbox-{self.config.name}"
         kwargs = {"clean_session": False} if self.version == mqtt.MQTTv311 else {}
@@ -67,6 +68,7 @@ class MqttConnector(Connector):
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         connect_kwargs = {}
         if self.version == mqtt.MQTTv5:
             properties = Properties(PacketTypes.CONNECT)
@@ -76,6 +78,16 @@ class MqttConnector(Connector):
         self.client.loop_start()
         if not self.connected.wait(10) or self.failure:
             raise ConnectionError(self.failure or "the MQTT broker did not answer CONNECT")
+        # Reading starts once the broker has granted the subscriptions (a first session has
+        # none before; a message published earlier would not be kept for it).
+        if not self.subscribed.wait(10) or self.failure:
+            raise ConnectionError(self.failure or "the MQTT broker did not answer SUBSCRIBE")
+
+    def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _properties) -> None:
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:
+            self.failure = f"subscription refused: {', '.join(refused)}"
+        self.subscribed.set()
 
     def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
         if reason_code.is_failure:
@@ -87,6 +99,7 @@ class MqttConnector(Connector):
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
         self.failure = f"disconnected: {reason_code}"
         self.connected.set()
+        self.subscribed.set()
         self.inbox.put(None)  # wake `receive`
 
     def _on_message(self, _client, _userdata, msg) -> None:

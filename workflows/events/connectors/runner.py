@@ -59,11 +59,11 @@ class ConnectorThread(threading.Thread):
         super().__init__(name=f"connector-{config.name}", daemon=True)
         self.config = config
         self.owner = owner
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.backoff = Backoff()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
         from ...services.connections import record_state
@@ -71,13 +71,13 @@ class ConnectorThread(threading.Thread):
         lease = Lease(self.config.name, self.owner)
         connector = None
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 try:
                     if not lease.hold():
                         if connector is not None:  # lost it: another reader took over
                             connector.close()
                             connector = None
-                        self._stop.wait(LEASE_MS / 3000)
+                        self._halt.wait(LEASE_MS / 3000)
                         continue
                     if connector is None:
                         record_state(name=self.config.name, state="connecting")
@@ -108,7 +108,7 @@ class ConnectorThread(threading.Thread):
                         )
                     except Exception:  # the database itself may be what is down
                         connections.close_all()
-                    self._stop.wait(delay)
+                    self._halt.wait(delay)
         finally:
             if connector is not None:
                 connector.close()
