@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import circuits, editor, event_store, events, replay, schemas, views
+from . import circuits, connections, editor, event_store, events, replay, schemas, views
 from .webhooks import webhooks_endpoint
 
 urlpatterns = [
@@ -35,6 +35,8 @@ urlpatterns = [
     path("workflows/<slug:slug>/shadow", replay.shadow, name="api-workflow-shadow"),
     path("audit", replay.audit_list, name="api-audit"),
     path("webhooks", webhooks_endpoint, name="api-webhooks"),
+    path("connections", connections.connection_list, name="api-connections"),
+    path("connections/<slug:name>", connections.connection_detail, name="api-connection"),
     path("circuits", circuits.circuit_list, name="api-circuits"),
     path("circuits/<str:host>/reset", circuits.circuit_reset, name="api-circuit-reset"),
     path("schemas", schemas.schema_list, name="api-schemas"),

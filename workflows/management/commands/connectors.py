@@ -76,7 +76,8 @@ class Command(BaseCommand):
                 f"\t{health['state']}"
             )
             if health["last_error"]:
-                line += f"\tlast error {health['last_error_at']:%Y-%m-%d %H:%M:%S}: "
+                when = health["last_error_at"]
+                line += f"\tlast error {when:%Y-%m-%d %H:%M:%S}: " if when else "\tlast error: "
                 line += health["last_error"]
             self.stdout.write(line)
 
