@@ -35,8 +35,15 @@ def test_a_message_published_to_the_broker_starts_a_run(api, kind):
         publish_workflow(api, f"on-{kind}-{broker.uid}", event_type)
         name = f"e2e-{broker.uid}"
         call_command(
-            "connectors", "add", name, kind, broker.url(),
-            "--options", json.dumps(broker.options()), "--type", event_type,
+            "connectors",
+            "add",
+            name,
+            kind,
+            broker.url(),
+            "--options",
+            json.dumps(broker.options()),
+            "--type",
+            event_type,
         )
         wait_until(lambda: Connection.objects.get(name=name).state == "connected", timeout=60)
 
@@ -56,9 +63,17 @@ def test_a_message_published_to_the_broker_starts_a_run(api, kind):
 def test_the_command_adds_lists_and_removes_a_connection_with_its_health():
     set_secret(name="rabbit-password", value="s3cret-value")
     call_command(
-        "connectors", "add", "orders", "amqp", "amqp://127.0.0.1:5672/%2F",
-        "--options", '{"queue": "orders"}', "--username", "signalbox",
-        "--password-secret", "rabbit-password",
+        "connectors",
+        "add",
+        "orders",
+        "amqp",
+        "amqp://127.0.0.1:5672/%2F",
+        "--options",
+        '{"queue": "orders"}',
+        "--username",
+        "signalbox",
+        "--password-secret",
+        "rabbit-password",
     )
     record_state(name="orders", state="reconnecting", error="ConnectionError: refused")
     out = io.StringIO()
@@ -80,8 +95,18 @@ def test_the_command_adds_lists_and_removes_a_connection_with_its_health():
         (["x", "amqp", "amqp://127.0.0.1"], "needs the option 'queue'"),
         (["x", "mqtt", "mqtt://127.0.0.1", "--options", '{"topics": "a/#"}'], "list of topic"),
         (["x", "nats", "nats://127.0.0.1", "--options", "[1]"], "JSON object"),
-        (["x", "amqp", "amqp://127.0.0.1", "--options", '{"queue": "q"}',
-          "--password-secret", "nope"], "no secret named 'nope'"),
+        (
+            [
+                "x",
+                "amqp",
+                "amqp://127.0.0.1",
+                "--options",
+                '{"queue": "q"}',
+                "--password-secret",
+                "nope",
+            ],
+            "no secret named 'nope'",
+        ),
         (["bad name", "amqp", "amqp://127.0.0.1"], "a name is letters"),
     ],
 )
@@ -123,8 +148,13 @@ def test_the_api_creates_shows_changes_and_deletes_a_connection_without_password
 @pytest.mark.parametrize(
     "body",
     [
-        {"name": "x", "kind": "amqp", "url": "amqp://127.0.0.1", "options": {"queue": "q"},
-         "password": "plaintext"},
+        {
+            "name": "x",
+            "kind": "amqp",
+            "url": "amqp://127.0.0.1",
+            "options": {"queue": "q"},
+            "password": "plaintext",
+        },
         {"name": "x", "kind": "mqtt", "url": "mqtt://127.0.0.1"},
         {"kind": "amqp", "url": "amqp://127.0.0.1"},
         ["not", "an", "object"],

@@ -22,6 +22,7 @@ from workflows.models import Connection, DeadLetter, Event
 pytestmark = pytest.mark.django_db(transaction=True)
 
 KINDS = sorted(BROKERS)
+CE_JSON = "application/cloudevents+json"
 
 
 @pytest.fixture(params=KINDS)
@@ -50,8 +51,10 @@ def connected(broker):
 def receive(connector, count: int, *, timeout: float = 20.0) -> list:
     got: list = []
     wait_until(
-        lambda: got.extend(connector.receive(timeout=0.5, max_messages=count - len(got)))
-        or len(got) >= count,
+        lambda: (
+            got.extend(connector.receive(timeout=0.5, max_messages=count - len(got)))
+            or len(got) >= count
+        ),
         timeout=timeout,
         message=f"{count} message(s)",
     )
@@ -80,7 +83,7 @@ def test_a_structured_event_is_stored_with_its_key_as_partition_key(broker):
     connector = connected(broker)
     try:
         key = broker.key("thermo-1")
-        broker.publish(key, structured("r-1", celsius=21.5), content_type="application/cloudevents+json")
+        broker.publish(key, structured("r-1", celsius=21.5), content_type=CE_JSON)
         [message] = receive(connector, 1)
         assert ingest(broker, [message]) == ["ingested"]
         connector.ack([message])
@@ -100,8 +103,13 @@ def test_a_binary_mode_message_takes_its_attributes_from_headers(broker):
             key,
             b'{"celsius": 19}',
             content_type="application/json",
-            attributes={"specversion": "1.0", "type": "com.example.reading", "id": "b-1",
-                        "source": "/devices/thermo-2", "site": "lyon"},
+            attributes={
+                "specversion": "1.0",
+                "type": "com.example.reading",
+                "id": "b-1",
+                "source": "/devices/thermo-2",
+                "site": "lyon",
+            },
         )
         [message] = receive(connector, 1)
         assert ingest(broker, [message]) == ["ingested"]
@@ -135,7 +143,7 @@ def test_redelivery_after_a_crash_between_commit_and_ack_stores_no_duplicate(bro
 def test_a_poison_message_goes_to_the_dead_letter_queue_and_is_acknowledged(broker):
     connector = connected(broker)
     try:
-        broker.publish(broker.key("p"), b"{not json", content_type="application/cloudevents+json")
+        broker.publish(broker.key("p"), b"{not json", content_type=CE_JSON)
         [poison] = receive(connector, 1)
         assert ingest(broker, [poison]) == ["quarantined"]
         connector.ack([poison])
@@ -150,7 +158,7 @@ def test_a_poison_message_goes_to_the_dead_letter_queue_and_is_acknowledged(brok
     # Acknowledged: a new reader gets the next message, not the poison again.
     again = connected(broker)
     try:
-        broker.publish(broker.key("p"), structured("after-poison"), content_type="application/cloudevents+json")
+        broker.publish(broker.key("p"), structured("after-poison"), content_type=CE_JSON)
         [message] = receive(again, 1)
         assert b"after-poison" in message.body
     finally:
@@ -180,8 +188,7 @@ def test_events_of_one_key_keep_their_order(broker):
         connector.close()
     for key in keys:
         seen = [
-            e.data["n"]
-            for e in Event.objects.filter(extensions__partitionkey=key).order_by("id")
+            e.data["n"] for e in Event.objects.filter(extensions__partitionkey=key).order_by("id")
         ]
         assert seen == list(range(15)), key
 
@@ -190,13 +197,15 @@ def test_the_connector_reconnects_after_its_server_goes_away(broker):
     proxy = FaultProxy(broker.port, name=broker.kind)
     port = proxy.start()
     config = config_for(broker, port=port)
-    Connection.objects.create(name=config.name, kind=config.kind, url=config.url, options=config.options)
+    Connection.objects.create(
+        name=config.name, kind=config.kind, url=config.url, options=config.options
+    )
     thread = ConnectorThread(config, owner="contract-test")
     thread.backoff.cap = 1.0
     thread.start()
     try:
         wait_until(lambda: Connection.objects.get(name=config.name).state == "connected")
-        broker.publish(broker.key("r"), structured("before"), content_type="application/cloudevents+json")
+        broker.publish(broker.key("r"), structured("before"), content_type=CE_JSON)
         wait_until(lambda: Event.objects.filter(ce_id="before").exists())
 
         proxy.down()
@@ -204,7 +213,7 @@ def test_the_connector_reconnects_after_its_server_goes_away(broker):
             lambda: Connection.objects.filter(name=config.name, state="reconnecting").first()
         )
         assert down.last_error
-        broker.publish(broker.key("r"), structured("during"), content_type="application/cloudevents+json")
+        broker.publish(broker.key("r"), structured("during"), content_type=CE_JSON)
 
         proxy.up()
         wait_until(lambda: Event.objects.filter(ce_id="during").exists())

@@ -22,7 +22,9 @@ MAX_BODY_BYTES = 64 * 1024
 
 def _needs_admin(request):
     if roles.rank(request.api_token.role) < roles.rank("admin"):
-        return problem(403, "Forbidden", "changing connections needs the admin role", kind="forbidden")
+        return problem(
+            403, "Forbidden", "changing connections needs the admin role", kind="forbidden"
+        )
     return None
 
 
@@ -34,7 +36,9 @@ def _read_object(request):
     try:
         body = loads_json(read_limited(request, MAX_BODY_BYTES))
     except BodyTooLarge as exc:
-        return None, problem(413, "Body too large", f"the limit is {exc.limit} bytes", kind="too-large")
+        return None, problem(
+            413, "Body too large", f"the limit is {exc.limit} bytes", kind="too-large"
+        )
     except InvalidEvent as exc:
         return None, problem(400, "Invalid JSON", exc.problems[0]["message"], kind="invalid-json")
     if not isinstance(body, dict):

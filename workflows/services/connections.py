@@ -40,8 +40,7 @@ def _checked(fields: dict[str, Any]) -> dict[str, Any]:
         raise InvalidConnection(f"a {kind} URL looks like {connector.scheme}://host:port")
     if parts.password:
         raise InvalidConnection(
-            "the URL must not hold a password: store it as a secret and name it "
-            "in password_secret"
+            "the URL must not hold a password: store it as a secret and name it in password_secret"
         )
     secret = fields.get("password_secret") or ""
     if secret and not Secret.objects.filter(name=secret).exists():

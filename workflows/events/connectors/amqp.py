@@ -10,6 +10,7 @@ partition key; the `message_id` property is the id of an event that names none.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -102,7 +103,6 @@ class AmqpConnector(Connector):
     def close(self) -> None:
         connection = getattr(self, "connection", None)
         if connection is not None and connection.is_open:
-            try:
+            # Already broken: the broker requeues what was unacked anyway.
+            with contextlib.suppress(Exception):
                 connection.close()
-            except Exception:  # already broken: the broker requeues what was unacked
-                pass

@@ -47,7 +47,9 @@ def envelope_from_message(
     if _is_structured(message):
         obj = loads_json(message.body, what="(body)")
         if not isinstance(obj, dict):
-            raise InvalidEvent([{"attribute": "(body)", "message": "a CloudEvent is a JSON object"}])
+            raise InvalidEvent(
+                [{"attribute": "(body)", "message": "a CloudEvent is a JSON object"}]
+            )
         obj.setdefault("specversion", "1.0")
     else:
         obj = None
@@ -84,5 +86,5 @@ def _check_limits(envelope: Envelope) -> None:
         raise InvalidEvent(too_long)
     if envelope.source.startswith(RESERVED_SOURCES):
         raise InvalidEvent(
-            [{"attribute": "source", "message": "this source is reserved for Signalbox's own events"}]
+            [{"attribute": "source", "message": "reserved for Signalbox's own events"}]
         )

@@ -51,7 +51,7 @@ def quarantine(message: Message, *, kind: str, connection: str, reason: str, pro
 
 
 def ingest_message(message: Message, *, kind: str, connection: str, default_type: str) -> str:
-    """"ingested", "duplicate" or "quarantined"; database outages propagate."""
+    """ "ingested", "duplicate" or "quarantined"; database outages propagate."""
     from ...services.events import ingest_event
     from ...services.schemas import SchemaViolation
 

@@ -75,7 +75,9 @@ class NatsJetStreamConnector(Connector):
             max_ack_pending=1000,
         )
         self.sub = self._run(
-            js.pull_subscribe(options.get("subject", ""), durable=durable, stream=self.stream, config=config)
+            js.pull_subscribe(
+                options.get("subject", ""), durable=durable, stream=self.stream, config=config
+            )
         )
 
     def receive(self, *, timeout: float, max_messages: int) -> list[Message]:
@@ -118,7 +120,7 @@ class NatsJetStreamConnector(Connector):
         try:
             if nc is not None and not nc.is_closed:
                 self._run(nc.close())
-        except Exception:
+        except Exception:  # noqa: BLE001 - already broken: unacked messages come back anyway
             pass
         finally:
             if getattr(self, "loop", None) is not None:

@@ -10,9 +10,9 @@ and reconnects after an exponential back-off.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-
 
 from django.db import connections
 
@@ -86,7 +86,7 @@ class ConnectorThread(threading.Thread):
                         record_state(name=self.config.name, state="connected")
                         self.backoff.reset()
                     self.pump(connector)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - any failure: record, back off, retry
                     if isinstance(exc, DATABASE_DOWN):
                         connections.close_all()
                     if connector is not None:
@@ -106,16 +106,14 @@ class ConnectorThread(threading.Thread):
                             state="reconnecting",
                             error=f"{type(exc).__name__}: {exc}",
                         )
-                    except Exception:  # the database itself may be what is down
+                    except Exception:  # noqa: BLE001 - the database itself may be what is down
                         connections.close_all()
                     self._halt.wait(delay)
         finally:
             if connector is not None:
                 connector.close()
-            try:
+            with contextlib.suppress(Exception):  # it lapses on its own anyway
                 lease.release()
-            except Exception:
-                pass
             connections.close_all()
 
     def pump(self, connector) -> int:
@@ -180,5 +178,3 @@ class ConnectorSupervisor(threading.Thread):
             thread.join(timeout=10)
         connections.close_all()
         log.info("connector supervisor %s stopped", self.owner)
-
-

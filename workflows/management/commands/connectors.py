@@ -72,8 +72,7 @@ class Command(BaseCommand):
             info = describe(row)
             health = info["health"]
             line = (
-                f"{row.name}\t{row.kind}\t{row.url}\t{json.dumps(row.options)}"
-                f"\t{health['state']}"
+                f"{row.name}\t{row.kind}\t{row.url}\t{json.dumps(row.options)}\t{health['state']}"
             )
             if health["last_error"]:
                 when = health["last_error_at"]
