@@ -10,8 +10,10 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
+from dashboard import metrics
 from tests.connector_brokers import BROKERS
 from tests.factories import definition, log_step
+from tests.test_dashboard_pages import signed_in
 from tests.waiting import wait_until
 from workflows.models import Connection, Run
 from workflows.services.connections import record_state
@@ -176,3 +178,37 @@ def test_changing_connections_needs_the_admin_role(api, stack):
     )
     assert answer.status_code == 403
     assert answer.headers["content-type"] == "application/problem+json"
+
+
+def test_the_workers_page_shows_each_connection_with_its_state_and_last_error(client):
+    call_command(
+        "connectors",
+        "add",
+        "devices",
+        "mqtt",
+        "mqtt://127.0.0.1:1883",
+        "--options",
+        '{"topics": ["sensors/#"]}',
+        "--disabled",
+    )
+    call_command(
+        "connectors",
+        "add",
+        "orders",
+        "amqp",
+        "amqp://127.0.0.1:5672/%2F",
+        "--options",
+        '{"queue": "orders"}',
+        "--disabled",
+    )
+    # Kept disabled, so no bus consumer of a running stack touches them while this reads.
+    record_state(name="orders", state="reconnecting", error="ConnectionError: refused")
+    signed_in(client, "viewer")
+    metrics.cache.clear()
+
+    html = client.get("/system/").content.decode()
+
+    assert 'data-connection="devices" data-state="disabled"' in html
+    assert 'data-connection="orders" data-state="disabled"' in html
+    assert "ConnectionError: refused" in html
+    assert html.count("ConnectionError: refused") == 1  # the orders row only

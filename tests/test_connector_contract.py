@@ -198,7 +198,11 @@ def test_the_connector_reconnects_after_its_server_goes_away(broker):
     port = proxy.start()
     config = config_for(broker, port=port)
     Connection.objects.create(
-        name=config.name, kind=config.kind, url=config.url, options=config.options
+        name=config.name,
+        kind=config.kind,
+        url=config.url,
+        options=config.options,
+        enabled=False,  # read by the thread below only, not by a bus consumer of the stack
     )
     thread = ConnectorThread(config, owner="contract-test")
     thread.backoff.cap = 1.0

@@ -143,3 +143,8 @@ def describe(connection: Connection) -> dict[str, Any]:
             "last_error_at": connection.last_error_at,
         },
     }
+
+
+def connection_health() -> list[dict[str, Any]]:
+    """Every connection as `describe` shows it, by name (the workers page lists them)."""
+    return [describe(c) for c in Connection.objects.order_by("name")]
