@@ -70,6 +70,7 @@ class ConnectorThread(threading.Thread):
 
         lease = Lease(self.config.name, self.owner)
         connector = None
+        held = False  # whether this thread ever read the connection (then it says it stopped)
         try:
             while not self._halt.is_set():
                 try:
@@ -79,6 +80,7 @@ class ConnectorThread(threading.Thread):
                             connector = None
                         self._halt.wait(LEASE_MS / 3000)
                         continue
+                    held = True
                     if connector is None:
                         record_state(name=self.config.name, state="connecting")
                         connector = get(self.config.kind)(self.config)
@@ -114,6 +116,9 @@ class ConnectorThread(threading.Thread):
                 connector.close()
             with contextlib.suppress(Exception):  # it lapses on its own anyway
                 lease.release()
+            if held:  # stopped (disabled, changed, removed or shutting down)
+                with contextlib.suppress(Exception):
+                    record_state(name=self.config.name, state="idle")
             connections.close_all()
 
     def pump(self, connector) -> int:
