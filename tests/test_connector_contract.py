@@ -18,6 +18,7 @@ from workflows.events.connectors.base import ConnectionConfig
 from workflows.events.connectors.intake import ingest_batch
 from workflows.events.connectors.runner import ConnectorThread
 from workflows.models import Connection, DeadLetter, Event
+from workflows.services.schemas import register_schema
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -165,6 +166,39 @@ def test_a_poison_message_goes_to_the_dead_letter_queue_and_is_acknowledged(brok
         again.close()
 
 
+def test_in_one_batch_only_the_bad_messages_are_dead_lettered(broker):
+    register_schema(
+        event_type="com.example.reading",
+        schema={"type": "object", "required": ["celsius"]},
+    )
+    connector = connected(broker)
+    key = broker.key("mixed")
+    try:
+        broker.publish(key, json.dumps({"celsius": 1}).encode(), content_type="application/json")
+        broker.publish(key, json.dumps({"kelvin": 2}).encode(), content_type="application/json")
+        broker.publish(key, b"[1,", content_type="application/json")
+        broker.publish(key, json.dumps({"celsius": 3}).encode(), content_type="application/json")
+        messages = receive(connector, 4)
+        assert ingest(broker, messages) == ["ingested", "quarantined", "quarantined", "ingested"]
+        # Text PostgreSQL cannot hold (a NUL) is refused before the INSERT, alone.
+        nul = json.dumps({"celsius": 4, "note": "a\u0000b"}).encode()
+        broker.publish(key, nul, content_type="application/json")
+        broker.publish(key, json.dumps({"celsius": 5}).encode(), content_type="application/json")
+        more = receive(connector, 2)
+        assert ingest(broker, more) == ["quarantined", "ingested"]
+        connector.ack(messages + more)
+    finally:
+        connector.close()
+    stored = [e.data["celsius"] for e in Event.objects.filter(type="com.example.reading")]
+    assert sorted(stored) == [1, 3, 5]
+    letters = DeadLetter.objects.filter(payload__connection=f"t-{broker.uid}")
+    assert sorted(d.reason.split(":")[0] for d in letters) == [
+        "data does not match its schema",
+        "invalid CloudEvent",
+        "invalid CloudEvent",
+    ]
+
+
 def test_events_of_one_key_keep_their_order(broker):
     connector = connected(broker)
     keys = [broker.key("left"), broker.key("right")]
@@ -227,3 +261,37 @@ def test_the_connector_reconnects_after_its_server_goes_away(broker):
         thread.join(15)
         proxy.stop()
     assert Event.objects.filter(ce_id__in=["before", "during"]).count() == 2
+
+
+def test_an_mqtt_3_1_1_device_sends_structured_events_to_a_wildcard_subscription():
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from tests.connector_brokers import MqttBroker
+
+    broker = MqttBroker()
+    options = {**broker.options(), "protocol": "3.1.1", "topics": [f"{broker.prefix}/+/reading"]}
+    config = ConnectionConfig(
+        name=f"t-{broker.uid}", kind="mqtt", url=broker.url(), options=options
+    )
+    connector = registry.get("mqtt")(config)
+    connector.connect()
+    device = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    device.connect("127.0.0.1", broker.port)
+    device.loop_start()
+    try:
+        # The status first: were it delivered, it would come before the reading.
+        for topic, ce_id in (("thermo-9/status", "d-2"), ("thermo-9/reading", "d-1")):
+            info = device.publish(f"{broker.prefix}/{topic}", structured(ce_id), qos=1)
+            info.wait_for_publish(timeout=10)
+        [message] = receive(connector, 1)
+        assert message.key == f"{broker.prefix}/thermo-9/reading"  # status matches no filter
+        assert ingest(broker, [message]) == ["ingested"]
+        connector.ack([message])
+    finally:
+        device.disconnect()
+        device.loop_stop()
+        connector.close()
+        broker.cleanup()
+    event = Event.objects.get(ce_id="d-1")
+    assert event.extensions["partitionkey"] == f"{broker.prefix}/thermo-9/reading"
