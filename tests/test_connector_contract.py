@@ -7,11 +7,18 @@ after the server goes away (simulated by a proxy: the brokers are shared system 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict
 
 import pytest
+from django.conf import settings
 
 from tests.chaos.proxy import FaultProxy
 from tests.connector_brokers import BROKERS, nats_ack_pending
+from tests.stack import database_url_for
 from tests.waiting import wait_until
 from workflows.events.connectors import registry
 from workflows.events.connectors.base import ConnectionConfig
@@ -124,16 +131,36 @@ def test_a_binary_mode_message_takes_its_attributes_from_headers(broker):
 
 
 def test_redelivery_after_a_crash_between_commit_and_ack_stores_no_duplicate(broker):
-    first = connected(broker)
-    broker.publish(broker.key("a"), b'{"n": 1}', content_type="application/json")
-    [message] = receive(first, 1)
-    assert ingest(broker, [message]) == ["ingested"]
-    first.close()  # the crash: the event is committed, the ack was never sent
+    config = config_for(broker)
+    # The first reader is a real process, killed (SIGKILL) after its commit, before its ack.
+    env = dict(
+        os.environ,
+        DATABASE_URL=database_url_for(settings.DATABASES["default"]["NAME"]),
+        DJANGO_SETTINGS_MODULE="orchestrator.settings",
+    )
+    env.pop("SIGNALBOX_TEST_DB_NAME", None)
+    crashing = subprocess.Popen(
+        [sys.executable, "-m", "tests.connector_crash", json.dumps(asdict(config))],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert crashing.stdout.readline().strip() == "connected"
+        broker.publish(broker.key("a"), b'{"n": 1}', content_type="application/json")
+        output, _ = crashing.communicate(timeout=60)
+    finally:
+        if crashing.poll() is None:
+            crashing.kill()
+    assert crashing.returncode == -signal.SIGKILL, output
+    assert "committed ['ingested']" in output
+    assert Event.objects.filter(type="com.example.reading").count() == 1
 
     second = connected(broker)
     try:
-        [again] = receive(second, 1)
-        assert again.body == message.body
+        [again] = receive(second, 1)  # the broker sends it again: it was never acknowledged
+        assert again.body == b'{"n": 1}'
         assert ingest(broker, [again]) == ["duplicate"]
         second.ack([again])
     finally:
