@@ -212,3 +212,50 @@ def test_the_workers_page_shows_each_connection_with_its_state_and_last_error(cl
     assert 'data-connection="orders" data-state="disabled"' in html
     assert "ConnectionError: refused" in html
     assert html.count("ConnectionError: refused") == 1  # the orders row only
+
+
+def test_an_admin_adds_disables_and_removes_a_connection_in_the_dashboard(client):
+    signed_in(client, "admin")
+    refused = client.post(
+        "/connections/",
+        {"name": "devices", "kind": "mqtt", "url": "mqtt://u:pw@127.0.0.1:1883", "options": "{}"},
+    )
+    assert refused.status_code == 400
+    assert "must not hold a password" in refused.content.decode()
+
+    added = client.post(
+        "/connections/",
+        {
+            "name": "devices",
+            "kind": "mqtt",
+            # A port nothing listens on: a bus consumer of a running stack reads nothing.
+            "url": "mqtt://127.0.0.1:9",
+            "options": '{"topics": ["sensors/#"]}',
+            "default_type": "com.example.reading",
+        },
+    )
+    assert added.status_code == 302
+    assert client.post("/connections/devices/disable/").status_code == 302
+    page = client.get("/connections/").content.decode()
+    assert 'data-connection="devices" data-state="disabled"' in page
+    assert client.post("/connections/devices/remove/").status_code == 302
+    assert not Connection.objects.exists()
+
+
+def test_a_viewer_sees_connections_but_cannot_change_them(client):
+    call_command(
+        "connectors",
+        "add",
+        "orders",
+        "amqp",
+        "amqp://127.0.0.1:5672/%2F",
+        "--options",
+        '{"queue": "orders"}',
+        "--disabled",
+    )
+    signed_in(client, "viewer")
+    page = client.get("/connections/").content.decode()
+    assert 'data-connection="orders"' in page
+    assert "new-connection-form" not in page
+    assert client.post("/connections/orders/remove/").status_code == 403
+    assert Connection.objects.filter(name="orders").exists()
