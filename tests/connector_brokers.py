@@ -149,6 +149,13 @@ class MqttBroker(Broker):
     def cleanup(self):
         self.client.disconnect()
         self.client.loop_stop()
+        # End the connector's persistent session: the broker is shared, and would keep it
+        # (and queue messages for it) for a week.
+        wiper = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"sbtest-{self.uid}", protocol=mqtt.MQTTv5
+        )
+        wiper.connect("127.0.0.1", self.port, clean_start=True)
+        wiper.disconnect()
 
 
 BROKERS = {"amqp": AmqpBroker, "nats": NatsBroker, "mqtt": MqttBroker}
