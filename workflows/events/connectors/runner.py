@@ -52,6 +52,15 @@ class Lease:
             conn.delete(self.key)
 
 
+def _closed(connector) -> None:
+    """Close a connector whose connection may already be broken; a failure to close must not
+    end the thread (the broker takes back what was unacknowledged either way)."""
+    try:
+        connector.close()
+    except Exception:  # see above
+        log.debug("closing connector failed", exc_info=True)
+
+
 class ConnectorThread(threading.Thread):
     """Reads one connection until `stop()`."""
 
@@ -76,8 +85,7 @@ class ConnectorThread(threading.Thread):
                 try:
                     if not lease.hold():
                         if connector is not None:  # lost it: another reader took over
-                            connector.close()
-                            connector = None
+                            connector = _closed(connector)
                         self._halt.wait(LEASE_MS / 3000)
                         continue
                     held = True
@@ -92,8 +100,7 @@ class ConnectorThread(threading.Thread):
                     if isinstance(exc, DATABASE_DOWN):
                         connections.close_all()
                     if connector is not None:
-                        connector.close()
-                        connector = None
+                        connector = _closed(connector)
                     delay = self.backoff.next_delay()
                     log.warning(
                         "connector %s: %s: %s; reconnecting in %.1f s",
@@ -113,7 +120,7 @@ class ConnectorThread(threading.Thread):
                     self._halt.wait(delay)
         finally:
             if connector is not None:
-                connector.close()
+                _closed(connector)
             with contextlib.suppress(Exception):  # it lapses on its own anyway
                 lease.release()
             if held:  # stopped (disabled, changed, removed or shutting down)
