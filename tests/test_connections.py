@@ -62,6 +62,46 @@ def test_a_message_published_to_the_broker_starts_a_run(api, kind):
         broker.cleanup()
 
 
+@pytest.mark.parametrize("kind", sorted(BROKERS))
+def test_runs_start_in_the_order_a_key_s_messages_were_published(api, kind):
+    broker = BROKERS[kind]()
+    name = f"order-{broker.uid}"
+    try:
+        event_type = f"com.example.{kind}.step"
+        publish_workflow(api, f"in-order-{kind}-{broker.uid}", event_type)
+        call_command(
+            "connectors",
+            "add",
+            name,
+            kind,
+            broker.url(),
+            "--options",
+            json.dumps(broker.options()),
+            "--type",
+            event_type,
+        )
+        wait_until(lambda: Connection.objects.get(name=name).state == "connected", timeout=60)
+        for n in range(12):
+            key = broker.key("left" if n % 2 else "right")
+            broker.publish(key, json.dumps({"n": n}).encode(), content_type="application/json")
+
+        runs = wait_until(
+            lambda: (
+                (found := list(Run.objects.filter(event__type=event_type).order_by("id")))
+                and len(found) == 12
+                and found
+            ),
+            timeout=60,
+        )
+        for side in ("left", "right"):
+            key = broker.key(side)
+            order = [r.event.data["n"] for r in runs if r.event.extensions["partitionkey"] == key]
+            assert order == sorted(order) and len(order) == 6, (side, order)
+    finally:
+        Connection.objects.filter(name=name).delete()
+        broker.cleanup()
+
+
 def test_the_command_adds_lists_and_removes_a_connection_with_its_health():
     set_secret(name="rabbit-password", value="s3cret-value")
     call_command(
