@@ -1,5 +1,6 @@
 """Workers and queues: Celery workers online (their queues, active tasks, counters), queue
-lengths, bus partitions with pending entries and lag, and the circuit breakers.
+lengths, bus partitions with pending entries and lag, the broker connections' health and
+the circuit breakers.
 
 Asking Celery's workers is a broadcast that waits for replies, so it has a short timeout,
 runs off the database thread, and its answer is shared by every open page of the process
@@ -15,6 +16,7 @@ from django.conf import settings
 from django.shortcuts import render
 
 from workflows import circuit, gauges, heartbeat
+from workflows.services.connections import connection_health
 
 from . import metrics
 from .access import role_required
@@ -91,6 +93,10 @@ def compute_system() -> dict[str, Any]:
         circuit_error = ""
     except Exception as exc:  # noqa: BLE001 - Redis away
         circuits, circuit_error = [], f"could not read the circuit breakers: {exc}"
+    try:
+        broker_connections, connection_error = connection_health(), ""
+    except Exception as exc:  # noqa: BLE001 - the database away: say so on the page
+        broker_connections, connection_error = [], f"could not read the connections: {exc}"
     return {
         "workers": workers,
         "worker_error": worker_error,
@@ -100,6 +106,8 @@ def compute_system() -> dict[str, Any]:
         "components": _component_beats(),
         "circuits": circuits,
         "circuit_error": circuit_error,
+        "connections": broker_connections,
+        "connection_error": connection_error,
         "checked_at": time.time(),
     }
 

@@ -1,6 +1,7 @@
 from django.urls import path
 
 from . import (
+    connection_views,
     editor_views,
     event_views,
     overview_views,
@@ -23,6 +24,12 @@ urlpatterns = [
     path("flow/events/<int:event_id>/", overview_views.flow_event, name="flow-event"),
     path("events/<int:event_id>/lineage/", overview_views.lineage, name="lineage"),
     path("system/", system_views.system, name="system"),
+    path("connections/", connection_views.connection_list, name="connections"),
+    path(
+        "connections/<slug:name>/<str:action>/",
+        connection_views.connection_action,
+        name="connection-action",
+    ),
     path("runs/", views.run_list, name="runs"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),
     # Recovery: replay, cancel, dead letters, bulk/shadow replays, re-drive, audit.

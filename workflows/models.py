@@ -55,7 +55,8 @@ class Event(models.Model):
     # Schema validation: "valid" against `schema_version`, or "unvalidated" (no schema).
     validation = models.CharField(max_length=16, default="unvalidated")
     schema_version = models.PositiveIntegerField(null=True, blank=True)
-    # Where the event came from: "http", "webhook", "stream", "schedule", "manual", "run".
+    # Where the event came from: "http", "webhook", "stream", "connector", "schedule",
+    # "manual", "run".
     channel = models.CharField(max_length=16, default="http")
     received_at = models.DateTimeField(auto_now_add=True, db_index=True)
     published_at = models.DateTimeField(null=True, blank=True)
@@ -447,6 +448,33 @@ class StreamSource(models.Model):
     default_type = models.CharField(max_length=255, blank=True, default="")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Connection(models.Model):
+    """A named connection to a message broker that Signalbox ingests events from (a
+    connector of `kind`, see workflows/events/connectors). The password is never stored
+    here: `password_secret` names a Secret. The health fields are written by the process
+    that runs the connector, on every change of state."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20)
+    url = models.CharField(max_length=500, help_text="the broker's address, without a password")
+    username = models.CharField(max_length=255, blank=True, default="")
+    password_secret = models.CharField(
+        max_length=100, blank=True, default="", help_text="name of the Secret holding the password"
+    )
+    options = models.JSONField(default=dict, blank=True)
+    default_type = models.CharField(max_length=255, blank=True, default="")
+    enabled = models.BooleanField(default=True)
+    state = models.CharField(max_length=20, default="idle")
+    last_error = models.TextField(blank=True, default="")
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    state_changed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
         return self.name

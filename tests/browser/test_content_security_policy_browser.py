@@ -19,6 +19,7 @@ PAGES = [
     "/events/",
     "/flow/",
     "/system/",
+    "/connections/",
     "/schemas/",
     "/dead-letters/",
     "/replays/",

@@ -1,6 +1,17 @@
 from django.urls import path
 
-from . import circuits, editor, event_store, events, openapi, replay, schemas, secrets, views
+from . import (
+    circuits,
+    connections,
+    editor,
+    event_store,
+    events,
+    openapi,
+    replay,
+    schemas,
+    secrets,
+    views,
+)
 from .webhooks import webhooks_endpoint
 
 urlpatterns = [
@@ -38,6 +49,8 @@ urlpatterns = [
     path("webhooks", webhooks_endpoint, name="api-webhooks"),
     path("secrets", secrets.secret_list, name="api-secrets"),
     path("secrets/<str:name>", secrets.secret_detail, name="api-secret"),
+    path("connections", connections.connection_list, name="api-connections"),
+    path("connections/<slug:name>", connections.connection_detail, name="api-connection"),
     path("circuits", circuits.circuit_list, name="api-circuits"),
     path("circuits/<str:host>/reset", circuits.circuit_reset, name="api-circuit-reset"),
     path("schemas", schemas.schema_list, name="api-schemas"),

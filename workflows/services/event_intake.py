@@ -102,24 +102,34 @@ class Submission:
     rows: list[Event] = field(default_factory=list)
 
 
-def store(submissions: Sequence[Submission], *, mark_published: Sequence[int] = ()) -> list[Event]:
+def store(
+    submissions: Sequence[Submission],
+    *,
+    mark_published: Sequence[int] = (),
+    in_order: bool = False,
+) -> list[Event]:
     """Store every submission that may be stored, in the current transaction; set each
     one's `accepted` or `error` (TokenRevoked, SchemaViolations). Returns the new events,
     in order, to publish once the transaction has committed. `mark_published` names
-    events (of earlier groups) now on the bus, marked in the same transaction."""
+    events (of earlier groups) now on the bus, marked in the same transaction. `in_order`
+    gives the rows ids in the order submitted (a broker connector's per-key order) rather
+    than in key order (which keeps concurrent committers of equal keys from deadlocking;
+    a single reader per connection has none)."""
     if connection.vendor == "postgresql":
         # The marks are written either way (before the optimistic insert's savepoint).
-        if _store_optimistically(submissions, mark_published):
+        if _store_optimistically(submissions, mark_published, in_order):
             return _settle(submissions)
     else:
         bus.mark_published(list(mark_published))
     _refuse_revoked(submissions)
     checks = _schema_checks([s for s in submissions if s.error is None])
-    _insert_rows(submissions, checks)
+    _insert_rows(submissions, checks, in_order)
     return _settle(submissions)
 
 
-def _store_optimistically(submissions: Sequence[Submission], marks: Sequence[int]) -> bool:
+def _store_optimistically(
+    submissions: Sequence[Submission], marks: Sequence[int], in_order: bool = False
+) -> bool:
     """The usual case in one round trip (PostgreSQL's pipeline mode): mark, check the
     tokens and the types, and insert as if every token were live and no type had a schema.
     False, with the insert undone, when that was not so; then the exact path runs."""
@@ -136,7 +146,7 @@ def _store_optimistically(submissions: Sequence[Submission], marks: Sequence[int
             )
             typed_cursor = connection.cursor()
             typed_cursor.execute(f"SELECT 1 FROM {_table(EventType)} WHERE name = ANY(%s)", [types])
-            inserted = _insert_rows(submissions, {})
+            inserted = _insert_rows(submissions, {}, in_order)
             live = {pk for (pk,) in live_cursor.fetchall()}
             typed = typed_cursor.fetchall()
         if not typed and live.issuperset(token_ids):
@@ -148,7 +158,9 @@ def _store_optimistically(submissions: Sequence[Submission], marks: Sequence[int
     return False
 
 
-def _insert_rows(submissions: Sequence[Submission], checks: dict[int, SchemaCheck]) -> int:
+def _insert_rows(
+    submissions: Sequence[Submission], checks: dict[int, SchemaCheck], in_order: bool = False
+) -> int:
     rows: list[tuple[Submission, Event]] = []
     for submission in submissions:
         if submission.error is None:
@@ -157,7 +169,7 @@ def _insert_rows(submissions: Sequence[Submission], checks: dict[int, SchemaChec
                 for envelope in submission.envelopes
             ]
             rows.extend((submission, event) for event in submission.rows)
-    _insert([event for _, event in rows])
+    _insert([event for _, event in rows], in_order=in_order)
     return len(rows)
 
 
@@ -262,7 +274,7 @@ def insert_new(events: Sequence[Event]) -> None:
     _insert(events)
 
 
-def _insert(events: Sequence[Event]) -> None:
+def _insert(events: Sequence[Event], *, in_order: bool = False) -> None:
     """INSERT them, skipping (source, id) pairs already stored, and give each inserted one
     its id. PostgreSQL and SQLite both return only the rows the statement inserted (the
     first of two equal pairs in one statement)."""
@@ -271,7 +283,8 @@ def _insert(events: Sequence[Event]) -> None:
         event.received_at = now
     # In key order: two committers inserting the same keys wait for each other, never
     # deadlock (each would otherwise hold a key the other needs).
-    events = sorted(events, key=lambda e: (e.source, e.ce_id))
+    if not in_order:
+        events = sorted(events, key=lambda e: (e.source, e.ce_id))
     insert = _insert_recordset if connection.vendor == "postgresql" else _insert_values
     for start in range(0, len(events), ROWS_PER_STATEMENT):
         chunk = events[start : start + ROWS_PER_STATEMENT]

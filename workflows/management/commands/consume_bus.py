@@ -12,6 +12,7 @@ from django.db import InterfaceError, OperationalError, connections
 
 from workflows import heartbeat
 from workflows.events.bus import Consumer, Delivery
+from workflows.events.connectors.runner import ConnectorSupervisor
 from workflows.events.external_streams import StreamIngestThread
 from workflows.loop import Stopper
 from workflows.services.events import (
@@ -100,8 +101,13 @@ class Command(BaseCommand):
             action="store_true",
             help="do not read the external streams (`manage.py streams`) in this process",
         )
+        parser.add_argument(
+            "--no-connectors",
+            action="store_true",
+            help="do not read the broker connections (`manage.py connectors`) in this process",
+        )
 
-    def handle(self, *args, name, no_external_streams=False, **options):
+    def handle(self, *args, name, no_external_streams=False, no_connectors=False, **options):
         stopper = Stopper()
         config = settings.SIGNALBOX
         consumer = None
@@ -111,6 +117,11 @@ class Command(BaseCommand):
         streams = None if no_external_streams else StreamIngestThread(name, stopper)
         if streams is not None:
             streams.start()
+        # Broker connections likewise, one thread each (a Redis lease per connection makes
+        # one bus consumer its reader at a time; see workflows/events/connectors/runner.py).
+        brokers = None if no_connectors else ConnectorSupervisor(name, stopper)
+        if brokers is not None:
+            brokers.start()
         threads = max(1, min(config["BUS_PARTITIONS"], MAX_MATCH_THREADS))
         pool = ThreadPoolExecutor(threads, "bus-match") if threads > 1 else None
         housekept = 0.0
@@ -172,4 +183,6 @@ class Command(BaseCommand):
             pool.shutdown(wait=True)
         if streams is not None:
             streams.join(timeout=35)
+        if brokers is not None:
+            brokers.join(timeout=35)
         log.info("bus consumer %s stopped", name)

@@ -1,0 +1,127 @@
+"""NATS JetStream source (nats-py): a durable pull consumer on a stream, each message
+acknowledged only after its event is committed (unacknowledged ones come back after
+`ack_wait_seconds`).
+
+CloudEvents NATS binding: binary mode with the attributes in `ce-` headers and the
+`Content-Type` header as `datacontenttype`; structured mode when the content type is
+`application/cloudevents+json` or the body is a CloudEvent. The subject is the partition
+key; `<stream>/<stream sequence>` is the id of an event that names none, so a redelivery
+is recognised.
+
+nats-py is asyncio-only: the connector owns an event loop and runs it only while it waits
+on the server, so the database work in between runs as ordinary synchronous code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+from .base import Connector, InvalidConnection, Message
+from .registry import register
+
+
+@register
+class NatsJetStreamConnector(Connector):
+    kind = "nats"
+    scheme = "nats"
+    option_names = ("stream", "subjects", "subject", "durable", "ack_wait_seconds")
+    required_options = ("stream",)
+
+    @classmethod
+    def check_options(cls, options):
+        options = super().check_options(options)
+        subjects = options.get("subjects", [])
+        if not isinstance(subjects, list) or not all(isinstance(s, str) for s in subjects):
+            raise InvalidConnection("subjects is a list of subjects (the stream's, if created)")
+        wait = options.get("ack_wait_seconds", 30)
+        if not isinstance(wait, (int, float)) or not 0.5 <= wait <= 3600:
+            raise InvalidConnection("ack_wait_seconds is a number from 0.5 to 3600")
+        return options
+
+    def _run(self, coroutine):
+        return self.loop.run_until_complete(coroutine)
+
+    def connect(self) -> None:
+        options = self.config.options
+        self.loop = asyncio.new_event_loop()
+        self.stream = options["stream"]
+        auth = {}
+        if self.config.username:
+            auth = {"user": self.config.username, "password": self.config.password}
+        self.nc = self._run(
+            nats.connect(
+                self.config.url,
+                allow_reconnect=False,  # the connector's own back-off reconnects
+                connect_timeout=3,
+                max_reconnect_attempts=0,
+                **auth,
+            )
+        )
+        js = self.nc.jetstream()
+        subjects = options.get("subjects", [])
+        if subjects:  # create the stream when it does not exist yet
+            try:
+                self._run(js.stream_info(self.stream))
+            except NotFoundError:
+                self._run(js.add_stream(name=self.stream, subjects=subjects))
+        durable = options.get("durable") or f"signalbox-{self.config.name}"
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=float(options.get("ack_wait_seconds", 30)),
+            max_ack_pending=1000,
+        )
+        self.sub = self._run(
+            js.pull_subscribe(
+                options.get("subject", ""), durable=durable, stream=self.stream, config=config
+            )
+        )
+
+    def receive(self, *, timeout: float, max_messages: int) -> list[Message]:
+        if self.nc.is_closed:
+            raise ConnectionError("the NATS connection closed")
+        try:
+            msgs = self._run(self.sub.fetch(batch=max_messages, timeout=timeout))
+        except nats.errors.TimeoutError:
+            return []
+        out = []
+        for msg in msgs:
+            headers = {k.lower(): v for k, v in (msg.headers or {}).items()}
+            meta = msg.metadata
+            out.append(
+                Message(
+                    body=msg.data,
+                    content_type=headers.get("content-type", ""),
+                    attributes={k[3:]: v for k, v in headers.items() if k.startswith("ce-")},
+                    key=msg.subject,
+                    fallback_id=f"{meta.stream}/{meta.sequence.stream}",
+                    redelivered=meta.num_delivered > 1,
+                    token=msg,
+                )
+            )
+        return out
+
+    def ack(self, messages: list[Message]) -> None:
+        if not messages:
+            return
+
+        async def ack_all():
+            for message in messages:
+                await message.token.ack()
+            await self.nc.flush(timeout=5)  # the acks have reached the server
+
+        self._run(ack_all())
+
+    def close(self) -> None:
+        nc = getattr(self, "nc", None)
+        try:
+            if nc is not None and not nc.is_closed:
+                self._run(nc.close())
+        except Exception:  # noqa: BLE001 - already broken: unacked messages come back anyway
+            pass
+        finally:
+            if getattr(self, "loop", None) is not None:
+                self.loop.close()
