@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import dj_database_url
-from psycopg_pool import ConnectionPool
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("SIGNALBOX_VAR_DIR", BASE_DIR / "var"))
@@ -132,10 +131,11 @@ if DATABASE_URL and env_bool("SIGNALBOX_DB_POOL"):
         # How long a request waits for a connection: while the database is away, ingest
         # answers 503 with Retry-After after this, rather than holding the client.
         "timeout": float(os.environ.get("SIGNALBOX_DB_POOL_TIMEOUT", "3")),
-        # Checked when handed out (one cheap round trip): after a database restart every
-        # idle pooled connection is dead, and each would otherwise fail one request.
-        "check": ConnectionPool.check_connection,
     }
+    # Pooled connections are checked when handed out (Django passes the pool its check
+    # with CONN_HEALTH_CHECKS): after a database restart every idle one is dead, and each
+    # would otherwise fail one request.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 elif DATABASE_URL:
     # Persistent connections (checked before reuse): a worker would otherwise open a new
     # PostgreSQL connection for every step it runs.

@@ -14,8 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ..envelope import Envelope, InvalidEvent, from_binary, from_structured, loads_json
-from ..external_streams import MAX_LENGTHS, RESERVED_SOURCES
+from ..envelope import (
+    Envelope,
+    InvalidEvent,
+    check_storable,
+    from_binary,
+    from_structured,
+    loads_json,
+)
+from ..external_streams import RESERVED_SOURCES
 from .base import Message
 
 STRUCTURED = "application/cloudevents+json"
@@ -77,13 +84,7 @@ def envelope_from_message(
 
 
 def _check_limits(envelope: Envelope) -> None:
-    too_long = [
-        {"attribute": name, "message": f"longer than {limit} characters"}
-        for name, limit in MAX_LENGTHS.items()
-        if len(getattr(envelope, "id" if name == "id" else name) or "") > limit
-    ]
-    if too_long:
-        raise InvalidEvent(too_long)
+    check_storable(envelope)  # lengths and the source's form, as on every other path
     if envelope.source.startswith(RESERVED_SOURCES):
         raise InvalidEvent(
             [{"attribute": "source", "message": "reserved for Signalbox's own events"}]
