@@ -25,12 +25,22 @@ from tests.services import MissingService, ensure_all
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "var" / "test-results"
 
+# The slowest files of the rest (real stacks, EXPLAIN over a big table, schemathesis) run in
+# the second lane, after the browser tests and the fault suite, so both lanes end together.
+SLOW_FILES = [
+    "tests/test_keyset_explain.py",
+    "tests/test_launcher.py",
+    "tests/test_openapi.py",
+    "tests/test_connections.py",
+    "tests/test_connector_contract.py",
+]
 PARTS = {
-    "fast": ["-m", "not browser and not chaos"],
+    "fast": ["-m", "not browser and not chaos", *(f"--ignore={f}" for f in SLOW_FILES)],
+    "slow": ["-m", "not browser and not chaos", *SLOW_FILES],
     "browser": ["-m", "browser", "-p", "no:randomly"],
     "chaos": ["-m", "chaos", "-p", "no:randomly"],
 }
-LANES = [["fast"], ["browser", "chaos"]]
+LANES = [["fast"], ["browser", "chaos", "slow"]]
 
 
 def counts(junit: Path) -> dict[str, int]:

@@ -103,7 +103,7 @@ def admin_headers(db) -> dict[str, str]:
 
 
 def _sample_path(path: str) -> str:
-    samples = {"slug": "no-such-flow", "name": "com.example.none", "host": "nowhere.test"}
+    samples = {"slug": "no-such-flow", "name": "no-such-name", "host": "nowhere.test"}
     return re.sub(r"\{(\w+)\}", lambda m: samples.get(m.group(1), "424242"), path)
 
 

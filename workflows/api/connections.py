@@ -14,7 +14,7 @@ from ..events.envelope import InvalidEvent, loads_json
 from ..models import Connection
 from ..services import connections as service
 from .auth import token_required
-from .bodies import BodyTooLarge, media_type, read_limited
+from .bodies import BodyTooLarge, media_type, read_limited, storable
 from .problems import problem
 
 MAX_BODY_BYTES = 64 * 1024
@@ -43,6 +43,13 @@ def _read_object(request):
         return None, problem(400, "Invalid JSON", exc.problems[0]["message"], kind="invalid-json")
     if not isinstance(body, dict):
         return None, problem(400, "Invalid body", "send a JSON object", kind="invalid-body")
+    if not storable(body):  # a connection's fields are stored as text and jsonb
+        return None, problem(
+            400,
+            "Invalid body",
+            "strings cannot contain NUL characters or unpaired surrogates",
+            kind="invalid-body",
+        )
     return body, None
 
 
@@ -92,6 +99,8 @@ def connection_detail(request, name: str):
         body, failed = _read_object(request)
         if failed:
             return failed
+        if body.pop("name", name) != name:
+            raise InvalidConnection("a connection cannot be renamed: create a new one")
         changed = service.update_connection(name=name, **body)
     except Connection.DoesNotExist:
         return _not_found(name)
