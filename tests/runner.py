@@ -1,9 +1,10 @@
-"""`make test`: find or start the services, then run the suite in three pytest processes.
+"""`make test`: find or start the services, then run the suite in four pytest processes.
 
 Browser tests run in their own process (pytest-playwright's event loop breaks
 pytest-asyncio tests that run after it in the same process), and so does the fault suite
 (tests/test_chaos.py: its own servers and processes, mostly waiting on them). Two lanes run
-side by side: the fast tests, and the browser tests then the fault suite; each part's
+side by side: the fast tests, and the browser tests, the fault suite and the slowest other
+files (SLOW_FILES); each part's
 output is printed when it ends. Each part gets its own PostgreSQL database and its own
 Redis key prefix, so it never meets another run's data or a developer's `make run`.
 """
