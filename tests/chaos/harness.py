@@ -176,10 +176,33 @@ class ChaosStack:
             path = self.workdir / f"{slug}.json"
             path.write_text(json.dumps(definition))
             self.manage(["workflows", "import", str(path), "--slug", slug, "--publish"], env=direct)
-        for name in ("web", "worker", "bus", "scheduler"):
+        self._start_web()
+        for name in ("worker", "bus", "scheduler"):
             self.start_process(name)
         self.wait_ready()
         return self
+
+    def _start_web(self, tries: int = 3) -> None:
+        """The web process, on a port free when looked at: another test run may take it
+        before uvicorn binds it (then uvicorn exits), so try again on a new one."""
+        for _ in range(tries):
+            self.port = free_port()
+            self.start_process("web")
+            process = self.processes["web"]
+
+            def settled(process=process) -> bool:
+                if process.poll() is not None:
+                    return True
+                try:
+                    httpx.get(f"{self.base_url}/healthz", timeout=2)
+                    return True
+                except httpx.HTTPError:
+                    return False
+
+            wait_until(settled, timeout=120, interval=0.1, message="the web process to listen")
+            if process.poll() is None:
+                return
+        raise RuntimeError(f"web did not start; see {LOGS / f'{self.tag}-web.log'}")
 
     def manage(self, args: list[str], *, env: dict[str, str]) -> str:
         done = subprocess.run(
