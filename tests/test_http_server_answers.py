@@ -13,6 +13,17 @@ UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
 PLAIN_400 = (400, b"text/plain", b"Invalid HTTP request received.")
 
 
+def _dechunk(raw: bytes) -> bytes:
+    out = b""
+    while raw:
+        size, _, rest = raw.partition(b"\r\n")
+        n = int(size.split(b";")[0] or b"0", 16)
+        if n == 0:
+            break
+        out, raw = out + rest[:n], rest[n + 2 :]
+    return out
+
+
 def raw_exchange(port: int, request: bytes) -> tuple[int, bytes, bytes]:
     """Send `request` as bytes; return the status, the content type and the body."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
@@ -28,11 +39,15 @@ def raw_exchange(port: int, request: bytes) -> tuple[int, bytes, bytes]:
         headers = dict(line.split(b":", 1) for line in lines[1:] if b":" in line)
         headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
         length = int(headers.get(b"content-length", b"0") or 0)
-        while len(body) < length:
+        chunked = headers.get(b"transfer-encoding", b"").lower() == b"chunked"
+        # A body may come in later packets: read to its length, or to the last chunk.
+        while (len(body) < length) if not chunked else not body.endswith(b"0\r\n\r\n"):
             chunk = conn.recv(65536)
             if not chunk:
                 break
             body += chunk
+        if chunked:
+            body = _dechunk(body)
     return int(lines[0].split()[1]), headers.get(b"content-type", b""), body
 
 
