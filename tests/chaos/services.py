@@ -8,7 +8,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import psycopg
@@ -16,21 +15,13 @@ import psycopg
 from orchestrator import embedded_redis
 from orchestrator.embedded_redis import free_port
 from orchestrator.launcher import die_with_parent
+from tests.waiting import wait_until
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 
 class ServiceMissing(RuntimeError):
     pass
-
-
-def _wait(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} within {timeout:.0f} s")
 
 
 class PrivatePostgres:
@@ -92,7 +83,7 @@ class PrivatePostgres:
         )  # fmt: skip
         if done.returncode:
             raise RuntimeError(f"PostgreSQL did not start: {done.stdout[-500:]}{done.stderr}")
-        _wait(self.answers, 30, "PostgreSQL did not answer")
+        wait_until(self.answers, timeout=30, interval=0.1, message="PostgreSQL to answer")
 
     def stop(self, mode: str = "fast") -> None:
         """`fast` (clean: sessions ended, checkpoint) or `immediate` (a crash: recovery from
@@ -124,7 +115,7 @@ class PrivateRedis:
              "--save", "", "--logfile", str(self.dir / "log"), "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
         )  # fmt: skip
-        _wait(lambda: embedded_redis.answers(self.port), 30, "Redis did not answer")
+        wait_until(lambda: embedded_redis.answers(self.port), timeout=30, interval=0.1, message="Redis to answer")
 
     def stop(self, mode: str = "clean") -> None:
         """`clean` (SIGTERM: the append-only file is flushed), `kill` (SIGKILL: up to a
