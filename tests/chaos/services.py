@@ -115,7 +115,12 @@ class PrivateRedis:
              "--save", "", "--logfile", str(self.dir / "log"), "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
         )  # fmt: skip
-        wait_until(lambda: embedded_redis.answers(self.port), timeout=30, interval=0.1, message="Redis to answer")
+        wait_until(
+            lambda: embedded_redis.answers(self.port),
+            timeout=30,
+            interval=0.1,
+            message="Redis to answer",
+        )
 
     def stop(self, mode: str = "clean") -> None:
         """`clean` (SIGTERM: the append-only file is flushed), `kill` (SIGKILL: up to a
