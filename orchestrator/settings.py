@@ -301,6 +301,10 @@ SIGNALBOX = {
     "REPLAY_BATCH_STALE_SECONDS": float(
         os.environ.get("SIGNALBOX_REPLAY_BATCH_STALE_SECONDS", "120")
     ),
+    # Cloud push formats (workflows/events/push_formats): where SNS certificates and
+    # subscription URLs may live (a regex; empty: SNS's own hosts), and Google's token keys.
+    "SNS_URL_PATTERN": os.environ.get("SIGNALBOX_SNS_URL_PATTERN", ""),
+    "PUBSUB_JWKS_URL": os.environ.get("SIGNALBOX_PUBSUB_JWKS_URL", ""),
 }
 # Hosts and CIDRs that outbound HTTP steps may reach although they are not public.
 SIGNALBOX_OUTBOUND_ALLOW = env_list("SIGNALBOX_OUTBOUND_ALLOW")

@@ -412,6 +412,10 @@ class Webhook(models.Model):
     # HMAC verification needs the plaintext, so it cannot be a one-way hash.
     secret_encrypted = models.TextField()
     header_name = models.CharField(max_length=100, blank=True, default="X-Webhook-Secret")
+    # How the body is read (workflows/events/push_formats): `plain`, or a cloud's push format
+    # with its options (e.g. the SNS topics accepted, the Pub/Sub token audience).
+    push_format = models.CharField(max_length=16, default="plain")
+    format_options = models.JSONField(default=dict, blank=True)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
