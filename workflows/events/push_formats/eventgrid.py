@@ -56,13 +56,25 @@ def handshake(headers: Mapping[str, str], ctx: FormatContext) -> dict[str, str] 
     return {"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*"}
 
 
+def without_placeholder_schema(event: Any) -> Any:
+    """Azure's system events carry `"dataschema": "#"`, which CloudEvents does not allow (an
+    absolute URI): it names no schema, so it is dropped rather than refusing the event."""
+    if isinstance(event, dict) and event.get("dataschema") == "#":
+        return {k: v for k, v in event.items() if k != "dataschema"}
+    return event
+
+
 def read(headers: Mapping[str, str], body: bytes, ctx: FormatContext) -> Delivery:
     media = header(headers, "Content-Type").split(";", 1)[0].strip().lower()
     try:
         if media == BATCH:
-            return Delivery(from_batch(loads_json(body), max_entries=MAX_BATCH))
+            items = loads_json(body)
+            if isinstance(items, list):
+                items = [without_placeholder_schema(item) for item in items]
+            return Delivery(from_batch(items, max_entries=MAX_BATCH))
         if media in (STRUCTURED, "application/json"):
-            return Delivery([from_structured(json_object(body, "Event Grid"))])
+            event = without_placeholder_schema(json_object(body, "Event Grid"))
+            return Delivery([from_structured(event)])
     except InvalidEvent as exc:
         raise PushFormatError(f"Event Grid: {exc}") from exc
     raise PushFormatError(f"Event Grid: expected {STRUCTURED} or {BATCH}, got {media or 'none'}")
