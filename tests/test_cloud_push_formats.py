@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import io
 import json
 import time
 import uuid
@@ -23,6 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.test import Client
 
 from tests.http_recorder import Reply
@@ -556,3 +559,46 @@ def test_api_creates_a_push_format_webhook_and_shows_its_format(db):
     )
     assert refused.status_code == 400
     assert refused.json()["errors"][0]["field"] == "push_format"
+
+
+def test_cli_creates_a_push_format_webhook_and_refuses_bad_options(db):
+    out, err = io.StringIO(), io.StringIO()
+    call_command(
+        "webhooks",
+        "create",
+        "grid",
+        "--type",
+        TYPE,
+        "--auth",
+        "header",
+        "--format",
+        "eventgrid",
+        "--options",
+        '{"allowed_origins": ["eventgrid.azure.net"]}',
+        stdout=out,
+        stderr=err,
+    )
+    assert "url:    /hooks/grid" in out.getvalue()
+    assert "(eventgrid, header)" in err.getvalue()
+    hook = Webhook.objects.get(slug="grid")
+    assert hook.format_options == {"allowed_origins": ["eventgrid.azure.net"]}
+    for options, message in (
+        ("{not json", "--options: not JSON"),
+        ('{"topic_arns": []}', "format_options: topic_arns"),
+    ):
+        with pytest.raises(CommandError, match=message):
+            call_command(
+                "webhooks",
+                "create",
+                "sns2",
+                "--type",
+                TYPE,
+                "--auth",
+                "none",
+                "--format",
+                "sns",
+                "--options",
+                options,
+                stdout=io.StringIO(),
+                stderr=io.StringIO(),
+            )
