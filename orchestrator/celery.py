@@ -3,6 +3,7 @@
 import os
 
 from celery import Celery
+from celery.signals import celeryd_init
 
 from . import broker_recovery
 
@@ -12,3 +13,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
 app = Celery("signalbox")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@celeryd_init.connect
+def remember_node_name(sender=None, **_kwargs):
+    """Name attempts after the Celery node (`name@host`, as the workers page shows it),
+    not only the host name: several workers on one host, or hosts that share a name (one
+    machine's network namespaces), stay told apart. Set before the pool forks, so its
+    processes inherit it."""
+    if sender:
+        os.environ["SIGNALBOX_WORKER_NODE"] = str(sender)

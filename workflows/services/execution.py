@@ -59,8 +59,10 @@ RECORD_PATIENCE_SECONDS = 600
 
 def worker_name() -> str:
     # Asked each time, not fixed at import: a Celery pool process is forked from a parent
-    # that may have imported this module, and its attempts must name the child's pid.
-    return f"{socket.gethostname()}:{os.getpid()}"
+    # that may have imported this module, and its attempts must name the child's pid. In a
+    # worker, the Celery node name (orchestrator/celery.py) stands for the host.
+    node = os.environ.get("SIGNALBOX_WORKER_NODE") or socket.gethostname()
+    return f"{node}:{os.getpid()}"
 
 
 ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)
