@@ -2,7 +2,7 @@
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 from . import broker_recovery
 
@@ -12,3 +12,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
 app = Celery("signalbox")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.setup_logging.connect
+def _django_logging(**_kwargs) -> None:
+    """Workers log as every other process does (settings.LOGGING: the format and the ids
+    of orchestrator/logging_config.py); with a receiver here Celery adds no handler of its own."""
+    import logging.config
+
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
