@@ -320,3 +320,9 @@ SIGNALBOX_LOG_FORMAT = os.environ.get("SIGNALBOX_LOG_FORMAT", "text").strip().lo
 LOGGING = logging_settings(
     log_format=SIGNALBOX_LOG_FORMAT, level=os.environ.get("SIGNALBOX_LOG_LEVEL", "INFO")
 )
+if SIGNALBOX_LOG_FORMAT == "json":
+    # Python warnings (a library's, Celery's "running as root") become records too, not
+    # plain text between the JSON lines.
+    import logging
+
+    logging.captureWarnings(True)
