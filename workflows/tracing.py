@@ -16,8 +16,9 @@ and `Run.traceparent` (the run span, the parent of every attempt, in any worker,
 time later).
 
 Off by default (`SIGNALBOX_TRACING=off`): no tracer provider is set up and no exporter
-loaded (this module imports no OpenTelemetry code then), every hook returns a no-op object, and only a trace context the event already carried is
-passed on (outgoing requests' `traceparent`, emitted events' extension). With
+loaded (this module imports no OpenTelemetry code then), every hook returns a no-op object,
+and only a trace context the event already carried is passed on (outgoing requests'
+`traceparent`, emitted events' extension). With
 `SIGNALBOX_TRACING=otlp` spans are exported over OTLP/HTTP, configured by the standard
 OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, …).
 
