@@ -2,8 +2,7 @@
 
 import os
 
-from celery import Celery
-from celery.signals import celeryd_init
+from celery import Celery, signals
 
 from . import broker_recovery
 
@@ -15,7 +14,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
-@celeryd_init.connect
+@signals.celeryd_init.connect
 def remember_node_name(sender=None, **_kwargs):
     """Name attempts after the Celery node (`name@host`, as the workers page shows it),
     not only the host name: several workers on one host, or hosts that share a name (one
@@ -23,3 +22,14 @@ def remember_node_name(sender=None, **_kwargs):
     processes inherit it."""
     if sender:
         os.environ["SIGNALBOX_WORKER_NODE"] = str(sender)
+
+
+@signals.setup_logging.connect
+def _django_logging(**_kwargs) -> None:
+    """Workers log as every other process does (settings.LOGGING: the format and the ids
+    of orchestrator/logging_config.py); with a receiver here Celery adds no handler of its own."""
+    import logging.config
+
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)

@@ -2,7 +2,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("workflows", "0012_connections")]
+    dependencies = [("workflows", "0014_run_traceparent")]
 
     operations = [
         migrations.AddField(
