@@ -144,6 +144,7 @@ class Command(BaseCommand):
         stopper = Stopper()
         config = settings.SIGNALBOX
         consumer = None
+        leases: PartitionLeases | None = None
         log.info("bus consumer %s starting", name)
         # External streams are read on their own thread: an idle stream then never delays
         # the bus (both block in XREADGROUP), and each side keeps its own DB connection.
@@ -168,6 +169,8 @@ class Command(BaseCommand):
                 if consumer is None:
                     consumer = Consumer(name)
                     consumer.assign(())  # nothing until the leases say which
+                    # After a reconnect every partition held counts as gained: its
+                    # lease may have lapsed meanwhile, and another consumer read it.
                     leases = PartitionLeases(consumer.redis, name)
                     housekept = 0.0
                 if time.monotonic() - housekept >= HOUSEKEEPING_SECONDS:
@@ -217,7 +220,7 @@ class Command(BaseCommand):
                 stopper.wait(1.0)
         if pool is not None:
             pool.shutdown(wait=True)
-        if consumer is not None:
+        if leases is not None:
             # Handled entries are acknowledged: the others may take our partitions now.
             with contextlib.suppress(redis.RedisError):
                 leases.release()
