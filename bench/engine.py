@@ -9,8 +9,9 @@ postgresql://postgres@127.0.0.1:5432/postgres), migrated; a unique key prefix on
 Redis (REDIS_URL or redis://127.0.0.1:6379/0); the bus consumers (--bus-consumers, by default
 as many as `make run` starts on PostgreSQL) and the scheduler; one Celery worker (prefork,
 --concurrency 1, then 2). The "cpu/run" columns: CPU time (/proc) of all those processes while
-a shape ran, per run; the baseline's is its worker's alone. No web server: events are accepted by the ingest
-service inside this process, "accepted" being the Event row's received_at.
+a shape ran, per run; the baseline's is its worker's alone. No web server: events are
+accepted by the ingest service inside this process, "accepted" being the Event row's
+received_at.
 
 Shapes (light step = `log` or `transform`): 1 step; a chain of 3; a start step, 100 parallel
 steps and a join; a chain of 40. For each shape and worker count, N runs are sent at once:

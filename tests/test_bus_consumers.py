@@ -125,8 +125,8 @@ def test_a_consumer_that_stops_renewing_keeps_its_partitions_until_its_lease_lap
 
 def stored_and_published(count: int, *, subject: str) -> list[Event]:
     events = []
-    for n in range(count):
-        event, _ = ingest_event(
+    for _ in range(count):
+        event, _created = ingest_event(
             envelope=from_structured(cloudevent("com.example.nobody", subject=subject)),
             publish=False,
         )
@@ -247,7 +247,9 @@ def owners(prefix: str) -> dict[int, str]:
     redis = client()
     found = {}
     for partition in range(4):
-        owner = redis.get(f"{prefix}:bus-lease:{django_settings.SIGNALBOX['BUS_GROUP']}:{partition}")
+        owner = redis.get(
+            f"{prefix}:bus-lease:{django_settings.SIGNALBOX['BUS_GROUP']}:{partition}"
+        )
         if owner:
             found[partition] = owner
     return found
@@ -326,7 +328,10 @@ def test_two_consumer_processes_share_the_bus_keep_each_keys_order_and_survive_a
     [
         ({}, ["bus"]),  # the embedded SQLite: one writer at a time
         ({"DATABASE_URL": "postgresql://x"}, ["bus", "bus-2"]),
-        ({"DATABASE_URL": "postgresql://x", "SIGNALBOX_BUS_CONSUMERS": "3"}, ["bus", "bus-2", "bus-3"]),
+        (
+            {"DATABASE_URL": "postgresql://x", "SIGNALBOX_BUS_CONSUMERS": "3"},
+            ["bus", "bus-2", "bus-3"],
+        ),
         ({"SIGNALBOX_BUS_CONSUMERS": "0"}, ["bus"]),
     ],
 )
