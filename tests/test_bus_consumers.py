@@ -200,7 +200,7 @@ class Consumers:
             DATABASE_URL=database_url_for(django_settings.DATABASES["default"]["NAME"]),
             SIGNALBOX_REDIS_PREFIX=prefix,
             SIGNALBOX_BUS_PARTITIONS="4",
-            SIGNALBOX_BUS_LEASE_MS="1000",
+            SIGNALBOX_BUS_LEASE_MS="2000",
             DJANGO_SETTINGS_MODULE="orchestrator.settings",
             PYTHONUNBUFFERED="1",
         )

@@ -173,14 +173,16 @@ class Command(BaseCommand):
                     # lease may have lapsed meanwhile, and another consumer read it.
                     leases = PartitionLeases(consumer.redis, name)
                     housekept = 0.0
-                if time.monotonic() - housekept >= HOUSEKEEPING_SECONDS:
+                # Renewed several times per lease, however short it is configured.
+                every = min(HOUSEKEEPING_SECONDS, leases.lease_ms / 4000)
+                if time.monotonic() - housekept >= every:
                     deliveries = housekeep(consumer, leases, deliveries)
                     housekept = time.monotonic()
                 if not deliveries and not consumer.streams:
-                    stopper.wait(HOUSEKEEPING_SECONDS)  # no partition for us (yet)
+                    stopper.wait(every)  # no partition for us (yet)
                     continue
                 if not deliveries:
-                    deliveries += consumer.read(block_ms=1000)
+                    deliveries += consumer.read(block_ms=int(min(1000, every * 1000)))
                 deliveries = settle_unheard(consumer, deliveries)
                 # Each partition's part of the read at once: a few queries and one XACK,
                 # not a round of each per entry; an entry whose matching fails stays
