@@ -6,9 +6,12 @@
 
 The stack: a new database on the local PostgreSQL server (DATABASE_URL, TEST_DATABASE_URL or
 postgresql://postgres@127.0.0.1:5432/postgres), migrated; a unique key prefix on the local
-Redis (REDIS_URL or redis://127.0.0.1:6379/0); the bus consumer and the scheduler; one Celery
-worker (prefork, --concurrency 1, then 2). No web server: events are accepted by the ingest
-service inside this process, "accepted" being the Event row's received_at.
+Redis (REDIS_URL or redis://127.0.0.1:6379/0); the bus consumers (--bus-consumers, by default
+as many as `make run` starts on PostgreSQL) and the scheduler; one Celery worker (prefork,
+--concurrency 1, then 2). The "cpu/run" columns: CPU time (/proc) of all those processes while
+a shape ran, per run; the baseline's is its worker's alone. No web server: events are
+accepted by the ingest service inside this process, "accepted" being the Event row's
+received_at.
 
 Shapes (light step = `log` or `transform`): 1 step; a chain of 3; a start step, 100 parallel
 steps and a join; a chain of 40. For each shape and worker count, N runs are sent at once:
@@ -75,6 +78,7 @@ from bench.ingest import (
     with_database,
 )
 from orchestrator import embedded_redis
+from orchestrator.servers import bus_consumers
 
 SIGNALBOX = "signalbox"
 CELERY = "celery"
@@ -178,6 +182,9 @@ class Measurement:
     failed: int = 0
     note: str = ""
     breakdown: dict[str, float] = field(default_factory=dict)
+    # CPU of the stack's processes (bus consumers, scheduler, worker pool) per run while
+    # the shape ran; the baseline's counts only its worker (nothing else works for it).
+    cpu_ms_per_run: float = 0.0
 
     @property
     def finished(self) -> int:
@@ -208,6 +215,7 @@ class Measurement:
             "steps_per_s": round(self.steps_rate, 1),
             "p50_ms": round(self.p50, 1),
             "p99_ms": round(self.p99, 1),
+            "cpu_ms_per_run": self.cpu_ms_per_run,
         }
 
 
@@ -571,8 +579,11 @@ class EngineStack:
     """A new database, a key prefix on the local Redis, the bus consumer, the scheduler,
     and one Celery worker at a time (Signalbox's or the baseline's)."""
 
-    def __init__(self, tag: str, *, database_url: str | None, redis_url: str | None):
+    def __init__(
+        self, tag: str, *, database_url: str | None, redis_url: str | None, bus_consumers: int = 1
+    ):
         self.tag = tag
+        self.bus_consumers = bus_consumers
         self.requested_database_url = database_url
         self.requested_redis_url = redis_url
         self.prefix = f"bench-engine-{tag}"
@@ -642,7 +653,11 @@ class EngineStack:
 
         django.setup()
         call_command("migrate", verbosity=0, interactive=False)
-        self._spawn("bus", [sys.executable, "manage.py", "consume_bus", "--no-external-streams"])
+        for n in range(1, self.bus_consumers + 1):  # they share the partitions by leases
+            self._spawn(
+                "bus" if n == 1 else f"bus-{n}",
+                [sys.executable, "manage.py", "consume_bus", "--no-external-streams"],
+            )
         self._spawn("scheduler", [sys.executable, "manage.py", "scheduler"])
         from workflows import heartbeat
 
@@ -668,6 +683,25 @@ class EngineStack:
         if self.worker is not None:
             self._stop(self.processes.pop(self.worker))
             self.worker = None
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the stack's processes and everything they forked (the
+        worker's pool): user + system, from /proc, summed over their process groups."""
+        groups = {p.pid for p in self.processes.values() if p.poll() is None}
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            # After the name: state ppid pgrp ... utime (11th) stime (12th).
+            if int(fields[2]) in groups:
+                total += int(fields[11]) + int(fields[12])
+        return total / tick
 
     def check_alive(self) -> None:
         for name, process in self.processes.items():
@@ -801,9 +835,10 @@ def print_table(measurements: list[Measurement]) -> None:
     print()
     print(
         f"{'shape':<28}{'w':>2}{'N':>4} |{'runs/s':>8}{'steps/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f" |{'runs/s':>8}{'p50 ms':>8}{'p99 ms':>8} |{'slower':>7}{'p50 x':>7}"
+        f"{'cpu/run':>8} |{'runs/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'cpu/run':>8}"
+        f" |{'slower':>7}{'p50 x':>7}"
     )
-    print(f"{'':<34} |{'Signalbox':^35} |{'bare Celery':^24} |{'ours/baseline':^14}")
+    print(f"{'':<34} |{'Signalbox':^43} |{'bare Celery':^32} |{'ours/baseline':^14}")
     labels = {s.key: s.label for s in SHAPES}
     for m in measurements:
         if m.system != SIGNALBOX:
@@ -812,10 +847,12 @@ def print_table(measurements: list[Measurement]) -> None:
         r = ratios(m, base)
         line = (
             f"{labels[m.shape]:<28}{m.workers:>2}{m.runs:>4} |{m.rate:>8.2f}{m.steps_rate:>9.1f}"
-            f"{m.p50:>9.0f}{m.p99:>9.0f} |"
+            f"{m.p50:>9.0f}{m.p99:>9.0f}{m.cpu_ms_per_run:>8.1f} |"
         )
         if base:
-            line += f"{base.rate:>8.2f}{base.p50:>8.0f}{base.p99:>8.0f} |"
+            line += (
+                f"{base.rate:>8.2f}{base.p50:>8.0f}{base.p99:>8.0f}{base.cpu_ms_per_run:>8.1f} |"
+            )
             line += f"{r.get('runs_per_s_baseline_over_ours', 0):>6.1f}x"
             line += f"{r.get('p50_ours_over_baseline', 0):>6.1f}x"
         notes = "; ".join(n for n in (m.note, base.note if base else "") if n)
@@ -891,6 +928,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer runs per shape")
     parser.add_argument("--no-profile", action="store_true", help="skip the in-process profile")
     parser.add_argument(
+        "--bus-consumers",
+        type=int,
+        help="bus consumer processes (default: what `make run` starts on PostgreSQL)",
+    )
+    parser.add_argument(
         "--shapes", default=",".join(s.key for s in SHAPES), help="which shapes, comma-separated"
     )
     args = parser.parse_args(argv)
@@ -907,7 +949,15 @@ def main(argv: list[str] | None = None) -> int:
               "shares the machine, so absolute numbers will be slow and noisy")  # fmt: skip
     started = time.monotonic()
     print("starting a throwaway stack (database, Redis prefix, bus consumer, scheduler)")
-    stack = EngineStack(tag, database_url=args.database_url, redis_url=args.redis_url)
+    if args.bus_consumers is None:
+        args.bus_consumers = bus_consumers({**os.environ, "DATABASE_URL": "postgresql://"})
+    print(f"{args.bus_consumers} bus consumer process(es)")
+    stack = EngineStack(
+        tag,
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+        bus_consumers=args.bus_consumers,
+    )
     measurements: list[Measurement] = []
     profile: dict = {}
     info: dict = {}
@@ -930,7 +980,11 @@ def main(argv: list[str] | None = None) -> int:
                 for shape in shapes:
                     runs = shape.quick_runs if args.quick else shape.runs
                     print(f"  {shape.label} x {runs} ...", flush=True)
+                    cpu_before = stack.cpu_seconds()
                     m = client.measure(shape, workers, runs, f"{system}-{workers}-{shape.key}")
+                    m.cpu_ms_per_run = round(
+                        (stack.cpu_seconds() - cpu_before) * 1000 / max(1, m.runs), 1
+                    )
                     measurements.append(m)
                     if m.note:
                         print(f"    {m.note}", flush=True)

@@ -261,7 +261,8 @@ def main() -> int:
                     "--without-gossip",
                 ],
                 "scheduler": [python, "manage.py", "scheduler"],
-                "bus": [python, "manage.py", "consume_bus"],
+                # One or more consumers: they share the bus partitions by leases.
+                **{name: [python, "manage.py", "consume_bus"] for name in servers.bus_names(env)},
             }
             for name, args in services.items():
                 sup.start(name, args, servers.web_env(env) if name == "web" else env)

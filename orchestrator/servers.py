@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 DEFAULT_WORKERS = 2
+# Chosen by measurement (docs/benchmarks.md, "Changes since that table").
+DEFAULT_BUS_CONSUMERS = 2
 
 
 def web_workers(env: Mapping[str, str] = os.environ) -> int:
@@ -23,6 +25,20 @@ def web_workers(env: Mapping[str, str] = os.environ) -> int:
     p99 60-130 ms with two processes, 30-45 ms with one, at the same throughput)."""
     default = DEFAULT_WORKERS if env.get("DATABASE_URL") else 1
     return max(1, int(env.get("SIGNALBOX_WEB_WORKERS") or default))
+
+
+def bus_consumers(env: Mapping[str, str] = os.environ) -> int:
+    """SIGNALBOX_BUS_CONSUMERS, else 2 on PostgreSQL and 1 on the embedded SQLite. Each
+    `consume_bus` process matches events and runs new runs' light steps on one core (the
+    GIL); they share the partitions by Redis leases (workflows/events/bus_leases.py).
+    On SQLite a second consumer only waits for the first's write lock."""
+    default = DEFAULT_BUS_CONSUMERS if env.get("DATABASE_URL") else 1
+    return max(1, int(env.get("SIGNALBOX_BUS_CONSUMERS") or default))
+
+
+def bus_names(env: Mapping[str, str] = os.environ) -> list[str]:
+    """The launcher's names for the bus consumer processes: bus, bus-2, bus-3, ..."""
+    return ["bus" if n == 1 else f"bus-{n}" for n in range(1, bus_consumers(env) + 1)]
 
 
 def web_command(

@@ -270,6 +270,9 @@ SIGNALBOX = {
     "BUS_RETENTION": int(os.environ.get("SIGNALBOX_BUS_RETENTION", "100000")),
     "BUS_CLAIM_IDLE_MS": int(os.environ.get("SIGNALBOX_BUS_CLAIM_IDLE_MS", "30000")),
     "BUS_MAX_DELIVERIES": int(os.environ.get("SIGNALBOX_BUS_MAX_DELIVERIES", "5")),
+    # A bus consumer process holds a lease on each partition it reads (one reader per
+    # partition: per-key order); a dead consumer's partitions pass to the others after this.
+    "BUS_LEASE_MS": int(os.environ.get("SIGNALBOX_BUS_LEASE_MS", "15000")),
     # The bus consumer runs the light steps of the runs it starts, up to this many per
     # partition's share of a read (0: every step goes to the workers).
     "BUS_INLINE_STEPS": int(os.environ.get("SIGNALBOX_BUS_INLINE_STEPS", "20")),

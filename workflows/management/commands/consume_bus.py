@@ -1,3 +1,4 @@
+import contextlib
 import logging
 import os
 import socket
@@ -12,6 +13,7 @@ from django.db import InterfaceError, OperationalError, connections
 
 from workflows import heartbeat
 from workflows.events.bus import Consumer, Delivery
+from workflows.events.bus_leases import PartitionLeases
 from workflows.events.connectors.runner import ConnectorSupervisor
 from workflows.events.external_streams import StreamIngestThread
 from workflows.loop import Stopper
@@ -59,6 +61,37 @@ def settle_unheard(consumer: Consumer, deliveries: list[Delivery]) -> list[Deliv
     consumer.ack_many(unheard)
     settled = {(d.stream, d.entry_id) for d in unheard}
     return [d for d in deliveries if (d.stream, d.entry_id) not in settled]
+
+
+def entry_order(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def keep_owned(consumer: Consumer, deliveries: list[Delivery]) -> list[Delivery]:
+    """The deliveries of the partitions this consumer still reads: the others' stay
+    pending, for the partition's new reader to take over in order."""
+    owned = set(consumer.streams)
+    return [d for d in deliveries if d.stream in owned]
+
+
+def housekeep(consumer: Consumer, leases: PartitionLeases, deliveries: list[Delivery]):
+    """Beat, renew and rebalance the partition leases, and pick up unacknowledged entries:
+    all of a partition just gained (its last reader's), else those idle past
+    BUS_CLAIM_IDLE_MS when nothing is carried. Returns the deliveries to handle now."""
+    heartbeat.beat("bus-consumer")
+    held, gained = leases.refresh()
+    if held != consumer.partitions:
+        consumer.assign(held)
+        deliveries = keep_owned(consumer, deliveries)
+    if gained:
+        log.info("bus consumer %s now reads partitions %s", consumer.name, sorted(held))
+        seen = {(d.stream, d.entry_id) for d in deliveries}
+        deliveries += [d for d in consumer.take_over(gained) if (d.stream, d.entry_id) not in seen]
+        deliveries.sort(key=lambda d: (d.stream, entry_order(d.entry_id)))
+    elif not deliveries:
+        deliveries += consumer.reclaim(idle_ms=settings.SIGNALBOX["BUS_CLAIM_IDLE_MS"])
+    return deliveries
 
 
 def handle_in_order(deliveries: list[Delivery], handle: Callable[[list[Delivery]], None]) -> None:
@@ -112,6 +145,7 @@ class Command(BaseCommand):
         stopper = Stopper()
         config = settings.SIGNALBOX
         consumer = None
+        leases: PartitionLeases | None = None
         log.info("bus consumer %s starting", name)
         # External streams are read on their own thread: an idle stream then never delays
         # the bus (both block in XREADGROUP), and each side keeps its own DB connection.
@@ -135,14 +169,21 @@ class Command(BaseCommand):
             try:
                 if consumer is None:
                     consumer = Consumer(name)
+                    consumer.assign(())  # nothing until the leases say which
+                    # After a reconnect every partition held counts as gained: its
+                    # lease may have lapsed meanwhile, and another consumer read it.
+                    leases = PartitionLeases(consumer.redis, name)
                     housekept = 0.0
-                if time.monotonic() - housekept >= HOUSEKEEPING_SECONDS:
-                    heartbeat.beat("bus-consumer")
-                    if not deliveries:
-                        deliveries += consumer.reclaim(idle_ms=config["BUS_CLAIM_IDLE_MS"])
+                # Renewed several times per lease, however short it is configured.
+                every = min(HOUSEKEEPING_SECONDS, leases.lease_ms / 4000)
+                if time.monotonic() - housekept >= every:
+                    deliveries = housekeep(consumer, leases, deliveries)
                     housekept = time.monotonic()
+                if not deliveries and not consumer.streams:
+                    stopper.wait(every)  # no partition for us (yet)
+                    continue
                 if not deliveries:
-                    deliveries += consumer.read(block_ms=1000)
+                    deliveries += consumer.read(block_ms=int(min(1000, every * 1000)))
                 deliveries = settle_unheard(consumer, deliveries)
                 # Each partition's part of the read at once: a few queries and one XACK,
                 # not a round of each per entry; an entry whose matching fails stays
@@ -186,6 +227,10 @@ class Command(BaseCommand):
                 stopper.wait(1.0)
         if pool is not None:
             pool.shutdown(wait=True)
+        if leases is not None:
+            # Handled entries are acknowledged: the others may take our partitions now.
+            with contextlib.suppress(redis.RedisError):
+                leases.release()
         if streams is not None:
             streams.join(timeout=35)
         if brokers is not None:
