@@ -22,8 +22,8 @@ Phases, each bounded in events, clients and seconds, loopback only:
 Clients are websockets sans-I/O connections in worker processes (asyncio Protocols, the
 receive time taken as the bytes arrive), sending the session cookie and an Origin header
 like a browser; every frame is acknowledged as the browser does. The web process logs its
-own share per frame (dashboard/push_timing.py): srv = commit -> last socket written. Results go to stdout and var/bench/push-*.json;
-docs/benchmarks.md ("Push") keeps the record.
+own share per frame (dashboard/push_timing.py): srv = commit -> last socket written.
+Results go to stdout and var/bench/push-*.json; docs/benchmarks.md ("Push") keeps the record.
 """
 
 from __future__ import annotations
