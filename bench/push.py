@@ -19,9 +19,11 @@ Phases, each bounded in events, clients and seconds, loopback only:
       pair, and pages that missed a probe. The answer is the largest C whose p95 stays
       under one second.
 
-Clients are `websockets` connections in worker processes (asyncio), sending the session
-cookie and an Origin header like a browser. Results go to stdout and var/bench/push-*.json;
-docs/benchmarks.md ("Push") keeps the record.
+Clients are websockets sans-I/O connections in worker processes (asyncio Protocols, the
+receive time taken as the bytes arrive), sending the session cookie and an Origin header
+like a browser; every frame is acknowledged as the browser does. The web process logs its
+own share per frame (dashboard/push_timing.py): srv = commit -> last socket written.
+Results go to stdout and var/bench/push-*.json; docs/benchmarks.md ("Push") keeps the record.
 """
 
 from __future__ import annotations
@@ -79,77 +81,125 @@ class PushStack(Stack):
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         if name == "web":
             args = web_command(self.port, self.web)
+            # One log line per frame the Hub serves (dashboard/push_timing.py).
+            env = {**(env or self.env), "SIGNALBOX_PUSH_TIMING": "1"}
         super()._spawn(name, args, env)
 
 
 # --- the pages (client processes) ---------------------------------------------------------------
-async def _page(url: str, headers: dict, seen: dict, ready: list, stop: asyncio.Event) -> None:
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
+# A page is an asyncio Protocol driving websockets' sans-I/O client: no task, no queue and no
+# per-frame coroutine switch per page. The receive time is taken when the bytes arrive
+# (data_received), before any parsing, and a frame's rows are read once per client process
+# (every page gets the same bytes), so that a client process holding hundreds of pages adds
+# as little of its own delay as it can to the figures.
+class PageProtocol(asyncio.Protocol):
+    def __init__(self, uri, headers: dict, parsed: dict, opened: asyncio.Future) -> None:
+        from websockets.client import ClientProtocol
 
-    first_seen: dict[int, float] = {}
-    done_seen: dict[int, float] = {}
-    frames = 0
-    async with connect(
-        url,
-        additional_headers=headers,
-        compression=None,
-        max_size=2**24,
-        open_timeout=60,
-        ping_interval=None,
-    ) as ws:
-        ready.append(1)
-        # Closed from outside when the phase ends (no per-frame timeout: a wait_for per
-        # frame is a task and a timer per frame, in a client process that holds hundreds of
-        # pages and whose delays count in the figures).
-        closer = asyncio.ensure_future(_close_on(stop, ws))
-        with contextlib.suppress(ConnectionClosed):  # counted as missed probes, if any
-            async for text in ws:
-                now = time.time()
-                frames += 1
-                await ws.send(json.dumps({"ack": frames}))
-                for match in ROW.finditer(text):
-                    if not match.group(3):
-                        continue
-                    event_id = int(match.group(3))
-                    first_seen.setdefault(event_id, now)
-                    if match.group(2) == "succeeded":
-                        done_seen.setdefault(event_id, now)
-        await closer
-    seen["first"].append(first_seen)
-    seen["done"].append(done_seen)
-    seen["frames"].append(frames)
+        self.ws = ClientProtocol(uri, max_size=2**24)
+        self.headers = headers
+        self.parsed = parsed
+        self.opened = opened
+        self.closed = asyncio.get_running_loop().create_future()
+        self.transport = None
+        self.first_seen: dict[int, float] = {}
+        self.done_seen: dict[int, float] = {}
+        self.frames = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        request = self.ws.connect()
+        for name, value in self.headers.items():
+            request.headers[name] = value
+        self.ws.send_request(request)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        from websockets.frames import Frame, Opcode
+        from websockets.http11 import Response
+
+        now = time.time()  # as the bytes arrive
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if isinstance(event, Response):
+                if not self.opened.done():
+                    if event.status_code == 101:
+                        self.opened.set_result(True)
+                    else:
+                        self.opened.set_exception(RuntimeError(f"refused: {event.status_code}"))
+            elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                self.frames += 1
+                self.ws.send_text(b'{"ack": %d}' % self.frames)  # as the browser does
+                for event_id, status in rows_of(self.parsed, bytes(event.data)):
+                    self.first_seen.setdefault(event_id, now)
+                    if status == "succeeded":
+                        self.done_seen.setdefault(event_id, now)
+        self._flush()
+
+    def _flush(self) -> None:
+        data = self.ws.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(data))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ws.send_close()
+            self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed before the handshake"))
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
-async def _close_on(stop: asyncio.Event, ws) -> None:
-    await stop.wait()
-    await ws.close()
+def rows_of(parsed: dict, data: bytes) -> list[tuple[int, str]]:
+    """(event id, status) of every run row in a frame, read once per distinct frame."""
+    rows = parsed.get(data)
+    if rows is None:
+        text = data.decode()
+        rows = [(int(m.group(3)), m.group(2)) for m in ROW.finditer(text) if m.group(3)]
+        if len(parsed) > 1024:
+            parsed.clear()
+        parsed[data] = rows
+    return rows
 
 
 def _client_process(url: str, headers: dict, count: int, duration: float, out, go, ready) -> None:
     """Open `count` pages, report when connected, keep them until `duration` after `go`."""
+    from websockets.uri import parse_uri
 
     async def main():
-        seen = {"first": [], "done": [], "frames": []}
-        opened: list[int] = []
-        stop = asyncio.Event()
-        tasks = []
+        loop = asyncio.get_running_loop()
+        uri = parse_uri(url)
+        parsed: dict = {}
+        pages: list[PageProtocol] = []
         for n in range(count):
-            tasks.append(asyncio.ensure_future(_page(url, headers, seen, opened, stop)))
+            opened = loop.create_future()
+            _, page = await loop.create_connection(
+                lambda opened=opened: PageProtocol(uri, headers, parsed, opened),
+                uri.host,
+                uri.port,
+            )
+            pages.append(page)
             if n % 25 == 24:  # do not storm the server's accept queue
-                await asyncio.sleep(0.2)
-        deadline = time.monotonic() + 120
-        while len(opened) < count and time.monotonic() < deadline:
-            failed = [t for t in tasks if t.done() and t.exception()]
-            if failed:
-                raise failed[0].exception()
-            await asyncio.sleep(0.1)
-        ready.put(len(opened))
-        await asyncio.get_running_loop().run_in_executor(None, go.wait, 600)
+                await asyncio.wait_for(asyncio.gather(*(p.opened for p in pages)), 120)
+        await asyncio.wait_for(asyncio.gather(*(p.opened for p in pages)), 120)
+        ready.put(len(pages))
+        await loop.run_in_executor(None, go.wait, 600)
         await asyncio.sleep(duration)
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        out.put({"first": seen["first"], "done": seen["done"], "frames": seen["frames"]})
+        for page in pages:
+            page.close()
+        await asyncio.wait_for(asyncio.gather(*(p.closed for p in pages)), 60)
+        out.put(
+            {
+                "first": [p.first_seen for p in pages],
+                "done": [p.done_seen for p in pages],
+                "frames": [p.frames for p in pages],
+            }
+        )
 
     asyncio.run(main())
 
@@ -297,6 +347,11 @@ class Latency:
     # (ingest, bus, match), and created_at to finished_at (queue and engine).
     match_ms: list[float] = field(repr=False, default_factory=list)
     engine_ms: list[float] = field(repr=False, default_factory=list)
+    # The web process's own share, from its log (dashboard/push_timing.py), one value per
+    # frame: commit -> the last socket written, the render, and the writes to every page.
+    server_ms: list[float] = field(repr=False, default_factory=list)
+    render_ms: list[float] = field(repr=False, default_factory=list)
+    write_ms: list[float] = field(repr=False, default_factory=list)
     missed: int = 0
     frames_per_page: float = 0.0
     load_events_per_s: float = 0.0
@@ -309,7 +364,12 @@ class Latency:
         data.pop("push_ms")
         data.pop("match_ms")
         data.pop("engine_ms")
+        for name in ("server_ms", "render_ms", "write_ms"):
+            data.pop(name)
         for label, values in (
+            ("server", self.server_ms),
+            ("render", self.render_ms),
+            ("write", self.write_ms),
             ("seen", self.seen_ms),
             ("succeeded", self.done_ms),
             ("push", self.push_ms),
@@ -334,7 +394,9 @@ def measure(
     load_rate: float = 0.0,
     runs_share: float = 0.0,
     tag: str,
+    server_log: Path | None = None,
 ) -> Latency:
+    log_from = server_log.stat().st_size if server_log and server_log.exists() else 0
     ws_url = stack_url.replace("http://", "ws://") + "/ws/runs/?workflow=bench-push&ack=1"
     headers = {"Cookie": f"sessionid={cookie}", "Origin": stack_url}
     duration = probes * interval + 8.0
@@ -351,6 +413,7 @@ def measure(
         if load:
             load.__exit__(None, None, None)
     firsts, dones, frames = collect(opened)
+    served = frames_served(server_log, log_from) if server_log else []
     times = run_times(stack_url, token, set(accepted))
     finished = {event_id: t["finished_at"] for event_id, t in times.items() if t["finished_at"]}
     match_ms = [
@@ -383,10 +446,29 @@ def measure(
         push_ms=push_ms,
         match_ms=match_ms,
         engine_ms=engine_ms,
+        server_ms=[f["commit_to_written_ms"] for f in served if f["commit_to_written_ms"]],
+        render_ms=[f["render_ms"] for f in served],
+        write_ms=[f["write_ms"] for f in served],
         missed=missed,
         frames_per_page=round(sum(frames) / max(1, len(frames)), 1),
         load_events_per_s=round(load.sent / load.seconds, 1) if load else 0.0,
     )
+
+
+def frames_served(server_log: Path, offset: int) -> list[dict]:
+    """The run list frames the web process logged serving since `offset` of its log."""
+    from dashboard.push_timing import PREFIX
+
+    found = []
+    with server_log.open("rb") as log:
+        log.seek(offset)
+        for line in log.read().decode(errors="replace").splitlines():
+            at = line.find(PREFIX)
+            if at >= 0:
+                frame = json.loads(line[at + len(PREFIX) :])
+                if frame["key"] == "runs":
+                    found.append(frame)
+    return found
 
 
 def run_times(base_url: str, token: str, event_ids: set[int]) -> dict[int, dict]:
@@ -450,7 +532,9 @@ def print_row(result: Latency) -> None:
         f"{s['seen_p50_ms']:>9.0f}{s['succeeded_p50_ms']:>9.0f}{s['succeeded_p95_ms']:>9.0f}"
         f"{s['succeeded_p99_ms']:>9.0f}{s['push_p50_ms']:>9.0f}{s['push_p95_ms']:>9.0f}"
         f"{s['push_p99_ms']:>9.0f}{result.missed:>8}{result.frames_per_page:>8}"
-        f"{result.load_events_per_s:>9}{s['match_p50_ms']:>9.0f}{s['engine_p50_ms']:>9.0f}",
+        f"{result.load_events_per_s:>9}{s['match_p50_ms']:>9.0f}{s['engine_p50_ms']:>9.0f}"
+        f"{s['server_p50_ms']:>9.0f}{s['server_p99_ms']:>9.0f}{s['render_p50_ms']:>9.1f}"
+        f"{s['write_p50_ms']:>9.1f}",
         flush=True,
     )
 
@@ -509,12 +593,14 @@ def main(argv: list[str] | None = None) -> int:
             "cookie": cookie,
             "token": stack.token,
             "workers": args.workers,
+            "server_log": OUT / f"{stack.tag}-web.log",
         }
         results: list[Latency] = []
         print(
             f"\n{'phase':<40}{'pages':>6}{'probes':>7}{'seen50':>9}{'done50':>9}{'done95':>9}"
             f"{'done99':>9}{'push50':>9}{'push95':>9}{'push99':>9}{'missed':>8}{'frames':>8}"
-            f"{'load/s':>9}{'match50':>9}{'engine50':>9}"
+            f"{'load/s':>9}{'match50':>9}{'engine50':>9}{'srv50':>9}{'srv99':>9}"
+            f"{'render50':>9}{'write50':>9}"
         )
         phases = [
             ("light: 1 page, no load", 1, 0.0),

@@ -170,3 +170,35 @@ def test_the_live_render_is_the_run_pages_own_markup_before_and_after_a_change(
 
     assert second.full == page_markup()
     assert f'<tr id="run-{runs[1].pk}" data-status="failed"' in second.since(first)
+
+
+def test_a_live_render_of_rows_already_rendered_reads_the_runs_as_one_query_of_tuples(
+    transactional_db,
+):
+    from django.db import connection
+    from django.template.loader import render_to_string
+    from django.test.utils import CaptureQueriesContext
+
+    from dashboard.live_consumers import render_run_rows
+    from tests.factories import definition, log_step
+    from tests.test_replay import publish, trigger
+    from workflows import dashboard_selectors as ds
+
+    publish("orders", definition(log_step("received")))
+    for _ in range(3):
+        trigger("orders")
+    query, _errors = ds.parse_run_query({"limit": "2"})
+    page = ds.run_page(query)
+    context = {"runs": page.runs, "page": page, "query": query, "oob": True}
+    whole = render_to_string("dashboard/_run_rows.html", context) + render_to_string(
+        "dashboard/_run_pager.html", context
+    )
+
+    first = render_run_rows(query, frozenset())
+    with CaptureQueriesContext(connection) as queries:
+        again = render_run_rows(query, frozenset())
+
+    # The pager links to the older page as run_page's does, and no run is loaded whole.
+    assert first.full == again.full == whole
+    assert 'rel="next"' in whole
+    assert len(queries) == 1, [q["sql"] for q in queries]

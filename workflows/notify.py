@@ -51,6 +51,8 @@ def run_changed(*, run_id: int, seq: int, workflow_slug: str, status: str) -> No
     def send() -> None:
         if latest.get(run_id) is token:
             del latest[run_id]
+            # When it was committed (wall clock, for dashboard/push_timing.py).
+            message["at"] = time.time()
             _send([RUNS_GROUP, run_group(run_id)], message)
 
     transaction.on_commit(send)
