@@ -13,6 +13,7 @@ from tests.waiting import wait_until
 
 from .helpers import LIVE_TIMEOUT_MS, log_in
 from .test_content_security_policy_browser import PAGES, publish_and_run
+from .test_replay_onto_fix_browser import screenshot
 
 PHONE = {"width": 390, "height": 844}
 # One unbroken "word" as long error texts often are (a URL, a token, a stack of ids).
@@ -89,6 +90,7 @@ def test_long_error_text_wraps_inside_its_box_on_a_phone(page: Page, make_user, 
     box = error.bounding_box()
     assert box is not None and box["x"] + box["width"] <= PHONE["width"]
     assert box["height"] > 100  # wrapped onto many lines, not one line running off
+    screenshot(page, "phone-run")
 
     page.goto("/dead-letters/")
     reason = page.locator("#dead-letters td.error").first
@@ -106,9 +108,7 @@ def test_long_error_text_wraps_inside_its_box_on_a_phone(page: Page, make_user, 
 
 
 @pytest.mark.browser
-def test_the_navigation_collapses_on_a_phone_and_the_menu_button_opens_it(
-    page: Page, make_user
-):
+def test_the_navigation_collapses_on_a_phone_and_the_menu_button_opens_it(page: Page, make_user):
     page.set_viewport_size(PHONE)
     log_in(page, make_user("viewer").username)
     nav = page.locator("#site-nav")
@@ -119,6 +119,7 @@ def test_the_navigation_collapses_on_a_phone_and_the_menu_button_opens_it(
     menu.click()
     expect(menu).to_have_attribute("aria-expanded", "true")
     expect(nav).to_be_visible()
+    screenshot(page, "phone-menu")
     nav.get_by_role("link", name="Dead letters").click()
     expect(page).to_have_url(re.compile(r"/dead-letters/$"))
     expect(page.locator("#site-nav")).to_be_hidden()  # a new page starts closed
@@ -128,9 +129,7 @@ def test_the_navigation_collapses_on_a_phone_and_the_menu_button_opens_it(
 
 
 @pytest.mark.browser
-def test_a_wide_screen_shows_the_navigation_with_icons_and_uses_the_width(
-    page: Page, make_user
-):
+def test_a_wide_screen_shows_the_navigation_with_icons_and_uses_the_width(page: Page, make_user):
     page.set_viewport_size({"width": 1920, "height": 1080})
     log_in(page, make_user("viewer").username)
 

@@ -11,8 +11,9 @@ from playwright.sync_api import Page, expect
 from tests.factories import cloudevent, definition
 from tests.waiting import wait_until
 
-from .helpers import LIVE_TIMEOUT_MS, log_in, wait_for_live
+from .helpers import log_in, wait_for_live
 from .test_live_dashboard import publish, run_of_event, send
+from .test_replay_onto_fix_browser import screenshot
 
 EVENT = "com.example.ticks"
 BROKEN = {"id": "broken", "kind": "fail", "config": {"message": "bug"}}
@@ -33,9 +34,7 @@ def failed_runs(api, count: int) -> list[int]:
 
 
 @pytest.mark.browser
-def test_an_operator_ticks_two_failed_runs_and_replays_exactly_those(
-    page: Page, api, make_user
-):
+def test_an_operator_ticks_two_failed_runs_and_replays_exactly_those(page: Page, api, make_user):
     first, second, third = failed_runs(api, 3)
     log_in(page, make_user("operator").username)
     page.goto("/runs/?workflow=tick-replay")
@@ -51,6 +50,7 @@ def test_an_operator_ticks_two_failed_runs_and_replays_exactly_those(
     wait_for_live(page)
     expect(page.get_by_label(f"tick run {first}")).to_be_checked()
     expect(page.get_by_label(f"tick run {second}")).not_to_be_checked()
+    screenshot(page, "runs-ticked")
     replay_ticked.click()
 
     expect(page).to_have_url(re.compile(r"/replays/\?"))
