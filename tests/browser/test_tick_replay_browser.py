@@ -45,12 +45,12 @@ def test_an_operator_ticks_two_failed_runs_and_replays_exactly_those(page: Page,
     page.get_by_label(f"tick run {first}").check()
     page.get_by_label(f"tick run {third}").check()
     expect(page.locator("#ticked-count")).to_have_text("2 run(s) ticked")
+    screenshot(page, "runs-ticked")
     # A dropped socket comes back with the whole list: the ticks are put back on it.
     page.evaluate("window.SignalboxLive.drop()")
     wait_for_live(page)
     expect(page.get_by_label(f"tick run {first}")).to_be_checked()
     expect(page.get_by_label(f"tick run {second}")).not_to_be_checked()
-    screenshot(page, "runs-ticked")
     replay_ticked.click()
 
     expect(page).to_have_url(re.compile(r"/replays/\?"))
