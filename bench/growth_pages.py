@@ -121,7 +121,10 @@ def load_runs(count: int, sample: int, hot: int) -> dict:
         sampled = [row[0] for row in cursor.fetchall()]
         cursor.execute("SELECT count(*) FROM workflows_run")
         total = cursor.fetchone()[0]
+        cursor.execute("SELECT max(id) FROM workflows_event")
+        newest_event = cursor.fetchone()[0]
     return {
+        "newest_event": newest_event,
         "runs": total,
         "low": low,
         "high": high,
@@ -290,6 +293,21 @@ def run_list_part(args, tag: str) -> tuple[dict, list[PageResult]]:
         ("run page", browser, runs, {}),
         ("events: first page", browser, ["/events/"], {}),
         ("events: deep page", browser, [f"/events/?before_id={deep}"], {}),
+        # Every other dashboard page, at the same million runs (issue 12 item 8: < 300 ms).
+        ("overview (15m)", browser, ["/overview/"], {}),
+        ("overview (6h)", browser, ["/overview/?window=6h"], {}),
+        ("live flow", browser, ["/flow/"], {}),
+        ("workers", browser, ["/system/"], {}),
+        ("dead letters", browser, ["/dead-letters/"], {}),
+        ("replays (failed runs)", browser, ["/replays/"], {}),
+        ("replays (ticked, dry run)", browser, [_ticked_dry_run(loaded)], {}),
+        ("re-drive", browser, ["/redrive/"], {}),
+        ("audit", browser, ["/audit/"], {}),
+        ("workflows", browser, ["/workflows/"], {}),
+        ("schemas", browser, ["/schemas/"], {}),
+        ("connections", browser, ["/connections/"], {}),
+        ("event page", browser, [f"/events/{loaded['newest_event']}/"], {}),
+        ("lineage", browser, [f"/events/{loaded['newest_event']}/lineage/"], {}),
         ("API runs: first page", api, ["/api/v1/runs"], bearer),
         ("API runs: one workflow", api, [f"/api/v1/runs?workflow={hot}"], bearer),
         ("API runs: failed", api, ["/api/v1/runs?status=failed"], bearer),
@@ -307,6 +325,12 @@ def run_list_part(args, tag: str) -> tuple[dict, list[PageResult]]:
         results.append(result)
         print(f"  {page_line(result)}", flush=True)
     return loaded, results
+
+
+def _ticked_dry_run(loaded: dict) -> str:
+    """/replays/ for a handful of runs ticked in the run list, dry run included."""
+    ticked = "&".join(f"run={pk}" for pk in loaded["sampled"][:20])
+    return f"/replays/?{ticked}&dry_run=1"
 
 
 def page_line(r: PageResult) -> str:

@@ -70,6 +70,11 @@ class TTLCache:
             self._values[cache_key] = (started, value)
             return value
 
+    def peek(self, cache_key: Any) -> Any | None:
+        """The last value computed for `cache_key`, however old, or None."""
+        hit = self._values.get(cache_key)
+        return hit[1] if hit else None
+
     def clear(self) -> None:
         with self._lock:
             self._values.clear()

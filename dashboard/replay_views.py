@@ -480,8 +480,11 @@ def replay_batches(request):
             "will_start": sum(1 for c in checks or [] if c.can),
             "will_not_start": sum(1 for c in checks or [] if not c.can),
             "errors": errors,
-            "matching": matching[:50],
+            "matching": matching if selection.runs else matching[:50],
             "matching_count": len(matching),
+            "ticked": selection.runs,
+            # Ticked runs a bulk replay does not take: not failed, already replayed, a try.
+            "ticked_left_out": sorted(set(selection.runs) - {r.pk for r in matching}),
             "batches": recovery.batches(limit=20, hidden=hidden),
             "workflows": Workflow.objects.exclude(id__in=sorted(hidden)).order_by("slug"),
             "can_operate": _can_operate(request),

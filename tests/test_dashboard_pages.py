@@ -254,3 +254,55 @@ def test_the_workers_page_lists_queues_partitions_and_circuits(viewer, db):
     assert 'id="system-queues"' in html and 'data-queue="signalbox"' in html
     assert html.count('data-partition="') == 4
     assert 'id="system-circuits"' in html
+
+
+def test_the_workers_page_never_waits_for_the_workers_to_answer(viewer, db, monkeypatch):
+    """Asking Celery's workers waits a whole timeout; the page shows the last answer (none
+    yet: "asking") and leaves the fresh one to the socket's first frame."""
+    from dashboard import metrics, system_views
+
+    metrics.cache.clear()
+    asked = []
+    monkeypatch.setattr(system_views, "celery_workers", lambda: asked.append(1) or ([], ""))
+
+    html = viewer.get("/system/").content.decode()
+
+    assert asked == []
+    assert "Asking the workers…" in html and "data-asking" in html
+
+    worker = {"name": "w1@here", "pid": 7, "uptime": 3, "concurrency": 2, "processed": 0,
+              "queues": ["signalbox"], "active": []}  # fmt: skip
+    monkeypatch.setattr(system_views, "celery_workers", lambda: ([worker], ""))
+    system_views.system_context()  # what the socket renders
+
+    html = viewer.get("/system/").content.decode()
+
+    assert 'data-worker="w1@here"' in html and "data-asking" not in html
+
+
+def test_asking_the_workers_puts_the_three_questions_side_by_side(monkeypatch):
+    """The three inspect broadcasts each wait the whole timeout: asked one after another
+    the page took three seconds. Each question here waits until all three are in flight."""
+    import threading
+
+    from celery.app.control import Inspect
+
+    from dashboard import system_views
+
+    in_flight = threading.Barrier(3, timeout=10)
+
+    def answer(reply):
+        def ask(self):
+            in_flight.wait()  # broken (an error) unless the three are asked together
+            return reply
+
+        return ask
+
+    monkeypatch.setattr(Inspect, "stats", answer({"w1": {"pid": 7, "pool": {}}}))
+    monkeypatch.setattr(Inspect, "active", answer({"w1": []}))
+    monkeypatch.setattr(Inspect, "active_queues", answer({"w1": [{"name": "signalbox"}]}))
+
+    workers, error = system_views.celery_workers()
+
+    assert error == ""
+    assert [(w["name"], w["queues"]) for w in workers] == [("w1", ["signalbox"])]
