@@ -368,7 +368,7 @@ class Budget:
 def execute_step(*, step_run_id: int, worker: str | None = None) -> bool:
     """Run one attempt, then the light steps it makes ready, within a budget. Returns False
     when the attempt was not ours to run."""
-    from ..tasks import execute_step_task
+    from .. import step_queues
 
     worker = worker or worker_name()
     budget = Budget()
@@ -381,7 +381,7 @@ def execute_step(*, step_run_id: int, worker: str | None = None) -> bool:
         except Exception:
             # It was kept for this task and is queued without a message: send one, so a
             # failure here (the database went away) costs no more than a redelivery.
-            transaction.on_commit(lambda c=current: execute_step_task.delay(c), robust=True)
+            transaction.on_commit(lambda c=current: step_queues.send(c), robust=True)
             raise
     return ran
 
