@@ -199,6 +199,11 @@ def assess(*, limits: Limits | None = None, timeout: float = INSPECT_TIMEOUT) ->
     limits, an open circuit breaker), ok otherwise."""
     limits = limits or Limits()
     checks = [_database(), _redis()]
+    if checks[1].level == DOWN:
+        # Redis is the broker: asking the workers would wait on reconnects, and every
+        # other figure lives there too.
+        checks.append(Check("workers", DOWN, "not asked: Redis, their broker, is away"))
+        return Report(DOWN, checks)
     state = system(timeout)
     workers = state["workers"]
     served = {q for w in workers for q in w["queues"]}
