@@ -30,7 +30,11 @@ def env_mapping(name: str) -> dict[str, str]:
     mapping = {}
     for item in env_list(name):
         left, sep, right = item.partition("=")
-        if not sep or not QUEUE_NAME.fullmatch(left.strip()) or not QUEUE_NAME.fullmatch(right.strip()):
+        if (
+            not sep
+            or not QUEUE_NAME.fullmatch(left.strip())
+            or not QUEUE_NAME.fullmatch(right.strip())
+        ):
             raise ImproperlyConfigured(f"{name}: {item!r} is not name=queue")
         mapping[left.strip()] = right.strip()
     return mapping

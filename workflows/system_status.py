@@ -231,8 +231,10 @@ def assess(*, limits: Limits | None = None, timeout: float = INSPECT_TIMEOUT) ->
             checks.append(
                 Check(f"queue {name}", DEGRADED, f"no worker consumes {what}; depth {depth}")
             )
-        elif depth is not None and limits.max_queue_depth is not None and (
-            depth > limits.max_queue_depth
+        elif (
+            depth is not None
+            and limits.max_queue_depth is not None
+            and (depth > limits.max_queue_depth)
         ):
             checks.append(
                 Check(

@@ -34,7 +34,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from .. import engine, secret_places
+from .. import engine, secret_places, step_metrics
 from ..cel_values import unstorable
 from ..definition import Step
 from ..events.envelope import to_structured
@@ -476,6 +476,9 @@ def _run_light(
         if not isinstance(exc, ExpressionError | StepError):
             log.exception("step %s of run %s raised", step.id, run.pk)
         happening = failure(step, step_run.attempt, exc)
+    step_metrics.observe(
+        step.kind, (timezone.now() - started_at).total_seconds(), happening.succeeded
+    )
     return write_result(
         run=run,
         step_run_id=step_run.pk,
@@ -501,6 +504,7 @@ def _run_claimed(
     context = build_context(run, step, step_run, secrets)
     output = None
     rendered: dict = dict(step.config)
+    began = time.monotonic()
     try:
         rendered = render_config(step, kind, context)
         if run.origin == "shadow" and side_effecting(step):
@@ -525,6 +529,7 @@ def _run_claimed(
         if not isinstance(exc, ExpressionError | StepError):
             log.exception("step %s of run %s raised", step.id, run.pk)
         happening = failure(step, step_run.attempt, exc)
+    step_metrics.observe(step.kind, time.monotonic() - began, happening.succeeded)
     record_until_stored(
         step_run_id=step_run.pk,
         happening=mask_happening(happening, secrets),
