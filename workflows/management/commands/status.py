@@ -9,6 +9,7 @@ in workflows/system_status.py; docs/operations.md shows them in use.
 from __future__ import annotations
 
 import json
+import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -44,7 +45,11 @@ class Command(BaseCommand):
 
         def error(message):
             # argparse exits 2 on a wrong option, which here means "down": say 3 instead.
-            raise CommandError(f"{message} (see --help)", returncode=USAGE_ERROR)
+            if not parser.called_from_command_line:
+                raise CommandError(message, returncode=USAGE_ERROR)
+            parser.print_usage(sys.stderr)
+            sys.stderr.write(f"status: error: {message}\n")
+            raise SystemExit(USAGE_ERROR)
 
         parser.error = error
         return parser
