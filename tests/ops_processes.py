@@ -34,3 +34,35 @@ def worker_command(stack: Stack, name: str, queues: str | None = None) -> list[s
 def forget(prefix: str) -> None:
     for name in client().scan_iter(match=f"{prefix}:*", count=1000):
         client().delete(name)
+
+
+def start_web(stack: Stack, name: str, port: int) -> str:
+    """One more web process (uvicorn, one worker) on `port`, as `make run` serves it;
+    returns its base URL once it answers."""
+    import subprocess
+
+    import httpx
+
+    from orchestrator import servers
+    from tests.stack import LOGS, ROOT
+    from tests.waiting import wait_until
+
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log = open(LOGS / f"{stack.env['SIGNALBOX_REDIS_PREFIX']}-{name}.log", "w")  # noqa: SIM115
+    stack.processes[name] = subprocess.Popen(
+        servers.web_command(PYTHON, host="127.0.0.1", port=port, workers=1),
+        cwd=ROOT,
+        env=servers.web_env(stack.env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def answers():
+        if stack.processes[name].poll() is not None:
+            raise RuntimeError(f"{name} exited: {stack.log_tail(name)}")
+        return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+
+    wait_until(answers, timeout=90, interval=0.25, message=f"{name} to answer")
+    return base

@@ -51,7 +51,7 @@ async def _keep_written() -> None:
             await asyncio.wait_for(_changed.wait(), RENEW_SECONDS)
         _changed.clear()
         try:
-            await asyncio.to_thread(_write, {page: n for page, n in _open.items() if n})
+            await asyncio.to_thread(_write, dict(_open))  # zeros too: series stay
         except redis.RedisError:
             await asyncio.sleep(1.0)
             _changed.set()  # try again
