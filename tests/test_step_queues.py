@@ -79,3 +79,13 @@ def test_a_worker_of_one_queue_runs_only_the_kinds_routed_there(settings, record
     finally:
         stack.stop()
         forget(prefix)
+
+
+def test_the_launchers_worker_consumes_every_queue_unless_told_otherwise():
+    from orchestrator.launcher import worker_queue_args
+
+    assert worker_queue_args({}) == []
+    assert worker_queue_args({"SIGNALBOX_WORKER_QUEUES": " steps.io, signalbox "}) == [
+        "--queues",
+        "steps.io,signalbox",
+    ]
