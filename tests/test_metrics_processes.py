@@ -80,7 +80,7 @@ def running(settings, recorder, transactional_db):
 
 
 def test_every_web_process_serves_the_whole_installations_figures(running):
-    stack, (one, two) = running
+    _stack, (one, two) = running
     _token, token = create_api_token(name="metrics", role="admin")
     auth = {"Authorization": f"Bearer {token}"}
     event = cloudevent(id="metered-1")
@@ -114,7 +114,7 @@ def test_every_web_process_serves_the_whole_installations_figures(running):
         }
         return all(a.get(k) == b.get(k) == v for k, v in wanted.items()) and (a, b)
 
-    a, b = wait_until(same_figures, timeout=60, message="both web processes to agree")
+    a, _b = wait_until(same_figures, timeout=60, message="both web processes to agree")
     for queue in ("signalbox", "steps.fast", "steps.io"):
         assert ("signalbox_queue_depth", (("queue", queue),)) in a
     le = (("kind", "http_request"), ("le", "+Inf"), ("outcome", "succeeded"))

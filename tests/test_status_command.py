@@ -73,7 +73,7 @@ def test_a_worker_that_serves_only_one_queue_leaves_the_others_degraded():
         stack.start("worker", worker_command(stack, "io-only", "steps.io"))
         stack.start("bus", [PYTHON, "manage.py", "consume_bus"])
         stack.start("scheduler", [PYTHON, "manage.py", "scheduler", "--interval", "0.2"])
-        code, report = wait_until(
+        _code, report = wait_until(
             lambda: (
                 (found := status(stack, "--json"))[0] == 1
                 and levels(found[1]).get("scheduler") == "ok"
