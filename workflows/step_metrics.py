@@ -10,6 +10,7 @@ not one round trip per step."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import redis
@@ -22,6 +23,8 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 _lock = threading.Lock()
 _counts: Counter[str] = Counter()
 _sums: Counter[str] = Counter()
+_flushed = [time.monotonic()]
+STALE_SECONDS = 10.0
 
 
 def observe(kind: str, seconds: float, succeeded: bool) -> None:
@@ -34,6 +37,9 @@ def observe(kind: str, seconds: float, succeeded: bool) -> None:
     with _lock:
         _counts[prefix + bucket] += 1
         _sums[prefix + "sum"] += seconds
+        stale = time.monotonic() - _flushed[0] > STALE_SECONDS
+    if stale:  # a process that runs steps outside tasks and bus reads (e.g. a try run)
+        flush()
 
 
 def flush() -> None:
@@ -42,6 +48,7 @@ def flush() -> None:
         if not _counts:
             return
         counts, sums = dict(_counts), dict(_sums)
+        _flushed[0] = time.monotonic()
         _counts.clear()
         _sums.clear()
     try:
