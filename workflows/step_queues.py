@@ -77,4 +77,4 @@ def send(step_run_id: int, kind: str | None = None) -> None:
         except DatabaseError:
             kind = None
     queue = queue_for(kind) if kind else settings.SIGNALBOX_STEP_QUEUE_FAST
-    execute_step_task.apply_async((step_run_id,), queue=queue)
+    execute_step_task.s(step_run_id).set(queue=queue).delay()
