@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from django.conf import settings
 from django.db import connection
 from django.db.models import Count
 from django.db.models.expressions import RawSQL
@@ -261,7 +260,7 @@ def compute_overview(
         "latency_p50_ms": round(overall[0], 1) if overall else None,
         "latency_p95_ms": round(overall[1], 1) if overall else None,
         "steps_finished": overall[2] if overall else 0,
-        "queue_depth": queue.get(settings.CELERY_TASK_DEFAULT_QUEUE),
+        "queue_depth": None if None in queue.values() else sum(queue.values()),
         "bus_lag": sum(p.lag or 0 for p in partitions),
         "bus_pending": sum(p.pending or 0 for p in partitions),
         "dead_letters": recovery.open_dead_letter_count(hidden=hidden),

@@ -184,6 +184,13 @@ def web_answers(host: str, port: str) -> bool:
         return False
 
 
+def worker_queue_args(env) -> list[str]:
+    queues = ",".join(
+        q.strip() for q in env.get("SIGNALBOX_WORKER_QUEUES", "").split(",") if q.strip()
+    )
+    return ["--queues", queues] if queues else []
+
+
 def run_step(sup: Supervisor, name: str, args: list[str], env: dict[str, str]) -> bool:
     """Run one preparation command to the end; False if we were told to stop meanwhile."""
     process = sup.start(name, args, env)
@@ -259,6 +266,10 @@ def main() -> int:
                     # Nothing here uses them, and mingle alone costs a second at every start.
                     "--without-mingle",
                     "--without-gossip",
+                    # Without -Q a worker consumes every declared queue (the default one and
+                    # each step queue, settings.CELERY_TASK_QUEUES); SIGNALBOX_WORKER_QUEUES
+                    # narrows it, e.g. to run a second, IO-only launcher elsewhere.
+                    *worker_queue_args(os.environ),
                 ],
                 "scheduler": [python, "manage.py", "scheduler"],
                 # One or more consumers: they share the bus partitions by leases.

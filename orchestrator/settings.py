@@ -5,14 +5,18 @@ embedded default (a SQLite file under var/ and a Redis server that `make run` st
 """
 
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from kombu import Exchange, Queue
 
 from orchestrator.logging_config import logging_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("SIGNALBOX_VAR_DIR", BASE_DIR / "var"))
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def env_bool(name: str, default: bool = False) -> bool:
@@ -21,6 +25,21 @@ def env_bool(name: str, default: bool = False) -> bool:
 
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def env_mapping(name: str) -> dict[str, str]:
+    """`a=x,b=y` as {"a": "x", "b": "y"}; a malformed entry stops the start with its name."""
+    mapping = {}
+    for item in env_list(name):
+        left, sep, right = item.partition("=")
+        if (
+            not sep
+            or not QUEUE_NAME.fullmatch(left.strip())
+            or not QUEUE_NAME.fullmatch(right.strip())
+        ):
+            raise ImproperlyConfigured(f"{name}: {item!r} is not name=queue")
+        mapping[left.strip()] = right.strip()
+    return mapping
 
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
@@ -253,6 +272,26 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "signalbox"
+# Step messages go to a queue per kind (workflows/step_queues.py), so slow outbound work and
+# quick transforms can have workers of their own (`celery -A orchestrator worker -Q steps.io`).
+# Unnamed kinds: light ones (log, transform, condition...) to steps.fast, the rest (HTTP,
+# mail, python, waits...) to steps.io. SIGNALBOX_STEP_QUEUES overrides by kind, e.g.
+# "http_request=steps.http,python=steps.python".
+SIGNALBOX_STEP_QUEUE_FAST = "steps.fast"
+SIGNALBOX_STEP_QUEUE_IO = "steps.io"
+SIGNALBOX_STEP_QUEUES = env_mapping("SIGNALBOX_STEP_QUEUES")
+# Every queue is declared, so a worker started without -Q (make run, the tests) consumes all.
+CELERY_TASK_QUEUES = tuple(
+    Queue(name, Exchange(name), routing_key=name)
+    for name in sorted(
+        {
+            CELERY_TASK_DEFAULT_QUEUE,
+            SIGNALBOX_STEP_QUEUE_FAST,
+            SIGNALBOX_STEP_QUEUE_IO,
+            *SIGNALBOX_STEP_QUEUES.values(),
+        }
+    )
+)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = True
 # Celery's Django fixup closes every database connection before and after each task unless

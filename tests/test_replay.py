@@ -43,7 +43,9 @@ def publish(slug: str, body: dict):
 def in_this_process():
     """Keep work out of the session's stack, if another test started it: its worker would
     otherwise race this process for the steps it drives."""
-    with mock.patch("workflows.services.runs.enqueue_on_commit", lambda step_run_id: None):
+    with mock.patch(
+        "workflows.services.runs.enqueue_on_commit", lambda step_run_id, kind=None: None
+    ):
         yield
 
 

@@ -68,7 +68,10 @@ CAPABLE = [
 def by_hand(transactional_db, monkeypatch):
     """Runs executed by the test itself, as in test_step_kinds.py (no bus, no worker)."""
     queued: list[int] = []
-    monkeypatch.setattr("workflows.services.runs.enqueue_on_commit", queued.append)
+    monkeypatch.setattr(
+        "workflows.services.runs.enqueue_on_commit",
+        lambda step_run_id, kind=None: queued.append(step_run_id),
+    )
 
     def on_the_bus(event):
         now = timezone.now()

@@ -86,7 +86,10 @@ def by_hand(transactional_db, monkeypatch):
     queued: list[int] = []
     # No Celery message and no bus entry: this test executes every attempt itself, and a
     # running stack (other tests' processes) must not take them.
-    monkeypatch.setattr("workflows.services.runs.enqueue_on_commit", queued.append)
+    monkeypatch.setattr(
+        "workflows.services.runs.enqueue_on_commit",
+        lambda step_run_id, kind=None: queued.append(step_run_id),
+    )
 
     def on_the_bus(event):
         # Marked matched as well, so a stack's outbox relay never takes it either.

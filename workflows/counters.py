@@ -14,6 +14,9 @@ from .redis_client import key
 
 EVENTS_KEY = ("metrics", "events")  # field: channel
 RUNS_KEY = ("metrics", "runs")  # field: workflow \t outcome
+# Ingest answers other than "accepted" (accepted events are the published counts above,
+# counted in the publishing pipeline at no extra round trip). field: channel \t result
+INGEST_KEY = ("metrics", "ingest")
 RUN_TYPE_PREFIX = "signalbox.run."
 
 
@@ -32,3 +35,27 @@ def count_published(pipe: redis.client.Pipeline, events: Iterable[Event]) -> Non
         pipe.hincrby(key(*EVENTS_KEY), channel, count)
     for field, count in runs.items():
         pipe.hincrby(key(*RUNS_KEY), field, count)
+
+
+def ingest_result(status: int, *, lone: bool = True) -> str | None:
+    """The `result` label of an ingest answer's status; None for an accepted event
+    (counted when published) or an accepted batch."""
+    if status == 200 and lone:
+        return "duplicate"
+    if status < 300:
+        return None
+    if status == 429:
+        return "rate_limited"
+    if status >= 500:
+        return "unavailable"
+    return "rejected"
+
+
+def count_ingest(channel: str, result: str) -> None:
+    """One ingest answer that stored nothing new; never fails its caller."""
+    try:
+        from .redis_client import client as redis_client
+
+        redis_client().hincrby(key(*INGEST_KEY), f"{channel}\t{result}", 1)
+    except redis.RedisError:
+        pass

@@ -22,7 +22,11 @@ def celery_queue_key(queue: str | None = None) -> str:
 
 
 def queue_lengths(queues: list[str] | None = None) -> dict[str, int | None]:
-    names = queues or [settings.CELERY_TASK_DEFAULT_QUEUE]
+    """Messages waiting per queue (None: Redis cannot say); by default every queue
+    Signalbox sends to (workflows.step_queues)."""
+    from .step_queues import all_queues
+
+    names = queues or all_queues()
     try:
         pipe = client().pipeline(transaction=False)
         for name in names:

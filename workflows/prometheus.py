@@ -16,11 +16,16 @@ from collections.abc import Iterator
 
 import redis
 from django.db.models import Count
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from . import circuit, gauges, heartbeat
-from .counters import EVENTS_KEY, RUNS_KEY
+from . import circuit, gauges, heartbeat, socket_clients, step_metrics
+from .counters import EVENTS_KEY, INGEST_KEY, RUNS_KEY
 from .models import DeadLetter, Run, StepRun
 from .redis_client import client, key
 from .states import RunStatus, StepStatus
@@ -34,6 +39,7 @@ BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 class SignalboxCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._counters()
+        yield from self._steps_and_sockets()
         yield from self._bus_and_queues()
         yield from self._database()
         yield from self._breakers()
@@ -55,16 +61,52 @@ class SignalboxCollector(Collector):
             pipe = client().pipeline(transaction=False)
             pipe.hgetall(key(*EVENTS_KEY))
             pipe.hgetall(key(*RUNS_KEY))
-            by_channel, by_run = pipe.execute()
+            pipe.hgetall(key(*INGEST_KEY))
+            by_channel, by_run, by_answer = pipe.execute()
         except redis.RedisError:
-            by_channel, by_run = {}, {}
+            by_channel, by_run, by_answer = {}, {}, {}
+        ingest = CounterMetricFamily(
+            "signalbox_ingest",
+            "Events offered, by channel and result: accepted (stored and published), "
+            "duplicate, rejected (invalid, unauthorised, too large), rate_limited, unavailable.",
+            labels=["channel", "result"],
+        )
         for channel, value in sorted(by_channel.items()):
             events.add_metric([channel], float(value))
+            ingest.add_metric([channel, "accepted"], float(value))
+        for field, value in sorted(by_answer.items()):
+            channel, _, result = field.partition("\t")
+            ingest.add_metric([channel, result], float(value))
         for field, value in sorted(by_run.items()):
             workflow, _, outcome = field.partition("\t")
             runs.add_metric([workflow, outcome], float(value))
         yield events
         yield runs
+        yield ingest
+
+    def _steps_and_sockets(self) -> Iterator[Metric]:
+        durations = HistogramMetricFamily(
+            "signalbox_step_duration_seconds",
+            "Time a worker (or the bus consumer) spent running a step attempt, by kind and "
+            "outcome; waits for timers, events and child runs are not included.",
+            labels=["kind", "outcome"],
+        )
+        sockets = GaugeMetricFamily(
+            "signalbox_websocket_clients",
+            "WebSocket clients connected to every web process, by page.",
+            labels=["page"],
+        )
+        try:
+            observed = step_metrics.read()
+            connected = socket_clients.totals()
+        except redis.RedisError:
+            observed, connected = {}, {}
+        for (kind, outcome), (buckets, _count, total) in observed.items():
+            durations.add_metric([kind, outcome], buckets, total)
+        for page, n in sorted(connected.items()):
+            sockets.add_metric([page], float(n))
+        yield durations
+        yield sockets
 
     def _bus_and_queues(self) -> Iterator[Metric]:
         lag = GaugeMetricFamily(

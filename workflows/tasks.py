@@ -17,6 +17,14 @@ def _connection_hygiene(task=None, **_kwargs) -> None:
     close_old_connections()
 
 
+@task_postrun.connect
+def _flush_step_metrics(**_kwargs) -> None:
+    """The step durations this task observed, to Redis in one pipeline (step_metrics)."""
+    from . import step_metrics
+
+    step_metrics.flush()
+
+
 @shared_task(name="signalbox.execute_step", acks_late=True, reject_on_worker_lost=True)
 def execute_step_task(step_run_id: int) -> None:
     from .services.execution import execute_step

@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http.request import split_domain_port, validate_host
 
-from .. import roles, tracing
+from .. import counters, roles, tracing
 from ..events import rate_limit
 from ..events.envelope import InvalidEvent
 from ..events.group_commit import committer
@@ -92,14 +92,22 @@ class FastEventIngest:
         eligible = (mode in (STRUCTURED, BATCH) or "ce-specversion" in headers) and _host_allowed(
             headers.get("host", "")
         )
-        if not eligible:
-            return await self.app(scope, receive, send)
-        body, ended, within_limit = await _read(receive, body_limit(mode))
-        answer = await self._accept(scope, headers, mode, body) if within_limit else None
-        if answer is None:  # Django answers it, from the same bytes
-            return await self.app(scope, _replay(body, receive, ended), send)
-        status, payload, extra = answer
-        await _respond(send, status, payload, extra)
+        answered: list[int] = []
+        send = _noting_status(send, answered)
+        try:
+            if not eligible:
+                return await self.app(scope, receive, send)
+            body, ended, within_limit = await _read(receive, body_limit(mode))
+            answer = await self._accept(scope, headers, mode, body) if within_limit else None
+            if answer is None:  # Django answers it, from the same bytes
+                return await self.app(scope, _replay(body, receive, ended), send)
+            status, payload, extra = answer
+            await _respond(send, status, payload, extra)
+        finally:
+            # After the answer went out; accepted events are counted when published.
+            result = counters.ingest_result(answered[0], lone=mode != BATCH) if answered else None
+            if result is not None:
+                await asyncio.to_thread(counters.count_ingest, "http", result)
 
     async def _accept(self, scope, headers: Headers, mode: str, body: bytes):
         try:
@@ -209,6 +217,15 @@ def _replay(body: bytes, receive, ended: bool):
         return await receive()
 
     return replayed
+
+
+def _noting_status(send, answered: list[int]):
+    async def noting(message):
+        if message["type"] == "http.response.start":
+            answered.append(message["status"])
+        await send(message)
+
+    return noting
 
 
 async def _respond(send, status: int, payload: dict, extra: list) -> None:

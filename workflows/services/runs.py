@@ -328,14 +328,14 @@ def _schedule_step(
         at=_iso(now),
     )
     if due_now and not (continuation and continuation.take(step_run, kind)):
-        enqueue_on_commit(step_run.pk)
+        enqueue_on_commit(step_run.pk, kind)
 
 
-def enqueue_on_commit(step_run_id: int) -> None:
-    from ..tasks import execute_step_task
+def enqueue_on_commit(step_run_id: int, kind: str | None = None) -> None:
+    from .. import step_queues
 
     # robust: if Redis is down the row stays queued and the scheduler enqueues it again.
-    transaction.on_commit(lambda: execute_step_task.delay(step_run_id), robust=True)
+    transaction.on_commit(lambda: step_queues.send(step_run_id, kind), robust=True)
 
 
 def _dead_letter_step(run: Run, happening: engine.StepFinished) -> None:
@@ -543,11 +543,11 @@ def enqueue_due_steps(*, now=None, limit: int = 500, judge_leases: bool = True) 
         sweeps.append(queued.filter(enqueued_at__lt=now - REENQUEUE_AFTER))
     count = 0
     for sweep in sweeps:
-        for pk in list(sweep.values_list("pk", flat=True)[:limit]):
+        for pk, kind in list(sweep.values_list("pk", "kind")[:limit]):
             # The same filter again as a conditional UPDATE: of two schedulers, one sends it.
             with transaction.atomic():
                 if sweep.filter(pk=pk).update(enqueued_at=now):
-                    enqueue_on_commit(pk)
+                    enqueue_on_commit(pk, kind)
                     count += 1
     count += wake_due(now=now, limit=limit)
     if judge_leases:
@@ -557,10 +557,12 @@ def enqueue_due_steps(*, now=None, limit: int = 500, judge_leases: bool = True) 
 
 
 def messages_waiting() -> int | None:
-    """Step messages waiting in the Celery queue (None: Redis cannot say)."""
+    """Step messages waiting in the Celery queues (None: Redis cannot say)."""
     from ..gauges import queue_lengths
+    from ..step_queues import step_queues
 
-    return queue_lengths().get(settings.CELERY_TASK_DEFAULT_QUEUE)
+    lengths = list(queue_lengths(step_queues()).values())
+    return None if None in lengths else sum(lengths)
 
 
 def recover_lost_follow_ups(*, now, limit: int = 500) -> int:

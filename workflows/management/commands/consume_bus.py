@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import InterfaceError, OperationalError, connections
 
-from workflows import heartbeat
+from workflows import heartbeat, step_metrics
 from workflows.events.bus import Consumer, Delivery
 from workflows.events.bus_leases import PartitionLeases
 from workflows.events.connectors.runner import ConnectorSupervisor
@@ -209,6 +209,7 @@ class Command(BaseCommand):
                     ),
                     pool,
                 )
+                step_metrics.flush()  # the light steps this read ran, in one pipeline
             except redis.RedisError as exc:
                 # Redis restarts must not kill the consumer: reconnect and carry on.
                 log.warning("bus unavailable (%s); retrying", exc)
