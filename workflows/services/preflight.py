@@ -139,11 +139,15 @@ def _blank_strings(expression: str) -> str:
 
 
 def _reads(pattern: re.Pattern, expression: str) -> Iterator[re.Match]:
+    """Matches in the code outside string literals, against the expression itself (offsets
+    are kept), so a quoted key (`steps["a"]`) reads as written."""
     code = _blank_strings(expression)
-    for match in pattern.finditer(code):
-        if PRESENCE.search(code[: match.start()]):
+    for found in pattern.finditer(code):
+        if PRESENCE.search(code[: found.start()]):
             continue  # has(steps.x…): asking whether it is there is fine
-        yield match
+        match = pattern.match(expression, found.start(), found.end())
+        if match is not None:
+            yield match
 
 
 def reference_problems(raw: Mapping[str, Any]) -> list[Problem]:
