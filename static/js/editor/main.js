@@ -27,8 +27,14 @@
  * stored draft replaces the canvas; Undo brings the local version back) or Overwrite (save
  * again with `force`). Viewers have nothing to lose: their canvas just follows the draft.
  */
-(function () {
-  "use strict";
+import * as graph from "./graph.js";
+import {createMinimap} from "./minimap.js";
+import * as nodes from "./nodes.js";
+import {freeSpot} from "./spots.js";
+import {clone, esc, isObj, num} from "./util.js";
+
+// A module cannot return early at its top: the page is set up in start().
+function start() {
 
   var root = document.getElementById("editor-root");
   if (!root || typeof Drawflow === "undefined") return;
@@ -37,8 +43,8 @@
   var canEdit = !!cfg.canEdit;
   var canvas = document.getElementById("editor-canvas");
   var sidePanel = document.getElementById("side-panel");
-  var COLUMN = 320;
   var MAX_HISTORY = 100;
+  var NEW_NODE_WIDTH = 260; // room for a node not drawn yet: its content and port labels
 
   var model = normalize(cfg.draft);
   var nodeProblems = cfg.nodes || {};
@@ -68,23 +74,6 @@
   var remoteLater = null; // a revision heard of while a write was out, judged once it is back
 
   // --- small helpers ----------------------------------------------------------------------
-  function isObj(v) {
-    return v !== null && typeof v === "object" && !Array.isArray(v);
-  }
-  function clone(v) {
-    return JSON.parse(JSON.stringify(v));
-  }
-  function esc(text) {
-    return String(text == null ? "" : text).replace(/[&<>"']/g, function (c) {
-      return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c];
-    });
-  }
-  function num(v, fallback) {
-    return typeof v === "number" && isFinite(v) ? v : fallback;
-  }
-  function unique(list) {
-    return list.filter(function (v, i) { return list.indexOf(v) === i; });
-  }
   function normalize(raw) {
     var out = isObj(raw) ? clone(raw) : {};
     if (typeof out.name !== "string") out.name = cfg.slug;
@@ -111,182 +100,26 @@
     notice.timer = setTimeout(function () { el.hidden = true; }, 6000);
   }
 
-  // --- the graph ----------------------------------------------------------------------------
-  function portsOf(index) {
-    var step = stepAt(index);
-    if (!step) return ["success", "failure"];
-    if (step.kind === "switch") {
-      var cases = isObj(step.config) && Array.isArray(step.config.cases) ? step.config.cases : [];
-      var names = cases.map(function (c) { return isObj(c) ? c.name : null; })
-        .filter(function (n) { return typeof n === "string" && n; });
-      return unique(names.concat(["default", "failure"]));
-    }
-    var kind = cfg.kinds[step.kind];
-    return kind ? kind.ports.slice() : ["success", "failure"];
-  }
+  // --- the graph (graph.js), over this page's model -----------------------------------------
+  function portsOf(index) { return graph.portsOf(model, cfg.kinds, index); }
+  function allEdges() { return graph.allEdges(model); }
+  function indexById() { return graph.indexById(model); }
+  function rootIndexes() { return graph.rootIndexes(model); }
+  function layout() { return graph.layout(model, sizeOf); }
+  function triggerPosition(index, stepPositions) { return graph.triggerPosition(model, index, stepPositions); }
+  function placement() { return graph.placement(model, sizeOf); }
 
-  function allEdges() {
-    var out = [];
-    model.steps.forEach(function (s) {
-      if (!isObj(s) || !Array.isArray(s.after)) return;
-      s.after.forEach(function (a) { out.push({from: a, to: s.id, port: "success"}); });
-    });
-    (Array.isArray(model.edges) ? model.edges : []).forEach(function (e, k) {
-      if (isObj(e)) out.push({from: e.from, to: e.to, port: e.port || "success", index: k});
-    });
-    return out;
-  }
-
-  function indexById() {
-    var map = {};
-    model.steps.forEach(function (s, i) {
-      if (isObj(s) && typeof s.id === "string" && !(s.id in map)) map[s.id] = i;
-    });
-    return map;
-  }
-
-  function predecessors() {
-    var ids = indexById();
-    var preds = model.steps.map(function () { return []; });
-    allEdges().forEach(function (e) {
-      var a = ids[e.from];
-      var b = ids[e.to];
-      if (a !== undefined && b !== undefined && a !== b && preds[b].indexOf(a) < 0) preds[b].push(a);
-    });
-    return preds;
-  }
-
-  function rootIndexes() {
-    return predecessors().map(function (p, i) { return p.length ? -1 : i; })
-      .filter(function (i) { return i >= 0 && stepAt(i); });
-  }
-
-  function nodeHeight(index) {
-    return Math.max(96, 26 * portsOf(index).length + 30);
-  }
-
-  // Columns by longest path from a root, ordered inside a column by their predecessors.
-  function layout() {
-    var preds = predecessors();
-    var layer = model.steps.map(function () { return -1; });
-    function depth(i, visiting) {
-      if (layer[i] >= 0) return layer[i];
-      if (visiting[i]) return 0; // a cycle: the server reports it, the layout just stops
-      visiting[i] = true;
-      var d = 0;
-      preds[i].forEach(function (p) { d = Math.max(d, depth(p, visiting) + 1); });
-      visiting[i] = false;
-      layer[i] = d;
-      return d;
-    }
-    model.steps.forEach(function (_s, i) { depth(i, {}); });
-    var columns = {};
-    layer.forEach(function (l, i) { (columns[l] = columns[l] || []).push(i); });
-    var pos = {};
-    Object.keys(columns).map(Number).sort(function (a, b) { return a - b; }).forEach(function (l) {
-      var column = columns[l];
-      column.sort(function (a, b) {
-        return centre(a) - centre(b) || a - b;
-      });
-      var y = 40;
-      column.forEach(function (i) {
-        pos[i] = {x: 80 + COLUMN * (l + 1), y: y};
-        y += nodeHeight(i) + 50;
-      });
-    });
-    function centre(i) {
-      if (!preds[i].length) return i * 1000;
-      var sum = 0;
-      preds[i].forEach(function (p) { sum += pos[p] ? pos[p].y : 0; });
-      return sum / preds[i].length;
-    }
-    return pos;
-  }
-
-  // Where a trigger without a stored position goes: left of the steps a run starts with.
-  function triggerPosition(index, stepPositions) {
-    var roots = rootIndexes();
-    var xs = roots.map(function (i) { return stepPositions[i].x; });
-    var x = (xs.length ? Math.min.apply(null, xs) : 80 + COLUMN) - COLUMN;
-    return {x: Math.max(x, -2000), y: 40 + index * 130};
-  }
-
-  function storedPosition(item) {
-    if (!isObj(item) || !isObj(item.position) || typeof item.position.x !== "number") return null;
-    return {x: num(item.position.x, 0), y: num(item.position.y, 0)};
-  }
-
-  // Where every node goes: its stored position, else where the layout puts it.
-  function placement() {
-    var laid = null;
-    var steps = {};
-    model.steps.forEach(function (s, i) {
-      var stored = storedPosition(s);
-      if (stored) {
-        steps[i] = stored;
-      } else {
-        laid = laid || layout();
-        steps[i] = laid[i] || {x: 80 + COLUMN, y: 40 + i * 140};
-      }
-    });
-    var triggers = {};
-    model.triggers.forEach(function (t, i) {
-      triggers[i] = storedPosition(t) || triggerPosition(i, steps);
-    });
-    return {steps: steps, triggers: triggers};
+  // A step's size as drawn (labels and all), or as it will be before it is.
+  function sizeOf(index) {
+    var el = nodeEl(stepNode[index]);
+    if (el && el.offsetWidth) return {w: el.offsetWidth, h: el.offsetHeight};
+    return {w: graph.NODE_WIDTH, h: graph.estimatedHeight(model, cfg.kinds, index)};
   }
 
   // --- drawing ------------------------------------------------------------------------------
-  function summary(step) {
-    var c = isObj(step.config) ? step.config : {};
-    switch (step.kind) {
-      case "http_request": return (c.method || "POST") + " " + (c.url || "(no URL)");
-      case "log": case "fail": return c.message || "";
-      case "condition": case "filter": return c.expression || "(no expression)";
-      case "for_each": return "items: " + (c.items || "");
-      case "delay": return c.seconds != null ? c.seconds + " s" : (c.until || "");
-      case "wait_for_event": return c.event || "";
-      case "sub_workflow": return c.workflow || "";
-      case "emit_event": return c.type || "";
-      case "send_email": return c.subject || "";
-      case "python": return c.function || "";
-      case "switch": return (Array.isArray(c.cases) ? c.cases.length : 0) + " case(s)";
-      default: return "";
-    }
-  }
-
-  function icon(svg) {
-    return '<span class="sb-icon">' + (svg || "") + "</span>";
-  }
-
-  function stepHtml(step) {
-    var kind = cfg.kinds[step.kind];
-    var text = summary(step);
-    return '<div class="sb-head">' + icon(kind && kind.svg) +
-      '<span class="sb-title">' + esc(step.name || step.id || "(no id)") + "</span></div>" +
-      '<div class="sb-sub"><code>' + esc(step.id) + "</code> · " +
-      esc(kind ? kind.title : "unknown kind " + step.kind) + "</div>" +
-      (text ? '<div class="sb-summary">' + esc(text.length > 60 ? text.slice(0, 59) + "…" : text) + "</div>" : "") +
-      '<div class="sb-badges"><span class="sb-problems" hidden></span><span class="sb-status" hidden></span></div>';
-  }
-
-  function triggerKindOf(t) {
-    if (!isObj(t)) return "event";
-    return ["event", "webhook", "schedule", "manual"].filter(function (k) { return k in t; })[0] || "event";
-  }
-
-  function triggerHtml(t) {
-    var kind = triggerKindOf(t);
-    var info = cfg.triggerKinds[kind] || {};
-    var text = kind === "event" ? (t.event || "(no type)") + (t.filter ? " if " + t.filter : "")
-      : kind === "webhook" ? "/hooks/" + (t.webhook || "?")
-      : kind === "schedule" ? (t.schedule || "?") + " " + (t.timezone || "UTC")
-      : "by hand";
-    return '<div class="sb-head">' + icon(info.svg) + '<span class="sb-title">' + esc(info.title || kind) +
-      " trigger</span></div>" +
-      '<div class="sb-summary">' + esc(text.length > 60 ? text.slice(0, 59) + "…" : text) + "</div>" +
-      '<div class="sb-badges"><span class="sb-problems" hidden></span></div>';
-  }
+  function stepHtml(step) { return nodes.stepHtml(step, cfg.kinds); }
+  function triggerHtml(t) { return nodes.triggerHtml(t, cfg.triggerKinds); }
+  var triggerKindOf = nodes.triggerKindOf;
 
   // What Drawflow's DOM depends on: which nodes, their ports and the wires between them.
   function structureKey() {
@@ -432,11 +265,7 @@
       el.dataset.step = step ? step.id : "";
       el.dataset.index = i;
       var ports = portsOf(Number(i));
-      el.querySelectorAll(".outputs .output").forEach(function (out, k) {
-        out.dataset.port = ports[k] || "";
-        out.title = "port " + (ports[k] || "") + ": drag to another step's input";
-        out.classList.toggle("port-failure", ports[k] === "failure");
-      });
+      nodes.labelPorts(el, ports);
       var input = el.querySelector(".inputs .input");
       if (input) input.title = "input";
       markProblems(el, stepProblems[i]);
@@ -482,6 +311,7 @@
       });
     }
     updateProblemsSummary();
+    if (minimap) minimap.update();
   }
 
   function connectionEl(a, b, port) {
@@ -739,6 +569,7 @@
     df.precanvas.style.transform = "translate(" + df.canvas_x + "px, " + df.canvas_y + "px) scale(" + z + ")";
     var label = document.getElementById("zoom-level");
     if (label) label.textContent = Math.round(z * 100) + "%";
+    if (minimap) minimap.update();
   }
 
   function deleteSelection() {
@@ -817,6 +648,14 @@
       else deleteTrigger(info.index);
     });
   });
+
+  var minimap = createMinimap({
+    wrap: root.querySelector(".canvas-wrap"),
+    nodeBoxes: nodeBoxes,
+    viewBox: function () { return viewBox(0); },
+    centreOn: centreOn,
+  });
+  ["translate", "nodeMoved", "zoom"].forEach(function (name) { df.on(name, minimap.update); });
 
   df.on("zoom", function (z) {
     var label = document.getElementById("zoom-level");
@@ -1326,16 +1165,75 @@
     return {x: (clientX - rect.left) / df.zoom, y: (clientY - rect.top) / df.zoom};
   }
 
+  // A new node goes where it was dropped, or as near as there is room: inside the part of
+  // the canvas in view, clear of every node and of what covers the canvas (spots.js).
   function addFromPalette(item, point) {
-    var spot = {x: point.x - 100, y: point.y - 30};
-    if (item.dataset.paletteKind) addStep(item.dataset.paletteKind, spot);
+    var kind = item.dataset.paletteKind;
+    var ports = kind ? (cfg.kinds[kind] ? cfg.kinds[kind].ports.length : 2) : 1;
+    var size = {w: NEW_NODE_WIDTH, h: Math.max(96, 26 * ports + 30)};
+    var spot = freeSpot({x: point.x - 100, y: point.y - 30}, size, nodeBoxes(), coveredBoxes(), viewBox(8));
+    if (kind) addStep(kind, spot);
     else addTrigger(item.dataset.paletteTrigger, spot);
+    Promise.resolve().then(function () { Promise.resolve().then(showNode); });
+  }
+
+  // The node just added, when it could only go outside the view: the view moves to it.
+  function showNode() {
+    var el = canvas.querySelector(".drawflow-node.selected");
+    if (!el) return;
+    var view = viewBox(0);
+    var x = parseFloat(el.style.left);
+    var y = parseFloat(el.style.top);
+    if (x + el.offsetWidth > view.x + view.w || y + el.offsetHeight > view.y + view.h) {
+      centreOn({x: x + el.offsetWidth / 2, y: y + el.offsetHeight / 2});
+    }
   }
 
   function centrePoint() {
     var rect = canvas.getBoundingClientRect();
-    var p = canvasPoint(rect.left + rect.width / 2, rect.top + rect.height / 3);
-    return {x: p.x + (model.steps.length % 5) * 24, y: p.y + (model.steps.length % 5) * 24};
+    return canvasPoint(rect.left + rect.width / 2, rect.top + rect.height / 3);
+  }
+
+  // Boxes in canvas pixels: the nodes drawn, what covers the canvas, the part in view.
+  function nodeBoxes() {
+    var data = df.drawflow.drawflow.Home.data;
+    return Object.keys(data).map(function (id) {
+      var el = nodeEl(id);
+      var info = nodeMap[id];
+      var kind = info && info.type === "step" ? nodes.kindClass(stepAt(info.index))
+        : "trigger-" + triggerKindOf(info ? model.triggers[info.index] : null);
+      return {id: id, x: data[id].pos_x, y: data[id].pos_y, w: el ? el.offsetWidth : 210,
+        h: el ? el.offsetHeight : 96, kind: kind};
+    });
+  }
+
+  function coveredBoxes() {
+    var covers = ["#problems-list", "#run-banner", "#editor-minimap", "#editor-notice", "#conflict-banner"];
+    return covers.map(function (sel) { return document.querySelector(sel); })
+      .filter(function (el) { return el && !el.hidden && el.offsetWidth; })
+      .map(function (el) {
+        var r = el.getBoundingClientRect();
+        var a = canvasPoint(r.left, r.top);
+        var b = canvasPoint(r.right, r.bottom);
+        return {x: a.x, y: a.y, w: b.x - a.x, h: b.y - a.y};
+      });
+  }
+
+  function viewBox(inset) {
+    var r = canvas.getBoundingClientRect();
+    var a = canvasPoint(r.left + inset, r.top + inset);
+    var b = canvasPoint(r.right - inset, r.bottom - inset);
+    return {x: a.x, y: a.y, w: b.x - a.x, h: b.y - a.y};
+  }
+
+  // Move the view (not the zoom) so that `point` (canvas pixels) is in its middle.
+  function centreOn(point) {
+    var r = canvas.getBoundingClientRect();
+    var here = canvasPoint(r.left + r.width / 2, r.top + r.height / 2);
+    df.canvas_x -= (point.x - here.x) * df.zoom;
+    df.canvas_y -= (point.y - here.y) * df.zoom;
+    df.precanvas.style.transform = "translate(" + df.canvas_x + "px, " + df.canvas_y + "px) scale(" + df.zoom + ")";
+    if (minimap) minimap.update();
   }
 
   var dragging = null;
@@ -1556,4 +1454,6 @@
   updateHistoryButtons();
   if (canEdit) setStatus("saved", cfg.savedBy ? "Draft saved by " + cfg.savedBy : "Draft saved");
   connect();
-})();
+}
+
+start();
