@@ -27,9 +27,13 @@
  * stored draft replaces the canvas; Undo brings the local version back) or Overwrite (save
  * again with `force`). Viewers have nothing to lose: their canvas just follows the draft.
  */
+import {createAutosave} from "./autosave.js";
+import {createEditing} from "./editing.js";
 import * as graph from "./graph.js";
 import {createMinimap} from "./minimap.js";
 import * as nodes from "./nodes.js";
+import {createPanels} from "./panels.js";
+import {createRuns} from "./runs.js";
 import {freeSpot} from "./spots.js";
 import {clone, esc, isObj, num} from "./util.js";
 
@@ -72,6 +76,199 @@ function start() {
   var clientId = Math.random().toString(36).slice(2) + Date.now().toString(36);
   var writes = 0; // draft writes of this page awaiting their answer
   var remoteLater = null; // a revision heard of while a write was out, judged once it is back
+
+  // What the parts of the page (editing.js, panels.js, autosave.js, runs.js) share: this
+  // page's state and functions, read and written through here.
+  var ed = {
+    get MAX_HISTORY() { return MAX_HISTORY; },
+    set MAX_HISTORY(v) { MAX_HISTORY = v; },
+    get NEW_NODE_WIDTH() { return NEW_NODE_WIDTH; },
+    set NEW_NODE_WIDTH(v) { NEW_NODE_WIDTH = v; },
+    get actions() { return actions; },
+    set actions(v) { actions = v; },
+    get addEdge() { return addEdge; },
+    set addEdge(v) { addEdge = v; },
+    get addFromPalette() { return addFromPalette; },
+    get addStep() { return addStep; },
+    set addStep(v) { addStep = v; },
+    get addTrigger() { return addTrigger; },
+    set addTrigger(v) { addTrigger = v; },
+    get allEdges() { return allEdges; },
+    get allProblems() { return allProblems; },
+    set allProblems(v) { allProblems = v; },
+    get autoLayout() { return autoLayout; },
+    set autoLayout(v) { autoLayout = v; },
+    get autosave() { return autosave; },
+    set autosave(v) { autosave = v; },
+    get banner() { return banner; },
+    set banner(v) { banner = v; },
+    get busy() { return busy; },
+    get canEdit() { return canEdit; },
+    set canEdit(v) { canEdit = v; },
+    get canvas() { return canvas; },
+    set canvas(v) { canvas = v; },
+    get canvasPoint() { return canvasPoint; },
+    get centreOn() { return centreOn; },
+    get centrePoint() { return centrePoint; },
+    get cfg() { return cfg; },
+    set cfg(v) { cfg = v; },
+    get change() { return change; },
+    set change(v) { change = v; },
+    get clearConflict() { return clearConflict; },
+    set clearConflict(v) { clearConflict = v; },
+    get clientId() { return clientId; },
+    set clientId(v) { clientId = v; },
+    get conflict() { return conflict; },
+    set conflict(v) { conflict = v; },
+    get connect() { return connect; },
+    set connect(v) { connect = v; },
+    get connectionEl() { return connectionEl; },
+    get coveredBoxes() { return coveredBoxes; },
+    get decorate() { return decorate; },
+    get deleteSelection() { return deleteSelection; },
+    set deleteSelection(v) { deleteSelection = v; },
+    get deleteStep() { return deleteStep; },
+    set deleteStep(v) { deleteStep = v; },
+    get deleteTrigger() { return deleteTrigger; },
+    set deleteTrigger(v) { deleteTrigger = v; },
+    get df() { return df; },
+    set df(v) { df = v; },
+    get downAt() { return downAt; },
+    set downAt(v) { downAt = v; },
+    get draftRevision() { return draftRevision; },
+    set draftRevision(v) { draftRevision = v; },
+    get dragging() { return dragging; },
+    set dragging(v) { dragging = v; },
+    get editing() { return editing; },
+    set editing(v) { editing = v; },
+    get fitView() { return fitView; },
+    set fitView(v) { fitView = v; },
+    get flushPanel() { return flushPanel; },
+    get flushSave() { return flushSave; },
+    set flushSave(v) { flushSave = v; },
+    get follow() { return follow; },
+    set follow(v) { follow = v; },
+    get future() { return future; },
+    set future(v) { future = v; },
+    get indexById() { return indexById; },
+    get judgeRemote() { return judgeRemote; },
+    set judgeRemote(v) { judgeRemote = v; },
+    get knownRuns() { return knownRuns; },
+    set knownRuns(v) { knownRuns = v; },
+    get lastField() { return lastField; },
+    set lastField(v) { lastField = v; },
+    get lastStructure() { return lastStructure; },
+    set lastStructure(v) { lastStructure = v; },
+    get latestRuns() { return latestRuns; },
+    set latestRuns(v) { latestRuns = v; },
+    get layout() { return layout; },
+    get live() { return live; },
+    set live(v) { live = v; },
+    get markProblems() { return markProblems; },
+    get markRun() { return markRun; },
+    get minimap() { return minimap; },
+    set minimap(v) { minimap = v; },
+    get model() { return model; },
+    set model(v) { model = v; },
+    get moveNode() { return moveNode; },
+    get nodeBoxes() { return nodeBoxes; },
+    get nodeEl() { return nodeEl; },
+    get nodeMap() { return nodeMap; },
+    set nodeMap(v) { nodeMap = v; },
+    get nodeProblems() { return nodeProblems; },
+    set nodeProblems(v) { nodeProblems = v; },
+    get normalize() { return normalize; },
+    get notice() { return notice; },
+    get onConflict() { return onConflict; },
+    set onConflict(v) { onConflict = v; },
+    get openNode() { return openNode; },
+    set openNode(v) { openNode = v; },
+    get panels() { return panels; },
+    set panels(v) { panels = v; },
+    get past() { return past; },
+    set past(v) { past = v; },
+    get pendingBefore() { return pendingBefore; },
+    set pendingBefore(v) { pendingBefore = v; },
+    get pendingRefresh() { return pendingRefresh; },
+    set pendingRefresh(v) { pendingRefresh = v; },
+    get pendingRender() { return pendingRender; },
+    set pendingRender(v) { pendingRender = v; },
+    get placement() { return placement; },
+    get portsOf() { return portsOf; },
+    get redo() { return redo; },
+    set redo(v) { redo = v; },
+    get refreshNodes() { return refreshNodes; },
+    get refreshPanel() { return refreshPanel; },
+    set refreshPanel(v) { refreshPanel = v; },
+    get remoteLater() { return remoteLater; },
+    set remoteLater(v) { remoteLater = v; },
+    get removeEdge() { return removeEdge; },
+    set removeEdge(v) { removeEdge = v; },
+    get render() { return render; },
+    get renderRunList() { return renderRunList; },
+    set renderRunList(v) { renderRunList = v; },
+    get renderSoon() { return renderSoon; },
+    get rendering() { return rendering; },
+    set rendering(v) { rendering = v; },
+    get revision() { return revision; },
+    set revision(v) { revision = v; },
+    get root() { return root; },
+    set root(v) { root = v; },
+    get rootIndexes() { return rootIndexes; },
+    get runView() { return runView; },
+    set runView(v) { runView = v; },
+    get runs() { return runs; },
+    set runs(v) { runs = v; },
+    get saveIdle() { return saveIdle; },
+    set saveIdle(v) { saveIdle = v; },
+    get savedRevision() { return savedRevision; },
+    set savedRevision(v) { savedRevision = v; },
+    get saving() { return saving; },
+    set saving(v) { saving = v; },
+    get scheduleSave() { return scheduleSave; },
+    set scheduleSave(v) { scheduleSave = v; },
+    get search() { return search; },
+    set search(v) { search = v; },
+    get select() { return select; },
+    get selection() { return selection; },
+    set selection(v) { selection = v; },
+    get setStatus() { return setStatus; },
+    set setStatus(v) { setStatus = v; },
+    get showHelp() { return showHelp; },
+    set showHelp(v) { showHelp = v; },
+    get showNode() { return showNode; },
+    get showRun() { return showRun; },
+    set showRun(v) { showRun = v; },
+    get sidePanel() { return sidePanel; },
+    set sidePanel(v) { sidePanel = v; },
+    get sizeOf() { return sizeOf; },
+    get socket() { return socket; },
+    set socket(v) { socket = v; },
+    get status() { return status; },
+    set status(v) { status = v; },
+    get stepAt() { return stepAt; },
+    get stepHtml() { return stepHtml; },
+    get stepNode() { return stepNode; },
+    set stepNode(v) { stepNode = v; },
+    get structureKey() { return structureKey; },
+    get triggerHtml() { return triggerHtml; },
+    get triggerKindOf() { return triggerKindOf; },
+    set triggerKindOf(v) { triggerKindOf = v; },
+    get triggerNode() { return triggerNode; },
+    set triggerNode(v) { triggerNode = v; },
+    get triggerPosition() { return triggerPosition; },
+    get undo() { return undo; },
+    set undo(v) { undo = v; },
+    get updateHistoryButtons() { return updateHistoryButtons; },
+    set updateHistoryButtons(v) { updateHistoryButtons = v; },
+    get updateProblemsSummary() { return updateProblemsSummary; },
+    set updateProblemsSummary(v) { updateProblemsSummary = v; },
+    get viewBox() { return viewBox; },
+    get wantPanel() { return wantPanel; },
+    set wantPanel(v) { wantPanel = v; },
+    get writes() { return writes; },
+    set writes(v) { writes = v; },
+  };
 
   // --- small helpers ----------------------------------------------------------------------
   function normalize(raw) {
@@ -353,235 +550,20 @@ function start() {
   }
 
   // --- editing ------------------------------------------------------------------------------
-  // Every edit goes through change(): edits made while one user action is handled (Drawflow
-  // removing a node fires one event per wire, then one for the node) become one undo entry.
-  function change(mutate, opts) {
-    if (!canEdit) return false;
-    opts = opts || {};
-    var before = JSON.stringify(model);
-    mutate();
-    if (JSON.stringify(model) === before) return false;
-    revision++;
-    if (opts.render !== false) pendingRender = true;
-    // The open panel lists what its node can read (upstream steps): a change made on the
-    // canvas may change that; a change made by the panel's own form must not reload it.
-    if (opts.render !== false && !opts.fromForm) pendingRefresh = true;
-    if (pendingBefore === null) {
-      pendingBefore = before;
-      Promise.resolve().then(commit);
-    }
-    return true;
-  }
-
-  function commit() {
-    if (pendingBefore === null) return;
-    past.push(pendingBefore);
-    if (past.length > MAX_HISTORY) past.shift();
-    future = [];
-    pendingBefore = null;
-    if (pendingRender) render();
-    updateHistoryButtons();
-    scheduleSave();
-    var panel = sidePanel.querySelector(".panel");
-    if (pendingRefresh && panel && panel.id === "node-panel") wantPanel = true;
-    pendingRefresh = false;
-    flushPanel();
-  }
-
-  function replaceModel(next) {
-    model = normalize(next);
-    revision++;
-    if (selection) {
-      var list = selection.type === "step" ? model.steps : model.triggers;
-      if (selection.index >= list.length) selection = null;
-    }
-    render();
-    updateHistoryButtons();
-    scheduleSave();
-    refreshPanel();
-  }
-
-  function undo() {
-    commit();
-    if (!past.length) return;
-    future.push(JSON.stringify(model));
-    replaceModel(JSON.parse(past.pop()));
-  }
-
-  function redo() {
-    commit();
-    if (!future.length) return;
-    past.push(JSON.stringify(model));
-    replaceModel(JSON.parse(future.pop()));
-  }
-
-  function updateHistoryButtons() {
-    var u = root.querySelector('[data-action="undo"]');
-    var r = root.querySelector('[data-action="redo"]');
-    if (u) u.disabled = !past.length && pendingBefore === null;
-    if (r) r.disabled = !future.length;
-  }
-
-  function uniqueId(base) {
-    base = String(base).toLowerCase().replace(/[^a-z0-9_-]/g, "_").replace(/^[^a-z]+/, "") || "step";
-    var taken = indexById();
-    if (!(base in taken)) return base;
-    for (var n = 2; ; n++) {
-      if (!((base + "_" + n) in taken)) return base + "_" + n;
-    }
-  }
-
-  function addStep(kind, point) {
-    var id = uniqueId(kind);
-    change(function () {
-      model.steps.push({id: id, kind: kind, config: {},
-        position: {x: Math.round(point.x), y: Math.round(point.y)}});
-    });
-    select({type: "step", index: model.steps.length - 1});
-  }
-
-  function addTrigger(kind, point) {
-    var template = cfg.triggerKinds[kind] && cfg.triggerKinds[kind].template;
-    if (!template) return;
-    change(function () {
-      var trigger = clone(template);
-      trigger.position = {x: Math.round(point.x), y: Math.round(point.y)};
-      model.triggers.push(trigger);
-    });
-    select({type: "trigger", index: model.triggers.length - 1});
-  }
-
-  function addEdge(from, to, port) {
-    var ids = indexById();
-    var target = stepAt(ids[to]);
-    if (!target) return;
-    var exists = allEdges().some(function (e) { return e.from === from && e.to === to && e.port === port; });
-    if (exists) return;
-    if (port === "success") {
-      target.after = (Array.isArray(target.after) ? target.after : []).concat([from]);
-    } else {
-      if (!Array.isArray(model.edges)) model.edges = [];
-      model.edges.push({from: from, to: to, port: port});
-    }
-  }
-
-  function removeEdge(from, to, port) {
-    var ids = indexById();
-    var target = stepAt(ids[to]);
-    if (target && port === "success" && Array.isArray(target.after)) {
-      target.after = target.after.filter(function (a) { return a !== from; });
-      if (!target.after.length) delete target.after;
-    }
-    if (Array.isArray(model.edges)) {
-      model.edges = model.edges.filter(function (e) {
-        return !(isObj(e) && e.from === from && e.to === to && (e.port || "success") === port);
-      });
-      if (!model.edges.length) delete model.edges;
-    }
-  }
-
-  function deleteStep(index) {
-    var step = stepAt(index);
-    model.steps.splice(index, 1);
-    if (step) {
-      model.steps.forEach(function (s) {
-        if (isObj(s) && Array.isArray(s.after)) {
-          s.after = s.after.filter(function (a) { return a !== step.id; });
-          if (!s.after.length) delete s.after;
-        }
-      });
-      if (Array.isArray(model.edges)) {
-        model.edges = model.edges.filter(function (e) {
-          return !(isObj(e) && (e.from === step.id || e.to === step.id));
-        });
-        if (!model.edges.length) delete model.edges;
-      }
-    }
-    shiftSelection("step", index);
-  }
-
-  function deleteTrigger(index) {
-    model.triggers.splice(index, 1);
-    shiftSelection("trigger", index);
-  }
-
-  function shiftSelection(type, index) {
-    if (!selection || selection.type !== type) return;
-    if (selection.index === index) {
-      selection = null;
-      showHelp();
-    } else if (selection.index > index) {
-      selection.index -= 1;
-    }
-  }
-
-  function renameRefs(oldId, newId) {
-    model.steps.forEach(function (s) {
-      if (isObj(s) && Array.isArray(s.after)) {
-        s.after = s.after.map(function (a) { return a === oldId ? newId : a; });
-      }
-    });
-    (Array.isArray(model.edges) ? model.edges : []).forEach(function (e) {
-      if (!isObj(e)) return;
-      if (e.from === oldId) e.from = newId;
-      if (e.to === oldId) e.to = newId;
-    });
-  }
-
-  function autoLayout() {
-    var pos = layout();
-    change(function () {
-      model.steps.forEach(function (s, i) {
-        if (isObj(s) && pos[i]) s.position = {x: pos[i].x, y: pos[i].y};
-      });
-      model.triggers.forEach(function (t, i) {
-        if (isObj(t)) t.position = triggerPosition(i, pos);
-      });
-    });
-    Promise.resolve().then(function () { Promise.resolve().then(fitView); });
-  }
-
-  // Show every node: zoom out if needed (never in beyond 100%), then move the view so the
-  // top-left node sits near the corner.
-  function fitView() {
-    var nodes = df.drawflow.drawflow.Home.data;
-    var ids = Object.keys(nodes);
-    if (!ids.length) return;
-    var minX = Infinity, minY = Infinity, maxX = -Infinity, maxY = -Infinity;
-    ids.forEach(function (id) {
-      var n = nodes[id];
-      var el = nodeEl(id);
-      minX = Math.min(minX, n.pos_x);
-      minY = Math.min(minY, n.pos_y);
-      maxX = Math.max(maxX, n.pos_x + (el ? el.offsetWidth : 210) + 70);
-      maxY = Math.max(maxY, n.pos_y + (el ? el.offsetHeight : 100));
-    });
-    var w = canvas.clientWidth;
-    var h = canvas.clientHeight;
-    // Room at the top for the run banner.
-    var z = Math.max(df.zoom_min, Math.min(1, (w - 60) / (maxX - minX), (h - 90) / (maxY - minY)));
-    var cx = df.precanvas.clientWidth / 2;
-    var cy = df.precanvas.clientHeight / 2;
-    df.zoom = z;
-    df.zoom_last_value = z;
-    df.canvas_x = 30 - cx - (minX - cx) * z;
-    df.canvas_y = 60 - cy - (minY - cy) * z;
-    df.precanvas.style.transform = "translate(" + df.canvas_x + "px, " + df.canvas_y + "px) scale(" + z + ")";
-    var label = document.getElementById("zoom-level");
-    if (label) label.textContent = Math.round(z * 100) + "%";
-    if (minimap) minimap.update();
-  }
-
-  function deleteSelection() {
-    if (!canEdit) return;
-    if (df.connection_selected) {
-      df.removeConnection();
-    } else if (df.node_selected && document.contains(df.node_selected)) {
-      df.removeNodeId(df.node_selected.id);
-    } else {
-      notice("Select a node or an edge first.");
-    }
-  }
+  var editing = createEditing(ed);
+  var change = editing.change;
+  var undo = editing.undo;
+  var redo = editing.redo;
+  var updateHistoryButtons = editing.updateHistoryButtons;
+  var addStep = editing.addStep;
+  var addTrigger = editing.addTrigger;
+  var addEdge = editing.addEdge;
+  var removeEdge = editing.removeEdge;
+  var deleteStep = editing.deleteStep;
+  var deleteTrigger = editing.deleteTrigger;
+  var autoLayout = editing.autoLayout;
+  var fitView = editing.fitView;
+  var deleteSelection = editing.deleteSelection;
 
   // --- Drawflow ---------------------------------------------------------------------------
   var df = new Drawflow(canvas);
@@ -689,475 +671,23 @@ function start() {
   }
 
   // --- panels -----------------------------------------------------------------------------
-  var definitionPaths = ["step", "stepApply", "trigger", "triggerApply", "settings",
-    "settingsApply", "publish", "try"].map(function (k) { return cfg.urls[k]; });
-
-  var writePaths = ["publish", "try", "import"].map(function (k) { return cfg.urls[k]; });
-
-  function isDraftWrite(detail) {
-    var path = String((detail.requestConfig || detail).path || "").split("?")[0];
-    var verb = String((detail.requestConfig || detail).verb || "").toLowerCase();
-    return verb === "post" && (writePaths.indexOf(path) >= 0 || /\/versions\/\d+\/restore$/.test(path));
-  }
-
-  document.body.addEventListener("htmx:configRequest", function (e) {
-    var path = String(e.detail.path || "").split("?")[0];
-    if (e.detail.verb === "post" && definitionPaths.indexOf(path) >= 0) {
-      e.detail.parameters["definition"] = JSON.stringify(model);
-    }
-    // What a panel that writes the draft (publish, try, restore, import) is based on.
-    e.detail.headers["X-Draft-Revision"] = String(draftRevision);
-    e.detail.headers["X-Editor-Client"] = clientId;
-  });
-  document.body.addEventListener("htmx:beforeRequest", function (e) {
-    if (isDraftWrite(e.detail)) writes++;
-  });
-  document.body.addEventListener("htmx:afterRequest", function (e) {
-    if (!isDraftWrite(e.detail)) return;
-    writes = Math.max(0, writes - 1);
-    judgeRemote();
-  });
-  // A panel refused because the draft changed answers 409 with the panel saying so.
-  document.body.addEventListener("htmx:beforeSwap", function (e) {
-    if (e.detail.xhr && e.detail.xhr.status === 409) {
-      e.detail.shouldSwap = true;
-      e.detail.isError = false;
-    }
-  });
-  document.body.addEventListener("editor:conflict", function (e) {
-    var d = e.detail || {};
-    onConflict({revision: d.revision, by: d.saved_by, at: d.saved_at});
-  });
-  document.body.addEventListener("editor:draft", function (e) {
-    if (typeof e.detail.revision === "number") draftRevision = e.detail.revision;
-  });
-
-  // Publish, try, restore and import act on the stored draft: save what is pending first.
-  document.body.addEventListener("htmx:confirm", function (e) {
-    var elt = e.detail.elt;
-    if (!elt || !elt.closest || !elt.closest("[data-flush-first]") || saveIdle()) return;
-    e.preventDefault();
-    flushSave().then(function () { e.detail.issueRequest(false); });
-  });
-
-  // A config form posts what was typed after a pause; before its panel is replaced, what it
-  // still holds is sent and its answer applied (the answer's event must reach the page
-  // while the form is in it).
-  var formDirty = false;
-  var formBusy = 0;
-  var idleWaiters = [];
-
-  function isPanelForm(elt) {
-    return !!(elt && elt.matches && elt.matches("#node-form, #settings-form"));
-  }
-  ["input", "change"].forEach(function (type) {
-    sidePanel.addEventListener(type, function (e) {
-      if (e.target.closest && e.target.closest("#node-form, #settings-form")) formDirty = true;
-    });
-  });
-  document.body.addEventListener("htmx:beforeRequest", function (e) {
-    if (!isPanelForm(e.detail.elt)) return;
-    formDirty = false;
-    formBusy++;
-  });
-  document.body.addEventListener("htmx:afterRequest", function (e) {
-    if (!isPanelForm(e.detail.elt)) return;
-    formBusy = Math.max(0, formBusy - 1);
-    if (!formBusy) idleWaiters.splice(0).forEach(function (resolve) { resolve(); });
-  });
-
-  function settleForms() {
-    var form = sidePanel.querySelector("#node-form[hx-post], #settings-form[hx-post]");
-    if (form && formDirty) htmx.trigger(form, "change");
-    if (!formBusy) {
-      formDirty = false;
-      return Promise.resolve();
-    }
-    return new Promise(function (resolve) {
-      idleWaiters.push(resolve);
-      setTimeout(resolve, 5000); // never wait forever on a lost answer
-    });
-  }
-
-  function panelRequest(verb, url, values) {
-    return settleForms().then(function () {
-      return htmx.ajax(verb, url, {source: sidePanel, target: "#side-panel", swap: "innerHTML", values: values || {}});
-    });
-  }
-
-  function openNode() {
-    if (!selection) return showHelp();
-    if (selection.type === "step") {
-      var step = stepAt(selection.index);
-      if (runView && step) {
-        return panelRequest("GET", cfg.urls.runStep + runView.id + "/" + encodeURIComponent(step.id));
-      }
-      return panelRequest("POST", cfg.urls.step, {index: selection.index});
-    }
-    return panelRequest("POST", cfg.urls.trigger, {index: selection.index});
-  }
-
-  function openConfig() {
-    if (!selection) return showHelp();
-    return panelRequest("POST", selection.type === "step" ? cfg.urls.step : cfg.urls.trigger,
-      {index: selection.index});
-  }
-
-  function refreshPanel() {
-    var current = sidePanel.querySelector(".panel");
-    if (!current) return;
-    if (current.id === "node-panel") {
-      openNode();
-    } else if (current.id === "settings-panel") {
-      panelRequest("POST", cfg.urls.settings);
-    }
-  }
-
-  function showHelp() {
-    var panel = sidePanel.querySelector(".panel");
-    if (panel && panel.id === "help-panel") return;
-    settleForms().then(function () {
-      htmx.swap(sidePanel, helpHtml, {swapStyle: "innerHTML"});
-    });
-  }
-  var helpHtml = sidePanel.innerHTML;
-
-  function openPanel(name) {
-    selection = null;
-    decorate();
-    var verb = name === "settings" ? "POST" : "GET";
-    return panelRequest(verb, cfg.urls[name]);
-  }
-
-  root.querySelectorAll("[data-panel]").forEach(function (button) {
-    button.addEventListener("click", function () { openPanel(button.dataset.panel); });
-  });
-
-  document.body.addEventListener("editor:apply", function (e) {
-    var d = e.detail || {};
-    if (d.what === "step") {
-      var current = stepAt(d.index);
-      if (!current || current.id !== d.id) return; // the canvas moved on meanwhile
-      change(function () {
-        var next = clone(d.step);
-        // Position and wiring belong to the canvas, which may have changed meanwhile.
-        if (current.position) next.position = current.position; else delete next.position;
-        if (current.after) next.after = current.after; else delete next.after;
-        model.steps[d.index] = next;
-        if (d.renamed) renameRefs(d.renamed[0], d.renamed[1]);
-      }, {fromForm: true});
-    } else if (d.what === "trigger") {
-      if (d.index >= model.triggers.length) return;
-      change(function () {
-        var was = model.triggers[d.index];
-        var trigger = clone(d.trigger);
-        // Its place belongs to the canvas, which may have moved it meanwhile.
-        if (isObj(was) && was.position) trigger.position = was.position; else delete trigger.position;
-        model.triggers[d.index] = trigger;
-      }, {fromForm: true});
-    } else if (d.what === "workflow") {
-      change(function () {
-        Object.keys(d.settings || {}).forEach(function (key) {
-          var value = d.settings[key];
-          if (value === null || value === undefined) delete model[key];
-          else model[key] = value;
-        });
-      }, {render: false, fromForm: true});
-      var title = document.getElementById("editor-title");
-      if (title && model.name) title.textContent = model.name;
-    }
-  });
-
-  document.body.addEventListener("editor:reload", function (e) {
-    var d = e.detail || {};
-    commit();
-    past.push(JSON.stringify(model));
-    future = [];
-    selection = null;
-    model = normalize(d.definition);
-    revision++;
-    if (typeof d.draftRevision === "number") draftRevision = d.draftRevision;
-    clearConflict();
-    if (d.nodes) nodeProblems = d.nodes;
-    if (d.problems) allProblems = d.problems;
-    render();
-    updateHistoryButtons();
-    scheduleSave();
-    var title = document.getElementById("editor-title");
-    if (title && model.name) title.textContent = model.name;
-    if (d.message) notice(d.message, "ok");
-  });
-
-  document.body.addEventListener("editor:published", function (e) {
-    var label = document.getElementById("editor-version");
-    if (label) label.textContent = "live: v" + e.detail.version;
-    notice("Published v" + e.detail.version + ".", "ok");
-  });
-
-  document.body.addEventListener("editor:show-run", function (e) {
-    showRun(e.detail.run, e.detail.origin);
-  });
-
-  sidePanel.addEventListener("focusin", function (e) {
-    if (e.target.matches("input[type=text], textarea")) lastField = e.target;
-  });
-
-  sidePanel.addEventListener("click", function (e) {
-    var variable = e.target.closest(".var");
-    if (variable) return insertVariable(variable.dataset.insert);
-    var pick = e.target.closest(".run-pick");
-    if (pick) return showRun(Number(pick.dataset.run));
-    if (e.target.closest('[data-action="edit-node"]')) return openConfig();
-    var problem = e.target.closest("[data-problem-node]");
-    if (problem) return selectFromProblem(problem.dataset.problemNode);
-  });
-
-  sidePanel.addEventListener("change", function (e) {
-    if (e.target.id === "follow-runs") follow = e.target.checked;
-  });
-
-  function insertVariable(path) {
-    var field = lastField && document.contains(lastField) ? lastField : sidePanel.querySelector("#node-form textarea, #node-form input[type=text]");
-    if (!field || field.disabled) return notice("Click into a field first, then on a variable.");
-    var expression = !!field.closest(".field-expression");
-    var text = expression ? path : "{{ " + path + " }}";
-    var start = field.selectionStart == null ? field.value.length : field.selectionStart;
-    var end = field.selectionEnd == null ? start : field.selectionEnd;
-    field.value = field.value.slice(0, start) + text + field.value.slice(end);
-    field.focus();
-    field.setSelectionRange(start + text.length, start + text.length);
-    field.dispatchEvent(new Event("input", {bubbles: true}));
-  }
-
-  // --- problems ---------------------------------------------------------------------------
-  var problemsToggle = document.getElementById("problems-toggle");
-  var problemsList = document.getElementById("problems-list");
-
-  function updateProblemsSummary() {
-    var n = allProblems.length;
-    problemsToggle.dataset.count = n;
-    problemsToggle.textContent = n ? n + (n === 1 ? " problem" : " problems") : "No problems";
-    problemsList.innerHTML = n ? "<h3>The draft cannot be published yet</h3><ul>" + allProblems.map(function (p) {
-      var m = /^\/(steps|triggers)\/(\d+)/.exec(p.path);
-      var label = p.path;
-      if (m && m[1] === "steps" && stepAt(Number(m[2]))) label = "step " + stepAt(Number(m[2])).id + p.path.slice(m[0].length);
-      if (m && m[1] === "triggers") label = "trigger " + (Number(m[2]) + 1) + p.path.slice(m[0].length);
-      return "<li>" + (m ? '<button type="button" class="link" data-problem-node="' + m[1] + ":" + m[2] + '">' + esc(label) + "</button>" : "<code>" + esc(label) + "</code>") +
-        " " + esc(p.message) + "</li>";
-    }).join("") + "</ul>" : "<p>No problems: the draft can be published.</p>";
-  }
-
-  problemsToggle.addEventListener("click", function () {
-    problemsList.hidden = !problemsList.hidden;
-    problemsToggle.setAttribute("aria-expanded", String(!problemsList.hidden));
-  });
-  problemsList.addEventListener("click", function (e) {
-    var b = e.target.closest("[data-problem-node]");
-    if (b) selectFromProblem(b.dataset.problemNode);
-  });
-
-  function selectFromProblem(ref) {
-    var parts = ref.split(":");
-    select({type: parts[0] === "steps" ? "step" : "trigger", index: Number(parts[1])});
-  }
+  var panels = createPanels(ed);
+  var openNode = panels.openNode;
+  var refreshPanel = panels.refreshPanel;
+  var showHelp = panels.showHelp;
+  var updateProblemsSummary = panels.updateProblemsSummary;
 
   // --- autosave ---------------------------------------------------------------------------
-  var saveTimer = null;
   var saving = null;
-  var lastSaveFailed = false;
   var status = document.getElementById("save-status");
-
-  function setStatus(state, text) {
-    if (!status) return;
-    status.dataset.state = state;
-    status.textContent = text;
-  }
-
-  function saveIdle() {
-    return !canEdit || (!saveTimer && !saving && savedRevision === revision);
-  }
-
-  function scheduleSave() {
-    if (!canEdit) return;
-    if (conflict) return setStatus("conflict", "Not saved: " + whoOf(conflict) + " changed the draft");
-    setStatus("dirty", "Unsaved changes…");
-    clearTimeout(saveTimer);
-    saveTimer = setTimeout(saveNow, 500);
-  }
-
-  // `force` (only from the conflict banner's Overwrite) saves over someone else's revision.
-  function saveNow(force) {
-    force = force === true;
-    clearTimeout(saveTimer);
-    saveTimer = null;
-    if (saving) return saving;
-    // While the draft is someone else's newer revision, nothing is saved over it unasked.
-    if (conflict && !force) return Promise.resolve();
-    var rev = revision;
-    setStatus("saving", force ? "Overwriting…" : "Saving…");
-    writes++;
-    saving = fetch(cfg.urls.save, {
-      method: "POST",
-      credentials: "same-origin",
-      headers: {"Content-Type": "application/json", "X-CSRFToken": cfg.csrf},
-      body: JSON.stringify({definition: model, revision: rev, baseRevision: draftRevision,
-        force: force, client: clientId}),
-    }).then(function (response) {
-      return response.json().then(function (body) {
-        if (response.status === 409) {
-          var refused = new Error(body.detail || "changed by someone else");
-          refused.conflict = {revision: body.revision, by: body.saved_by, at: body.saved_at};
-          throw refused;
-        }
-        if (!response.ok) throw new Error(body.error || "HTTP " + response.status);
-        return body;
-      });
-    }).then(function (body) {
-      lastSaveFailed = false;
-      savedRevision = rev;
-      draftRevision = body.draftRevision;
-      if (force) {
-        var over = conflict;
-        clearConflict();
-        if (over) notice("Saved: your version replaced " + whoOf(over) + "'s.", "ok");
-      }
-      if (rev === revision) {
-        nodeProblems = body.nodes;
-        allProblems = body.problems;
-        decorate();
-        var time = new Date(body.savedAt).toLocaleTimeString();
-        setStatus("saved", "Draft saved " + time + (allProblems.length ? " · not publishable yet" : ""));
-      }
-    }).catch(function (err) {
-      lastSaveFailed = true;
-      // A conflict is for the person to settle: retrying would only be refused again.
-      if (err.conflict) return onConflict(err.conflict);
-      setStatus("error", "Not saved: " + err.message + " (trying again)");
-      saveTimer = setTimeout(saveNow, 3000);
-    }).then(function () {
-      saving = null;
-      writes--;
-      judgeRemote();
-      if (!lastSaveFailed && !conflict && savedRevision !== revision && !saveTimer) saveNow();
-    });
-    return saving;
-  }
-
-  function flushSave() {
-    if (conflict || saveIdle()) return Promise.resolve();
-    var pending = saving || saveNow();
-    return pending.then(function () {
-      return lastSaveFailed || conflict || saveIdle() ? null : flushSave();
-    });
-  }
-
-  // --- someone else saved the draft ---------------------------------------------------------
-  var conflictBanner = document.getElementById("conflict-banner");
-
-  function whoOf(info) {
-    return (info && info.by) || "Someone";
-  }
-
-  function clock(iso) {
-    var d = new Date(iso);
-    return isNaN(d.getTime()) ? "" : d.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", hourCycle: "h23"});
-  }
-
-  function onConflict(info) {
-    if (!canEdit) return;
-    if (conflict && info.revision < conflict.revision) return;
-    conflict = info;
-    clearTimeout(saveTimer);
-    saveTimer = null;
-    var at = clock(info.at);
-    document.getElementById("conflict-message").textContent = whoOf(info) + " changed this workflow" +
-      (at ? " at " + at : "") + ". Reload to see their version, or overwrite with yours.";
-    conflictBanner.dataset.revision = info.revision;
-    conflictBanner.hidden = false;
-    setStatus("conflict", saveIdle() ? whoOf(info) + " changed the draft" : "Not saved: " + whoOf(info) + " changed the draft");
-  }
-
-  function clearConflict() {
-    conflict = null;
-    if (conflictBanner) conflictBanner.hidden = true;
-  }
-
-  // A revision someone else saved (heard over the socket): the next save would be refused,
-  // so say so now. Never judged while a write of this page is out: it may be our own.
-  function onDraftFrame(frame) {
-    if (frame.client && frame.client === clientId) return;
-    if (!(frame.revision > draftRevision)) return;
-    if (writes > 0) {
-      remoteLater = frame;
-      return;
-    }
-    if (!canEdit) return reloadDraft();
-    onConflict({revision: frame.revision, by: frame.by, at: frame.at});
-  }
-
-  function judgeRemote() {
-    if (writes > 0 || !remoteLater) return;
-    var frame = remoteLater;
-    remoteLater = null;
-    onDraftFrame(frame);
-  }
-
-  // Reload: the stored draft replaces the canvas (an undo entry keeps the local version).
-  function reloadDraft() {
-    return (saving || Promise.resolve()).then(function () {
-      return fetch(cfg.urls.save, {credentials: "same-origin", headers: {Accept: "application/json"}});
-    }).then(function (response) {
-      if (!response.ok) throw new Error("HTTP " + response.status);
-      return response.json();
-    }).then(function (body) {
-      commit();
-      clearTimeout(saveTimer);
-      saveTimer = null;
-      if (canEdit) {
-        past.push(JSON.stringify(model));
-        if (past.length > MAX_HISTORY) past.shift();
-        future = [];
-      }
-      model = normalize(body.definition);
-      revision++;
-      savedRevision = revision;
-      draftRevision = body.revision;
-      lastSaveFailed = false;
-      clearConflict();
-      nodeProblems = body.nodes;
-      allProblems = body.problems;
-      if (selection) {
-        var list = selection.type === "step" ? model.steps : model.triggers;
-        if (selection.index >= list.length) selection = null;
-      }
-      render();
-      updateHistoryButtons();
-      refreshPanel();
-      var title = document.getElementById("editor-title");
-      if (title && model.name) title.textContent = model.name;
-      if (canEdit) {
-        setStatus("saved", "Draft saved" + (body.savedBy ? " by " + body.savedBy : "") + " " + clock(body.savedAt));
-      }
-    }).catch(function (err) {
-      notice("Could not load the draft: " + err.message);
-    });
-  }
-
-  if (conflictBanner) {
-    document.getElementById("conflict-reload").addEventListener("click", function () { reloadDraft(); });
-    document.getElementById("conflict-overwrite").addEventListener("click", function () {
-      commit();
-      (saving || Promise.resolve()).then(function () { saveNow(true); });
-    });
-  }
-
-  window.addEventListener("beforeunload", function (e) {
-    if (!saveIdle()) {
-      saveNow();
-      e.preventDefault();
-      e.returnValue = "";
-    }
-  });
+  var autosave = createAutosave(ed);
+  var setStatus = autosave.setStatus;
+  var saveIdle = autosave.saveIdle;
+  var scheduleSave = autosave.scheduleSave;
+  var flushSave = autosave.flushSave;
+  var onConflict = autosave.onConflict;
+  var clearConflict = autosave.clearConflict;
+  var judgeRemote = autosave.judgeRemote;
 
   // --- the palette: drag a kind onto the canvas ------------------------------------------
   function canvasPoint(clientX, clientY) {
@@ -1349,104 +879,13 @@ function start() {
 
   // --- runs on the canvas -----------------------------------------------------------------
   var socket = null;
-  var retries = 0;
   var follow = true;
   var live = document.getElementById("editor-live");
   var banner = document.getElementById("run-banner");
-
-  function setLive(state, text) {
-    live.dataset.state = state;
-    live.textContent = text;
-  }
-
-  function connect() {
-    var scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    socket = new WebSocket(scheme + "//" + location.host + "/ws/workflows/" + encodeURIComponent(cfg.slug) + "/editor/");
-    setLive("connecting", "connecting…");
-    socket.onopen = function () {
-      retries = 0;
-      setLive("open", "live");
-      // Saves made while the socket was away are heard of in the answer.
-      socket.send(JSON.stringify({draft: draftRevision}));
-      if (runView) socket.send(JSON.stringify({watch: runView.id}));
-    };
-    socket.onmessage = function (e) {
-      var frame = JSON.parse(e.data);
-      if (frame.type === "runs") onRuns(frame.runs);
-      else if (frame.type === "run") onRun(frame);
-      else if (frame.type === "draft") onDraftFrame(frame);
-    };
-    socket.onclose = function (e) {
-      if (e.code === 4401 || e.code === 4403) return setLive("closed", "not allowed");
-      setLive("closed", "reconnecting…");
-      setTimeout(connect, Math.min(10000, 500 * Math.pow(2, retries++)));
-    };
-  }
-
-  function onRuns(runs) {
-    latestRuns = runs;
-    var fresh = runs.filter(function (r) { return knownRuns && !knownRuns[r.id]; });
-    knownRuns = knownRuns || {};
-    runs.forEach(function (r) { knownRuns[r.id] = true; });
-    renderRunList();
-    var panelOpen = !!document.getElementById("runs-panel");
-    if (fresh.length && follow && panelOpen) showRun(fresh[0].id);
-  }
-
-  function renderRunList() {
-    var list = document.getElementById("editor-run-list");
-    if (!list || !latestRuns) return;
-    list.innerHTML = latestRuns.length ? latestRuns.map(function (r) {
-      return '<li><button type="button" class="run-pick' + (runView && runView.id === r.id ? " current" : "") +
-        '" data-run="' + r.id + '" data-status="' + esc(r.status) + '">#' + r.id +
-        ' <span class="status status-' + esc(r.status) + '">' + esc(r.status) + "</span>" +
-        ' <span class="muted small">' + (r.origin === "try" ? "try" : "v" + esc(r.version)) + "</span></button></li>";
-    }).join("") : '<li class="muted small empty">No runs yet. Send an event of a trigger\'s type, or use <em>Try it</em>.</li>';
-    var box = document.getElementById("follow-runs");
-    if (box) box.checked = follow;
-  }
-
-  function showRun(id) {
-    runView = {id: id, status: "queued", origin: "", steps: {}};
-    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({watch: id}));
-    root.classList.add("showing-run");
-    updateBanner();
-    decorate();
-    renderRunList();
-  }
-
-  function onRun(frame) {
-    if (!runView || frame.id !== runView.id) return;
-    runView = frame;
-    updateBanner();
-    decorate();
-    var panel = document.getElementById("run-step-panel");
-    if (panel && Number(panel.dataset.run) === frame.id) {
-      var st = frame.steps[panel.dataset.step];
-      var shown = document.getElementById("run-step-status");
-      if (st && (!shown || shown.textContent.trim() !== st.status)) openNode();
-    }
-  }
-
-  function clearRun() {
-    runView = null;
-    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({watch: null}));
-    root.classList.remove("showing-run");
-    banner.hidden = true;
-    decorate();
-    renderRunList();
-  }
-
-  function updateBanner() {
-    banner.hidden = false;
-    banner.dataset.status = runView.status;
-    banner.innerHTML = "Showing run <a href=\"/runs/" + runView.id + "/\">#" + runView.id + "</a>" +
-      (runView.origin === "try" ? " (a try of the draft)" : runView.version ? " of v" + esc(runView.version) : "") +
-      ': <span class="status status-' + esc(runView.status) + '" id="run-banner-status">' + esc(runView.status) + "</span>" +
-      (runView.error ? ' <span class="error small">' + esc(runView.error) + "</span>" : "") +
-      ' <button type="button" id="run-banner-close">Back to editing</button>';
-    document.getElementById("run-banner-close").addEventListener("click", clearRun);
-  }
+  var runs = createRuns(ed);
+  var connect = runs.connect;
+  var renderRunList = runs.renderRunList;
+  var showRun = runs.showRun;
 
   // --- start ------------------------------------------------------------------------------
   render();
