@@ -201,5 +201,5 @@ export function createAutosave(ed) {
   });
 
 
-  return {setStatus, saveIdle, scheduleSave, flushSave, onConflict, clearConflict, judgeRemote};
+  return {setStatus, saveIdle, scheduleSave, saveNow, flushSave, whoOf, clock, onConflict, clearConflict, onDraftFrame, judgeRemote, reloadDraft};
 }

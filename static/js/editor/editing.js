@@ -236,5 +236,5 @@ export function createEditing(ed) {
   }
 
 
-  return {change, undo, redo, updateHistoryButtons, addStep, addTrigger, addEdge, removeEdge, deleteStep, deleteTrigger, autoLayout, fitView, deleteSelection};
+  return {change, commit, replaceModel, undo, redo, updateHistoryButtons, uniqueId, addStep, addTrigger, addEdge, removeEdge, deleteStep, deleteTrigger, shiftSelection, renameRefs, autoLayout, fitView, deleteSelection};
 }

@@ -116,8 +116,14 @@ function start() {
     set change(v) { change = v; },
     get clearConflict() { return clearConflict; },
     set clearConflict(v) { clearConflict = v; },
+    get clearRun() { return clearRun; },
+    set clearRun(v) { clearRun = v; },
     get clientId() { return clientId; },
     set clientId(v) { clientId = v; },
+    get clock() { return clock; },
+    set clock(v) { clock = v; },
+    get commit() { return commit; },
+    set commit(v) { commit = v; },
     get conflict() { return conflict; },
     set conflict(v) { conflict = v; },
     get connect() { return connect; },
@@ -151,6 +157,12 @@ function start() {
     get future() { return future; },
     set future(v) { future = v; },
     get indexById() { return indexById; },
+    get insertVariable() { return insertVariable; },
+    set insertVariable(v) { insertVariable = v; },
+    get isDraftWrite() { return isDraftWrite; },
+    set isDraftWrite(v) { isDraftWrite = v; },
+    get isPanelForm() { return isPanelForm; },
+    set isPanelForm(v) { isPanelForm = v; },
     get judgeRemote() { return judgeRemote; },
     set judgeRemote(v) { judgeRemote = v; },
     get knownRuns() { return knownRuns; },
@@ -181,8 +193,20 @@ function start() {
     get notice() { return notice; },
     get onConflict() { return onConflict; },
     set onConflict(v) { onConflict = v; },
+    get onDraftFrame() { return onDraftFrame; },
+    set onDraftFrame(v) { onDraftFrame = v; },
+    get onRun() { return onRun; },
+    set onRun(v) { onRun = v; },
+    get onRuns() { return onRuns; },
+    set onRuns(v) { onRuns = v; },
+    get openConfig() { return openConfig; },
+    set openConfig(v) { openConfig = v; },
     get openNode() { return openNode; },
     set openNode(v) { openNode = v; },
+    get openPanel() { return openPanel; },
+    set openPanel(v) { openPanel = v; },
+    get panelRequest() { return panelRequest; },
+    set panelRequest(v) { panelRequest = v; },
     get panels() { return panels; },
     set panels(v) { panels = v; },
     get past() { return past; },
@@ -200,16 +224,22 @@ function start() {
     get refreshNodes() { return refreshNodes; },
     get refreshPanel() { return refreshPanel; },
     set refreshPanel(v) { refreshPanel = v; },
+    get reloadDraft() { return reloadDraft; },
+    set reloadDraft(v) { reloadDraft = v; },
     get remoteLater() { return remoteLater; },
     set remoteLater(v) { remoteLater = v; },
     get removeEdge() { return removeEdge; },
     set removeEdge(v) { removeEdge = v; },
+    get renameRefs() { return renameRefs; },
+    set renameRefs(v) { renameRefs = v; },
     get render() { return render; },
     get renderRunList() { return renderRunList; },
     set renderRunList(v) { renderRunList = v; },
     get renderSoon() { return renderSoon; },
     get rendering() { return rendering; },
     set rendering(v) { rendering = v; },
+    get replaceModel() { return replaceModel; },
+    set replaceModel(v) { replaceModel = v; },
     get revision() { return revision; },
     set revision(v) { revision = v; },
     get root() { return root; },
@@ -221,6 +251,8 @@ function start() {
     set runs(v) { runs = v; },
     get saveIdle() { return saveIdle; },
     set saveIdle(v) { saveIdle = v; },
+    get saveNow() { return saveNow; },
+    set saveNow(v) { saveNow = v; },
     get savedRevision() { return savedRevision; },
     set savedRevision(v) { savedRevision = v; },
     get saving() { return saving; },
@@ -230,10 +262,18 @@ function start() {
     get search() { return search; },
     set search(v) { search = v; },
     get select() { return select; },
+    get selectFromProblem() { return selectFromProblem; },
+    set selectFromProblem(v) { selectFromProblem = v; },
     get selection() { return selection; },
     set selection(v) { selection = v; },
+    get setLive() { return setLive; },
+    set setLive(v) { setLive = v; },
     get setStatus() { return setStatus; },
     set setStatus(v) { setStatus = v; },
+    get settleForms() { return settleForms; },
+    set settleForms(v) { settleForms = v; },
+    get shiftSelection() { return shiftSelection; },
+    set shiftSelection(v) { shiftSelection = v; },
     get showHelp() { return showHelp; },
     set showHelp(v) { showHelp = v; },
     get showNode() { return showNode; },
@@ -259,6 +299,10 @@ function start() {
     get triggerPosition() { return triggerPosition; },
     get undo() { return undo; },
     set undo(v) { undo = v; },
+    get uniqueId() { return uniqueId; },
+    set uniqueId(v) { uniqueId = v; },
+    get updateBanner() { return updateBanner; },
+    set updateBanner(v) { updateBanner = v; },
     get updateHistoryButtons() { return updateHistoryButtons; },
     set updateHistoryButtons(v) { updateHistoryButtons = v; },
     get updateProblemsSummary() { return updateProblemsSummary; },
@@ -266,6 +310,8 @@ function start() {
     get viewBox() { return viewBox; },
     get wantPanel() { return wantPanel; },
     set wantPanel(v) { wantPanel = v; },
+    get whoOf() { return whoOf; },
+    set whoOf(v) { whoOf = v; },
     get writes() { return writes; },
     set writes(v) { writes = v; },
   };
@@ -552,15 +598,20 @@ function start() {
   // --- editing ------------------------------------------------------------------------------
   var editing = createEditing(ed);
   var change = editing.change;
+  var commit = editing.commit;
+  var replaceModel = editing.replaceModel;
   var undo = editing.undo;
   var redo = editing.redo;
   var updateHistoryButtons = editing.updateHistoryButtons;
+  var uniqueId = editing.uniqueId;
   var addStep = editing.addStep;
   var addTrigger = editing.addTrigger;
   var addEdge = editing.addEdge;
   var removeEdge = editing.removeEdge;
   var deleteStep = editing.deleteStep;
   var deleteTrigger = editing.deleteTrigger;
+  var shiftSelection = editing.shiftSelection;
+  var renameRefs = editing.renameRefs;
   var autoLayout = editing.autoLayout;
   var fitView = editing.fitView;
   var deleteSelection = editing.deleteSelection;
@@ -672,10 +723,18 @@ function start() {
 
   // --- panels -----------------------------------------------------------------------------
   var panels = createPanels(ed);
+  var isDraftWrite = panels.isDraftWrite;
+  var isPanelForm = panels.isPanelForm;
+  var settleForms = panels.settleForms;
+  var panelRequest = panels.panelRequest;
   var openNode = panels.openNode;
+  var openConfig = panels.openConfig;
   var refreshPanel = panels.refreshPanel;
   var showHelp = panels.showHelp;
+  var openPanel = panels.openPanel;
+  var insertVariable = panels.insertVariable;
   var updateProblemsSummary = panels.updateProblemsSummary;
+  var selectFromProblem = panels.selectFromProblem;
 
   // --- autosave ---------------------------------------------------------------------------
   var saving = null;
@@ -684,10 +743,15 @@ function start() {
   var setStatus = autosave.setStatus;
   var saveIdle = autosave.saveIdle;
   var scheduleSave = autosave.scheduleSave;
+  var saveNow = autosave.saveNow;
   var flushSave = autosave.flushSave;
+  var whoOf = autosave.whoOf;
+  var clock = autosave.clock;
   var onConflict = autosave.onConflict;
   var clearConflict = autosave.clearConflict;
+  var onDraftFrame = autosave.onDraftFrame;
   var judgeRemote = autosave.judgeRemote;
+  var reloadDraft = autosave.reloadDraft;
 
   // --- the palette: drag a kind onto the canvas ------------------------------------------
   function canvasPoint(clientX, clientY) {
@@ -883,9 +947,14 @@ function start() {
   var live = document.getElementById("editor-live");
   var banner = document.getElementById("run-banner");
   var runs = createRuns(ed);
+  var setLive = runs.setLive;
   var connect = runs.connect;
+  var onRuns = runs.onRuns;
   var renderRunList = runs.renderRunList;
   var showRun = runs.showRun;
+  var onRun = runs.onRun;
+  var clearRun = runs.clearRun;
+  var updateBanner = runs.updateBanner;
 
   // --- start ------------------------------------------------------------------------------
   render();

@@ -278,5 +278,5 @@ export function createPanels(ed) {
   }
 
 
-  return {openNode, refreshPanel, showHelp, updateProblemsSummary};
+  return {isDraftWrite, isPanelForm, settleForms, panelRequest, openNode, openConfig, refreshPanel, showHelp, openPanel, insertVariable, updateProblemsSummary, selectFromProblem};
 }

@@ -102,5 +102,5 @@ export function createRuns(ed) {
   }
 
 
-  return {connect, renderRunList, showRun};
+  return {setLive, connect, onRuns, renderRunList, showRun, onRun, clearRun, updateBanner};
 }
