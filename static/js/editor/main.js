@@ -28,10 +28,12 @@
  * again with `force`). Viewers have nothing to lose: their canvas just follows the draft.
  */
 import {createAutosave} from "./autosave.js";
+import {createCanvas} from "./canvas.js";
 import {createEditing} from "./editing.js";
 import * as graph from "./graph.js";
 import {createMinimap} from "./minimap.js";
 import * as nodes from "./nodes.js";
+import {createPalette} from "./palette.js";
 import {createPanels} from "./panels.js";
 import {createRuns} from "./runs.js";
 import {freeSpot} from "./spots.js";
@@ -77,7 +79,7 @@ function start() {
   var writes = 0; // draft writes of this page awaiting their answer
   var remoteLater = null; // a revision heard of while a write was out, judged once it is back
 
-  // What the parts of the page (editing.js, panels.js, autosave.js, runs.js) share: this
+  // What the parts of the page (canvas.js, editing.js, panels.js, autosave.js, palette.js, runs.js) share: this
   // page's state and functions, read and written through here.
   var ed = {
     get MAX_HISTORY() { return MAX_HISTORY; },
@@ -89,6 +91,7 @@ function start() {
     get addEdge() { return addEdge; },
     set addEdge(v) { addEdge = v; },
     get addFromPalette() { return addFromPalette; },
+    set addFromPalette(v) { addFromPalette = v; },
     get addStep() { return addStep; },
     set addStep(v) { addStep = v; },
     get addTrigger() { return addTrigger; },
@@ -103,13 +106,17 @@ function start() {
     get banner() { return banner; },
     set banner(v) { banner = v; },
     get busy() { return busy; },
+    set busy(v) { busy = v; },
     get canEdit() { return canEdit; },
     set canEdit(v) { canEdit = v; },
     get canvas() { return canvas; },
     set canvas(v) { canvas = v; },
     get canvasPoint() { return canvasPoint; },
+    set canvasPoint(v) { canvasPoint = v; },
     get centreOn() { return centreOn; },
+    set centreOn(v) { centreOn = v; },
     get centrePoint() { return centrePoint; },
+    set centrePoint(v) { centrePoint = v; },
     get cfg() { return cfg; },
     set cfg(v) { cfg = v; },
     get change() { return change; },
@@ -129,8 +136,11 @@ function start() {
     get connect() { return connect; },
     set connect(v) { connect = v; },
     get connectionEl() { return connectionEl; },
+    set connectionEl(v) { connectionEl = v; },
     get coveredBoxes() { return coveredBoxes; },
+    set coveredBoxes(v) { coveredBoxes = v; },
     get decorate() { return decorate; },
+    set decorate(v) { decorate = v; },
     get deleteSelection() { return deleteSelection; },
     set deleteSelection(v) { deleteSelection = v; },
     get deleteStep() { return deleteStep; },
@@ -177,14 +187,19 @@ function start() {
     get live() { return live; },
     set live(v) { live = v; },
     get markProblems() { return markProblems; },
+    set markProblems(v) { markProblems = v; },
     get markRun() { return markRun; },
+    set markRun(v) { markRun = v; },
     get minimap() { return minimap; },
     set minimap(v) { minimap = v; },
     get model() { return model; },
     set model(v) { model = v; },
     get moveNode() { return moveNode; },
+    set moveNode(v) { moveNode = v; },
     get nodeBoxes() { return nodeBoxes; },
+    set nodeBoxes(v) { nodeBoxes = v; },
     get nodeEl() { return nodeEl; },
+    set nodeEl(v) { nodeEl = v; },
     get nodeMap() { return nodeMap; },
     set nodeMap(v) { nodeMap = v; },
     get nodeProblems() { return nodeProblems; },
@@ -205,6 +220,8 @@ function start() {
     set openNode(v) { openNode = v; },
     get openPanel() { return openPanel; },
     set openPanel(v) { openPanel = v; },
+    get palette() { return palette; },
+    set palette(v) { palette = v; },
     get panelRequest() { return panelRequest; },
     set panelRequest(v) { panelRequest = v; },
     get panels() { return panels; },
@@ -222,6 +239,7 @@ function start() {
     get redo() { return redo; },
     set redo(v) { redo = v; },
     get refreshNodes() { return refreshNodes; },
+    set refreshNodes(v) { refreshNodes = v; },
     get refreshPanel() { return refreshPanel; },
     set refreshPanel(v) { refreshPanel = v; },
     get reloadDraft() { return reloadDraft; },
@@ -233,9 +251,11 @@ function start() {
     get renameRefs() { return renameRefs; },
     set renameRefs(v) { renameRefs = v; },
     get render() { return render; },
+    set render(v) { render = v; },
     get renderRunList() { return renderRunList; },
     set renderRunList(v) { renderRunList = v; },
     get renderSoon() { return renderSoon; },
+    set renderSoon(v) { renderSoon = v; },
     get rendering() { return rendering; },
     set rendering(v) { rendering = v; },
     get replaceModel() { return replaceModel; },
@@ -259,8 +279,6 @@ function start() {
     set saving(v) { saving = v; },
     get scheduleSave() { return scheduleSave; },
     set scheduleSave(v) { scheduleSave = v; },
-    get search() { return search; },
-    set search(v) { search = v; },
     get select() { return select; },
     get selectFromProblem() { return selectFromProblem; },
     set selectFromProblem(v) { selectFromProblem = v; },
@@ -277,6 +295,7 @@ function start() {
     get showHelp() { return showHelp; },
     set showHelp(v) { showHelp = v; },
     get showNode() { return showNode; },
+    set showNode(v) { showNode = v; },
     get showRun() { return showRun; },
     set showRun(v) { showRun = v; },
     get sidePanel() { return sidePanel; },
@@ -288,12 +307,13 @@ function start() {
     set status(v) { status = v; },
     get stepAt() { return stepAt; },
     get stepHtml() { return stepHtml; },
+    set stepHtml(v) { stepHtml = v; },
     get stepNode() { return stepNode; },
     set stepNode(v) { stepNode = v; },
     get structureKey() { return structureKey; },
+    set structureKey(v) { structureKey = v; },
     get triggerHtml() { return triggerHtml; },
-    get triggerKindOf() { return triggerKindOf; },
-    set triggerKindOf(v) { triggerKindOf = v; },
+    set triggerHtml(v) { triggerHtml = v; },
     get triggerNode() { return triggerNode; },
     set triggerNode(v) { triggerNode = v; },
     get triggerPosition() { return triggerPosition; },
@@ -308,6 +328,7 @@ function start() {
     get updateProblemsSummary() { return updateProblemsSummary; },
     set updateProblemsSummary(v) { updateProblemsSummary = v; },
     get viewBox() { return viewBox; },
+    set viewBox(v) { viewBox = v; },
     get wantPanel() { return wantPanel; },
     set wantPanel(v) { wantPanel = v; },
     get whoOf() { return whoOf; },
@@ -360,240 +381,20 @@ function start() {
   }
 
   // --- drawing ------------------------------------------------------------------------------
-  function stepHtml(step) { return nodes.stepHtml(step, cfg.kinds); }
-  function triggerHtml(t) { return nodes.triggerHtml(t, cfg.triggerKinds); }
-  var triggerKindOf = nodes.triggerKindOf;
-
-  // What Drawflow's DOM depends on: which nodes, their ports and the wires between them.
-  function structureKey() {
-    var ids = indexById();
-    return JSON.stringify({
-      steps: model.steps.map(function (s, i) { return [isObj(s) ? s.id : null, portsOf(i)]; }),
-      edges: allEdges().map(function (e) { return [ids[e.from], ids[e.to], e.port]; }),
-      triggers: model.triggers.length,
-      roots: rootIndexes(),
-    });
-  }
-
-  function busy() {
-    return !!(df.drag || df.connection || df.drag_point || df.editor_selected || dragging);
-  }
-
-  // Redraw the canvas from the model. Not in the middle of a drag (that would pull the node
-  // or the wire from under the pointer): then once the mouse is released. When only what
-  // nodes say changed (a config edit), their content is updated in place.
-  function render() {
-    if (busy()) {
-      pendingRender = true;
-      return;
-    }
-    var key = structureKey();
-    if (key === lastStructure && canvas.querySelector(".drawflow-node")) {
-      pendingRender = false;
-      return refreshNodes();
-    }
-    lastStructure = key;
-    rendering = true;
-    pendingRender = false;
-    var data = {};
-    nodeMap = {};
-    stepNode = {};
-    triggerNode = {};
-    var next = 1;
-    var place = placement();
-    var positions = place.steps;
-    model.steps.forEach(function (s, i) {
-      var id = next++;
-      stepNode[i] = id;
-      nodeMap[id] = {type: "step", index: i};
-      var outputs = {};
-      portsOf(i).forEach(function (_p, k) { outputs["output_" + (k + 1)] = {connections: []}; });
-      data[id] = {
-        id: id, name: "step", data: {}, class: "sb-node sb-step kind-" + (isObj(s) ? String(s.kind).replace(/[^a-z0-9_-]/gi, "") : "x"),
-        html: isObj(s) ? stepHtml(s) : "(not a step)", typenode: false,
-        inputs: {input_1: {connections: []}}, outputs: outputs,
-        pos_x: positions[i].x, pos_y: positions[i].y,
-      };
-    });
-    var ids = indexById();
-    allEdges().forEach(function (e) {
-      var a = ids[e.from];
-      var b = ids[e.to];
-      if (a === undefined || b === undefined || a === b) return;
-      var k = portsOf(a).indexOf(e.port);
-      if (k < 0) return;
-      var out = "output_" + (k + 1);
-      var conns = data[stepNode[a]].outputs[out].connections;
-      if (conns.some(function (c) { return c.node === String(stepNode[b]); })) return;
-      conns.push({node: String(stepNode[b]), output: "input_1"});
-      data[stepNode[b]].inputs.input_1.connections.push({node: String(stepNode[a]), input: out});
-    });
-    var roots = rootIndexes();
-    model.triggers.forEach(function (t, i) {
-      var id = next++;
-      triggerNode[i] = id;
-      nodeMap[id] = {type: "trigger", index: i};
-      var pos = place.triggers[i];
-      data[id] = {
-        id: id, name: "trigger", data: {}, class: "sb-node sb-trigger trigger-" + triggerKindOf(t),
-        html: triggerHtml(t), typenode: false, inputs: {},
-        outputs: {output_1: {connections: roots.map(function (r) {
-          return {node: String(stepNode[r]), output: "input_1"};
-        })}},
-        pos_x: pos.x, pos_y: pos.y,
-      };
-      roots.forEach(function (r) {
-        data[stepNode[r]].inputs.input_1.connections.push({node: String(id), input: "output_1"});
-      });
-    });
-    df.import({drawflow: {Home: {data: data}}});
-    // Drawflow remembers the selected DOM node; after a redraw it must be the new one.
-    df.node_selected = null;
-    df.connection_selected = null;
-    decorate();
-    rendering = false;
-    var empty = document.getElementById("canvas-empty");
-    if (empty) empty.hidden = model.steps.length > 0 || model.triggers.length > 0;
-  }
-
-  // Drawflow fires its events in the middle of its own handlers: redraw once they are done.
-  function renderSoon() {
-    pendingRender = true;
-    Promise.resolve().then(function () {
-      if (pendingRender && pendingBefore === null) render();
-    });
-  }
-
-  function refreshNodes() {
-    var place = placement();
-    model.steps.forEach(function (s, i) {
-      var el = nodeEl(stepNode[i]);
-      if (!el || !isObj(s)) return;
-      el.querySelector(".drawflow_content_node").innerHTML = stepHtml(s);
-      moveNode(stepNode[i], place.steps[i]);
-    });
-    model.triggers.forEach(function (t, i) {
-      var el = nodeEl(triggerNode[i]);
-      if (!el) return;
-      el.querySelector(".drawflow_content_node").innerHTML = triggerHtml(t);
-      moveNode(triggerNode[i], place.triggers[i]);
-    });
-    decorate();
-  }
-
-  // A node whose place in the model changed (undo, redo, auto-layout, a reload) goes there.
-  function moveNode(id, pos) {
-    var node = df.drawflow.drawflow.Home.data[id];
-    var el = nodeEl(id);
-    if (!node || !el || !pos || (node.pos_x === pos.x && node.pos_y === pos.y)) return;
-    node.pos_x = pos.x;
-    node.pos_y = pos.y;
-    el.style.left = pos.x + "px";
-    el.style.top = pos.y + "px";
-    df.updateConnectionNodes("node-" + id);
-  }
-
-  function nodeEl(id) {
-    return document.getElementById("node-" + id);
-  }
-
-  function decorate() {
-    var stepProblems = (nodeProblems && nodeProblems.steps) || {};
-    var triggerProblems = (nodeProblems && nodeProblems.triggers) || {};
-    var edgeProblems = (nodeProblems && nodeProblems.edges) || {};
-    Object.keys(stepNode).forEach(function (i) {
-      var el = nodeEl(stepNode[i]);
-      var step = stepAt(Number(i));
-      if (!el) return;
-      el.dataset.step = step ? step.id : "";
-      el.dataset.index = i;
-      var ports = portsOf(Number(i));
-      nodes.labelPorts(el, ports);
-      var input = el.querySelector(".inputs .input");
-      if (input) input.title = "input";
-      markProblems(el, stepProblems[i]);
-      markRun(el, step);
-      el.classList.toggle("selected", !!selection && selection.type === "step" && selection.index === Number(i));
-      if (el.classList.contains("selected")) df.node_selected = el;
-    });
-    Object.keys(triggerNode).forEach(function (i) {
-      var el = nodeEl(triggerNode[i]);
-      if (!el) return;
-      el.dataset.trigger = i;
-      var out = el.querySelector(".outputs .output");
-      if (out) {
-        out.dataset.port = "start";
-        out.title = "starts every step without incoming edges";
-      }
-      markProblems(el, triggerProblems[i]);
-      el.dataset.runStatus = runView ? "fired" : "";
-      el.classList.toggle("selected", !!selection && selection.type === "trigger" && selection.index === Number(i));
-      if (el.classList.contains("selected")) df.node_selected = el;
-      canvas.querySelectorAll(".connection.node_out_node-" + triggerNode[i]).forEach(function (c) {
-        c.classList.add("sb-trigger-edge");
-      });
-    });
-    // Edges: problems, and the ports a shown run took.
-    var ids = indexById();
-    canvas.querySelectorAll(".connection").forEach(function (c) {
-      c.classList.remove("has-problem", "taken");
-    });
-    (Array.isArray(model.edges) ? model.edges : []).forEach(function (e, k) {
-      if (!edgeProblems[k] || !isObj(e)) return;
-      var c = connectionEl(ids[e.from], ids[e.to], e.port || "success");
-      if (c) c.classList.add("has-problem");
-    });
-    if (runView) {
-      model.steps.forEach(function (s, i) {
-        var st = isObj(s) && runView.steps[s.id];
-        if (!st || st.status !== "succeeded" || !st.port) return;
-        var k = portsOf(i).indexOf(st.port);
-        if (k < 0) return;
-        canvas.querySelectorAll(".connection.node_out_node-" + stepNode[i] + ".output_" + (k + 1))
-          .forEach(function (c) { c.classList.add("taken"); });
-      });
-    }
-    updateProblemsSummary();
-    if (minimap) minimap.update();
-  }
-
-  function connectionEl(a, b, port) {
-    if (a === undefined || b === undefined) return null;
-    var k = portsOf(a).indexOf(port);
-    if (k < 0) return null;
-    return canvas.querySelector(".connection.node_out_node-" + stepNode[a] + ".node_in_node-" +
-      stepNode[b] + ".output_" + (k + 1));
-  }
-
-  function markProblems(el, messages) {
-    var badge = el.querySelector(".sb-problems");
-    var has = !!(messages && messages.length);
-    el.classList.toggle("has-problems", has);
-    el.dataset.problems = has ? messages.length : 0;
-    if (badge) {
-      badge.hidden = !has;
-      badge.textContent = has ? "⚠ " + messages.length : "";
-      badge.title = has ? messages.join("\n") : "";
-    }
-  }
-
-  function markRun(el, step) {
-    var badge = el.querySelector(".sb-status");
-    if (!runView || !step) {
-      el.dataset.runStatus = "";
-      if (badge) badge.hidden = true;
-      return;
-    }
-    var st = runView.steps[step.id];
-    var finished = ["succeeded", "failed", "cancelled"].indexOf(runView.status) >= 0;
-    var status = st ? st.status : (finished ? "not-run" : "pending");
-    el.dataset.runStatus = status;
-    if (badge) {
-      badge.hidden = false;
-      badge.textContent = status + (st && st.attempt > 1 ? " #" + st.attempt : "");
-      badge.title = st && st.error ? st.error : "";
-    }
-  }
+  var canvas = createCanvas(ed);
+  var stepHtml = canvas.stepHtml;
+  var triggerHtml = canvas.triggerHtml;
+  var structureKey = canvas.structureKey;
+  var busy = canvas.busy;
+  var render = canvas.render;
+  var renderSoon = canvas.renderSoon;
+  var refreshNodes = canvas.refreshNodes;
+  var moveNode = canvas.moveNode;
+  var nodeEl = canvas.nodeEl;
+  var decorate = canvas.decorate;
+  var connectionEl = canvas.connectionEl;
+  var markProblems = canvas.markProblems;
+  var markRun = canvas.markRun;
 
   // --- editing ------------------------------------------------------------------------------
   var editing = createEditing(ed);
@@ -684,9 +485,10 @@ function start() {
 
   var minimap = createMinimap({
     wrap: root.querySelector(".canvas-wrap"),
-    nodeBoxes: nodeBoxes,
+    // (defined with the palette, below: looked up when the minimap draws)
+    nodeBoxes: function () { return nodeBoxes(); },
     viewBox: function () { return viewBox(0); },
-    centreOn: centreOn,
+    centreOn: function (point) { return centreOn(point); },
   });
   ["translate", "nodeMoved", "zoom"].forEach(function (name) { df.on(name, minimap.update); });
 
@@ -754,141 +556,16 @@ function start() {
   var reloadDraft = autosave.reloadDraft;
 
   // --- the palette: drag a kind onto the canvas ------------------------------------------
-  function canvasPoint(clientX, clientY) {
-    var rect = df.precanvas.getBoundingClientRect();
-    return {x: (clientX - rect.left) / df.zoom, y: (clientY - rect.top) / df.zoom};
-  }
-
-  // A new node goes where it was dropped, or as near as there is room: inside the part of
-  // the canvas in view, clear of every node and of what covers the canvas (spots.js).
-  function addFromPalette(item, point) {
-    var kind = item.dataset.paletteKind;
-    var ports = kind ? (cfg.kinds[kind] ? cfg.kinds[kind].ports.length : 2) : 1;
-    var size = {w: NEW_NODE_WIDTH, h: Math.max(96, 26 * ports + 30)};
-    var spot = freeSpot({x: point.x - 100, y: point.y - 30}, size, nodeBoxes(), coveredBoxes(), viewBox(8));
-    if (kind) addStep(kind, spot);
-    else addTrigger(item.dataset.paletteTrigger, spot);
-    Promise.resolve().then(function () { Promise.resolve().then(showNode); });
-  }
-
-  // The node just added, when it could only go outside the view: the view moves to it.
-  function showNode() {
-    var el = canvas.querySelector(".drawflow-node.selected");
-    if (!el) return;
-    var view = viewBox(0);
-    var x = parseFloat(el.style.left);
-    var y = parseFloat(el.style.top);
-    if (x + el.offsetWidth > view.x + view.w || y + el.offsetHeight > view.y + view.h) {
-      centreOn({x: x + el.offsetWidth / 2, y: y + el.offsetHeight / 2});
-    }
-  }
-
-  function centrePoint() {
-    var rect = canvas.getBoundingClientRect();
-    return canvasPoint(rect.left + rect.width / 2, rect.top + rect.height / 3);
-  }
-
-  // Boxes in canvas pixels: the nodes drawn, what covers the canvas, the part in view.
-  function nodeBoxes() {
-    var data = df.drawflow.drawflow.Home.data;
-    return Object.keys(data).map(function (id) {
-      var el = nodeEl(id);
-      var info = nodeMap[id];
-      var kind = info && info.type === "step" ? nodes.kindClass(stepAt(info.index))
-        : "trigger-" + triggerKindOf(info ? model.triggers[info.index] : null);
-      return {id: id, x: data[id].pos_x, y: data[id].pos_y, w: el ? el.offsetWidth : 210,
-        h: el ? el.offsetHeight : 96, kind: kind};
-    });
-  }
-
-  function coveredBoxes() {
-    var covers = ["#problems-list", "#run-banner", "#editor-minimap", "#editor-notice", "#conflict-banner"];
-    return covers.map(function (sel) { return document.querySelector(sel); })
-      .filter(function (el) { return el && !el.hidden && el.offsetWidth; })
-      .map(function (el) {
-        var r = el.getBoundingClientRect();
-        var a = canvasPoint(r.left, r.top);
-        var b = canvasPoint(r.right, r.bottom);
-        return {x: a.x, y: a.y, w: b.x - a.x, h: b.y - a.y};
-      });
-  }
-
-  function viewBox(inset) {
-    var r = canvas.getBoundingClientRect();
-    var a = canvasPoint(r.left + inset, r.top + inset);
-    var b = canvasPoint(r.right - inset, r.bottom - inset);
-    return {x: a.x, y: a.y, w: b.x - a.x, h: b.y - a.y};
-  }
-
-  // Move the view (not the zoom) so that `point` (canvas pixels) is in its middle.
-  function centreOn(point) {
-    var r = canvas.getBoundingClientRect();
-    var here = canvasPoint(r.left + r.width / 2, r.top + r.height / 2);
-    df.canvas_x -= (point.x - here.x) * df.zoom;
-    df.canvas_y -= (point.y - here.y) * df.zoom;
-    df.precanvas.style.transform = "translate(" + df.canvas_x + "px, " + df.canvas_y + "px) scale(" + df.zoom + ")";
-    if (minimap) minimap.update();
-  }
-
   var dragging = null;
-  root.querySelectorAll(".palette-item").forEach(function (item) {
-    item.addEventListener("mousedown", function (e) {
-      if (e.button !== 0) return;
-      e.preventDefault();
-      var ghost = item.cloneNode(true);
-      ghost.classList.add("palette-ghost");
-      ghost.style.left = e.clientX + "px";
-      ghost.style.top = e.clientY + "px";
-      document.body.appendChild(ghost);
-      dragging = {item: item, ghost: ghost};
-      root.classList.add("dragging-kind");
-    });
-    item.addEventListener("keydown", function (e) {
-      if (e.key === "Enter" || e.key === " ") {
-        e.preventDefault();
-        addFromPalette(item, centrePoint());
-      }
-    });
-  });
-  document.addEventListener("mousemove", function (e) {
-    if (!dragging) return;
-    dragging.ghost.style.left = e.clientX + "px";
-    dragging.ghost.style.top = e.clientY + "px";
-  });
-  // A redraw put off while something was being dragged happens once it is dropped.
-  document.addEventListener("mouseup", function () {
-    setTimeout(function () { if (pendingRender && pendingBefore === null) render(); }, 0);
-  });
-  document.addEventListener("mouseup", function (e) {
-    if (!dragging) return;
-    var drag = dragging;
-    dragging = null;
-    drag.ghost.remove();
-    root.classList.remove("dragging-kind");
-    var rect = canvas.getBoundingClientRect();
-    if (e.clientX >= rect.left && e.clientX <= rect.right && e.clientY >= rect.top && e.clientY <= rect.bottom) {
-      addFromPalette(drag.item, canvasPoint(e.clientX, e.clientY));
-    }
-  });
-
-  var search = document.getElementById("palette-search");
-  if (search) {
-    search.addEventListener("input", function () {
-      var terms = search.value.toLowerCase().split(/\s+/).filter(Boolean);
-      var shown = 0;
-      root.querySelectorAll(".palette-group").forEach(function (group) {
-        var visible = 0;
-        group.querySelectorAll(".palette-item").forEach(function (item) {
-          var hit = terms.every(function (t) { return item.dataset.search.indexOf(t) >= 0; });
-          item.hidden = !hit;
-          if (hit) visible++;
-        });
-        group.hidden = !visible;
-        shown += visible;
-      });
-      root.querySelector(".palette-empty").hidden = shown > 0;
-    });
-  }
+  var palette = createPalette(ed);
+  var canvasPoint = palette.canvasPoint;
+  var addFromPalette = palette.addFromPalette;
+  var showNode = palette.showNode;
+  var centrePoint = palette.centrePoint;
+  var nodeBoxes = palette.nodeBoxes;
+  var coveredBoxes = palette.coveredBoxes;
+  var viewBox = palette.viewBox;
+  var centreOn = palette.centreOn;
 
   // --- the toolbar and the keyboard -------------------------------------------------------
   var actions = {
