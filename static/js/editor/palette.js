@@ -2,6 +2,7 @@
 import {clone, esc, isObj, num} from "./util.js";
 import * as graph from "./graph.js";
 import * as nodes from "./nodes.js";
+import {freeSpot} from "./spots.js";
 
 export function createPalette(ed) {
   // --- the palette: drag a kind onto the canvas ------------------------------------------
