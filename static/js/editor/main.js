@@ -101,8 +101,6 @@ function start() {
     set allProblems(v) { allProblems = v; },
     get autoLayout() { return autoLayout; },
     set autoLayout(v) { autoLayout = v; },
-    get autosave() { return autosave; },
-    set autosave(v) { autosave = v; },
     get banner() { return banner; },
     set banner(v) { banner = v; },
     get busy() { return busy; },
@@ -155,8 +153,6 @@ function start() {
     set draftRevision(v) { draftRevision = v; },
     get dragging() { return dragging; },
     set dragging(v) { dragging = v; },
-    get editing() { return editing; },
-    set editing(v) { editing = v; },
     get fitView() { return fitView; },
     set fitView(v) { fitView = v; },
     get flushPanel() { return flushPanel; },
@@ -220,12 +216,8 @@ function start() {
     set openNode(v) { openNode = v; },
     get openPanel() { return openPanel; },
     set openPanel(v) { openPanel = v; },
-    get palette() { return palette; },
-    set palette(v) { palette = v; },
     get panelRequest() { return panelRequest; },
     set panelRequest(v) { panelRequest = v; },
-    get panels() { return panels; },
-    set panels(v) { panels = v; },
     get past() { return past; },
     set past(v) { past = v; },
     get pendingBefore() { return pendingBefore; },
@@ -267,8 +259,6 @@ function start() {
     get rootIndexes() { return rootIndexes; },
     get runView() { return runView; },
     set runView(v) { runView = v; },
-    get runs() { return runs; },
-    set runs(v) { runs = v; },
     get saveIdle() { return saveIdle; },
     set saveIdle(v) { saveIdle = v; },
     get saveNow() { return saveNow; },
@@ -381,41 +371,41 @@ function start() {
   }
 
   // --- drawing ------------------------------------------------------------------------------
-  var canvas = createCanvas(ed);
-  var stepHtml = canvas.stepHtml;
-  var triggerHtml = canvas.triggerHtml;
-  var structureKey = canvas.structureKey;
-  var busy = canvas.busy;
-  var render = canvas.render;
-  var renderSoon = canvas.renderSoon;
-  var refreshNodes = canvas.refreshNodes;
-  var moveNode = canvas.moveNode;
-  var nodeEl = canvas.nodeEl;
-  var decorate = canvas.decorate;
-  var connectionEl = canvas.connectionEl;
-  var markProblems = canvas.markProblems;
-  var markRun = canvas.markRun;
+  var canvasPart = createCanvas(ed);
+  var stepHtml = canvasPart.stepHtml;
+  var triggerHtml = canvasPart.triggerHtml;
+  var structureKey = canvasPart.structureKey;
+  var busy = canvasPart.busy;
+  var render = canvasPart.render;
+  var renderSoon = canvasPart.renderSoon;
+  var refreshNodes = canvasPart.refreshNodes;
+  var moveNode = canvasPart.moveNode;
+  var nodeEl = canvasPart.nodeEl;
+  var decorate = canvasPart.decorate;
+  var connectionEl = canvasPart.connectionEl;
+  var markProblems = canvasPart.markProblems;
+  var markRun = canvasPart.markRun;
 
   // --- editing ------------------------------------------------------------------------------
-  var editing = createEditing(ed);
-  var change = editing.change;
-  var commit = editing.commit;
-  var replaceModel = editing.replaceModel;
-  var undo = editing.undo;
-  var redo = editing.redo;
-  var updateHistoryButtons = editing.updateHistoryButtons;
-  var uniqueId = editing.uniqueId;
-  var addStep = editing.addStep;
-  var addTrigger = editing.addTrigger;
-  var addEdge = editing.addEdge;
-  var removeEdge = editing.removeEdge;
-  var deleteStep = editing.deleteStep;
-  var deleteTrigger = editing.deleteTrigger;
-  var shiftSelection = editing.shiftSelection;
-  var renameRefs = editing.renameRefs;
-  var autoLayout = editing.autoLayout;
-  var fitView = editing.fitView;
-  var deleteSelection = editing.deleteSelection;
+  var editingPart = createEditing(ed);
+  var change = editingPart.change;
+  var commit = editingPart.commit;
+  var replaceModel = editingPart.replaceModel;
+  var undo = editingPart.undo;
+  var redo = editingPart.redo;
+  var updateHistoryButtons = editingPart.updateHistoryButtons;
+  var uniqueId = editingPart.uniqueId;
+  var addStep = editingPart.addStep;
+  var addTrigger = editingPart.addTrigger;
+  var addEdge = editingPart.addEdge;
+  var removeEdge = editingPart.removeEdge;
+  var deleteStep = editingPart.deleteStep;
+  var deleteTrigger = editingPart.deleteTrigger;
+  var shiftSelection = editingPart.shiftSelection;
+  var renameRefs = editingPart.renameRefs;
+  var autoLayout = editingPart.autoLayout;
+  var fitView = editingPart.fitView;
+  var deleteSelection = editingPart.deleteSelection;
 
   // --- Drawflow ---------------------------------------------------------------------------
   var df = new Drawflow(canvas);
@@ -524,48 +514,48 @@ function start() {
   }
 
   // --- panels -----------------------------------------------------------------------------
-  var panels = createPanels(ed);
-  var isDraftWrite = panels.isDraftWrite;
-  var isPanelForm = panels.isPanelForm;
-  var settleForms = panels.settleForms;
-  var panelRequest = panels.panelRequest;
-  var openNode = panels.openNode;
-  var openConfig = panels.openConfig;
-  var refreshPanel = panels.refreshPanel;
-  var showHelp = panels.showHelp;
-  var openPanel = panels.openPanel;
-  var insertVariable = panels.insertVariable;
-  var updateProblemsSummary = panels.updateProblemsSummary;
-  var selectFromProblem = panels.selectFromProblem;
+  var panelsPart = createPanels(ed);
+  var isDraftWrite = panelsPart.isDraftWrite;
+  var isPanelForm = panelsPart.isPanelForm;
+  var settleForms = panelsPart.settleForms;
+  var panelRequest = panelsPart.panelRequest;
+  var openNode = panelsPart.openNode;
+  var openConfig = panelsPart.openConfig;
+  var refreshPanel = panelsPart.refreshPanel;
+  var showHelp = panelsPart.showHelp;
+  var openPanel = panelsPart.openPanel;
+  var insertVariable = panelsPart.insertVariable;
+  var updateProblemsSummary = panelsPart.updateProblemsSummary;
+  var selectFromProblem = panelsPart.selectFromProblem;
 
   // --- autosave ---------------------------------------------------------------------------
   var saving = null;
   var status = document.getElementById("save-status");
-  var autosave = createAutosave(ed);
-  var setStatus = autosave.setStatus;
-  var saveIdle = autosave.saveIdle;
-  var scheduleSave = autosave.scheduleSave;
-  var saveNow = autosave.saveNow;
-  var flushSave = autosave.flushSave;
-  var whoOf = autosave.whoOf;
-  var clock = autosave.clock;
-  var onConflict = autosave.onConflict;
-  var clearConflict = autosave.clearConflict;
-  var onDraftFrame = autosave.onDraftFrame;
-  var judgeRemote = autosave.judgeRemote;
-  var reloadDraft = autosave.reloadDraft;
+  var autosavePart = createAutosave(ed);
+  var setStatus = autosavePart.setStatus;
+  var saveIdle = autosavePart.saveIdle;
+  var scheduleSave = autosavePart.scheduleSave;
+  var saveNow = autosavePart.saveNow;
+  var flushSave = autosavePart.flushSave;
+  var whoOf = autosavePart.whoOf;
+  var clock = autosavePart.clock;
+  var onConflict = autosavePart.onConflict;
+  var clearConflict = autosavePart.clearConflict;
+  var onDraftFrame = autosavePart.onDraftFrame;
+  var judgeRemote = autosavePart.judgeRemote;
+  var reloadDraft = autosavePart.reloadDraft;
 
   // --- the palette: drag a kind onto the canvas ------------------------------------------
   var dragging = null;
-  var palette = createPalette(ed);
-  var canvasPoint = palette.canvasPoint;
-  var addFromPalette = palette.addFromPalette;
-  var showNode = palette.showNode;
-  var centrePoint = palette.centrePoint;
-  var nodeBoxes = palette.nodeBoxes;
-  var coveredBoxes = palette.coveredBoxes;
-  var viewBox = palette.viewBox;
-  var centreOn = palette.centreOn;
+  var palettePart = createPalette(ed);
+  var canvasPoint = palettePart.canvasPoint;
+  var addFromPalette = palettePart.addFromPalette;
+  var showNode = palettePart.showNode;
+  var centrePoint = palettePart.centrePoint;
+  var nodeBoxes = palettePart.nodeBoxes;
+  var coveredBoxes = palettePart.coveredBoxes;
+  var viewBox = palettePart.viewBox;
+  var centreOn = palettePart.centreOn;
 
   // --- the toolbar and the keyboard -------------------------------------------------------
   var actions = {
@@ -623,15 +613,15 @@ function start() {
   var follow = true;
   var live = document.getElementById("editor-live");
   var banner = document.getElementById("run-banner");
-  var runs = createRuns(ed);
-  var setLive = runs.setLive;
-  var connect = runs.connect;
-  var onRuns = runs.onRuns;
-  var renderRunList = runs.renderRunList;
-  var showRun = runs.showRun;
-  var onRun = runs.onRun;
-  var clearRun = runs.clearRun;
-  var updateBanner = runs.updateBanner;
+  var runsPart = createRuns(ed);
+  var setLive = runsPart.setLive;
+  var connect = runsPart.connect;
+  var onRuns = runsPart.onRuns;
+  var renderRunList = runsPart.renderRunList;
+  var showRun = runsPart.showRun;
+  var onRun = runsPart.onRun;
+  var clearRun = runsPart.clearRun;
+  var updateBanner = runsPart.updateBanner;
 
   // --- start ------------------------------------------------------------------------------
   render();
