@@ -82,6 +82,7 @@ function start() {
   // What the parts of the page (canvas.js, editing.js, panels.js, autosave.js, palette.js, runs.js) share: this
   // page's state and functions, read and written through here.
   var ed = {
+    triggerKindOf: nodes.triggerKindOf,
     get MAX_HISTORY() { return MAX_HISTORY; },
     set MAX_HISTORY(v) { MAX_HISTORY = v; },
     get NEW_NODE_WIDTH() { return NEW_NODE_WIDTH; },
