@@ -42,6 +42,7 @@ from .definitions import (
     schedule_event_type,
 )
 from .events import ingest_event
+from .preflight import preflight
 from .runs import advance_locked, journal
 
 __all__ = [
@@ -132,16 +133,18 @@ def check_draft(raw: Any) -> list[Problem]:
     The parser checks in rounds and stops after the first that finds something, so an
     empty trigger would hide a step's missing URL. For the canvas, each step whose own
     shape is fine is then also checked on its own (its config, expressions and templates),
-    so every node shows what is wrong with it at once."""
+    so every node shows what is wrong with it at once. Last come the problems every run
+    would hit although the definition is well formed (`preflight`): reads of missing steps,
+    addresses the outbound guard refuses."""
     try:
         parse_definition(raw)
     except InvalidDefinition as exc:
         problems = list(exc.problems)
     else:
-        return []
+        return preflight(raw)
     steps = raw.get("steps") if isinstance(raw, dict) else None
     if not isinstance(steps, list):
-        return problems
+        return problems + preflight(raw)
     flagged = {
         p.path.split("/")[2]
         for p in problems
@@ -159,7 +162,7 @@ def check_draft(raw: Any) -> list[Problem]:
                 for p in exc.problems
                 if p.path.startswith("/steps/0")
             ]
-    return problems
+    return problems + preflight(raw)
 
 
 def _unstorable(value: Any) -> bool:
@@ -440,16 +443,23 @@ def publish_draft(
 ) -> WorkflowVersion:
     """Publish the draft (after storing `raw` as the draft, when given).
 
-    Raises InvalidDefinition with every problem when the draft is not valid; the draft is
-    kept either way. Raises DraftConflict, publishing nothing, when `base_revision` is not
-    the stored revision, or when someone saves between storing `raw` and publishing it:
-    nobody publishes a draft they have not seen."""
+    Raises InvalidDefinition with every problem when the draft is not valid, or when
+    every run of it would fail (`preflight`); the draft is kept either way. Raises
+    DraftConflict, publishing nothing, when `base_revision` is not the stored revision, or
+    when someone saves between storing `raw` and publishing it: nobody publishes a draft
+    they have not seen."""
     if raw is not None:
         save_draft(workflow=workflow, raw=raw, by=by, base_revision=base_revision, client=client)
         base_revision = workflow.draft_revision
     with transaction.atomic():
         if base_revision is not None:
-            expect_revision(slug=workflow.slug, base_revision=base_revision)
+            current = expect_revision(slug=workflow.slug, base_revision=base_revision)
+        else:
+            current = Workflow.objects.get(pk=workflow.pk)
+        # (InvalidDefinition rolls this back; the draft stored above stays.)
+        # The format is checked by publish_workflow; what runs would trip over, here.
+        if preflight(current.draft):
+            raise InvalidDefinition(check_draft(current.draft))
         version = publish_workflow(
             slug=workflow.slug, note=(note or "")[:MAX_NOTE], published_by=by
         )
