@@ -166,8 +166,19 @@ class KafkaConnector(Connector):
             consumer.close()  # leaves the group at once: the partitions move on without waiting
 
 
+# Delivery errors that mean the broker was not reached in time.
+GONE = (
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+)
+
+
 @register_sink
 class KafkaSink(Sink):
+    """An idempotent producer per publish; see the module's docstring."""
+
     kind = "kafka"
     target_names = ("topic", "key")
     required_target = ("topic",)
@@ -199,7 +210,7 @@ class KafkaSink(Sink):
             producer.produce(
                 topic, value=message.body, key=key, headers=headers, on_delivery=on_delivery
             )
-            left = producer.flush(timeout)
+            left = producer.flush(timeout + 1)  # past message.timeout.ms: a report comes
         except (KafkaException, BufferError) as exc:
             raise unreachable("kafka", exc) from exc
         if left or "error" not in delivered:
@@ -210,6 +221,13 @@ class KafkaSink(Sink):
                 retryable=True,
             )
         error = delivered["error"]
+        if error is not None and error.code() in GONE:
+            raise SinkError(
+                f"kafka: could not publish: {error.str()}"
+                + (f" ({failures[-1]})" if failures else ""),
+                code="kafka.unreachable",
+                retryable=True,
+            )
         if error is not None:
             raise SinkError(
                 f"kafka: the message was not written: {error.str()}",
