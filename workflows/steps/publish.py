@@ -79,7 +79,10 @@ class Publish(StepKind):
         },
         "oneOf": [
             {"required": ["connection", "target"], "not": {"required": ["url"]}},
-            {"required": ["url"], "not": {"anyOf": [{"required": ["connection"]}, {"required": ["target"]}]}},
+            {
+                "required": ["url"],
+                "not": {"anyOf": [{"required": ["connection"]}, {"required": ["target"]}]},
+            },
         ],
     }
     # HTTP headers leave with the request and are never stored (as in http_request).

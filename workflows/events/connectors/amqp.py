@@ -137,7 +137,9 @@ class AmqpSink(Sink):
         exchange = str(target.get("exchange", ""))
         # The routing key defaults to the partition key (the natural key a Signalbox AMQP
         # source turns back into one), else the event type.
-        routing_key = str(target.get("routing_key") or message.key or message.attributes.get("type", ""))
+        routing_key = str(
+            target.get("routing_key") or message.key or message.attributes.get("type", "")
+        )
         headers = {f"cloudEvents_{name}": value for name, value in message.attributes.items()}
         properties = pika.BasicProperties(
             content_type=message.content_type or None,

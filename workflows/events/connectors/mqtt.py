@@ -244,7 +244,11 @@ class MqttSink(Sink):
                 if not published.wait(timeout) or "disconnect" in outcome:
                     raise ConnectionError(
                         f"no PUBACK within {timeout:g}s"
-                        + (f" (disconnected: {outcome['disconnect']})" if "disconnect" in outcome else "")
+                        + (
+                            f" (disconnected: {outcome['disconnect']})"
+                            if "disconnect" in outcome
+                            else ""
+                        )
                     )
                 puback = outcome.get("puback")
                 if puback is not None and puback.is_failure:

@@ -25,17 +25,26 @@ from .registry import register, register_sink
 from .sink import Outgoing, Sink, SinkError, unreachable
 
 
-def connect(config, *, timeout: float):
-    """A connection that does not reconnect by itself (the caller's back-off does)."""
+async def connect(config, *, timeout: float):
+    """A connection that does not reconnect by itself (the caller's back-off does). Bounded
+    by `timeout` as a whole: nats-py keeps retrying a refused first connection."""
     auth = {}
     if config.username:
         auth = {"user": config.username, "password": config.password}
-    return nats.connect(
-        config.url,
-        allow_reconnect=False,
-        connect_timeout=timeout,
-        max_reconnect_attempts=0,
-        **auth,
+
+    async def quiet(_error):  # reported by the caller, once, not logged on every try
+        pass
+
+    return await asyncio.wait_for(
+        nats.connect(
+            config.url,
+            allow_reconnect=False,
+            connect_timeout=timeout,
+            max_reconnect_attempts=0,
+            error_cb=quiet,
+            **auth,
+        ),
+        timeout,
     )
 
 
@@ -193,7 +202,7 @@ class NatsSink(Sink):
             raise SinkError(
                 f"nats: {type(exc).__name__}: {exc}", code="nats.refused", retryable=False
             ) from exc
-        except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
             raise unreachable("nats", exc) from exc
         finally:
             loop.close()

@@ -109,9 +109,7 @@ def encode(envelope: Envelope, *, mode: str) -> Outgoing:
         for name, value in _attributes(envelope).items()
         if name != "datacontenttype"
     }
-    return Outgoing(
-        envelope.id, _data_bytes(envelope), envelope.datacontenttype, attributes, key
-    )
+    return Outgoing(envelope.id, _data_bytes(envelope), envelope.datacontenttype, attributes, key)
 
 
 class Sink:
