@@ -344,10 +344,12 @@ def test_a_run_whose_broker_is_down_retries_then_fails_clearly(api):
     assert run["status"] == "failed"
     assert run["steps"][0]["attempt"] == 2
     assert "amqp: could not publish" in run["error"]
-    from workflows.models import DeadLetter
+    from workflows.models import DeadLetter, StepRun
 
+    attempts = StepRun.objects.filter(run_id=run["id"]).order_by("attempt")
+    assert [(a.error_code, a.retryable) for a in attempts] == [("amqp.unreachable", True)] * 2
     letter = DeadLetter.objects.get(run_id=run["id"])
-    assert letter.error_code == "amqp.unreachable"
+    assert letter.kind == "step" and letter.step_id == "out"
 
 
 @pytest.mark.django_db(transaction=True)
