@@ -33,10 +33,6 @@ from .sink import Outgoing, Sink, SinkError, unreachable
 
 log = logging.getLogger("signalbox.connectors")
 
-# librdkafka logs through this logger when one is given; its chatter at INFO is noise.
-LIBRDKAFKA_LOG = logging.getLogger("signalbox.connectors.librdkafka")
-LIBRDKAFKA_LOG.setLevel(logging.WARNING)
-
 
 def client_settings(config, *, timeout: float) -> dict:
     """librdkafka settings shared by the consumer and the producer: the bootstrap servers
@@ -47,7 +43,10 @@ def client_settings(config, *, timeout: float) -> dict:
         "bootstrap.servers": address.netloc.rsplit("@", 1)[-1],
         "client.id": f"signalbox-{config.name}",
         "socket.timeout.ms": int(timeout * 1000),
-        "logger": LIBRDKAFKA_LOG,
+        # librdkafka's own log (stderr), errors only. Not a Python `logger`: its callback
+        # takes the GIL from librdkafka's threads, and with several Python threads (the bus
+        # consumer's) a connector stalled for good without a word.
+        "log_level": 3,
     }
     tls = address.scheme == "kafkas"
     if config.username:
