@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from .base import Connector, InvalidConnection, Message
+from .base import Connector, InvalidConnection, Message, consumes
 from .registry import register, register_sink
 from .sink import Outgoing, Sink, SinkError, unreachable
 
@@ -79,6 +79,14 @@ class KafkaConnector(Connector):
     @classmethod
     def check_options(cls, options):
         options = super().check_options(options)
+        if consumes(options):
+            # Built and contract-tested (tests/test_connector_contract.py), but inside the bus
+            # consumer it once stalled the process after its connection was removed; until
+            # that is understood a Kafka connection only publishes.
+            raise InvalidConnection(
+                'Kafka connections are publish-only for now: set "consume": false '
+                "(see docs/connectors.md)"
+            )
         topics = options.get("topics", [])
         if not isinstance(topics, list) or not all(isinstance(t, str) and t for t in topics):
             raise InvalidConnection("topics is a list of topic names (^regex allowed)")
