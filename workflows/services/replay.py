@@ -36,7 +36,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from .. import engine, notify
+from .. import engine, notify, tracing
 from ..definition import Definition, InvalidDefinition, Step
 from ..models import (
     DeadLetter,
@@ -534,6 +534,7 @@ def replay_run(
             renew_idempotency_keys=renew_idempotency_keys,
         )
         base = None if renew_idempotency_keys else (original.idempotency_base or original.pk)
+        started_span = tracing.replay_run_span(original)  # a new trace, linked to the old
         run = Run.objects.create(
             workflow=original.workflow,
             version=plan.version,
@@ -545,7 +546,9 @@ def replay_run(
             idempotency_base=base,
             correlation_id=original.correlation_id,
             partition_key=original.partition_key,
+            traceparent=started_span.traceparent,
         )
+        started_span.end(run)
         now = timezone.now()
         journal(
             run,
@@ -682,6 +685,7 @@ def start_shadow_run(
 ) -> Run:
     """Run the original's event through `version`; side effects answered from recordings."""
     with transaction.atomic():
+        started_span = tracing.replay_run_span(original, origin="shadow")
         run = Run.objects.create(
             workflow=original.workflow,
             version=version,
@@ -692,7 +696,9 @@ def start_shadow_run(
             idempotency_base=original.idempotency_base or original.pk,
             correlation_id=original.correlation_id,
             partition_key=original.partition_key,
+            traceparent=started_span.traceparent,
         )
+        started_span.end(run)
         journal(
             run,
             "run.shadow_of",
