@@ -134,7 +134,7 @@ def test_the_command_adds_lists_and_removes_a_connection_with_its_health():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["x", "kafka", "kafka://127.0.0.1:9092"], "kind must be one of"),
+        (["x", "pulsar", "pulsar://127.0.0.1:6650"], "kind must be one of"),
         (["x", "amqp", "http://127.0.0.1"], "amqp URL looks like"),
         (["x", "amqp", "amqp://u:pw@127.0.0.1"], "must not hold a password"),
         (["x", "amqp", "amqp://127.0.0.1"], "needs the option 'queue'"),
