@@ -34,6 +34,7 @@ SLOW_FILES = [
     "tests/test_openapi.py",
     "tests/test_connections.py",
     "tests/test_connector_contract.py",
+    "tests/test_connector_sinks.py",
 ]
 PARTS = {
     "fast": ["-m", "not browser and not chaos", *(f"--ignore={f}" for f in SLOW_FILES)],

@@ -22,6 +22,9 @@ from workflows.services.tokens import create_api_token
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+# The kinds the bus consumer reads (Kafka is publish-only for now: docs/connectors.md).
+READ_KINDS = sorted(k for k in BROKERS if k != "kafka")
+
 
 def publish_workflow(api, slug: str, event: str) -> None:
     body = definition(log_step("note"), event=event)
@@ -29,7 +32,7 @@ def publish_workflow(api, slug: str, event: str) -> None:
     assert api.post(f"/api/v1/workflows/{slug}/publish").status_code == 201
 
 
-@pytest.mark.parametrize("kind", sorted(BROKERS))
+@pytest.mark.parametrize("kind", READ_KINDS)
 def test_a_message_published_to_the_broker_starts_a_run(api, kind):
     broker = BROKERS[kind]()
     try:
@@ -62,7 +65,7 @@ def test_a_message_published_to_the_broker_starts_a_run(api, kind):
         broker.cleanup()
 
 
-@pytest.mark.parametrize("kind", sorted(BROKERS))
+@pytest.mark.parametrize("kind", READ_KINDS)
 def test_runs_start_in_the_order_a_key_s_messages_were_published(api, kind):
     broker = BROKERS[kind]()
     name = f"order-{broker.uid}"
@@ -131,7 +134,7 @@ def test_the_command_adds_lists_and_removes_a_connection_with_its_health():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["x", "kafka", "kafka://127.0.0.1:9092"], "kind must be one of"),
+        (["x", "pulsar", "pulsar://127.0.0.1:6650"], "kind must be one of"),
         (["x", "amqp", "http://127.0.0.1"], "amqp URL looks like"),
         (["x", "amqp", "amqp://u:pw@127.0.0.1"], "must not hold a password"),
         (["x", "amqp", "amqp://127.0.0.1"], "needs the option 'queue'"),

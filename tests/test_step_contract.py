@@ -58,6 +58,7 @@ MINIMAL: dict[str, Row] = {
         outcome="wait",
     ),
     "sub_workflow": Row(lambda url: {"workflow": "child", "input": {"a": 1}}, outcome="wait"),
+    "publish": Row(lambda url: {"type": "com.example.order.shipped", "url": f"{url}/events"}),
     "for_each": Row(
         lambda url: {"items": "[1, 2]", "do": {"kind": "log", "config": {"message": "one"}}}
     ),
@@ -67,6 +68,11 @@ MINIMAL: dict[str, Row] = {
 def context(**overrides) -> StepContext:
     def emit(config: dict) -> dict:
         return {"id": 1, "ce_id": "sb-contract-0001", "type": config["type"], "duplicate": False}
+
+    def outgoing_event(config: dict):
+        from workflows.events.envelope import Envelope
+
+        return Envelope(id="sb-contract-0001", source="/signalbox/runs/7", type=config["type"])
 
     values = {
         "run_id": 7,
@@ -78,6 +84,7 @@ def context(**overrides) -> StepContext:
         "outbound_allow": ("127.0.0.1/32",),
         "run": {"id": 7, "workflow": "contract", "version": 1, "correlation_id": "e-1"},
         "emit": emit,
+        "outgoing_event": outgoing_event,
     }
     values.update(overrides)
     return StepContext(**values)

@@ -45,6 +45,7 @@ from ..steps import registry
 from ..steps.base import StepContext, StepError, StepKind, StepResult
 from .definitions import definition_for
 from .item_checkpoints import StepItemCheckpoints, inherited_runs
+from .publishing import event_for_step, sink_config
 from .replay import recorded_result, side_effecting
 from .runs import Continuation, lock_attempt, mark_started, record_result, write_result
 from .secrets import mask, secret_values
@@ -257,6 +258,8 @@ def build_context(
         secrets=secrets,
         run=run_data(run),
         emit=lambda config: emit_for_step(run=run, step_run=step_run, config=config),
+        outgoing_event=lambda config: event_for_step(run=run, step_run=step_run, config=config),
+        connection=lambda name: sink_config(name=name),
         checkpoints=StepItemCheckpoints(
             run_id=run.pk,
             step_id=step.id,

@@ -92,6 +92,11 @@ class StepContext:
     scope: Mapping[str, Any] = field(default_factory=dict)
     # Set by the services: publish a CloudEvent with this run as its cause.
     emit: Callable[[dict], dict] | None = None
+    # Set by the services for `publish`: the CloudEvent this attempt sends (an Envelope,
+    # raises InvalidEvent), and a broker connection by name (a ConnectionConfig, raises
+    # InvalidConnection).
+    outgoing_event: Callable[[dict], Any] | None = None
+    connection: Callable[[str], Any] | None = None
     # Set by the services: per-item checkpoints of this step in this run (for_each).
     checkpoints: ItemCheckpoints | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("signalbox.steps"))

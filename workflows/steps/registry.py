@@ -20,6 +20,7 @@ BUILTIN_MODULES = (
     "control",
     "waiting",
     "for_each",
+    "publish",
 )
 
 

@@ -49,6 +49,12 @@ class Message:
     token: Any = None  # what the connector needs to acknowledge it
 
 
+def consumes(options: dict[str, Any]) -> bool:
+    """Whether a connection is read as a source. `"consume": false` marks one that only
+    the `publish` step uses: no connector thread reads it."""
+    return options.get("consume", True) is not False
+
+
 class Connector:
     """One connection's client. Subclasses implement the five methods below and register
     themselves (`registry.register`). A connector is used by a single thread."""
@@ -64,12 +70,16 @@ class Connector:
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         """The options, checked; raises InvalidConnection. Extend for typed options."""
-        unknown = sorted(set(options) - set(cls.option_names))
+        known = (*cls.option_names, "consume")
+        unknown = sorted(set(options) - set(known))
         if unknown:
             raise InvalidConnection(
-                f"unknown option {unknown[0]!r} for {cls.kind} "
-                f"(known: {', '.join(cls.option_names) or 'none'})"
+                f"unknown option {unknown[0]!r} for {cls.kind} (known: {', '.join(known)})"
             )
+        if not isinstance(options.get("consume", True), bool):
+            raise InvalidConnection("consume is true or false")
+        if not consumes(options):  # publish only: the source's options are not needed
+            return options
         missing = [name for name in cls.required_options if not options.get(name)]
         if missing:
             raise InvalidConnection(f"{cls.kind} needs the option {missing[0]!r}")

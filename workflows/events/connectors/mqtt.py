@@ -21,8 +21,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .base import Connector, InvalidConnection, Message
-from .registry import register
+from .base import Connector, InvalidConnection, Message, consumes
+from .registry import register, register_sink
+from .sink import Outgoing, Sink, SinkError, unreachable
 
 PROTOCOLS = {"3.1.1": mqtt.MQTTv311, "5": mqtt.MQTTv5}
 SESSION_EXPIRY_SECONDS = 7 * 24 * 3600  # MQTT 5: keep the session (and its queue) a week
@@ -38,8 +39,10 @@ class MqttConnector(Connector):
     @classmethod
     def check_options(cls, options):
         options = super().check_options(options)
-        topics = options["topics"]
-        if not isinstance(topics, list) or not all(isinstance(t, str) and t for t in topics):
+        topics = options.get("topics", [])
+        if consumes(options) and (
+            not isinstance(topics, list) or not all(isinstance(t, str) and t for t in topics)
+        ):
             raise InvalidConnection("topics is a list of topic filters (+ and # allowed)")
         if str(options.get("protocol", "5")) not in PROTOCOLS:
             raise InvalidConnection("protocol is 3.1.1 or 5")
@@ -149,3 +152,116 @@ class MqttConnector(Connector):
             client.disconnect()
         finally:
             client.loop_stop()
+
+
+@register_sink
+class MqttSink(Sink):
+    """Publishes with QoS 1 (or 0 when asked) and waits for the PUBACK. MQTT 5 sends binary
+    mode (attributes as user properties, the Content Type property as `datacontenttype`) or
+    structured mode; MQTT 3.1.1 has no properties, so structured mode only (MQTT binding
+    1.0.2). MQTT has no message id a broker dedupes on: a retried step may deliver twice,
+    and a consumer dedupes on the CloudEvent id (a Signalbox source does)."""
+
+    kind = "mqtt"
+    target_names = ("topic", "qos", "retain")
+    required_target = ("topic",)
+
+    @classmethod
+    def check_target(cls, target, *, mode):
+        target = super().check_target(target, mode=mode)
+        topic = str(target["topic"])
+        if "+" in topic or "#" in topic:
+            raise InvalidConnection("target.topic is a topic name: wildcards only subscribe")
+        if target.get("qos", 1) not in (0, 1):
+            raise InvalidConnection("target.qos is 1 (at least once, the default) or 0")
+        if not isinstance(target.get("retain", False), bool):
+            raise InvalidConnection("target.retain is true or false")
+        return target
+
+    def publish(self, message: Outgoing, target, *, timeout: float) -> dict:
+        version = PROTOCOLS[str(self.config.options.get("protocol", "5"))]
+        if version != mqtt.MQTTv5 and message.attributes:
+            raise SinkError(
+                "mqtt: MQTT 3.1.1 carries CloudEvents in structured mode only "
+                '(set "mode": "structured" on the step)',
+                code="mqtt.mode",
+                retryable=False,
+            )
+        topic, qos = str(target["topic"]), target.get("qos", 1)
+        address = urlsplit(self.config.url)
+        connected, published = threading.Event(), threading.Event()
+        outcome: dict = {}
+
+        def on_connect(_client, _userdata, _flags, reason_code, _properties):
+            outcome["connect"] = reason_code
+            connected.set()
+
+        def on_disconnect(_client, _userdata, _flags, reason_code, _properties):
+            outcome.setdefault("disconnect", reason_code)
+            connected.set()
+            published.set()
+
+        def on_publish(_client, _userdata, _mid, reason_code, _properties):
+            outcome["puback"] = reason_code
+            published.set()
+
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"signalbox-pub-{message.id}"[:64],
+            protocol=version,
+            reconnect_on_failure=False,
+        )
+        if self.config.username:
+            client.username_pw_set(self.config.username, self.config.password or None)
+        client.on_connect, client.on_disconnect = on_connect, on_disconnect
+        client.on_publish = on_publish
+        properties = None
+        if version == mqtt.MQTTv5:
+            properties = Properties(PacketTypes.PUBLISH)
+            if message.content_type:
+                properties.ContentType = message.content_type
+            for name, value in message.attributes.items():
+                properties.UserProperty = (name, value)
+        try:
+            client.connect(address.hostname, address.port or 1883, keepalive=30)
+            client.loop_start()
+            try:
+                if not connected.wait(timeout) or "connect" not in outcome:
+                    raise ConnectionError("the MQTT broker did not answer CONNECT")
+                if outcome["connect"].is_failure:
+                    raise SinkError(
+                        f"mqtt: the broker refused the connection: {outcome['connect']}",
+                        code="mqtt.refused",
+                        retryable=False,
+                    )
+                info = client.publish(
+                    topic,
+                    message.body,
+                    qos=qos,
+                    retain=target.get("retain", False),
+                    properties=properties,
+                )
+                if not published.wait(timeout) or "disconnect" in outcome:
+                    raise ConnectionError(
+                        f"no PUBACK within {timeout:g}s"
+                        + (
+                            f" (disconnected: {outcome['disconnect']})"
+                            if "disconnect" in outcome
+                            else ""
+                        )
+                    )
+                puback = outcome.get("puback")
+                if puback is not None and puback.is_failure:
+                    raise SinkError(
+                        f"mqtt: the broker refused the message: {puback}",
+                        code="mqtt.refused",
+                        retryable=False,
+                    )
+            finally:
+                client.disconnect()
+                client.loop_stop()
+        except SinkError:
+            raise
+        except (OSError, ConnectionError, ValueError) as exc:
+            raise unreachable("mqtt", exc) from exc
+        return {"topic": topic, "qos": qos, "mid": info.mid}

@@ -18,10 +18,34 @@ import asyncio
 
 import nats
 from nats.js import api
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from .base import Connector, InvalidConnection, Message
-from .registry import register
+from .registry import register, register_sink
+from .sink import Outgoing, Sink, SinkError, unreachable
+
+
+async def connect(config, *, timeout: float):
+    """A connection that does not reconnect by itself (the caller's back-off does). Bounded
+    by `timeout` as a whole: nats-py keeps retrying a refused first connection."""
+    auth = {}
+    if config.username:
+        auth = {"user": config.username, "password": config.password}
+
+    async def quiet(_error):  # reported by the caller, once, not logged on every try
+        pass
+
+    return await asyncio.wait_for(
+        nats.connect(
+            config.url,
+            allow_reconnect=False,
+            connect_timeout=timeout,
+            max_reconnect_attempts=0,
+            error_cb=quiet,
+            **auth,
+        ),
+        timeout,
+    )
 
 
 @register
@@ -49,18 +73,7 @@ class NatsJetStreamConnector(Connector):
         options = self.config.options
         self.loop = asyncio.new_event_loop()
         self.stream = options["stream"]
-        auth = {}
-        if self.config.username:
-            auth = {"user": self.config.username, "password": self.config.password}
-        self.nc = self._run(
-            nats.connect(
-                self.config.url,
-                allow_reconnect=False,  # the connector's own back-off reconnects
-                connect_timeout=3,
-                max_reconnect_attempts=0,
-                **auth,
-            )
-        )
+        self.nc = self._run(connect(self.config, timeout=3))
         js = self.nc.jetstream()
         subjects = options.get("subjects", [])
         if subjects:  # create the stream when it does not exist yet
@@ -125,3 +138,72 @@ class NatsJetStreamConnector(Connector):
         finally:
             if getattr(self, "loop", None) is not None:
                 self.loop.close()
+
+
+@register_sink
+class NatsSink(Sink):
+    """Core NATS by default: the message goes to the subject's current subscribers, and the
+    step succeeds once the server has it (a flush), which is at most once for a subscriber
+    that is not listening. `"jetstream": true` publishes to the stream holding the subject
+    and waits for its PubAck, with the CloudEvent id as `Nats-Msg-Id`, so the stream stores
+    a retried step's message once within its duplicate window (2 minutes by default).
+    Binary mode puts the attributes in `ce-` headers (NATS binding 1.0.1)."""
+
+    kind = "nats"
+    target_names = ("subject", "jetstream")
+    required_target = ("subject",)
+
+    @classmethod
+    def check_target(cls, target, *, mode):
+        target = super().check_target(target, mode=mode)
+        if not isinstance(target.get("jetstream", False), bool):
+            raise InvalidConnection("target.jetstream is true or false")
+        return target
+
+    def publish(self, message: Outgoing, target, *, timeout: float) -> dict:
+        subject = str(target["subject"])
+        headers = {f"ce-{name}": value for name, value in message.attributes.items()}
+        if message.content_type:
+            headers["content-type"] = message.content_type
+        jetstream = target.get("jetstream", False)
+
+        async def send() -> dict:
+            nc = await connect(self.config, timeout=timeout)
+            try:
+                if jetstream:
+                    headers["Nats-Msg-Id"] = message.id
+                    ack = await nc.jetstream().publish(
+                        subject, message.body, timeout=timeout, headers=headers
+                    )
+                    return {"stream": ack.stream, "seq": ack.seq, "duplicate": bool(ack.duplicate)}
+                await nc.publish(subject, message.body, headers=headers or None)
+                await nc.flush(timeout=timeout)
+                return {}
+            finally:
+                if not nc.is_closed:
+                    await nc.close()
+
+        loop = asyncio.new_event_loop()
+        try:
+            receipt = loop.run_until_complete(send())
+        except (NoStreamResponseError, nats.errors.NoRespondersError) as exc:
+            raise SinkError(
+                f"nats: no JetStream stream holds subject {subject!r}",
+                code="nats.no_stream",
+                retryable=False,
+            ) from exc
+        except nats.js.errors.APIError as exc:
+            raise SinkError(
+                f"nats: JetStream refused the message: {exc}",
+                code=f"nats.jetstream.{exc.code or 'error'}",
+                retryable=(exc.code or 500) >= 500,
+            ) from exc
+        except (nats.errors.BadSubjectError, nats.errors.MaxPayloadError) as exc:
+            raise SinkError(
+                f"nats: {type(exc).__name__}: {exc}", code="nats.refused", retryable=False
+            ) from exc
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            raise unreachable("nats", exc) from exc
+        finally:
+            loop.close()
+        return {"subject": subject, **receipt}

@@ -18,7 +18,7 @@ from django.db import connections
 
 from ...redis_client import client as redis_client
 from ...redis_client import key as redis_key
-from .base import Backoff, ConnectionConfig
+from .base import Backoff, ConnectionConfig, consumes
 from .intake import DATABASE_DOWN, ingest_batch
 from .registry import get
 
@@ -156,7 +156,7 @@ class ConnectorSupervisor(threading.Thread):
     def sync(self) -> None:
         from ...services.connections import enabled_configs
 
-        wanted = {config.name: config for config in enabled_configs()}
+        wanted = {c.name: c for c in enabled_configs() if consumes(c.options)}
         for name, thread in list(self.threads.items()):
             config = wanted.get(name)
             if (

@@ -1,0 +1,244 @@
+"""Apache Kafka source and sink (confluent-kafka, the librdkafka client).
+
+Source: a consumer group reading `topics`, auto-commit off; offsets are committed (one
+synchronous commit per batch, per partition the next offset) only after the events are
+stored, so a crash between the commit and the offset commit makes the group read them
+again, and dedupe on (source, id) stores nothing new.
+
+Sink: an idempotent producer (`enable.idempotence`, `acks=all`): librdkafka's own retries
+within one publish are written once per partition; the step succeeds on the delivery
+report. A retried *step* is a new producer, so the broker may hold the message twice: the
+CloudEvent id is the same, and a consumer that dedupes on it (a Signalbox source does)
+sees one event.
+
+CloudEvents Kafka binding 1.0.2: binary mode with the attributes in `ce_` headers and the
+`content-type` header as `datacontenttype`; structured mode when the content type is
+`application/cloudevents+json`. The message key is the partition key both ways (a sink
+sends the event's `partitionkey` as the key, so one key stays in one partition and keeps
+its order); a keyless message read by the source is keyed by `<topic>/<partition>`, the
+order Kafka itself keeps. `<topic>/<partition>/<offset>` is the id of an event that names
+none.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from .base import Connector, InvalidConnection, Message, consumes
+from .registry import register, register_sink
+from .sink import Outgoing, Sink, SinkError, unreachable
+
+log = logging.getLogger("signalbox.connectors")
+
+
+def client_settings(config, *, timeout: float) -> dict:
+    """librdkafka settings shared by the consumer and the producer: the bootstrap servers
+    from `kafka://host:port[,host:port]` (`kafkas://` for TLS), SASL PLAIN when a username
+    is set."""
+    address = urlsplit(config.url)
+    settings = {
+        "bootstrap.servers": address.netloc.rsplit("@", 1)[-1],
+        "client.id": f"signalbox-{config.name}",
+        "socket.timeout.ms": int(timeout * 1000),
+        # librdkafka's own log (stderr), errors only. Not a Python `logger`: its callback
+        # takes the GIL from librdkafka's threads, and with several Python threads (the bus
+        # consumer's) a connector stalled for good without a word.
+        "log_level": 3,
+    }
+    tls = address.scheme == "kafkas"
+    if config.username:
+        settings |= {
+            "security.protocol": "SASL_SSL" if tls else "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": config.username,
+            "sasl.password": config.password,
+        }
+    elif tls:
+        settings["security.protocol"] = "SSL"
+    return settings
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return value
+
+
+@register
+class KafkaConnector(Connector):
+    kind = "kafka"
+    scheme = "kafka"
+    option_names = ("topics", "group", "start")
+    required_options = ("topics",)
+
+    @classmethod
+    def check_options(cls, options):
+        options = super().check_options(options)
+        if consumes(options):
+            # Built and contract-tested (tests/test_connector_contract.py), but inside the bus
+            # consumer it once stalled the process after its connection was removed; until
+            # that is understood a Kafka connection only publishes.
+            raise InvalidConnection(
+                'Kafka connections are publish-only for now: set "consume": false '
+                "(see docs/connectors.md)"
+            )
+        topics = options.get("topics", [])
+        if not isinstance(topics, list) or not all(isinstance(t, str) and t for t in topics):
+            raise InvalidConnection("topics is a list of topic names (^regex allowed)")
+        if options.get("start", "earliest") not in ("earliest", "latest"):
+            raise InvalidConnection(
+                "start is earliest or latest (where a new group begins reading)"
+            )
+        if not isinstance(options.get("group", ""), str):
+            raise InvalidConnection("group is a consumer group id")
+        return options
+
+    def connect(self) -> None:
+        options = self.config.options
+        settings = client_settings(self.config, timeout=10) | {
+            "group.id": options.get("group") or f"signalbox-{self.config.name}",
+            "enable.auto.commit": False,  # committed by `ack`, after the events are stored
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": options.get("start", "earliest"),
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+            "error_cb": self._on_error,
+        }
+        self.failure = ""
+        self.consumer = Consumer(settings)
+        self.consumer.subscribe(options["topics"])
+        # librdkafka connects lazily: ask for the metadata once, so a broker that does not
+        # answer fails `connect` (and the connection's health says so) rather than go quiet.
+        try:
+            self.consumer.list_topics(timeout=10)
+        except KafkaException as exc:
+            self.consumer.close()
+            raise ConnectionError(f"Kafka: {exc}") from exc
+
+    def _on_error(self, error: KafkaError) -> None:
+        # Called on librdkafka's thread; `receive` raises it on the connector's own.
+        if error.fatal() or error.code() in (
+            KafkaError._ALL_BROKERS_DOWN,
+            KafkaError._AUTHENTICATION,
+        ):
+            self.failure = f"Kafka: {error.str()}"
+
+    def receive(self, *, timeout: float, max_messages: int) -> list[Message]:
+        if self.failure:
+            raise ConnectionError(self.failure)
+        out = []
+        for msg in self.consumer.consume(num_messages=max_messages, timeout=timeout):
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise ConnectionError(f"Kafka: {error.str()}")
+            headers = {}
+            for name, value in msg.headers() or []:
+                headers[name.lower()] = _text(value)
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            key = _text(msg.key()) or f"{topic}/{partition}"
+            out.append(
+                Message(
+                    body=msg.value() or b"",
+                    content_type=headers.get("content-type", ""),
+                    attributes={k[3:]: v for k, v in headers.items() if k.startswith("ce_")},
+                    key=key,
+                    fallback_id=f"{topic}/{partition}/{offset}",
+                    token=(topic, partition, offset),
+                )
+            )
+        return out
+
+    def ack(self, messages: list[Message]) -> None:
+        if not messages:
+            return
+        following: dict[tuple[str, int], int] = {}
+        for message in messages:
+            topic, partition, offset = message.token
+            following[(topic, partition)] = max(following.get((topic, partition), 0), offset + 1)
+        self.consumer.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in following.items()],
+            asynchronous=False,
+        )
+
+    def close(self) -> None:
+        consumer = getattr(self, "consumer", None)
+        if consumer is not None:
+            consumer.close()  # leaves the group at once: the partitions move on without waiting
+
+
+# Delivery errors that mean the broker was not reached in time.
+GONE = (
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+)
+
+
+@register_sink
+class KafkaSink(Sink):
+    """An idempotent producer per publish; see the module's docstring."""
+
+    kind = "kafka"
+    target_names = ("topic", "key")
+    required_target = ("topic",)
+
+    def publish(self, message: Outgoing, target, *, timeout: float) -> dict:
+        topic = str(target["topic"])
+        key = str(target.get("key") or message.key) or None
+        headers = [(f"ce_{name}", value.encode()) for name, value in message.attributes.items()]
+        if message.content_type:
+            headers.append(("content-type", message.content_type.encode()))
+        failures: list[str] = []
+        producer = Producer(
+            client_settings(self.config, timeout=timeout)
+            | {
+                "enable.idempotence": True,
+                "acks": "all",
+                "message.timeout.ms": int(timeout * 1000),
+                "error_cb": lambda error: failures.append(error.str()),
+            }
+        )
+        delivered: dict = {}
+
+        def on_delivery(error, msg):
+            delivered["error"] = error
+            if error is None:
+                delivered["partition"], delivered["offset"] = msg.partition(), msg.offset()
+
+        try:
+            producer.produce(
+                topic, value=message.body, key=key, headers=headers, on_delivery=on_delivery
+            )
+            left = producer.flush(timeout + 1)  # past message.timeout.ms: a report comes
+        except (KafkaException, BufferError) as exc:
+            raise unreachable("kafka", exc) from exc
+        if left or "error" not in delivered:
+            raise SinkError(
+                f"kafka: no delivery report within {timeout:g}s"
+                + (f" ({failures[-1]})" if failures else ""),
+                code="kafka.unreachable",
+                retryable=True,
+            )
+        error = delivered["error"]
+        if error is not None and error.code() in GONE:
+            raise SinkError(
+                f"kafka: could not publish: {error.str()}"
+                + (f" ({failures[-1]})" if failures else ""),
+                code="kafka.unreachable",
+                retryable=True,
+            )
+        if error is not None:
+            raise SinkError(
+                f"kafka: the message was not written: {error.str()}",
+                code=f"kafka.{error.name().lower().lstrip('_')}",
+                retryable=error.retriable() or error.code() == KafkaError._MSG_TIMED_OUT,
+            )
+        return {"topic": topic, "partition": delivered["partition"], "offset": delivered["offset"]}

@@ -1,0 +1,162 @@
+"""Sinks: a CloudEvent out to a broker, after the CloudEvents protocol bindings.
+
+The `publish` step (workflows/steps/publish.py) hands a sink an `Outgoing` message and a
+target (exchange and routing key, subject, topic) and gets back a receipt once the broker
+has taken the message: a publisher confirm (AMQP), a PUBACK (MQTT QoS 1), a JetStream
+PubAck, a Kafka delivery report, or a flush of the core NATS connection. Each connector
+module registers its sink beside its source (`registry.register_sink`).
+
+A sink connects, publishes and disconnects on each call: a step attempt is rare next to a
+broker round trip, and a connection held across Celery tasks would go stale unnoticed
+(pika and paho only answer heartbeats while someone drives them).
+
+The message id is the CloudEvent id, which the publish step derives from the attempt's
+idempotency key, so a retried step sends the same id: JetStream drops it as a duplicate
+within the stream's duplicate window (`Nats-Msg-Id`); a Signalbox source (or any consumer
+that dedupes on source and id) stores it once; the other brokers pass both copies on.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+from ..envelope import Envelope
+from .base import ConnectionConfig, InvalidConnection
+
+STRUCTURED = "application/cloudevents+json"
+MODES = ("binary", "structured")
+
+
+class SinkError(Exception):
+    """A publish that did not happen (or was not confirmed). `code` is the step's error
+    code (`<kind>.unreachable`, `<kind>.nack`, …); `retryable` whether trying again may
+    succeed."""
+
+    def __init__(self, message: str, *, code: str, retryable: bool):
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One CloudEvent as a message, in the terms every binding shares."""
+
+    id: str
+    body: bytes
+    content_type: str  # the message's content type ("" when the event has no data type)
+    attributes: dict[str, str]  # binary mode: every attribute but datacontenttype; else {}
+    key: str  # the event's partition key ("" when it has none)
+
+
+def attribute_text(value: Any) -> str:
+    """A CloudEvents attribute as its canonical string (spec 1.0.2, type system)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
+def _attributes(envelope: Envelope) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "specversion": envelope.specversion,
+        "id": envelope.id,
+        "source": envelope.source,
+        "type": envelope.type,
+    }
+    for name in ("subject", "datacontenttype", "dataschema"):
+        if getattr(envelope, name):
+            out[name] = getattr(envelope, name)
+    if envelope.time is not None:
+        out["time"] = envelope.time
+    out.update(envelope.extensions)
+    return out
+
+
+def _data_bytes(envelope: Envelope) -> bytes:
+    if envelope.data is None:
+        return b""
+    if envelope.data_is_base64:
+        return base64.b64decode(envelope.data)
+    media = envelope.datacontenttype.split(";", 1)[0].strip().lower()
+    if isinstance(envelope.data, str) and not (media == "application/json" or "+json" in media):
+        return envelope.data.encode()
+    return json.dumps(envelope.data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode(envelope: Envelope, *, mode: str) -> Outgoing:
+    """The envelope as a message in `mode` ("binary" or "structured")."""
+    key = attribute_text(envelope.extensions.get("partitionkey", ""))
+    if mode == "structured":
+        # JSON keeps integers and booleans as they are (the structured format's own types).
+        obj = {
+            name: v if isinstance(v, (bool, int)) else attribute_text(v)
+            for name, v in _attributes(envelope).items()
+        }
+        if envelope.data_is_base64:
+            obj["data_base64"] = envelope.data
+        elif envelope.data is not None:
+            obj["data"] = envelope.data
+        body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+        return Outgoing(envelope.id, body, STRUCTURED, {}, key)
+    attributes = {
+        name: attribute_text(value)
+        for name, value in _attributes(envelope).items()
+        if name != "datacontenttype"
+    }
+    return Outgoing(envelope.id, _data_bytes(envelope), envelope.datacontenttype, attributes, key)
+
+
+class Sink:
+    """One connection's publisher. Subclasses set `kind`, `target_names`, and implement
+    `publish`; `check_target` may be extended for typed options."""
+
+    kind: ClassVar[str]
+    target_names: ClassVar[tuple[str, ...]] = ()
+    required_target: ClassVar[tuple[str, ...]] = ()
+    modes: ClassVar[tuple[str, ...]] = MODES
+
+    def __init__(self, config: ConnectionConfig):
+        self.config = config
+
+    @classmethod
+    def check_target(cls, target: dict[str, Any], *, mode: str) -> dict[str, Any]:
+        """The target, checked; raises InvalidConnection saying what is wrong."""
+        if not isinstance(target, dict):
+            raise InvalidConnection("target is a JSON object")
+        unknown = sorted(set(target) - set(cls.target_names))
+        if unknown:
+            raise InvalidConnection(
+                f"unknown target option {unknown[0]!r} for {cls.kind} "
+                f"(known: {', '.join(cls.target_names) or 'none'})"
+            )
+        missing = [n for n in cls.required_target if not target.get(n)]
+        if missing:
+            raise InvalidConnection(f"publishing to {cls.kind} needs target.{missing[0]}")
+        for name, value in target.items():
+            if isinstance(value, str) and not value.strip():
+                raise InvalidConnection(f"target.{name} rendered to an empty string")
+        if mode not in cls.modes:
+            raise InvalidConnection(
+                f"{cls.kind} sends CloudEvents in {' or '.join(cls.modes)} mode, not {mode!r}"
+            )
+        return target
+
+    def publish(self, message: Outgoing, target: dict[str, Any], *, timeout: float) -> dict:
+        """Publish and wait until the broker has the message; returns a small JSON receipt.
+        Raises SinkError."""
+        raise NotImplementedError
+
+
+def unreachable(kind: str, exc: BaseException) -> SinkError:
+    """The broker could not be reached or dropped the connection: worth another attempt."""
+    return SinkError(
+        f"{kind}: could not publish: {type(exc).__name__}: {exc}",
+        code=f"{kind}.unreachable",
+        retryable=True,
+    )
