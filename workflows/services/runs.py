@@ -25,6 +25,7 @@ from ..states import TERMINAL_RUN, RunStatus, StepStatus, check_run_move
 from . import step_heartbeats
 from .definitions import definition_for
 from .producers import emit_run_events, store_run_events
+from .transitions import move_step
 
 log = logging.getLogger("signalbox.runs")
 # A queued attempt whose message has not been picked up this long is enqueued again (the
@@ -266,9 +267,12 @@ def _wind_down(run: Run, now, state: engine.RunState | None = None) -> None:
         # Queued attempts first, then waiting ones (the order the journal always had).
         for step_run in sorted(found, key=lambda s: s.status != StepStatus.QUEUED):
             if step_run.status == StepStatus.QUEUED:
-                StepRun.objects.filter(pk=step_run.pk).update(
-                    status=StepStatus.SKIPPED, finished_at=now
-                )
+                # Under the run's lock, which every claim of the run's attempts takes too,
+                # the attempt read as queued is still queued: the move cannot miss.
+                if not move_step(
+                    step_run.pk, source=StepStatus.QUEUED, target=StepStatus.SKIPPED, finished_at=now
+                ):
+                    continue
                 journal(
                     run,
                     "step.skipped",
@@ -279,9 +283,15 @@ def _wind_down(run: Run, now, state: engine.RunState | None = None) -> None:
                 continue
             # As record_result would: no wake-up left; the output parked with it is kept
             # (and journaled, so the projection keeps it too).
-            StepRun.objects.filter(pk=step_run.pk).update(
-                status=StepStatus.FAILED, finished_at=now, error=f"run {run.status}", wake_at=None
-            )
+            if not move_step(
+                step_run.pk,
+                source=StepStatus.WAITING,
+                target=StepStatus.FAILED,
+                finished_at=now,
+                error=f"run {run.status}",
+                wake_at=None,
+            ):
+                continue
             journal(
                 run,
                 "step.failed",
@@ -449,7 +459,6 @@ def write_result(
     status = StepStatus.SUCCEEDED if happening.succeeded else StepStatus.FAILED
     now = timezone.now()
     changes = {
-        "status": status,
         "output": output,
         "error": happening.error,
         "error_code": happening.code,
@@ -462,7 +471,7 @@ def write_result(
         changes["input"] = input_
     if started:
         changes.update(started)
-    written = StepRun.objects.filter(pk=step_run_id, status=from_status).update(**changes)
+    written = move_step(step_run_id, source=from_status, target=status, **changes)
     if not written:
         # Fenced: a late result (its worker was frozen past the lease) or a repeated one.
         log.warning(

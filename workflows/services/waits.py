@@ -28,6 +28,7 @@ from .producers import (
     valid_traceparent,
 )
 from .runs import advance_locked, journal, record_result
+from .transitions import move_step
 
 log = logging.getLogger("signalbox.waits")
 
@@ -47,8 +48,12 @@ def park(*, step_run: StepRun, wait: Wait, output, context: StepContext) -> bool
             wake_at = wait.until
         elif wait.timeout_seconds is not None:
             wake_at = now + timedelta(seconds=wait.timeout_seconds)
-        moved = StepRun.objects.filter(pk=step_run.pk, status=StepStatus.RUNNING).update(
-            status=StepStatus.WAITING, wake_at=wake_at, output=output
+        moved = move_step(
+            step_run.pk,
+            source=StepStatus.RUNNING,
+            target=StepStatus.WAITING,
+            wake_at=wake_at,
+            output=output,
         )
         if not moved:
             return False
