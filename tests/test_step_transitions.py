@@ -13,8 +13,8 @@ from django.test.utils import CaptureQueriesContext
 
 from tests.factories import definition, log_step
 from workflows.models import Run, StepRun
-from workflows.services.drafts import put_workflow
 from workflows.services.definitions import publish_workflow
+from workflows.services.drafts import put_workflow
 from workflows.services.transitions import move_step
 from workflows.states import (
     STEP_MOVES,
@@ -49,7 +49,7 @@ def status_of(attempt: StepRun) -> str:
 
 
 def test_the_table_has_every_move_the_services_make_and_no_way_out_of_a_terminal_status():
-    assert TERMINAL_STEP == {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED}
+    assert {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED} == TERMINAL_STEP
     assert all(not STEP_TRANSITIONS[status] for status in TERMINAL_STEP)
     assert all(m.source != m.target and m.why for m in STEP_MOVES)
     assert len(ALLOWED) == len(STEP_MOVES) == 9  # one row per pair, none forgotten

@@ -35,13 +35,9 @@ from ..models import Event, Run, Webhook, Workflow, WorkflowVersion
 from ..roles import has_role, role_of
 from ..steps import registry
 from . import audit
-from .definitions import (
-    manual_event_type,
-    parse_definition,
-    publish_workflow,
-    schedule_event_type,
-)
-from .events import ingest_event
+from .definition_parsing import parse_definition
+from .event_intake import ingest_event
+from .publishing import manual_event_type, publish_workflow, schedule_event_type
 from .runs import advance_locked, journal
 
 __all__ = [

@@ -34,7 +34,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from .. import engine, secret_places
+from .. import engine, secret_places, task_queue
 from ..cel_values import unstorable
 from ..definition import Step
 from ..events.envelope import to_structured
@@ -43,7 +43,7 @@ from ..models import Run, StepRun
 from ..states import RunStatus, StepStatus
 from ..steps import registry
 from ..steps.base import StepContext, StepError, StepKind, StepResult
-from .definitions import definition_for
+from .definition_parsing import definition_for
 from .item_checkpoints import StepItemCheckpoints, inherited_runs
 from .replay import recorded_result, side_effecting
 from .runs import Continuation, lock_attempt, mark_started, record_result, write_result
@@ -371,8 +371,6 @@ class Budget:
 def execute_step(*, step_run_id: int, worker: str | None = None) -> bool:
     """Run one attempt, then the light steps it makes ready, within a budget. Returns False
     when the attempt was not ours to run."""
-    from ..tasks import execute_step_task
-
     worker = worker or worker_name()
     budget = Budget()
     ran, follow_up, known = _execute_one(step_run_id, worker, budget, None)
@@ -384,7 +382,7 @@ def execute_step(*, step_run_id: int, worker: str | None = None) -> bool:
         except Exception:
             # It was kept for this task and is queued without a message: send one, so a
             # failure here (the database went away) costs no more than a redelivery.
-            transaction.on_commit(lambda c=current: execute_step_task.delay(c), robust=True)
+            task_queue.send_on_commit(task_queue.EXECUTE_STEP, current)
             raise
     return ran
 

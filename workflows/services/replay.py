@@ -36,7 +36,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from .. import engine, notify
+from .. import engine, notify, task_queue
 from ..definition import Definition, InvalidDefinition, Step
 from ..models import (
     DeadLetter,
@@ -51,7 +51,7 @@ from ..states import TERMINAL_RUN, RunStatus, StepStatus
 from ..steps import registry
 from ..steps.base import StepError, StepResult
 from . import audit
-from .definitions import definition_for, parse_definition
+from .definition_parsing import definition_for, parse_definition
 from .item_checkpoints import StepItemCheckpoints, inherited_runs
 from .run_control import admit
 from .runs import advance_locked, idempotency_key, journal
@@ -715,9 +715,7 @@ def push_batch(batch: ReplayBatch) -> None:
 
 
 def _enqueue_batch(batch_id: int) -> None:
-    from ..tasks import process_replay_batch_task
-
-    transaction.on_commit(lambda: process_replay_batch_task.delay(batch_id), robust=True)
+    task_queue.send_on_commit(task_queue.PROCESS_REPLAY_BATCH, batch_id)
 
 
 def start_bulk_replay(

@@ -20,6 +20,8 @@ from ..expressions import ExpressionError, evaluate
 from ..models import Event, EventWaiter, Run, StepRun, Workflow
 from ..states import StepStatus
 from ..steps.base import StepContext, Wait
+from .definition_parsing import definition_for
+from .event_intake import ingest_event
 from .producers import (
     DEPTH_EXTENSION,
     TRACEPARENT,
@@ -111,8 +113,6 @@ def _fail_waiting(step_run_id: int, error: str) -> None:
 def start_child_run(*, parent: Run, step_run: StepRun, slug: str, data) -> str | None:
     """Start the published version of workflow `slug` as a child of this attempt. Its
     trigger event carries the input; its id is the attempt's, so a retry starts no twin."""
-    from .events import ingest_event
-
     workflow = Workflow.objects.select_related("published_version").filter(slug=slug).first()
     if workflow is None or workflow.published_version is None:
         return f"sub_workflow {slug!r} does not exist or has no published version"
@@ -162,8 +162,6 @@ def _caused_by(run: Run) -> dict:
 
 def run_output(run: Run):
     """A finished run's result: the output of its last steps (those nothing follows)."""
-    from .definitions import definition_for
-
     definition = definition_for(run.version)
     leaves = [s for s in definition.steps if not definition.outgoing(s)]
     outputs = {
@@ -280,8 +278,6 @@ def wake_due(*, now=None, limit: int = 500) -> int:
 def emit_for_step(*, run: Run, step_run: StepRun, config: dict) -> dict:
     """The emit_event step's effect: ingest a CloudEvent caused by this run. Its id comes
     from the attempt's idempotency key, so a retried step emits no second event."""
-    from .events import ingest_event
-
     extensions = _caused_by(run)
     if config.get("partitionkey"):
         extensions["partitionkey"] = config["partitionkey"]

@@ -16,7 +16,7 @@ from .. import crypto
 from .. import webhooks as verification
 from ..events.envelope import InvalidEvent, loads_json, validate
 from ..models import Event, Webhook
-from .events import ingest_event
+from .event_intake import ingest_event
 
 __all__ = [
     "InvalidWebhook",
