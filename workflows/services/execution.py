@@ -45,9 +45,9 @@ from ..steps import registry
 from ..steps.base import StepContext, StepError, StepKind, StepResult
 from .definition_parsing import definition_for
 from .item_checkpoints import StepItemCheckpoints, inherited_runs
-from .replay import recorded_result, side_effecting
 from .runs import Continuation, lock_attempt, mark_started, record_result, write_result
 from .secrets import mask, secret_values
+from .side_effects import recorded_result, side_effecting
 from .step_heartbeats import heartbeating
 from .transitions import move_step
 from .waits import emit_for_step, park
