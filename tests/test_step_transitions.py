@@ -13,8 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from tests.factories import definition, log_step
 from workflows.models import Run, StepRun
-from workflows.services.definitions import publish_workflow
-from workflows.services.drafts import put_workflow
+from workflows.services.definitions import publish_workflow, put_workflow
 from workflows.services.transitions import move_step
 from workflows.states import (
     STEP_MOVES,

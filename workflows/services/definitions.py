@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..models import Workflow
 from .definition_parsing import PARSED_CACHE_SIZE, definition_for, parse_definition
-from .drafts import replace_draft
+from .draft_store import replace_draft
 from .publishing import manual_event_type, publish_workflow, schedule_event_type
 
 __all__ = [
