@@ -116,15 +116,16 @@ WRITERS_ALLOWED = {"workflows/services/transitions.py", "workflows/services/proj
 
 
 def step_status_writes(path: Path) -> list[int]:
-    """Lines where `path` UPDATEs a step attempt's status itself (a queryset of StepRun or
-    of a run's `steps`)."""
+    """Lines where `path` may UPDATE a step attempt's status itself (on a queryset of
+    StepRun or of a run's `steps`)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr == "update"
-            and any(k.arg == "status" for k in node.keywords)
+            # `status=…`, or a `**columns` spread that may hold it
+            and any(k.arg in ("status", None) for k in node.keywords)
         ):
             receiver = ast.unparse(node.func.value)
             if "StepRun" in receiver or "steps" in receiver:
