@@ -415,6 +415,10 @@ class Stack:
             "DJANGO_DEBUG": "0",
             "SIGNALBOX_LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
+            # The per-token limit (10,000 events/s by default) would answer 429 to the batch
+            # phases, which measure what the server can take; the limiter's own cost per
+            # request is measured by bench.rate_limit.
+            "SIGNALBOX_INGEST_RATE_PER_TOKEN": "0",
         }
         self.env.pop("SIGNALBOX_TEST_DB_NAME", None)
         self.manage("migrate", "-v0")
@@ -845,24 +849,35 @@ def check_targets(rows) -> dict[str, dict]:
     for label, name in (("every process", SINGLE), ("web tier alone", SINGLE_ALONE)):
         if name in by_name and by_name[name][1] is not None:
             single, durable = by_name[name]
-            goals[f"single >= 1.5x durable baseline ({label})"] = (single.rate / durable.rate, 1.5)
+            goals[f"single >= 1.5x durable baseline ({label})"] = (
+                single.rate / durable.rate,
+                1.5,
+                (single, durable),
+            )
             goals[f"single p99 <= 25 ms ({label})"] = (
                 25.0 / single.p99 if single.p99 else 0.0,
                 1.0,
+                (single,),
             )
     for name, (result, _b) in by_name.items():
         if name.startswith("HTTP ingest, batch"):
             label = "web tier alone" if name.endswith("alone") else "every process"
-            goals[f"batches >= 10,000 events/s ({label})"] = (result.rate / 10_000, 1.0)
+            goals[f"batches >= 10,000 events/s ({label})"] = (result.rate / 10_000, 1.0, (result,))
     if EMBEDDED in by_name:
         embedded = by_name[EMBEDDED][0]
-        goals["embedded >= 1,000 events/s"] = (embedded.rate / 1000, 1.0)
-        goals["embedded p99 <= 50 ms"] = (50.0 / embedded.p99 if embedded.p99 else 0.0, 1.0)
-    print("\ngoals (value/goal >= 1 is met):")
+        goals["embedded >= 1,000 events/s"] = (embedded.rate / 1000, 1.0, (embedded,))
+        goals["embedded p99 <= 50 ms"] = (
+            50.0 / embedded.p99 if embedded.p99 else 0.0,
+            1.0,
+            (embedded,),
+        )
+    print("\ngoals (value/goal >= 1 is met; a phase with refused or failed requests meets none):")
     out = {}
-    for goal, (value, need) in goals.items():
-        met = value >= need
-        print(f"  {'met    ' if met else 'NOT MET'}  {goal}  ({value:.2f})")
+    for goal, (value, need, results) in goals.items():
+        errors = sum(r.errors for r in results)
+        met = value >= need and not errors
+        note = f", {errors} errors" if errors else ""
+        print(f"  {'met    ' if met else 'NOT MET'}  {goal}  ({value:.2f}{note})")
         out[goal] = {"value": round(value, 3), "met": met}
     return out
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import dj_database_url
 
+from orchestrator.logging_config import logging_settings
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("SIGNALBOX_VAR_DIR", BASE_DIR / "var"))
 
@@ -301,6 +303,10 @@ SIGNALBOX = {
     "REPLAY_BATCH_STALE_SECONDS": float(
         os.environ.get("SIGNALBOX_REPLAY_BATCH_STALE_SECONDS", "120")
     ),
+    # Cloud push formats (workflows/events/push_formats): where SNS certificates and
+    # subscription URLs may live (a regex; empty: SNS's own hosts), and Google's token keys.
+    "SNS_URL_PATTERN": os.environ.get("SIGNALBOX_SNS_URL_PATTERN", ""),
+    "PUBSUB_JWKS_URL": os.environ.get("SIGNALBOX_PUBSUB_JWKS_URL", ""),
 }
 # Hosts and CIDRs that outbound HTTP steps may reach although they are not public.
 SIGNALBOX_OUTBOUND_ALLOW = env_list("SIGNALBOX_OUTBOUND_ALLOW")
@@ -309,21 +315,18 @@ SIGNALBOX_OUTBOUND_ALLOW = env_list("SIGNALBOX_OUTBOUND_ALLOW")
 SIGNALBOX_CIRCUIT_FAILURES = int(os.environ.get("SIGNALBOX_CIRCUIT_FAILURES", "5"))
 SIGNALBOX_CIRCUIT_COOLDOWN = float(os.environ.get("SIGNALBOX_CIRCUIT_COOLDOWN", "30"))
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "filters": {"one_line_client_errors": {"()": "orchestrator.log_filters.OneLineClientErrors"}},
-    "handlers": {
-        "console": {
-            "class": "logging.StreamHandler",
-            "formatter": "plain",
-            "filters": ["one_line_client_errors"],
-        }
-    },
-    "root": {"handlers": ["console"], "level": os.environ.get("SIGNALBOX_LOG_LEVEL", "INFO")},
-    "loggers": {
-        "django.channels.server": {"level": "WARNING"},
-        "daphne": {"level": "WARNING"},
-    },
-}
+# --- Tracing and logs (docs/operations.md) -----------------------------------------------
+# `otlp` exports OpenTelemetry spans over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (the
+# standard OTEL_* variables configure the exporter); `off` (the default) costs nothing.
+SIGNALBOX_TRACING = os.environ.get("SIGNALBOX_TRACING", "off").strip().lower() or "off"
+# `json` in production (one object per line), `text` for people (`make run`).
+SIGNALBOX_LOG_FORMAT = os.environ.get("SIGNALBOX_LOG_FORMAT", "text").strip().lower() or "text"
+LOGGING = logging_settings(
+    log_format=SIGNALBOX_LOG_FORMAT, level=os.environ.get("SIGNALBOX_LOG_LEVEL", "INFO")
+)
+if SIGNALBOX_LOG_FORMAT == "json":
+    # Python warnings (a library's, Celery's "running as root") become records too, not
+    # plain text between the JSON lines.
+    import logging
+
+    logging.captureWarnings(True)

@@ -58,7 +58,7 @@ class Recorder:
                         "headers": dict(self.headers.items()),
                         "body": body_text(body_bytes),
                     }
-                payload = json.dumps(body).encode()
+                payload = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(reply.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

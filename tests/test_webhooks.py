@@ -316,7 +316,7 @@ def test_a_get_on_a_webhook_url_answers_a_405_problem(client, standard_hook):
     response = client.get("/hooks/orders")
 
     assert_problem(response, 405)
-    assert response["Allow"] == "POST"
+    assert response["Allow"] == "POST, OPTIONS"
 
 
 def test_data_that_breaks_the_types_schema_is_refused_with_400(client, standard_hook):

@@ -179,6 +179,9 @@ class Run(models.Model):
     # that deduplicates sees the same key; "renew" leaves it empty: the run's own id).
     idempotency_base = models.BigIntegerField(null=True, blank=True)
     correlation_id = models.CharField(max_length=255, blank=True, default="")
+    # W3C traceparent of the span that started the run (tracing on; workflows/tracing.py):
+    # the parent of every attempt's span, in whichever process runs it.
+    traceparent = models.CharField(max_length=55, blank=True, default="")
     # Runs of an ordered workflow with the same key go one after another.
     partition_key = models.CharField(max_length=255, blank=True, default="")
     # A sub_workflow step's child run points at the attempt waiting for it.
@@ -412,6 +415,10 @@ class Webhook(models.Model):
     # HMAC verification needs the plaintext, so it cannot be a one-way hash.
     secret_encrypted = models.TextField()
     header_name = models.CharField(max_length=100, blank=True, default="X-Webhook-Secret")
+    # How the body is read (workflows/events/push_formats): `plain`, or a cloud's push format
+    # with its options (e.g. the SNS topics accepted, the Pub/Sub token audience).
+    push_format = models.CharField(max_length=16, default="plain")
+    format_options = models.JSONField(default=dict, blank=True)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

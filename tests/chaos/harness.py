@@ -110,14 +110,27 @@ def _own_group_and_die_with_parent() -> None:
 
 class ChaosStack:
     """Start with `start()`, stop with `stop()`; processes by name: web, worker, bus,
-    scheduler."""
+    scheduler.
 
-    def __init__(self, *, tag: str | None = None, delay_seconds: float = 4.0):
+    `worker_hosts` ({process name: network namespace}) runs workers in network namespaces
+    of their own instead of the one `worker` (tests/chaos/hosts.py); then the services and
+    the sink listen on `listen_host`, an address those namespaces can reach."""
+
+    def __init__(
+        self,
+        *,
+        tag: str | None = None,
+        delay_seconds: float = 4.0,
+        listen_host: str = "127.0.0.1",
+        worker_hosts: dict[str, str] | None = None,
+    ):
         self.tag = tag or uuid.uuid4().hex[:8]
         self.workdir = Path(tempfile.mkdtemp(prefix=f"signalbox-chaos-{self.tag}-"))
         self.postgres = PrivatePostgres(self.workdir)
         self.redis = PrivateRedis(self.workdir)
-        self.sink = Sink()
+        self.listen_host = listen_host
+        self.worker_hosts = dict(worker_hosts or {})
+        self.sink = Sink(listen_host)
         self.delay_seconds = delay_seconds
         self.processes: dict[str, subprocess.Popen] = {}
         self.port = free_port()
@@ -133,8 +146,9 @@ class ChaosStack:
     def start(self) -> ChaosStack:
         self.postgres.init()
         self.redis.start()
-        self.pg_proxy = FaultProxy(self.postgres.port, name="postgres")
-        self.redis_proxy = FaultProxy(self.redis.port, name="redis")
+        host = self.listen_host
+        self.pg_proxy = FaultProxy(self.postgres.port, name="postgres", host=host)
+        self.redis_proxy = FaultProxy(self.redis.port, name="redis", host=host)
         pg_port, redis_port = self.pg_proxy.start(), self.redis_proxy.start()
         self.sink.start()
         with psycopg.connect(self.postgres.url, autocommit=True) as conn:
@@ -142,15 +156,15 @@ class ChaosStack:
         self.database_url = f"postgresql://postgres@127.0.0.1:{self.postgres.port}/signalbox"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("SIGNALBOX_TEST")},
-            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg_port}/signalbox",
-            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "DATABASE_URL": f"postgresql://postgres@{host}:{pg_port}/signalbox",
+            "REDIS_URL": f"redis://{host}:{redis_port}/0",
             "SIGNALBOX_REDIS_PREFIX": f"chaos-{self.tag}",
             "SIGNALBOX_VAR_DIR": str(self.workdir / "var"),
             "DJANGO_SETTINGS_MODULE": "orchestrator.settings",
             "DJANGO_DEBUG": "0",
             "PYTHONUNBUFFERED": "1",
             "SIGNALBOX_LOG_LEVEL": "WARNING",
-            "SIGNALBOX_OUTBOUND_ALLOW": "127.0.0.1/32",
+            "SIGNALBOX_OUTBOUND_ALLOW": f"{host}/32",
             # Faults are found in seconds, not the production minute: a silent attempt is
             # lost after 6 s, a pending bus entry is reclaimed after 3 s, an event
             # unmatched after 5 s (its entry lost with Redis) is published again.
@@ -177,7 +191,7 @@ class ChaosStack:
             path.write_text(json.dumps(definition))
             self.manage(["workflows", "import", str(path), "--slug", slug, "--publish"], env=direct)
         self._start_web()
-        for name in ("worker", "bus", "scheduler"):
+        for name in (*(self.worker_hosts or ["worker"]), "bus", "scheduler"):
             self.start_process(name)
         self.wait_ready()
         return self
@@ -218,10 +232,14 @@ class ChaosStack:
         if name == "web":
             return servers.web_command(python, host="127.0.0.1", port=self.port, env=self.env)
         if name.startswith("worker"):
-            return [str(Path(python).parent / "celery"), "-A", "orchestrator", "worker",
-                    "--loglevel", "WARNING", "--concurrency", "2", "--hostname",
-                    f"chaos-{self.tag}-{uuid.uuid4().hex[:4]}@%h", "--without-gossip",
-                    "--without-mingle"]  # fmt: skip
+            namespace = self.worker_hosts.get(name)
+            # A worker in a namespace names itself after it: StepRun.worker tells the hosts
+            # apart.
+            label = namespace or f"chaos-{self.tag}-{uuid.uuid4().hex[:4]}"
+            worker = [str(Path(python).parent / "celery"), "-A", "orchestrator", "worker",
+                      "--loglevel", "WARNING", "--concurrency", "2", "--hostname",
+                      f"{label}@%h", "--without-gossip", "--without-mingle"]  # fmt: skip
+            return ["ip", "netns", "exec", namespace, *worker] if namespace else worker
         if name == "bus":
             return [python, "manage.py", "consume_bus", "--no-external-streams"]
         return [python, "manage.py", "scheduler", "--interval", "0.2"]

@@ -14,8 +14,9 @@ import threading
 
 
 class FaultProxy:
-    def __init__(self, target_port: int, *, name: str = "proxy"):
+    def __init__(self, target_port: int, *, name: str = "proxy", host: str = "127.0.0.1"):
         self.target_port = target_port
+        self.host = host  # where it listens (the service itself stays on loopback)
         self.name = name
         self.port = 0
         self.latency = 0.0
@@ -36,7 +37,7 @@ class FaultProxy:
         asyncio.set_event_loop(self._loop)
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", 0))
+        listener.bind((self.host, 0))
         self.port = listener.getsockname()[1]
         server = self._loop.run_until_complete(
             asyncio.start_server(self._serve, sock=listener, backlog=512)

@@ -21,7 +21,7 @@ class QuietServer(ThreadingHTTPServer):
 
 
 class Sink:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.deliveries: Counter[str] = Counter()
         self.bodies: dict[str, bytes] = {}
         self.lock = threading.Lock()
@@ -53,9 +53,9 @@ class Sink:
             def log_message(self, *args):
                 pass
 
-        self.server = QuietServer(("127.0.0.1", 0), Handler)
+        self.server = QuietServer((host, 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/effect"
+        self.url = f"http://{host}:{self.server.server_address[1]}/effect"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def start(self) -> Sink:

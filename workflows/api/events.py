@@ -8,7 +8,7 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from .. import notify
+from .. import notify, tracing
 from ..events import bus, rate_limit
 from ..events.envelope import (
     Envelope,
@@ -117,9 +117,21 @@ def post_events(request):
         return response
 
     # A batch is accepted or refused whole; one commit for all of it, 2xx only after it.
-    submission = event_intake.Submission(envelopes)
-    with transaction.atomic():
-        created = event_intake.store([submission])
+    traced = tracing.ingest(
+        envelopes,
+        header=request.headers.get("traceparent"),
+        tracestate=request.headers.get("tracestate"),
+        channel="http",
+    )
+    submission = event_intake.Submission(envelopes, trace=traced.traceparent)
+    try:
+        with transaction.atomic():
+            created = event_intake.store([submission])
+    finally:
+        traced.end(
+            stored=len(submission.accepted),
+            error=type(submission.error).__name__ if submission.error else "",
+        )
     if isinstance(submission.error, event_intake.SchemaViolations):
         return schema_problem(submission.error)
     # Committed: put them on the bus in one round trip (the outbox relay covers a failure).

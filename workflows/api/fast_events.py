@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http.request import split_domain_port, validate_host
 
-from .. import roles
+from .. import roles, tracing
 from ..events import rate_limit
 from ..events.envelope import InvalidEvent
 from ..events.group_commit import committer
@@ -118,15 +118,27 @@ class FastEventIngest:
         if not verdict.allowed:  # answered here: a flood must not reach the slow path
             return 429, *rate_limited(verdict)
         scope[rate_limit.CHECKED] = True  # if handed to the view now, it does not count again
-        submission = event_intake.Submission(envelopes, token_id=identity.pk)
+        traced = tracing.ingest(
+            envelopes,
+            header=headers.get("traceparent"),
+            tracestate=headers.get("tracestate"),
+            channel="http",
+        )
+        submission = event_intake.Submission(
+            envelopes, token_id=identity.pk, trace=traced.traceparent
+        )
         try:
             await asyncio.wrap_future(committer().submit(submission))
         except DatabaseError as exc:
+            traced.end(error=f"store unavailable: {type(exc).__name__}")
             return _unavailable(exc)
         except Exception:  # noqa: BLE001 - logged by the committer; the view tries alone
+            traced.end(error="handed to the view")
             return None
         if submission.error is not None:  # a schema violation, a revoked token
+            traced.end(error="handed to the view")
             return None
+        traced.end(stored=len(submission.accepted))
         status, payload = accepted_response(mode, submission)
         return status, payload, []
 

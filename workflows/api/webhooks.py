@@ -11,6 +11,7 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from ..events.envelope import InvalidEvent, loads_json
+from ..events.push_formats import FetchFailed
 from ..models import Webhook
 from ..services.schemas import SchemaViolation
 from ..services.webhooks import (
@@ -24,6 +25,7 @@ from ..services.webhooks import (
     hook_path,
     receive_webhook,
     webhook_as_json,
+    webhook_handshake,
 )
 from ..webhooks import SignatureError
 from .auth import token_required
@@ -33,7 +35,15 @@ from .problems import problem
 log = logging.getLogger("signalbox.webhooks")
 
 MAX_MANAGEMENT_BYTES = 64 * 1024
-CREATE_FIELDS = {"slug", "event_type", "auth_mode", "secret", "header_name"}
+CREATE_FIELDS = {
+    "slug",
+    "event_type",
+    "auth_mode",
+    "secret",
+    "header_name",
+    "push_format",
+    "format_options",
+}
 
 
 def _problems_only(view):
@@ -61,16 +71,20 @@ def _unauthorized(detail: str) -> JsonResponse:
 @csrf_exempt  # called by other systems, authenticated by signature, never by a cookie
 @_problems_only
 def receive(request, slug: str):
-    """POST /hooks/<slug>: any JSON or form body becomes an event of the webhook's type."""
+    """POST /hooks/<slug>: the body becomes events, as the webhook's push format reads it (a
+    plain webhook: any JSON or form body, one event of its type). OPTIONS answers a push
+    format's validation handshake (Event Grid)."""
+    if request.method == "OPTIONS":
+        return handshake(request, slug)
     if request.method != "POST":
         response = problem(
             405, "Method not allowed", "webhooks are delivered with POST", kind="method-not-allowed"
         )
-        response["Allow"] = "POST"
+        response["Allow"] = "POST, OPTIONS"
         return response
     try:
         body = read_limited(request, settings.SIGNALBOX["MAX_EVENT_BYTES"])
-        event, created = receive_webhook(slug=slug, headers=request.headers, body=body)
+        receipt = receive_webhook(slug=slug, headers=request.headers, body=body)
     except BodyTooLarge as exc:
         return problem(413, "Body too large", f"the limit is {exc.limit} bytes", kind="too-large")
     except UnknownWebhook:
@@ -89,6 +103,9 @@ def receive(request, slug: str):
         )
     except UnreadableBody as exc:
         return problem(400, "Invalid webhook body", str(exc), kind="invalid-body")
+    except FetchFailed as exc:
+        log.warning("webhook %s: %s", slug, exc)
+        return problem(502, "Cannot verify the delivery", str(exc), kind="upstream-unavailable")
     except SchemaViolation as exc:
         return problem(
             400,
@@ -106,14 +123,36 @@ def receive(request, slug: str):
         return problem(
             500, "Webhook misconfigured", "its secret cannot be read; see the logs", kind="internal"
         )
-    result = {
-        "id": event.pk,
-        "source": event.source,
-        "ce_id": event.ce_id,
-        "type": event.type,
-        "duplicate": not created,
-    }
-    return JsonResponse(result, status=202 if created else 200)
+    if receipt.reply is not None:
+        return JsonResponse(receipt.reply, status=200)
+    results = [
+        {"id": e.pk, "source": e.source, "ce_id": e.ce_id, "type": e.type} for e in receipt.events
+    ]
+    result = results[0] if len(results) == 1 else {"events": results}
+    result["duplicate"] = not receipt.created
+    return JsonResponse(result, status=202 if receipt.created else 200)
+
+
+def handshake(request, slug: str):
+    try:
+        headers = webhook_handshake(slug=slug, headers=request.headers)
+    except UnknownWebhook:
+        return problem(
+            404, "No such webhook", f"no enabled webhook at {hook_path(slug)}", kind="not-found"
+        )
+    if headers is None:
+        response = problem(
+            403,
+            "Validation request refused",
+            "this webhook takes no validation request from that origin",
+            kind="handshake-refused",
+        )
+    else:
+        response = JsonResponse({}, status=200)
+        for name, value in headers.items():
+            response[name] = value
+    response["Allow"] = "POST, OPTIONS"
+    return response
 
 
 @token_required("viewer")
@@ -148,6 +187,8 @@ def post_webhook(request):
             auth_mode=raw.get("auth_mode", "standard"),
             secret=raw.get("secret"),
             header_name=raw.get("header_name"),
+            push_format=raw.get("push_format", "plain"),
+            format_options=raw.get("format_options"),
         )
     except InvalidWebhook as exc:
         status = 409 if isinstance(exc, WebhookExists) else 400

@@ -77,9 +77,13 @@ def _append(events: list[Event], *, first_time: bool = False) -> bool:
         return False
     pipe = client().pipeline(transaction=False)
     for event in events:
+        fields = {"event": event.pk, "type": event.type}
+        trace = getattr(event, "_sb_trace", None)
+        if trace:  # the ingest span (tracing on): the parent of the delivery's span
+            fields["tp"] = trace
         pipe.xadd(
             stream_key(partition_for(event)),
-            {"event": event.pk, "type": event.type},
+            fields,
             maxlen=settings.SIGNALBOX["BUS_RETENTION"],
             approximate=True,
         )
@@ -170,6 +174,8 @@ class Delivery:
     deliveries: int = 1
     # The event's type, as appended (entries written before it was carried have none).
     type: str = ""
+    # The traceparent of the span that ingested the event, when tracing was on.
+    trace: str = ""
 
 
 def ensure_groups(redis_client: redis.Redis, group: str) -> None:
@@ -200,7 +206,11 @@ class Consumer:
         for stream, entries in reply or []:
             for entry_id, fields in entries:
                 yield Delivery(
-                    stream, entry_id, int(fields.get("event", 0)), type=fields.get("type", "")
+                    stream,
+                    entry_id,
+                    int(fields.get("event", 0)),
+                    type=fields.get("type", ""),
+                    trace=fields.get("tp", ""),
                 )
 
     def reclaim(self, *, idle_ms: int, count: int = 100) -> Iterator[Delivery]:
@@ -232,6 +242,7 @@ class Consumer:
                     int(fields.get("event", 0)),
                     counts.get(entry_id, 1),
                     type=fields.get("type", ""),
+                    trace=fields.get("tp", ""),
                 )
 
     def ack(self, delivery: Delivery) -> None:

@@ -96,6 +96,9 @@ class Submission:
     envelopes: Sequence[Envelope]
     token_id: int | None = None
     channel: str = "http"
+    # The traceparent of the request's ingest span (tracing on): carried by the bus entries
+    # of its events, the parent of their delivery spans (workflows/tracing.py).
+    trace: str | None = None
     # Filled by `store`: exactly one of these.
     accepted: list[Accepted] = field(default_factory=list)
     error: Exception | None = None
@@ -169,6 +172,9 @@ def _insert_rows(
                 new_event(envelope, checks.get(id(envelope)), submission.channel)
                 for envelope in submission.envelopes
             ]
+            if submission.trace:
+                for event in submission.rows:
+                    event._sb_trace = submission.trace  # type: ignore[attr-defined]
             rows.extend((submission, event) for event in submission.rows)
     _insert([event for _, event in rows], in_order=in_order)
     return len(rows)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
@@ -14,7 +14,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from .. import engine
+from .. import engine, tracing
 from ..events import bus
 from ..events.envelope import to_structured
 from ..expressions import ExpressionError, bind, evaluate
@@ -62,7 +62,12 @@ class MatchOutcome:
     failed: dict[int, Exception] = field(default_factory=dict)
 
 
-def match_events(*, event_ids: Sequence[int], inline: Budget | None = None) -> MatchOutcome:
+def match_events(
+    *,
+    event_ids: Sequence[int],
+    inline: Budget | None = None,
+    traces: Mapping[int, str] | None = None,
+) -> MatchOutcome:
     """`match_event` for the entries of one bus read, with a fixed number of queries per
     read besides each started run's own: one SELECT of the events, one of the
     subscriptions of their types (through the event_type index: never a scan of the
@@ -75,6 +80,7 @@ def match_events(*, event_ids: Sequence[int], inline: Budget | None = None) -> M
     With an `inline` budget (the bus consumer's), a started run's first step, when light,
     is run here in the transaction that creates the run, and the light steps after it
     while the budget lasts: no Celery hop for a light run. Other work goes to the queue.
+    `traces` names the ingest span of events whose bus entries carried one (tracing).
     """
 
     outcome = MatchOutcome()
@@ -95,7 +101,7 @@ def match_events(*, event_ids: Sequence[int], inline: Budget | None = None) -> M
         by_type[subscription.event_type].append(subscription)
     waited_for = waiting_types(types)
     with unschemed_types_remembered():  # the run events of this read share a few types
-        matched = _match_each(wanted, events, by_type, waited_for, inline, outcome)
+        matched = _match_each(wanted, events, by_type, waited_for, inline, outcome, traces)
     # The run events of the runs started (committed with them): on the bus in one round
     # trip (after the caller's own commit, if it holds a transaction). Were this process to
     # die first, the outbox relay would publish them.
@@ -115,6 +121,7 @@ def _match_each(
     waited_for: set[str],
     inline: Budget | None,
     outcome: MatchOutcome,
+    traces: Mapping[int, str] | None = None,
 ) -> list[int]:
     """Match the events one by one, in bus order (runs of one partition key start in
     order); the ids of those matched, the others' errors in `outcome.failed`."""
@@ -123,16 +130,18 @@ def _match_each(
         event = events.get(pk)
         if event is None:
             continue
-        try:
-            if event.type in waited_for:
-                deliver_to_waiters(event)
-            outcome.started += _start_runs(event, by_type[event.type], inline)
-        except (OperationalError, InterfaceError):
-            raise
-        except Exception as exc:
-            log.exception("matching event %s failed; its entry stays pending", pk)
-            outcome.failed[pk] = exc
-            continue
+        with tracing.delivery(event, traces.get(pk) if traces else None) as delivered:
+            try:
+                if event.type in waited_for:
+                    deliver_to_waiters(event)
+                outcome.started += _start_runs(event, by_type[event.type], inline)
+            except (OperationalError, InterfaceError):
+                raise
+            except Exception as exc:
+                log.exception("matching event %s failed; its entry stays pending", pk)
+                outcome.failed[pk] = exc
+                delivered.failed(f"matching failed: {type(exc).__name__}")
+                continue
         matched.append(pk)
     return matched
 
@@ -174,6 +183,7 @@ def _start_runs(
         if not trigger_accepts(subscription.version, event, filters=filters):
             continue
         kept = Continuation() if inline is not None and inline.left() else None
+        started_span = tracing.run_span(workflow=subscription.workflow.slug)
         try:
             with transaction.atomic():
                 run = Run.objects.create(
@@ -181,6 +191,7 @@ def _start_runs(
                     version=subscription.version,
                     event=event,
                     correlation_id=event.correlation_id,
+                    traceparent=started_span.traceparent,
                     partition_key=str(
                         (event.extensions or {}).get("partitionkey") or event.subject or ""
                     ),
@@ -195,7 +206,8 @@ def _start_runs(
                         # retried): never a run whose kept step has no message.
                         run_kept_steps(run=run, kept=kept, budget=inline)
         except IntegrityError:
-            continue  # already matched by an earlier delivery
+            continue  # already matched by an earlier delivery (its span is never ended)
+        started_span.end(run)
         started.append(run)
     return started
 

@@ -34,7 +34,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from .. import engine, secret_places, task_queue
+from .. import engine, secret_places, task_queue, tracing
 from ..cel_values import unstorable
 from ..definition import Step
 from ..events.envelope import to_structured
@@ -60,8 +60,10 @@ RECORD_PATIENCE_SECONDS = 600
 
 def worker_name() -> str:
     # Asked each time, not fixed at import: a Celery pool process is forked from a parent
-    # that may have imported this module, and its attempts must name the child's pid.
-    return f"{socket.gethostname()}:{os.getpid()}"
+    # that may have imported this module, and its attempts must name the child's pid. In a
+    # worker, the Celery node name (orchestrator/celery.py) stands for the host.
+    node = os.environ.get("SIGNALBOX_WORKER_NODE") or socket.gethostname()
+    return f"{node}:{os.getpid()}"
 
 
 ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)
@@ -466,17 +468,21 @@ def _run_light(
     )
     output = None
     rendered: dict = dict(step.config)
-    try:
-        rendered = render_config(step, kind, context)
-        result = storable(kind.execute(rendered, context))
-        if result.wait is not None:  # a light kind must not wait: its contract says so
-            raise StepError(f"step kind {step.kind!r} is light and cannot wait")
-        output = result.output
-        happening = engine.StepFinished(step.id, step_run.attempt, succeeded=True, port=result.port)
-    except Exception as exc:
-        if not isinstance(exc, ExpressionError | StepError):
-            log.exception("step %s of run %s raised", step.id, run.pk)
-        happening = failure(step, step_run.attempt, exc)
+    with tracing.step_attempt(run, step, step_run, trigger=context.event) as attempt:
+        try:
+            rendered = render_config(step, kind, context)
+            result = storable(kind.execute(rendered, context))
+            if result.wait is not None:  # a light kind must not wait: its contract says so
+                raise StepError(f"step kind {step.kind!r} is light and cannot wait")
+            output = result.output
+            happening = engine.StepFinished(
+                step.id, step_run.attempt, succeeded=True, port=result.port
+            )
+        except Exception as exc:
+            if not isinstance(exc, ExpressionError | StepError):
+                log.exception("step %s of run %s raised", step.id, run.pk)
+            happening = failure(step, step_run.attempt, exc)
+        tracing.finished(attempt, happening)
     return write_result(
         run=run,
         step_run_id=step_run.pk,
@@ -502,30 +508,35 @@ def _run_claimed(
     context = build_context(run, step, step_run, secrets)
     output = None
     rendered: dict = dict(step.config)
-    try:
-        rendered = render_config(step, kind, context)
-        if run.origin == "shadow" and side_effecting(step):
-            # A shadow run never acts on the world: the original run's recorded result.
-            result = recorded_result(run=run, step_id=step.id)
-        else:
-            # The only part that may take long: the worker says it is alive meanwhile.
-            with heartbeating(step_run.pk):
-                result = kind.execute(rendered, context)
-        result = storable(result)
-        if result.wait is not None:
-            park(
-                step_run=step_run,
-                wait=result.wait,
-                output=mask(result.output, secrets),
-                context=context,
+    with tracing.step_attempt(run, step, step_run, trigger=context.event) as attempt:
+        try:
+            rendered = render_config(step, kind, context)
+            if run.origin == "shadow" and side_effecting(step):
+                # A shadow run never acts on the world: the original run's recorded result.
+                result = recorded_result(run=run, step_id=step.id)
+            else:
+                # The only part that may take long: the worker says it is alive meanwhile.
+                with heartbeating(step_run.pk):
+                    result = kind.execute(rendered, context)
+            result = storable(result)
+            if result.wait is not None:
+                park(
+                    step_run=step_run,
+                    wait=result.wait,
+                    output=mask(result.output, secrets),
+                    context=context,
+                )
+                attempt.set(**{"signalbox.step.outcome": "waiting"})
+                return True
+            output = result.output
+            happening = engine.StepFinished(
+                step.id, step_run.attempt, succeeded=True, port=result.port
             )
-            return True
-        output = result.output
-        happening = engine.StepFinished(step.id, step_run.attempt, succeeded=True, port=result.port)
-    except Exception as exc:
-        if not isinstance(exc, ExpressionError | StepError):
-            log.exception("step %s of run %s raised", step.id, run.pk)
-        happening = failure(step, step_run.attempt, exc)
+        except Exception as exc:
+            if not isinstance(exc, ExpressionError | StepError):
+                log.exception("step %s of run %s raised", step.id, run.pk)
+            happening = failure(step, step_run.attempt, exc)
+        tracing.finished(attempt, happening)
     record_until_stored(
         step_run_id=step_run.pk,
         happening=mask_happening(happening, secrets),

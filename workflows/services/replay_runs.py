@@ -9,7 +9,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from .. import engine, notify
+from .. import engine, notify, tracing
 from ..definition import InvalidDefinition
 from ..models import (
     DeadLetter,
@@ -74,6 +74,7 @@ def replay_run(
             renew_idempotency_keys=renew_idempotency_keys,
         )
         base = None if renew_idempotency_keys else (original.idempotency_base or original.pk)
+        started_span = tracing.replay_run_span(original)  # a new trace, linked to the old
         run = Run.objects.create(
             workflow=original.workflow,
             version=plan.version,
@@ -85,7 +86,9 @@ def replay_run(
             idempotency_base=base,
             correlation_id=original.correlation_id,
             partition_key=original.partition_key,
+            traceparent=started_span.traceparent,
         )
+        started_span.end(run)
         now = timezone.now()
         journal(
             run,
@@ -188,6 +191,7 @@ def start_shadow_run(
 ) -> Run:
     """Run the original's event through `version`; side effects answered from recordings."""
     with transaction.atomic():
+        started_span = tracing.replay_run_span(original, origin="shadow")
         run = Run.objects.create(
             workflow=original.workflow,
             version=version,
@@ -198,7 +202,9 @@ def start_shadow_run(
             idempotency_base=original.idempotency_base or original.pk,
             correlation_id=original.correlation_id,
             partition_key=original.partition_key,
+            traceparent=started_span.traceparent,
         )
+        started_span.end(run)
         journal(
             run,
             "run.shadow_of",

@@ -14,7 +14,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from .. import engine, notify
+from .. import engine, notify, tracing
 from ..events.envelope import Envelope, to_structured
 from ..expressions import ExpressionError, evaluate
 from ..models import Event, EventWaiter, Run, StepRun, Workflow
@@ -157,6 +157,9 @@ def _caused_by(run: Run) -> dict:
         traceparent = (trigger.extensions or {}).get(TRACEPARENT)
         if valid_traceparent(traceparent):
             extensions[TRACEPARENT] = traceparent
+    # Tracing on: the span emitting it (an emit_event's, in its attempt's), so the events
+    # it causes continue that trace below the step; off, the trigger's context passed on.
+    extensions[TRACEPARENT] = tracing.current_traceparent() or extensions.get(TRACEPARENT)
     return {k: v for k, v in extensions.items() if v not in ("", None)}
 
 

@@ -5,21 +5,26 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 from cryptography.fernet import InvalidToken
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .. import crypto
 from .. import webhooks as verification
+from ..events import push_formats
 from ..events.envelope import InvalidEvent, loads_json, validate
 from ..models import Event, Webhook
 from .event_intake import ingest_event
+from .push_fetch import fetch
 
 __all__ = [
     "InvalidWebhook",
+    "Receipt",
     "UnknownWebhook",
     "UnreadableBody",
     "UnreadableSecret",
@@ -29,6 +34,7 @@ __all__ = [
     "hook_path",
     "receive_webhook",
     "webhook_as_json",
+    "webhook_handshake",
 ]
 
 SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,100}$")
@@ -79,10 +85,13 @@ def create_webhook(
     auth_mode: str = "standard",
     secret: str | None = None,
     header_name: str | None = None,
+    push_format: str = push_formats.registry.PLAIN,
+    format_options: Any = None,
 ) -> tuple[Webhook, str | None]:
     """Create a webhook trigger; return it and its plaintext secret, which is stored only
     encrypted and never shown again. A missing secret is generated (``whsec_...`` for the
     standard mode). Raises InvalidWebhook."""
+    options = check_format(push_format, auth_mode, format_options)
     if not isinstance(slug, str) or not SLUG.match(slug):
         raise InvalidWebhook("slug", "1-100 letters, digits, hyphens or underscores")
     if not isinstance(event_type, str) or not EVENT_TYPE.match(event_type):
@@ -113,16 +122,28 @@ def create_webhook(
                 auth_mode=auth_mode,
                 secret_encrypted=crypto.encrypt(secret) if secret else "",
                 header_name=header_name,
+                push_format=push_format,
+                format_options=options,
             )
     except IntegrityError as exc:
         raise WebhookExists("slug", f"a webhook named {slug!r} already exists") from exc
     return webhook, secret
 
 
-def receive_webhook(*, slug: str, headers: Mapping[str, str], body: bytes) -> tuple[Event, bool]:
-    """Authenticate the request, turn its body into a CloudEvent of the webhook's type and
-    ingest it. Returns (event, created): created is False for a delivery id seen before,
-    which starts nothing new.
+@dataclass(frozen=True)
+class Receipt:
+    """What a delivery stored: its events (none for a control message such as an SNS
+    subscription confirmation, which is answered with `reply`), and whether any of them is
+    new (a delivery id seen before starts nothing)."""
+
+    events: list[Event]
+    created: bool
+    reply: dict[str, Any] | None = None
+
+
+def receive_webhook(*, slug: str, headers: Mapping[str, str], body: bytes) -> Receipt:
+    """Authenticate the request, turn its body into CloudEvents (for the plain format one
+    event of the webhook's type, for a cloud push format what it carries) and ingest them.
 
     Raises UnknownWebhook, verification.SignatureError, UnsupportedBody, UnreadableBody,
     UnreadableSecret, or SchemaViolation (from ingest) when the type has a schema.
@@ -145,9 +166,70 @@ def receive_webhook(*, slug: str, headers: Mapping[str, str], body: bytes) -> tu
         body=body,
         header_name=webhook.header_name,
     )
+    reader = push_formats.get_format(webhook.push_format)
+    if reader is not None:
+        return read_pushed(webhook, reader, headers, body)
     data = parse_body(headers, body, github=webhook.auth_mode == "github")
     envelope = to_envelope(webhook, delivery_id, data, headers)
-    return ingest_event(envelope=envelope, channel="webhook")
+    event, created = ingest_event(envelope=envelope, channel="webhook")
+    return Receipt([event], created)
+
+
+def check_format(name: Any, auth_mode: str, options: Any) -> dict[str, Any]:
+    if name not in push_formats.NAMES:
+        raise InvalidWebhook("push_format", f"one of {', '.join(push_formats.NAMES)}")
+    reader = push_formats.get_format(name)
+    if reader is None:
+        if options:
+            raise InvalidWebhook("format_options", "the plain format takes no options")
+        return {}
+    if not reader.uses_auth_mode and auth_mode != "none":
+        raise InvalidWebhook(
+            "auth_mode", f"{reader.label} messages carry their own signature: use none"
+        )
+    if options is not None and not isinstance(options, dict):
+        raise InvalidWebhook("format_options", "must be a JSON object")
+    try:
+        return reader.check_options(options or {})
+    except ValueError as exc:
+        raise InvalidWebhook("format_options", str(exc)) from exc
+
+
+def format_context(webhook: Webhook) -> push_formats.FormatContext:
+    return push_formats.FormatContext(
+        slug=webhook.slug,
+        event_type=webhook.event_type,
+        options=webhook.format_options or {},
+        fetch=fetch,
+        now=timezone.now().timestamp(),
+        settings=settings.SIGNALBOX,
+    )
+
+
+def read_pushed(webhook: Webhook, reader, headers: Mapping[str, str], body: bytes) -> Receipt:
+    """A cloud push delivery: its events committed together (a batch is all or nothing)."""
+    try:
+        delivery = reader.read(headers, body, format_context(webhook))
+    except push_formats.PushFormatError as exc:
+        raise UnreadableBody(str(exc)) from exc
+    if not delivery.envelopes:
+        return Receipt([], False, delivery.reply or {})
+    with transaction.atomic():
+        results = [ingest_event(envelope=e, channel="webhook") for e in delivery.envelopes]
+    return Receipt([event for event, _c in results], any(c for _e, c in results))
+
+
+def webhook_handshake(*, slug: str, headers: Mapping[str, str]) -> dict[str, str] | None:
+    """The headers that answer a push format's OPTIONS validation request (Event Grid's
+    abuse-protection handshake), or None when the webhook does not take it. Raises
+    UnknownWebhook."""
+    webhook = Webhook.objects.filter(slug=slug, enabled=True).first()
+    if webhook is None:
+        raise UnknownWebhook(slug)
+    reader = push_formats.get_format(webhook.push_format)
+    if reader is None:
+        return None
+    return reader.handshake(headers, format_context(webhook))
 
 
 def parse_body(headers: Mapping[str, str], body: bytes, *, github: bool = False) -> Any:
@@ -220,6 +302,8 @@ def webhook_as_json(webhook: Webhook) -> dict[str, Any]:
         "slug": webhook.slug,
         "event_type": webhook.event_type,
         "auth_mode": webhook.auth_mode,
+        "push_format": webhook.push_format,
+        "format_options": webhook.format_options or {},
         "enabled": webhook.enabled,
         "path": hook_path(webhook.slug),
         "created_at": webhook.created_at.isoformat(),

@@ -2,12 +2,13 @@
 
 The event's id is the attempt's idempotency key (the same on every attempt), so a retried
 step emits no second event; it carries the run's correlation id, the triggering event as its
-cause, and the trace context. Other workflows' triggers and waiting steps receive it like
-any other event.
+cause, and the trace context (its own span's, when tracing is on). Other workflows' triggers
+and waiting steps receive it like any other event.
 """
 
 from __future__ import annotations
 
+from .. import tracing
 from .base import StepContext, StepError, StepKind
 from .registry import register
 
@@ -52,7 +53,9 @@ class EmitEvent(StepKind):
         from ..events.envelope import InvalidEvent, SchemaViolation
 
         try:
-            return ctx.emit(config)
+            # Its span is the emitted event's trace context (traceparent extension).
+            with tracing.emitting(config["type"]):
+                return ctx.emit(config)
         except InvalidEvent as exc:  # a rendered attribute too long, a source with spaces
             raise StepError(f"emit_event: invalid event: {exc}", code="invalid_event") from exc
         except SchemaViolation as exc:

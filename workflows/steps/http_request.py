@@ -1,7 +1,8 @@
 """`http_request`: call an HTTP endpoint, safely and idempotently.
 
 Sends an Idempotency-Key derived from (run, step), the same on every attempt, so a receiver
-that deduplicates sees one effect however often we retry. 5xx, 429, network errors and
+that deduplicates sees one effect however often we retry, and the W3C `traceparent` of the
+run's trace (workflows/tracing.py). 5xx, 429, network errors and
 timeouts are retryable (honouring Retry-After); other 4xx are not. Every error carries a
 `code` that retry policies match by prefix (`retry_on: ["http.5", "timeout"]`):
 
@@ -26,7 +27,7 @@ import time
 
 import httpx
 
-from .. import circuit
+from .. import circuit, tracing
 from ..outbound import OutboundRefused, guarded_client
 from .base import StepContext, StepError, StepKind
 from .registry import register
@@ -210,6 +211,19 @@ def _without(value, texts: list[str]):
 
 
 def _send(method: str, url: str, kwargs: dict, ctx: StepContext, timeout: float):
+    """One request, with the trace context: a client span's `traceparent` (tracing on),
+    else the triggering event's own, passed on; it replaces a configured one."""
+    with tracing.outgoing_http(method, url, trigger=ctx.event) as call:
+        if call.headers:
+            names = {name.lower() for name in call.headers}
+            headers = {k: v for k, v in kwargs["headers"].items() if k.lower() not in names}
+            kwargs = {**kwargs, "headers": {**headers, **call.headers}}
+        status, headers, body = _exchange(method, url, kwargs, ctx, timeout)
+        call.answered(status)
+        return status, headers, body
+
+
+def _exchange(method: str, url: str, kwargs: dict, ctx: StepContext, timeout: float):
     """One request (redirects followed, each one through the address guard); returns
     (status, headers, body bytes up to MAX_BODY_BYTES) or raises a coded StepError."""
     try:

@@ -22,6 +22,7 @@ from workflows.services.events import (
     match_events,
 )
 from workflows.services.execution import Budget
+from workflows.tracing import delivery_traces
 
 log = logging.getLogger("signalbox.bus")
 # Entries become reclaimable only after BUS_CLAIM_IDLE_MS (30 s by default), and the
@@ -151,7 +152,11 @@ class Command(BaseCommand):
                     lambda group, consumer=consumer: consumer.handle_batch(
                         group,
                         lambda event_ids: (
-                            match_events(event_ids=event_ids, inline=Budget.for_bus_read()).done
+                            match_events(
+                                event_ids=event_ids,
+                                inline=Budget.for_bus_read(),
+                                traces=delivery_traces(group),
+                            ).done
                         ),
                         max_deliveries=config["BUS_MAX_DELIVERIES"],
                         on_poison=lambda d, reason: dead_letter_bus_entry(

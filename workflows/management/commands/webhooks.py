@@ -1,11 +1,14 @@
-"""python manage.py webhooks create SLUG --type TYPE [--auth MODE] | webhooks list"""
+"""python manage.py webhooks create SLUG --type TYPE [--auth MODE] [--format F --options JSON]
+| webhooks list"""
 
 from __future__ import annotations
 
+import json
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
+from workflows.events.push_formats import NAMES as FORMATS
 from workflows.models import Webhook
 from workflows.services.webhooks import InvalidWebhook, create_webhook, hook_path
 from workflows.webhooks import MODES
@@ -44,6 +47,20 @@ class Command(BaseCommand):
             help="read the secret from standard input instead of generating one "
             "(kept off the command line, where ps and shell history would show it)",
         )
+        create.add_argument(
+            "--format",
+            dest="push_format",
+            choices=FORMATS,
+            default="plain",
+            help="how the body is read: plain (any JSON or form body) or a cloud's push format "
+            "(docs/cloud-push.md)",
+        )
+        create.add_argument(
+            "--options",
+            dest="format_options",
+            default=None,
+            help='the push format\'s options as JSON, e.g. \'{"topic_arns": ["arn:aws:sns:..."]}\'',
+        )
         actions.add_parser("list", help="list webhooks (never their secrets)")
 
     def handle(self, *args, action, **options):
@@ -52,7 +69,22 @@ class Command(BaseCommand):
         else:
             self._list()
 
-    def _create(self, *, slug, event_type, auth_mode, header_name, secret_stdin, **_):
+    def _create(
+        self,
+        *,
+        slug,
+        event_type,
+        auth_mode,
+        header_name,
+        secret_stdin,
+        push_format,
+        format_options,
+        **_,
+    ):
+        try:
+            format_options = json.loads(format_options) if format_options else None
+        except ValueError as exc:
+            raise CommandError(f"--options: not JSON ({exc})") from exc
         secret = None
         if secret_stdin:
             secret = sys.stdin.readline().strip()
@@ -65,11 +97,13 @@ class Command(BaseCommand):
                 auth_mode=auth_mode,
                 secret=secret,
                 header_name=header_name,
+                push_format=push_format,
+                format_options=format_options,
             )
         except InvalidWebhook as exc:
             raise CommandError(str(exc)) from exc
         self.stderr.write(
-            f"webhook {slug!r} ({auth_mode}) makes {event_type} events; "
+            f"webhook {slug!r} ({push_format}, {auth_mode}) makes {event_type} events; "
             + ("its secret is shown only this once:" if plaintext else "it has no secret.")
         )
         self.stdout.write(f"url:    {hook_path(webhook.slug)}")
@@ -85,11 +119,17 @@ class Command(BaseCommand):
                 "no webhooks; create one with: manage.py webhooks create SLUG --type TYPE"
             )
             return
-        rows = [("PATH", "TYPE", "AUTH", "ENABLED")] + [
-            (hook_path(h.slug), h.event_type, h.auth_mode, "yes" if h.enabled else "no")
+        rows = [("PATH", "TYPE", "FORMAT", "AUTH", "ENABLED")] + [
+            (
+                hook_path(h.slug),
+                h.event_type,
+                h.push_format,
+                h.auth_mode,
+                "yes" if h.enabled else "no",
+            )
             for h in hooks
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
         for row in rows:
-            cells = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
-            self.stdout.write("  ".join([*cells, row[3]]))
+            cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
+            self.stdout.write("  ".join([*cells, row[4]]))

@@ -1,0 +1,18 @@
+# The run span's W3C traceparent (workflows/tracing.py): the parent of every attempt's span.
+
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ("workflows", "0012_connections"),
+    ]
+
+    operations = [
+        migrations.AddField(
+            model_name="run",
+            name="traceparent",
+            field=models.CharField(blank=True, default="", max_length=55),
+        ),
+    ]
