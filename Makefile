@@ -39,11 +39,12 @@ test-fast: $(VENV)/.installed-dev
 test-browser: $(VENV)/.installed-dev
 	@$(PY) -m tests.runner --only browser $(ARGS)
 
-# Both checks always run, so one pass shows every problem; either failing fails lint.
+# Every check always runs, so one pass shows every problem; any failing fails lint.
 lint: $(VENV)/.installed-dev
 	@status=0; \
 	echo "ruff check ."; $(VENV)/bin/ruff check . || status=1; \
 	echo "ruff format --check ."; $(VENV)/bin/ruff format --check --output-format concise . || status=1; \
+	echo "lint-imports (the import contract in pyproject.toml)"; $(VENV)/bin/lint-imports --no-cache || status=1; \
 	exit $$status
 
 format: $(VENV)/.installed-dev

@@ -1,9 +1,11 @@
-"""Recovery pages: replay a run (with a preview), cancel, the dead-letter queue, bulk and
-shadow replays, re-drive of stored events, and the audit trail.
+"""Recovery pages: replay a run (with a preview), cancel, bulk and
+shadow replays, re-drive of stored events, and the audit trail (the dead-letter queue:
+dead_letter_views.py).
 
 Reading is for viewers; every action needs the operator role (403 otherwise) and is
 recorded in the audit trail by the services it calls. What belongs to another team answers 404,
 as if it did not exist (403 would say that it does).
+
 """
 
 from __future__ import annotations
@@ -13,63 +15,30 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpResponse
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from workflows import dashboard_selectors as ds
 from workflows import replay_selectors as recovery
-from workflows import selectors
 from workflows.event_selectors import _parse_time
 from workflows.models import Run, Workflow
-from workflows.roles import has_role
 from workflows.services import audit
-from workflows.services import dead_letters as dlq
 from workflows.services import replay as replays
-from workflows.services.dead_letter_preview import preview_redrive
 from workflows.services.definitions import definition_for
 from workflows.services.redrive import EventSelection, RedriveError, redrive_events
 from workflows.services.run_control import cancel_run
 from workflows.states import TERMINAL_RUN
 
 from .access import role_required
-
-
-def _can_operate(request) -> bool:
-    return has_role(request.user, "operator")
-
-
-def _require_operator(request) -> None:
-    if not _can_operate(request):
-        raise PermissionDenied("this needs the operator role")
-
-
-def _go(request, url: str):
-    """Redirect; an htmx request is told to navigate instead of swapping the page in."""
-    if request.htmx:
-        response = HttpResponse(status=204)
-        response["HX-Redirect"] = url
-        return response
-    return redirect(url)
-
-
-def _run_or_404(request, run_id: int) -> Run:
-    run = selectors.run_detail(run_id)
-    if run is None:
-        raise Http404("no such run")
-    if not ds.can_see_workflow(request.user, run.workflow):
-        raise Http404("no such run")
-    return run
-
-
-def _batch_or_404(request, batch_id: int):
-    """A batch over a workflow of another team is not there for this user."""
-    batch = recovery.batch(batch_id, hidden=ds.hidden_workflow_ids(request.user))
-    if batch is None:
-        raise Http404("no such batch")
-    return batch
+from .recovery_access import (
+    batch_or_404,
+    can_operate,
+    go,
+    require_operator,
+    run_or_404,
+)
 
 
 # --- the recovery panel on the run page ----------------------------------------------------------
@@ -77,10 +46,10 @@ def _batch_or_404(request, batch_id: int):
 def run_panel(request, run_id: int):
     """Actions, lineage, comparison and audit of one run. The run page loads it into its
     live section, so it is fetched again (with the viewer's role) whenever the run moves."""
-    run = _run_or_404(request, run_id)
+    run = run_or_404(request, run_id)
     context = {
         "run": run,
-        "can_operate": _can_operate(request),
+        "can_operate": can_operate(request),
         "terminal": run.status in TERMINAL_RUN,
         # A fix published since the run: the replay page offers it first.
         "newer_version": _newer_version(run),
@@ -130,7 +99,7 @@ def _step_ids(run: Run, version: str) -> list[str]:
 @role_required("operator")
 @require_http_methods(["GET", "POST"])
 def run_replay(request, run_id: int):
-    run = _run_or_404(request, run_id)
+    run = run_or_404(request, run_id)
     choices = _replay_choices(request, run)
     plan, error, status = None, None, 200
     try:
@@ -146,7 +115,7 @@ def run_replay(request, run_id: int):
                 reason=choices["reason"],
             )
             messages.success(request, f"Run #{new.pk} replays run #{run.pk}.")
-            return _go(request, reverse("dashboard:run", args=[new.pk]))
+            return go(request, reverse("dashboard:run", args=[new.pk]))
         plan = replays.plan_replay(
             run=run,
             from_step=choices["from_step"],
@@ -177,237 +146,13 @@ def run_replay(request, run_id: int):
 @role_required("operator")
 @require_POST
 def run_cancel(request, run_id: int):
-    run = _run_or_404(request, run_id)
+    run = run_or_404(request, run_id)
     reason = (request.POST.get("reason") or "").strip()
     if cancel_run(run_id=run.pk, reason=reason, by=request.user.get_username()):
         messages.success(request, f"Run #{run.pk} cancelled.")
     else:
         messages.error(request, f"Run #{run.pk} had already finished ({run.status}).")
-    return _go(request, reverse("dashboard:run", args=[run.pk]))
-
-
-# --- the dead-letter queue -----------------------------------------------------------------------
-# A letter that belongs to a workflow of another team (replay_selectors.letters_touching) is
-# not there for this user: left out of the list, 404 on its pages and actions, refused (as an
-# unknown id) in a bulk re-drive.
-def _redrive_version(request) -> str:
-    chosen = request.POST.get("version")
-    return chosen if chosen in (replays.VERSION_ORIGINAL, replays.VERSION_LATEST) else "original"
-
-
-def _redrive_selected(request, ids: list[int], hidden: frozenset[int]) -> list[dict[str, Any]]:
-    allowed = recovery.visible_dead_letter_ids(ids, hidden=hidden)
-    done = {
-        result["id"]: result
-        for result in dlq.redrive_many(
-            letter_ids=[i for i in ids if i in allowed],
-            actor=request.user.get_username(),
-            reason=(request.POST.get("reason") or "").strip(),
-            version=_redrive_version(request),
-        )
-    }
-    # The same answer as for an id that does not exist: nothing tells the two apart.
-    unknown = {"ok": False, "error": "no such dead letter"}
-    return [done.get(i) or {"id": i, **unknown} for i in ids]
-
-
-def _preview_selected(request, ids: list[int], hidden: frozenset[int]):
-    allowed = recovery.visible_dead_letter_ids(ids, hidden=hidden)
-    # Another team's letter previews as an unknown id does, as the re-drive answers it.
-    return preview_redrive(
-        letter_ids=ids, version=_redrive_version(request), unknown=set(ids) - allowed
-    )
-
-
-def _bulk_redrive(request, hidden: frozenset[int]):
-    """Selected letters: first a preview (what each re-drive does, to which workflow and
-    version, which cannot be re-driven and why) to confirm; then each letter's outcome."""
-    ids = list(dict.fromkeys(int(i) for i in request.POST.getlist("ids") if i.isdigit()))
-    if not ids:
-        messages.error(request, "Select the dead letters to re-drive.")
-        return redirect(reverse("dashboard:dead-letters") + "?" + request.GET.urlencode())
-    context: dict[str, Any] = {
-        "ids": ids,
-        "reason": (request.POST.get("reason") or "").strip(),
-        "version": _redrive_version(request),
-        "back": reverse("dashboard:dead-letters") + "?" + request.GET.urlencode(),
-    }
-    if request.POST.get("confirm") != "yes":
-        previews = _preview_selected(request, ids, hidden)
-        context["previews"] = previews
-        context["can_count"] = sum(1 for p in previews if p.can)
-        return render(request, "dashboard/dead_letters_redrive.html", context)
-    if request.htmx:
-        # Live: the page lists the letters at once and re-drives them one by one, each row
-        # showing its outcome as it comes (dead_letter_redrive_row).
-        context["live"] = [
-            {
-                "id": letter_id,
-                "vals": json.dumps(
-                    {
-                        "reason": context["reason"],
-                        "version": context["version"],
-                        "next": ids[i + 1] if i + 1 < len(ids) else "",
-                    }
-                ),
-            }
-            for i, letter_id in enumerate(ids)
-        ]
-        return render(request, "dashboard/dead_letters_redrive.html", context)
-    results = _redrive_selected(request, ids, hidden)
-    context["results"] = results
-    context["ok_count"] = sum(1 for r in results if r["ok"])
-    return render(request, "dashboard/dead_letters_redrive.html", context)
-
-
-@role_required("viewer")
-@require_http_methods(["GET", "POST"])
-def dead_letter_list(request):
-    hidden = ds.hidden_workflow_ids(request.user)
-    if request.method == "POST":  # re-drive the selected letters
-        _require_operator(request)
-        return _bulk_redrive(request, hidden)
-    state = (
-        request.GET.get("state")
-        if request.GET.get("state") in ("open", "resolved", "all")
-        else "open"
-    )
-    kind = request.GET.get("kind") if request.GET.get("kind") in ("step", "bus", "event") else ""
-    page, more = recovery.dead_letters(
-        state=state, kind=kind, limit=recovery.PAGE_SIZE, hidden=hidden
-    )
-    return render(
-        request,
-        "dashboard/dead_letters.html",
-        {
-            "letters": page,
-            "more": more,
-            "state": state,
-            "kind": kind,
-            "open_count": recovery.open_dead_letter_count(hidden=hidden),
-            "can_operate": _can_operate(request),
-        },
-    )
-
-
-@role_required("operator")
-@require_POST
-def dead_letter_redrive_row(request, letter_id: int):
-    """Re-drive one letter of a live bulk re-drive; answer its outcome row and start the
-    next letter's (a client event, so the letters go one after the other)."""
-    [result] = _redrive_selected(request, [letter_id], ds.hidden_workflow_ids(request.user))
-    response = render(request, "dashboard/_redrive_result_row.html", {"result": result})
-    following = request.POST.get("next") or ""
-    if following.isdigit():
-        response["HX-Trigger"] = json.dumps({f"redrive-go-{following}": True})
-    else:
-        response["HX-Trigger"] = json.dumps({"redrive-finished": True})
-    return response
-
-
-def _letter_or_404(request, letter_id: int):
-    letter = recovery.dead_letter(letter_id, hidden=ds.hidden_workflow_ids(request.user))
-    if letter is None:
-        raise Http404("no such dead letter")
-    return letter
-
-
-@role_required("viewer")
-def dead_letter_detail(
-    request,
-    letter_id: int,
-    *,
-    payload_text: str | None = None,
-    error: str | None = None,
-    status: int = 200,
-):
-    letter = _letter_or_404(request, letter_id)
-    return render(
-        request,
-        "dashboard/dead_letters_detail.html",
-        {
-            "letter": letter,
-            "payload_text": payload_text
-            if payload_text is not None
-            else json.dumps(letter.payload, indent=2),
-            "error": error,
-            "entries": recovery.audit_entries(target_type="dead_letter", target_id=str(letter.pk))[
-                0
-            ],
-            "can_operate": _can_operate(request),
-        },
-        status=status,
-    )
-
-
-@role_required("operator")
-@require_POST
-def dead_letter_edit(request, letter_id: int):
-    _letter_or_404(request, letter_id)
-    text = request.POST.get("payload") or ""
-    try:
-        payload = json.loads(text)
-        dlq.edit_payload(
-            letter_id=letter_id,
-            payload=payload,
-            actor=request.user.get_username(),
-            reason=(request.POST.get("reason") or "").strip(),
-        )
-    except ValueError as exc:
-        return dead_letter_detail(
-            request,
-            letter_id,
-            payload_text=text,
-            error=f"The payload is not JSON: {exc}",
-            status=400,
-        )
-    except dlq.DeadLetterError as exc:
-        return dead_letter_detail(
-            request, letter_id, payload_text=text, error=str(exc), status=exc.status
-        )
-    messages.success(request, "Payload saved; the original is kept beside it.")
-    return redirect("dashboard:dead-letter", letter_id=letter_id)
-
-
-@role_required("operator")
-@require_POST
-def dead_letter_redrive(request, letter_id: int):
-    _letter_or_404(request, letter_id)
-    try:
-        done = dlq.redrive(
-            letter_id=letter_id,
-            actor=request.user.get_username(),
-            reason=(request.POST.get("reason") or "").strip(),
-        )
-    except dlq.DeadLetterError as exc:
-        return dead_letter_detail(request, letter_id, error=str(exc), status=exc.status)
-    messages.success(request, f"Re-driven: {done.resolution}.")
-    # Matching an event again may start runs of another team's workflow, and so make the
-    # letter theirs too: go where this user may look.
-    hidden = ds.hidden_workflow_ids(request.user)
-    shown = Run.objects.filter(pk__in=done.runs).exclude(workflow_id__in=sorted(hidden))
-    first = shown.order_by("id").values_list("pk", flat=True).first()
-    if first is not None:
-        return redirect("dashboard:run", run_id=first)
-    if recovery.dead_letter(letter_id, hidden=hidden) is None:
-        return redirect("dashboard:dead-letters")
-    return redirect("dashboard:dead-letter", letter_id=letter_id)
-
-
-@role_required("operator")
-@require_POST
-def dead_letter_discard(request, letter_id: int):
-    _letter_or_404(request, letter_id)
-    try:
-        dlq.discard(
-            letter_id=letter_id,
-            actor=request.user.get_username(),
-            reason=request.POST.get("reason") or "",
-        )
-    except dlq.DeadLetterError as exc:
-        return dead_letter_detail(request, letter_id, error=str(exc), status=exc.status)
-    messages.success(request, "Discarded; the decision is in the audit trail.")
-    return redirect("dashboard:dead-letter", letter_id=letter_id)
+    return go(request, reverse("dashboard:run", args=[run.pk]))
 
 
 # --- bulk and shadow replays ---------------------------------------------------------------------
@@ -435,7 +180,7 @@ def replay_batches(request):
         else None
     )
     if request.method == "POST" and not errors:
-        _require_operator(request)
+        require_operator(request)
         try:
             per_second = float(source.get("per_second") or replays.DEFAULT_PER_SECOND)
             batch = replays.start_bulk_replay(
@@ -455,7 +200,7 @@ def replay_batches(request):
         else:
             return redirect("dashboard:replay-batch", batch_id=batch.pk)
     elif request.method == "POST":
-        _require_operator(request)
+        require_operator(request)
     return render(
         request,
         "dashboard/replay_batches.html",
@@ -487,7 +232,7 @@ def replay_batches(request):
             "ticked_left_out": sorted(set(selection.runs) - {r.pk for r in matching}),
             "batches": recovery.batches(limit=20, hidden=hidden),
             "workflows": Workflow.objects.exclude(id__in=sorted(hidden)).order_by("slug"),
-            "can_operate": _can_operate(request),
+            "can_operate": can_operate(request),
         },
         status=400 if errors and request.method == "POST" else 200,
     )
@@ -522,24 +267,24 @@ def batch_context(batch) -> dict[str, Any]:
 
 @role_required("viewer")
 def replay_batch(request, batch_id: int):
-    batch = _batch_or_404(request, batch_id)
+    batch = batch_or_404(request, batch_id)
     return render(
         request,
         "dashboard/replay_batch.html",
-        {**batch_context(batch), "can_operate": _can_operate(request)},
+        {**batch_context(batch), "can_operate": can_operate(request)},
     )
 
 
 @role_required("operator")
 @require_POST
 def replay_batch_cancel(request, batch_id: int):
-    _batch_or_404(request, batch_id)
+    batch_or_404(request, batch_id)
     replays.cancel_batch(
         batch_id=batch_id,
         actor=request.user.get_username(),
         reason=(request.POST.get("reason") or "").strip(),
     )
-    return _go(request, reverse("dashboard:replay-batch", args=[batch_id]))
+    return go(request, reverse("dashboard:replay-batch", args=[batch_id]))
 
 
 @role_required("operator")
@@ -603,7 +348,7 @@ def redrive_page(request):
         if not errors:
             deliver = request.method == "POST"
             if deliver:
-                _require_operator(request)
+                require_operator(request)
             try:
                 plan = redrive_events(
                     workflow_slug=form["workflow"],
@@ -635,7 +380,7 @@ def redrive_page(request):
             "errors": errors,
             "plan": plan,
             "workflows": Workflow.objects.exclude(id__in=sorted(hidden)).order_by("slug"),
-            "can_operate": _can_operate(request),
+            "can_operate": can_operate(request),
         },
         status=400 if errors and request.method == "POST" else 200,
     )

@@ -2,6 +2,7 @@ from django.urls import path
 
 from . import (
     connection_views,
+    dead_letter_views,
     editor_views,
     event_views,
     overview_views,
@@ -36,24 +37,26 @@ urlpatterns = [
     path("runs/<int:run_id>/recovery/", replay_views.run_panel, name="run-panel"),
     path("runs/<int:run_id>/replay/", replay_views.run_replay, name="run-replay"),
     path("runs/<int:run_id>/cancel/", replay_views.run_cancel, name="run-cancel"),
-    path("dead-letters/", replay_views.dead_letter_list, name="dead-letters"),
-    path("dead-letters/<int:letter_id>/", replay_views.dead_letter_detail, name="dead-letter"),
+    path("dead-letters/", dead_letter_views.dead_letter_list, name="dead-letters"),
+    path("dead-letters/<int:letter_id>/", dead_letter_views.dead_letter_detail, name="dead-letter"),
     path(
-        "dead-letters/<int:letter_id>/edit/", replay_views.dead_letter_edit, name="dead-letter-edit"
+        "dead-letters/<int:letter_id>/edit/",
+        dead_letter_views.dead_letter_edit,
+        name="dead-letter-edit",
     ),
     path(
         "dead-letters/<int:letter_id>/redrive/",
-        replay_views.dead_letter_redrive,
+        dead_letter_views.dead_letter_redrive,
         name="dead-letter-redrive",
     ),
     path(
         "dead-letters/<int:letter_id>/redrive-row/",
-        replay_views.dead_letter_redrive_row,
+        dead_letter_views.dead_letter_redrive_row,
         name="dead-letter-redrive-row",
     ),
     path(
         "dead-letters/<int:letter_id>/discard/",
-        replay_views.dead_letter_discard,
+        dead_letter_views.dead_letter_discard,
         name="dead-letter-discard",
     ),
     path("replays/", replay_views.replay_batches, name="replays"),

@@ -60,7 +60,7 @@ class Caller:
 
 @pytest.fixture
 def world(db, monkeypatch):
-    monkeypatch.setattr(replays, "_enqueue_batch", lambda batch_id: None)
+    monkeypatch.setattr("workflows.services.replay_batches._enqueue_batch", lambda batch_id: None)
     finance, growth = Group.objects.create(name="finance"), Group.objects.create(name="growth")
     runs = {}
     for slug, event_type, team in (

@@ -32,7 +32,7 @@ from tests.waiting import wait_until
 from workflows import engine, tasks
 from workflows.definition import FORMAT_SCHEMA
 from workflows.models import Run, RunJournal, StepRun
-from workflows.services import execution, run_control, runs
+from workflows.services import execution, run_control, runs, sweeps
 from workflows.services.definitions import publish_workflow, put_workflow
 from workflows.services.projections import differences
 
@@ -221,9 +221,9 @@ def test_an_expired_lease_fails_the_attempt_retryably_and_fences_out_its_late_re
     first = attempt(run.pk, "slow")
     assert execution.claim(first.pk, "lost-worker")  # a worker took it, then vanished
 
-    assert runs.expire_leases(now=timezone.now() + timedelta(seconds=5)) == 0  # still leased
+    assert sweeps.expire_leases(now=timezone.now() + timedelta(seconds=5)) == 0  # still leased
     later = timezone.now() + timedelta(seconds=5) + runs.LEASE_GRACE + timedelta(seconds=1)
-    assert runs.expire_leases(now=later) == 1
+    assert sweeps.expire_leases(now=later) == 1
     late = runs.record_result(
         step_run_id=first.pk, happening=engine.StepFinished("slow", 1, succeeded=True)
     )
@@ -514,10 +514,10 @@ def test_a_parent_step_resumes_even_when_its_finished_child_runs_message_was_los
     assert ("signalbox.run_finished", (child.pk,), {}) in sent
     later = timezone.now() + runs.REENQUEUE_AFTER + timedelta(seconds=1)
 
-    assert runs.enqueue_due_steps() == 0  # the message may still come: leave it the chance
+    assert sweeps.enqueue_due_steps() == 0  # the message may still come: leave it the chance
     assert status_of(parent.pk, "call") == "waiting"
-    assert runs.enqueue_due_steps(now=later) == 1
-    assert runs.enqueue_due_steps(now=later) == 0
+    assert sweeps.enqueue_due_steps(now=later) == 1
+    assert sweeps.enqueue_due_steps(now=later) == 0
     assert Run.objects.get(pk=parent.pk).status == "succeeded"
     assert attempt(parent.pk, "call").output["status"] == "succeeded"
 
@@ -538,8 +538,8 @@ def test_a_queued_run_whose_admission_was_lost_is_started_by_the_scheduler(sent)
     later = timezone.now() + runs.REENQUEUE_AFTER + timedelta(seconds=1)
 
     assert Run.objects.get(pk=second.pk).status == "queued"
-    assert runs.enqueue_due_steps() == 0
-    assert runs.enqueue_due_steps(now=later) == 1
+    assert sweeps.enqueue_due_steps() == 0
+    assert sweeps.enqueue_due_steps(now=later) == 1
     assert Run.objects.get(pk=second.pk).status == "running"
     assert ("signalbox.execute_step", (attempt(second.pk, "only").pk,), {}) in sent
 
@@ -551,12 +551,12 @@ def test_attempts_behind_a_backlog_are_not_sent_again_until_it_drains(sent, monk
     later = timezone.now() + runs.REENQUEUE_AFTER + timedelta(seconds=1)
     sent.clear()
 
-    monkeypatch.setattr(runs, "messages_waiting", lambda: 2000)  # a backlog: it may come yet
-    assert runs.enqueue_due_steps(now=later) == 0
-    monkeypatch.setattr(runs, "messages_waiting", lambda: None)  # Redis cannot say
-    assert runs.enqueue_due_steps(now=later) == 0
-    monkeypatch.setattr(runs, "messages_waiting", lambda: 0)  # drained: it was lost
-    assert runs.enqueue_due_steps(now=later) == 1
+    monkeypatch.setattr(sweeps, "messages_waiting", lambda: 2000)  # a backlog: it may come yet
+    assert sweeps.enqueue_due_steps(now=later) == 0
+    monkeypatch.setattr(sweeps, "messages_waiting", lambda: None)  # Redis cannot say
+    assert sweeps.enqueue_due_steps(now=later) == 0
+    monkeypatch.setattr(sweeps, "messages_waiting", lambda: 0)  # drained: it was lost
+    assert sweeps.enqueue_due_steps(now=later) == 1
     assert sent == [("signalbox.execute_step", (only.pk,), {})]
 
 
@@ -582,8 +582,8 @@ def test_steps_retries_and_finished_runs_are_sent_without_eta_or_countdown(sent)
     second = attempt(run.pk, "flaky", 2)
     sent_before_due = list(sent)
 
-    assert runs.enqueue_due_steps(now=second.not_before - timedelta(seconds=1)) == 0
-    assert runs.enqueue_due_steps(now=second.not_before + timedelta(seconds=1)) == 1
+    assert sweeps.enqueue_due_steps(now=second.not_before - timedelta(seconds=1)) == 0
+    assert sweeps.enqueue_due_steps(now=second.not_before + timedelta(seconds=1)) == 1
     assert execution.execute_step(step_run_id=second.pk) is True
 
     assert sent_before_due == [("signalbox.execute_step", (first.pk,), {})]  # retry: a DB row

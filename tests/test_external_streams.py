@@ -223,7 +223,7 @@ def test_an_entry_that_keeps_failing_is_quarantined_after_its_delivery_limit(mon
     def broken(**_):
         raise RuntimeError("a bug while ingesting")
 
-    monkeypatch.setattr("workflows.services.events.ingest_event", broken)
+    monkeypatch.setattr("workflows.services.event_intake.ingest_event", broken)
     letter = wait_until(
         lambda: (
             reader.poll(block_ms=10) is not None

@@ -20,7 +20,7 @@ from tests.test_step_kinds import ByHand, context, step_of
 from workflows import circuit
 from workflows.models import Run, StepItemResult
 from workflows.services.item_checkpoints import StepItemCheckpoints, recorded_items
-from workflows.services.runs import enqueue_due_steps, expire_leases
+from workflows.services.sweeps import enqueue_due_steps, expire_leases
 from workflows.steps import registry
 from workflows.steps.base import StepError
 from workflows.steps.python import step_function

@@ -48,7 +48,7 @@ def unmatched_event() -> Event:
 def world(db, monkeypatch):
     """The finance team's `payroll` and everyone's `shop`, one failed run each, and a dead
     letter of every kind attributed to payroll (`hidden`) or to no team (`public`)."""
-    monkeypatch.setattr(replays, "_enqueue_batch", lambda batch_id: None)
+    monkeypatch.setattr("workflows.services.replay_batches._enqueue_batch", lambda batch_id: None)
     finance = Group.objects.create(name="finance")
     publish("payroll", definition(FAIL, event=PAYROLL))
     Workflow.objects.filter(slug="payroll").update(team=finance)

@@ -77,7 +77,7 @@ def enqueued(monkeypatch) -> list[int]:
     """Batch ids handed to the task, recorded instead of sent to a worker (their creation
     hands them over too: tests clear the list before the sweep)."""
     sent: list[int] = []
-    monkeypatch.setattr(replays, "_enqueue_batch", sent.append)
+    monkeypatch.setattr("workflows.services.replay_batches._enqueue_batch", sent.append)
     return sent
 
 

@@ -22,7 +22,7 @@ from tests.test_step_kinds import ByHand, step_of
 from workflows.definition import InvalidDefinition
 from workflows.events.envelope import from_structured
 from workflows.models import Event, WorkflowVersion
-from workflows.services import definitions as definition_services
+from workflows.services import definition_parsing as definition_services
 from workflows.services.definitions import parse_definition, publish_workflow, put_workflow
 from workflows.services.drafts import check_draft
 from workflows.services.events import ingest_event, match_event

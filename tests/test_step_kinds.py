@@ -34,8 +34,8 @@ from workflows.services.definitions import (
 )
 from workflows.services.events import ingest_event, match_event
 from workflows.services.execution import build_context, claim, execute_step
-from workflows.services.runs import expire_leases
 from workflows.services.secrets import set_secret
+from workflows.services.sweeps import expire_leases
 from workflows.steps import registry
 from workflows.steps.base import StepContext, StepError
 from workflows.steps.http_request import MAX_BODY_BYTES, HttpRequest
@@ -718,7 +718,7 @@ def test_a_retry_policy_with_retry_on_retries_only_the_matching_codes(
     run = by_hand.start("selective", body, cloudevent())
     by_hand.drain()
     # The 503 was retried (a due retry is enqueued by the scheduler's sweep: run it by hand).
-    from workflows.services.runs import enqueue_due_steps
+    from workflows.services.sweeps import enqueue_due_steps
 
     with transaction.atomic():
         enqueue_due_steps(now=timezone.now() + timedelta(seconds=5))

@@ -33,7 +33,7 @@ from tests.test_spine import publish, send
 from tests.waiting import wait_until
 from workflows import engine
 from workflows.models import Run, StepRun
-from workflows.services import execution, runs, step_heartbeats
+from workflows.services import execution, runs, step_heartbeats, sweeps
 
 RETRIED = {"max_attempts": 2, "backoff": "fixed", "delay_seconds": 0}
 
@@ -73,10 +73,10 @@ def test_an_attempt_whose_worker_stopped_heartbeating_fails_and_is_retried(db):
     first = claimed("lost", long_step())
     limit = step_heartbeats.timeout()
     # Five missed beats of a slow worker (the default 10 s beats, 60 s limit): still alive.
-    assert runs.enqueue_due_steps(now=first.heartbeat_at + limit - timedelta(seconds=1)) == 0
+    assert sweeps.enqueue_due_steps(now=first.heartbeat_at + limit - timedelta(seconds=1)) == 0
     assert StepRun.objects.get(pk=first.pk).status == "running"
 
-    runs.enqueue_due_steps(now=first.heartbeat_at + limit + timedelta(seconds=13))
+    sweeps.enqueue_due_steps(now=first.heartbeat_at + limit + timedelta(seconds=13))
 
     first.refresh_from_db()
     assert (first.status, first.error_code, first.retryable) == (
@@ -103,7 +103,7 @@ def test_a_lost_worker_is_noticed_by_its_heartbeat_long_before_the_step_times_ou
     first = claimed("noticed", long_step(timeout_seconds=86400))
     soon = first.heartbeat_at + step_heartbeats.timeout() + timedelta(seconds=1)
 
-    assert runs.expire_leases(now=soon) == 1
+    assert sweeps.expire_leases(now=soon) == 1
     assert StepRun.objects.get(pk=first.pk).error_code == "timeout.heartbeat"
 
 
@@ -113,11 +113,11 @@ def test_an_attempt_whose_worker_keeps_beating_is_left_alone_until_its_timeout(d
     started = first.started_at
     StepRun.objects.filter(pk=first.pk).update(heartbeat_at=started + timedelta(seconds=30))
 
-    assert runs.expire_leases(now=started + timedelta(seconds=34)) == 0  # 5 s + 30 s grace
+    assert sweeps.expire_leases(now=started + timedelta(seconds=34)) == 0  # 5 s + 30 s grace
     assert StepRun.objects.get(pk=first.pk).status == "running"
 
     StepRun.objects.filter(pk=first.pk).update(heartbeat_at=started + timedelta(seconds=35))
-    assert runs.expire_leases(now=started + timedelta(seconds=36)) == 1
+    assert sweeps.expire_leases(now=started + timedelta(seconds=36)) == 1
     first.refresh_from_db()
     assert (first.status, first.error_code, first.retryable) == ("failed", "timeout", True)
     assert attempt(first.run_id, "slow", 2).status == "queued"
@@ -129,14 +129,14 @@ def test_an_attempt_without_a_heartbeat_keeps_the_timeout_rule(db):
     StepRun.objects.filter(pk=first.pk).update(heartbeat_at=None)
     started = first.started_at
 
-    assert runs.expire_leases(now=started + timedelta(seconds=34)) == 0
-    assert runs.expire_leases(now=started + timedelta(seconds=36)) == 1
+    assert sweeps.expire_leases(now=started + timedelta(seconds=34)) == 0
+    assert sweeps.expire_leases(now=started + timedelta(seconds=36)) == 1
     assert StepRun.objects.get(pk=first.pk).error_code == "timeout"
 
 
 def test_a_late_result_or_heartbeat_from_an_attempt_declared_lost_changes_nothing(db):
     first = claimed("late", long_step())
-    assert runs.expire_leases(now=first.heartbeat_at + timedelta(hours=1)) == 1
+    assert sweeps.expire_leases(now=first.heartbeat_at + timedelta(hours=1)) == 1
     second = attempt(first.run_id, "slow", 2)
     journal_before = journal_kinds(first.run_id)
     rows_before = list(StepRun.objects.filter(run_id=first.run_id).values())

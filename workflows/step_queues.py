@@ -67,7 +67,7 @@ def send(step_run_id: int, kind: str | None = None) -> None:
     """Send the attempt's message now, to its kind's queue. Without a kind (a caller that
     holds only the id) the kind is read; if the database cannot say, the light queue is
     used: only light attempts are handed on by id alone."""
-    from .tasks import execute_step_task
+    from .task_queue import EXECUTE_STEP, task
 
     if kind is None:
         from .models import StepRun
@@ -77,4 +77,4 @@ def send(step_run_id: int, kind: str | None = None) -> None:
         except DatabaseError:
             kind = None
     queue = queue_for(kind) if kind else settings.SIGNALBOX_STEP_QUEUE_FAST
-    execute_step_task.s(step_run_id).set(queue=queue).delay()
+    task(EXECUTE_STEP).s(step_run_id).set(queue=queue).delay()

@@ -4,6 +4,8 @@ from celery import shared_task
 from celery.signals import task_postrun, task_prerun
 from django.db import close_old_connections
 
+from .task_queue import EXECUTE_STEP, PROCESS_REPLAY_BATCH, RUN_FINISHED
+
 
 @task_prerun.connect
 @task_postrun.connect
@@ -25,14 +27,14 @@ def _flush_step_metrics(**_kwargs) -> None:
     step_metrics.flush()
 
 
-@shared_task(name="signalbox.execute_step", acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=EXECUTE_STEP, acks_late=True, reject_on_worker_lost=True)
 def execute_step_task(step_run_id: int) -> None:
     from .services.execution import execute_step
 
     execute_step(step_run_id=step_run_id)
 
 
-@shared_task(name="signalbox.run_finished", acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=RUN_FINISHED, acks_late=True, reject_on_worker_lost=True)
 def run_finished_task(run_id: int) -> None:
     """After a run finished: resume its parent step, start queued runs of its workflow."""
     from .services.run_control import after_run_finished
@@ -40,7 +42,7 @@ def run_finished_task(run_id: int) -> None:
     after_run_finished(run_id=run_id)
 
 
-@shared_task(name="signalbox.process_replay_batch", acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=PROCESS_REPLAY_BATCH, acks_late=True, reject_on_worker_lost=True)
 def process_replay_batch_task(batch_id: int) -> None:
     """Work through a bulk replay or shadow batch at its rate limit (resumes if redelivered)."""
     from .services.replay import process_batch

@@ -11,9 +11,9 @@ import functools
 from django.views.decorators.csrf import csrf_exempt
 
 from .. import roles
-from ..dashboard_selectors import hidden_for_team
 from ..models import Run, Workflow
 from ..services.tokens import authenticate_token
+from ..visibility import hidden_for_team
 from .problems import problem
 
 

@@ -64,6 +64,18 @@ class Envelope:
     extensions: dict[str, Any] = field(default_factory=dict)
 
 
+class SchemaViolation(Exception):
+    """The data of an event breaks its type's schema (the registry, services/schemas.py,
+    checks it; defined here, with InvalidEvent, for everything that reports a refusal)."""
+
+    def __init__(self, event_type: str, version: int | None, errors: list[dict[str, str]]):
+        self.event_type, self.version, self.errors = event_type, version, errors
+        super().__init__(
+            f"{event_type} schema v{version}: "
+            + "; ".join(f"{e['path']}: {e['message']}" for e in errors)
+        )
+
+
 class InvalidEvent(Exception):
     """`problems` is a list of {"attribute": name, "message": text} (plus "index" in a batch)."""
 
@@ -379,4 +391,25 @@ def to_structured(event) -> dict[str, Any]:
         out["time"] = event.time.isoformat().replace("+00:00", "Z")
     out.update(event.extensions or {})
     out["data_base64" if event.data_is_base64 else "data"] = event.data
+    return out
+
+
+def envelope_json(envelope: Envelope) -> dict[str, Any]:
+    """A structured CloudEvent dict of an envelope, for dead-letter payloads."""
+    out: dict[str, Any] = {
+        "specversion": envelope.specversion,
+        "id": envelope.id,
+        "source": envelope.source,
+        "type": envelope.type,
+    }
+    if envelope.subject:
+        out["subject"] = envelope.subject
+    if envelope.time:
+        out["time"] = envelope.time.isoformat().replace("+00:00", "Z")
+    if envelope.datacontenttype:
+        out["datacontenttype"] = envelope.datacontenttype
+    if envelope.dataschema:
+        out["dataschema"] = envelope.dataschema
+    out.update(envelope.extensions)
+    out["data_base64" if envelope.data_is_base64 else "data"] = envelope.data
     return out

@@ -223,7 +223,7 @@ def quarantine(entry: Entry, *, reason: str, problems: list[dict] | None = None)
 def ingest_entry(entry: Entry) -> str:
     """Ingest one entry, or quarantine it. Returns "ingested", "duplicate" or "quarantined";
     raises OperationalError/InterfaceError when the database is down (do not acknowledge)."""
-    from ..services.events import ingest_event
+    from ..services.event_intake import ingest_event
     from ..services.schemas import SchemaViolation
 
     if entry.undecodable:

@@ -28,7 +28,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from ..models import DeadLetter, Schedule
-from .envelope import Envelope
+from .envelope import Envelope, envelope_json
 
 log = logging.getLogger("signalbox.schedules")
 
@@ -189,7 +189,7 @@ def fire(schedule: Schedule, *, now: datetime | None = None) -> datetime | None:
     `schedule` is what the caller read; the tick is claimed with a conditional UPDATE on
     that `last_tick`, so of two schedulers holding the same reading one emits it.
     """
-    from ..services.events import ingest_event
+    from ..services.event_intake import ingest_event
     from ..services.schemas import SchemaViolation
 
     now = now or timezone.now()
@@ -208,8 +208,6 @@ def fire(schedule: Schedule, *, now: datetime | None = None) -> datetime | None:
             ingest_event(envelope=envelope, channel="schedule")
         except SchemaViolation as exc:
             # The tick is spent either way: retrying would only repeat the violation.
-            from ..services.producers import envelope_json
-
             DeadLetter.objects.create(
                 kind="event",
                 reason=f"schedule {schedule.name}: data does not match its schema: {exc}",

@@ -276,7 +276,7 @@ def _ingest_stream_entry(payload: dict) -> tuple[str, list[int], int | None]:
 
 def _ingest_envelope(build, *, channel: str, invalid: str) -> tuple[str, list[int], int | None]:
     """Ingest what a dead letter held, as new; still-bad input stays in the queue (400)."""
-    from .events import ingest_event
+    from .event_intake import ingest_event
     from .schemas import SchemaViolation
 
     try:

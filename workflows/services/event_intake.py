@@ -24,14 +24,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from .. import notify
 from ..events import bus
-from ..events.envelope import Envelope
+from ..events.envelope import Envelope, check_storable
+from ..events.lineage import correlation_extensions
 from ..models import ApiToken, Event, EventType
-from .producers import correlation_extensions
 from .schemas import SchemaCheck, SchemaViolation, check_event_data
 
 log = logging.getLogger("signalbox.ingest")
@@ -370,3 +371,42 @@ def _existing(events: Sequence[Event]) -> dict[tuple[str, str], Event]:
         match |= Q(source=event.source, ce_id=event.ce_id)
     found = Event.objects.filter(match).only("pk", "source", "ce_id", "validation")
     return {(e.source, e.ce_id): e for e in found}
+
+
+def ingest_event(
+    *,
+    envelope: Envelope,
+    channel: str = "http",
+    check: SchemaCheck | None = None,
+    publish: bool = True,
+    off_bus: bool = False,
+) -> tuple[Event, bool]:
+    """Store the event (unique on source + id) and put it on the bus after commit.
+
+    Returns (event, created). A repeat of an accepted event returns the stored one with
+    created=False and starts nothing. Raises SchemaViolation when the data breaks its
+    type's schema (pass `check` when it was already done), InvalidEvent when an attribute
+    is longer than its column or the source is no URI-reference. Once this returns outside a
+    transaction the row is committed: if Redis is down the outbox relay delivers it later.
+    `off_bus` stores an event that must never reach the bus (a try run's sample: its run is
+    started directly, no trigger or waiting run may hear of it), marked delivered so the
+    relays leave it alone.
+    """
+    check_storable(envelope)  # built in code (emit_event) or parsed: the same limits
+    event = new_event(envelope, check or check_event_data(envelope), channel)
+    if off_bus:
+        event.published_at = event.matched_at = timezone.now()
+    try:
+        with transaction.atomic():
+            event.save(force_insert=True)
+            if off_bus:
+                return event, True
+            if publish:  # else the caller publishes after its commit (batches: one trip)
+                transaction.on_commit(lambda: bus.publish(event))
+            notify.event_ingested(event=event)
+    except IntegrityError:
+        existing = Event.objects.filter(source=envelope.source, ce_id=envelope.id).first()
+        if existing is None:
+            raise
+        return existing, False
+    return event, True

@@ -1,4 +1,7 @@
-"""Accept events and match them to workflows."""
+"""Match accepted events to workflows: start their runs, hand them to waiting steps.
+
+(`ingest_event`, which accepts one, lives in event_intake and is re-exported here.)
+"""
 
 from __future__ import annotations
 
@@ -11,66 +14,27 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from .. import engine, notify, tracing
+from .. import engine, tracing
 from ..events import bus
-from ..events.envelope import Envelope, check_storable, to_structured
+from ..events.envelope import to_structured
 from ..expressions import ExpressionError, bind, evaluate
-from ..models import DeadLetter, Event, Run, TriggerSubscription
+from ..models import DeadLetter, Event, EventWaiter, Run, TriggerSubscription
 from ..states import RunStatus
-from .definitions import definition_for
-from .event_intake import new_event
+from .definition_parsing import definition_for
+from .event_intake import ingest_event
 from .execution import Budget, run_kept_steps
 from .producers import allowed_subscriptions
+from .run_control import admit
 from .runs import Continuation, one_run_write
 from .schemas import (
-    SchemaCheck,
     SchemaViolation,
-    check_event_data,
     unschemed_types_remembered,
 )
+from .waits import deliver_to_waiters
 
 __all__ = ["MatchOutcome", "SchemaViolation", "ingest_event", "match_event", "match_events"]
 
 log = logging.getLogger("signalbox.ingest")
-
-
-def ingest_event(
-    *,
-    envelope: Envelope,
-    channel: str = "http",
-    check: SchemaCheck | None = None,
-    publish: bool = True,
-    off_bus: bool = False,
-) -> tuple[Event, bool]:
-    """Store the event (unique on source + id) and put it on the bus after commit.
-
-    Returns (event, created). A repeat of an accepted event returns the stored one with
-    created=False and starts nothing. Raises SchemaViolation when the data breaks its
-    type's schema (pass `check` when it was already done), InvalidEvent when an attribute
-    is longer than its column or the source is no URI-reference. Once this returns outside a
-    transaction the row is committed: if Redis is down the outbox relay delivers it later.
-    `off_bus` stores an event that must never reach the bus (a try run's sample: its run is
-    started directly, no trigger or waiting run may hear of it), marked delivered so the
-    relays leave it alone.
-    """
-    check_storable(envelope)  # built in code (emit_event) or parsed: the same limits
-    event = new_event(envelope, check or check_event_data(envelope), channel)
-    if off_bus:
-        event.published_at = event.matched_at = timezone.now()
-    try:
-        with transaction.atomic():
-            event.save(force_insert=True)
-            if off_bus:
-                return event, True
-            if publish:  # else the caller publishes after its commit (batches: one trip)
-                transaction.on_commit(lambda: bus.publish(event))
-            notify.event_ingested(event=event)
-    except IntegrityError:
-        existing = Event.objects.filter(source=envelope.source, ce_id=envelope.id).first()
-        if existing is None:
-            raise
-        return existing, False
-    return event, True
 
 
 def match_event(*, event_id: int) -> list[Run]:
@@ -161,8 +125,6 @@ def _match_each(
 ) -> list[int]:
     """Match the events one by one, in bus order (runs of one partition key start in
     order); the ids of those matched, the others' errors in `outcome.failed`."""
-    from .waits import deliver_to_waiters
-
     matched: list[int] = []
     for pk in wanted:
         event = events.get(pk)
@@ -188,8 +150,6 @@ def listened_types(types: Collection[str]) -> set[str]:
     """The types among `types` that a published workflow subscribes to or a run waits for
     right now, in one query: the bus consumer settles the entries of every other type
     without loading their events."""
-    from ..models import EventWaiter
-
     types = sorted(set(types))
     if not types:
         return set()
@@ -204,8 +164,6 @@ def listened_types(types: Collection[str]) -> set[str]:
 
 def waiting_types(types: Sequence[str]) -> set[str]:
     """The event types some run is waiting for right now (EventWaiter.event_type index)."""
-    from ..models import EventWaiter
-
     return set(
         EventWaiter.objects.filter(event_type__in=types, expires_at__gt=timezone.now())
         .values_list("event_type", flat=True)
@@ -216,8 +174,6 @@ def waiting_types(types: Sequence[str]) -> set[str]:
 def _start_runs(
     event: Event, subscriptions: list[TriggerSubscription], inline: Budget | None = None
 ) -> list[Run]:
-    from .run_control import admit
-
     started = []
     if not subscriptions:
         return started

@@ -43,13 +43,14 @@ from ..models import Run, StepRun
 from ..states import RunStatus, StepStatus
 from ..steps import registry
 from ..steps.base import StepContext, StepError, StepKind, StepResult
-from .definitions import definition_for
+from .definition_parsing import definition_for
 from .item_checkpoints import StepItemCheckpoints, inherited_runs
-from .publishing import event_for_step, sink_config
-from .replay import recorded_result, side_effecting
 from .runs import Continuation, lock_attempt, mark_started, record_result, write_result
 from .secrets import mask, secret_values
+from .side_effects import recorded_result, side_effecting
 from .step_heartbeats import heartbeating
+from .step_publishing import event_for_step, sink_config
+from .transitions import move_step
 from .waits import emit_for_step, park
 
 log = logging.getLogger("signalbox.runs")
@@ -202,12 +203,14 @@ def claim(step_run_id: int, worker: str, *, step_run: StepRun | None = None) -> 
     attempt's first heartbeat (a worker dying before the next one is still noticed).
     `step_run`, when given, is updated to what was written."""
     now = timezone.now()
-    claimed = bool(
-        StepRun.objects.filter(
-            pk=step_run_id,
-            status=StepStatus.QUEUED,
-            run__status__in=ACTIVE_RUN,
-        ).update(status=StepStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker)
+    claimed = move_step(
+        step_run_id,
+        source=StepStatus.QUEUED,
+        target=StepStatus.RUNNING,
+        run_status_in=ACTIVE_RUN,
+        started_at=now,
+        heartbeat_at=now,
+        worker=worker,
     )
     if claimed and step_run is not None:
         step_run.status, step_run.worker = StepStatus.RUNNING, worker

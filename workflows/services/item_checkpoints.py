@@ -18,7 +18,7 @@ from typing import Any
 from django.db import DatabaseError, transaction
 
 from ..models import Run, StepItemResult
-from .definitions import definition_for
+from .definition_parsing import definition_for
 from .secrets import mask
 
 log = logging.getLogger("signalbox.runs")

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from ..events.envelope import path_segment, validate
 from ..models import Event
-from .events import ingest_event
+from .event_intake import ingest_event
 
 MANUAL_CHANNEL = "manual"
 

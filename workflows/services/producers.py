@@ -20,81 +20,56 @@ Two guards stop workflows from feeding each other forever:
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .. import engine
-from ..events.envelope import Envelope
+from .. import engine, notify
+from ..events import bus
+from ..events.envelope import Envelope, envelope_json
+from ..events.lineage import (
+    DEFAULT_MAX_CAUSATION_DEPTH,
+    DEPTH_EXTENSION,
+    RUN_EXTENSION,
+    RUN_SOURCE,
+    RUN_TYPE_PREFIX,
+    TRACEPARENT,
+    WORKFLOW_EXTENSION,
+    causation_depth,
+    correlation_extensions,
+    emitting_workflow,
+    max_causation_depth,
+    valid_traceparent,
+)
 from ..models import DeadLetter, Event, Run, TriggerSubscription
+from .event_intake import insert_new, new_event
 from .schemas import SchemaViolation, check_event_data
 
+# Re-exported: the names callers have always read here.
+__all__ = [
+    "DEFAULT_MAX_CAUSATION_DEPTH",
+    "DEPTH_EXTENSION",
+    "RUN_EXTENSION",
+    "RUN_SOURCE",
+    "RUN_TYPE_PREFIX",
+    "TRACEPARENT",
+    "WORKFLOW_EXTENSION",
+    "allowed_subscriptions",
+    "causation_depth",
+    "correlation_extensions",
+    "emit_run_event",
+    "emit_run_events",
+    "emitting_workflow",
+    "envelope_json",
+    "max_causation_depth",
+    "run_event_envelope",
+    "store_run_events",
+    "valid_traceparent",
+]
+
 log = logging.getLogger("signalbox.producers")
-
-RUN_SOURCE = "/signalbox/runs"
-RUN_TYPE_PREFIX = "signalbox.run."
-# CloudEvents extension names: 1-20 lowercase letters or digits.
-WORKFLOW_EXTENSION = "sbworkflow"
-DEPTH_EXTENSION = "sbdepth"
-RUN_EXTENSION = "sbrun"
-TRACEPARENT = "traceparent"
-DEFAULT_MAX_CAUSATION_DEPTH = 8
-
-# W3C Trace Context: version-traceid-parentid-flags, lowercase hex. Versions above 00 may
-# append fields; version ff is forbidden; all-zero ids are invalid.
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
-
-
-def max_causation_depth() -> int:
-    return int(settings.SIGNALBOX.get("MAX_CAUSATION_DEPTH", DEFAULT_MAX_CAUSATION_DEPTH))
-
-
-def valid_traceparent(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    found = _TRACEPARENT.match(value)
-    if not found:
-        return False
-    version, trace_id, parent_id, _flags, rest = found.groups()
-    if version == "ff" or (version == "00" and rest):
-        return False
-    return trace_id != "0" * 32 and parent_id != "0" * 16
-
-
-def correlation_extensions(extensions: dict[str, Any], *, event_id: str) -> dict[str, Any]:
-    """Extensions with `correlationid` and `causationid` filled in when absent (an outside
-    event starts its own conversation and caused itself), and `traceparent` kept only when
-    it is well formed: W3C Trace Context says a receiver that cannot parse it starts a
-    new trace rather than propagating garbage."""
-    out = dict(extensions)
-    out["correlationid"] = str(out.get("correlationid") or event_id)
-    out["causationid"] = str(out.get("causationid") or event_id)
-    if TRACEPARENT in out and not valid_traceparent(out[TRACEPARENT]):
-        log.warning("event %s: dropping malformed traceparent %r", event_id, out[TRACEPARENT])
-        del out[TRACEPARENT]
-    return out
-
-
-def emitting_workflow(event: Event) -> str | None:
-    """The slug of the workflow whose run produced `event`, as the event says: the
-    `sbworkflow` extension of an event on the `run` channel (only Signalbox itself ingests
-    on that channel, so an outside producer cannot claim a workflow's events). None for
-    everything else, and for events emitted by steps before they carried the extension."""
-    if event.channel != "run":
-        return None
-    slug = (event.extensions or {}).get(WORKFLOW_EXTENSION)
-    return slug if isinstance(slug, str) and slug else None
-
-
-def causation_depth(event: Event) -> int:
-    try:
-        return max(0, int((event.extensions or {}).get(DEPTH_EXTENSION, 0)))
-    except (TypeError, ValueError):
-        return 0
 
 
 def allowed_subscriptions(
@@ -179,7 +154,6 @@ def emit_run_events(*, run: Run, commands: Iterable[engine.Command]) -> None:
 
 
 def emit_run_event(*, run: Run, status: str) -> Event | None:
-    from .event_intake import new_event  # event_intake imports us
 
     envelope = run_event_envelope(run, status)
     try:
@@ -209,10 +183,6 @@ def store_run_events(run: Run, events: list[Event]) -> None:
     hold one: a run reaches each status once) is skipped, as `ingest_event` skips a repeat.
     A caller that starts many runs at once (the bus consumer) collects them in the run's
     `_outbox` and publishes its read's together: one round trip, not one per event."""
-    from .. import notify  # notify imports us
-    from ..events import bus
-    from .event_intake import insert_new
-
     if not events:
         return
     insert_new(events)
@@ -228,24 +198,3 @@ def store_run_events(run: Run, events: list[Event]) -> None:
     else:
         transaction.on_commit(lambda: bus.publish_many(created), robust=True)
     transaction.on_commit(lambda: notify.events_ingested(events=created))
-
-
-def envelope_json(envelope: Envelope) -> dict[str, Any]:
-    """A structured CloudEvent dict of an envelope, for dead-letter payloads."""
-    out: dict[str, Any] = {
-        "specversion": envelope.specversion,
-        "id": envelope.id,
-        "source": envelope.source,
-        "type": envelope.type,
-    }
-    if envelope.subject:
-        out["subject"] = envelope.subject
-    if envelope.time:
-        out["time"] = envelope.time.isoformat().replace("+00:00", "Z")
-    if envelope.datacontenttype:
-        out["datacontenttype"] = envelope.datacontenttype
-    if envelope.dataschema:
-        out["dataschema"] = envelope.dataschema
-    out.update(envelope.extensions)
-    out["data_base64" if envelope.data_is_base64 else "data"] = envelope.data
-    return out

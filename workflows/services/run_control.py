@@ -9,8 +9,10 @@ from django.db import transaction
 from .. import engine
 from ..models import Run, Workflow
 from ..states import TERMINAL_RUN, RunStatus
-from .definitions import definition_for
+from . import audit
+from .definition_parsing import definition_for
 from .runs import Continuation, advance_locked, advance_run, journal, lock_run
+from .waits import child_finished
 
 log = logging.getLogger("signalbox.runs")
 ADMIT_BATCH = 200
@@ -63,8 +65,6 @@ def admit_queued(*, workflow_id: int) -> int:
 
 def after_run_finished(*, run_id: int) -> None:
     """Runs after a run's final state is committed (a Celery task)."""
-    from .waits import child_finished
-
     run = Run.objects.get(pk=run_id)
     if run.parent_step_id:
         child_finished(child_run_id=run.pk)
@@ -87,9 +87,7 @@ def cancel_run(*, run_id: int, reason: str = "", by: str = "") -> bool:
             return False
         journal(run, "run.cancel_requested", by=by, reason=reason)
         if by:  # a person (or their token) cancelled it; cascades to children are not
-            from .audit import record
-
-            record(
+            audit.record(
                 actor=by,
                 action="run.cancel",
                 target_type="run",

@@ -14,21 +14,12 @@ import jsonschema
 from django.db import transaction
 
 from ..events.compatibility import MODES, Incompatibility, check_compatibility, check_schema
-from ..events.envelope import Envelope
+from ..events.envelope import Envelope, SchemaViolation
 from ..models import EventSchema, EventType
 
 # A dataschema URI names a registry version by ending in /versions/<n>, e.g.
 # https://signalbox.example/api/v1/schemas/com.example.order.placed/versions/2
 VERSION_IN_URI = re.compile(r"(?:/schemas/(?P<type>[^/]+))?/versions/(?P<version>\d+)/?$")
-
-
-class SchemaViolation(Exception):
-    def __init__(self, event_type: str, version: int | None, errors: list[dict[str, str]]):
-        self.event_type, self.version, self.errors = event_type, version, errors
-        super().__init__(
-            f"{event_type} schema v{version}: "
-            + "; ".join(f"{e['path']}: {e['message']}" for e in errors)
-        )
 
 
 @dataclass(frozen=True)

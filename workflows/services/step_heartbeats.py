@@ -2,7 +2,7 @@
 
 While a worker executes a step, a small daemon thread renews `StepRun.heartbeat_at` every
 `SIGNALBOX["STEP_HEARTBEAT_SECONDS"]`. A worker that dies (SIGKILL, OOM, lost node) stops
-beating, and the scheduler (`runs.py: expire_leases`) fails its attempt as `timeout.heartbeat`
+beating, and the scheduler (`sweeps.py: expire_leases`) fails its attempt as `timeout.heartbeat`
 once the heartbeat is `SIGNALBOX["STEP_HEARTBEAT_TIMEOUT_SECONDS"]` old: a dead worker
 costs about a minute, not the step's whole timeout. (Component heartbeats of the bus
 consumer and the scheduler are something else: `workflows/heartbeat.py`, in Redis.)

@@ -20,6 +20,8 @@ from ..expressions import ExpressionError, evaluate
 from ..models import Event, EventWaiter, Run, StepRun, Workflow
 from ..states import StepStatus
 from ..steps.base import StepContext, Wait
+from .definition_parsing import definition_for
+from .event_intake import ingest_event
 from .producers import (
     DEPTH_EXTENSION,
     TRACEPARENT,
@@ -28,6 +30,7 @@ from .producers import (
     valid_traceparent,
 )
 from .runs import advance_locked, journal, record_result
+from .transitions import move_step
 
 log = logging.getLogger("signalbox.waits")
 
@@ -47,8 +50,12 @@ def park(*, step_run: StepRun, wait: Wait, output, context: StepContext) -> bool
             wake_at = wait.until
         elif wait.timeout_seconds is not None:
             wake_at = now + timedelta(seconds=wait.timeout_seconds)
-        moved = StepRun.objects.filter(pk=step_run.pk, status=StepStatus.RUNNING).update(
-            status=StepStatus.WAITING, wake_at=wake_at, output=output
+        moved = move_step(
+            step_run.pk,
+            source=StepStatus.RUNNING,
+            target=StepStatus.WAITING,
+            wake_at=wake_at,
+            output=output,
         )
         if not moved:
             return False
@@ -106,8 +113,6 @@ def _fail_waiting(step_run_id: int, error: str) -> None:
 def start_child_run(*, parent: Run, step_run: StepRun, slug: str, data) -> str | None:
     """Start the published version of workflow `slug` as a child of this attempt. Its
     trigger event carries the input; its id is the attempt's, so a retry starts no twin."""
-    from .events import ingest_event
-
     workflow = Workflow.objects.select_related("published_version").filter(slug=slug).first()
     if workflow is None or workflow.published_version is None:
         return f"sub_workflow {slug!r} does not exist or has no published version"
@@ -160,8 +165,6 @@ def _caused_by(run: Run) -> dict:
 
 def run_output(run: Run):
     """A finished run's result: the output of its last steps (those nothing follows)."""
-    from .definitions import definition_for
-
     definition = definition_for(run.version)
     leaves = [s for s in definition.steps if not definition.outgoing(s)]
     outputs = {
@@ -278,8 +281,6 @@ def wake_due(*, now=None, limit: int = 500) -> int:
 def emit_for_step(*, run: Run, step_run: StepRun, config: dict) -> dict:
     """The emit_event step's effect: ingest a CloudEvent caused by this run. Its id comes
     from the attempt's idempotency key, so a retried step emits no second event."""
-    from .events import ingest_event
-
     extensions = _caused_by(run)
     if config.get("partitionkey"):
         extensions["partitionkey"] = config["partitionkey"]

@@ -19,7 +19,7 @@ from .. import webhooks as verification
 from ..events import push_formats
 from ..events.envelope import InvalidEvent, loads_json, validate
 from ..models import Event, Webhook
-from .events import ingest_event
+from .event_intake import ingest_event
 from .push_fetch import fetch
 
 __all__ = [

@@ -50,8 +50,7 @@ class EmitEvent(StepKind):
             raise StepError(
                 "emit_event: the event type rendered to an empty string", code="invalid_event"
             )
-        from ..events.envelope import InvalidEvent
-        from ..services.schemas import SchemaViolation
+        from ..events.envelope import InvalidEvent, SchemaViolation
 
         try:
             # Its span is the emitted event's trace context (traceparent extension).

@@ -54,7 +54,7 @@ def quarantine(message: Message, *, kind: str, connection: str, reason: str, pro
 
 def ingest_message(message: Message, *, kind: str, connection: str, default_type: str) -> str:
     """ "ingested", "duplicate" or "quarantined"; database outages propagate."""
-    from ...services.events import ingest_event
+    from ...services.event_intake import ingest_event
     from ...services.schemas import SchemaViolation
 
     where = {"kind": kind, "connection": connection}

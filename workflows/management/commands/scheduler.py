@@ -12,7 +12,7 @@ from workflows.events.schedules import fire_due
 from workflows.loop import Stopper
 from workflows.services import step_heartbeats
 from workflows.services.replay import resume_stranded_batches
-from workflows.services.runs import enqueue_due_steps
+from workflows.services.sweeps import enqueue_due_steps
 
 log = logging.getLogger("signalbox.scheduler")
 
