@@ -109,5 +109,9 @@ def logging_settings(*, log_format: str, level: str) -> dict[str, Any]:
             # format (its handlers would otherwise write plain lines beside ours).
             "uvicorn": {"handlers": console, "level": "INFO", "propagate": False},
             "uvicorn.error": {"handlers": [], "level": "INFO", "propagate": True},
+            # Named so that dictConfig leaves it off: as an unnamed child of "uvicorn" it would
+            # be reset to propagate, and uvicorn would log every request although started with
+            # --no-access-log (a line per event, a cost the ingest benchmark sees).
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
         },
     }
