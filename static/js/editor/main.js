@@ -40,10 +40,23 @@ import {freeSpot} from "./spots.js";
 import {clone, esc, isObj, num} from "./util.js";
 
 // A module cannot return early at its top: the page is set up in start().
+// The editor fills the window below the top bar, whose height varies (icons, a wrapped
+// navigation): measured, not assumed, so the page never scrolls a little under the canvas
+// (a node would land off from where the canvas was seen).
+function fitBelowTopBar() {
+  var bar = document.querySelector(".topbar");
+  function fit() {
+    document.documentElement.style.setProperty("--topbar-height", (bar ? bar.offsetHeight : 0) + "px");
+  }
+  fit();
+  window.addEventListener("resize", fit);
+}
+
 function start() {
 
   var root = document.getElementById("editor-root");
   if (!root || typeof Drawflow === "undefined") return;
+  fitBelowTopBar();
 
   var cfg = JSON.parse(document.getElementById("editor-config").textContent);
   var canEdit = !!cfg.canEdit;
