@@ -181,7 +181,7 @@ class Run(models.Model):
     correlation_id = models.CharField(max_length=255, blank=True, default="")
     # W3C traceparent of the span that started the run (tracing on; workflows/tracing.py):
     # the parent of every attempt's span, in whichever process runs it.
-    traceparent = models.CharField(max_length=55, blank=True, default="")
+    traceparent = models.CharField(max_length=55, blank=True, default="", db_default="")
     # Runs of an ordered workflow with the same key go one after another.
     partition_key = models.CharField(max_length=255, blank=True, default="")
     # A sub_workflow step's child run points at the attempt waiting for it.

@@ -13,6 +13,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="run",
             name="traceparent",
-            field=models.CharField(blank=True, default="", max_length=55),
+            # db_default: rows written by raw SQL (seeding, other tools) need no value.
+            field=models.CharField(blank=True, default="", db_default="", max_length=55),
         ),
     ]
