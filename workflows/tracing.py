@@ -30,17 +30,16 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-import re
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from .events.lineage import valid_traceparent  # one W3C check for the whole project
 
 log = logging.getLogger("signalbox.tracing")
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
-# version-traceid-parentid-flags; versions above 00 may append fields (W3C Trace Context).
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 TRACER_NAME = "signalbox"
 
 _enabled: bool | None = None
@@ -110,18 +109,6 @@ def reset_for_tests(value: bool | None = None) -> None:
 
 
 # --- trace context as text ---------------------------------------------------------------------
-def valid_traceparent(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    found = _TRACEPARENT.match(value)
-    if not found:
-        return False
-    version, trace_id, parent_id, _flags, rest = found.groups()
-    if version == "ff" or (version == "00" and rest):
-        return False
-    return trace_id != "0" * 32 and parent_id != "0" * 16
-
-
 def trace_id_of(traceparent: object) -> str | None:
     return traceparent[3:35] if valid_traceparent(traceparent) else None  # type: ignore[index]
 

@@ -278,16 +278,16 @@ def wake_due(*, now=None, limit: int = 500) -> int:
     return woken
 
 
-def emit_for_step(*, run: Run, step_run: StepRun, config: dict) -> dict:
-    """The emit_event step's effect: ingest a CloudEvent caused by this run. Its id comes
-    from the attempt's idempotency key, so a retried step emits no second event."""
+def outgoing_event(*, run: Run, step_run: StepRun, config: dict) -> Envelope:
+    """The CloudEvent a step sends (emit_event, publish), caused by its run. Its id is the
+    attempt's idempotency key, so a retried step sends no second event."""
     extensions = _caused_by(run)
     if config.get("partitionkey"):
         extensions["partitionkey"] = config["partitionkey"]
-    envelope = Envelope(
+    return Envelope(
         id=step_run.idempotency_key,
         # A replay that keeps its original's keys names the original run: same source and
-        # id, so the event store deduplicates the re-emitted event.
+        # id, so the event store (and receivers that dedupe by id) see one event.
         source=config.get("source") or f"/signalbox/runs/{run.idempotency_base or run.pk}",
         type=config["type"],
         subject=config.get("subject", ""),
@@ -296,5 +296,10 @@ def emit_for_step(*, run: Run, step_run: StepRun, config: dict) -> dict:
         data=config.get("data"),
         extensions=extensions,
     )
+
+
+def emit_for_step(*, run: Run, step_run: StepRun, config: dict) -> dict:
+    """The emit_event step's effect: ingest the CloudEvent the step sends."""
+    envelope = outgoing_event(run=run, step_run=step_run, config=config)
     event, created = ingest_event(envelope=envelope, channel="run")
     return {"id": event.pk, "ce_id": event.ce_id, "type": event.type, "duplicate": not created}

@@ -41,15 +41,7 @@ class EmitEvent(StepKind):
     def execute(self, config, ctx: StepContext):
         if ctx.emit is None:
             raise StepError("emit_event needs the bus, which this context does not provide")
-        config = dict(config)
-        for field in ("type", "subject", "source", "partitionkey"):
-            # Rendered templates may give a number or nothing; attributes are strings.
-            if field in config:
-                config[field] = "" if config[field] is None else str(config[field])
-        if not config["type"].strip():
-            raise StepError(
-                "emit_event: the event type rendered to an empty string", code="invalid_event"
-            )
+        config = event_attributes(config, "emit_event")
         from ..events.envelope import InvalidEvent, SchemaViolation
 
         try:
@@ -61,3 +53,15 @@ class EmitEvent(StepKind):
         except SchemaViolation as exc:
             # Retrying cannot fix the data: fail now, naming the schema's complaints.
             raise StepError(f"the event breaks its type's schema: {exc}", code="schema") from exc
+
+
+def event_attributes(config: dict, kind: str) -> dict:
+    """A rendered config whose CloudEvent attributes are strings (templates may give a number
+    or nothing); refuses an empty type. Shared by the steps that send events."""
+    config = dict(config)
+    for field in ("type", "subject", "source", "partitionkey"):
+        if field in config:
+            config[field] = "" if config[field] is None else str(config[field])
+    if not config["type"].strip():
+        raise StepError(f"{kind}: the event type rendered to an empty string", code="invalid_event")
+    return config

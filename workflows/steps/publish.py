@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 
 from .base import StepContext, StepError, StepKind
+from .emit_event import event_attributes
 from .http_request import HttpRequest, _send, parse_retry_after
 from .registry import register
 
@@ -101,15 +102,7 @@ class Publish(StepKind):
         from ..events.connectors.sink import SinkError, encode
         from ..events.envelope import InvalidEvent
 
-        config = dict(config)
-        for field in ("type", "subject", "source", "partitionkey"):
-            # Rendered templates may give a number or nothing; attributes are strings.
-            if field in config:
-                config[field] = "" if config[field] is None else str(config[field])
-        if not config["type"].strip():
-            raise StepError(
-                "publish: the event type rendered to an empty string", code="invalid_event"
-            )
+        config = event_attributes(config, "publish")
         try:
             envelope = ctx.outgoing_event(config)
         except InvalidEvent as exc:
