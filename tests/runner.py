@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -107,6 +108,7 @@ def main() -> int:
     run_id = uuid.uuid4().hex[:8]
     lanes = [[args.only]] if args.only else LANES
     outcomes: dict[str, tuple[int, Path]] = {}
+    took: dict[str, float] = {}  # seconds per part: which lane holds the 15-minute budget
     children: list[subprocess.Popen] = []
     printing = threading.Lock()
 
@@ -123,6 +125,7 @@ def main() -> int:
         )
         header = f"\n=== {part} tests (database test_signalbox_{run_id}_{part}) ==="
         command = [sys.executable, "-m", "pytest", *PARTS[part], f"--junitxml={junit}"]
+        started = time.monotonic()
         with open(log, "w") as out:
             if stream:
                 print(header, flush=True)
@@ -135,6 +138,7 @@ def main() -> int:
             )
             children.append(child)
             code = child.wait()
+        took[part] = time.monotonic() - started
         if not stream:
             with printing:
                 print(header, flush=True)
@@ -179,6 +183,9 @@ def main() -> int:
         print(f"\n{reason}", flush=True)
     if totals["tests"] == 0:
         print("\nno test ran", flush=True)
+    for lane in lanes:
+        timed = [f"{part} {took[part]:.0f} s" for part in lane if part in took]
+        print(f"lane: {', '.join(timed)}", flush=True)
     print(f"\n{passed} passed, {failed} failed, {totals['skipped']} skipped", flush=True)
     return 1 if failed or totals["tests"] == 0 else 0
 

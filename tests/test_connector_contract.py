@@ -19,7 +19,7 @@ from django.conf import settings
 from tests.chaos.proxy import FaultProxy
 from tests.connector_brokers import BROKERS, nats_ack_pending
 from tests.stack import database_url_for
-from tests.waiting import wait_until
+from tests.waiting import stacks_on_timeout, wait_until
 from workflows.events.connectors import registry
 from workflows.events.connectors.base import ConnectionConfig
 from workflows.events.connectors.intake import ingest_batch
@@ -299,26 +299,38 @@ def test_the_connector_reconnects_after_its_server_goes_away(reachable):
     thread = ConnectorThread(config, owner="contract-test")
     thread.backoff.cap = 1.0
     thread.start()
+    state = lambda: Connection.objects.get(name=config.name).state  # noqa: E731
     try:
-        wait_until(lambda: Connection.objects.get(name=config.name).state == "connected")
-        broker.publish(broker.key("r"), structured("before"), content_type=CE_JSON)
-        wait_until(lambda: Event.objects.filter(ce_id="before").exists(), timeout=60)
+        with stacks_on_timeout():
+            wait_until(lambda: state() == "connected", message="connected")
+            broker.publish(broker.key("r"), structured("before"), content_type=CE_JSON)
+            wait_until(
+                lambda: Event.objects.filter(ce_id="before").exists(),
+                timeout=60,
+                message="the event sent before the outage",
+            )
 
-        proxy.down()
-        down = wait_until(
-            lambda: Connection.objects.filter(name=config.name, state="reconnecting").first(),
-            timeout=60,
-        )
-        assert down.last_error
-        broker.publish(broker.key("r"), structured("during"), content_type=CE_JSON)
+            proxy.down()
+            down = wait_until(
+                lambda: Connection.objects.filter(name=config.name, state="reconnecting").first(),
+                timeout=60,
+                message="the reader to notice the outage",
+            )
+            assert down.last_error
+            broker.publish(broker.key("r"), structured("during"), content_type=CE_JSON)
 
-        proxy.up()
-        broker.settle()
-        wait_until(lambda: Event.objects.filter(ce_id="during").exists(), timeout=60)
-        assert Connection.objects.get(name=config.name).state == "connected"
+            proxy.up()
+            broker.settle()
+            wait_until(
+                lambda: Event.objects.filter(ce_id="during").exists(),
+                timeout=90,
+                message=f"the event sent during the outage (reader {state()})",
+            )
+        assert state() == "connected"
     finally:
         thread.stop()
         thread.join(15)
+    assert not thread.is_alive(), "the reader did not stop"
     assert Event.objects.filter(ce_id__in=["before", "during"]).count() == 2
 
 

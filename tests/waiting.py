@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import threading
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -32,3 +36,18 @@ def wait_until(
         f"timed out after {timeout}s waiting for {message}"
         + (f" (last error: {last_error!r})" if last_error else "")
     )
+
+
+@contextlib.contextmanager
+def stacks_on_timeout() -> Iterator[None]:
+    """A wait that times out inside says where every thread of the process was: a stall in
+    a client library (a reader stuck in a close) names itself in the CI log."""
+    try:
+        yield
+    except AssertionError as exc:
+        names = {t.ident: t.name for t in threading.enumerate()}
+        stacks = "\n".join(
+            f"--- thread {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
+            for ident, frame in sys._current_frames().items()
+        )
+        raise AssertionError(f"{exc}\n{stacks}") from None

@@ -23,6 +23,7 @@ none.
 from __future__ import annotations
 
 import logging
+import threading
 from urllib.parse import urlsplit
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -32,6 +33,7 @@ from .registry import register, register_sink
 from .sink import Outgoing, Sink, SinkError, unreachable
 
 log = logging.getLogger("signalbox.connectors")
+CLOSE_SECONDS = 5.0
 
 
 def client_settings(config, *, timeout: float) -> dict:
@@ -169,8 +171,17 @@ class KafkaConnector(Connector):
 
     def close(self) -> None:
         consumer = getattr(self, "consumer", None)
-        if consumer is not None:
-            consumer.close()  # leaves the group at once: the partitions move on without waiting
+        if consumer is None:
+            return
+        # Leaving the group at once lets the partitions move on without waiting; but with
+        # the broker gone librdkafka's close can block for good (confluent-kafka-python
+        # #1667), and the reader must go on reconnecting: so it closes on a thread of its
+        # own, waited for a while only.
+        closing = threading.Thread(target=consumer.close, name="kafka-close", daemon=True)
+        closing.start()
+        closing.join(CLOSE_SECONDS)
+        if closing.is_alive():
+            log.warning("Kafka consumer %s: close still blocked; left behind", self.config.name)
 
 
 # Delivery errors that mean the broker was not reached in time.
