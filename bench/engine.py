@@ -246,7 +246,7 @@ class Signalbox:
         self.tag = tag
 
     def publish(self, shapes: Iterable[Shape]) -> None:
-        from workflows.services.definitions import publish_workflow, put_workflow
+        from workflows.authoring.definitions import publish_workflow, put_workflow
 
         for shape in {s.slug: s for s in shapes}.values():
             put_workflow(slug=shape.slug, raw=shape.definition())
@@ -254,7 +254,7 @@ class Signalbox:
 
     def send(self, shape: Shape, label: str, numbers: Iterable[int]) -> list[int]:
         from workflows.events.envelope import Envelope
-        from workflows.services.events import ingest_event
+        from workflows.runs.matching import ingest_event
 
         ids = []
         for n in numbers:
@@ -287,8 +287,8 @@ class Signalbox:
             execute_step_task.delay(0)
 
     def wait(self, event_ids: list[int], timeout: float) -> bool:
-        from workflows.models import Run
-        from workflows.states import TERMINAL_RUN
+        from workflows.core.states import TERMINAL_RUN
+        from workflows.runs.models import Run
 
         def done() -> bool:
             finished = Run.objects.filter(event_id__in=event_ids, status__in=TERMINAL_RUN)
@@ -313,8 +313,9 @@ class Signalbox:
     def result(
         self, shape: Shape, workers: int, event_ids: list[int], complete: bool, timeout: float
     ) -> Measurement:
-        from workflows.models import Event, Run, StepRun
-        from workflows.states import RunStatus
+        from workflows.core.states import RunStatus
+        from workflows.events.models import Event
+        from workflows.runs.models import Run, StepRun
 
         received = dict(Event.objects.filter(pk__in=event_ids).values_list("pk", "received_at"))
         runs = list(
@@ -430,10 +431,11 @@ def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dic
     from celery.app.task import Task
     from django.db import DEFAULT_DB_ALIAS, connection, connections
 
-    from workflows import notify
-    from workflows.models import Run, StepRun
-    from workflows.services import execution, runs
-    from workflows.states import StepStatus
+    from workflows.core.states import StepStatus
+    from workflows.live import notify
+    from workflows.runs import advance as runs
+    from workflows.runs import execution
+    from workflows.runs.models import Run, StepRun
     from workflows.steps import registry
 
     totals: dict[str, float] = collections.defaultdict(float)
@@ -659,7 +661,7 @@ class EngineStack:
                 [sys.executable, "manage.py", "consume_bus", "--no-external-streams"],
             )
         self._spawn("scheduler", [sys.executable, "manage.py", "scheduler"])
-        from workflows import heartbeat
+        from workflows.infra import heartbeat
 
         if not wait_until(
             lambda: bool(heartbeat.last_beat("bus-consumer") and heartbeat.last_beat("scheduler")),

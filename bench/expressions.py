@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.expressions            # ≈20 s
     .venv/bin/python -m bench.expressions --quick    # ≈5 s
 
-Ours: `workflows.expressions.evaluate` (CPU-time budget checked at every node, size checks
+Ours: `workflows.core.expressions.evaluate` (CPU-time budget checked at every node, size checks
 on `+`, CEL-spec operators, lazy conversion of the context, counted conversion of the
 result). Baseline: cel-python's own `InterpretedRunner` and `json_to_cel` on the same
 expression and context, with no limit at all. Both with the context converted for each
@@ -55,7 +55,7 @@ def main() -> None:
     import celpy
     from celpy import json_to_cel
 
-    from workflows.expressions import bind, evaluate
+    from workflows.core.expressions import bind, evaluate
 
     env = celpy.Environment()
     repeat = 3 if args.quick else 7

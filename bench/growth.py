@@ -143,7 +143,7 @@ def _definition(event_type: str, name: str, filter_: str = "") -> dict:
 
 def publish_few() -> None:
     """Ten workflows through the real publish path."""
-    from workflows.services.definitions import publish_workflow, put_workflow
+    from workflows.authoring.definitions import publish_workflow, put_workflow
 
     put_workflow(slug="growth-all", raw=_definition(EVENT_TYPE, "every event"))
     put_workflow(
@@ -166,7 +166,7 @@ def publish_many(count: int, *, on_bench_type: int = 20) -> float:
     pass; the rest to OTHER_TYPES other types. Returns the seconds it took."""
     from django.db import connection, transaction
 
-    from workflows.models import TriggerSubscription, Workflow, WorkflowVersion
+    from workflows.catalog.models import TriggerSubscription, Workflow, WorkflowVersion
 
     started = time.perf_counter()
     with transaction.atomic():
@@ -281,7 +281,7 @@ class Drain:
         Returns (entries acknowledged, reads, queries in reads)."""
         from django.db import connection
 
-        from workflows.services.events import dead_letter_bus_entry, match_events
+        from workflows.runs.matching import dead_letter_bus_entry, match_events
 
         queries = [0]
 
@@ -342,8 +342,9 @@ def envelopes(tag: str, count: int) -> list:
 
 
 def match_round(label: str, drain: Drain, count: int, tag: str) -> MatchRound:
-    from workflows.models import Run, Workflow
-    from workflows.services.events import ingest_event
+    from workflows.catalog.models import Workflow
+    from workflows.runs.matching import ingest_event
+    from workflows.runs.models import Run
 
     batch = envelopes(tag, count)
     cpu = time.process_time()

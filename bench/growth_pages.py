@@ -26,7 +26,7 @@ def load_runs(count: int, sample: int, hot: int) -> dict:
     running; the newest `sample` runs get 3 step runs and 8 journal rows each."""
     from django.db import connection
 
-    from workflows.models import Workflow
+    from workflows.catalog.models import Workflow
 
     workflows = list(
         Workflow.objects.filter(published_version__isnull=False)
@@ -262,7 +262,7 @@ def run_list_part(args, tag: str) -> tuple[dict, list[PageResult]]:
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    from workflows.services.tokens import create_api_token
+    from workflows.access.tokens import create_api_token
 
     print(f"loading {args.runs:,} runs ...", flush=True)
     loaded = load_runs(args.runs, args.sample, hot=20)

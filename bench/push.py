@@ -22,7 +22,7 @@ Phases, each bounded in events, clients and seconds, loopback only:
 Clients are websockets sans-I/O connections in worker processes (asyncio Protocols, the
 receive time taken as the bytes arrive), sending the session cookie and an Origin header
 like a browser; every frame is acknowledged as the browser does. The web process logs its
-own share per frame (dashboard/push_timing.py): srv = commit -> last socket written.
+own share per frame (dashboard/live/push_timing.py): srv = commit -> last socket written.
 Results go to stdout and var/bench/push-*.json; docs/benchmarks.md ("Push") keeps the record.
 """
 
@@ -81,7 +81,7 @@ class PushStack(Stack):
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         if name == "web":
             args = web_command(self.port, self.web)
-            # One log line per frame the Hub serves (dashboard/push_timing.py).
+            # One log line per frame the Hub serves (dashboard/live/push_timing.py).
             env = {**(env or self.env), "SIGNALBOX_PUSH_TIMING": "1"}
         super()._spawn(name, args, env)
 
@@ -347,7 +347,7 @@ class Latency:
     # (ingest, bus, match), and created_at to finished_at (queue and engine).
     match_ms: list[float] = field(repr=False, default_factory=list)
     engine_ms: list[float] = field(repr=False, default_factory=list)
-    # The web process's own share, from its log (dashboard/push_timing.py), one value per
+    # The web process's own share, from its log (dashboard/live/push_timing.py), one value per
     # frame: commit -> the last socket written, the render, and the writes to every page.
     server_ms: list[float] = field(repr=False, default_factory=list)
     render_ms: list[float] = field(repr=False, default_factory=list)
@@ -457,7 +457,7 @@ def measure(
 
 def frames_served(server_log: Path, offset: int) -> list[dict]:
     """The run list frames the web process logged serving since `offset` of its log."""
-    from dashboard.push_timing import PREFIX
+    from dashboard.live.push_timing import PREFIX
 
     found = []
     with server_log.open("rb") as log:

@@ -68,7 +68,7 @@ def main() -> None:
     import django
 
     django.setup()
-    from workflows.redis_client import client
+    from workflows.infra.redis_client import client
 
     try:
         rows = measure(args.requests)

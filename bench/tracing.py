@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from django.conf import settings
 
     from tests.otlp_receiver import OtlpReceiver
-    from workflows import tracing
+    from workflows.infra import tracing
 
     load = os.getloadavg()
     tracing.reset_for_tests(False)

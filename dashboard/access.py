@@ -7,7 +7,7 @@ import functools
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 
-from workflows.roles import has_role
+from workflows.access.roles import has_role
 
 
 def role_required(role: str):

@@ -1,4 +1,4 @@
-"""Sign-in with throttling (workflows.services.login_throttle).
+"""Sign-in with throttling (workflows.access.login_throttle).
 
 The backend refuses a locked account or address whatever the password, on every path that
 authenticates (the sign-in page and the admin's); the page's form says why, and the signals
@@ -14,7 +14,7 @@ from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import PermissionDenied, ValidationError
 
-from workflows.services import login_throttle
+from workflows.access import login_throttle
 
 
 def client_address(request) -> str:

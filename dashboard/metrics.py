@@ -4,8 +4,8 @@ and the workers page share.
 Everything is read from the truth: event counts and run outcomes from the event store
 (a run's start and finish are `signalbox.run.*` events ingested with the state change, and
 `received_at` is indexed), step latencies from StepRun (an id range found from the window's
-start, see workflows.dashboard_selectors.first_id_at_or_after), queue depth and bus lag from
-Redis (workflows.gauges). Results are cached per process for a few seconds, so a hundred
+start, see workflows.queries.dashboard.first_id_at_or_after), queue depth and bus lag from
+Redis (workflows.runs.gauges). Results are cached per process for a few seconds, so a hundred
 open overview pages cost one computation, not a hundred.
 """
 
@@ -24,12 +24,13 @@ from django.db.models import Count
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from workflows import dashboard_selectors as ds
-from workflows import demo_traffic
-from workflows import event_selectors as store
-from workflows import replay_selectors as recovery
-from workflows.gauges import bus_partitions, queue_lengths
-from workflows.models import Event, StepRun
+from workflows.demo import traffic as demo_traffic
+from workflows.events.models import Event
+from workflows.queries import dashboard as ds
+from workflows.queries import events as store
+from workflows.recovery import selectors as recovery
+from workflows.runs.gauges import bus_partitions, queue_lengths
+from workflows.runs.models import StepRun
 
 T = TypeVar("T")
 

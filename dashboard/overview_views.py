@@ -1,6 +1,6 @@
 """The live pages: the overview (figures, charts, the demo traffic switch), the live event
 flow, and an event's lineage. Each page renders its first state here; its WebSocket
-(dashboard/live_consumers.py) keeps it current."""
+(dashboard/live/consumers.py) keeps it current."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from workflows import dashboard_selectors as ds
-from workflows import demo_traffic
-from workflows import event_selectors as store
-from workflows.roles import has_role
-from workflows.services.secrets import mask
-
-from . import metrics
-from .access import role_required
-from .event_views import ATTRIBUTES
-from .live_consumers import overview_context
+from dashboard import metrics
+from dashboard.access import role_required
+from dashboard.event_views import ATTRIBUTES
+from dashboard.live.consumers import overview_context
+from workflows.access.roles import has_role
+from workflows.access.secrets import mask
+from workflows.demo import traffic as demo_traffic
+from workflows.queries import dashboard as ds
+from workflows.queries import events as store
 
 
 @role_required("viewer")

@@ -15,20 +15,19 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
-from workflows import schema_selectors
+from dashboard.access import role_required
+from workflows.access.roles import has_role
 from workflows.events.compatibility import MODES, InvalidSchema
 from workflows.events.envelope import InvalidEvent, loads_json
-from workflows.models import EventType
-from workflows.roles import has_role
-from workflows.services.schemas import (
+from workflows.events.models import EventType
+from workflows.events.schemas import (
     IncompatibleSchema,
     InvalidEventType,
     register_event_type,
     register_schema,
     set_compatibility,
 )
-
-from .access import role_required
+from workflows.queries import schemas as schema_selectors
 
 MAX_SCHEMA_BYTES = 256 * 1024
 MODE_HELP = {

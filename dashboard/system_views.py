@@ -1,5 +1,6 @@
-"""Workers and queues: what workflows.system_status gathers (Celery workers online, queue
-lengths, bus partitions, heartbeats, broker connections, circuit breakers), shown on a page.
+"""Workers and queues: what workflows.operations.system_status gathers (Celery workers
+online, queue lengths, bus partitions, heartbeats, broker connections, circuit breakers),
+shown on a page.
 
 Asking Celery's workers is a broadcast that waits its whole timeout for replies (it cannot
 know how many workers there are), so the three questions go out side by side (one second,
@@ -14,11 +15,10 @@ from typing import Any
 
 from django.shortcuts import render
 
-from workflows import system_status
-from workflows.system_status import celery_workers
-
-from . import metrics
-from .access import role_required
+from dashboard import metrics
+from dashboard.access import role_required
+from workflows.operations import system_status
+from workflows.operations.system_status import celery_workers
 
 SYSTEM_CACHE_SECONDS = 2.5
 

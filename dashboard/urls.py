@@ -1,17 +1,16 @@
 from django.urls import path
 
-from . import (
+from dashboard import (
     connection_views,
-    dead_letter_views,
-    editor_views,
     event_views,
     overview_views,
-    replay_views,
     schema_views,
     secret_views,
     system_views,
     views,
 )
+from dashboard.editor import views as editor_views
+from dashboard.recovery import dead_letter_views, replay_views
 
 app_name = "dashboard"
 

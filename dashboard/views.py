@@ -6,12 +6,11 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect, render
 
-from workflows import dashboard_selectors as ds
-from workflows import selectors
-from workflows.states import RunStatus
-
-from .access import role_required
-from .live_consumers import run_detail_context
+from dashboard.access import role_required
+from dashboard.live.consumers import run_detail_context
+from workflows.core.states import RunStatus
+from workflows.queries import dashboard as ds
+from workflows.queries import runs as selectors
 
 
 @login_required
@@ -26,7 +25,7 @@ def workflow_list(request):
 
 @role_required("viewer")
 def run_list(request):
-    """Runs, newest first, filtered and keyset-paginated (workflows.dashboard_selectors)."""
+    """Runs, newest first, filtered and keyset-paginated (workflows.queries.dashboard)."""
     query, errors = ds.parse_run_query(request.GET)
     hidden = ds.hidden_workflow_ids(request.user)
     if query.workflow and query.workflow in ds.hidden_slugs(hidden):

@@ -14,13 +14,13 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 from workflows.api.fast_events import FastEventIngest  # noqa: E402
-from workflows.socket_clients import CountSockets  # noqa: E402
+from workflows.live.socket_clients import CountSockets  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # Event POSTs that will be accepted skip Django's request cycle (api/fast_events.py).
         "http": FastEventIngest(django_asgi_app),
-        # Sockets are counted for /metrics across web processes (workflows/socket_clients.py).
+        # Sockets are counted for /metrics across web processes (workflows/live/socket_clients.py).
         "websocket": CountSockets(
             AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
         ),

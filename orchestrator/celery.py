@@ -4,14 +4,14 @@ import os
 
 from celery import Celery, signals
 
-from . import broker_recovery
+from orchestrator import broker_recovery
 
 broker_recovery.apply()  # a worker must survive Redis going away mid-task
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
 
 app = Celery("signalbox")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks()
+app.autodiscover_tasks(["workflows.runs"])
 
 
 @signals.celeryd_init.connect

@@ -4,7 +4,7 @@
 - `text` (`make run`, the default): one human-readable line per record.
 
 Either way every record carries the ids of what the code was working on when it was
-written (workflows.tracing binds them: ingest, bus delivery, step attempts): `run_id`,
+written (workflows.infra.tracing binds them: ingest, bus delivery, step attempts): `run_id`,
 `step_id`, `attempt`, `event_id`, `correlation_id`, `trace_id` and `span_id`, null when
 unknown. JSON records always have all seven keys; text lines show the known ones.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from workflows.tracing import log_ids
+from workflows.infra.tracing import log_ids
 
 FORMATS = ("json", "text")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -67,7 +67,7 @@ def web_command(
         # No permessage-deflate: browsers always ask for it, and it compresses every frame
         # once per socket with that socket's own context, ~0.1 ms each on these cores
         # (50 ms for one frame to 500 pages). Live frames are small differences; without
-        # it the same encoded frame is written to every socket (dashboard/frame_writer.py).
+        # it the same encoded frame is written to every socket (dashboard/live/frame_writer.py).
         "--ws-per-message-deflate",
         "false",
         "--proxy-headers",

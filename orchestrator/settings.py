@@ -272,7 +272,7 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "signalbox"
-# Step messages go to a queue per kind (workflows/step_queues.py), so slow outbound work and
+# Step messages go to a queue per kind (workflows/runs/step_queues.py), so slow outbound work and
 # quick transforms can have workers of their own (`celery -A orchestrator worker -Q steps.io`).
 # Unnamed kinds: light ones (log, transform, condition...) to steps.fast, the rest (HTTP,
 # mail, python, waits...) to steps.io. SIGNALBOX_STEP_QUEUES overrides by kind, e.g.
@@ -352,7 +352,7 @@ SIGNALBOX = {
 }
 # Hosts and CIDRs that outbound HTTP steps may reach although they are not public.
 SIGNALBOX_OUTBOUND_ALLOW = env_list("SIGNALBOX_OUTBOUND_ALLOW")
-# Circuit breaker per outbound host (workflows/circuit.py): opens after this many failures
+# Circuit breaker per outbound host (workflows/infra/circuit.py): opens after this many failures
 # in a row, fails fast for the cool-down (seconds), then lets one trial request through.
 SIGNALBOX_CIRCUIT_FAILURES = int(os.environ.get("SIGNALBOX_CIRCUIT_FAILURES", "5"))
 SIGNALBOX_CIRCUIT_COOLDOWN = float(os.environ.get("SIGNALBOX_CIRCUIT_COOLDOWN", "30"))

@@ -9,7 +9,7 @@ from hypothesis import settings as hypothesis_settings
 from tests import db_teardown
 from tests.http_recorder import Recorder
 from tests.stack import make_stack
-from workflows.services.tokens import create_api_token
+from workflows.access.tokens import create_api_token
 
 # Property tests judge behaviour, not speed: on a loaded 2-core CI machine generation can be
 # slow, which must not fail the run.
@@ -40,7 +40,7 @@ def stack(django_db_setup, django_db_blocker):
 
 @pytest.fixture
 def recorder():
-    from workflows import circuit
+    from workflows.infra import circuit
 
     server = Recorder()
     # Ports are recycled: a breaker left open by an earlier test on this host:port must

@@ -12,7 +12,7 @@ from pathlib import Path
 from django.conf import settings
 
 from tests.stack import Stack, make_stack
-from workflows.redis_client import client
+from workflows.infra.redis_client import client
 
 PYTHON = sys.executable
 CELERY = str(Path(PYTHON).parent / "celery")

@@ -15,8 +15,9 @@ from django.db import connections
 from django.utils import timezone
 
 from tests.factories import cloudevent
-from workflows.models import ApiToken, Event
-from workflows.services.tokens import create_api_token
+from workflows.access.models import ApiToken
+from workflows.access.tokens import create_api_token
+from workflows.events.models import Event
 
 URL = "/api/v1/events"
 CE = "application/cloudevents+json"

@@ -21,15 +21,19 @@ from django.core.management.base import CommandError
 
 from tests.factories import cloudevent, definition, log_step
 from tests.test_replay import drive, publish, trigger
-from workflows.dashboard_selectors import hidden_for_team, hidden_workflow_ids
+from workflows.access import audit
+from workflows.access.models import ApiToken, AuditEntry
+from workflows.access.roles import ensure_groups
+from workflows.access.tokens import authenticate_token, create_api_token
+from workflows.catalog.models import Workflow
 from workflows.events.envelope import from_structured
+from workflows.events.models import DeadLetter, Event
 from workflows.management.commands.create_api_token import Command as CreateApiToken
-from workflows.models import ApiToken, AuditEntry, DeadLetter, Event, ReplayBatch, Run, Workflow
-from workflows.roles import ensure_groups
-from workflows.services import audit
-from workflows.services import replay as replays
-from workflows.services.events import ingest_event
-from workflows.services.tokens import authenticate_token, create_api_token
+from workflows.queries.dashboard import hidden_for_team, hidden_workflow_ids
+from workflows.recovery import replay as replays
+from workflows.recovery.models import ReplayBatch
+from workflows.runs.matching import ingest_event
+from workflows.runs.models import Run
 
 pytestmark = pytest.mark.django_db
 
@@ -60,7 +64,7 @@ class Caller:
 
 @pytest.fixture
 def world(db, monkeypatch):
-    monkeypatch.setattr("workflows.services.replay_batches._enqueue_batch", lambda batch_id: None)
+    monkeypatch.setattr("workflows.recovery.replay_batches._enqueue_batch", lambda batch_id: None)
     finance, growth = Group.objects.create(name="finance"), Group.objects.create(name="growth")
     runs = {}
     for slug, event_type, team in (

@@ -10,8 +10,8 @@ from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from workflows.models import AuditEntry
-from workflows.services.tokens import create_api_token
+from workflows.access.models import AuditEntry
+from workflows.access.tokens import create_api_token
 
 
 def run(*args: str) -> str:

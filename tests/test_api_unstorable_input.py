@@ -8,9 +8,10 @@ import json
 import pytest
 
 from tests.factories import log_step
-from workflows.models import DeadLetter, Run
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.tokens import create_api_token
+from workflows.access.tokens import create_api_token
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.events.models import DeadLetter
+from workflows.runs.models import Run
 
 PROBLEM = "application/problem+json"
 NUL = "\u0000"

@@ -10,9 +10,10 @@ import pytest
 
 from tests.factories import cloudevent, definition, http_step, log_step
 from tests.waiting import wait_until
-from workflows.models import Run, Workflow, WorkflowVersion
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.tokens import create_api_token
+from workflows.access.tokens import create_api_token
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.runs.models import Run
 
 PROBLEM = "application/problem+json"
 
@@ -164,7 +165,7 @@ def test_editing_the_draft_does_not_change_the_published_version(call):
 
 def test_a_run_stays_pinned_to_the_version_that_started_it(call):
     from workflows.events.envelope import from_structured
-    from workflows.services.events import ingest_event, match_event
+    from workflows.runs.matching import ingest_event, match_event
 
     call("put", "/api/v1/workflows/pinned", definition(log_step("one")))
     call("post", "/api/v1/workflows/pinned/publish")

@@ -14,12 +14,13 @@ import pytest
 
 from tests.factories import cloudevent, definition, log_step
 from tests.waiting import wait_until
+from workflows.authoring.definitions import publish_workflow, put_workflow
 from workflows.events import bus
 from workflows.events.envelope import from_structured
-from workflows.models import DeadLetter, Event, Run
-from workflows.redis_client import client, key
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.events import dead_letter_bus_entry, ingest_event, match_event
+from workflows.events.models import DeadLetter, Event
+from workflows.infra.redis_client import client, key
+from workflows.runs.matching import dead_letter_bus_entry, ingest_event, match_event
+from workflows.runs.models import Run
 
 pytestmark = pytest.mark.django_db
 

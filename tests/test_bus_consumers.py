@@ -22,14 +22,15 @@ from orchestrator import servers
 from tests.factories import cloudevent, definition, log_step
 from tests.stack import LOGS, ROOT, database_url_for
 from tests.waiting import wait_until
+from workflows.authoring.definitions import publish_workflow, put_workflow
 from workflows.events import bus
 from workflows.events.bus_leases import PartitionLeases
 from workflows.events.envelope import from_structured
+from workflows.events.models import Event
+from workflows.infra.redis_client import client
 from workflows.management.commands import consume_bus
-from workflows.models import Event, Run, StepRun
-from workflows.redis_client import client
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.events import ingest_event
+from workflows.runs.matching import ingest_event
+from workflows.runs.models import Run, StepRun
 
 
 @pytest.fixture

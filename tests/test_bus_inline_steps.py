@@ -14,16 +14,17 @@ from tests.factories import cloudevent, definition, http_step, log_step
 from tests.test_durability import finished, run_of, start_run_here
 from tests.test_light_steps import chain, journal_kinds
 from tests.test_spine import publish, send
-from workflows import notify
+from workflows.authoring.definitions import publish_workflow, put_workflow
 from workflows.events import bus
 from workflows.events.envelope import from_structured
-from workflows.models import Event, Run, RunJournal, StepRun
-from workflows.services import execution
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.events import ingest_event, match_events
-from workflows.services.execution import Budget
-from workflows.services.producers import RUN_SOURCE
-from workflows.services.projections import differences
+from workflows.events.models import Event
+from workflows.live import notify
+from workflows.runs import execution
+from workflows.runs.execution import Budget
+from workflows.runs.matching import ingest_event, match_events
+from workflows.runs.models import Run, RunJournal, StepRun
+from workflows.runs.producers import RUN_SOURCE
+from workflows.runs.projections import differences
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -20,8 +20,8 @@ from orchestrator.embedded_redis import free_port
 from tests.factories import cloudevent, definition, http_step
 from tests.http_recorder import Reply
 from tests.waiting import wait_until
-from workflows import circuit
-from workflows.services.tokens import create_api_token
+from workflows.access.tokens import create_api_token
+from workflows.infra import circuit
 from workflows.steps.base import StepContext, StepError
 from workflows.steps.http_request import HttpRequest
 
@@ -237,7 +237,7 @@ def test_of_many_workers_racing_after_the_cooldown_exactly_one_gets_the_trial(br
 
 def _fail_many(host: str, times: int) -> int:
     # In a forked process: its own connections to Redis, like another worker.
-    from workflows import redis_client
+    from workflows.infra import redis_client
 
     redis_client.client.cache_clear()
     circuit._scripts.cache_clear()

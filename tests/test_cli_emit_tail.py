@@ -18,8 +18,8 @@ from django.core.management import CommandError, call_command
 from tests.stack import ROOT, database_url_for
 from tests.waiting import wait_until
 from workflows.events import bus
-from workflows.models import Event, EventSchema, EventType
-from workflows.redis_client import client as redis_client
+from workflows.events.models import Event, EventSchema, EventType
+from workflows.infra.redis_client import client as redis_client
 
 
 def emit(*args: str) -> str:

@@ -29,11 +29,11 @@ from django.core.management.base import CommandError
 from django.test import Client
 
 from tests.http_recorder import Reply
+from workflows.access.tokens import create_api_token
+from workflows.events import webhooks as webhook_service
+from workflows.events.models import Event, Webhook
 from workflows.events.push_formats import sns
-from workflows.models import Event, Webhook
-from workflows.services import webhooks as webhook_service
-from workflows.services.tokens import create_api_token
-from workflows.services.webhooks import InvalidWebhook, create_webhook
+from workflows.events.webhooks import InvalidWebhook, create_webhook
 
 pytestmark = pytest.mark.django_db
 TYPE = "com.example.cloud.pushed"

@@ -15,7 +15,7 @@ from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.v1.event import CloudEvent
 
 from tests.factories import cloudevent
-from workflows.models import Event
+from workflows.events.models import Event
 
 pytestmark = pytest.mark.django_db(transaction=True)
 URL = "/api/v1/events"

@@ -11,7 +11,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from tests.factories import definition, log_step
 from tests.test_spine import finished_run, publish
-from workflows.models import Event
+from workflows.events.models import Event
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

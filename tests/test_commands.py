@@ -18,9 +18,10 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from tests.stack import database_url_for
-from workflows.models import ApiToken, Workflow, WorkflowVersion
-from workflows.roles import ROLES, role_of
-from workflows.services.tokens import authenticate_token
+from workflows.access.models import ApiToken
+from workflows.access.roles import ROLES, role_of
+from workflows.access.tokens import authenticate_token
+from workflows.catalog.models import Workflow, WorkflowVersion
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,10 +15,11 @@ from tests.connector_brokers import BROKERS
 from tests.factories import definition, log_step
 from tests.test_dashboard_pages import signed_in
 from tests.waiting import wait_until
-from workflows.models import Connection, Run
-from workflows.services.connections import record_state
-from workflows.services.secrets import set_secret
-from workflows.services.tokens import create_api_token
+from workflows.access.secrets import set_secret
+from workflows.access.tokens import create_api_token
+from workflows.events.connections import record_state
+from workflows.events.models import Connection
+from workflows.runs.models import Run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

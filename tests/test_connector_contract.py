@@ -24,8 +24,8 @@ from workflows.events.connectors import registry
 from workflows.events.connectors.base import ConnectionConfig
 from workflows.events.connectors.intake import ingest_batch
 from workflows.events.connectors.runner import ConnectorThread
-from workflows.models import Connection, DeadLetter, Event
-from workflows.services.schemas import register_schema
+from workflows.events.models import Connection, DeadLetter, Event
+from workflows.events.schemas import register_schema
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -283,7 +283,7 @@ def test_a_target_the_sink_does_not_know_fails_the_step_before_connecting():
 
 
 def connection_for(broker, *, url: str | None = None) -> str:
-    from workflows.services.connections import add_connection
+    from workflows.events.connections import add_connection
 
     name = f"out-{broker.uid}"
     add_connection(name=name, kind=broker.kind, url=url or broker.url(), options={"consume": False})
@@ -344,7 +344,8 @@ def test_a_run_whose_broker_is_down_retries_then_fails_clearly(api):
     assert run["status"] == "failed"
     assert run["steps"][0]["attempt"] == 2
     assert "amqp: could not publish" in run["error"]
-    from workflows.models import DeadLetter, StepRun
+    from workflows.events.models import DeadLetter
+    from workflows.runs.models import StepRun
 
     attempts = StepRun.objects.filter(run_id=run["id"]).order_by("attempt")
     assert [(a.error_code, a.retryable) for a in attempts] == [("amqp.unreachable", True)] * 2

@@ -6,8 +6,9 @@ import pytest
 
 from tests.factories import cloudevent, definition, log_step
 from tests.waiting import wait_until
-from workflows.models import Event, Run
-from workflows.services.producers import RUN_SOURCE, valid_traceparent
+from workflows.events.models import Event
+from workflows.runs.models import Run
+from workflows.runs.producers import RUN_SOURCE, valid_traceparent
 
 CE_JSON = {"Content-Type": "application/cloudevents+json"}
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

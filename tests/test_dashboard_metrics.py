@@ -13,12 +13,14 @@ from django.utils import timezone
 from dashboard import metrics
 from tests.factories import definition, log_step
 from tests.test_replay import drive, publish, trigger
-from workflows import demo_traffic, gauges
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.demo import traffic as demo_traffic
 from workflows.events import bus
-from workflows.models import DeadLetter, Event, Run
-from workflows.redis_client import client
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.events import match_event
+from workflows.events.models import DeadLetter, Event
+from workflows.infra.redis_client import client
+from workflows.runs import gauges
+from workflows.runs.matching import match_event
+from workflows.runs.models import Run
 
 
 @pytest.fixture

@@ -20,16 +20,18 @@ from django.db import connections, transaction
 from django.test import Client
 from django.utils import timezone
 
-from dashboard import live_consumers
+from dashboard.live import consumers as live_consumers
 from orchestrator.asgi import application
 from tests.factories import cloudevent, definition, log_step
 from tests.sockets import send_run_changed
 from tests.test_replay import drive, in_this_process, publish, trigger
-from workflows import notify
+from workflows.access.roles import ensure_groups
+from workflows.catalog.models import Workflow
 from workflows.events.envelope import from_structured
-from workflows.models import Event, Run, Workflow
-from workflows.roles import ensure_groups
-from workflows.services.events import ingest_event, match_event
+from workflows.events.models import Event
+from workflows.live import notify
+from workflows.runs.matching import ingest_event, match_event
+from workflows.runs.models import Run
 
 ORIGIN = (b"origin", b"http://127.0.0.1")
 TIMEOUT = 10

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import definition, http_step, log_step
-from workflows.definition import Definition, InvalidDefinition, RetryPolicy, Trigger, parse
+from workflows.core.definition import Definition, InvalidDefinition, RetryPolicy, Trigger, parse
 from workflows.steps import registry
 
 KINDS = registry.all_kinds()

@@ -12,9 +12,9 @@ from hypothesis import example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from workflows.definition import Definition, InvalidDefinition
-from workflows.definition_files import UnreadableDefinition, load_definition_text
-from workflows.services.definitions import parse_definition
+from workflows.authoring.definition_files import UnreadableDefinition, load_definition_text
+from workflows.authoring.definitions import parse_definition
+from workflows.core.definition import Definition, InvalidDefinition
 from workflows.steps import registry
 
 KINDS = sorted(registry.all_kinds())

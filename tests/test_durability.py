@@ -29,12 +29,15 @@ from tests.factories import cloudevent, definition, http_step, log_step
 from tests.http_recorder import Reply
 from tests.test_spine import publish, send
 from tests.waiting import wait_until
-from workflows import engine, tasks
-from workflows.definition import FORMAT_SCHEMA
-from workflows.models import Run, RunJournal, StepRun
-from workflows.services import execution, run_control, runs, sweeps
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.projections import differences
+from workflows import tasks
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.core import engine
+from workflows.core.definition import FORMAT_SCHEMA
+from workflows.runs import advance as runs
+from workflows.runs import control as run_control
+from workflows.runs import execution, sweeps
+from workflows.runs.models import Run, RunJournal, StepRun
+from workflows.runs.projections import differences
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -23,10 +23,12 @@ from orchestrator.asgi import application
 from tests.accounts import sign_in
 from tests.factories import definition, log_step
 from tests.waiting import wait_until
-from workflows.models import AuditEntry, Run, Workflow, WorkflowVersion
-from workflows.services import drafts
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.tokens import create_api_token
+from workflows.access.models import AuditEntry
+from workflows.access.tokens import create_api_token
+from workflows.authoring import drafts
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.runs.models import Run
 
 EDIT = "/workflows/{}/edit/"
 PROBLEM_JSON = "application/problem+json"

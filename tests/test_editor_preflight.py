@@ -1,4 +1,4 @@
-"""What a run would trip over, found before publishing (workflows/services/preflight.py):
+"""What a run would trip over, found before publishing (workflows/authoring/preflight.py):
 reads of missing or later steps, unknown vars, addresses the outbound guard refuses."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import definition, http_step, log_step
-from workflows.definition import InvalidDefinition
-from workflows.services import drafts
-from workflows.services.preflight import outbound_problems, preflight, reference_problems
+from workflows.authoring import drafts
+from workflows.authoring.preflight import outbound_problems, preflight, reference_problems
+from workflows.core.definition import InvalidDefinition
 
 NO_ALLOW: tuple[str, ...] = ()
 

@@ -10,14 +10,17 @@ import yaml
 from django.contrib.auth.models import Group, User
 
 from tests.factories import cloudevent, definition, http_step, log_step
-from workflows.definition import InvalidDefinition, Problem
-from workflows.definition_files import UnreadableDefinition
+from workflows.access.models import AuditEntry
+from workflows.authoring import drafts
+from workflows.authoring.definition_files import UnreadableDefinition
+from workflows.authoring.definitions import parse_definition, publish_workflow, put_workflow
+from workflows.catalog.models import TriggerSubscription, Workflow, WorkflowVersion
+from workflows.core.definition import InvalidDefinition, Problem
 from workflows.events.envelope import from_structured
-from workflows.models import AuditEntry, Event, Run, TriggerSubscription, Workflow, WorkflowVersion
-from workflows.services import drafts
-from workflows.services.definitions import parse_definition, publish_workflow, put_workflow
-from workflows.services.events import ingest_event
-from workflows.services.schemas import SchemaViolation, register_schema
+from workflows.events.models import Event
+from workflows.events.schemas import SchemaViolation, register_schema
+from workflows.runs.matching import ingest_event
+from workflows.runs.models import Run
 
 pytestmark = pytest.mark.django_db
 

@@ -21,12 +21,13 @@ from orchestrator.asgi import application
 from tests.accounts import sign_in
 from tests.factories import definition, http_step, log_step
 from tests.sockets import send_run_changed
-from workflows import notify
-from workflows.models import Run, StepRun, Workflow, WorkflowVersion
-from workflows.services import drafts
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.schemas import register_schema
-from workflows.services.tokens import create_api_token
+from workflows.access.tokens import create_api_token
+from workflows.authoring import drafts
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.events.schemas import register_schema
+from workflows.live import notify
+from workflows.runs.models import Run, StepRun
 
 EDIT = "/workflows/{}/edit/"
 

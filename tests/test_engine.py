@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workflows.definition import RetryPolicy, parse
-from workflows.engine import (
+from workflows.core.definition import RetryPolicy, parse
+from workflows.core.engine import (
     FinishRun,
     MarkRunRunning,
     RunStarted,
@@ -21,7 +21,7 @@ from workflows.engine import (
     backoff_delay,
     decide,
 )
-from workflows.states import (
+from workflows.core.states import (
     TERMINAL_RUN,
     RunStatus,
     StepStatus,
@@ -371,7 +371,7 @@ def dags(draw):
 
 class Simulation:
     """Applies the engine's commands to a run the way the services do, checking every move
-    against the table in workflows/states.py."""
+    against the table in workflows/core/states.py."""
 
     def __init__(self, definition):
         self.definition = definition

@@ -8,10 +8,10 @@ import pytest
 
 from tests.factories import cloudevent, definition, log_step
 from tests.waiting import wait_until
+from workflows.access.tokens import create_api_token
 from workflows.events.envelope import from_structured
-from workflows.models import Event, EventSchema, EventType
-from workflows.services.events import ingest_event
-from workflows.services.tokens import create_api_token
+from workflows.events.models import Event, EventSchema, EventType
+from workflows.runs.matching import ingest_event
 
 CE_JSON = {"Content-Type": "application/cloudevents+json"}
 

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.test_expressions import CONTEXT, plain_json
-from workflows import cel_runtime
-from workflows.cel_runtime import MAX_LIST_ITEMS, MAX_STRING_BYTES
-from workflows.expressions import (
+from workflows.core import cel_runtime
+from workflows.core.cel_runtime import MAX_LIST_ITEMS, MAX_STRING_BYTES
+from workflows.core.expressions import (
     MAX_OUTPUT_BYTES,
     MAX_RENDERED_BYTES,
     TIME_LIMIT_SECONDS,

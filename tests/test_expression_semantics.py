@@ -15,8 +15,8 @@ import re
 import pytest
 
 from tests.test_expressions import CONTEXT, PYTHON_REACH, plain_json
-from workflows.cel_values import MAX_DEPTH
-from workflows.expressions import ExpressionError, bind, check, evaluate, render
+from workflows.core.cel_values import MAX_DEPTH
+from workflows.core.expressions import ExpressionError, bind, check, evaluate, render
 
 
 def error_of(expression: str, context=CONTEXT) -> str:

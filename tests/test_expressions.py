@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from workflows import cel_runtime, expressions
-from workflows.expressions import (
+from workflows.core import cel_runtime, expressions
+from workflows.core.expressions import (
     MAX_EXPRESSION_CHARS,
     MAX_OUTPUT_BYTES,
     TIME_LIMIT_SECONDS,

@@ -15,8 +15,9 @@ from tests.factories import definition, log_step
 from tests.waiting import wait_until
 from workflows.events import external_streams
 from workflows.events.external_streams import GROUP, Source, StreamReader, default_source
-from workflows.models import DeadLetter, Event, EventSchema, EventType, Run, StreamSource
-from workflows.redis_client import client, key
+from workflows.events.models import DeadLetter, Event, EventSchema, EventType, StreamSource
+from workflows.infra.redis_client import client, key
+from workflows.runs.models import Run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -223,7 +224,7 @@ def test_an_entry_that_keeps_failing_is_quarantined_after_its_delivery_limit(mon
     def broken(**_):
         raise RuntimeError("a bug while ingesting")
 
-    monkeypatch.setattr("workflows.services.event_intake.ingest_event", broken)
+    monkeypatch.setattr("workflows.events.intake.ingest_event", broken)
     letter = wait_until(
         lambda: (
             reader.poll(block_ms=10) is not None

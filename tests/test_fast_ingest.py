@@ -11,8 +11,8 @@ import pytest
 
 from tests.factories import cloudevent
 from tests.waiting import wait_until
-from workflows.models import Event, EventSchema, EventType
-from workflows.services.tokens import create_api_token, revoke_api_token
+from workflows.access.tokens import create_api_token, revoke_api_token
+from workflows.events.models import Event, EventSchema, EventType
 
 pytestmark = pytest.mark.django_db(transaction=True)
 URL = "/api/v1/events"

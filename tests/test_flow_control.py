@@ -236,7 +236,7 @@ def test_wait_for_event_resumes_on_the_matching_event_only(api):
 def test_an_event_with_data_cel_cannot_hold_neither_resumes_a_wait_nor_stops_the_next(api):
     # A 30-digit order number: the match cannot read it, so it does not match (no retries,
     # no dead letter), and the right event after it still resumes the wait.
-    from workflows.models import DeadLetter, Event
+    from workflows.events.models import DeadLetter, Event
 
     body = definition(
         {
@@ -425,7 +425,7 @@ def test_a_workflow_with_a_manual_trigger_can_be_started_by_hand(api):
 
 
 def test_publishing_a_schedule_trigger_creates_its_schedule(api):
-    from workflows.models import Schedule
+    from workflows.events.models import Schedule
 
     body = definition(log_step("tick"))
     body["triggers"] = [{"schedule": "*/5 * * * *", "timezone": "Europe/Paris"}]

@@ -17,10 +17,10 @@ from tests import test_step_kinds
 from tests.factories import cloudevent, definition
 from tests.http_recorder import Recorder, Reply
 from tests.test_step_kinds import ByHand, context, step_of
-from workflows import circuit
-from workflows.models import Run, StepItemResult
-from workflows.services.item_checkpoints import StepItemCheckpoints, recorded_items
-from workflows.services.sweeps import enqueue_due_steps, expire_leases
+from workflows.infra import circuit
+from workflows.runs.item_checkpoints import StepItemCheckpoints, recorded_items
+from workflows.runs.models import Run, StepItemResult
+from workflows.runs.sweeps import enqueue_due_steps, expire_leases
 from workflows.steps import registry
 from workflows.steps.base import StepError
 from workflows.steps.python import step_function
@@ -375,7 +375,7 @@ def http_loop(ok_url: str, flaky_url: str, *, flaky_index: int) -> dict:
 def test_a_replay_that_keeps_keys_and_input_calls_only_the_items_that_never_succeeded(
     by_hand, hosts
 ):
-    from workflows.services import replay as replays
+    from workflows.recovery import replay as replays
 
     ok, flaky = hosts
     flaky.answer(Reply(status=500, body={"error": "down"}), Reply(body={"item": 1}))
@@ -400,7 +400,7 @@ def test_a_replay_that_keeps_keys_and_input_calls_only_the_items_that_never_succ
 
 
 def test_a_replay_with_renewed_keys_or_edited_input_runs_every_item_again(by_hand, hosts):
-    from workflows.services import replay as replays
+    from workflows.recovery import replay as replays
 
     ok, flaky = hosts
     flaky.answer(Reply(status=500, body={"error": "down"}))
@@ -430,7 +430,7 @@ def test_a_replay_with_renewed_keys_or_edited_input_runs_every_item_again(by_han
 
 
 def test_the_replay_preview_says_how_many_items_the_original_finished(by_hand, hosts):
-    from workflows.services import replay as replays
+    from workflows.recovery import replay as replays
 
     ok, flaky = hosts
     flaky.answer(Reply(status=500, body={"error": "down"}))

@@ -1,4 +1,4 @@
-"""dashboard/frame_writer.py against uvicorn's own WebSocket protocol: the bytes written
+"""dashboard/live/frame_writer.py against uvicorn's own WebSocket protocol: the bytes written
 directly are the bytes the server's send writes, and a socket that cannot take them as
 they are (an extension negotiated, writing paused, closing) is left to the server."""
 
@@ -13,7 +13,7 @@ from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.uri import parse_uri
 
-from dashboard.frame_writer import direct_writer, encoded
+from dashboard.live.frame_writer import direct_writer, encoded
 
 
 class Transport:

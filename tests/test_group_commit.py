@@ -10,12 +10,12 @@ from django.db import DataError, connection
 from django.test.utils import CaptureQueriesContext
 
 from tests.factories import cloudevent
+from workflows.access.tokens import create_api_token, revoke_api_token
 from workflows.events import bus
+from workflows.events import intake as event_intake
 from workflows.events.envelope import from_structured
 from workflows.events.group_commit import GroupCommitter
-from workflows.models import Event, EventSchema, EventType
-from workflows.services import event_intake
-from workflows.services.tokens import create_api_token, revoke_api_token
+from workflows.events.models import Event, EventSchema, EventType
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -142,7 +142,7 @@ def test_new_events_reach_the_bus(token_id, settings):
 
 
 def test_one_hint_for_a_group_reaches_the_sockets_as_one_hint_per_event(token_id):
-    from dashboard.live_consumers import unpacked
+    from dashboard.live.consumers import unpacked
 
     message = {
         "type": "events.ingested",

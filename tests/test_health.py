@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from orchestrator.embedded_redis import free_port
-from workflows import heartbeat, redis_client
+from workflows.infra import heartbeat, redis_client
 
 CHECKS = {"database", "redis", "worker", "bus_consumer"}
 

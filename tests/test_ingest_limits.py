@@ -15,7 +15,7 @@ from tests.factories import cloudevent, definition
 from tests.test_step_kinds import step_of
 from workflows.events.envelope import MAX_LENGTHS
 from workflows.events.external_streams import Entry, Source, ingest_entry
-from workflows.models import DeadLetter, Event
+from workflows.events.models import DeadLetter, Event
 
 by_hand = test_step_kinds.by_hand
 URL = "/api/v1/events"
@@ -25,7 +25,7 @@ BATCH = "application/cloudevents-batch+json"
 
 @pytest.fixture
 def editor(client, db):
-    from workflows.services.tokens import create_api_token
+    from workflows.access.tokens import create_api_token
 
     _row, plaintext = create_api_token(name="limits", role="editor")
     return {"Authorization": f"Bearer {plaintext}"}
@@ -157,7 +157,7 @@ def test_an_emitted_source_that_is_no_uri_reference_fails_the_step(by_hand):
 
 
 def test_manual_events_from_names_with_spaces_or_accents_get_a_valid_source(db):
-    from workflows.services.manual_events import manual_source, send_manual_event
+    from workflows.events.manual_events import manual_source, send_manual_event
 
     event, created = send_manual_event(
         event_type="t.manual", data={}, source=manual_source("token-CI bot ü"), subject="x"

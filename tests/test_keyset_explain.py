@@ -16,9 +16,11 @@ from django.db import connection
 from django.utils import timezone
 
 from tests.factories import definition, log_step
-from workflows import dashboard_selectors as ds
-from workflows.models import Event, Run, Workflow
-from workflows.services.definitions import publish_workflow, put_workflow
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.catalog.models import Workflow
+from workflows.events.models import Event
+from workflows.queries import dashboard as ds
+from workflows.runs.models import Run
 
 RUNS = 1_000_000
 WORKFLOWS = 4
@@ -247,7 +249,7 @@ def emitted_events(million_runs, db):
 def test_the_event_list_hiding_a_teams_events_reads_along_indexes(emitted_events, capsys):
     """One team's workflow is hidden: its run-emitted events are left out per row as the
     id (or type, source, correlation) index is read, never by scanning the table."""
-    from workflows import event_selectors as store
+    from workflows.queries import events as store
 
     hidden = frozenset(Workflow.objects.filter(slug=emitted_events[1]).values_list("pk", flat=True))
     newest_run = Run.objects.filter(workflow__slug=emitted_events[1]).latest("id")

@@ -18,16 +18,18 @@ from django.test.utils import CaptureQueriesContext
 
 from tests.factories import definition, http_step, log_step
 from tests.test_durability import start_run_here
-from workflows import crypto, engine
-from workflows.definition import Step
+from workflows.access.secrets import set_secret
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.core import engine
+from workflows.core.definition import Step
 from workflows.events.bus import Delivery
+from workflows.infra import crypto
 from workflows.management.commands import consume_bus
-from workflows.models import Run, RunJournal, StepRun
-from workflows.services import execution, runs
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.execution import ALL, References, references_in, step_references
-from workflows.services.projections import differences
-from workflows.services.secrets import set_secret
+from workflows.runs import advance as runs
+from workflows.runs import execution
+from workflows.runs.execution import ALL, References, references_in, step_references
+from workflows.runs.models import Run, RunJournal, StepRun
+from workflows.runs.projections import differences
 from workflows.steps import registry
 
 pytestmark = pytest.mark.django_db(transaction=True)

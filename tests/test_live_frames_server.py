@@ -1,5 +1,5 @@
 """The live run list through the real web server (uvicorn, orchestrator/servers.py): frames
-the Hub writes to sockets as encoded bytes (dashboard/frame_writer.py) arrive whole, also
+the Hub writes to sockets as encoded bytes (dashboard/live/frame_writer.py) arrive whole, also
 on a socket that asked for permessage-deflate, as every browser does (the server declines
 it)."""
 
@@ -14,8 +14,8 @@ from websockets.asyncio.client import connect
 from tests.factories import definition, log_step
 from tests.test_dashboard_sockets import session_cookie
 from tests.test_replay import publish, trigger
-from workflows import notify
-from workflows.models import Run
+from workflows.live import notify
+from workflows.runs.models import Run
 
 TIMEOUT = 20
 

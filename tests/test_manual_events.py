@@ -9,10 +9,10 @@ import pytest
 
 from tests.accounts import sign_in
 from tests.factories import cloudevent, definition, log_step
+from workflows.authoring.definitions import publish_workflow, put_workflow
 from workflows.events.envelope import from_structured
-from workflows.models import Event, EventSchema, EventType
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.events import ingest_event, match_event
+from workflows.events.models import Event, EventSchema, EventType
+from workflows.runs.matching import ingest_event, match_event
 
 
 def store(type_: str = "com.example.order.placed", **overrides) -> Event:

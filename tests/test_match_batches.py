@@ -11,13 +11,15 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from tests.factories import cloudevent, definition, log_step
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.catalog.models import TriggerSubscription
 from workflows.events import bus
 from workflows.events.envelope import from_structured
-from workflows.models import DeadLetter, Event, Run, TriggerSubscription
-from workflows.redis_client import client
-from workflows.services import events as event_services
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.events import dead_letter_bus_entry, ingest_event, match_events
+from workflows.events.models import DeadLetter, Event
+from workflows.infra.redis_client import client
+from workflows.runs import matching as event_services
+from workflows.runs.matching import dead_letter_bus_entry, ingest_event, match_events
+from workflows.runs.models import Run
 
 pytestmark = pytest.mark.django_db
 
@@ -245,7 +247,7 @@ def test_a_type_a_run_waits_for_is_not_settled_unheard(bus_settings):
     from django.utils import timezone
 
     from workflows.management.commands.consume_bus import settle_unheard
-    from workflows.models import EventWaiter, StepRun
+    from workflows.runs.models import EventWaiter, StepRun
 
     waiting_type = "com.example.awaited"
     assert event_services.listened_types([waiting_type, QUIET]) == set()

@@ -20,12 +20,14 @@ from tests.factories import cloudevent, definition, http_step, log_step
 from tests.ops_processes import PYTHON, forget, private_stack, start_web, worker_command
 from tests.test_dashboard_sockets import session_cookie
 from tests.waiting import wait_until
-from workflows import circuit
+from workflows.access.tokens import create_api_token
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.catalog.models import Workflow
 from workflows.events.envelope import from_structured
-from workflows.models import DeadLetter, Run, Workflow
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.events import ingest_event
-from workflows.services.tokens import create_api_token
+from workflows.events.models import DeadLetter
+from workflows.infra import circuit
+from workflows.runs.matching import ingest_event
+from workflows.runs.models import Run
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "signalbox.json"
 METRIC = re.compile(r"\bsignalbox_[a-z0-9_]+\b")

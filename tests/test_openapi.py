@@ -25,13 +25,14 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.factories import cloudevent, log_step
+from workflows.access.tokens import create_api_token
 from workflows.api import urls as api_urls
 from workflows.api.openapi import description
-from workflows.models import DeadLetter, Run
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.schemas import register_schema
-from workflows.services.tokens import create_api_token
-from workflows.services.webhooks import create_webhook
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.events.models import DeadLetter
+from workflows.events.schemas import register_schema
+from workflows.events.webhooks import create_webhook
+from workflows.runs.models import Run
 
 PREFIX = "/api/v1/"
 METHODS = ("get", "put", "post", "patch", "delete")

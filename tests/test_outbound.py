@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator.embedded_redis import free_port
 from tests.http_recorder import Reply
-from workflows.outbound import (
+from workflows.infra.outbound import (
     Allowlist,
     OutboundRefused,
     embedded_ipv4,

@@ -32,9 +32,9 @@ from tests.stack import ROOT, Stack, make_stack
 from tests.waiting import wait_until
 from workflows.events import bus
 from workflows.events.envelope import from_structured
-from workflows.models import Event
-from workflows.redis_client import client
-from workflows.services.events import ingest_event
+from workflows.events.models import Event
+from workflows.infra.redis_client import client
+from workflows.runs.matching import ingest_event
 
 CE_JSON = {"Content-Type": "application/cloudevents+json"}
 
@@ -494,7 +494,7 @@ def test_a_backlog_the_consumers_have_not_reached_is_not_published_twice(private
 
 @pytest.mark.django_db
 def test_matching_and_dead_lettering_mark_the_event_so_it_is_never_sent_again(private_bus):
-    from workflows.services.events import dead_letter_bus_entry, match_event
+    from workflows.runs.matching import dead_letter_bus_entry, match_event
 
     event, poison = published(age_seconds=120), published(age_seconds=120)
     match_event(event_id=event.pk)

@@ -18,8 +18,9 @@ from tests.factories import cloudevent, definition, http_step, log_step
 from tests.http_recorder import Recorder, Reply
 from tests.test_spine import publish, send
 from tests.waiting import wait_until
-from workflows.models import DeadLetter, Run, RunJournal, StepRun
-from workflows.services.projections import RUN_FIELDS, STEP_FIELDS, differences
+from workflows.events.models import DeadLetter
+from workflows.runs.models import Run, RunJournal, StepRun
+from workflows.runs.projections import RUN_FIELDS, STEP_FIELDS, differences
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,14 +12,15 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.factories import cloudevent, definition, log_step
-from workflows import circuit
+from workflows.access.tokens import create_api_token
+from workflows.authoring.definitions import publish_workflow, put_workflow
 from workflows.events import bus
 from workflows.events.envelope import from_structured
-from workflows.models import DeadLetter, Event, Run
-from workflows.redis_client import client
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.events import ingest_event
-from workflows.services.tokens import create_api_token
+from workflows.events.models import DeadLetter, Event
+from workflows.infra import circuit
+from workflows.infra.redis_client import client
+from workflows.runs.matching import ingest_event
+from workflows.runs.models import Run
 
 
 @pytest.fixture

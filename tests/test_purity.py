@@ -40,12 +40,12 @@ def imported(imports: str, which: str = DJANGO_OR_CELERY) -> list[str]:
 @pytest.mark.parametrize(
     "module",
     [
-        "workflows.engine",
-        "workflows.definition",
+        "workflows.core.engine",
+        "workflows.core.definition",
         # the expression language, its bounded interpreter and its value conversions
-        "workflows.expressions",
-        "workflows.cel_runtime",
-        "workflows.cel_values",
+        "workflows.core.expressions",
+        "workflows.core.cel_runtime",
+        "workflows.core.cel_values",
         # the loop, and the step context it hands each item
         "workflows.steps.for_each",
     ],

@@ -23,9 +23,9 @@ from orchestrator.embedded_redis import free_port
 from tests.factories import cloudevent
 from tests.stack import LOGS, ROOT
 from tests.waiting import wait_until
+from workflows.access.tokens import create_api_token
 from workflows.events import rate_limit
-from workflows.models import Event
-from workflows.services.tokens import create_api_token
+from workflows.events.models import Event
 
 URL = "/api/v1/events"
 CE = "application/cloudevents+json"
@@ -266,7 +266,7 @@ def test_the_fast_path_check_also_lets_requests_through_when_redis_fails(monkeyp
 
 @pytest.mark.django_db(transaction=True)
 def test_a_request_the_fast_path_hands_to_the_view_is_counted_once(limited_server):
-    from workflows.models import EventSchema, EventType
+    from workflows.events.models import EventSchema, EventType
 
     kind = EventType.objects.create(name=f"com.example.limited.{uuid.uuid4().hex[:6]}")
     EventSchema.objects.create(

@@ -15,15 +15,18 @@ from django.test import Client
 from tests.accounts import sign_in
 from tests.factories import cloudevent, definition
 from tests.test_replay import drive, publish, trigger
-from workflows import replay_selectors as recovery
+from workflows.access import audit
+from workflows.access.models import AuditEntry
+from workflows.access.roles import ensure_groups
+from workflows.catalog.models import Workflow
 from workflows.events.envelope import from_structured
-from workflows.models import AuditEntry, DeadLetter, Event, Run, Workflow
-from workflows.roles import ensure_groups
-from workflows.services import audit
-from workflows.services import dead_letters as dlq
-from workflows.services import replay as replays
-from workflows.services.events import ingest_event
-from workflows.services.redrive import EventSelection, redrive_events
+from workflows.events.models import DeadLetter, Event
+from workflows.recovery import dead_letters as dlq
+from workflows.recovery import replay as replays
+from workflows.recovery import selectors as recovery
+from workflows.recovery.redrive import EventSelection, redrive_events
+from workflows.runs.matching import ingest_event
+from workflows.runs.models import Run
 
 pytestmark = pytest.mark.django_db
 
@@ -48,7 +51,7 @@ def unmatched_event() -> Event:
 def world(db, monkeypatch):
     """The finance team's `payroll` and everyone's `shop`, one failed run each, and a dead
     letter of every kind attributed to payroll (`hidden`) or to no team (`public`)."""
-    monkeypatch.setattr("workflows.services.replay_batches._enqueue_batch", lambda batch_id: None)
+    monkeypatch.setattr("workflows.recovery.replay_batches._enqueue_batch", lambda batch_id: None)
     finance = Group.objects.create(name="finance")
     publish("payroll", definition(FAIL, event=PAYROLL))
     Workflow.objects.filter(slug="payroll").update(team=finance)
@@ -395,7 +398,7 @@ def test_an_audit_page_is_filled_past_hidden_entries_and_the_next_page_skips_non
 
 def test_the_overview_counts_only_the_dead_letters_the_user_may_see(world):
     from dashboard import metrics
-    from workflows.dashboard_selectors import hidden_workflow_ids
+    from workflows.queries.dashboard import hidden_workflow_ids
 
     ensure_groups()
     outsider = get_user_model().objects.create_user("counted", password="not-used")

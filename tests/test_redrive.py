@@ -13,10 +13,12 @@ from django.utils import timezone
 
 from tests.factories import cloudevent, definition, log_step
 from tests.test_replay import drive, publish, token_client
+from workflows.access.models import AuditEntry
 from workflows.events.envelope import from_structured
-from workflows.models import AuditEntry, Event, Run
-from workflows.services.events import ingest_event
-from workflows.services.redrive import EventSelection, RedriveError, redrive_events
+from workflows.events.models import Event
+from workflows.recovery.redrive import EventSelection, RedriveError, redrive_events
+from workflows.runs.matching import ingest_event
+from workflows.runs.models import Run
 
 pytestmark = pytest.mark.django_db
 

@@ -21,15 +21,18 @@ from django.utils import timezone
 from tests.factories import cloudevent, definition, http_step, log_step
 from tests.http_recorder import Recorder, Reply
 from tests.waiting import wait_until
+from workflows.access.models import AuditEntry
+from workflows.access.tokens import create_api_token
+from workflows.authoring.definitions import publish_workflow, put_workflow
 from workflows.events.envelope import from_structured
-from workflows.models import AuditEntry, DeadLetter, Event, ReplayBatch, Run, RunJournal, StepRun
-from workflows.services import replay as replays
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.events import ingest_event, match_event
-from workflows.services.execution import execute_step
-from workflows.services.projections import differences, rebuild_run
-from workflows.services.run_control import cancel_run
-from workflows.services.tokens import create_api_token
+from workflows.events.models import DeadLetter, Event
+from workflows.recovery import replay as replays
+from workflows.recovery.models import ReplayBatch
+from workflows.runs.control import cancel_run
+from workflows.runs.execution import execute_step
+from workflows.runs.matching import ingest_event, match_event
+from workflows.runs.models import Run, RunJournal, StepRun
+from workflows.runs.projections import differences, rebuild_run
 
 # --- helpers shared with test_dead_letters and test_redrive -----------------------------------
 
@@ -44,7 +47,7 @@ def in_this_process():
     """Keep work out of the session's stack, if another test started it: its worker would
     otherwise race this process for the steps it drives."""
     with mock.patch(
-        "workflows.services.runs.enqueue_on_commit", lambda step_run_id, kind=None: None
+        "workflows.runs.advance.enqueue_on_commit", lambda step_run_id, kind=None: None
     ):
         yield
 
@@ -370,7 +373,7 @@ def test_a_branch_the_original_did_not_take_is_skipped_again(db, recorder):
 
 
 def test_an_event_emitted_again_with_the_same_key_is_deduplicated_unless_keys_are_renewed(db):
-    from workflows.models import Event
+    from workflows.events.models import Event
 
     publish(
         "announcer",
@@ -401,7 +404,7 @@ def test_an_event_emitted_again_with_the_same_key_is_deduplicated_unless_keys_ar
 
 
 def test_a_replay_that_keeps_its_keys_still_gets_a_child_run_of_its_own(db):
-    from workflows.services.run_control import after_run_finished
+    from workflows.runs.control import after_run_finished
 
     publish("child", definition(log_step("inside"), event="com.example.unused"))
     publish(
@@ -645,7 +648,7 @@ def test_a_bulk_replay_replays_every_selected_run_at_the_rate_asked(db):
         sleeps.append(seconds)
         now[0] += seconds
 
-    from workflows.replay_selectors import FailedRunFilter, failed_runs
+    from workflows.recovery.selectors import FailedRunFilter, failed_runs
 
     selected = list(
         failed_runs(FailedRunFilter(workflow="flaky", error="v1 bug")).values_list("pk", flat=True)
@@ -915,7 +918,7 @@ def signed_in(client, role: str | None):
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
 
-    from workflows.roles import ensure_groups
+    from workflows.access.roles import ensure_groups
 
     ensure_groups()
     user = get_user_model().objects.create_user(

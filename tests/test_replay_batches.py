@@ -20,11 +20,13 @@ from tests.accounts import sign_in
 from tests.factories import definition, log_step
 from tests.test_replay import drive, in_this_process, publish, trigger
 from tests.waiting import wait_until
-from workflows import selectors
-from workflows.models import ReplayBatch, Run, StepRun, Workflow
-from workflows.services import replay as replays
-from workflows.services.definitions import put_workflow
-from workflows.services.tokens import create_api_token
+from workflows.access.tokens import create_api_token
+from workflows.authoring.definitions import put_workflow
+from workflows.catalog.models import Workflow
+from workflows.queries import runs as selectors
+from workflows.recovery import replay as replays
+from workflows.recovery.models import ReplayBatch
+from workflows.runs.models import Run, StepRun
 
 PROBLEM_TYPES = "https://signalbox.dev/problems/"
 
@@ -77,7 +79,7 @@ def enqueued(monkeypatch) -> list[int]:
     """Batch ids handed to the task, recorded instead of sent to a worker (their creation
     hands them over too: tests clear the list before the sweep)."""
     sent: list[int] = []
-    monkeypatch.setattr("workflows.services.replay_batches._enqueue_batch", sent.append)
+    monkeypatch.setattr("workflows.recovery.replay_batches._enqueue_batch", sent.append)
     return sent
 
 
@@ -320,7 +322,7 @@ def test_a_team_member_and_an_admin_see_the_teams_batch(team_batch):
 
 
 def test_a_page_of_batches_is_filled_past_the_ones_the_user_may_not_see(team_batch):
-    from workflows import replay_selectors as recovery
+    from workflows.recovery import selectors as recovery
 
     hidden = frozenset({team_batch["run"].workflow_id})
     more = [bulk([team_batch["run"]]) for _ in range(3)]  # newest, all the team's
@@ -515,7 +517,7 @@ def test_a_bad_page_of_a_recovery_list_is_one_problem(db, path, query):
 
 
 def test_the_recovery_lists_page_with_before_id_and_limit(db):
-    from workflows.services import audit
+    from workflows.access import audit
 
     for n in range(3):
         audit.record(actor="alice", action="run.cancel", target_type="run", target_id=n)

@@ -8,13 +8,14 @@ from django.db import transaction
 from tests.factories import cloudevent, definition, http_step, log_step
 from tests.http_recorder import Reply
 from tests.waiting import wait_until
-from workflows import engine
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.core import engine
 from workflows.events.envelope import from_structured
-from workflows.models import DeadLetter, Event, Run
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.events import ingest_event, match_event
-from workflows.services.producers import DEFAULT_MAX_CAUSATION_DEPTH, RUN_SOURCE
-from workflows.services.runs import advance_locked
+from workflows.events.models import DeadLetter, Event
+from workflows.runs.advance import advance_locked
+from workflows.runs.matching import ingest_event, match_event
+from workflows.runs.models import Run
+from workflows.runs.producers import DEFAULT_MAX_CAUSATION_DEPTH, RUN_SOURCE
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CE_JSON = {"Content-Type": "application/cloudevents+json"}

@@ -1,4 +1,4 @@
-"""Run list frames that carry only what changed (dashboard/run_list_frames.py): applied the
+"""Run list frames that carry only what changed (dashboard/live/run_list_frames.py): applied the
 way static/js/dashboard-live.js applies them, they leave the page exactly as the whole
 render would."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from dashboard.run_list_frames import RunRows
+from dashboard.live.run_list_frames import RunRows
 
 PAGE = 3
 PLACEHOLDER = '<tr class="empty"><td colspan="7">No runs yet.</td></tr>'
@@ -144,11 +144,11 @@ def test_the_live_render_is_the_run_pages_own_markup_before_and_after_a_change(
     from django.template.loader import render_to_string
     from django.utils import timezone
 
-    from dashboard.live_consumers import render_run_rows
+    from dashboard.live.consumers import render_run_rows
     from tests.factories import definition, log_step
     from tests.test_replay import publish, trigger
-    from workflows import dashboard_selectors as ds
-    from workflows.models import Run
+    from workflows.queries import dashboard as ds
+    from workflows.runs.models import Run
 
     publish("orders", definition(log_step("received")))
     runs = [trigger("orders") for _ in range(3)]
@@ -179,10 +179,10 @@ def test_a_live_render_of_rows_already_rendered_reads_the_runs_as_one_query_of_t
     from django.template.loader import render_to_string
     from django.test.utils import CaptureQueriesContext
 
-    from dashboard.live_consumers import render_run_rows
+    from dashboard.live.consumers import render_run_rows
     from tests.factories import definition, log_step
     from tests.test_replay import publish, trigger
-    from workflows import dashboard_selectors as ds
+    from workflows.queries import dashboard as ds
 
     publish("orders", definition(log_step("received")))
     for _ in range(3):

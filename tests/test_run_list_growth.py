@@ -11,11 +11,12 @@ from django.test.utils import CaptureQueriesContext
 
 from tests.factories import definition, log_step
 from tests.test_dashboard_pages import signed_in
-from workflows import dashboard_selectors as ds
-from workflows import selectors
-from workflows.models import Run, StepRun, Workflow
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.tokens import create_api_token
+from workflows.access.tokens import create_api_token
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.catalog.models import Workflow
+from workflows.queries import dashboard as ds
+from workflows.queries import runs as selectors
+from workflows.runs.models import Run, StepRun
 
 pytestmark = pytest.mark.django_db
 

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from tests.factories import definition, log_step
 from tests.waiting import wait_until
+from workflows.events.models import Event, Schedule
 from workflows.events.schedules import (
     InvalidSchedule,
     fire,
@@ -20,8 +21,8 @@ from workflows.events.schedules import (
     parse,
     tick_envelope,
 )
-from workflows.models import Event, Run, Schedule
-from workflows.services.events import ingest_event
+from workflows.runs.matching import ingest_event
+from workflows.runs.models import Run
 
 
 def publish(api, slug: str, body: dict) -> None:

@@ -13,10 +13,10 @@ from django.db import connection, transaction
 
 from tests.factories import cloudevent
 from tests.waiting import wait_until
-from workflows.models import Event, EventSchema, EventType
-from workflows.roles import ensure_groups
-from workflows.services.schemas import IncompatibleSchema, register_schema
-from workflows.services.tokens import create_api_token
+from workflows.access.roles import ensure_groups
+from workflows.access.tokens import create_api_token
+from workflows.events.models import Event, EventSchema, EventType
+from workflows.events.schemas import IncompatibleSchema, register_schema
 
 TYPE = "com.example.order.placed"
 BASE = f"/api/v1/schemas/{TYPE}"

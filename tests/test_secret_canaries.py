@@ -30,7 +30,8 @@ from tests.factories import cloudevent
 from tests.http_recorder import Recorder, Reply
 from tests.stack import LOGS
 from tests.waiting import wait_until
-from workflows.models import DeadLetter, Event, Run
+from workflows.events.models import DeadLetter, Event
+from workflows.runs.models import Run
 
 CE_JSON = {"Content-Type": "application/cloudevents+json"}
 KINDS = ("header", "password", "token", "smtp", "python", "leaky", "loop", "failing")

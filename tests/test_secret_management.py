@@ -20,12 +20,13 @@ from django.test import Client
 
 from tests.accounts import sign_in
 from tests.stack import database_url_for
-from workflows import crypto
-from workflows.models import AuditEntry, Secret, Webhook
-from workflows.services import secrets as secret_service
-from workflows.services.secrets import secret_values
-from workflows.services.tokens import create_api_token
-from workflows.services.webhooks import create_webhook
+from workflows.access import secrets as secret_service
+from workflows.access.models import AuditEntry, Secret
+from workflows.access.secrets import secret_values
+from workflows.access.tokens import create_api_token
+from workflows.events.models import Webhook
+from workflows.events.webhooks import create_webhook
+from workflows.infra import crypto
 
 pytestmark = pytest.mark.django_db
 

@@ -19,15 +19,16 @@ from django.utils import timezone
 from orchestrator.embedded_redis import free_port
 from tests.factories import cloudevent, definition
 from tests.test_step_kinds import ByHand, step_of
-from workflows.definition import InvalidDefinition
+from workflows.access.secrets import MASK, mask, set_secret
+from workflows.access.tokens import create_api_token
+from workflows.authoring.definitions import parse_definition, publish_workflow, put_workflow
+from workflows.authoring.drafts import check_draft
+from workflows.catalog import definition_parsing as definition_services
+from workflows.catalog.models import WorkflowVersion
+from workflows.core.definition import InvalidDefinition
 from workflows.events.envelope import from_structured
-from workflows.models import Event, WorkflowVersion
-from workflows.services import definition_parsing as definition_services
-from workflows.services.definitions import parse_definition, publish_workflow, put_workflow
-from workflows.services.drafts import check_draft
-from workflows.services.events import ingest_event, match_event
-from workflows.services.secrets import MASK, mask, set_secret
-from workflows.services.tokens import create_api_token
+from workflows.events.models import Event
+from workflows.runs.matching import ingest_event, match_event
 
 HTTP = "http://127.0.0.1:9/"  # never dialled by the validation tests
 
@@ -69,7 +70,7 @@ def by_hand(transactional_db, monkeypatch):
     """Runs executed by the test itself, as in test_step_kinds.py (no bus, no worker)."""
     queued: list[int] = []
     monkeypatch.setattr(
-        "workflows.services.runs.enqueue_on_commit",
+        "workflows.runs.advance.enqueue_on_commit",
         lambda step_run_id, kind=None: queued.append(step_run_id),
     )
 

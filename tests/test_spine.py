@@ -81,7 +81,7 @@ def test_a_retryable_failure_is_retried_with_the_same_idempotency_key(api, recor
 
 @pytest.mark.django_db(transaction=True)
 def test_a_step_that_keeps_failing_fails_the_run_and_leaves_a_dead_letter(api, recorder):
-    from workflows.models import DeadLetter
+    from workflows.events.models import DeadLetter
 
     recorder.default = Reply(status=400, body={"error": "bad"})
     publish(

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import jsonschema
 import pytest
 
-from workflows import expressions
-from workflows.definition import InvalidDefinition
-from workflows.services.definitions import parse_definition
+from workflows.authoring.definitions import parse_definition
+from workflows.core import expressions
+from workflows.core.definition import InvalidDefinition
 from workflows.steps import registry
 from workflows.steps.base import StepContext, StepError, StepResult
 

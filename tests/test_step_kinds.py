@@ -22,20 +22,21 @@ from orchestrator.embedded_redis import free_port
 from tests.factories import cloudevent, definition, log_step
 from tests.http_recorder import Reply
 from tests.waiting import wait_until
-from workflows.definition import InvalidDefinition, RetryPolicy
-from workflows.events.envelope import from_structured
-from workflows.expressions import render_value
-from workflows.models import DeadLetter, Event, Run, StepRun
-from workflows.services.definitions import (
+from workflows.access.secrets import set_secret
+from workflows.authoring.definitions import (
     definition_for,
     parse_definition,
     publish_workflow,
     put_workflow,
 )
-from workflows.services.events import ingest_event, match_event
-from workflows.services.execution import build_context, claim, execute_step
-from workflows.services.secrets import set_secret
-from workflows.services.sweeps import expire_leases
+from workflows.core.definition import InvalidDefinition, RetryPolicy
+from workflows.core.expressions import render_value
+from workflows.events.envelope import from_structured
+from workflows.events.models import DeadLetter, Event
+from workflows.runs.execution import build_context, claim, execute_step
+from workflows.runs.matching import ingest_event, match_event
+from workflows.runs.models import Run, StepRun
+from workflows.runs.sweeps import expire_leases
 from workflows.steps import registry
 from workflows.steps.base import StepContext, StepError
 from workflows.steps.http_request import MAX_BODY_BYTES, HttpRequest
@@ -87,7 +88,7 @@ def by_hand(transactional_db, monkeypatch):
     # No Celery message and no bus entry: this test executes every attempt itself, and a
     # running stack (other tests' processes) must not take them.
     monkeypatch.setattr(
-        "workflows.services.runs.enqueue_on_commit",
+        "workflows.runs.advance.enqueue_on_commit",
         lambda step_run_id, kind=None: queued.append(step_run_id),
     )
 
@@ -469,7 +470,7 @@ def test_a_retried_emit_after_a_lost_worker_publishes_no_second_event(by_hand):
 
 
 def test_an_emitted_event_that_breaks_its_schema_fails_the_step_without_retrying():
-    from workflows.services.schemas import SchemaViolation
+    from workflows.events.schemas import SchemaViolation
 
     def emit(config):
         raise SchemaViolation(
@@ -633,7 +634,7 @@ def http_error(url: str, **config) -> StepError:
 @pytest.fixture
 def quiet_circuit(recorder):
     """Closed circuit for the recorder's host before and after (ports get reused)."""
-    from workflows import circuit
+    from workflows.infra import circuit
 
     circuit.reset(circuit.host_of(recorder.url))
     yield
@@ -718,7 +719,7 @@ def test_a_retry_policy_with_retry_on_retries_only_the_matching_codes(
     run = by_hand.start("selective", body, cloudevent())
     by_hand.drain()
     # The 503 was retried (a due retry is enqueued by the scheduler's sweep: run it by hand).
-    from workflows.services.sweeps import enqueue_due_steps
+    from workflows.runs.sweeps import enqueue_due_steps
 
     with transaction.atomic():
         enqueue_due_steps(now=timezone.now() + timedelta(seconds=5))

@@ -1,4 +1,4 @@
-"""Step kinds route to named Celery queues (workflows/step_queues.py): a worker started for
+"""Step kinds route to named Celery queues (workflows/runs/step_queues.py): a worker started for
 one queue runs only the kinds routed there, and the others wait in their own queue."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import pytest
 from tests.factories import cloudevent, definition, http_step, log_step
 from tests.ops_processes import PYTHON, forget, private_stack, worker_command
 from tests.waiting import wait_until
-from workflows import step_queues
+from workflows.authoring.definitions import publish_workflow, put_workflow
 from workflows.events.envelope import from_structured
-from workflows.models import StepRun
-from workflows.redis_client import client
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.events import ingest_event
+from workflows.infra.redis_client import client
+from workflows.runs import step_queues
+from workflows.runs.matching import ingest_event
+from workflows.runs.models import StepRun
 
 
 def test_light_kinds_go_to_the_fast_queue_and_the_rest_to_the_io_queue(settings):

@@ -1,5 +1,5 @@
 """Every status move of a step attempt is a row of `states.STEP_MOVES`, performed by
-`services.transitions.move_step` as one conditional UPDATE; the tests walk the whole table."""
+`runs.transitions.move_step` as one conditional UPDATE; the tests walk the whole table."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from tests.factories import definition, log_step
-from workflows.models import Run, StepRun
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.transitions import move_step
-from workflows.states import (
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.core.states import (
     STEP_MOVES,
     STEP_TRANSITIONS,
     TERMINAL_STEP,
@@ -23,6 +21,8 @@ from workflows.states import (
     RunStatus,
     StepStatus,
 )
+from workflows.runs.models import Run, StepRun
+from workflows.runs.transitions import move_step
 
 pytestmark = pytest.mark.django_db
 
@@ -112,7 +112,7 @@ def test_the_claim_takes_an_attempt_only_while_its_run_is_active(attempt):
 
 
 # Rebuilding the rows from the journal writes statuses without moving anything.
-WRITERS_ALLOWED = {"workflows/services/transitions.py", "workflows/services/projections.py"}
+WRITERS_ALLOWED = {"workflows/runs/transitions.py", "workflows/runs/projections.py"}
 
 
 def step_status_writes(path: Path) -> list[int]:

@@ -9,10 +9,11 @@ from django.test import Client
 
 from tests.accounts import sign_in
 from tests.test_emitted_event_visibility import PAID, build_world
-from workflows.dashboard_selectors import hidden_for_team
-from workflows.models import Event, Workflow
-from workflows.services import drafts
-from workflows.services.redrive import EventSelection, redrive_events
+from workflows.authoring import drafts
+from workflows.catalog.models import Workflow
+from workflows.events.models import Event
+from workflows.queries.dashboard import hidden_for_team
+from workflows.recovery.redrive import EventSelection, redrive_events
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from tests.otlp_receiver import OtlpReceiver
 from tests.stack import LOGS, ROOT, Stack, make_stack
 from tests.test_outbox import manage, own_database
 from tests.waiting import wait_until
-from workflows import tracing
+from workflows.infra import tracing
 
 CE_JSON = {"Content-Type": "application/cloudevents+json"}
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -301,7 +301,7 @@ def test_tracing_off_sets_up_no_tracer_and_loads_no_exporter():
     probe = """
 import sys, django
 django.setup()
-from workflows import tracing
+from workflows.infra import tracing
 from workflows.steps import http_request
 from orchestrator.logging_config import ContextIds
 with tracing.step_attempt(type("R", (), {"pk": 1, "event_id": 2, "correlation_id": "c",

@@ -15,8 +15,8 @@ import pytest
 
 from tests.factories import http_step, log_step
 from tests.test_durability import start_run_here
-from workflows.models import StepRun
-from workflows.services import execution
+from workflows.runs import execution
+from workflows.runs.models import StepRun
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

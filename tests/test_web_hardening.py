@@ -18,7 +18,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from tests.accounts import sign_in
-from workflows import redis_client
+from workflows.infra import redis_client
 
 ROOT = Path(__file__).resolve().parent.parent
 # Documentation addresses (RFC 5737): the throttle counts them, nothing dials them.

@@ -25,11 +25,11 @@ from standardwebhooks import Webhook as StandardSigner
 
 from tests.factories import definition, log_step
 from tests.waiting import wait_until
-from workflows import crypto
-from workflows.models import Event, EventSchema, EventType, Webhook
-from workflows.services.tokens import create_api_token
-from workflows.services.webhooks import InvalidWebhook, create_webhook
-from workflows.webhooks import standard_key, verify
+from workflows.access.tokens import create_api_token
+from workflows.events.models import Event, EventSchema, EventType, Webhook
+from workflows.events.webhook_auth import standard_key, verify
+from workflows.events.webhooks import InvalidWebhook, create_webhook
+from workflows.infra import crypto
 
 TYPE = "com.example.webhook.received"
 JSON = "application/json"

@@ -17,10 +17,11 @@ from django.test import Client
 from orchestrator.asgi import application
 from tests.factories import definition, log_step
 from tests.sockets import send_run_changed
-from workflows import notify
-from workflows.models import Run, Workflow
-from workflows.roles import ensure_groups
-from workflows.services.definitions import publish_workflow, put_workflow
+from workflows.access.roles import ensure_groups
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.catalog.models import Workflow
+from workflows.live import notify
+from workflows.runs.models import Run
 
 ORIGIN = (b"origin", b"http://127.0.0.1")
 TIMEOUT = 10

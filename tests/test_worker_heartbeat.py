@@ -31,9 +31,10 @@ from tests.test_durability import (
 )
 from tests.test_spine import publish, send
 from tests.waiting import wait_until
-from workflows import engine
-from workflows.models import Run, StepRun
-from workflows.services import execution, runs, step_heartbeats, sweeps
+from workflows.core import engine
+from workflows.runs import advance as runs
+from workflows.runs import execution, step_heartbeats, sweeps
+from workflows.runs.models import Run, StepRun
 
 RETRIED = {"max_attempts": 2, "backoff": "fixed", "delay_seconds": 0}
 

@@ -14,8 +14,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from tests.factories import definition, log_step
-from workflows.models import Workflow
-from workflows.services.definitions import publish_workflow, put_workflow
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.catalog.models import Workflow
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parent.parent

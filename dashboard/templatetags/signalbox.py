@@ -18,7 +18,7 @@ def as_json(value) -> str:
 @register.filter
 def holds_role(user, role: str) -> bool:
     """Whether the user holds `role` (or a higher one): for links only, views check again."""
-    from workflows.roles import rank, role_of
+    from workflows.access.roles import rank, role_of
 
     # Asked by every page's navigation: the role is read once per request's user object.
     if not hasattr(user, "_signalbox_role"):

@@ -12,9 +12,8 @@ import uuid
 import pytest
 from playwright.sync_api import Page
 
+from tests.browser.helpers import PASSWORD, Gate, log_in
 from tests.services import CHROMIUM
-
-from .helpers import PASSWORD, Gate, log_in
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -65,11 +64,11 @@ def _sync_orm_beside_playwright(stack, monkeypatch):
 
 @pytest.fixture
 def make_user(transactional_db):
-    """Create a user holding `role` (a Django group, see workflows/roles.py), or none."""
+    """Create a user holding `role` (a Django group, see workflows/access/roles.py), or none."""
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
 
-    from workflows.roles import ensure_groups
+    from workflows.access.roles import ensure_groups
 
     def make(role: str | None = "viewer"):
         ensure_groups()

@@ -7,11 +7,16 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import (
+    LIVE_TIMEOUT_MS,
+    log_in,
+    marker_survived,
+    set_marker,
+    wait_for_live,
+)
+from tests.browser.test_live_dashboard import publish, run_of_event, send
 from tests.factories import cloudevent, definition, http_step, log_step
 from tests.waiting import wait_until
-
-from .helpers import LIVE_TIMEOUT_MS, log_in, marker_survived, set_marker, wait_for_live
-from .test_live_dashboard import publish, run_of_event, send
 
 FLOW_TYPE = "com.example.flow.checked"
 
@@ -150,7 +155,7 @@ def test_the_live_flow_gets_the_events_it_missed_while_disconnected(viewer_page:
 
 @pytest.mark.browser
 def test_an_operator_turns_on_demo_traffic_and_sample_events_flow(page: Page, make_user):
-    from workflows import demo_traffic
+    from workflows.demo import traffic as demo_traffic
 
     log_in(page, make_user("operator").username)
     page.goto("/overview/")

@@ -10,10 +10,9 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import LIVE_TIMEOUT_MS, log_in
+from tests.browser.test_editor_browser import WIDE, drop_kind, node, publish
 from tests.factories import definition, log_step
-
-from .helpers import LIVE_TIMEOUT_MS, log_in
-from .test_editor_browser import WIDE, drop_kind, node, publish
 
 
 def open_editor_as(page: Page, username: str, slug: str) -> None:
@@ -103,7 +102,7 @@ DEAF_TO_DRAFT_FRAMES = """
 def test_a_save_refused_as_stale_stops_autosave_and_overwrite_saves_over_the_colleague(
     page: Page, new_context, make_user, api
 ):
-    from workflows.models import AuditEntry
+    from workflows.access.models import AuditEntry
 
     publish(api, "contested", definition(log_step("greet", message="hello")))
     alice, bob = make_user("editor"), make_user("editor")

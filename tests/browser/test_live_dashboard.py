@@ -7,10 +7,7 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.factories import cloudevent, definition, http_step, log_step
-from tests.waiting import wait_until
-
-from .helpers import (
+from tests.browser.helpers import (
     LIVE_TIMEOUT_MS,
     log_in,
     marker_survived,
@@ -18,6 +15,8 @@ from .helpers import (
     submit_login_form,
     wait_for_live,
 )
+from tests.factories import cloudevent, definition, http_step, log_step
+from tests.waiting import wait_until
 
 CE_JSON = {"Content-Type": "application/cloudevents+json"}
 
@@ -124,7 +123,7 @@ def test_a_signed_in_user_without_a_role_is_refused_the_runs_page(page: Page, ma
 
 @pytest.mark.browser
 def test_new_runs_arrive_on_top_of_a_full_runs_page_which_keeps_its_size(viewer_page: Page, api):
-    # Frames after the snapshot carry only new and changed rows (dashboard/run_list_frames.py):
+    # Frames after the snapshot carry only new and changed rows (dashboard/live/run_list_frames.py):
     # the page prepends new runs and drops the rows past its page size itself.
     page = viewer_page
     publish(api, "browser-paged", definition(log_step("received"), event="com.example.paged"))

@@ -9,11 +9,10 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import LIVE_TIMEOUT_MS, log_in
+from tests.browser.test_content_security_policy_browser import PAGES, publish_and_run
+from tests.browser.test_replay_onto_fix_browser import screenshot
 from tests.waiting import wait_until
-
-from .helpers import LIVE_TIMEOUT_MS, log_in
-from .test_content_security_policy_browser import PAGES, publish_and_run
-from .test_replay_onto_fix_browser import screenshot
 
 PHONE = {"width": 390, "height": 844}
 # One unbroken "word" as long error texts often are (a URL, a token, a stack of ids).
@@ -30,7 +29,8 @@ def page_overflow(page: Page) -> dict:
 def long_texts(run_id: int) -> int:
     """A failed run, a failed step and an open dead letter, each with long error text
     (written once the run has ended, so that nothing writes over them)."""
-    from workflows.models import DeadLetter, Run, StepRun
+    from workflows.events.models import DeadLetter
+    from workflows.runs.models import Run, StepRun
 
     wait_until(
         lambda: Run.objects.get(pk=run_id).finished_at is not None,

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import LIVE_TIMEOUT_MS, log_in, marker_survived, set_marker
+from tests.browser.test_live_dashboard import publish, run_of_event, send
 from tests.factories import cloudevent, definition, log_step
 from tests.waiting import wait_until
-
-from .helpers import LIVE_TIMEOUT_MS, log_in, marker_survived, set_marker
-from .test_live_dashboard import publish, run_of_event, send
 
 
 def screenshot(page: Page, name: str) -> None:
@@ -108,7 +107,7 @@ def test_a_replay_that_cannot_start_disables_confirm_and_offers_what_can(
 def test_re_driving_selected_dead_letters_asks_first_and_shows_each_outcome(
     page: Page, api, make_user
 ):
-    from workflows.models import DeadLetter
+    from workflows.events.models import DeadLetter
 
     slug = "browser-letters"
     publish(api, slug, definition(PREPARE, BROKEN))

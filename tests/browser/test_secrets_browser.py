@@ -6,17 +6,16 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import log_in, marker_survived, set_marker
 from tests.waiting import wait_until
-
-from .helpers import log_in, marker_survived, set_marker
 
 VALUE = "sk_live_browser_0123456789abcdef"
 
 
 @pytest.mark.browser
 def test_an_admin_creates_rotates_and_deletes_a_secret_in_place(page: Page, make_user):
-    from workflows.models import AuditEntry, Secret
-    from workflows.services.secrets import secret_values
+    from workflows.access.models import AuditEntry, Secret
+    from workflows.access.secrets import secret_values
 
     log_in(page, make_user("admin").username)
     page.get_by_role("link", name="Secrets").click()

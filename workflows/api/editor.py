@@ -29,16 +29,21 @@ from django.http import HttpResponse, JsonResponse
 from django.urls import path
 from django.views.decorators.http import require_http_methods
 
-from ..definition import InvalidDefinition
-from ..definition_files import YAML_TYPES, UnreadableDefinition, load_definition_text
-from ..events.envelope import InvalidEvent, loads_json
-from ..models import Event, Workflow, WorkflowVersion
-from ..services import drafts
-from ..services.definitions import publish_workflow
-from ..services.schemas import SchemaViolation
-from .auth import hides_slug, token_required, visible_workflow
-from .bodies import UNSTORABLE_TEXT, BodyTooLarge, media_type, read_limited, storable
-from .problems import problem
+from workflows.api.auth import hides_slug, token_required, visible_workflow
+from workflows.api.bodies import UNSTORABLE_TEXT, BodyTooLarge, media_type, read_limited, storable
+from workflows.api.problems import problem
+from workflows.authoring import drafts
+from workflows.authoring.definition_files import (
+    YAML_TYPES,
+    UnreadableDefinition,
+    load_definition_text,
+)
+from workflows.authoring.definitions import publish_workflow
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.core.definition import InvalidDefinition
+from workflows.events.envelope import InvalidEvent, loads_json
+from workflows.events.models import Event
+from workflows.events.schemas import SchemaViolation
 
 MAX_DEFINITION_BYTES = 1024 * 1024
 

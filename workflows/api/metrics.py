@@ -1,5 +1,5 @@
-"""`GET /metrics`: the Prometheus exposition of workflows.prometheus, for any API token of
-no team (Prometheus sends it with `authorization: {credentials: <token>}` in its scrape
+"""`GET /metrics`: the Prometheus exposition of workflows.operations.prometheus, for any
+API token of no team (Prometheus sends it with `authorization: {credentials: <token>}` in its scrape
 config).
 
 A team's token is refused: the figures describe the whole installation (runs by workflow,
@@ -13,9 +13,9 @@ from django.http import HttpResponse
 from django.views.decorators.http import require_http_methods
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from ..prometheus import SignalboxCollector
-from .auth import token_required
-from .problems import problem
+from workflows.api.auth import token_required
+from workflows.api.problems import problem
+from workflows.operations.prometheus import SignalboxCollector
 
 registry = CollectorRegistry(auto_describe=False)
 registry.register(SignalboxCollector())

@@ -2,7 +2,7 @@
 id) and a limit, parsed in one place and refused with one RFC 9457 problem when wrong.
 
 The event store (api/event_store.py) parses its own, with an error per parameter, as part of
-its query (workflows/event_selectors.py)."""
+its query (workflows/queries/events.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from django.http import JsonResponse
 
-from .problems import problem
+from workflows.api.problems import problem
 
 MAX_CURSOR = 2**62  # ids are bigints; a larger cursor is a mistake, not a query
 

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from rfc3986_validator import validate_rfc3986
 
-from . import binary_headers
+from workflows.events import binary_headers
 
 REQUIRED = ("id", "source", "specversion", "type")
 OPTIONAL = ("datacontenttype", "dataschema", "subject", "time")
@@ -65,7 +65,7 @@ class Envelope:
 
 
 class SchemaViolation(Exception):
-    """The data of an event breaks its type's schema (the registry, services/schemas.py,
+    """The data of an event breaks its type's schema (the registry, workflows/events/schemas.py,
     checks it; defined here, with InvalidEvent, for everything that reports a refusal)."""
 
     def __init__(self, event_type: str, version: int | None, errors: list[dict[str, str]]):

@@ -4,7 +4,7 @@ A commit is a WAL flush (about a millisecond or more here); a web process taking
 events a second would spend most of its time waiting for them, one per request. Instead
 each web process has one committer thread: requests hand it their parsed `Submission` and
 wait; it takes whatever has queued up meanwhile, stores it all with a few statements in one
-transaction (services.event_intake.store), commits, answers every waiting request, and only
+transaction (events.intake.store), commits, answers every waiting request, and only
 then puts the new events on the bus in one pipelined round trip. Nothing is answered 2xx
 before its commit.
 
@@ -27,9 +27,9 @@ from concurrent.futures import Future
 
 from django.db import DatabaseError, connection, transaction
 
-from .. import notify
-from ..services import event_intake
-from . import bus
+from workflows.events import bus
+from workflows.events import intake as event_intake
+from workflows.live import notify
 
 log = logging.getLogger("signalbox.ingest")
 

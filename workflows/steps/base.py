@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
-from ..secret_places import matches
+from workflows.core.secret_places import matches
 
 
 class StepError(Exception):
@@ -83,7 +83,7 @@ class StepContext:
     steps: Mapping[str, Any]  # {step_id: {"output": ...}} of the steps that already succeeded
     outbound_allow: Sequence[str] = ()
     vars: Mapping[str, Any] = field(default_factory=dict)
-    # Only the secrets the step's secret-capable fields name (workflows/secret_places.py).
+    # Only the secrets the step's secret-capable fields name (workflows/core/secret_places.py).
     secrets: Mapping[str, str] = field(default_factory=dict)
     # A `python` step's arguments marked secret, rendered.
     secret_input: Mapping[str, str] = field(default_factory=dict)
@@ -141,7 +141,7 @@ class StepKind:
     raw_fields: ClassVar[tuple[str, ...]] = ()
     # Config paths a `secrets.<name>` may be rendered into ("/headers/*", "/auth/password"):
     # values that only leave the system, never stored or shown. A definition naming a
-    # secret anywhere else is refused (workflows/secret_places.py).
+    # secret anywhere else is refused (workflows/core/secret_places.py).
     secret_fields: ClassVar[tuple[str, ...]] = ()
 
     def expressions(self, config: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -2,7 +2,7 @@
 
 Sends an Idempotency-Key derived from (run, step), the same on every attempt, so a receiver
 that deduplicates sees one effect however often we retry, and the W3C `traceparent` of the
-run's trace (workflows/tracing.py). 5xx, 429, network errors and
+run's trace (workflows/infra/tracing.py). 5xx, 429, network errors and
 timeouts are retryable (honouring Retry-After); other 4xx are not. Every error carries a
 `code` that retry policies match by prefix (`retry_on: ["http.5", "timeout"]`):
 
@@ -14,7 +14,7 @@ timeouts are retryable (honouring Retry-After); other 4xx are not. Every error c
     invalid_url       the rendered URL cannot be parsed
     circuit_open      the host's circuit breaker is open: the host was not called
 
-The circuit breaker (workflows/circuit.py) is per host:port and shared by all workers; 5xx,
+The circuit breaker (workflows/infra/circuit.py) is per host:port and shared by all workers; 5xx,
 429, network errors and timeouts count as failures, any other answer as a success.
 """
 
@@ -27,10 +27,10 @@ import time
 
 import httpx
 
-from .. import circuit, tracing
-from ..outbound import OutboundRefused, guarded_client
-from .base import StepContext, StepError, StepKind
-from .registry import register
+from workflows.infra import circuit, tracing
+from workflows.infra.outbound import OutboundRefused, guarded_client
+from workflows.steps.base import StepContext, StepError, StepKind
+from workflows.steps.registry import register
 
 MAX_BODY_BYTES = 1_000_000
 KEPT_HEADERS = ("content-type", "location", "retry-after", "etag")

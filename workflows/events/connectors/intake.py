@@ -12,12 +12,12 @@ import logging
 
 from django.db import DataError, InterfaceError, OperationalError, transaction
 
-from ... import notify
-from ...models import DeadLetter
-from .. import bus
-from ..envelope import InvalidEvent
-from .base import Message
-from .binding import envelope_from_message
+from workflows.events import bus
+from workflows.events.connectors.base import Message
+from workflows.events.connectors.binding import envelope_from_message
+from workflows.events.envelope import InvalidEvent
+from workflows.events.models import DeadLetter
+from workflows.live import notify
 
 log = logging.getLogger("signalbox.connectors")
 
@@ -54,8 +54,8 @@ def quarantine(message: Message, *, kind: str, connection: str, reason: str, pro
 
 def ingest_message(message: Message, *, kind: str, connection: str, default_type: str) -> str:
     """ "ingested", "duplicate" or "quarantined"; database outages propagate."""
-    from ...services.event_intake import ingest_event
-    from ...services.schemas import SchemaViolation
+    from workflows.events.intake import ingest_event
+    from workflows.events.schemas import SchemaViolation
 
     where = {"kind": kind, "connection": connection}
     try:
@@ -86,12 +86,12 @@ def ingest_batch(
     returns each message's outcome. Raises on a database outage (nothing is committed,
     nothing may be acknowledged).
 
-    The events go in with one INSERT (services.event_intake.store, as HTTP batches do), their
+    The events go in with one INSERT (events.intake.store, as HTTP batches do), their
     ids in the order received, so per-key order survives; each message is its own submission,
     so a schema violation refuses that message alone. Should the INSERT itself be refused (a
     value the database cannot hold), the batch is stored message by message instead, which
     dead-letters the culprit only."""
-    from ...services import event_intake
+    from workflows.events import intake as event_intake
 
     where = {"kind": kind, "connection": connection}
     outcomes: list[str | None] = [None] * len(messages)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..envelope import Envelope, InvalidEvent, loads_json
+from workflows.events.envelope import Envelope, InvalidEvent, loads_json
 
 
 class PushFormatError(ValueError):
@@ -55,7 +55,7 @@ class PushFormat(Protocol):
 
     def read(self, headers: Mapping[str, str], body: bytes, ctx: FormatContext) -> Delivery:
         """Authenticate (if the format signs) and parse; raises PushFormatError or
-        workflows.webhooks.SignatureError."""
+        workflows.events.webhook_auth.SignatureError."""
 
 
 def header(headers: Mapping[str, str], name: str) -> str:

@@ -1,10 +1,10 @@
-"""The push formats by name (`plain` is the webhook's own reader, services/webhooks.py)."""
+"""The push formats by name (`plain` is the webhook's own reader, workflows/events/webhooks.py)."""
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from . import eventbridge, eventgrid, pubsub, sns
+from workflows.events.push_formats import eventbridge, eventgrid, pubsub, sns
 
 PLAIN = "plain"
 FORMATS: dict[str, ModuleType] = {m.name: m for m in (sns, eventbridge, eventgrid, pubsub)}

@@ -6,8 +6,8 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workflows.models import ApiToken
-from workflows.services.tokens import UnknownToken, revoke_api_token
+from workflows.access.models import ApiToken
+from workflows.access.tokens import UnknownToken, revoke_api_token
 
 
 class Command(BaseCommand):

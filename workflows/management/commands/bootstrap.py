@@ -9,9 +9,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 
-from workflows.models import Workflow
-from workflows.roles import ensure_groups
-from workflows.services.definitions import publish_workflow, put_workflow
+from workflows.access.roles import ensure_groups
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.catalog.models import Workflow
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "demo"
 

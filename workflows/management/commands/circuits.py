@@ -1,7 +1,7 @@
 import redis
 from django.core.management.base import BaseCommand, CommandError
 
-from workflows import circuit
+from workflows.infra import circuit
 
 
 class Command(BaseCommand):

@@ -2,14 +2,14 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workflows.events.connectors.base import InvalidConnection
-from workflows.models import Connection
-from workflows.services.connections import (
+from workflows.events.connections import (
     add_connection,
     describe,
     remove_connection,
     update_connection,
 )
+from workflows.events.connectors.base import InvalidConnection
+from workflows.events.models import Connection
 
 
 def json_object(text: str) -> dict:

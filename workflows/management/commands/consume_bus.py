@@ -11,20 +11,20 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import InterfaceError, OperationalError, connections
 
-from workflows import heartbeat, step_metrics
 from workflows.events.bus import Consumer, Delivery
 from workflows.events.bus_leases import PartitionLeases
 from workflows.events.connectors.runner import ConnectorSupervisor
 from workflows.events.external_streams import StreamIngestThread
-from workflows.loop import Stopper
-from workflows.services.events import (
+from workflows.infra import heartbeat, step_metrics
+from workflows.infra.loop import Stopper
+from workflows.infra.tracing import delivery_traces
+from workflows.runs.execution import Budget
+from workflows.runs.matching import (
     dead_letter_bus_entry,
     listened_types,
     mark_matched,
     match_events,
 )
-from workflows.services.execution import Budget
-from workflows.tracing import delivery_traces
 
 log = logging.getLogger("signalbox.bus")
 # Entries become reclaimable only after BUS_CLAIM_IDLE_MS (30 s by default), and the

@@ -1,9 +1,9 @@
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
 
-from workflows.models import ApiToken
-from workflows.roles import ROLES
-from workflows.services.tokens import create_api_token
+from workflows.access.models import ApiToken
+from workflows.access.roles import ROLES
+from workflows.access.tokens import create_api_token
 
 
 class Command(BaseCommand):

@@ -2,8 +2,8 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workflows import replay_selectors as recovery
-from workflows.services import dead_letters as dlq
+from workflows.recovery import dead_letters as dlq
+from workflows.recovery import selectors as recovery
 
 
 class Command(BaseCommand):

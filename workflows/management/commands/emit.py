@@ -4,8 +4,8 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from workflows.events.envelope import InvalidEvent, loads_json, path_segment
-from workflows.services.manual_events import send_manual_event
-from workflows.services.schemas import SchemaViolation
+from workflows.events.manual_events import send_manual_event
+from workflows.events.schemas import SchemaViolation
 
 
 def default_source() -> str:

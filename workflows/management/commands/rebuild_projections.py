@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from workflows.models import Run
-from workflows.services.projections import differences, rebuild_run
+from workflows.runs.models import Run
+from workflows.runs.projections import differences, rebuild_run
 
 
 class Command(BaseCommand):

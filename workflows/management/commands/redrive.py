@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from workflows.event_selectors import _parse_time
-from workflows.services.redrive import (
+from workflows.queries.events import _parse_time
+from workflows.recovery.redrive import (
     DEFAULT_LIMIT,
     LATEST,
     EventSelection,

@@ -2,9 +2,9 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workflows import replay_selectors as recovery
-from workflows import selectors
-from workflows.services import replay as replays
+from workflows.queries import runs as selectors
+from workflows.recovery import replay as replays
+from workflows.recovery import selectors as recovery
 
 
 class Command(BaseCommand):

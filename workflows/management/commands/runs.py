@@ -2,8 +2,8 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workflows import selectors
-from workflows.services.run_control import cancel_run
+from workflows.queries import runs as selectors
+from workflows.runs.control import cancel_run
 
 
 class Command(BaseCommand):

@@ -6,13 +6,14 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import InterfaceError, OperationalError, connections
 
-from workflows import demo_traffic, heartbeat
+from workflows.demo import traffic as demo_traffic
 from workflows.events.bus import relay_unmatched, relay_unpublished
 from workflows.events.schedules import fire_due
-from workflows.loop import Stopper
-from workflows.services import step_heartbeats
-from workflows.services.replay import resume_stranded_batches
-from workflows.services.sweeps import enqueue_due_steps
+from workflows.infra import heartbeat
+from workflows.infra.loop import Stopper
+from workflows.recovery.replay import resume_stranded_batches
+from workflows.runs import step_heartbeats
+from workflows.runs.sweeps import enqueue_due_steps
 
 log = logging.getLogger("signalbox.scheduler")
 

@@ -2,8 +2,8 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
+from workflows.events.models import Schedule
 from workflows.events.schedules import InvalidSchedule, add_schedule, describe, iso, remove_schedule
-from workflows.models import Schedule
 
 
 class Command(BaseCommand):

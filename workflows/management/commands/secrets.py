@@ -12,8 +12,9 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workflows.models import Secret
-from workflows.services import secrets as secret_service
+from workflows.access import secrets as secret_service
+from workflows.access.models import Secret
+from workflows.operations.key_rotation import rotate_encryption_key
 
 
 class Command(BaseCommand):
@@ -57,7 +58,7 @@ class Command(BaseCommand):
                 secret_service.delete_secret(name=options["name"], actor=actor)
                 self.stdout.write(f"secret {options['name']!r} deleted")
             else:
-                counts = secret_service.rotate_encryption_key(actor=actor)
+                counts = rotate_encryption_key(actor=actor)
                 self.stdout.write(
                     f"re-encrypted {counts['secrets']} secret(s) and {counts['webhooks']} "
                     "webhook secret(s) with the first key of SIGNALBOX_ENCRYPTION_KEY"

@@ -3,7 +3,7 @@
 Exit codes: 0 ok; 1 degraded (working, but something needs a look: no scheduler, a queue
 no worker serves, lag or backlog past a limit, an open circuit breaker); 2 down (no
 database, no Redis, no Celery worker or no bus consumer); 3 a wrong option. The rules are
-in workflows/system_status.py; docs/operations.md shows them in use.
+in workflows/operations/system_status.py; docs/operations.md shows them in use.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workflows import system_status
-from workflows.system_status import DEGRADED, DOWN, OK
+from workflows.operations import system_status
+from workflows.operations.system_status import DEGRADED, DOWN, OK
 
 USAGE_ERROR = 3
 MARKS = {OK: "ok  ", DEGRADED: "WARN", DOWN: "DOWN"}

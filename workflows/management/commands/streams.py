@@ -7,7 +7,7 @@ from workflows.events.external_streams import (
     redacted,
     remove_source,
 )
-from workflows.models import StreamSource
+from workflows.events.models import StreamSource
 
 
 class Command(BaseCommand):

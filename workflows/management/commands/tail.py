@@ -7,10 +7,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError, connection
 
-from workflows.event_selectors import event_as_json
 from workflows.events import bus
-from workflows.loop import Stopper
-from workflows.models import Event
+from workflows.events.models import Event
+from workflows.infra.loop import Stopper
+from workflows.queries.events import event_as_json
 
 BLOCK_MS = 1000  # how long one XREAD waits; also the longest delay before a stop is seen
 

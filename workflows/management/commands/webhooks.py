@@ -8,10 +8,10 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
+from workflows.events.models import Webhook
 from workflows.events.push_formats import NAMES as FORMATS
-from workflows.models import Webhook
-from workflows.services.webhooks import InvalidWebhook, create_webhook, hook_path
-from workflows.webhooks import MODES
+from workflows.events.webhook_auth import MODES
+from workflows.events.webhooks import InvalidWebhook, create_webhook, hook_path
 
 
 class Command(BaseCommand):

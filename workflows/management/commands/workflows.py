@@ -18,10 +18,10 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workflows.definition import InvalidDefinition
-from workflows.definition_files import UnreadableDefinition
-from workflows.models import Workflow, WorkflowVersion
-from workflows.services import drafts
+from workflows.authoring import drafts
+from workflows.authoring.definition_files import UnreadableDefinition
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.core.definition import InvalidDefinition
 
 MAX_BYTES = 1024 * 1024
 

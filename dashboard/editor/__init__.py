@@ -1,0 +1,1 @@
+"""The visual workflow editor: the canvas page, its panels and its WebSocket."""

@@ -1,0 +1,1 @@
+"""Recovery pages: replays, bulk replays, re-drive and dead letters."""

@@ -1,0 +1,1 @@
+"""Who may do what: API tokens, roles, team visibility, secrets, the audit trail."""

@@ -1,0 +1,1 @@
+"""Authoring workflows: drafts, versions, preflight and publishing."""

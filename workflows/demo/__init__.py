@@ -1,0 +1,1 @@
+"""The demo workflows and their sample traffic."""

@@ -1,0 +1,413 @@
+"""Store the events of many API requests in one statement and one commit.
+
+A `Submission` is what one `POST /api/v1/events` asks for once its body parsed: the
+envelopes (one, or a batch), the token that sent them, and the channel. `store` writes the
+submissions handed to it inside the caller's transaction, with a handful of statements
+whatever their number:
+
+- one `SELECT` confirms that the tokens are still unrevoked (a token revoked a moment ago
+  is refused at once, although the HTTP layer authenticated it from a cache);
+- one `SELECT` finds which of the event types have a registered schema (most have none);
+  only those events are checked against it, and a violation refuses its submission alone;
+- one `INSERT … ON CONFLICT DO NOTHING RETURNING` stores every new event (a repeat of a
+  stored (source, id) is answered with the stored row, as `ingest_event` does);
+
+so the group committer (workflows.events.group_commit) can share one commit between the
+requests of a whole web process. Publication to the bus is the caller's, after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from workflows.access.models import ApiToken
+from workflows.core.lineage import correlation_extensions
+from workflows.events import bus
+from workflows.events.envelope import Envelope, check_storable
+from workflows.events.models import Event, EventType
+from workflows.events.schemas import SchemaCheck, SchemaViolation, check_event_data
+from workflows.live import notify
+
+log = logging.getLogger("signalbox.ingest")
+
+# Event columns written at ingest, in the order of the INSERT.
+COLUMNS = (
+    "source",
+    "ce_id",
+    "type",
+    "subject",
+    "specversion",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "data_is_base64",
+    "extensions",
+    "correlation_id",
+    "causation_id",
+    "validation",
+    "schema_version",
+    "channel",
+    "received_at",
+)
+# Bound parameters per statement stay well under PostgreSQL's 65,535 and SQLite's 32,766.
+ROWS_PER_STATEMENT = 1000
+
+
+class SchemaViolations(Exception):
+    """The entries of one submission whose data breaks its type's schema, by index."""
+
+    def __init__(self, found: list[tuple[int, SchemaViolation]]):
+        self.found = found
+        super().__init__("; ".join(f"[{i}] {v}" for i, v in found))
+
+
+class TokenRevoked(Exception):
+    """The submission's token was revoked after the HTTP layer had authenticated it."""
+
+
+@dataclass
+class Accepted:
+    id: int
+    source: str
+    ce_id: str
+    duplicate: bool
+    validation: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "source": self.source,
+            "ce_id": self.ce_id,
+            "duplicate": self.duplicate,
+            "validation": self.validation,
+        }
+
+
+@dataclass
+class Submission:
+    envelopes: Sequence[Envelope]
+    token_id: int | None = None
+    channel: str = "http"
+    # The traceparent of the request's ingest span (tracing on): carried by the bus entries
+    # of its events, the parent of their delivery spans (workflows/infra/tracing.py).
+    trace: str | None = None
+    # Filled by `store`: exactly one of these.
+    accepted: list[Accepted] = field(default_factory=list)
+    error: Exception | None = None
+    # Its rows as written (pk None for a repeat of a stored event).
+    rows: list[Event] = field(default_factory=list)
+
+
+def store(
+    submissions: Sequence[Submission],
+    *,
+    mark_published: Sequence[int] = (),
+    in_order: bool = False,
+) -> list[Event]:
+    """Store every submission that may be stored, in the current transaction; set each
+    one's `accepted` or `error` (TokenRevoked, SchemaViolations). Returns the new events,
+    in order, to publish once the transaction has committed. `mark_published` names
+    events (of earlier groups) now on the bus, marked in the same transaction. `in_order`
+    gives the rows ids in the order submitted (a broker connector's per-key order) rather
+    than in key order (which keeps concurrent committers of equal keys from deadlocking;
+    a single reader per connection has none)."""
+    if connection.vendor == "postgresql":
+        # The marks are written either way (before the optimistic insert's savepoint).
+        if _store_optimistically(submissions, mark_published, in_order):
+            return _settle(submissions)
+    else:
+        bus.mark_published(list(mark_published))
+    _refuse_revoked(submissions)
+    checks = _schema_checks([s for s in submissions if s.error is None])
+    _insert_rows(submissions, checks, in_order)
+    return _settle(submissions)
+
+
+def _store_optimistically(
+    submissions: Sequence[Submission], marks: Sequence[int], in_order: bool = False
+) -> bool:
+    """The usual case in one round trip (PostgreSQL's pipeline mode): mark, check the
+    tokens and the types, and insert as if every token were live and no type had a schema.
+    False, with the insert undone, when that was not so; then the exact path runs."""
+    token_ids = sorted({s.token_id for s in submissions if s.token_id is not None})
+    types = sorted({e.type for s in submissions for e in s.envelopes})
+    with connection.cursor() as cursor:
+        with connection.connection.pipeline():
+            _mark_published(marks, cursor)
+            cursor.execute("SAVEPOINT sb_intake")
+            live_cursor = connection.cursor()
+            live_cursor.execute(
+                f"SELECT id FROM {_table(ApiToken)} WHERE id = ANY(%s) AND revoked_at IS NULL",
+                [token_ids],
+            )
+            typed_cursor = connection.cursor()
+            typed_cursor.execute(f"SELECT 1 FROM {_table(EventType)} WHERE name = ANY(%s)", [types])
+            inserted = _insert_rows(submissions, {}, in_order)
+            live = {pk for (pk,) in live_cursor.fetchall()}
+            typed = typed_cursor.fetchall()
+        if not typed and live.issuperset(token_ids):
+            return True
+        cursor.execute("ROLLBACK TO SAVEPOINT sb_intake")
+    for submission in submissions:
+        submission.rows = []
+    log.debug("optimistic insert of %d event(s) undone: schema or token to check", inserted)
+    return False
+
+
+def _insert_rows(
+    submissions: Sequence[Submission], checks: dict[int, SchemaCheck], in_order: bool = False
+) -> int:
+    rows: list[tuple[Submission, Event]] = []
+    for submission in submissions:
+        if submission.error is None:
+            submission.rows = [
+                new_event(envelope, checks.get(id(envelope)), submission.channel)
+                for envelope in submission.envelopes
+            ]
+            if submission.trace:
+                for event in submission.rows:
+                    event._sb_trace = submission.trace  # type: ignore[attr-defined]
+            rows.extend((submission, event) for event in submission.rows)
+    _insert([event for _, event in rows], in_order=in_order)
+    return len(rows)
+
+
+def _settle(submissions: Sequence[Submission]) -> list[Event]:
+    """Each submission's answer, from its rows: new (they got an id), or a repeat."""
+    rows = [(s, e) for s in submissions if s.error is None for e in s.rows]
+    existing = _existing([event for _, event in rows if event.pk is None])
+    created: list[Event] = []
+    for submission, event in rows:
+        if event.pk is not None:  # inserted: ours
+            created.append(event)
+            submission.accepted.append(
+                Accepted(event.pk, event.source, event.ce_id, False, event.validation)
+            )
+        else:  # stored before, or by an equal entry earlier in this group
+            twin = existing.get((event.source, event.ce_id))
+            submission.accepted.append(
+                Accepted(twin.pk, twin.source, twin.ce_id, True, twin.validation)
+            )
+    return created
+
+
+def _mark_published(event_ids: Sequence[int], cursor) -> None:
+    # By primary key alone (see bus.mark_published for why).
+    if event_ids:
+        cursor.execute(
+            f"UPDATE {_table(Event)} SET published_at = COALESCE(published_at, %s) "
+            "WHERE id = ANY(%s)",
+            [timezone.now(), list(event_ids)],
+        )
+
+
+def _table(model) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def _refuse_revoked(submissions: Sequence[Submission]) -> None:
+    token_ids = {s.token_id for s in submissions if s.token_id is not None}
+    if not token_ids:
+        return
+    live = set(
+        ApiToken.objects.filter(pk__in=token_ids, revoked_at__isnull=True).values_list(
+            "pk", flat=True
+        )
+    )
+    for submission in submissions:
+        if submission.token_id is not None and submission.token_id not in live:
+            submission.error = TokenRevoked()
+
+
+def _schema_checks(submissions: Sequence[Submission]) -> dict[int, SchemaCheck]:
+    """Checks for the envelopes whose type has a schema (keyed by id(envelope)); a
+    submission with a violation gets it as its error. Types without one cost nothing."""
+    types = {e.type for s in submissions for e in s.envelopes}
+    registered = set(EventType.objects.filter(name__in=types).values_list("name", flat=True))
+    checks: dict[int, SchemaCheck] = {}
+    if not registered:
+        return checks
+    for submission in submissions:
+        found = []
+        for index, envelope in enumerate(submission.envelopes):
+            if envelope.type not in registered:
+                continue
+            try:
+                checks[id(envelope)] = check_event_data(envelope)
+            except SchemaViolation as exc:
+                found.append((index, exc))
+        if found:  # a batch is refused whole
+            submission.error = SchemaViolations(found)
+    return checks
+
+
+def new_event(envelope: Envelope, check: SchemaCheck | None, channel: str) -> Event:
+    """The unsaved Event row of an envelope, as every channel stores it."""
+    check = check or SchemaCheck("unvalidated")
+    # Every event gets a correlation id (its own id starts a new conversation) and a
+    # causation id (for an outside event, itself); a malformed traceparent is dropped.
+    extensions = correlation_extensions(envelope.extensions, event_id=envelope.id)
+    return Event(
+        source=envelope.source,
+        ce_id=envelope.id,
+        type=envelope.type,
+        subject=envelope.subject,
+        specversion=envelope.specversion,
+        time=envelope.time,
+        datacontenttype=envelope.datacontenttype,
+        dataschema=envelope.dataschema,
+        data=envelope.data,
+        data_is_base64=envelope.data_is_base64,
+        extensions=extensions,
+        correlation_id=extensions["correlationid"],
+        causation_id=str(extensions["causationid"]),
+        validation=check.validation,
+        schema_version=check.version,
+        channel=channel,
+    )
+
+
+def insert_new(events: Sequence[Event]) -> None:
+    """INSERT the events in one statement, no savepoint needed: those whose (source, id)
+    is already stored are skipped and keep no pk; the others get theirs."""
+    _insert(events)
+
+
+def _insert(events: Sequence[Event], *, in_order: bool = False) -> None:
+    """INSERT them, skipping (source, id) pairs already stored, and give each inserted one
+    its id. PostgreSQL and SQLite both return only the rows the statement inserted (the
+    first of two equal pairs in one statement)."""
+    now = timezone.now()
+    for event in events:
+        event.received_at = now
+    # In key order: two committers inserting the same keys wait for each other, never
+    # deadlock (each would otherwise hold a key the other needs).
+    if not in_order:
+        events = sorted(events, key=lambda e: (e.source, e.ce_id))
+    insert = _insert_recordset if connection.vendor == "postgresql" else _insert_values
+    for start in range(0, len(events), ROWS_PER_STATEMENT):
+        chunk = events[start : start + ROWS_PER_STATEMENT]
+        with connection.cursor() as cursor:
+            insert(cursor, chunk)
+            ids = {(source, ce_id): pk for pk, source, ce_id in cursor.fetchall()}
+        for event in chunk:
+            event.pk = ids.pop((event.source, event.ce_id), None)
+
+
+def _insert_values(cursor, events: Sequence[Event]) -> None:
+    fields = [Event._meta.get_field(name) for name in COLUMNS]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    values: list[Any] = []
+    for event in events:
+        values.extend(f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields)
+    cursor.execute(
+        f"INSERT INTO {_table(Event)} ({columns}) VALUES {', '.join([row] * len(events))} "
+        "ON CONFLICT (source, ce_id) DO NOTHING RETURNING id, source, ce_id",
+        values,
+    )
+
+
+# PostgreSQL: the rows travel as one JSON document, so the statement text never changes
+# (psycopg parses it once) and no value is adapted one by one in Python.
+_RECORD_TYPES = {
+    "time": "timestamptz",
+    "data": "jsonb",
+    "data_is_base64": "boolean",
+    "extensions": "jsonb",
+    "schema_version": "integer",
+    "received_at": "timestamptz",
+}
+_RECORDSET_SQL = (
+    "INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_to_recordset(%s::jsonb) "
+    "AS r({record}) ON CONFLICT (source, ce_id) DO NOTHING RETURNING id, source, ce_id"
+)
+
+
+def _insert_recordset(cursor, events: Sequence[Event]) -> None:
+    rows = [
+        {
+            "source": e.source,
+            "ce_id": e.ce_id,
+            "type": e.type,
+            "subject": e.subject,
+            "specversion": e.specversion,
+            "time": e.time.isoformat() if e.time else None,
+            "datacontenttype": e.datacontenttype,
+            "dataschema": e.dataschema,
+            "data": e.data,
+            "data_is_base64": e.data_is_base64,
+            "extensions": e.extensions,
+            "correlation_id": e.correlation_id,
+            "causation_id": e.causation_id,
+            "validation": e.validation,
+            "schema_version": e.schema_version,
+            "channel": e.channel,
+            "received_at": e.received_at.isoformat(),
+        }
+        for e in events
+    ]
+    sql = _RECORDSET_SQL.format(
+        table=_table(Event),
+        columns=", ".join(COLUMNS),
+        record=", ".join(f"{name} {_RECORD_TYPES.get(name, 'text')}" for name in COLUMNS),
+    )
+    cursor.execute(sql, [json.dumps(rows)])
+
+
+def _existing(events: Sequence[Event]) -> dict[tuple[str, str], Event]:
+    if not events:
+        return {}
+    match = Q()
+    for event in events:
+        match |= Q(source=event.source, ce_id=event.ce_id)
+    found = Event.objects.filter(match).only("pk", "source", "ce_id", "validation")
+    return {(e.source, e.ce_id): e for e in found}
+
+
+def ingest_event(
+    *,
+    envelope: Envelope,
+    channel: str = "http",
+    check: SchemaCheck | None = None,
+    publish: bool = True,
+    off_bus: bool = False,
+) -> tuple[Event, bool]:
+    """Store the event (unique on source + id) and put it on the bus after commit.
+
+    Returns (event, created). A repeat of an accepted event returns the stored one with
+    created=False and starts nothing. Raises SchemaViolation when the data breaks its
+    type's schema (pass `check` when it was already done), InvalidEvent when an attribute
+    is longer than its column or the source is no URI-reference. Once this returns outside a
+    transaction the row is committed: if Redis is down the outbox relay delivers it later.
+    `off_bus` stores an event that must never reach the bus (a try run's sample: its run is
+    started directly, no trigger or waiting run may hear of it), marked delivered so the
+    relays leave it alone.
+    """
+    check_storable(envelope)  # built in code (emit_event) or parsed: the same limits
+    event = new_event(envelope, check or check_event_data(envelope), channel)
+    if off_bus:
+        event.published_at = event.matched_at = timezone.now()
+    try:
+        with transaction.atomic():
+            event.save(force_insert=True)
+            if off_bus:
+                return event, True
+            if publish:  # else the caller publishes after its commit (batches: one trip)
+                transaction.on_commit(lambda: bus.publish(event))
+            notify.event_ingested(event=event)
+    except IntegrityError:
+        existing = Event.objects.filter(source=envelope.source, ce_id=envelope.id).first()
+        if existing is None:
+            raise
+        return existing, False
+    return event, True

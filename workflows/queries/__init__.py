@@ -1,0 +1,1 @@
+"""The read side (CQRS): queries behind pages, the API and the CLI, across contexts."""

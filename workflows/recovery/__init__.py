@@ -1,0 +1,1 @@
+"""Recovery: replays, re-drive of stored events and dead letters."""

@@ -1,0 +1,1 @@
+"""Runs: matching accepted events, executing steps, waits, the journal, the Celery tasks."""

@@ -1,0 +1,539 @@
+"""Advance runs and record their steps' results.
+
+The rules: `advance_locked` holds the run's row lock while it asks the engine what to do and
+writes the result; results are recorded once, fenced by the attempt's status; enqueueing,
+pushes and resuming a parent run happen only after commit. Every move is appended to the
+run's journal with what `rebuild_projections` needs to recreate the run and step rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from workflows.catalog.definition_parsing import definition_for
+from workflows.core import engine
+from workflows.core.states import TERMINAL_RUN, RunStatus, StepStatus, check_run_move
+from workflows.events.models import DeadLetter
+from workflows.live import notify
+from workflows.runs import task_queue
+from workflows.runs.models import EventWaiter, Run, RunJournal, StepRun
+from workflows.runs.producers import emit_run_events, store_run_events
+from workflows.runs.transitions import move_step
+
+log = logging.getLogger("signalbox.runs")
+# The timers below are the scheduler's sweeps' (workflows/runs/sweeps.py), kept here where tests
+# and operators have always found them.
+# A queued attempt whose message has not been picked up this long is enqueued again (the
+# message was lost, e.g. Redis restarted). Duplicates are harmless: the claim is conditional.
+REENQUEUE_AFTER = timedelta(seconds=settings.SIGNALBOX["REENQUEUE_AFTER_SECONDS"])
+# An attempt running longer than its step's timeout (default 15 min) plus this grace hangs
+# (or, without heartbeats, lost its worker): it is failed (retryably, code "timeout"); a
+# late result is fenced out. A dead worker is noticed sooner, by its heartbeat.
+LEASE_GRACE = timedelta(seconds=30)
+DEFAULT_STEP_TIMEOUT = timedelta(minutes=15)
+
+
+def idempotency_key(run_id: int, step_id: str) -> str:
+    digest = hashlib.sha256(f"signalbox:run:{run_id}:step:{step_id}".encode()).hexdigest()
+    return f"sb-{digest[:32]}"
+
+
+def run_state(run: Run) -> engine.RunState:
+    latest: dict[str, engine.StepState] = {}
+    for step_id, status, attempt, error, port in run.steps.order_by("attempt", "id").values_list(
+        "step_id", "status", "attempt", "error", "port"
+    ):
+        latest[step_id] = engine.StepState(StepStatus(status), attempt, error, port)
+    return engine.RunState(run_id=run.pk, status=RunStatus(run.status), steps=latest)
+
+
+def journal(run: Run, kind: str, **data) -> None:
+    """Append to the run's journal. Caller holds the run lock, so seq is gap-free. Inside
+    `journal_batch` the entry is written with the others of the batch, in one INSERT."""
+    run.seq += 1
+    entry = RunJournal(run=run, seq=run.seq, kind=kind, data=data)
+    pending = getattr(run, "_journal_pending", None)
+    if pending is None:
+        entry.save(force_insert=True)
+    else:
+        pending.append(entry)
+
+
+@contextmanager
+def journal_batch(run: Run) -> Iterator[None]:
+    """Collect the journal entries appended inside into one INSERT at the end of the block
+    (still inside the caller's transaction). Nested batches join the outermost one."""
+    if getattr(run, "_journal_pending", None) is not None:
+        yield
+        return
+    run._journal_pending = []  # type: ignore[attr-defined]
+    try:
+        yield
+        if run._journal_pending:  # type: ignore[attr-defined]
+            RunJournal.objects.bulk_create(run._journal_pending)  # type: ignore[attr-defined]
+    finally:
+        run._journal_pending = None  # type: ignore[attr-defined]
+
+
+def save_run(run: Run, fields: list[str]) -> None:
+    """Write the run's changed columns now, or, inside `one_run_write`, once at its end."""
+    deferred = getattr(run, "_deferred_fields", None)
+    if deferred is None:
+        run.save(update_fields=fields)
+    else:
+        deferred.update(fields)
+
+
+@contextmanager
+def one_run_write(run: Run) -> Iterator[None]:
+    """For a run created in the caller's transaction and moved several times in it (the bus
+    consumer running its light steps): the run row is written once, at the end, its
+    journal entries in one INSERT and its run events in another. Nothing reads the row in
+    between (nobody else can see it; the light path reads the run from memory)."""
+    run._deferred_fields = set()  # type: ignore[attr-defined]
+    run._unsaved_events = []  # type: ignore[attr-defined]
+    try:
+        with journal_batch(run):
+            yield
+        fields = run._deferred_fields  # type: ignore[attr-defined]
+        if fields:
+            run.save(update_fields=sorted(fields))
+        store_run_events(run, run._unsaved_events)  # type: ignore[attr-defined]
+    finally:
+        run._deferred_fields = run._unsaved_events = None  # type: ignore[attr-defined]
+
+
+def written_once(run: Run) -> bool:
+    """Inside `one_run_write`: the run was created in this transaction."""
+    return getattr(run, "_deferred_fields", None) is not None
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value else None
+
+
+class Continuation:
+    """Offered to `advance_locked` by a worker that may run one more light step itself, in
+    the same task. The first step scheduled due now is kept here, instead of being sent as
+    a Celery message, when it is light (the worker runs it after commit); the others go to
+    the queue as usual, and are not overtaken: when the first is not light, none is kept."""
+
+    def __init__(self, known: tuple[int, engine.RunState] | None = None) -> None:
+        self.step_run_id: int | None = None
+        self.step_run: StepRun | None = None  # the kept attempt as written
+        self.offered = False
+        # (run.seq, state) as this worker's last transaction on the run left them: when the
+        # run's seq is still that under the next lock, nothing else moved the run (every
+        # move is journaled under the lock, bumping seq) and the state need not be re-read.
+        self.known = known
+        self.after: tuple[int, engine.RunState] | None = None
+        self.run: Run | None = None  # the run as this transaction read it (for the next)
+
+    def take(self, step_run: StepRun, kind: str) -> bool:
+        from workflows.steps import registry
+
+        if self.offered:
+            return False
+        self.offered = True
+        known = registry.all_kinds().get(kind)
+        if known is None or not known.light:
+            return False
+        self.step_run_id, self.step_run = step_run.pk, step_run
+        return True
+
+
+def advance_locked(
+    run: Run,
+    happening: engine.Happening,
+    *,
+    continuation: Continuation | None = None,
+    state: engine.RunState | None = None,
+) -> list[engine.Command]:
+    """Ask the engine what follows `happening` and carry it out. The caller holds the run's
+    row lock (or created the row in this transaction). The journal entries it appends are
+    written together, in one INSERT."""
+    with journal_batch(run):
+        commands, state = _advance_locked(run, happening, continuation, state)
+    if continuation is not None and run.status not in TERMINAL_RUN:
+        continuation.after = (run.seq, state_after(state, run, commands))
+    return commands
+
+
+def state_after(
+    state: engine.RunState, run: Run, commands: list[engine.Command]
+) -> engine.RunState:
+    """The state `run_state` would read after `commands` were carried out on `state`."""
+    steps = dict(state.steps)
+    for command in commands:
+        if isinstance(command, engine.ScheduleStep):
+            steps[command.step_id] = engine.StepState(StepStatus.QUEUED, command.attempt, "", "")
+        elif isinstance(command, engine.SkipStep):
+            steps[command.step_id] = engine.StepState(StepStatus.SKIPPED, 1, "", "")
+    return engine.RunState(run_id=run.pk, status=RunStatus(run.status), steps=steps)
+
+
+def known_state(
+    run: Run, continuation: Continuation | None, finished: engine.StepFinished
+) -> engine.RunState | None:
+    """The run's state with `finished` recorded, from what this worker's last transaction on
+    the run left (None when the run moved since: it is read again)."""
+    if continuation is None or continuation.known is None:
+        return None
+    seq, state = continuation.known
+    if seq != run.seq or state.steps.get(finished.step_id) is None:
+        return None
+    if state.steps[finished.step_id].attempt != finished.attempt:
+        return None
+    steps = dict(state.steps)
+    steps[finished.step_id] = engine.StepState(
+        StepStatus.SUCCEEDED if finished.succeeded else StepStatus.FAILED,
+        finished.attempt,
+        finished.error,
+        finished.port if finished.succeeded else "",
+    )
+    return engine.RunState(run_id=run.pk, status=RunStatus(run.status), steps=steps)
+
+
+def _advance_locked(
+    run: Run,
+    happening: engine.Happening,
+    continuation: Continuation | None,
+    state: engine.RunState | None,
+) -> tuple[list[engine.Command], engine.RunState]:
+    definition = definition_for(run.version)
+    state = state or run_state(run)
+    commands = engine.decide(definition, state, happening)
+    now = timezone.now()
+    for command in commands:
+        if isinstance(command, engine.MarkRunRunning):
+            check_run_move(run.status, RunStatus.RUNNING)
+            run.status, run.started_at = RunStatus.RUNNING, now
+            journal(run, "run.started", at=_iso(now))
+        elif isinstance(command, engine.ScheduleStep):
+            _schedule_step(run, command, definition.steps[command.step_id].kind, now, continuation)
+        elif isinstance(command, engine.SkipStep):
+            StepRun.objects.create(
+                run=run,
+                step_id=command.step_id,
+                attempt=1,
+                status=StepStatus.SKIPPED,
+                kind=definition.steps[command.step_id].kind,
+                port="",
+                finished_at=now,
+                idempotency_key=idempotency_key(run.idempotency_base or run.pk, command.step_id),
+            )
+            journal(
+                run,
+                "step.skipped",
+                step=command.step_id,
+                attempt=1,
+                step_kind=definition.steps[command.step_id].kind,
+                at=_iso(now),
+            )
+        elif isinstance(command, engine.FinishRun):
+            check_run_move(run.status, command.status)
+            run.status, run.finished_at, run.error = command.status, now, command.error
+            journal(run, f"run.{command.status}", error=command.error, at=_iso(now))
+            _wind_down(run, now, state)
+            if (
+                command.status == RunStatus.FAILED
+                and isinstance(happening, engine.StepFinished)
+                and run.origin != "shadow"
+            ):  # a shadow run's failure is a finding
+                _dead_letter_step(run, happening)
+    if commands:
+        save_run(run, ["status", "started_at", "finished_at", "error", "seq"])
+        # The run's start/finish as events, committed with the state change (or not at all).
+        if run.origin != "shadow":  # a shadow run must start nothing elsewhere
+            emit_run_events(run=run, commands=commands)
+        notify.run_changed(
+            run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug, status=run.status
+        )
+    return commands, state
+
+
+def _wind_down(run: Run, now, state: engine.RunState | None = None) -> None:
+    """A finished run starts nothing more: queued attempts are skipped, waits dropped, and
+    whoever waits on this run (a parent, queued runs of the workflow) is told after commit.
+    `state` (read under this lock) spares the look for attempts when none is pending."""
+    pending = (StepStatus.QUEUED, StepStatus.WAITING)
+    if state is None or any(s.status in pending for s in state.steps.values()):
+        found = list(run.steps.filter(status__in=pending).order_by("id"))
+        # Queued attempts first, then waiting ones (the order the journal always had).
+        for step_run in sorted(found, key=lambda s: s.status != StepStatus.QUEUED):
+            if step_run.status == StepStatus.QUEUED:
+                # Under the run's lock, which every claim of the run's attempts takes too,
+                # the attempt read as queued is still queued: the move cannot miss.
+                if not move_step(
+                    step_run.pk,
+                    source=StepStatus.QUEUED,
+                    target=StepStatus.SKIPPED,
+                    finished_at=now,
+                ):
+                    continue
+                journal(
+                    run,
+                    "step.skipped",
+                    step=step_run.step_id,
+                    attempt=step_run.attempt,
+                    at=_iso(now),
+                )
+                continue
+            # As record_result would: no wake-up left; the output parked with it is kept
+            # (and journaled, so the projection keeps it too).
+            if not move_step(
+                step_run.pk,
+                source=StepStatus.WAITING,
+                target=StepStatus.FAILED,
+                finished_at=now,
+                error=f"run {run.status}",
+                wake_at=None,
+            ):
+                continue
+            journal(
+                run,
+                "step.failed",
+                step=step_run.step_id,
+                attempt=step_run.attempt,
+                error=f"run {run.status}",
+                output=step_run.output,
+                at=_iso(now),
+            )
+    if not written_once(run):  # a run created in this transaction has no waits yet
+        EventWaiter.objects.filter(run=run).delete()
+    task_queue.send_on_commit(task_queue.RUN_FINISHED, run.pk)
+
+
+def _schedule_step(
+    run: Run,
+    command: engine.ScheduleStep,
+    kind: str,
+    now,
+    continuation: Continuation | None = None,
+) -> None:
+    due_now = command.delay_seconds <= 0
+    not_before = None if due_now else now + timedelta(seconds=command.delay_seconds)
+    step_run = StepRun.objects.create(
+        run=run,
+        step_id=command.step_id,
+        attempt=command.attempt,
+        kind=kind,
+        idempotency_key=idempotency_key(run.idempotency_base or run.pk, command.step_id),
+        not_before=not_before,
+        enqueued_at=now if due_now else None,
+    )
+    journal(
+        run,
+        "step.scheduled",
+        step=command.step_id,
+        attempt=command.attempt,
+        step_kind=kind,
+        delay_seconds=command.delay_seconds,
+        not_before=_iso(not_before),
+        idempotency_key=step_run.idempotency_key,
+        at=_iso(now),
+    )
+    if due_now and not (continuation and continuation.take(step_run, kind)):
+        enqueue_on_commit(step_run.pk, kind)
+
+
+def enqueue_on_commit(step_run_id: int, kind: str | None = None) -> None:
+    from workflows.runs import step_queues
+
+    # robust: if Redis is down the row stays queued and the scheduler enqueues it again.
+    transaction.on_commit(lambda: step_queues.send(step_run_id, kind), robust=True)
+
+
+def _dead_letter_step(run: Run, happening: engine.StepFinished) -> None:
+    DeadLetter.objects.create(
+        kind="step",
+        reason=happening.error or "step failed",
+        run=run,
+        step_id=happening.step_id,
+        event_id=run.event_id,
+        payload={
+            "run": run.pk,
+            "workflow": run.workflow.slug,
+            "version": run.version.number,
+            "step": happening.step_id,
+            "attempt": happening.attempt,
+            "error_code": happening.code,
+            "event": run.event_id,
+        },
+    )
+
+
+# Whole definitions (the version's, the workflow's draft) joined with a run and never read
+# from it: the parsed definition comes from the cache by version id (definition_for).
+BULKY = ("version__definition", "workflow__draft")
+
+
+def lock_run(run_id: int) -> Run:
+    # Lock the run row (only that row: `of=self`, not the workflow joined for its slug), so
+    # two steps finishing together cannot both start their successor.
+    return (
+        Run.objects.select_for_update(of=("self",))
+        .select_related("version", "workflow", "event")
+        .defer(*BULKY)
+        .get(pk=run_id)
+    )
+
+
+def lock_attempt(step_run_id: int, *, joined: Run | None = None) -> StepRun | None:
+    """An attempt with its run, the run's row locked (only that row, as `lock_run` does),
+    in one statement. None when there is no such attempt. `joined`: the same run as read
+    by an earlier transaction of this task, whose version, workflow and event (which a run
+    never changes) are taken instead of being joined and read again."""
+    attempts = StepRun.objects.select_for_update(of=("run",))
+    if joined is not None:
+        step_run = attempts.select_related("run").filter(pk=step_run_id).first()
+        run = step_run.run if step_run is not None else None
+        if run is None or (run.pk, run.version_id, run.workflow_id, run.event_id) != (
+            joined.pk,
+            joined.version_id,
+            joined.workflow_id,
+            joined.event_id,
+        ):
+            return step_run if run is None else lock_attempt(step_run_id)
+        run.version, run.workflow, run.event = joined.version, joined.workflow, joined.event
+        return step_run
+    return (
+        attempts.select_related("run__version", "run__workflow", "run__event")
+        .defer(*(f"run__{field}" for field in BULKY))
+        .filter(pk=step_run_id)
+        .first()
+    )
+
+
+def advance_run(*, run_id: int, happening: engine.Happening) -> list[engine.Command]:
+    with transaction.atomic():
+        return advance_locked(lock_run(run_id), happening)
+
+
+def record_result(
+    *,
+    step_run_id: int,
+    happening: engine.StepFinished,
+    output=None,
+    input_=None,
+    from_status: StepStatus = StepStatus.RUNNING,
+    continuation: Continuation | None = None,
+) -> bool:
+    """Write an attempt's result and advance its run, once. False if fenced out (the
+    attempt is no longer `from_status`: a late or repeated result)."""
+    with transaction.atomic():
+        step_run = lock_attempt(step_run_id)
+        if step_run is None:
+            raise StepRun.DoesNotExist(f"no attempt {step_run_id}")
+        return write_result(
+            run=step_run.run,
+            step_run_id=step_run_id,
+            happening=happening,
+            output=output,
+            input_=input_,
+            from_status=from_status,
+            continuation=continuation,
+        )
+
+
+def write_result(
+    *,
+    run: Run,
+    step_run_id: int,
+    happening: engine.StepFinished,
+    output=None,
+    input_=None,
+    from_status: StepStatus = StepStatus.RUNNING,
+    started: dict | None = None,
+    continuation: Continuation | None = None,
+) -> bool:
+    """`record_result` inside the caller's transaction, which holds the run's lock. With
+    `started` (the claim's columns), the attempt goes from `from_status` (queued) to its
+    result in one conditional UPDATE and its `step.started` entry is journaled first: a
+    light step claimed, run and recorded in one transaction, never seen running."""
+    known = known_state(run, continuation, happening)  # before this transaction's entries
+    status = StepStatus.SUCCEEDED if happening.succeeded else StepStatus.FAILED
+    now = timezone.now()
+    changes = {
+        "output": output,
+        "error": happening.error,
+        "error_code": happening.code,
+        "retryable": happening.retryable,
+        "port": happening.port if happening.succeeded else "",
+        "finished_at": now,
+        "wake_at": None,
+    }
+    if input_ is not None:
+        changes["input"] = input_
+    if started:
+        changes.update(started)
+    written = move_step(step_run_id, source=from_status, target=status, **changes)
+    if not written:
+        # Fenced: a late result (its worker was frozen past the lease) or a repeated one.
+        log.warning(
+            "result of attempt %s (run %s) refused: the attempt is no longer %s",
+            step_run_id,
+            run.pk,
+            from_status,
+        )
+        return False
+    with journal_batch(run):
+        if started:
+            journal(
+                run,
+                "step.started",
+                step=happening.step_id,
+                attempt=happening.attempt,
+                worker=started.get("worker", ""),
+                at=_iso(started.get("started_at")),
+            )
+        journal(
+            run,
+            f"step.{status}",
+            step=happening.step_id,
+            attempt=happening.attempt,
+            port=changes["port"],
+            output=output,
+            input=input_,
+            error=happening.error,
+            error_code=happening.code,
+            retryable=happening.retryable,
+            at=_iso(now),
+        )
+        if not advance_locked(run, happening, continuation=continuation, state=known):
+            # Nothing followed (e.g. a parallel branch is still running): still persist the
+            # journal position and tell browsers the step moved.
+            save_run(run, ["seq"])
+            notify.run_changed(
+                run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug, status=run.status
+            )
+    return True
+
+
+def mark_started(*, step_run: StepRun, run: Run | None = None) -> None:
+    """Journal that an attempt started (the claim itself is a conditional UPDATE). Pass
+    the run when the caller already holds its lock in its transaction."""
+    if run is None:
+        with transaction.atomic():
+            mark_started(step_run=step_run, run=lock_run(step_run.run_id))
+        return
+    journal(
+        run,
+        "step.started",
+        step=step_run.step_id,
+        attempt=step_run.attempt,
+        worker=step_run.worker,
+        at=_iso(step_run.started_at),
+    )
+    run.save(update_fields=["seq"])
+    notify.run_changed(
+        run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug, status=run.status
+    )
