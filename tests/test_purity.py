@@ -17,8 +17,13 @@ import json, sys
 print(json.dumps(sorted(m for m in sys.modules if {which})))
 """
 DJANGO_OR_CELERY = 'm.split(".")[0] in ("django", "celery")'
+# The tables (each context's models) and the contexts that act on them.
 MODELS_OR_SERVICES = (
-    'm == "django.db" or m.startswith(("django.db.", "workflows.models", "workflows.services"))'
+    'm == "django.db" or m.endswith(".models") or m.startswith(("django.db.", "workflows.'
+    + '", "workflows.'.join(
+        ["catalog", "runs", "queries", "authoring", "recovery", "operations", "tasks"]
+    )
+    + '"))'
 )
 
 
@@ -46,6 +51,10 @@ def imported(imports: str, which: str = DJANGO_OR_CELERY) -> list[str]:
         "workflows.core.expressions",
         "workflows.core.cel_runtime",
         "workflows.core.cel_values",
+        # statuses and their moves, where secrets may appear, the lineage extensions
+        "workflows.core.states",
+        "workflows.core.secret_places",
+        "workflows.core.lineage",
         # the loop, and the step context it hands each item
         "workflows.steps.for_each",
     ],
