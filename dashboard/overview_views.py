@@ -18,7 +18,7 @@ from workflows import event_selectors as store
 from workflows.roles import has_role
 from workflows.services.secrets import mask
 
-from . import metrics
+from . import flow_map, metrics
 from .access import role_required
 from .event_views import ATTRIBUTES
 from .live_consumers import overview_context
@@ -58,13 +58,15 @@ def demo_switch(request):
     return redirect("dashboard:overview")
 
 
-FLOW_FILTERS = ("type", "source", "q")
+# `channel` and `workflow` are what an edge of the flow map filters by (with `type`).
+FLOW_FILTERS = ("type", "source", "q", "channel", "workflow")
 
 
 @role_required("viewer")
 def flow(request):
     filters = {name: request.GET.get(name, "").strip() for name in FLOW_FILTERS}
     socket_query = urlencode({k: v for k, v in filters.items() if v})
+    hidden = ds.hidden_workflow_ids(request.user)
     return render(
         request,
         "dashboard/flow.html",
@@ -72,6 +74,8 @@ def flow(request):
             "filters": filters,
             "filtered": any(filters.values()),
             "socket_url": "/ws/flow/" + (f"?{socket_query}" if socket_query else ""),
+            "flow_map": flow_map.flow_map(hidden_slugs=ds.hidden_slugs(hidden)),
+            "channels": list(flow_map.CHANNELS.items()),
         },
     )
 

@@ -4,11 +4,13 @@ process, workers and the bus consumer all publish events), and the Prometheus sc
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable
 
 import redis
 
+from . import flow_counters
 from .models import Event
 from .redis_client import key
 
@@ -22,7 +24,9 @@ RUN_TYPE_PREFIX = "signalbox.run."
 
 def count_published(pipe: redis.client.Pipeline, events: Iterable[Event]) -> None:
     """Add the counter increments for events published for the first time to `pipe`, so
-    they cost no round trip of their own (one increment per field, whatever the count)."""
+    they cost no round trip of their own (one increment per field, whatever the count).
+    The event flow map's per-minute counts ride in the same pipeline (flow_counters.py)."""
+    events = list(events)
     channels: Counter[str] = Counter()
     runs: Counter[str] = Counter()
     for event in events:
@@ -35,6 +39,7 @@ def count_published(pipe: redis.client.Pipeline, events: Iterable[Event]) -> Non
         pipe.hincrby(key(*EVENTS_KEY), channel, count)
     for field, count in runs.items():
         pipe.hincrby(key(*RUNS_KEY), field, count)
+    flow_counters.add_published(pipe, events, time.time())
 
 
 def ingest_result(status: int, *, lone: bool = True) -> str | None:

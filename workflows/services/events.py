@@ -14,7 +14,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from .. import engine, tracing
+from .. import engine, flow_counters, tracing
 from ..events import bus
 from ..events.envelope import to_structured
 from ..expressions import ExpressionError, bind, evaluate
@@ -263,11 +263,14 @@ def trigger_accepts(version, event: Event, *, filters: EventFilters | None = Non
 
 
 def dead_letter_bus_entry(*, event_id: int, reason: str, stream: str, entry_id: str) -> None:
+    event = Event.objects.filter(pk=event_id).first()
     with transaction.atomic():
         DeadLetter.objects.create(
             kind="bus",
             reason=reason,
             payload={"stream": stream, "entry_id": entry_id, "event_id": event_id},
-            event=Event.objects.filter(pk=event_id).first(),
+            event=event,
         )
+        # A failure on the event's edge of the live flow map.
+        transaction.on_commit(lambda: flow_counters.count_dead_letter(event))
         mark_matched(event_id)  # decided: the dead letter holds it; the relay must not resend

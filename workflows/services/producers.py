@@ -26,7 +26,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from .. import engine, notify
+from .. import engine, flow_counters, notify
 from ..events import bus
 from ..events.envelope import Envelope, envelope_json
 from ..events.lineage import (
@@ -106,6 +106,7 @@ def allowed_subscriptions(
                     "correlation_id": event.correlation_id,
                 },
             )
+            transaction.on_commit(lambda: flow_counters.count_dead_letter(event))
         return []
     return allowed
 
@@ -169,6 +170,8 @@ def emit_run_event(*, run: Run, status: str) -> Event | None:
         )
         return None
     event = new_event(envelope, check, "run")
+    # The event flow map counts the run when this event is published, on its trigger's edge.
+    flow_counters.mark_run_event(event, origin=run.origin, trigger=run.event)
     unsaved = getattr(run, "_unsaved_events", None)
     if unsaved is not None:  # inside runs.one_run_write: stored with the others at its end
         unsaved.append(event)
