@@ -24,6 +24,7 @@ CHANNELS = {
     "connector": "Connections",
     "stream": "Redis streams",
     "manual": "Sent by hand",
+    "demo": "Demo traffic",
     "run": "Runs (emitted)",
 }
 # A map past this many types or workflows draws the busiest and says how many it left out:
@@ -34,7 +35,7 @@ MAX_WORKFLOWS = 14
 NODE_WIDTH = 176.0
 NODE_HEIGHT = 34.0
 NODE_GAP = 12.0
-COLUMN_X = (8.0, 300.0, 592.0)
+COLUMN_X = (8.0, 340.0, 672.0)  # gaps wide enough for a label like "12.5/min · 3 failed"
 WIDTH = COLUMN_X[2] + NODE_WIDTH + 8.0
 TOP = 28.0  # below the column headings
 

@@ -17,6 +17,7 @@ from tests.factories import cloudevent, definition, log_step
 from .helpers import LIVE_TIMEOUT_MS, wait_for_live
 from .test_live_dashboard import publish, send
 from .test_phone_layout_browser import PHONE, page_overflow
+from .test_replay_onto_fix_browser import screenshot
 
 
 def edge(page: Page, source: str, target: str):
@@ -68,6 +69,7 @@ def test_the_flow_map_shows_live_edges_and_a_click_filters_the_table(viewer_page
     # Another team's workflow is not on this viewer's map.
     expect(page.locator(f'#flow-map [data-to="workflow:{secret_flow}"]')).to_have_count(0)
     expect(page.locator("#flow-map")).not_to_contain_text(secret_flow)
+    screenshot(page, "flow-map")
 
     # Click the failing edge: the table shows that workflow's events only, by the URL.
     expect(page.locator(f"#flow-event-{ok_ids[0]}")).to_have_count(1, timeout=LIVE_TIMEOUT_MS)
@@ -100,3 +102,4 @@ def test_the_flow_map_shows_live_edges_and_a_click_filters_the_table(viewer_page
     assert overflow["scroll"] <= overflow["inner"], overflow
     phone_edge.locator("text.flow-edge-label").scroll_into_view_if_needed()
     expect(phone_edge.locator("text.flow-edge-label")).to_be_visible()
+    screenshot(page, "flow-map-phone")
