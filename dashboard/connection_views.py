@@ -11,6 +11,7 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
+from dashboard.access import role_required
 from workflows.events.connectors.base import InvalidConnection
 from workflows.events.connectors.registry import all_kinds
 from workflows.models import Connection
@@ -21,8 +22,6 @@ from workflows.services.connections import (
     remove_connection,
     update_connection,
 )
-
-from .access import role_required
 
 FIELDS = ("name", "kind", "url", "options", "default_type", "username", "password_secret")
 

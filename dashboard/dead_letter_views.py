@@ -17,18 +17,14 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
+from dashboard.access import role_required
+from dashboard.recovery_access import can_operate, require_operator
 from workflows import dashboard_selectors as ds
 from workflows import replay_selectors as recovery
 from workflows.models import Run
 from workflows.services import dead_letters as dlq
 from workflows.services import replay as replays
 from workflows.services.dead_letter_preview import preview_redrive
-
-from .access import role_required
-from .recovery_access import (
-    can_operate,
-    require_operator,
-)
 
 
 # --- the dead-letter queue -----------------------------------------------------------------------

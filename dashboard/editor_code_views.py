@@ -9,13 +9,8 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
-from workflows.definition import InvalidDefinition
-from workflows.definition_files import UnreadableDefinition
-from workflows.models import Workflow, WorkflowVersion
-from workflows.services import drafts
-
-from .access import role_required
-from .editor_requests import (
+from dashboard.access import role_required
+from dashboard.editor_requests import (
     MAX_DEFINITION_BYTES,
     base_revision_of,
     client_of,
@@ -24,6 +19,10 @@ from .editor_requests import (
     username,
     workflow_for,
 )
+from workflows.definition import InvalidDefinition
+from workflows.definition_files import UnreadableDefinition
+from workflows.models import Workflow, WorkflowVersion
+from workflows.services import drafts
 
 
 # --- as code -------------------------------------------------------------------------------

@@ -9,12 +9,8 @@ from django.http import Http404
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from workflows.definition import InvalidDefinition, Problem
-from workflows.models import Workflow, WorkflowVersion
-from workflows.services import drafts
-
-from .access import role_required
-from .editor_requests import (
+from dashboard.access import role_required
+from dashboard.editor_requests import (
     base_revision_of,
     client_of,
     conflict_panel,
@@ -23,6 +19,9 @@ from .editor_requests import (
     username,
     workflow_for,
 )
+from workflows.definition import InvalidDefinition, Problem
+from workflows.models import Workflow, WorkflowVersion
+from workflows.services import drafts
 
 
 # --- versions, diff, restore ---------------------------------------------------------------

@@ -13,6 +13,7 @@ from django.shortcuts import redirect, render
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_http_methods
 
+from dashboard.access import role_required
 from workflows import event_selectors as store
 from workflows.dashboard_selectors import hidden_workflow_ids
 from workflows.events.envelope import InvalidEvent, loads_json
@@ -20,8 +21,6 @@ from workflows.models import EventType, TriggerSubscription
 from workflows.roles import has_role
 from workflows.services.manual_events import manual_source, send_manual_event
 from workflows.services.schemas import SchemaViolation
-
-from .access import role_required
 
 # The binary-mode header of each context attribute, shown beside its value.
 ATTRIBUTES = (

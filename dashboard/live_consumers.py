@@ -20,23 +20,22 @@ from channels.db import database_sync_to_async
 from django.db import connections
 from django.template.loader import render_to_string
 
-from workflows import dashboard_selectors as ds
-from workflows import event_selectors as store
-from workflows import notify
-from workflows.models import Event, Run, TriggerSubscription
-from workflows.roles import has_role
-from workflows.selectors import SHADOW
-
-from . import flow_map, metrics
-from .live_hub import Hub, hub, unpacked  # noqa: F401 - imported from here by callers
-from .live_socket import (  # noqa: F401 - imported from here by callers
+from dashboard import flow_map, metrics
+from dashboard.live_hub import Hub, hub, unpacked  # noqa: F401 - imported from here by callers
+from dashboard.live_socket import (
     CLOSE_FORBIDDEN,
     CLOSE_NOT_FOUND,
     CLOSE_UNAUTHENTICATED,
     WINDOW,
     PushConsumer,
 )
-from .run_list_frames import RunRows, page_rows
+from dashboard.run_list_frames import RunRows, page_rows
+from workflows import dashboard_selectors as ds
+from workflows import event_selectors as store
+from workflows import notify
+from workflows.models import Event, Run, TriggerSubscription
+from workflows.roles import has_role
+from workflows.selectors import SHADOW
 
 
 # --- runs ---------------------------------------------------------------------------------------
@@ -452,7 +451,7 @@ class SystemConsumer(PushConsumer):
     refresh_seconds = 3.0
 
     async def render(self, *, snapshot, fresh_after):
-        from . import system_views
+        from dashboard import system_views
 
         # Not the database thread: asking the workers blocks for up to a second.
         return await sync_to_async(_render_system, thread_sensitive=False)(system_views)

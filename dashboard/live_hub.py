@@ -29,13 +29,12 @@ from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from channels.sessions import InstanceSessionWrapper
 
+from dashboard import push_timing
+from dashboard.frame_writer import encoded
 from workflows import notify
 
-from . import push_timing
-from .frame_writer import encoded
-
 if TYPE_CHECKING:
-    from .live_socket import PushConsumer
+    from dashboard.live_socket import PushConsumer
 
 log = logging.getLogger("signalbox.live")
 

@@ -32,12 +32,11 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from dashboard import push_timing
+from dashboard.frame_writer import direct_writer
+from dashboard.live_hub import frame_sender, hub
 from workflows import dashboard_selectors as ds
 from workflows.roles import has_role
-
-from . import push_timing
-from .frame_writer import direct_writer
-from .live_hub import frame_sender, hub
 
 log = logging.getLogger("signalbox.live")
 

@@ -12,16 +12,15 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from dashboard import flow_map, metrics
+from dashboard.access import role_required
+from dashboard.event_views import ATTRIBUTES
+from dashboard.live_consumers import overview_context
 from workflows import dashboard_selectors as ds
 from workflows import demo_traffic
 from workflows import event_selectors as store
 from workflows.roles import has_role
 from workflows.services.secrets import mask
-
-from . import flow_map, metrics
-from .access import role_required
-from .event_views import ATTRIBUTES
-from .live_consumers import overview_context
 
 
 @role_required("viewer")

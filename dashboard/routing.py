@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from . import consumers, editor_consumers, live_consumers, replay_consumers
+from dashboard import consumers, editor_consumers, live_consumers, replay_consumers
 
 websocket_urlpatterns = [
     path("ws/runs/", consumers.RunListConsumer.as_asgi()),

@@ -15,6 +15,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
+from dashboard.access import role_required
 from workflows import schema_selectors
 from workflows.events.compatibility import MODES, InvalidSchema
 from workflows.events.envelope import InvalidEvent, loads_json
@@ -27,8 +28,6 @@ from workflows.services.schemas import (
     register_schema,
     set_compatibility,
 )
-
-from .access import role_required
 
 MAX_SCHEMA_BYTES = 256 * 1024
 MODE_HELP = {

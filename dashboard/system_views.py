@@ -14,11 +14,10 @@ from typing import Any
 
 from django.shortcuts import render
 
+from dashboard import metrics
+from dashboard.access import role_required
 from workflows import system_status
 from workflows.system_status import celery_workers
-
-from . import metrics
-from .access import role_required
 
 SYSTEM_CACHE_SECONDS = 2.5
 

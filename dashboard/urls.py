@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import (
+from dashboard import (
     connection_views,
     dead_letter_views,
     editor_views,

@@ -6,12 +6,11 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect, render
 
+from dashboard.access import role_required
+from dashboard.live_consumers import run_detail_context
 from workflows import dashboard_selectors as ds
 from workflows import selectors
 from workflows.states import RunStatus
-
-from .access import role_required
-from .live_consumers import run_detail_context
 
 
 @login_required

@@ -4,7 +4,7 @@ import os
 
 from celery import Celery, signals
 
-from . import broker_recovery
+from orchestrator import broker_recovery
 
 broker_recovery.apply()  # a worker must survive Redis going away mid-task
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")

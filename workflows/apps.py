@@ -7,4 +7,4 @@ class WorkflowsConfig(AppConfig):
     def ready(self) -> None:
         # Register the Celery tasks in every process: the services send them by name
         # (workflows/task_queue.py) and never import the module that defines them.
-        from . import tasks  # noqa: F401
+        from workflows import tasks  # noqa: F401

@@ -10,9 +10,9 @@ from collections.abc import Iterable
 
 import redis
 
-from . import flow_counters
-from .models import Event
-from .redis_client import key
+from workflows import flow_counters
+from workflows.models import Event
+from workflows.redis_client import key
 
 EVENTS_KEY = ("metrics", "events")  # field: channel
 RUNS_KEY = ("metrics", "runs")  # field: workflow \t outcome
@@ -59,7 +59,7 @@ def ingest_result(status: int, *, lone: bool = True) -> str | None:
 def count_ingest(channel: str, result: str) -> None:
     """One ingest answer that stored nothing new; never fails its caller."""
     try:
-        from .redis_client import client as redis_client
+        from workflows.redis_client import client as redis_client
 
         redis_client().hincrby(key(*INGEST_KEY), f"{channel}\t{result}", 1)
     except redis.RedisError:

@@ -6,7 +6,7 @@ run_view_selectors (one run's page) and lineage_selectors (an event's lineage).
 
 from __future__ import annotations
 
-from .lineage_selectors import (
+from workflows.lineage_selectors import (
     LINEAGE_H,
     LINEAGE_W,
     RUN_EVENT_SOURCE,
@@ -16,7 +16,7 @@ from .lineage_selectors import (
     lineage,
     lineage_root,
 )
-from .run_graph import (
+from workflows.run_graph import (
     GAP_X,
     GAP_Y,
     NODE_H,
@@ -33,7 +33,7 @@ from .run_graph import (
     timeline,
     workflow_graph,
 )
-from .run_list_selectors import (
+from workflows.run_list_selectors import (
     CLOCK_SLACK,
     MATCHED_EVENTS,
     MAX_PAGE_SIZE,
@@ -50,13 +50,8 @@ from .run_list_selectors import (
     run_page,
     runs_queryset,
 )
-from .run_view_selectors import (
-    RunView,
-    StepDetail,
-    emitted_events,
-    run_view,
-)
-from .visibility import (
+from workflows.run_view_selectors import RunView, StepDetail, emitted_events, run_view
+from workflows.visibility import (
     WORKFLOW_CHOICES,
     can_see_workflow,
     hidden_for_team,

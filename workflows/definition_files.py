@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from .events.envelope import InvalidEvent, loads_json
+from workflows.events.envelope import InvalidEvent, loads_json
 
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import redis
 
-from .events.envelope import Envelope
-from .redis_client import client, key
+from workflows.events.envelope import Envelope
+from workflows.redis_client import client, key
 
 log = logging.getLogger("signalbox.demo")
 
@@ -104,8 +104,8 @@ def due(now: float, last: float | None) -> int:
 
 def tick(*, rng: random.Random | None = None, now: float | None = None) -> int:
     """Emit the demo events due since the last tick. Returns how many were sent."""
-    from .services.events import ingest_event
-    from .services.schemas import SchemaViolation
+    from workflows.services.events import ingest_event
+    from workflows.services.schemas import SchemaViolation
 
     if not state().on:
         return 0

@@ -27,9 +27,9 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Substr
 from django.db.models.lookups import In
 
-from .events.envelope import to_structured
-from .models import Event, Run, Workflow
-from .services.producers import RUN_SOURCE, WORKFLOW_EXTENSION
+from workflows.events.envelope import to_structured
+from workflows.models import Event, Run, Workflow
+from workflows.services.producers import RUN_SOURCE, WORKFLOW_EXTENSION
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 
 import redis
 
-from .events.lineage import RUN_TYPE_PREFIX, emitting_workflow
-from .models import Event
-from .redis_client import client, key
+from workflows.events.lineage import RUN_TYPE_PREFIX, emitting_workflow
+from workflows.models import Event
+from workflows.redis_client import client, key
 
 WINDOW_MINUTES = 5
 BUCKET_SECONDS = 60

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import redis
 from django.conf import settings
 
-from .events import bus
-from .redis_client import client
+from workflows.events import bus
+from workflows.redis_client import client
 
 LAG_SCAN_LIMIT = 10_000
 
@@ -24,7 +24,7 @@ def celery_queue_key(queue: str | None = None) -> str:
 def queue_lengths(queues: list[str] | None = None) -> dict[str, int | None]:
     """Messages waiting per queue (None: Redis cannot say); by default every queue
     Signalbox sends to (workflows.step_queues)."""
-    from .step_queues import all_queues
+    from workflows.step_queues import all_queues
 
     names = queues or all_queues()
     try:

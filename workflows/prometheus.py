@@ -24,11 +24,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from . import circuit, gauges, heartbeat, socket_clients, step_metrics
-from .counters import EVENTS_KEY, INGEST_KEY, RUNS_KEY
-from .models import DeadLetter, Run, StepRun
-from .redis_client import client, key
-from .states import RunStatus, StepStatus
+from workflows import circuit, gauges, heartbeat, socket_clients, step_metrics
+from workflows.counters import EVENTS_KEY, INGEST_KEY, RUNS_KEY
+from workflows.models import DeadLetter, Run, StepRun
+from workflows.redis_client import client, key
+from workflows.states import RunStatus, StepStatus
 
 COMPONENTS = ("bus-consumer", "scheduler")
 IN_FLIGHT_RUNS = (RunStatus.QUEUED, RunStatus.RUNNING)

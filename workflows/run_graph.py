@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from .models import Run, StepRun
-from .services.definition_parsing import definition_for
+from workflows.models import Run, StepRun
+from workflows.services.definition_parsing import definition_for
 
 # --- one run ---------------------------------------------------------------------------------
 STATE_COLOURS = {

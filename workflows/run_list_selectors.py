@@ -17,10 +17,10 @@ from urllib.parse import urlencode
 from django.db.models import Max, Min, Model, Q, TextField
 from django.db.models.functions import Cast
 
-from .event_selectors import _parse_time
-from .models import Event, Run, Workflow
-from .selectors import SHADOW, TRY
-from .states import RunStatus
+from workflows.event_selectors import _parse_time
+from workflows.models import Event, Run, Workflow
+from workflows.selectors import SHADOW, TRY
+from workflows.states import RunStatus
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200

@@ -10,19 +10,12 @@ from typing import Any
 
 from django.utils import timezone
 
-from .models import Event, Run, RunJournal, StepRun
-from .run_graph import (
-    Graph,
-    Timeline,
-    timeline,
-    workflow_graph,
-)
-from .run_list_selectors import (
-    RUN_EVENT_STATUSES,
-)
-from .selectors import SHADOW
-from .services.producers import RUN_SOURCE
-from .services.secrets import mask, secret_values
+from workflows.models import Event, Run, RunJournal, StepRun
+from workflows.run_graph import Graph, Timeline, timeline, workflow_graph
+from workflows.run_list_selectors import RUN_EVENT_STATUSES
+from workflows.selectors import SHADOW
+from workflows.services.producers import RUN_SOURCE
+from workflows.services.secrets import mask, secret_values
 
 
 @dataclass

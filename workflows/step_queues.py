@@ -21,7 +21,7 @@ from django.db import DatabaseError
 
 @functools.cache
 def _light_kinds() -> frozenset[str]:
-    from .steps import registry
+    from workflows.steps import registry
 
     return frozenset(name for name, kind in registry.all_kinds().items() if kind.light)
 
@@ -55,7 +55,7 @@ def all_queues() -> list[str]:
 
 def routes() -> dict[str, list[str]]:
     """queue -> the step kinds that go to it (for `manage.py status` and the docs)."""
-    from .steps import registry
+    from workflows.steps import registry
 
     out: dict[str, list[str]] = {name: [] for name in step_queues()}
     for kind in sorted(registry.all_kinds()):
@@ -67,10 +67,10 @@ def send(step_run_id: int, kind: str | None = None) -> None:
     """Send the attempt's message now, to its kind's queue. Without a kind (a caller that
     holds only the id) the kind is read; if the database cannot say, the light queue is
     used: only light attempts are handed on by id alone."""
-    from .task_queue import EXECUTE_STEP, task
+    from workflows.task_queue import EXECUTE_STEP, task
 
     if kind is None:
-        from .models import StepRun
+        from workflows.models import StepRun
 
         try:
             kind = StepRun.objects.filter(pk=step_run_id).values_list("kind", flat=True).first()

@@ -12,9 +12,8 @@ import uuid
 import pytest
 from playwright.sync_api import Page
 
+from tests.browser.helpers import PASSWORD, Gate, log_in
 from tests.services import CHROMIUM
-
-from .helpers import PASSWORD, Gate, log_in
 
 CHROMIUM_ARGS = [
     "--headless",

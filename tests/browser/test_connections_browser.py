@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import log_in
 from workflows.models import Connection
-
-from .helpers import log_in
 
 
 @pytest.mark.browser

@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import LIVE_TIMEOUT_MS, log_in, wait_for_live
 from tests.factories import cloudevent, definition, log_step
 from tests.waiting import wait_until
-
-from .helpers import LIVE_TIMEOUT_MS, log_in, wait_for_live
 
 PAGES = [
     "/overview/",

@@ -7,11 +7,16 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import (
+    LIVE_TIMEOUT_MS,
+    log_in,
+    marker_survived,
+    set_marker,
+    wait_for_live,
+)
+from tests.browser.test_live_dashboard import publish, run_of_event, send
 from tests.factories import cloudevent, definition, http_step, log_step
 from tests.waiting import wait_until
-
-from .helpers import LIVE_TIMEOUT_MS, log_in, marker_survived, set_marker, wait_for_live
-from .test_live_dashboard import publish, run_of_event, send
 
 FLOW_TYPE = "com.example.flow.checked"
 

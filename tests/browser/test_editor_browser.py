@@ -10,10 +10,9 @@ import pytest
 import yaml
 from playwright.sync_api import Locator, Page, expect
 
+from tests.browser.helpers import LIVE_TIMEOUT_MS, log_in
 from tests.factories import cloudevent, definition, http_step, log_step
 from tests.waiting import wait_until
-
-from .helpers import LIVE_TIMEOUT_MS, log_in
 
 CE_JSON = {"Content-Type": "application/cloudevents+json"}
 WIDE = {"width": 1600, "height": 1000}

@@ -10,10 +10,16 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import LIVE_TIMEOUT_MS
+from tests.browser.test_editor_browser import (
+    drag_to,
+    drop_kind,
+    node,
+    open_editor,
+    panel_of,
+    publish,
+)
 from tests.factories import definition, http_step, log_step
-
-from .helpers import LIVE_TIMEOUT_MS
-from .test_editor_browser import drag_to, drop_kind, node, open_editor, panel_of, publish
 
 GUARDED = "http://10.20.30.40/hook"  # never dialled: the editor judges it, nobody calls it
 

@@ -10,10 +10,9 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import LIVE_TIMEOUT_MS, log_in
+from tests.browser.test_editor_browser import WIDE, drop_kind, node, publish
 from tests.factories import definition, log_step
-
-from .helpers import LIVE_TIMEOUT_MS, log_in
-from .test_editor_browser import WIDE, drop_kind, node, publish
 
 
 def open_editor_as(page: Page, username: str, slug: str) -> None:

@@ -12,12 +12,11 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import LIVE_TIMEOUT_MS, wait_for_live
+from tests.browser.test_live_dashboard import publish, send
+from tests.browser.test_phone_layout_browser import PHONE, page_overflow
+from tests.browser.test_replay_onto_fix_browser import screenshot
 from tests.factories import cloudevent, definition, log_step
-
-from .helpers import LIVE_TIMEOUT_MS, wait_for_live
-from .test_live_dashboard import publish, send
-from .test_phone_layout_browser import PHONE, page_overflow
-from .test_replay_onto_fix_browser import screenshot
 
 
 def edge(page: Page, source: str, target: str):

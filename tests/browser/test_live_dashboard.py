@@ -7,10 +7,7 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.factories import cloudevent, definition, http_step, log_step
-from tests.waiting import wait_until
-
-from .helpers import (
+from tests.browser.helpers import (
     LIVE_TIMEOUT_MS,
     log_in,
     marker_survived,
@@ -18,6 +15,8 @@ from .helpers import (
     submit_login_form,
     wait_for_live,
 )
+from tests.factories import cloudevent, definition, http_step, log_step
+from tests.waiting import wait_until
 
 CE_JSON = {"Content-Type": "application/cloudevents+json"}
 

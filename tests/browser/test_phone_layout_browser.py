@@ -9,11 +9,10 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import LIVE_TIMEOUT_MS, log_in
+from tests.browser.test_content_security_policy_browser import PAGES, publish_and_run
+from tests.browser.test_replay_onto_fix_browser import screenshot
 from tests.waiting import wait_until
-
-from .helpers import LIVE_TIMEOUT_MS, log_in
-from .test_content_security_policy_browser import PAGES, publish_and_run
-from .test_replay_onto_fix_browser import screenshot
 
 PHONE = {"width": 390, "height": 844}
 # One unbroken "word" as long error texts often are (a URL, a token, a stack of ids).

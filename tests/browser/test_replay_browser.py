@@ -8,12 +8,11 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import LIVE_TIMEOUT_MS, log_in, marker_survived, set_marker
+from tests.browser.test_live_dashboard import publish, run_of_event, send
 from tests.factories import cloudevent, definition, http_step, log_step
 from tests.http_recorder import Reply
 from tests.waiting import wait_until
-
-from .helpers import LIVE_TIMEOUT_MS, log_in, marker_survived, set_marker
-from .test_live_dashboard import publish, run_of_event, send
 
 
 @pytest.mark.browser

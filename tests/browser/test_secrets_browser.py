@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import log_in, marker_survived, set_marker
 from tests.waiting import wait_until
-
-from .helpers import log_in, marker_survived, set_marker
 
 VALUE = "sk_live_browser_0123456789abcdef"
 

@@ -8,12 +8,11 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import log_in, wait_for_live
+from tests.browser.test_live_dashboard import publish, run_of_event, send
+from tests.browser.test_replay_onto_fix_browser import screenshot
 from tests.factories import cloudevent, definition
 from tests.waiting import wait_until
-
-from .helpers import log_in, wait_for_live
-from .test_live_dashboard import publish, run_of_event, send
-from .test_replay_onto_fix_browser import screenshot
 
 EVENT = "com.example.ticks"
 BROKEN = {"id": "broken", "kind": "fail", "config": {"message": "bug"}}

@@ -10,11 +10,11 @@ import functools
 
 from django.views.decorators.csrf import csrf_exempt
 
-from .. import roles
-from ..models import Run, Workflow
-from ..services.tokens import authenticate_token
-from ..visibility import hidden_for_team
-from .problems import problem
+from workflows import roles
+from workflows.api.problems import problem
+from workflows.models import Run, Workflow
+from workflows.services.tokens import authenticate_token
+from workflows.visibility import hidden_for_team
 
 
 def token_required(role: str = "viewer"):

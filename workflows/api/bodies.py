@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..events.envelope import UNSTORABLE
+from workflows.events.envelope import UNSTORABLE
 
 UNSTORABLE_TEXT = "text cannot contain NUL characters or unpaired surrogates"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from django.http import JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from .. import event_selectors as store
-from .auth import token_required
-from .problems import problem
+from workflows import event_selectors as store
+from workflows.api.auth import token_required
+from workflows.api.problems import problem
 
 
 @require_http_methods(["GET"])

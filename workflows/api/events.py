@@ -8,9 +8,12 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from .. import notify, tracing
-from ..events import bus, rate_limit
-from ..events.envelope import (
+from workflows import notify, tracing
+from workflows.api.auth import token_required
+from workflows.api.bodies import BodyTooLarge, media_type, read_limited
+from workflows.api.problems import problem, problem_body
+from workflows.events import bus, rate_limit
+from workflows.events.envelope import (
     Envelope,
     InvalidEvent,
     from_batch,
@@ -18,10 +21,7 @@ from ..events.envelope import (
     from_structured,
     loads_json,
 )
-from ..services import event_intake
-from .auth import token_required
-from .bodies import BodyTooLarge, media_type, read_limited
-from .problems import problem, problem_body
+from workflows.services import event_intake
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
@@ -162,7 +162,7 @@ def schema_problem(violations: event_intake.SchemaViolations):
 def events_endpoint(request):
     """/api/v1/events: POST ingests, GET reads the event store."""
     if request.method == "GET":
-        from .event_store import list_events
+        from workflows.api.event_store import list_events
 
         return list_events(request)
     return post_events(request)

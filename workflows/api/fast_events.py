@@ -27,13 +27,8 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http.request import split_domain_port, validate_host
 
-from .. import counters, roles, tracing
-from ..events import rate_limit
-from ..events.envelope import InvalidEvent
-from ..events.group_commit import committer
-from ..services import event_intake
-from ..services.tokens import cached_identity, identify
-from .events import (
+from workflows import counters, roles, tracing
+from workflows.api.events import (
     BATCH,
     STRUCTURED,
     accepted_response,
@@ -42,7 +37,12 @@ from .events import (
     parse_events,
     rate_limited,
 )
-from .problems import problem_body
+from workflows.api.problems import problem_body
+from workflows.events import rate_limit
+from workflows.events.envelope import InvalidEvent
+from workflows.events.group_commit import committer
+from workflows.services import event_intake
+from workflows.services.tokens import cached_identity, identify
 
 log = logging.getLogger("signalbox.ingest")
 

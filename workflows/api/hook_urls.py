@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .webhooks import receive
+from workflows.api.webhooks import receive
 
 urlpatterns = [
     # str, not slug: any name gets a problem+json 404 from the view, not Django's HTML page.

@@ -13,9 +13,9 @@ from django.http import HttpResponse
 from django.views.decorators.http import require_http_methods
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from ..prometheus import SignalboxCollector
-from .auth import token_required
-from .problems import problem
+from workflows.api.auth import token_required
+from workflows.api.problems import problem
+from workflows.prometheus import SignalboxCollector
 
 registry = CollectorRegistry(auto_describe=False)
 registry.register(SignalboxCollector())

@@ -9,7 +9,7 @@ import logging
 from django.db import InterfaceError, OperationalError
 from django.template.loader import render_to_string
 
-from .problems import is_api_path, problem
+from workflows.api.problems import is_api_path, problem
 
 log = logging.getLogger("signalbox.api")
 

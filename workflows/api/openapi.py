@@ -11,7 +11,7 @@ import yaml
 from django.http import JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from .auth import token_required
+from workflows.api.auth import token_required
 
 DOCUMENT = Path(__file__).with_name("openapi.yaml")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.http import JsonResponse
 
-from .problems import problem
+from workflows.api.problems import problem
 
 MAX_CURSOR = 2**62  # ids are bigints; a larger cursor is a mistake, not a query
 

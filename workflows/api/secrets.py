@@ -18,11 +18,11 @@ import json
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from ..models import Secret
-from ..services import secrets as secret_service
-from .auth import token_required
-from .bodies import BodyTooLarge, read_limited
-from .problems import problem
+from workflows.api.auth import token_required
+from workflows.api.bodies import BodyTooLarge, read_limited
+from workflows.api.problems import problem
+from workflows.models import Secret
+from workflows.services import secrets as secret_service
 
 MAX_BODY_BYTES = secret_service.MAX_VALUE_CHARS * 4 + 1024  # a value may be multi-byte
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import (
+from workflows.api import (
     circuits,
     connections,
     editor,
@@ -12,7 +12,7 @@ from . import (
     secrets,
     views,
 )
-from .webhooks import webhooks_endpoint
+from workflows.api.webhooks import webhooks_endpoint
 
 urlpatterns = [
     path("openapi.json", openapi.openapi_json, name="api-openapi"),

@@ -10,11 +10,14 @@ from django.conf import settings
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from ..events.envelope import InvalidEvent, loads_json
-from ..events.push_formats import FetchFailed
-from ..models import Webhook
-from ..services.schemas import SchemaViolation
-from ..services.webhooks import (
+from workflows.api.auth import token_required
+from workflows.api.bodies import BodyTooLarge, read_limited
+from workflows.api.problems import problem
+from workflows.events.envelope import InvalidEvent, loads_json
+from workflows.events.push_formats import FetchFailed
+from workflows.models import Webhook
+from workflows.services.schemas import SchemaViolation
+from workflows.services.webhooks import (
     InvalidWebhook,
     UnknownWebhook,
     UnreadableBody,
@@ -27,10 +30,7 @@ from ..services.webhooks import (
     webhook_as_json,
     webhook_handshake,
 )
-from ..webhooks import SignatureError
-from .auth import token_required
-from .bodies import BodyTooLarge, read_limited
-from .problems import problem
+from workflows.webhooks import SignatureError
 
 log = logging.getLogger("signalbox.webhooks")
 

@@ -18,9 +18,9 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from ..counters import count_published
-from ..models import Event
-from ..redis_client import client, key
+from workflows.counters import count_published
+from workflows.models import Event
+from workflows.redis_client import client, key
 
 log = logging.getLogger("signalbox.bus")
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import jsonschema
 
-from .compatibility_checker import Checker
-from .schema_nodes import (
+from workflows.events.compatibility_checker import Checker
+from workflows.events.schema_nodes import (
     _MISSING,
     BACKWARD,
     DRAFT_2020_12,

@@ -11,8 +11,8 @@ from typing import Any
 import jsonschema
 import referencing.exceptions
 
-from .compatibility_rules import KeywordRules
-from .schema_nodes import (
+from workflows.events.compatibility_rules import KeywordRules
+from workflows.events.schema_nodes import (
     _MISSING,
     ANALYSED,
     BACKWARD,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
-from .schema_nodes import (
+from workflows.events.schema_nodes import (
     _MISSING,
     BACKWARD,
     JSON_TYPES,

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from rfc3986_validator import validate_rfc3986
 
-from . import binary_headers
+from workflows.events import binary_headers
 
 REQUIRED = ("id", "source", "specversion", "type")
 OPTIONAL = ("datacontenttype", "dataschema", "subject", "time")

@@ -27,9 +27,9 @@ from concurrent.futures import Future
 
 from django.db import DatabaseError, connection, transaction
 
-from .. import notify
-from ..services import event_intake
-from . import bus
+from workflows import notify
+from workflows.events import bus
+from workflows.services import event_intake
 
 log = logging.getLogger("signalbox.ingest")
 

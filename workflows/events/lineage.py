@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 
 if TYPE_CHECKING:
-    from ..models import Event
+    from workflows.models import Event
 
 log = logging.getLogger("signalbox.producers")
 

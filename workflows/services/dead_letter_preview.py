@@ -11,10 +11,10 @@ from collections.abc import Set
 from dataclasses import dataclass
 from typing import Any
 
-from ..events.envelope import InvalidEvent, from_structured
-from ..models import DeadLetter, Event, Workflow
-from .dead_letters import DeadLetterError, event_id_of
-from .replay import FROM_FAILED, VERSION_ORIGINAL, ReplayError, plan_replay
+from workflows.events.envelope import InvalidEvent, from_structured
+from workflows.models import DeadLetter, Event, Workflow
+from workflows.services.dead_letters import DeadLetterError, event_id_of
+from workflows.services.replay import FROM_FAILED, VERSION_ORIGINAL, ReplayError, plan_replay
 
 
 @dataclass(frozen=True)

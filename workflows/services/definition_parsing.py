@@ -10,10 +10,10 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from .. import definition as definition_format
-from .. import expressions
-from ..models import WorkflowVersion
-from ..steps import registry
+from workflows import definition as definition_format
+from workflows import expressions
+from workflows.models import WorkflowVersion
+from workflows.steps import registry
 
 
 def _expression_error(expression: str) -> str | None:

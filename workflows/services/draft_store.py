@@ -13,15 +13,15 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from .. import notify
-from ..definition import InvalidDefinition, Problem
-from ..models import Workflow, WorkflowVersion
-from ..roles import has_role, role_of
-from ..steps import registry
-from . import audit
-from .definition_parsing import parse_definition
-from .preflight import preflight
-from .publishing import publish_workflow
+from workflows import notify
+from workflows.definition import InvalidDefinition, Problem
+from workflows.models import Workflow, WorkflowVersion
+from workflows.roles import has_role, role_of
+from workflows.services import audit
+from workflows.services.definition_parsing import parse_definition
+from workflows.services.preflight import preflight
+from workflows.services.publishing import publish_workflow
+from workflows.steps import registry
 
 SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
 MAX_NOTE = 500

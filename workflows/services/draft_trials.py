@@ -10,21 +10,16 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from .. import engine
-from ..event_selectors import visible_events
-from ..events.envelope import path_segment, validate
-from ..models import Event, Run, Webhook, Workflow, WorkflowVersion
-from . import audit
-from .definition_parsing import parse_definition
-from .draft_store import (
-    MAX_NOTE,
-    RECENT_SAMPLES,
-    TRY_CHANNEL,
-    save_draft,
-)
-from .event_intake import ingest_event
-from .publishing import manual_event_type, schedule_event_type
-from .runs import advance_locked, journal
+from workflows import engine
+from workflows.event_selectors import visible_events
+from workflows.events.envelope import path_segment, validate
+from workflows.models import Event, Run, Webhook, Workflow, WorkflowVersion
+from workflows.services import audit
+from workflows.services.definition_parsing import parse_definition
+from workflows.services.draft_store import MAX_NOTE, RECENT_SAMPLES, TRY_CHANNEL, save_draft
+from workflows.services.event_intake import ingest_event
+from workflows.services.publishing import manual_event_type, schedule_event_type
+from workflows.services.runs import advance_locked, journal
 
 
 # --- trying a draft ------------------------------------------------------------------------

@@ -14,23 +14,20 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from .. import engine, flow_counters, tracing
-from ..events import bus
-from ..events.envelope import to_structured
-from ..expressions import ExpressionError, bind, evaluate
-from ..models import DeadLetter, Event, EventWaiter, Run, TriggerSubscription
-from ..states import RunStatus
-from .definition_parsing import definition_for
-from .event_intake import ingest_event
-from .execution import Budget, run_kept_steps
-from .producers import allowed_subscriptions
-from .run_control import admit
-from .runs import Continuation, one_run_write
-from .schemas import (
-    SchemaViolation,
-    unschemed_types_remembered,
-)
-from .waits import deliver_to_waiters
+from workflows import engine, flow_counters, tracing
+from workflows.events import bus
+from workflows.events.envelope import to_structured
+from workflows.expressions import ExpressionError, bind, evaluate
+from workflows.models import DeadLetter, Event, EventWaiter, Run, TriggerSubscription
+from workflows.services.definition_parsing import definition_for
+from workflows.services.event_intake import ingest_event
+from workflows.services.execution import Budget, run_kept_steps
+from workflows.services.producers import allowed_subscriptions
+from workflows.services.run_control import admit
+from workflows.services.runs import Continuation, one_run_write
+from workflows.services.schemas import SchemaViolation, unschemed_types_remembered
+from workflows.services.waits import deliver_to_waiters
+from workflows.states import RunStatus
 
 __all__ = ["MatchOutcome", "SchemaViolation", "ingest_event", "match_event", "match_events"]
 

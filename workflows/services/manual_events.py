@@ -7,9 +7,9 @@ from typing import Any
 
 from django.utils import timezone
 
-from ..events.envelope import path_segment, validate
-from ..models import Event
-from .event_intake import ingest_event
+from workflows.events.envelope import path_segment, validate
+from workflows.models import Event
+from workflows.services.event_intake import ingest_event
 
 MANUAL_CHANNEL = "manual"
 

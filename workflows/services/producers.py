@@ -26,10 +26,10 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from .. import engine, flow_counters, notify
-from ..events import bus
-from ..events.envelope import Envelope, envelope_json
-from ..events.lineage import (
+from workflows import engine, flow_counters, notify
+from workflows.events import bus
+from workflows.events.envelope import Envelope, envelope_json
+from workflows.events.lineage import (
     DEFAULT_MAX_CAUSATION_DEPTH,
     DEPTH_EXTENSION,
     RUN_EXTENSION,
@@ -43,9 +43,9 @@ from ..events.lineage import (
     max_causation_depth,
     valid_traceparent,
 )
-from ..models import DeadLetter, Event, Run, TriggerSubscription
-from .event_intake import insert_new, new_event
-from .schemas import SchemaViolation, check_event_data
+from workflows.models import DeadLetter, Event, Run, TriggerSubscription
+from workflows.services.event_intake import insert_new, new_event
+from workflows.services.schemas import SchemaViolation, check_event_data
 
 # Re-exported: the names callers have always read here.
 __all__ = [

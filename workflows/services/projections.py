@@ -14,9 +14,9 @@ from typing import Any
 
 from django.db import transaction
 
-from ..models import Run, RunJournal, StepRun
-from ..states import StepStatus
-from .runs import idempotency_key
+from workflows.models import Run, RunJournal, StepRun
+from workflows.services.runs import idempotency_key
+from workflows.states import StepStatus
 
 STEP_FIELDS = (
     "kind",

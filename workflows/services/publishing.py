@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from .. import definition as definition_format
-from ..events.schedules import InvalidSchedule
-from ..events.schedules import parse as parse_schedule
-from ..models import Schedule, TriggerSubscription, Webhook, Workflow, WorkflowVersion
-from .definition_parsing import parse_definition
+from workflows import definition as definition_format
+from workflows.events.schedules import InvalidSchedule
+from workflows.events.schedules import parse as parse_schedule
+from workflows.models import Schedule, TriggerSubscription, Webhook, Workflow, WorkflowVersion
+from workflows.services.definition_parsing import parse_definition
 
 
 def schedule_event_type(slug: str) -> str:

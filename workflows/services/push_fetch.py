@@ -6,8 +6,8 @@ from __future__ import annotations
 import httpx
 from django.conf import settings
 
-from ..events.push_formats import FetchFailed
-from ..outbound import OutboundRefused, guarded_client
+from workflows.events.push_formats import FetchFailed
+from workflows.outbound import OutboundRefused, guarded_client
 
 TIMEOUT_SECONDS = 5.0
 MAX_BYTES = 256 * 1024

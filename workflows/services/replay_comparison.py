@@ -7,16 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..models import (
-    ReplayBatch,
-    Run,
-    StepRun,
-)
-from ..states import TERMINAL_RUN
-from .definition_parsing import definition_for
-from .replay_plans import (
-    latest_attempts,
-)
+from workflows.models import ReplayBatch, Run, StepRun
+from workflows.services.definition_parsing import definition_for
+from workflows.services.replay_plans import latest_attempts
+from workflows.states import TERMINAL_RUN
 
 MAX_CHANGES = 50
 

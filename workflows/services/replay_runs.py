@@ -9,27 +9,21 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from .. import engine, notify, tracing
-from ..definition import InvalidDefinition
-from ..models import (
-    DeadLetter,
-    Run,
-    StepRun,
-    Workflow,
-    WorkflowVersion,
-)
-from ..states import StepStatus
-from . import audit
-from .definition_parsing import parse_definition
-from .replay_plans import (
+from workflows import engine, notify, tracing
+from workflows.definition import InvalidDefinition
+from workflows.models import DeadLetter, Run, StepRun, Workflow, WorkflowVersion
+from workflows.services import audit
+from workflows.services.definition_parsing import parse_definition
+from workflows.services.replay_plans import (
     FROM_FAILED,
     UNCHANGED,
     VERSION_ORIGINAL,
     ReplayError,
     plan_replay,
 )
-from .run_control import admit
-from .runs import advance_locked, idempotency_key, journal
+from workflows.services.run_control import admit
+from workflows.services.runs import advance_locked, idempotency_key, journal
+from workflows.states import StepStatus
 
 
 # --- doing it ----------------------------------------------------------------------------------

@@ -6,13 +6,13 @@ import logging
 
 from django.db import transaction
 
-from .. import engine
-from ..models import Run, Workflow
-from ..states import TERMINAL_RUN, RunStatus
-from . import audit
-from .definition_parsing import definition_for
-from .runs import Continuation, advance_locked, advance_run, journal, lock_run
-from .waits import child_finished
+from workflows import engine
+from workflows.models import Run, Workflow
+from workflows.services import audit
+from workflows.services.definition_parsing import definition_for
+from workflows.services.runs import Continuation, advance_locked, advance_run, journal, lock_run
+from workflows.services.waits import child_finished
+from workflows.states import TERMINAL_RUN, RunStatus
 
 log = logging.getLogger("signalbox.runs")
 ADMIT_BATCH = 200

@@ -18,12 +18,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .. import engine, notify, task_queue
-from ..models import DeadLetter, EventWaiter, Run, RunJournal, StepRun
-from ..states import TERMINAL_RUN, RunStatus, StepStatus, check_run_move
-from .definition_parsing import definition_for
-from .producers import emit_run_events, store_run_events
-from .transitions import move_step
+from workflows import engine, notify, task_queue
+from workflows.models import DeadLetter, EventWaiter, Run, RunJournal, StepRun
+from workflows.services.definition_parsing import definition_for
+from workflows.services.producers import emit_run_events, store_run_events
+from workflows.services.transitions import move_step
+from workflows.states import TERMINAL_RUN, RunStatus, StepStatus, check_run_move
 
 log = logging.getLogger("signalbox.runs")
 # The timers below are the scheduler's sweeps' (services/sweeps.py), kept here where tests
@@ -135,7 +135,7 @@ class Continuation:
         self.run: Run | None = None  # the run as this transaction read it (for the next)
 
     def take(self, step_run: StepRun, kind: str) -> bool:
-        from ..steps import registry
+        from workflows.steps import registry
 
         if self.offered:
             return False
@@ -343,7 +343,7 @@ def _schedule_step(
 
 
 def enqueue_on_commit(step_run_id: int, kind: str | None = None) -> None:
-    from .. import step_queues
+    from workflows import step_queues
 
     # robust: if Redis is down the row stays queued and the scheduler enqueues it again.
     transaction.on_commit(lambda: step_queues.send(step_run_id, kind), robust=True)

@@ -14,10 +14,10 @@ from typing import Any
 
 from django.db import transaction
 
-from .. import crypto
-from ..models import Secret, Webhook
-from ..secret_places import encodings
-from . import audit
+from workflows import crypto
+from workflows.models import Secret, Webhook
+from workflows.secret_places import encodings
+from workflows.services import audit
 
 log = logging.getLogger("signalbox.secrets")
 MASK = "••••••"

@@ -7,14 +7,11 @@ executes a side-effecting step: the worker asks `side_effecting`, and takes
 
 from __future__ import annotations
 
-from ..definition import Step
-from ..models import (
-    Run,
-    StepRun,
-)
-from ..states import StepStatus
-from ..steps import registry
-from ..steps.base import StepError, StepResult
+from workflows.definition import Step
+from workflows.models import Run, StepRun
+from workflows.states import StepStatus
+from workflows.steps import registry
+from workflows.steps.base import StepError, StepResult
 
 # Kinds that start work elsewhere without being marked side-effecting themselves.
 EFFECTFUL_CONTROL_KINDS = frozenset({"sub_workflow"})

@@ -14,23 +14,23 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from .. import engine, notify, tracing
-from ..events.envelope import Envelope, to_structured
-from ..expressions import ExpressionError, evaluate
-from ..models import Event, EventWaiter, Run, StepRun, Workflow
-from ..states import StepStatus
-from ..steps.base import StepContext, Wait
-from .definition_parsing import definition_for
-from .event_intake import ingest_event
-from .producers import (
+from workflows import engine, notify, tracing
+from workflows.events.envelope import Envelope, to_structured
+from workflows.expressions import ExpressionError, evaluate
+from workflows.models import Event, EventWaiter, Run, StepRun, Workflow
+from workflows.services.definition_parsing import definition_for
+from workflows.services.event_intake import ingest_event
+from workflows.services.producers import (
     DEPTH_EXTENSION,
     TRACEPARENT,
     WORKFLOW_EXTENSION,
     causation_depth,
     valid_traceparent,
 )
-from .runs import advance_locked, journal, record_result
-from .transitions import move_step
+from workflows.services.runs import advance_locked, journal, record_result
+from workflows.services.transitions import move_step
+from workflows.states import StepStatus
+from workflows.steps.base import StepContext, Wait
 
 log = logging.getLogger("signalbox.waits")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..cel_values import json_kind
-from ..expressions import evaluate
-from .base import StepContext, StepError, StepKind, StepResult
-from .registry import register
+from workflows.cel_values import json_kind
+from workflows.expressions import evaluate
+from workflows.steps.base import StepContext, StepError, StepKind, StepResult
+from workflows.steps.registry import register
 
 
 def _truth(expression: str, ctx: StepContext, where: str) -> bool:

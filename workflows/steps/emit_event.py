@@ -8,9 +8,9 @@ and waiting steps receive it like any other event.
 
 from __future__ import annotations
 
-from .. import tracing
-from .base import StepContext, StepError, StepKind
-from .registry import register
+from workflows import tracing
+from workflows.steps.base import StepContext, StepError, StepKind
+from workflows.steps.registry import register
 
 
 @register
@@ -42,7 +42,7 @@ class EmitEvent(StepKind):
         if ctx.emit is None:
             raise StepError("emit_event needs the bus, which this context does not provide")
         config = event_attributes(config, "emit_event")
-        from ..events.envelope import InvalidEvent, SchemaViolation
+        from workflows.events.envelope import InvalidEvent, SchemaViolation
 
         try:
             # Its span is the emitted event's trace context (traceparent extension).

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .base import StepContext, StepError, StepKind
-from .registry import register
+from workflows.steps.base import StepContext, StepError, StepKind
+from workflows.steps.registry import register
 
 
 @register

@@ -17,10 +17,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any
 
-from ..cel_values import json_kind, unstorable
-from ..expressions import evaluate, render_value
-from .base import StepContext, StepError, StepKind, StepResult
-from .registry import all_kinds, register
+from workflows.cel_values import json_kind, unstorable
+from workflows.expressions import evaluate, render_value
+from workflows.steps.base import StepContext, StepError, StepKind, StepResult
+from workflows.steps.registry import all_kinds, register
 
 MAX_ITEMS = 10_000
 

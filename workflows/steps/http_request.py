@@ -27,10 +27,10 @@ import time
 
 import httpx
 
-from .. import circuit, tracing
-from ..outbound import OutboundRefused, guarded_client
-from .base import StepContext, StepError, StepKind
-from .registry import register
+from workflows import circuit, tracing
+from workflows.outbound import OutboundRefused, guarded_client
+from workflows.steps.base import StepContext, StepError, StepKind
+from workflows.steps.registry import register
 
 MAX_BODY_BYTES = 1_000_000
 KEPT_HEADERS = ("content-type", "location", "retry-after", "etag")

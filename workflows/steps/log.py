@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from ..secret_places import encodings
-from .base import StepContext, StepKind
-from .registry import register
+from workflows.secret_places import encodings
+from workflows.steps.base import StepContext, StepKind
+from workflows.steps.registry import register
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 MASK = "••••••"

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import re
 
-from .base import StepContext, StepError, StepKind
-from .emit_event import event_attributes
-from .http_request import HttpRequest, _send, parse_retry_after
-from .registry import register
+from workflows.steps.base import StepContext, StepError, StepKind
+from workflows.steps.emit_event import event_attributes
+from workflows.steps.http_request import HttpRequest, _send, parse_retry_after
+from workflows.steps.registry import register
 
 # CloudEvents HTTP binding, binary mode: a header value is printable US-ASCII; space, `"`
 # and `%` and everything else are percent-encoded as UTF-8 (spec 1.0.2, 3.1.3.2).
@@ -97,10 +97,10 @@ class Publish(StepKind):
     def execute(self, config, ctx: StepContext):
         if ctx.outgoing_event is None:
             raise StepError("publish needs the services, which this context does not provide")
-        from ..events.connectors import registry
-        from ..events.connectors.base import InvalidConnection
-        from ..events.connectors.sink import SinkError, encode
-        from ..events.envelope import InvalidEvent
+        from workflows.events.connectors import registry
+        from workflows.events.connectors.base import InvalidConnection
+        from workflows.events.connectors.sink import SinkError, encode
+        from workflows.events.envelope import InvalidEvent
 
         config = event_attributes(config, "publish")
         try:

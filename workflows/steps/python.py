@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from .base import StepContext, StepError, StepKind
-from .registry import register
+from workflows.steps.base import StepContext, StepError, StepKind
+from workflows.steps.registry import register
 
 _FUNCTIONS: dict[str, Callable[[Any, StepContext], Any]] = {}
 

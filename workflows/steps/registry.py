@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import StepKind
+from workflows.steps.base import StepKind
 
 _KINDS: dict[str, StepKind] = {}
 

@@ -19,8 +19,8 @@ from django.core.exceptions import ValidationError
 from django.core.mail import BadHeaderError, EmailMultiAlternatives, get_connection
 from django.core.validators import validate_email
 
-from .base import StepContext, StepError, StepKind
-from .registry import register
+from workflows.steps.base import StepContext, StepError, StepKind
+from workflows.steps.registry import register
 
 ADDRESS_LIST = {"type": "array", "maxItems": 50, "items": {"type": "string", "maxLength": 320}}
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from .base import StepContext, StepError, StepKind, StepResult, Wait
-from .registry import register
+from workflows.steps.base import StepContext, StepError, StepKind, StepResult, Wait
+from workflows.steps.registry import register
 
 MAX_DELAY = timedelta(days=365)
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ..envelope import (
+from workflows.events.connectors.base import Message
+from workflows.events.envelope import (
     Envelope,
     InvalidEvent,
     check_storable,
@@ -22,8 +23,7 @@ from ..envelope import (
     from_structured,
     loads_json,
 )
-from ..external_streams import RESERVED_SOURCES
-from .base import Message
+from workflows.events.external_streams import RESERVED_SOURCES
 
 STRUCTURED = "application/cloudevents+json"
 

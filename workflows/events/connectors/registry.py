@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Connector
-from .sink import Sink
+from workflows.events.connectors.base import Connector
+from workflows.events.connectors.sink import Sink
 
 _KINDS: dict[str, type[Connector]] = {}
 _SINKS: dict[str, type[Sink]] = {}

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from ..envelope import Envelope
-from .base import ConnectionConfig, InvalidConnection
+from workflows.events.connectors.base import ConnectionConfig, InvalidConnection
+from workflows.events.envelope import Envelope
 
 STRUCTURED = "application/cloudevents+json"
 MODES = ("binary", "structured")

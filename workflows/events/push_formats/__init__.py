@@ -7,8 +7,8 @@ push subscriptions. Pure: no Django; the caller passes the settings, the clock a
 `fetch` for the few formats that must fetch a certificate or a key set.
 """
 
-from .base import Delivery, FetchFailed, FormatContext, PushFormatError
-from .registry import FORMATS, NAMES, get_format
+from workflows.events.push_formats.base import Delivery, FetchFailed, FormatContext, PushFormatError
+from workflows.events.push_formats.registry import FORMATS, NAMES, get_format
 
 __all__ = [
     "FORMATS",

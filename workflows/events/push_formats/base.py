@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..envelope import Envelope, InvalidEvent, loads_json
+from workflows.events.envelope import Envelope, InvalidEvent, loads_json
 
 
 class PushFormatError(ValueError):

@@ -18,8 +18,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..envelope import InvalidEvent, validate
-from .base import Delivery, FormatContext, PushFormatError, json_object, no_options, text_field
+from workflows.events.envelope import InvalidEvent, validate
+from workflows.events.push_formats.base import (
+    Delivery,
+    FormatContext,
+    PushFormatError,
+    json_object,
+    no_options,
+    text_field,
+)
 
 name = "eventbridge"
 label = "Amazon EventBridge API destination"

@@ -20,8 +20,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..envelope import InvalidEvent, from_batch, from_structured, loads_json
-from .base import Delivery, FormatContext, PushFormatError, header, json_object
+from workflows.events.envelope import InvalidEvent, from_batch, from_structured, loads_json
+from workflows.events.push_formats.base import (
+    Delivery,
+    FormatContext,
+    PushFormatError,
+    header,
+    json_object,
+)
 
 name = "eventgrid"
 label = "Azure Event Grid (CloudEvents schema)"

@@ -29,9 +29,8 @@ from typing import Any
 
 import jwt
 
-from ...webhooks import SignatureError
-from ..envelope import InvalidEvent, validate
-from .base import (
+from workflows.events.envelope import InvalidEvent, validate
+from workflows.events.push_formats.base import (
     Delivery,
     FormatContext,
     PushFormatError,
@@ -40,6 +39,7 @@ from .base import (
     payload,
     text_field,
 )
+from workflows.webhooks import SignatureError
 
 name = "pubsub"
 label = "Google Cloud Pub/Sub push subscription"

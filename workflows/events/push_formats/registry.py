@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import eventbridge, eventgrid, pubsub, sns
+from workflows.events.push_formats import eventbridge, eventgrid, pubsub, sns
 
 PLAIN = "plain"
 FORMATS: dict[str, ModuleType] = {m.name: m for m in (sns, eventbridge, eventgrid, pubsub)}

@@ -33,9 +33,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ...webhooks import SignatureError
-from ..envelope import InvalidEvent, validate
-from .base import Delivery, FormatContext, PushFormatError, json_object, payload, text_field
+from workflows.events.envelope import InvalidEvent, validate
+from workflows.events.push_formats.base import (
+    Delivery,
+    FormatContext,
+    PushFormatError,
+    json_object,
+    payload,
+    text_field,
+)
+from workflows.webhooks import SignatureError
 
 name = "sns"
 label = "Amazon SNS HTTP(S) subscription"
