@@ -12,15 +12,15 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from dashboard import metrics
+from dashboard import flow_map, metrics
 from dashboard.access import role_required
 from dashboard.event_views import ATTRIBUTES
-from dashboard.live.consumers import overview_context
-from workflows.access.roles import has_role
-from workflows.access.secrets import mask
-from workflows.demo import traffic as demo_traffic
-from workflows.queries import dashboard as ds
-from workflows.queries import events as store
+from dashboard.live_consumers import overview_context
+from workflows import dashboard_selectors as ds
+from workflows import demo_traffic
+from workflows import event_selectors as store
+from workflows.roles import has_role
+from workflows.services.secrets import mask
 
 
 @role_required("viewer")
@@ -57,13 +57,15 @@ def demo_switch(request):
     return redirect("dashboard:overview")
 
 
-FLOW_FILTERS = ("type", "source", "q")
+# `channel` and `workflow` are what an edge of the flow map filters by (with `type`).
+FLOW_FILTERS = ("type", "source", "q", "channel", "workflow")
 
 
 @role_required("viewer")
 def flow(request):
     filters = {name: request.GET.get(name, "").strip() for name in FLOW_FILTERS}
     socket_query = urlencode({k: v for k, v in filters.items() if v})
+    hidden = ds.hidden_workflow_ids(request.user)
     return render(
         request,
         "dashboard/flow.html",
@@ -71,6 +73,8 @@ def flow(request):
             "filters": filters,
             "filtered": any(filters.values()),
             "socket_url": "/ws/flow/" + (f"?{socket_query}" if socket_query else ""),
+            "flow_map": flow_map.flow_map(hidden_slugs=ds.hidden_slugs(hidden)),
+            "channels": list(flow_map.CHANNELS.items()),
         },
     )
 

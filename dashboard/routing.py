@@ -1,9 +1,6 @@
 from django.urls import path, re_path
 
-from dashboard.editor import consumers as editor_consumers
-from dashboard.live import consumers as live_consumers
-from dashboard.live import partial_consumers as consumers
-from dashboard.recovery import replay_consumers
+from dashboard import consumers, editor_consumers, live_consumers, replay_consumers
 
 websocket_urlpatterns = [
     path("ws/runs/", consumers.RunListConsumer.as_asgi()),
@@ -11,6 +8,7 @@ websocket_urlpatterns = [
     path("ws/workflows/<slug:slug>/editor/", editor_consumers.EditorConsumer.as_asgi()),
     path("ws/overview/", live_consumers.OverviewConsumer.as_asgi()),
     path("ws/flow/", live_consumers.FlowConsumer.as_asgi()),
+    path("ws/flow-map/", live_consumers.FlowMapConsumer.as_asgi()),
     path("ws/lineage/<int:event_id>/", live_consumers.LineageConsumer.as_asgi()),
     path("ws/system/", live_consumers.SystemConsumer.as_asgi()),
     path("ws/replays/<int:batch_id>/", replay_consumers.ReplayBatchConsumer.as_asgi()),

@@ -20,21 +20,20 @@ from channels.db import database_sync_to_async
 from django.db import connections
 from django.template.loader import render_to_string
 
-from dashboard import metrics
-from dashboard.live.hub import Hub, hub, unpacked  # noqa: F401 - imported from here by callers
-from dashboard.live.run_list_frames import RunRows, page_rows
-from dashboard.live.socket import (
+from dashboard import flow_map, metrics
+from dashboard.live_hub import Hub, hub, unpacked  # noqa: F401 - imported from here by callers
+from dashboard.live_socket import (
+    CLOSE_FORBIDDEN,
     CLOSE_NOT_FOUND,
     PushConsumer,
 )
-from workflows.access.roles import has_role
-from workflows.catalog.models import TriggerSubscription
-from workflows.events.models import Event
-from workflows.live import notify
-from workflows.queries import dashboard as ds
-from workflows.queries import events as store
-from workflows.queries.runs import SHADOW
-from workflows.runs.models import Run
+from dashboard.run_list_frames import RunRows, page_rows
+from workflows import dashboard_selectors as ds
+from workflows import event_selectors as store
+from workflows import notify
+from workflows.models import Event, Run, TriggerSubscription
+from workflows.roles import has_role
+from workflows.selectors import SHADOW
 
 
 # --- runs ---------------------------------------------------------------------------------------
@@ -194,9 +193,11 @@ FLOW_AWAIT_RUNS_MAX = 200
 
 
 class FlowConsumer(PushConsumer):
-    """/ws/flow/?type=&source=&q=&after=<event id>: new events, newest first, at most
-    FLOW_CAP per frame; more than that is folded (counted and said). `after` resumes from
-    the last event the page has."""
+    """/ws/flow/?type=&source=&q=&channel=&workflow=&after=<event id>: new events, newest
+    first, at most FLOW_CAP per frame; more than that is folded (counted and said). `after`
+    resumes from the last event the page has. `channel` and `workflow` are the flow map's
+    edges: events that came in on a channel; events that started a run of a workflow, or
+    of a type it listens to and not matched yet (its run starts after the row is shown)."""
 
     hint_types = ("event.ingested", "run.changed")
     interval = FLOW_INTERVAL
@@ -205,6 +206,8 @@ class FlowConsumer(PushConsumer):
         self.filter_type = self.params.get("type", "").strip()
         self.filter_source = self.params.get("source", "").strip()
         self.filter_text = self.params.get("q", "").strip()
+        self.filter_channel = self.params.get("channel", "").strip()
+        self.filter_workflow = self.params.get("workflow", "").strip()
         after = self.params.get("after", "")
         self.last_id = int(after) if after.isdigit() else None
         self.paused = False
@@ -225,6 +228,8 @@ class FlowConsumer(PushConsumer):
         if self.filter_type and message.get("event_type") != self.filter_type:
             return False
         if self.filter_source and message.get("source") != self.filter_source:
+            return False
+        if self.filter_channel and message.get("channel") != self.filter_channel:
             return False
         # An event of a workflow this user may not see is neither shown nor counted.
         if message.get("workflow") in self.hidden_names:
@@ -247,6 +252,10 @@ class FlowConsumer(PushConsumer):
             qs = qs.filter(type=self.filter_type)
         if self.filter_source:
             qs = qs.filter(source=self.filter_source)
+        if self.filter_channel:
+            qs = qs.filter(channel=self.filter_channel)
+        if self.filter_workflow:
+            qs = store.events_of_workflow(qs, slug=self.filter_workflow, hidden=self.hidden)
         if self.filter_text:
             from django.db.models import Q, TextField
             from django.db.models.functions import Cast
@@ -355,6 +364,36 @@ def flow_status_html(consumer: FlowConsumer, *, paused: bool, folded: int = 0) -
             "last_id": consumer.last_id or 0,
             "oob": True,
         },
+    )
+
+
+# --- the flow map --------------------------------------------------------------------------------
+# The map is pushed like every live page, over its own socket so that one render serves every
+# page of the same visibility (the event rows are rendered per page, by their filters). It is
+# read from Redis counters (workflows/flow_counters.py), so a render costs one pipelined read
+# of a few hashes, never a scan of events or runs; at most one render per FLOW_MAP_INTERVAL
+# while events arrive, and one every FLOW_MAP_REFRESH without them, so that the rates fall
+# as the window slides past the last traffic.
+FLOW_MAP_INTERVAL = 2.0
+FLOW_MAP_REFRESH = 10.0
+
+
+class FlowMapConsumer(PushConsumer):
+    """/ws/flow-map/: sources → event types → workflows, with the last minutes' traffic."""
+
+    hint_types = ("event.ingested", "run.changed")
+    interval = FLOW_MAP_INTERVAL
+    refresh_seconds = FLOW_MAP_REFRESH
+
+    def share(self):
+        hidden_names = self.hidden_names
+        return ("flow-map", self.hidden), lambda: render_flow_map(hidden_names)
+
+
+def render_flow_map(hidden_slugs: frozenset[str]) -> str:
+    return render_to_string(
+        "dashboard/_flow_map.html",
+        {"map": flow_map.flow_map(hidden_slugs=hidden_slugs), "oob": True},
     )
 
 

@@ -9,7 +9,8 @@
  * After a drop the socket reconnects (backoff with jitter) and the server sends a snapshot;
  * an element may name a resume attribute (data-live-resume="#el" with data-last-id) so the
  * server sends what was missed instead. The page's [data-live-indicator] follows the first
- * socket: connecting, live, reconnecting.
+ * socket: connecting, live, reconnecting. A socket element marked data-live-indicator="off"
+ * (the lineage panel, the flow map) is never the one followed, nor an indicator itself.
  *
  * For tests and the console: SignalboxLive.drop() closes every socket as a network drop
  * would; hold() keeps them closed until release().
@@ -21,7 +22,7 @@
   var labels = {connecting: "connecting…", open: "live", closed: "reconnecting…", paused: "paused"};
 
   function indicate(state) {
-    document.querySelectorAll("[data-live-indicator]").forEach(function (el) {
+    document.querySelectorAll('[data-live-indicator]:not([data-live-indicator="off"])').forEach(function (el) {
       el.dataset.state = state;
       el.textContent = labels[state] || state;
     });

@@ -4,7 +4,7 @@
 (function () {
   var labels = {connecting: "connecting…", open: "live", closed: "reconnecting…"};
   function show(state) {
-    document.querySelectorAll("[data-live-indicator]").forEach(function (el) {
+    document.querySelectorAll('[data-live-indicator]:not([data-live-indicator="off"])').forEach(function (el) {
       el.dataset.state = state;
       el.textContent = labels[state];
     });

@@ -27,8 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http.request import split_domain_port, validate_host
 
-from workflows.access import roles
-from workflows.access.tokens import cached_identity, identify
+from workflows import counters, roles, tracing
 from workflows.api.events import (
     BATCH,
     STRUCTURED,
@@ -39,11 +38,11 @@ from workflows.api.events import (
     rate_limited,
 )
 from workflows.api.problems import problem_body
-from workflows.events import intake as event_intake
 from workflows.events import rate_limit
 from workflows.events.envelope import InvalidEvent
 from workflows.events.group_commit import committer
-from workflows.infra import counters, tracing
+from workflows.services import event_intake
+from workflows.services.tokens import cached_identity, identify
 
 log = logging.getLogger("signalbox.ingest")
 

@@ -4,16 +4,16 @@ process, workers and the bus consumer all publish events), and the Prometheus sc
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import redis
 
-from workflows.infra.redis_client import key
-
-if TYPE_CHECKING:
-    from workflows.events.models import Event
+from workflows import flow_counters
+from workflows.models import Event
+from workflows.redis_client import key
 
 EVENTS_KEY = ("metrics", "events")  # field: channel
 RUNS_KEY = ("metrics", "runs")  # field: workflow \t outcome
@@ -25,7 +25,9 @@ RUN_TYPE_PREFIX = "signalbox.run."
 
 def count_published(pipe: redis.client.Pipeline, events: Iterable[Event]) -> None:
     """Add the counter increments for events published for the first time to `pipe`, so
-    they cost no round trip of their own (one increment per field, whatever the count)."""
+    they cost no round trip of their own (one increment per field, whatever the count).
+    The event flow map's per-minute counts ride in the same pipeline (flow_counters.py)."""
+    events = list(events)
     channels: Counter[str] = Counter()
     runs: Counter[str] = Counter()
     for event in events:
@@ -38,6 +40,7 @@ def count_published(pipe: redis.client.Pipeline, events: Iterable[Event]) -> Non
         pipe.hincrby(key(*EVENTS_KEY), channel, count)
     for field, count in runs.items():
         pipe.hincrby(key(*RUNS_KEY), field, count)
+    flow_counters.add_published(pipe, events, time.time())
 
 
 def ingest_result(status: int, *, lone: bool = True) -> str | None:
@@ -57,7 +60,7 @@ def ingest_result(status: int, *, lone: bool = True) -> str | None:
 def count_ingest(channel: str, result: str) -> None:
     """One ingest answer that stored nothing new; never fails its caller."""
     try:
-        from workflows.infra.redis_client import client as redis_client
+        from workflows.redis_client import client as redis_client
 
         redis_client().hincrby(key(*INGEST_KEY), f"{channel}\t{result}", 1)
     except redis.RedisError:

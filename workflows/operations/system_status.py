@@ -20,8 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
-from workflows.infra import circuit, heartbeat
-from workflows.runs import gauges, step_queues
+from workflows import circuit, gauges, heartbeat, step_queues
 
 INSPECT_TIMEOUT = 1.0
 COMPONENTS = ("scheduler", "bus-consumer")
@@ -95,7 +94,7 @@ def system(
 ) -> dict[str, Any]:
     """What the workers page shows; `workers` is an answer of celery_workers() already
     at hand (the page's cache), else the workers are asked."""
-    from workflows.events.connections import connection_health
+    from workflows.services.connections import connection_health
 
     workers, worker_error = workers if workers is not None else celery_workers(timeout)
     queue_names = list(
@@ -174,7 +173,7 @@ def _database() -> Check:
 
 
 def _redis() -> Check:
-    from workflows.infra.redis_client import client
+    from workflows.redis_client import client
 
     try:
         client().ping()
@@ -186,7 +185,7 @@ def _redis() -> Check:
 def _dead_letters() -> dict[str, int] | None:
     from django.db.models import Count
 
-    from workflows.events.models import DeadLetter
+    from workflows.models import DeadLetter
 
     try:
         rows = (

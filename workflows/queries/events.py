@@ -14,6 +14,7 @@ from django.db.models import (
     BooleanField,
     Case,
     Count,
+    Exists,
     OuterRef,
     Q,
     QuerySet,
@@ -26,11 +27,9 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Substr
 from django.db.models.lookups import In
 
-from workflows.catalog.models import Workflow
 from workflows.events.envelope import to_structured
-from workflows.events.models import Event
-from workflows.runs.models import Run
-from workflows.runs.producers import RUN_SOURCE, WORKFLOW_EXTENSION
+from workflows.models import Event, Run, Workflow
+from workflows.services.producers import RUN_SOURCE, WORKFLOW_EXTENSION
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -237,6 +236,24 @@ def events(
     # One extra row tells whether there is an older page without counting.
     page = list(qs[: query.limit + 1])
     return page[: query.limit], len(page) > query.limit
+
+
+def events_of_workflow(
+    events: QuerySet[Event], *, slug: str, hidden: frozenset[int] = frozenset()
+) -> QuerySet[Event]:
+    """The events that started a run of workflow `slug` (as its trigger or a parent's
+    call), and those of a type it listens to that the bus consumer has not matched yet (the
+    live flow shows an event before its runs exist). None for a workflow that does not
+    exist or that is in `hidden`: another team's workflow is not there for this viewer."""
+    workflow = Workflow.objects.filter(slug=slug).exclude(id__in=sorted(hidden)).first()
+    if workflow is None:
+        return events.none()
+    # By the (event, workflow) index of runs: one probe per event read.
+    started = Run.objects.filter(event_id=OuterRef("pk"), workflow=workflow).exclude(
+        origin="shadow"
+    )
+    listened = workflow.subscriptions.values("event_type")
+    return events.filter(Q(Exists(started)) | Q(matched_at__isnull=True, type__in=listened))
 
 
 def event_detail(event_id: int, *, hidden: frozenset[int] = frozenset()) -> Event | None:

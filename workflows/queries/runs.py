@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Prefetch, QuerySet
 
-from workflows.catalog.models import Workflow
-from workflows.runs.models import Run, StepRun
+from workflows.models import Run, StepRun, Workflow
 
 PAGE_SIZE = 50
 # A shadow run tries a draft on a recorded event: a finding of its batch, not work the

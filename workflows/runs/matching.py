@@ -14,23 +14,20 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from workflows.catalog.definition_parsing import definition_for
-from workflows.catalog.models import TriggerSubscription
-from workflows.core import engine
-from workflows.core.expressions import ExpressionError, bind, evaluate
-from workflows.core.states import RunStatus
+from workflows import engine, flow_counters, tracing
 from workflows.events import bus
 from workflows.events.envelope import to_structured
-from workflows.events.intake import ingest_event
-from workflows.events.models import DeadLetter, Event
-from workflows.events.schemas import SchemaViolation, unschemed_types_remembered
-from workflows.infra import tracing
-from workflows.runs.advance import Continuation, one_run_write
-from workflows.runs.control import admit
-from workflows.runs.execution import Budget, run_kept_steps
-from workflows.runs.models import EventWaiter, Run
-from workflows.runs.producers import allowed_subscriptions
-from workflows.runs.waits import deliver_to_waiters
+from workflows.expressions import ExpressionError, bind, evaluate
+from workflows.models import DeadLetter, Event, EventWaiter, Run, TriggerSubscription
+from workflows.services.definition_parsing import definition_for
+from workflows.services.event_intake import ingest_event
+from workflows.services.execution import Budget, run_kept_steps
+from workflows.services.producers import allowed_subscriptions
+from workflows.services.run_control import admit
+from workflows.services.runs import Continuation, one_run_write
+from workflows.services.schemas import SchemaViolation, unschemed_types_remembered
+from workflows.services.waits import deliver_to_waiters
+from workflows.states import RunStatus
 
 __all__ = ["MatchOutcome", "SchemaViolation", "ingest_event", "match_event", "match_events"]
 
@@ -263,11 +260,14 @@ def trigger_accepts(version, event: Event, *, filters: EventFilters | None = Non
 
 
 def dead_letter_bus_entry(*, event_id: int, reason: str, stream: str, entry_id: str) -> None:
+    event = Event.objects.filter(pk=event_id).first()
     with transaction.atomic():
         DeadLetter.objects.create(
             kind="bus",
             reason=reason,
             payload={"stream": stream, "entry_id": entry_id, "event_id": event_id},
-            event=Event.objects.filter(pk=event_id).first(),
+            event=event,
         )
+        # A failure on the event's edge of the live flow map.
+        transaction.on_commit(lambda: flow_counters.count_dead_letter(event))
         mark_matched(event_id)  # decided: the dead letter holds it; the relay must not resend

@@ -27,9 +27,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from workflows.catalog.models import TriggerSubscription
-from workflows.core import engine
-from workflows.core.lineage import (
+from workflows import engine, flow_counters, notify
+from workflows.events import bus
+from workflows.events.envelope import Envelope, envelope_json
+from workflows.events.lineage import (
     DEFAULT_MAX_CAUSATION_DEPTH,
     DEPTH_EXTENSION,
     RUN_EXTENSION,
@@ -42,13 +43,9 @@ from workflows.core.lineage import (
     emitting_workflow,
     valid_traceparent,
 )
-from workflows.events import bus
-from workflows.events.envelope import Envelope, envelope_json
-from workflows.events.intake import insert_new, new_event
-from workflows.events.models import DeadLetter, Event
-from workflows.events.schemas import SchemaViolation, check_event_data
-from workflows.live import notify
-from workflows.runs.models import Run
+from workflows.models import DeadLetter, Event, Run, TriggerSubscription
+from workflows.services.event_intake import insert_new, new_event
+from workflows.services.schemas import SchemaViolation, check_event_data
 
 # Re-exported: the names callers have always read here.
 __all__ = [
@@ -112,6 +109,7 @@ def allowed_subscriptions(
                     "correlation_id": event.correlation_id,
                 },
             )
+            transaction.on_commit(lambda: flow_counters.count_dead_letter(event))
         return []
     return allowed
 
@@ -175,6 +173,8 @@ def emit_run_event(*, run: Run, status: str) -> Event | None:
         )
         return None
     event = new_event(envelope, check, "run")
+    # The event flow map counts the run when this event is published, on its trigger's edge.
+    flow_counters.mark_run_event(event, origin=run.origin, trigger=run.event)
     unsaved = getattr(run, "_unsaved_events", None)
     if unsaved is not None:  # inside runs.one_run_write: stored with the others at its end
         unsaved.append(event)
