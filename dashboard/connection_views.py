@@ -12,16 +12,16 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from dashboard.access import role_required
-from workflows.events.connectors.base import InvalidConnection
-from workflows.events.connectors.registry import all_kinds
-from workflows.models import Connection
-from workflows.roles import has_role
-from workflows.services.connections import (
+from workflows.access.roles import has_role
+from workflows.events.connections import (
     add_connection,
     connection_health,
     remove_connection,
     update_connection,
 )
+from workflows.events.connectors.base import InvalidConnection
+from workflows.events.connectors.registry import all_kinds
+from workflows.events.models import Connection
 
 FIELDS = ("name", "kind", "url", "options", "default_type", "username", "password_secret")
 

@@ -14,13 +14,14 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_http_methods
 
 from dashboard.access import role_required
-from workflows import event_selectors as store
-from workflows.dashboard_selectors import hidden_workflow_ids
+from workflows.access.roles import has_role
+from workflows.catalog.models import TriggerSubscription
 from workflows.events.envelope import InvalidEvent, loads_json
-from workflows.models import EventType, TriggerSubscription
-from workflows.roles import has_role
-from workflows.services.manual_events import manual_source, send_manual_event
-from workflows.services.schemas import SchemaViolation
+from workflows.events.manual_events import manual_source, send_manual_event
+from workflows.events.models import EventType
+from workflows.events.schemas import SchemaViolation
+from workflows.queries import events as store
+from workflows.queries.dashboard import hidden_workflow_ids
 
 # The binary-mode header of each context attribute, shown beside its value.
 ATTRIBUTES = (

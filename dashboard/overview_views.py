@@ -12,15 +12,16 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from dashboard import flow_map, metrics
+from dashboard import metrics
 from dashboard.access import role_required
 from dashboard.event_views import ATTRIBUTES
-from dashboard.live_consumers import overview_context
-from workflows import dashboard_selectors as ds
-from workflows import demo_traffic
-from workflows import event_selectors as store
-from workflows.roles import has_role
-from workflows.services.secrets import mask
+from dashboard.live import flow_map
+from dashboard.live.consumers import overview_context
+from workflows.access.roles import has_role
+from workflows.access.secrets import mask
+from workflows.demo import traffic as demo_traffic
+from workflows.queries import dashboard as ds
+from workflows.queries import events as store
 
 
 @role_required("viewer")

@@ -1,6 +1,9 @@
 from django.urls import path, re_path
 
-from dashboard import consumers, editor_consumers, live_consumers, replay_consumers
+from dashboard.editor import consumers as editor_consumers
+from dashboard.live import consumers as live_consumers
+from dashboard.live import partial_consumers as consumers
+from dashboard.recovery import replay_consumers
 
 websocket_urlpatterns = [
     path("ws/runs/", consumers.RunListConsumer.as_asgi()),

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from dashboard.access import role_required
-from workflows import schema_selectors
+from workflows.access.roles import has_role
 from workflows.events.compatibility import MODES, InvalidSchema
 from workflows.events.envelope import InvalidEvent, loads_json
 from workflows.events.models import EventType
@@ -27,6 +27,7 @@ from workflows.events.schemas import (
     register_schema,
     set_compatibility,
 )
+from workflows.queries import schemas as schema_selectors
 
 MAX_SCHEMA_BYTES = 256 * 1024
 MODE_HELP = {

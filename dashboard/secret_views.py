@@ -12,7 +12,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from dashboard.access import role_required
-from workflows.services import secrets as secret_service
+from workflows.access import secrets as secret_service
 
 
 def _panel(request, *, errors=None, values=None, notice: str = "", status: int = 200):

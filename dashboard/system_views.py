@@ -17,8 +17,8 @@ from django.shortcuts import render
 
 from dashboard import metrics
 from dashboard.access import role_required
-from workflows import system_status
-from workflows.system_status import celery_workers
+from workflows.operations import system_status
+from workflows.operations.system_status import celery_workers
 
 SYSTEM_CACHE_SECONDS = 2.5
 

@@ -7,10 +7,10 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 
 from dashboard.access import role_required
-from dashboard.live_consumers import run_detail_context
-from workflows import dashboard_selectors as ds
-from workflows import selectors
-from workflows.states import RunStatus
+from dashboard.live.consumers import run_detail_context
+from workflows.core.states import RunStatus
+from workflows.queries import dashboard as ds
+from workflows.queries import runs as selectors
 
 
 @login_required

@@ -1,6 +1,6 @@
 """The live flow map's traffic: counted in Redis where events are published and runs start
-and fail (workflows/flow_counters.py), read back as edges with rates and failures without
-a query of events or runs, laid out (dashboard/flow_map.py), and shown to each viewer
+and fail (workflows/infra/flow_counters.py), read back as edges with rates and failures without
+a query of events or runs, laid out (dashboard/live/flow_map.py), and shown to each viewer
 without another team's workflows; the live flow's `channel` and `workflow` filters that
 its edges link to."""
 
@@ -17,17 +17,20 @@ from django.contrib.auth.models import Group
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from dashboard import flow_map
+from dashboard.live import flow_map
 from tests.factories import cloudevent, definition, log_step
-from workflows import event_selectors, flow_counters
+from workflows.access.roles import ensure_groups
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.catalog.models import Workflow
 from workflows.events import bus
 from workflows.events.envelope import from_structured
-from workflows.models import Event, Run, Workflow
-from workflows.redis_client import client as redis_client
-from workflows.roles import ensure_groups
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.events import dead_letter_bus_entry, ingest_event, match_events
-from workflows.services.execution import Budget
+from workflows.events.models import Event
+from workflows.infra import flow_counters
+from workflows.infra.redis_client import client as redis_client
+from workflows.queries import events as event_selectors
+from workflows.runs.execution import Budget
+from workflows.runs.matching import dead_letter_bus_entry, ingest_event, match_events
+from workflows.runs.models import Run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

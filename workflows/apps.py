@@ -6,5 +6,5 @@ class WorkflowsConfig(AppConfig):
 
     def ready(self) -> None:
         # Register the Celery tasks in every process: the services send them by name
-        # (workflows/task_queue.py) and never import the module that defines them.
+        # (workflows/runs/task_queue.py) and never import the module that defines them.
         from workflows import tasks  # noqa: F401

@@ -3,7 +3,7 @@
 from django.db import models
 from django.db.models import Q
 
-from workflows.states import RunStatus, StepStatus
+from workflows.core.states import RunStatus, StepStatus
 
 
 class ApiToken(models.Model):
@@ -179,7 +179,7 @@ class Run(models.Model):
     # that deduplicates sees the same key; "renew" leaves it empty: the run's own id).
     idempotency_base = models.BigIntegerField(null=True, blank=True)
     correlation_id = models.CharField(max_length=255, blank=True, default="")
-    # W3C traceparent of the span that started the run (tracing on; workflows/tracing.py):
+    # W3C traceparent of the span that started the run (tracing on; workflows/infra/tracing.py):
     # the parent of every attempt's span, in whichever process runs it.
     traceparent = models.CharField(max_length=55, blank=True, default="", db_default="")
     # Runs of an ordered workflow with the same key go one after another.
@@ -411,7 +411,7 @@ class Webhook(models.Model):
     slug = models.SlugField(max_length=100, unique=True)
     event_type = models.CharField(max_length=255)
     auth_mode = models.CharField(max_length=16, choices=AUTH_MODES, default="standard")
-    # The signing secret (or shared header value), encrypted at rest (workflows/crypto.py):
+    # The signing secret (or shared header value), encrypted at rest (workflows/infra/crypto.py):
     # HMAC verification needs the plaintext, so it cannot be a one-way hash.
     secret_encrypted = models.TextField()
     header_name = models.CharField(max_length=100, blank=True, default="X-Webhook-Secret")

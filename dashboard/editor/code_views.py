@@ -10,7 +10,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
 from dashboard.access import role_required
-from dashboard.editor_requests import (
+from dashboard.editor.request_context import (
     MAX_DEFINITION_BYTES,
     base_revision_of,
     client_of,
@@ -19,10 +19,10 @@ from dashboard.editor_requests import (
     username,
     workflow_for,
 )
-from workflows.definition import InvalidDefinition
-from workflows.definition_files import UnreadableDefinition
-from workflows.models import Workflow, WorkflowVersion
-from workflows.services import drafts
+from workflows.authoring import drafts
+from workflows.authoring.definition_files import UnreadableDefinition
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.core.definition import InvalidDefinition
 
 
 # --- as code -------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from dashboard.editor_fields import FixedField, FormField, parse_config, read_number
-from dashboard.editor_palette import trigger_kind
-from workflows import expressions
-from workflows.definition import STEP_ID, Problem
-from workflows.services.drafts import describe_trigger
+from dashboard.editor.fields import FixedField, FormField, parse_config, read_number
+from dashboard.editor.palette import trigger_kind
+from workflows.authoring.drafts import describe_trigger
+from workflows.core import expressions
+from workflows.core.definition import STEP_ID, Problem
 
 # --- the step's own fields -------------------------------------------------------------------
 STEP_FIELDS = (

@@ -11,15 +11,20 @@ from typing import Any
 from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
-from dashboard import editor_fields as fields
-from dashboard import editor_forms as forms
-from dashboard import editor_palette as palettes
-from dashboard import editor_variables as variables
 from dashboard.access import role_required
-from dashboard.editor_requests import node_index, posted_definition, with_trigger, workflow_for
-from workflows.models import Workflow
-from workflows.services import drafts
-from workflows.services.definitions import manual_event_type
+from dashboard.editor import fields as fields
+from dashboard.editor import forms as forms
+from dashboard.editor import palette as palettes
+from dashboard.editor import variables as variables
+from dashboard.editor.request_context import (
+    node_index,
+    posted_definition,
+    with_trigger,
+    workflow_for,
+)
+from workflows.authoring import drafts
+from workflows.authoring.definitions import manual_event_type
+from workflows.catalog.models import Workflow
 from workflows.steps import registry
 
 

@@ -10,7 +10,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from dashboard.access import role_required
-from dashboard.editor_requests import (
+from dashboard.editor.request_context import (
     base_revision_of,
     client_of,
     conflict_panel,
@@ -19,9 +19,9 @@ from dashboard.editor_requests import (
     username,
     workflow_for,
 )
-from workflows.definition import InvalidDefinition, Problem
-from workflows.models import Workflow, WorkflowVersion
-from workflows.services import drafts
+from workflows.authoring import drafts
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.core.definition import InvalidDefinition, Problem
 
 
 # --- versions, diff, restore ---------------------------------------------------------------

@@ -30,10 +30,10 @@ from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
-from dashboard import editor_palette as palettes
 from dashboard.access import role_required
-from dashboard.editor_code_views import code, export, import_file, import_upload
-from dashboard.editor_node_views import (
+from dashboard.editor import palette as palettes
+from dashboard.editor.code_views import code, export, import_file, import_upload
+from dashboard.editor.node_views import (
     check,
     settings_apply,
     settings_panel,
@@ -42,17 +42,23 @@ from dashboard.editor_node_views import (
     trigger_apply,
     trigger_panel,
 )
-from dashboard.editor_requests import MAX_DEFINITION_BYTES, draft_state, username, workflow_for
-from dashboard.editor_run_views import run_step, runs, try_it
-from dashboard.editor_version_views import diff, publish, restore, versions
+from dashboard.editor.request_context import (
+    MAX_DEFINITION_BYTES,
+    draft_state,
+    username,
+    workflow_for,
+)
+from dashboard.editor.run_views import run_step, runs, try_it
+from dashboard.editor.version_views import diff, publish, restore, versions
+from workflows.access.roles import role_of
 from workflows.api.bodies import BodyTooLarge, read_limited
 from workflows.api.problems import problem as problem_details
-from workflows.definition import InvalidDefinition
-from workflows.definition_files import UnreadableDefinition
+from workflows.authoring import drafts
+from workflows.authoring.definition_files import UnreadableDefinition
+from workflows.catalog.models import Workflow
+from workflows.core.definition import InvalidDefinition
 from workflows.events.envelope import InvalidEvent, loads_json
-from workflows.models import EventType, Webhook, Workflow
-from workflows.roles import role_of
-from workflows.services import drafts
+from workflows.events.models import EventType, Webhook
 
 
 # --- pages ---------------------------------------------------------------------------------

@@ -20,20 +20,19 @@ from channels.db import database_sync_to_async
 from django.db import connections
 from django.template.loader import render_to_string
 
-from dashboard import flow_map, metrics
-from dashboard.live_hub import Hub, hub, unpacked  # noqa: F401 - imported from here by callers
-from dashboard.live_socket import (
-    CLOSE_FORBIDDEN,
-    CLOSE_NOT_FOUND,
-    PushConsumer,
-)
-from dashboard.run_list_frames import RunRows, page_rows
-from workflows import dashboard_selectors as ds
-from workflows import event_selectors as store
-from workflows import notify
-from workflows.models import Event, Run, TriggerSubscription
-from workflows.roles import has_role
-from workflows.selectors import SHADOW
+from dashboard import metrics
+from dashboard.live import flow_map
+from dashboard.live.hub import Hub, hub, unpacked  # noqa: F401 - imported from here by callers
+from dashboard.live.run_list_frames import RunRows, page_rows
+from dashboard.live.socket import CLOSE_NOT_FOUND, PushConsumer
+from workflows.access.roles import has_role
+from workflows.catalog.models import TriggerSubscription
+from workflows.events.models import Event
+from workflows.live import notify
+from workflows.queries import dashboard as ds
+from workflows.queries import events as store
+from workflows.queries.runs import SHADOW
+from workflows.runs.models import Run
 
 
 # --- runs ---------------------------------------------------------------------------------------
@@ -370,7 +369,7 @@ def flow_status_html(consumer: FlowConsumer, *, paused: bool, folded: int = 0) -
 # --- the flow map --------------------------------------------------------------------------------
 # The map is pushed like every live page, over its own socket so that one render serves every
 # page of the same visibility (the event rows are rendered per page, by their filters). It is
-# read from Redis counters (workflows/flow_counters.py), so a render costs one pipelined read
+# read from Redis counters (workflows/infra/flow_counters.py), so a render costs one pipelined read
 # of a few hashes, never a scan of events or runs; at most one render per FLOW_MAP_INTERVAL
 # while events arrive, and one every FLOW_MAP_REFRESH without them, so that the rates fall
 # as the window slides past the last traffic.

@@ -29,12 +29,12 @@ from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from channels.sessions import InstanceSessionWrapper
 
-from dashboard import push_timing
-from dashboard.frame_writer import encoded
-from workflows import notify
+from dashboard.live import push_timing
+from dashboard.live.frame_writer import encoded
+from workflows.live import notify
 
 if TYPE_CHECKING:
-    from dashboard.live_socket import PushConsumer
+    from dashboard.live.socket import PushConsumer
 
 log = logging.getLogger("signalbox.live")
 

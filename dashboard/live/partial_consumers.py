@@ -73,7 +73,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
 # The run list and run detail sockets live in live_consumers.py (filters, team permissions,
 # one shared render per process, acknowledged frames); importable from here as before.
-from dashboard.live_consumers import RunDetailConsumer, RunListConsumer  # noqa: E402
+from dashboard.live.consumers import RunDetailConsumer, RunListConsumer  # noqa: E402
 
 __all__ = ["LiveConsumer", "RunDetailConsumer", "RunListConsumer"]
 

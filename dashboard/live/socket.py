@@ -32,11 +32,11 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from dashboard import push_timing
-from dashboard.frame_writer import direct_writer
-from dashboard.live_hub import frame_sender, hub
-from workflows import dashboard_selectors as ds
-from workflows.roles import has_role
+from dashboard.live import push_timing
+from dashboard.live.frame_writer import direct_writer
+from dashboard.live.hub import frame_sender, hub
+from workflows.access.roles import has_role
+from workflows.queries import dashboard as ds
 
 log = logging.getLogger("signalbox.live")
 

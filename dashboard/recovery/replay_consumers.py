@@ -11,11 +11,11 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 from django.template.loader import render_to_string
 
-from dashboard.live_consumers import CLOSE_NOT_FOUND, PushConsumer
-from workflows import notify
-from workflows import replay_selectors as recovery
-from workflows.models import ReplayBatch
-from workflows.roles import has_role
+from dashboard.live.consumers import CLOSE_NOT_FOUND, PushConsumer
+from workflows.access.roles import has_role
+from workflows.live import notify
+from workflows.recovery import selectors as recovery
+from workflows.recovery.models import ReplayBatch
 
 
 class ReplayBatchConsumer(PushConsumer):
@@ -59,7 +59,7 @@ class ReplayBatchConsumer(PushConsumer):
 def render_batch_progress(
     batch_id: int, *, can_operate: bool = False
 ) -> tuple[str, frozenset[int]]:
-    from dashboard.replay_views import batch_context
+    from dashboard.recovery.replay_views import batch_context
 
     batch = recovery.batch(batch_id)
     if batch is None:

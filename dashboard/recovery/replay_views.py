@@ -21,17 +21,18 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from dashboard.access import role_required
-from dashboard.recovery_access import batch_or_404, can_operate, go, require_operator, run_or_404
-from workflows import dashboard_selectors as ds
-from workflows import replay_selectors as recovery
-from workflows.event_selectors import _parse_time
-from workflows.models import Run, Workflow
-from workflows.services import audit
-from workflows.services import replay as replays
-from workflows.services.definitions import definition_for
-from workflows.services.redrive import EventSelection, RedriveError, redrive_events
-from workflows.services.run_control import cancel_run
-from workflows.states import TERMINAL_RUN
+from dashboard.recovery.access import batch_or_404, can_operate, go, require_operator, run_or_404
+from workflows.access import audit
+from workflows.authoring.definitions import definition_for
+from workflows.catalog.models import Workflow
+from workflows.core.states import TERMINAL_RUN
+from workflows.queries import dashboard as ds
+from workflows.queries.events import _parse_time
+from workflows.recovery import replay as replays
+from workflows.recovery import selectors as recovery
+from workflows.recovery.redrive import EventSelection, RedriveError, redrive_events
+from workflows.runs.control import cancel_run
+from workflows.runs.models import Run
 
 
 # --- the recovery panel on the run page ----------------------------------------------------------

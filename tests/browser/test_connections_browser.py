@@ -7,7 +7,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.helpers import log_in
-from workflows.models import Connection
+from workflows.events.models import Connection
 
 
 @pytest.mark.browser

@@ -27,7 +27,7 @@ def edge(page: Page, source: str, target: str):
 def test_the_flow_map_shows_live_edges_and_a_click_filters_the_table(viewer_page: Page, api):
     from django.contrib.auth.models import Group
 
-    from workflows.models import Workflow
+    from workflows.catalog.models import Workflow
 
     page = viewer_page
     tag = uuid.uuid4().hex[:8]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workflows.models import AuditEntry
+from workflows.access.models import AuditEntry
 
 # The actions recovery writes; the audit page offers them as filters.
 ACTIONS = (

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import redis
 from django.conf import settings
 
-from workflows import redis_client
+from workflows.infra import redis_client
 
 log = logging.getLogger("signalbox.login")
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from django.db import transaction
 
-from workflows import crypto
-from workflows.models import Secret, Webhook
-from workflows.secret_places import encodings
-from workflows.services import audit
+from workflows.access import audit
+from workflows.access.models import Secret
+from workflows.core.secret_places import encodings
+from workflows.infra import crypto
 
 log = logging.getLogger("signalbox.secrets")
 MASK = "••••••"

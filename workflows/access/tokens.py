@@ -11,8 +11,8 @@ from datetime import timedelta
 from django.contrib.auth.models import Group
 from django.utils import timezone
 
-from workflows.models import ApiToken
-from workflows.services import audit
+from workflows.access import audit
+from workflows.access.models import ApiToken
 
 TOKEN_PREFIX = "sbx_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)

@@ -10,11 +10,12 @@ import functools
 
 from django.views.decorators.csrf import csrf_exempt
 
-from workflows import roles
+from workflows.access import roles
+from workflows.access.tokens import authenticate_token
 from workflows.api.problems import problem
-from workflows.models import Run, Workflow
-from workflows.services.tokens import authenticate_token
-from workflows.visibility import hidden_for_team
+from workflows.catalog.models import Workflow
+from workflows.catalog.visibility import hidden_for_team
+from workflows.runs.models import Run
 
 
 def token_required(role: str = "viewer"):

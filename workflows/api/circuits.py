@@ -6,9 +6,9 @@ import redis
 from django.http import JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from workflows import circuit
 from workflows.api.auth import token_required
 from workflows.api.problems import problem
+from workflows.infra import circuit
 
 
 def _unavailable(exc: redis.RedisError):

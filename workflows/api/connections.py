@@ -8,14 +8,14 @@ from django.db import IntegrityError
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from workflows import roles
+from workflows.access import roles
 from workflows.api.auth import token_required
 from workflows.api.bodies import BodyTooLarge, media_type, read_limited, storable
 from workflows.api.problems import problem
+from workflows.events import connections as service
 from workflows.events.connectors.base import InvalidConnection
 from workflows.events.envelope import InvalidEvent, loads_json
-from workflows.models import Connection
-from workflows.services import connections as service
+from workflows.events.models import Connection
 
 MAX_BODY_BYTES = 64 * 1024
 

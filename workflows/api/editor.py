@@ -32,13 +32,18 @@ from django.views.decorators.http import require_http_methods
 from workflows.api.auth import hides_slug, token_required, visible_workflow
 from workflows.api.bodies import UNSTORABLE_TEXT, BodyTooLarge, media_type, read_limited, storable
 from workflows.api.problems import problem
-from workflows.definition import InvalidDefinition
-from workflows.definition_files import YAML_TYPES, UnreadableDefinition, load_definition_text
+from workflows.authoring import drafts
+from workflows.authoring.definition_files import (
+    YAML_TYPES,
+    UnreadableDefinition,
+    load_definition_text,
+)
+from workflows.authoring.definitions import publish_workflow
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.core.definition import InvalidDefinition
 from workflows.events.envelope import InvalidEvent, loads_json
-from workflows.models import Event, Workflow, WorkflowVersion
-from workflows.services import drafts
-from workflows.services.definitions import publish_workflow
-from workflows.services.schemas import SchemaViolation
+from workflows.events.models import Event
+from workflows.events.schemas import SchemaViolation
 
 MAX_DEFINITION_BYTES = 1024 * 1024
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from django.http import JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from workflows import event_selectors as store
 from workflows.api.auth import token_required
 from workflows.api.problems import problem
+from workflows.queries import events as store
 
 
 @require_http_methods(["GET"])

@@ -8,11 +8,11 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from workflows import notify, tracing
 from workflows.api.auth import token_required
 from workflows.api.bodies import BodyTooLarge, media_type, read_limited
 from workflows.api.problems import problem, problem_body
 from workflows.events import bus, rate_limit
+from workflows.events import intake as event_intake
 from workflows.events.envelope import (
     Envelope,
     InvalidEvent,
@@ -21,7 +21,8 @@ from workflows.events.envelope import (
     from_structured,
     loads_json,
 )
-from workflows.services import event_intake
+from workflows.infra import tracing
+from workflows.live import notify
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"

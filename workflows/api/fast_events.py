@@ -27,7 +27,8 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http.request import split_domain_port, validate_host
 
-from workflows import counters, roles, tracing
+from workflows.access import roles
+from workflows.access.tokens import cached_identity, identify
 from workflows.api.events import (
     BATCH,
     STRUCTURED,
@@ -38,11 +39,11 @@ from workflows.api.events import (
     rate_limited,
 )
 from workflows.api.problems import problem_body
+from workflows.events import intake as event_intake
 from workflows.events import rate_limit
 from workflows.events.envelope import InvalidEvent
 from workflows.events.group_commit import committer
-from workflows.services import event_intake
-from workflows.services.tokens import cached_identity, identify
+from workflows.infra import counters, tracing
 
 log = logging.getLogger("signalbox.ingest")
 

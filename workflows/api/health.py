@@ -8,8 +8,8 @@ from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
 
-from workflows.heartbeat import last_beat
-from workflows.redis_client import client
+from workflows.infra.heartbeat import last_beat
+from workflows.infra.redis_client import client
 
 
 def healthz(request):

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from workflows.api.auth import token_required
 from workflows.api.problems import problem
-from workflows.prometheus import SignalboxCollector
+from workflows.operations.prometheus import SignalboxCollector
 
 registry = CollectorRegistry(auto_describe=False)
 registry.register(SignalboxCollector())

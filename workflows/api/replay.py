@@ -32,18 +32,19 @@ from typing import Any
 from django.http import JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from workflows import replay_selectors as recovery
-from workflows import roles, selectors
+from workflows.access import roles
 from workflows.api.auth import hides, hides_run, hides_slug, shown_runs, token_required
 from workflows.api.bodies import UNSTORABLE_TEXT, BodyTooLarge, read_limited, storable
 from workflows.api.pagination import InvalidPage, page_params
 from workflows.api.problems import problem
 from workflows.events.envelope import InvalidEvent, loads_json
-from workflows.models import Run
-from workflows.services import dead_letters as dlq
-from workflows.services import replay as replays
-from workflows.services.dead_letter_preview import preview_redrive
-from workflows.services.redrive import EventSelection, RedriveError, redrive_events
+from workflows.queries import runs as selectors
+from workflows.recovery import dead_letters as dlq
+from workflows.recovery import replay as replays
+from workflows.recovery import selectors as recovery
+from workflows.recovery.dead_letter_preview import preview_redrive
+from workflows.recovery.redrive import EventSelection, RedriveError, redrive_events
+from workflows.runs.models import Run
 
 MAX_BODY_BYTES = 1024 * 1024
 TRUE = ("1", "true", "yes", "on")
@@ -421,7 +422,7 @@ def redrive(request):
 
 
 def _event_selection(body: dict) -> EventSelection:
-    from workflows.event_selectors import _parse_time
+    from workflows.queries.events import _parse_time
 
     values: dict[str, Any] = {
         "type": str(body.get("type") or ""),

@@ -19,19 +19,20 @@ from django.http import HttpResponse, JsonResponse
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from workflows import roles, schema_selectors
+from workflows.access import roles
 from workflows.api.auth import token_required
 from workflows.api.bodies import BodyTooLarge, media_type, read_limited
 from workflows.api.problems import problem
 from workflows.events.compatibility import InvalidSchema
 from workflows.events.envelope import InvalidEvent, loads_json
-from workflows.models import EventSchema, EventType
-from workflows.services.schemas import (
+from workflows.events.models import EventSchema, EventType
+from workflows.events.schemas import (
     IncompatibleSchema,
     InvalidEventType,
     register_event_type,
     register_schema,
 )
+from workflows.queries import schemas as schema_selectors
 
 MAX_SCHEMA_BYTES = 256 * 1024
 SCHEMA_JSON = "application/schema+json"

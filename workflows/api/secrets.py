@@ -18,11 +18,11 @@ import json
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
+from workflows.access import secrets as secret_service
+from workflows.access.models import Secret
 from workflows.api.auth import token_required
 from workflows.api.bodies import BodyTooLarge, read_limited
 from workflows.api.problems import problem
-from workflows.models import Secret
-from workflows.services import secrets as secret_service
 
 MAX_BODY_BYTES = secret_service.MAX_VALUE_CHARS * 4 + 1024  # a value may be multi-byte
 

@@ -14,10 +14,11 @@ from workflows.api.auth import token_required
 from workflows.api.bodies import BodyTooLarge, read_limited
 from workflows.api.problems import problem
 from workflows.events.envelope import InvalidEvent, loads_json
+from workflows.events.models import Webhook
 from workflows.events.push_formats import FetchFailed
-from workflows.models import Webhook
-from workflows.services.schemas import SchemaViolation
-from workflows.services.webhooks import (
+from workflows.events.schemas import SchemaViolation
+from workflows.events.webhook_auth import SignatureError
+from workflows.events.webhooks import (
     InvalidWebhook,
     UnknownWebhook,
     UnreadableBody,
@@ -30,7 +31,6 @@ from workflows.services.webhooks import (
     webhook_as_json,
     webhook_handshake,
 )
-from workflows.webhooks import SignatureError
 
 log = logging.getLogger("signalbox.webhooks")
 

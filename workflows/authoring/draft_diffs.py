@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workflows.definition import LAYOUT_KEYS
+from workflows.core.definition import LAYOUT_KEYS
 
 # --- diff ----------------------------------------------------------------------------------
 STEP_FIELDS = ("kind", "name", "join", "timeout_seconds", "retry")

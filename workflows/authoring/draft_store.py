@@ -13,14 +13,14 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from workflows import notify
-from workflows.definition import InvalidDefinition, Problem
-from workflows.models import Workflow, WorkflowVersion
-from workflows.roles import has_role, role_of
-from workflows.services import audit
-from workflows.services.definition_parsing import parse_definition
-from workflows.services.preflight import preflight
-from workflows.services.publishing import publish_workflow
+from workflows.access import audit
+from workflows.access.roles import has_role, role_of
+from workflows.authoring.preflight import preflight
+from workflows.authoring.publishing import publish_workflow
+from workflows.catalog.definition_parsing import parse_definition
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.core.definition import InvalidDefinition, Problem
+from workflows.live import notify
 from workflows.steps import registry
 
 SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")

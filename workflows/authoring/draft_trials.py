@@ -10,16 +10,18 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from workflows import engine
-from workflows.event_selectors import visible_events
+from workflows.access import audit
+from workflows.authoring.draft_store import MAX_NOTE, RECENT_SAMPLES, TRY_CHANNEL, save_draft
+from workflows.authoring.publishing import manual_event_type, schedule_event_type
+from workflows.catalog.definition_parsing import parse_definition
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.core import engine
 from workflows.events.envelope import path_segment, validate
-from workflows.models import Event, Run, Webhook, Workflow, WorkflowVersion
-from workflows.services import audit
-from workflows.services.definition_parsing import parse_definition
-from workflows.services.draft_store import MAX_NOTE, RECENT_SAMPLES, TRY_CHANNEL, save_draft
-from workflows.services.event_intake import ingest_event
-from workflows.services.publishing import manual_event_type, schedule_event_type
-from workflows.services.runs import advance_locked, journal
+from workflows.events.intake import ingest_event
+from workflows.events.models import Event, Webhook
+from workflows.queries.events import visible_events
+from workflows.runs.advance import advance_locked, journal
+from workflows.runs.models import Run
 
 
 # --- trying a draft ------------------------------------------------------------------------

@@ -19,16 +19,15 @@ The work is split by concern, every public name importable from here as before: 
 
 from __future__ import annotations
 
-from workflows.definition import InvalidDefinition
-from workflows.definition_files import UnreadableDefinition
-from workflows.services.draft_diffs import (
+from workflows.authoring.definition_files import UnreadableDefinition
+from workflows.authoring.draft_diffs import (
     STEP_FIELDS,
     WORKFLOW_FIELDS,
     describe_trigger,
     diff_definitions,
 )
-from workflows.services.draft_files import ImportResult, export_definition, import_definition
-from workflows.services.draft_store import (
+from workflows.authoring.draft_files import ImportResult, export_definition, import_definition
+from workflows.authoring.draft_store import (
     MAX_NOTE,
     RECENT_SAMPLES,
     SLUG,
@@ -50,7 +49,8 @@ from workflows.services.draft_store import (
     restore_version,
     save_draft,
 )
-from workflows.services.draft_trials import recent_samples, trigger_event_types, try_draft
+from workflows.authoring.draft_trials import recent_samples, trigger_event_types, try_draft
+from workflows.core.definition import InvalidDefinition
 
 __all__ = [
     "MAX_NOTE",

@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from workflows.definition import Problem
-from workflows.expressions import TEMPLATE
-from workflows.outbound import Allowlist, is_public
+from workflows.core.definition import Problem
+from workflows.core.expressions import TEMPLATE
+from workflows.infra.outbound import Allowlist, is_public
 from workflows.steps import registry
 
 __all__ = ["OUTPUT_FIELDS", "outbound_problems", "preflight", "reference_problems"]

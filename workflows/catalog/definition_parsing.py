@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from workflows import definition as definition_format
-from workflows import expressions
-from workflows.models import WorkflowVersion
+from workflows.catalog.models import WorkflowVersion
+from workflows.core import definition as definition_format
+from workflows.core import expressions
 from workflows.steps import registry
 
 

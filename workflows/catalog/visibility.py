@@ -5,8 +5,8 @@ API's authorization and the selectors that filter by it.
 
 from __future__ import annotations
 
-from workflows.models import Workflow
-from workflows.roles import has_role
+from workflows.access.roles import has_role
+from workflows.catalog.models import Workflow
 
 
 # --- who sees what -------------------------------------------------------------------------

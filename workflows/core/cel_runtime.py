@@ -28,7 +28,7 @@ import re2
 from celpy import celtypes
 from celpy.evaluation import CELEvalError, Evaluator, NameContainer
 
-from workflows.cel_values import kind, plural
+from workflows.core.cel_values import kind, plural
 
 MAX_STRING_BYTES = 1024 * 1024  # any intermediate string or bytes value
 MAX_LIST_ITEMS = 100_000  # any intermediate list built by `+`

@@ -15,7 +15,7 @@ from typing import Any
 
 import jsonschema
 
-from workflows.secret_places import mentions_secrets, misplaced_secrets
+from workflows.core.secret_places import mentions_secrets, misplaced_secrets
 
 FORMAT_SCHEMA: dict[str, Any] = json.loads(
     (Path(__file__).parents[1] / "schemas" / "workflow-definition.schema.json").read_text()

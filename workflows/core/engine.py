@@ -17,8 +17,8 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from workflows.definition import FAILURE, Definition, Edge, RetryPolicy
-from workflows.states import ACTIVE_STEP, TERMINAL_RUN, RunStatus, StepStatus
+from workflows.core.definition import FAILURE, Definition, Edge, RetryPolicy
+from workflows.core.states import ACTIVE_STEP, TERMINAL_RUN, RunStatus, StepStatus
 
 DONE = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED})
 

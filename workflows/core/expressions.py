@@ -20,8 +20,8 @@ from typing import Any
 import celpy
 from celpy.evaluation import CELEvalError
 
-from workflows import cel_runtime, cel_values
-from workflows.cel_runtime import MAX_LIST_ITEMS, MAX_STRING_BYTES  # noqa: F401 - documented limits
+from workflows.core import cel_runtime, cel_values
+from workflows.core.cel_runtime import MAX_LIST_ITEMS, MAX_STRING_BYTES  # noqa: F401 - documented limits
 
 MAX_EXPRESSION_CHARS = 2000
 MAX_OUTPUT_BYTES = 256 * 1024

@@ -14,7 +14,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from workflows.models import Event
+    from workflows.events.models import Event
 
 log = logging.getLogger("signalbox.producers")
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-from workflows.expressions import TEMPLATE
+from workflows.core.expressions import TEMPLATE
 
 # `secrets` used as a name in CEL (not `x.secrets`, not `my_secrets`). Over-approximates (the
 # word inside a string literal counts), never under: CEL cannot reach a variable unnamed.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import redis
 
 from workflows.events.envelope import Envelope
-from workflows.redis_client import client, key
+from workflows.infra.redis_client import client, key
 
 log = logging.getLogger("signalbox.demo")
 
@@ -104,8 +104,8 @@ def due(now: float, last: float | None) -> int:
 
 def tick(*, rng: random.Random | None = None, now: float | None = None) -> int:
     """Emit the demo events due since the last tick. Returns how many were sent."""
-    from workflows.services.events import ingest_event
-    from workflows.services.schemas import SchemaViolation
+    from workflows.events.schemas import SchemaViolation
+    from workflows.runs.matching import ingest_event
 
     if not state().on:
         return 0

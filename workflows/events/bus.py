@@ -18,9 +18,9 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from workflows.counters import count_published
-from workflows.models import Event
-from workflows.redis_client import client, key
+from workflows.events.models import Event
+from workflows.infra.counters import count_published
+from workflows.infra.redis_client import client, key
 
 log = logging.getLogger("signalbox.bus")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import redis
 from django.conf import settings
 
-from workflows.redis_client import key
+from workflows.infra.redis_client import key
 
 # KEYS[1]: the live consumers (sorted set, score = expiry in ms); KEYS[2..]: one lease per
 # partition, in partition order. ARGV: owner, lease ms, "release" to leave.

@@ -14,10 +14,11 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_slug
 from django.utils import timezone
 
+from workflows.access.models import Secret
+from workflows.access.secrets import secret_values
 from workflows.events.connectors.base import ConnectionConfig, InvalidConnection
 from workflows.events.connectors.registry import all_kinds
-from workflows.models import Connection, Secret
-from workflows.services.secrets import secret_values
+from workflows.events.models import Connection
 
 STATES = ("idle", "connecting", "connected", "reconnecting")
 # What the API and the command may set; the health fields are the runner's.

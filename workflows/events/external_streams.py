@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import DataError, InterfaceError, OperationalError, connections
 
 from workflows.events.envelope import Envelope, InvalidEvent, loads_json, validate
-from workflows.models import DeadLetter, StreamSource
+from workflows.events.models import DeadLetter, StreamSource
 
 log = logging.getLogger("signalbox.streams")
 
@@ -223,8 +223,8 @@ def quarantine(entry: Entry, *, reason: str, problems: list[dict] | None = None)
 def ingest_entry(entry: Entry) -> str:
     """Ingest one entry, or quarantine it. Returns "ingested", "duplicate" or "quarantined";
     raises OperationalError/InterfaceError when the database is down (do not acknowledge)."""
-    from workflows.services.event_intake import ingest_event
-    from workflows.services.schemas import SchemaViolation
+    from workflows.events.intake import ingest_event
+    from workflows.events.schemas import SchemaViolation
 
     if entry.undecodable:
         quarantine(

@@ -27,9 +27,9 @@ from concurrent.futures import Future
 
 from django.db import DatabaseError, connection, transaction
 
-from workflows import notify
 from workflows.events import bus
-from workflows.services import event_intake
+from workflows.events import intake as event_intake
+from workflows.live import notify
 
 log = logging.getLogger("signalbox.ingest")
 

@@ -28,12 +28,13 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from workflows import notify
+from workflows.access.models import ApiToken
+from workflows.core.lineage import correlation_extensions
 from workflows.events import bus
 from workflows.events.envelope import Envelope, check_storable
-from workflows.events.lineage import correlation_extensions
-from workflows.models import ApiToken, Event, EventType
-from workflows.services.schemas import SchemaCheck, SchemaViolation, check_event_data
+from workflows.events.models import Event, EventType
+from workflows.events.schemas import SchemaCheck, SchemaViolation, check_event_data
+from workflows.live import notify
 
 log = logging.getLogger("signalbox.ingest")
 

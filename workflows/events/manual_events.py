@@ -8,8 +8,8 @@ from typing import Any
 from django.utils import timezone
 
 from workflows.events.envelope import path_segment, validate
-from workflows.models import Event
-from workflows.services.event_intake import ingest_event
+from workflows.events.intake import ingest_event
+from workflows.events.models import Event
 
 MANUAL_CHANNEL = "manual"
 

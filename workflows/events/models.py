@@ -110,7 +110,7 @@ class Webhook(models.Model):
     slug = models.SlugField(max_length=100, unique=True)
     event_type = models.CharField(max_length=255)
     auth_mode = models.CharField(max_length=16, choices=AUTH_MODES, default="standard")
-    # The signing secret (or shared header value), encrypted at rest (workflows/crypto.py):
+    # The signing secret (or shared header value), encrypted at rest (workflows/infra/crypto.py):
     # HMAC verification needs the plaintext, so it cannot be a one-way hash.
     secret_encrypted = models.TextField()
     header_name = models.CharField(max_length=100, blank=True, default="X-Webhook-Secret")

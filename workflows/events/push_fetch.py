@@ -7,7 +7,7 @@ import httpx
 from django.conf import settings
 
 from workflows.events.push_formats import FetchFailed
-from workflows.outbound import OutboundRefused, guarded_client
+from workflows.infra.outbound import OutboundRefused, guarded_client
 
 TIMEOUT_SECONDS = 5.0
 MAX_BYTES = 256 * 1024

@@ -26,7 +26,7 @@ import redis
 import redis.asyncio
 from django.conf import settings
 
-from workflows.redis_client import client, key
+from workflows.infra.redis_client import client, key
 
 log = logging.getLogger("signalbox.ingest")
 

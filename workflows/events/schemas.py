@@ -15,7 +15,7 @@ from django.db import transaction
 
 from workflows.events.compatibility import MODES, Incompatibility, check_compatibility, check_schema
 from workflows.events.envelope import Envelope, SchemaViolation
-from workflows.models import EventSchema, EventType
+from workflows.events.models import EventSchema, EventType
 
 # A dataschema URI names a registry version by ending in /versions/<n>, e.g.
 # https://signalbox.example/api/v1/schemas/com.example.order.placed/versions/2

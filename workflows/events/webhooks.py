@@ -14,13 +14,13 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from workflows import crypto
-from workflows import webhooks as verification
 from workflows.events import push_formats
+from workflows.events import webhook_auth as verification
 from workflows.events.envelope import InvalidEvent, loads_json, validate
-from workflows.models import Event, Webhook
-from workflows.services.event_intake import ingest_event
-from workflows.services.push_fetch import fetch
+from workflows.events.intake import ingest_event
+from workflows.events.models import Event, Webhook
+from workflows.events.push_fetch import fetch
+from workflows.infra import crypto
 
 __all__ = [
     "InvalidWebhook",

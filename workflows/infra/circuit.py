@@ -29,7 +29,7 @@ import httpx
 import redis
 from django.conf import settings
 
-from workflows import redis_client
+from workflows.infra import redis_client
 
 log = logging.getLogger("signalbox.circuit")
 

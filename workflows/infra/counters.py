@@ -11,9 +11,12 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from workflows import flow_counters
-from workflows.models import Event
-from workflows.redis_client import key
+from workflows.infra import flow_counters
+
+if TYPE_CHECKING:
+    from workflows.events.models import Event
+
+from workflows.infra.redis_client import key
 
 EVENTS_KEY = ("metrics", "events")  # field: channel
 RUNS_KEY = ("metrics", "runs")  # field: workflow \t outcome
@@ -60,7 +63,7 @@ def ingest_result(status: int, *, lone: bool = True) -> str | None:
 def count_ingest(channel: str, result: str) -> None:
     """One ingest answer that stored nothing new; never fails its caller."""
     try:
-        from workflows.redis_client import client as redis_client
+        from workflows.infra.redis_client import client as redis_client
 
         redis_client().hincrby(key(*INGEST_KEY), f"{channel}\t{result}", 1)
     except redis.RedisError:

@@ -6,7 +6,7 @@ import time
 
 from django.conf import settings
 
-from workflows.redis_client import client, key
+from workflows.infra.redis_client import client, key
 
 
 def beat(component: str) -> None:

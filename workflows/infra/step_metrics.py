@@ -15,7 +15,7 @@ from collections import Counter
 
 import redis
 
-from workflows.redis_client import client, key
+from workflows.infra.redis_client import client, key
 
 HISTOGRAM_KEY = ("metrics", "step_seconds")  # field: kind \t outcome \t bucket|sum|count
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)

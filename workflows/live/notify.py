@@ -17,7 +17,7 @@ from channels import DEFAULT_CHANNEL_LAYER
 from channels.layers import channel_layers
 from django.db import transaction
 
-from workflows.events.lineage import emitting_workflow
+from workflows.core.lineage import emitting_workflow
 
 log = logging.getLogger("signalbox.notify")
 

@@ -17,7 +17,7 @@ from collections import Counter
 
 import redis
 
-from workflows.redis_client import client, key
+from workflows.infra.redis_client import client, key
 
 PROCESSES_KEY = ("metrics", "ws", "processes")  # set of process ids
 RENEW_SECONDS = 15.0

@@ -24,11 +24,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from workflows import circuit, gauges, heartbeat, socket_clients, step_metrics
-from workflows.counters import EVENTS_KEY, INGEST_KEY, RUNS_KEY
-from workflows.models import DeadLetter, Run, StepRun
-from workflows.redis_client import client, key
-from workflows.states import RunStatus, StepStatus
+from workflows.core.states import RunStatus, StepStatus
+from workflows.events.models import DeadLetter
+from workflows.infra import circuit, heartbeat, step_metrics
+from workflows.infra.counters import EVENTS_KEY, INGEST_KEY, RUNS_KEY
+from workflows.infra.redis_client import client, key
+from workflows.live import socket_clients
+from workflows.runs import gauges
+from workflows.runs.models import Run, StepRun
 
 COMPONENTS = ("bus-consumer", "scheduler")
 IN_FLIGHT_RUNS = (RunStatus.QUEUED, RunStatus.RUNNING)

@@ -20,7 +20,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
-from workflows import circuit, gauges, heartbeat, step_queues
+from workflows.infra import circuit, heartbeat
+from workflows.runs import gauges, step_queues
 
 INSPECT_TIMEOUT = 1.0
 COMPONENTS = ("scheduler", "bus-consumer")
@@ -94,7 +95,7 @@ def system(
 ) -> dict[str, Any]:
     """What the workers page shows; `workers` is an answer of celery_workers() already
     at hand (the page's cache), else the workers are asked."""
-    from workflows.services.connections import connection_health
+    from workflows.events.connections import connection_health
 
     workers, worker_error = workers if workers is not None else celery_workers(timeout)
     queue_names = list(
@@ -173,7 +174,7 @@ def _database() -> Check:
 
 
 def _redis() -> Check:
-    from workflows.redis_client import client
+    from workflows.infra.redis_client import client
 
     try:
         client().ping()
@@ -185,7 +186,7 @@ def _redis() -> Check:
 def _dead_letters() -> dict[str, int] | None:
     from django.db.models import Count
 
-    from workflows.models import DeadLetter
+    from workflows.events.models import DeadLetter
 
     try:
         rows = (

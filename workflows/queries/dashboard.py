@@ -6,7 +6,16 @@ run_view_selectors (one run's page) and lineage_selectors (an event's lineage).
 
 from __future__ import annotations
 
-from workflows.lineage_selectors import (
+from workflows.catalog.visibility import (
+    WORKFLOW_CHOICES,
+    can_see_workflow,
+    hidden_for_team,
+    hidden_slugs,
+    hidden_workflow_ids,
+    sees_every_workflow,
+    workflow_choices,
+)
+from workflows.queries.lineage import (
     LINEAGE_H,
     LINEAGE_W,
     RUN_EVENT_SOURCE,
@@ -16,7 +25,7 @@ from workflows.lineage_selectors import (
     lineage,
     lineage_root,
 )
-from workflows.run_graph import (
+from workflows.queries.run_graph import (
     GAP_X,
     GAP_Y,
     NODE_H,
@@ -33,7 +42,7 @@ from workflows.run_graph import (
     timeline,
     workflow_graph,
 )
-from workflows.run_list_selectors import (
+from workflows.queries.run_list import (
     CLOCK_SLACK,
     MATCHED_EVENTS,
     MAX_PAGE_SIZE,
@@ -50,16 +59,7 @@ from workflows.run_list_selectors import (
     run_page,
     runs_queryset,
 )
-from workflows.run_view_selectors import RunView, StepDetail, emitted_events, run_view
-from workflows.visibility import (
-    WORKFLOW_CHOICES,
-    can_see_workflow,
-    hidden_for_team,
-    hidden_slugs,
-    hidden_workflow_ids,
-    sees_every_workflow,
-    workflow_choices,
-)
+from workflows.queries.run_view import RunView, StepDetail, emitted_events, run_view
 
 __all__ = [
     "CLOCK_SLACK",

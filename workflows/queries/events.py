@@ -27,9 +27,11 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Substr
 from django.db.models.lookups import In
 
+from workflows.catalog.models import Workflow
 from workflows.events.envelope import to_structured
-from workflows.models import Event, Run, Workflow
-from workflows.services.producers import RUN_SOURCE, WORKFLOW_EXTENSION
+from workflows.events.models import Event
+from workflows.runs.models import Run
+from workflows.runs.producers import RUN_SOURCE, WORKFLOW_EXTENSION
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500

@@ -7,12 +7,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from workflows.event_selectors import visible_events
-from workflows.models import Event, Run
-from workflows.run_graph import STATE_COLOURS, curve, layered_positions
-from workflows.run_view_selectors import emitted_events
-from workflows.selectors import SHADOW
-from workflows.services.producers import RUN_EXTENSION
+from workflows.events.models import Event
+from workflows.queries.events import visible_events
+from workflows.queries.run_graph import STATE_COLOURS, curve, layered_positions
+from workflows.queries.run_view import emitted_events
+from workflows.queries.runs import SHADOW
+from workflows.runs.models import Run
+from workflows.runs.producers import RUN_EXTENSION
 
 
 # --- lineage -----------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from workflows.models import Run, StepRun
-from workflows.services.definition_parsing import definition_for
+from workflows.catalog.definition_parsing import definition_for
+from workflows.runs.models import Run, StepRun
 
 # --- one run ---------------------------------------------------------------------------------
 STATE_COLOURS = {

@@ -17,10 +17,12 @@ from urllib.parse import urlencode
 from django.db.models import Max, Min, Model, Q, TextField
 from django.db.models.functions import Cast
 
-from workflows.event_selectors import _parse_time
-from workflows.models import Event, Run, Workflow
-from workflows.selectors import SHADOW, TRY
-from workflows.states import RunStatus
+from workflows.catalog.models import Workflow
+from workflows.core.states import RunStatus
+from workflows.events.models import Event
+from workflows.queries.events import _parse_time
+from workflows.queries.runs import SHADOW, TRY
+from workflows.runs.models import Run
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200

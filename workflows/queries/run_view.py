@@ -10,12 +10,13 @@ from typing import Any
 
 from django.utils import timezone
 
-from workflows.models import Event, Run, RunJournal, StepRun
-from workflows.run_graph import Graph, Timeline, timeline, workflow_graph
-from workflows.run_list_selectors import RUN_EVENT_STATUSES
-from workflows.selectors import SHADOW
-from workflows.services.producers import RUN_SOURCE
-from workflows.services.secrets import mask, secret_values
+from workflows.access.secrets import mask, secret_values
+from workflows.events.models import Event
+from workflows.queries.run_graph import Graph, Timeline, timeline, workflow_graph
+from workflows.queries.run_list import RUN_EVENT_STATUSES
+from workflows.queries.runs import SHADOW
+from workflows.runs.models import Run, RunJournal, StepRun
+from workflows.runs.producers import RUN_SOURCE
 
 
 @dataclass

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.db.models import Prefetch, QuerySet
 
-from workflows.models import Run, StepRun, Workflow
+from workflows.catalog.models import Workflow
+from workflows.runs.models import Run, StepRun
 
 PAGE_SIZE = 50
 # A shadow run tries a draft on a recorded event: a finding of its batch, not work the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Count, Max
 
-from workflows.models import EventSchema, EventType
+from workflows.events.models import EventSchema, EventType
 
 
 def event_types() -> list[EventType]:

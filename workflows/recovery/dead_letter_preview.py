@@ -11,10 +11,11 @@ from collections.abc import Set
 from dataclasses import dataclass
 from typing import Any
 
+from workflows.catalog.models import Workflow
 from workflows.events.envelope import InvalidEvent, from_structured
-from workflows.models import DeadLetter, Event, Workflow
-from workflows.services.dead_letters import DeadLetterError, event_id_of
-from workflows.services.replay import FROM_FAILED, VERSION_ORIGINAL, ReplayError, plan_replay
+from workflows.events.models import DeadLetter, Event
+from workflows.recovery.dead_letters import DeadLetterError, event_id_of
+from workflows.recovery.replay import FROM_FAILED, VERSION_ORIGINAL, ReplayError, plan_replay
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,11 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from workflows.access import audit
+from workflows.catalog.models import Workflow
 from workflows.events.envelope import InvalidEvent, from_structured
-from workflows.models import DeadLetter, Event, Workflow
-from workflows.services import audit
-from workflows.services.replay import (
+from workflows.events.models import DeadLetter, Event
+from workflows.recovery.replay import (
     FROM_FAILED,
     UNCHANGED,
     VERSION_ORIGINAL,
@@ -228,7 +229,7 @@ def _redrive(
         return _deliver_past_guard(letter, payload, actor=actor, reason=reason)
     event_id = letter.event_id or payload.get("event_id")
     if event_id:
-        from workflows.services.events import match_event
+        from workflows.runs.matching import match_event
 
         event_id = event_id_of(event_id)
 
@@ -265,7 +266,7 @@ def _ingest(cloudevent: dict, *, channel: str) -> tuple[str, list[int], int | No
 
 def _ingest_stream_entry(payload: dict) -> tuple[str, list[int], int | None]:
     from workflows.events.external_streams import envelope_from_fields
-    from workflows.models import StreamSource
+    from workflows.events.models import StreamSource
 
     source = StreamSource.objects.filter(name=payload.get("source", "")).first()
     return _ingest_envelope(
@@ -282,8 +283,8 @@ def _ingest_stream_entry(payload: dict) -> tuple[str, list[int], int | None]:
 
 def _ingest_envelope(build, *, channel: str, invalid: str) -> tuple[str, list[int], int | None]:
     """Ingest what a dead letter held, as new; still-bad input stays in the queue (400)."""
-    from workflows.services.event_intake import ingest_event
-    from workflows.services.schemas import SchemaViolation
+    from workflows.events.intake import ingest_event
+    from workflows.events.schemas import SchemaViolation
 
     try:
         event, created = ingest_event(envelope=build(), channel=channel)
@@ -300,7 +301,7 @@ def _ingest_envelope(build, *, channel: str, invalid: str) -> tuple[str, list[in
 def _deliver_past_guard(
     letter: DeadLetter, payload: dict, *, actor: str, reason: str
 ) -> tuple[str, list[int], int | None]:
-    from workflows.services.redrive import deliver
+    from workflows.recovery.redrive import deliver
 
     runs = []
     for slug in payload.get("workflows", []):

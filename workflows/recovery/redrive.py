@@ -16,11 +16,13 @@ from typing import Any
 
 from django.db import transaction
 
-from workflows.event_selectors import visible_events
-from workflows.models import Event, Run, Workflow, WorkflowVersion
-from workflows.services import audit
-from workflows.services.events import trigger_accepts
-from workflows.services.run_control import admit
+from workflows.access import audit
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.events.models import Event
+from workflows.queries.events import visible_events
+from workflows.runs.control import admit
+from workflows.runs.matching import trigger_accepts
+from workflows.runs.models import Run
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -152,7 +154,7 @@ def deliver(*, event: Event, workflow: Workflow, version: WorkflowVersion) -> Ru
         partition_key=str((event.extensions or {}).get("partitionkey") or event.subject or ""),
     )
     if not admit(run):
-        from workflows import notify
+        from workflows.live import notify
 
         notify.run_changed(
             run_id=run.pk, seq=run.seq, workflow_slug=workflow.slug, status=run.status

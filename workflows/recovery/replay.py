@@ -26,7 +26,7 @@ draft answered from the original's recorded side effects, see side_effects), rep
 
 from __future__ import annotations
 
-from workflows.services.replay_batches import (
+from workflows.recovery.replay_batches import (
     BulkCheck,
     cancel_batch,
     check_bulk_replay,
@@ -38,7 +38,7 @@ from workflows.services.replay_batches import (
     start_bulk_replay,
     start_shadow,
 )
-from workflows.services.replay_comparison import (
+from workflows.recovery.replay_comparison import (
     MAX_CHANGES,
     Change,
     StepComparison,
@@ -47,7 +47,7 @@ from workflows.services.replay_comparison import (
     json_diff,
     shadow_summary,
 )
-from workflows.services.replay_plans import (
+from workflows.recovery.replay_plans import (
     DEFAULT_PER_SECOND,
     FROM_FAILED,
     FROM_START,
@@ -68,13 +68,13 @@ from workflows.services.replay_plans import (
     resolve_version,
     version_choices,
 )
-from workflows.services.replay_runs import (
+from workflows.recovery.replay_runs import (
     original_input,
     replay_run,
     snapshot_draft,
     start_shadow_run,
 )
-from workflows.services.side_effects import EFFECTFUL_CONTROL_KINDS, recorded_result, side_effecting
+from workflows.runs.side_effects import EFFECTFUL_CONTROL_KINDS, recorded_result, side_effecting
 
 __all__ = [
     "DEFAULT_PER_SECOND",

@@ -17,10 +17,12 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from workflows import notify, task_queue
-from workflows.models import ReplayBatch, Run, RunJournal, Workflow, WorkflowVersion
-from workflows.services import audit
-from workflows.services.replay_plans import (
+from workflows.access import audit
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.core.states import TERMINAL_RUN
+from workflows.live import notify
+from workflows.recovery.models import ReplayBatch
+from workflows.recovery.replay_plans import (
     DEFAULT_PER_SECOND,
     FROM_FAILED,
     MAX_BATCH,
@@ -31,8 +33,9 @@ from workflows.services.replay_plans import (
     ReplayError,
     plan_replay,
 )
-from workflows.services.replay_runs import replay_run, snapshot_draft, start_shadow_run
-from workflows.states import TERMINAL_RUN
+from workflows.recovery.replay_runs import replay_run, snapshot_draft, start_shadow_run
+from workflows.runs import task_queue
+from workflows.runs.models import Run, RunJournal
 
 log = logging.getLogger("signalbox.replay")
 

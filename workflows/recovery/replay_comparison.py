@@ -7,10 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from workflows.models import ReplayBatch, Run, StepRun
-from workflows.services.definition_parsing import definition_for
-from workflows.services.replay_plans import latest_attempts
-from workflows.states import TERMINAL_RUN
+from workflows.catalog.definition_parsing import definition_for
+from workflows.core.states import TERMINAL_RUN
+from workflows.recovery.models import ReplayBatch
+from workflows.recovery.replay_plans import latest_attempts
+from workflows.runs.models import Run, StepRun
 
 MAX_CHANGES = 50
 

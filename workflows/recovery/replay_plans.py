@@ -9,12 +9,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from workflows.definition import Definition
-from workflows.models import Run, StepRun, Workflow, WorkflowVersion
-from workflows.services.definition_parsing import definition_for
-from workflows.services.item_checkpoints import StepItemCheckpoints, inherited_runs
-from workflows.services.side_effects import side_effecting
-from workflows.states import TERMINAL_RUN, RunStatus, StepStatus
+from workflows.catalog.definition_parsing import definition_for
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.core.definition import Definition
+from workflows.core.states import TERMINAL_RUN, RunStatus, StepStatus
+from workflows.runs.item_checkpoints import StepItemCheckpoints, inherited_runs
+from workflows.runs.models import Run, StepRun
+from workflows.runs.side_effects import side_effecting
 
 FROM_FAILED = "failed"
 FROM_START = "start"

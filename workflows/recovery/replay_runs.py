@@ -9,21 +9,25 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from workflows import engine, notify, tracing
-from workflows.definition import InvalidDefinition
-from workflows.models import DeadLetter, Run, StepRun, Workflow, WorkflowVersion
-from workflows.services import audit
-from workflows.services.definition_parsing import parse_definition
-from workflows.services.replay_plans import (
+from workflows.access import audit
+from workflows.catalog.definition_parsing import parse_definition
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.core import engine
+from workflows.core.definition import InvalidDefinition
+from workflows.core.states import StepStatus
+from workflows.events.models import DeadLetter
+from workflows.infra import tracing
+from workflows.live import notify
+from workflows.recovery.replay_plans import (
     FROM_FAILED,
     UNCHANGED,
     VERSION_ORIGINAL,
     ReplayError,
     plan_replay,
 )
-from workflows.services.run_control import admit
-from workflows.services.runs import advance_locked, idempotency_key, journal
-from workflows.states import StepStatus
+from workflows.runs.advance import advance_locked, idempotency_key, journal
+from workflows.runs.control import admit
+from workflows.runs.models import Run, StepRun
 
 
 # --- doing it ----------------------------------------------------------------------------------

@@ -10,10 +10,13 @@ from typing import Any
 from django.db import connection
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from workflows.event_selectors import _parse_time, hidden_events
-from workflows.models import AuditEntry, DeadLetter, ReplayBatch, Run
-from workflows.services.producers import WORKFLOW_EXTENSION
-from workflows.visibility import hidden_slugs
+from workflows.access.models import AuditEntry
+from workflows.catalog.visibility import hidden_slugs
+from workflows.events.models import DeadLetter
+from workflows.queries.events import _parse_time, hidden_events
+from workflows.recovery.models import ReplayBatch
+from workflows.runs.models import Run
+from workflows.runs.producers import WORKFLOW_EXTENSION
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500

@@ -18,12 +18,15 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from workflows import engine, notify, task_queue
-from workflows.models import DeadLetter, EventWaiter, Run, RunJournal, StepRun
-from workflows.services.definition_parsing import definition_for
-from workflows.services.producers import emit_run_events, store_run_events
-from workflows.services.transitions import move_step
-from workflows.states import TERMINAL_RUN, RunStatus, StepStatus, check_run_move
+from workflows.catalog.definition_parsing import definition_for
+from workflows.core import engine
+from workflows.core.states import TERMINAL_RUN, RunStatus, StepStatus, check_run_move
+from workflows.events.models import DeadLetter
+from workflows.live import notify
+from workflows.runs import task_queue
+from workflows.runs.models import EventWaiter, Run, RunJournal, StepRun
+from workflows.runs.producers import emit_run_events, store_run_events
+from workflows.runs.transitions import move_step
 
 log = logging.getLogger("signalbox.runs")
 # The timers below are the scheduler's sweeps' (workflows/runs/sweeps.py), kept here where tests
@@ -343,7 +346,7 @@ def _schedule_step(
 
 
 def enqueue_on_commit(step_run_id: int, kind: str | None = None) -> None:
-    from workflows import step_queues
+    from workflows.runs import step_queues
 
     # robust: if Redis is down the row stays queued and the scheduler enqueues it again.
     transaction.on_commit(lambda: step_queues.send(step_run_id, kind), robust=True)

@@ -6,13 +6,14 @@ import logging
 
 from django.db import transaction
 
-from workflows import engine
-from workflows.models import Run, Workflow
-from workflows.services import audit
-from workflows.services.definition_parsing import definition_for
-from workflows.services.runs import Continuation, advance_locked, advance_run, journal, lock_run
-from workflows.services.waits import child_finished
-from workflows.states import TERMINAL_RUN, RunStatus
+from workflows.access import audit
+from workflows.catalog.definition_parsing import definition_for
+from workflows.catalog.models import Workflow
+from workflows.core import engine
+from workflows.core.states import TERMINAL_RUN, RunStatus
+from workflows.runs.advance import Continuation, advance_locked, advance_run, journal, lock_run
+from workflows.runs.models import Run
+from workflows.runs.waits import child_finished
 
 log = logging.getLogger("signalbox.runs")
 ADMIT_BATCH = 200

@@ -34,28 +34,29 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from workflows import engine, secret_places, step_metrics, tracing
-from workflows.cel_values import unstorable
-from workflows.definition import Step
+from workflows.access.secrets import mask, secret_values
+from workflows.catalog.definition_parsing import definition_for
+from workflows.core import engine, secret_places
+from workflows.core.cel_values import unstorable
+from workflows.core.definition import Step
+from workflows.core.expressions import MAX_RENDERED_BYTES, TEMPLATE, ExpressionError, render_value
+from workflows.core.states import RunStatus, StepStatus
 from workflows.events.envelope import to_structured
-from workflows.expressions import MAX_RENDERED_BYTES, TEMPLATE, ExpressionError, render_value
-from workflows.models import Run, StepRun
-from workflows.services.definition_parsing import definition_for
-from workflows.services.item_checkpoints import StepItemCheckpoints, inherited_runs
-from workflows.services.runs import (
+from workflows.infra import step_metrics, tracing
+from workflows.runs.advance import (
     Continuation,
     lock_attempt,
     mark_started,
     record_result,
     write_result,
 )
-from workflows.services.secrets import mask, secret_values
-from workflows.services.side_effects import recorded_result, side_effecting
-from workflows.services.step_heartbeats import heartbeating
-from workflows.services.step_publishing import event_for_step, sink_config
-from workflows.services.transitions import move_step
-from workflows.services.waits import emit_for_step, park
-from workflows.states import RunStatus, StepStatus
+from workflows.runs.item_checkpoints import StepItemCheckpoints, inherited_runs
+from workflows.runs.models import Run, StepRun
+from workflows.runs.side_effects import recorded_result, side_effecting
+from workflows.runs.step_heartbeats import heartbeating
+from workflows.runs.step_publishing import event_for_step, sink_config
+from workflows.runs.transitions import move_step
+from workflows.runs.waits import emit_for_step, park
 from workflows.steps import registry
 from workflows.steps.base import StepContext, StepError, StepKind, StepResult
 
@@ -382,7 +383,7 @@ class Budget:
 def execute_step(*, step_run_id: int, worker: str | None = None) -> bool:
     """Run one attempt, then the light steps it makes ready, within a budget. Returns False
     when the attempt was not ours to run."""
-    from workflows import step_queues
+    from workflows.runs import step_queues
 
     worker = worker or worker_name()
     budget = Budget()

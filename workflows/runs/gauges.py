@@ -9,7 +9,7 @@ import redis
 from django.conf import settings
 
 from workflows.events import bus
-from workflows.redis_client import client
+from workflows.infra.redis_client import client
 
 LAG_SCAN_LIMIT = 10_000
 
@@ -23,8 +23,8 @@ def celery_queue_key(queue: str | None = None) -> str:
 
 def queue_lengths(queues: list[str] | None = None) -> dict[str, int | None]:
     """Messages waiting per queue (None: Redis cannot say); by default every queue
-    Signalbox sends to (workflows.step_queues)."""
-    from workflows.step_queues import all_queues
+    Signalbox sends to (workflows.runs.step_queues)."""
+    from workflows.runs.step_queues import all_queues
 
     names = queues or all_queues()
     try:

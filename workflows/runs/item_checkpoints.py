@@ -17,9 +17,9 @@ from typing import Any
 
 from django.db import DatabaseError, transaction
 
-from workflows.models import Run, StepItemResult
-from workflows.services.definition_parsing import definition_for
-from workflows.services.secrets import mask
+from workflows.access.secrets import mask
+from workflows.catalog.definition_parsing import definition_for
+from workflows.runs.models import Run, StepItemResult
 
 log = logging.getLogger("signalbox.runs")
 

@@ -14,20 +14,23 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from workflows import engine, flow_counters, tracing
+from workflows.catalog.definition_parsing import definition_for
+from workflows.catalog.models import TriggerSubscription
+from workflows.core import engine
+from workflows.core.expressions import ExpressionError, bind, evaluate
+from workflows.core.states import RunStatus
 from workflows.events import bus
 from workflows.events.envelope import to_structured
-from workflows.expressions import ExpressionError, bind, evaluate
-from workflows.models import DeadLetter, Event, EventWaiter, Run, TriggerSubscription
-from workflows.services.definition_parsing import definition_for
-from workflows.services.event_intake import ingest_event
-from workflows.services.execution import Budget, run_kept_steps
-from workflows.services.producers import allowed_subscriptions
-from workflows.services.run_control import admit
-from workflows.services.runs import Continuation, one_run_write
-from workflows.services.schemas import SchemaViolation, unschemed_types_remembered
-from workflows.services.waits import deliver_to_waiters
-from workflows.states import RunStatus
+from workflows.events.intake import ingest_event
+from workflows.events.models import DeadLetter, Event
+from workflows.events.schemas import SchemaViolation, unschemed_types_remembered
+from workflows.infra import flow_counters, tracing
+from workflows.runs.advance import Continuation, one_run_write
+from workflows.runs.control import admit
+from workflows.runs.execution import Budget, run_kept_steps
+from workflows.runs.models import EventWaiter, Run
+from workflows.runs.producers import allowed_subscriptions
+from workflows.runs.waits import deliver_to_waiters
 
 __all__ = ["MatchOutcome", "SchemaViolation", "ingest_event", "match_event", "match_events"]
 

@@ -31,7 +31,7 @@ class Run(models.Model):
     # that deduplicates sees the same key; "renew" leaves it empty: the run's own id).
     idempotency_base = models.BigIntegerField(null=True, blank=True)
     correlation_id = models.CharField(max_length=255, blank=True, default="")
-    # W3C traceparent of the span that started the run (tracing on; workflows/tracing.py):
+    # W3C traceparent of the span that started the run (tracing on; workflows/infra/tracing.py):
     # the parent of every attempt's span, in whichever process runs it.
     traceparent = models.CharField(max_length=55, blank=True, default="", db_default="")
     # Runs of an ordered workflow with the same key go one after another.

@@ -27,10 +27,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from workflows import engine, flow_counters, notify
-from workflows.events import bus
-from workflows.events.envelope import Envelope, envelope_json
-from workflows.events.lineage import (
+from workflows.catalog.models import TriggerSubscription
+from workflows.core import engine
+from workflows.core.lineage import (
     DEFAULT_MAX_CAUSATION_DEPTH,
     DEPTH_EXTENSION,
     RUN_EXTENSION,
@@ -43,9 +42,14 @@ from workflows.events.lineage import (
     emitting_workflow,
     valid_traceparent,
 )
-from workflows.models import DeadLetter, Event, Run, TriggerSubscription
-from workflows.services.event_intake import insert_new, new_event
-from workflows.services.schemas import SchemaViolation, check_event_data
+from workflows.events import bus
+from workflows.events.envelope import Envelope, envelope_json
+from workflows.events.intake import insert_new, new_event
+from workflows.events.models import DeadLetter, Event
+from workflows.events.schemas import SchemaViolation, check_event_data
+from workflows.infra import flow_counters
+from workflows.live import notify
+from workflows.runs.models import Run
 
 # Re-exported: the names callers have always read here.
 __all__ = [

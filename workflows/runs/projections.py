@@ -14,9 +14,9 @@ from typing import Any
 
 from django.db import transaction
 
-from workflows.models import Run, RunJournal, StepRun
-from workflows.services.runs import idempotency_key
-from workflows.states import StepStatus
+from workflows.core.states import StepStatus
+from workflows.runs.advance import idempotency_key
+from workflows.runs.models import Run, RunJournal, StepRun
 
 STEP_FIELDS = (
     "kind",

@@ -7,9 +7,9 @@ executes a side-effecting step: the worker asks `side_effecting`, and takes
 
 from __future__ import annotations
 
-from workflows.definition import Step
-from workflows.models import Run, StepRun
-from workflows.states import StepStatus
+from workflows.core.definition import Step
+from workflows.core.states import StepStatus
+from workflows.runs.models import Run, StepRun
 from workflows.steps import registry
 from workflows.steps.base import StepError, StepResult
 

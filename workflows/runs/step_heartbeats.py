@@ -20,8 +20,8 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from workflows.models import StepRun
-from workflows.states import StepStatus
+from workflows.core.states import StepStatus
+from workflows.runs.models import StepRun
 
 log = logging.getLogger("signalbox.heartbeats")
 # Leaving the block waits this long at most for a beat in flight (a database that hangs

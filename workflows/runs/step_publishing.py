@@ -3,11 +3,12 @@ CloudEvent it sends, caused by its run, and the broker connection it names."""
 
 from __future__ import annotations
 
+from workflows.access.secrets import secret_values
 from workflows.events.connectors.base import ConnectionConfig, InvalidConnection
 from workflows.events.envelope import Envelope, check_storable
-from workflows.models import Connection, Run, StepRun
-from workflows.services.secrets import secret_values
-from workflows.services.waits import outgoing_event
+from workflows.events.models import Connection
+from workflows.runs.models import Run, StepRun
+from workflows.runs.waits import outgoing_event
 
 
 def event_for_step(*, run: Run, step_run: StepRun, config: dict) -> Envelope:

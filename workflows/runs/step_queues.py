@@ -67,10 +67,10 @@ def send(step_run_id: int, kind: str | None = None) -> None:
     """Send the attempt's message now, to its kind's queue. Without a kind (a caller that
     holds only the id) the kind is read; if the database cannot say, the light queue is
     used: only light attempts are handed on by id alone."""
-    from workflows.task_queue import EXECUTE_STEP, task
+    from workflows.runs.task_queue import EXECUTE_STEP, task
 
     if kind is None:
-        from workflows.models import StepRun
+        from workflows.runs.models import StepRun
 
         try:
             kind = StepRun.objects.filter(pk=step_run_id).values_list("kind", flat=True).first()

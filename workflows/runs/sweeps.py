@@ -13,20 +13,16 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from workflows import engine
-from workflows.gauges import queue_lengths
-from workflows.models import Run, StepRun
-from workflows.services import runs, step_heartbeats
-from workflows.services.definition_parsing import definition_for
-from workflows.services.run_control import admit_queued
-from workflows.services.runs import (
-    DEFAULT_STEP_TIMEOUT,
-    LEASE_GRACE,
-    REENQUEUE_AFTER,
-    record_result,
-)
-from workflows.services.waits import child_finished, wake_due
-from workflows.states import TERMINAL_RUN, RunStatus, StepStatus
+from workflows.catalog.definition_parsing import definition_for
+from workflows.core import engine
+from workflows.core.states import TERMINAL_RUN, RunStatus, StepStatus
+from workflows.runs import advance as runs
+from workflows.runs import step_heartbeats
+from workflows.runs.advance import DEFAULT_STEP_TIMEOUT, LEASE_GRACE, REENQUEUE_AFTER, record_result
+from workflows.runs.control import admit_queued
+from workflows.runs.gauges import queue_lengths
+from workflows.runs.models import Run, StepRun
+from workflows.runs.waits import child_finished, wake_due
 
 log = logging.getLogger("signalbox.runs")
 
@@ -61,7 +57,7 @@ def enqueue_due_steps(*, now=None, limit: int = 500, judge_leases: bool = True) 
 
 def messages_waiting() -> int | None:
     """Step messages waiting in the Celery queues (None: Redis cannot say)."""
-    from workflows.step_queues import step_queues
+    from workflows.runs.step_queues import step_queues
 
     lengths = list(queue_lengths(step_queues()).values())
     return None if None in lengths else sum(lengths)

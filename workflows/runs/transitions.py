@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from workflows.models import StepRun
-from workflows.states import RunStatus, StepStatus, step_move
+from workflows.core.states import RunStatus, StepStatus, step_move
+from workflows.runs.models import StepRun
 
 
 def move_step(

@@ -14,22 +14,26 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from workflows import engine, notify, tracing
+from workflows.catalog.definition_parsing import definition_for
+from workflows.catalog.models import Workflow
+from workflows.core import engine
+from workflows.core.expressions import ExpressionError, evaluate
+from workflows.core.states import StepStatus
 from workflows.events.envelope import Envelope, to_structured
-from workflows.expressions import ExpressionError, evaluate
-from workflows.models import Event, EventWaiter, Run, StepRun, Workflow
-from workflows.services.definition_parsing import definition_for
-from workflows.services.event_intake import ingest_event
-from workflows.services.producers import (
+from workflows.events.intake import ingest_event
+from workflows.events.models import Event
+from workflows.infra import tracing
+from workflows.live import notify
+from workflows.runs.advance import advance_locked, journal, record_result
+from workflows.runs.models import EventWaiter, Run, StepRun
+from workflows.runs.producers import (
     DEPTH_EXTENSION,
     TRACEPARENT,
     WORKFLOW_EXTENSION,
     causation_depth,
     valid_traceparent,
 )
-from workflows.services.runs import advance_locked, journal, record_result
-from workflows.services.transitions import move_step
-from workflows.states import StepStatus
+from workflows.runs.transitions import move_step
 from workflows.steps.base import StepContext, Wait
 
 log = logging.getLogger("signalbox.waits")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
-from workflows.secret_places import matches
+from workflows.core.secret_places import matches
 
 
 class StepError(Exception):

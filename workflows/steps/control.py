@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from workflows.cel_values import json_kind
-from workflows.expressions import evaluate
+from workflows.core.cel_values import json_kind
+from workflows.core.expressions import evaluate
 from workflows.steps.base import StepContext, StepError, StepKind, StepResult
 from workflows.steps.registry import register
 

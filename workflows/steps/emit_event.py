@@ -8,7 +8,7 @@ and waiting steps receive it like any other event.
 
 from __future__ import annotations
 
-from workflows import tracing
+from workflows.infra import tracing
 from workflows.steps.base import StepContext, StepError, StepKind
 from workflows.steps.registry import register
 

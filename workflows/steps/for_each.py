@@ -17,8 +17,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any
 
-from workflows.cel_values import json_kind, unstorable
-from workflows.expressions import evaluate, render_value
+from workflows.core.cel_values import json_kind, unstorable
+from workflows.core.expressions import evaluate, render_value
 from workflows.steps.base import StepContext, StepError, StepKind, StepResult
 from workflows.steps.registry import all_kinds, register
 

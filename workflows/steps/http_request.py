@@ -27,8 +27,8 @@ import time
 
 import httpx
 
-from workflows import circuit, tracing
-from workflows.outbound import OutboundRefused, guarded_client
+from workflows.infra import circuit, tracing
+from workflows.infra.outbound import OutboundRefused, guarded_client
 from workflows.steps.base import StepContext, StepError, StepKind
 from workflows.steps.registry import register
 

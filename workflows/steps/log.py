@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from workflows.secret_places import encodings
+from workflows.core.secret_places import encodings
 from workflows.steps.base import StepContext, StepKind
 from workflows.steps.registry import register
 

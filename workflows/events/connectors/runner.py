@@ -19,8 +19,8 @@ from django.db import connections
 from workflows.events.connectors.base import Backoff, ConnectionConfig, consumes
 from workflows.events.connectors.intake import DATABASE_DOWN, ingest_batch
 from workflows.events.connectors.registry import get
-from workflows.redis_client import client as redis_client
-from workflows.redis_client import key as redis_key
+from workflows.infra.redis_client import client as redis_client
+from workflows.infra.redis_client import key as redis_key
 
 log = logging.getLogger("signalbox.connectors")
 
@@ -75,7 +75,7 @@ class ConnectorThread(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
-        from workflows.services.connections import record_state
+        from workflows.events.connections import record_state
 
         lease = Lease(self.config.name, self.owner)
         connector = None
@@ -154,7 +154,7 @@ class ConnectorSupervisor(threading.Thread):
         self.threads: dict[str, ConnectorThread] = {}
 
     def sync(self) -> None:
-        from workflows.services.connections import enabled_configs
+        from workflows.events.connections import enabled_configs
 
         wanted = {c.name: c for c in enabled_configs() if consumes(c.options)}
         for name, thread in list(self.threads.items()):

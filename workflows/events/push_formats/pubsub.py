@@ -39,7 +39,7 @@ from workflows.events.push_formats.base import (
     payload,
     text_field,
 )
-from workflows.webhooks import SignatureError
+from workflows.events.webhook_auth import SignatureError
 
 name = "pubsub"
 label = "Google Cloud Pub/Sub push subscription"

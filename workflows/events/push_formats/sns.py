@@ -42,7 +42,7 @@ from workflows.events.push_formats.base import (
     payload,
     text_field,
 )
-from workflows.webhooks import SignatureError
+from workflows.events.webhook_auth import SignatureError
 
 name = "sns"
 label = "Amazon SNS HTTP(S) subscription"

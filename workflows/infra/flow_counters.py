@@ -1,11 +1,11 @@
-"""Live traffic of the event flow map (dashboard/flow_map.py): how many events came in on
+"""Live traffic of the event flow map (dashboard/live/flow_map.py): how many events came in on
 each channel with each type, how many runs of each workflow they started, and how many
 failed, over the last few minutes.
 
 Counted where the events are published and the runs start and finish, never read back
 from the events or runs tables: every process that publishes events (the web process,
 the bus consumer, workers) adds its increments to the pipeline that already puts the
-events on the bus (workflows.counters.count_published), so counting costs no round trip
+events on the bus (workflows.infra.counters.count_published), so counting costs no round trip
 and no query of its own, and a map refresh costs one pipelined read of a few small Redis
 hashes whatever the event rate. (A query over the last minutes of `Event` and `Run` would
 read every row of those minutes on each refresh: at 1,000 events/s that is 300,000 rows
@@ -32,12 +32,16 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis
 
-from workflows.events.lineage import RUN_TYPE_PREFIX, emitting_workflow
-from workflows.models import Event
-from workflows.redis_client import client, key
+from workflows.core.lineage import RUN_TYPE_PREFIX, emitting_workflow
+
+if TYPE_CHECKING:
+    from workflows.events.models import Event
+
+from workflows.infra.redis_client import client, key
 
 WINDOW_MINUTES = 5
 BUCKET_SECONDS = 60

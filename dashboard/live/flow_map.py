@@ -1,7 +1,7 @@
 """The live flow map on the live event flow page: sources (the channel an event came in on)
 → event types → workflows, each edge drawn as thick as its traffic over the last minutes,
 failing edges red and dashed. Laid out here, drawn as inline SVG by
-templates/dashboard/_flow_map.html; the counts come from Redis (workflows/flow_counters.py),
+templates/dashboard/_flow_map.html; the counts come from Redis (workflows/infra/flow_counters.py),
 never from the events or runs tables.
 
 Each edge links to the page filtered to it (`?channel=&type=` or `?type=&workflow=`), so a
@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from workflows import flow_counters
+from workflows.infra import flow_counters
 
 # The channels of workflows.models.Event, in the order the map draws them.
 CHANNELS = {
