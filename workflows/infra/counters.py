@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING
 import redis
 
 from workflows.infra import flow_counters
+from workflows.infra.redis_client import key
 
 if TYPE_CHECKING:
     from workflows.events.models import Event
-
-from workflows.infra.redis_client import key
 
 EVENTS_KEY = ("metrics", "events")  # field: channel
 RUNS_KEY = ("metrics", "runs")  # field: workflow \t outcome

@@ -37,11 +37,10 @@ from typing import TYPE_CHECKING
 import redis
 
 from workflows.core.lineage import RUN_TYPE_PREFIX, emitting_workflow
+from workflows.infra.redis_client import client, key
 
 if TYPE_CHECKING:
     from workflows.events.models import Event
-
-from workflows.infra.redis_client import client, key
 
 WINDOW_MINUTES = 5
 BUCKET_SECONDS = 60
