@@ -24,7 +24,13 @@ from dashboard import metrics
 from dashboard.live import flow_map
 from dashboard.live.hub import Hub, hub, unpacked  # noqa: F401 - imported from here by callers
 from dashboard.live.run_list_frames import RunRows, page_rows
-from dashboard.live.socket import CLOSE_NOT_FOUND, PushConsumer
+from dashboard.live.socket import (  # noqa: F401 - imported from here by callers
+    CLOSE_FORBIDDEN,
+    CLOSE_NOT_FOUND,
+    CLOSE_UNAUTHENTICATED,
+    WINDOW,
+    PushConsumer,
+)
 from workflows.access.roles import has_role
 from workflows.catalog.models import TriggerSubscription
 from workflows.events.models import Event
