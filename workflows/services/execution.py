@@ -49,7 +49,7 @@ from .runs import Continuation, lock_attempt, mark_started, record_result, write
 from .secrets import mask, secret_values
 from .side_effects import recorded_result, side_effecting
 from .step_heartbeats import heartbeating
-from .step_publishing import event_for_step, sink_config
+from .step_publishing import event_for_step, sink_config, stored_envelope
 from .transitions import move_step
 from .waits import emit_for_step, park
 
@@ -261,6 +261,7 @@ def build_context(
         secrets=secrets,
         run=run_data(run),
         emit=lambda config: emit_for_step(run=run, step_run=step_run, config=config),
+        stored_event=lambda event_id: stored_envelope(event_id=event_id),
         outgoing_event=lambda config: event_for_step(run=run, step_run=step_run, config=config),
         connection=lambda name: sink_config(name=name),
         checkpoints=StepItemCheckpoints(

@@ -10,6 +10,7 @@ from ..events.schedules import InvalidSchedule
 from ..events.schedules import parse as parse_schedule
 from ..models import Schedule, TriggerSubscription, Webhook, Workflow, WorkflowVersion
 from .definition_parsing import parse_definition
+from .destination_checks import destination_problems
 
 
 def schedule_event_type(slug: str) -> str:
@@ -72,6 +73,11 @@ def publish_workflow(*, slug: str, note: str = "", published_by: str = "") -> Wo
         workflow = Workflow.objects.select_for_update().get(slug=slug)
         parsed = parse_definition(workflow.draft)
         event_types = _trigger_event_types(slug, parsed)
+        # Events sent to a connection that is not there, or to a target it cannot take,
+        # would fail every run: refused now, naming the step.
+        problems = destination_problems(workflow.draft)
+        if problems:
+            raise definition_format.InvalidDefinition(problems)
         last = (
             workflow.versions.filter(number__isnull=False)
             .order_by("-number")
