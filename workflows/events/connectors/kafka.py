@@ -293,7 +293,11 @@ class KafkaClient(SinkClient):
         # What is still queued is not sent later behind the step's back: the step has
         # failed (or is over) and its retry sends the event again.
         try:
-            self.producer.purge(in_queue=True, in_flight=False)
-            self.producer.flush(0)
-        except Exception:  # noqa: BLE001 - a producer in a fatal state may refuse both
+            self.producer.purge(in_queue=True, in_flight=True)
+        except Exception:  # noqa: BLE001 - a producer in a fatal state may refuse it
             pass
+        # close() flushes what is in flight; with the broker gone that waits, so on a
+        # thread of its own, waited for a while only (as the consumer's close).
+        closing = threading.Thread(target=self.producer.close, name="kafka-close", daemon=True)
+        closing.start()
+        closing.join(CLOSE_SECONDS)

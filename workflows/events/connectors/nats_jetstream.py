@@ -206,6 +206,9 @@ class NatsClient(SinkClient):
             raise
 
     def usable(self) -> bool:
+        # One turn of the loop: the reader sees a socket the server closed meanwhile (else
+        # the publish would find out only when its flush timed out).
+        self.loop.run_until_complete(asyncio.sleep(0))
         return self.nc.is_connected
 
     def send(self, message: Outgoing, target, *, timeout: float) -> dict:
