@@ -22,6 +22,7 @@ none.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -292,10 +293,8 @@ class KafkaClient(SinkClient):
     def close(self) -> None:
         # What is still queued is not sent later behind the step's back: the step has
         # failed (or is over) and its retry sends the event again.
-        try:
+        with contextlib.suppress(Exception):  # a producer in a fatal state may refuse it
             self.producer.purge(in_queue=True, in_flight=True)
-        except Exception:  # noqa: BLE001 - a producer in a fatal state may refuse it
-            pass
         # close() flushes what is in flight; with the broker gone that waits, so on a
         # thread of its own, waited for a while only (as the consumer's close).
         closing = threading.Thread(target=self.producer.close, name="kafka-close", daemon=True)
