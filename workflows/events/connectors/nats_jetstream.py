@@ -241,4 +241,10 @@ class NatsClient(SinkClient):
         except Exception:  # noqa: BLE001 - already broken: nothing to hand back
             pass
         finally:
+            # nats-py's reader and pinger of a connection that closed on its own.
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self.loop.close()
