@@ -186,12 +186,15 @@ class KafkaConnector(Connector):
             log.warning("Kafka consumer %s: close still blocked; left behind", self.config.name)
 
 
-# Delivery errors that mean the broker was not reached in time.
+# Delivery errors that mean the broker was not reached in time (or the producer was let go).
 GONE = (
     KafkaError._MSG_TIMED_OUT,
     KafkaError._TIMED_OUT,
     KafkaError._TRANSPORT,
     KafkaError._ALL_BROKERS_DOWN,
+    # Purged by another thread's failure, which dropped the shared producer: try again.
+    KafkaError._PURGE_QUEUE,
+    KafkaError._PURGE_INFLIGHT,
 )
 
 
