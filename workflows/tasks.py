@@ -4,7 +4,7 @@ from celery import shared_task
 from celery.signals import task_postrun, task_prerun, worker_process_shutdown, worker_shutdown
 from django.db import close_old_connections
 
-from .task_queue import EXECUTE_STEP, PROCESS_REPLAY_BATCH, RUN_FINISHED
+from workflows.task_queue import EXECUTE_STEP, PROCESS_REPLAY_BATCH, RUN_FINISHED
 
 
 @task_prerun.connect
@@ -22,7 +22,7 @@ def _connection_hygiene(task=None, **_kwargs) -> None:
 @task_postrun.connect
 def _flush_step_metrics(**_kwargs) -> None:
     """The step durations this task observed, to Redis in one pipeline (step_metrics)."""
-    from . import step_metrics
+    from workflows import step_metrics
 
     step_metrics.flush()
 
@@ -32,14 +32,14 @@ def _flush_step_metrics(**_kwargs) -> None:
 def _close_sink_clients(**_kwargs) -> None:
     """Say goodbye to the brokers the publish and emit_event steps kept connections to (a
     prefork child ends with os._exit: atexit alone would not run)."""
-    from .events.connectors import sink_clients
+    from workflows.events.connectors import sink_clients
 
     sink_clients.close_all()
 
 
 @shared_task(name=EXECUTE_STEP, acks_late=True, reject_on_worker_lost=True)
 def execute_step_task(step_run_id: int) -> None:
-    from .services.execution import execute_step
+    from workflows.services.execution import execute_step
 
     execute_step(step_run_id=step_run_id)
 
@@ -47,7 +47,7 @@ def execute_step_task(step_run_id: int) -> None:
 @shared_task(name=RUN_FINISHED, acks_late=True, reject_on_worker_lost=True)
 def run_finished_task(run_id: int) -> None:
     """After a run finished: resume its parent step, start queued runs of its workflow."""
-    from .services.run_control import after_run_finished
+    from workflows.services.run_control import after_run_finished
 
     after_run_finished(run_id=run_id)
 
@@ -55,6 +55,6 @@ def run_finished_task(run_id: int) -> None:
 @shared_task(name=PROCESS_REPLAY_BATCH, acks_late=True, reject_on_worker_lost=True)
 def process_replay_batch_task(batch_id: int) -> None:
     """Work through a bulk replay or shadow batch at its rate limit (resumes if redelivered)."""
-    from .services.replay import process_batch
+    from workflows.services.replay import process_batch
 
     process_batch(batch_id=batch_id)

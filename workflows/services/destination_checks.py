@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ..definition import Problem
-from ..events.connectors import registry
-from ..events.connectors.base import InvalidConnection
-from ..models import Connection
+from workflows.definition import Problem
+from workflows.events.connectors import registry
+from workflows.events.connectors.base import InvalidConnection
+from workflows.models import Connection
 
 SENDING_KINDS = ("publish", "emit_event")
 

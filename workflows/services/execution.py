@@ -34,24 +34,30 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from .. import engine, secret_places, step_metrics, tracing
-from ..cel_values import unstorable
-from ..definition import Step
-from ..events.envelope import to_structured
-from ..expressions import MAX_RENDERED_BYTES, TEMPLATE, ExpressionError, render_value
-from ..models import Run, StepRun
-from ..states import RunStatus, StepStatus
-from ..steps import registry
-from ..steps.base import StepContext, StepError, StepKind, StepResult
-from .definition_parsing import definition_for
-from .item_checkpoints import StepItemCheckpoints, inherited_runs
-from .runs import Continuation, lock_attempt, mark_started, record_result, write_result
-from .secrets import mask, secret_values
-from .side_effects import recorded_result, side_effecting
-from .step_heartbeats import heartbeating
-from .step_publishing import event_for_step, sink_config, stored_envelope
-from .transitions import move_step
-from .waits import emit_for_step, park
+from workflows import engine, secret_places, step_metrics, tracing
+from workflows.cel_values import unstorable
+from workflows.definition import Step
+from workflows.events.envelope import to_structured
+from workflows.expressions import MAX_RENDERED_BYTES, TEMPLATE, ExpressionError, render_value
+from workflows.models import Run, StepRun
+from workflows.services.definition_parsing import definition_for
+from workflows.services.item_checkpoints import StepItemCheckpoints, inherited_runs
+from workflows.services.runs import (
+    Continuation,
+    lock_attempt,
+    mark_started,
+    record_result,
+    write_result,
+)
+from workflows.services.secrets import mask, secret_values
+from workflows.services.side_effects import recorded_result, side_effecting
+from workflows.services.step_heartbeats import heartbeating
+from workflows.services.step_publishing import event_for_step, sink_config, stored_envelope
+from workflows.services.transitions import move_step
+from workflows.services.waits import emit_for_step, park
+from workflows.states import RunStatus, StepStatus
+from workflows.steps import registry
+from workflows.steps.base import StepContext, StepError, StepKind, StepResult
 
 log = logging.getLogger("signalbox.runs")
 # How long a finished step's worker keeps trying to store its result while the database is
@@ -377,7 +383,7 @@ class Budget:
 def execute_step(*, step_run_id: int, worker: str | None = None) -> bool:
     """Run one attempt, then the light steps it makes ready, within a budget. Returns False
     when the attempt was not ours to run."""
-    from .. import step_queues
+    from workflows import step_queues
 
     worker = worker or worker_name()
     budget = Budget()

@@ -32,11 +32,11 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from ..definition import Problem
-from ..expressions import TEMPLATE
-from ..outbound import Allowlist, is_public
-from ..steps import registry
-from .destination_checks import destination_problems
+from workflows.definition import Problem
+from workflows.expressions import TEMPLATE
+from workflows.outbound import Allowlist, is_public
+from workflows.services.destination_checks import destination_problems
+from workflows.steps import registry
 
 __all__ = ["OUTPUT_FIELDS", "outbound_problems", "preflight", "reference_problems"]
 

@@ -4,11 +4,11 @@ broker connections they name."""
 
 from __future__ import annotations
 
-from ..events.connectors.base import ConnectionConfig, InvalidConnection
-from ..events.envelope import Envelope, check_storable
-from ..models import Connection, Event, Run, StepRun
-from .secrets import secret_values
-from .waits import outgoing_event
+from workflows.events.connectors.base import ConnectionConfig, InvalidConnection
+from workflows.events.envelope import Envelope, check_storable
+from workflows.models import Connection, Event, Run, StepRun
+from workflows.services.secrets import secret_values
+from workflows.services.waits import outgoing_event
 
 
 def event_for_step(*, run: Run, step_run: StepRun, config: dict) -> Envelope:

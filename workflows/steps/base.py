@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
-from ..secret_places import matches
+from workflows.secret_places import matches
 
 
 class StepError(Exception):

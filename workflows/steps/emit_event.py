@@ -15,10 +15,10 @@ that confirmed is checkpointed, so a retried attempt sends only to those that di
 
 from __future__ import annotations
 
-from .. import tracing
-from .base import StepContext, StepError, StepKind
-from .registry import register
-from .sending import DESTINATION_SCHEMA, secret_destination_problems, send_event
+from workflows import tracing
+from workflows.steps.base import StepContext, StepError, StepKind
+from workflows.steps.registry import register
+from workflows.steps.sending import DESTINATION_SCHEMA, secret_destination_problems, send_event
 
 MAX_DESTINATIONS = 16
 
@@ -72,7 +72,7 @@ class EmitEvent(StepKind):
         if ctx.emit is None:
             raise StepError("emit_event needs the bus, which this context does not provide")
         config = event_attributes(config, "emit_event")
-        from ..events.envelope import InvalidEvent, SchemaViolation
+        from workflows.events.envelope import InvalidEvent, SchemaViolation
 
         try:
             # Its span is the emitted event's trace context (traceparent extension).

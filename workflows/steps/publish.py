@@ -17,10 +17,10 @@ unreachable broker, a nack and 5xx/429 are retryable; a refused target is not.
 
 from __future__ import annotations
 
-from .base import StepContext, StepError, StepKind
-from .emit_event import event_attributes
-from .registry import register
-from .sending import (
+from workflows.steps.base import StepContext, StepError, StepKind
+from workflows.steps.emit_event import event_attributes
+from workflows.steps.registry import register
+from workflows.steps.sending import (
     DESTINATION_PROPERTIES,
     ONE_DESTINATION,
     secret_destination_problems,
@@ -70,7 +70,7 @@ class Publish(StepKind):
     def execute(self, config, ctx: StepContext):
         if ctx.outgoing_event is None:
             raise StepError("publish needs the services, which this context does not provide")
-        from ..events.envelope import InvalidEvent
+        from workflows.events.envelope import InvalidEvent
 
         config = event_attributes(config, "publish")
         try:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .base import StepContext, StepError
-from .http_request import HttpRequest, _send, parse_retry_after
+from workflows.steps.base import StepContext, StepError
+from workflows.steps.http_request import HttpRequest, _send, parse_retry_after
 
 # What names one destination: the properties of a `publish` config and of each `to` item.
 DESTINATION_PROPERTIES: dict[str, Any] = {
@@ -74,9 +74,9 @@ def send_event(destination: dict, envelope, ctx: StepContext, *, kind: str) -> d
     """Send `envelope` to one destination and wait for the other side's confirm; returns its
     receipt (`connection`, `kind`, … or `url`, `status`). Raises StepError; `kind` names the
     step in messages."""
-    from ..events.connectors import registry
-    from ..events.connectors.base import InvalidConnection
-    from ..events.connectors.sink import SinkError, encode
+    from workflows.events.connectors import registry
+    from workflows.events.connectors.base import InvalidConnection
+    from workflows.events.connectors.sink import SinkError, encode
 
     mode = destination.get("mode", "binary")
     message = encode(envelope, mode=mode)

@@ -16,9 +16,9 @@ from typing import Any
 
 import pika
 
-from .base import Connector, InvalidConnection, Message
-from .registry import register, register_sink
-from .sink import Outgoing, Sink, SinkClient, SinkError, unreachable
+from workflows.events.connectors.base import Connector, InvalidConnection, Message
+from workflows.events.connectors.registry import register, register_sink
+from workflows.events.connectors.sink import Outgoing, Sink, SinkClient, SinkError, unreachable
 
 # pika logs every connection step at INFO: keep the logs to what matters.
 logging.getLogger("pika").setLevel(logging.WARNING)

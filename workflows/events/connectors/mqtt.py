@@ -24,9 +24,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .base import Connector, InvalidConnection, Message, consumes
-from .registry import register, register_sink
-from .sink import Outgoing, Sink, SinkClient, SinkError, unreachable
+from workflows.events.connectors.base import Connector, InvalidConnection, Message, consumes
+from workflows.events.connectors.registry import register, register_sink
+from workflows.events.connectors.sink import Outgoing, Sink, SinkClient, SinkError, unreachable
 
 PROTOCOLS = {"3.1.1": mqtt.MQTTv311, "5": mqtt.MQTTv5}
 SESSION_EXPIRY_SECONDS = 7 * 24 * 3600  # MQTT 5: keep the session (and its queue) a week

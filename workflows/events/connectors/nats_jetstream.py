@@ -21,9 +21,9 @@ import nats
 from nats.js import api
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
-from .base import Connector, InvalidConnection, Message
-from .registry import register, register_sink
-from .sink import Outgoing, Sink, SinkClient, SinkError, unreachable
+from workflows.events.connectors.base import Connector, InvalidConnection, Message
+from workflows.events.connectors.registry import register, register_sink
+from workflows.events.connectors.sink import Outgoing, Sink, SinkClient, SinkError, unreachable
 
 
 async def connect(config, *, timeout: float):

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from ..envelope import Envelope
-from . import sink_clients
-from .base import ConnectionConfig, InvalidConnection
-from .sink_errors import SinkError, unreachable
+from workflows.events.connectors import sink_clients
+from workflows.events.connectors.base import ConnectionConfig, InvalidConnection
+from workflows.events.connectors.sink_errors import SinkError, unreachable
+from workflows.events.envelope import Envelope
 
 __all__ = [
     "MODES",

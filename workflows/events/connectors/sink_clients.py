@@ -26,10 +26,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .sink_errors import SinkError
+from workflows.events.connectors.sink_errors import SinkError
 
 if TYPE_CHECKING:
-    from .sink import Outgoing, Sink, SinkClient
+    from workflows.events.connectors.sink import Outgoing, Sink, SinkClient
 
 log = logging.getLogger("signalbox.connectors")
 
