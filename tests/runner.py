@@ -36,6 +36,7 @@ SLOW_FILES = [
     "tests/test_connections.py",
     "tests/test_connector_contract.py",
     "tests/test_connector_sinks.py",
+    "tests/test_emit_event_targets.py",
 ]
 PARTS = {
     "fast": ["-m", "not browser and not chaos", *(f"--ignore={f}" for f in SLOW_FILES)],

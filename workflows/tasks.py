@@ -1,7 +1,7 @@
 """Celery tasks: ids in, one service call, explicit names. Idempotent by construction."""
 
 from celery import shared_task
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun, worker_process_shutdown, worker_shutdown
 from django.db import close_old_connections
 
 from workflows.runs.task_queue import EXECUTE_STEP, PROCESS_REPLAY_BATCH, RUN_FINISHED
@@ -25,6 +25,16 @@ def _flush_step_metrics(**_kwargs) -> None:
     from workflows.infra import step_metrics
 
     step_metrics.flush()
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _close_sink_clients(**_kwargs) -> None:
+    """Say goodbye to the brokers the publish and emit_event steps kept connections to (a
+    prefork child ends with os._exit: atexit alone would not run)."""
+    from workflows.events.connectors import sink_clients
+
+    sink_clients.close_all()
 
 
 @shared_task(name=EXECUTE_STEP, acks_late=True, reject_on_worker_lost=True)

@@ -8,8 +8,11 @@ the editor:
   (deleted or renamed), of a step that cannot have finished before this one, or of the
   step itself; or a field of such a step's output that its kind never writes;
 - a `vars.<name>` the definition does not set;
-- an HTTP request to an address the outbound guard (workflows/infra/outbound.py) will refuse:
-  loopback, private, link-local, metadata… unless allowlisted in SIGNALBOX_OUTBOUND_ALLOW.
+- an HTTP request (or an event sent to a `url` by `publish` or `emit_event`'s `to`) to an
+  address the outbound guard (workflows/infra/outbound.py) will refuse: loopback, private,
+  link-local, metadata… unless allowlisted in SIGNALBOX_OUTBOUND_ALLOW;
+- an event sent to a connection that does not exist, or to a target it cannot take
+  (destination_checks.py).
 
 The editor shows these with the definition's own problems and refuses to publish them.
 Reads are presence tests inside `has(…)` are not reported: that is how a definition asks
@@ -29,6 +32,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from workflows.authoring.destination_checks import destination_problems
 from workflows.core.definition import Problem
 from workflows.core.expressions import TEMPLATE
 from workflows.infra.outbound import Allowlist, is_public
@@ -71,7 +75,9 @@ def preflight(raw: Any, *, allow: Iterable[str] | None = None) -> list[Problem]:
     if not isinstance(raw, Mapping):
         return []
     entries = settings.SIGNALBOX_OUTBOUND_ALLOW if allow is None else allow
-    return reference_problems(raw) + outbound_problems(raw, allow=entries)
+    return (
+        reference_problems(raw) + outbound_problems(raw, allow=entries) + destination_problems(raw)
+    )
 
 
 # --- references -------------------------------------------------------------------------------
@@ -211,8 +217,12 @@ def _field_problem(target: str, kind: Any, match: re.Match) -> str | None:
 def _urls(step: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     """(config path, URL) of the HTTP requests a step makes, a for_each's inner one too."""
     config = step.get("config") if isinstance(step.get("config"), dict) else {}
-    if step.get("kind") == "http_request" and isinstance(config.get("url"), str):
+    if step.get("kind") in ("http_request", "publish") and isinstance(config.get("url"), str):
         yield "/url", config["url"]
+    if step.get("kind") == "emit_event" and isinstance(config.get("to"), list):
+        for index, destination in enumerate(config["to"]):
+            if isinstance(destination, dict) and isinstance(destination.get("url"), str):
+                yield f"/to/{index}/url", destination["url"]
     inner = config.get("do") if isinstance(config.get("do"), dict) else {}
     inner_config = inner.get("config") if isinstance(inner.get("config"), dict) else {}
     if (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from workflows.authoring.destination_checks import destination_problems
 from workflows.catalog.definition_parsing import parse_definition
 from workflows.catalog.models import TriggerSubscription, Workflow, WorkflowVersion
 from workflows.core import definition as definition_format
@@ -73,6 +74,11 @@ def publish_workflow(*, slug: str, note: str = "", published_by: str = "") -> Wo
         workflow = Workflow.objects.select_for_update().get(slug=slug)
         parsed = parse_definition(workflow.draft)
         event_types = _trigger_event_types(slug, parsed)
+        # Events sent to a connection that is not there, or to a target it cannot take,
+        # would fail every run: refused now, naming the step.
+        problems = destination_problems(workflow.draft)
+        if problems:
+            raise definition_format.InvalidDefinition(problems)
         last = (
             workflow.versions.filter(number__isnull=False)
             .order_by("-number")

@@ -54,7 +54,7 @@ from workflows.runs.item_checkpoints import StepItemCheckpoints, inherited_runs
 from workflows.runs.models import Run, StepRun
 from workflows.runs.side_effects import recorded_result, side_effecting
 from workflows.runs.step_heartbeats import heartbeating
-from workflows.runs.step_publishing import event_for_step, sink_config
+from workflows.runs.step_publishing import event_for_step, sink_config, stored_envelope
 from workflows.runs.transitions import move_step
 from workflows.runs.waits import emit_for_step, park
 from workflows.steps import registry
@@ -268,6 +268,7 @@ def build_context(
         secrets=secrets,
         run=run_data(run),
         emit=lambda config: emit_for_step(run=run, step_run=step_run, config=config),
+        stored_event=lambda event_id: stored_envelope(event_id=event_id),
         outgoing_event=lambda config: event_for_step(run=run, step_run=step_run, config=config),
         connection=lambda name: sink_config(name=name),
         checkpoints=StepItemCheckpoints(

@@ -92,6 +92,9 @@ class StepContext:
     scope: Mapping[str, Any] = field(default_factory=dict)
     # Set by the services: publish a CloudEvent with this run as its cause.
     emit: Callable[[dict], dict] | None = None
+    # Set by the services: a stored event by its id, as an Envelope (what emit_event sends
+    # on to its `to` destinations).
+    stored_event: Callable[[int], Any] | None = None
     # Set by the services for `publish`: the CloudEvent this attempt sends (an Envelope,
     # raises InvalidEvent), and a broker connection by name (a ConnectionConfig, raises
     # InvalidConnection).

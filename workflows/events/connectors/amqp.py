@@ -18,7 +18,7 @@ import pika
 
 from workflows.events.connectors.base import Connector, InvalidConnection, Message
 from workflows.events.connectors.registry import register, register_sink
-from workflows.events.connectors.sink import Outgoing, Sink, SinkError, unreachable
+from workflows.events.connectors.sink import Outgoing, Sink, SinkClient, SinkError, unreachable
 
 # pika logs every connection step at INFO: keep the logs to what matters.
 logging.getLogger("pika").setLevel(logging.WARNING)
@@ -133,7 +133,69 @@ class AmqpSink(Sink):
             raise InvalidConnection("target.mandatory is true or false")
         return target
 
-    def publish(self, message: Outgoing, target, *, timeout: float) -> dict:
+    def open(self, *, timeout: float) -> AmqpClient:
+        with amqp_errors():
+            return AmqpClient(self.config, timeout=timeout)
+
+
+@contextlib.contextmanager
+def amqp_errors(exchange: str = "", routing_key: str = ""):
+    """pika's exceptions as the sink's coded failures."""
+    try:
+        yield
+    except pika.exceptions.UnroutableError as exc:
+        raise SinkError(
+            f"amqp: no queue takes routing key {routing_key!r} on exchange "
+            f"{exchange or '(default)'!r}: the broker returned the message",
+            code="amqp.unroutable",
+            retryable=False,
+        ) from exc
+    except pika.exceptions.NackError as exc:
+        raise SinkError(
+            "amqp: the broker refused the message (basic.nack)",
+            code="amqp.nack",
+            retryable=True,
+        ) from exc
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        # 404 no such exchange, 403 access refused, 406 precondition failed: the
+        # configuration's to fix, not a moment's trouble.
+        raise SinkError(
+            f"amqp: the broker closed the channel: {exc.reply_code} {exc.reply_text}",
+            code=f"amqp.{exc.reply_code}",
+            retryable=False,
+        ) from exc
+    except pika.exceptions.ProbableAuthenticationError as exc:
+        raise SinkError(
+            f"amqp: the broker refused the credentials: {exc}",
+            code="amqp.auth",
+            retryable=False,
+        ) from exc
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise unreachable("amqp", exc) from exc
+
+
+class AmqpClient(SinkClient):
+    """A connection with one channel in confirm mode. pika answers heartbeats only while
+    driven: `usable` drives it (and notices a connection the broker closed meanwhile)."""
+
+    def __init__(self, config, *, timeout: float):
+        params = parameters(config, timeout=timeout)
+        params.blocked_connection_timeout = timeout
+        self.connection = pika.BlockingConnection(params)
+        try:
+            self.channel = self.connection.channel()
+            self.channel.confirm_delivery()
+        except BaseException:
+            self.close()
+            raise
+
+    def usable(self) -> bool:
+        if not (self.connection.is_open and self.channel.is_open):
+            return False
+        self.connection.process_data_events(time_limit=0)  # raises when the socket is gone
+        return self.connection.is_open and self.channel.is_open
+
+    def send(self, message: Outgoing, target, *, timeout: float) -> dict:
         exchange = str(target.get("exchange", ""))
         # The routing key defaults to the partition key (the natural key a Signalbox AMQP
         # source turns back into one), else the event type.
@@ -147,51 +209,17 @@ class AmqpSink(Sink):
             delivery_mode=pika.DeliveryMode.Persistent,
             headers=headers or None,
         )
-        connection = None
-        try:
-            params = parameters(self.config, timeout=timeout)
-            params.blocked_connection_timeout = timeout
-            connection = pika.BlockingConnection(params)
-            channel = connection.channel()
-            channel.confirm_delivery()
-            channel.basic_publish(
+        with amqp_errors(exchange, routing_key):
+            self.channel.basic_publish(
                 exchange,
                 routing_key,
                 message.body,
                 properties,
                 mandatory=target.get("mandatory", True),
             )
-        except pika.exceptions.UnroutableError as exc:
-            raise SinkError(
-                f"amqp: no queue takes routing key {routing_key!r} on exchange "
-                f"{exchange or '(default)'!r}: the broker returned the message",
-                code="amqp.unroutable",
-                retryable=False,
-            ) from exc
-        except pika.exceptions.NackError as exc:
-            raise SinkError(
-                "amqp: the broker refused the message (basic.nack)",
-                code="amqp.nack",
-                retryable=True,
-            ) from exc
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            # 404 no such exchange, 403 access refused, 406 precondition failed: the
-            # configuration's to fix, not a moment's trouble.
-            raise SinkError(
-                f"amqp: the broker closed the channel: {exc.reply_code} {exc.reply_text}",
-                code=f"amqp.{exc.reply_code}",
-                retryable=False,
-            ) from exc
-        except pika.exceptions.ProbableAuthenticationError as exc:
-            raise SinkError(
-                f"amqp: the broker refused the credentials: {exc}",
-                code="amqp.auth",
-                retryable=False,
-            ) from exc
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            raise unreachable("amqp", exc) from exc
-        finally:
-            if connection is not None and connection.is_open:
-                with contextlib.suppress(Exception):
-                    connection.close()
         return {"exchange": exchange, "routing_key": routing_key, "confirmed": True}
+
+    def close(self) -> None:
+        if self.connection.is_open:
+            with contextlib.suppress(Exception):
+                self.connection.close()

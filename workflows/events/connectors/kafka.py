@@ -5,11 +5,11 @@ synchronous commit per batch, per partition the next offset) only after the even
 stored, so a crash between the commit and the offset commit makes the group read them
 again, and dedupe on (source, id) stores nothing new.
 
-Sink: an idempotent producer (`enable.idempotence`, `acks=all`): librdkafka's own retries
-within one publish are written once per partition; the step succeeds on the delivery
-report. A retried *step* is a new producer, so the broker may hold the message twice: the
-CloudEvent id is the same, and a consumer that dedupes on it (a Signalbox source does)
-sees one event.
+Sink: an idempotent producer (`enable.idempotence`, `acks=all`), one per connection kept by
+the worker process (sink_clients.py): librdkafka's own retries are written once per
+partition; the step succeeds on the delivery report. A retried *step* sends the message
+again, so the broker may hold it twice: the CloudEvent id is the same, and a consumer that
+dedupes on it (a Signalbox source does) sees one event.
 
 CloudEvents Kafka binding 1.0.2: binary mode with the attributes in `ce_` headers and the
 `content-type` header as `datacontenttype`; structured mode when the content type is
@@ -22,15 +22,17 @@ none.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from urllib.parse import urlsplit
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from workflows.events.connectors.base import Connector, InvalidConnection, Message, consumes
 from workflows.events.connectors.registry import register, register_sink
-from workflows.events.connectors.sink import Outgoing, Sink, SinkError, unreachable
+from workflows.events.connectors.sink import Outgoing, Sink, SinkClient, SinkError, unreachable
 
 log = logging.getLogger("signalbox.connectors")
 CLOSE_SECONDS = 5.0
@@ -184,65 +186,100 @@ class KafkaConnector(Connector):
             log.warning("Kafka consumer %s: close still blocked; left behind", self.config.name)
 
 
-# Delivery errors that mean the broker was not reached in time.
+# Delivery errors that mean the broker was not reached in time (or the producer was let go).
 GONE = (
     KafkaError._MSG_TIMED_OUT,
     KafkaError._TIMED_OUT,
     KafkaError._TRANSPORT,
     KafkaError._ALL_BROKERS_DOWN,
+    # Purged by another thread's failure, which dropped the shared producer: try again.
+    KafkaError._PURGE_QUEUE,
+    KafkaError._PURGE_INFLIGHT,
 )
 
 
 @register_sink
 class KafkaSink(Sink):
-    """An idempotent producer per publish; see the module's docstring."""
+    """An idempotent producer kept per connection; see the module's docstring."""
 
     kind = "kafka"
     target_names = ("topic", "key")
     required_target = ("topic",)
 
-    def publish(self, message: Outgoing, target, *, timeout: float) -> dict:
+    def client_key(self, *, timeout: float) -> tuple:
+        # The delivery timeout (message.timeout.ms) is the producer's, not the message's.
+        return (*super().client_key(timeout=timeout), timeout)
+
+    def open(self, *, timeout: float) -> KafkaClient:
+        try:
+            return KafkaClient(self.config, timeout=timeout)
+        except KafkaException as exc:
+            raise unreachable("kafka", exc) from exc
+
+
+class KafkaClient(SinkClient):
+    """librdkafka's producer: thread-safe, reconnects to the brokers by itself, and sends
+    what several threads produce together. Each publish waits for its own delivery report,
+    serving the producer's callbacks (anyone's) while it waits."""
+
+    shared = True
+
+    def __init__(self, config, *, timeout: float):
+        self.failures: list[str] = []  # the latest client-level errors, for messages
+        self.producer = Producer(
+            client_settings(config, timeout=timeout)
+            | {
+                "enable.idempotence": True,
+                "acks": "all",
+                "message.timeout.ms": int(timeout * 1000),
+                "error_cb": self._on_error,
+            }
+        )
+        self.fatal = ""
+
+    def _on_error(self, error: KafkaError) -> None:
+        self.failures = [*self.failures[-4:], error.str()]
+        if error.fatal():  # an idempotent producer that lost its sequence: start anew
+            self.fatal = error.str()
+
+    def usable(self) -> bool:
+        return not self.fatal
+
+    def send(self, message: Outgoing, target, *, timeout: float) -> dict:
         topic = str(target["topic"])
         key = str(target.get("key") or message.key) or None
         headers = [(f"ce_{name}", value.encode()) for name, value in message.attributes.items()]
         if message.content_type:
             headers.append(("content-type", message.content_type.encode()))
-        failures: list[str] = []
-        producer = Producer(
-            client_settings(self.config, timeout=timeout)
-            | {
-                "enable.idempotence": True,
-                "acks": "all",
-                "message.timeout.ms": int(timeout * 1000),
-                "error_cb": lambda error: failures.append(error.str()),
-            }
-        )
         delivered: dict = {}
+        reported = threading.Event()
 
         def on_delivery(error, msg):
             delivered["error"] = error
             if error is None:
                 delivered["partition"], delivered["offset"] = msg.partition(), msg.offset()
+            reported.set()
 
         try:
-            producer.produce(
+            self.producer.produce(
                 topic, value=message.body, key=key, headers=headers, on_delivery=on_delivery
             )
-            left = producer.flush(timeout + 1)  # past message.timeout.ms: a report comes
+            deadline = time.monotonic() + timeout + 1  # past message.timeout.ms: a report comes
+            while not reported.is_set() and time.monotonic() < deadline:
+                self.producer.poll(min(0.1, max(deadline - time.monotonic(), 0)))
         except (KafkaException, BufferError) as exc:
             raise unreachable("kafka", exc) from exc
-        if left or "error" not in delivered:
+        why = f" ({self.failures[-1]})" if self.failures else ""
+        if not reported.is_set():
             raise SinkError(
-                f"kafka: no delivery report within {timeout:g}s"
-                + (f" ({failures[-1]})" if failures else ""),
+                f"kafka: no delivery report within {timeout:g}s{why}",
                 code="kafka.unreachable",
                 retryable=True,
             )
         error = delivered["error"]
         if error is not None and error.code() in GONE:
             raise SinkError(
-                f"kafka: could not publish: {error.str()}"
-                + (f" ({failures[-1]})" if failures else ""),
+                f"kafka: could not publish: {error.str()}{why}",
                 code="kafka.unreachable",
                 retryable=True,
             )
@@ -250,6 +287,19 @@ class KafkaSink(Sink):
             raise SinkError(
                 f"kafka: the message was not written: {error.str()}",
                 code=f"kafka.{error.name().lower().lstrip('_')}",
-                retryable=error.retriable() or error.code() == KafkaError._MSG_TIMED_OUT,
+                retryable=error.retriable()
+                or error.fatal()
+                or error.code() == KafkaError._MSG_TIMED_OUT,
             )
         return {"topic": topic, "partition": delivered["partition"], "offset": delivered["offset"]}
+
+    def close(self) -> None:
+        # What is still queued is not sent later behind the step's back: the step has
+        # failed (or is over) and its retry sends the event again.
+        with contextlib.suppress(Exception):  # a producer in a fatal state may refuse it
+            self.producer.purge(in_queue=True, in_flight=True)
+        # close() flushes what is in flight; with the broker gone that waits, so on a
+        # thread of its own, waited for a while only (as the consumer's close).
+        closing = threading.Thread(target=self.producer.close, name="kafka-close", daemon=True)
+        closing.start()
+        closing.join(CLOSE_SECONDS)

@@ -12,8 +12,11 @@ messages on one topic are one event).
 
 from __future__ import annotations
 
+import os
 import queue
+import secrets
 import threading
+import time
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -23,7 +26,7 @@ from paho.mqtt.properties import Properties
 
 from workflows.events.connectors.base import Connector, InvalidConnection, Message, consumes
 from workflows.events.connectors.registry import register, register_sink
-from workflows.events.connectors.sink import Outgoing, Sink, SinkError, unreachable
+from workflows.events.connectors.sink import Outgoing, Sink, SinkClient, SinkError, unreachable
 
 PROTOCOLS = {"3.1.1": mqtt.MQTTv311, "5": mqtt.MQTTv5}
 SESSION_EXPIRY_SECONDS = 7 * 24 * 3600  # MQTT 5: keep the session (and its queue) a week
@@ -178,18 +181,41 @@ class MqttSink(Sink):
             raise InvalidConnection("target.retain is true or false")
         return target
 
-    def publish(self, message: Outgoing, target, *, timeout: float) -> dict:
-        version = PROTOCOLS[str(self.config.options.get("protocol", "5"))]
-        if version != mqtt.MQTTv5 and message.attributes:
-            raise SinkError(
-                "mqtt: MQTT 3.1.1 carries CloudEvents in structured mode only "
-                '(set "mode": "structured" on the step)',
-                code="mqtt.mode",
-                retryable=False,
+    @classmethod
+    def check_mode(cls, options, *, mode: str) -> None:
+        if mode == "binary" and PROTOCOLS[str(options.get("protocol", "5"))] != mqtt.MQTTv5:
+            raise InvalidConnection(
+                'MQTT 3.1.1 carries CloudEvents in structured mode only (set "mode": "structured")'
             )
-        topic, qos = str(target["topic"]), target.get("qos", 1)
-        address = urlsplit(self.config.url)
-        connected, published = threading.Event(), threading.Event()
+
+    def publish(self, message: Outgoing, target, *, timeout: float) -> dict:
+        try:  # before any connection: the configuration's to fix
+            self.check_mode(self.config.options, mode="binary" if message.attributes else "")
+        except InvalidConnection as exc:
+            raise SinkError(f"mqtt: {exc}", code="mqtt.mode", retryable=False) from exc
+        return super().publish(message, target, timeout=timeout)
+
+    def open(self, *, timeout: float) -> MqttClient:
+        try:
+            return MqttClient(self.config, timeout=timeout)
+        except (OSError, ConnectionError, ValueError) as exc:
+            raise unreachable("mqtt", exc) from exc
+
+
+class MqttClient(SinkClient):
+    """A clean session with paho's network thread running: it answers the keepalive pings
+    between publishes, and `on_disconnect` marks the client unusable. Thread-safe: paho's
+    publish takes its own locks, and each publish waits for its own message id."""
+
+    shared = True
+
+    def __init__(self, config, *, timeout: float):
+        self.version = PROTOCOLS[str(config.options.get("protocol", "5"))]
+        address = urlsplit(config.url)
+        connected = threading.Event()
+        self.gone = ""  # why the broker connection ended, once it has
+        self.pubacks: dict[int, object] = {}  # message id -> the PUBACK's reason code
+        self.lock = threading.Lock()
         outcome: dict = {}
 
         def on_connect(_client, _userdata, _flags, reason_code, _properties):
@@ -197,71 +223,82 @@ class MqttSink(Sink):
             connected.set()
 
         def on_disconnect(_client, _userdata, _flags, reason_code, _properties):
-            outcome.setdefault("disconnect", reason_code)
+            self.gone = str(reason_code)
             connected.set()
-            published.set()
 
-        def on_publish(_client, _userdata, _mid, reason_code, _properties):
-            outcome["puback"] = reason_code
-            published.set()
+        def on_publish(_client, _userdata, mid, reason_code, _properties):
+            with self.lock:
+                self.pubacks[mid] = reason_code
 
-        client = mqtt.Client(
+        # One id per kept client: a broker drops an older session that has the same id.
+        self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"signalbox-pub-{message.id}"[:64],
-            protocol=version,
+            client_id=f"signalbox-pub-{os.getpid()}-{secrets.token_hex(4)}",
+            protocol=self.version,
             reconnect_on_failure=False,
         )
-        if self.config.username:
-            client.username_pw_set(self.config.username, self.config.password or None)
-        client.on_connect, client.on_disconnect = on_connect, on_disconnect
-        client.on_publish = on_publish
+        if config.username:
+            self.client.username_pw_set(config.username, config.password or None)
+        self.client.on_connect, self.client.on_disconnect = on_connect, on_disconnect
+        self.client.on_publish = on_publish
+        self.client.connect(address.hostname, address.port or 1883, keepalive=30)
+        self.client.loop_start()
+        try:
+            if not connected.wait(timeout) or "connect" not in outcome:
+                raise ConnectionError("the MQTT broker did not answer CONNECT")
+            if outcome["connect"].is_failure:
+                raise SinkError(
+                    f"mqtt: the broker refused the connection: {outcome['connect']}",
+                    code="mqtt.refused",
+                    retryable=False,
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def usable(self) -> bool:
+        return not self.gone and self.client.is_connected()
+
+    def send(self, message: Outgoing, target, *, timeout: float) -> dict:
+        topic, qos = str(target["topic"]), target.get("qos", 1)
         properties = None
-        if version == mqtt.MQTTv5:
+        if self.version == mqtt.MQTTv5:
             properties = Properties(PacketTypes.PUBLISH)
             if message.content_type:
                 properties.ContentType = message.content_type
             for name, value in message.attributes.items():
                 properties.UserProperty = (name, value)
         try:
-            client.connect(address.hostname, address.port or 1883, keepalive=30)
-            client.loop_start()
-            try:
-                if not connected.wait(timeout) or "connect" not in outcome:
-                    raise ConnectionError("the MQTT broker did not answer CONNECT")
-                if outcome["connect"].is_failure:
-                    raise SinkError(
-                        f"mqtt: the broker refused the connection: {outcome['connect']}",
-                        code="mqtt.refused",
-                        retryable=False,
-                    )
-                info = client.publish(
-                    topic,
-                    message.body,
-                    qos=qos,
-                    retain=target.get("retain", False),
-                    properties=properties,
+            info = self.client.publish(
+                topic,
+                message.body,
+                qos=qos,
+                retain=target.get("retain", False),
+                properties=properties,
+            )
+            deadline = time.monotonic() + timeout
+            # In slices, so a connection lost meanwhile ends the wait at once.
+            while not info.is_published() and not self.gone and time.monotonic() < deadline:
+                info.wait_for_publish(min(0.2, max(deadline - time.monotonic(), 0.01)))
+            if not info.is_published():
+                raise ConnectionError(
+                    f"no PUBACK within {timeout:g}s"
+                    + (f" (disconnected: {self.gone})" if self.gone else "")
                 )
-                if not published.wait(timeout) or "disconnect" in outcome:
-                    raise ConnectionError(
-                        f"no PUBACK within {timeout:g}s"
-                        + (
-                            f" (disconnected: {outcome['disconnect']})"
-                            if "disconnect" in outcome
-                            else ""
-                        )
-                    )
-                puback = outcome.get("puback")
-                if puback is not None and puback.is_failure:
-                    raise SinkError(
-                        f"mqtt: the broker refused the message: {puback}",
-                        code="mqtt.refused",
-                        retryable=False,
-                    )
-            finally:
-                client.disconnect()
-                client.loop_stop()
-        except SinkError:
-            raise
-        except (OSError, ConnectionError, ValueError) as exc:
+        except (OSError, ConnectionError, ValueError, RuntimeError) as exc:
             raise unreachable("mqtt", exc) from exc
+        with self.lock:
+            puback = self.pubacks.pop(info.mid, None)
+        if puback is not None and puback.is_failure:
+            raise SinkError(
+                f"mqtt: the broker refused the message: {puback}",
+                code="mqtt.refused",
+                retryable=False,
+            )
         return {"topic": topic, "qos": qos, "mid": info.mid}
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()

@@ -15,6 +15,7 @@ on the server, so the database work in between runs as ordinary synchronous code
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import nats
 from nats.js import api
@@ -22,7 +23,7 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from workflows.events.connectors.base import Connector, InvalidConnection, Message
 from workflows.events.connectors.registry import register, register_sink
-from workflows.events.connectors.sink import Outgoing, Sink, SinkError, unreachable
+from workflows.events.connectors.sink import Outgoing, Sink, SinkClient, SinkError, unreachable
 
 
 async def connect(config, *, timeout: float):
@@ -160,50 +161,90 @@ class NatsSink(Sink):
             raise InvalidConnection("target.jetstream is true or false")
         return target
 
-    def publish(self, message: Outgoing, target, *, timeout: float) -> dict:
+    def open(self, *, timeout: float) -> NatsClient:
+        with nats_errors():
+            return NatsClient(self.config, timeout=timeout)
+
+
+@contextlib.contextmanager
+def nats_errors(subject: str = ""):
+    """nats-py's exceptions as the sink's coded failures."""
+    try:
+        yield
+    except (NoStreamResponseError, nats.errors.NoRespondersError) as exc:
+        raise SinkError(
+            f"nats: no JetStream stream holds subject {subject!r}",
+            code="nats.no_stream",
+            retryable=False,
+        ) from exc
+    except nats.js.errors.APIError as exc:
+        raise SinkError(
+            f"nats: JetStream refused the message: {exc}",
+            code=f"nats.jetstream.{exc.code or 'error'}",
+            retryable=(exc.code or 500) >= 500,
+        ) from exc
+    except (nats.errors.BadSubjectError, nats.errors.MaxPayloadError) as exc:
+        raise SinkError(
+            f"nats: {type(exc).__name__}: {exc}", code="nats.refused", retryable=False
+        ) from exc
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        raise unreachable("nats", exc) from exc
+
+
+class NatsClient(SinkClient):
+    """A connection and the event loop it lives on. nats-py is asyncio-only: the loop runs
+    only while a publish waits on the server (one thread at a time); between publishes the
+    server's pings go unanswered, and after two it closes the connection, which the next
+    publish notices and replaces."""
+
+    def __init__(self, config, *, timeout: float):
+        self.loop = asyncio.new_event_loop()
+        try:
+            self.nc = self.loop.run_until_complete(connect(config, timeout=timeout))
+        except BaseException:
+            self.loop.close()
+            raise
+
+    def usable(self) -> bool:
+        # One turn of the loop: the reader sees a socket the server closed meanwhile (else
+        # the publish would find out only when its flush timed out).
+        self.loop.run_until_complete(asyncio.sleep(0))
+        return self.nc.is_connected
+
+    def send(self, message: Outgoing, target, *, timeout: float) -> dict:
         subject = str(target["subject"])
         headers = {f"ce-{name}": value for name, value in message.attributes.items()}
         if message.content_type:
             headers["content-type"] = message.content_type
         jetstream = target.get("jetstream", False)
+        nc = self.nc
 
         async def send() -> dict:
-            nc = await connect(self.config, timeout=timeout)
-            try:
-                if jetstream:
-                    headers["Nats-Msg-Id"] = message.id
-                    ack = await nc.jetstream().publish(
-                        subject, message.body, timeout=timeout, headers=headers
-                    )
-                    return {"stream": ack.stream, "seq": ack.seq, "duplicate": bool(ack.duplicate)}
-                await nc.publish(subject, message.body, headers=headers or None)
-                await nc.flush(timeout=timeout)
-                return {}
-            finally:
-                if not nc.is_closed:
-                    await nc.close()
+            if jetstream:
+                headers["Nats-Msg-Id"] = message.id
+                ack = await nc.jetstream().publish(
+                    subject, message.body, timeout=timeout, headers=headers
+                )
+                return {"stream": ack.stream, "seq": ack.seq, "duplicate": bool(ack.duplicate)}
+            await nc.publish(subject, message.body, headers=headers or None)
+            await nc.flush(timeout=timeout)
+            return {}
 
-        loop = asyncio.new_event_loop()
-        try:
-            receipt = loop.run_until_complete(send())
-        except (NoStreamResponseError, nats.errors.NoRespondersError) as exc:
-            raise SinkError(
-                f"nats: no JetStream stream holds subject {subject!r}",
-                code="nats.no_stream",
-                retryable=False,
-            ) from exc
-        except nats.js.errors.APIError as exc:
-            raise SinkError(
-                f"nats: JetStream refused the message: {exc}",
-                code=f"nats.jetstream.{exc.code or 'error'}",
-                retryable=(exc.code or 500) >= 500,
-            ) from exc
-        except (nats.errors.BadSubjectError, nats.errors.MaxPayloadError) as exc:
-            raise SinkError(
-                f"nats: {type(exc).__name__}: {exc}", code="nats.refused", retryable=False
-            ) from exc
-        except (TimeoutError, nats.errors.Error, OSError) as exc:
-            raise unreachable("nats", exc) from exc
-        finally:
-            loop.close()
+        with nats_errors(subject):
+            receipt = self.loop.run_until_complete(asyncio.wait_for(send(), timeout + 1))
         return {"subject": subject, **receipt}
+
+    def close(self) -> None:
+        try:
+            if not self.nc.is_closed:
+                self.loop.run_until_complete(asyncio.wait_for(self.nc.close(), 5))
+        except Exception:  # noqa: BLE001 - already broken: nothing to hand back
+            pass
+        finally:
+            # nats-py's reader and pinger of a connection that closed on its own.
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.close()

@@ -6,9 +6,12 @@ has taken the message: a publisher confirm (AMQP), a PUBACK (MQTT QoS 1), a JetS
 PubAck, a Kafka delivery report, or a flush of the core NATS connection. Each connector
 module registers its sink beside its source (`registry.register_sink`).
 
-A sink connects, publishes and disconnects on each call: a step attempt is rare next to a
-broker round trip, and a connection held across Celery tasks would go stale unnoticed
-(pika and paho only answer heartbeats while someone drives them).
+A sink opens a client (`Sink.open`: a connection, a channel in confirm mode, a producer)
+that a worker process keeps for the next publishes to the same connection
+(sink_clients.py): one broker handshake per connection and process, not per publish. A
+client is checked before each use (`usable`), dropped after any failure, and a publish that
+fails as retryable on a reused client is tried once more on a new one, so a broker that
+restarted since the last publish costs a reconnect, not a failed attempt.
 
 The message id is the CloudEvent id, which the publish step derives from the attempt's
 idempotency key, so a retried step sends the same id: JetStream drops it as a duplicate
@@ -24,22 +27,24 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
+from workflows.events.connectors import sink_clients
 from workflows.events.connectors.base import ConnectionConfig, InvalidConnection
+from workflows.events.connectors.sink_errors import SinkError, unreachable
 from workflows.events.envelope import Envelope
+
+__all__ = [
+    "MODES",
+    "STRUCTURED",
+    "Outgoing",
+    "Sink",
+    "SinkClient",
+    "SinkError",
+    "encode",
+    "unreachable",
+]
 
 STRUCTURED = "application/cloudevents+json"
 MODES = ("binary", "structured")
-
-
-class SinkError(Exception):
-    """A publish that did not happen (or was not confirmed). `code` is the step's error
-    code (`<kind>.unreachable`, `<kind>.nack`, …); `retryable` whether trying again may
-    succeed."""
-
-    def __init__(self, message: str, *, code: str, retryable: bool):
-        super().__init__(message)
-        self.code = code
-        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -112,9 +117,29 @@ def encode(envelope: Envelope, *, mode: str) -> Outgoing:
     return Outgoing(envelope.id, _data_bytes(envelope), envelope.datacontenttype, attributes, key)
 
 
+class SinkClient:
+    """One open client of a broker connection, kept by sink_clients.py between publishes.
+    `shared` clients may be used by several threads at once (librdkafka, paho); the others
+    are used by one thread at a time (pika, nats-py's event loop)."""
+
+    shared: ClassVar[bool] = False
+
+    def usable(self) -> bool:
+        """Cheap: whether the client still looks connected (checked before each use)."""
+        return True
+
+    def send(self, message: Outgoing, target: dict[str, Any], *, timeout: float) -> dict:
+        """Publish and wait until the broker has the message; returns a small JSON receipt.
+        Raises SinkError."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Let go of the connection; never raises."""
+
+
 class Sink:
     """One connection's publisher. Subclasses set `kind`, `target_names`, and implement
-    `publish`; `check_target` may be extended for typed options."""
+    `open` (a SinkClient); `check_target` may be extended for typed options."""
 
     kind: ClassVar[str]
     target_names: ClassVar[tuple[str, ...]] = ()
@@ -147,16 +172,22 @@ class Sink:
             )
         return target
 
-    def publish(self, message: Outgoing, target: dict[str, Any], *, timeout: float) -> dict:
-        """Publish and wait until the broker has the message; returns a small JSON receipt.
-        Raises SinkError."""
+    @classmethod
+    def check_mode(cls, options: dict[str, Any], *, mode: str) -> None:
+        """Raises InvalidConnection when a connection with these options cannot carry
+        `mode` (MQTT 3.1.1 has no binary mode)."""
+
+    def client_key(self, *, timeout: float) -> tuple:
+        """What tells one kept client from another: (kind, connection name, its settings,
+        …): an edited connection gets a new client. Extend when a client is bound to more."""
+        settings = json.dumps(self.config.fingerprint(), sort_keys=True, default=str)
+        return (self.kind, self.config.name, settings)
+
+    def open(self, *, timeout: float) -> SinkClient:
+        """A connected client, within `timeout`. Raises SinkError."""
         raise NotImplementedError
 
-
-def unreachable(kind: str, exc: BaseException) -> SinkError:
-    """The broker could not be reached or dropped the connection: worth another attempt."""
-    return SinkError(
-        f"{kind}: could not publish: {type(exc).__name__}: {exc}",
-        code=f"{kind}.unreachable",
-        retryable=True,
-    )
+    def publish(self, message: Outgoing, target: dict[str, Any], *, timeout: float) -> dict:
+        """Publish on this process's client of the connection and wait until the broker has
+        the message; returns a small JSON receipt. Raises SinkError."""
+        return sink_clients.publish(self, message, target, timeout=timeout)
