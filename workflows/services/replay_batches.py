@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, prefetch_related_objects
 from django.utils import timezone
 
 from .. import notify, task_queue
@@ -135,7 +135,11 @@ def check_bulk_replay(
     *, runs: Iterable[Run], from_step: str = FROM_FAILED, version: str = VERSION_ORIGINAL
 ) -> list[BulkCheck]:
     """A dry run of a bulk replay: for each run, whether its replay would start (planned as
-    the batch task will plan it) and, if not, why. Starts nothing."""
+    the batch task will plan it) and, if not, why. Starts nothing. The runs' steps (and
+    their workflows' latest versions) are read in a few queries for all of them: a dry run
+    of a thousand runs made a query or two per run."""
+    runs = list(runs)
+    prefetch_related_objects(runs, "steps", "workflow__published_version")
     checks = []
     for run in runs:
         try:
