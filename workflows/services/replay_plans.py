@@ -168,8 +168,7 @@ def resolve_version(run: Run, choice: str) -> WorkflowVersion:
     if choice == VERSION_LATEST:
         workflow = (
             run.workflow  # loaded with its published version (check_bulk_replay)
-            if Run.workflow.is_cached(run)
-            and Workflow.published_version.is_cached(run.workflow)
+            if Run.workflow.is_cached(run) and Workflow.published_version.is_cached(run.workflow)
             else Workflow.objects.select_related("published_version").get(pk=run.workflow_id)
         )
         if workflow.published_version is None:
