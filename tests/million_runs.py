@@ -48,7 +48,8 @@ def bulk_load(cursor, tables: list[str]):
 def load_runs(cursor, workflow_ids: list[int], version_ids: list[int], count: int = RUNS) -> None:
     """`count` events 100 ms apart ending now (a third com.example.paid, the rest
     com.example.order; one in 50,000 says "needle"), and one run of each, spread over the
-    workflows: 1% failed (finished, with an error), 1% running, the rest succeeded. Then
+    workflows: 1% failed (finished, with an error and a failed attempt of their one step),
+    1% running, the rest succeeded. Then
     ANALYZE, and VACUUM so the visibility map lets index-only scans skip the heap, as
     autovacuum would have long since on a table this old."""
     with bulk_load(cursor, ["workflows_event", "workflows_run"]):
@@ -91,11 +92,31 @@ def load_runs(cursor, workflow_ids: list[int], version_ids: list[int], count: in
                 "source": SOURCE,
             },
         )
+    # A failed run's failed attempt (a replay or its dry run plans from it).
+    cursor.execute(
+        """
+        INSERT INTO workflows_steprun (run_id, step_id, attempt, kind, status, input, output,
+            error, error_code, retryable, port, idempotency_key, worker, created_at,
+            enqueued_at, started_at, finished_at)
+        SELECT r.id, 'only', 1, 'log', 'failed', '{}'::jsonb, NULL, r.error, 'http_5xx',
+            false, '', r.id || ':only', 'million@tests', r.created_at, r.created_at,
+            r.created_at, r.finished_at
+        FROM workflows_run r
+        WHERE r.status = 'failed' AND r.workflow_id = ANY(%(workflows)s)
+        """,
+        {"workflows": workflow_ids},
+    )
+    cursor.execute("VACUUM ANALYZE workflows_steprun")
     cursor.execute("VACUUM ANALYZE workflows_event")
     cursor.execute("VACUUM ANALYZE workflows_run")
 
 
 def remove_runs(cursor, workflow_ids: list[int]) -> None:
+    cursor.execute(
+        "DELETE FROM workflows_steprun WHERE run_id IN"
+        " (SELECT id FROM workflows_run WHERE workflow_id = ANY(%s))",
+        [workflow_ids],
+    )
     cursor.execute("DELETE FROM workflows_run WHERE workflow_id = ANY(%s)", [workflow_ids])
     cursor.execute("DELETE FROM workflows_event WHERE source = %s", [SOURCE])
 

@@ -18,6 +18,10 @@ from tests.million_runs import RUNS, WORKFLOWS
 from workflows import dashboard_selectors as ds
 from workflows.models import Event, Run, Workflow
 
+# The first test to ask for the million rows makes them (tests/million_runs.py): 40 to 80 s
+# on a quiet machine, minutes on a busy shared one; the suite's 180 s would cut it short.
+pytestmark = pytest.mark.timeout(900)
+
 
 def plan(qs) -> str:
     return qs.explain()

@@ -30,6 +30,11 @@ ACTUAL_ROWS = re.compile(
 OVERVIEW_EVENT_ROWS = 10_000
 
 
+# The first test to ask for the million rows makes them (tests/million_runs.py): 40 to 80 s
+# on a quiet machine, minutes on a busy shared one; the suite's 180 s would cut it short.
+pytestmark = pytest.mark.timeout(900)
+
+
 @pytest.fixture(scope="module")
 def rolled_up(million_runs, django_db_blocker):
     """What the scheduler keeps as events arrive (workflows.services.event_rollups)."""
