@@ -20,6 +20,8 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
+from dashboard.access import role_required
+from dashboard.recovery_access import batch_or_404, can_operate, go, require_operator, run_or_404
 from workflows import dashboard_selectors as ds
 from workflows import replay_selectors as recovery
 from workflows.event_selectors import _parse_time
@@ -30,15 +32,6 @@ from workflows.services.definitions import definition_for
 from workflows.services.redrive import EventSelection, RedriveError, redrive_events
 from workflows.services.run_control import cancel_run
 from workflows.states import TERMINAL_RUN
-
-from .access import role_required
-from .recovery_access import (
-    batch_or_404,
-    can_operate,
-    go,
-    require_operator,
-    run_or_404,
-)
 
 
 # --- the recovery panel on the run page ----------------------------------------------------------

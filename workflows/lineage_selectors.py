@@ -7,18 +7,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .event_selectors import visible_events
-from .models import Event, Run, StepRun
-from .run_graph import (
-    STATE_COLOURS,
-    curve,
-    layered_positions,
-)
-from .run_view_selectors import (
-    emitted_events,
-)
-from .selectors import SHADOW
-from .services.producers import RUN_EXTENSION
+from workflows.event_selectors import visible_events
+from workflows.models import Event, Run, StepRun
+from workflows.run_graph import STATE_COLOURS, curve, layered_positions
+from workflows.run_view_selectors import emitted_events
+from workflows.selectors import SHADOW
+from workflows.services.producers import RUN_EXTENSION
 
 
 # --- lineage -----------------------------------------------------------------------------------

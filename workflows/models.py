@@ -3,7 +3,7 @@
 from django.db import models
 from django.db.models import Q
 
-from .states import RunStatus, StepStatus
+from workflows.states import RunStatus, StepStatus
 
 
 class ApiToken(models.Model):

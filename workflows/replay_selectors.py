@@ -10,10 +10,10 @@ from typing import Any
 from django.db import connection
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from .event_selectors import _parse_time, hidden_events
-from .models import AuditEntry, DeadLetter, ReplayBatch, Run
-from .services.producers import WORKFLOW_EXTENSION
-from .visibility import hidden_slugs
+from workflows.event_selectors import _parse_time, hidden_events
+from workflows.models import AuditEntry, DeadLetter, ReplayBatch, Run
+from workflows.services.producers import WORKFLOW_EXTENSION
+from workflows.visibility import hidden_slugs
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500

@@ -32,9 +32,9 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Substr, TruncMinute
 from django.utils import timezone
 
-from ..event_selectors import _RUN_PATH, _RUN_PATH_WITH_ID
-from ..models import Event, EventRollup, Run
-from .producers import WORKFLOW_EXTENSION
+from workflows.event_selectors import _RUN_PATH, _RUN_PATH_WITH_ID
+from workflows.models import Event, EventRollup, Run
+from workflows.services.producers import WORKFLOW_EXTENSION
 
 ROLLUP_DELAY = timedelta(minutes=2)
 # How far back the scheduler keeps minutes rolled up: the overview's longest window, and a

@@ -17,17 +17,10 @@ from django.db import transaction
 from django.db.models import Q, prefetch_related_objects
 from django.utils import timezone
 
-from .. import notify, task_queue
-from ..models import (
-    ReplayBatch,
-    Run,
-    RunJournal,
-    Workflow,
-    WorkflowVersion,
-)
-from ..states import TERMINAL_RUN
-from . import audit
-from .replay_plans import (
+from workflows import notify, task_queue
+from workflows.models import ReplayBatch, Run, RunJournal, Workflow, WorkflowVersion
+from workflows.services import audit
+from workflows.services.replay_plans import (
     DEFAULT_PER_SECOND,
     FROM_FAILED,
     MAX_BATCH,
@@ -39,11 +32,8 @@ from .replay_plans import (
     latest_attempts,
     plan_replay,
 )
-from .replay_runs import (
-    replay_run,
-    snapshot_draft,
-    start_shadow_run,
-)
+from workflows.services.replay_runs import replay_run, snapshot_draft, start_shadow_run
+from workflows.states import TERMINAL_RUN
 
 log = logging.getLogger("signalbox.replay")
 

@@ -9,19 +9,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..definition import Definition
-from ..models import (
-    Run,
-    StepRun,
-    Workflow,
-    WorkflowVersion,
-)
-from ..states import TERMINAL_RUN, RunStatus, StepStatus
-from .definition_parsing import definition_for
-from .item_checkpoints import StepItemCheckpoints, inherited_runs
-from .side_effects import (
-    side_effecting,
-)
+from workflows.definition import Definition
+from workflows.models import Run, StepRun, Workflow, WorkflowVersion
+from workflows.services.definition_parsing import definition_for
+from workflows.services.item_checkpoints import StepItemCheckpoints, inherited_runs
+from workflows.services.side_effects import side_effecting
+from workflows.states import TERMINAL_RUN, RunStatus, StepStatus
 
 FROM_FAILED = "failed"
 FROM_START = "start"
