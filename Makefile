@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test test-fast test-browser lint format audit lock bench bench-engine bench-ingest bench-push bench-growth bench-hosts bench-tracing chaos soak clean
+.PHONY: run test test-fast test-browser lint format audit lock bench bench-engine bench-ingest bench-push bench-growth bench-pages bench-hosts bench-tracing chaos soak clean
 
 $(VENV)/.python-ok:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' \
@@ -87,6 +87,8 @@ bench-engine: $(VENV)/.installed-dev ; @$(PY) -m bench.engine $(ARGS)
 bench-ingest: $(VENV)/.installed-dev ; @$(PY) -m bench.ingest $(ARGS)
 bench-push: $(VENV)/.installed-dev ; @$(PY) -m bench.push $(ARGS)
 bench-growth: $(VENV)/.installed-dev ; @$(PY) -m bench.growth $(ARGS)
+# Every dashboard page's server time at a million runs, flagging those at or over 300 ms.
+bench-pages: $(VENV)/.installed-dev ; @$(PY) -m bench.pages $(ARGS)
 # Throughput with workers on 1 and then 2 hosts (network namespaces; needs root).
 bench-hosts: $(VENV)/.installed-dev ; @$(PY) -m tests.chaos.hosts $(ARGS)
 # What the tracing hooks cost per event, off and on (docs/operations.md).

@@ -2,11 +2,13 @@
 and the workers page share.
 
 Everything is read from the truth: event counts and run outcomes from the event store
-(a run's start and finish are `signalbox.run.*` events ingested with the state change, and
-`received_at` is indexed), step latencies from StepRun (an id range found from the window's
-start, see workflows.queries.dashboard.first_id_at_or_after), queue depth and bus lag from
-Redis (workflows.runs.gauges). Results are cached per process for a few seconds, so a hundred
-open overview pages cost one computation, not a hundred.
+(a run's start and finish are `signalbox.run.*` events ingested with the state change),
+its closed minutes through the per-minute rollups the scheduler keeps
+(workflows.queries.event_rollups), the last minutes along the received_at index; step
+latencies from StepRun (an id range found from the window's start, see
+workflows.queries.dashboard.first_id_at_or_after), queue depth and bus lag from Redis
+(workflows.runs.gauges). Results are cached per process for a few seconds, so a hundred open
+overview pages cost one computation, not a hundred.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from django.utils import timezone
 from workflows.demo import traffic as demo_traffic
 from workflows.events.models import Event
 from workflows.queries import dashboard as ds
+from workflows.queries import event_rollups
 from workflows.queries import events as store
+from workflows.queries.models import EventRollup
 from workflows.recovery import selectors as recovery
 from workflows.runs.gauges import bus_partitions, queue_lengths
 from workflows.runs.models import StepRun
@@ -91,12 +95,58 @@ def _bucket_sql(column: str, bucket: int) -> str:
 
 
 def event_counts(
-    since: datetime, bucket: int, hidden: frozenset[int]
+    since: datetime, bucket: int, hidden: frozenset[int], now: datetime | None = None
 ) -> list[tuple[int, str, int]]:
-    """(bucket number, type, count) of events received since `since` (the received_at
-    index bounds the scan). Events of workflows the user may not see (their run events and
-    what their steps emitted, event_selectors.hidden_events) are left out."""
-    events = store.visible_events(Event.objects.filter(received_at__gte=since), hidden=hidden)
+    """(bucket number, type, count) of events received since `since`. Whole minutes the
+    scheduler has rolled up are read from their rollups (workflows.queries.event_rollups),
+    the rest (the last minutes, any the scheduler has not reached) from the event store
+    along the received_at index. Events of workflows the user may not see (their run events
+    and what their steps emitted, event_selectors.hidden_events) are left out."""
+    now = now or timezone.now()
+    first = event_rollups.floor_minute(since)
+    first = first if first == since else first + event_rollups.MINUTE
+    end = max(first, event_rollups.closed_before(now))
+    done = event_rollups.rolled_up(first, end)
+    totals: dict[tuple[int, str], int] = {}
+    if done:
+        rows = (
+            EventRollup.objects.filter(minute__gte=first, minute__lt=end)
+            .exclude(type=event_rollups.MARKER)
+            .exclude(workflow__in=sorted(ds.hidden_slugs(hidden)) if hidden else [])
+            .values_list("minute", "type", "count")
+        )
+        for minute, event_type, n in rows:
+            key = (int(minute.timestamp()) // bucket, event_type)
+            totals[key] = totals.get(key, 0) + n
+    # What the rollups do not hold, as ranges of the store: the part-minute at the start,
+    # minutes not rolled up, and everything from the last closed minute on.
+    ranges: list[tuple[datetime, datetime | None]] = []
+    if since < first:
+        ranges.append((since, first))
+    minute = first
+    while minute < end:
+        if minute not in done:
+            if ranges and ranges[-1][1] == minute:
+                ranges[-1] = (ranges[-1][0], minute + event_rollups.MINUTE)
+            else:
+                ranges.append((minute, minute + event_rollups.MINUTE))
+        minute += event_rollups.MINUTE
+    ranges.append((end if end > since else since, None))
+    for start, stop in ranges:
+        for b, event_type, n in _stored_counts(start, stop, bucket, hidden):
+            totals[(b, event_type)] = totals.get((b, event_type), 0) + n
+    return [(b, t, n) for (b, t), n in totals.items()]
+
+
+def _stored_counts(
+    start: datetime, stop: datetime | None, bucket: int, hidden: frozenset[int]
+) -> list[tuple[int, str, int]]:
+    """(bucket number, type, count) of the events received in [start, stop), from the store
+    (the received_at index bounds the scan)."""
+    events = Event.objects.filter(received_at__gte=start)
+    if stop is not None:
+        events = events.filter(received_at__lt=stop)
+    events = store.visible_events(events, hidden=hidden)
     rows = (
         events.annotate(b=RawSQL(_bucket_sql(f"{Event._meta.db_table}.received_at", bucket), ()))
         .values_list("b", "type")
@@ -203,7 +253,7 @@ def compute_overview(
     since = datetime.fromtimestamp(first_bucket * bucket, tz=now.tzinfo)
     buckets = list(range(first_bucket, last_bucket + 1))
     index = {b: i for i, b in enumerate(buckets)}
-    counts = event_counts(since, bucket, hidden)
+    counts = event_counts(since, bucket, hidden, now)
     totals: dict[str, int] = {}
     for _b, event_type, n in counts:
         if not event_type.startswith(RUN_PREFIX):
@@ -237,7 +287,7 @@ def compute_overview(
     succeeded = sum(n for b, t, n in counts if t == RUN_PREFIX + "succeeded")
     failed = sum(n for b, t, n in counts if t == RUN_PREFIX + "failed")
     minute_ago = now - timedelta(seconds=60)
-    recent = event_counts(minute_ago, 60, hidden) if bucket != 60 else None
+    recent = event_counts(minute_ago, 60, hidden, now) if bucket != 60 else None
     last_minute = (
         recent
         if recent is not None

@@ -8,6 +8,7 @@ from hypothesis import settings as hypothesis_settings
 
 from tests import db_teardown
 from tests.http_recorder import Recorder
+from tests.million_runs import million_runs, run_million_row_tests_last
 from tests.stack import make_stack
 from workflows.access.tokens import create_api_token
 
@@ -21,6 +22,14 @@ hypothesis_settings.register_profile(
 hypothesis_settings.load_profile("signalbox")
 
 db_teardown.install()
+
+# Registered here (one definition for every file), so the million rows are made once per
+# process: tests/million_runs.py.
+__all__ = ["million_runs"]
+
+
+def pytest_collection_modifyitems(items):
+    run_million_row_tests_last(items)
 
 
 @pytest.fixture(scope="session")

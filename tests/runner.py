@@ -31,6 +31,7 @@ RESULTS = ROOT / "var" / "test-results"
 # the second lane, after the browser tests and the fault suite, so both lanes end together.
 SLOW_FILES = [
     "tests/test_keyset_explain.py",
+    "tests/test_pages_explain.py",
     "tests/test_launcher.py",
     "tests/test_openapi.py",
     "tests/test_connections.py",

@@ -2,79 +2,27 @@
 by PostgreSQL as index scans, never a sequential scan of the runs or events tables.
 
 A million runs (and their trigger events) are made with generate_series in the test
-database, ANALYZEd, and each query the page runs is EXPLAINed (and timed with EXPLAIN
-ANALYZE for the record in docs/dashboard.md). The rows are removed at the end."""
+database (tests/million_runs.py, shared with tests/test_pages_explain.py), ANALYZEd, and
+each query the page runs is EXPLAINed (and timed with EXPLAIN ANALYZE for the record in
+docs/dashboard.md). The rows are removed at the end of the session."""
 
 from __future__ import annotations
 
-import contextlib
-import time
 from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.utils import timezone
 
-from tests.factories import definition, log_step
-from workflows.authoring.definitions import publish_workflow, put_workflow
+from tests.million_runs import RUNS, WORKFLOWS
 from workflows.catalog.models import Workflow
 from workflows.events.models import Event
 from workflows.queries import dashboard as ds
 from workflows.runs.models import Run
 
-RUNS = 1_000_000
-WORKFLOWS = 4
-
-
-@pytest.fixture(scope="module")
-def million_runs(django_db_setup, django_db_blocker):
-    with django_db_blocker.unblock():
-        slugs = [f"keyset-{n}" for n in range(WORKFLOWS)]
-        versions = []
-        for slug in slugs:
-            put_workflow(slug=slug, raw=definition(log_step("only")))
-            versions.append(publish_workflow(slug=slug))
-        workflow_ids = [v.workflow_id for v in versions]
-        version_ids = [v.pk for v in versions]
-        started = time.monotonic()
-        with connection.cursor() as cursor, bulk_load(cursor, ["workflows_event", "workflows_run"]):
-            cursor.execute(
-                """
-                INSERT INTO workflows_event (source, ce_id, type, subject, specversion,
-                    datacontenttype, dataschema, data, data_is_base64, extensions,
-                    correlation_id, causation_id, validation, channel, received_at)
-                SELECT '/keyset', 'e' || g,
-                    CASE WHEN g %% 3 = 0 THEN 'com.example.paid' ELSE 'com.example.order' END,
-                    'order-' || (g %% 1000), '1.0', 'application/json', '',
-                    jsonb_build_object('order', g,
-                        'note', CASE WHEN g %% 50000 = 7 THEN 'needle' ELSE 'hay' END),
-                    false, '{}'::jsonb, 'conv-' || (g / 4), 'e' || g, 'unvalidated', 'http',
-                    now() - ((%(n)s - g) * interval '100 milliseconds')
-                FROM generate_series(1, %(n)s) AS g
-                """,
-                {"n": RUNS},
-            )
-            cursor.execute(
-                """
-                INSERT INTO workflows_run (workflow_id, version_id, event_id, status, error,
-                    origin, replay_from_step, correlation_id, partition_key, seq, created_at)
-                SELECT (%(workflows)s::bigint[])[1 + e.id %% %(k)s],
-                    (%(versions)s::bigint[])[1 + e.id %% %(k)s], e.id,
-                    CASE WHEN e.id %% 100 = 0 THEN 'failed'
-                         WHEN e.id %% 100 = 1 THEN 'running' ELSE 'succeeded' END,
-                    '', 'trigger', '', e.correlation_id, '', 3, e.received_at
-                FROM workflows_event e WHERE e.source = '/keyset' ORDER BY e.id
-                """,
-                {"workflows": workflow_ids, "versions": version_ids, "k": WORKFLOWS},
-            )
-            cursor.execute("ANALYZE workflows_event")
-            cursor.execute("ANALYZE workflows_run")
-        print(f"\n{RUNS:,} runs and events made in {time.monotonic() - started:.1f} s")
-        yield slugs
-        with connection.cursor() as cursor:
-            cursor.execute("DELETE FROM workflows_run WHERE workflow_id = ANY(%s)", [workflow_ids])
-            cursor.execute("DELETE FROM workflows_event WHERE source = '/keyset'")
-        Workflow.objects.filter(slug__in=slugs).delete()
+# The first test to ask for the million rows makes them (tests/million_runs.py): 40 to 80 s
+# on a quiet machine, minutes on a busy shared one; the suite's 180 s would cut it short.
+pytestmark = pytest.mark.timeout(900)
 
 
 def plan(qs) -> str:
@@ -188,33 +136,6 @@ def test_a_time_bound_becomes_an_id_bound_in_a_few_index_lookups(million_runs, d
     assert Run.objects.get(pk=found).created_at >= middle.received_at
     assert Run.objects.filter(pk__lt=found, created_at__gte=middle.received_at).count() == 0
     assert len(_queries) <= 25, len(_queries)
-
-
-@contextlib.contextmanager
-def bulk_load(cursor, tables: list[str]):
-    """A million rows load several times faster into tables without their secondary
-    indexes and foreign-key triggers: drop the indexes (those behind no constraint), turn
-    the triggers off for this session (the rows are consistent by construction), and build
-    the same indexes again afterwards, whatever happens."""
-    cursor.execute(
-        """
-        SELECT i.indexname, i.indexdef FROM pg_indexes i
-        WHERE i.schemaname = current_schema() AND i.tablename = ANY(%s)
-          AND NOT EXISTS (SELECT 1 FROM pg_constraint c
-                          WHERE c.conindid = (quote_ident(i.indexname))::regclass)
-        """,
-        [tables],
-    )
-    indexes = cursor.fetchall()
-    for name, _definition in indexes:
-        cursor.execute(f'DROP INDEX "{name}"')
-    cursor.execute("SET session_replication_role = replica")
-    try:
-        yield
-    finally:
-        cursor.execute("SET session_replication_role = DEFAULT")
-        for _name, definition in indexes:
-            cursor.execute(definition)
 
 
 EMITTED = 100_000

@@ -14,6 +14,7 @@ from workflows.events.models import (
     StreamSource,
     Webhook,
 )
+from workflows.queries.models import EventRollup
 from workflows.recovery.models import ReplayBatch
 from workflows.runs.models import EventWaiter, Run, RunJournal, StepItemResult, StepRun
 
@@ -23,6 +24,7 @@ __all__ = [
     "Connection",
     "DeadLetter",
     "Event",
+    "EventRollup",
     "EventSchema",
     "EventType",
     "EventWaiter",

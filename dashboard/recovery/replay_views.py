@@ -160,10 +160,11 @@ def replay_batches(request):
     except recovery.InvalidFilter as exc:
         selection, errors = recovery.FailedRunFilter(), exc.errors
     hidden = ds.hidden_workflow_ids(request.user)
-    matching = (
-        []
-        if errors
-        else list(recovery.failed_runs(selection, hidden=hidden)[: replays.MAX_BATCH + 1])
+    matching_ids, matching = _matching_runs(
+        selection,
+        hidden,
+        errors=errors,
+        every=bool(request.method == "POST" or source.get("dry_run") or selection.runs),
     )
     from_step = (source.get("from_step") or replays.FROM_FAILED).strip()
     replay_version = source.get("replay_version") or replays.VERSION_ORIGINAL
@@ -179,7 +180,7 @@ def replay_batches(request):
             per_second = float(source.get("per_second") or replays.DEFAULT_PER_SECOND)
             batch = replays.start_bulk_replay(
                 actor=request.user.get_username(),
-                run_ids=[r.pk for r in matching],
+                run_ids=matching_ids,
                 selection=selection.as_json(),
                 from_step=from_step,
                 version=replay_version,
@@ -219,17 +220,37 @@ def replay_batches(request):
             "will_start": sum(1 for c in checks or [] if c.can),
             "will_not_start": sum(1 for c in checks or [] if not c.can),
             "errors": errors,
-            "matching": matching if selection.runs else matching[:50],
-            "matching_count": len(matching),
+            "matching": matching if selection.runs else matching[:SHOWN],
+            "matching_count": len(matching_ids),
             "ticked": selection.runs,
             # Ticked runs a bulk replay does not take: not failed, already replayed, a try.
-            "ticked_left_out": sorted(set(selection.runs) - {r.pk for r in matching}),
+            "ticked_left_out": sorted(set(selection.runs) - set(matching_ids)),
             "batches": recovery.batches(limit=20, hidden=hidden),
             "workflows": Workflow.objects.exclude(id__in=sorted(hidden)).order_by("slug"),
             "can_operate": can_operate(request),
         },
         status=400 if errors and request.method == "POST" else 200,
     )
+
+
+SHOWN = 50  # matching runs listed on the page (all of them when ticked)
+
+
+def _matching_runs(
+    selection, hidden: frozenset[int], *, errors: dict[str, str], every: bool
+) -> tuple[list[int], list[Run]]:
+    """The ids of the failed runs a bulk replay would take (up to one over the cap), and the
+    runs themselves: all of them for a dry run, a replay or ticked runs, else the first
+    SHOWN (a thousand runs with their workflows and versions, to show fifty and a count,
+    were most of the page's time at a million runs)."""
+    if errors:
+        return [], []
+    runs = recovery.failed_runs(selection, hidden=hidden)
+    if every:
+        found = list(runs[: replays.MAX_BATCH + 1])
+        return [r.pk for r in found], found
+    ids = list(runs.values_list("pk", flat=True)[: replays.MAX_BATCH + 1])
+    return ids, list(runs.filter(pk__in=ids[:SHOWN]))
 
 
 def _workflow_step_ids(slug: str) -> list[str]:

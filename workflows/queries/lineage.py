@@ -12,7 +12,7 @@ from workflows.queries.events import visible_events
 from workflows.queries.run_graph import STATE_COLOURS, curve, layered_positions
 from workflows.queries.run_view import emitted_events
 from workflows.queries.runs import SHADOW
-from workflows.runs.models import Run
+from workflows.runs.models import Run, StepRun
 from workflows.runs.producers import RUN_EXTENSION
 
 
@@ -173,9 +173,14 @@ def lineage(
             if add(run_node(run, depth + 1)):
                 frontier_runs.append(run.pk)
             edges.append((f"event-{run.event_id}", f"run-{run.pk}", "started"))
+        # The attempts' ids first: joined in one query, the planner walked every run in id
+        # order looking for a child (the whole table when there was none).
+        attempts = list(
+            StepRun.objects.filter(run_id__in=frontier_runs).values_list("pk", flat=True)
+        )
         children = list(
             Run.objects.select_related("workflow", "parent_step")
-            .filter(parent_step__run_id__in=frontier_runs)
+            .filter(parent_step_id__in=attempts)
             .exclude(workflow_id__in=sorted(hidden))
             .order_by("id")[: max_nodes + 1]
         )

@@ -116,7 +116,9 @@ class ReplayPlan:
 
 def latest_attempts(run: Run) -> dict[str, StepRun]:
     latest: dict[str, StepRun] = {}
-    for step_run in run.steps.order_by("attempt", "id"):
+    # all(), sorted here: steps prefetched for many runs at once (check_bulk_replay) are
+    # used as they are, with no query per run.
+    for step_run in sorted(run.steps.all(), key=lambda s: (s.attempt, s.pk)):
         latest[step_run.step_id] = step_run
     return latest
 
@@ -158,7 +160,11 @@ def resolve_version(run: Run, choice: str) -> WorkflowVersion:
     if choice in ("", VERSION_ORIGINAL):
         return run.version
     if choice == VERSION_LATEST:
-        workflow = Workflow.objects.select_related("published_version").get(pk=run.workflow_id)
+        workflow = (
+            run.workflow  # loaded with its published version (check_bulk_replay)
+            if Run.workflow.is_cached(run) and Workflow.published_version.is_cached(run.workflow)
+            else Workflow.objects.select_related("published_version").get(pk=run.workflow_id)
+        )
         if workflow.published_version is None:
             raise ReplayError(f"workflow {workflow.slug} has no published version")
         return workflow.published_version

@@ -88,8 +88,8 @@ def failed_runs(
     selection: FailedRunFilter, *, hidden: frozenset[int] = frozenset()
 ) -> QuerySet[Run]:
     """`hidden`: workflows the asker may not see (dashboard_selectors.hidden_workflow_ids)."""
-    # "Not replayed yet" as a correlated NOT EXISTS, answered by the replay_of index per
-    # failed run: the exclude() over the reverse relation was a NOT IN over every replay,
+    # "Not replayed yet" as a correlated NOT EXISTS, answered by the partial index of the
+    # replays (run_replays): the exclude() over the reverse relation was a NOT IN over every replay,
     # a sequential scan of the whole run table (1.6 s at a million runs), and needed a
     # DISTINCT that sorted every failed run before the LIMIT.
     replayed = Run.objects.filter(replay_of=OuterRef("pk"), origin="replay")
@@ -98,6 +98,9 @@ def failed_runs(
         .exclude(origin__in=["shadow", "try"])  # a try is the editor's, not the workflow's
         .filter(~Exists(replayed))
         .select_related("workflow", "version")
+        # A thousand runs' versions, each with its whole definition, were most of the
+        # page's time; definition_for reads a definition once per version when it is needed.
+        .defer("version__definition")
         .order_by("id")
     )
     if hidden:

@@ -65,6 +65,14 @@ class Run(models.Model):
                 name="run_queued_by_workflow",
                 condition=Q(status="queued"),
             ),
+            # "Not replayed yet" (the bulk replay's filter) probes only the replays, a few
+            # rows, never a hash of the whole table.
+            models.Index(fields=["replay_of"], name="run_replays", condition=Q(origin="replay")),
+            # Failed runs that finished in a time range (the bulk replay's filter), without
+            # reading every failed run.
+            models.Index(
+                fields=["finished_at"], name="run_failed_finished", condition=Q(status="failed")
+            ),
         ]
 
     def __str__(self) -> str:

@@ -11,11 +11,14 @@ from workflows.events.bus import relay_unmatched, relay_unpublished
 from workflows.events.schedules import fire_due
 from workflows.infra import heartbeat
 from workflows.infra.loop import Stopper
+from workflows.queries import event_rollups
 from workflows.recovery.replay import resume_stranded_batches
 from workflows.runs import step_heartbeats
 from workflows.runs.sweeps import enqueue_due_steps
 
 log = logging.getLogger("signalbox.scheduler")
+# The overview's per-minute rollups change once a minute: no need to look every round.
+ROLLUP_EVERY_SECONDS = 10.0
 
 
 class Command(BaseCommand):
@@ -30,6 +33,7 @@ class Command(BaseCommand):
         # write heartbeats while it is away, so leases are judged again only once it has
         # been back for a whole heartbeat timeout.
         self.database_lost_at: float | None = None
+        self.rolled_up_at = float("-inf")
         log.info("scheduler starting")
         while not stopper.stopped:
             # Schedules need only the database: their events wait in the outbox while
@@ -38,6 +42,7 @@ class Command(BaseCommand):
             self.guarded(self.relay_and_enqueue, "timers")
             self.guarded(demo_traffic.tick, "demo traffic")  # only while switched on
             self.guarded(resume_stranded_batches, "stranded replay batches")
+            self.guarded(self.roll_up_events, "overview rollups")
             stopper.wait(interval)
         log.info("scheduler stopped")
 
@@ -49,6 +54,12 @@ class Command(BaseCommand):
         enqueued = enqueue_due_steps(judge_leases=self.leases_judgeable())
         if relayed or enqueued:
             log.info("relayed %d event(s), enqueued %d step(s)", relayed, enqueued)
+
+    def roll_up_events(self) -> None:
+        if time.monotonic() - self.rolled_up_at < ROLLUP_EVERY_SECONDS:
+            return
+        self.rolled_up_at = time.monotonic()
+        event_rollups.tick()
 
     def leases_judgeable(self) -> bool:
         if self.database_lost_at is None:
