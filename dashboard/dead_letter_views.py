@@ -18,8 +18,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from workflows import dashboard_selectors as ds
+from workflows import event_selectors as store
 from workflows import replay_selectors as recovery
-from workflows.models import Run
+from workflows.models import Event, Run
 from workflows.services import dead_letters as dlq
 from workflows.services import replay as replays
 from workflows.services.dead_letter_preview import preview_redrive
@@ -234,6 +235,12 @@ def dead_letter_redrive(request, letter_id: int):
     first = shown.order_by("id").values_list("pk", flat=True).first()
     if first is not None:
         return redirect("dashboard:run", run_id=first)
+    # An event ingested again reaches its workflows through the bus, after this answer: its
+    # lineage page shows each run as it starts.
+    if not done.runs and done.event is not None:
+        event = Event.objects.filter(pk=done.event).first()
+        if event is not None and not store.is_hidden(event, hidden=hidden):
+            return redirect("dashboard:lineage", event_id=event.pk)
     if recovery.dead_letter(letter_id, hidden=hidden) is None:
         return redirect("dashboard:dead-letters")
     return redirect("dashboard:dead-letter", letter_id=letter_id)

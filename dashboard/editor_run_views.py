@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from workflows import selectors
@@ -86,12 +87,14 @@ def try_it(request, slug: str):
         context["errors"] = [f"the data breaks the type's schema: {exc}"]
     else:
         context["run"] = run
+        run_url = reverse("dashboard:run", args=[run.pk])
         return draft_written(
             request,
             "dashboard/_editor_try.html",
             context,
             workflow,
-            {"editor:show-run": {"run": run.pk, "origin": "try"}},
+            # The run page is where a run is watched: the editor goes there at once.
+            {"editor:show-run": {"run": run.pk, "origin": "try", "url": run_url}},
         )
     return draft_written(request, "dashboard/_editor_try.html", context, workflow)
 
