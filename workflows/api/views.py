@@ -13,6 +13,8 @@ from ..definition import InvalidDefinition
 from ..definition_files import YAML_TYPES, UnreadableDefinition, load_definition_text
 from ..events.envelope import InvalidEvent, loads_json
 from ..models import Workflow
+from ..services.definitions import RunsWouldFail
+from ..services.preflight import run_problems
 from . import editor as drafts_api
 from .auth import hides, hides_slug, token_required, visible_workflow
 from .bodies import UNSTORABLE_TEXT, BodyTooLarge, media_type, read_limited, storable
@@ -62,7 +64,9 @@ def workflow(request, slug: str):
             kind="invalid-definition",
             errors=errors,
         )
-    response = JsonResponse(_workflow_json(saved), status=201 if created else 200)
+    # Stored, and what a publish would be refused for (as the editor shows as it saves).
+    body = {**_workflow_json(saved), "problems": run_problems(saved.draft)}
+    response = JsonResponse(body, status=201 if created else 200)
     return drafts_api.with_etag(response, saved)
 
 
@@ -86,6 +90,8 @@ def publish(request, slug: str):
         )
     except drafts_api.Refused as exc:
         return exc.response
+    except RunsWouldFail as exc:
+        return drafts_api.runs_would_fail(exc)
     except InvalidDefinition as exc:
         return problem(
             400,

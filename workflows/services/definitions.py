@@ -8,13 +8,21 @@ from __future__ import annotations
 from ..models import Workflow
 from .definition_parsing import PARSED_CACHE_SIZE, definition_for, parse_definition
 from .draft_store import replace_draft
-from .publishing import manual_event_type, publish_workflow, schedule_event_type
+from .preflight import RunsWouldFail
+from .publishing import (
+    manual_event_type,
+    publish_runnable,
+    publish_workflow,
+    schedule_event_type,
+)
 
 __all__ = [
     "PARSED_CACHE_SIZE",
+    "RunsWouldFail",
     "definition_for",
     "manual_event_type",
     "parse_definition",
+    "publish_runnable",
     "publish_workflow",
     "put_workflow",
     "schedule_event_type",

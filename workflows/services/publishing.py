@@ -10,6 +10,7 @@ from ..events.schedules import InvalidSchedule
 from ..events.schedules import parse as parse_schedule
 from ..models import Schedule, TriggerSubscription, Webhook, Workflow, WorkflowVersion
 from .definition_parsing import parse_definition
+from .preflight import refuse_failing_runs
 
 
 def schedule_event_type(slug: str) -> str:
@@ -93,3 +94,15 @@ def publish_workflow(*, slug: str, note: str = "", published_by: str = "") -> Wo
             for event_type in event_types
         )
     return version
+
+
+def publish_runnable(*, slug: str, note: str = "", published_by: str = "") -> WorkflowVersion:
+    """publish_workflow, refused as the editor refuses it (drafts.publish_draft): a draft
+    that is not well formed raises InvalidDefinition, and one whose every run would trip
+    over something (preflight) raises RunsWouldFail; nothing is published either way."""
+    with transaction.atomic():
+        # Locked, so the draft checked is the draft published.
+        workflow = Workflow.objects.select_for_update().get(slug=slug)
+        parse_definition(workflow.draft)
+        refuse_failing_runs(workflow.draft)
+        return publish_workflow(slug=slug, note=note, published_by=published_by)
