@@ -13,9 +13,11 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
+from jsonschema import Draft202012Validator
 
 from tests.accounts import sign_in
 from tests.factories import definition, http_step, log_step
+from workflows.api.openapi import description
 from workflows.models import Workflow
 from workflows.roles import ensure_groups
 from workflows.services import drafts
@@ -207,3 +209,26 @@ def test_the_cli_publishes_a_clean_file_without_a_warning(tmp_path):
 
     assert out.getvalue().strip().endswith("published as v1")
     assert err.getvalue() == ""
+
+
+# --- as workflows/api/openapi.yaml describes them -------------------------------------------------
+def described(ref: str) -> Draft202012Validator:
+    return Draft202012Validator({**description(), "$ref": ref})
+
+
+def test_the_refusal_and_the_problems_of_draft_writes_are_answered_as_described(call):
+    paths = description()["paths"]
+    publish = paths["/api/v1/workflows/{slug}/publish"]["post"]["responses"]
+    imported = paths["/api/v1/workflows/{slug}/import"]["post"]["responses"]
+    assert publish["422"] == imported["422"] == {"$ref": "#/components/responses/RunsWouldFail"}
+    refused = described(
+        "#/components/responses/RunsWouldFail/content/application~1problem+json/schema"
+    )
+
+    put = call("put", "/workflows/shop", BROKEN)
+    imported_draft = call("post", "/workflows/other/import", BROKEN)
+    publish_refused = call("post", "/workflows/shop/publish")
+
+    assert list(described("#/components/schemas/WrittenWorkflow").iter_errors(put.json())) == []
+    assert list(described("#/components/schemas/Imported").iter_errors(imported_draft.json())) == []
+    assert list(refused.iter_errors(refusal(publish_refused))) == []
