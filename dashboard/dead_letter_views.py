@@ -17,6 +17,8 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
+from dashboard.access import role_required
+from dashboard.recovery_access import can_operate, require_operator
 from workflows import dashboard_selectors as ds
 from workflows import event_selectors as store
 from workflows import replay_selectors as recovery
@@ -24,12 +26,6 @@ from workflows.models import Event, Run
 from workflows.services import dead_letters as dlq
 from workflows.services import replay as replays
 from workflows.services.dead_letter_preview import preview_redrive
-
-from .access import role_required
-from .recovery_access import (
-    can_operate,
-    require_operator,
-)
 
 
 # --- the dead-letter queue -----------------------------------------------------------------------

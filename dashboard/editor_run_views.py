@@ -10,16 +10,8 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
-from workflows import selectors
-from workflows.dashboard_selectors import hidden_workflow_ids
-from workflows.definition import InvalidDefinition
-from workflows.events.envelope import InvalidEvent
-from workflows.models import Event, Run
-from workflows.services import drafts
-from workflows.services.schemas import SchemaViolation
-
-from .access import role_required
-from .editor_requests import (
+from dashboard.access import role_required
+from dashboard.editor_requests import (
     base_revision_of,
     client_of,
     conflict_panel,
@@ -28,6 +20,13 @@ from .editor_requests import (
     username,
     workflow_for,
 )
+from workflows import selectors
+from workflows.dashboard_selectors import hidden_workflow_ids
+from workflows.definition import InvalidDefinition
+from workflows.events.envelope import InvalidEvent
+from workflows.models import Event, Run
+from workflows.services import drafts
+from workflows.services.schemas import SchemaViolation
 
 
 # --- try it --------------------------------------------------------------------------------

@@ -10,11 +10,10 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.helpers import LIVE_TIMEOUT_MS, Gate, log_in, marker_survived, set_marker
+from tests.browser.test_live_dashboard import publish, run_of_event, send
 from tests.factories import cloudevent, definition, http_step, log_step
 from tests.waiting import wait_until
-
-from .helpers import LIVE_TIMEOUT_MS, Gate, log_in, marker_survived, set_marker
-from .test_live_dashboard import publish, run_of_event, send
 
 RUN_PAGE = re.compile(r"/runs/(\d+)/$")
 

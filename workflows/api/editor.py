@@ -30,17 +30,17 @@ from django.http import HttpResponse, JsonResponse
 from django.urls import path
 from django.views.decorators.http import require_http_methods
 
-from ..definition import InvalidDefinition
-from ..definition_files import YAML_TYPES, UnreadableDefinition, load_definition_text
-from ..events.envelope import InvalidEvent, loads_json
-from ..models import Event, Workflow, WorkflowVersion
-from ..services import drafts
-from ..services.definitions import RunsWouldFail, publish_runnable
-from ..services.preflight import run_problems
-from ..services.schemas import SchemaViolation
-from .auth import hides_slug, token_required, visible_workflow
-from .bodies import UNSTORABLE_TEXT, BodyTooLarge, media_type, read_limited, storable
-from .problems import problem
+from workflows.api.auth import hides_slug, token_required, visible_workflow
+from workflows.api.bodies import UNSTORABLE_TEXT, BodyTooLarge, media_type, read_limited, storable
+from workflows.api.problems import problem
+from workflows.definition import InvalidDefinition
+from workflows.definition_files import YAML_TYPES, UnreadableDefinition, load_definition_text
+from workflows.events.envelope import InvalidEvent, loads_json
+from workflows.models import Event, Workflow, WorkflowVersion
+from workflows.services import drafts
+from workflows.services.definitions import RunsWouldFail, publish_runnable
+from workflows.services.preflight import run_problems
+from workflows.services.schemas import SchemaViolation
 
 MAX_DEFINITION_BYTES = 1024 * 1024
 

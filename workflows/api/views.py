@@ -8,18 +8,18 @@ from urllib.parse import urlencode
 from django.http import JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from .. import roles, selectors
-from ..definition import InvalidDefinition
-from ..definition_files import YAML_TYPES, UnreadableDefinition, load_definition_text
-from ..events.envelope import InvalidEvent, loads_json
-from ..models import Workflow
-from ..services.definitions import RunsWouldFail
-from ..services.preflight import run_problems
-from . import editor as drafts_api
-from .auth import hides, hides_slug, token_required, visible_workflow
-from .bodies import UNSTORABLE_TEXT, BodyTooLarge, media_type, read_limited, storable
-from .pagination import InvalidPage, page_params
-from .problems import problem
+from workflows import roles, selectors
+from workflows.api import editor as drafts_api
+from workflows.api.auth import hides, hides_slug, token_required, visible_workflow
+from workflows.api.bodies import UNSTORABLE_TEXT, BodyTooLarge, media_type, read_limited, storable
+from workflows.api.pagination import InvalidPage, page_params
+from workflows.api.problems import problem
+from workflows.definition import InvalidDefinition
+from workflows.definition_files import YAML_TYPES, UnreadableDefinition, load_definition_text
+from workflows.events.envelope import InvalidEvent, loads_json
+from workflows.models import Workflow
+from workflows.services.definitions import RunsWouldFail
+from workflows.services.preflight import run_problems
 
 MAX_DEFINITION_BYTES = 1024 * 1024
 
@@ -162,7 +162,7 @@ def _workflow_json(workflow: Workflow) -> dict:
 @require_http_methods(["POST"])
 @token_required("operator")
 def cancel(request, run_id: int):
-    from ..services.run_control import cancel_run
+    from workflows.services.run_control import cancel_run
 
     found = selectors.run_detail(run_id)
     if found is None or hides(request, found.workflow_id):
@@ -190,8 +190,8 @@ def cancel(request, run_id: int):
 def start_run(request, slug: str):
     """Start a run by hand: fires `signalbox.manual.<slug>`, which a workflow with a
     `{"manual": true}` trigger listens to. The run appears once the bus delivers it."""
-    from ..services.definitions import manual_event_type
-    from ..services.manual_events import manual_source, send_manual_event
+    from workflows.services.definitions import manual_event_type
+    from workflows.services.manual_events import manual_source, send_manual_event
 
     found = Workflow.objects.select_related("published_version").filter(slug=slug).first()
     if found is None or found.published_version is None or hides(request, found.pk):

@@ -5,11 +5,15 @@ import the first directly, so that nothing they need sits above the draft editor
 
 from __future__ import annotations
 
-from ..models import Workflow
-from .definition_parsing import PARSED_CACHE_SIZE, definition_for, parse_definition
-from .draft_store import replace_draft
-from .preflight import RunsWouldFail
-from .publishing import (
+from workflows.models import Workflow
+from workflows.services.definition_parsing import (
+    PARSED_CACHE_SIZE,
+    definition_for,
+    parse_definition,
+)
+from workflows.services.draft_store import replace_draft
+from workflows.services.preflight import RunsWouldFail
+from workflows.services.publishing import (
     manual_event_type,
     publish_runnable,
     publish_workflow,

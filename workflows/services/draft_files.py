@@ -8,18 +8,18 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
-from ..definition_files import dump_definition, load_definition_text
-from ..models import Workflow, WorkflowVersion
-from . import audit
-from .definition_parsing import parse_definition
-from .draft_store import (
+from workflows.definition_files import dump_definition, load_definition_text
+from workflows.models import Workflow, WorkflowVersion
+from workflows.services import audit
+from workflows.services.definition_parsing import parse_definition
+from workflows.services.draft_store import (
     MAX_NOTE,
     SLUG,
     DraftRefused,
     definition_at,
     replace_draft,
 )
-from .publishing import publish_runnable
+from workflows.services.publishing import publish_runnable
 
 
 # --- definitions as files ------------------------------------------------------------------

@@ -29,10 +29,10 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from ..definition import InvalidDefinition, Problem
-from ..expressions import TEMPLATE
-from ..outbound import Allowlist, is_public
-from ..steps import registry
+from workflows.definition import InvalidDefinition, Problem
+from workflows.expressions import TEMPLATE
+from workflows.outbound import Allowlist, is_public
+from workflows.steps import registry
 
 __all__ = [
     "OUTPUT_FIELDS",

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from .. import definition as definition_format
-from ..events.schedules import InvalidSchedule
-from ..events.schedules import parse as parse_schedule
-from ..models import Schedule, TriggerSubscription, Webhook, Workflow, WorkflowVersion
-from .definition_parsing import parse_definition
-from .preflight import refuse_failing_runs
+from workflows import definition as definition_format
+from workflows.events.schedules import InvalidSchedule
+from workflows.events.schedules import parse as parse_schedule
+from workflows.models import Schedule, TriggerSubscription, Webhook, Workflow, WorkflowVersion
+from workflows.services.definition_parsing import parse_definition
+from workflows.services.preflight import refuse_failing_runs
 
 
 def schedule_event_type(slug: str) -> str:
