@@ -7,10 +7,11 @@ import json
 from typing import Any
 
 from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from dashboard.access import role_required
-from dashboard.editor.request_context import (
+from dashboard.editor_requests import (
     base_revision_of,
     client_of,
     conflict_panel,
@@ -19,14 +20,13 @@ from dashboard.editor.request_context import (
     username,
     workflow_for,
 )
-from workflows.authoring import drafts
-from workflows.core.definition import InvalidDefinition
+from workflows import selectors
+from workflows.dashboard_selectors import hidden_workflow_ids
+from workflows.definition import InvalidDefinition
 from workflows.events.envelope import InvalidEvent
-from workflows.events.models import Event
-from workflows.events.schemas import SchemaViolation
-from workflows.queries import runs as selectors
-from workflows.queries.dashboard import hidden_workflow_ids
-from workflows.runs.models import Run
+from workflows.models import Event, Run
+from workflows.services import drafts
+from workflows.services.schemas import SchemaViolation
 
 
 # --- try it --------------------------------------------------------------------------------
@@ -86,12 +86,14 @@ def try_it(request, slug: str):
         context["errors"] = [f"the data breaks the type's schema: {exc}"]
     else:
         context["run"] = run
+        run_url = reverse("dashboard:run", args=[run.pk])
         return draft_written(
             request,
             "dashboard/_editor_try.html",
             context,
             workflow,
-            {"editor:show-run": {"run": run.pk, "origin": "try"}},
+            # The run page is where a run is watched: the editor goes there at once.
+            {"editor:show-run": {"run": run.pk, "origin": "try", "url": run_url}},
         )
     return draft_written(request, "dashboard/_editor_try.html", context, workflow)
 

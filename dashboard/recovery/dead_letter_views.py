@@ -18,13 +18,14 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from dashboard.access import role_required
-from dashboard.recovery.access import can_operate, require_operator
-from workflows.queries import dashboard as ds
-from workflows.recovery import dead_letters as dlq
-from workflows.recovery import replay as replays
-from workflows.recovery import selectors as recovery
-from workflows.recovery.dead_letter_preview import preview_redrive
-from workflows.runs.models import Run
+from dashboard.recovery_access import can_operate, require_operator
+from workflows import dashboard_selectors as ds
+from workflows import event_selectors as store
+from workflows import replay_selectors as recovery
+from workflows.models import Event, Run
+from workflows.services import dead_letters as dlq
+from workflows.services import replay as replays
+from workflows.services.dead_letter_preview import preview_redrive
 
 
 # --- the dead-letter queue -----------------------------------------------------------------------
@@ -230,6 +231,12 @@ def dead_letter_redrive(request, letter_id: int):
     first = shown.order_by("id").values_list("pk", flat=True).first()
     if first is not None:
         return redirect("dashboard:run", run_id=first)
+    # An event ingested again reaches its workflows through the bus, after this answer: its
+    # lineage page shows each run as it starts.
+    if not done.runs and done.event is not None:
+        event = Event.objects.filter(pk=done.event).first()
+        if event is not None and not store.is_hidden(event, hidden=hidden):
+            return redirect("dashboard:lineage", event_id=event.pk)
     if recovery.dead_letter(letter_id, hidden=hidden) is None:
         return redirect("dashboard:dead-letters")
     return redirect("dashboard:dead-letter", letter_id=letter_id)

@@ -80,6 +80,12 @@ class Gate:
     def release(self) -> None:
         self.released.set()
 
+    def hold(self, status: int) -> None:
+        """Hold the next requests again, and answer them `status` once released."""
+        self.status = status
+        self.arrived.clear()
+        self.released.clear()
+
     def close(self) -> None:
         self.released.set()
         self.server.shutdown()

@@ -11,7 +11,8 @@ POST  /workflows/<slug>/try               {"event": <id>} or {"data": …, "type
 
 An import is all or nothing: an unreadable or invalid file is refused (400, every problem
 with its JSON pointer) and nothing changes; with ?publish=true a publish that is refused
-takes the new draft back with it.
+takes the new draft back with it (422 `runs-would-fail` when every run would hit a
+problem, as the editor refuses to publish it: workflows/services/preflight.py).
 
 Every write of a draft bumps its revision, sent as the `ETag` (`"7"`) and as
 `draft_revision`. A write may name the revision it is based on: `If-Match: "7"` (refused
@@ -32,18 +33,14 @@ from django.views.decorators.http import require_http_methods
 from workflows.api.auth import hides_slug, token_required, visible_workflow
 from workflows.api.bodies import UNSTORABLE_TEXT, BodyTooLarge, media_type, read_limited, storable
 from workflows.api.problems import problem
-from workflows.authoring import drafts
-from workflows.authoring.definition_files import (
-    YAML_TYPES,
-    UnreadableDefinition,
-    load_definition_text,
-)
-from workflows.authoring.definitions import publish_workflow
-from workflows.catalog.models import Workflow, WorkflowVersion
-from workflows.core.definition import InvalidDefinition
+from workflows.definition import InvalidDefinition
+from workflows.definition_files import YAML_TYPES, UnreadableDefinition, load_definition_text
 from workflows.events.envelope import InvalidEvent, loads_json
-from workflows.events.models import Event
-from workflows.events.schemas import SchemaViolation
+from workflows.models import Event, Workflow, WorkflowVersion
+from workflows.services import drafts
+from workflows.services.definitions import RunsWouldFail, publish_runnable
+from workflows.services.preflight import run_problems
+from workflows.services.schemas import SchemaViolation
 
 MAX_DEFINITION_BYTES = 1024 * 1024
 
@@ -132,7 +129,8 @@ def put_definition(request, *, slug: str, raw: Any) -> tuple[Workflow, bool]:
 def publish_seen(request, *, slug: str, note: str, published_by: str) -> WorkflowVersion:
     """POST /workflows/<slug>/publish: publish the draft, refused (Refused) when the
     request names a revision (If-Match, or `base_revision` in its body) that is not the
-    draft's: nobody publishes a draft they have not seen. Raises InvalidDefinition."""
+    draft's: nobody publishes a draft they have not seen. Raises InvalidDefinition, or
+    RunsWouldFail for a well-formed draft that every run would trip over."""
     try:
         body = loads_json(request.body) if request.body else {}
     except InvalidEvent:
@@ -147,7 +145,8 @@ def publish_seen(request, *, slug: str, note: str, published_by: str) -> Workflo
         with transaction.atomic():
             if base is not None:
                 drafts.expect_revision(slug=slug, base_revision=base)
-            return publish_workflow(slug=slug, note=note, published_by=published_by)
+            # Refused as the editor refuses it: RunsWouldFail (preflight) answers 422.
+            return publish_runnable(slug=slug, note=note, published_by=published_by)
     except drafts.DraftConflict as exc:
         raise Refused(conflict(exc, if_match=if_match)) from exc
 
@@ -177,6 +176,19 @@ def _invalid(exc: InvalidDefinition):
         f"{len(errors)} problem(s) in the definition",
         kind="invalid-definition",
         errors=errors,
+    )
+
+
+def runs_would_fail(exc: RunsWouldFail):
+    """422: the draft is well formed, but every run would hit these (each names its step);
+    the editor refuses to publish it for the same reasons."""
+    return problem(
+        422,
+        "Runs of this workflow would fail",
+        f"{len(exc.errors)} problem(s) every run would hit; nothing was published. "
+        "Fix them in the draft and publish again.",
+        kind="runs-would-fail",
+        errors=exc.errors,
     )
 
 
@@ -249,6 +261,8 @@ def import_(request, slug: str):
         return problem(400, "Unreadable definition", str(exc), kind="invalid-json")
     except drafts.DraftRefused as exc:
         return problem(400, "Invalid slug", str(exc), kind="invalid-slug")
+    except RunsWouldFail as exc:  # ?publish=true: the new draft was taken back too
+        return runs_would_fail(exc)
     except InvalidDefinition as exc:
         return _invalid(exc)
     workflow = result.workflow
@@ -262,6 +276,8 @@ def import_(request, slug: str):
             if workflow.published_version
             else None,
             "created": result.created,
+            # What a publish would be refused for (none once published).
+            "problems": run_problems(workflow.draft),
         },
         status=201 if result.created else 200,
     )

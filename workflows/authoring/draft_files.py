@@ -8,18 +8,18 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
-from workflows.access import audit
-from workflows.authoring.definition_files import dump_definition, load_definition_text
-from workflows.authoring.draft_store import (
+from workflows.definition_files import dump_definition, load_definition_text
+from workflows.models import Workflow, WorkflowVersion
+from workflows.services import audit
+from workflows.services.definition_parsing import parse_definition
+from workflows.services.draft_store import (
     MAX_NOTE,
     SLUG,
     DraftRefused,
     definition_at,
     replace_draft,
 )
-from workflows.authoring.publishing import publish_workflow
-from workflows.catalog.definition_parsing import parse_definition
-from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.services.publishing import publish_runnable
 
 
 # --- definitions as files ------------------------------------------------------------------
@@ -56,8 +56,9 @@ def import_definition(
     in `team`) and optionally publish it, all or nothing.
 
     Raises UnreadableDefinition (neither JSON nor YAML), InvalidDefinition (every problem,
-    with its JSON pointer), DraftRefused (a bad slug) or DraftConflict (`base_revision` is
-    not the stored revision); then nothing has changed."""
+    with its JSON pointer; RunsWouldFail when only a publish is refused, for problems every
+    run would hit), DraftRefused (a bad slug) or DraftConflict (`base_revision` is not the
+    stored revision); then nothing has changed."""
     if not SLUG.match(slug or ""):
         raise DraftRefused(f"{slug!r} is not a workflow slug (letters, digits, '-' and '_')")
     raw = load_definition_text(body, yaml_format=yaml_format)
@@ -69,8 +70,8 @@ def import_definition(
         version = None
         if publish:
             # Inside the transaction: a publish that is refused (a webhook that does not
-            # exist) takes the new draft back with it.
-            version = publish_workflow(
+            # exist, a problem every run would hit) takes the new draft back with it.
+            version = publish_runnable(
                 slug=slug, note=(note or "imported")[:MAX_NOTE], published_by=by
             )
         audit.record(

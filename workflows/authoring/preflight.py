@@ -32,13 +32,20 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from workflows.authoring.destination_checks import destination_problems
-from workflows.core.definition import Problem
-from workflows.core.expressions import TEMPLATE
-from workflows.infra.outbound import Allowlist, is_public
+from workflows.definition import InvalidDefinition, Problem
+from workflows.expressions import TEMPLATE
+from workflows.outbound import Allowlist, is_public
 from workflows.steps import registry
 
-__all__ = ["OUTPUT_FIELDS", "outbound_problems", "preflight", "reference_problems"]
+__all__ = [
+    "OUTPUT_FIELDS",
+    "RunsWouldFail",
+    "outbound_problems",
+    "preflight",
+    "reference_problems",
+    "refuse_failing_runs",
+    "run_problems",
+]
 
 # The output fields of kinds whose output is fixed (workflows/steps/control.py, waiting.py);
 # other kinds' outputs depend on their config or on what a server answers.
@@ -78,6 +85,42 @@ def preflight(raw: Any, *, allow: Iterable[str] | None = None) -> list[Problem]:
     return (
         reference_problems(raw) + outbound_problems(raw, allow=entries) + destination_problems(raw)
     )
+
+
+class RunsWouldFail(InvalidDefinition):
+    """A well-formed definition that every run would trip over: it is not published (the
+    editor refuses it too). `errors` names each problem's step."""
+
+    def __init__(self, problems: list[Problem], *, raw: Mapping[str, Any]):
+        super().__init__(problems)
+        self.errors = with_steps(raw, problems)
+
+
+def refuse_failing_runs(raw: Any) -> None:
+    """Raise RunsWouldFail when `raw` has a problem a run would hit (for a publish)."""
+    if problems := preflight(raw):
+        raise RunsWouldFail(problems, raw=raw)
+
+
+def run_problems(raw: Any) -> list[dict[str, Any]]:
+    """What a publish of `raw` would be refused for: {path, message, step} each."""
+    return with_steps(raw, preflight(raw))
+
+
+def with_steps(raw: Any, problems: list[Problem]) -> list[dict[str, Any]]:
+    return [{**p.as_dict(), "step": step_at(raw, p.path)} for p in problems]
+
+
+def step_at(raw: Any, path: str) -> str | None:
+    """The id of the step a problem's JSON pointer (`/steps/<index>/…`) is in."""
+    parts = path.split("/")
+    steps = raw.get("steps") if isinstance(raw, Mapping) else None
+    if len(parts) < 3 or parts[1] != "steps" or not parts[2].isdigit():
+        return None
+    if not isinstance(steps, list) or int(parts[2]) >= len(steps):
+        return None
+    step = steps[int(parts[2])]
+    return step.get("id") if isinstance(step, dict) and isinstance(step.get("id"), str) else None
 
 
 # --- references -------------------------------------------------------------------------------

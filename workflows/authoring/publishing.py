@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from workflows.authoring.destination_checks import destination_problems
-from workflows.catalog.definition_parsing import parse_definition
-from workflows.catalog.models import TriggerSubscription, Workflow, WorkflowVersion
-from workflows.core import definition as definition_format
-from workflows.events.models import Schedule, Webhook
+from workflows import definition as definition_format
 from workflows.events.schedules import InvalidSchedule
 from workflows.events.schedules import parse as parse_schedule
+from workflows.models import Schedule, TriggerSubscription, Webhook, Workflow, WorkflowVersion
+from workflows.services.definition_parsing import parse_definition
+from workflows.services.preflight import refuse_failing_runs
 
 
 def schedule_event_type(slug: str) -> str:
@@ -100,3 +99,15 @@ def publish_workflow(*, slug: str, note: str = "", published_by: str = "") -> Wo
             for event_type in event_types
         )
     return version
+
+
+def publish_runnable(*, slug: str, note: str = "", published_by: str = "") -> WorkflowVersion:
+    """publish_workflow, refused as the editor refuses it (drafts.publish_draft): a draft
+    that is not well formed raises InvalidDefinition, and one whose every run would trip
+    over something (preflight) raises RunsWouldFail; nothing is published either way."""
+    with transaction.atomic():
+        # Locked, so the draft checked is the draft published.
+        workflow = Workflow.objects.select_for_update().get(slug=slug)
+        parse_definition(workflow.draft)
+        refuse_failing_runs(workflow.draft)
+        return publish_workflow(slug=slug, note=note, published_by=published_by)

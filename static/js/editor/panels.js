@@ -210,8 +210,11 @@ export function createPanels(ed) {
     ed.notice("Published v" + e.detail.version + ".", "ok");
   });
 
+  // A try opens its run's page at once: that page follows the run live. What the canvas
+  // still holds is saved first (the try stored the draft it ran, but edits may follow).
   document.body.addEventListener("editor:show-run", function (e) {
-    ed.showRun(e.detail.run, e.detail.origin);
+    if (!e.detail.url) return ed.showRun(e.detail.run, e.detail.origin);
+    ed.flushSave().then(function () { window.location.assign(e.detail.url); });
   });
 
   ed.sidePanel.addEventListener("focusin", function (e) {

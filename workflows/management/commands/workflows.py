@@ -8,7 +8,11 @@
 file's extension, else by its first character) into the workflow's draft, creating the
 workflow if needed (slug: --slug, else the file name without its extension); --publish
 makes it the live version in the same transaction. An invalid file is refused with every
-problem and its JSON pointer, the exit status is non-zero, and nothing changes.
+problem and its JSON pointer, the exit status is non-zero, and nothing changes. So is a
+--publish of a file every run of which would hit a problem (a read of a missing step, an
+address the outbound guard refuses: workflows/services/preflight.py), as the editor and the
+API refuse to publish it; without --publish the draft is stored and those problems are
+printed as a warning.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workflows.authoring import drafts
-from workflows.authoring.definition_files import UnreadableDefinition
-from workflows.catalog.models import Workflow, WorkflowVersion
-from workflows.core.definition import InvalidDefinition
+from workflows.definition import InvalidDefinition
+from workflows.definition_files import UnreadableDefinition
+from workflows.models import Workflow, WorkflowVersion
+from workflows.services import drafts
+from workflows.services.definitions import RunsWouldFail
+from workflows.services.preflight import run_problems
 
 MAX_BYTES = 1024 * 1024
 
@@ -32,6 +38,15 @@ def is_yaml(path: Path, body: bytes) -> bool:
     if path.suffix.lower() == ".json":
         return False
     return body.lstrip()[:1] not in (b"{", b"[")
+
+
+def problem_lines(problems: list[dict]) -> str:
+    return "\n".join(
+        f"  step {p['step']!r} {p['path']}: {p['message']}"
+        if p.get("step")
+        else f"  {p['path']}: {p['message']}"
+        for p in problems
+    )
 
 
 class Command(BaseCommand):
@@ -102,6 +117,11 @@ class Command(BaseCommand):
             raise CommandError(f"{path}: {exc}; nothing was changed") from exc
         except drafts.DraftRefused as exc:
             raise CommandError(f"{exc}; pass --slug") from exc
+        except RunsWouldFail as exc:
+            raise CommandError(
+                f"{path} was not published: every run would hit {len(exc.errors)} "
+                f"problem(s); nothing was changed:\n{problem_lines(exc.errors)}"
+            ) from exc
         except InvalidDefinition as exc:
             lines = "\n".join(f"  {p.path}: {p.message}" for p in exc.problems)
             raise CommandError(
@@ -113,3 +133,9 @@ class Command(BaseCommand):
         if result.version is not None:
             message += f"; published as v{result.version.number}"
         self.stdout.write(message)
+        # The draft is kept, but the editor, the API and --publish refuse to publish it.
+        if problems := run_problems(result.workflow.draft):
+            self.stderr.write(
+                f"warning: publishing {slug} would be refused: every run would hit "
+                f"{len(problems)} problem(s):\n{problem_lines(problems)}"
+            )
