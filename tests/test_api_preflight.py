@@ -1,4 +1,4 @@
-"""Problems every run would hit (workflows/services/preflight.py: reads of missing steps or
+"""Problems every run would hit (workflows/authoring/preflight.py: reads of missing steps or
 fields, addresses the outbound guard refuses) stop a publish over the API and the command
 line as they stop one in the editor: 422 problem+json naming each problem's step, nothing
 published. Draft writes keep the draft and answer the problems, as the editor shows them
@@ -17,12 +17,12 @@ from jsonschema import Draft202012Validator
 
 from tests.accounts import sign_in
 from tests.factories import definition, http_step, log_step
+from workflows.access.roles import ensure_groups
+from workflows.access.tokens import create_api_token
 from workflows.api.openapi import description
-from workflows.models import Workflow
-from workflows.roles import ensure_groups
-from workflows.services import drafts
-from workflows.services.definitions import put_workflow
-from workflows.services.tokens import create_api_token
+from workflows.authoring import drafts
+from workflows.authoring.definitions import put_workflow
+from workflows.catalog.models import Workflow
 
 pytestmark = pytest.mark.django_db
 

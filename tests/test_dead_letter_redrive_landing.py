@@ -10,8 +10,8 @@ from django.test import Client
 
 from tests.accounts import sign_in
 from tests.factories import cloudevent
-from workflows.models import DeadLetter, Event
-from workflows.roles import ensure_groups
+from workflows.access.roles import ensure_groups
+from workflows.events.models import DeadLetter, Event
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from dashboard.access import role_required
-from dashboard.editor_requests import (
+from dashboard.editor.request_context import (
     base_revision_of,
     client_of,
     conflict_panel,
@@ -20,13 +20,14 @@ from dashboard.editor_requests import (
     username,
     workflow_for,
 )
-from workflows import selectors
-from workflows.dashboard_selectors import hidden_workflow_ids
-from workflows.definition import InvalidDefinition
+from workflows.authoring import drafts
+from workflows.core.definition import InvalidDefinition
 from workflows.events.envelope import InvalidEvent
-from workflows.models import Event, Run
-from workflows.services import drafts
-from workflows.services.schemas import SchemaViolation
+from workflows.events.models import Event
+from workflows.events.schemas import SchemaViolation
+from workflows.queries import runs as selectors
+from workflows.queries.dashboard import hidden_workflow_ids
+from workflows.runs.models import Run
 
 
 # --- try it --------------------------------------------------------------------------------

@@ -18,14 +18,15 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from dashboard.access import role_required
-from dashboard.recovery_access import can_operate, require_operator
-from workflows import dashboard_selectors as ds
-from workflows import event_selectors as store
-from workflows import replay_selectors as recovery
-from workflows.models import Event, Run
-from workflows.services import dead_letters as dlq
-from workflows.services import replay as replays
-from workflows.services.dead_letter_preview import preview_redrive
+from dashboard.recovery.access import can_operate, require_operator
+from workflows.events.models import Event
+from workflows.queries import dashboard as ds
+from workflows.queries import events as store
+from workflows.recovery import dead_letters as dlq
+from workflows.recovery import replay as replays
+from workflows.recovery import selectors as recovery
+from workflows.recovery.dead_letter_preview import preview_redrive
+from workflows.runs.models import Run
 
 
 # --- the dead-letter queue -----------------------------------------------------------------------

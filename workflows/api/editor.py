@@ -12,7 +12,7 @@ POST  /workflows/<slug>/try               {"event": <id>} or {"data": …, "type
 An import is all or nothing: an unreadable or invalid file is refused (400, every problem
 with its JSON pointer) and nothing changes; with ?publish=true a publish that is refused
 takes the new draft back with it (422 `runs-would-fail` when every run would hit a
-problem, as the editor refuses to publish it: workflows/services/preflight.py).
+problem, as the editor refuses to publish it: workflows/authoring/preflight.py).
 
 Every write of a draft bumps its revision, sent as the `ETag` (`"7"`) and as
 `draft_revision`. A write may name the revision it is based on: `If-Match: "7"` (refused
@@ -33,14 +33,19 @@ from django.views.decorators.http import require_http_methods
 from workflows.api.auth import hides_slug, token_required, visible_workflow
 from workflows.api.bodies import UNSTORABLE_TEXT, BodyTooLarge, media_type, read_limited, storable
 from workflows.api.problems import problem
-from workflows.definition import InvalidDefinition
-from workflows.definition_files import YAML_TYPES, UnreadableDefinition, load_definition_text
+from workflows.authoring import drafts
+from workflows.authoring.definition_files import (
+    YAML_TYPES,
+    UnreadableDefinition,
+    load_definition_text,
+)
+from workflows.authoring.definitions import RunsWouldFail, publish_runnable
+from workflows.authoring.preflight import run_problems
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.core.definition import InvalidDefinition
 from workflows.events.envelope import InvalidEvent, loads_json
-from workflows.models import Event, Workflow, WorkflowVersion
-from workflows.services import drafts
-from workflows.services.definitions import RunsWouldFail, publish_runnable
-from workflows.services.preflight import run_problems
-from workflows.services.schemas import SchemaViolation
+from workflows.events.models import Event
+from workflows.events.schemas import SchemaViolation
 
 MAX_DEFINITION_BYTES = 1024 * 1024
 

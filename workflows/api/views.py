@@ -8,18 +8,23 @@ from urllib.parse import urlencode
 from django.http import JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from workflows import roles, selectors
+from workflows.access import roles
 from workflows.api import editor as drafts_api
 from workflows.api.auth import hides, hides_slug, token_required, visible_workflow
 from workflows.api.bodies import UNSTORABLE_TEXT, BodyTooLarge, media_type, read_limited, storable
 from workflows.api.pagination import InvalidPage, page_params
 from workflows.api.problems import problem
-from workflows.definition import InvalidDefinition
-from workflows.definition_files import YAML_TYPES, UnreadableDefinition, load_definition_text
+from workflows.authoring.definition_files import (
+    YAML_TYPES,
+    UnreadableDefinition,
+    load_definition_text,
+)
+from workflows.authoring.definitions import RunsWouldFail
+from workflows.authoring.preflight import run_problems
+from workflows.catalog.models import Workflow
+from workflows.core.definition import InvalidDefinition
 from workflows.events.envelope import InvalidEvent, loads_json
-from workflows.models import Workflow
-from workflows.services.definitions import RunsWouldFail
-from workflows.services.preflight import run_problems
+from workflows.queries import runs as selectors
 
 MAX_DEFINITION_BYTES = 1024 * 1024
 
@@ -162,7 +167,7 @@ def _workflow_json(workflow: Workflow) -> dict:
 @require_http_methods(["POST"])
 @token_required("operator")
 def cancel(request, run_id: int):
-    from workflows.services.run_control import cancel_run
+    from workflows.runs.control import cancel_run
 
     found = selectors.run_detail(run_id)
     if found is None or hides(request, found.workflow_id):
@@ -190,8 +195,8 @@ def cancel(request, run_id: int):
 def start_run(request, slug: str):
     """Start a run by hand: fires `signalbox.manual.<slug>`, which a workflow with a
     `{"manual": true}` trigger listens to. The run appears once the bus delivers it."""
-    from workflows.services.definitions import manual_event_type
-    from workflows.services.manual_events import manual_source, send_manual_event
+    from workflows.authoring.definitions import manual_event_type
+    from workflows.events.manual_events import manual_source, send_manual_event
 
     found = Workflow.objects.select_related("published_version").filter(slug=slug).first()
     if found is None or found.published_version is None or hides(request, found.pk):

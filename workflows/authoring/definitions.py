@@ -5,20 +5,16 @@ import the first directly, so that nothing they need sits above the draft editor
 
 from __future__ import annotations
 
-from workflows.models import Workflow
-from workflows.services.definition_parsing import (
-    PARSED_CACHE_SIZE,
-    definition_for,
-    parse_definition,
-)
-from workflows.services.draft_store import replace_draft
-from workflows.services.preflight import RunsWouldFail
-from workflows.services.publishing import (
+from workflows.authoring.draft_store import replace_draft
+from workflows.authoring.preflight import RunsWouldFail
+from workflows.authoring.publishing import (
     manual_event_type,
     publish_runnable,
     publish_workflow,
     schedule_event_type,
 )
+from workflows.catalog.definition_parsing import PARSED_CACHE_SIZE, definition_for, parse_definition
+from workflows.catalog.models import Workflow
 
 __all__ = [
     "PARSED_CACHE_SIZE",

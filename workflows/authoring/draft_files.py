@@ -8,18 +8,18 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
-from workflows.definition_files import dump_definition, load_definition_text
-from workflows.models import Workflow, WorkflowVersion
-from workflows.services import audit
-from workflows.services.definition_parsing import parse_definition
-from workflows.services.draft_store import (
+from workflows.access import audit
+from workflows.authoring.definition_files import dump_definition, load_definition_text
+from workflows.authoring.draft_store import (
     MAX_NOTE,
     SLUG,
     DraftRefused,
     definition_at,
     replace_draft,
 )
-from workflows.services.publishing import publish_runnable
+from workflows.authoring.publishing import publish_runnable
+from workflows.catalog.definition_parsing import parse_definition
+from workflows.catalog.models import Workflow, WorkflowVersion
 
 
 # --- definitions as files ------------------------------------------------------------------

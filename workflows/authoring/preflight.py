@@ -32,9 +32,10 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from workflows.definition import InvalidDefinition, Problem
-from workflows.expressions import TEMPLATE
-from workflows.outbound import Allowlist, is_public
+from workflows.authoring.destination_checks import destination_problems
+from workflows.core.definition import InvalidDefinition, Problem
+from workflows.core.expressions import TEMPLATE
+from workflows.infra.outbound import Allowlist, is_public
 from workflows.steps import registry
 
 __all__ = [

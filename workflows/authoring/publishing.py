@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from workflows import definition as definition_format
+from workflows.authoring.destination_checks import destination_problems
+from workflows.authoring.preflight import refuse_failing_runs
+from workflows.catalog.definition_parsing import parse_definition
+from workflows.catalog.models import TriggerSubscription, Workflow, WorkflowVersion
+from workflows.core import definition as definition_format
+from workflows.events.models import Schedule, Webhook
 from workflows.events.schedules import InvalidSchedule
 from workflows.events.schedules import parse as parse_schedule
-from workflows.models import Schedule, TriggerSubscription, Webhook, Workflow, WorkflowVersion
-from workflows.services.definition_parsing import parse_definition
-from workflows.services.preflight import refuse_failing_runs
 
 
 def schedule_event_type(slug: str) -> str:

@@ -10,7 +10,7 @@ workflow if needed (slug: --slug, else the file name without its extension); --p
 makes it the live version in the same transaction. An invalid file is refused with every
 problem and its JSON pointer, the exit status is non-zero, and nothing changes. So is a
 --publish of a file every run of which would hit a problem (a read of a missing step, an
-address the outbound guard refuses: workflows/services/preflight.py), as the editor and the
+address the outbound guard refuses: workflows/authoring/preflight.py), as the editor and the
 API refuse to publish it; without --publish the draft is stored and those problems are
 printed as a warning.
 """
@@ -22,12 +22,12 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workflows.definition import InvalidDefinition
-from workflows.definition_files import UnreadableDefinition
-from workflows.models import Workflow, WorkflowVersion
-from workflows.services import drafts
-from workflows.services.definitions import RunsWouldFail
-from workflows.services.preflight import run_problems
+from workflows.authoring import drafts
+from workflows.authoring.definition_files import UnreadableDefinition
+from workflows.authoring.definitions import RunsWouldFail
+from workflows.authoring.preflight import run_problems
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.core.definition import InvalidDefinition
 
 MAX_BYTES = 1024 * 1024
 
