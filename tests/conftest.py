@@ -7,7 +7,9 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from tests import db_teardown
-from tests.http_recorder import Recorder
+from tests.factories import definition
+from tests.http_recorder import Recorder, Reply
+from tests.runs_here import drive, publish, trigger, two_calls
 from tests.stack import make_stack
 from workflows.services.tokens import create_api_token
 
@@ -65,3 +67,42 @@ def api(stack, api_token):
         timeout=15,
     ) as client:
         yield client
+
+
+# --- runs to replay (test_replay*.py, test_cancel_audited.py) ------------------------------
+
+
+@pytest.fixture
+def failed_run(db, recorder):
+    """A run whose first step succeeded and whose second step got a 500 and failed."""
+    recorder.answer(Reply(200, {"first": "ok"}), Reply(500, {"error": "down"}))
+    publish("two-calls", two_calls(recorder))
+    run = drive(trigger("two-calls", {"order": 7}))
+    assert run.status == "failed", run.error
+    return run
+
+
+@pytest.fixture
+def chain(db):
+    """A chain of three transforms (a -> b -> c) that succeeded."""
+    publish(
+        "chain",
+        definition(
+            {"id": "a", "kind": "transform", "config": {"output": "{{ event.data.order }}"}},
+            {
+                "id": "b",
+                "kind": "transform",
+                "config": {"output": "{{ steps.a.output * 2 }}"},
+                "after": ["a"],
+            },
+            {
+                "id": "c",
+                "kind": "transform",
+                "config": {"output": "{{ steps.b.output + 1 }}"},
+                "after": ["b"],
+            },
+        ),
+    )
+    run = drive(trigger("chain", {"order": 5}))
+    assert run.status == "succeeded"
+    return run

@@ -20,7 +20,7 @@ from django.core.management import base, call_command
 from django.core.management.base import CommandError
 
 from tests.factories import cloudevent, definition, log_step
-from tests.test_replay import drive, publish, trigger
+from tests.runs_here import drive, publish, trigger
 from workflows.dashboard_selectors import hidden_for_team, hidden_workflow_ids
 from workflows.events.envelope import from_structured
 from workflows.management.commands.create_api_token import Command as CreateApiToken

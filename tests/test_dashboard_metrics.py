@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from dashboard import metrics
 from tests.factories import definition, log_step
-from tests.test_replay import drive, publish, trigger
+from tests.runs_here import drive, publish, trigger
 from workflows import demo_traffic, gauges
 from workflows.events import bus
 from workflows.models import DeadLetter, Event, Run

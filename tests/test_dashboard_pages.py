@@ -13,7 +13,7 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from tests.factories import definition, log_step
-from tests.test_replay import drive, publish, trigger
+from tests.runs_here import drive, publish, trigger
 from workflows import demo_traffic
 from workflows.models import Event, Run, Workflow
 from workflows.roles import ensure_groups

@@ -27,7 +27,7 @@ from dashboard import live_consumers, metrics
 from orchestrator.asgi import application
 from tests.accounts import sign_in
 from tests.factories import definition, log_step
-from tests.test_replay import drive, in_this_process, publish, trigger
+from tests.runs_here import drive, in_this_process, publish, trigger
 from workflows import event_selectors as store
 from workflows import notify
 from workflows import replay_selectors as recovery

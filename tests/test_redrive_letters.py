@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.runs_here import signed_in, token_client
+
 # The dead-letter fixtures are shared with test_dead_letters (pytest finds them by name).
 from tests.test_dead_letters import event_letter, step_letter  # noqa: F401
-from tests.test_replay import signed_in, token_client
 from workflows.models import DeadLetter, Run
 from workflows.services import dead_letters as dlq
 from workflows.services.dead_letter_preview import preview_redrive

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import definition
-from tests.test_replay import publish, signed_in
+from tests.runs_here import publish, signed_in
 from workflows.models import ReplayBatch, Run, StepRun
 from workflows.services import replay as replays
 

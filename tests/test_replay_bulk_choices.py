@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import definition, log_step
-from tests.test_replay import command, drive, publish, signed_in, token_client, trigger
+from tests.runs_here import command, drive, publish, signed_in, token_client, trigger
 from workflows import replay_selectors as recovery
 from workflows.models import ReplayBatch, Run
 from workflows.services import replay as replays

@@ -146,7 +146,7 @@ def test_the_live_render_is_the_run_pages_own_markup_before_and_after_a_change(
 
     from dashboard.live_consumers import render_run_rows
     from tests.factories import definition, log_step
-    from tests.test_replay import publish, trigger
+    from tests.runs_here import publish, trigger
     from workflows import dashboard_selectors as ds
     from workflows.models import Run
 
@@ -181,7 +181,7 @@ def test_a_live_render_of_rows_already_rendered_reads_the_runs_as_one_query_of_t
 
     from dashboard.live_consumers import render_run_rows
     from tests.factories import definition, log_step
-    from tests.test_replay import publish, trigger
+    from tests.runs_here import publish, trigger
     from workflows import dashboard_selectors as ds
 
     publish("orders", definition(log_step("received")))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import definition
-from tests.test_replay import drive, in_this_process, publish, signed_in, token_client, trigger
+from tests.runs_here import drive, in_this_process, publish, signed_in, token_client, trigger
 from workflows import replay_selectors as recovery
 from workflows import selectors
 from workflows.models import Run
