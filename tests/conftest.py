@@ -3,6 +3,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from django.conf import settings
+from django.utils import timezone
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
@@ -11,6 +12,8 @@ from tests.factories import definition
 from tests.http_recorder import Recorder, Reply
 from tests.runs_here import drive, publish, trigger, two_calls
 from tests.stack import make_stack
+from tests.steps_by_hand import ByHand
+from workflows.models import Event
 from workflows.services.tokens import create_api_token
 
 # Property tests judge behaviour, not speed: on a loaded 2-core CI machine generation can be
@@ -106,3 +109,28 @@ def chain(db):
     run = drive(trigger("chain", {"order": 5}))
     assert run.status == "succeeded"
     return run
+
+
+# --- runs by hand (test_step_kind*.py, test_http_request_codes.py) ---------------------------
+
+
+@pytest.fixture
+def by_hand(transactional_db, monkeypatch):
+    """Runs by hand (tests/steps_by_hand.py): every attempt is executed by the test."""
+    queued: list[int] = []
+    # No Celery message and no bus entry: this test executes every attempt itself, and a
+    # running stack (other tests' processes) must not take them.
+    monkeypatch.setattr(
+        "workflows.services.runs.enqueue_on_commit",
+        lambda step_run_id, kind=None: queued.append(step_run_id),
+    )
+
+    def on_the_bus(event):
+        # Marked matched as well, so a stack's outbox relay never takes it either.
+        now = timezone.now()
+        Event.objects.filter(pk=event.pk).update(published_at=now, matched_at=now)
+        return True
+
+    monkeypatch.setattr("workflows.events.bus.publish", on_the_bus)
+    monkeypatch.setenv("SIGNALBOX_PYTHON_MODULES", "tests.python_steps")
+    return ByHand(queued)

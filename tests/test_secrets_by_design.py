@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from orchestrator.embedded_redis import free_port
 from tests.factories import cloudevent, definition
-from tests.test_step_kinds import ByHand, step_of
+from tests.steps_by_hand import ByHand, step_of
 from workflows.definition import InvalidDefinition
 from workflows.events.envelope import from_structured
 from workflows.models import Event, WorkflowVersion
@@ -66,7 +66,7 @@ CAPABLE = [
 
 @pytest.fixture
 def by_hand(transactional_db, monkeypatch):
-    """Runs executed by the test itself, as in test_step_kinds.py (no bus, no worker)."""
+    """Runs executed by the test itself, as in tests/steps_by_hand.py (no bus, no worker)."""
     queued: list[int] = []
     monkeypatch.setattr(
         "workflows.services.runs.enqueue_on_commit",
