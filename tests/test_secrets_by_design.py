@@ -388,7 +388,7 @@ def test_every_declared_secret_field_is_a_field_of_its_kind():
 @pytest.mark.django_db
 def test_the_editor_shows_a_misplaced_secret_under_its_field_and_publish_refuses_it():
     from tests.accounts import sign_in
-    from tests.test_editor_views import EDIT, apply_first_step, error_box, post
+    from tests.editor_pages import EDIT, apply_first_step, error_box, post
 
     workflow, _ = put_workflow(
         slug="leaky-editor",
