@@ -13,6 +13,7 @@ from tests.http_recorder import Recorder, Reply
 from tests.runs_here import drive, publish, trigger, two_calls
 from tests.stack import make_stack
 from tests.steps_by_hand import ByHand
+from workflows import tasks
 from workflows.models import Event
 from workflows.services.tokens import create_api_token
 
@@ -134,3 +135,22 @@ def by_hand(transactional_db, monkeypatch):
     monkeypatch.setattr("workflows.events.bus.publish", on_the_bus)
     monkeypatch.setenv("SIGNALBOX_PYTHON_MODULES", "tests.python_steps")
     return ByHand(queued)
+
+
+# --- Celery messages recorded, not sent (test_durability.py, test_celery_delivery.py) -------
+
+
+@pytest.fixture
+def sent(monkeypatch) -> list[tuple[str, tuple, dict]]:
+    """Celery messages this process would send, recorded instead of sent (a running worker
+    would otherwise take them): (task name, args, every other option)."""
+    recorded: list[tuple[str, tuple, dict]] = []
+    for task in (tasks.execute_step_task, tasks.run_finished_task):
+
+        def apply_async(args=None, kwargs=None, _name=task.name, **options):
+            # The queue a step goes to is tested in test_step_queues.py.
+            options.pop("queue", None)
+            recorded.append((_name, tuple(args or ()), {**options, **(kwargs or {})}))
+
+        monkeypatch.setattr(task, "apply_async", apply_async)
+    return recorded

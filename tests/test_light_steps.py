@@ -16,8 +16,8 @@ import pytest
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
+from tests.durable_runs import start_run_here
 from tests.factories import definition, http_step, log_step
-from tests.test_durability import start_run_here
 from workflows import crypto, engine
 from workflows.definition import Step
 from workflows.events.bus import Delivery

@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.durable_runs import start_run_here
 from tests.factories import http_step, log_step
-from tests.test_durability import start_run_here
 from workflows.models import StepRun
 from workflows.services import execution
 
