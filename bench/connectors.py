@@ -38,7 +38,10 @@ import pika
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.ingest import EVENT_TYPE, OUT, Result, Stack, print_table, wrk_phase
+from bench.ingest_phases import wrk_phase
+from bench.ingest_report import print_table
+from bench.results import Result
+from bench.stack import EVENT_TYPE, OUT, Stack
 
 STRUCTURED = "application/cloudevents+json"
 

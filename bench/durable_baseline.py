@@ -1,8 +1,9 @@
 """The ingest benchmark's durable baseline: a bare Django view that stores the body in
 PostgreSQL (one INSERT, one commit) and then XADDs its id, answering 202 — no auth, no
 validation, no dedupe. It is the "stored before 202, done the naive way" floor that
-../shared/peers/djdurable.py describes; bench/ingest.py serves this copy with gunicorn and
-2 sync workers in the same run as Signalbox, on the same database server and Redis.
+../shared/peers/djdurable.py describes; bench/ingest.py serves this copy (bench/stack.py
+starts it) with gunicorn and 2 sync workers in the same run as Signalbox, on the same
+database server and Redis.
 
     BASELINE_PG=postgresql://... BASELINE_REDIS=redis://... gunicorn -w 2 --preload \\
         bench.durable_baseline:application

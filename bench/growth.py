@@ -52,7 +52,8 @@ import psycopg
 from psycopg import sql
 
 from bench.growth_pages import EVENT_TYPE, PageResult, page_line, run_list_part
-from bench.ingest import admin_database_url, machine, with_database
+from bench.machine import machine
+from bench.stack import admin_database_url, with_database
 from orchestrator import embedded_redis
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from bench.ingest import percentile
+from bench.results import percentile
 
 EVENT_TYPE = "com.example.growth"
 BIG_TABLES = ("workflows_run", "workflows_event", "workflows_steprun", "workflows_runjournal")

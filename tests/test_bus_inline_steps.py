@@ -10,8 +10,8 @@ from django.db import OperationalError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from tests import test_light_steps
+from tests.durable_runs import finished, run_of, start_run_here
 from tests.factories import cloudevent, definition, http_step, log_step
-from tests.test_durability import finished, run_of, start_run_here
 from tests.test_light_steps import chain, journal_kinds
 from tests.test_spine import publish, send
 from workflows.authoring.definitions import publish_workflow, put_workflow

@@ -1,71 +1,40 @@
-"""Cloud push formats on /hooks/<slug>: Amazon SNS, Amazon EventBridge API destinations,
-Azure Event Grid (CloudEvents schema) and Google Cloud Pub/Sub push, each fed the payloads
-their documentation publishes.
+"""Cloud push formats on /hooks/<slug>, Amazon's: SNS (subscription confirmation, signed
+notifications, certificates and subscribe URLs only from the SNS hosts) and EventBridge
+API destinations, each fed the payloads their documentation publishes.
 
-The clouds themselves are played by the test: SNS messages are signed with a key pair made
-here, whose certificate a loopback server serves (the SNS host pattern is pointed at it);
-Pub/Sub OIDC tokens are signed with another, whose key set the loopback server serves as
-Google's would be.
+SNS messages are signed with a key pair made here, whose certificate a loopback server
+serves (the SNS host pattern is pointed at it). Azure Event Grid is in
+test_cloud_push_eventgrid.py, Google Cloud Pub/Sub in test_cloud_push_pubsub.py, creating
+push-format webhooks in test_cloud_push_management.py.
+
+The clouds themselves are played by the test (tests/cloud_pushes.py): nothing here talks
+to AWS, Azure or Google.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import io
 import json
-import time
 import uuid
 from unittest import mock
 
-import jwt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
-from django.core.management import call_command
-from django.core.management.base import CommandError
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 from django.test import Client
 
+from tests.cloud_pushes import TOPIC, TYPE, certificate_pem, new_key, post
 from tests.http_recorder import Reply
 from workflows.access.tokens import create_api_token
 from workflows.events import webhooks as webhook_service
 from workflows.events.models import Event, Webhook
 from workflows.events.push_formats import sns
-from workflows.events.webhooks import InvalidWebhook, create_webhook
+from workflows.models import Event
+from workflows.services import webhooks as webhook_service
+from workflows.services.webhooks import InvalidWebhook, create_webhook
 
 pytestmark = pytest.mark.django_db
-TYPE = "com.example.cloud.pushed"
-TOPIC = "arn:aws:sns:us-west-2:123456789012:MyTopic"
-
-
-def new_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def certificate_pem(key: rsa.RSAPrivateKey) -> bytes:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM)
-
-
-def post(client: Client, slug: str, body, content_type="application/json", **headers):
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return client.post(f"/hooks/{slug}", data=data, content_type=content_type, headers=headers)
-
-
-# --- Amazon SNS -------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -312,295 +281,3 @@ def test_eventbridge_body_that_is_not_an_eventbridge_event_is_a_clear_400(eventb
     response = post(Client(), "eventbridge", body, **{"x-api-key": eventbridge_hook})
     assert response.status_code == 400
     assert response.json()["detail"] == "EventBridge event: detail is missing"
-
-
-# --- Azure Event Grid, CloudEvents schema ------------------------------------------------
-
-BLOB_CREATED = {
-    # The Blob storage example from "CloudEvents v1.0 schema with Azure Event Grid".
-    "specversion": "1.0",
-    "type": "Microsoft.Storage.BlobCreated",
-    "source": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/"
-    "providers/Microsoft.Storage/storageAccounts/gridtesting",
-    "id": "9aeb0fdf-c01e-0131-0922-9eb54906e209",
-    "time": "2019-11-18T15:13:39.4589254Z",
-    "subject": "blobServices/default/containers/testcontainer/blobs/new-file.png",
-    "dataschema": "#",
-    "data": {
-        "api": "PutBlockList",
-        "clientRequestId": "4c5dd7fb-2c48-4a27-bb30-5361b5de920a",
-        "requestId": "9aeb0fdf-c01e-0131-0922-9eb549000000",
-        "eTag": "0x8D76C39E4407333",
-        "contentType": "image/png",
-        "contentLength": 30699,
-        "blobType": "BlockBlob",
-        "url": "https://gridtesting.blob.core.windows.net/testcontainer/new-file.png",
-        "sequencer": "000000000000000000000000000099240000000000c41c18",
-        "storageDiagnostics": {"batchId": "681fe319-3006-00a8-0022-9e7cde000000"},
-    },
-}
-
-
-@pytest.fixture
-def eventgrid_hook():
-    _hook, secret = create_webhook(
-        slug="eventgrid",
-        event_type=TYPE,
-        auth_mode="header",
-        header_name="x-grid-secret",
-        push_format="eventgrid",
-    )
-    return secret
-
-
-def test_eventgrid_validation_handshake_allows_its_origin(eventgrid_hook):
-    response = Client().options(
-        "/hooks/eventgrid", headers={"WebHook-Request-Origin": "eventgrid.azure.net"}
-    )
-    assert response.status_code == 200
-    assert response["WebHook-Allowed-Origin"] == "eventgrid.azure.net"
-    assert response["WebHook-Allowed-Rate"] == "*"
-
-
-def test_eventgrid_handshake_from_another_origin_is_refused(eventgrid_hook):
-    response = Client().options(
-        "/hooks/eventgrid", headers={"WebHook-Request-Origin": "attacker.example"}
-    )
-    assert response.status_code == 403
-    assert "WebHook-Allowed-Origin" not in response
-    assert Client().options("/hooks/no-such-hook").status_code == 404
-
-
-def test_eventgrid_cloudevent_keeps_its_own_attributes(eventgrid_hook):
-    response = post(
-        Client(),
-        "eventgrid",
-        BLOB_CREATED,
-        content_type="application/cloudevents+json; charset=utf-8",
-        **{"x-grid-secret": eventgrid_hook},
-    )
-    assert response.status_code == 202, response.content
-    event = Event.objects.get()
-    assert (event.ce_id, event.type) == (BLOB_CREATED["id"], "Microsoft.Storage.BlobCreated")
-    assert event.source == BLOB_CREATED["source"]
-    assert event.data["contentLength"] == 30699
-    assert event.dataschema == ""  # Azure's placeholder "#" names no schema
-
-
-def test_eventgrid_batch_is_stored_whole_or_not_at_all(eventgrid_hook):
-    second = {**BLOB_CREATED, "id": str(uuid.uuid4())}
-    broken = {**BLOB_CREATED, "id": str(uuid.uuid4()), "specversion": "0.3"}
-    headers = {"x-grid-secret": eventgrid_hook}
-    batch = "application/cloudevents-batch+json"
-    refused = post(Client(), "eventgrid", [second, broken], content_type=batch, **headers)
-    assert refused.status_code == 400
-    assert not Event.objects.exists()
-    accepted = post(Client(), "eventgrid", [BLOB_CREATED, second], content_type=batch, **headers)
-    assert accepted.status_code == 202, accepted.content
-    assert [e["ce_id"] for e in accepted.json()["events"]] == [BLOB_CREATED["id"], second["id"]]
-    assert Event.objects.count() == 2
-
-
-def test_eventgrid_delivery_without_its_secret_is_refused(eventgrid_hook):
-    response = post(
-        Client(), "eventgrid", BLOB_CREATED, content_type="application/cloudevents+json"
-    )
-    assert response.status_code == 401
-
-
-# --- Google Cloud Pub/Sub push -----------------------------------------------------------
-
-PUSH = {
-    # The push request body from "Push subscriptions" in the Pub/Sub documentation.
-    "message": {
-        "attributes": {"key": "value"},
-        "data": "SGVsbG8gQ2xvdWQgUHViL1N1YiEgSGVyZSBpcyBteSBtZXNzYWdlIQ==",
-        "messageId": "2070443601311540",
-        "message_id": "2070443601311540",
-        "publishTime": "2021-02-26T19:13:55.749Z",
-        "publish_time": "2021-02-26T19:13:55.749Z",
-    },
-    "subscription": "projects/myproject/subscriptions/mysubscription",
-}
-AUDIENCE = "https://signalbox.example/hooks/pubsub"
-ACCOUNT = "push-sender@myproject.iam.gserviceaccount.com"
-
-
-def test_pubsub_push_becomes_an_event_with_its_decoded_data(db):
-    create_webhook(slug="pubsub", event_type=TYPE, auth_mode="none", push_format="pubsub")
-    response = post(Client(), "pubsub", PUSH)
-    assert response.status_code == 202, response.content
-    event = Event.objects.get()
-    assert event.ce_id == "2070443601311540"
-    assert event.source == "//pubsub.googleapis.com/projects/myproject/subscriptions/mysubscription"
-    assert event.data == "Hello Cloud Pub/Sub! Here is my message!"
-    assert event.datacontenttype == "text/plain"
-    assert json.loads(event.extensions["pubsubattributes"]) == {"key": "value"}
-
-
-def test_pubsub_ordering_key_is_the_partition_key_and_json_data_is_json(db):
-    create_webhook(slug="pubsub", event_type=TYPE, auth_mode="none", push_format="pubsub")
-    message = {
-        "data": base64.b64encode(b'{"temperature": 21.5}').decode(),
-        "messageId": "2070443601311541",
-        "publishTime": "2021-02-26T19:13:56Z",
-        "orderingKey": "sensor-9",
-    }
-    response = post(Client(), "pubsub", {**PUSH, "message": message})
-    assert response.status_code == 202, response.content
-    event = Event.objects.get()
-    assert event.data == {"temperature": 21.5}
-    assert event.extensions["partitionkey"] == "sensor-9"
-
-
-@pytest.fixture
-def google(recorder, settings):
-    """A loopback stand-in for Google's token keys; returns a function that signs tokens."""
-    key = new_key()
-    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-    recorder.default = Reply(body={"keys": [{**public, "kid": "key-1", "alg": "RS256"}]})
-    settings.SIGNALBOX = {**settings.SIGNALBOX, "PUBSUB_JWKS_URL": f"{recorder.url}/certs"}
-    settings.SIGNALBOX_OUTBOUND_ALLOW = ["127.0.0.1"]
-    create_webhook(
-        slug="pubsub-oidc",
-        event_type=TYPE,
-        auth_mode="none",
-        push_format="pubsub",
-        format_options={"audience": AUDIENCE, "service_account_email": ACCOUNT},
-    )
-
-    def token(signer=key, kid="key-1", **claims) -> str:
-        now = int(time.time())
-        body = {
-            "iss": "https://accounts.google.com",
-            "aud": AUDIENCE,
-            "iat": now,
-            "exp": now + 3600,
-            "email": ACCOUNT,
-            "email_verified": True,
-            "sub": "1234567890",
-            **claims,
-        }
-        return jwt.encode(body, signer, algorithm="RS256", headers={"kid": kid})
-
-    return token
-
-
-def test_pubsub_push_with_a_valid_oidc_token_is_accepted(google):
-    response = post(Client(), "pubsub-oidc", PUSH, Authorization=f"Bearer {google()}")
-    assert response.status_code == 202, response.content
-    assert Event.objects.count() == 1
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        lambda token: "",
-        lambda token: f"Bearer {token(aud='https://elsewhere.example')}",
-        lambda token: f"Bearer {token(exp=int(time.time()) - 3600, iat=int(time.time()) - 7200)}",
-        lambda token: f"Bearer {token(iss='https://evil.example')}",
-        lambda token: f"Bearer {token(email='someone@else.iam.gserviceaccount.com')}",
-        lambda token: f"Bearer {token(email_verified=False)}",
-        lambda token: f"Bearer {token(signer=new_key())}",
-        lambda token: f"Bearer {token(kid='unknown')}",
-    ],
-    ids=[
-        "missing",
-        "other-audience",
-        "expired",
-        "other-issuer",
-        "other-account",
-        "unverified-email",
-        "forged",
-        "unknown-key",
-    ],
-)
-def test_pubsub_push_without_a_valid_oidc_token_is_refused(google, bad):
-    response = post(Client(), "pubsub-oidc", PUSH, Authorization=bad(google))
-    assert response.status_code == 401
-    assert response["Content-Type"] == "application/problem+json"
-    assert not Event.objects.exists()
-
-
-def test_pubsub_body_that_is_not_a_push_is_a_clear_400(db):
-    create_webhook(slug="pubsub", event_type=TYPE, auth_mode="none", push_format="pubsub")
-    for body, detail in (
-        ({"subscription": "projects/p/subscriptions/s"}, "message must be an object"),
-        ({**PUSH, "message": {**PUSH["message"], "data": "%%%"}}, "not base64"),
-    ):
-        response = post(Client(), "pubsub", body)
-        assert response.status_code == 400
-        assert detail in response.json()["detail"]
-
-
-# --- The management API ------------------------------------------------------------------
-
-
-def test_api_creates_a_push_format_webhook_and_shows_its_format(db):
-    _token, plaintext = create_api_token(name="cloud", role="admin")
-    client = Client(headers={"Authorization": f"Bearer {plaintext}"})
-    created = client.post(
-        "/api/v1/webhooks",
-        {
-            "slug": "orders-sns",
-            "event_type": TYPE,
-            "auth_mode": "none",
-            "push_format": "sns",
-            "format_options": {"topic_arns": [TOPIC]},
-        },
-        content_type="application/json",
-    )
-    assert created.status_code == 201, created.content
-    assert created.json()["push_format"] == "sns"
-    assert created.json()["format_options"] == {"topic_arns": [TOPIC]}
-    assert Webhook.objects.get(slug="orders-sns").push_format == "sns"
-    refused = client.post(
-        "/api/v1/webhooks",
-        {"slug": "x", "event_type": TYPE, "push_format": "kinesis"},
-        content_type="application/json",
-    )
-    assert refused.status_code == 400
-    assert refused.json()["errors"][0]["field"] == "push_format"
-
-
-def test_cli_creates_a_push_format_webhook_and_refuses_bad_options(db):
-    out, err = io.StringIO(), io.StringIO()
-    call_command(
-        "webhooks",
-        "create",
-        "grid",
-        "--type",
-        TYPE,
-        "--auth",
-        "header",
-        "--format",
-        "eventgrid",
-        "--options",
-        '{"allowed_origins": ["eventgrid.azure.net"]}',
-        stdout=out,
-        stderr=err,
-    )
-    assert "url:    /hooks/grid" in out.getvalue()
-    assert "(eventgrid, header)" in err.getvalue()
-    hook = Webhook.objects.get(slug="grid")
-    assert hook.format_options == {"allowed_origins": ["eventgrid.azure.net"]}
-    for options, message in (
-        ("{not json", "--options: not JSON"),
-        ('{"topic_arns": []}', "format_options: topic_arns"),
-    ):
-        with pytest.raises(CommandError, match=message):
-            call_command(
-                "webhooks",
-                "create",
-                "sns2",
-                "--type",
-                TYPE,
-                "--auth",
-                "none",
-                "--format",
-                "sns",
-                "--options",
-                options,
-                stdout=io.StringIO(),
-                stderr=io.StringIO(),
-            )

@@ -12,9 +12,8 @@ from django.utils import timezone
 
 from dashboard import metrics
 from tests.factories import definition, log_step
-from tests.test_replay import drive, publish, trigger
-from workflows.authoring.definitions import publish_workflow, put_workflow
-from workflows.demo import traffic as demo_traffic
+from tests.runs_here import drive, publish, trigger
+from workflows import demo_traffic, gauges
 from workflows.events import bus
 from workflows.events.models import DeadLetter, Event
 from workflows.infra.redis_client import client

@@ -23,10 +23,9 @@ from django.utils import timezone
 from dashboard.live import consumers as live_consumers
 from orchestrator.asgi import application
 from tests.factories import cloudevent, definition, log_step
+from tests.runs_here import drive, in_this_process, publish, trigger
 from tests.sockets import send_run_changed
-from tests.test_replay import drive, in_this_process, publish, trigger
-from workflows.access.roles import ensure_groups
-from workflows.catalog.models import Workflow
+from workflows import notify
 from workflows.events.envelope import from_structured
 from workflows.events.models import Event
 from workflows.live import notify

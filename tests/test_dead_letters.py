@@ -11,12 +11,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from tests.factories import cloudevent, definition, log_step
-from tests.test_replay import drive, publish, steps_of, token_client, trigger
-from workflows.access.models import AuditEntry
-from workflows.events.models import DeadLetter, Event
-from workflows.events.schemas import register_schema
-from workflows.recovery import dead_letters as dlq
-from workflows.runs.models import Run
+from tests.runs_here import drive, publish, steps_of, token_client, trigger
+from workflows.models import AuditEntry, DeadLetter, Event, Run
+from workflows.services import dead_letters as dlq
+from workflows.services.schemas import register_schema
 
 pytestmark = pytest.mark.django_db
 
@@ -318,7 +316,7 @@ def test_the_dlq_command_reports_failures_with_a_non_zero_exit(event_letter):
 def test_the_dead_letter_page_lists_open_letters_with_reason_and_payload(
     client, event_letter, step_letter
 ):
-    from tests.test_replay import signed_in
+    from tests.runs_here import signed_in
 
     page = signed_in(client, "viewer").get("/dead-letters/").content.decode()
 
@@ -331,7 +329,7 @@ def test_the_dead_letter_page_lists_open_letters_with_reason_and_payload(
 
 
 def test_an_operator_edits_then_redrives_a_letter_from_its_page(client, event_letter):
-    from tests.test_replay import signed_in
+    from tests.runs_here import signed_in
 
     operator = signed_in(client, "operator")
     base = f"/dead-letters/{event_letter.pk}/"
@@ -353,7 +351,7 @@ def test_an_operator_edits_then_redrives_a_letter_from_its_page(client, event_le
 
 
 def test_discarding_from_the_page_needs_a_reason(client, event_letter):
-    from tests.test_replay import signed_in
+    from tests.runs_here import signed_in
 
     operator = signed_in(client, "operator")
 
@@ -367,7 +365,7 @@ def test_discarding_from_the_page_needs_a_reason(client, event_letter):
 
 
 def test_redriving_selected_letters_from_the_list(client, event_letter, step_letter):
-    from tests.test_replay import signed_in
+    from tests.runs_here import signed_in
 
     operator = signed_in(client, "operator")
 
@@ -385,7 +383,7 @@ def test_redriving_selected_letters_from_the_list(client, event_letter, step_let
 def test_acting_on_dead_letters_in_the_dashboard_needs_the_operator_role(
     client, event_letter, role
 ):
-    from tests.test_replay import signed_in
+    from tests.runs_here import signed_in
 
     page = signed_in(client, role)
     base = f"/dead-letters/{event_letter.pk}/"

@@ -1,35 +1,27 @@
-"""The editor's pages, panels and socket, and its API: who may do what, forms rendered from
-config schemas, autosave of invalid drafts, publish, versions, diff, restore, try, files."""
+"""The editor's pages and panels: who may do what, the canvas and palette, autosave of
+invalid drafts, config panels rendered from the kinds' schemas, trigger and settings forms.
+
+Publishing, versions, try and files are in test_editor_draft_actions.py, the API in
+test_editor_api.py, the socket in test_editor_socket.py.
+"""
 
 from __future__ import annotations
 
 import json
 import re
-from html import unescape as html_unescape
 
 import pytest
-import yaml
-from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
-from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import Group
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connections
 from django.test import Client
 
-from orchestrator.asgi import application
 from tests.accounts import sign_in
-from tests.factories import definition, http_step, log_step
-from tests.sockets import send_run_changed
-from workflows.access.tokens import create_api_token
-from workflows.authoring import drafts
-from workflows.authoring.definitions import publish_workflow, put_workflow
-from workflows.catalog.models import Workflow, WorkflowVersion
-from workflows.events.schemas import register_schema
-from workflows.live import notify
-from workflows.runs.models import Run, StepRun
-
-EDIT = "/workflows/{}/edit/"
+from tests.editor_pages import EDIT, apply_first_step, error_box, post, put_shop, trigger_of
+from tests.factories import definition, http_step
+from workflows.models import Workflow
+from workflows.services import drafts
+from workflows.services.definitions import put_workflow
+from workflows.services.schemas import register_schema
 
 
 @pytest.fixture
@@ -38,43 +30,15 @@ def editor(client, db):
 
 
 @pytest.fixture
+def shop(db) -> Workflow:
+    return put_shop()
+
+
+@pytest.fixture
 def viewer(db):
     return sign_in(Client(), "vera", "viewer")
 
 
-@pytest.fixture
-def shop(db) -> Workflow:
-    raw = definition(
-        http_step("charge", "https://pay.example.com/charge"),
-        log_step("done", after=("charge",)),
-    )
-    workflow, _ = put_workflow(slug="shop", raw=raw)
-    return workflow
-
-
-def post(client: Client, path: str, raw: dict | None = None, **data):
-    if raw is not None:
-        data["definition"] = json.dumps(raw)
-    return client.post(path, data, HTTP_HX_REQUEST="true")
-
-
-def apply_first_step(client: Client, workflow: Workflow, form: dict[str, str]):
-    """Submit the step form of the draft's first step with the `form` fields."""
-    return post(client, EDIT.format(workflow.slug) + "step/apply", workflow.draft, index=0, **form)
-
-
-def trigger_of(response, name: str):
-    return json.loads(response["HX-Trigger"])[name]
-
-
-def error_box(html: str, field: str) -> str:
-    """The text of a field's error box (id err-<field>), tags removed."""
-    found = re.search(rf'id="err-{re.escape(field)}"[^>]*>(.*?)</div>', html, re.S)
-    assert found, f"no error box for {field}"
-    return html_unescape(re.sub(r"<[^>]+>", " ", found.group(1))).strip()
-
-
-# --- the page and who sees what ----------------------------------------------------------------
 def test_an_editor_gets_the_canvas_with_a_grouped_palette_and_the_draft(editor, shop):
     page = editor.get(EDIT.format("shop")).content.decode()
 
@@ -348,326 +312,6 @@ def test_the_workflow_settings_form(editor, shop):
         "vars": {"fee": 2},
         "concurrency": {"max_runs": 4},
     }
-
-
-# --- publish, versions, diff, restore --------------------------------------------------------
-def test_publish_refuses_an_invalid_draft_and_lists_the_problems(editor, shop):
-    raw = definition({"id": "a", "kind": "log", "config": {}})
-
-    page = post(editor, EDIT.format("shop") + "publish", raw, note="try").content.decode()
-
-    assert 'id="publish-refused"' in page
-    assert "/steps/0/config" in page and "required property" in page
-    shop.refresh_from_db()
-    assert shop.published_version is None
-    assert shop.draft == raw  # kept, as it was on the canvas
-
-
-def test_publish_freezes_the_canvas_into_a_version_with_a_note(editor, shop):
-    response = post(editor, EDIT.format("shop") + "publish", shop.draft, note="first cut")
-
-    assert trigger_of(response, "editor:published") == {"version": 1}
-    shop.refresh_from_db()
-    assert shop.published_version.note == "first cut"
-    assert shop.published_version.published_by == "eddie"
-
-
-def test_the_version_history_and_a_diff_between_two_versions(editor, shop):
-    publish_workflow(slug="shop", note="one", published_by="ana")
-    changed = json.loads(json.dumps(shop.draft))
-    changed["steps"][0]["config"]["url"] = "https://pay.example.com/v2"
-    changed["steps"].append(log_step("audit", after=("done",)))
-    put_workflow(slug="shop", raw=changed)
-    publish_workflow(slug="shop", note="two", published_by="eddie")
-
-    history = editor.get(EDIT.format("shop") + "versions").content.decode()
-    diff = editor.get(EDIT.format("shop") + "diff", {"from": "1", "to": "2"}).content.decode()
-
-    assert history.index('id="version-2"') < history.index('id="version-1"')
-    assert "by ana" in history and "one" in history
-    assert 'id="diff-step-charge" data-change="changed"' in diff
-    assert "https://pay.example.com/v2" in diff
-    assert 'id="diff-step-audit" data-change="added"' in diff
-    assert "done</code> —success→ <code>audit" in diff
-
-
-def test_restoring_a_version_tells_the_canvas_to_reload_it(editor, shop):
-    first = dict(shop.draft)
-    publish_workflow(slug="shop")
-    put_workflow(slug="shop", raw=definition(log_step("other")))
-
-    response = editor.post(EDIT.format("shop") + "versions/1/restore", HTTP_HX_REQUEST="true")
-
-    reload = trigger_of(response, "editor:reload")
-    assert reload["definition"] == first
-    assert "v1 restored into the draft" in response.content.decode()
-    shop.refresh_from_db()
-    assert shop.draft == first
-
-
-# --- try it --------------------------------------------------------------------------------
-def test_trying_the_canvas_with_typed_data_starts_a_try_run(editor, shop):
-    response = post(
-        editor,
-        EDIT.format("shop") + "try",
-        shop.draft,
-        sample="typed",
-        type="com.example.order.placed",
-        data='{"order": 5}',
-    )
-
-    shown = trigger_of(response, "editor:show-run")
-    run = Run.objects.get(pk=shown["run"])
-    assert run.origin == "try"
-    assert run.event.data == {"order": 5}
-    assert run.version.kind == "snapshot"
-    assert 'id="try-result"' in response.content.decode()
-
-
-def test_bad_sample_json_is_shown_and_nothing_runs(editor, shop):
-    page = post(
-        editor, EDIT.format("shop") + "try", shop.draft, sample="typed", data="{nope"
-    ).content.decode()
-
-    assert "the data is not valid JSON" in page
-    assert not Run.objects.exists()
-
-
-def test_a_step_of_a_run_shows_its_input_output_and_error(editor, shop):
-    version = publish_workflow(slug="shop")
-    run = Run.objects.create(workflow=shop, version=version, status="failed")
-    StepRun.objects.create(
-        run=run,
-        step_id="charge",
-        kind="http_request",
-        status="failed",
-        input={"config": {"url": "https://pay.example.com/charge"}},
-        error="POST https://pay.example.com/charge answered 400",
-    )
-
-    page = editor.get(EDIT.format("shop") + f"runs/{run.pk}/charge").content.decode()
-    missing = editor.get(EDIT.format("shop") + f"runs/{run.pk}/done").content.decode()
-
-    assert 'id="run-step-status">failed' in page
-    assert "answered 400" in page
-    assert "https://pay.example.com/charge" in page
-    assert "Not reached" in missing
-
-
-# --- files ---------------------------------------------------------------------------------
-def test_export_downloads_the_draft_as_yaml(editor, shop):
-    response = editor.get(EDIT.format("shop") + "export", {"format": "yaml"})
-
-    assert response["Content-Disposition"] == 'attachment; filename="shop.yaml"'
-    assert yaml.safe_load(response.content) == shop.draft
-
-
-def test_an_invalid_import_lists_the_problems_and_keeps_the_draft(editor, shop):
-    before = shop.draft
-    upload = SimpleUploadedFile(
-        "bad.json", json.dumps({"name": "x", "steps": [{"id": "a", "kind": "log"}]}).encode()
-    )
-
-    response = editor.post(EDIT.format("shop") + "import", {"file": upload}, HTTP_HX_REQUEST="true")
-
-    page = response.content.decode()
-    assert "HX-Trigger" not in response
-    assert "bad.json: 1 problem(s); the draft was not changed" in page
-    assert "/steps/0/config" in page
-    shop.refresh_from_db()
-    assert shop.draft == before
-
-
-def test_a_valid_import_replaces_the_draft_and_reloads_the_canvas(editor, shop):
-    raw = definition(log_step("imported"))
-    upload = SimpleUploadedFile("new.yaml", yaml.safe_dump(raw).encode())
-
-    response = editor.post(EDIT.format("shop") + "import", {"file": upload}, HTTP_HX_REQUEST="true")
-
-    assert trigger_of(response, "editor:reload")["definition"] == raw
-    shop.refresh_from_db()
-    assert shop.draft == raw
-
-
-# --- the API -------------------------------------------------------------------------------
-@pytest.fixture
-def api(db):
-    _token, plaintext = create_api_token(name="editor-tests", role="editor")
-    return Client(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
-
-
-@pytest.fixture
-def read_only_api(db):
-    _token, plaintext = create_api_token(name="viewer-tests", role="viewer")
-    return Client(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
-
-
-def test_the_api_exports_and_imports_round_trip(api, shop):
-    exported = api.get("/api/v1/workflows/shop/export", {"format": "yaml"})
-    assert exported.status_code == 200
-
-    imported = api.post(
-        "/api/v1/workflows/shop-copy/import?publish=true",
-        exported.content,
-        content_type="application/yaml",
-    )
-
-    assert imported.status_code == 201
-    assert imported.json()["published_version"] == 1
-    assert Workflow.objects.get(slug="shop-copy").draft == shop.draft
-
-
-def test_an_invalid_api_import_is_a_400_with_every_problem_and_changes_nothing(api, shop):
-    response = api.post(
-        "/api/v1/workflows/shop/import",
-        {"name": "x", "steps": [{"id": "a", "kind": "log"}, {"id": "b", "kind": "nope"}]},
-        content_type="application/json",
-    )
-
-    assert response.status_code == 400
-    assert [e["path"] for e in response.json()["errors"]] == ["/steps/0/config", "/steps/1/kind"]
-    shop.refresh_from_db()
-    assert shop.draft["steps"][0]["id"] == "charge"
-
-
-def test_the_api_stores_an_invalid_draft_and_lists_its_problems(api, db):
-    response = api.put(
-        "/api/v1/workflows/sketch/draft",
-        {"name": "Sketch", "steps": []},
-        content_type="application/json",
-    )
-
-    assert response.status_code == 201
-    assert response.json()["valid"] is False
-    assert response.json()["problems"][0]["path"] == "/steps"
-    assert Workflow.objects.get(slug="sketch").draft == {"name": "Sketch", "steps": []}
-
-
-def test_the_api_lists_versions_diffs_and_restores(api, shop):
-    publish_workflow(slug="shop", note="one")
-    put_workflow(slug="shop", raw=definition(log_step("other")))
-    publish_workflow(slug="shop", note="two")
-
-    versions = api.get("/api/v1/workflows/shop/versions").json()["versions"]
-    diff = api.get("/api/v1/workflows/shop/diff", {"from": "1", "to": "2"}).json()
-    restored = api.post("/api/v1/workflows/shop/versions/1/restore")
-
-    assert [(v["number"], v["note"], v["live"]) for v in versions] == [
-        (2, "two", True),
-        (1, "one", False),
-    ]
-    assert {s["id"]: s["change"] for s in diff["steps"]} == {
-        "other": "added",
-        "charge": "removed",
-        "done": "removed",
-    }
-    assert restored.status_code == 200
-    shop.refresh_from_db()
-    assert shop.draft["steps"][0]["id"] == "charge"
-    assert shop.published_version.number == 2
-
-
-def test_the_api_tries_a_draft(api, shop):
-    response = api.post(
-        "/api/v1/workflows/shop/try", {"data": {"order": 1}}, content_type="application/json"
-    )
-
-    assert response.status_code == 202
-    run = Run.objects.get(pk=response.json()["run"])
-    assert (run.origin, run.version.kind) == ("try", "snapshot")
-
-
-def test_a_viewer_token_reads_but_cannot_change(read_only_api, shop):
-    assert read_only_api.get("/api/v1/workflows/shop/versions").status_code == 200
-    assert read_only_api.get("/api/v1/workflows/shop/export").status_code == 200
-    assert (
-        read_only_api.put(
-            "/api/v1/workflows/shop/draft", "{}", content_type="application/json"
-        ).status_code
-        == 403
-    )
-    assert (
-        read_only_api.post(
-            "/api/v1/workflows/shop/try", {"data": {}}, content_type="application/json"
-        ).status_code
-        == 403
-    )
-    assert not WorkflowVersion.objects.exists()
-
-
-# --- the editor's socket -------------------------------------------------------------------
-ORIGIN = (b"origin", b"http://127.0.0.1")
-
-
-@pytest.fixture(autouse=False)
-async def close_socket_connections():
-    yield
-    await sync_to_async(connections.close_all)()
-
-
-def session_cookie(username: str, *groups: str) -> bytes:
-    browser = sign_in(Client(), username, *groups)
-    return f"sessionid={browser.cookies['sessionid'].value}".encode()
-
-
-@pytest.mark.django_db(transaction=True)
-async def test_the_socket_sends_the_runs_then_the_watched_runs_steps(close_socket_connections):
-    def setup():
-        put_workflow(slug="live", raw=definition(log_step("a")))
-        version = publish_workflow(slug="live")
-        run = Run.objects.create(
-            workflow=Workflow.objects.get(slug="live"), version=version, status="running"
-        )
-        StepRun.objects.create(run=run, step_id="a", kind="log", status="running")
-        return run, session_cookie("vera", "viewer")
-
-    run, cookie = await database_sync_to_async(setup)()
-    ws = WebsocketCommunicator(
-        application, "/ws/workflows/live/editor/", headers=[(b"cookie", cookie), ORIGIN]
-    )
-    connected, _ = await ws.connect(timeout=10)
-    try:
-        assert connected
-        runs = await ws.receive_json_from(timeout=10)
-        assert runs["type"] == "runs"
-        assert [(r["id"], r["status"]) for r in runs["runs"]] == [(run.pk, "running")]
-
-        await ws.send_json_to({"watch": run.pk})
-        frame = await ws.receive_json_from(timeout=10)
-        assert frame["type"] == "run"
-        assert frame["steps"]["a"]["status"] == "running"
-
-        await database_sync_to_async(StepRun.objects.filter(run=run).update)(status="succeeded")
-        await send_run_changed(
-            notify.RUNS_GROUP, run=run.pk, seq=2, status="running", workflow="live"
-        )
-        frame = await ws.receive_json_from(timeout=10)
-        assert frame["type"] == "run"
-        assert frame["steps"]["a"]["status"] == "succeeded"
-    finally:
-        await ws.disconnect()
-
-
-@pytest.mark.django_db(transaction=True)
-async def test_the_socket_refuses_strangers_and_outsiders_of_a_team(close_socket_connections):
-    def setup():
-        team = Group.objects.create(name="payments")
-        drafts.create_workflow(slug="secret", name="", by="x", team=team)
-        return session_cookie("olga", "viewer")
-
-    cookie = await database_sync_to_async(setup)()
-    anonymous = WebsocketCommunicator(application, "/ws/workflows/secret/editor/", headers=[ORIGIN])
-    outsider = WebsocketCommunicator(
-        application, "/ws/workflows/secret/editor/", headers=[(b"cookie", cookie), ORIGIN]
-    )
-    missing = WebsocketCommunicator(
-        application, "/ws/workflows/nothing/editor/", headers=[(b"cookie", cookie), ORIGIN]
-    )
-
-    assert await anonymous.connect(timeout=10) == (False, 4401)
-    # 4404 for another team's workflow, as for a missing one: 4403 would reveal it.
-    assert await outsider.connect(timeout=10) == (False, 4404)
-    assert await missing.connect(timeout=10) == (False, 4404)
 
 
 def test_the_workflows_page_links_to_the_editor_and_to_a_new_workflow(viewer, shop):

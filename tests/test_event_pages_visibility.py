@@ -12,9 +12,8 @@ from django.test import Client
 
 from tests.accounts import sign_in
 from tests.factories import definition, log_step
-from tests.test_replay import drive, publish, trigger
-from workflows.catalog.models import Workflow
-from workflows.events.models import Event
+from tests.runs_here import drive, publish, trigger
+from workflows.models import Event, Workflow
 
 ORDER = "com.example.order.placed"
 

@@ -1,8 +1,8 @@
 """A retried for_each runs only the items that did not succeed: each item's output is
 checkpointed as soon as it succeeds, and the next attempt of the step reuses them.
 
-Runs go through the real services by hand (see tests/test_step_kinds.py): ingest, match,
-execute_step, record_result, the scheduler's sweeps called directly."""
+Runs go through the real services by hand (tests/steps_by_hand.py, the `by_hand` fixture):
+ingest, match, execute_step, record_result, the scheduler's sweeps called directly."""
 
 from __future__ import annotations
 
@@ -13,20 +13,16 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from tests import test_step_kinds
 from tests.factories import cloudevent, definition
 from tests.http_recorder import Recorder, Reply
-from tests.test_step_kinds import ByHand, context, step_of
-from workflows.infra import circuit
-from workflows.runs.item_checkpoints import StepItemCheckpoints, recorded_items
-from workflows.runs.models import Run, StepItemResult
-from workflows.runs.sweeps import enqueue_due_steps, expire_leases
+from tests.steps_by_hand import ByHand, context, step_of
+from workflows import circuit
+from workflows.models import Run, StepItemResult
+from workflows.services.item_checkpoints import StepItemCheckpoints, recorded_items
+from workflows.services.sweeps import enqueue_due_steps, expire_leases
 from workflows.steps import registry
 from workflows.steps.base import StepError
 from workflows.steps.python import step_function
-
-# Every queued attempt is executed by the test; no running stack takes one.
-by_hand = test_step_kinds.by_hand
 
 
 class WorkerLost(BaseException):

@@ -10,14 +10,12 @@ import uuid
 
 import pytest
 
-from tests import test_step_kinds
 from tests.factories import cloudevent, definition
-from tests.test_step_kinds import step_of
+from tests.steps_by_hand import step_of
 from workflows.events.envelope import MAX_LENGTHS
 from workflows.events.external_streams import Entry, Source, ingest_entry
 from workflows.events.models import DeadLetter, Event
 
-by_hand = test_step_kinds.by_hand
 URL = "/api/v1/events"
 CE = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"

@@ -16,12 +16,10 @@ import pytest
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
+from tests.durable_runs import start_run_here
 from tests.factories import definition, http_step, log_step
-from tests.test_durability import start_run_here
-from workflows.access.secrets import set_secret
-from workflows.authoring.definitions import publish_workflow, put_workflow
-from workflows.core import engine
-from workflows.core.definition import Step
+from workflows import crypto, engine
+from workflows.definition import Step
 from workflows.events.bus import Delivery
 from workflows.infra import crypto
 from workflows.management.commands import consume_bus

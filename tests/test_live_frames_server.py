@@ -12,10 +12,10 @@ from channels.db import database_sync_to_async
 from websockets.asyncio.client import connect
 
 from tests.factories import definition, log_step
+from tests.runs_here import publish, trigger
 from tests.test_dashboard_sockets import session_cookie
-from tests.test_replay import publish, trigger
-from workflows.live import notify
-from workflows.runs.models import Run
+from workflows import notify
+from workflows.models import Run
 
 TIMEOUT = 20
 

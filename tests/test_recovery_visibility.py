@@ -3,7 +3,7 @@ audit trail leave out (or answer 404 for) what belongs to a workflow of another 
 while the team's members and admins see and act on everything as before.
 
 Every outsider here holds the operator role, so the role checks pass and only visibility is
-tested. Runs are driven in this process (tests/test_replay.py helpers)."""
+tested. Runs are driven in this process (tests/runs_here.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,8 @@ from django.test import Client
 
 from tests.accounts import sign_in
 from tests.factories import cloudevent, definition
-from tests.test_replay import drive, publish, trigger
-from workflows.access import audit
-from workflows.access.models import AuditEntry
-from workflows.access.roles import ensure_groups
-from workflows.catalog.models import Workflow
+from tests.runs_here import drive, publish, trigger
+from workflows import replay_selectors as recovery
 from workflows.events.envelope import from_structured
 from workflows.events.models import DeadLetter, Event
 from workflows.recovery import dead_letters as dlq

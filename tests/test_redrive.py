@@ -12,8 +12,7 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from tests.factories import cloudevent, definition, log_step
-from tests.test_replay import drive, publish, token_client
-from workflows.access.models import AuditEntry
+from tests.runs_here import drive, publish, token_client
 from workflows.events.envelope import from_structured
 from workflows.events.models import Event
 from workflows.recovery.redrive import EventSelection, RedriveError, redrive_events
@@ -239,7 +238,7 @@ def test_the_redrive_command_reports_errors_with_a_non_zero_exit(welcome):
 
 
 def test_the_redrive_page_dry_runs_and_an_operator_delivers(client, history, welcome):
-    from tests.test_replay import signed_in
+    from tests.runs_here import signed_in
 
     operator = signed_in(client, "operator")
     form = {"type": SIGNUP, "source": "/web", "workflow": "welcome", "version": "1"}
@@ -258,7 +257,7 @@ def test_the_redrive_page_dry_runs_and_an_operator_delivers(client, history, wel
 
 @pytest.mark.parametrize("role", ["viewer", "editor"])
 def test_delivering_from_the_redrive_page_needs_the_operator_role(client, history, welcome, role):
-    from tests.test_replay import signed_in
+    from tests.runs_here import signed_in
 
     page = signed_in(client, role)
 

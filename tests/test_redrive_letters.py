@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import pytest
 
+from tests.runs_here import signed_in, token_client
+
 # The dead-letter fixtures are shared with test_dead_letters (pytest finds them by name).
 from tests.test_dead_letters import event_letter, step_letter  # noqa: F401
-from tests.test_replay import signed_in, token_client
-from workflows.events.models import DeadLetter
-from workflows.recovery import dead_letters as dlq
-from workflows.recovery.dead_letter_preview import preview_redrive
-from workflows.runs.models import Run
+from workflows.models import DeadLetter, Run
+from workflows.services import dead_letters as dlq
+from workflows.services.dead_letter_preview import preview_redrive
 
 pytestmark = pytest.mark.django_db
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import definition
-from tests.test_replay import publish, signed_in
-from workflows.recovery import replay as replays
-from workflows.recovery.models import ReplayBatch
-from workflows.runs.models import Run, StepRun
+from tests.runs_here import publish, signed_in
+from workflows.models import ReplayBatch, Run, StepRun
+from workflows.services import replay as replays
 
 
 def failed_runs_and_batch(status: str = "pending") -> ReplayBatch:

@@ -3,7 +3,7 @@ died is resumed without replaying anything twice, a batch over a team's workflow
 team's, shadow runs stay out of the ordinary run lists and figures, and the API's page
 parameters are parsed (and refused) in one place.
 
-Runs are driven in this process (tests/test_replay.py helpers), except the end-to-end test,
+Runs are driven in this process (tests/runs_here.py), except the end-to-end test,
 which lets the stack's scheduler find the stranded batch and its worker finish it."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from django.utils import timezone
 from dashboard import metrics
 from tests.accounts import sign_in
 from tests.factories import definition, log_step
-from tests.test_replay import drive, in_this_process, publish, trigger
+from tests.runs_here import drive, in_this_process, publish, trigger
 from tests.waiting import wait_until
 from workflows.access.tokens import create_api_token
 from workflows.authoring.definitions import put_workflow

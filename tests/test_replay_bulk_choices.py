@@ -7,11 +7,10 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import definition, log_step
-from tests.test_replay import command, drive, publish, signed_in, token_client, trigger
-from workflows.recovery import replay as replays
-from workflows.recovery import selectors as recovery
-from workflows.recovery.models import ReplayBatch
-from workflows.runs.models import Run
+from tests.runs_here import command, drive, publish, signed_in, token_client, trigger
+from workflows import replay_selectors as recovery
+from workflows.models import ReplayBatch, Run
+from workflows.services import replay as replays
 
 pytestmark = pytest.mark.django_db
 

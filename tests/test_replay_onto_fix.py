@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import definition, log_step
-from tests.test_replay import drive, publish, signed_in, steps_of, trigger
-from workflows.recovery import replay as replays
-from workflows.runs.models import Run
+from tests.runs_here import drive, publish, signed_in, steps_of, trigger
+from workflows.models import Run
+from workflows.services import replay as replays
 
 PREPARE = {"id": "prepare", "kind": "transform", "config": {"output": "{{ event.data.order }}"}}
 BROKEN = {"id": "broken", "kind": "fail", "config": {"message": "bug in v1"}, "after": ["prepare"]}
@@ -139,7 +139,7 @@ def test_the_run_page_says_a_fix_is_published_since_the_run(fixed_by_removing_th
 
 
 def test_the_api_says_why_a_replay_cannot_start_and_offers_what_can(db, client):
-    from tests.test_replay import token_client
+    from tests.runs_here import token_client
 
     publish("fine", definition(PREPARE, log_step("after", after=("prepare",))))
     succeeded = drive(trigger("fine"))
@@ -163,7 +163,7 @@ def test_the_api_says_why_a_replay_cannot_start_and_offers_what_can(db, client):
 
 
 def test_the_api_preview_lists_the_steps_the_fix_removed(fixed_by_removing_the_step, client):
-    from tests.test_replay import token_client
+    from tests.runs_here import token_client
 
     api = token_client(client, "viewer")
 

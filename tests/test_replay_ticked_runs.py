@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import definition, log_step
-from tests.test_replay import drive, publish, signed_in, trigger
-from workflows.recovery.models import ReplayBatch
-from workflows.runs.models import Run
+from tests.runs_here import drive, publish, signed_in, trigger
+from workflows.models import ReplayBatch, Run
 
 pytestmark = pytest.mark.django_db
 

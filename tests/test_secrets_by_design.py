@@ -18,14 +18,8 @@ from django.utils import timezone
 
 from orchestrator.embedded_redis import free_port
 from tests.factories import cloudevent, definition
-from tests.test_step_kinds import ByHand, step_of
-from workflows.access.secrets import MASK, mask, set_secret
-from workflows.access.tokens import create_api_token
-from workflows.authoring.definitions import parse_definition, publish_workflow, put_workflow
-from workflows.authoring.drafts import check_draft
-from workflows.catalog import definition_parsing as definition_services
-from workflows.catalog.models import WorkflowVersion
-from workflows.core.definition import InvalidDefinition
+from tests.steps_by_hand import ByHand, step_of
+from workflows.definition import InvalidDefinition
 from workflows.events.envelope import from_structured
 from workflows.events.models import Event
 from workflows.runs.matching import ingest_event, match_event
@@ -67,7 +61,7 @@ CAPABLE = [
 
 @pytest.fixture
 def by_hand(transactional_db, monkeypatch):
-    """Runs executed by the test itself, as in test_step_kinds.py (no bus, no worker)."""
+    """Runs executed by the test itself, as in tests/steps_by_hand.py (no bus, no worker)."""
     queued: list[int] = []
     monkeypatch.setattr(
         "workflows.runs.advance.enqueue_on_commit",
@@ -389,7 +383,7 @@ def test_every_declared_secret_field_is_a_field_of_its_kind():
 @pytest.mark.django_db
 def test_the_editor_shows_a_misplaced_secret_under_its_field_and_publish_refuses_it():
     from tests.accounts import sign_in
-    from tests.test_editor_views import EDIT, apply_first_step, error_box, post
+    from tests.editor_pages import EDIT, apply_first_step, error_box, post
 
     workflow, _ = put_workflow(
         slug="leaky-editor",

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import definition
-from tests.test_replay import drive, in_this_process, publish, signed_in, token_client, trigger
-from workflows.authoring import drafts
-from workflows.queries import runs as selectors
-from workflows.recovery import selectors as recovery
-from workflows.runs.models import Run
+from tests.runs_here import drive, in_this_process, publish, signed_in, token_client, trigger
+from workflows import replay_selectors as recovery
+from workflows import selectors
+from workflows.models import Run
+from workflows.services import drafts
 
 pytestmark = pytest.mark.django_db
 

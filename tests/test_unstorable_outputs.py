@@ -13,10 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.durable_runs import start_run_here
 from tests.factories import http_step, log_step
-from tests.test_durability import start_run_here
-from workflows.runs import execution
-from workflows.runs.models import StepRun
+from workflows.models import StepRun
+from workflows.services import execution
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

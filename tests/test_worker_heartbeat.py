@@ -18,17 +18,16 @@ import psutil
 import pytest
 from django.db import OperationalError, connection
 
-from tests.factories import cloudevent, definition, http_step
-from tests.test_durability import (
+from tests.durable_runs import (
     Gate,
     attempt,
     finished,
     journal_kinds,
     pool_process_calling,
     run_of,
-    sent,  # noqa: F401 - a fixture
     start_run_here,
 )
+from tests.factories import cloudevent, definition, http_step
 from tests.test_spine import publish, send
 from tests.waiting import wait_until
 from workflows.core import engine

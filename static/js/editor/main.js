@@ -29,6 +29,7 @@
  */
 import {createAutosave} from "./autosave.js";
 import {createCanvas} from "./canvas.js";
+import {createDrawflow, selectOnClick} from "./drawflow_events.js";
 import {createEditing} from "./editing.js";
 import * as graph from "./graph.js";
 import {createMinimap} from "./minimap.js";
@@ -37,6 +38,7 @@ import {createPalette} from "./palette.js";
 import {createPanels} from "./panels.js";
 import {createRuns} from "./runs.js";
 import {freeSpot} from "./spots.js";
+import {bindToolbar} from "./toolbar.js";
 import {clone, esc, isObj, num} from "./util.js";
 
 // A module cannot return early at its top: the page is set up in start().
@@ -92,8 +94,9 @@ function start() {
   var writes = 0; // draft writes of this page awaiting their answer
   var remoteLater = null; // a revision heard of while a write was out, judged once it is back
 
-  // What the parts of the page (canvas.js, editing.js, panels.js, autosave.js, palette.js, runs.js) share: this
-  // page's state and functions, read and written through here.
+  // What the parts of the page (canvas.js, editing.js, panels.js, autosave.js, palette.js,
+  // runs.js, drawflow_events.js, toolbar.js) share: this page's state and functions, read
+  // and written through here.
   var ed = {
     triggerKindOf: nodes.triggerKindOf,
     get MAX_HISTORY() { return MAX_HISTORY; },
@@ -161,8 +164,6 @@ function start() {
     set deleteTrigger(v) { deleteTrigger = v; },
     get df() { return df; },
     set df(v) { df = v; },
-    get downAt() { return downAt; },
-    set downAt(v) { downAt = v; },
     get draftRevision() { return draftRevision; },
     set draftRevision(v) { draftRevision = v; },
     get dragging() { return dragging; },
@@ -421,71 +422,8 @@ function start() {
   var fitView = editingPart.fitView;
   var deleteSelection = editingPart.deleteSelection;
 
-  // --- Drawflow ---------------------------------------------------------------------------
-  var df = new Drawflow(canvas);
-  df.curvature = 0.4;
-  df.zoom_min = 0.3;
-  df.zoom_max = 1.6;
-  df.editor_mode = canEdit ? "edit" : "view";
-  df.start();
-
-  df.on("nodeMoved", function (id) {
-    var info = nodeMap[id];
-    var node = df.drawflow.drawflow.Home.data[id];
-    if (!info || !node) return;
-    // Drawflow 0.0.60 records pos_x/pos_y one mouse move off the place it draws the node
-    // at (it subtracts the last move twice): keep the drawn place, which is what was seen.
-    var el = nodeEl(id);
-    var x = el ? num(parseFloat(el.style.left), node.pos_x) : node.pos_x;
-    var y = el ? num(parseFloat(el.style.top), node.pos_y) : node.pos_y;
-    node.pos_x = x;
-    node.pos_y = y;
-    change(function () {
-      var moved = info.type === "trigger" ? model.triggers[info.index] : stepAt(info.index);
-      if (isObj(moved)) moved.position = {x: Math.round(x), y: Math.round(y)};
-    }, {render: false});
-  });
-
-  df.on("connectionCreated", function (c) {
-    if (rendering) return;
-    var src = nodeMap[c.output_id];
-    var dst = nodeMap[c.input_id];
-    if (!src || !dst || dst.type !== "step") return renderSoon();
-    if (src.type === "trigger") {
-      notice("A trigger starts every step that has no incoming edge; this one starts after the steps wired into it.");
-      return renderSoon();
-    }
-    var port = portsOf(src.index)[parseInt(c.output_class.split("_")[1], 10) - 1];
-    var from = stepAt(src.index).id;
-    var to = stepAt(dst.index).id;
-    if (!change(function () { addEdge(from, to, port); })) renderSoon();
-  });
-
-  df.on("connectionRemoved", function (c) {
-    if (rendering) return;
-    var src = nodeMap[c.output_id];
-    var dst = nodeMap[c.input_id];
-    if (!src || !dst || dst.type !== "step") return;
-    if (src.type === "trigger") {
-      // Derived from the steps: it comes back unless its step now has incoming edges.
-      return renderSoon();
-    }
-    var port = portsOf(src.index)[parseInt(c.output_class.split("_")[1], 10) - 1];
-    var from = stepAt(src.index) && stepAt(src.index).id;
-    var to = stepAt(dst.index) && stepAt(dst.index).id;
-    change(function () { removeEdge(from, to, port); });
-  });
-
-  df.on("nodeRemoved", function (id) {
-    if (rendering) return;
-    var info = nodeMap[id];
-    if (!info) return;
-    delete nodeMap[id];
-    change(function () {
-      if (info.type === "step") deleteStep(info.index);
-      else deleteTrigger(info.index);
-    });
-  });
+  // --- Drawflow and what is done on its canvas (drawflow_events.js) ----------------------
+  var df = createDrawflow(ed);
 
   var minimap = createMinimap({
     wrap: root.querySelector(".canvas-wrap"),
@@ -496,22 +434,7 @@ function start() {
   });
   ["translate", "nodeMoved", "zoom"].forEach(function (name) { df.on(name, minimap.update); });
 
-  df.on("zoom", function (z) {
-    var label = document.getElementById("zoom-level");
-    if (label) label.textContent = Math.round(z * 100) + "%";
-  });
-
-  // A click (not a drag) on a node selects it and opens its panel.
-  var downAt = null;
-  canvas.addEventListener("mousedown", function (e) { downAt = {x: e.clientX, y: e.clientY}; }, true);
-  canvas.addEventListener("click", function (e) {
-    if (downAt && Math.abs(e.clientX - downAt.x) + Math.abs(e.clientY - downAt.y) > 4) return;
-    if (e.target.closest(".output, .input")) return;
-    var el = e.target.closest(".drawflow-node");
-    if (!el) return;
-    var info = nodeMap[el.id.slice(5)];
-    if (info) select({type: info.type, index: info.index});
-  });
+  selectOnClick(ed);
 
   function select(info) {
     selection = info;
@@ -571,56 +494,8 @@ function start() {
   var viewBox = palettePart.viewBox;
   var centreOn = palettePart.centreOn;
 
-  // --- the toolbar and the keyboard -------------------------------------------------------
-  var actions = {
-    "undo": undo,
-    "redo": redo,
-    "delete": deleteSelection,
-    "layout": autoLayout,
-    "zoom-in": function () { df.zoom_in(); },
-    "zoom-out": function () { df.zoom_out(); },
-    "zoom-reset": function () { df.zoom_reset(); },
-    "fit": fitView,
-  };
-  root.querySelectorAll(".editor-toolbar [data-action]").forEach(function (button) {
-    button.addEventListener("click", function () { actions[button.dataset.action](); });
-  });
-
-  document.addEventListener("keydown", function (e) {
-    var t = e.target;
-    if (t && (t.matches("input, textarea, select") || t.isContentEditable)) return;
-    var key = e.key.toLowerCase();
-    if ((e.ctrlKey || e.metaKey) && key === "z") {
-      e.preventDefault();
-      return e.shiftKey ? redo() : undo();
-    }
-    if ((e.ctrlKey || e.metaKey) && key === "y") {
-      e.preventDefault();
-      return redo();
-    }
-    // Drawflow handles Delete itself while the canvas has the focus.
-    if (e.key === "Delete" && !canvas.contains(t)) deleteSelection();
-  });
-
-  document.querySelectorAll("[data-flush-first-link]").forEach(function (a) {
-    a.addEventListener("click", function (e) {
-      if (saveIdle()) return;
-      e.preventDefault();
-      flushSave().then(function () { window.location.href = a.href; });
-    });
-  });
-  document.body.addEventListener("htmx:afterSwap", function () {
-    sidePanel.querySelectorAll("[data-flush-first-link]").forEach(function (a) {
-      if (a.dataset.bound) return;
-      a.dataset.bound = "1";
-      a.addEventListener("click", function (e) {
-        if (saveIdle()) return;
-        e.preventDefault();
-        flushSave().then(function () { window.location.href = a.href; });
-      });
-    });
-    renderRunList();
-  });
+  // --- the toolbar and the keyboard (toolbar.js) ----------------------------------------
+  var actions = bindToolbar(ed);
 
   // --- runs on the canvas -----------------------------------------------------------------
   var socket = null;
