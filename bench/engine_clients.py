@@ -30,7 +30,7 @@ class Signalbox:
         self.tag = tag
 
     def publish(self, shapes: Iterable[Shape]) -> None:
-        from workflows.services.definitions import publish_workflow, put_workflow
+        from workflows.authoring.definitions import publish_workflow, put_workflow
 
         for shape in {s.slug: s for s in shapes}.values():
             put_workflow(slug=shape.slug, raw=shape.definition())
@@ -38,7 +38,7 @@ class Signalbox:
 
     def send(self, shape: Shape, label: str, numbers: Iterable[int]) -> list[int]:
         from workflows.events.envelope import Envelope
-        from workflows.services.events import ingest_event
+        from workflows.runs.matching import ingest_event
 
         ids = []
         for n in numbers:
@@ -71,8 +71,8 @@ class Signalbox:
             execute_step_task.delay(0)
 
     def wait(self, event_ids: list[int], timeout: float) -> bool:
-        from workflows.models import Run
-        from workflows.states import TERMINAL_RUN
+        from workflows.core.states import TERMINAL_RUN
+        from workflows.runs.models import Run
 
         def done() -> bool:
             finished = Run.objects.filter(event_id__in=event_ids, status__in=TERMINAL_RUN)
@@ -97,8 +97,9 @@ class Signalbox:
     def result(
         self, shape: Shape, workers: int, event_ids: list[int], complete: bool, timeout: float
     ) -> Measurement:
-        from workflows.models import Event, Run, StepRun
-        from workflows.states import RunStatus
+        from workflows.core.states import RunStatus
+        from workflows.events.models import Event
+        from workflows.runs.models import Run, StepRun
 
         received = dict(Event.objects.filter(pk__in=event_ids).values_list("pk", "received_at"))
         runs = list(

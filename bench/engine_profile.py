@@ -28,10 +28,11 @@ def profile_chain(signalbox: Signalbox, shape: Shape, stack: EngineStack) -> dic
     from celery.app.task import Task
     from django.db import DEFAULT_DB_ALIAS, connection, connections
 
-    from workflows import notify
-    from workflows.models import Run, StepRun
-    from workflows.services import execution, runs
-    from workflows.states import StepStatus
+    from workflows.core.states import StepStatus
+    from workflows.live import notify
+    from workflows.runs import advance as runs
+    from workflows.runs import execution
+    from workflows.runs.models import Run, StepRun
     from workflows.steps import registry
 
     totals: dict[str, float] = collections.defaultdict(float)

@@ -118,7 +118,7 @@ class EngineStack:
                 [sys.executable, "manage.py", "consume_bus", "--no-external-streams"],
             )
         self._spawn("scheduler", [sys.executable, "manage.py", "scheduler"])
-        from workflows import heartbeat
+        from workflows.infra import heartbeat
 
         if not wait_until(
             lambda: bool(heartbeat.last_beat("bus-consumer") and heartbeat.last_beat("scheduler")),

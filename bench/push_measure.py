@@ -29,7 +29,7 @@ class Latency:
     # (ingest, bus, match), and created_at to finished_at (queue and engine).
     match_ms: list[float] = field(repr=False, default_factory=list)
     engine_ms: list[float] = field(repr=False, default_factory=list)
-    # The web process's own share, from its log (dashboard/push_timing.py), one value per
+    # The web process's own share, from its log (dashboard/live/push_timing.py), one value per
     # frame: commit -> the last socket written, the render, and the writes to every page.
     server_ms: list[float] = field(repr=False, default_factory=list)
     render_ms: list[float] = field(repr=False, default_factory=list)
@@ -139,7 +139,7 @@ def measure(
 
 def frames_served(server_log: Path, offset: int) -> list[dict]:
     """The run list frames the web process logged serving since `offset` of its log."""
-    from dashboard.push_timing import PREFIX
+    from dashboard.live.push_timing import PREFIX
 
     found = []
     with server_log.open("rb") as log:

@@ -10,12 +10,13 @@ from hypothesis import settings as hypothesis_settings
 from tests import db_teardown
 from tests.factories import definition
 from tests.http_recorder import Recorder, Reply
+from tests.million_runs import million_runs, run_million_row_tests_last
 from tests.runs_here import drive, publish, trigger, two_calls
 from tests.stack import make_stack
 from tests.steps_by_hand import ByHand
 from workflows import tasks
-from workflows.models import Event
-from workflows.services.tokens import create_api_token
+from workflows.access.tokens import create_api_token
+from workflows.events.models import Event
 
 # Property tests judge behaviour, not speed: on a loaded 2-core CI machine generation can be
 # slow, which must not fail the run.
@@ -130,7 +131,7 @@ def by_hand(transactional_db, monkeypatch):
     # No Celery message and no bus entry: this test executes every attempt itself, and a
     # running stack (other tests' processes) must not take them.
     monkeypatch.setattr(
-        "workflows.services.runs.enqueue_on_commit",
+        "workflows.runs.advance.enqueue_on_commit",
         lambda step_run_id, kind=None: queued.append(step_run_id),
     )
 

@@ -15,10 +15,10 @@ from django.conf import settings
 
 from tests.factories import definition
 from tests.waiting import wait_until
-from workflows import engine
-from workflows.models import Run, RunJournal, StepRun
-from workflows.services import runs
-from workflows.services.definitions import publish_workflow, put_workflow
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.core import engine
+from workflows.runs import advance as runs
+from workflows.runs.models import Run, RunJournal, StepRun
 
 FINISHED = ("succeeded", "failed", "cancelled")
 

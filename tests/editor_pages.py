@@ -11,8 +11,8 @@ from html import unescape as html_unescape
 from django.test import Client
 
 from tests.factories import definition, http_step, log_step
-from workflows.models import Workflow
-from workflows.services.definitions import put_workflow
+from workflows.authoring.definitions import put_workflow
+from workflows.catalog.models import Workflow
 
 EDIT = "/workflows/{}/edit/"
 

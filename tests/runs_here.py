@@ -14,12 +14,13 @@ from django.utils import timezone
 
 from tests.factories import cloudevent, definition, http_step, log_step
 from tests.http_recorder import Recorder
+from workflows.access.tokens import create_api_token
+from workflows.authoring.definitions import publish_workflow, put_workflow
 from workflows.events.envelope import from_structured
-from workflows.models import Event, Run, StepRun
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.events import ingest_event, match_event
-from workflows.services.execution import execute_step
-from workflows.services.tokens import create_api_token
+from workflows.events.models import Event
+from workflows.runs.execution import execute_step
+from workflows.runs.matching import ingest_event, match_event
+from workflows.runs.models import Run, StepRun
 
 
 def publish(slug: str, body: dict):
@@ -32,7 +33,7 @@ def in_this_process():
     """Keep work out of the session's stack, if another test started it: its worker would
     otherwise race this process for the steps it drives."""
     with mock.patch(
-        "workflows.services.runs.enqueue_on_commit", lambda step_run_id, kind=None: None
+        "workflows.runs.advance.enqueue_on_commit", lambda step_run_id, kind=None: None
     ):
         yield
 
@@ -107,7 +108,7 @@ def signed_in(client, role: str | None):
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
 
-    from workflows.roles import ensure_groups
+    from workflows.access.roles import ensure_groups
 
     ensure_groups()
     user = get_user_model().objects.create_user(

@@ -7,14 +7,11 @@ a running stack from taking the attempts.
 from __future__ import annotations
 
 from tests.factories import cloudevent
+from workflows.authoring.definitions import publish_workflow, put_workflow
 from workflows.events.envelope import from_structured
-from workflows.models import Run, StepRun
-from workflows.services.definitions import (
-    publish_workflow,
-    put_workflow,
-)
-from workflows.services.events import ingest_event, match_event
-from workflows.services.execution import execute_step
+from workflows.runs.execution import execute_step
+from workflows.runs.matching import ingest_event, match_event
+from workflows.runs.models import Run, StepRun
 from workflows.steps.base import StepContext
 
 

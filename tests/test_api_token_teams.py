@@ -21,7 +21,11 @@ from django.core.management.base import CommandError
 
 from tests.factories import cloudevent, definition, log_step
 from tests.runs_here import drive, publish, trigger
-from workflows.dashboard_selectors import hidden_for_team, hidden_workflow_ids
+from workflows.access import audit
+from workflows.access.models import ApiToken, AuditEntry
+from workflows.access.roles import ensure_groups
+from workflows.access.tokens import authenticate_token, create_api_token
+from workflows.catalog.models import Workflow
 from workflows.events.envelope import from_structured
 from workflows.events.models import DeadLetter, Event
 from workflows.management.commands.create_api_token import Command as CreateApiToken

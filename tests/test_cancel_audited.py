@@ -12,8 +12,8 @@ from tests.runs_here import (
     token_client,
     trigger,
 )
-from workflows.models import AuditEntry
-from workflows.services.run_control import cancel_run
+from workflows.access.models import AuditEntry
+from workflows.runs.control import cancel_run
 
 
 def test_cancelling_a_run_records_who_and_why(db):

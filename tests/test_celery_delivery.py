@@ -14,9 +14,10 @@ from tests.durable_runs import (
     attempt,
     start_run_here,
 )
-from workflows import engine
-from workflows.definition import FORMAT_SCHEMA
-from workflows.services import execution, runs, sweeps
+from workflows.core import engine
+from workflows.core.definition import FORMAT_SCHEMA
+from workflows.runs import advance as runs
+from workflows.runs import execution, sweeps
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,8 +14,8 @@ import pytest
 from django.test import Client
 
 from tests.cloud_pushes import TYPE, post
-from workflows.models import Event
-from workflows.services.webhooks import create_webhook
+from workflows.events.models import Event
+from workflows.events.webhooks import create_webhook
 
 pytestmark = pytest.mark.django_db
 

@@ -26,13 +26,10 @@ from django.test import Client
 
 from tests.cloud_pushes import TOPIC, TYPE, certificate_pem, new_key, post
 from tests.http_recorder import Reply
-from workflows.access.tokens import create_api_token
 from workflows.events import webhooks as webhook_service
-from workflows.events.models import Event, Webhook
+from workflows.events.models import Event
 from workflows.events.push_formats import sns
-from workflows.models import Event
-from workflows.services import webhooks as webhook_service
-from workflows.services.webhooks import InvalidWebhook, create_webhook
+from workflows.events.webhooks import InvalidWebhook, create_webhook
 
 pytestmark = pytest.mark.django_db
 

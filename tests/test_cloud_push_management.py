@@ -10,8 +10,8 @@ from django.core.management.base import CommandError
 from django.test import Client
 
 from tests.cloud_pushes import TOPIC, TYPE
-from workflows.models import Webhook
-from workflows.services.tokens import create_api_token
+from workflows.access.tokens import create_api_token
+from workflows.events.models import Webhook
 
 pytestmark = pytest.mark.django_db
 

@@ -18,8 +18,8 @@ from django.test import Client
 
 from tests.cloud_pushes import TYPE, new_key, post
 from tests.http_recorder import Reply
-from workflows.models import Event
-from workflows.services.webhooks import create_webhook
+from workflows.events.models import Event
+from workflows.events.webhooks import create_webhook
 
 pytestmark = pytest.mark.django_db
 

@@ -13,7 +13,8 @@ from django.utils import timezone
 from dashboard import metrics
 from tests.factories import definition, log_step
 from tests.runs_here import drive, publish, trigger
-from workflows import demo_traffic, gauges
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.demo import traffic as demo_traffic
 from workflows.events import bus
 from workflows.events.models import DeadLetter, Event
 from workflows.infra.redis_client import client

@@ -14,11 +14,13 @@ from django.utils import timezone
 
 from tests.factories import definition, log_step
 from tests.runs_here import drive, publish, trigger
-from workflows import demo_traffic
-from workflows.models import Event, Run, Workflow
-from workflows.roles import ensure_groups
-from workflows.services.events import match_event
-from workflows.services.secrets import MASK, set_secret
+from workflows.access.roles import ensure_groups
+from workflows.access.secrets import MASK, set_secret
+from workflows.catalog.models import Workflow
+from workflows.demo import traffic as demo_traffic
+from workflows.events.models import Event
+from workflows.runs.matching import match_event
+from workflows.runs.models import Run
 
 
 def signed_in(client, role: str | None, *, groups: tuple[str, ...] = ()):

@@ -25,7 +25,8 @@ from orchestrator.asgi import application
 from tests.factories import cloudevent, definition, log_step
 from tests.runs_here import drive, in_this_process, publish, trigger
 from tests.sockets import send_run_changed
-from workflows import notify
+from workflows.access.roles import ensure_groups
+from workflows.catalog.models import Workflow
 from workflows.events.envelope import from_structured
 from workflows.events.models import Event
 from workflows.live import notify

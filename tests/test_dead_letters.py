@@ -12,9 +12,11 @@ from django.core.management.base import CommandError
 
 from tests.factories import cloudevent, definition, log_step
 from tests.runs_here import drive, publish, steps_of, token_client, trigger
-from workflows.models import AuditEntry, DeadLetter, Event, Run
-from workflows.services import dead_letters as dlq
-from workflows.services.schemas import register_schema
+from workflows.access.models import AuditEntry
+from workflows.events.models import DeadLetter, Event
+from workflows.events.schemas import register_schema
+from workflows.recovery import dead_letters as dlq
+from workflows.runs.models import Run
 
 pytestmark = pytest.mark.django_db
 

@@ -33,11 +33,14 @@ from tests.durable_runs import (
 from tests.factories import cloudevent, definition, http_step, log_step
 from tests.test_spine import publish, send
 from tests.waiting import wait_until
-from workflows import engine, tasks
-from workflows.models import Run, StepRun
-from workflows.services import execution, run_control, runs, sweeps
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.projections import differences
+from workflows import tasks
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.core import engine
+from workflows.runs import advance as runs
+from workflows.runs import control as run_control
+from workflows.runs import execution, sweeps
+from workflows.runs.models import Run, StepRun
+from workflows.runs.projections import differences
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -34,10 +34,10 @@ from tests.factories import cloudevent, definition, http_step, log_step
 from tests.http_recorder import Reply
 from tests.test_spine import publish, send
 from tests.waiting import wait_until
-from workflows import engine
-from workflows.models import Run, StepRun
-from workflows.services import runs
-from workflows.services.projections import differences
+from workflows.core import engine
+from workflows.runs import advance as runs
+from workflows.runs.models import Run, StepRun
+from workflows.runs.projections import differences
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

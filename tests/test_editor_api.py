@@ -9,9 +9,10 @@ from django.test import Client
 
 from tests.editor_pages import put_shop
 from tests.factories import definition, log_step
-from workflows.models import Run, Workflow, WorkflowVersion
-from workflows.services.definitions import publish_workflow, put_workflow
-from workflows.services.tokens import create_api_token
+from workflows.access.tokens import create_api_token
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.catalog.models import Workflow, WorkflowVersion
+from workflows.runs.models import Run
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from tests.accounts import sign_in
 from tests.editor_pages import EDIT, post, put_shop, trigger_of
 from tests.factories import definition, log_step
-from workflows.models import Run, StepRun, Workflow
-from workflows.services.definitions import publish_workflow, put_workflow
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.catalog.models import Workflow
+from workflows.runs.models import Run, StepRun
 
 
 @pytest.fixture

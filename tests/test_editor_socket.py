@@ -16,10 +16,11 @@ from orchestrator.asgi import application
 from tests.accounts import sign_in
 from tests.factories import definition, log_step
 from tests.sockets import send_run_changed
-from workflows import notify
-from workflows.models import Run, StepRun, Workflow
-from workflows.services import drafts
-from workflows.services.definitions import publish_workflow, put_workflow
+from workflows.authoring import drafts
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.catalog.models import Workflow
+from workflows.live import notify
+from workflows.runs.models import Run, StepRun
 
 ORIGIN = (b"origin", b"http://127.0.0.1")
 

@@ -18,10 +18,10 @@ from django.test import Client
 from tests.accounts import sign_in
 from tests.editor_pages import EDIT, apply_first_step, error_box, post, put_shop, trigger_of
 from tests.factories import definition, http_step
-from workflows.models import Workflow
-from workflows.services import drafts
-from workflows.services.definitions import put_workflow
-from workflows.services.schemas import register_schema
+from workflows.authoring import drafts
+from workflows.authoring.definitions import put_workflow
+from workflows.catalog.models import Workflow
+from workflows.events.schemas import register_schema
 
 
 @pytest.fixture

@@ -29,13 +29,15 @@ from orchestrator.asgi import application
 from tests.accounts import sign_in
 from tests.factories import definition, log_step
 from tests.runs_here import drive, in_this_process, publish, trigger
-from workflows import event_selectors as store
-from workflows import notify
-from workflows import replay_selectors as recovery
-from workflows.dashboard_selectors import hidden_workflow_ids
-from workflows.models import DeadLetter, Event, Run, Workflow
-from workflows.services.events import match_event
-from workflows.services.tokens import create_api_token
+from workflows.access.tokens import create_api_token
+from workflows.catalog.models import Workflow
+from workflows.events.models import DeadLetter, Event
+from workflows.live import notify
+from workflows.queries import events as store
+from workflows.queries.dashboard import hidden_workflow_ids
+from workflows.recovery import selectors as recovery
+from workflows.runs.matching import match_event
+from workflows.runs.models import Run
 
 PAYROLL_DUE = "com.example.payroll.due"
 PAID = "com.example.payroll.paid"

@@ -13,7 +13,8 @@ from django.test import Client
 from tests.accounts import sign_in
 from tests.factories import definition, log_step
 from tests.runs_here import drive, publish, trigger
-from workflows.models import Event, Workflow
+from workflows.catalog.models import Workflow
+from workflows.events.models import Event
 
 ORDER = "com.example.order.placed"
 

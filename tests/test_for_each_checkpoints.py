@@ -16,10 +16,10 @@ from django.utils import timezone
 from tests.factories import cloudevent, definition
 from tests.http_recorder import Recorder, Reply
 from tests.steps_by_hand import ByHand, context, step_of
-from workflows import circuit
-from workflows.models import Run, StepItemResult
-from workflows.services.item_checkpoints import StepItemCheckpoints, recorded_items
-from workflows.services.sweeps import enqueue_due_steps, expire_leases
+from workflows.infra import circuit
+from workflows.runs.item_checkpoints import StepItemCheckpoints, recorded_items
+from workflows.runs.models import Run, StepItemResult
+from workflows.runs.sweeps import enqueue_due_steps, expire_leases
 from workflows.steps import registry
 from workflows.steps.base import StepError
 from workflows.steps.python import step_function

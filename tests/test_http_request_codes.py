@@ -17,7 +17,7 @@ from django.utils import timezone
 from tests.factories import cloudevent, definition
 from tests.http_recorder import Reply
 from tests.steps_by_hand import context
-from workflows.definition import RetryPolicy
+from workflows.core.definition import RetryPolicy
 from workflows.steps.base import StepError
 from workflows.steps.http_request import MAX_BODY_BYTES, HttpRequest
 
@@ -31,7 +31,7 @@ def http_error(url: str, **config) -> StepError:
 @pytest.fixture
 def quiet_circuit(recorder):
     """Closed circuit for the recorder's host before and after (ports get reused)."""
-    from workflows import circuit
+    from workflows.infra import circuit
 
     circuit.reset(circuit.host_of(recorder.url))
     yield
@@ -116,7 +116,7 @@ def test_a_retry_policy_with_retry_on_retries_only_the_matching_codes(
     run = by_hand.start("selective", body, cloudevent())
     by_hand.drain()
     # The 503 was retried (a due retry is enqueued by the scheduler's sweep: run it by hand).
-    from workflows.services.sweeps import enqueue_due_steps
+    from workflows.runs.sweeps import enqueue_due_steps
 
     with transaction.atomic():
         enqueue_due_steps(now=timezone.now() + timedelta(seconds=5))

@@ -18,8 +18,10 @@ from django.test.utils import CaptureQueriesContext
 
 from tests.durable_runs import start_run_here
 from tests.factories import definition, http_step, log_step
-from workflows import crypto, engine
-from workflows.definition import Step
+from workflows.access.secrets import set_secret
+from workflows.authoring.definitions import publish_workflow, put_workflow
+from workflows.core import engine
+from workflows.core.definition import Step
 from workflows.events.bus import Delivery
 from workflows.infra import crypto
 from workflows.management.commands import consume_bus

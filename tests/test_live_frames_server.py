@@ -14,8 +14,8 @@ from websockets.asyncio.client import connect
 from tests.factories import definition, log_step
 from tests.runs_here import publish, trigger
 from tests.test_dashboard_sockets import session_cookie
-from workflows import notify
-from workflows.models import Run
+from workflows.live import notify
+from workflows.runs.models import Run
 
 TIMEOUT = 20
 

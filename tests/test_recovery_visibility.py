@@ -15,7 +15,10 @@ from django.test import Client
 from tests.accounts import sign_in
 from tests.factories import cloudevent, definition
 from tests.runs_here import drive, publish, trigger
-from workflows import replay_selectors as recovery
+from workflows.access import audit
+from workflows.access.models import AuditEntry
+from workflows.access.roles import ensure_groups
+from workflows.catalog.models import Workflow
 from workflows.events.envelope import from_structured
 from workflows.events.models import DeadLetter, Event
 from workflows.recovery import dead_letters as dlq

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from tests.factories import cloudevent, definition, log_step
 from tests.runs_here import drive, publish, token_client
+from workflows.access.models import AuditEntry
 from workflows.events.envelope import from_structured
 from workflows.events.models import Event
 from workflows.recovery.redrive import EventSelection, RedriveError, redrive_events

@@ -11,9 +11,10 @@ from tests.runs_here import signed_in, token_client
 
 # The dead-letter fixtures are shared with test_dead_letters (pytest finds them by name).
 from tests.test_dead_letters import event_letter, step_letter  # noqa: F401
-from workflows.models import DeadLetter, Run
-from workflows.services import dead_letters as dlq
-from workflows.services.dead_letter_preview import preview_redrive
+from workflows.events.models import DeadLetter
+from workflows.recovery import dead_letters as dlq
+from workflows.recovery.dead_letter_preview import preview_redrive
+from workflows.runs.models import Run
 
 pytestmark = pytest.mark.django_db
 

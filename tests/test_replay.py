@@ -24,10 +24,13 @@ from tests.runs_here import (
     steps_of,
     trigger,
 )
-from workflows.models import AuditEntry, DeadLetter, Event, ReplayBatch, Run, RunJournal, StepRun
-from workflows.services import replay as replays
-from workflows.services.definitions import put_workflow
-from workflows.services.projections import differences, rebuild_run
+from workflows.access.models import AuditEntry
+from workflows.authoring.definitions import put_workflow
+from workflows.events.models import DeadLetter, Event
+from workflows.recovery import replay as replays
+from workflows.recovery.models import ReplayBatch
+from workflows.runs.models import Run, RunJournal, StepRun
+from workflows.runs.projections import differences, rebuild_run
 
 # --- replay from the failed step --------------------------------------------------------------
 

@@ -7,8 +7,9 @@ import pytest
 
 from tests.factories import definition
 from tests.runs_here import publish, signed_in
-from workflows.models import ReplayBatch, Run, StepRun
-from workflows.services import replay as replays
+from workflows.recovery import replay as replays
+from workflows.recovery.models import ReplayBatch
+from workflows.runs.models import Run, StepRun
 
 
 def failed_runs_and_batch(status: str = "pending") -> ReplayBatch:

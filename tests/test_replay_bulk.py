@@ -13,8 +13,10 @@ from tests.runs_here import (
     signed_in,
     trigger,
 )
-from workflows.models import AuditEntry, ReplayBatch, Run, StepRun
-from workflows.services import replay as replays
+from workflows.access.models import AuditEntry
+from workflows.recovery import replay as replays
+from workflows.recovery.models import ReplayBatch
+from workflows.runs.models import Run, StepRun
 
 # --- bulk replay ------------------------------------------------------------------------------
 
@@ -30,7 +32,7 @@ def test_a_bulk_replay_replays_every_selected_run_at_the_rate_asked(db):
         sleeps.append(seconds)
         now[0] += seconds
 
-    from workflows.replay_selectors import FailedRunFilter, failed_runs
+    from workflows.recovery.selectors import FailedRunFilter, failed_runs
 
     selected = list(
         failed_runs(FailedRunFilter(workflow="flaky", error="v1 bug")).values_list("pk", flat=True)

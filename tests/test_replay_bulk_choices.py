@@ -8,9 +8,10 @@ import pytest
 
 from tests.factories import definition, log_step
 from tests.runs_here import command, drive, publish, signed_in, token_client, trigger
-from workflows import replay_selectors as recovery
-from workflows.models import ReplayBatch, Run
-from workflows.services import replay as replays
+from workflows.recovery import replay as replays
+from workflows.recovery import selectors as recovery
+from workflows.recovery.models import ReplayBatch
+from workflows.runs.models import Run
 
 pytestmark = pytest.mark.django_db
 

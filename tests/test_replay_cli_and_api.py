@@ -17,8 +17,9 @@ from tests.runs_here import (
     two_calls,
 )
 from tests.waiting import wait_until
-from workflows.models import AuditEntry, Run
-from workflows.services import replay as replays
+from workflows.access.models import AuditEntry
+from workflows.recovery import replay as replays
+from workflows.runs.models import Run
 
 # --- the command line -------------------------------------------------------------------------
 

@@ -10,8 +10,10 @@ from tests.runs_here import (
     drive,
     signed_in,
 )
-from workflows.models import AuditEntry, ReplayBatch, Run
-from workflows.services import replay as replays
+from workflows.access.models import AuditEntry
+from workflows.recovery import replay as replays
+from workflows.recovery.models import ReplayBatch
+from workflows.runs.models import Run
 
 # --- the dashboard ----------------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ import pytest
 
 from tests.factories import definition, log_step
 from tests.runs_here import drive, publish, signed_in, steps_of, trigger
-from workflows.models import Run
-from workflows.services import replay as replays
+from workflows.recovery import replay as replays
+from workflows.runs.models import Run
 
 PREPARE = {"id": "prepare", "kind": "transform", "config": {"output": "{{ event.data.order }}"}}
 BROKEN = {"id": "broken", "kind": "fail", "config": {"message": "bug in v1"}, "after": ["prepare"]}

@@ -7,7 +7,8 @@ import pytest
 
 from tests.factories import definition, log_step
 from tests.runs_here import drive, publish, signed_in, trigger
-from workflows.models import ReplayBatch, Run
+from workflows.recovery.models import ReplayBatch
+from workflows.runs.models import Run
 
 pytestmark = pytest.mark.django_db
 

@@ -147,8 +147,8 @@ def test_the_live_render_is_the_run_pages_own_markup_before_and_after_a_change(
     from dashboard.live.consumers import render_run_rows
     from tests.factories import definition, log_step
     from tests.runs_here import publish, trigger
-    from workflows import dashboard_selectors as ds
-    from workflows.models import Run
+    from workflows.queries import dashboard as ds
+    from workflows.runs.models import Run
 
     publish("orders", definition(log_step("received")))
     runs = [trigger("orders") for _ in range(3)]
@@ -182,7 +182,7 @@ def test_a_live_render_of_rows_already_rendered_reads_the_runs_as_one_query_of_t
     from dashboard.live.consumers import render_run_rows
     from tests.factories import definition, log_step
     from tests.runs_here import publish, trigger
-    from workflows import dashboard_selectors as ds
+    from workflows.queries import dashboard as ds
 
     publish("orders", definition(log_step("received")))
     for _ in range(3):

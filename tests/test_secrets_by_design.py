@@ -19,7 +19,13 @@ from django.utils import timezone
 from orchestrator.embedded_redis import free_port
 from tests.factories import cloudevent, definition
 from tests.steps_by_hand import ByHand, step_of
-from workflows.definition import InvalidDefinition
+from workflows.access.secrets import MASK, mask, set_secret
+from workflows.access.tokens import create_api_token
+from workflows.authoring.definitions import parse_definition, publish_workflow, put_workflow
+from workflows.authoring.drafts import check_draft
+from workflows.catalog import definition_parsing as definition_services
+from workflows.catalog.models import WorkflowVersion
+from workflows.core.definition import InvalidDefinition
 from workflows.events.envelope import from_structured
 from workflows.events.models import Event
 from workflows.runs.matching import ingest_event, match_event

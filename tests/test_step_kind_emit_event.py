@@ -17,13 +17,12 @@ from django.utils import timezone
 from tests.factories import cloudevent, definition, log_step
 from tests.steps_by_hand import context, step_of
 from tests.waiting import wait_until
-from workflows.expressions import render_value
-from workflows.models import Event, Run, StepRun
-from workflows.services.definitions import (
-    definition_for,
-)
-from workflows.services.execution import build_context, claim
-from workflows.services.sweeps import expire_leases
+from workflows.authoring.definitions import definition_for
+from workflows.core.expressions import render_value
+from workflows.events.models import Event
+from workflows.runs.execution import build_context, claim
+from workflows.runs.models import Run, StepRun
+from workflows.runs.sweeps import expire_leases
 from workflows.steps import registry
 from workflows.steps.base import StepError
 
@@ -110,7 +109,7 @@ def test_a_retried_emit_after_a_lost_worker_publishes_no_second_event(by_hand):
 
 
 def test_an_emitted_event_that_breaks_its_schema_fails_the_step_without_retrying():
-    from workflows.services.schemas import SchemaViolation
+    from workflows.events.schemas import SchemaViolation
 
     def emit(config):
         raise SchemaViolation(

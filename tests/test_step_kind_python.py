@@ -12,10 +12,8 @@ import pytest
 
 from tests.factories import cloudevent, definition
 from tests.steps_by_hand import context, step_of
-from workflows.definition import InvalidDefinition
-from workflows.services.definitions import (
-    parse_definition,
-)
+from workflows.authoring.definitions import parse_definition
+from workflows.core.definition import InvalidDefinition
 from workflows.steps import registry
 from workflows.steps.base import StepError
 from workflows.steps.python import registered_functions, step_function

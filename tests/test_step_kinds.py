@@ -12,8 +12,8 @@ import logging
 
 from tests.factories import cloudevent, definition, log_step
 from tests.steps_by_hand import context, step_of
-from workflows.models import DeadLetter
-from workflows.services.secrets import set_secret
+from workflows.access.secrets import set_secret
+from workflows.events.models import DeadLetter
 from workflows.steps import registry
 
 

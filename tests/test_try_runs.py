@@ -7,10 +7,10 @@ import pytest
 
 from tests.factories import definition
 from tests.runs_here import drive, in_this_process, publish, signed_in, token_client, trigger
-from workflows import replay_selectors as recovery
-from workflows import selectors
-from workflows.models import Run
-from workflows.services import drafts
+from workflows.authoring import drafts
+from workflows.queries import runs as selectors
+from workflows.recovery import selectors as recovery
+from workflows.runs.models import Run
 
 pytestmark = pytest.mark.django_db
 

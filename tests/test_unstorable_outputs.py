@@ -15,8 +15,8 @@ import pytest
 
 from tests.durable_runs import start_run_here
 from tests.factories import http_step, log_step
-from workflows.models import StepRun
-from workflows.services import execution
+from workflows.runs import execution
+from workflows.runs.models import StepRun
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -19,11 +19,11 @@ from tests.webhook_requests import (
     assert_problem,
     post,
 )
-from workflows import crypto
-from workflows.models import Webhook
-from workflows.services.tokens import create_api_token
-from workflows.services.webhooks import InvalidWebhook, create_webhook
-from workflows.webhooks import standard_key
+from workflows.access.tokens import create_api_token
+from workflows.events.models import Webhook
+from workflows.events.webhook_auth import standard_key
+from workflows.events.webhooks import InvalidWebhook, create_webhook
+from workflows.infra import crypto
 
 # --- Creating webhooks ------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ from tests.webhook_requests import (
     github_signature,
     post,
 )
-from workflows.models import Event
-from workflows.services.webhooks import create_webhook
-from workflows.webhooks import verify
+from workflows.events.models import Event
+from workflows.events.webhook_auth import verify
+from workflows.events.webhooks import create_webhook
 
 
 @pytest.fixture

@@ -30,9 +30,9 @@ from tests.webhook_requests import (
     post,
     standard_headers,
 )
-from workflows.models import Event, EventSchema, EventType, Webhook
-from workflows.services.webhooks import create_webhook
-from workflows.webhooks import standard_key
+from workflows.events.models import Event, EventSchema, EventType, Webhook
+from workflows.events.webhook_auth import standard_key
+from workflows.events.webhooks import create_webhook
 
 
 @pytest.fixture
