@@ -119,6 +119,9 @@ class KafkaConnector(Connector):
             "auto.offset.reset": options.get("start", "earliest"),
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
+            # A subscribed topic that does not exist yet (made after the reader connected,
+            # or again by a broker that lost it) is looked for every 10 s, not every 5 min.
+            "topic.metadata.refresh.interval.ms": 10_000,
             # Bound methods of an object that does not hold the consumer: no reference
             # cycle, so `close` can drop the consumer's last reference (see `_abandon`).
             "error_cb": self.outcomes.on_error,
