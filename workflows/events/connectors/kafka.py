@@ -40,9 +40,9 @@ from urllib.parse import urlsplit
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from .base import Connector, InvalidConnection, Message, consumes
-from .registry import register, register_sink
-from .sink import Outgoing, Sink, SinkError, unreachable
+from workflows.events.connectors.base import Connector, InvalidConnection, Message, consumes
+from workflows.events.connectors.registry import register, register_sink
+from workflows.events.connectors.sink import Outgoing, Sink, SinkError, unreachable
 
 log = logging.getLogger("signalbox.connectors")
 CLOSE_SECONDS = 5.0  # a graceful close (leaving the group) waited for at most this long

@@ -17,11 +17,11 @@ import time
 
 from django.db import connections
 
-from ...redis_client import client as redis_client
-from ...redis_client import key as redis_key
-from .base import Backoff, ConnectionConfig, consumes
-from .intake import DATABASE_DOWN, ingest_batch
-from .registry import get
+from workflows.events.connectors.base import Backoff, ConnectionConfig, consumes
+from workflows.events.connectors.intake import DATABASE_DOWN, ingest_batch
+from workflows.events.connectors.registry import get
+from workflows.redis_client import client as redis_client
+from workflows.redis_client import key as redis_key
 
 log = logging.getLogger("signalbox.connectors")
 
@@ -77,7 +77,7 @@ class ConnectorThread(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
-        from ...services.connections import record_state
+        from workflows.services.connections import record_state
 
         lease = Lease(self.config.name, self.owner)
         connector = None
@@ -156,7 +156,7 @@ class ConnectorSupervisor(threading.Thread):
         self.threads: dict[str, ConnectorThread] = {}
 
     def sync(self) -> None:
-        from ...services.connections import enabled_configs
+        from workflows.services.connections import enabled_configs
 
         wanted = {c.name: c for c in enabled_configs() if consumes(c.options)}
         stopping = []
