@@ -38,6 +38,7 @@ SLOW_FILES = [
     "tests/test_connector_contract.py",
     "tests/test_connector_sinks.py",
     "tests/test_emit_event_targets.py",
+    "tests/test_kafka_bus_source.py",
 ]
 PARTS = {
     "fast": ["-m", "not browser and not chaos", *(f"--ignore={f}" for f in SLOW_FILES)],

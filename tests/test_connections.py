@@ -23,7 +23,8 @@ from workflows.runs.models import Run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# The kinds the bus consumer reads (Kafka is publish-only for now: docs/connectors.md).
+# Kafka is read end to end by the bus consumer in tests/test_kafka_bus_source.py (its own
+# broker, stopped and started); here the kinds on the shared system brokers.
 READ_KINDS = sorted(k for k in BROKERS if k != "kafka")
 
 

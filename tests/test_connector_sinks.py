@@ -393,10 +393,11 @@ def test_the_http_sink_posts_the_cloudevent_and_retries_a_503_with_the_same_id(a
     assert run["steps"][0]["output"]["status"] == 200
 
 
-def test_a_kafka_connection_is_publish_only_for_now():
+def test_a_kafka_connection_reads_the_topics_it_names_or_only_publishes():
     from workflows.events.connectors.base import InvalidConnection
     from workflows.events.connectors.kafka import KafkaConnector
 
-    with pytest.raises(InvalidConnection, match="publish-only"):
-        KafkaConnector.check_options({"topics": ["orders"]})
+    assert KafkaConnector.check_options({"topics": ["orders"]}) == {"topics": ["orders"]}
+    with pytest.raises(InvalidConnection, match="topics"):
+        KafkaConnector.check_options({})
     assert KafkaConnector.check_options({"consume": False}) == {"consume": False}

@@ -1,9 +1,20 @@
 """Apache Kafka source and sink (confluent-kafka, the librdkafka client).
 
 Source: a consumer group reading `topics`, auto-commit off; offsets are committed (one
-synchronous commit per batch, per partition the next offset) only after the events are
-stored, so a crash between the commit and the offset commit makes the group read them
-again, and dedupe on (source, id) stores nothing new.
+commit per batch, per partition the next offset) only after the events are stored, so a
+crash between the commit and the offset commit makes the group read them again, and
+dedupe on (source, id) stores nothing new.
+
+Nothing the source does may block its thread for good. librdkafka (2.16) retries an offset
+commit for as long as the group coordinator is unreachable, and `Consumer.close()` waits
+for every outstanding commit: a synchronous commit, or a close after any commit, made just
+as the broker went away blocked until it came back (tests/test_kafka_bus_source.py and the
+contract suite's reconnect test reproduce it). So commits are asynchronous, their results
+counted (`Commits`); one unanswered for COMMIT_SECONDS fails `receive`, and the reader
+reconnects. A consumer with a commit still outstanding is not closed but destroyed without
+the group goodbye (dropping the last reference runs librdkafka's destroy with
+RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE, which does not wait); the group then moves its
+partitions on after session.timeout.ms, and the uncommitted messages come again.
 
 Sink: an idempotent producer (`enable.idempotence`, `acks=all`), one per connection kept by
 the worker process (sink_clients.py): librdkafka's own retries are written once per
@@ -35,7 +46,10 @@ from workflows.events.connectors.registry import register, register_sink
 from workflows.events.connectors.sink import Outgoing, Sink, SinkClient, SinkError, unreachable
 
 log = logging.getLogger("signalbox.connectors")
-CLOSE_SECONDS = 5.0
+CLOSE_SECONDS = 5.0  # a graceful close (leaving the group) waited for at most this long
+SETTLE_SECONDS = 3.0  # at close, how long outstanding commits may take to be answered
+COMMIT_SECONDS = 15.0  # a commit unanswered this long means the coordinator is gone
+METADATA_SECONDS = 5.0  # connect's first metadata request
 
 
 def client_settings(config, *, timeout: float) -> dict:
@@ -83,14 +97,8 @@ class KafkaConnector(Connector):
     @classmethod
     def check_options(cls, options):
         options = super().check_options(options)
-        if consumes(options):
-            # Built and contract-tested (tests/test_connector_contract.py), but inside the bus
-            # consumer it once stalled the process after its connection was removed; until
-            # that is understood a Kafka connection only publishes.
-            raise InvalidConnection(
-                'Kafka connections are publish-only for now: set "consume": false '
-                "(see docs/connectors.md)"
-            )
+        if not consumes(options):
+            return options
         topics = options.get("topics", [])
         if not isinstance(topics, list) or not all(isinstance(t, str) and t for t in topics):
             raise InvalidConnection("topics is a list of topic names (^regex allowed)")
@@ -104,6 +112,7 @@ class KafkaConnector(Connector):
 
     def connect(self) -> None:
         options = self.config.options
+        self.outcomes = Commits()
         settings = client_settings(self.config, timeout=10) | {
             "group.id": options.get("group") or f"signalbox-{self.config.name}",
             "enable.auto.commit": False,  # committed by `ack`, after the events are stored
@@ -111,31 +120,28 @@ class KafkaConnector(Connector):
             "auto.offset.reset": options.get("start", "earliest"),
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
-            "error_cb": self._on_error,
+            # A subscribed topic that does not exist yet (made after the reader connected,
+            # or again by a broker that lost it) is looked for every 10 s, not every 5 min.
+            "topic.metadata.refresh.interval.ms": 10_000,
+            # Bound methods of an object that does not hold the consumer: no reference
+            # cycle, so `close` can drop the consumer's last reference (see `_abandon`).
+            "error_cb": self.outcomes.on_error,
+            "on_commit": self.outcomes.on_commit,
         }
-        self.failure = ""
         self.consumer = Consumer(settings)
         self.consumer.subscribe(options["topics"])
         # librdkafka connects lazily: ask for the metadata once, so a broker that does not
         # answer fails `connect` (and the connection's health says so) rather than go quiet.
         try:
-            self.consumer.list_topics(timeout=10)
+            self.consumer.list_topics(timeout=METADATA_SECONDS)
         except KafkaException as exc:
-            self.consumer.close()
+            self.close()
             raise ConnectionError(f"Kafka: {exc}") from exc
 
-    def _on_error(self, error: KafkaError) -> None:
-        # Called on librdkafka's thread; `receive` raises it on the connector's own.
-        if error.fatal() or error.code() in (
-            KafkaError._ALL_BROKERS_DOWN,
-            KafkaError._AUTHENTICATION,
-        ):
-            self.failure = f"Kafka: {error.str()}"
-
     def receive(self, *, timeout: float, max_messages: int) -> list[Message]:
-        if self.failure:
-            raise ConnectionError(self.failure)
+        self.outcomes.check()
         out = []
+        # consume() also serves librdkafka's callbacks: errors and commit results.
         for msg in self.consumer.consume(num_messages=max_messages, timeout=timeout):
             error = msg.error()
             if error is not None:
@@ -166,24 +172,93 @@ class KafkaConnector(Connector):
         for message in messages:
             topic, partition, offset = message.token
             following[(topic, partition)] = max(following.get((topic, partition), 0), offset + 1)
+        # Asynchronous: a synchronous commit blocks for as long as the coordinator is away.
+        self.outcomes.sent()
         self.consumer.commit(
             offsets=[TopicPartition(t, p, o) for (t, p), o in following.items()],
-            asynchronous=False,
+            asynchronous=True,
         )
 
     def close(self) -> None:
-        consumer = getattr(self, "consumer", None)
+        consumer, self.consumer = getattr(self, "consumer", None), None
         if consumer is None:
             return
-        # Leaving the group at once lets the partitions move on without waiting; but with
-        # the broker gone librdkafka's close can block for good (confluent-kafka-python
-        # #1667), and the reader must go on reconnecting: so it closes on a thread of its
-        # own, waited for a while only.
+        deadline = time.monotonic() + SETTLE_SECONDS
+        try:
+            # Wait (a little) for the commits in flight to be answered: consume() is what
+            # serves their callbacks. Messages read meanwhile are dropped, never committed:
+            # the group hands them out again.
+            while self.outcomes.pending() and time.monotonic() < deadline:
+                consumer.consume(num_messages=100, timeout=0.2)
+        except (KafkaException, RuntimeError):
+            log.debug("Kafka consumer %s: settling commits failed", self.config.name)
+        if self.outcomes.pending():
+            log.warning(
+                "Kafka consumer %s: %d offset commit(s) unanswered; dropped without leaving "
+                "the group (its messages come again)",
+                self.config.name,
+                self.outcomes.pending(),
+            )
+            return  # `consumer` was the last reference: destroyed here, see the docstring
+        # Leaving the group at once lets the partitions move on without waiting. With no
+        # commit outstanding librdkafka does not wait for the broker; still, close on a
+        # thread of its own (confluent-kafka-python #1667), waited for a while only.
         closing = threading.Thread(target=consumer.close, name="kafka-close", daemon=True)
+        del consumer
         closing.start()
         closing.join(CLOSE_SECONDS)
         if closing.is_alive():
             log.warning("Kafka consumer %s: close still blocked; left behind", self.config.name)
+
+
+class Commits:
+    """What librdkafka reports back to a consumer, from its callbacks (served by consume()
+    and close() on the reader's thread): fatal errors, and the asynchronous offset commits
+    still unanswered."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._waiting: list[float] = []  # when each unanswered commit was sent, in order
+        self.failure = ""
+
+    def sent(self) -> None:
+        with self._lock:
+            self._waiting.append(time.monotonic())
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    def on_commit(self, error, partitions) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.pop(0)  # answered in the order sent (one coordinator)
+        failed = [p for p in partitions or [] if p.error is not None]
+        if error is not None and error.code() != KafkaError._NO_OFFSET:
+            self.failure = f"Kafka: offset commit failed: {error.str()}"
+        elif failed:
+            self.failure = f"Kafka: offset commit failed: {failed[0].error.str()}"
+
+    def on_error(self, error: KafkaError) -> None:
+        if error.fatal() or error.code() in (
+            KafkaError._ALL_BROKERS_DOWN,
+            KafkaError._AUTHENTICATION,
+        ):
+            self.failure = f"Kafka: {error.str()}"
+
+    def check(self) -> None:
+        """Raise what makes the reader reconnect: a fatal error, a failed commit (its
+        messages come again, and dedupe stores nothing twice), or a commit unanswered
+        for COMMIT_SECONDS."""
+        if self.failure:
+            raise ConnectionError(self.failure)
+        with self._lock:
+            oldest = self._waiting[0] if self._waiting else None
+        if oldest is not None and time.monotonic() - oldest > COMMIT_SECONDS:
+            raise ConnectionError(
+                f"Kafka: an offset commit unanswered for {COMMIT_SECONDS:g} s "
+                "(group coordinator unreachable)"
+            )
 
 
 # Delivery errors that mean the broker was not reached in time (or the producer was let go).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 
 from django.db import connections
 
@@ -28,6 +29,7 @@ REFRESH_SECONDS = 2.0
 LEASE_MS = 15_000
 BATCH = 200
 RECEIVE_TIMEOUT = 1.0
+STOP_SECONDS = 15.0
 
 # Renew only if we still hold it: a lapsed lease another reader took stays theirs.
 RENEW = """
@@ -157,6 +159,7 @@ class ConnectorSupervisor(threading.Thread):
         from workflows.events.connections import enabled_configs
 
         wanted = {c.name: c for c in enabled_configs() if consumes(c.options)}
+        stopping = []
         for name, thread in list(self.threads.items()):
             config = wanted.get(name)
             if (
@@ -165,8 +168,14 @@ class ConnectorSupervisor(threading.Thread):
                 or not thread.is_alive()
             ):
                 thread.stop()
-                thread.join(timeout=10)
+                stopping.append(thread)
                 del self.threads[name]
+        # Stopped together, waited for together: each closes its client in a bounded time
+        # (STOP_SECONDS covers it), and one slow close must not hold up the others. A
+        # replacement starts only once its predecessor is gone or past that wait.
+        deadline = time.monotonic() + STOP_SECONDS
+        for thread in stopping:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         for name, config in wanted.items():
             if name not in self.threads:
                 thread = ConnectorThread(config, self.owner)
@@ -186,7 +195,8 @@ class ConnectorSupervisor(threading.Thread):
             self.stopper.wait(REFRESH_SECONDS)
         for thread in self.threads.values():
             thread.stop()
+        deadline = time.monotonic() + STOP_SECONDS
         for thread in self.threads.values():
-            thread.join(timeout=10)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         connections.close_all()
         log.info("connector supervisor %s stopped", self.owner)
