@@ -36,8 +36,12 @@ def test_a_web_process_beats_from_startup_and_is_gone_at_shutdown():
         messages, sent = asyncio.Queue(), []
         served = asyncio.create_task(lifespan(web_heartbeat.Lifespan(), messages, sent))
         await messages.put({"type": "lifespan.startup"})
-        while name not in await asyncio.to_thread(names):
-            await asyncio.sleep(0.05)  # the first beat is written off the loop
+
+        async def first_beat():
+            while name not in await asyncio.to_thread(names):
+                await asyncio.sleep(0.05)  # the first beat is written off the loop
+
+        await asyncio.wait_for(first_beat(), 60)  # bounded: a missing beat fails, not hangs
         (process,) = [p for p in web_heartbeat.processes() if p["name"] == name]
         await messages.put({"type": "lifespan.shutdown"})
         await served
