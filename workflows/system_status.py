@@ -21,7 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
-from . import circuit, gauges, heartbeat, step_queues, web_heartbeat
+from workflows import circuit, gauges, heartbeat, step_queues, web_heartbeat
 
 INSPECT_TIMEOUT = 1.0
 COMPONENTS = ("scheduler", "bus-consumer")
@@ -103,7 +103,7 @@ def system(
 ) -> dict[str, Any]:
     """What the workers page shows; `workers` is an answer of celery_workers() already
     at hand (the page's cache), else the workers are asked."""
-    from .services.connections import connection_health
+    from workflows.services.connections import connection_health
 
     workers, worker_error = workers if workers is not None else celery_workers(timeout)
     queue_names = list(
@@ -185,7 +185,7 @@ def _database() -> Check:
 
 
 def _redis() -> Check:
-    from .redis_client import client
+    from workflows.redis_client import client
 
     try:
         client().ping()
@@ -197,7 +197,7 @@ def _redis() -> Check:
 def _dead_letters() -> dict[str, int] | None:
     from django.db.models import Count
 
-    from .models import DeadLetter
+    from workflows.models import DeadLetter
 
     try:
         rows = (

@@ -36,7 +36,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .events.lineage import valid_traceparent  # one W3C check for the whole project
+from workflows.events.lineage import valid_traceparent  # one W3C check for the whole project
 
 log = logging.getLogger("signalbox.tracing")
 

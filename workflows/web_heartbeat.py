@@ -24,7 +24,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from .redis_client import client, key
+from workflows.redis_client import client, key
 
 log = logging.getLogger("signalbox.heartbeat")
 

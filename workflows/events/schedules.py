@@ -27,9 +27,9 @@ from croniter import croniter
 from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
-from .. import tracing
-from ..models import DeadLetter, Schedule
-from .envelope import Envelope, envelope_json
+from workflows import tracing
+from workflows.events.envelope import Envelope, envelope_json
+from workflows.models import DeadLetter, Schedule
 
 log = logging.getLogger("signalbox.schedules")
 
@@ -190,8 +190,8 @@ def fire(schedule: Schedule, *, now: datetime | None = None) -> datetime | None:
     `schedule` is what the caller read; the tick is claimed with a conditional UPDATE on
     that `last_tick`, so of two schedulers holding the same reading one emits it.
     """
-    from ..services.event_intake import ingest_event
-    from ..services.schemas import SchemaViolation
+    from workflows.services.event_intake import ingest_event
+    from workflows.services.schemas import SchemaViolation
 
     now = now or timezone.now()
     spec = parse(schedule.cron, schedule.timezone)

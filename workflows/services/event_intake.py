@@ -28,12 +28,12 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from .. import notify
-from ..events import bus
-from ..events.envelope import Envelope, check_storable
-from ..events.lineage import correlation_extensions
-from ..models import ApiToken, Event, EventType
-from .schemas import SchemaCheck, SchemaViolation, check_event_data
+from workflows import notify
+from workflows.events import bus
+from workflows.events.envelope import Envelope, check_storable
+from workflows.events.lineage import correlation_extensions
+from workflows.models import ApiToken, Event, EventType
+from workflows.services.schemas import SchemaCheck, SchemaViolation, check_event_data
 
 log = logging.getLogger("signalbox.ingest")
 

@@ -14,13 +14,13 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .. import crypto, tracing
-from .. import webhooks as verification
-from ..events import push_formats
-from ..events.envelope import InvalidEvent, loads_json, validate
-from ..models import Event, Webhook
-from .event_intake import ingest_event
-from .push_fetch import fetch
+from workflows import crypto, tracing
+from workflows import webhooks as verification
+from workflows.events import push_formats
+from workflows.events.envelope import InvalidEvent, loads_json, validate
+from workflows.models import Event, Webhook
+from workflows.services.event_intake import ingest_event
+from workflows.services.push_fetch import fetch
 
 __all__ = [
     "InvalidWebhook",

@@ -12,12 +12,12 @@ import logging
 
 from django.db import DataError, InterfaceError, OperationalError, transaction
 
-from ... import notify, tracing
-from ...models import DeadLetter
-from .. import bus
-from ..envelope import InvalidEvent
-from .base import Message
-from .binding import envelope_from_message
+from workflows import notify, tracing
+from workflows.events import bus
+from workflows.events.connectors.base import Message
+from workflows.events.connectors.binding import envelope_from_message
+from workflows.events.envelope import InvalidEvent
+from workflows.models import DeadLetter
 
 log = logging.getLogger("signalbox.connectors")
 
@@ -54,8 +54,8 @@ def quarantine(message: Message, *, kind: str, connection: str, reason: str, pro
 
 def ingest_message(message: Message, *, kind: str, connection: str, default_type: str) -> str:
     """ "ingested", "duplicate" or "quarantined"; database outages propagate."""
-    from ...services.event_intake import ingest_event
-    from ...services.schemas import SchemaViolation
+    from workflows.services.event_intake import ingest_event
+    from workflows.services.schemas import SchemaViolation
 
     where = {"kind": kind, "connection": connection}
     try:
@@ -99,7 +99,7 @@ def ingest_batch(
     so a schema violation refuses that message alone. Should the INSERT itself be refused (a
     value the database cannot hold), the batch is stored message by message instead, which
     dead-letters the culprit only."""
-    from ...services import event_intake
+    from workflows.services import event_intake
 
     where = {"kind": kind, "connection": connection}
     outcomes: list[str | None] = [None] * len(messages)
