@@ -1,5 +1,5 @@
 """ASGI entry point: HTTP goes to Django (event POSTs by a fast path), WebSockets to the
-dashboard's consumers."""
+dashboard's consumers, the lifespan protocol to the process's heartbeat."""
 
 import os
 
@@ -15,6 +15,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 from workflows.api.fast_events import FastEventIngest  # noqa: E402
 from workflows.live.socket_clients import CountSockets  # noqa: E402
+from workflows.operations.web_heartbeat import Lifespan  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -24,5 +25,7 @@ application = ProtocolTypeRouter(
         "websocket": CountSockets(
             AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
         ),
+        # Each web process beats while it serves (`manage.py status`, the workers page).
+        "lifespan": Lifespan(),
     }
 )

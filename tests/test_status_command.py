@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from orchestrator import servers
 from tests.ops_processes import PYTHON, forget, private_stack, worker_command
 from tests.stack import ROOT
 from tests.waiting import wait_until
@@ -39,11 +40,16 @@ def test_status_says_down_then_degraded_then_ok_as_the_processes_come():
         assert code == 2 and report["status"] == "down"
         assert levels(report)["workers"] == "down"
         assert levels(report)["bus-consumer"] == "down"
+        assert levels(report)["web"] == "down" and report["web"] == []
         assert levels(report)["database"] == levels(report)["redis"] == "ok"
 
-        # Workers and a bus consumer, but no scheduler: working, timers stopped.
+        # Workers, a bus consumer and two web processes, but no scheduler: working, timers
+        # stopped.
         stack.start("worker", worker_command(stack, "status"))
         stack.start("bus", [PYTHON, "manage.py", "consume_bus"])
+        stack.start(
+            "web", servers.web_command(PYTHON, host="127.0.0.1", port=stack.port, workers=2)
+        )
         code, report = wait_until(
             lambda: (found := status(stack, "--json"))[0] == 1 and found,
             timeout=90,
@@ -52,6 +58,9 @@ def test_status_says_down_then_degraded_then_ok_as_the_processes_come():
         assert report["status"] == "degraded"
         assert [n for n, level in levels(report).items() if level != "ok"] == ["scheduler"]
         assert set(report["routes"]) >= {"steps.fast", "steps.io"}
+        # One heartbeat per uvicorn worker process, not one for the server.
+        assert len({p["pid"] for p in report["web"]}) == 2
+        assert stack.processes["web"].pid not in {p["pid"] for p in report["web"]}
 
         stack.start("scheduler", [PYTHON, "manage.py", "scheduler", "--interval", "0.2"])
         code, text = wait_until(
@@ -60,6 +69,12 @@ def test_status_says_down_then_degraded_then_ok_as_the_processes_come():
             message="status to say ok",
         )
         assert "Signalbox is ok" in text and "worker status-" in text
+        assert text.count("\n  web ") == 2  # a line per web process
+
+        # A web server stopped takes its heartbeats with it at once, not a TTL later.
+        stack.stop("web")
+        code, report = status(stack, "--json")
+        assert code == 2 and levels(report)["web"] == "down" and report["web"] == []
     finally:
         stack.stop()
         forget(prefix)
@@ -73,10 +88,14 @@ def test_a_worker_that_serves_only_one_queue_leaves_the_others_degraded():
         stack.start("worker", worker_command(stack, "io-only", "steps.io"))
         stack.start("bus", [PYTHON, "manage.py", "consume_bus"])
         stack.start("scheduler", [PYTHON, "manage.py", "scheduler", "--interval", "0.2"])
+        stack.start(
+            "web", servers.web_command(PYTHON, host="127.0.0.1", port=stack.port, workers=1)
+        )
         _code, report = wait_until(
             lambda: (
                 (found := status(stack, "--json"))[0] == 1
                 and levels(found[1]).get("scheduler") == "ok"
+                and levels(found[1]).get("web") == "ok"
                 and found
             ),
             timeout=90,

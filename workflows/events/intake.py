@@ -381,6 +381,7 @@ def ingest_event(
     check: SchemaCheck | None = None,
     publish: bool = True,
     off_bus: bool = False,
+    trace: str | None = None,
 ) -> tuple[Event, bool]:
     """Store the event (unique on source + id) and put it on the bus after commit.
 
@@ -391,10 +392,13 @@ def ingest_event(
     transaction the row is committed: if Redis is down the outbox relay delivers it later.
     `off_bus` stores an event that must never reach the bus (a try run's sample: its run is
     started directly, no trigger or waiting run may hear of it), marked delivered so the
-    relays leave it alone.
+    relays leave it alone. `trace` is the traceparent of the ingest span (tracing on),
+    carried by the bus entry: the parent of the event's delivery span.
     """
     check_storable(envelope)  # built in code (emit_event) or parsed: the same limits
     event = new_event(envelope, check or check_event_data(envelope), channel)
+    if trace:
+        event._sb_trace = trace  # type: ignore[attr-defined]  # read by bus._append
     if off_bus:
         event.published_at = event.matched_at = timezone.now()
     try:

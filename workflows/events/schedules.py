@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from workflows.events.envelope import Envelope, envelope_json
 from workflows.events.models import DeadLetter, Schedule
+from workflows.infra import tracing
 
 log = logging.getLogger("signalbox.schedules")
 
@@ -198,26 +199,42 @@ def fire(schedule: Schedule, *, now: datetime | None = None) -> datetime | None:
     if tick is None:
         return None
     envelope = tick_envelope(schedule, tick)
-    with transaction.atomic():
-        claimed = Schedule.objects.filter(pk=schedule.pk, last_tick=schedule.last_tick)
-        if schedule.last_tick is None:
-            claimed = Schedule.objects.filter(pk=schedule.pk, last_tick__isnull=True)
-        if not claimed.update(last_tick=tick):
-            return None  # another scheduler moved it first
-        try:
-            ingest_event(envelope=envelope, channel="schedule")
-        except SchemaViolation as exc:
-            # The tick is spent either way: retrying would only repeat the violation.
-            DeadLetter.objects.create(
-                kind="event",
-                reason=f"schedule {schedule.name}: data does not match its schema: {exc}",
-                payload={
-                    "channel": "schedule",
-                    "schedule": schedule.name,
-                    "errors": exc.errors,
-                    "cloudevent": envelope_json(envelope),
-                },
+    traced, refused = None, ""
+    try:
+        with transaction.atomic():
+            claimed = Schedule.objects.filter(pk=schedule.pk, last_tick=schedule.last_tick)
+            if schedule.last_tick is None:
+                claimed = Schedule.objects.filter(pk=schedule.pk, last_tick__isnull=True)
+            if not claimed.update(last_tick=tick):
+                return None  # another scheduler moved it first
+            # A tick continues nobody's trace: its ingest span starts a new one, and the
+            # event carries it (the runs' spans hang under it).
+            traced = tracing.ingest(
+                [envelope],
+                channel="schedule",
+                kind="INTERNAL",
+                attributes={"signalbox.schedule": schedule.name},
             )
+            try:
+                ingest_event(envelope=envelope, channel="schedule", trace=traced.traceparent)
+            except SchemaViolation as exc:
+                refused = "SchemaViolation"
+                # The tick is spent either way: retrying would only repeat the violation.
+                DeadLetter.objects.create(
+                    kind="event",
+                    reason=f"schedule {schedule.name}: data does not match its schema: {exc}",
+                    payload={
+                        "channel": "schedule",
+                        "schedule": schedule.name,
+                        "errors": exc.errors,
+                        "cloudevent": envelope_json(envelope),
+                    },
+                )
+    except Exception as exc:
+        if traced is not None:
+            traced.end(error=type(exc).__name__)
+        raise
+    traced.end(stored=0 if refused else 1, error=refused)
     schedule.last_tick = tick
     log.info("schedule %s emitted its %s tick", schedule.name, iso(tick))
     return tick

@@ -20,7 +20,7 @@ from workflows.events.envelope import InvalidEvent, loads_json, validate
 from workflows.events.intake import ingest_event
 from workflows.events.models import Event, Webhook
 from workflows.events.push_fetch import fetch
-from workflows.infra import crypto
+from workflows.infra import crypto, tracing
 
 __all__ = [
     "InvalidWebhook",
@@ -171,8 +171,41 @@ def receive_webhook(*, slug: str, headers: Mapping[str, str], body: bytes) -> Re
         return read_pushed(webhook, reader, headers, body)
     data = parse_body(headers, body, github=webhook.auth_mode == "github")
     envelope = to_envelope(webhook, delivery_id, data, headers)
-    event, created = ingest_event(envelope=envelope, channel="webhook")
+    ((event, created),) = ingest_traced(webhook, [envelope], headers)
     return Receipt([event], created)
+
+
+def ingest_traced(
+    webhook: Webhook, envelopes: list, headers: Mapping[str, str]
+) -> list[tuple[Event, bool]]:
+    """Store a delivery's events together (a batch is all or nothing) under one ingest
+    span, which continues the request's `traceparent` header when it has one; the bus
+    entries name the span, so the runs' spans hang under it (workflows/infra/tracing.py)."""
+    traced = tracing.ingest(
+        envelopes,
+        header=_header(headers, "traceparent"),
+        tracestate=_header(headers, "tracestate"),
+        channel="webhook",
+        attributes={
+            "signalbox.webhook": webhook.slug,
+            "signalbox.push_format": webhook.push_format,
+        },
+    )
+    try:
+        with transaction.atomic():
+            results = [
+                ingest_event(envelope=envelope, channel="webhook", trace=traced.traceparent)
+                for envelope in envelopes
+            ]
+    except Exception as exc:
+        traced.end(error=type(exc).__name__)
+        raise
+    traced.end(stored=sum(1 for _event, created in results if created))
+    return results
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == name), None)
 
 
 def check_format(name: Any, auth_mode: str, options: Any) -> dict[str, Any]:
@@ -214,8 +247,7 @@ def read_pushed(webhook: Webhook, reader, headers: Mapping[str, str], body: byte
         raise UnreadableBody(str(exc)) from exc
     if not delivery.envelopes:
         return Receipt([], False, delivery.reply or {})
-    with transaction.atomic():
-        results = [ingest_event(envelope=e, channel="webhook") for e in delivery.envelopes]
+    results = ingest_traced(webhook, list(delivery.envelopes), headers)
     return Receipt([event for event, _c in results], any(c for _e, c in results))
 
 

@@ -2,7 +2,9 @@
 
 One trace follows an event through Signalbox, across processes, linked by W3C Trace Context:
 
-    signalbox.ingest   (web)         the request that stored the event
+    signalbox.ingest   (web, connectors, scheduler)
+                                     the request (HTTP or webhook), broker message or
+                                     schedule tick that stored the event
     signalbox.deliver  (bus)         the bus entry matched to triggers and waiting runs
     signalbox.run      (bus/web)     a run started (a replay starts a new trace, linked)
     signalbox.step     (worker/bus)  each attempt of each step
@@ -45,6 +47,7 @@ TRACER_NAME = "signalbox"
 _enabled: bool | None = None
 _lock = threading.Lock()
 _tracer: Any = None
+_provider: Any = None  # this process's TracerProvider (tracing on): flushed at shutdown
 
 
 # --- the switch ------------------------------------------------------------------------------
@@ -69,7 +72,7 @@ def enabled() -> bool:
 
 
 def _configure() -> None:
-    global _enabled, _tracer
+    global _enabled, _tracer, _provider
     with _lock:
         if _enabled is not None:
             return
@@ -98,8 +101,23 @@ def _configure() -> None:
         # the endpoint and its headers come from OTEL_EXPORTER_OTLP_*.
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(provider)
+        _provider = provider
         _tracer = provider.get_tracer(TRACER_NAME)
         _enabled = True
+
+
+def flush() -> None:
+    """Export every span ended so far, now (a process exports them at exit by itself)."""
+    if _provider is not None:
+        _provider.force_flush()
+
+
+def shutdown() -> None:
+    """Flush and stop this process's exporter (tests switch tracing on and off again)."""
+    global _provider
+    if _provider is not None:
+        _provider.shutdown()
+        _provider = None
 
 
 def reset_for_tests(value: bool | None = None) -> None:
@@ -255,12 +273,23 @@ _NO_INGEST = Ingest()
 
 
 def ingest(
-    envelopes: Iterable, *, header: str | None = None, tracestate: str | None = None, channel: str
+    envelopes: Iterable,
+    *,
+    header: str | None = None,
+    tracestate: str | None = None,
+    channel: str,
+    kind: str = "SERVER",
+    attributes: Mapping[str, Any] | None = None,
 ) -> Ingest:
     """Start the ingest span of a request's events. An HTTP `traceparent` header is the
     request's context: the parent of the span, and the trace context of each event that
     brings none of its own (even with tracing off: it is passed on as given). With tracing
-    on, an event still without one gets the ingest span's, so its trace begins here."""
+    on, an event still without one gets the ingest span's, so its trace begins here.
+
+    Every way in calls this: HTTP and webhooks (`header`: the request's), broker
+    connections (one call per message, whose CloudEvents `traceparent` extension is the
+    parent; kind CONSUMER), schedules (nothing to continue: a new trace; kind INTERNAL).
+    `attributes` are added to the span's."""
     envelopes = list(envelopes)
     header = header.strip() if isinstance(header, str) else None
     if not valid_traceparent(header):
@@ -281,13 +310,14 @@ def ingest(
     span = _tracer.start_span(
         "signalbox.ingest",
         context=_context_of(parent, tracestate if isinstance(tracestate, str) else None),
-        kind=_kind("SERVER"),
+        kind=_kind(kind),
         attributes={
             "signalbox.channel": channel,
             "signalbox.events": len(envelopes),
             "cloudevents.event_id": first.id if first else "",
             "cloudevents.event_source": first.source if first else "",
             "cloudevents.event_type": first.type if first else "",
+            **{k: v for k, v in (attributes or {}).items() if v is not None},
         },
     )
     own = _format(span.get_span_context())

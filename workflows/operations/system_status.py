@@ -1,7 +1,8 @@
 """The state of an installation's processes and plumbing, read by the dashboard's workers
 page and by `manage.py status`: Celery workers online (their queues, active tasks), the
-bus consumer's and the scheduler's heartbeats, queue depths, bus partitions with lag,
-dead letters waiting, broker connections and circuit breakers.
+bus consumer's and the scheduler's heartbeats, the web processes' (one per process,
+workflows/operations/web_heartbeat.py), queue depths, bus partitions with lag, dead letters waiting,
+broker connections and circuit breakers.
 
 `snapshot()` gathers; `assess()` judges a snapshot as ok, degraded or down, one check at a
 time, so a health check (exit code) and a person (the text) read the same verdict.
@@ -21,6 +22,7 @@ from django.conf import settings
 from django.db import connection
 
 from workflows.infra import circuit, heartbeat
+from workflows.operations import web_heartbeat
 from workflows.runs import gauges, step_queues
 
 INSPECT_TIMEOUT = 1.0
@@ -90,6 +92,14 @@ def component_beats() -> list[dict[str, Any]]:
     return out
 
 
+def web_processes() -> tuple[list[dict[str, Any]], str]:
+    """The web processes beating now, and an error text when Redis could not be read."""
+    try:
+        return web_heartbeat.processes(), ""
+    except Exception as exc:  # noqa: BLE001 - Redis away: say so
+        return [], f"could not read the web heartbeats: {exc}"
+
+
 def system(
     timeout: float = INSPECT_TIMEOUT, *, workers: tuple[list, str] | None = None
 ) -> dict[str, Any]:
@@ -103,6 +113,7 @@ def system(
             [*step_queues.all_queues(), *sorted(q for w in workers for q in w["queues"] if q)]
         )
     )
+    web, web_error = web_processes()
     try:
         circuits = [c.as_dict() for c in circuit.circuits()]
         circuit_error = ""
@@ -119,6 +130,8 @@ def system(
         "partitions": gauges.bus_partitions(),
         "bus_group": settings.SIGNALBOX["BUS_GROUP"],
         "components": component_beats(),
+        "web": web,
+        "web_error": web_error,
         "circuits": circuits,
         "circuit_error": circuit_error,
         "connections": broker_connections,
@@ -202,7 +215,8 @@ def _dead_letters() -> dict[str, int] | None:
 
 def assess(*, limits: Limits | None = None, timeout: float = INSPECT_TIMEOUT) -> Report:
     """Gather the installation's state and judge it: down when it cannot do its work (no
-    database, no Redis, no worker, no bus consumer), degraded when it does only part of it
+    database, no Redis, no worker, no bus consumer, no web process: nothing takes HTTP
+    events, webhooks, the API or the dashboard), degraded when it does only part of it
     or falls behind (no scheduler, a queue no worker serves, lag or backlog beyond the
     limits, an open circuit breaker), ok otherwise."""
     limits = limits or Limits()
@@ -220,6 +234,16 @@ def assess(*, limits: Limits | None = None, timeout: float = INSPECT_TIMEOUT) ->
     else:
         detail = state["worker_error"] or f"no Celery worker answered within {timeout:g} s"
         checks.append(Check("workers", DOWN, detail))
+    web = state["web"]
+    if web:
+        newest = min(p["seconds_ago"] for p in web)
+        checks.append(
+            Check("web", OK, f"{len(web)} web process(es), last heartbeat {newest} s ago")
+        )
+    else:
+        ttl = settings.SIGNALBOX["HEARTBEAT_TTL_SECONDS"]
+        detail = state["web_error"] or f"no web process heartbeat within the last {ttl} s"
+        checks.append(Check("web", DOWN, detail))
     for component in state["components"]:
         name = component["name"]
         if component["alive"]:
@@ -282,6 +306,7 @@ def assess(*, limits: Limits | None = None, timeout: float = INSPECT_TIMEOUT) ->
             | {"active": len(w["active"])}
             for w in workers
         ],
+        "web": web,
         "components": state["components"],
         "queues": queues,
         "routes": routes,

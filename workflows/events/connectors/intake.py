@@ -17,6 +17,7 @@ from workflows.events.connectors.base import Message
 from workflows.events.connectors.binding import envelope_from_message
 from workflows.events.envelope import InvalidEvent
 from workflows.events.models import DeadLetter
+from workflows.infra import tracing
 from workflows.live import notify
 
 log = logging.getLogger("signalbox.connectors")
@@ -60,8 +61,16 @@ def ingest_message(message: Message, *, kind: str, connection: str, default_type
     where = {"kind": kind, "connection": connection}
     try:
         envelope = envelope_from_message(message, default_type=default_type, **where)
-        with transaction.atomic():  # a savepoint: a refused row spoils nothing else
-            _event, created = ingest_event(envelope=envelope, channel="connector")
+        traced = traced_message(envelope, **where)
+        try:
+            with transaction.atomic():  # a savepoint: a refused row spoils nothing else
+                _event, created = ingest_event(
+                    envelope=envelope, channel="connector", trace=traced.traceparent
+                )
+        except Exception as exc:
+            traced.end(error=type(exc).__name__)
+            raise
+        traced.end(stored=int(created))
     except InvalidEvent as exc:
         quarantine(message, reason=f"invalid CloudEvent: {exc}", problems=exc.problems, **where)
         return "quarantined"
@@ -96,6 +105,7 @@ def ingest_batch(
     where = {"kind": kind, "connection": connection}
     outcomes: list[str | None] = [None] * len(messages)
     submissions: dict[int, event_intake.Submission] = {}
+    traces: dict[int, tracing.Ingest] = {}
     refused: dict[int, InvalidEvent] = {}
     for index, message in enumerate(messages):
         try:
@@ -103,7 +113,10 @@ def ingest_batch(
         except InvalidEvent as exc:
             refused[index] = exc
             continue
-        submissions[index] = event_intake.Submission([envelope], channel="connector")
+        traces[index] = traced_message(envelope, **where)
+        submissions[index] = event_intake.Submission(
+            [envelope], channel="connector", trace=traces[index].traceparent
+        )
     try:
         with transaction.atomic():
             created = event_intake.store(list(submissions.values()), in_order=True)
@@ -132,11 +145,37 @@ def ingest_batch(
                         "duplicate" if submission.accepted[0].duplicate else "ingested"
                     )
     except DataError:
+        _end_all(traces, error="DataError")  # each message is tried again on its own
         return _one_by_one(messages, **where, default_type=default_type)
+    except Exception as exc:
+        _end_all(traces, error=type(exc).__name__)
+        raise
     # Committed: onto the bus in one round trip (the outbox relay covers a failure).
     bus.publish_many(created)
     notify.events_ingested(events=created)
+    for index, traced in traces.items():
+        outcome = outcomes[index]
+        traced.end(
+            stored=int(outcome == "ingested"),
+            error="quarantined" if outcome == "quarantined" else "",
+        )
     return [outcome or "quarantined" for outcome in outcomes]
+
+
+def traced_message(envelope, *, kind: str, connection: str) -> tracing.Ingest:
+    """A message's ingest span: a consumer span continuing the trace its CloudEvents
+    distributed-tracing extension names (a new trace when it names none)."""
+    return tracing.ingest(
+        [envelope],
+        channel="connector",
+        kind="CONSUMER",
+        attributes={"messaging.system": kind, "signalbox.connection": connection},
+    )
+
+
+def _end_all(traces: dict[int, tracing.Ingest], *, error: str) -> None:
+    for traced in traces.values():
+        traced.end(error=error)
 
 
 def _one_by_one(messages: list[Message], *, kind, connection, default_type) -> list[str]:

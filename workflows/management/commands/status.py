@@ -2,8 +2,9 @@
 
 Exit codes: 0 ok; 1 degraded (working, but something needs a look: no scheduler, a queue
 no worker serves, lag or backlog past a limit, an open circuit breaker); 2 down (no
-database, no Redis, no Celery worker or no bus consumer); 3 a wrong option. The rules are
-in workflows/operations/system_status.py; docs/operations.md shows them in use.
+database, no Redis, no Celery worker, no bus consumer or no web process); 3 a wrong
+option. The rules are in workflows/operations/system_status.py; docs/operations.md shows
+them in use.
 """
 
 from __future__ import annotations
@@ -101,6 +102,11 @@ class Command(BaseCommand):
         width = max(len(c.name) for c in report.checks)
         for check in report.checks:
             self.stdout.write(f"  {MARKS[check.level]}  {check.name:<{width}}  {check.detail}")
+        for process in report.facts.get("web", []):
+            self.stdout.write(
+                f"  web {process['name']}: pid {process['pid']}, up {process['uptime']} s, "
+                f"heartbeat {process['seconds_ago']} s ago"
+            )
         for worker in report.facts.get("workers", []):
             self.stdout.write(
                 f"  worker {worker['name']}: pid {worker['pid']}, "
