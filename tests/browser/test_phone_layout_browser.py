@@ -87,16 +87,17 @@ def test_long_error_text_wraps_inside_its_box_on_a_phone(page: Page, make_user, 
     page.goto(f"/runs/{run_id}/")
     error = page.locator("#run-detail > .facts dd.error")
     expect(error).to_contain_text("upstream-refused", timeout=LIVE_TIMEOUT_MS)
-    box = error.bounding_box()
-    assert box is not None and box["x"] + box["width"] <= PHONE["width"]
+    # A live frame may replace the run's facts between two reads: measure the one there now.
+    box = wait_until(error.bounding_box, timeout=LIVE_TIMEOUT_MS / 1000, message="the error's box")
+    assert box["x"] + box["width"] <= PHONE["width"]
     assert box["height"] > 100  # wrapped onto many lines, not one line running off
     screenshot(page, "phone-run")
 
     page.goto("/dead-letters/")
     reason = page.locator("#dead-letters td.error").first
     expect(reason).to_contain_text("upstream-refused")
-    box = reason.bounding_box()
-    assert box is not None and box["width"] < 700  # capped: it wraps, it does not widen
+    box = wait_until(reason.bounding_box, timeout=LIVE_TIMEOUT_MS / 1000, message="its box")
+    assert box["width"] < 700  # capped: it wraps, it does not widen
     table = page.evaluate(
         "() => { const t = document.getElementById('dead-letters');"
         " return {client: t.clientWidth, scroll: t.scrollWidth,"
