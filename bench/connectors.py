@@ -10,8 +10,7 @@ Mosquitto (:1883) and Kafka-protocol broker (Tansu on :9092, `python -m tests.ka
   (b) per broker: the connection is added and connects once (so its queue, stream, session or
       consumer group exists), is disabled, `--messages` structured CloudEvents are published to
       it (64 keys), then it is enabled, and the rate is messages / (last event's received_at -
-      first's):
-      what the connector ingests with a backlog, not what the publisher manages.
+      first's): what the connector ingests with a backlog, not what the publisher manages.
 
 Results go to stdout and var/bench/connectors-<time>.json.
 """
