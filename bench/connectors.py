@@ -1,6 +1,6 @@
 """Connector benchmark: events/s each broker source ingests, beside HTTP ingest in the same run.
 
-    python -m bench.connectors            # its own throwaway stack; about two minutes
+    python -m bench.connectors            # its own throwaway stack; a few minutes
     python -m bench.connectors --quick    # fewer messages, shorter HTTP phase
 
 Phases, loopback only, against the machine's RabbitMQ (:5672), NATS JetStream (:4222),
@@ -23,6 +23,7 @@ import contextlib
 import json
 import shutil
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -46,6 +47,15 @@ from bench.results import Result
 from bench.stack import EVENT_TYPE, OUT, Stack
 
 STRUCTURED = "application/cloudevents+json"
+KAFKA_PORT = 9092
+
+
+def answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def event(tag: str, n: int) -> bytes:
@@ -161,7 +171,7 @@ class Kafka:
 
     def __init__(self, tag: str):
         self.tag, self.topic, self.group = tag, f"bench-{tag}", f"bench-{tag}"
-        self.bootstrap = {"bootstrap.servers": "127.0.0.1:9092"}
+        self.bootstrap = {"bootstrap.servers": f"127.0.0.1:{KAFKA_PORT}"}
         # Made before the connection: a topic subscribed before it exists is only looked
         # for again every 10 s (the connector's metadata refresh).
         admin = AdminClient(self.bootstrap)  # kept until answered: its futures die with it
@@ -170,7 +180,7 @@ class Kafka:
 
     def add_args(self) -> list[str]:
         options = {"topics": [self.topic], "group": self.group}
-        return ["kafka", "kafka://127.0.0.1:9092", "--options", json.dumps(options)]
+        return ["kafka", f"kafka://127.0.0.1:{KAFKA_PORT}", "--options", json.dumps(options)]
 
     def publish(self, count: int) -> None:
         producer = Producer(self.bootstrap | {"enable.idempotence": True, "linger.ms": 5})
@@ -246,13 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", help="PostgreSQL server for the throwaway stack")
     parser.add_argument("--seconds", type=float, default=8.0, help="the HTTP phase")
     parser.add_argument("--messages", type=int, default=1000, help="messages per broker")
-    parser.add_argument("--only", nargs="*", default=["amqp", "nats", "mqtt", "kafka"])
+    kinds = {"amqp": Amqp, "nats": Nats, "mqtt": Mqtt, "kafka": Kafka}
+    parser.add_argument("--only", nargs="*", choices=list(kinds), default=list(kinds))
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.messages = 3.0, 300
     if not shutil.which("wrk"):
         parser.error("wrk is needed for the HTTP phase (apt-get install wrk)")
+    if "kafka" in args.only and not answers(KAFKA_PORT):
+        parser.error(f"no Kafka broker on 127.0.0.1:{KAFKA_PORT} (python -m tests.kafka_server)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tag = uuid.uuid4().hex[:8]
     print("starting a throwaway stack (database, redis-server, web, worker, bus, scheduler)")
@@ -267,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
             "HTTP ingest, single structured event", url, token=stack.token, seconds=args.seconds
         )
         rows.append((http, None))
-        kinds = {"amqp": Amqp, "nats": Nats, "mqtt": Mqtt, "kafka": Kafka}
         for kind in args.only:
             broker = kinds[kind](uuid.uuid4().hex[:8])
             print(f"{kind} source ...", flush=True)
