@@ -1,16 +1,16 @@
 """Connector benchmark: events/s each broker source ingests, beside HTTP ingest in the same run.
 
-    python -m bench.connectors            # its own throwaway stack; about two minutes
+    python -m bench.connectors            # its own throwaway stack; a few minutes
     python -m bench.connectors --quick    # fewer messages, shorter HTTP phase
 
-Phases, loopback only, against the machine's RabbitMQ (:5672), NATS JetStream (:4222) and
-Mosquitto (:1883):
+Phases, loopback only, against the machine's RabbitMQ (:5672), NATS JetStream (:4222),
+Mosquitto (:1883) and Kafka-protocol broker (Tansu on :9092, `python -m tests.kafka_server`):
   (a) HTTP: single structured CloudEvents POSTed by wrk (2 threads, 10 connections), as in
       bench/ingest.py; this is the rate each broker is compared with (goal: at least half).
-  (b) per broker: the connection is added and connects once (so its queue, stream or session
-      exists), is disabled, `--messages` structured CloudEvents are published to it (64 keys),
-      then it is enabled, and the rate is messages / (last event's received_at - first's):
-      what the connector ingests with a backlog, not what the publisher manages.
+  (b) per broker: the connection is added and connects once (so its queue, stream, session or
+      consumer group exists), is disabled, `--messages` structured CloudEvents are published to
+      it (64 keys), then it is enabled, and the rate is messages / (last event's received_at -
+      first's): what the connector ingests with a backlog, not what the publisher manages.
 
 Results go to stdout and var/bench/connectors-<time>.json.
 """
@@ -23,6 +23,7 @@ import contextlib
 import json
 import shutil
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -36,6 +37,8 @@ import nats
 import paho.mqtt.client as mqtt
 import pika
 import psycopg
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.ingest_phases import wrk_phase
@@ -44,6 +47,15 @@ from bench.results import Result
 from bench.stack import EVENT_TYPE, OUT, Stack
 
 STRUCTURED = "application/cloudevents+json"
+KAFKA_PORT = 9092
+
+
+def answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def event(tag: str, n: int) -> bytes:
@@ -153,6 +165,50 @@ class Mqtt:
         client.disconnect()
 
 
+class Kafka:
+    kind = "kafka"
+    partitions = 3  # as the contract suite's topics; the 64 keys spread over them
+
+    def __init__(self, tag: str):
+        self.tag, self.topic, self.group = tag, f"bench-{tag}", f"bench-{tag}"
+        self.bootstrap = {"bootstrap.servers": f"127.0.0.1:{KAFKA_PORT}"}
+        # Made before the connection: a topic subscribed before it exists is only looked
+        # for again every 10 s (the connector's metadata refresh).
+        admin = AdminClient(self.bootstrap)  # kept until answered: its futures die with it
+        [created] = admin.create_topics([NewTopic(self.topic, self.partitions)]).values()
+        created.result(timeout=20)
+
+    def add_args(self) -> list[str]:
+        options = {"topics": [self.topic], "group": self.group}
+        return ["kafka", f"kafka://127.0.0.1:{KAFKA_PORT}", "--options", json.dumps(options)]
+
+    def publish(self, count: int) -> None:
+        producer = Producer(self.bootstrap | {"enable.idempotence": True, "linger.ms": 5})
+        errors = []
+        headers = [("content-type", STRUCTURED.encode())]
+        for n in range(count):
+            producer.produce(
+                self.topic,
+                value=event(self.tag, n),
+                key=f"k{n % 64}",
+                headers=headers,
+                on_delivery=lambda e, _m: e is not None and errors.append(e),
+            )
+            producer.poll(0)
+        if producer.flush(60) or errors:
+            raise RuntimeError(f"Kafka did not take every message: {errors[:3]}")
+
+    def cleanup(self) -> None:
+        admin = AdminClient(self.bootstrap)
+        for futures in (
+            admin.delete_topics([self.topic]),
+            admin.delete_consumer_groups([self.group]),
+        ):
+            for future in futures.values():
+                with contextlib.suppress(Exception):  # Tansu keeps it all in memory anyway
+                    future.result(timeout=10)
+
+
 def wait_state(conn, name: str, state: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -200,13 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", help="PostgreSQL server for the throwaway stack")
     parser.add_argument("--seconds", type=float, default=8.0, help="the HTTP phase")
     parser.add_argument("--messages", type=int, default=1000, help="messages per broker")
-    parser.add_argument("--only", nargs="*", default=["amqp", "nats", "mqtt"])
+    kinds = {"amqp": Amqp, "nats": Nats, "mqtt": Mqtt, "kafka": Kafka}
+    parser.add_argument("--only", nargs="*", choices=list(kinds), default=list(kinds))
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.messages = 3.0, 300
     if not shutil.which("wrk"):
         parser.error("wrk is needed for the HTTP phase (apt-get install wrk)")
+    if "kafka" in args.only and not answers(KAFKA_PORT):
+        parser.error(f"no Kafka broker on 127.0.0.1:{KAFKA_PORT} (python -m tests.kafka_server)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tag = uuid.uuid4().hex[:8]
     print("starting a throwaway stack (database, redis-server, web, worker, bus, scheduler)")
@@ -221,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
             "HTTP ingest, single structured event", url, token=stack.token, seconds=args.seconds
         )
         rows.append((http, None))
-        kinds = {"amqp": Amqp, "nats": Nats, "mqtt": Mqtt}
         for kind in args.only:
             broker = kinds[kind](uuid.uuid4().hex[:8])
             print(f"{kind} source ...", flush=True)
