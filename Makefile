@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test test-fast test-browser lint format audit lock bench bench-engine bench-ingest bench-push bench-growth bench-pages bench-hosts bench-tracing chaos soak clean
+.PHONY: run test test-fast test-browser lint format audit lock bench bench-engine bench-ingest bench-push bench-growth bench-pages bench-hosts bench-tracing screenshots chaos soak clean
 
 $(VENV)/.python-ok:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' \
@@ -93,3 +93,7 @@ bench-pages: $(VENV)/.installed-dev ; @$(PY) -m bench.pages $(ARGS)
 bench-hosts: $(VENV)/.installed-dev ; @$(PY) -m tests.chaos.hosts $(ARGS)
 # What the tracing hooks cost per event, off and on (docs/operations.md).
 bench-tracing: $(VENV)/.installed-dev ; @$(PY) -m bench.tracing $(ARGS)
+
+# The README's dashboard pictures (runs, run, editor, flow-map, phone-menu) from a throwaway
+# stack seeded with the demo workflows (bench/screenshots.py). Never part of `make test`.
+screenshots: $(VENV)/.installed-dev ; @$(PY) -m bench.screenshots $(ARGS)
