@@ -96,6 +96,9 @@ export function createCanvas(ed) {
     ed.df.node_selected = null;
     ed.df.connection_selected = null;
     decorate();
+    // Nodes without a stored place were laid out with estimated sizes; drawn, some are wider
+    // (long labels): lay them out again with the sizes they have, so none covers another.
+    if (ed.model.steps.some(function (s) { return !graph.storedPosition(s); })) refreshNodes();
     ed.rendering = false;
     var empty = document.getElementById("canvas-empty");
     if (empty) empty.hidden = ed.model.steps.length > 0 || ed.model.triggers.length > 0;
