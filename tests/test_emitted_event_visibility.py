@@ -412,7 +412,7 @@ def test_the_flow_drops_hints_of_events_it_would_not_show(world, monkeypatch):
     notify.event_ingested(event=Event.objects.get(pk=world["payroll_run"].event_id))
     flow = live_consumers.FlowConsumer()
     flow.hidden_names = frozenset({"payroll"})
-    flow.filter_type = flow.filter_source = ""
+    flow.filter_type = flow.filter_source = flow.filter_channel = flow.filter_workflow = ""
     flow.paused, flow.pending_hints, flow.awaiting = True, 0, {}
 
     assert [m["workflow"] for m in sent] == ["payroll", None]
