@@ -18,7 +18,12 @@ from __future__ import annotations
 from workflows.infra import tracing
 from workflows.steps.base import StepContext, StepError, StepKind
 from workflows.steps.registry import register
-from workflows.steps.sending import DESTINATION_SCHEMA, secret_destination_problems, send_event
+from workflows.steps.sending import (
+    DESTINATION_SCHEMA,
+    EVENT_PROPERTIES,
+    secret_destination_problems,
+    send_event,
+)
 
 MAX_DESTINATIONS = 16
 
@@ -39,15 +44,7 @@ class EmitEvent(StepKind):
         "required": ["type"],
         "additionalProperties": False,
         "properties": {
-            "type": {"type": "string", "minLength": 1, "maxLength": 255},
-            "subject": {"type": "string", "maxLength": 1024},
-            "source": {
-                "type": "string",
-                "maxLength": 1024,
-                "description": "default: /signalbox/runs/<run id>",
-            },
-            "data": {"description": "any JSON; {{ … }} inside strings"},
-            "partitionkey": {"type": "string", "maxLength": 255},
+            **EVENT_PROPERTIES,
             "to": {
                 "type": "array",
                 "maxItems": MAX_DESTINATIONS,

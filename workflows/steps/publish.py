@@ -22,6 +22,7 @@ from workflows.steps.emit_event import event_attributes
 from workflows.steps.registry import register
 from workflows.steps.sending import (
     DESTINATION_PROPERTIES,
+    EVENT_PROPERTIES,
     ONE_DESTINATION,
     secret_destination_problems,
     send_event,
@@ -45,17 +46,9 @@ class Publish(StepKind):
         "additionalProperties": False,
         "properties": {
             **DESTINATION_PROPERTIES,
-            "type": {"type": "string", "minLength": 1, "maxLength": 255},
-            "subject": {"type": "string", "maxLength": 1024},
-            "source": {
-                "type": "string",
-                "maxLength": 1024,
-                "description": "default: /signalbox/runs/<run id>",
-            },
-            "data": {"description": "any JSON; {{ … }} inside strings"},
+            **EVENT_PROPERTIES,
             "partitionkey": {
-                "type": "string",
-                "maxLength": 255,
+                **EVENT_PROPERTIES["partitionkey"],
                 "description": "the message key (Kafka key, default AMQP routing key)",
             },
         },

@@ -17,6 +17,19 @@ from workflows.steps.base import StepContext, StepError
 from workflows.steps.http_request import HttpRequest, _send, parse_retry_after
 
 # What names one destination: the properties of a `publish` config and of each `to` item.
+# The CloudEvent a step builds (emit_event, publish): its attributes and data.
+EVENT_PROPERTIES: dict[str, Any] = {
+    "type": {"type": "string", "minLength": 1, "maxLength": 255},
+    "subject": {"type": "string", "maxLength": 1024},
+    "source": {
+        "type": "string",
+        "maxLength": 1024,
+        "description": "default: /signalbox/runs/<run id>",
+    },
+    "data": {"description": "any JSON; {{ … }} inside strings"},
+    "partitionkey": {"type": "string", "maxLength": 255},
+}
+
 DESTINATION_PROPERTIES: dict[str, Any] = {
     "connection": {"type": "string", "minLength": 1, "maxLength": 100},
     "target": {
