@@ -118,3 +118,27 @@ def signed_in(client, role: str | None):
         user.groups.add(Group.objects.get(name=role))
     client.force_login(user)
     return client
+
+
+async def batch_socket(batch_id: int, session: str):
+    """A batch's live progress socket (/ws/replays/<id>/), connected with `session`."""
+    from channels.testing import WebsocketCommunicator
+
+    from orchestrator.asgi import application
+
+    ws = WebsocketCommunicator(
+        application,
+        f"/ws/replays/{batch_id}/",
+        headers=[(b"cookie", f"sessionid={session}".encode()), (b"origin", b"http://127.0.0.1")],
+    )
+    connected, _ = await ws.connect(timeout=10)
+    assert connected
+    return ws
+
+
+async def frames_until_done(ws) -> list[str]:
+    """The frames a batch socket sends until the batch says it is done."""
+    frames: list[str] = []
+    while 'data-status="done"' not in (frames[-1] if frames else ""):
+        frames.append(await ws.receive_from(timeout=10))
+    return frames

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import definition
-from tests.runs_here import publish, signed_in
+from tests.runs_here import batch_socket, frames_until_done, publish, signed_in
 from workflows.recovery import replay as replays
 from workflows.recovery.models import ReplayBatch
 from workflows.runs.models import Run, StepRun
@@ -62,10 +62,7 @@ def test_the_stop_control_shows_only_while_the_batch_runs_and_only_to_operators(
 @pytest.mark.django_db(transaction=True)
 async def test_a_finished_batch_stops_offering_stop_without_a_reload(client):
     from asgiref.sync import sync_to_async
-    from channels.testing import WebsocketCommunicator
     from django.db import connections
-
-    from orchestrator.asgi import application
 
     def prepare():
         batch = failed_runs_and_batch()
@@ -74,24 +71,13 @@ async def test_a_finished_batch_stops_offering_stop_without_a_reload(client):
 
     try:
         batch, session = await sync_to_async(prepare)()
-        ws = WebsocketCommunicator(
-            application,
-            f"/ws/replays/{batch.pk}/",
-            headers=[
-                (b"cookie", f"sessionid={session}".encode()),
-                (b"origin", b"http://127.0.0.1"),
-            ],
-        )
-        connected, _ = await ws.connect(timeout=10)
-        assert connected
+        ws = await batch_socket(batch.pk, session)
         snapshot = await ws.receive_from(timeout=10)
         assert 'data-status="pending"' in snapshot and 'id="stop-batch"' in snapshot
 
         await sync_to_async(replays.process_batch)(batch_id=batch.pk, sleep=lambda _s: None)
 
-        frames = []
-        while 'data-status="done"' not in (frames[-1] if frames else ""):
-            frames.append(await ws.receive_from(timeout=10))
+        frames = await frames_until_done(ws)
         assert 'id="batch-summary"' in frames[-1]
         assert 'id="stop-batch"' not in frames[-1]
         await ws.disconnect()

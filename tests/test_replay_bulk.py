@@ -8,7 +8,9 @@ import pytest
 
 from tests.factories import definition, log_step
 from tests.runs_here import (
+    batch_socket,
     drive,
+    frames_until_done,
     publish,
     signed_in,
     trigger,
@@ -92,10 +94,7 @@ def test_processing_a_finished_batch_again_does_nothing(db):
 @pytest.mark.django_db(transaction=True)
 async def test_bulk_replay_progress_is_pushed_to_the_batch_page(client):
     from asgiref.sync import sync_to_async
-    from channels.testing import WebsocketCommunicator
     from django.db import connections
-
-    from orchestrator.asgi import application
 
     def prepare():
         # Failed runs written directly: the session's stack (if another test started it)
@@ -123,24 +122,13 @@ async def test_bulk_replay_progress_is_pushed_to_the_batch_page(client):
 
     try:
         batch, session = await sync_to_async(prepare)()
-        ws = WebsocketCommunicator(
-            application,
-            f"/ws/replays/{batch.pk}/",
-            headers=[
-                (b"cookie", f"sessionid={session}".encode()),
-                (b"origin", b"http://127.0.0.1"),
-            ],
-        )
-        connected, _ = await ws.connect(timeout=10)
-        assert connected
+        ws = await batch_socket(batch.pk, session)
         snapshot = await ws.receive_from(timeout=10)
         assert 'id="batch-progress"' in snapshot and 'data-status="pending"' in snapshot
 
         await sync_to_async(replays.process_batch)(batch_id=batch.pk, sleep=lambda _s: None)
 
-        frames = []
-        while 'data-status="done"' not in (frames[-1] if frames else ""):
-            frames.append(await ws.receive_from(timeout=10))
+        frames = await frames_until_done(ws)
         assert 'data-done="2"' in frames[-1] and 'id="batch-summary"' in frames[-1]
         assert "2 replay(s) started" in frames[-1]
         await ws.disconnect()
