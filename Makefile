@@ -32,9 +32,10 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	@$(PY) -m tests.runner $(ARGS)
 
-# The two halves of `make test`, for a quicker loop while working.
+# Parts of `make test`, for a quicker loop while working: all but the browser tests and the
+# fault suite, or the browser tests alone.
 test-fast: $(VENV)/.installed-dev
-	@$(PY) -m tests.runner --only fast $(ARGS)
+	@$(PY) -m tests.runner --only rest $(ARGS)
 
 test-browser: $(VENV)/.installed-dev
 	@$(PY) -m tests.runner --only browser $(ARGS)

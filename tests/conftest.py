@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import zlib
-
 import httpx
 import pytest
 from django.conf import settings
@@ -36,23 +34,7 @@ db_teardown.install()
 __all__ = ["million_runs"]
 
 
-def pytest_addoption(parser):
-    parser.addoption(
-        "--shard",
-        default="",
-        help="i/n: only the test files of shard i of n (make test runs shards side by side)",
-    )
-
-
 def pytest_collection_modifyitems(config, items):
-    if shard := config.getoption("--shard"):
-        index, count = (int(part) for part in shard.split("/"))
-
-        def mine(item) -> bool:  # by file: a file's module fixtures are made in one shard
-            return zlib.crc32(item.nodeid.split("::")[0].encode()) % count == index - 1
-
-        config.hook.pytest_deselected(items=[i for i in items if not mine(i)])
-        items[:] = [i for i in items if mine(i)]
     run_million_row_tests_last(items)
 
 

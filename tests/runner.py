@@ -1,16 +1,18 @@
-"""`make test`: find or start the services, then run the suite in six pytest processes.
+"""`make test`: find or start the services, then run the suite in pytest processes, three
+lanes side by side.
 
 Browser tests run in their own process (pytest-playwright's event loop breaks
 pytest-asyncio tests that run after it in the same process), and so does the fault suite
-(tests/test_chaos.py: its own servers and processes, mostly waiting on them), and the
-slowest other files (SLOW_FILES); the rest is cut by file into three shards. Three lanes
-run side by side (LANES), each part's output printed when it ends. Each part gets its own
-PostgreSQL database and its own Redis key prefix, so it never meets another run's data or a
-developer's `make run`."""
+(tests/test_chaos.py: its own servers and processes, mostly waiting on them). Every other
+test file is dealt to the three lanes by its recorded time (tests/durations.json; refresh it
+with `make test ARGS=--record-durations`), so the lanes end about together. Each part's
+output is printed when it ends, and each part gets its own PostgreSQL database and its own
+Redis key prefix, so it never meets another run's data or a developer's `make run`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -26,36 +28,93 @@ from tests.services import MissingService, ensure_all
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "var" / "test-results"
 
-# The slowest files of the rest (real stacks, EXPLAIN over a big table, schemathesis, the
-# brokers) run as a part of their own.
-SLOW_FILES = [
-    "tests/test_keyset_explain.py",
-    "tests/test_pages_explain.py",
-    "tests/test_launcher.py",
-    "tests/test_openapi.py",
-    "tests/test_connections.py",
-    "tests/test_connector_contract.py",
-    "tests/test_connector_sinks.py",
-    "tests/test_emit_event_targets.py",
-    "tests/test_kafka_bus_source.py",
-]
-# The rest is cut by file into FAST_SHARDS parts run side by side: the tests wait on real
+# The browser tests and the fault suite are parts of their own; every other test file is
+# dealt to the lanes by its recorded time (tests/durations.json, longest first, each to the
+# lane with the least so far), so the lanes end about together: the tests wait on real
 # processes more than they use the CPU (a lane keeps about half a core busy), so three lanes
 # end sooner than two on these 2 cores.
-FAST_SHARDS = 3
-FAST = ["-m", "not browser and not chaos", *(f"--ignore={f}" for f in SLOW_FILES)]
-PARTS = {
-    **{f"fast-{i}": [*FAST, f"--shard={i}/{FAST_SHARDS}"] for i in range(1, FAST_SHARDS + 1)},
-    "slow": ["-m", "not browser and not chaos", *SLOW_FILES],
+LANE_COUNT = 3
+FIXED = {
     "browser": ["-m", "browser", "-p", "no:randomly"],
     "chaos": ["-m", "chaos", "-p", "no:randomly"],
 }
-# Each lane runs its parts one after another; the lanes run at once, about even in length.
-LANES = [["fast-1", "chaos"], ["fast-2", "browser"], ["fast-3", "slow"]]
-# `--only`: one part, or every fast shard (each in a lane of its own).
-ONLY = {"fast": [[f"fast-{i}"] for i in range(1, FAST_SHARDS + 1)]} | {
-    part: [[part]] for part in ("slow", "browser", "chaos")
-}
+FIXED_FILES = {"tests/test_chaos.py"}  # the browser tests are the folder tests/browser
+# Files that share a costly session fixture stay in one process: the million-row tables
+# (tests/million_runs.py) are built once per process.
+TOGETHER = [("tests/test_keyset_explain.py", "tests/test_pages_explain.py")]
+DURATIONS = ROOT / "tests" / "durations.json"
+UNKNOWN_SECONDS = 10.0  # a file not yet timed (new since the file was written)
+REST = ["-m", "not browser and not chaos"]
+
+
+def rest_files() -> list[str]:
+    return sorted(
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "tests").glob("test_*.py")
+        if str(path.relative_to(ROOT)) not in FIXED_FILES
+    )
+
+
+def recorded() -> dict[str, float]:
+    try:
+        return json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def deal(files: list[str], seconds: dict[str, float], lanes: int) -> list[list[str]]:
+    """The files in `lanes` groups of about equal recorded time, after the fixed parts
+    (browser, chaos) each take a lane of their own: longest first, each to the lightest."""
+    units: list[tuple[str, ...]] = []
+    grouped = {name for group in TOGETHER for name in group}
+    units += [tuple(f for f in group if f in files) for group in TOGETHER]
+    units += [(f,) for f in files if f not in grouped]
+    units = [unit for unit in units if unit]
+    cost = lambda unit: sum(seconds.get(f, UNKNOWN_SECONDS) for f in unit)  # noqa: E731
+    loads = [seconds.get(f"part:{part}", 0.0) for part in FIXED][:lanes]
+    loads += [0.0] * (lanes - len(loads))
+    dealt: list[list[str]] = [[] for _ in range(lanes)]
+    for unit in sorted(units, key=cost, reverse=True):
+        lightest = loads.index(min(loads))
+        dealt[lightest] += unit
+        loads[lightest] += cost(unit)
+    return dealt
+
+
+def plan(only: str | None) -> tuple[list[list[str]], dict[str, list[str]]]:
+    """The lanes (each a list of part names, run one after another) and each part's
+    pytest arguments."""
+    fixed = list(FIXED)
+    parts, lanes = dict(FIXED), []
+    for i, files in enumerate(deal(rest_files(), recorded(), LANE_COUNT)):
+        lane = fixed[i : i + 1]
+        if files:
+            parts[f"rest-{i + 1}"] = [*REST, *files]
+            lane.append(f"rest-{i + 1}")
+        lanes.append(lane)
+    if only == "rest":
+        return [[name] for name in parts if name.startswith("rest-")], parts
+    if only:
+        return [[only]], parts
+    return lanes, parts
+
+
+def timings(junits: list[Path]) -> dict[str, float]:
+    """Seconds per test file (setup, call and teardown) from a run's JUnit reports."""
+    found: dict[str, float] = {}
+    for junit in junits:
+        try:
+            root = ET.parse(junit).getroot()
+        except (OSError, ET.ParseError):
+            continue
+        for case in root.iter("testcase"):
+            module = case.get("classname", "").split(".")
+            while module and not (ROOT / Path(*module).with_suffix(".py")).is_file():
+                module.pop()  # drop the class names after the module
+            if module:
+                name = str(Path(*module).with_suffix(".py"))
+                found[name] = found.get(name, 0.0) + float(case.get("time") or 0)
+    return found
 
 
 def counts(junit: Path) -> dict[str, int]:
@@ -106,9 +165,14 @@ def stop_on_sigterm() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=sorted(ONLY))
+    parser.add_argument("--only", choices=["rest", *FIXED])
+    parser.add_argument(
+        "--record-durations",
+        action="store_true",
+        help=f"after the run, write each file's time to {DURATIONS.relative_to(ROOT)}",
+    )
     args, pytest_args = parser.parse_known_args()
-    lanes = ONLY[args.only] if args.only else LANES
+    lanes, commands = plan(args.only)
     parts = [part for lane in lanes for part in lane]
     stop_on_sigterm()
 
@@ -136,7 +200,7 @@ def main() -> int:
             SIGNALBOX_REDIS_PREFIX=f"sbxtest-{run_id}-{part}",
         )
         header = f"\n=== {part} tests (database test_signalbox_{run_id}_{part}) ==="
-        command = [sys.executable, "-m", "pytest", *PARTS[part], f"--junitxml={junit}"]
+        command = [sys.executable, "-m", "pytest", *commands[part], f"--junitxml={junit}"]
         started = time.monotonic()
         with open(log, "w") as out:
             if stream:
@@ -198,6 +262,12 @@ def main() -> int:
     for lane in lanes:
         timed = [f"{part} {took[part]:.0f} s" for part in lane if part in took]
         print(f"lane: {', '.join(timed)}", flush=True)
+    if args.record_durations:
+        seconds = timings([junit for _code, junit in outcomes.values()])
+        seconds |= {f"part:{part}": took[part] for part in FIXED if part in took}
+        merged = dict(sorted((recorded() | seconds).items()))
+        DURATIONS.write_text(json.dumps(merged, indent=1) + "\n")
+        print(f"wrote {len(seconds)} times to {DURATIONS.relative_to(ROOT)}", flush=True)
     print(f"\n{passed} passed, {failed} failed, {totals['skipped']} skipped", flush=True)
     return 1 if failed or totals["tests"] == 0 else 0
 

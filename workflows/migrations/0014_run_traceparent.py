@@ -1,4 +1,4 @@
-# The run span's W3C traceparent (workflows/tracing.py): the parent of every attempt's span.
+# The run span's W3C traceparent (workflows/infra/tracing.py): the parent of every attempt's span.
 
 from django.db import migrations, models
 
