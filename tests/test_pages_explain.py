@@ -1,6 +1,8 @@
 """The dashboard pages that were slow at a million runs read along indexes: the overview in
-every time range, the bulk replay page with each of its filters and its dry run, and an
-event's lineage. Each page is requested through the test client (as an admin, and as a
+every time range, the bulk replay page with each of its filters (its error text through the
+failed runs' trigram index) and its dry run (exact counts from narrow reads, one page of
+rows), the run list's text search (one bounded window of events a page, and the next), and
+an event's lineage. Each page is requested through the test client (as an admin, and as a
 user from whom a team's workflow is hidden) and every query it ran on the runs or events
 table is EXPLAINed: no Seq Scan of either, and the overview reads the last minutes' events
 only (the rest from its per-minute rollups). No wall-clock time is asserted; bench/pages.py
