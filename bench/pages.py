@@ -36,7 +36,8 @@ if __package__ in (None, ""):  # `python bench/pages.py`
 
 from bench.growth import Services, setup_django
 from bench.growth_pages import ROWS_READ_LIMIT, explain_queries
-from bench.ingest import machine, percentile
+from bench.machine import machine
+from bench.results import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "var" / "bench"
@@ -203,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", help="PostgreSQL server for the throwaway database")
     parser.add_argument("--runs", type=int, default=1_000_000, help="runs in the run table")
     parser.add_argument("--requests", type=int, default=5, help="timed requests per page")
-    parser.add_argument("--only", help="pages whose name contains this text")
+    parser.add_argument(
+        "--only", help="pages whose name contains this text (several: separated by commas)"
+    )
     parser.add_argument("--quick", action="store_true", help="100,000 runs, 2 requests a page")
     args = parser.parse_args(argv)
     if args.quick:
@@ -239,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nserver time per page at {loaded['runs']:,} runs ({args.requests} requests):")
         print(f"  {HEADER}", flush=True)
         for name, url, headers in pages(loaded):
-            if args.only and args.only not in name:
+            if args.only and not any(part in name for part in args.only.split(",")):
                 continue
             result = measure(client, name, url, headers, args.requests)
             results.append(result)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from itertools import pairwise
+from urllib.parse import parse_qsl
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -19,6 +21,7 @@ from workflows.access.secrets import MASK, set_secret
 from workflows.catalog.models import Workflow
 from workflows.demo import traffic as demo_traffic
 from workflows.events.models import Event
+from workflows.queries import run_list
 from workflows.runs.matching import match_event
 from workflows.runs.models import Run
 
@@ -106,7 +109,11 @@ def test_an_operator_switches_demo_traffic_on_and_off_from_the_overview(operator
 
 # --- runs ----------------------------------------------------------------------------------------
 def run_ids(response) -> list[int]:
-    return [int(i) for i in re.findall(r'<tr id="run-(\d+)"', response.content.decode())]
+    return run_ids_in(response.content.decode())
+
+
+def run_ids_in(html: str) -> list[int]:
+    return [int(i) for i in re.findall(r'<tr id="run-(\d+)"', html)]
 
 
 def test_the_runs_page_filters_by_workflow_status_correlation_and_event_text(viewer, chain):
@@ -122,6 +129,31 @@ def test_the_runs_page_filters_by_workflow_status_correlation_and_event_text(vie
     ]
     assert run_ids(viewer.get("/runs/", {"q": "gift"})) == [other.pk]
     assert run_ids(viewer.get("/runs/", {"q": "nothing like it"})) == []
+
+
+def test_a_text_search_reads_a_window_of_events_and_links_the_next_one_down(
+    viewer, chain, monkeypatch
+):
+    monkeypatch.setattr(run_list, "TEXT_SEARCH_EVENTS", 2)
+    older = trigger("orders", {"order": 1, "note": "gift"})
+    for n in (2, 3):  # newer events (and the runs' own events) above it
+        trigger("orders", {"order": n, "note": "plain"})
+    newest = Event.objects.latest("id").pk
+
+    params, pages, bounds = {"q": "gift"}, [], []
+    while len(pages) < 30:
+        html = viewer.get("/runs/", params).content.decode()
+        pages.append(run_ids_in(html))
+        found = re.search(r'href="/runs/\?([^"]*)" id="search-further"', html)
+        if pages[-1] or found is None:
+            break
+        params = dict(parse_qsl(found.group(1).replace("&amp;", "&")))
+        bounds.append(int(params["search_below"]))
+
+    assert pages[-1] == [older.pk] and not any(pages[:-1])
+    assert bounds[0] == newest + 1 - 2  # the newest two events were read first
+    assert all(b - a == -2 for a, b in pairwise(bounds))  # the windows meet
+    assert "Text search read events" in html
 
 
 def test_the_runs_page_filters_by_creation_time(viewer, chain):

@@ -9,6 +9,7 @@ docs/dashboard.md). The rows are removed at the end of the session."""
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import parse_qsl
 
 import pytest
 from django.db import connection
@@ -50,6 +51,12 @@ def assert_index_only(text: str, what: str) -> None:
 
 def cases(slugs: list[str]) -> dict[str, dict]:
     now = timezone.now()
+    # Each page of text search reads one window of events (TEXT_SEARCH_EVENTS): the window
+    # that holds a needle, as the page's "search further back" link would reach it.
+    needles = Event.objects.filter(source="/keyset", data__note="needle").order_by("-id")
+    newest_needle = needles.values_list("id", flat=True)[0]
+    earlier_needle = needles.filter(received_at__lt=now - timedelta(hours=2))
+    earlier_needle = earlier_needle.values_list("id", flat=True)[0]
     return {
         "newest page": {},
         "workflow": {"workflow": slugs[1]},
@@ -73,9 +80,10 @@ def cases(slugs: list[str]) -> dict[str, dict]:
         },
         "correlation id": {"correlation_id": "conv-123456"},
         "correlation id and status": {"correlation_id": "conv-123456", "status": "succeeded"},
-        "text in the trigger event": {"q": "needle"},
+        "text in the trigger event": {"q": "needle", "search_below": str(newest_needle + 1)},
         "text in a time range": {
             "q": "needle",
+            "search_below": str(earlier_needle + 1),
             "after": (now - timedelta(hours=27)).isoformat(),
             "before": (now - timedelta(hours=2)).isoformat(),
         },
@@ -112,10 +120,21 @@ def test_every_run_filter_uses_indexes_at_a_million_runs(million_runs, capsys):
 
 
 def test_the_text_search_and_time_bounds_find_the_rows_they_promise(million_runs, db):
-    needle_runs, _ = ds.runs_queryset(ds.parse_run_query({"q": "needle"})[0])
-    found = list(needle_runs[:10])
-    # One needle per 50,000 events; the search reads the newest TEXT_SEARCH_EVENTS.
+    # One needle per 50,000 events; each page of search reads TEXT_SEARCH_EVENTS of them and
+    # offers the next window down: following it finds the newest needle, and no needle is
+    # skipped on the way (the windows meet).
+    params: dict = {"q": "needle"}
+    newest_needle = Event.objects.filter(source="/keyset", data__note="needle").latest("id")
+    for _ in range(50_000 // ds.TEXT_SEARCH_EVENTS + 2):
+        needle_runs, notes = ds.runs_queryset(ds.parse_run_query(params)[0])
+        found = list(needle_runs[:10])
+        if found:
+            break
+        further = [n.further for n in notes if n.further]
+        assert further, [str(n) for n in notes]
+        params = dict(parse_qsl(further[0]))
     assert found and all(r.event.data["note"] == "needle" for r in found)
+    assert found[0].event_id == newest_needle.pk
 
     now = timezone.now()
     after, before = now - timedelta(hours=25), now - timedelta(hours=24)

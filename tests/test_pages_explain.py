@@ -1,6 +1,8 @@
 """The dashboard pages that were slow at a million runs read along indexes: the overview in
-every time range, the bulk replay page with each of its filters and its dry run, and an
-event's lineage. Each page is requested through the test client (as an admin, and as a
+every time range, the bulk replay page with each of its filters (its error text through the
+failed runs' trigram index) and its dry run (exact counts from narrow reads, one page of
+rows), the run list's text search (one bounded window of events a page, and the next), and
+an event's lineage. Each page is requested through the test client (as an admin, and as a
 user from whom a team's workflow is hidden) and every query it ran on the runs or events
 table is EXPLAINed: no Seq Scan of either, and the overview reads the last minutes' events
 only (the rest from its per-minute rollups). No wall-clock time is asserted; bench/pages.py
@@ -15,6 +17,7 @@ import pytest
 from django.contrib.auth.models import Group
 from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from dashboard import metrics
 from tests.accounts import sign_in
@@ -22,6 +25,7 @@ from workflows.catalog.models import Workflow
 from workflows.events.models import Event
 from workflows.queries import event_rollups
 from workflows.queries.models import EventRollup
+from workflows.queries.run_list import TEXT_SEARCH_EVENTS
 from workflows.runs.models import Run
 
 BIG_TABLES = ("workflows_run", "workflows_event")
@@ -144,8 +148,57 @@ def test_the_bulk_replay_page_reads_failed_runs_along_indexes(clients, rolled_up
         assert_no_seq_scan(plans, f"replays: {name} ({who})")
         # A dry run of a thousand runs reads their steps in one query, not one per run.
         assert len(queries) <= 12, f"replays: {name}: {len(queries)} queries"
-    page = clients[who].get(f"/replays/?workflow={rolled_up[0]}&dry_run=1")
-    assert page.content.count(b'id="bulk-check-') > 1000  # every run of the batch checked
+
+
+@pytest.mark.parametrize("who", ["admin", "team"])
+def test_a_full_batch_dry_run_counts_every_run_and_shows_one_page_of_them(clients, rolled_up, who):
+    url = f"/replays/?workflow={rolled_up[0]}&dry_run=1"
+    with CaptureQueriesContext(connection) as captured:
+        html = clients[who].get(url).content.decode()
+    # Every run of the batch is checked (the counts are exact), with narrow reads: the runs'
+    # few fields and their attempts' statuses, not model instances with prefetched steps.
+    assert '<strong id="bulk-will-start">1000</strong> of 1000 will start' in html
+    assert '<strong id="bulk-will-not-start">0</strong>' in html
+    assert 'id="bulk-over-cap"' in html  # 2,500 of its runs failed: a batch takes 1,000
+    assert html.count('id="bulk-check-') == 50
+    assert "And 950 more" in html
+    steps_read = [q["sql"] for q in captured if 'FROM "workflows_steprun"' in q["sql"]]
+    assert len(steps_read) == 2, steps_read  # every run's attempts, then one run's steps
+    assert len(captured) <= 20, [q["sql"] for q in captured]
+    # The next page of rows goes on from the last run shown, and the counts stay the same.
+    next_url = re.search(r'href="(/replays/\?[^"]*checks_after=\d+[^"]*)"', html).group(1)
+    following = clients[who].get(next_url.replace("&amp;", "&")).content.decode()
+    assert '<strong id="bulk-will-start">1000</strong> of 1000 will start' in following
+    assert following.count('id="bulk-check-') == 50 and "50 run(s) before these" in following
+    assert not set(re.findall(r'id="bulk-check-(\d+)"', html)) & set(
+        re.findall(r'id="bulk-check-(\d+)"', following)
+    )
+
+
+def test_the_error_text_filter_reads_the_failed_runs_it_matches_through_a_trigram_index(clients):
+    queries, plans = explained(clients["admin"], "/replays/?error=HTTP+502")
+    assert_no_seq_scan(plans, "replays: error text")
+    searched = [p for q, p in zip(queries, plans, strict=True) if "LIKE UPPER" in q]
+    assert searched and all("run_failed_error_trgm" in p for p in searched), "\n".join(plans)
+    # A quarter of the 10,000 failed runs say "HTTP 502": those are read, not all of them.
+    assert rows_read(searched, "workflows_run") <= 2 * 2_500, "\n".join(searched)
+
+
+def test_a_text_search_reads_one_window_of_events_and_offers_the_next(clients):
+    newest = Event.objects.order_by("-id").first().pk
+    _queries, plans = explained(clients["admin"], "/runs/?q=needle")
+    assert_no_seq_scan(plans, "runs: text")
+    assert rows_read(plans, "workflows_event") <= TEXT_SEARCH_EVENTS + 100, "\n".join(plans)
+    html = clients["admin"].get("/runs/?q=needle").content.decode()
+    lower = newest + 1 - TEXT_SEARCH_EVENTS
+    assert f"search_below={lower}" in html and 'id="search-further"' in html
+    # The next window, far back, reads as few events and says where it stopped.
+    deep = f"/runs/?q=needle&search_below={newest // 2}"
+    _queries, plans = explained(clients["admin"], deep)
+    assert_no_seq_scan(plans, "runs: text, further back")
+    assert rows_read(plans, "workflows_event") <= TEXT_SEARCH_EVENTS + 100, "\n".join(plans)
+    further = clients["admin"].get(deep).content.decode()
+    assert f"search_below={newest // 2 - TEXT_SEARCH_EVENTS}" in further
 
 
 def test_an_events_lineage_reads_along_indexes(clients):

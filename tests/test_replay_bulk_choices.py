@@ -29,13 +29,15 @@ def two_failed_then_fixed() -> list[Run]:
 
 
 def selected():
-    return recovery.failed_runs(recovery.FailedRunFilter(workflow="bulkfix"))
+    return recovery.failed_runs(recovery.FailedRunFilter(workflow="bulkfix")).values_list(
+        "pk", flat=True
+    )
 
 
 def test_a_dry_run_says_which_runs_will_start_and_why_the_others_will_not(two_failed_then_fixed):
-    onto_fix = replays.check_bulk_replay(runs=selected(), from_step="failed", version="latest")
+    onto_fix = replays.check_bulk_replay(run_ids=selected(), from_step="failed", version="latest")
     from_gone_step = replays.check_bulk_replay(
-        runs=selected(), from_step="broken", version="latest"
+        run_ids=selected(), from_step="broken", version="latest"
     )
 
     assert [c.can for c in onto_fix] == [True, True]
@@ -43,6 +45,41 @@ def test_a_dry_run_says_which_runs_will_start_and_why_the_others_will_not(two_fa
     assert [c.can for c in from_gone_step] == [False, False]
     assert "no step 'broken' in v2" in from_gone_step[0].why
     assert not Run.objects.filter(origin="replay").exists()
+
+
+def test_a_dry_run_plans_runs_that_ended_alike_once_and_still_says_each_ones_own_verdict(
+    two_failed_then_fixed,
+):
+    publish("bulkok", definition(log_step("only")))
+    succeeded = [drive(trigger("bulkok", {"order": n})) for n in (1, 2)]
+    mixed = [two_failed_then_fixed[0].pk, succeeded[0].pk, two_failed_then_fixed[1].pk]
+    mixed.append(succeeded[1].pk)
+
+    checks = replays.check_bulk_replay(run_ids=mixed, from_step="failed", version="original")
+
+    assert [c.run_id for c in checks] == mixed
+    assert [c.can for c in checks] == [True, False, True, False]
+    for check in checks:  # what planning each run on its own says, word for word
+        run = Run.objects.get(pk=check.run_id)
+        try:
+            plan = replays.plan_replay(run=run, from_step="failed", version="original")
+        except replays.ReplayError as exc:
+            assert check.why == str(exc)
+        else:
+            assert check.why == (
+                f"v1: {len(plan.reused)} step(s) reused, {len(plan.rerun)} run again"
+            )
+        assert (check.workflow, check.version, check.error) == (
+            run.workflow.slug,
+            run.version.number,
+            run.error,
+        )
+    assert f"run {succeeded[1].pk} did not fail" in checks[3].why
+    assert (
+        checks[1].reason
+        == checks[3].reason
+        == checks[3].why.replace(f"run {succeeded[1].pk} ", "this run ")
+    )
 
 
 def test_the_bulk_page_dry_runs_then_starts_from_the_chosen_step_onto_the_latest(
@@ -61,6 +98,11 @@ def test_the_bulk_page_dry_runs_then_starts_from_the_chosen_step_onto_the_latest
     assert '<strong id="bulk-will-not-start">0</strong>' in dry
     assert '<strong id="bulk-will-not-start">2</strong>' in refused
     assert "no step &#x27;broken&#x27; in v2" in refused
+    # Grouped by reason: one line for both runs, naming them.
+    reasons = refused.split('id="bulk-refused"')[1].split("</table>")[0]
+    assert reasons.count("<tr>") == 2  # the header and one reason
+    assert '<td class="num">2</td>' in reasons
+    assert all(f"#{run.pk}" in reasons for run in two_failed_then_fixed)
     batch = ReplayBatch.objects.get()
     assert started.status_code == 302
     assert (batch.options["from_step"], batch.options["version"]) == ("start", "latest")

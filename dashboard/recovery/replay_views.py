@@ -11,6 +11,8 @@ as if it did not exist (403 would say that it does).
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -160,20 +162,26 @@ def replay_batches(request):
     except recovery.InvalidFilter as exc:
         selection, errors = recovery.FailedRunFilter(), exc.errors
     hidden = ds.hidden_workflow_ids(request.user)
-    matching_ids, matching = _matching_runs(
-        selection,
-        hidden,
-        errors=errors,
-        every=bool(request.method == "POST" or source.get("dry_run") or selection.runs),
-    )
+    matching_ids, matching = _matching_runs(selection, hidden, errors=errors)
     from_step = (source.get("from_step") or replays.FROM_FAILED).strip()
     replay_version = source.get("replay_version") or replays.VERSION_ORIGINAL
     # The dry run: which of the matching runs would start, and why the others would not.
-    checks = (
-        replays.check_bulk_replay(runs=matching, from_step=from_step, version=replay_version)
+    dry_run = (
+        _dry_run(
+            replays.check_bulk_replay(
+                run_ids=matching_ids[: replays.MAX_BATCH],
+                from_step=from_step,
+                version=replay_version,
+            ),
+            after=source.get("checks_after") or "",
+        )
         if source.get("dry_run") and not errors
         else None
     )
+    if dry_run is not None and dry_run.next_after is not None:
+        following = source.copy()
+        following["checks_after"] = str(dry_run.next_after)
+        dry_run.next_query = following.urlencode()
     if request.method == "POST" and not errors:
         require_operator(request)
         try:
@@ -216,11 +224,10 @@ def replay_batches(request):
             },
             "from_step": from_step,
             "step_ids": _workflow_step_ids(selection.workflow),
-            "checks": checks,
-            "will_start": sum(1 for c in checks or [] if c.can),
-            "will_not_start": sum(1 for c in checks or [] if not c.can),
+            "dry_run": dry_run,
+            "max_batch": replays.MAX_BATCH,
             "errors": errors,
-            "matching": matching if selection.runs else matching[:SHOWN],
+            "matching": matching,
             "matching_count": len(matching_ids),
             "ticked": selection.runs,
             # Ticked runs a bulk replay does not take: not failed, already replayed, a try.
@@ -234,23 +241,70 @@ def replay_batches(request):
 
 
 SHOWN = 50  # matching runs listed on the page (all of them when ticked)
+CHECKS_SHOWN = 50  # a dry run's rows on one page; its counts and reasons cover every run
+EXAMPLES = 10  # runs named for each reason a dry run gives
 
 
 def _matching_runs(
-    selection, hidden: frozenset[int], *, errors: dict[str, str], every: bool
+    selection, hidden: frozenset[int], *, errors: dict[str, str]
 ) -> tuple[list[int], list[Run]]:
     """The ids of the failed runs a bulk replay would take (up to one over the cap), and the
-    runs themselves: all of them for a dry run, a replay or ticked runs, else the first
-    SHOWN (a thousand runs with their workflows and versions, to show fifty and a count,
-    were most of the page's time at a million runs)."""
+    runs listed on the page: the first SHOWN (all of them when ticked). A replay and its dry
+    run need only the ids: a thousand runs with their workflows and versions, to show fifty
+    and a count, were most of the page's time at a million runs."""
     if errors:
         return [], []
     runs = recovery.failed_runs(selection, hidden=hidden)
-    if every:
-        found = list(runs[: replays.MAX_BATCH + 1])
-        return [r.pk for r in found], found
     ids = list(runs.values_list("pk", flat=True)[: replays.MAX_BATCH + 1])
-    return ids, list(runs.filter(pk__in=ids[:SHOWN]))
+    shown = ids if selection.runs else ids[:SHOWN]
+    return ids, list(runs.filter(pk__in=shown))
+
+
+@dataclass
+class DryRun:
+    """What the page shows of a dry run: exact counts and reasons over every checked run,
+    and one page of its rows (CHECKS_SHOWN, after `checks_after`, a run id)."""
+
+    checked: int
+    will_start: int
+    will_not_start: int
+    # (reason, how many runs, the first EXAMPLES run ids), the most common first
+    refused: list[tuple[str, int, list[int]]]
+    starting: list[tuple[str, int]]  # (what the replays do, how many)
+    rows: list[replays.BulkCheck]
+    before: int  # rows before this page
+    after: int  # rows after it
+    next_after: int | None  # the checks_after of the next page
+    next_query: str = ""  # the page's query string with that checks_after
+
+
+def _dry_run(checks: list[replays.BulkCheck], *, after: str) -> DryRun:
+    refused: dict[str, list[int]] = {}
+    starting: Counter[str] = Counter()
+    for check in checks:
+        if check.can:
+            starting[check.why] += 1
+        else:
+            refused.setdefault(check.reason, []).append(check.run_id)
+    start = 0
+    if after.isdigit():  # checks are in run id order
+        start = next((n for n, c in enumerate(checks) if c.run_id > int(after)), len(checks))
+    rows = checks[start : start + CHECKS_SHOWN]
+    left = len(checks) - start - len(rows)
+    return DryRun(
+        checked=len(checks),
+        will_start=sum(starting.values()),
+        will_not_start=len(checks) - sum(starting.values()),
+        refused=sorted(
+            ((why, len(ids), ids[:EXAMPLES]) for why, ids in refused.items()),
+            key=lambda r: -r[1],
+        ),
+        starting=starting.most_common(),
+        rows=rows,
+        before=start,
+        after=left,
+        next_after=rows[-1].run_id if left and rows else None,
+    )
 
 
 def _workflow_step_ids(slug: str) -> list[str]:

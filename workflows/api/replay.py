@@ -462,7 +462,9 @@ def bulk_replay(request):
     if _flag(body.get("dry_run")):
         # Which runs will start and which will not, and why, before anything starts.
         checks = replays.check_bulk_replay(
-            runs=runs[: replays.MAX_BATCH], from_step=from_step, version=version
+            run_ids=runs.values_list("pk", flat=True)[: replays.MAX_BATCH],
+            from_step=from_step,
+            version=version,
         )
         return JsonResponse(
             {

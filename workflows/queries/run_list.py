@@ -9,7 +9,7 @@ key (about twenty one-row index lookups at a million rows) instead of needing an
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -29,9 +29,11 @@ MAX_PAGE_SIZE = 200
 # Clocks of concurrent inserts disagree by far less than this; the id bound is widened by
 # it and the exact time condition does the rest.
 CLOCK_SLACK = timedelta(seconds=60)
-# Text search reads the data of this many of the newest (or in-range) events: without a
-# trigram index a search through every event would read the whole table.
-TEXT_SEARCH_EVENTS = 100_000
+# Text search reads the data of this many events per page (the newest of the time range,
+# or those below `search_below`), and offers to search further back from where it stopped:
+# a trigram index on the events' JSON would cover every event, but at a cost to every
+# ingested event, and reading 100,000 events' JSON was ~470 ms of SQL on a busy machine.
+TEXT_SEARCH_EVENTS = 20_000
 # At most this many matching events feed the run filter (newest first).
 MATCHED_EVENTS = 1_000
 RUN_EVENT_STATUSES = ("started", "succeeded", "failed", "cancelled")
@@ -58,7 +60,16 @@ def first_id_at_or_after(model: type[Model], field_name: str, when: datetime) ->
 
 
 # --- the run list ----------------------------------------------------------------------------
-RUN_FILTERS = ("workflow", "status", "after", "before", "correlation_id", "q", "tries")
+RUN_FILTERS = (
+    "workflow",
+    "status",
+    "after",
+    "before",
+    "correlation_id",
+    "q",
+    "search_below",
+    "tries",
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,8 @@ class RunQuery:
     before: datetime | None = None
     correlation_id: str = ""
     q: str = ""
+    # Text search reads events with ids below this one (a "search further back" link).
+    search_below: int | None = None
     tries: bool = False  # show the editor's tries of the draft too
     before_id: int | None = None
     limit: int = PAGE_SIZE
@@ -81,6 +94,8 @@ class RunQuery:
                 value = value.isoformat().replace("+00:00", "Z")
             elif value is True:
                 value = "1"
+            elif isinstance(value, int):
+                value = str(value)
             if value:
                 params[name] = value
         return params
@@ -127,7 +142,7 @@ def parse_run_query(params: Mapping[str, Any]) -> tuple[RunQuery, dict[str, str]
                 values[name] = _parse_time(get(name))
             except ValueError:
                 errors[name] = "an ISO 8601 time, e.g. 2026-01-31T12:00:00Z"
-    for name, top in (("before_id", None), ("limit", MAX_PAGE_SIZE)):
+    for name, top in (("before_id", None), ("search_below", None), ("limit", MAX_PAGE_SIZE)):
         text = get(name)
         if text:
             if text.isdigit() and int(text) >= 1 and (top is None or int(text) <= top):
@@ -140,11 +155,23 @@ def parse_run_query(params: Mapping[str, Any]) -> tuple[RunQuery, dict[str, str]
     return RunQuery(**values), errors
 
 
+@dataclass(frozen=True)
+class Note:
+    """A line under the run list; `further` is the query string of a "search further back"
+    link (the text search's next window of events), if any."""
+
+    text: str
+    further: str = ""
+
+    def __str__(self) -> str:
+        return self.text
+
+
 @dataclass
 class RunPage:
     runs: list[Run]
     more: bool
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     newest_query: str = ""
     older_query: str = ""
 
@@ -159,10 +186,16 @@ def matching_event_ids(
     correlation_id: str = "",
     after: datetime | None = None,
     before: datetime | None = None,
-) -> tuple[list[int], list[str]]:
+    search_below: int | None = None,
+) -> tuple[list[int], list[Note], int | None]:
     """Ids of events (newest first, at most MATCHED_EVENTS) for the run filters that look at
-    the triggering event, and notes on how far the search went."""
-    notes: list[str] = []
+    the triggering event, notes on how far the search went, and where a search further back
+    would start (the lowest event id read; None when it read down to the first event).
+
+    A text search reads at most TEXT_SEARCH_EVENTS events' data, by id range (a keyset
+    window along the primary key): each page of search costs the same, however far back."""
+    notes: list[Note] = []
+    further: int | None = None
     events = Event.objects.order_by("-id")
     if correlation_id:
         events = events.filter(correlation_id=correlation_id)  # event_correlation_recent
@@ -172,16 +205,17 @@ def matching_event_ids(
         if before is not None:
             bound = first_event_id_at_or_after(before)
             upper = bound if bound is not None else upper
+        if search_below is not None:
+            upper = min(upper, search_below)
         lower = max(0, upper - TEXT_SEARCH_EVENTS)
+        floor = 0
         if after is not None:
-            bound = first_event_id_at_or_after(after - CLOCK_SLACK)
-            lower = max(lower, bound or 0)
-        floor = Event.objects.filter(id__lt=upper).aggregate(bottom=Min("id"))["bottom"]
-        if floor is not None and floor < lower:
-            notes.append(
-                f"Text search looked at the newest {TEXT_SEARCH_EVENTS:,} events of the time "
-                "range; narrow the time range to search further back."
-            )
+            floor = first_event_id_at_or_after(after - CLOCK_SLACK) or 0
+            lower = max(lower, floor)
+        # One more index probe says whether anything is left below the window.
+        left = Event.objects.filter(id__lt=lower, id__gte=floor).order_by("-id").values("id")[:1]
+        if list(left):
+            further = lower
         events = (
             events.filter(id__gte=lower, id__lt=upper)
             .annotate(data_text=Cast("data", TextField()))
@@ -189,8 +223,19 @@ def matching_event_ids(
         )
     ids = list(events.values_list("id", flat=True)[: MATCHED_EVENTS + 1])
     if len(ids) > MATCHED_EVENTS:
-        notes.append(f"Showing runs of the newest {MATCHED_EVENTS:,} matching events.")
-    return ids[:MATCHED_EVENTS], notes
+        notes.append(Note(f"Showing runs of the newest {MATCHED_EVENTS:,} matching events."))
+    if text and (search_below is not None or further is not None):
+        span = f"events #{lower:,} to #{upper - 1:,}" if upper > lower else "no events"
+        scope = "of the time range" if after or before else ""
+        notes.append(
+            Note(
+                f"Text search read {span} ({TEXT_SEARCH_EVENTS:,} at most per page"
+                + (f", {scope}" if scope else "")
+                + ")."
+                + ("" if further is not None else " There are no older events to search.")
+            )
+        )
+    return ids[:MATCHED_EVENTS], notes, further
 
 
 def first_event_id_at_or_after(when: datetime) -> int | None:
@@ -204,7 +249,7 @@ def first_event_id_at_or_after(when: datetime) -> int | None:
 
 def runs_queryset(query: RunQuery, *, hidden: frozenset[int] = frozenset()):
     """The filtered runs, newest first, before any page limit; plus notes."""
-    notes: list[str] = []
+    notes: list[Note] = []
     # Shadow runs are findings of their batch (its page lists them), not the workflow's work;
     # tries of the draft are the editor's, shown here only when asked for.
     unlisted = [SHADOW] if query.tries else [SHADOW, TRY]
@@ -231,12 +276,17 @@ def runs_queryset(query: RunQuery, *, hidden: frozenset[int] = frozenset()):
     if query.correlation_id or query.q:
         # Through the event index (every run carries its trigger event's correlation id),
         # then Run.event_id's index: no index on Run.correlation_id is needed.
-        event_ids, event_notes = matching_event_ids(
+        event_ids, event_notes, further = matching_event_ids(
             text=query.q,
             correlation_id=query.correlation_id,
             after=query.after,
             before=query.before,
+            search_below=query.search_below,
         )
+        if further is not None:
+            # The next window of events, from the newest run again.
+            link = replace(query, search_below=further, before_id=None).querystring()
+            event_notes[-1] = Note(event_notes[-1].text, further=link)
         notes += event_notes
         qs = qs.filter(event_id__in=event_ids)
     if query.before_id is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q, prefetch_related_objects
+from django.db.models import Q
 from django.utils import timezone
 
 from workflows.access import audit
@@ -31,12 +31,13 @@ from workflows.recovery.replay_plans import (
     VERSION_LATEST,
     VERSION_ORIGINAL,
     ReplayError,
+    ReplayPlan,
     latest_attempts,
     plan_replay,
 )
 from workflows.recovery.replay_runs import replay_run, snapshot_draft, start_shadow_run
 from workflows.runs import task_queue
-from workflows.runs.models import Run, RunJournal
+from workflows.runs.models import Run, RunJournal, StepRun
 
 log = logging.getLogger("signalbox.replay")
 
@@ -108,62 +109,154 @@ def start_bulk_replay(
 
 @dataclass(frozen=True)
 class BulkCheck:
-    """Whether one run of a bulk selection would start, and why not."""
+    """Whether one run of a bulk selection would start, and why not. Plain values, not the
+    Run: a dry run of a thousand runs read them with narrow queries (check_bulk_replay)."""
 
-    run: Run
+    run_id: int
+    workflow: str
+    version: int | None
+    error: str
     can: bool
     why: str  # what the replay does, or why it cannot start
 
+    @property
+    def reason(self) -> str:
+        """`why` without the run's own id, so that runs refused alike group together."""
+        return self.why.replace(f"run {self.run_id} ", "this run ")
+
     def as_json(self) -> dict[str, Any]:
         return {
-            "id": self.run.pk,
-            "workflow": self.run.workflow.slug,
-            "version": self.run.version.number,
-            "error": self.run.error,
+            "id": self.run_id,
+            "workflow": self.workflow,
+            "version": self.version,
+            "error": self.error,
             "will_start": self.can,
             "why": self.why,
         }
 
 
+RUN_FIELDS = (
+    "pk",
+    "origin",
+    "status",
+    "workflow_id",
+    "version_id",
+    "replay_of_id",
+    "error",
+    "workflow__slug",
+    "version__number",
+)
+
+
 def check_bulk_replay(
-    *, runs: Iterable[Run], from_step: str = FROM_FAILED, version: str = VERSION_ORIGINAL
+    *, run_ids: Iterable[int], from_step: str = FROM_FAILED, version: str = VERSION_ORIGINAL
 ) -> list[BulkCheck]:
-    """A dry run of a bulk replay: for each run, whether its replay would start (planned as
-    the batch task will plan it) and, if not, why. Starts nothing. The runs' steps (and
-    their workflows' latest versions) are read in a few queries for all of them: a dry run
-    of a thousand runs made a query or two per run."""
-    runs = list(runs)
-    prefetch_related_objects(runs, "steps", "workflow__published_version")
-    checks = []
-    # Runs of one version that ended alike plan alike: planned once (a thousand plans were
-    # a quarter of a second). Only what can start is reused; a refusal names its run.
-    planned: dict[tuple, str] = {}
-    for run in runs:
-        latest = latest_attempts(run)
+    """A dry run of a bulk replay: for each run (in the order given), whether its replay
+    would start (planned as the batch task will plan it) and, if not, why. Starts nothing.
+
+    Runs of one version that ended alike (the same steps' latest attempts, with the same
+    status and port) plan alike, so one of them is planned with its full rows and the
+    others share the verdict; the rest is read with two narrow queries (the runs' few
+    fields, their attempts' statuses). Model instances with prefetched steps for a thousand
+    runs, and a thousand rendered rows, were most of a dry run's time. A refusal names its
+    run, so the runs of a refused group are each planned (from the values already read)."""
+    ids = list(dict.fromkeys(run_ids))
+    rows = {row[0]: dict(zip(RUN_FIELDS, row, strict=True)) for row in _values(ids)}
+    attempts: dict[int, dict[str, tuple[int, int, str, str]]] = {}
+    for run_id, step_id, attempt, pk, status, port in (
+        StepRun.objects.filter(run_id__in=ids)
+        .order_by()
+        .values_list("run_id", "step_id", "attempt", "pk", "status", "port")
+    ):
+        seen = attempts.setdefault(run_id, {})
+        if step_id not in seen or (attempt, pk) > seen[step_id][:2]:
+            seen[step_id] = (attempt, pk, status, port)
+    groups: dict[tuple, list[int]] = {}
+    for run_id in ids:
+        row = rows.get(run_id)
+        if row is None:  # gone since it was selected
+            continue
+        latest = attempts.get(run_id, {})
         alike = (
-            run.origin,
-            run.status,
-            run.workflow_id,
-            run.version_id,
-            tuple(sorted((step, a.status, a.port) for step, a in latest.items())),
+            row["origin"],
+            row["status"],
+            row["workflow_id"],
+            row["version_id"],
+            tuple(sorted((step, a[2], a[3]) for step, a in latest.items())),
         )
-        if alike in planned:
-            checks.append(BulkCheck(run, True, planned[alike]))
+        groups.setdefault(alike, []).append(run_id)
+    # One run of each group, in full (with its workflow's latest version and its steps).
+    firsts = Run.objects.select_related("workflow__published_version", "version").defer(
+        "version__definition", "workflow__published_version__definition"
+    )
+    firsts = firsts.prefetch_related("steps").in_bulk([members[0] for members in groups.values()])
+    why: dict[int, tuple[bool, str]] = {}
+    for members in groups.values():
+        first = firsts.get(members[0])
+        if first is None:  # removed meanwhile (retention): nothing to replay
             continue
         try:
-            plan = plan_replay(run=run, from_step=from_step, version=version)
+            plan = plan_replay(run=first, from_step=from_step, version=version)
         except ReplayError as exc:
-            checks.append(BulkCheck(run, False, str(exc)))
+            why[first.pk] = (False, str(exc))
+            latest = latest_attempts(first)
+            for run_id in members[1:]:
+                why[run_id] = _refused_alike(rows[run_id], first, latest, from_step, version)
             continue
-        why = (
-            f"v{plan.version.number}: {len(plan.reused)} step(s) reused, "
-            f"{len(plan.rerun)} run again"
+        why.update(dict.fromkeys(members, (True, _verdict(plan))))
+    return [
+        BulkCheck(
+            run_id=run_id,
+            workflow=rows[run_id]["workflow__slug"],
+            version=rows[run_id]["version__number"],
+            error=rows[run_id]["error"],
+            can=why[run_id][0],
+            why=why[run_id][1],
         )
-        if plan.removed:
-            why += "; not in this version: " + ", ".join(r.step_id for r in plan.removed)
-        planned[alike] = why
-        checks.append(BulkCheck(run, True, why))
-    return checks
+        for run_id in ids
+        if run_id in why
+    ]
+
+
+def _values(ids: list[int]) -> list[tuple]:
+    return list(Run.objects.filter(pk__in=ids).order_by().values_list(*RUN_FIELDS))
+
+
+def _verdict(plan: ReplayPlan) -> str:
+    found = (
+        f"v{plan.version.number}: {len(plan.reused)} step(s) reused, {len(plan.rerun)} run again"
+    )
+    if plan.removed:
+        found += "; not in this version: " + ", ".join(r.step_id for r in plan.removed)
+    return found
+
+
+def _refused_alike(
+    row: dict[str, Any], first: Run, latest: dict, from_step: str, version: str
+) -> tuple[bool, str]:
+    """Why `row`'s run will not start, as `first` (its group's run) will not: planned as it
+    is (its own id, status, origin), with the workflow, versions and attempts they share."""
+    run = Run(
+        pk=row["pk"],
+        origin=row["origin"],
+        status=row["status"],
+        workflow_id=row["workflow_id"],
+        version_id=row["version_id"],
+        replay_of_id=row["replay_of_id"],
+        error=row["error"],
+    )
+    run.workflow, run.version = first.workflow, first.version
+    try:
+        plan_replay(run=run, from_step=from_step, version=version, attempts=latest)
+    except ReplayError as exc:
+        return False, str(exc)
+    # Not reached while a plan depends only on what a group shares; if that ever changes,
+    # the run's own rows decide rather than its group's.
+    own = Run.objects.select_related("workflow__published_version", "version").get(pk=run.pk)
+    try:
+        return True, _verdict(plan_replay(run=own, from_step=from_step, version=version))
+    except ReplayError as exc:
+        return False, str(exc)
 
 
 def start_shadow(

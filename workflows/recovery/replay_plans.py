@@ -182,8 +182,11 @@ def plan_replay(
     version: str = VERSION_ORIGINAL,
     input: Any = UNCHANGED,
     renew_idempotency_keys: bool = False,
+    attempts: dict[str, StepRun] | None = None,
 ) -> ReplayPlan:
-    """What a replay of `run` would do. Raises ReplayError when it cannot be done."""
+    """What a replay of `run` would do. Raises ReplayError when it cannot be done.
+    `attempts`: the run's latest attempt of each step when the caller has them already
+    (latest_attempts; check_bulk_replay plans runs that ended alike with one run's)."""
     from_step = from_step or FROM_FAILED
     if run.origin == "shadow":
         raise ReplayError(
@@ -197,7 +200,7 @@ def plan_replay(
     target_version = resolve_version(run, version)
     target = definition_for(target_version)
     original_definition = definition_for(run.version)
-    latest = latest_attempts(run)
+    latest = latest_attempts(run) if attempts is None else attempts
     label = f"v{target_version.number}" if target_version.number else "the draft"
 
     roots: dict[str, str] = {}

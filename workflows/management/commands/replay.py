@@ -126,19 +126,20 @@ class Command(BaseCommand):
             )
         except recovery.InvalidFilter as exc:
             raise CommandError(str(exc)) from exc
-        runs = list(recovery.failed_runs(selection)[: replays.MAX_BATCH + 1])
+        runs = list(
+            recovery.failed_runs(selection).values_list("pk", flat=True)[: replays.MAX_BATCH + 1]
+        )
         if options["dry_run"]:
             # Planned as the batch will plan each run: which will start, which not and why.
             checks = replays.check_bulk_replay(
-                runs=runs[: replays.MAX_BATCH],
+                run_ids=runs[: replays.MAX_BATCH],
                 from_step=options["from_step"],
                 version=replays.VERSION_LATEST if options["latest"] else replays.VERSION_ORIGINAL,
             )
             for check in checks:
-                run = check.run
                 verdict = "starts" if check.can else "will not start"
                 self.stdout.write(
-                    f"run {run.pk} {run.workflow.slug} v{run.version.number}: {run.error}"
+                    f"run {check.run_id} {check.workflow} v{check.version}: {check.error}"
                     f" -> {verdict}: {check.why}"
                 )
             self.stdout.write(f"{len(runs)} failed run(s) would be replayed")
@@ -147,7 +148,7 @@ class Command(BaseCommand):
             return
         batch = replays.start_bulk_replay(
             actor=options["actor"],
-            run_ids=[r.pk for r in runs],
+            run_ids=runs,
             selection=selection.as_json(),
             from_step=options["from_step"],
             version=replays.VERSION_LATEST if options["latest"] else replays.VERSION_ORIGINAL,
