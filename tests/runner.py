@@ -38,7 +38,8 @@ FIXED = {
     "browser": ["-m", "browser", "-p", "no:randomly"],
     "chaos": ["-m", "chaos", "-p", "no:randomly"],
 }
-FIXED_FILES = {"tests/test_chaos.py"}  # the browser tests are the folder tests/browser
+# Files all of whose tests are marked chaos (the browser tests are the folder tests/browser).
+FIXED_FILES = {"tests/test_chaos.py", "tests/test_multi_host.py"}
 # Files that share a costly session fixture stay in one process: the million-row tables
 # (tests/million_runs.py) are built once per process.
 TOGETHER = [("tests/test_keyset_explain.py", "tests/test_pages_explain.py")]
