@@ -3,10 +3,12 @@
 A commit is a WAL flush (about a millisecond or more here); a web process taking hundreds of
 events a second would spend most of its time waiting for them, one per request. Instead
 each web process has one committer thread: requests hand it their parsed `Submission` and
-wait; it takes whatever has queued up meanwhile, stores it all with a few statements in one
-transaction (events.intake.store), commits, answers every waiting request, and only
-then puts the new events on the bus in one pipelined round trip. Nothing is answered 2xx
-before its commit.
+wait; it takes whatever has queued up meanwhile, stores it all in one transaction, answers
+every waiting request once that has committed, and only then puts the new events on the bus
+in one pipelined round trip. Nothing is answered 2xx before its commit. On PostgreSQL the
+usual group is one statement that is its own transaction (events.intake.store_at_once: no
+BEGIN, SAVEPOINT or COMMIT round trips); a group with a token or a schema to check takes
+the exact way (events.intake.store) in a transaction.
 
 Marking events published is folded into the next group's transaction (or written alone
 after a short idle), so an event costs a share of one commit, not two. An event whose mark
@@ -19,6 +21,8 @@ submission is tried again alone, so one bad request never fails the others.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -50,10 +54,22 @@ class GroupCommitter:
         """Queue the submission; the future resolves to it (with `accepted` or `error`
         set) once its transaction has committed, or raises the database's error."""
         future: Future = Future()
-        with self._ready:
-            self._queue.append((submission, future))
-            self._ready.notify()
+        self._enqueue(submission, future)
         return future
+
+    def submit_async(self, submission: event_intake.Submission) -> asyncio.Future:
+        """`submit` for a caller on an event loop (the ingest fast path): the same answer
+        as an asyncio future of the running loop, handed over with one thread-safe call,
+        without a concurrent Future chained to it (~a tenth of a request's CPU)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._enqueue(submission, _LoopWaiter(loop, future))
+        return future
+
+    def _enqueue(self, submission: event_intake.Submission, waiter) -> None:
+        with self._ready:
+            self._queue.append((submission, waiter))
+            self._ready.notify()
 
     def run_forever(self) -> None:
         while True:
@@ -89,8 +105,13 @@ class GroupCommitter:
         submissions = [submission for submission, _ in group]
         try:
             marks, self._marks = self._marks, []
-            with transaction.atomic():
-                created = event_intake.store(submissions, mark_published=marks)
+            created = None
+            if connection.vendor == "postgresql":
+                # Usually one statement, committed on its own (events.intake.store_at_once).
+                created = event_intake.store_at_once(submissions, mark_published=marks)
+            if created is None:  # a token or a schema to check: the exact way
+                with transaction.atomic():
+                    created = event_intake.store(submissions, mark_published=marks)
         except DatabaseError as exc:
             connection.close()
             self._marks = marks + self._marks
@@ -130,6 +151,39 @@ class GroupCommitter:
             log.warning("could not mark %d event(s) published yet: %s", len(marks), exc)
             self._marks = marks + self._marks
             connection.close()
+
+
+class _LoopWaiter:
+    """What the committer thread settles for `submit_async`: the part of a Future's
+    interface it uses, passed on to the loop's future on the loop's own thread."""
+
+    __slots__ = ("future", "loop", "settled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> None:
+        self.loop, self.future, self.settled = loop, future, False
+
+    def done(self) -> bool:
+        return self.settled
+
+    def set_result(self, result) -> None:
+        self._settle(result, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._settle(None, exc)
+
+    def _settle(self, result, exc: BaseException | None) -> None:
+        self.settled = True
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            self.loop.call_soon_threadsafe(_settle_on_loop, self.future, result, exc)
+
+
+def _settle_on_loop(future: asyncio.Future, result, exc: BaseException | None) -> None:
+    if future.done():  # the request was cancelled (its client went away)
+        return
+    if exc is None:
+        future.set_result(result)
+    else:
+        future.set_exception(exc)
 
 
 _committer: GroupCommitter | None = None
