@@ -3,6 +3,7 @@ is lost or wrongly refused because it shared it."""
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 
 import pytest
@@ -187,3 +188,35 @@ def test_an_event_row_is_built_with_every_field_django_would_give_it():
     assert built._state.adding and built._state.db is None
     built.save(force_insert=True)  # and it saves as one
     assert Event.objects.get(ce_id="row-1").extensions["correlationid"] == "row-1"
+
+
+def test_live_hints_of_groups_close_together_go_out_together(token_id, monkeypatch):
+    from workflows.events import group_commit
+
+    sent: list[list[str]] = []
+    hinted = threading.Event()
+
+    def record(*, events):
+        sent.append([e.ce_id for e in events])
+        hinted.set()
+
+    monkeypatch.setattr(group_commit.notify, "events_ingested", record)
+    monkeypatch.setattr(group_commit, "HINT_INTERVAL_SECONDS", 3600)
+    committer = GroupCommitter()
+
+    commit_once(committer, submission(token_id, "h-1"))  # after a quiet spell: at once
+    commit_once(committer, submission(token_id, "h-2"))  # within the interval: held
+    commit_once(committer, submission(token_id, "h-3"))
+    assert sent == [["h-1"]]
+
+    # Once the interval is up the held ones go out in one hint, though no group follows.
+    hinted.clear()
+    monkeypatch.setattr(group_commit, "HINT_INTERVAL_SECONDS", 0.01)
+    taken: list = []
+    waiting = threading.Thread(target=lambda: taken.append(committer._take()), daemon=True)
+    waiting.start()
+    assert hinted.wait(30)
+    assert sent == [["h-1"], ["h-2", "h-3"]]
+    committer.submit(submission(token_id, "h-4"))  # lets the waiting _take return
+    waiting.join(30)
+    assert len(taken[0]) == 1
