@@ -8,7 +8,6 @@ import json
 from datetime import UTC
 
 import pytest
-
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.v1.event import CloudEvent
 from hypothesis import given, settings
