@@ -4,8 +4,10 @@ and what the official SDK encodes in binary mode decodes to exactly what it was 
 
 from __future__ import annotations
 
+import json
 from datetime import UTC
 
+import pytest
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.v1.event import CloudEvent
 from hypothesis import given, settings
@@ -16,6 +18,7 @@ from workflows.events.envelope import (
     InvalidEvent,
     from_binary,
     from_structured,
+    loads_json,
     path_segment,
 )
 
@@ -117,3 +120,38 @@ def test_a_source_built_from_any_name_is_accepted(name):
     source = f"/signalbox/manual/{path_segment(name)}"
     if len(source) <= MAX_LENGTHS["source"]:
         assert from_structured(base(source=source)).source == source
+
+
+ANY_JSON = st.recursive(
+    ANY_JSON_SCALAR | st.integers() | st.floats(min_value=1e300, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500)
+@given(ANY_JSON, st.booleans())
+def test_any_json_body_decodes_to_exactly_what_json_reads(value, pretty):
+    # orjson takes the usual body and json the rest (loads_json): both ways must agree,
+    # integers of any size included (orjson alone would make those beyond 64 bits floats).
+    body = json.dumps(value, indent=2 if pretty else None, ensure_ascii=pretty).encode()
+
+    decoded = loads_json(body)
+
+    assert decoded == value
+    assert json.dumps(decoded) == json.dumps(value)  # same types: 1 stays 1, not 1.0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"NaN", b"[Infinity]", b'{"a": -Infinity}', b"1e400", b"[-1E309]", b"\xff", b"{", b""],
+)
+def test_what_json_refuses_is_refused_whichever_way_the_body_is_read(body):
+    with pytest.raises(InvalidEvent):
+        loads_json(body)
+
+
+def test_nesting_deeper_than_the_limit_is_refused_before_decoding():
+    with pytest.raises(InvalidEvent, match="nested deeper"):
+        loads_json(b"[" * 65 + b"]" * 65)
+    assert loads_json(b"[" * 64 + b"]" * 64) is not None

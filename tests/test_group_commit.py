@@ -3,6 +3,7 @@ is lost or wrongly refused because it shared it."""
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 
 import pytest
@@ -154,3 +155,68 @@ def test_one_hint_for_a_group_reaches_the_sockets_as_one_hint_per_event(token_id
         {"type": "event.ingested", "event": 2, "event_type": "b"},
     ]
     assert unpacked({"type": "run.changed", "run": 3}) == [{"type": "run.changed", "run": 3}]
+
+
+def test_a_group_with_nothing_to_check_is_one_statement_and_its_own_commit(token_id):
+    committer = GroupCommitter()
+    commit_once(committer, submission(token_id, "o-0"))  # leaves a publication mark
+
+    with CaptureQueriesContext(connection) as queries:
+        futures = commit_once(committer, *(submission(token_id, f"o-{n}") for n in range(1, 6)))
+
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert len(statements) == 1, statements  # no BEGIN, SAVEPOINT or COMMIT round trips
+    assert not connection.in_atomic_block
+    assert [f.result().accepted[0].duplicate for f in futures] == [False] * 5
+    assert Event.objects.filter(ce_id__startswith="o-", published_at__isnull=True).count() == 5
+
+
+def test_an_event_row_is_built_with_every_field_django_would_give_it():
+    envelope = from_structured(cloudevent(id="row-1", subject="s", traceparent="x"))
+
+    built = event_intake.new_event(envelope, None, "http")
+    django_built = Event(
+        **{
+            f.attname: getattr(built, f.attname)
+            for f in Event._meta.concrete_fields
+            if f.attname not in ("id", "received_at", "published_at", "matched_at")
+        }
+    )
+
+    for field in Event._meta.concrete_fields:
+        assert getattr(built, field.attname) == getattr(django_built, field.attname), field
+    assert built._state.adding and built._state.db is None
+    built.save(force_insert=True)  # and it saves as one
+    assert Event.objects.get(ce_id="row-1").extensions["correlationid"] == "row-1"
+
+
+def test_live_hints_of_groups_close_together_go_out_together(token_id, monkeypatch):
+    from workflows.events import group_commit
+
+    sent: list[list[str]] = []
+    hinted = threading.Event()
+
+    def record(*, events):
+        sent.append([e.ce_id for e in events])
+        hinted.set()
+
+    monkeypatch.setattr(group_commit.notify, "events_ingested", record)
+    monkeypatch.setattr(group_commit, "HINT_INTERVAL_SECONDS", 3600)
+    committer = GroupCommitter()
+
+    commit_once(committer, submission(token_id, "h-1"))  # after a quiet spell: at once
+    commit_once(committer, submission(token_id, "h-2"))  # within the interval: held
+    commit_once(committer, submission(token_id, "h-3"))
+    assert sent == [["h-1"]]
+
+    # Once the interval is up the held ones go out in one hint, though no group follows.
+    hinted.clear()
+    monkeypatch.setattr(group_commit, "HINT_INTERVAL_SECONDS", 0.01)
+    taken: list = []
+    waiting = threading.Thread(target=lambda: taken.append(committer._take()), daemon=True)
+    waiting.start()
+    assert hinted.wait(30)
+    assert sent == [["h-1"], ["h-2", "h-3"]]
+    committer.submit(submission(token_id, "h-4"))  # lets the waiting _take return
+    waiting.join(30)
+    assert len(taken[0]) == 1

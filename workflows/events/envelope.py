@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 from rfc3986_validator import validate_rfc3986
 
 from workflows.events import binary_headers
@@ -89,6 +90,9 @@ def _describe(problem: Mapping[str, Any]) -> str:
     return f"{where}{problem['attribute']}: {problem['message']}"
 
 
+# A run of 19 digits or more: a number orjson would read as a float (an integer beyond 64
+# bits) where json keeps it exact, so such a body takes json's path (orjson.loads).
+_LONG_NUMBER = re.compile(rb"\d{19}")
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _INNERMOST = re.compile(r"\{\}|\[\]")
@@ -110,6 +114,17 @@ def json_depth_ok(raw: str, limit: int = MAX_JSON_DEPTH) -> bool:
 
 def loads_json(body: bytes, *, what: str = "(body)") -> Any:
     """Decode a JSON body, raising InvalidEvent for bad UTF-8, depth or syntax."""
+    # The usual body through orjson (a fifth of json's time with its hooks): it refuses
+    # what json's path below refuses (bad UTF-8, NaN, Infinity, numbers too large for a
+    # double, and also unpaired surrogates, which validate() would refuse anyway) and
+    # reads the rest alike, except integers beyond 64 bits (kept exact by json) and
+    # nesting (checked by json_depth_ok); those bodies, and every refusal, go the exact
+    # way below, which says why.
+    if body.count(b"{") + body.count(b"[") <= MAX_JSON_DEPTH and not _LONG_NUMBER.search(body):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
