@@ -54,7 +54,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python bench/engine.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.engine_clients import Baseline, Signalbox, warm_up
+from bench.engine_clients import WARM_UP_SHAPES, Baseline, Signalbox, warm_up
 from bench.engine_profile import profile_chain
 from bench.engine_report import (
     Measurement,
@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                 info[package] = package_version(package)
         print(f"machine: {json.dumps(info)}", flush=True)
         signalbox, baseline = Signalbox(stack, tag), Baseline(stack, tag)
-        signalbox.publish(shapes)
+        # The warm-up's shapes too: without a workflow listening, its runs never start
+        # (`--shapes 1-step` alone waited out the warm-up's timeout and failed).
+        signalbox.publish([*shapes, *WARM_UP_SHAPES])
         for workers in worker_counts:
             for system, client in ((SIGNALBOX, signalbox), (CELERY, baseline)):
                 print(f"{system}, {workers} worker process(es): warming up ...", flush=True)

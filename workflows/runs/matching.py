@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import F, Value
+from django.db.models import CharField, F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -18,12 +19,17 @@ from workflows.catalog.definition_parsing import definition_for
 from workflows.catalog.models import TriggerSubscription
 from workflows.core import engine
 from workflows.core.expressions import ExpressionError, bind, evaluate
-from workflows.core.states import RunStatus
+from workflows.core.lineage import RUN_TYPE_PREFIX
+from workflows.core.states import TERMINAL_RUN, RunStatus
 from workflows.events import bus
 from workflows.events.envelope import to_structured
 from workflows.events.intake import ingest_event
 from workflows.events.models import DeadLetter, Event
-from workflows.events.schemas import SchemaViolation, unschemed_types_remembered
+from workflows.events.schemas import (
+    SchemaViolation,
+    unschemed_among,
+    unschemed_types_remembered,
+)
 from workflows.infra import flow_counters, tracing
 from workflows.runs.advance import Continuation, one_run_write
 from workflows.runs.control import admit
@@ -67,6 +73,7 @@ def match_events(
     event_ids: Sequence[int],
     inline: Budget | None = None,
     traces: Mapping[int, str] | None = None,
+    heard: Hearing | None = None,
 ) -> MatchOutcome:
     """`match_event` for the entries of one bus read, with a fixed number of queries per
     read besides each started run's own: one SELECT of the events, one of the
@@ -99,19 +106,59 @@ def match_events(
         "workflow", "version"
     ):
         by_type[subscription.event_type].append(subscription)
-    waited_for = waiting_types(types)
-    with unschemed_types_remembered():  # the run events of this read share a few types
-        matched = _match_each(wanted, events, by_type, waited_for, inline, outcome, traces)
+    if heard is None or not heard.covers(types):
+        heard = hearing(types, subscriptions=False)  # read just above
+    # The run events of this read share a few types, whose schemas were asked with `heard`.
+    with unschemed_types_remembered(heard.unschemed_run_types):
+        if any(by_type.values()) and not heard.waited & set(types):
+            matched = _match_in_one_transaction(wanted, events, by_type, inline, outcome, traces)
+        else:
+            matched = None
+        if matched is None:  # waits to resume, nothing to start, or the one transaction failed
+            matched = _match_each(wanted, events, by_type, heard.waited, inline, outcome, traces)
+            if matched:
+                mark_matched(*matched)
     # The run events of the runs started (committed with them): on the bus in one round
     # trip (after the caller's own commit, if it holds a transaction). Were this process to
     # die first, the outbox relay would publish them.
     emitted = [e for run in outcome.started for e in getattr(run, "_outbox", ())]
     if emitted:
         transaction.on_commit(lambda: bus.publish_many(emitted), robust=True)
-    if matched:
-        mark_matched(*matched)
-        outcome.done.update(matched)
+    outcome.done.update(matched)
     return outcome
+
+
+def _match_in_one_transaction(
+    wanted: list[int],
+    events: dict[int, Event],
+    by_type: dict[str, list[TriggerSubscription]],
+    inline: Budget | None,
+    outcome: MatchOutcome,
+    traces: Mapping[int, str] | None,
+) -> list[int] | None:
+    """Start the runs of every event of the read, and mark the events matched, in one
+    transaction with no savepoint: one commit for the read instead of one per run (a
+    durable commit waits for the disk: the largest part of a light run's cost here). Each
+    run is still committed with its kept steps and run events, or not at all. When anything
+    fails (an event whose matching raises, a run an earlier delivery already started), the
+    whole transaction is rolled back and None returned: the caller matches the read again
+    event by event, run by run, so that the failure stays with its own event. (The light
+    steps run in the rolled-back attempt are run again; they act on nothing outside.)"""
+    try:
+        with transaction.atomic():
+            matched = _match_each(
+                wanted, events, by_type, set(), inline, outcome, traces, savepoints=False
+            )
+            if matched:
+                mark_matched(*matched)
+        return matched
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - each is raised again by the event's own match
+        log.info("matching the read at once failed (%s); matching it event by event", exc)
+        outcome.started.clear()
+        outcome.failed.clear()
+        return None
 
 
 def _match_each(
@@ -122,9 +169,12 @@ def _match_each(
     inline: Budget | None,
     outcome: MatchOutcome,
     traces: Mapping[int, str] | None = None,
+    *,
+    savepoints: bool = True,
 ) -> list[int]:
     """Match the events one by one, in bus order (runs of one partition key start in
-    order); the ids of those matched, the others' errors in `outcome.failed`."""
+    order); the ids of those matched, the others' errors in `outcome.failed`. Without
+    `savepoints` (inside the caller's transaction), the first error is raised instead."""
     matched: list[int] = []
     for pk in wanted:
         event = events.get(pk)
@@ -134,10 +184,13 @@ def _match_each(
             try:
                 if event.type in waited_for:
                     deliver_to_waiters(event)
-                outcome.started += _start_runs(event, by_type[event.type], inline)
+                outcome.started += _start_runs(event, by_type[event.type], inline, savepoints)
             except (OperationalError, InterfaceError):
                 raise
             except Exception as exc:
+                if not savepoints:
+                    delivered.failed(f"matching at once failed: {type(exc).__name__}")
+                    raise
                 log.exception("matching event %s failed; its entry stays pending", pk)
                 outcome.failed[pk] = exc
                 delivered.failed(f"matching failed: {type(exc).__name__}")
@@ -146,33 +199,73 @@ def _match_each(
     return matched
 
 
+# The types of the events a run ingests as it starts and finishes (runs.producers): whether
+# they have a schema is asked once per read, with the listeners, not once per run event.
+RUN_EVENT_TYPES = frozenset(RUN_TYPE_PREFIX + status for status in ("started", *TERMINAL_RUN))
+
+
+@dataclass(frozen=True)
+class Hearing:
+    """Who listens to some event types right now, and which run event types have no schema."""
+
+    types: frozenset[str]
+    subscribed: frozenset[str]
+    waited: frozenset[str]
+    unschemed_run_types: frozenset[str]
+
+    @property
+    def listened(self) -> set[str]:
+        return set(self.subscribed | self.waited)
+
+    def covers(self, types: Collection[str]) -> bool:
+        return self.types.issuperset(types)
+
+
+def hearing(types: Collection[str], *, subscriptions: bool = True) -> Hearing:
+    """In one query: the types among `types` that a published workflow subscribes to (not
+    asked without `subscriptions`), those a run waits for (EventWaiter.event_type index),
+    and the run event types registered."""
+    types = sorted(set(types))
+    tag = functools.partial(Value, output_field=CharField())
+    parts = [unschemed_among(RUN_EVENT_TYPES).values_list(tag("r"), "name")]
+    if types:
+        parts.append(
+            EventWaiter.objects.filter(
+                event_type__in=types, expires_at__gt=timezone.now()
+            ).values_list(tag("w"), "event_type")
+        )
+    if types and subscriptions:
+        parts.append(
+            TriggerSubscription.objects.filter(event_type__in=types).values_list(
+                tag("s"), "event_type"
+            )
+        )
+    rows = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    found: dict[str, set[str]] = {"s": set(), "w": set(), "r": set()}
+    for kind, name in rows:
+        found[kind].add(name)
+    return Hearing(
+        frozenset(types),
+        frozenset(found["s"]),
+        frozenset(found["w"]),
+        RUN_EVENT_TYPES - found["r"],
+    )
+
+
 def listened_types(types: Collection[str]) -> set[str]:
     """The types among `types` that a published workflow subscribes to or a run waits for
     right now, in one query: the bus consumer settles the entries of every other type
     without loading their events."""
-    types = sorted(set(types))
     if not types:
         return set()
-    subscribed = TriggerSubscription.objects.filter(event_type__in=types).values_list(
-        "event_type", flat=True
-    )
-    waited = EventWaiter.objects.filter(
-        event_type__in=types, expires_at__gt=timezone.now()
-    ).values_list("event_type", flat=True)
-    return set(subscribed.union(waited))
-
-
-def waiting_types(types: Sequence[str]) -> set[str]:
-    """The event types some run is waiting for right now (EventWaiter.event_type index)."""
-    return set(
-        EventWaiter.objects.filter(event_type__in=types, expires_at__gt=timezone.now())
-        .values_list("event_type", flat=True)
-        .distinct()
-    )
+    return hearing(types).listened
 
 
 def _start_runs(
-    event: Event, subscriptions: list[TriggerSubscription], inline: Budget | None = None
+    event: Event,
+    subscriptions: list[TriggerSubscription],
+    inline: Budget | None = None,
+    savepoints: bool = True,
 ) -> list[Run]:
     started = []
     if not subscriptions:
@@ -185,7 +278,9 @@ def _start_runs(
         kept = Continuation() if inline is not None and inline.left() else None
         started_span = tracing.run_span(workflow=subscription.workflow.slug)
         try:
-            with transaction.atomic():
+            # Its own transaction (a savepoint inside the caller's), or, without
+            # `savepoints`, part of the caller's: then any error is the caller's to handle.
+            with transaction.atomic(savepoint=savepoints):
                 run = Run.objects.create(
                     workflow=subscription.workflow,
                     version=subscription.version,
@@ -206,6 +301,8 @@ def _start_runs(
                         # retried): never a run whose kept step has no message.
                         run_kept_steps(run=run, kept=kept, budget=inline)
         except IntegrityError:
+            if not savepoints:
+                raise
             continue  # already matched by an earlier delivery (its span is never ended)
         started_span.end(run)
         started.append(run)
