@@ -21,7 +21,7 @@ from workflows.events.models import Event
 from workflows.live import notify
 from workflows.runs import execution
 from workflows.runs.execution import Budget
-from workflows.runs.matching import ingest_event, match_events
+from workflows.runs.matching import hearing, ingest_event, match_events
 from workflows.runs.models import Run, RunJournal, StepRun
 from workflows.runs.producers import RUN_SOURCE
 from workflows.runs.projections import differences
@@ -328,7 +328,11 @@ def test_the_runs_of_one_read_commit_together_with_their_events_marked_matched(s
     monkeypatch.setattr(connection, "_commit", lambda: (commits.append(1), real_commit())[1])
 
     with CaptureQueriesContext(connection) as captured:
-        outcome = match_events(event_ids=[e.pk for e in events], inline=Budget.for_bus_read())
+        outcome = match_events(
+            event_ids=[e.pk for e in events],
+            inline=Budget.for_bus_read(),
+            heard=hearing([event_type]),  # as consume_bus passes what settle_unheard asked
+        )
 
     assert outcome.done == {e.pk for e in events} and not outcome.failed
     assert [r.status for r in Run.objects.filter(event__in=events)] == ["succeeded"] * 5
@@ -346,7 +350,11 @@ def test_a_read_holding_an_already_started_run_is_matched_again_event_by_event(s
     # A re-delivery of the first entry read with a new one: the first's run exists (its
     # INSERT fails), which undoes the read's one transaction; event by event, the new one
     # still starts its run, and the first starts nothing twice.
-    outcome = match_events(event_ids=[first.pk, second.pk], inline=Budget.for_bus_read())
+    outcome = match_events(
+        event_ids=[first.pk, second.pk],
+        inline=Budget.for_bus_read(),
+        heard=hearing([event_type]),
+    )
 
     assert outcome.done == {first.pk, second.pk} and not outcome.failed
     assert [r.event_id for r in outcome.started] == [second.pk]

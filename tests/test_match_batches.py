@@ -107,7 +107,10 @@ def test_an_event_missing_from_the_store_is_settled_and_the_others_are_matched()
     assert [r.event_id for r in outcome.started] == [event.pk]
 
 
-def test_a_failing_entry_stays_pending_alone_and_is_dead_lettered_alone(bus_settings, monkeypatch):
+@pytest.mark.parametrize("heard", [False, True], ids=["one-by-one", "read-at-once-first"])
+def test_a_failing_entry_stays_pending_alone_and_is_dead_lettered_alone(
+    bus_settings, monkeypatch, heard
+):
     publish("flaky")
     events = stored(5)
     for event in events:
@@ -135,7 +138,11 @@ def test_a_failing_entry_stays_pending_alone_and_is_dead_lettered_alone(bus_sett
         deliveries = [*consumer.reclaim(idle_ms=0), *consumer.read(block_ms=10)]
         return consumer.handle_batch(
             deliveries,
-            lambda ids: match_events(event_ids=ids).done,
+            lambda ids: (
+                match_events(
+                    event_ids=ids, heard=event_services.hearing([PLACED]) if heard else None
+                ).done
+            ),
             max_deliveries=2,
             on_poison=poison,
         )

@@ -78,7 +78,11 @@ def match_events(
     """`match_event` for the entries of one bus read, with a fixed number of queries per
     read besides each started run's own: one SELECT of the events, one of the
     subscriptions of their types (through the event_type index: never a scan of the
-    workflows), one to learn which types have waiting runs, one UPDATE marking them matched.
+    workflows), one to learn which types have waiting runs (and which run event types have
+    a schema), one UPDATE marking them matched. Given `heard` (the consumer asked it when
+    it settled the unheard entries of the read) that says runs are to start and no wait
+    to resume, the read is matched in one transaction, with one commit for all its runs
+    (see `_match_in_one_transaction`); the waits are not asked again.
 
     Each event is matched on its own: one that raises is left out of `done` and unmatched
     (retried, then dead-lettered, alone) while the others go on. Database outages
@@ -94,30 +98,12 @@ def match_events(
     wanted = list(dict.fromkeys(event_ids))
     if not wanted:
         return outcome
-    events = Event.objects.in_bulk(wanted)
-    for missing in (pk for pk in wanted if pk not in events):
-        log.warning("bus entry names event %s, which is not in the store", missing)
-        outcome.done.add(missing)  # nothing to match, nothing to retry
-    if not events:
-        return outcome
-    types = sorted({event.type for event in events.values()})
-    by_type: dict[str, list[TriggerSubscription]] = {t: [] for t in types}
-    for subscription in TriggerSubscription.objects.filter(event_type__in=types).select_related(
-        "workflow", "version"
-    ):
-        by_type[subscription.event_type].append(subscription)
-    if heard is None or not heard.covers(types):
-        heard = hearing(types, subscriptions=False)  # read just above
-    # The run events of this read share a few types, whose schemas were asked with `heard`.
-    with unschemed_types_remembered(heard.unschemed_run_types):
-        if any(by_type.values()) and not heard.waited & set(types):
-            matched = _match_in_one_transaction(wanted, events, by_type, inline, outcome, traces)
-        else:
-            matched = None
-        if matched is None:  # waits to resume, nothing to start, or the one transaction failed
-            matched = _match_each(wanted, events, by_type, heard.waited, inline, outcome, traces)
-            if matched:
-                mark_matched(*matched)
+    matched: list[int] | None = None
+    if heard is not None and heard.subscribed and not heard.waited:
+        # The bus consumer's usual read: runs to start, no wait to resume.
+        matched = _match_in_one_transaction(wanted, heard, inline, outcome, traces)
+    if matched is None:
+        matched = _match_one_by_one(wanted, heard, inline, outcome, traces)
     # The run events of the runs started (committed with them): on the bus in one round
     # trip (after the caller's own commit, if it holds a transaction). Were this process to
     # die first, the outbox relay would publish them.
@@ -128,37 +114,93 @@ def match_events(
     return outcome
 
 
+class _NotAtOnce(Exception):
+    """The read holds an event that must be matched on its own (see below)."""
+
+
 def _match_in_one_transaction(
     wanted: list[int],
-    events: dict[int, Event],
-    by_type: dict[str, list[TriggerSubscription]],
+    heard: Hearing,
     inline: Budget | None,
     outcome: MatchOutcome,
     traces: Mapping[int, str] | None,
 ) -> list[int] | None:
-    """Start the runs of every event of the read, and mark the events matched, in one
-    transaction with no savepoint: one commit for the read instead of one per run (a
-    durable commit waits for the disk: the largest part of a light run's cost here). Each
-    run is still committed with its kept steps and run events, or not at all. When anything
-    fails (an event whose matching raises, a run an earlier delivery already started), the
-    whole transaction is rolled back and None returned: the caller matches the read again
-    event by event, run by run, so that the failure stays with its own event. (The light
-    steps run in the rolled-back attempt are run again; they act on nothing outside.)"""
+    """Start the runs of every event of the read in one transaction with no savepoint, and
+    mark the events matched at its end: one durable commit for the read instead of one per
+    run and one more for marking them matched (each commit waits for the disk: the largest
+    part of a light run's cost here). Each run still commits with its kept steps and run
+    events, and its event is marked matched exactly when it does. (The events are read
+    first and marked last: their rows are locked only for the commit, as before, not while
+    the runs' steps run, since ingest marks events published in its own transactions.)
+    When anything fails (an event whose matching raises, a run an earlier delivery
+    already started, a type `heard` did not cover), the whole transaction is rolled back
+    and None returned: the caller matches the read again event by event, run by run, so
+    that a failure stays with its own event. (The light steps of the rolled-back attempt
+    run again there; they act on nothing outside.)"""
     try:
         with transaction.atomic():
-            matched = _match_each(
-                wanted, events, by_type, set(), inline, outcome, traces, savepoints=False
-            )
+            events = Event.objects.in_bulk(wanted)
+            types = {event.type for event in events.values()}
+            if not heard.covers(types) or heard.waited & types:
+                raise _NotAtOnce
+            for missing in (pk for pk in wanted if pk not in events):
+                log.warning("bus entry names event %s, which is not in the store", missing)
+                outcome.done.add(missing)  # nothing to match, nothing to retry
+            by_type = _subscriptions(types)
+            with unschemed_types_remembered(heard.unschemed_run_types):
+                matched = _match_each(
+                    wanted, events, by_type, set(), inline, outcome, traces, savepoints=False
+                )
             if matched:
                 mark_matched(*matched)
-        return matched
+            return matched
     except (OperationalError, InterfaceError):
         raise
     except Exception as exc:  # noqa: BLE001 - each is raised again by the event's own match
-        log.info("matching the read at once failed (%s); matching it event by event", exc)
+        if not isinstance(exc, _NotAtOnce):
+            log.info("matching the read at once failed (%s); matching it event by event", exc)
         outcome.started.clear()
         outcome.failed.clear()
+        outcome.done.clear()
         return None
+
+
+def _subscriptions(types: Collection[str]) -> dict[str, list[TriggerSubscription]]:
+    """The subscriptions of `types`, with their workflows and versions (the event_type
+    index: never a scan of the workflows)."""
+    by_type: dict[str, list[TriggerSubscription]] = {t: [] for t in types}
+    for subscription in TriggerSubscription.objects.filter(
+        event_type__in=sorted(types)
+    ).select_related("workflow", "version"):
+        by_type[subscription.event_type].append(subscription)
+    return by_type
+
+
+def _match_one_by_one(
+    wanted: list[int],
+    heard: Hearing | None,
+    inline: Budget | None,
+    outcome: MatchOutcome,
+    traces: Mapping[int, str] | None,
+) -> list[int]:
+    """Each event in its own savepoint, each run in its own transaction; then one UPDATE
+    marking the matched ones."""
+    events = Event.objects.in_bulk(wanted)
+    for missing in (pk for pk in wanted if pk not in events):
+        log.warning("bus entry names event %s, which is not in the store", missing)
+        outcome.done.add(missing)  # nothing to match, nothing to retry
+    if not events:
+        return []
+    types = sorted({event.type for event in events.values()})
+    by_type = _subscriptions(types)
+    if heard is None or not heard.covers(types):
+        heard = hearing(types, subscriptions=False)  # read just above
+    # The run events of this read share a few types, whose schemas were asked with `heard`.
+    with unschemed_types_remembered(heard.unschemed_run_types):
+        matched = _match_each(wanted, events, by_type, heard.waited, inline, outcome, traces)
+    if matched:
+        mark_matched(*matched)
+    return matched
 
 
 def _match_each(
