@@ -361,3 +361,32 @@ def test_a_read_holding_an_already_started_run_is_matched_again_event_by_event(s
     assert Run.objects.filter(event=first).get() == earlier
     assert Run.objects.get(event=second).status == "succeeded"
     assert RunJournal.objects.filter(run__event=second, kind="run.succeeded").count() == 1
+
+
+def test_the_run_events_of_a_read_are_marked_published_by_the_next_reads_update(sent):
+    from workflows.runs import matching
+
+    matching.published_marks.take()  # none left by another test
+    event_type = published("inline-marks", log_step("only"))
+    first, second = accepted(event_type), accepted(event_type)
+
+    match_events(event_ids=[first.pk], inline=Budget.for_bus_read(), heard=hearing([event_type]))
+    run = Run.objects.get(event=first)
+    run_events = Event.objects.filter(source=RUN_SOURCE, ce_id__startswith=f"run-{run.pk}-")
+    # On the bus (appended after commit), their mark left for the next read.
+    assert run_events.count() == 2 and not run_events.filter(published_at__isnull=False).exists()
+    assert matching.published_marks.waiting
+
+    with CaptureQueriesContext(connection) as captured:
+        match_events(
+            event_ids=[second.pk], inline=Budget.for_bus_read(), heard=hearing([event_type])
+        )
+
+    assert not run_events.filter(published_at__isnull=True).exists()
+    updates = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("UPDATE")]
+    marking = [u for u in updates if '"workflows_event"' in u.split("SET")[0]]
+    assert len(marking) == 1 and "published_at" in marking[0] and "matched_at" in marking[0]
+    assert Event.objects.get(pk=second.pk).matched_at is not None
+    # The second read's own run events: marked when the consumer finds nothing to read.
+    matching.flush_published_marks()
+    assert not Event.objects.filter(source=RUN_SOURCE, published_at__isnull=True).exists()

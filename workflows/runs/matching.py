@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Collection, Mapping, Sequence
+import threading
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import CharField, F, Value
+from django.db.models import Case, CharField, F, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -102,16 +104,71 @@ def match_events(
     if heard is not None and heard.subscribed and not heard.waited:
         # The bus consumer's usual read: runs to start, no wait to resume.
         matched = _match_in_one_transaction(wanted, heard, inline, outcome, traces)
+        at_once = matched is not None
     if matched is None:
         matched = _match_one_by_one(wanted, heard, inline, outcome, traces)
+        at_once = False
     # The run events of the runs started (committed with them): on the bus in one round
     # trip (after the caller's own commit, if it holds a transaction). Were this process to
     # die first, the outbox relay would publish them.
     emitted = [e for run in outcome.started for e in getattr(run, "_outbox", ())]
-    if emitted:
+    if emitted and at_once:
+        # Marked published by the next read's UPDATE (or `flush_published_marks`): a
+        # durable commit of its own per read would cost as much as the runs' own.
+        transaction.on_commit(lambda: _append_marking_later(emitted), robust=True)
+    elif emitted:
         transaction.on_commit(lambda: bus.publish_many(emitted), robust=True)
     outcome.done.update(matched)
     return outcome
+
+
+class PublishedMarks:
+    """Run events the consumer appended to the bus and has yet to mark published: the next
+    read marks them in the UPDATE that marks its own events matched, as the group committer
+    marks a group published in the next group's commit. A consumer that dies first leaves
+    them to the outbox relay, which appends them again (matching is idempotent). Shared by
+    the consumer's partition threads."""
+
+    # Past this, they are marked on their own (reads of other kinds, but no empty one).
+    PATIENCE_SECONDS = 0.5
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: list[int] = []
+        self._since = 0.0
+
+    def add(self, event_ids: Iterable[int]) -> None:
+        with self._lock:
+            if not self._ids:
+                self._since = time.monotonic()
+            self._ids.extend(event_ids)
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._ids)
+
+    @property
+    def overdue(self) -> bool:
+        return bool(self._ids) and time.monotonic() - self._since > self.PATIENCE_SECONDS
+
+    def take(self) -> list[int]:
+        with self._lock:
+            taken, self._ids = self._ids, []
+        return taken
+
+
+published_marks = PublishedMarks()
+
+
+def _append_marking_later(events: list[Event]) -> None:
+    if bus.append_new(events):
+        published_marks.add(event.pk for event in events)
+
+
+def flush_published_marks() -> None:
+    """Mark the appended run events published now (the consumer, when a read brought
+    nothing: they must not wait past the outbox relay's grace)."""
+    bus.mark_published(published_marks.take())
 
 
 class _NotAtOnce(Exception):
@@ -137,6 +194,7 @@ def _match_in_one_transaction(
     and None returned: the caller matches the read again event by event, run by run, so
     that a failure stays with its own event. (The light steps of the rolled-back attempt
     run again there; they act on nothing outside.)"""
+    marks: list[int] = []
     try:
         with transaction.atomic():
             events = Event.objects.in_bulk(wanted)
@@ -151,12 +209,17 @@ def _match_in_one_transaction(
                 matched = _match_each(
                     wanted, events, by_type, set(), inline, outcome, traces, savepoints=False
                 )
-            if matched:
-                mark_matched(*matched)
+            marks = published_marks.take()
+            if matched or marks:
+                mark_matched(*matched, published=marks)
             return matched
     except (OperationalError, InterfaceError):
+        if marks:
+            published_marks.add(marks)
         raise
     except Exception as exc:  # noqa: BLE001 - each is raised again by the event's own match
+        if marks:
+            published_marks.add(marks)
         if not isinstance(exc, _NotAtOnce):
             log.info("matching the read at once failed (%s); matching it event by event", exc)
         outcome.started.clear()
@@ -351,13 +414,29 @@ def _start_runs(
     return started
 
 
-def mark_matched(*event_ids: int) -> None:
+def mark_matched(*event_ids: int, published: Collection[int] = ()) -> None:
     """Before the bus entries are acknowledged: an event left unmatched once its partition
-    is drained was lost from the bus, and the relay publishes it again."""
+    is drained was lost from the bus, and the relay publishes it again. `published`: other
+    events to mark published in the same UPDATE (see PublishedMarks)."""
     # COALESCE, not `matched_at IS NULL` in the WHERE clause: see bus.mark_published.
-    Event.objects.filter(pk__in=event_ids).update(
-        matched_at=Coalesce(F("matched_at"), Value(timezone.now()))
-    )
+    now = Value(timezone.now())
+    matched_at = Coalesce(F("matched_at"), now)
+    published_at = Coalesce(F("published_at"), now)
+    changes = {}
+    if event_ids:
+        changes["matched_at"] = (
+            Case(When(pk__in=event_ids, then=matched_at), default=F("matched_at"))
+            if published
+            else matched_at
+        )
+    if published:
+        changes["published_at"] = (
+            Case(When(pk__in=published, then=published_at), default=F("published_at"))
+            if event_ids
+            else published_at
+        )
+    if changes:
+        Event.objects.filter(pk__in=[*event_ids, *published]).update(**changes)
 
 
 class EventFilters:

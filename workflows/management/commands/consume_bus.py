@@ -22,9 +22,11 @@ from workflows.runs.execution import Budget
 from workflows.runs.matching import (
     Hearing,
     dead_letter_bus_entry,
+    flush_published_marks,
     hearing,
     mark_matched,
     match_events,
+    published_marks,
 )
 
 log = logging.getLogger("signalbox.bus")
@@ -188,7 +190,13 @@ class Command(BaseCommand):
                     stopper.wait(every)  # no partition for us (yet)
                     continue
                 if not deliveries:
-                    deliveries += consumer.read(block_ms=int(min(1000, every * 1000)))
+                    # Run events appended and not yet marked published wait for the next
+                    # read's UPDATE: not long, lest the outbox relay append them again.
+                    marks_waiting = published_marks.waiting
+                    block = min(1000, every * 1000, 200 if marks_waiting else 1000)
+                    deliveries += consumer.read(block_ms=int(block))
+                    if not deliveries and marks_waiting:
+                        flush_published_marks()
                 deliveries, heard = settle_unheard(consumer, deliveries)
                 # Each partition's part of the read at once: a few queries and one XACK,
                 # not a round of each per entry; an entry whose matching fails stays
@@ -216,6 +224,8 @@ class Command(BaseCommand):
                     pool,
                 )
                 step_metrics.flush()  # the light steps this read ran, in one pipeline
+                if published_marks.overdue:
+                    flush_published_marks()
             except redis.RedisError as exc:
                 # Redis restarts must not kill the consumer: reconnect and carry on.
                 log.warning("bus unavailable (%s); retrying", exc)
@@ -234,6 +244,8 @@ class Command(BaseCommand):
                 stopper.wait(1.0)
         if pool is not None:
             pool.shutdown(wait=True)
+        with contextlib.suppress(Exception):  # else the outbox relay appends them again
+            flush_published_marks()
         if leases is not None:
             # Handled entries are acknowledged: the others may take our partitions now.
             with contextlib.suppress(redis.RedisError):
