@@ -195,6 +195,7 @@ def _match_in_one_transaction(
     that a failure stays with its own event. (The light steps of the rolled-back attempt
     run again there; they act on nothing outside.)"""
     marks: list[int] = []
+    steps_left = inline.steps if inline is not None else 0
     try:
         with transaction.atomic():
             events = Event.objects.in_bulk(wanted)
@@ -222,6 +223,8 @@ def _match_in_one_transaction(
             published_marks.add(marks)
         if not isinstance(exc, _NotAtOnce):
             log.info("matching the read at once failed (%s); matching it event by event", exc)
+        if inline is not None:
+            inline.steps = steps_left  # the steps rolled back are owed to the next try
         outcome.started.clear()
         outcome.failed.clear()
         outcome.done.clear()
