@@ -4,8 +4,9 @@ the ingest service, runs read back from the database) and the bare Celery baseli
 from __future__ import annotations
 
 import statistics
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from bench.engine_report import Measurement
@@ -22,12 +23,87 @@ def ms(later, earlier) -> float:
     return (later - earlier).total_seconds() * 1000
 
 
+# When each run is seen done, by a thread of this process on each side, one hop after its
+# end is durable: for Signalbox a NOTIFY that PostgreSQL delivers once the transaction that
+# finished the run has committed (a trigger of this throwaway database only); for the
+# baseline the message its last task pushes to Redis. Run.finished_at is stamped before the
+# commit (and the journal and run event writes that precede it), so it would leave our
+# commit out while the baseline's end is its task's; the notes are also why a poll interval
+# never counts.
+DONE_CHANNEL = "bench_run_done"
+DONE_TRIGGER = f"""
+CREATE OR REPLACE FUNCTION bench_run_done() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('{DONE_CHANNEL}', NEW.event_id::text);
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER bench_run_done_update AFTER UPDATE ON workflows_run FOR EACH ROW
+    WHEN (OLD.finished_at IS NULL AND NEW.finished_at IS NOT NULL)
+    EXECUTE FUNCTION bench_run_done();
+CREATE TRIGGER bench_run_done_insert AFTER INSERT ON workflows_run FOR EACH ROW
+    WHEN (NEW.finished_at IS NOT NULL) EXECUTE FUNCTION bench_run_done();
+"""
+
+
+class Seen:
+    """A thread noting time.time() when each run is first seen done."""
+
+    def __init__(self, listen: Callable[..., None]):
+        self.at: dict[str, float] = {}
+        self.stopped = threading.Event()
+        ready = threading.Event()
+
+        def note(key: str) -> None:
+            self.at.setdefault(key, time.time())
+
+        def run() -> None:
+            listen(note, ready, self.stopped)
+
+        threading.Thread(target=run, name="bench-seen", daemon=True).start()
+        if not ready.wait(30):
+            raise RuntimeError("the done listener did not start")
+
+    def close(self) -> None:
+        self.stopped.set()
+
+
+def listen_postgres(database_url: str):
+    import psycopg
+
+    def listen(note, ready, stopped) -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"LISTEN {DONE_CHANNEL}")
+            ready.set()
+            while not stopped.is_set():
+                for notice in conn.notifies(timeout=0.5):
+                    note(notice.payload)
+
+    return listen
+
+
+def listen_redis(client, key: str):
+    def listen(note, ready, stopped) -> None:
+        ready.set()
+        while not stopped.is_set():
+            got = client.blpop([key], timeout=0.5)
+            if got:
+                note(got[1].decode())
+
+    return listen
+
+
 class Signalbox:
-    """Send events through the ingest service here; read the runs back from the database."""
+    """Send events through the ingest service here; note when each run is seen done (a
+    NOTIFY after its commit); read the rest back from the database."""
 
     def __init__(self, stack: EngineStack, tag: str):
+        from django.db import connection
+
         self.stack = stack
         self.tag = tag
+        with connection.cursor() as cursor:
+            cursor.execute(DONE_TRIGGER)
+        self.seen = Seen(listen_postgres(stack.database_url))
 
     def publish(self, shapes: Iterable[Shape]) -> None:
         from workflows.authoring.definitions import publish_workflow, put_workflow
@@ -71,14 +147,12 @@ class Signalbox:
             execute_step_task.delay(0)
 
     def wait(self, event_ids: list[int], timeout: float) -> bool:
-        from workflows.core.states import TERMINAL_RUN
-        from workflows.runs.models import Run
-
-        def done() -> bool:
-            finished = Run.objects.filter(event_id__in=event_ids, status__in=TERMINAL_RUN)
-            return finished.count() >= len(event_ids)
-
-        return wait_until(done, timeout=timeout, alive=self.stack.check_alive)
+        keys = [str(pk) for pk in event_ids]
+        return wait_until(
+            lambda: all(key in self.seen.at for key in keys),
+            timeout=timeout,
+            alive=self.stack.check_alive,
+        )
 
     def measure(self, shape: Shape, workers: int, runs: int, label: str) -> Measurement:
         timeout = 120 + 1.0 * runs * shape.steps  # a safety net, far above a normal run
@@ -107,8 +181,14 @@ class Signalbox:
                 "pk", "event_id", "status", "created_at", "finished_at"
             )
         )
-        latencies = [ms(finished, received[event]) for _pk, event, _s, _c, finished in runs]
-        first, last = min(received.values()), max((r[4] for r in runs), default=None)
+        seen = self.seen.at
+        latencies = [
+            (seen[str(event)] - received[event].timestamp()) * 1000
+            for _pk, event, _s, _c, _f in runs
+            if str(event) in seen
+        ]
+        first = min(received.values()).timestamp()
+        last = max((seen[str(r[1])] for r in runs if str(r[1]) in seen), default=None)
         steps = list(
             StepRun.objects.filter(run_id__in=[r[0] for r in runs]).values_list(
                 "run_id", "enqueued_at", "started_at", "finished_at"
@@ -120,6 +200,8 @@ class Signalbox:
                 first_start[run_id] = started
         created = {pk: (received[event], created) for pk, event, _s, created, _f in runs}
         breakdown = {
+            # the old end: Run.finished_at, stamped before the run's last writes and commit
+            "accepted_to_finished_at_ms": median(ms(f, received[e]) for _p, e, _s, _c, f in runs),
             # ingest commit -> bus -> consumer matched the event and created the run
             "accepted_to_run_created_ms": median(ms(c, r) for r, c in created.values()),
             "accepted_to_first_step_started_ms": median(
@@ -140,7 +222,7 @@ class Signalbox:
             workers,
             len(event_ids),
             shape.steps,
-            (last - first).total_seconds() if last else 0.0,
+            (last - first) if last else 0.0,
             latencies,
             failed,
             note,
@@ -149,11 +231,13 @@ class Signalbox:
 
 
 class Baseline:
-    """Send the same shapes to the plain Celery app; its tasks record finishes in Redis."""
+    """Send the same shapes to the plain Celery app; its last task tells this process."""
 
     def __init__(self, stack: EngineStack, tag: str):
         self.stack = stack
         self.tag = tag
+        engine_baseline = baseline_app()
+        self.seen = Seen(listen_redis(engine_baseline._redis(), engine_baseline.done_list_key()))
 
     def send(self, shape: Shape, label: str, numbers: Iterable[int]) -> dict[str, float]:
         signatures = {f"{self.tag}-{label}-{n}": None for n in numbers}
@@ -166,10 +250,8 @@ class Baseline:
         return sent
 
     def finished(self, runs: Iterable[str]) -> dict[str, float]:
-        engine_baseline = baseline_app()
-        runs = list(runs)
-        values = engine_baseline._redis().hmget(engine_baseline.finished_key(), runs)
-        return {run: float(value) for run, value in zip(runs, values, strict=True) if value}
+        """When this process saw each run done (its last task's message)."""
+        return {run: self.seen.at[run] for run in runs if run in self.seen.at}
 
     def wait(self, runs: list[str], timeout: float) -> bool:
         return wait_until(
@@ -198,6 +280,10 @@ class Baseline:
                            latencies, note=note)  # fmt: skip
 
 
+# The warm-up sends these shapes whatever --shapes measures: they are published with them.
+WARM_UP_SHAPES = [s for s in SHAPES if s.key in ("1-step", "3-step")]
+
+
 def warm_up(system, workers: int, label: str) -> None:
     """Wait for the worker and warm its processes (imports, connections): a few short runs
     at once, so every process of the pool gets some. The big shapes are not warmed: parsing
@@ -208,7 +294,7 @@ def warm_up(system, workers: int, label: str) -> None:
         # consumer's budget).
         system.wait_for_worker(timeout=180)
     pending = []
-    for shape in (s for s in SHAPES if s.key in ("1-step", "3-step")):
+    for shape in WARM_UP_SHAPES:
         count = 3 * workers if shape.steps == 1 else workers
         pending.append((shape, system.send(shape, f"{label}-{shape.key}", range(count))))
     for shape, sent in pending:

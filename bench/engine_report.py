@@ -127,7 +127,7 @@ def print_breakdowns(measurements: list[Measurement]) -> None:
     print("\nwhere a run's time goes (Signalbox, medians in ms, from the database's timestamps):")
     print(
         f"{'shape':<28}{'w':>2} |{'accepted->run':>14}{'->1st step':>12}"
-        f"{'step hop':>10}{'in step':>9}"
+        f"{'step hop':>10}{'in step':>9}{'->finished_at':>15}"
     )
     labels = {s.key: s.label for s in SHAPES}
     for m in measurements:
@@ -138,6 +138,7 @@ def print_breakdowns(measurements: list[Measurement]) -> None:
             f"{labels[m.shape]:<28}{m.workers:>2} |{b['accepted_to_run_created_ms']:>14.1f}"
             f"{b['accepted_to_first_step_started_ms']:>12.1f}"
             f"{b['step_enqueued_to_started_ms']:>10.1f}{b['step_started_to_finished_ms']:>9.1f}"
+            f"{b.get('accepted_to_finished_at_ms', float('nan')):>15.1f}"
         )
 
 

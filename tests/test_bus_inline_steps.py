@@ -21,7 +21,7 @@ from workflows.events.models import Event
 from workflows.live import notify
 from workflows.runs import execution
 from workflows.runs.execution import Budget
-from workflows.runs.matching import ingest_event, match_events
+from workflows.runs.matching import hearing, ingest_event, match_events
 from workflows.runs.models import Run, RunJournal, StepRun
 from workflows.runs.producers import RUN_SOURCE
 from workflows.runs.projections import differences
@@ -273,7 +273,7 @@ def test_with_no_inline_steps_configured_the_workers_run_every_step(sent, settin
     assert sent == [("signalbox.execute_step", (only.pk,))]
 
 
-def test_a_read_looks_up_once_that_a_run_event_type_has_no_schema(sent):
+def test_a_read_asks_once_which_run_event_types_have_a_schema(sent):
     event_type = published("inline-schemas", log_step("only"))
     events = [accepted(event_type) for _ in range(4)]
 
@@ -281,7 +281,8 @@ def test_a_read_looks_up_once_that_a_run_event_type_has_no_schema(sent):
         match_events(event_ids=[e.pk for e in events], inline=Budget.for_bus_read())
 
     lookups = [q for q in captured.captured_queries if 'FROM "workflows_eventtype"' in q["sql"]]
-    assert len(lookups) == 2  # signalbox.run.started, signalbox.run.succeeded: once each
+    # Every signalbox.run.* type at once, in the query that asks which types a run waits for.
+    assert len(lookups) == 1, [q["sql"] for q in lookups]
 
 
 def test_a_run_event_id_already_taken_is_skipped_and_the_run_still_moves(sent):
@@ -298,3 +299,94 @@ def test_a_run_event_id_already_taken_is_skipped_and_the_run_still_moves(sent):
     run.refresh_from_db()
     assert run.status == "succeeded"
     assert Event.objects.get(source=RUN_SOURCE, ce_id=f"run-{run.pk}-succeeded") == forged
+
+
+def test_a_schema_registered_for_a_run_event_type_still_holds_in_a_read(sent):
+    from workflows.events.models import DeadLetter
+    from workflows.events.schemas import register_schema
+
+    event_type = published("inline-run-schema", log_step("only"))
+    register_schema(
+        event_type="signalbox.run.succeeded",
+        schema={"type": "object", "required": ["never-sent"]},
+    )
+
+    run = matched_by_the_consumer(accepted(event_type))
+
+    assert run.status == "succeeded"  # the run still moves; its event is a dead letter
+    letter = DeadLetter.objects.get(kind="event", run=run)
+    assert "does not match its schema" in letter.reason
+    assert not Event.objects.filter(source=RUN_SOURCE, ce_id=f"run-{run.pk}-succeeded").exists()
+    assert Event.objects.filter(source=RUN_SOURCE, ce_id=f"run-{run.pk}-started").exists()
+
+
+def test_the_runs_of_one_read_commit_together_with_their_events_marked_matched(sent, monkeypatch):
+    event_type = published("inline-one-commit", log_step("only"))
+    events = [accepted(event_type) for _ in range(5)]
+    commits = []
+    real_commit = connection._commit
+    monkeypatch.setattr(connection, "_commit", lambda: (commits.append(1), real_commit())[1])
+
+    with CaptureQueriesContext(connection) as captured:
+        outcome = match_events(
+            event_ids=[e.pk for e in events],
+            inline=Budget.for_bus_read(),
+            heard=hearing([event_type]),  # as consume_bus passes what settle_unheard asked
+        )
+
+    assert outcome.done == {e.pk for e in events} and not outcome.failed
+    assert [r.status for r in Run.objects.filter(event__in=events)] == ["succeeded"] * 5
+    assert len(commits) == 1  # not one per run, nor one more for marking them matched
+    sqls = [q["sql"] for q in captured.captured_queries]
+    assert not any(s.startswith("SAVEPOINT") for s in sqls), sqls
+    assert Event.objects.filter(pk__in=[e.pk for e in events], matched_at=None).count() == 0
+
+
+def test_a_read_holding_an_already_started_run_is_matched_again_event_by_event(sent):
+    event_type = published("inline-redelivered", log_step("only"))
+    first, second = accepted(event_type), accepted(event_type)
+    [earlier] = match_events(event_ids=[first.pk], inline=Budget.for_bus_read()).started
+
+    # A re-delivery of the first entry read with a new one: the first's run exists (its
+    # INSERT fails), which undoes the read's one transaction; event by event, the new one
+    # still starts its run, and the first starts nothing twice.
+    outcome = match_events(
+        event_ids=[first.pk, second.pk],
+        inline=Budget.for_bus_read(),
+        heard=hearing([event_type]),
+    )
+
+    assert outcome.done == {first.pk, second.pk} and not outcome.failed
+    assert [r.event_id for r in outcome.started] == [second.pk]
+    assert Run.objects.filter(event=first).get() == earlier
+    assert Run.objects.get(event=second).status == "succeeded"
+    assert RunJournal.objects.filter(run__event=second, kind="run.succeeded").count() == 1
+
+
+def test_the_run_events_of_a_read_are_marked_published_by_the_next_reads_update(sent):
+    from workflows.runs import matching
+
+    matching.published_marks.take()  # none left by another test
+    event_type = published("inline-marks", log_step("only"))
+    first, second = accepted(event_type), accepted(event_type)
+
+    match_events(event_ids=[first.pk], inline=Budget.for_bus_read(), heard=hearing([event_type]))
+    run = Run.objects.get(event=first)
+    run_events = Event.objects.filter(source=RUN_SOURCE, ce_id__startswith=f"run-{run.pk}-")
+    # On the bus (appended after commit), their mark left for the next read.
+    assert run_events.count() == 2 and not run_events.filter(published_at__isnull=False).exists()
+    assert matching.published_marks.waiting
+
+    with CaptureQueriesContext(connection) as captured:
+        match_events(
+            event_ids=[second.pk], inline=Budget.for_bus_read(), heard=hearing([event_type])
+        )
+
+    assert not run_events.filter(published_at__isnull=True).exists()
+    updates = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("UPDATE")]
+    marking = [u for u in updates if '"workflows_event"' in u.split("SET")[0]]
+    assert len(marking) == 1 and "published_at" in marking[0] and "matched_at" in marking[0]
+    assert Event.objects.get(pk=second.pk).matched_at is not None
+    # The second read's own run events: marked when the consumer finds nothing to read.
+    matching.flush_published_marks()
+    assert not Event.objects.filter(source=RUN_SOURCE, published_at__isnull=True).exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -45,12 +45,19 @@ _UNSCHEMED: ContextVar[set[str] | None] = ContextVar("unschemed_types", default=
 
 
 @contextmanager
-def unschemed_types_remembered() -> Iterator[None]:
-    token = _UNSCHEMED.set(set())
+def unschemed_types_remembered(known: Iterable[str] = ()) -> Iterator[None]:
+    """`known`: types the caller has just found to have no schema (see unschemed_among)."""
+    token = _UNSCHEMED.set(set(known))
     try:
         yield
     finally:
         _UNSCHEMED.reset(token)
+
+
+def unschemed_among(types: Iterable[str]):
+    """A query (unevaluated) for the `types` that are registered: those it does not name
+    have no schema, as `check_event_data` would find one by one."""
+    return EventType.objects.filter(name__in=sorted(set(types))).values_list("name", flat=True)
 
 
 def check_event_data(envelope: Envelope) -> SchemaCheck:

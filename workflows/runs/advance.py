@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from workflows.catalog.definition_parsing import definition_for
 from workflows.core import engine
-from workflows.core.states import TERMINAL_RUN, RunStatus, StepStatus, check_run_move
+from workflows.core.states import TERMINAL_RUN, RunStatus, StepStatus, check_run_move, step_move
 from workflows.events.models import DeadLetter
 from workflows.live import notify
 from workflows.runs import task_queue
@@ -137,17 +137,18 @@ class Continuation:
         self.after: tuple[int, engine.RunState] | None = None
         self.run: Run | None = None  # the run as this transaction read it (for the next)
 
-    def take(self, step_run: StepRun, kind: str) -> bool:
+    def would_take(self, kind: str) -> bool:
         from workflows.steps import registry
 
-        if self.offered:
-            return False
-        self.offered = True
         known = registry.all_kinds().get(kind)
-        if known is None or not known.light:
-            return False
-        self.step_run_id, self.step_run = step_run.pk, step_run
-        return True
+        return not self.offered and known is not None and known.light
+
+    def take(self, step_run: StepRun, kind: str) -> bool:
+        taken = self.would_take(kind)
+        self.offered = True
+        if taken:
+            self.step_run_id, self.step_run = step_run.pk, step_run
+        return taken
 
 
 def advance_locked(
@@ -321,7 +322,7 @@ def _schedule_step(
 ) -> None:
     due_now = command.delay_seconds <= 0
     not_before = None if due_now else now + timedelta(seconds=command.delay_seconds)
-    step_run = StepRun.objects.create(
+    step_run = StepRun(
         run=run,
         step_id=command.step_id,
         attempt=command.attempt,
@@ -330,6 +331,11 @@ def _schedule_step(
         not_before=not_before,
         enqueued_at=now if due_now else None,
     )
+    # A light step the bus consumer keeps for a run created in this transaction is written
+    # once, with its result (write_result): no one else can see the run before the commit,
+    # and the row would otherwise be inserted queued only to be updated a moment later.
+    if not (due_now and continuation and written_once(run) and continuation.would_take(kind)):
+        step_run.save(force_insert=True)
     journal(
         run,
         "step.scheduled",
@@ -454,11 +460,13 @@ def write_result(
     from_status: StepStatus = StepStatus.RUNNING,
     started: dict | None = None,
     continuation: Continuation | None = None,
+    unsaved: StepRun | None = None,
 ) -> bool:
     """`record_result` inside the caller's transaction, which holds the run's lock. With
     `started` (the claim's columns), the attempt goes from `from_status` (queued) to its
     result in one conditional UPDATE and its `step.started` entry is journaled first: a
-    light step claimed, run and recorded in one transaction, never seen running."""
+    light step claimed, run and recorded in one transaction, never seen running. `unsaved`:
+    the attempt not written yet (see _schedule_step), inserted here with its result."""
     known = known_state(run, continuation, happening)  # before this transaction's entries
     status = StepStatus.SUCCEEDED if happening.succeeded else StepStatus.FAILED
     now = timezone.now()
@@ -475,7 +483,15 @@ def write_result(
         changes["input"] = input_
     if started:
         changes.update(started)
-    written = move_step(step_run_id, source=from_status, target=status, **changes)
+    if unsaved is not None:
+        step_move(StepStatus(unsaved.status), status)  # the legal move, as move_step checks
+        for column, value in changes.items():
+            setattr(unsaved, column, value)
+        unsaved.status = status
+        unsaved.save(force_insert=True)
+        written = True
+    else:
+        written = move_step(step_run_id, source=from_status, target=status, **changes)
     if not written:
         # Fenced: a late result (its worker was frozen past the lease) or a repeated one.
         log.warning(

@@ -508,6 +508,7 @@ def _run_light(
         from_status=StepStatus.QUEUED,
         started={"started_at": started_at, "heartbeat_at": started_at, "worker": worker},
         continuation=continuation,
+        unsaved=step_run if step_run.pk is None else None,
     )
 
 

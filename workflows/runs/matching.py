@@ -5,12 +5,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Collection, Mapping, Sequence
+import threading
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import F, Value
+from django.db.models import Case, CharField, F, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -18,12 +21,17 @@ from workflows.catalog.definition_parsing import definition_for
 from workflows.catalog.models import TriggerSubscription
 from workflows.core import engine
 from workflows.core.expressions import ExpressionError, bind, evaluate
-from workflows.core.states import RunStatus
+from workflows.core.lineage import RUN_TYPE_PREFIX
+from workflows.core.states import TERMINAL_RUN, RunStatus
 from workflows.events import bus
 from workflows.events.envelope import to_structured
 from workflows.events.intake import ingest_event
 from workflows.events.models import DeadLetter, Event
-from workflows.events.schemas import SchemaViolation, unschemed_types_remembered
+from workflows.events.schemas import (
+    SchemaViolation,
+    unschemed_among,
+    unschemed_types_remembered,
+)
 from workflows.infra import flow_counters, tracing
 from workflows.runs.advance import Continuation, one_run_write
 from workflows.runs.control import admit
@@ -67,11 +75,16 @@ def match_events(
     event_ids: Sequence[int],
     inline: Budget | None = None,
     traces: Mapping[int, str] | None = None,
+    heard: Hearing | None = None,
 ) -> MatchOutcome:
     """`match_event` for the entries of one bus read, with a fixed number of queries per
     read besides each started run's own: one SELECT of the events, one of the
     subscriptions of their types (through the event_type index: never a scan of the
-    workflows), one to learn which types have waiting runs, one UPDATE marking them matched.
+    workflows), one to learn which types have waiting runs (and which run event types have
+    a schema), one UPDATE marking them matched. Given `heard` (the consumer asked it when
+    it settled the unheard entries of the read) that says runs are to start and no wait
+    to resume, the read is matched in one transaction, with one commit for all its runs
+    (see `_match_in_one_transaction`); the waits are not asked again.
 
     Each event is matched on its own: one that raises is left out of `done` and unmatched
     (retried, then dead-lettered, alone) while the others go on. Database outages
@@ -87,31 +100,173 @@ def match_events(
     wanted = list(dict.fromkeys(event_ids))
     if not wanted:
         return outcome
+    matched: list[int] | None = None
+    if heard is not None and heard.subscribed and not heard.waited:
+        # The bus consumer's usual read: runs to start, no wait to resume.
+        matched = _match_in_one_transaction(wanted, heard, inline, outcome, traces)
+        at_once = matched is not None
+    if matched is None:
+        matched = _match_one_by_one(wanted, heard, inline, outcome, traces)
+        at_once = False
+    # The run events of the runs started (committed with them): on the bus in one round
+    # trip (after the caller's own commit, if it holds a transaction). Were this process to
+    # die first, the outbox relay would publish them.
+    emitted = [e for run in outcome.started for e in getattr(run, "_outbox", ())]
+    if emitted and at_once:
+        # Marked published by the next read's UPDATE (or `flush_published_marks`): a
+        # durable commit of its own per read would cost as much as the runs' own.
+        transaction.on_commit(lambda: _append_marking_later(emitted), robust=True)
+    elif emitted:
+        transaction.on_commit(lambda: bus.publish_many(emitted), robust=True)
+    outcome.done.update(matched)
+    return outcome
+
+
+class PublishedMarks:
+    """Run events the consumer appended to the bus and has yet to mark published: the next
+    read marks them in the UPDATE that marks its own events matched, as the group committer
+    marks a group published in the next group's commit. A consumer that dies first leaves
+    them to the outbox relay, which appends them again (matching is idempotent). Shared by
+    the consumer's partition threads."""
+
+    # Past this, they are marked on their own (reads of other kinds, but no empty one).
+    PATIENCE_SECONDS = 0.5
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: list[int] = []
+        self._since = 0.0
+
+    def add(self, event_ids: Iterable[int]) -> None:
+        with self._lock:
+            if not self._ids:
+                self._since = time.monotonic()
+            self._ids.extend(event_ids)
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._ids)
+
+    @property
+    def overdue(self) -> bool:
+        return bool(self._ids) and time.monotonic() - self._since > self.PATIENCE_SECONDS
+
+    def take(self) -> list[int]:
+        with self._lock:
+            taken, self._ids = self._ids, []
+        return taken
+
+
+published_marks = PublishedMarks()
+
+
+def _append_marking_later(events: list[Event]) -> None:
+    if bus.append_new(events):
+        published_marks.add(event.pk for event in events)
+
+
+def flush_published_marks() -> None:
+    """Mark the appended run events published now (the consumer, when a read brought
+    nothing: they must not wait past the outbox relay's grace)."""
+    bus.mark_published(published_marks.take())
+
+
+class _NotAtOnce(Exception):
+    """The read holds an event that must be matched on its own (see below)."""
+
+
+def _match_in_one_transaction(
+    wanted: list[int],
+    heard: Hearing,
+    inline: Budget | None,
+    outcome: MatchOutcome,
+    traces: Mapping[int, str] | None,
+) -> list[int] | None:
+    """Start the runs of every event of the read in one transaction with no savepoint, and
+    mark the events matched at its end: one durable commit for the read instead of one per
+    run and one more for marking them matched (each commit waits for the disk: the largest
+    part of a light run's cost here). Each run still commits with its kept steps and run
+    events, and its event is marked matched exactly when it does. (The events are read
+    first and marked last: their rows are locked only for the commit, as before, not while
+    the runs' steps run, since ingest marks events published in its own transactions.)
+    When anything fails (an event whose matching raises, a run an earlier delivery
+    already started, a type `heard` did not cover), the whole transaction is rolled back
+    and None returned: the caller matches the read again event by event, run by run, so
+    that a failure stays with its own event. (The light steps of the rolled-back attempt
+    run again there; they act on nothing outside.)"""
+    marks: list[int] = []
+    steps_left = inline.steps if inline is not None else 0
+    try:
+        with transaction.atomic():
+            events = Event.objects.in_bulk(wanted)
+            types = {event.type for event in events.values()}
+            if not heard.covers(types) or heard.waited & types:
+                raise _NotAtOnce
+            for missing in (pk for pk in wanted if pk not in events):
+                log.warning("bus entry names event %s, which is not in the store", missing)
+                outcome.done.add(missing)  # nothing to match, nothing to retry
+            by_type = _subscriptions(types)
+            with unschemed_types_remembered(heard.unschemed_run_types):
+                matched = _match_each(
+                    wanted, events, by_type, set(), inline, outcome, traces, savepoints=False
+                )
+            marks = published_marks.take()
+            if matched or marks:
+                mark_matched(*matched, published=marks)
+            return matched
+    except (OperationalError, InterfaceError):
+        if marks:
+            published_marks.add(marks)
+        raise
+    except Exception as exc:  # noqa: BLE001 - each is raised again by the event's own match
+        if marks:
+            published_marks.add(marks)
+        if not isinstance(exc, _NotAtOnce):
+            log.info("matching the read at once failed (%s); matching it event by event", exc)
+        if inline is not None:
+            inline.steps = steps_left  # the steps rolled back are owed to the next try
+        outcome.started.clear()
+        outcome.failed.clear()
+        outcome.done.clear()
+        return None
+
+
+def _subscriptions(types: Collection[str]) -> dict[str, list[TriggerSubscription]]:
+    """The subscriptions of `types`, with their workflows and versions (the event_type
+    index: never a scan of the workflows)."""
+    by_type: dict[str, list[TriggerSubscription]] = {t: [] for t in types}
+    for subscription in TriggerSubscription.objects.filter(
+        event_type__in=sorted(types)
+    ).select_related("workflow", "version"):
+        by_type[subscription.event_type].append(subscription)
+    return by_type
+
+
+def _match_one_by_one(
+    wanted: list[int],
+    heard: Hearing | None,
+    inline: Budget | None,
+    outcome: MatchOutcome,
+    traces: Mapping[int, str] | None,
+) -> list[int]:
+    """Each event in its own savepoint, each run in its own transaction; then one UPDATE
+    marking the matched ones."""
     events = Event.objects.in_bulk(wanted)
     for missing in (pk for pk in wanted if pk not in events):
         log.warning("bus entry names event %s, which is not in the store", missing)
         outcome.done.add(missing)  # nothing to match, nothing to retry
     if not events:
-        return outcome
+        return []
     types = sorted({event.type for event in events.values()})
-    by_type: dict[str, list[TriggerSubscription]] = {t: [] for t in types}
-    for subscription in TriggerSubscription.objects.filter(event_type__in=types).select_related(
-        "workflow", "version"
-    ):
-        by_type[subscription.event_type].append(subscription)
-    waited_for = waiting_types(types)
-    with unschemed_types_remembered():  # the run events of this read share a few types
-        matched = _match_each(wanted, events, by_type, waited_for, inline, outcome, traces)
-    # The run events of the runs started (committed with them): on the bus in one round
-    # trip (after the caller's own commit, if it holds a transaction). Were this process to
-    # die first, the outbox relay would publish them.
-    emitted = [e for run in outcome.started for e in getattr(run, "_outbox", ())]
-    if emitted:
-        transaction.on_commit(lambda: bus.publish_many(emitted), robust=True)
+    by_type = _subscriptions(types)
+    if heard is None or not heard.covers(types):
+        heard = hearing(types, subscriptions=False)  # read just above
+    # The run events of this read share a few types, whose schemas were asked with `heard`.
+    with unschemed_types_remembered(heard.unschemed_run_types):
+        matched = _match_each(wanted, events, by_type, heard.waited, inline, outcome, traces)
     if matched:
         mark_matched(*matched)
-        outcome.done.update(matched)
-    return outcome
+    return matched
 
 
 def _match_each(
@@ -122,9 +277,12 @@ def _match_each(
     inline: Budget | None,
     outcome: MatchOutcome,
     traces: Mapping[int, str] | None = None,
+    *,
+    savepoints: bool = True,
 ) -> list[int]:
     """Match the events one by one, in bus order (runs of one partition key start in
-    order); the ids of those matched, the others' errors in `outcome.failed`."""
+    order); the ids of those matched, the others' errors in `outcome.failed`. Without
+    `savepoints` (inside the caller's transaction), the first error is raised instead."""
     matched: list[int] = []
     for pk in wanted:
         event = events.get(pk)
@@ -134,10 +292,13 @@ def _match_each(
             try:
                 if event.type in waited_for:
                     deliver_to_waiters(event)
-                outcome.started += _start_runs(event, by_type[event.type], inline)
+                outcome.started += _start_runs(event, by_type[event.type], inline, savepoints)
             except (OperationalError, InterfaceError):
                 raise
             except Exception as exc:
+                if not savepoints:
+                    delivered.failed(f"matching at once failed: {type(exc).__name__}")
+                    raise
                 log.exception("matching event %s failed; its entry stays pending", pk)
                 outcome.failed[pk] = exc
                 delivered.failed(f"matching failed: {type(exc).__name__}")
@@ -146,33 +307,73 @@ def _match_each(
     return matched
 
 
+# The types of the events a run ingests as it starts and finishes (runs.producers): whether
+# they have a schema is asked once per read, with the listeners, not once per run event.
+RUN_EVENT_TYPES = frozenset(RUN_TYPE_PREFIX + status for status in ("started", *TERMINAL_RUN))
+
+
+@dataclass(frozen=True)
+class Hearing:
+    """Who listens to some event types right now, and which run event types have no schema."""
+
+    types: frozenset[str]
+    subscribed: frozenset[str]
+    waited: frozenset[str]
+    unschemed_run_types: frozenset[str]
+
+    @property
+    def listened(self) -> set[str]:
+        return set(self.subscribed | self.waited)
+
+    def covers(self, types: Collection[str]) -> bool:
+        return self.types.issuperset(types)
+
+
+def hearing(types: Collection[str], *, subscriptions: bool = True) -> Hearing:
+    """In one query: the types among `types` that a published workflow subscribes to (not
+    asked without `subscriptions`), those a run waits for (EventWaiter.event_type index),
+    and the run event types registered."""
+    types = sorted(set(types))
+    tag = functools.partial(Value, output_field=CharField())
+    parts = [unschemed_among(RUN_EVENT_TYPES).values_list(tag("r"), "name")]
+    if types:
+        parts.append(
+            EventWaiter.objects.filter(
+                event_type__in=types, expires_at__gt=timezone.now()
+            ).values_list(tag("w"), "event_type")
+        )
+    if types and subscriptions:
+        parts.append(
+            TriggerSubscription.objects.filter(event_type__in=types).values_list(
+                tag("s"), "event_type"
+            )
+        )
+    rows = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    found: dict[str, set[str]] = {"s": set(), "w": set(), "r": set()}
+    for kind, name in rows:
+        found[kind].add(name)
+    return Hearing(
+        frozenset(types),
+        frozenset(found["s"]),
+        frozenset(found["w"]),
+        RUN_EVENT_TYPES - found["r"],
+    )
+
+
 def listened_types(types: Collection[str]) -> set[str]:
     """The types among `types` that a published workflow subscribes to or a run waits for
     right now, in one query: the bus consumer settles the entries of every other type
     without loading their events."""
-    types = sorted(set(types))
     if not types:
         return set()
-    subscribed = TriggerSubscription.objects.filter(event_type__in=types).values_list(
-        "event_type", flat=True
-    )
-    waited = EventWaiter.objects.filter(
-        event_type__in=types, expires_at__gt=timezone.now()
-    ).values_list("event_type", flat=True)
-    return set(subscribed.union(waited))
-
-
-def waiting_types(types: Sequence[str]) -> set[str]:
-    """The event types some run is waiting for right now (EventWaiter.event_type index)."""
-    return set(
-        EventWaiter.objects.filter(event_type__in=types, expires_at__gt=timezone.now())
-        .values_list("event_type", flat=True)
-        .distinct()
-    )
+    return hearing(types).listened
 
 
 def _start_runs(
-    event: Event, subscriptions: list[TriggerSubscription], inline: Budget | None = None
+    event: Event,
+    subscriptions: list[TriggerSubscription],
+    inline: Budget | None = None,
+    savepoints: bool = True,
 ) -> list[Run]:
     started = []
     if not subscriptions:
@@ -185,7 +386,9 @@ def _start_runs(
         kept = Continuation() if inline is not None and inline.left() else None
         started_span = tracing.run_span(workflow=subscription.workflow.slug)
         try:
-            with transaction.atomic():
+            # Its own transaction (a savepoint inside the caller's), or, without
+            # `savepoints`, part of the caller's: then any error is the caller's to handle.
+            with transaction.atomic(savepoint=savepoints):
                 run = Run.objects.create(
                     workflow=subscription.workflow,
                     version=subscription.version,
@@ -206,19 +409,37 @@ def _start_runs(
                         # retried): never a run whose kept step has no message.
                         run_kept_steps(run=run, kept=kept, budget=inline)
         except IntegrityError:
+            if not savepoints:
+                raise
             continue  # already matched by an earlier delivery (its span is never ended)
         started_span.end(run)
         started.append(run)
     return started
 
 
-def mark_matched(*event_ids: int) -> None:
+def mark_matched(*event_ids: int, published: Collection[int] = ()) -> None:
     """Before the bus entries are acknowledged: an event left unmatched once its partition
-    is drained was lost from the bus, and the relay publishes it again."""
+    is drained was lost from the bus, and the relay publishes it again. `published`: other
+    events to mark published in the same UPDATE (see PublishedMarks)."""
     # COALESCE, not `matched_at IS NULL` in the WHERE clause: see bus.mark_published.
-    Event.objects.filter(pk__in=event_ids).update(
-        matched_at=Coalesce(F("matched_at"), Value(timezone.now()))
-    )
+    now = Value(timezone.now())
+    matched_at = Coalesce(F("matched_at"), now)
+    published_at = Coalesce(F("published_at"), now)
+    changes = {}
+    if event_ids:
+        changes["matched_at"] = (
+            Case(When(pk__in=event_ids, then=matched_at), default=F("matched_at"))
+            if published
+            else matched_at
+        )
+    if published:
+        changes["published_at"] = (
+            Case(When(pk__in=published, then=published_at), default=F("published_at"))
+            if event_ids
+            else published_at
+        )
+    if changes:
+        Event.objects.filter(pk__in=[*event_ids, *published]).update(**changes)
 
 
 class EventFilters:

@@ -20,10 +20,13 @@ from workflows.infra.loop import Stopper
 from workflows.infra.tracing import delivery_traces
 from workflows.runs.execution import Budget
 from workflows.runs.matching import (
+    Hearing,
     dead_letter_bus_entry,
-    listened_types,
+    flush_published_marks,
+    hearing,
     mark_matched,
     match_events,
+    published_marks,
 )
 
 log = logging.getLogger("signalbox.bus")
@@ -45,22 +48,26 @@ def by_partition(deliveries: list[Delivery]) -> list[list[Delivery]]:
     return list(groups.values())
 
 
-def settle_unheard(consumer: Consumer, deliveries: list[Delivery]) -> list[Delivery]:
+def settle_unheard(
+    consumer: Consumer, deliveries: list[Delivery]
+) -> tuple[list[Delivery], Hearing | None]:
     """Settle the entries whose event type nobody listens to (no subscribed workflow, no
     waiting run): one query for the whole read, one UPDATE marking them matched, one XACK,
-    and no event loaded. Returns the rest, for matching. Under steady ingest of types no
+    and no event loaded. Returns the rest, for matching, and what that query found (passed
+    on to matching, which then need not ask again). Under steady ingest of types no
     workflow uses, this is most of what the consumer reads."""
     typed = [d for d in deliveries if d.type]
     if not typed:
-        return deliveries
-    heard = listened_types({d.type for d in typed})
-    unheard = [d for d in typed if d.type not in heard]
+        return deliveries, None
+    heard = hearing({d.type for d in typed})
+    listened = heard.listened
+    unheard = [d for d in typed if d.type not in listened]
     if not unheard:
-        return deliveries
+        return deliveries, heard
     mark_matched(*{d.event_id for d in unheard})  # before the ack, as match_events does
     consumer.ack_many(unheard)
     settled = {(d.stream, d.entry_id) for d in unheard}
-    return [d for d in deliveries if (d.stream, d.entry_id) not in settled]
+    return [d for d in deliveries if (d.stream, d.entry_id) not in settled], heard
 
 
 def entry_order(entry_id: str) -> tuple[int, int]:
@@ -183,20 +190,27 @@ class Command(BaseCommand):
                     stopper.wait(every)  # no partition for us (yet)
                     continue
                 if not deliveries:
-                    deliveries += consumer.read(block_ms=int(min(1000, every * 1000)))
-                deliveries = settle_unheard(consumer, deliveries)
+                    # Run events appended and not yet marked published wait for the next
+                    # read's UPDATE: not long, lest the outbox relay append them again.
+                    marks_waiting = published_marks.waiting
+                    block = min(1000, every * 1000, 200 if marks_waiting else 1000)
+                    deliveries += consumer.read(block_ms=int(block))
+                    if not deliveries and marks_waiting:
+                        flush_published_marks()
+                deliveries, heard = settle_unheard(consumer, deliveries)
                 # Each partition's part of the read at once: a few queries and one XACK,
                 # not a round of each per entry; an entry whose matching fails stays
                 # pending on its own.
                 handle_partitions(
                     by_partition(deliveries),
-                    lambda group, consumer=consumer: consumer.handle_batch(
+                    lambda group, consumer=consumer, heard=heard: consumer.handle_batch(
                         group,
                         lambda event_ids: (
                             match_events(
                                 event_ids=event_ids,
                                 inline=Budget.for_bus_read(),
                                 traces=delivery_traces(group),
+                                heard=heard,
                             ).done
                         ),
                         max_deliveries=config["BUS_MAX_DELIVERIES"],
@@ -210,6 +224,8 @@ class Command(BaseCommand):
                     pool,
                 )
                 step_metrics.flush()  # the light steps this read ran, in one pipeline
+                if published_marks.overdue:
+                    flush_published_marks()
             except redis.RedisError as exc:
                 # Redis restarts must not kill the consumer: reconnect and carry on.
                 log.warning("bus unavailable (%s); retrying", exc)
@@ -228,6 +244,8 @@ class Command(BaseCommand):
                 stopper.wait(1.0)
         if pool is not None:
             pool.shutdown(wait=True)
+        with contextlib.suppress(Exception):  # else the outbox relay appends them again
+            flush_published_marks()
         if leases is not None:
             # Handled entries are acknowledged: the others may take our partitions now.
             with contextlib.suppress(redis.RedisError):
