@@ -248,7 +248,11 @@ def main() -> int:
             sup.say("launcher", f"using the embedded SQLite database {here / 'signalbox.sqlite3'}")
         prepared = (
             not sup.stopping.is_set()
-            and run_step(sup, "migrate", [python, "manage.py", "migrate", "--noinput"], env)
+            # Django's system checks import every URL and view (a few seconds of start-up on
+            # two busy cores): they run once, in bootstrap, which imports most of it anyway.
+            and run_step(
+                sup, "migrate", [python, "manage.py", "migrate", "--noinput", "--skip-checks"], env
+            )
             and not sup.stopping.is_set()
             and run_step(sup, "bootstrap", [python, "manage.py", "bootstrap"], env)
             and not sup.stopping.is_set()
