@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test test-fast test-browser lint format audit lock bench bench-engine bench-ingest bench-push bench-growth bench-pages bench-hosts bench-tracing screenshots chaos soak clean
+.PHONY: run test test-fast test-browser fuzz lint format audit lock bench bench-engine bench-ingest bench-push bench-growth bench-pages bench-hosts bench-tracing screenshots chaos soak clean
 
 $(VENV)/.python-ok:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' \
@@ -82,6 +82,10 @@ clean:
 bench: $(VENV)/.installed-dev ; @$(PY) -m bench.all $(ARGS)
 # Every fault scenario at full size (minutes); `make test` runs each at a bounded size.
 chaos: $(VENV)/.installed-dev ; @$(PY) -m tests.chaos $(ARGS)
+# schemathesis against the whole API at full size (minutes; a new seed each run, named in a
+# failure, SIGNALBOX_FUZZ_SEED=N repeats one); `make test` runs a few fixed-seed examples.
+fuzz: $(VENV)/.installed-dev
+	@SIGNALBOX_FUZZ=full $(PY) -m pytest tests/test_openapi.py -p no:randomly -k schemathesis $(ARGS)
 # Ten minutes of steady load with 200 dashboard pages open; `make test` runs a short one.
 soak: $(VENV)/.installed-dev ; @$(PY) -m tests.chaos.soak $(ARGS)
 bench-engine: $(VENV)/.installed-dev ; @$(PY) -m bench.engine $(ARGS)

@@ -194,10 +194,14 @@ def worker_queue_args(env) -> list[str]:
 def run_step(sup: Supervisor, name: str, args: list[str], env: dict[str, str]) -> bool:
     """Run one preparation command to the end; False if we were told to stop meanwhile."""
     process = sup.start(name, args, env)
-    while process.poll() is None:
-        if sup.stopping.wait(0.1):
-            # Migrations run one transaction each, so stopping half-way is safe to redo.
-            return False
+    while True:
+        try:
+            process.wait(0.1)  # returns as soon as it exits, not at the next tick
+            break
+        except subprocess.TimeoutExpired:
+            if sup.stopping.is_set():
+                # Migrations run one transaction each, so stopping half-way is safe to redo.
+                return False
     if process.returncode != 0:
         raise SystemExit(f"{name} failed with exit code {process.returncode}")
     return True
@@ -244,7 +248,11 @@ def main() -> int:
             sup.say("launcher", f"using the embedded SQLite database {here / 'signalbox.sqlite3'}")
         prepared = (
             not sup.stopping.is_set()
-            and run_step(sup, "migrate", [python, "manage.py", "migrate", "--noinput"], env)
+            # Django's system checks import every URL and view (a few seconds of start-up on
+            # two busy cores): they run once, in bootstrap, which imports most of it anyway.
+            and run_step(
+                sup, "migrate", [python, "manage.py", "migrate", "--noinput", "--skip-checks"], env
+            )
             and not sup.stopping.is_set()
             and run_step(sup, "bootstrap", [python, "manage.py", "bootstrap"], env)
             and not sup.stopping.is_set()
@@ -278,7 +286,9 @@ def main() -> int:
             for name, args in services.items():
                 sup.start(name, args, servers.web_env(env) if name == "web" else env)
             announced = False
-            while not sup.stopping.wait(0.5):
+            # Look for the web process often until it answers (the user is waiting for the
+            # "up" line), then every half second is enough to notice a child exiting.
+            while not sup.stopping.wait(0.5 if announced else 0.1):
                 if not announced and web_answers(host, port):
                     announced = True
                     sup.say(

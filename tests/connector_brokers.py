@@ -293,7 +293,9 @@ class KafkaBroker(Broker):
         self.producer = Producer(bootstrap | {"enable.idempotence": True})
 
     def options(self):
-        return {"topics": [self.topic], "group": f"sbtest-{self.uid}"}
+        # A short session: Tansu holds every group join for half of it (5 s at the default
+        # 10 s, once or twice per test), and a crashed reader's partitions move on after it.
+        return {"topics": [self.topic], "group": f"sbtest-{self.uid}", "session_timeout_seconds": 4}
 
     def key(self, name):
         return f"orders.{name}"

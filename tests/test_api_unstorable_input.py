@@ -10,7 +10,8 @@ import pytest
 from tests.factories import log_step
 from workflows.access.tokens import create_api_token
 from workflows.authoring.definitions import publish_workflow, put_workflow
-from workflows.events.models import DeadLetter
+from workflows.events.models import DeadLetter, EventSchema
+from workflows.events.schemas import register_schema
 from workflows.runs.models import Run
 
 PROBLEM = "application/problem+json"
@@ -106,3 +107,23 @@ def test_trying_a_draft_with_unstorable_data_is_refused(send):
 
     problem_of(answer, 400, "invalid-body")
     assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize("text", [NUL, LONE_SURROGATE])
+def test_a_schema_with_unstorable_text_in_a_key_is_refused_and_stores_nothing(send, text):
+    # schemathesis found this one as a 500: a NUL in a property name of a new version.
+    register_schema(event_type="com.example.unstorable", schema={"type": "object"})
+    schema = {"type": "object", "properties": {f"a{text}b": {"type": "string"}}}
+
+    answer = send(
+        "POST",
+        "/api/v1/schemas/com.example.unstorable/versions",
+        json.dumps({"schema": schema}).encode(),
+    )
+    described = send(
+        "PUT", "/api/v1/schemas/com.example.unstorable", json_with(text, compatibility="NONE")
+    )
+
+    assert "NUL" in problem_of(answer, 400, "invalid-body")["detail"]
+    problem_of(described, 400, "invalid-body")
+    assert EventSchema.objects.filter(event_type__name="com.example.unstorable").count() == 1

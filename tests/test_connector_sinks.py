@@ -401,3 +401,13 @@ def test_a_kafka_connection_reads_the_topics_it_names_or_only_publishes():
     with pytest.raises(InvalidConnection, match="topics"):
         KafkaConnector.check_options({})
     assert KafkaConnector.check_options({"consume": False}) == {"consume": False}
+
+
+def test_a_kafka_session_timeout_outside_3_to_3600_seconds_is_refused():
+    from workflows.events.connectors.base import InvalidConnection
+    from workflows.events.connectors.kafka import KafkaConnector
+
+    for session in (2, 3601, "10", True, float("nan")):
+        with pytest.raises(InvalidConnection, match="session_timeout_seconds"):
+            KafkaConnector.check_options({"topics": ["t"], "session_timeout_seconds": session})
+    assert KafkaConnector.check_options({"topics": ["t"], "session_timeout_seconds": 3})

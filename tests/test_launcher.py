@@ -3,6 +3,10 @@ own Redis, an event runs the demo workflow, and a signal stops everything, leavi
 
 Each test gets its own var dir (SIGNALBOX_VAR_DIR); every process the launcher starts inherits
 it, which is how we find any process left behind.
+
+Only the first test and the signal-during-migrate test migrate a fresh database; the others
+start from a copy of one migrated once per module (`migrated`), as a user's second `make run`
+does: migrating from nothing is proven once, and it was most of each start's time.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,8 +194,7 @@ def var_dir(tmp_path):
             os.kill(int(leftover.split()[0]), signal.SIGKILL)
 
 
-@pytest.fixture
-def launcher_env(var_dir) -> dict[str, str]:
+def clean_env(var_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     env.update(
         SIGNALBOX_VAR_DIR=str(var_dir),
@@ -199,6 +203,37 @@ def launcher_env(var_dir) -> dict[str, str]:
         DJANGO_SETTINGS_MODULE="orchestrator.settings",
     )
     return env
+
+
+@pytest.fixture
+def launcher_env(var_dir) -> dict[str, str]:
+    return clean_env(var_dir)
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory) -> Path:
+    """A var dir whose SQLite database is migrated (and nothing else: no admin, no demo)."""
+    template = tmp_path_factory.mktemp("template") / "var"
+    template.mkdir()
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "--skip-checks"],
+        cwd=ROOT,
+        env=clean_env(template),
+        check=True,
+        capture_output=True,
+        timeout=STARTUP_TIMEOUT,
+    )
+    return template
+
+
+@pytest.fixture
+def migrated_var_dir(migrated, var_dir) -> Path:
+    """This test's var dir, holding a copy of the migrated database (its WAL files too, if
+    SQLite left any: the copy must be the database as committed)."""
+    for path in migrated.glob("signalbox.sqlite3*"):
+        shutil.copy2(path, var_dir / path.name)
+    assert (var_dir / "signalbox.sqlite3").exists()
+    return var_dir
 
 
 @pytest.fixture
@@ -324,7 +359,10 @@ def test_make_run_serves_the_demo_workflow_and_sigterm_stops_every_process(
     assert "launcher  | stopped" in launched.lines[-1]
 
 
-def test_a_second_start_is_idempotent_and_shows_no_new_password(launch, launcher_env, var_dir):
+def test_a_second_start_is_idempotent_and_shows_no_new_password(
+    launch, launcher_env, migrated_var_dir
+):
+    var_dir = migrated_var_dir
     first = launch(launcher_env)
     first.wait_for_line(UP)
     assert first.stop(signal.SIGINT) == 0
@@ -365,7 +403,10 @@ def test_a_signal_during_migrate_stops_before_any_server_starts(launch, launcher
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_sent_to_make_alone_stops_every_process(launch, launcher_env, var_dir, signum):
+def test_a_signal_sent_to_make_alone_stops_every_process(
+    launch, launcher_env, migrated_var_dir, signum
+):
+    var_dir = migrated_var_dir
     # GNU make forwards SIGTERM to its child; SIGINT it does not (a terminal's Ctrl-C reaches
     # the whole foreground group), and waits for the child with the signal blocked.
     launched = launch(launcher_env, via_make=True)

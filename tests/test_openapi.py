@@ -5,6 +5,8 @@ server."""
 
 from __future__ import annotations
 
+import os
+import random
 import re
 
 import hypothesis
@@ -40,9 +42,14 @@ METHODS = ("get", "put", "post", "patch", "delete")
 # pattern in the description must accept no more than its converter does).
 CONVERTER = re.compile(r"<(?:(\w+):)?(\w+)>")
 
-# Bounded and repeatable: a fixed number of examples per operation and mode, derandomized
-# (one seed).
-EXAMPLES = ((GenerationMode.POSITIVE, 15), (GenerationMode.NEGATIVE, 10))
+# `make test`: bounded and repeatable, a few examples for every operation in both modes, from
+# one fixed seed. `make fuzz` (SIGNALBOX_FUZZ=full): many more, from a new seed each run
+# (SIGNALBOX_FUZZ_SEED repeats one).
+BOUNDED = ((GenerationMode.POSITIVE, 5), (GenerationMode.NEGATIVE, 3))
+FULL = ((GenerationMode.POSITIVE, 100), (GenerationMode.NEGATIVE, 50))
+FULL_RUN = os.environ.get("SIGNALBOX_FUZZ") == "full"
+EXAMPLES = FULL if FULL_RUN else BOUNDED
+SEED = int(os.environ.get("SIGNALBOX_FUZZ_SEED") or random.randrange(2**32)) if FULL_RUN else 0
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -187,6 +194,7 @@ def known(api) -> dict[str, object]:
     }
 
 
+@pytest.mark.timeout(3600 if FULL_RUN else 180)
 def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_description(
     stack, api_token, known
 ):
@@ -209,7 +217,8 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_descriptio
             failures.extend(
                 _exercise(operation.label, mode, strategy, examples, stack.base_url, headers)
             )
-    assert failures == [], "\n\n".join(failures[:20])
+    seed = f" (SIGNALBOX_FUZZ_SEED={SEED} repeats this run)" if FULL_RUN else ""
+    assert failures == [], f"examples {EXAMPLES}{seed}:\n\n" + "\n\n".join(failures[:20])
 
 
 def _exercise(label, mode, strategy, examples: int, base_url, headers) -> list[str]:
@@ -217,7 +226,7 @@ def _exercise(label, mode, strategy, examples: int, base_url, headers) -> list[s
 
     @hypothesis_settings(
         max_examples=examples,
-        derandomize=True,
+        derandomize=not FULL_RUN,
         database=None,
         deadline=None,
         phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
@@ -232,5 +241,7 @@ def _exercise(label, mode, strategy, examples: int, base_url, headers) -> list[s
             if len(found) < 3:
                 found.append(f"{label} ({mode.value}): {exc}")
 
+    if FULL_RUN:
+        exercise = hypothesis.seed(SEED)(exercise)  # new each run, named in the failure
     exercise()
     return found

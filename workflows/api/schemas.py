@@ -21,7 +21,7 @@ from django.views.decorators.http import require_http_methods
 
 from workflows.access import roles
 from workflows.api.auth import token_required
-from workflows.api.bodies import BodyTooLarge, media_type, read_limited
+from workflows.api.bodies import UNSTORABLE_TEXT, BodyTooLarge, media_type, read_limited, storable
 from workflows.api.problems import problem
 from workflows.events.compatibility import InvalidSchema
 from workflows.events.envelope import InvalidEvent, loads_json
@@ -96,13 +96,16 @@ def _read_json(request):
             kind="unsupported-media-type",
         )
     try:
-        return loads_json(read_limited(request, MAX_SCHEMA_BYTES)), None
+        body = loads_json(read_limited(request, MAX_SCHEMA_BYTES))
     except BodyTooLarge as exc:
         return None, problem(
             413, "Body too large", f"the limit is {exc.limit} bytes", kind="too-large"
         )
     except InvalidEvent as exc:  # not UTF-8, too deep, or not JSON at all
         return None, problem(400, "Invalid JSON", exc.problems[0]["message"], kind="invalid-json")
+    if not storable(body):  # schemas are stored as jsonb, descriptions as text
+        return None, problem(400, "Invalid body", UNSTORABLE_TEXT, kind="invalid-body")
+    return body, None
 
 
 @require_http_methods(["GET"])
