@@ -162,6 +162,10 @@ def stop_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
+    # Started in the background by a non-interactive shell (`make test &`), we inherit SIGINT
+    # ignored and every test process would too (a test sending SIGINT to `make run` saw it
+    # ignored); Ctrl-C stops us as usual either way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main() -> int:

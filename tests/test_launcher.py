@@ -120,6 +120,10 @@ def still_running(tree: dict[int, str]) -> list[int]:
     ]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Launched:
     """One `python -m orchestrator.launcher` (or `make run`), its output collected as it comes."""
 
@@ -136,6 +140,9 @@ class Launched:
             text=True,
             errors="replace",
             start_new_session=True,
+            # As from a terminal: a job started in the background by a non-interactive shell
+            # (`make test &`) inherits SIGINT ignored, and make would then ignore it too.
+            preexec_fn=_default_sigint,
         )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
