@@ -6,7 +6,7 @@ handing each hint to the sockets that want it, and serving frames to many socket
   (indexed by hint type) by a function call; a socket marks itself dirty. Groups a socket
   needs beyond those (a run's, a replay batch's) the Hub joins for it.
 - Sharing: pages that show the same thing to the same visibility are served together: one
-  render in the database thread, the same frame string handed to every page. A render is
+  render in the render thread, the same frame string handed to every page. A render is
   only used for a page if it started after the page's last hint, so a page never shows a
   state older than a hint it was given. A frame is encoded once and written as the same
   bytes to every socket that can take them (frame_writer.py).
@@ -167,7 +167,7 @@ class Hub:
                     await layer.group_add(group, channel)
 
     async def shared(self, key: Any, fresh_after: float, compute: Callable[[], Any]) -> Any:
-        """compute() in the database thread, or the result of a computation of the same key
+        """compute() in the render thread, or the result of a computation of the same key
         that started at or after `fresh_after`."""
         entry = self.renders.get(key)
         if entry is not None and entry[0] >= fresh_after:
@@ -186,7 +186,7 @@ class Hub:
 
     def _timed(self, compute: Callable[[], Any]) -> Callable[[], Any]:
         def timed():
-            self.computing = time.monotonic()  # push_timing: the hop to the database thread
+            self.computing = time.monotonic()  # push_timing: the hop to the render thread
             return compute()
 
         return timed

@@ -80,7 +80,7 @@ def frame_served(
                 # hint read -> render began (the loop's queue and the coalescing)
                 "queued_ms": round((started - min(waited)) * 1000, 2) if waited else None,
                 "gc_ms": round(gc_ms * 1000, 2),
-                # render began -> its computation began (the hop to the database thread)
+                # render began -> its computation began (the hop to the render thread)
                 "to_thread_ms": round((computing - started) * 1000, 2)
                 if computing and computing >= started
                 else None,

@@ -218,7 +218,7 @@ class PushConsumer(AsyncWebsocketConsumer):
     # what the hub renders
     def share(self) -> tuple[Any, Callable[[], Any]] | None:
         """(key, compute) when this page shows the same as every page with that key:
-        compute() runs once in the database thread for all of them and `frame_of` turns its
+        compute() runs once in the Hub's render thread for all of them and `frame_of` turns its
         result into this page's frame. None: the page renders alone (`render`)."""
         return None
 
