@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import types
 import weakref
@@ -299,6 +300,7 @@ class Hub:
 
 
 _renderer: ThreadPoolExecutor | None = None
+_renderer_lock = threading.Lock()  # Hubs of several loops (tests) share the one thread
 
 
 def renderer() -> ThreadPoolExecutor:
@@ -306,7 +308,9 @@ def renderer() -> ThreadPoolExecutor:
     database thread, and the one connection it keeps is enough)."""
     global _renderer
     if _renderer is None:
-        _renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signalbox-render")
+        with _renderer_lock:
+            if _renderer is None:
+                _renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signalbox-render")
     return _renderer
 
 

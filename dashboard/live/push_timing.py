@@ -23,7 +23,7 @@ PREFIX = "push-frame "
 
 log = logging.getLogger("signalbox.live.timing")
 
-# Garbage collections of this process, (start, end) in monotonic seconds, the latest few:
+# Garbage collections of this process, (start, end, generation), monotonic, the latest few:
 # a frame's line says how much of its time went to them.
 _collections: deque[tuple[float, float, int]] = deque(maxlen=256)
 _collecting: list[float] = []
