@@ -22,7 +22,9 @@ Phases, each bounded in events, clients and seconds, loopback only:
 Clients are websockets sans-I/O connections in worker processes (asyncio Protocols, the
 receive time taken as the bytes arrive), sending the session cookie and an Origin header
 like a browser; every frame is acknowledged as the browser does. The web process logs its
-own share per frame (dashboard/live/push_timing.py): srv = commit -> last socket written.
+own share per frame (dashboard/live/push_timing.py): srv = commit -> last socket written,
+and under each phase's row its parts per frame: commit -> hint read (the hop through Redis),
+hint read -> render began, the hop to the render thread, render, writes, GC in between.
 Results go to stdout and var/bench/push-*.json; docs/benchmarks.md ("Push") keeps the record.
 """
 

@@ -34,6 +34,13 @@ class Latency:
     server_ms: list[float] = field(repr=False, default_factory=list)
     render_ms: list[float] = field(repr=False, default_factory=list)
     write_ms: list[float] = field(repr=False, default_factory=list)
+    # Finer parts of the server's share, per frame: commit -> the hint read by the web
+    # process, hint read -> render began, render began -> its computation began in the
+    # database thread, and the garbage collections that ran between commit and last write.
+    hint_ms: list[float] = field(repr=False, default_factory=list)
+    queued_ms: list[float] = field(repr=False, default_factory=list)
+    thread_ms: list[float] = field(repr=False, default_factory=list)
+    gc_ms: list[float] = field(repr=False, default_factory=list)
     missed: int = 0
     frames_per_page: float = 0.0
     load_events_per_s: float = 0.0
@@ -46,12 +53,11 @@ class Latency:
         data.pop("push_ms")
         data.pop("match_ms")
         data.pop("engine_ms")
-        for name in ("server_ms", "render_ms", "write_ms"):
-            data.pop(name)
+        parts = ("server", "render", "write", "hint", "queued", "thread", "gc")
+        for name in parts:
+            data.pop(f"{name}_ms")
         for label, values in (
-            ("server", self.server_ms),
-            ("render", self.render_ms),
-            ("write", self.write_ms),
+            *((name, getattr(self, f"{name}_ms")) for name in parts),
             ("seen", self.seen_ms),
             ("succeeded", self.done_ms),
             ("push", self.push_ms),
@@ -131,6 +137,10 @@ def measure(
         server_ms=[f["commit_to_written_ms"] for f in served if f["commit_to_written_ms"]],
         render_ms=[f["render_ms"] for f in served],
         write_ms=[f["write_ms"] for f in served],
+        hint_ms=[f["hint_ms"] for f in served if f.get("hint_ms") is not None],
+        queued_ms=[f["queued_ms"] for f in served if f.get("queued_ms") is not None],
+        thread_ms=[f["to_thread_ms"] for f in served if f.get("to_thread_ms") is not None],
+        gc_ms=[f["gc_ms"] for f in served if "gc_ms" in f],
         missed=missed,
         frames_per_page=round(sum(frames) / max(1, len(frames)), 1),
         load_events_per_s=round(load.sent / load.seconds, 1) if load else 0.0,
@@ -180,5 +190,14 @@ def print_row(result: Latency) -> None:
         f"{result.load_events_per_s:>9}{s['match_p50_ms']:>9.0f}{s['engine_p50_ms']:>9.0f}"
         f"{s['server_p50_ms']:>9.0f}{s['server_p99_ms']:>9.0f}{s['render_p50_ms']:>9.1f}"
         f"{s['write_p50_ms']:>9.1f}",
+        flush=True,
+    )
+    print(
+        f"{'':<40}  srv p50/p95/p99 {s['server_p50_ms']:.1f}/{s['server_p95_ms']:.1f}/"
+        f"{s['server_p99_ms']:.1f}; per frame p50/p99: hint {s['hint_p50_ms']:.1f}/"
+        f"{s['hint_p99_ms']:.1f}, queued {s['queued_p50_ms']:.1f}/{s['queued_p99_ms']:.1f}, "
+        f"to thread {s['thread_p50_ms']:.1f}/{s['thread_p99_ms']:.1f}, render "
+        f"{s['render_p50_ms']:.1f}/{s['render_p99_ms']:.1f}, write {s['write_p50_ms']:.1f}/"
+        f"{s['write_p99_ms']:.1f}, gc {s['gc_p50_ms']:.1f}/{s['gc_p99_ms']:.1f} ms",
         flush=True,
     )

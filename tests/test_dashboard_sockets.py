@@ -264,6 +264,35 @@ async def test_sockets_showing_the_same_page_share_one_render(viewer, orders, mo
             await ws.disconnect()
 
 
+async def test_a_render_after_the_database_dropped_the_render_threads_connection_still_comes(
+    viewer, orders
+):
+    # The Hub's render thread keeps its connection between renders (hub.renderer): one the
+    # database has closed meanwhile (a restart, an idle timeout) is replaced, not a lost frame.
+    from dashboard.live import hub as live_hub
+
+    run = await database_sync_to_async(trigger)("orders")
+    ws, _snapshot = await connected("/ws/runs/?ack=1", viewer)
+    try:
+        kept = await asyncio.get_running_loop().run_in_executor(
+            live_hub.renderer(), lambda: connections["default"].connection.info.backend_pid
+        )
+
+        def drop_it_and_change_the_run() -> None:
+            with connections["default"].cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(%s)", [kept])
+            Run.objects.filter(pk=run.pk).update(status="failed")
+
+        await database_sync_to_async(drop_it_and_change_the_run)()
+        await send_run_changed(
+            notify.RUNS_GROUP, run=run.pk, seq=1, status="failed", workflow="orders"
+        )
+
+        await frames_until(ws, lambda f: f'id="run-{run.pk}" data-status="failed"' in f)
+    finally:
+        await ws.disconnect()
+
+
 async def test_a_status_change_reaches_every_page_as_one_small_frame_with_only_that_row(
     viewer, orders
 ):

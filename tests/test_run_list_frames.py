@@ -202,3 +202,25 @@ def test_a_live_render_of_rows_already_rendered_reads_the_runs_as_one_query_of_t
     assert first.full == again.full == whole
     assert 'rel="next"' in whole
     assert len(queries) == 1, [q["sql"] for q in queries]
+
+
+def test_a_row_rendered_from_the_fields_the_list_reads_is_the_row_rendered_from_the_run(db):
+    # page_rows renders new rows from its one query's tuples, never loading the run: that
+    # holds only while _run_row.html shows nothing beyond row_key.
+    from django.template.loader import get_template
+
+    from dashboard.live.run_list_frames import ROW_FIELDS, row_key, shown_run
+    from tests.factories import definition, log_step
+    from tests.runs_here import drive, publish, trigger
+    from workflows.runs.models import Run
+
+    publish("orders", definition(log_step("received")))
+    runs = [trigger("orders"), drive(trigger("orders"))]
+    Run.objects.filter(pk=runs[0].pk).update(status="failed")  # the replay tick box
+    template = get_template("dashboard/_run_row.html")
+    for run in Run.objects.select_related("workflow", "version").filter(
+        pk__in=[r.pk for r in runs]
+    ):
+        key = Run.objects.filter(pk=run.pk).values_list(*ROW_FIELDS).get()
+        assert key == row_key(run)
+        assert template.render({"run": shown_run(key)}) == template.render({"run": run})

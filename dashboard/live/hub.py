@@ -6,10 +6,15 @@ handing each hint to the sockets that want it, and serving frames to many socket
   (indexed by hint type) by a function call; a socket marks itself dirty. Groups a socket
   needs beyond those (a run's, a replay batch's) the Hub joins for it.
 - Sharing: pages that show the same thing to the same visibility are served together: one
-  render in the database thread, the same frame string handed to every page. A render is
+  render in the render thread, the same frame string handed to every page. A render is
   only used for a page if it started after the page's last hint, so a page never shows a
   state older than a hint it was given. A frame is encoded once and written as the same
   bytes to every socket that can take them (frame_writer.py).
+- Renders run on a thread of their own (`renderer`), which keeps its database connection
+  from one render to the next while sockets are open: the database thread of
+  database_sync_to_async hands its connection back to the pool after every call, and takes
+  one again (with the pool's health check, a round trip) before the next, so a render cost
+  a round trip more, and waited behind HTTP views' sync code in that one thread.
 - With SIGNALBOX_PUSH_TIMING=1 in its environment the Hub logs one line per frame it
   serves (push_timing.py): what bench/push.py reports as the server's own share.
 """
@@ -18,16 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import types
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from channels import DEFAULT_CHANNEL_LAYER
-from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from channels.sessions import InstanceSessionWrapper
+from django.db import InterfaceError, OperationalError, connection
 
 from dashboard.live import push_timing
 from dashboard.live.frame_writer import encoded
@@ -71,6 +78,7 @@ class Hub:
         # one per page.
         self.later: dict[int, list[PushConsumer]] = {}
         self._layer = None
+        self.computing: float | None = None
 
     @property
     def layer(self):
@@ -130,6 +138,8 @@ class Hub:
             except Exception as exc:  # noqa: BLE001 - it expires by itself
                 log.debug("could not leave %s: %s", group, exc)
         self.renders.clear()
+        # No socket left: the render thread's connection goes back (to the pool).
+        await asyncio.get_running_loop().run_in_executor(renderer(), _release)
 
     async def _listen(self, layer, channel: str) -> None:
         joined = time.monotonic()
@@ -158,19 +168,29 @@ class Hub:
                     await layer.group_add(group, channel)
 
     async def shared(self, key: Any, fresh_after: float, compute: Callable[[], Any]) -> Any:
-        """compute() in the database thread, or the result of a computation of the same key
+        """compute() in the render thread, or the result of a computation of the same key
         that started at or after `fresh_after`."""
         entry = self.renders.get(key)
         if entry is not None and entry[0] >= fresh_after:
             return await asyncio.shield(entry[1])
         started = time.monotonic()
-        future = asyncio.ensure_future(database_sync_to_async(compute)())
+        if push_timing.ENABLED:
+            compute = self._timed(compute)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(renderer(), _render, compute)
         self.renders[key] = (started, future)
         if len(self.renders) > 256:
             cutoff = started - RENDER_KEEP_SECONDS
             for stale in [k for k, (t, f) in self.renders.items() if t < cutoff and f.done()]:
                 del self.renders[stale]
         return await asyncio.shield(future)
+
+    def _timed(self, compute: Callable[[], Any]) -> Callable[[], Any]:
+        def timed():
+            self.computing = time.monotonic()  # push_timing: the hop to the render thread
+            return compute()
+
+        return timed
 
     # serving pages: the fan-out
     def enqueue(self, consumer: PushConsumer) -> None:
@@ -220,6 +240,7 @@ class Hub:
                 batch, self.serving[key] = self.serving[key], []
                 ready = []
                 committed: list[float] = []
+                hinted: list[float] = []
                 for consumer in batch:
                     if consumer.closed:
                         continue
@@ -229,6 +250,7 @@ class Hub:
                     consumer.dirty = False  # the render below starts after its hints
                     if consumer.committed_at is not None:
                         committed.append(consumer.committed_at)
+                        hinted.append(consumer.hinted_at)
                         consumer.committed_at = None
                     ready.append(consumer)
                 if not ready:
@@ -264,8 +286,10 @@ class Hub:
                         key=str(key[1][0]) if shared else "own",
                         pages=len(ready),
                         committed=committed,
+                        hinted=hinted,
                         started=started,
                         rendered=rendered,
+                        computing=self.computing,
                     )
         finally:
             leftover = self.serving.pop(key, [])
@@ -273,6 +297,42 @@ class Hub:
                 consumer.scheduled = False
                 if consumer.dirty and not consumer.closed:
                     consumer.schedule()
+
+
+_renderer: ThreadPoolExecutor | None = None
+_renderer_lock = threading.Lock()  # Hubs of several loops (tests) share the one thread
+
+
+def renderer() -> ThreadPoolExecutor:
+    """The process's render thread (one: renders are serialised, as they were in the
+    database thread, and the one connection it keeps is enough)."""
+    global _renderer
+    if _renderer is None:
+        with _renderer_lock:
+            if _renderer is None:
+                _renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signalbox-render")
+    return _renderer
+
+
+def _render(compute: Callable[[], Any]) -> Any:
+    """compute() in the render thread, on the connection it kept from the last render."""
+    kept = connection.connection is not None
+    try:
+        return compute()
+    except (OperationalError, InterfaceError):
+        connection.close()
+        if not kept:
+            raise
+        # The kept connection had died (a database restart, an idle timeout): once more on
+        # a new one, as the pool's health check would have given. A render only reads.
+        return compute()
+    except BaseException:
+        connection.close()  # whatever state it is in, the next render starts clean
+        raise
+
+
+def _release() -> None:
+    connection.close()  # in the render thread: `connection` is per thread
 
 
 def start_eagerly(coro, tasks: set[asyncio.Task]) -> None:

@@ -61,6 +61,7 @@ class PushConsumer(AsyncWebsocketConsumer):
     # long as its last render and send took.
     BUSY_STREAK = 2
     committed_at: float | None = None  # see push_timing.py
+    hinted_at: float = 0.0
 
     async def __call__(self, scope, receive, send):
         # A plain loop over the socket's own messages. Hints come through the Hub, so a
@@ -185,8 +186,9 @@ class PushConsumer(AsyncWebsocketConsumer):
             return
         self.hint_at = time.monotonic()
         self.dirty = True
-        if push_timing.ENABLED and self.committed_at is None:
-            self.committed_at = message.get("at")
+        if push_timing.ENABLED and self.committed_at is None and message.get("at"):
+            self.committed_at = message["at"]
+            self.hinted_at = time.time()
         self.schedule()
 
     def resync(self) -> None:
@@ -216,7 +218,7 @@ class PushConsumer(AsyncWebsocketConsumer):
     # what the hub renders
     def share(self) -> tuple[Any, Callable[[], Any]] | None:
         """(key, compute) when this page shows the same as every page with that key:
-        compute() runs once in the database thread for all of them and `frame_of` turns its
+        compute() runs once in the Hub's render thread for all of them and `frame_of` turns its
         result into this page's frame. None: the page renders alone (`render`)."""
         return None
 
