@@ -347,6 +347,7 @@ class Load:
     accepted: list[str] = field(default_factory=list)
     statuses: Counter = field(default_factory=Counter)
     refusals_without_retry_after: int = 0
+    slowest: dict = field(default_factory=dict)  # status -> the longest answer (s)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -381,12 +382,15 @@ class Load:
             "data": {"event": event_id, "n": n, **(data or {})},
         }
         for _attempt in range(retries + 1):  # a producer sends a refused event again
+            asked = time.monotonic()
             try:
                 answer = http.post("/api/v1/events", content=json.dumps(event), headers=headers)
             except httpx.HTTPError as exc:
                 self.statuses[type(exc).__name__] += 1
                 continue
             self.statuses[answer.status_code] += 1
+            took = time.monotonic() - asked
+            self.slowest[answer.status_code] = max(took, self.slowest.get(answer.status_code, 0))
             if answer.status_code // 100 == 2:
                 self.accepted.append(event_id)
                 return

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 
@@ -38,6 +39,8 @@ MAX_GROUP_EVENTS = 2000
 # Publication marks wait this long for a group to ride along with before they are written
 # alone (far inside the outbox relay's grace, so a published event is never sent twice).
 MARK_IDLE_SECONDS = 0.05
+# After the bus refused an append, new events are left to the outbox relay this long.
+BUS_AWAY_SECONDS = 5.0
 
 
 class GroupCommitter:
@@ -45,6 +48,7 @@ class GroupCommitter:
         self._queue: deque[tuple[event_intake.Submission, Future]] = deque()
         self._ready = threading.Condition()
         self._marks: list[int] = []
+        self._bus_away_until = 0.0
 
     def submit(self, submission: event_intake.Submission) -> Future:
         """Queue the submission; the future resolves to it (with `accepted` or `error`
@@ -118,8 +122,14 @@ class GroupCommitter:
     def _publish(self, created: list) -> None:
         if not created:
             return
-        if bus.append_new(created):
-            self._marks.extend(event.pk for event in created)
+        # After a failed append the outbox relay publishes for a while: a Redis that does not
+        # answer would otherwise hold every group, and its waiting requests, for the whole
+        # socket timeout (tests/chaos network-faults).
+        if time.monotonic() >= self._bus_away_until:
+            if bus.append_new(created):
+                self._marks.extend(event.pk for event in created)
+            else:
+                self._bus_away_until = time.monotonic() + BUS_AWAY_SECONDS
         notify.events_ingested(events=created)
 
     def _write_marks_alone(self) -> None:
