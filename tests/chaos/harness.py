@@ -338,35 +338,45 @@ class ChaosStack:
 
 @dataclass
 class Load:
-    """Posts events at a steady rate on a thread of its own; remembers what was accepted."""
+    """Posts events at a steady rate on threads of its own; remembers what was accepted.
+
+    With `senders` > 1 the rate is shared by that many threads, each with its own
+    connection: one thread waits for each answer before the next post, so a slow answer
+    (a loaded machine) would lower the rate offered (the soak uses several)."""
 
     stack: ChaosStack
     rate: float
     event_type: str = EVENT_TYPE
     source: str = "/chaos"
+    senders: int = 1
     accepted: list[str] = field(default_factory=list)
     statuses: Counter = field(default_factory=Counter)
     refusals_without_retry_after: int = 0
     slowest: dict = field(default_factory=dict)  # status -> the longest answer (s)
     _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> Load:
-        self._thread = threading.Thread(target=self._run, name="chaos-load", daemon=True)
-        self._thread.start()
+        for first in range(self.senders):
+            thread = threading.Thread(
+                target=self._run, args=(first,), name=f"chaos-load-{first}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
         return self
 
-    def _run(self) -> None:
+    def _run(self, first: int = 0) -> None:
         headers = {
             "Authorization": f"Bearer {self.stack.token}",
             "Content-Type": "application/cloudevents+json",
         }
-        interval, n = 1.0 / self.rate, 0
-        next_at = time.monotonic()
+        interval, n = self.senders / self.rate, first
+        next_at = time.monotonic() + first / self.rate
         with httpx.Client(base_url=self.stack.base_url, timeout=15) as http:
             while not self._stop.is_set():
                 self.send(http, headers, n)
-                n += 1
+                n += self.senders
                 next_at += interval
                 self._stop.wait(max(0.0, next_at - time.monotonic()))
 
@@ -386,11 +396,14 @@ class Load:
             try:
                 answer = http.post("/api/v1/events", content=json.dumps(event), headers=headers)
             except httpx.HTTPError as exc:
-                self.statuses[type(exc).__name__] += 1
+                with self._lock:
+                    self.statuses[type(exc).__name__] += 1
                 continue
-            self.statuses[answer.status_code] += 1
             took = time.monotonic() - asked
-            self.slowest[answer.status_code] = max(took, self.slowest.get(answer.status_code, 0))
+            with self._lock:
+                self.statuses[answer.status_code] += 1
+                slowest = max(took, self.slowest.get(answer.status_code, 0))
+                self.slowest[answer.status_code] = slowest
             if answer.status_code // 100 == 2:
                 self.accepted.append(event_id)
                 return
@@ -405,8 +418,8 @@ class Load:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
+        for thread in self._threads:
+            thread.join(30)
 
 
 @dataclass

@@ -33,9 +33,11 @@ class Size:
     rate: float  # events per second of steady load
     faults: int  # faults of each kind a scenario injects
     between: int  # events accepted between two faults
+    # 503s ingest must answer while PostgreSQL is down (each takes the pool's 3 s wait)
+    refusals: int = 3
 
 
-BOUNDED = Size(rate=15, faults=1, between=6)
+BOUNDED = Size(rate=15, faults=1, between=6, refusals=1)
 FULL = Size(rate=10, faults=10, between=30)
 
 
@@ -149,7 +151,7 @@ def postgres_restarts(stack: ChaosStack, size: Size, rng: random.Random) -> Resu
             stack.postgres.stop(mode)
             result.faults[f"PostgreSQL {mode}"] += 1
             wait_until(
-                lambda mark=mark: load.sent_since(mark, 503) >= 3,
+                lambda mark=mark: load.sent_since(mark, 503) >= size.refusals,
                 timeout=60,
                 interval=0.05,
                 message="ingest to answer 503 while PostgreSQL is down",

@@ -25,6 +25,7 @@ import httpx
 import psutil
 
 from tests.chaos.harness import LOGS, ChaosStack, Load, settle
+from tests.waiting import wait_until
 
 PASSWORD = "soak-password-1-long-enough"
 SINK_DELAY_SECONDS = 0.003
@@ -175,7 +176,13 @@ def soak(stack: ChaosStack, *, seconds: float, rate: float, sockets: int, every:
     cookie = login(stack.base_url, "soak")
     ws_url = stack.base_url.replace("http://", "ws://") + "/ws/runs/?ack=1"
     pages = Pages(ws_url, cookie, sockets).start()
-    load = Load(stack, rate).start()
+    # Measured with every page open: the pages' process takes a while to start when loaded.
+    wait_until(
+        lambda: pages.connected + len(pages.errors) >= sockets,
+        timeout=180,
+        message=f"{sockets} pages to connect",
+    )
+    load = Load(stack, rate, senders=max(1, round(rate / 10))).start()
     samples, started = [], time.time()
     memory_start = None
     try:
@@ -201,8 +208,11 @@ def soak(stack: ChaosStack, *, seconds: float, rate: float, sockets: int, every:
             print(json.dumps(sample), flush=True)
     finally:
         load.stop()
-    outcome = settle(stack, load.accepted, statuses=load.statuses)
+    # At the end of the load, before the backlog (if any) is worked off; printed now, so a
+    # soak stopped while it settles still tells.
     memory_end = memory(stack)
+    print(json.dumps({"memory_start_mb": memory_start, "memory_end_mb": memory_end}), flush=True)
+    outcome = settle(stack, load.accepted, statuses=load.statuses)
     pages.stop()
     return {
         "seconds": seconds,
