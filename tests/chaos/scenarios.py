@@ -308,6 +308,7 @@ def poison(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
 # (workflows/infra/redis_client.py), a PostgreSQL connect 5 s and the web pool's wait 3 s
 # (orchestrator/settings.py).
 BLACK_HOLE_SECONDS = 8.0
+LATENCY_SECONDS = 5.0
 STORE_TIMEOUT_SECONDS = 3.0  # SIGNALBOX_INGEST_STORE_TIMEOUT (orchestrator/settings.py)
 
 
@@ -327,7 +328,10 @@ def network_faults(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
             for proxy in proxies.values():
                 proxy.latency = rng.uniform(0.05, 0.2)
             result.faults["latency 50-200 ms on both"] += 1
-            _accepted_meanwhile(load, size.between)
+            # A few seconds of it, with traffic: a request makes several round trips, so
+            # under 200 ms each the load's one sender gets a few events a second at most.
+            _for_seconds(LATENCY_SECONDS)
+            _accepted_meanwhile(load, 1, timeout=120)
             for proxy in proxies.values():
                 proxy.latency = 0.0
             for name, proxy in proxies.items():

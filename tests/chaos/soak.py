@@ -182,7 +182,7 @@ def soak(stack: ChaosStack, *, seconds: float, rate: float, sockets: int, every:
         timeout=180,
         message=f"{sockets} pages to connect",
     )
-    load = Load(stack, rate, senders=max(1, round(rate / 10))).start()
+    load = Load(stack, rate, senders=max(1, round(rate / 4))).start()
     samples, started = [], time.time()
     memory_start = None
     try:
