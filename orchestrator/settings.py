@@ -183,6 +183,14 @@ else:
             },
         }
     }
+# How long ingest waits for its events' commit before answering 503 with Retry-After: a
+# database that accepted the connection and then went silent must not hold requests for as
+# long as the silence lasts. The pool's wait for a connection, by default.
+SIGNALBOX_INGEST_STORE_TIMEOUT_SECONDS = float(
+    os.environ.get(
+        "SIGNALBOX_INGEST_STORE_TIMEOUT", os.environ.get("SIGNALBOX_DB_POOL_TIMEOUT", "3")
+    )
+)
 if DATABASE_URL:
     # A database that does not answer (a host gone, a black-holed network) fails a connect in
     # seconds, not at the operating system's TCP timeout of minutes.

@@ -11,7 +11,7 @@ from django.db import DataError, connection
 from django.test.utils import CaptureQueriesContext
 
 from tests.factories import cloudevent
-from workflows.access.tokens import create_api_token, revoke_api_token
+from workflows.access.tokens import create_api_token, identify, revoke_api_token
 from workflows.events import bus
 from workflows.events import intake as event_intake
 from workflows.events.envelope import from_structured
@@ -220,3 +220,41 @@ def test_live_hints_of_groups_close_together_go_out_together(token_id, monkeypat
     committer.submit(submission(token_id, "h-4"))  # lets the waiting _take return
     waiting.join(30)
     assert len(taken[0]) == 1
+
+
+def test_ingest_answers_503_when_the_store_does_not_answer_in_time(token_id, settings, monkeypatch):
+    # A database gone silent (a black-holed network, tests/chaos network-faults) held every
+    # request for as long as the silence lasted, with no 503 and no Retry-After.
+    import asyncio
+    import json
+
+    from workflows.api import fast_events
+
+    class Silent:
+        def submit_async(self, submission):
+            return asyncio.get_running_loop().create_future()  # never resolved
+
+    monkeypatch.setattr(fast_events, "committer", Silent)
+    settings.SIGNALBOX_INGEST_STORE_TIMEOUT_SECONDS = 0.2
+    _token, plaintext = create_api_token(name="silent", role="editor")
+    identify(plaintext)  # cached: the request's lookup needs no connection of its own
+    headers = fast_events.Headers({"authorization": f"Bearer {plaintext}"})
+    body = json.dumps(cloudevent(id="silent-1")).encode()
+    ingest = fast_events.FastEventIngest(app=None)
+    status, payload, extra = asyncio.run(ingest._accept({}, headers, fast_events.STRUCTURED, body))
+    assert status == 503 and (b"retry-after", b"1") in extra
+    assert payload["status"] == 503
+
+
+def test_after_the_bus_refuses_an_append_the_next_groups_leave_it_to_the_relay(
+    token_id, monkeypatch
+):
+    # A silent Redis held every group for the client's socket timeout (network-faults).
+    calls = []
+    monkeypatch.setattr(bus, "append_new", lambda events: calls.append(events) and False)
+    committer = GroupCommitter()
+    commit_once(committer, submission(token_id, "away-1"))
+    [future] = commit_once(committer, submission(token_id, "away-2"))
+
+    assert len(calls) == 1 and future.result().accepted
+    assert Event.objects.filter(published_at__isnull=True).count() == 2  # the relay's now

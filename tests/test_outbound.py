@@ -434,3 +434,15 @@ def test_guarded_client_talks_real_http(recorder):
 
     assert isinstance(response, httpx.Response) and response.status_code == 200
     assert recorder.requests[0].json() == {"a": 1}
+
+
+def test_guarded_clients_share_one_verifying_tls_context():
+    # Loading the CA bundle per request cost a step 100+ ms on a loaded machine (the soak).
+    import ssl
+
+    contexts = []
+    for _ in range(2):
+        with guarded_client([], timeout=5) as client:
+            contexts.append(client._transport._pool._ssl_context)
+    assert contexts[0] is contexts[1]
+    assert contexts[0].verify_mode == ssl.CERT_REQUIRED and contexts[0].check_hostname

@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             line = describe(result)
             print(f"{'ok  ' if line['ok'] else 'FAIL'} {name} ({time.monotonic() - started:.0f} s)"
                   f": faults {line['faults']}\n     {line['summary']}", flush=True)  # fmt: skip
+            for what, figures in line["figures"].items():
+                print(f"     {what}: {figures}", flush=True)
             for note in line["notes"]:
                 print(f"     note: {note}", flush=True)
     finally:

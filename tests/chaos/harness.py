@@ -114,7 +114,12 @@ class ChaosStack:
 
     `worker_hosts` ({process name: network namespace}) runs workers in network namespaces
     of their own instead of the one `worker` (tests/chaos/hosts.py); then the services and
-    the sink listen on `listen_host`, an address those namespaces can reach."""
+    the sink listen on `listen_host`, an address those namespaces can reach.
+
+    `proxied=False` connects the processes to PostgreSQL and Redis directly: the fault
+    proxies run in this (Python, one GIL) process, so every byte through them competes with
+    whatever else the test does here — right for faults, wrong for a measurement (the soak).
+    `sink_delay` is how long the sink holds each answer (tests/chaos/sink.py)."""
 
     def __init__(
         self,
@@ -123,6 +128,9 @@ class ChaosStack:
         delay_seconds: float = 4.0,
         listen_host: str = "127.0.0.1",
         worker_hosts: dict[str, str] | None = None,
+        proxied: bool = True,
+        sink_delay: float | None = None,
+        concurrency: int = 2,
     ):
         self.tag = tag or uuid.uuid4().hex[:8]
         self.workdir = Path(tempfile.mkdtemp(prefix=f"signalbox-chaos-{self.tag}-"))
@@ -130,7 +138,9 @@ class ChaosStack:
         self.redis = PrivateRedis(self.workdir)
         self.listen_host = listen_host
         self.worker_hosts = dict(worker_hosts or {})
-        self.sink = Sink(listen_host)
+        self.sink = Sink(listen_host) if sink_delay is None else Sink(listen_host, sink_delay)
+        self.proxied = proxied
+        self.concurrency = concurrency
         self.delay_seconds = delay_seconds
         self.processes: dict[str, subprocess.Popen] = {}
         self.port = free_port()
@@ -147,9 +157,11 @@ class ChaosStack:
         self.postgres.init()
         self.redis.start()
         host = self.listen_host
-        self.pg_proxy = FaultProxy(self.postgres.port, name="postgres", host=host)
-        self.redis_proxy = FaultProxy(self.redis.port, name="redis", host=host)
-        pg_port, redis_port = self.pg_proxy.start(), self.redis_proxy.start()
+        pg_port, redis_port = self.postgres.port, self.redis.port
+        if self.proxied:
+            self.pg_proxy = FaultProxy(self.postgres.port, name="postgres", host=host)
+            self.redis_proxy = FaultProxy(self.redis.port, name="redis", host=host)
+            pg_port, redis_port = self.pg_proxy.start(), self.redis_proxy.start()
         self.sink.start()
         with psycopg.connect(self.postgres.url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE signalbox")
@@ -180,10 +192,7 @@ class ChaosStack:
             "SIGNALBOX_PYTHON_MODULES": "tests.chaos.python_steps",
         }
         direct = {**self.env, "DATABASE_URL": self.database_url}
-        self.manage(["migrate", "-v0"], env=direct)
-        self.token = self.manage(
-            ["create_api_token", "chaos", "--role", "editor"], env=direct
-        ).strip()
+        imports = []
         for slug, definition in (
             ("chaos-orders", workflow(self.sink.url)),
             ("chaos-delayed", delayed_workflow(self.sink.url, self.delay_seconds)),
@@ -191,7 +200,21 @@ class ChaosStack:
         ):
             path = self.workdir / f"{slug}.json"
             path.write_text(json.dumps(definition))
-            self.manage(["workflows", "import", str(path), "--slug", slug, "--publish"], env=direct)
+            imports.append((str(path), slug))
+        # One Django start for the whole setup, not one per command: each costs seconds on
+        # a loaded machine.
+        setup = (
+            "import io\nfrom django.core.management import call_command\n"
+            "call_command('migrate', verbosity=0)\n"
+            f"for path, slug in {imports!r}:\n"
+            "    call_command('workflows', 'import', path, '--slug', slug, '--publish',"
+            " stdout=io.StringIO())\n"
+            "out = io.StringIO()\n"
+            "call_command('create_api_token', 'chaos', '--role', 'editor', stdout=out)\n"
+            "print('TOKEN=' + out.getvalue().strip())\n"
+        )
+        output = self.manage(["shell", "--no-imports", "-c", setup], env=direct)
+        self.token = output.split("TOKEN=")[-1].strip()
         self._start_web()
         for name in (*(self.worker_hosts or ["worker"]), "bus", "scheduler"):
             self.start_process(name)
@@ -239,7 +262,7 @@ class ChaosStack:
             # apart.
             label = namespace or f"chaos-{self.tag}-{uuid.uuid4().hex[:4]}"
             worker = [str(Path(python).parent / "celery"), "-A", "orchestrator", "worker",
-                      "--loglevel", "WARNING", "--concurrency", "2", "--hostname",
+                      "--loglevel", "WARNING", "--concurrency", str(self.concurrency), "--hostname",
                       f"{label}@%h", "--without-gossip", "--without-mingle"]  # fmt: skip
             return ["ip", "netns", "exec", namespace, *worker] if namespace else worker
         if name == "bus":
@@ -315,34 +338,45 @@ class ChaosStack:
 
 @dataclass
 class Load:
-    """Posts events at a steady rate on a thread of its own; remembers what was accepted."""
+    """Posts events at a steady rate on threads of its own; remembers what was accepted.
+
+    With `senders` > 1 the rate is shared by that many threads, each with its own
+    connection: one thread waits for each answer before the next post, so a slow answer
+    (a loaded machine) would lower the rate offered (the soak uses several)."""
 
     stack: ChaosStack
     rate: float
     event_type: str = EVENT_TYPE
     source: str = "/chaos"
+    senders: int = 1
     accepted: list[str] = field(default_factory=list)
     statuses: Counter = field(default_factory=Counter)
     refusals_without_retry_after: int = 0
+    slowest: dict = field(default_factory=dict)  # status -> the longest answer (s)
     _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> Load:
-        self._thread = threading.Thread(target=self._run, name="chaos-load", daemon=True)
-        self._thread.start()
+        for first in range(self.senders):
+            thread = threading.Thread(
+                target=self._run, args=(first,), name=f"chaos-load-{first}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
         return self
 
-    def _run(self) -> None:
+    def _run(self, first: int = 0) -> None:
         headers = {
             "Authorization": f"Bearer {self.stack.token}",
             "Content-Type": "application/cloudevents+json",
         }
-        interval, n = 1.0 / self.rate, 0
-        next_at = time.monotonic()
+        interval, n = self.senders / self.rate, first
+        next_at = time.monotonic() + first / self.rate
         with httpx.Client(base_url=self.stack.base_url, timeout=15) as http:
             while not self._stop.is_set():
                 self.send(http, headers, n)
-                n += 1
+                n += self.senders
                 next_at += interval
                 self._stop.wait(max(0.0, next_at - time.monotonic()))
 
@@ -358,12 +392,18 @@ class Load:
             "data": {"event": event_id, "n": n, **(data or {})},
         }
         for _attempt in range(retries + 1):  # a producer sends a refused event again
+            asked = time.monotonic()
             try:
                 answer = http.post("/api/v1/events", content=json.dumps(event), headers=headers)
             except httpx.HTTPError as exc:
-                self.statuses[type(exc).__name__] += 1
+                with self._lock:
+                    self.statuses[type(exc).__name__] += 1
                 continue
-            self.statuses[answer.status_code] += 1
+            took = time.monotonic() - asked
+            with self._lock:
+                self.statuses[answer.status_code] += 1
+                slowest = max(took, self.slowest.get(answer.status_code, 0))
+                self.slowest[answer.status_code] = slowest
             if answer.status_code // 100 == 2:
                 self.accepted.append(event_id)
                 return
@@ -378,8 +418,8 @@ class Load:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
+        for thread in self._threads:
+            thread.join(30)
 
 
 @dataclass

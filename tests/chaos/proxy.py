@@ -2,8 +2,10 @@
 
 The processes under test reach the service only through it, so a scenario can add
 latency, reset every open connection, refuse new ones (the service is "down" as far as
-they can tell) or black-hole them (accepted, then silence: the worst kind of network
-fault, where only timeouts help). It runs its own event loop on a thread.
+they can tell) or black-hole them: silence both ways and no new connection reaches the
+service, until the black hole is lifted and what was held is delivered, as TCP does once a
+partition heals. Only a client's own timeouts notice a black hole. It runs its own event
+loop on a thread.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class FaultProxy:
         self.refusing = False
         self.black_hole = False
         self._loop = asyncio.new_event_loop()
+        self._clear: asyncio.Event | None = None  # set while not black-holed
         self._writers: set[asyncio.StreamWriter] = set()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"fault-proxy-{name}", daemon=True)
@@ -35,6 +38,8 @@ class FaultProxy:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
+        self._clear = asyncio.Event()
+        self._clear.set()
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((self.host, 0))
@@ -55,6 +60,7 @@ class FaultProxy:
         if self.refusing:
             writer.transport.abort()
             return
+        await self._clear.wait()  # a black hole drops the handshake: the client's timeout counts
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -71,8 +77,8 @@ class FaultProxy:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while chunk := await reader.read(65536):
-                if self.black_hole:
-                    continue  # swallowed: the peer waits for an answer that never comes
+                if not self._clear.is_set():
+                    await self._clear.wait()  # held: the peer waits for an answer
                 if self.latency:
                     await asyncio.sleep(self.latency)
                 writer.write(chunk)
@@ -110,11 +116,15 @@ class FaultProxy:
 
     def up(self) -> None:
         self.refusing = False
-        self.black_hole = False
         self.latency = 0.0
+        self.set_black_hole(False)
+
+    def connections(self) -> int:
+        return len(self._writers) // 2
 
     def set_black_hole(self, on: bool) -> None:
         self.black_hole = on
+        self._call(self._clear.clear if on else self._clear.set)
 
     def stop(self) -> None:
         if self._thread.is_alive():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,9 +33,11 @@ class Size:
     rate: float  # events per second of steady load
     faults: int  # faults of each kind a scenario injects
     between: int  # events accepted between two faults
+    # 503s ingest must answer while PostgreSQL is down (each takes the pool's 3 s wait)
+    refusals: int = 3
 
 
-BOUNDED = Size(rate=15, faults=1, between=6)
+BOUNDED = Size(rate=15, faults=1, between=6, refusals=1)
 FULL = Size(rate=10, faults=10, between=30)
 
 
@@ -44,6 +47,7 @@ class Result:
     faults: Counter = field(default_factory=Counter)
     outcome: Outcome | None = None
     notes: list[str] = field(default_factory=list)
+    figures: dict = field(default_factory=dict)  # what a scenario measured on the way
 
 
 def _accepted_meanwhile(load: Load, count: int, timeout: float = 60) -> None:
@@ -147,7 +151,7 @@ def postgres_restarts(stack: ChaosStack, size: Size, rng: random.Random) -> Resu
             stack.postgres.stop(mode)
             result.faults[f"PostgreSQL {mode}"] += 1
             wait_until(
-                lambda mark=mark: load.sent_since(mark, 503) >= 3,
+                lambda mark=mark: load.sent_since(mark, 503) >= size.refusals,
                 timeout=60,
                 interval=0.05,
                 message="ingest to answer 503 while PostgreSQL is down",
@@ -300,6 +304,75 @@ def poison(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
     return result
 
 
+# A black hole outlasts every client timeout the processes rely on: Redis commands 5 s
+# (workflows/infra/redis_client.py), a PostgreSQL connect 5 s and the web pool's wait 3 s
+# (orchestrator/settings.py).
+BLACK_HOLE_SECONDS = 8.0
+LATENCY_SECONDS = 5.0
+STORE_TIMEOUT_SECONDS = 3.0  # SIGNALBOX_INGEST_STORE_TIMEOUT (orchestrator/settings.py)
+
+
+def network_faults(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
+    """The network between the processes and their services misbehaves under steady load,
+    through the fault proxies: 50-200 ms of added latency on PostgreSQL and Redis, every
+    open connection to each reset, and each black-holed (silence, then what was held
+    delivered) for longer than any client timeout. Nothing is restarted: every process must
+    notice by its own timeouts and reconnect by itself."""
+    result = Result("network faults (latency, resets, black holes) under load")
+    proxies = {"PostgreSQL": stack.pg_proxy, "Redis": stack.redis_proxy}
+    if None in proxies.values():
+        raise RuntimeError("network-faults needs a stack with its proxies (proxied=True)")
+    load = Load(stack, size.rate).start()
+    try:
+        for _ in range(size.faults):
+            for proxy in proxies.values():
+                proxy.latency = rng.uniform(0.05, 0.2)
+            result.faults["latency 50-200 ms on both"] += 1
+            # A few seconds of it, with traffic: a request makes several round trips, so
+            # under 200 ms each the load's one sender gets a few events a second at most.
+            _for_seconds(LATENCY_SECONDS)
+            _accepted_meanwhile(load, 1, timeout=120)
+            for proxy in proxies.values():
+                proxy.latency = 0.0
+            for name, proxy in proxies.items():
+                result.faults[f"{name} connections reset"] += proxy.reset()
+                _accepted_meanwhile(load, max(3, size.between // 2))
+            for name, proxy in proxies.items():
+                load.slowest, mark = {}, Counter(load.statuses)
+                proxy.set_black_hole(True)
+                result.faults[f"{name} black-holed {BLACK_HOLE_SECONDS:.0f} s"] += 1
+                try:
+                    _for_seconds(BLACK_HOLE_SECONDS)
+                finally:
+                    proxy.up()
+                _accepted_meanwhile(load, max(3, size.between // 2), timeout=120)
+                slowest = max(load.slowest.values(), default=0.0)
+                figures = result.figures.setdefault(f"{name} black hole", Counter())
+                figures["503 answers"] += load.sent_since(mark, 503)
+                figures["slowest answer (s)"] = max(figures["slowest answer (s)"], slowest)
+                # The promise (docs/reliability.md): with the database away, ingest answers
+                # 503 + Retry-After within its store timeout, not after the silence ends.
+                if name == "PostgreSQL" and slowest > STORE_TIMEOUT_SECONDS + 3:
+                    result.notes.append(
+                        f"an answer took {slowest:.1f} s with PostgreSQL black-holed"
+                        f" ({dict(load.slowest)})"
+                    )
+        _accepted_meanwhile(load, size.between, timeout=120)
+    finally:
+        load.stop()
+        for proxy in proxies.values():
+            proxy.up()
+    result.outcome = settle(stack, load.accepted, statuses=load.statuses)
+    if load.refusals_without_retry_after:
+        result.notes.append(f"{load.refusals_without_retry_after} 503s without Retry-After")
+    return result
+
+
+def _for_seconds(seconds: float) -> None:
+    """A fault's duration (not a wait for something to happen)."""
+    threading.Event().wait(seconds)
+
+
 def _poison_findings(stack: ChaosStack, sent: dict[str, str]) -> list[str]:
     """What each poison event should have come to; a line per one that did not."""
     notes = []
@@ -365,6 +438,7 @@ SCENARIOS = {
     "frozen-worker": frozen_worker,
     "delays-across-restart": delays_across_restart,
     "poison": poison,
+    "network-faults": network_faults,
 }
 
 
@@ -376,6 +450,7 @@ def describe(result: Result) -> dict:
         "ok": bool(outcome and outcome.ok),
         "summary": outcome.summary() if outcome else "not run",
         "notes": result.notes,
+        "figures": {k: dict(v) for k, v in result.figures.items()},
     }
 
 

@@ -21,7 +21,10 @@ class QuietServer(ThreadingHTTPServer):
 
 
 class Sink:
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", answer_after: float = ANSWER_AFTER_SECONDS) -> None:
+        # The fault scenarios need the gap between effect and answer to kill a worker in;
+        # the soak, which measures, wants an answer in a few ms like a real API.
+        self.answer_after = answer_after
         self.deliveries: Counter[str] = Counter()
         self.bodies: dict[str, bytes] = {}
         self.lock = threading.Lock()
@@ -42,7 +45,7 @@ class Sink:
                     gate = next((g for mark, g in sink.held.items() if mark in body), None)
                 if gate is not None:
                     gate.wait(60)
-                time.sleep(ANSWER_AFTER_SECONDS)  # the effect happened; the answer is on its way
+                time.sleep(sink.answer_after)  # the effect happened; the answer is on its way
                 body = b'{"ok": true}'
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

@@ -10,72 +10,117 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import os
+import queue
 import signal
 import statistics
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 import psutil
 
 from tests.chaos.harness import LOGS, ChaosStack, Load, settle
+from tests.waiting import wait_until
 
 PASSWORD = "soak-password-1-long-enough"
+SINK_DELAY_SECONDS = 0.003
 
 
 @dataclass
 class Pages:
-    """`count` run-list pages open over WebSockets on a thread of their own, each
-    acknowledging its frames as the browser's page does."""
+    """`count` run-list pages open over WebSockets, each acknowledging its frames as the
+    browser's page does. They run in a process of their own (spawned): 200 pages receive
+    and acknowledge thousands of frames a second, which in the soak's own process would
+    starve the load generator and the sink of the GIL and slow the stack being measured."""
 
     url: str
     cookie: str
     count: int
-    connected: int = 0
-    frames: int = 0
-    disconnects: int = 0
-    errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _process: multiprocessing.process.BaseProcess | None = None
 
     def start(self) -> Pages:
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._all()), daemon=True)
-        self._thread.start()
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._counts = context.Array("q", 3, lock=False)  # connected, frames, disconnects
+        self._errors = context.Queue()
+        self._seen_errors: list[str] = []
+        self._process = context.Process(
+            target=_run_pages,
+            args=(self.url, self.cookie, self.count, self._stop, self._counts, self._errors),
+            name="soak-pages",
+            daemon=True,
+        )
+        self._process.start()
         return self
 
-    async def _all(self) -> None:
-        await asyncio.gather(*(self._page() for _ in range(self.count)))
+    @property
+    def connected(self) -> int:
+        return self._counts[0]
 
-    async def _page(self) -> None:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed
+    @property
+    def frames(self) -> int:
+        return self._counts[1]
 
-        origin = self.url.replace("ws://", "http://").split("/ws/")[0]
-        headers = {"Cookie": f"sessionid={self.cookie}", "Origin": origin}
+    @property
+    def disconnects(self) -> int:
+        return self._counts[2]
+
+    @property
+    def errors(self) -> list[str]:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._seen_errors.append(self._errors.get_nowait())
+        if self._process is not None and self._process.exitcode not in (None, 0):
+            return [*self._seen_errors, f"the pages' process exited {self._process.exitcode}"]
+        return self._seen_errors
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._stop.set()
+        self._process.join(30)
+        errors = self.errors  # drained before the process is gone for good
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(10)
+        self._seen_errors = errors
+
+
+def _run_pages(url: str, cookie: str, count: int, stop, counts, errors) -> None:
+    """The pages' process: `count` sockets on one event loop; counts go back through
+    shared memory, each error through a queue."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    origin = url.replace("ws://", "http://").split("/ws/")[0]
+    headers = {"Cookie": f"sessionid={cookie}", "Origin": origin}
+
+    async def page() -> None:
         try:
-            async with connect(self.url, additional_headers=headers, open_timeout=60) as ws:
-                self.connected += 1
-                while not self._stop.is_set():
+            async with connect(url, additional_headers=headers, open_timeout=60) as ws:
+                counts[0] += 1
+                while not stop.is_set():
                     try:
                         await asyncio.wait_for(ws.recv(), timeout=0.5)
                     except TimeoutError:
                         continue
-                    self.frames += 1
-                    await ws.send(json.dumps({"ack": self.frames}))
+                    counts[1] += 1
+                    await ws.send(json.dumps({"ack": counts[1]}))
         except ConnectionClosed as exc:
-            self.disconnects += 1
-            self.errors.append(f"closed: {exc}")
+            counts[2] += 1
+            errors.put(f"closed: {exc}")
         except Exception as exc:  # noqa: BLE001 - counted and reported, never hidden
-            self.errors.append(f"{type(exc).__name__}: {exc}")
+            errors.put(f"{type(exc).__name__}: {exc}")
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
+    async def all_pages() -> None:
+        await asyncio.gather(*(page() for _ in range(count)))
+
+    asyncio.run(all_pages())
 
 
 def login(base_url: str, username: str) -> str:
@@ -131,17 +176,24 @@ def soak(stack: ChaosStack, *, seconds: float, rate: float, sockets: int, every:
     cookie = login(stack.base_url, "soak")
     ws_url = stack.base_url.replace("http://", "ws://") + "/ws/runs/?ack=1"
     pages = Pages(ws_url, cookie, sockets).start()
-    load = Load(stack, rate).start()
+    # Measured with every page open: the pages' process takes a while to start when loaded.
+    wait_until(
+        lambda: pages.connected + len(pages.errors) >= sockets,
+        timeout=180,
+        message=f"{sockets} pages to connect",
+    )
+    load = Load(stack, rate, senders=max(1, round(rate / 4))).start()
     samples, started = [], time.time()
     memory_start = None
     try:
         while time.time() - started < seconds:
-            window_start = time.time()
+            window_start, accepted_before = time.time(), len(load.accepted)
             time.sleep(min(every, max(0.0, seconds - (time.time() - started))))
             done = latencies(stack, window_start)
             sample = {
                 "t": round(time.time() - started),
                 "accepted": len(load.accepted),
+                "accepted_in": len(load.accepted) - accepted_before,
                 "errors": sum(n for s, n in load.statuses.items() if s not in (200, 201, 202)),
                 "runs_done": len(done),
                 "p50_ms": round(percentile(done, 50), 1),
@@ -156,8 +208,11 @@ def soak(stack: ChaosStack, *, seconds: float, rate: float, sockets: int, every:
             print(json.dumps(sample), flush=True)
     finally:
         load.stop()
-    outcome = settle(stack, load.accepted, statuses=load.statuses)
+    # At the end of the load, before the backlog (if any) is worked off; printed now, so a
+    # soak stopped while it settles still tells.
     memory_end = memory(stack)
+    print(json.dumps({"memory_start_mb": memory_start, "memory_end_mb": memory_end}), flush=True)
+    outcome = settle(stack, load.accepted, statuses=load.statuses)
     pages.stop()
     return {
         "seconds": seconds,
@@ -194,10 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=40, help="events per second")
     parser.add_argument("--sockets", type=int, default=200, help="dashboard pages open")
     parser.add_argument("--every", type=float, default=30, help="seconds per sample")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes")
     args = parser.parse_args(argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still clean up (finally below)
-    stack = ChaosStack().start()
+    # No faults here: the processes reach PostgreSQL and Redis directly, not through the
+    # proxies in this process, and the sink answers in a few ms like a real API.
+    stack = ChaosStack(proxied=False, sink_delay=SINK_DELAY_SECONDS, concurrency=args.concurrency)
+    stack.start()
     try:
         report = soak(
             stack, seconds=args.minutes * 60, rate=args.rate, sockets=args.sockets,

@@ -138,10 +138,20 @@ class FastEventIngest:
             envelopes, token_id=identity.pk, trace=traced.traceparent
         )
         try:
-            await committer().submit_async(submission)
+            # Bounded: a database that does not answer at all (a black-holed network) would
+            # otherwise hold the request for as long as the silence lasts. The submission
+            # may still commit after the 503; the producer's resend of the same id is then
+            # stored once (unique on source and id).
+            await asyncio.wait_for(
+                asyncio.shield(committer().submit_async(submission)),
+                settings.SIGNALBOX_INGEST_STORE_TIMEOUT_SECONDS,
+            )
         except DatabaseError as exc:
             traced.end(error=f"store unavailable: {type(exc).__name__}")
             return _unavailable(exc)
+        except TimeoutError:
+            traced.end(error="store did not answer in time")
+            return _unavailable("the event store did not answer in time")
         except Exception:  # noqa: BLE001 - logged by the committer; the view tries alone
             traced.end(error="handed to the view")
             return None
@@ -153,12 +163,13 @@ class FastEventIngest:
         return status, payload, []
 
 
-def _unavailable(exc: DatabaseError):
+def _unavailable(exc: DatabaseError | str):
     log.warning("events not stored, answering 503: %s", exc)
     unavailable = problem_body(
         503,
         "Service unavailable",
-        "the event store cannot be reached; nothing was stored, send it again",
+        "the event store cannot be reached; send it again (an id already stored is not"
+        " stored twice)",
         kind="unavailable",
     )
     return 503, unavailable, [(b"retry-after", b"1")]

@@ -48,6 +48,8 @@ MARK_IDLE_SECONDS = 0.05
 # (two or three Redis round trips on the process's push thread), which cost as much CPU as
 # a group's store while groups of 2-5 requests came every few milliseconds.
 HINT_INTERVAL_SECONDS = 0.01
+# After the bus refused an append, new events are left to the outbox relay this long.
+BUS_AWAY_SECONDS = 5.0
 
 
 class GroupCommitter:
@@ -57,6 +59,7 @@ class GroupCommitter:
         self._marks: list[int] = []
         self._hints: list = []  # committed events whose live hint is still to go
         self._hinted_at = -HINT_INTERVAL_SECONDS
+        self._bus_away_until = 0.0
 
     def submit(self, submission: event_intake.Submission) -> Future:
         """Queue the submission; the future resolves to it (with `accepted` or `error`
@@ -154,8 +157,14 @@ class GroupCommitter:
     def _publish(self, created: list) -> None:
         if not created:
             return
-        if bus.append_new(created):
-            self._marks.extend(event.pk for event in created)
+        # After a failed append the outbox relay publishes for a while: a Redis that does not
+        # answer would otherwise hold every group, and its waiting requests, for the whole
+        # socket timeout (tests/chaos network-faults).
+        if time.monotonic() >= self._bus_away_until:
+            if bus.append_new(created):
+                self._marks.extend(event.pk for event in created)
+            else:
+                self._bus_away_until = time.monotonic() + BUS_AWAY_SECONDS
         self._hints.extend(created)
         if time.monotonic() >= self._hinted_at + HINT_INTERVAL_SECONDS:
             self._send_hints()
