@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
+import psutil
 
 from tests.chaos.harness import (
     DELAYED_TYPE,
@@ -83,7 +84,12 @@ def worker_kills(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
                     victim.send_signal(signal.SIGKILL)
                 result.faults["pool processes killed after an effect"] += 1
             elif n % 3 == 1:
-                rng.choice(stack.pool_processes()).send_signal(signal.SIGKILL)
+                # Looked up again as it is killed: Celery may be replacing the pool just now.
+                wait_until(
+                    lambda: _kill_one(stack.pool_processes(), rng),
+                    timeout=60,
+                    message="a pool process to kill",
+                )
                 result.faults["pool process killed at random"] += 1
             else:
                 stack.restart("worker")
@@ -93,6 +99,15 @@ def worker_kills(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
         load.stop()
     result.outcome = settle(stack, load.accepted, statuses=load.statuses)
     return result
+
+
+def _kill_one(processes: list[psutil.Process], rng: random.Random) -> bool:
+    """kill -9 one of `processes`, picked at random; False if there was none to kill."""
+    try:
+        rng.choice(processes).send_signal(signal.SIGKILL)
+    except (IndexError, psutil.NoSuchProcess):
+        return False
+    return True
 
 
 def bus_kills(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
