@@ -6,6 +6,7 @@ Every loop is bounded in count and in time; every wait is on a condition with a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -81,7 +82,8 @@ def worker_kills(stack: ChaosStack, size: Size, rng: random.Random) -> Result:
                     message="a side effect to reach the sink",
                 )
                 for victim in stack.pool_processes():
-                    victim.send_signal(signal.SIGKILL)
+                    with contextlib.suppress(psutil.NoSuchProcess):  # gone meanwhile
+                        victim.send_signal(signal.SIGKILL)
                 result.faults["pool processes killed after an effect"] += 1
             elif n % 3 == 1:
                 # Looked up again as it is killed: Celery may be replacing the pool just now.
