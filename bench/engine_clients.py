@@ -74,9 +74,14 @@ def listen_postgres(database_url: str):
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(f"LISTEN {DONE_CHANNEL}")
             ready.set()
-            while not stopped.is_set():
-                for notice in conn.notifies(timeout=0.5):
-                    note(notice.payload)
+            try:
+                while not stopped.is_set():
+                    for notice in conn.notifies(timeout=0.5):
+                        note(notice.payload)
+            except psycopg.OperationalError:
+                if not stopped.is_set():
+                    raise
+                # else the stack dropped its database as we were told to stop: done
 
     return listen
 
