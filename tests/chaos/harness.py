@@ -441,6 +441,8 @@ class Outcome:
     duplicate_runs: list[str]
     unexplained_dead_letters: list[str]
     statuses: dict
+    # What the unfinished runs' attempts were doing: why they did not finish.
+    unfinished_attempts: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -464,6 +466,7 @@ class Outcome:
             f"duplicate runs {len(self.duplicate_runs)}, unexplained dead letters "
             f"{len(self.unexplained_dead_letters)}; answers {dict(self.statuses)}"
             + "".join(f"\n       {letter}" for letter in self.unexplained_dead_letters[:5])
+            + "".join(f"\n       unfinished {line}" for line in self.unfinished_attempts[:10])
         )
 
 
@@ -567,6 +570,12 @@ def settle(
         for pk, kind, reason, ce_id in letters
         if not explained(ce_id, reason)
     ]
+    unfinished = sorted(run_id for run_id, status in runs if status not in FINAL)
+    attempts = stack.query(
+        "SELECT run_id, step_id, attempt, status, worker, enqueued_at, started_at, heartbeat_at"
+        " FROM workflows_steprun WHERE run_id = ANY(%s) ORDER BY run_id, id",
+        (unfinished[:10],),
+    )
     return Outcome(
         accepted=len(ids),
         stored=len(stored_ids),
@@ -576,7 +585,12 @@ def settle(
         effects=len(mine),
         deliveries=sum(seen[key] for key in mine),
         lost=sorted((set(ids) - stored_ids) | unmatched),
-        unfinished=sorted(run_id for run_id, status in runs if status not in FINAL),
+        unfinished=unfinished,
+        unfinished_attempts=[
+            f"run {run} {step}#{attempt} {status} worker={worker or '-'} enqueued={enqueued}"
+            f" started={started} heartbeat={beat}"
+            for run, step, attempt, status, worker, enqueued, started, beat in attempts
+        ],
         journal_gaps=gaps,
         missing_effects=missing,
         duplicated_effects=sorted(e for e, k in keys_by_event.items() if len(k) > 1),
