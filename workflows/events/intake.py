@@ -411,8 +411,12 @@ _RECORDSET_SQL = (
 
 
 def _insert_recordset(cursor, events: Sequence[Event]) -> None:
-    sql = _RECORDSET_SQL.format(table=_table(Event), columns=", ".join(COLUMNS), record=_record())
-    cursor.execute(sql, [_recordset(events)])
+    cursor.execute(_recordset_sql(), [_recordset(events)])
+
+
+@functools.cache
+def _recordset_sql() -> str:  # built once, as _at_once_sql: every group commit sends it
+    return _RECORDSET_SQL.format(table=_table(Event), columns=", ".join(COLUMNS), record=_record())
 
 
 def _record() -> str:
