@@ -100,8 +100,14 @@ def test_the_flow_map_shows_live_edges_and_a_click_filters_the_table(viewer_page
     expect(phone_edge.locator("text.flow-edge-label")).to_be_visible()
     overflow = page_overflow(page)
     assert overflow["scroll"] <= overflow["inner"], overflow
-    # Not shrunk to a third (unreadable): wider than its box, which scrolls.
-    assert page.locator("#flow-map .flow-map-scroll").evaluate(
-        "box => box.scrollWidth > box.clientWidth"
+    # Not shrunk to a third (unreadable): wider than its box, which scrolls. Looked up and
+    # measured in one script: a live frame replaces #flow-map, and a box found in one
+    # round trip and measured in the next may be detached by then (0 wide, 0 scrolled).
+    widths = page.evaluate(
+        """() => {
+            const box = document.querySelector("#flow-map .flow-map-scroll");
+            return box && {scroll: box.scrollWidth, client: box.clientWidth};
+        }"""
     )
+    assert widths and widths["client"] > 0 and widths["scroll"] > widths["client"], widths
     screenshot(page, "flow-map-phone")
