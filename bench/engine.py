@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     profile: dict = {}
     info: dict = {}
     ok = False
+    signalbox = baseline = None
     try:
         stack.start()
         info = machine(stack.database_url, stack.redis_url)
@@ -158,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
                 profile = profile_chain(signalbox, chain, stack)
         ok = not any(m.note for m in measurements)
     finally:
+        # The done listeners stop before the stack drops the database under them.
+        for client in (signalbox, baseline):
+            if client is not None:
+                client.seen.close()
         stack.stop(keep_logs=not ok)  # the processes' logs are kept when something went wrong
 
     info["load_average"] = load_before

@@ -59,12 +59,14 @@ class Seen:
         def run() -> None:
             listen(note, ready, self.stopped)
 
-        threading.Thread(target=run, name="bench-seen", daemon=True).start()
+        self.thread = threading.Thread(target=run, name="bench-seen", daemon=True)
+        self.thread.start()
         if not ready.wait(30):
             raise RuntimeError("the done listener did not start")
 
     def close(self) -> None:
         self.stopped.set()
+        self.thread.join(5)  # it wakes every 0.5 s to look
 
 
 def listen_postgres(database_url: str):

@@ -76,7 +76,7 @@ def test_a_light_one_step_run_finishes_in_the_consumer_with_no_celery_task(sent)
     run = matched_by_the_consumer(accepted(event_type))
 
     assert run.status == "succeeded"
-    assert sent == [("signalbox.run_finished", (run.pk,))]  # no execute_step message
+    assert sent == []  # no execute_step message, and no follow-up to send
     only = StepRun.objects.get(run=run)
     assert (only.status, only.worker) == ("succeeded", execution.worker_name())
     assert only.output == {"message": f"run {run.pk}"}

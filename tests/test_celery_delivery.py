@@ -51,7 +51,6 @@ def test_steps_retries_and_finished_runs_are_sent_without_eta_or_countdown(sent)
     assert sent == [
         ("signalbox.execute_step", (first.pk,), {}),
         ("signalbox.execute_step", (second.pk,), {}),
-        ("signalbox.run_finished", (run.pk,), {}),
     ]
 
 

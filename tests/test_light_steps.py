@@ -107,7 +107,7 @@ def test_a_chain_of_light_steps_runs_in_one_task_and_journals_every_step(sent):
         (f"s{i}", "succeeded", "w1") for i in range(6)
     ]
     assert all(s.started_at and s.finished_at and s.started_at <= s.finished_at for s in steps)
-    assert sent == [("signalbox.run_finished", (run.pk,))]  # no message per step
+    assert sent == []  # no message per step (and no follow-up: no limits, no parent)
     kinds = journal_kinds(run)
     for index in range(6):
         step = f"s{index}"
@@ -326,7 +326,7 @@ def test_the_light_step_after_a_side_effecting_one_runs_in_the_same_task(sent, w
     execution.execute_step(step_run_id=first_attempt(run, "call").pk)
 
     assert first_attempt(run, "after").status == "succeeded"
-    assert sent == [("signalbox.run_finished", (run.pk,))]
+    assert sent == []
 
 
 # --- only what a step names is loaded --------------------------------------------------------
