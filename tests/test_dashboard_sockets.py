@@ -342,6 +342,28 @@ async def test_an_idle_page_gets_its_frame_without_waiting_for_a_coalescing_wind
         await ws.disconnect()
 
 
+async def test_a_page_that_just_had_a_frame_waits_its_interval_for_the_next(
+    viewer, orders, monkeypatch
+):
+    # The run list's cap on frames a second (RunListConsumer.interval), made long enough
+    # that the second frame cannot come within the wait: the first still comes at once.
+    monkeypatch.setattr(live_consumers.RunListConsumer, "interval", 3600.0)
+    run = await database_sync_to_async(trigger)("orders")
+    ws, _snapshot = await connected("/ws/runs/?ack=1", viewer)
+    try:
+        for seq, status in enumerate(("failed", "succeeded"), start=1):
+            await database_sync_to_async(Run.objects.filter(pk=run.pk).update)(status=status)
+            await send_run_changed(
+                notify.RUNS_GROUP, run=run.pk, seq=seq, status=status, workflow="orders"
+            )
+            if seq == 1:
+                await frames_until(ws, lambda f: f'id="run-{run.pk}" data-status="failed"' in f)
+
+        assert await ws.receive_nothing(timeout=0.5)  # the second waits out the interval
+    finally:
+        await ws.disconnect()
+
+
 async def wait_for(condition, what: str) -> None:
     """Wait on the test's own loop (the sockets run on it) until `condition()` holds."""
     deadline = asyncio.get_running_loop().time() + TIMEOUT

@@ -201,6 +201,9 @@ def soak(stack: ChaosStack, *, seconds: float, rate: float, sockets: int, every:
                 "p99_ms": round(percentile(done, 99), 1),
                 "pages": pages.connected - pages.disconnects,
                 "frames": pages.frames,
+                # Each process's resident memory at every sample: growth that levels off
+                # is warm-up, growth at a steady slope a leak.
+                "rss_mb": {k: round(v, 1) for k, v in memory(stack).items()},
             }
             if memory_start is None:
                 memory_start = memory(stack)  # after the first interval: warmed up
@@ -246,7 +249,7 @@ def print_report(report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10)
-    parser.add_argument("--rate", type=float, default=40, help="events per second")
+    parser.add_argument("--rate", type=float, default=20, help="events per second")
     parser.add_argument("--sockets", type=int, default=200, help="dashboard pages open")
     parser.add_argument("--every", type=float, default=30, help="seconds per sample")
     parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes")
