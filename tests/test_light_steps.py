@@ -329,6 +329,22 @@ def test_the_light_step_after_a_side_effecting_one_runs_in_the_same_task(sent, w
     assert sent == []
 
 
+def test_a_side_effecting_steps_result_does_not_read_its_runs_version_and_event_again(
+    sent, witness
+):
+    run = start_run_here("read-once", http_step("call", witness.url))
+    sent.clear()
+
+    with CaptureQueriesContext(connection) as captured:
+        execution.execute_step(step_run_id=first_attempt(run, "call").pk)
+
+    assert first_attempt(run, "call").status == "succeeded"
+    locks = [q["sql"] for q in captured.captured_queries if "FOR UPDATE" in q["sql"]]
+    assert len(locks) == 2, locks  # the claim, then the result: each locks the run
+    joined = [sql for sql in locks if '"workflows_workflowversion"' in sql]
+    assert len(joined) == 1, joined  # the claim's read is taken again for the result
+
+
 # --- only what a step names is loaded --------------------------------------------------------
 def test_references_are_read_from_the_expressions_a_step_holds():
     found = references_in(["steps.a.output.x + steps['b-c'].port", "secrets.token"])

@@ -451,11 +451,14 @@ def record_result(
     input_=None,
     from_status: StepStatus = StepStatus.RUNNING,
     continuation: Continuation | None = None,
+    joined: Run | None = None,
 ) -> bool:
     """Write an attempt's result and advance its run, once. False if fenced out (the
-    attempt is no longer `from_status`: a late or repeated result)."""
+    attempt is no longer `from_status`: a late or repeated result). `joined`: the run as
+    the claim read it (see lock_attempt): its version, workflow and event are not read
+    again, the costliest statement of a step's second transaction to build."""
     with transaction.atomic():
-        step_run = lock_attempt(step_run_id)
+        step_run = lock_attempt(step_run_id, joined=joined)
         if step_run is None:
             raise StepRun.DoesNotExist(f"no attempt {step_run_id}")
         return write_result(

@@ -563,6 +563,7 @@ def _run_claimed(
         output=mask(output, secrets),
         input_=stored_input(step, kind, rendered, run, secrets),
         continuation=continuation,
+        joined=run,
     )
     return True
 
