@@ -277,6 +277,45 @@ def test_a_type_a_run_waits_for_is_not_settled_unheard(bus_settings):
     assert [d.event_id for d in rest] == [awaited.pk]
 
 
+@pytest.mark.parametrize("vendor", ["postgresql", "other"])
+def test_hearing_names_the_subscribed_the_awaited_and_the_unschemed_run_types(vendor, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from workflows.events.models import EventType
+    from workflows.runs.models import EventWaiter, StepRun
+
+    publish("hearing-host")
+    [trigger] = stored(1)
+    match_events(event_ids=[trigger.pk])
+    run = Run.objects.get(event=trigger)
+    now = timezone.now()
+    for event_type, expires in (("com.example.awaited", 5), ("com.example.lapsed", -5)):
+        EventWaiter.objects.create(
+            step_run=StepRun.objects.create(run=run, step_id=event_type, kind="wait_for_event"),
+            run=run,
+            event_type=event_type,
+            expires_at=now + timedelta(minutes=expires),
+        )
+    schemed = sorted(event_services.RUN_EVENT_TYPES)[0]
+    EventType.objects.create(name=schemed)
+    # "other": the statement as written for SQLite (a placeholder per value), run here.
+    if vendor == "other":
+        monkeypatch.setattr(connection, "vendor", "sqlite")
+    asked = [PLACED, "com.example.awaited", "com.example.lapsed", QUIET]
+
+    heard = event_services.hearing(asked)
+    quietly = event_services.hearing(asked, subscriptions=False)
+
+    assert heard.subscribed == {PLACED}
+    assert heard.waited == quietly.waited == {"com.example.awaited"}
+    assert heard.unschemed_run_types == event_services.RUN_EVENT_TYPES - {schemed}
+    assert heard.listened == {PLACED, "com.example.awaited"}
+    assert quietly.subscribed == set()
+    assert event_services.hearing([]).unschemed_run_types == heard.unschemed_run_types
+
+
 def nested(depth: int) -> dict:
     value: dict = {"bottom": True}
     for _ in range(depth):

@@ -46,18 +46,13 @@ _UNSCHEMED: ContextVar[set[str] | None] = ContextVar("unschemed_types", default=
 
 @contextmanager
 def unschemed_types_remembered(known: Iterable[str] = ()) -> Iterator[None]:
-    """`known`: types the caller has just found to have no schema (see unschemed_among)."""
+    """`known`: types the caller has just found to have no schema (a type with no EventType
+    row has none, as `check_event_data` would find one by one; matching.hearing asks)."""
     token = _UNSCHEMED.set(set(known))
     try:
         yield
     finally:
         _UNSCHEMED.reset(token)
-
-
-def unschemed_among(types: Iterable[str]):
-    """A query (unevaluated) for the `types` that are registered: those it does not name
-    have no schema, as `check_event_data` would find one by one."""
-    return EventType.objects.filter(name__in=sorted(set(types))).values_list("name", flat=True)
 
 
 def check_event_data(envelope: Envelope) -> SchemaCheck:

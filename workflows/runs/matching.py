@@ -5,16 +5,13 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import Case, CharField, F, Value, When
-from django.db.models.functions import Coalesce
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from workflows.catalog.definition_parsing import definition_for
@@ -23,16 +20,16 @@ from workflows.core import engine
 from workflows.core.expressions import ExpressionError, bind, evaluate
 from workflows.core.lineage import RUN_TYPE_PREFIX
 from workflows.core.states import TERMINAL_RUN, RunStatus
-from workflows.events import bus
+from workflows.events import bus, stamps
 from workflows.events.envelope import to_structured
 from workflows.events.intake import ingest_event
-from workflows.events.models import DeadLetter, Event
+from workflows.events.models import DeadLetter, Event, EventType
 from workflows.events.schemas import (
     SchemaViolation,
-    unschemed_among,
     unschemed_types_remembered,
 )
 from workflows.infra import flow_counters, tracing
+from workflows.infra.sql_lists import among
 from workflows.runs.advance import Continuation, one_run_write
 from workflows.runs.control import admit
 from workflows.runs.execution import Budget, run_kept_steps
@@ -334,21 +331,28 @@ def hearing(types: Collection[str], *, subscriptions: bool = True) -> Hearing:
     asked without `subscriptions`), those a run waits for (EventWaiter.event_type index),
     and the run event types registered."""
     types = sorted(set(types))
-    tag = functools.partial(Value, output_field=CharField())
-    parts = [unschemed_among(RUN_EVENT_TYPES).values_list(tag("r"), "name")]
+    # Written out: the bus consumer asks this for every read, and the ORM took longer to
+    # build the union than the database takes to answer it.
+    quote = connection.ops.quote_name
+    params: list = []
+    parts = [
+        f"SELECT 'r', {quote('name')} FROM {quote(EventType._meta.db_table)} "
+        f"WHERE {quote('name')} {among(sorted(RUN_EVENT_TYPES), params)}"
+    ]
     if types:
         parts.append(
-            EventWaiter.objects.filter(
-                event_type__in=types, expires_at__gt=timezone.now()
-            ).values_list(tag("w"), "event_type")
+            f"SELECT 'w', {quote('event_type')} FROM {quote(EventWaiter._meta.db_table)} "
+            f"WHERE {quote('event_type')} {among(types, params)} AND {quote('expires_at')} > %s"
         )
+        params.append(connection.ops.adapt_datetimefield_value(timezone.now()))
     if types and subscriptions:
         parts.append(
-            TriggerSubscription.objects.filter(event_type__in=types).values_list(
-                tag("s"), "event_type"
-            )
+            f"SELECT 's', {quote('event_type')} FROM {quote(TriggerSubscription._meta.db_table)} "
+            f"WHERE {quote('event_type')} {among(types, params)}"
         )
-    rows = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    with connection.cursor() as cursor:
+        cursor.execute(" UNION ".join(parts), params)
+        rows = cursor.fetchall()
     found: dict[str, set[str]] = {"s": set(), "w": set(), "r": set()}
     for kind, name in rows:
         found[kind].add(name)
@@ -421,25 +425,7 @@ def mark_matched(*event_ids: int, published: Collection[int] = ()) -> None:
     """Before the bus entries are acknowledged: an event left unmatched once its partition
     is drained was lost from the bus, and the relay publishes it again. `published`: other
     events to mark published in the same UPDATE (see PublishedMarks)."""
-    # COALESCE, not `matched_at IS NULL` in the WHERE clause: see bus.mark_published.
-    now = Value(timezone.now())
-    matched_at = Coalesce(F("matched_at"), now)
-    published_at = Coalesce(F("published_at"), now)
-    changes = {}
-    if event_ids:
-        changes["matched_at"] = (
-            Case(When(pk__in=event_ids, then=matched_at), default=F("matched_at"))
-            if published
-            else matched_at
-        )
-    if published:
-        changes["published_at"] = (
-            Case(When(pk__in=published, then=published_at), default=F("published_at"))
-            if event_ids
-            else published_at
-        )
-    if changes:
-        Event.objects.filter(pk__in=[*event_ids, *published]).update(**changes)
+    stamps.stamp(matched=event_ids, published=published)
 
 
 class EventFilters:
