@@ -192,9 +192,36 @@ SIGNALBOX_INGEST_STORE_TIMEOUT_SECONDS = float(
     )
 )
 if DATABASE_URL:
+    _db_options = DATABASES["default"].setdefault("OPTIONS", {})
     # A database that does not answer (a host gone, a black-holed network) fails a connect in
     # seconds, not at the operating system's TCP timeout of minutes.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+    _db_options.setdefault("connect_timeout", 5)
+    # A client host that vanishes mid-transaction (cut off, powered down) leaves its session
+    # holding its row locks until the server sees the peer is gone: at Linux's keepalive
+    # defaults, two hours, while every run and timer behind those locks waits (the fault
+    # suite's cut-off host stalled the scheduler so). Both ends probe an idle connection
+    # after SIGNALBOX_DB_KEEPALIVE_SECONDS and drop it after 3 unanswered probes. 0 turns
+    # this off (a connection pooler in between may refuse the `options` parameter).
+    _keepalive = int(os.environ.get("SIGNALBOX_DB_KEEPALIVE_SECONDS", "10"))
+    if _keepalive > 0:
+        _interval = max(1, _keepalive // 2)
+        _db_options.update(
+            keepalives=1,
+            keepalives_idle=_keepalive,
+            keepalives_interval=_interval,
+            keepalives_count=3,
+        )
+        _db_options["options"] = " ".join(
+            filter(
+                None,
+                [
+                    _db_options.get("options", ""),
+                    f"-c tcp_keepalives_idle={_keepalive}",
+                    f"-c tcp_keepalives_interval={_interval}",
+                    "-c tcp_keepalives_count=3",
+                ],
+            )
+        )
 # Each test run gets its own database (see tests/services.py).
 if os.environ.get("SIGNALBOX_TEST_DB_NAME"):
     DATABASES["default"].setdefault("TEST", {})["NAME"] = os.environ["SIGNALBOX_TEST_DB_NAME"]

@@ -71,6 +71,21 @@ def test_both_hosts_work_and_cutting_one_off_loses_nothing(two_hosts):
         )
     finally:
         load.stop()
+    # The cut host's database sessions, some of them mid-transaction with a run's row
+    # locked, are dropped by PostgreSQL's keepalives (SIGNALBOX_DB_KEEPALIVE_SECONDS): left
+    # to the kernel's two hours, they held a run's attempt and the scheduler's sweep behind
+    # it, and that run never finished.
+    cut_address = hosts.addresses[first]
+    wait_until(
+        lambda: (
+            not stack.query(
+                "SELECT 1 FROM pg_stat_activity WHERE host(client_addr) = %s", (cut_address,)
+            )
+        ),
+        timeout=60,
+        interval=0.5,
+        message=f"the sessions of the cut host ({cut_address}) to be dropped",
+    )
     outcome = settle(stack, load.accepted, timeout=120)
     assert outcome.ok, outcome.summary()
     assert outcome.accepted > 0 and outcome.succeeded == outcome.runs == outcome.accepted, (

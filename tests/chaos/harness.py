@@ -189,6 +189,9 @@ class ChaosStack:
             "SIGNALBOX_REDELIVER_UNMATCHED_SECONDS": "5",
             # A step message lost with Redis or with a killed worker is sent again after 8 s.
             "SIGNALBOX_REENQUEUE_AFTER_SECONDS": "8",
+            # A host cut off mid-transaction: PostgreSQL drops its sessions (and their row
+            # locks) after ~6 s of unanswered keepalives.
+            "SIGNALBOX_DB_KEEPALIVE_SECONDS": "3",
             "SIGNALBOX_PYTHON_MODULES": "tests.chaos.python_steps",
         }
         direct = {**self.env, "DATABASE_URL": self.database_url}
