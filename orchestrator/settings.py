@@ -197,19 +197,23 @@ if DATABASE_URL:
     # seconds, not at the operating system's TCP timeout of minutes.
     _db_options.setdefault("connect_timeout", 5)
     # A client host that vanishes mid-transaction (cut off, powered down) leaves its session
-    # holding its row locks until the server sees the peer is gone: at Linux's keepalive
-    # defaults, two hours, while every run and timer behind those locks waits (the fault
-    # suite's cut-off host stalled the scheduler so). Both ends probe an idle connection
-    # after SIGNALBOX_DB_KEEPALIVE_SECONDS and drop it after 3 unanswered probes. 0 turns
-    # this off (a connection pooler in between may refuse the `options` parameter).
+    # holding its row locks until the server sees the peer is gone: at Linux's defaults, two
+    # hours idle, or ~15 minutes of retransmitting an answer nobody acknowledges, while
+    # every run and timer behind those locks waits (the fault suite's cut-off host stalled
+    # the scheduler so). Both ends probe an idle connection after
+    # SIGNALBOX_DB_KEEPALIVE_SECONDS and drop it after 3 unanswered probes, or once data
+    # sent has gone unacknowledged as long (tcp_user_timeout). 0 turns this off (a
+    # connection pooler in between may refuse the `options` parameter).
     _keepalive = int(os.environ.get("SIGNALBOX_DB_KEEPALIVE_SECONDS", "10"))
     if _keepalive > 0:
         _interval = max(1, _keepalive // 2)
+        _user_timeout_ms = (_keepalive + 3 * _interval) * 1000
         _db_options.update(
             keepalives=1,
             keepalives_idle=_keepalive,
             keepalives_interval=_interval,
             keepalives_count=3,
+            tcp_user_timeout=_user_timeout_ms,
         )
         _db_options["options"] = " ".join(
             filter(
@@ -219,6 +223,7 @@ if DATABASE_URL:
                     f"-c tcp_keepalives_idle={_keepalive}",
                     f"-c tcp_keepalives_interval={_interval}",
                     "-c tcp_keepalives_count=3",
+                    f"-c tcp_user_timeout={_user_timeout_ms}",
                 ],
             )
         )

@@ -44,6 +44,7 @@ POISON_TYPES = {
 }
 FINAL = ("succeeded", "failed", "cancelled")
 SETTLE_CAP_SECONDS = 3600
+DB_KEEPALIVE_SECONDS = 3
 
 
 def workflow(sink_url: str) -> dict:
@@ -159,7 +160,11 @@ class ChaosStack:
         host = self.listen_host
         pg_port, redis_port = self.postgres.port, self.redis.port
         if self.proxied:
-            self.pg_proxy = FaultProxy(self.postgres.port, name="postgres", host=host)
+            # Probing clients as PostgreSQL itself does here (SIGNALBOX_DB_KEEPALIVE_SECONDS
+            # below): through the proxy, the server's own probes reach only the proxy.
+            self.pg_proxy = FaultProxy(
+                self.postgres.port, name="postgres", host=host, keepalive=DB_KEEPALIVE_SECONDS
+            )
             self.redis_proxy = FaultProxy(self.redis.port, name="redis", host=host)
             pg_port, redis_port = self.pg_proxy.start(), self.redis_proxy.start()
         self.sink.start()
@@ -191,7 +196,7 @@ class ChaosStack:
             "SIGNALBOX_REENQUEUE_AFTER_SECONDS": "8",
             # A host cut off mid-transaction: PostgreSQL drops its sessions (and their row
             # locks) after ~6 s of unanswered keepalives.
-            "SIGNALBOX_DB_KEEPALIVE_SECONDS": "3",
+            "SIGNALBOX_DB_KEEPALIVE_SECONDS": str(DB_KEEPALIVE_SECONDS),
             "SIGNALBOX_PYTHON_MODULES": "tests.chaos.python_steps",
         }
         direct = {**self.env, "DATABASE_URL": self.database_url}

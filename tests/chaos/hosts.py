@@ -55,7 +55,6 @@ class Hosts:
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     namespaces: list[str] = field(default_factory=list)
     _links: dict[str, str] = field(default_factory=dict)  # namespace -> machine-side veth
-    addresses: dict[str, str] = field(default_factory=dict)  # namespace -> its own address
     subnet: int = 0
     _address_added: bool = False
 
@@ -83,7 +82,6 @@ class Hosts:
         machine, host = f"{PREFIX}.{self.subnet}.{4 * n + 1}", f"{PREFIX}.{self.subnet}.{4 * n + 2}"
         ip("netns", "add", namespace)
         self.namespaces.append(namespace)
-        self.addresses[namespace] = host
         ip("link", "add", outside, "type", "veth", "peer", "name", inside)
         self._links[namespace] = outside
         ip("link", "set", inside, "netns", namespace)

@@ -16,8 +16,20 @@ import threading
 
 
 class FaultProxy:
-    def __init__(self, target_port: int, *, name: str = "proxy", host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        target_port: int,
+        *,
+        name: str = "proxy",
+        host: str = "127.0.0.1",
+        keepalive: int = 0,
+    ):
         self.target_port = target_port
+        # Probe each client after this many idle seconds (0: never), as the service would
+        # probe its own peer (keepalives, tcp_user_timeout): a client host that vanished
+        # (cut off) then has its upstream connection closed, and the service drops the
+        # session (PostgreSQL: its locks).
+        self.keepalive = keepalive
         self.host = host  # where it listens (the service itself stays on loopback)
         self.name = name
         self.port = 0
@@ -61,6 +73,16 @@ class FaultProxy:
             writer.transport.abort()
             return
         await self._clear.wait()  # a black hole drops the handshake: the client's timeout counts
+        client = writer.get_extra_info("socket")
+        if self.keepalive and client is not None:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, self.keepalive)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, self.keepalive // 2))
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+            # And an answer the client never acknowledges (it was cut off as it came): no
+            # keepalive runs while data waits to be acknowledged.
+            timeout_ms = (self.keepalive + 3 * max(1, self.keepalive // 2)) * 1000
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
