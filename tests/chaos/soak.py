@@ -249,7 +249,7 @@ def print_report(report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10)
-    parser.add_argument("--rate", type=float, default=20, help="events per second")
+    parser.add_argument("--rate", type=float, default=15, help="events per second")
     parser.add_argument("--sockets", type=int, default=200, help="dashboard pages open")
     parser.add_argument("--every", type=float, default=30, help="seconds per sample")
     parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes")

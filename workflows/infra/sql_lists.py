@@ -9,9 +9,8 @@ from django.db import connection
 
 def among(values: Sequence, params: list) -> str:
     """The condition text after a column, `= ANY(%s)` or `IN (%s, …)`, its parameters
-    appended to `params`. PostgreSQL takes the list as one array parameter (the same text
-    for any number of values, so the server's plan cache and ours see one statement);
-    SQLite gets a placeholder per value."""
+    appended to `params`. PostgreSQL takes the list as one array parameter (one statement
+    text for any number of values); SQLite gets a placeholder per value."""
     if connection.vendor == "postgresql":
         params.append(list(values))
         return "= ANY(%s)"
