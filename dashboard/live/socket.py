@@ -9,8 +9,9 @@
   the hints that came in the same read are one render). While a render of its page is in
   flight, further hints only mark it dirty: one more render follows when the frame is out,
   no sooner than `interval` after it (a few ms for a run's page, a quarter second for the
-  run list; the overview, flow and lineage keep their longer gaps). A page that stays busy frame after frame (load) waits as long as its
-  last render and send took, so pushing never takes more than about half of the process.
+  run list; the overview, flow and lineage keep their longer gaps). A page that stays busy
+  frame after frame (load) waits as long as its last render and send took, so pushing
+  never takes more than about half of the process.
 - Flow control: a page that connects with `ack=1` acknowledges every frame with
   {"ack": <frames received>}. While WINDOW frames are unacknowledged nothing more is sent;
   changes meanwhile collapse into one render of the latest state, sent when the page
