@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from workflows.access.models import ApiToken
 from workflows.core.lineage import correlation_extensions
-from workflows.events import bus
+from workflows.events import bus, stamps
 from workflows.events.envelope import Envelope, check_storable
 from workflows.events.models import Event, EventType
 from workflows.events.schemas import SchemaCheck, SchemaViolation, check_event_data
@@ -203,7 +203,7 @@ def _store_optimistically(
     types = sorted({e.type for s in submissions for e in s.envelopes})
     with connection.cursor() as cursor:
         with connection.connection.pipeline():
-            _mark_published(marks, cursor)
+            stamps.stamp(published=marks, cursor=cursor)
             cursor.execute("SAVEPOINT sb_intake")
             live_cursor = connection.cursor()
             live_cursor.execute(
@@ -265,16 +265,6 @@ def _settle(submissions: Sequence[Submission]) -> list[Event]:
                 Accepted(twin.pk, twin.source, twin.ce_id, True, twin.validation)
             )
     return created
-
-
-def _mark_published(event_ids: Sequence[int], cursor) -> None:
-    # By primary key alone (see bus.mark_published for why).
-    if event_ids:
-        cursor.execute(
-            f"UPDATE {_table(Event)} SET published_at = COALESCE(published_at, %s) "
-            "WHERE id = ANY(%s)",
-            [timezone.now(), list(event_ids)],
-        )
 
 
 def _table(model) -> str:
