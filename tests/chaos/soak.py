@@ -190,6 +190,7 @@ def soak(stack: ChaosStack, *, seconds: float, rate: float, sockets: int, every:
             window_start, accepted_before = time.time(), len(load.accepted)
             time.sleep(min(every, max(0.0, seconds - (time.time() - started))))
             done = latencies(stack, window_start)
+            rss = memory(stack)
             sample = {
                 "t": round(time.time() - started),
                 "accepted": len(load.accepted),
@@ -203,10 +204,10 @@ def soak(stack: ChaosStack, *, seconds: float, rate: float, sockets: int, every:
                 "frames": pages.frames,
                 # Each process's resident memory at every sample: growth that levels off
                 # is warm-up, growth at a steady slope a leak.
-                "rss_mb": {k: round(v, 1) for k, v in memory(stack).items()},
+                "rss_mb": {k: round(v, 1) for k, v in rss.items()},
             }
             if memory_start is None:
-                memory_start = memory(stack)  # after the first interval: warmed up
+                memory_start = rss  # after the first interval: warmed up
             samples.append(sample)
             print(json.dumps(sample), flush=True)
     finally:
