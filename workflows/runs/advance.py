@@ -22,6 +22,7 @@ from workflows.catalog.definition_parsing import definition_for
 from workflows.core import engine
 from workflows.core.states import TERMINAL_RUN, RunStatus, StepStatus, check_run_move, step_move
 from workflows.events.models import DeadLetter
+from workflows.infra import row_sql
 from workflows.live import notify
 from workflows.runs import task_queue
 from workflows.runs.models import EventWaiter, Run, RunJournal, StepRun
@@ -62,7 +63,7 @@ def journal(run: Run, kind: str, **data) -> None:
     entry = RunJournal(run=run, seq=run.seq, kind=kind, data=data)
     pending = getattr(run, "_journal_pending", None)
     if pending is None:
-        entry.save(force_insert=True)
+        row_sql.insert([entry])
     else:
         pending.append(entry)
 
@@ -78,7 +79,7 @@ def journal_batch(run: Run) -> Iterator[None]:
     try:
         yield
         if run._journal_pending:  # type: ignore[attr-defined]
-            RunJournal.objects.bulk_create(run._journal_pending)  # type: ignore[attr-defined]
+            row_sql.insert(run._journal_pending)  # type: ignore[attr-defined]
     finally:
         run._journal_pending = None  # type: ignore[attr-defined]
 
@@ -87,9 +88,15 @@ def save_run(run: Run, fields: list[str]) -> None:
     """Write the run's changed columns now, or, inside `one_run_write`, once at its end."""
     deferred = getattr(run, "_deferred_fields", None)
     if deferred is None:
-        run.save(update_fields=fields)
+        write_run(run, fields)
     else:
         deferred.update(fields)
+
+
+def write_run(run: Run, fields) -> None:
+    """`run.save(update_fields=fields)`, without the ORM building the UPDATE each time."""
+    if not row_sql.update(run, sorted(fields)):
+        raise Run.DoesNotExist(f"run {run.pk} is gone")
 
 
 @contextmanager
@@ -105,7 +112,7 @@ def one_run_write(run: Run) -> Iterator[None]:
             yield
         fields = run._deferred_fields  # type: ignore[attr-defined]
         if fields:
-            run.save(update_fields=sorted(fields))
+            write_run(run, fields)
         store_run_events(run, run._unsaved_events)  # type: ignore[attr-defined]
     finally:
         run._deferred_fields = run._unsaved_events = None  # type: ignore[attr-defined]
@@ -312,24 +319,32 @@ def _wind_down(run: Run, now, state: engine.RunState | None = None) -> None:
         EventWaiter.objects.filter(run=run).delete()
     if _follow_up_needed(run):
         task_queue.send_on_commit(task_queue.RUN_FINISHED, run.pk)
+    else:
+        # Looked for after the commit, which makes this run's end visible: the look is
+        # then off the run's own path. Robust: a failure costs only the message, which the
+        # scheduler's sweep stands in for.
+        workflow_id, run_id = run.workflow_id, run.pk
+        transaction.on_commit(lambda: _follow_up_if_queued(workflow_id, run_id), robust=True)
 
 
 def _follow_up_needed(run: Run) -> bool:
-    """Whether the `run_finished` task has anything to do for this run: resume a parent
-    step, cancel children, or start queued runs of the workflow. Most runs have none of
-    these, and the message (a send, a worker's dispatch, two reads) cost them about a sixth
-    of a light run's work. A queued run committed after this look is started by the next
-    run of the workflow to finish, or by the scheduler's sweep for stalled ones
-    (sweeps.recover_lost_follow_ups), as when the message itself is lost."""
+    """Whether the `run_finished` task surely has something to do for this run: resume a
+    parent step, cancel children, or admit runs its version's limits may have queued. Most
+    runs have none of these, and the message (a send, a worker's dispatch, two reads) cost
+    them about a sixth of a light run's work."""
     if run.parent_step_id or run.status == RunStatus.CANCELLED:
         return True
     concurrency = definition_for(run.version).concurrency
-    if concurrency.max_runs or concurrency.ordered:
-        return True
-    # Queued runs of another version of the workflow, one with limits. (This run's own row
-    # may still read queued here: a run started in this transaction is written at its end.)
-    queued = Run.objects.filter(workflow_id=run.workflow_id, status=RunStatus.QUEUED)
-    return queued.exclude(pk=run.pk).exists()
+    return bool(concurrency.max_runs or concurrency.ordered)
+
+
+def _follow_up_if_queued(workflow_id: int, run_id: int) -> None:
+    """Send the follow-up when runs of the workflow are queued (under another version, one
+    with limits, whose slots this run's version shares). A queued run committed after this
+    look is started by the next run of the workflow to finish, or by the scheduler's sweep
+    for stalled ones (sweeps.recover_lost_follow_ups), as when the message itself is lost."""
+    if Run.objects.filter(workflow_id=workflow_id, status=RunStatus.QUEUED).exists():
+        task_queue.send(task_queue.RUN_FINISHED, run_id)
 
 
 def _schedule_step(
@@ -354,7 +369,7 @@ def _schedule_step(
     # once, with its result (write_result): no one else can see the run before the commit,
     # and the row would otherwise be inserted queued only to be updated a moment later.
     if not (due_now and continuation and written_once(run) and continuation.would_take(kind)):
-        step_run.save(force_insert=True)
+        row_sql.insert([step_run], returning_pk=True)
     journal(
         run,
         "step.scheduled",
@@ -510,7 +525,7 @@ def write_result(
         for column, value in changes.items():
             setattr(unsaved, column, value)
         unsaved.status = status
-        unsaved.save(force_insert=True)
+        row_sql.insert([unsaved], returning_pk=True)
         written = True
     else:
         written = move_step(step_run_id, source=from_status, target=status, **changes)
@@ -571,7 +586,7 @@ def mark_started(*, step_run: StepRun, run: Run | None = None) -> None:
         worker=step_run.worker,
         at=_iso(step_run.started_at),
     )
-    run.save(update_fields=["seq"])
+    write_run(run, ["seq"])
     notify.run_changed(
         run_id=run.pk, seq=run.seq, workflow_slug=run.workflow.slug, status=run.status
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
+from workflows.catalog import subscription_cache
 from workflows.catalog.definition_parsing import definition_for
 from workflows.catalog.models import TriggerSubscription
 from workflows.core import engine
@@ -28,7 +29,7 @@ from workflows.events.schemas import (
     SchemaViolation,
     unschemed_types_remembered,
 )
-from workflows.infra import flow_counters, tracing
+from workflows.infra import flow_counters, row_sql, tracing
 from workflows.infra.sql_lists import among
 from workflows.runs.advance import Continuation, one_run_write
 from workflows.runs.control import admit
@@ -202,7 +203,8 @@ def _match_in_one_transaction(
             for missing in (pk for pk in wanted if pk not in events):
                 log.warning("bus entry names event %s, which is not in the store", missing)
                 outcome.done.add(missing)  # nothing to match, nothing to retry
-            by_type = _subscriptions(types)
+            # The subscriptions the hearing named, from memory (see subscription_cache).
+            by_type = subscription_cache.by_type(heard.subscriptions, types)
             with unschemed_types_remembered(heard.unschemed_run_types):
                 matched = _match_each(
                     wanted, events, by_type, set(), inline, outcome, traces, savepoints=False
@@ -311,12 +313,14 @@ RUN_EVENT_TYPES = frozenset(RUN_TYPE_PREFIX + status for status in ("started", *
 
 @dataclass(frozen=True)
 class Hearing:
-    """Who listens to some event types right now, and which run event types have no schema."""
+    """Who listens to some event types right now, and which run event types have no schema.
+    `subscriptions`: the ids of the subscriptions of each subscribed type."""
 
     types: frozenset[str]
     subscribed: frozenset[str]
     waited: frozenset[str]
     unschemed_run_types: frozenset[str]
+    subscriptions: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def listened(self) -> set[str]:
@@ -327,40 +331,45 @@ class Hearing:
 
 
 def hearing(types: Collection[str], *, subscriptions: bool = True) -> Hearing:
-    """In one query: the types among `types` that a published workflow subscribes to (not
-    asked without `subscriptions`), those a run waits for (EventWaiter.event_type index),
-    and the run event types registered."""
+    """In one query: the types among `types` that a published workflow subscribes to, with
+    the subscriptions' ids (not asked without `subscriptions`), those a run waits for
+    (EventWaiter.event_type index), and the run event types registered."""
     types = sorted(set(types))
     # Written out: the bus consumer asks this for every read, and the ORM took longer to
     # build the union than the database takes to answer it.
     quote = connection.ops.quote_name
     params: list = []
     parts = [
-        f"SELECT 'r', {quote('name')} FROM {quote(EventType._meta.db_table)} "
+        f"SELECT 'r', {quote('name')}, CAST(NULL AS BIGINT) FROM {quote(EventType._meta.db_table)} "
         f"WHERE {quote('name')} {among(sorted(RUN_EVENT_TYPES), params)}"
     ]
     if types:
         parts.append(
-            f"SELECT 'w', {quote('event_type')} FROM {quote(EventWaiter._meta.db_table)} "
+            f"SELECT 'w', {quote('event_type')}, CAST(NULL AS BIGINT) FROM {quote(EventWaiter._meta.db_table)} "
             f"WHERE {quote('event_type')} {among(types, params)} AND {quote('expires_at')} > %s"
         )
         params.append(connection.ops.adapt_datetimefield_value(timezone.now()))
     if types and subscriptions:
         parts.append(
-            f"SELECT 's', {quote('event_type')} FROM {quote(TriggerSubscription._meta.db_table)} "
+            f"SELECT 's', {quote('event_type')}, {quote('id')} "
+            f"FROM {quote(TriggerSubscription._meta.db_table)} "
             f"WHERE {quote('event_type')} {among(types, params)}"
         )
     with connection.cursor() as cursor:
         cursor.execute(" UNION ".join(parts), params)
         rows = cursor.fetchall()
     found: dict[str, set[str]] = {"s": set(), "w": set(), "r": set()}
-    for kind, name in rows:
+    ids: dict[str, list[int]] = {}
+    for kind, name, pk in rows:
         found[kind].add(name)
+        if pk is not None:
+            ids.setdefault(name, []).append(pk)
     return Hearing(
         frozenset(types),
         frozenset(found["s"]),
         frozenset(found["w"]),
         RUN_EVENT_TYPES - found["r"],
+        {name: tuple(sorted(pks)) for name, pks in ids.items()},
     )
 
 
@@ -393,7 +402,7 @@ def _start_runs(
             # Its own transaction (a savepoint inside the caller's), or, without
             # `savepoints`, part of the caller's: then any error is the caller's to handle.
             with transaction.atomic(savepoint=savepoints):
-                run = Run.objects.create(
+                run = Run(
                     workflow=subscription.workflow,
                     version=subscription.version,
                     event=event,
@@ -403,6 +412,7 @@ def _start_runs(
                         (event.extensions or {}).get("partitionkey") or event.subject or ""
                     ),
                 )
+                row_sql.insert([run], returning_pk=True)
                 run._outbox = []  # type: ignore[attr-defined]  # its run events, see above
                 with one_run_write(run):  # one UPDATE of the run, one journal INSERT
                     # A new run has no steps yet: its state need not be read.
