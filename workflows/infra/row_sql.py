@@ -38,8 +38,7 @@ def _update_sql(model: type[Model], names: tuple[str, ...]) -> tuple:
     quote = connection.ops.quote_name
     sets = ", ".join(f"{quote(f.column)} = %s" for f in fields)
     sql = (
-        f"UPDATE {quote(model._meta.db_table)} SET {sets} "
-        f"WHERE {quote(model._meta.pk.column)} = %s"
+        f"UPDATE {quote(model._meta.db_table)} SET {sets} WHERE {quote(model._meta.pk.column)} = %s"
     )
     return sql, fields
 

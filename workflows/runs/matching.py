@@ -339,13 +339,14 @@ def hearing(types: Collection[str], *, subscriptions: bool = True) -> Hearing:
     # build the union than the database takes to answer it.
     quote = connection.ops.quote_name
     params: list = []
+    no_id = "CAST(NULL AS BIGINT)"  # typed: the subscriptions' part has ids
     parts = [
-        f"SELECT 'r', {quote('name')}, CAST(NULL AS BIGINT) FROM {quote(EventType._meta.db_table)} "
+        f"SELECT 'r', {quote('name')}, {no_id} FROM {quote(EventType._meta.db_table)} "
         f"WHERE {quote('name')} {among(sorted(RUN_EVENT_TYPES), params)}"
     ]
     if types:
         parts.append(
-            f"SELECT 'w', {quote('event_type')}, CAST(NULL AS BIGINT) FROM {quote(EventWaiter._meta.db_table)} "
+            f"SELECT 'w', {quote('event_type')}, {no_id} FROM {quote(EventWaiter._meta.db_table)} "
             f"WHERE {quote('event_type')} {among(types, params)} AND {quote('expires_at')} > %s"
         )
         params.append(connection.ops.adapt_datetimefield_value(timezone.now()))
