@@ -12,7 +12,8 @@ none).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 from django.db import connection
 from django.db.models import Model
@@ -43,10 +44,11 @@ def _update_sql(model: type[Model], names: tuple[str, ...]) -> tuple:
     return sql, fields
 
 
-def insert(objs: Sequence[Model], *, returning_pk: bool = False) -> None:
+def insert(objs: Sequence[Model], *, returning_pk: bool = False, cursor=None) -> None:
     """INSERT the unsaved `objs` (all of one model, all with or all without a primary key)
     in one statement. `returning_pk`: one object, which gets the key the database gave
-    it; without it the objects keep no key (for rows nobody looks up by key afterwards)."""
+    it; without it the objects keep no key (for rows nobody looks up by key afterwards).
+    `cursor`: the caller's (in `pipelined`), else a new one."""
     if not objs:
         return
     model = type(objs[0])
@@ -55,7 +57,7 @@ def insert(objs: Sequence[Model], *, returning_pk: bool = False) -> None:
         raise ValueError("returning_pk takes one object without a primary key")
     sql, fields = _insert_sql(model, with_pk, len(objs), returning_pk)
     params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
-    with connection.cursor() as cursor:
+    with _cursor(cursor) as cursor:
         cursor.execute(sql, params)
         if returning_pk:
             objs[0].pk = cursor.fetchone()[0]
@@ -64,12 +66,60 @@ def insert(objs: Sequence[Model], *, returning_pk: bool = False) -> None:
             obj._state.adding, obj._state.db = False, connection.alias
 
 
-def update(obj: Model, names: Sequence[str]) -> int:
+def update(obj: Model, names: Sequence[str], *, cursor=None) -> int:
     """`obj.save(update_fields=names)` as one prepared UPDATE by primary key; the number of
-    rows changed (0: no such row, which `save` would raise for)."""
+    rows changed (0: no such row, which `save` would raise for; unknown, -1, in
+    `pipelined`, where the answer comes later)."""
     sql, fields = _update_sql(type(obj), tuple(names))
     params = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in fields]
     params.append(obj.pk)
-    with connection.cursor() as cursor:
+    with _cursor(cursor) as cursor:
         cursor.execute(sql, params)
-        return cursor.rowcount
+        return -1 if _in_pipeline() else cursor.rowcount
+
+
+@contextlib.contextmanager
+def pipelined() -> Iterator:
+    """A cursor whose statements PostgreSQL receives together (psycopg's pipeline mode):
+    they are sent as they come, and the first that needs an answer (a fetch) or the end of
+    the block waits for all of theirs at once, one round trip instead of one each. Inside,
+    no statement's row count is known when it is sent. Elsewhere (SQLite), a plain cursor."""
+    with connection.cursor() as cursor:
+        if connection.vendor != "postgresql":
+            yield cursor
+            return
+        with connection.wrap_database_errors, connection.connection.pipeline():
+            yield cursor
+
+
+def with_commit(write: Callable) -> None:
+    """`write(cursor)`'s statements and the COMMIT of the transaction in one round trip
+    (PostgreSQL): call it last in the outermost `transaction.atomic()` block. The COMMIT
+    ends the transaction here, so the block's own commit finds none open and sends nothing
+    (psycopg skips it), then runs the on-commit hooks as usual. A COMMIT that fails (a
+    deferred constraint) raises here, inside the block, which rolls back as for any error.
+    Anywhere else (SQLite, a savepoint, a transaction the block did not open) the block
+    commits as usual, after `write`."""
+    outermost = (
+        connection.vendor == "postgresql"
+        and len(connection.atomic_blocks) == 1
+        and connection.commit_on_exit
+        and not connection.savepoint_ids
+        and not connection.needs_rollback
+    )
+    if not outermost:
+        with connection.cursor() as cursor:
+            write(cursor)
+        return
+    with pipelined() as cursor:
+        write(cursor)
+        cursor.execute("COMMIT")
+
+
+def _in_pipeline() -> bool:
+    raw = connection.connection
+    return raw is not None and getattr(raw, "_pipeline", None) is not None
+
+
+def _cursor(cursor):
+    return contextlib.nullcontext(cursor) if cursor is not None else connection.cursor()

@@ -107,15 +107,19 @@ def one_run_write(run: Run) -> Iterator[None]:
     between (nobody else can see it; the light path reads the run from memory)."""
     run._deferred_fields = set()  # type: ignore[attr-defined]
     run._unsaved_events = []  # type: ignore[attr-defined]
+    run._journal_pending = []  # type: ignore[attr-defined]  # the outermost batch: below
     try:
-        with journal_batch(run):
-            yield
-        fields = run._deferred_fields  # type: ignore[attr-defined]
-        if fields:
-            write_run(run, fields)
-        store_run_events(run, run._unsaved_events)  # type: ignore[attr-defined]
+        yield
+        # The three in one round trip: the run events' INSERT, last, waits for all three.
+        with row_sql.pipelined() as cursor:
+            row_sql.insert(run._journal_pending, cursor=cursor)  # type: ignore[attr-defined]
+            fields = run._deferred_fields  # type: ignore[attr-defined]
+            if fields:  # the row was inserted in this transaction: it is there
+                row_sql.update(run, sorted(fields), cursor=cursor)
+            store_run_events(run, run._unsaved_events)  # type: ignore[attr-defined]
     finally:
         run._deferred_fields = run._unsaved_events = None  # type: ignore[attr-defined]
+        run._journal_pending = None  # type: ignore[attr-defined]
 
 
 def written_once(run: Run) -> bool:

@@ -210,8 +210,10 @@ def _match_in_one_transaction(
                     wanted, events, by_type, set(), inline, outcome, traces, savepoints=False
                 )
             marks = published_marks.take()
-            if matched or marks:
-                mark_matched(*matched, published=marks)
+            # The mark goes with the COMMIT: one round trip for both.
+            row_sql.with_commit(
+                lambda cursor: mark_matched(*matched, published=marks, cursor=cursor)
+            )
             return matched
     except (OperationalError, InterfaceError):
         if marks:
@@ -432,11 +434,11 @@ def _start_runs(
     return started
 
 
-def mark_matched(*event_ids: int, published: Collection[int] = ()) -> None:
+def mark_matched(*event_ids: int, published: Collection[int] = (), cursor=None) -> None:
     """Before the bus entries are acknowledged: an event left unmatched once its partition
     is drained was lost from the bus, and the relay publishes it again. `published`: other
     events to mark published in the same UPDATE (see PublishedMarks)."""
-    stamps.stamp(matched=event_ids, published=published)
+    stamps.stamp(matched=event_ids, published=published, cursor=cursor)
 
 
 class EventFilters:
