@@ -64,16 +64,15 @@ def test_with_commit_sends_the_commit_and_the_block_commits_nothing_more():
     run = start_run_here("rows", log_step("only"))
     hooks = []
 
-    with CaptureQueriesContext(connection) as queries:
-        with transaction.atomic():
-            transaction.on_commit(lambda: hooks.append("committed"))
-            row_sql.with_commit(
-                lambda cursor: row_sql.insert(
-                    [RunJournal(run=run, seq=300, kind="k", data={})], cursor=cursor
-                )
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        transaction.on_commit(lambda: hooks.append("committed"))
+        row_sql.with_commit(
+            lambda cursor: row_sql.insert(
+                [RunJournal(run=run, seq=300, kind="k", data={})], cursor=cursor
             )
-            # The transaction has ended on the server: nothing is left to commit.
-            assert connection.connection.info.transaction_status == 0  # IDLE
+        )
+        # The transaction has ended on the server: nothing is left to commit.
+        assert connection.connection.info.transaction_status == 0  # IDLE
 
     assert [q["sql"] for q in queries][-1] == "COMMIT"
     assert hooks == ["committed"]
