@@ -11,8 +11,8 @@ none).
 
 from __future__ import annotations
 
-import functools
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 
 from django.db import connection
