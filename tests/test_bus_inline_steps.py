@@ -342,6 +342,40 @@ def test_the_runs_of_one_read_commit_together_with_their_events_marked_matched(s
     assert Event.objects.filter(pk__in=[e.pk for e in events], matched_at=None).count() == 0
 
 
+def test_a_light_step_reading_an_earlier_ones_output_sees_it_in_the_read_transaction(sent):
+    # The consumer holds back a light step's finished row, to insert it with the run's
+    # last writes; a later step that reads it (upstream outputs) must still find it.
+    event_type = published(
+        "inline-upstream",
+        {"id": "a", "kind": "transform", "config": {"output": {"v": "from a"}}},
+        {
+            "id": "b",
+            "kind": "transform",
+            "config": {"output": {"seen": "{{ steps.a.output.v }}"}},
+            "after": ["a"],
+        },
+        {
+            "id": "c",
+            "kind": "condition",
+            "config": {"expression": "steps.b.output.seen == 'from a'"},
+            "after": ["b"],
+        },
+    )
+    event = accepted(event_type)
+
+    outcome = match_events(
+        event_ids=[event.pk], inline=Budget.for_bus_read(), heard=hearing([event_type])
+    )
+
+    [run] = outcome.started
+    run.refresh_from_db()
+    assert run.status == "succeeded" and sent == []
+    assert steps_of(run) == [("a", "succeeded"), ("b", "succeeded"), ("c", "succeeded")]
+    assert StepRun.objects.get(run=run, step_id="b").output == {"seen": "from a"}
+    assert StepRun.objects.get(run=run, step_id="c").port == "true"
+    assert differences(run) == []
+
+
 def test_a_read_holding_an_already_started_run_is_matched_again_event_by_event(sent):
     event_type = published("inline-redelivered", log_step("only"))
     first, second = accepted(event_type), accepted(event_type)

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -350,10 +350,21 @@ def insert_new(events: Sequence[Event]) -> None:
     _insert(events)
 
 
+def send_new(events: Sequence[Event]) -> Callable[[], None]:
+    """`insert_new` in two halves, for a caller that sends it in a pipeline with other
+    statements (infra.row_sql.pipelined): the INSERT goes now, and the function returned,
+    called after the pipeline's block, gives the events their ids."""
+    return _send(events)
+
+
 def _insert(events: Sequence[Event], *, in_order: bool = False) -> None:
     """INSERT them, skipping (source, id) pairs already stored, and give each inserted one
     its id. PostgreSQL and SQLite both return only the rows the statement inserted (the
     first of two equal pairs in one statement)."""
+    _send(events, in_order=in_order)()
+
+
+def _send(events: Sequence[Event], *, in_order: bool = False) -> Callable[[], None]:
     now = timezone.now()
     for event in events:
         event.received_at = now
@@ -362,13 +373,21 @@ def _insert(events: Sequence[Event], *, in_order: bool = False) -> None:
     if not in_order:
         events = sorted(events, key=lambda e: (e.source, e.ce_id))
     insert = _insert_recordset if connection.vendor == "postgresql" else _insert_values
+    sent = []
     for start in range(0, len(events), ROWS_PER_STATEMENT):
         chunk = events[start : start + ROWS_PER_STATEMENT]
-        with connection.cursor() as cursor:
-            insert(cursor, chunk)
-            ids = {(source, ce_id): pk for pk, source, ce_id in cursor.fetchall()}
-        for event in chunk:
-            event.pk = ids.pop((event.source, event.ce_id), None)
+        cursor = connection.cursor()
+        insert(cursor, chunk)
+        sent.append((cursor, chunk))
+
+    def give_ids() -> None:
+        for cursor, chunk in sent:
+            with cursor:
+                ids = {(source, ce_id): pk for pk, source, ce_id in cursor.fetchall()}
+            for event in chunk:
+                event.pk = ids.pop((event.source, event.ce_id), None)
+
+    return give_ids
 
 
 def _insert_values(cursor, events: Sequence[Event]) -> None:

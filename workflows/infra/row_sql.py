@@ -58,7 +58,13 @@ def insert(objs: Sequence[Model], *, returning_pk: bool = False, cursor=None) ->
     sql, fields = _insert_sql(model, with_pk, len(objs), returning_pk)
     params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
     with _cursor(cursor) as cursor:
-        cursor.execute(sql, params)
+        if returning_pk and connection.vendor == "postgresql" and not _in_pipeline():
+            # Sent in a pipeline of its own and answered after it: the BEGIN psycopg puts
+            # before a transaction's first statement then rides in the same round trip.
+            with connection.wrap_database_errors, connection.connection.pipeline():
+                cursor.execute(sql, params)
+        else:
+            cursor.execute(sql, params)
         if returning_pk:
             objs[0].pk = cursor.fetchone()[0]
     for obj in objs:
@@ -81,9 +87,10 @@ def update(obj: Model, names: Sequence[str], *, cursor=None) -> int:
 @contextlib.contextmanager
 def pipelined() -> Iterator:
     """A cursor whose statements PostgreSQL receives together (psycopg's pipeline mode):
-    they are sent as they come, and the first that needs an answer (a fetch) or the end of
-    the block waits for all of theirs at once, one round trip instead of one each. Inside,
-    no statement's row count is known when it is sent. Elsewhere (SQLite), a plain cursor."""
+    they are sent as they come, and the end of the block waits for all their answers at
+    once, one round trip instead of one each. Fetch a statement's rows after the block: a
+    fetch inside costs a round trip of its own. Inside, no statement's row count is known
+    when it is sent. Elsewhere (SQLite), a plain cursor."""
     with connection.cursor() as cursor:
         if connection.vendor != "postgresql":
             yield cursor

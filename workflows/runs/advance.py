@@ -26,7 +26,7 @@ from workflows.infra import row_sql
 from workflows.live import notify
 from workflows.runs import task_queue
 from workflows.runs.models import EventWaiter, Run, RunJournal, StepRun
-from workflows.runs.producers import emit_run_events, store_run_events
+from workflows.runs.producers import emit_run_events, send_run_events
 from workflows.runs.transitions import move_step
 
 log = logging.getLogger("signalbox.runs")
@@ -48,6 +48,7 @@ def idempotency_key(run_id: int, step_id: str) -> str:
 
 
 def run_state(run: Run) -> engine.RunState:
+    write_held_steps(run)
     latest: dict[str, engine.StepState] = {}
     for step_id, status, attempt, error, port in run.steps.order_by("attempt", "id").values_list(
         "step_id", "status", "attempt", "error", "port"
@@ -107,19 +108,31 @@ def one_run_write(run: Run) -> Iterator[None]:
     between (nobody else can see it; the light path reads the run from memory)."""
     run._deferred_fields = set()  # type: ignore[attr-defined]
     run._unsaved_events = []  # type: ignore[attr-defined]
+    run._unsaved_steps = []  # type: ignore[attr-defined]  # see write_result
     run._journal_pending = []  # type: ignore[attr-defined]  # the outermost batch: below
     try:
         yield
-        # The three in one round trip: the run events' INSERT, last, waits for all three.
+        # All of it in one round trip, answered after the block.
         with row_sql.pipelined() as cursor:
+            row_sql.insert(run._unsaved_steps, cursor=cursor)  # type: ignore[attr-defined]
             row_sql.insert(run._journal_pending, cursor=cursor)  # type: ignore[attr-defined]
             fields = run._deferred_fields  # type: ignore[attr-defined]
             if fields:  # the row was inserted in this transaction: it is there
                 row_sql.update(run, sorted(fields), cursor=cursor)
-            store_run_events(run, run._unsaved_events)  # type: ignore[attr-defined]
+            events_stored = send_run_events(run, run._unsaved_events)  # type: ignore[attr-defined]
+        events_stored()
     finally:
         run._deferred_fields = run._unsaved_events = None  # type: ignore[attr-defined]
-        run._journal_pending = None  # type: ignore[attr-defined]
+        run._unsaved_steps = run._journal_pending = None  # type: ignore[attr-defined]
+
+
+def write_held_steps(run: Run) -> None:
+    """Insert the finished attempts `one_run_write` holds back (see write_result) now:
+    before anything reads the run's steps from the database."""
+    held = getattr(run, "_unsaved_steps", None)
+    if held:
+        row_sql.insert(held)
+        held.clear()
 
 
 def written_once(run: Run) -> bool:
@@ -529,7 +542,11 @@ def write_result(
         for column, value in changes.items():
             setattr(unsaved, column, value)
         unsaved.status = status
-        row_sql.insert([unsaved], returning_pk=True)
+        held = getattr(run, "_unsaved_steps", None)
+        if held is not None:  # inside one_run_write: inserted with the run's last writes
+            held.append(unsaved)
+        else:
+            row_sql.insert([unsaved], returning_pk=True)
         written = True
     else:
         written = move_step(step_run_id, source=from_status, target=status, **changes)

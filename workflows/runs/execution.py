@@ -48,6 +48,7 @@ from workflows.runs.advance import (
     lock_attempt,
     mark_started,
     record_result,
+    write_held_steps,
     write_result,
 )
 from workflows.runs.item_checkpoints import StepItemCheckpoints, inherited_runs
@@ -186,6 +187,7 @@ def upstream_outputs(run: Run, wanted: frozenset[str] | None) -> dict[str, dict]
     """{step_id: {"output", "port"}} of the succeeded steps among `wanted` (ALL: every one)."""
     if wanted is not None and not wanted:
         return {}
+    write_held_steps(run)  # the light steps just run, which the bus consumer holds back
     succeeded = StepRun.objects.filter(run_id=run.pk, status=StepStatus.SUCCEEDED)
     if wanted is not None:
         succeeded = succeeded.filter(step_id__in=sorted(wanted))

@@ -20,7 +20,7 @@ Two guards stop workflows from feeding each other forever:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.conf import settings
@@ -44,7 +44,7 @@ from workflows.core.lineage import (
 )
 from workflows.events import bus
 from workflows.events.envelope import Envelope, envelope_json
-from workflows.events.intake import insert_new, new_event
+from workflows.events.intake import new_event, send_new
 from workflows.events.models import DeadLetter, Event
 from workflows.events.schemas import SchemaViolation, check_event_data
 from workflows.infra import flow_counters
@@ -193,9 +193,25 @@ def store_run_events(run: Run, events: list[Event]) -> None:
     hold one: a run reaches each status once) is skipped, as `ingest_event` skips a repeat.
     A caller that starts many runs at once (the bus consumer) collects them in the run's
     `_outbox` and publishes its read's together: one round trip, not one per event."""
+    send_run_events(run, events)()
+
+
+def send_run_events(run: Run, events: list[Event]) -> Callable[[], None]:
+    """`store_run_events` in two halves, for a caller that sends the INSERT in a pipeline
+    with the run's other writes (runs.advance.one_run_write): the INSERT goes now; the
+    function returned, called after the pipeline's block, does the rest."""
     if not events:
-        return
-    insert_new(events)
+        return lambda: None
+    give_ids = send_new(events)
+
+    def rest() -> None:
+        give_ids()
+        _after_stored(run, events)
+
+    return rest
+
+
+def _after_stored(run: Run, events: list[Event]) -> None:
     for event in events:
         if event.pk is None:
             log.warning("run event %s %s was already stored", event.source, event.ce_id)
