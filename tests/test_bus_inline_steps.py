@@ -376,6 +376,39 @@ def test_a_light_step_reading_an_earlier_ones_output_sees_it_in_the_read_transac
     assert differences(run) == []
 
 
+def test_a_limit_holds_for_the_runs_of_one_read(sent):
+    # Each run's last writes wait for the next run's start; they are sent before it, so
+    # the limit sees the first run running, not queued as its row was inserted.
+    event_type = "com.example.inline-limited"
+    raw = definition(http_step("call", "http://127.0.0.1:9/"), event=event_type)
+    raw["concurrency"] = {"max_runs": 1}
+    put_workflow(slug="inline-limited", raw=raw)
+    publish_workflow(slug="inline-limited")
+    events = [accepted(event_type) for _ in range(2)]
+
+    outcome = match_events(
+        event_ids=[e.pk for e in events], inline=Budget.for_bus_read(), heard=hearing([event_type])
+    )
+
+    assert outcome.done == {e.pk for e in events} and not outcome.failed
+    statuses = [r.status for r in Run.objects.filter(event__in=events).order_by("pk")]
+    assert statuses == ["running", "queued"]
+
+
+def test_the_hearing_reads_the_subscribed_events_of_a_read_and_no_others():
+    event_type = published("inline-heard", log_step("only"))
+    listened, other = accepted(event_type), accepted("com.example.nobody-listens")
+
+    heard = hearing([event_type, other.type], events=[listened.pk, other.pk])
+
+    assert set(heard.events) == {listened.pk}
+    assert heard.events[listened.pk].data == listened.data
+    assert heard.events_of([listened.pk]) == {listened.pk: heard.events[listened.pk]}
+    # One it did not read (not asked, or of no subscribed type): matching reads them itself.
+    assert heard.events_of([listened.pk, other.pk]) is None
+    assert heard.events_of([listened.pk + 1000]) is None
+
+
 def test_a_read_holding_an_already_started_run_is_matched_again_event_by_event(sent):
     event_type = published("inline-redelivered", log_step("only"))
     first, second = accepted(event_type), accepted(event_type)

@@ -44,6 +44,43 @@ def _update_sql(model: type[Model], names: tuple[str, ...]) -> tuple:
     return sql, fields
 
 
+@functools.cache
+def _read_shape(model: type[Model]) -> tuple:
+    fields = model._meta.concrete_fields
+    quote = connection.ops.quote_name
+    table = quote(model._meta.db_table)
+    columns = ", ".join(f"{table}.{quote(f.column)}" for f in fields)
+    converters = []
+    for index, field in enumerate(fields):
+        column = field.get_col(model._meta.db_table)
+        found = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+        if found:
+            converters.append((index, found, column))
+    return columns, tuple(f.attname for f in fields), converters
+
+
+def columns(model: type[Model]) -> str:
+    """Every column of `model`, for a hand-written SELECT whose rows `instances` reads."""
+    return _read_shape(model)[0]
+
+
+def instances(model: type[Model], rows) -> list[Model]:
+    """The model instances of rows selected with `columns(model)`, each value converted
+    from the database as the ORM converts it (JSON decoded, and so on)."""
+    _columns, names, converters = _read_shape(model)
+    built = []
+    for row in rows:
+        if converters:
+            row = list(row)
+            for index, found, column in converters:
+                value = row[index]
+                for convert in found:
+                    value = convert(value, column, connection)
+                row[index] = value
+        built.append(model.from_db(connection.alias, names, row))
+    return built
+
+
 def insert(objs: Sequence[Model], *, returning_pk: bool = False, cursor=None) -> None:
     """INSERT the unsaved `objs` (all of one model, all with or all without a primary key)
     in one statement. `returning_pk`: one object, which gets the key the database gave
@@ -95,18 +132,20 @@ def pipelined() -> Iterator:
         if connection.vendor != "postgresql":
             yield cursor
             return
+        connection.ensure_connection()
         with connection.wrap_database_errors, connection.connection.pipeline():
             yield cursor
 
 
-def with_commit(write: Callable) -> None:
+def with_commit(write: Callable):
     """`write(cursor)`'s statements and the COMMIT of the transaction in one round trip
     (PostgreSQL): call it last in the outermost `transaction.atomic()` block. The COMMIT
     ends the transaction here, so the block's own commit finds none open and sends nothing
     (psycopg skips it), then runs the on-commit hooks as usual. A COMMIT that fails (a
     deferred constraint) raises here, inside the block, which rolls back as for any error.
     Anywhere else (SQLite, a savepoint, a transaction the block did not open) the block
-    commits as usual, after `write`."""
+    commits as usual, after `write`. Returns what `write` returned (read its statements'
+    rows only now, after the answer)."""
     outermost = (
         connection.vendor == "postgresql"
         and len(connection.atomic_blocks) == 1
@@ -116,11 +155,11 @@ def with_commit(write: Callable) -> None:
     )
     if not outermost:
         with connection.cursor() as cursor:
-            write(cursor)
-        return
+            return write(cursor)
     with pipelined() as cursor:
-        write(cursor)
+        written = write(cursor)
         cursor.execute("COMMIT")
+    return written
 
 
 def _in_pipeline() -> bool:

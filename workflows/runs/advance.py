@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -101,29 +101,49 @@ def write_run(run: Run, fields) -> None:
 
 
 @contextmanager
-def one_run_write(run: Run) -> Iterator[None]:
+def one_run_write(run: Run, *, later: list | None = None) -> Iterator[None]:
     """For a run created in the caller's transaction and moved several times in it (the bus
-    consumer running its light steps): the run row is written once, at the end, its
-    journal entries in one INSERT and its run events in another. Nothing reads the row in
-    between (nobody else can see it; the light path reads the run from memory)."""
+    consumer running its light steps): the run row is written once, at the end, with its
+    finished steps, its journal entries and its run events, all in one round trip. Nothing
+    reads the row in between (nobody else can see it; the light path reads the run from
+    memory). With `later` (a list), those writes are not sent at the end but appended to
+    it, as a function that sends them on a cursor (in a pipeline) and returns what to call
+    once they are answered: the caller sends them with its next writes (see
+    `send_later`), before anything else reads the database."""
     run._deferred_fields = set()  # type: ignore[attr-defined]
     run._unsaved_events = []  # type: ignore[attr-defined]
     run._unsaved_steps = []  # type: ignore[attr-defined]  # see write_result
     run._journal_pending = []  # type: ignore[attr-defined]  # the outermost batch: below
     try:
         yield
-        # All of it in one round trip, answered after the block.
-        with row_sql.pipelined() as cursor:
-            row_sql.insert(run._unsaved_steps, cursor=cursor)  # type: ignore[attr-defined]
-            row_sql.insert(run._journal_pending, cursor=cursor)  # type: ignore[attr-defined]
-            fields = run._deferred_fields  # type: ignore[attr-defined]
+        steps, entries = run._unsaved_steps, run._journal_pending  # type: ignore[attr-defined]
+        fields, events = run._deferred_fields, run._unsaved_events  # type: ignore[attr-defined]
+
+        def send(cursor) -> Callable[[], None]:
+            row_sql.insert(steps, cursor=cursor)
+            row_sql.insert(entries, cursor=cursor)
             if fields:  # the row was inserted in this transaction: it is there
                 row_sql.update(run, sorted(fields), cursor=cursor)
-            events_stored = send_run_events(run, run._unsaved_events)  # type: ignore[attr-defined]
-        events_stored()
+            return send_run_events(run, events)
+
+        if later is not None:
+            later.append(send)
+        else:
+            send_later([send])
     finally:
         run._deferred_fields = run._unsaved_events = None  # type: ignore[attr-defined]
         run._unsaved_steps = run._journal_pending = None  # type: ignore[attr-defined]
+
+
+def send_later(later: list) -> None:
+    """Send the writes `one_run_write` left in `later`, in one round trip, and empty it."""
+    if not later:
+        return
+    with row_sql.pipelined() as cursor:
+        answered = [send(cursor) for send in later]
+    later.clear()
+    for finish in answered:  # after the pipeline's answer: the run events get their ids
+        finish()
 
 
 def write_held_steps(run: Run) -> None:

@@ -31,7 +31,7 @@ from workflows.events.schemas import (
 )
 from workflows.infra import flow_counters, row_sql, tracing
 from workflows.infra.sql_lists import among
-from workflows.runs.advance import Continuation, one_run_write
+from workflows.runs.advance import Continuation, one_run_write, send_later
 from workflows.runs.control import admit
 from workflows.runs.execution import Budget, run_kept_steps
 from workflows.runs.models import EventWaiter, Run
@@ -196,7 +196,9 @@ def _match_in_one_transaction(
     steps_left = inline.steps if inline is not None else 0
     try:
         with transaction.atomic():
-            events = Event.objects.in_bulk(wanted)
+            events = heard.events_of(wanted)
+            if events is None:
+                events = Event.objects.in_bulk(wanted)
             types = {event.type for event in events.values()}
             if not heard.covers(types) or heard.waited & types:
                 raise _NotAtOnce
@@ -205,15 +207,21 @@ def _match_in_one_transaction(
                 outcome.done.add(missing)  # nothing to match, nothing to retry
             # The subscriptions the hearing named, from memory (see subscription_cache).
             by_type = subscription_cache.by_type(heard.subscriptions, types)
+            later: list = []  # the last run's writes, sent with the mark and the COMMIT
             with unschemed_types_remembered(heard.unschemed_run_types):
                 matched = _match_each(
-                    wanted, events, by_type, set(), inline, outcome, traces, savepoints=False
+                    wanted, events, by_type, set(), inline, outcome, traces, later=later
                 )
             marks = published_marks.take()
-            # The mark goes with the COMMIT: one round trip for both.
-            row_sql.with_commit(
-                lambda cursor: mark_matched(*matched, published=marks, cursor=cursor)
-            )
+
+            def last_writes(cursor) -> list:
+                answered = [send(cursor) for send in later]
+                mark_matched(*matched, published=marks, cursor=cursor)
+                return answered
+
+            # One round trip for the runs' last writes, the mark and the COMMIT.
+            for finish in row_sql.with_commit(last_writes):
+                finish()
             return matched
     except (OperationalError, InterfaceError):
         if marks:
@@ -279,11 +287,14 @@ def _match_each(
     outcome: MatchOutcome,
     traces: Mapping[int, str] | None = None,
     *,
-    savepoints: bool = True,
+    later: list | None = None,
 ) -> list[int]:
     """Match the events one by one, in bus order (runs of one partition key start in
-    order); the ids of those matched, the others' errors in `outcome.failed`. Without
-    `savepoints` (inside the caller's transaction), the first error is raised instead."""
+    order); the ids of those matched, the others' errors in `outcome.failed`. With `later`
+    (inside the caller's one transaction, no savepoints) the first error is raised
+    instead, and each run's last writes are left in `later` (see one_run_write), for the
+    next run's start or the caller's COMMIT to send."""
+    savepoints = later is None
     matched: list[int] = []
     for pk in wanted:
         event = events.get(pk)
@@ -293,7 +304,7 @@ def _match_each(
             try:
                 if event.type in waited_for:
                     deliver_to_waiters(event)
-                outcome.started += _start_runs(event, by_type[event.type], inline, savepoints)
+                outcome.started += _start_runs(event, by_type[event.type], inline, later)
             except (OperationalError, InterfaceError):
                 raise
             except Exception as exc:
@@ -316,13 +327,16 @@ RUN_EVENT_TYPES = frozenset(RUN_TYPE_PREFIX + status for status in ("started", *
 @dataclass(frozen=True)
 class Hearing:
     """Who listens to some event types right now, and which run event types have no schema.
-    `subscriptions`: the ids of the subscriptions of each subscribed type."""
+    `subscriptions`: the ids of the subscriptions of each subscribed type. `events`: the
+    events asked about (`asked`) whose type a workflow subscribes to, when asked."""
 
     types: frozenset[str]
     subscribed: frozenset[str]
     waited: frozenset[str]
     unschemed_run_types: frozenset[str]
     subscriptions: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    events: Mapping[int, Event] = field(default_factory=dict)
+    asked: frozenset[int] = frozenset()
 
     @property
     def listened(self) -> set[str]:
@@ -331,11 +345,21 @@ class Hearing:
     def covers(self, types: Collection[str]) -> bool:
         return self.types.issuperset(types)
 
+    def events_of(self, wanted: Collection[int]) -> dict[int, Event] | None:
+        """The events `wanted`, when this hearing read them all (else None: read them)."""
+        if not self.asked.issuperset(wanted) or not all(pk in self.events for pk in wanted):
+            return None
+        return {pk: self.events[pk] for pk in wanted}
 
-def hearing(types: Collection[str], *, subscriptions: bool = True) -> Hearing:
+
+def hearing(
+    types: Collection[str], *, subscriptions: bool = True, events: Collection[int] = ()
+) -> Hearing:
     """In one query: the types among `types` that a published workflow subscribes to, with
     the subscriptions' ids (not asked without `subscriptions`), those a run waits for
-    (EventWaiter.event_type index), and the run event types registered."""
+    (EventWaiter.event_type index), and the run event types registered. Given the ids of
+    `events` (the bus read's), those of them whose type a workflow subscribes to are read
+    in the same round trip: matching them then reads nothing more before the runs start."""
     types = sorted(set(types))
     # Written out: the bus consumer asks this for every read, and the ORM took longer to
     # build the union than the database takes to answer it.
@@ -358,9 +382,15 @@ def hearing(types: Collection[str], *, subscriptions: bool = True) -> Hearing:
             f"FROM {quote(TriggerSubscription._meta.db_table)} "
             f"WHERE {quote('event_type')} {among(types, params)}"
         )
-    with connection.cursor() as cursor:
-        cursor.execute(" UNION ".join(parts), params)
-        rows = cursor.fetchall()
+    asked = sorted(set(events)) if types and subscriptions else []
+    listeners, stored = connection.cursor(), connection.cursor()
+    with listeners, stored:
+        with row_sql.pipelined():  # both statements, one round trip
+            listeners.execute(" UNION ".join(parts), params)
+            if asked:
+                _read_subscribed_events(stored, asked)
+        rows = listeners.fetchall()
+        read = row_sql.instances(Event, stored.fetchall()) if asked else []
     found: dict[str, set[str]] = {"s": set(), "w": set(), "r": set()}
     ids: dict[str, list[int]] = {}
     for kind, name, pk in rows:
@@ -373,6 +403,22 @@ def hearing(types: Collection[str], *, subscriptions: bool = True) -> Hearing:
         frozenset(found["w"]),
         RUN_EVENT_TYPES - found["r"],
         {name: tuple(sorted(pks)) for name, pks in ids.items()},
+        {event.pk: event for event in read},
+        frozenset(asked),
+    )
+
+
+def _read_subscribed_events(cursor, ids: list[int]) -> None:
+    quote = connection.ops.quote_name
+    events = quote(Event._meta.db_table)
+    subscriptions = quote(TriggerSubscription._meta.db_table)
+    params: list = []
+    cursor.execute(
+        f"SELECT {row_sql.columns(Event)} FROM {events} "
+        f"WHERE {events}.{quote('id')} {among(ids, params)} AND EXISTS ("
+        f"SELECT 1 FROM {subscriptions} "
+        f"WHERE {subscriptions}.{quote('event_type')} = {events}.{quote('type')})",
+        params,
     )
 
 
@@ -389,8 +435,9 @@ def _start_runs(
     event: Event,
     subscriptions: list[TriggerSubscription],
     inline: Budget | None = None,
-    savepoints: bool = True,
+    later: list | None = None,
 ) -> list[Run]:
+    savepoints = later is None
     started = []
     if not subscriptions:
         return started
@@ -405,6 +452,8 @@ def _start_runs(
             # Its own transaction (a savepoint inside the caller's), or, without
             # `savepoints`, part of the caller's: then any error is the caller's to handle.
             with transaction.atomic(savepoint=savepoints):
+                if later:  # the previous run's last writes, before this run reads or writes
+                    send_later(later)
                 run = Run(
                     workflow=subscription.workflow,
                     version=subscription.version,
@@ -417,7 +466,7 @@ def _start_runs(
                 )
                 row_sql.insert([run], returning_pk=True)
                 run._outbox = []  # type: ignore[attr-defined]  # its run events, see above
-                with one_run_write(run):  # one UPDATE of the run, one journal INSERT
+                with one_run_write(run, later=later):  # its rows written once, together
                     # A new run has no steps yet: its state need not be read.
                     fresh = engine.RunState(run.pk, RunStatus(run.status), {})
                     admit(run, continuation=kept, state=fresh)

@@ -59,7 +59,8 @@ def settle_unheard(
     typed = [d for d in deliveries if d.type]
     if not typed:
         return deliveries, None
-    heard = hearing({d.type for d in typed})
+    # The events themselves come with it: matching them reads nothing more first.
+    heard = hearing({d.type for d in typed}, events=[d.event_id for d in typed])
     listened = heard.listened
     unheard = [d for d in typed if d.type not in listened]
     if not unheard:
