@@ -67,12 +67,18 @@ log = logging.getLogger("signalbox.runs")
 RECORD_PATIENCE_SECONDS = 600
 
 
+_worker_names: dict[tuple, str] = {}
+
+
 def worker_name() -> str:
-    # Asked each time, not fixed at import: a Celery pool process is forked from a parent
-    # that may have imported this module, and its attempts must name the child's pid. In a
-    # worker, the Celery node name (orchestrator/celery.py) stands for the host.
-    node = os.environ.get("SIGNALBOX_WORKER_NODE") or socket.gethostname()
-    return f"{node}:{os.getpid()}"
+    # Not fixed at import: a Celery pool process is forked from a parent that may have
+    # imported this module, and its attempts must name the child's pid. In a worker, the
+    # Celery node name (orchestrator/celery.py) stands for the host. Kept per (pid, node).
+    key = (os.getpid(), os.environ.get("SIGNALBOX_WORKER_NODE"))
+    name = _worker_names.get(key)
+    if name is None:
+        name = _worker_names[key] = f"{key[1] or socket.gethostname()}:{key[0]}"
+    return name
 
 
 ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)

@@ -31,13 +31,31 @@ def register(kind_class: type[StepKind]) -> type[StepKind]:
     return kind_class
 
 
+_builtins_imported = False
+
+
+def _import_builtins() -> None:
+    # Every built-in module, not just "any": a caller that imported one kind's module
+    # directly (a test, a plugin) must not hide the others. Once per process: the engine
+    # looks kinds up for every step it runs.
+    global _builtins_imported
+    if not _builtins_imported:
+        for module in BUILTIN_MODULES:
+            importlib.import_module(f"{__package__}.{module}")
+        _builtins_imported = True
+
+
 def all_kinds() -> dict[str, StepKind]:
-    # Import every built-in module, not just "any": a caller that imported one kind's module
-    # directly (a test, a plugin) must not hide the others.
-    for module in BUILTIN_MODULES:
-        importlib.import_module(f"{__package__}.{module}")
+    _import_builtins()
     return dict(_KINDS)
 
 
 def get(name: str) -> StepKind:
-    return all_kinds()[name]
+    _import_builtins()
+    return _KINDS[name]
+
+
+def find(name: str) -> StepKind | None:
+    """The kind called `name`, or None."""
+    _import_builtins()
+    return _KINDS.get(name)
