@@ -78,7 +78,7 @@ class Shape:
 SHAPES = [
     Shape("1-step", "1 step", "bench-1-step", 1, 200, 30,
           lambda: chain_definition("1", 1), lambda run: baseline_app().chain_of(run, 1)),
-    Shape("1-step-alone", "1 step, one at a time", "bench-1-step", 1, 40, 10,
+    Shape("1-step-alone", "1 step, one at a time", "bench-1-step", 1, 100, 10,
           lambda: chain_definition("1", 1), lambda run: baseline_app().chain_of(run, 1),
           one_at_a_time=True),
     Shape("3-step", "chain of 3", "bench-3-step", 3, 200, 30,
