@@ -376,6 +376,35 @@ def test_a_light_step_reading_an_earlier_ones_output_sees_it_in_the_read_transac
     assert differences(run) == []
 
 
+def test_attempt_ids_keep_the_order_the_consumer_scheduled_the_steps_in(sent):
+    # The consumer holds a light step's finished row back; a skipped step and a step for the
+    # workers scheduled after it must still get later ids (pages list steps by id).
+    body = definition(
+        log_step("first"),
+        {"id": "check", "kind": "condition", "config": {"expression": "1 > 2"}, "after": ["first"]},
+        log_step("big"),
+        http_step("call", "http://127.0.0.1:9/"),
+        event="com.example.inline-order",
+    )
+    body["edges"] = [
+        {"from": "check", "to": "big", "port": "true"},
+        {"from": "check", "to": "call", "port": "false"},
+    ]
+    put_workflow(slug="inline-order", raw=body)
+    publish_workflow(slug="inline-order")
+
+    run = matched_by_the_consumer(accepted("com.example.inline-order"))
+
+    assert steps_of(run) == [
+        ("first", "succeeded"),
+        ("check", "succeeded"),
+        ("big", "skipped"),
+        ("call", "queued"),
+    ]
+    assert sent == [("signalbox.execute_step", (StepRun.objects.get(run=run, step_id="call").pk,))]
+    assert differences(run) == []
+
+
 def test_a_limit_holds_for_the_runs_of_one_read(sent):
     # Each run's last writes wait for the next run's start; they are sent before it, so
     # the limit sees the first run running, not queued as its row was inserted.

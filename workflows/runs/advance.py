@@ -160,6 +160,20 @@ def write_held_steps(run: Run) -> None:
         held.clear()
 
 
+def insert_after_held(run: Run, step_run: StepRun) -> None:
+    """Insert a new attempt (getting its key), after the finished attempts `one_run_write`
+    holds, in the same round trip: attempt ids keep the order the steps were scheduled in,
+    which is the order a run's steps are shown in."""
+    held = getattr(run, "_unsaved_steps", None)
+    if not held:
+        row_sql.insert([step_run], returning_pk=True)
+        return
+    with row_sql.pipelined() as cursor:  # the key's fetch ends the pipeline: one round trip
+        row_sql.insert(held, cursor=cursor)
+        row_sql.insert([step_run], returning_pk=True, cursor=cursor)
+    held.clear()
+
+
 def written_once(run: Run) -> bool:
     """Inside `one_run_write`: the run was created in this transaction."""
     return getattr(run, "_deferred_fields", None) is not None
@@ -270,7 +284,7 @@ def _advance_locked(
         elif isinstance(command, engine.ScheduleStep):
             _schedule_step(run, command, definition.steps[command.step_id].kind, now, continuation)
         elif isinstance(command, engine.SkipStep):
-            StepRun.objects.create(
+            skipped = StepRun(
                 run=run,
                 step_id=command.step_id,
                 attempt=1,
@@ -280,6 +294,11 @@ def _advance_locked(
                 finished_at=now,
                 idempotency_key=idempotency_key(run.idempotency_base or run.pk, command.step_id),
             )
+            held = getattr(run, "_unsaved_steps", None)
+            if held is not None:  # inside one_run_write: after the attempts it holds
+                held.append(skipped)
+            else:
+                row_sql.insert([skipped])
             journal(
                 run,
                 "step.skipped",
@@ -421,7 +440,7 @@ def _schedule_step(
     # once, with its result (write_result): no one else can see the run before the commit,
     # and the row would otherwise be inserted queued only to be updated a moment later.
     if not (due_now and continuation and written_once(run) and continuation.would_take(kind)):
-        row_sql.insert([step_run], returning_pk=True)
+        insert_after_held(run, step_run)
     journal(
         run,
         "step.scheduled",
