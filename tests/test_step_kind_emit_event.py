@@ -65,7 +65,13 @@ def test_an_emitted_event_keeps_the_conversation_and_starts_the_workflows_listen
         timeout=60,
         message="the listener's run",
     )
-    checker = Run.objects.get(workflow__slug="checker")
+    # The emitted event is on the bus before the emitting step's result is recorded: the
+    # listener's run can finish first.
+    checker = wait_until(
+        lambda: Run.objects.filter(workflow__slug="checker", status="succeeded").first(),
+        timeout=60,
+        message="the checker's run",
+    )
     emitted = heard.event
     step = step_of(checker, "announce")
     assert emitted.type == "com.example.order.checked" and emitted.subject == "order-9"
