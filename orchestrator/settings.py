@@ -204,6 +204,12 @@ if DATABASE_URL:
     # SIGNALBOX_DB_KEEPALIVE_SECONDS and drop it after 3 unanswered probes, or once data
     # sent has gone unacknowledged as long (tcp_user_timeout). 0 turns this off (a
     # connection pooler in between may refuse the `options` parameter).
+    # The hot paths' hand-written statements are prepared once per connection
+    # (workflows/infra/row_sql.prepared_cursor; the ORM's client-side binding never
+    # prepares). A pooler in transaction mode that does not carry prepared statements
+    # (PgBouncer before 1.21) needs SIGNALBOX_DB_PREPARED_STATEMENTS=0.
+    if env_bool("SIGNALBOX_DB_PREPARED_STATEMENTS", default=True):
+        _db_options.setdefault("prepare_threshold", 0)
     _keepalive = int(os.environ.get("SIGNALBOX_DB_KEEPALIVE_SECONDS", "10"))
     if _keepalive > 0:
         _interval = max(1, _keepalive // 2)

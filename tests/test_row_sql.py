@@ -3,6 +3,10 @@ and a last statement sent with the COMMIT, on the real PostgreSQL."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
@@ -109,3 +113,62 @@ def test_inside_an_outer_transaction_with_commit_commits_nothing():
         raise RuntimeError("the outer block rolls back")
 
     assert not RunJournal.objects.filter(run=run, seq=400).exists()
+
+
+def prepared_statements() -> list[str]:
+    with connection.cursor() as cursor:  # the ORM's kind of cursor: prepares nothing itself
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [statement for (statement,) in cursor.fetchall()]
+
+
+def journal_inserts_of(rows: int) -> list[str]:
+    """The prepared journal INSERTs of `rows` rows (a count no other code path sends)."""
+    return [
+        s
+        for s in prepared_statements()
+        if s.startswith('INSERT INTO "workflows_runjournal"') and s.count("), (") == rows - 1
+    ]
+
+
+def entries(run: Run, first: int, rows: int) -> list[RunJournal]:
+    return [RunJournal(run=run, seq=first + n, kind="k", data={"n": n}) for n in range(rows)]
+
+
+def test_the_hot_statements_are_prepared_once_per_connection_and_logged_as_sent():
+    run = start_run_here("rows", log_step("only"))
+
+    with CaptureQueriesContext(connection) as seen:
+        for first in (200, 210, 220):
+            row_sql.insert(entries(run, first, 7))
+
+    [prepared] = journal_inserts_of(7)  # one statement, prepared once and run three times
+    assert "$35" in prepared
+    assert RunJournal.objects.filter(run=run, seq__gte=200).count() == 21
+    assert RunJournal.objects.get(run=run, seq=226).data == {"n": 6}
+    # Django's query log shows each run with its values, as for the ORM's statements.
+    logged = [q["sql"] for q in seen.captured_queries]
+    assert len(logged) == 3 and all("workflows_runjournal" in sql for sql in logged)
+    assert "226" in logged[2] and "$1" not in logged[2]
+
+
+@pytest.mark.parametrize(("setting", "threshold"), [(None, "0"), ("0", "None")])
+def test_prepared_statements_are_on_unless_the_setting_turns_them_off(setting, threshold):
+    # Off for a pooler that does not carry prepared statements: psycopg then prepares
+    # nothing, on any cursor.
+    env = {k: v for k, v in os.environ.items() if k != "SIGNALBOX_DB_PREPARED_STATEMENTS"}
+    env["DATABASE_URL"] = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1/x"
+    if setting is not None:
+        env["SIGNALBOX_DB_PREPARED_STATEMENTS"] = setting
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from orchestrator import settings; "
+            "print(settings.DATABASES['default']['OPTIONS'].get('prepare_threshold'))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.strip() == threshold

@@ -38,6 +38,7 @@ from workflows.events import bus, stamps
 from workflows.events.envelope import Envelope, check_storable
 from workflows.events.models import Event, EventType
 from workflows.events.schemas import SchemaCheck, SchemaViolation, check_event_data
+from workflows.infra import row_sql
 from workflows.live import notify
 
 log = logging.getLogger("signalbox.ingest")
@@ -157,7 +158,7 @@ def store_at_once(
     now = timezone.now()
     for event in events:
         event.received_at = now
-    with connection.cursor() as cursor:
+    with row_sql.prepared_cursor() as cursor:
         cursor.execute(
             _at_once_sql(),
             [now, list(mark_published), token_ids, len(token_ids), types, _recordset(events)],
@@ -376,7 +377,7 @@ def _send(events: Sequence[Event], *, in_order: bool = False) -> Callable[[], No
     sent = []
     for start in range(0, len(events), ROWS_PER_STATEMENT):
         chunk = events[start : start + ROWS_PER_STATEMENT]
-        cursor = connection.cursor()
+        cursor = row_sql.prepared_cursor()
         insert(cursor, chunk)
         sent.append((cursor, chunk))
 
@@ -517,7 +518,7 @@ def ingest_event(
     alone = not connection.in_atomic_block
     try:
         with contextlib.nullcontext() if alone else transaction.atomic():
-            event.save(force_insert=True)
+            row_sql.insert([event], returning_pk=True)  # event.save(force_insert=True)
             if off_bus:
                 return event, True
             if publish:  # else the caller publishes after its commit (batches: one trip)

@@ -16,6 +16,7 @@ from django.db import connection
 from django.utils import timezone
 
 from workflows.events.models import Event
+from workflows.infra import row_sql
 from workflows.infra.sql_lists import among
 
 
@@ -48,5 +49,5 @@ def stamp(*, matched: Collection[int] = (), published: Collection[int] = (), cur
     if cursor is not None:
         cursor.execute(sql, params)
         return
-    with connection.cursor() as own:
+    with row_sql.prepared_cursor() as own:
         own.execute(sql, params)

@@ -407,7 +407,7 @@ def _follow_up_if_queued(workflow_id: int, run_id: int) -> None:
     # Written out: every run that finishes asks it (the ORM took longer to build it than
     # the database to answer, through the workflow/status index).
     quote = connection.ops.quote_name
-    with connection.cursor() as cursor:
+    with row_sql.prepared_cursor() as cursor:
         cursor.execute(
             f"SELECT 1 FROM {quote(Run._meta.db_table)} WHERE {quote('workflow_id')} = %s "
             f"AND {quote('status')} = %s LIMIT 1",

@@ -383,7 +383,7 @@ def hearing(
             f"WHERE {quote('event_type')} {among(types, params)}"
         )
     asked = sorted(set(events)) if types and subscriptions else []
-    listeners, stored = connection.cursor(), connection.cursor()
+    listeners, stored = row_sql.prepared_cursor(), row_sql.prepared_cursor()
     with listeners, stored:
         with row_sql.pipelined():  # both statements, one round trip
             listeners.execute(" UNION ".join(parts), params)
