@@ -196,6 +196,12 @@ if DATABASE_URL:
     # A database that does not answer (a host gone, a black-holed network) fails a connect in
     # seconds, not at the operating system's TCP timeout of minutes.
     _db_options.setdefault("connect_timeout", 5)
+    # The hot paths' hand-written statements are prepared once per connection
+    # (workflows/infra/row_sql.prepared_cursor; the ORM's client-side binding never
+    # prepares). A pooler in transaction mode that does not carry prepared statements
+    # (PgBouncer before 1.21) needs SIGNALBOX_DB_PREPARED_STATEMENTS=0.
+    if env_bool("SIGNALBOX_DB_PREPARED_STATEMENTS", default=True):
+        _db_options.setdefault("prepare_threshold", 0)
     # A client host that vanishes mid-transaction (cut off, powered down) leaves its session
     # holding its row locks until the server sees the peer is gone: at Linux's defaults, two
     # hours idle, or ~15 minutes of retransmitting an answer nobody acknowledges, while
@@ -204,12 +210,6 @@ if DATABASE_URL:
     # SIGNALBOX_DB_KEEPALIVE_SECONDS and drop it after 3 unanswered probes, or once data
     # sent has gone unacknowledged as long (tcp_user_timeout). 0 turns this off (a
     # connection pooler in between may refuse the `options` parameter).
-    # The hot paths' hand-written statements are prepared once per connection
-    # (workflows/infra/row_sql.prepared_cursor; the ORM's client-side binding never
-    # prepares). A pooler in transaction mode that does not carry prepared statements
-    # (PgBouncer before 1.21) needs SIGNALBOX_DB_PREPARED_STATEMENTS=0.
-    if env_bool("SIGNALBOX_DB_PREPARED_STATEMENTS", default=True):
-        _db_options.setdefault("prepare_threshold", 0)
     _keepalive = int(os.environ.get("SIGNALBOX_DB_KEEPALIVE_SECONDS", "10"))
     if _keepalive > 0:
         _interval = max(1, _keepalive // 2)

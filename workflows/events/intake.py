@@ -518,7 +518,7 @@ def ingest_event(
     alone = not connection.in_atomic_block
     try:
         with contextlib.nullcontext() if alone else transaction.atomic():
-            row_sql.insert([event], returning_pk=True)  # event.save(force_insert=True)
+            row_sql.insert([event], returning_pk=True)  # as save() inserts, prepared
             if off_bus:
                 return event, True
             if publish:  # else the caller publishes after its commit (batches: one trip)

@@ -9,10 +9,10 @@ stored exactly as `save()` stores them. No model signals are sent (the project h
 none).
 
 On PostgreSQL these statements, and the other hand-written ones of the hot paths, go
-through `prepared_cursor()`: server-side binding, and each statement prepared once per connection.
-PostgreSQL then neither parses nor plans them again (0.1-0.2 ms each, for statements
-that take 0.05 ms to run). The ORM keeps Django's client-side binding, which never
-prepares anything.
+through `prepared_cursor()`: server-side binding, each statement prepared once per
+connection. PostgreSQL then neither parses nor plans them again (0.1-0.2 ms each, for
+statements that take 0.05 ms to run). The ORM keeps Django's client-side binding, which
+never prepares anything.
 """
 
 from __future__ import annotations
