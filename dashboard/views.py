@@ -20,7 +20,13 @@ def home(request):
 
 @role_required("viewer")
 def workflow_list(request):
-    return render(request, "dashboard/workflows.html", {"workflows": selectors.workflows()})
+    """Workflows in slug order, a page at a time, optionally those matching a search."""
+    page = selectors.workflow_page(
+        after=request.GET.get("after", "")[:100],
+        search=request.GET.get("q", "").strip()[:200],
+        hidden=ds.hidden_workflow_ids(request.user),
+    )
+    return render(request, "dashboard/workflows.html", {"workflows": page.workflows, "page": page})
 
 
 @role_required("viewer")

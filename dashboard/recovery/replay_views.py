@@ -233,7 +233,7 @@ def replay_batches(request):
             # Ticked runs a bulk replay does not take: not failed, already replayed, a try.
             "ticked_left_out": sorted(set(selection.runs) - set(matching_ids)),
             "batches": recovery.batches(limit=20, hidden=hidden),
-            "workflows": Workflow.objects.exclude(id__in=sorted(hidden)).order_by("slug"),
+            "workflow_choices": ds.workflow_choices(hidden),
             "can_operate": can_operate(request),
         },
         status=400 if errors and request.method == "POST" else 200,
@@ -448,7 +448,7 @@ def redrive_page(request):
             "form": form,
             "errors": errors,
             "plan": plan,
-            "workflows": Workflow.objects.exclude(id__in=sorted(hidden)).order_by("slug"),
+            "workflow_choices": ds.workflow_choices(hidden),
             "can_operate": can_operate(request),
         },
         status=400 if errors and request.method == "POST" else 200,
