@@ -161,7 +161,7 @@ def store_at_once(
     # Not a prepared statement (row_sql.prepared_cursor), although it is the web tier's
     # hottest: prepared, the web tier alone took 18% more events, but with the bus
     # consumers and workers beside it on 2 cores single events fell from 1.35x the
-    # baseline to 0.93-1.04x and batches from 12,600 to 5,600/s, measured twice
+    # baseline to 0.93-1.04x and batches from 12,600 to 2,300-5,600/s, in three runs
     # (bench.ingest, 2026-12-07; cause not found: the generic plan is the custom one).
     with connection.cursor() as cursor:
         cursor.execute(
