@@ -160,6 +160,16 @@ def write_held_steps(run: Run) -> None:
         held.clear()
 
 
+def hold_or_insert(run: Run, step_run: StepRun, *, returning_pk: bool = False) -> None:
+    """A finished attempt written now, or, inside `one_run_write`, held to go in with the
+    run's last writes, after the attempts held before it (see write_result)."""
+    held = getattr(run, "_unsaved_steps", None)
+    if held is not None:
+        held.append(step_run)
+    else:
+        row_sql.insert([step_run], returning_pk=returning_pk)
+
+
 def insert_after_held(run: Run, step_run: StepRun) -> None:
     """Insert a new attempt (getting its key), after the finished attempts `one_run_write`
     holds, in the same round trip: attempt ids keep the order the steps were scheduled in,
@@ -294,11 +304,7 @@ def _advance_locked(
                 finished_at=now,
                 idempotency_key=idempotency_key(run.idempotency_base or run.pk, command.step_id),
             )
-            held = getattr(run, "_unsaved_steps", None)
-            if held is not None:  # inside one_run_write: after the attempts it holds
-                held.append(skipped)
-            else:
-                row_sql.insert([skipped])
+            hold_or_insert(run, skipped)
             journal(
                 run,
                 "step.skipped",
@@ -596,11 +602,7 @@ def write_result(
         for column, value in changes.items():
             setattr(unsaved, column, value)
         unsaved.status = status
-        held = getattr(run, "_unsaved_steps", None)
-        if held is not None:  # inside one_run_write: inserted with the run's last writes
-            held.append(unsaved)
-        else:
-            row_sql.insert([unsaved], returning_pk=True)
+        hold_or_insert(run, unsaved, returning_pk=True)
         written = True
     else:
         written = move_step(step_run_id, source=from_status, target=status, **changes)
